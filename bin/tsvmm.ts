@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// tsvmm command line: run a VM from a JSON config, validate configs, drive the test host.
+import { readFileSync } from 'node:fs';
+import { checkConfig, ConfigError, loadConfig, type VmConfig } from '../core/config/config.js';
+import { Machine } from '../core/machine.js';
+import { projectRoot } from '../core/paths.js';
+
+const HELP = `tsvmm — a small QEMU-style VMM for PCI device assignment with VFIO
+
+Usage:
+  tsvmm run [config.json]        Run a VM. With no config, runs the built-in demo guest
+                                 (prints over serial, lists the PCI bus, exits 0).
+  tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
+  tsvmm testhost <command> ...   The nested KVM+VFIO test host ('tsvmm testhost --help').
+  tsvmm --help | --version
+
+Exit status of 'run': the value the guest wrote to the debug-exit port (0xf4), 0 when the
+guest halts or resets, 1 on a guest crash or VMM error, 2 on a bad config, 130 on SIGINT.
+Config reference: configs/vm.schema.json; samples in configs/.`;
+
+function version(): string {
+  return (JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }).version;
+}
+
+export function demoConfig(): VmConfig {
+  return checkConfig({ name: 'demo', memory: '64M', kernel: { path: 'guest/out/tsvmm-guest.elf' } }, 'built-in demo', projectRoot);
+}
+
+async function run(args: string[]): Promise<number> {
+  if (args.length > 1) throw new UsageError('run takes at most one config file');
+  const config = args[0] ? loadConfig(args[0]) : demoConfig();
+  const machine = new Machine(config);
+  const onSignal = (sig: NodeJS.Signals) => machine.requestExit(sig === 'SIGINT' ? 130 : 143, `interrupted (${sig})`);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const r = await machine.run();
+    if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
+    return r.status;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    machine.close();
+  }
+}
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case undefined: case '-h': case '--help': case 'help':
+      process.stdout.write(HELP + '\n');
+      return cmd === undefined ? 2 : 0;
+    case '--version': case '-v':
+      process.stdout.write(version() + '\n');
+      return 0;
+    case 'run':
+      return run(rest);
+    case 'validate': {
+      if (rest.length !== 1) throw new UsageError('validate takes one config file');
+      const c = loadConfig(rest[0]!);
+      process.stdout.write(`${rest[0]}: valid (${c.name}: ${c.memoryBytes / 2 ** 20} MiB, ${c.vcpus} vCPU, ${c.devices.length} device(s))\n`);
+      return 0;
+    }
+    case 'testhost': {
+      const { testhostMain } = await import('../testhost/cli.js');
+      return testhostMain(rest);
+    }
+    default:
+      throw new UsageError(`unknown command '${cmd}'`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (e: unknown) => {
+    if (e instanceof ConfigError) { process.stderr.write(`tsvmm: ${e.message}\n`); process.exitCode = 2; return; }
+    if (e instanceof UsageError) { process.stderr.write(`tsvmm: ${e.message}\n\n${HELP}\n`); process.exitCode = 2; return; }
+    process.stderr.write(`tsvmm: ${(e as Error).message}\n`);
+    if (process.env.TSVMM_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+    process.exitCode = 1;
+  },
+);

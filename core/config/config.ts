@@ -1,0 +1,158 @@
+// VM configuration: parse, validate against configs/vm.schema.json (compiled once), check what
+// a schema cannot (sizes, files), and normalise into a VmConfig with absolute paths and bytes.
+// Every problem is reported with its JSON pointer and how to fix it.
+import { readFileSync, existsSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { createRequire } from 'node:module';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { projectRoot } from '../paths.js';
+
+export const PAGE_SIZE = 4096;
+export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
+
+export interface VfioPciConfig { type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; group?: number; slot?: number; rombar?: boolean }
+export type DeviceConfig = VfioPciConfig;
+
+/** The raw JSON shape (as the schema describes it). */
+export interface RawConfig {
+  name?: string;
+  memory?: number | string;
+  vcpus?: number;
+  kernel: { path: string; format?: 'auto' | 'multiboot' | 'flat'; loadAddress?: number; entry?: number };
+  cmdline?: string;
+  serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
+  devices?: DeviceConfig[];
+}
+
+/** A validated configuration with defaults applied, sizes in bytes and absolute paths. */
+export interface VmConfig {
+  name: string;
+  memoryBytes: number;
+  vcpus: number;
+  kernel: { path: string; format: 'auto' | 'multiboot' | 'flat'; loadAddress: number; entry?: number };
+  cmdline: string;
+  serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
+  devices: DeviceConfig[];
+}
+
+export class ConfigError extends Error {
+  constructor(readonly source: string, readonly problems: string[]) {
+    super(`${source}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+const require = createRequire(import.meta.url);
+let validator: ValidateFunction<RawConfig> | undefined;
+
+function validate(): ValidateFunction<RawConfig> {
+  if (!validator) {
+    // ajv is CommonJS; the 2020-12 build is what the schema's $schema names.
+    const Ajv2020 = require('ajv/dist/2020') as typeof import('ajv/dist/2020.js').default;
+    const ajv = new Ajv2020({ allErrors: true, discriminator: true, strict: true, strictRequired: false, allowUnionTypes: true, verbose: true });
+    validator = ajv.compile<RawConfig>(JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')));
+  }
+  return validator;
+}
+
+function describe(e: ErrorObject, schemaKeys: (ptr: string) => string[]): string | undefined {
+  const at = e.instancePath || '(top level)';
+  const p = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case 'additionalProperties': {
+      const allowed = schemaKeys(e.instancePath);
+      return `${at}: unknown key "${String(p.additionalProperty)}"${allowed.length ? ` (allowed: ${allowed.join(', ')})` : ''}`;
+    }
+    case 'required': return `${at}: missing required key "${String(p.missingProperty)}"`;
+    case 'type': return `${at}: must be ${String(p.type)}`;
+    case 'enum': return `${at}: must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'const': return `${at}: must be ${JSON.stringify(p.allowedValue)}`;
+    case 'pattern': return `${at}: ${JSON.stringify(e.data)} has the wrong form (expected ${String(p.pattern)})`;
+    case 'minimum': case 'maximum': return `${at}: must be ${e.keyword === 'minimum' ? '≥' : '≤'} ${String(p.limit)}`;
+    case 'discriminator': return p.error === 'mapping' ? `${at}/type: unknown device type ${JSON.stringify(p.tagValue)} (known: vfio-pci)` : `${at}: a device needs a "type"`;
+    case 'oneOf': case 'if': case 'anyOf': return undefined; // the branch errors say more
+    default: return `${at}: ${e.message ?? e.keyword}`;
+  }
+}
+
+// Keys allowed at an object pointer, for "unknown key" messages.
+function allowedKeys(schema: Record<string, any>, ptr: string): string[] {
+  const parts = ptr.split('/').filter(Boolean);
+  let s: Record<string, any> | undefined = schema;
+  for (const part of parts) {
+    if (!s) return [];
+    if (/^\d+$/.test(part) && s.items) s = s.items.$ref ? schema.$defs.device : s.items;
+    else s = s.properties?.[part];
+  }
+  return s?.properties ? Object.keys(s.properties).filter((k) => k !== '$schema') : [];
+}
+
+export function parseMemory(v: number | string | undefined): number {
+  if (v === undefined) return 128 * 2 ** 20;
+  if (typeof v === 'number') return v * 2 ** 20;
+  const n = Number(v.slice(0, -1));
+  return n * { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 }[v.slice(-1) as 'K' | 'M' | 'G'];
+}
+
+/** Validates a parsed JSON value; `source` names it in messages, `baseDir` resolves paths. */
+export function checkConfig(raw: unknown, source: string, baseDir: string): VmConfig {
+  const v = validate();
+  if (!v(raw)) {
+    const schema = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, any>;
+    const problems = [...new Set((v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m))];
+    // A device whose errors are only oneOf (host/sysfsdev both or neither):
+    for (const e of v.errors ?? []) {
+      if (e.keyword === 'oneOf' && /^\/devices\/\d+$/.test(e.instancePath) && !problems.some((p) => p.startsWith(e.instancePath)))
+        problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev"`);
+    }
+    throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
+  }
+  const problems: string[] = [];
+  const memoryBytes = parseMemory(raw.memory);
+  if (memoryBytes % PAGE_SIZE) problems.push(`/memory: ${JSON.stringify(raw.memory)} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(memoryBytes / 2 ** 20)}M)`);
+  else if (memoryBytes < 2 * 2 ** 20) problems.push(`/memory: ${JSON.stringify(raw.memory)} is too small: at least 2M`);
+  const kernelPath = resolve(baseDir, raw.kernel.path);
+  if (!existsSync(kernelPath)) problems.push(`/kernel/path: ${kernelPath} does not exist${kernelPath.includes('/guest/out/') ? " (build the test guest: 'npm run build')" : ''}`);
+  else if (!statSync(kernelPath).isFile()) problems.push(`/kernel/path: ${kernelPath} is not a file`);
+  const serialPath = raw.serial?.path ? resolve(baseDir, raw.serial.path) : undefined;
+  if (serialPath && !existsSync(dirname(serialPath))) problems.push(`/serial/path: directory ${dirname(serialPath)} does not exist`);
+  if (raw.kernel.format !== 'flat' && (raw.kernel.loadAddress !== undefined || raw.kernel.entry !== undefined) && raw.kernel.format !== undefined)
+    problems.push(`/kernel: loadAddress and entry apply to format "flat" only`);
+  const slots = new Set<number>();
+  (raw.devices ?? []).forEach((d, i) => {
+    if (d.slot !== undefined) {
+      if (slots.has(d.slot)) problems.push(`/devices/${i}/slot: slot ${d.slot} is used by another device`);
+      slots.add(d.slot);
+    }
+  });
+  if (problems.length) throw new ConfigError(source, problems);
+  return {
+    name: raw.name ?? 'tsvmm',
+    memoryBytes,
+    vcpus: raw.vcpus ?? 1,
+    kernel: {
+      path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,
+      ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
+    },
+    cmdline: raw.cmdline ?? '',
+    serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
+    devices: raw.devices ?? [],
+  };
+}
+
+/** Reads, parses and checks a config file. */
+export function loadConfig(path: string): VmConfig {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (e) {
+    throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
+  }
+  return checkConfig(raw, abs, dirname(abs));
+}

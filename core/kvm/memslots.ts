@@ -1,0 +1,51 @@
+// KVM memslots as a memory listener, the way QEMU's kvm_region_add/del work: every RAM-like
+// section (guest RAM, a VFIO BAR mmap) becomes a slot; a section's partial pages at either
+// end stay trapped (KVM maps whole pages only), MMIO sections are never slots.
+import { native } from '../native.js';
+import type { MemoryListener, Section } from '../memory/index.js';
+
+const PAGE = 4096;
+
+interface Slot { slot: number; gpa: number; size: number; hva: bigint }
+
+export class KvmMemslots implements MemoryListener {
+  readonly name = 'kvm-memslots';
+  readonly priority = 10;
+  private readonly bySection = new Map<string, Slot>();
+  private readonly free: number[] = [];
+  private nextSlot = 0;
+
+  constructor(private readonly vmFd: number, private readonly maxSlots: number, private readonly readonlyMem: boolean) {}
+
+  private static key(s: Section): string { return `${s.addr}:${s.size}`; }
+
+  regionAdd(s: Section): void {
+    const r = s.region;
+    if (r.kind !== 'ram' && r.kind !== 'ramDevice') return;
+    const start = Math.ceil(s.addr / PAGE) * PAGE;
+    const end = Math.floor((s.addr + s.size) / PAGE) * PAGE;
+    if (end <= start) return;
+    const hva = r.backing!.hostAddr + BigInt(s.offsetInRegion + (start - s.addr));
+    if (hva % BigInt(PAGE) !== 0n) return; // not congruent with a host page: leave it trapped
+    if (s.readonly && !this.readonlyMem) return; // trapped ROM: reads are emulated
+    const slot = this.free.pop() ?? this.nextSlot++;
+    if (slot >= this.maxSlots) throw new Error(`out of KVM memslots (${this.maxSlots}) mapping ${r.name} at 0x${start.toString(16)}`);
+    native().kvmSetUserMemoryRegion(this.vmFd, {
+      slot, flags: s.readonly ? native().constants.KVM_MEM_READONLY! : 0,
+      guestPhysAddr: start, memorySize: end - start, userspaceAddr: hva,
+    });
+    this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva });
+  }
+
+  regionDel(s: Section): void {
+    const k = KvmMemslots.key(s);
+    const m = this.bySection.get(k);
+    if (!m) return;
+    native().kvmSetUserMemoryRegion(this.vmFd, { slot: m.slot, flags: 0, guestPhysAddr: m.gpa, memorySize: 0, userspaceAddr: m.hva });
+    this.bySection.delete(k);
+    this.free.push(m.slot);
+  }
+
+  /** The current slots, for tests and `info`-style queries. */
+  slots(): readonly Slot[] { return [...this.bySection.values()].sort((a, b) => a.gpa - b.gpa); }
+}

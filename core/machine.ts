@@ -1,0 +1,189 @@
+// A machine assembled from a VmConfig: guest RAM (a memfd), the PC devices tsvmm emulates
+// (COM1, the PCI host bridge, a debug-exit port), the guest image, and the vCPUs. run()
+// resolves with the exit status; close() releases every fd and mapping, whatever happened.
+import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from './native.js';
+import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
+import { Kvm } from './kvm/kvm.js';
+import { Vm } from './kvm/vm.js';
+import type { VcpuStop } from './kvm/exit-channel.js';
+import type { VmConfig } from './config/config.js';
+import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
+import { Serial16550 } from '../hw/serial-16550.js';
+import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
+import { PciBus } from '../hw/pci.js';
+import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
+
+// Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
+export const LOW_RAM_END = 0xc000_0000;
+export const PCI_MMIO32_BASE = 0xc000_0000;
+export const PCI_MMIO32_END = 0xfec0_0000; // IOAPIC and LAPIC live above
+export const HIGH_RAM_BASE = 2 ** 32;
+export const MULTIBOOT_INFO_ADDR = 0x9000;
+export const COM1_PORT = 0x3f8, COM1_IRQ = 4;
+
+export interface MachineOptions {
+  /** Overrides where COM1 output goes (tests capture it). */
+  serialOutput?: (bytes: Uint8Array) => void;
+  kvmPath?: string;
+}
+
+export interface MachineResult {
+  status: number;
+  /** Why the machine stopped, in words. */
+  reason: string;
+  stops: VcpuStop[];
+}
+
+export class Machine {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly ram: Uint8Array;
+  readonly ramFd: number;
+  readonly serial: Serial16550;
+  readonly pciBus: PciBus;
+  readonly pciHost: PciHostBridge;
+  readonly e820: E820Entry[] = [];
+  private exit: { status: number; reason: string } | undefined;
+  private closed = false;
+  private readonly serialFd: number | undefined;
+
+  constructor(readonly config: VmConfig, opts: MachineOptions = {}) {
+    const n = native();
+    this.kvm = Kvm.open(opts.kvmPath);
+    const cleanups: (() => void)[] = [() => this.kvm.close()];
+    try {
+      this.vm = new Vm(this.kvm);
+      cleanups.push(() => this.vm.close());
+
+      // Guest RAM: one memfd, so it can be shared (fd passing, vfio-user) and is never swapped
+      // under a DMA mapping's feet by copy-on-write.
+      const size = config.memoryBytes;
+      this.ramFd = n.memfdCreate(`tsvmm-ram-${config.name}`, MFD_CLOEXEC);
+      cleanups.push(() => closeSync(this.ramFd));
+      ftruncateSync(this.ramFd, size);
+      const map = n.mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, this.ramFd, 0);
+      cleanups.push(() => n.munmap(map.buffer));
+      this.ram = new Uint8Array(map.buffer);
+      const lowSize = Math.min(size, LOW_RAM_END);
+      const backing: RamBacking = { hostAddr: map.addr, fd: this.ramFd, fdOffset: 0, bytes: this.ram };
+      memoryTransaction(() => {
+        this.vm.memory.root.addSubregion(0, MemoryRegion.ram('ram-below-4g', lowSize, backing));
+        if (size > lowSize) {
+          const high: RamBacking = { hostAddr: map.addr + BigInt(lowSize), fd: this.ramFd, fdOffset: lowSize, bytes: this.ram.subarray(lowSize) };
+          this.vm.memory.root.addSubregion(HIGH_RAM_BASE, MemoryRegion.ram('ram-above-4g', size - lowSize, high));
+        }
+      });
+      this.e820.push({ addr: 0, size: 0x9fc00, type: 1 }, { addr: 0x9fc00, size: 0x60400, type: 2 });
+      this.e820.push({ addr: 0x100000, size: lowSize - 0x100000, type: 1 });
+      if (size > lowSize) this.e820.push({ addr: HIGH_RAM_BASE, size: size - lowSize, type: 1 });
+
+      // Devices. PCI BARs live in their own container under RAM (lower priority), so a BAR
+      // a guest places over RAM is shadowed rather than breaking RAM (QEMU behaves the same).
+      if (opts.serialOutput) this.serialFd = undefined;
+      else if (config.serial.output === 'file') {
+        this.serialFd = openSync(config.serial.path!, 'w');
+        cleanups.push(() => closeSync(this.serialFd!));
+      }
+      const output = opts.serialOutput ?? (config.serial.output === 'none' ? () => {} :
+        this.serialFd !== undefined ? (b: Uint8Array) => { writeSync(this.serialFd!, b); } : (b: Uint8Array) => { process.stdout.write(b); });
+      this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });
+      this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
+      this.vm.io.root.addSubregion(DEBUG_EXIT_PORT, new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region);
+      const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
+      this.vm.memory.root.addSubregion(0, pciMem, -1);
+      this.pciBus = new PciBus(pciMem, this.vm.io.root, 2 ** 52);
+      this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
+      this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
+
+      for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
+      this.loadGuest();
+    } catch (e) {
+      for (const c of cleanups.reverse()) {
+        try { c(); } catch { /* already failing: keep the first error */ }
+      }
+      throw e;
+    }
+  }
+
+  private setupVcpu(id: number): void {
+    const v = this.vm.vcpus[id]!;
+    // KVM reports what it can virtualise; the APIC ID fields must name this vCPU.
+    const cpuid = this.kvm.supportedCpuid().map((e) => {
+      if (e.function === 1) return { ...e, ebx: (e.ebx & 0x00ffffff) | (id << 24) };
+      if (e.function === 0xb || e.function === 0x1f) return { ...e, edx: id };
+      return e;
+    });
+    v.setCpuid(cpuid);
+  }
+
+  private loadGuest(): void {
+    const k = this.config.kernel;
+    const image = new Uint8Array(readFileSync(k.path));
+    const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
+    const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : 'flat') : k.format;
+    let entry: number;
+    if (format === 'multiboot') {
+      if (!hasMultibootHeader(image)) throw new LoaderError(`${k.path}: no multiboot header in the first 8 KiB`);
+      if (!isElf) throw new LoaderError(`${k.path}: multiboot images must be ELF32 (the a.out kludge is not supported)`);
+      entry = loadElf32(image, this.ram, k.path).entry;
+    } else {
+      if (k.loadAddress < 0x100000 && k.loadAddress + image.length > MULTIBOOT_INFO_ADDR) throw new LoaderError(`${k.path}: load address 0x${k.loadAddress.toString(16)} overlaps the boot info at 0x${MULTIBOOT_INFO_ADDR.toString(16)}: load at 0x100000 or above`);
+      if (k.loadAddress + image.length > Math.min(this.ram.length, LOW_RAM_END)) throw new LoaderError(`${k.path}: ${image.length} bytes at 0x${k.loadAddress.toString(16)} do not fit in RAM below 3 GiB: give the VM more memory or load lower`);
+      this.ram.set(image, k.loadAddress);
+      entry = k.entry ?? k.loadAddress;
+    }
+    const info = writeMultibootInfo(this.ram, MULTIBOOT_INFO_ADDR, this.config.cmdline, this.e820);
+    enterProtectedMode(this.vm.vcpus[0]!, entry, info);
+  }
+
+  /** Ends the VM with a status (first caller wins). */
+  requestExit(status: number, reason: string): void {
+    if (!this.exit) this.exit = { status, reason };
+    this.vm.stop();
+  }
+
+  async run(): Promise<MachineResult> {
+    let stdinListener: ((b: Buffer) => void) | undefined;
+    if (this.config.serial.input === 'stdin') {
+      stdinListener = (b: Buffer) => this.serial.input(b);
+      process.stdin.on('data', stdinListener);
+    }
+    try {
+      const stops = await this.vm.run();
+      this.serial.flush();
+      if (this.exit) return { ...this.exit, stops };
+      const bad = stops.find((s) => s.reason !== 'stopped') ?? stops[0]!;
+      return { ...describeStop(bad), stops };
+    } finally {
+      if (stdinListener) {
+        process.stdin.off('data', stdinListener);
+        process.stdin.pause();
+      }
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.serial.flush();
+    this.vm.close();
+    native().munmap(this.ram.buffer as ArrayBuffer);
+    closeSync(this.ramFd);
+    if (this.serialFd !== undefined) closeSync(this.serialFd);
+    this.kvm.close();
+  }
+}
+
+function describeStop(s: VcpuStop): { status: number; reason: string } {
+  switch (s.reason) {
+    case 'stopped': return { status: 0, reason: 'stopped' };
+    case 'hlt': return { status: 0, reason: 'guest halted' };
+    case 'shutdown': return { status: 1, reason: 'guest shut down the CPU (triple fault)' };
+    case 'system-event': return { status: 0, reason: `guest system event ${s.type} (1 shutdown, 2 reset)` };
+    case 'internal-error': return { status: 1, reason: `KVM internal error, suberror ${s.suberror} (1 = emulation failure), data [${s.data.join(' ')}]` };
+    case 'fail-entry': return { status: 1, reason: `KVM could not enter the guest (hardware reason ${s.hwReason})` };
+    case 'unhandled-exit': return { status: 1, reason: `unhandled KVM exit reason ${s.exitReason}` };
+    case 'error': return { status: 1, reason: `vCPU thread failed: ${s.message}` };
+  }
+}

@@ -1,0 +1,103 @@
+// Typed view of the native addon (build/Release/tsvmm_native.node, built by `npm install`).
+import { createRequire } from 'node:module';
+import { projectRoot } from './paths.js';
+
+export interface Mapping { addr: bigint; buffer: ArrayBuffer }
+export type U64 = number | bigint;
+
+export interface Regs {
+  rax: U64; rbx: U64; rcx: U64; rdx: U64; rsi: U64; rdi: U64; rsp: U64; rbp: U64;
+  r8: U64; r9: U64; r10: U64; r11: U64; r12: U64; r13: U64; r14: U64; r15: U64;
+  rip: U64; rflags: U64;
+}
+export interface Segment {
+  base: U64; limit: number; selector: number; type: number; present: number; dpl: number;
+  db: number; s: number; l: number; g: number; avl: number;
+}
+export interface DTable { base: U64; limit: number }
+export interface Sregs {
+  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
+  gdt: DTable; idt: DTable; cr0: U64; cr2: U64; cr3: U64; cr4: U64; cr8: U64; efer: U64; apic_base: U64;
+}
+export interface CpuidEntry { function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number }
+export type GsiRoute =
+  | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }
+  | { gsi: number; type: 'irqchip'; irqchip: number; pin: number };
+
+export interface KvmRunLayout {
+  immediateExit: number; exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number;
+  ioDataOffset: number; mmioPhysAddr: number; mmioData: number; mmioLen: number; mmioIsWrite: number;
+  failEntryReason: number; internalSuberror: number; internalNdata: number; internalData: number; systemEventType: number;
+}
+
+export interface Native {
+  constants: Record<string, number>;
+  kvmRunLayout: KvmRunLayout;
+  // mman
+  mmap(addrHint: U64, length: U64, prot: number, flags: number, fd: number, offset: U64): Mapping;
+  munmap(buffer: ArrayBuffer): void;
+  memfdCreate(name: string, flags: number): number;
+  madvise(addr: U64, length: U64, advice: number): void;
+  // eventfd
+  eventfd(initval: number, flags: number): number;
+  // vCPU kick
+  threadPrepareKick(signo: number): bigint;
+  threadKick(thread: bigint, signo: number): void;
+  // KVM system / VM
+  kvmGetApiVersion(kvmFd: number): number;
+  kvmCreateVm(kvmFd: number, type: number): number;
+  kvmCheckExtension(fd: number, cap: number): number;
+  kvmGetVcpuMmapSize(kvmFd: number): number;
+  kvmGetSupportedCpuid(kvmFd: number): CpuidEntry[];
+  kvmCreateVcpu(vmFd: number, id: number): number;
+  kvmSetTssAddr(vmFd: number, addr: number): void;
+  kvmSetIdentityMapAddr(vmFd: number, addr: U64): void;
+  kvmCreateIrqchip(vmFd: number): void;
+  kvmCreatePit2(vmFd: number, flags: number): void;
+  kvmSetUserMemoryRegion(vmFd: number, r: { slot: number; flags: number; guestPhysAddr: U64; memorySize: U64; userspaceAddr: U64 }): void;
+  kvmIrqfd(vmFd: number, r: { fd: number; gsi: number; flags: number; resamplefd?: number }): void;
+  kvmIoeventfd(vmFd: number, r: { datamatch?: U64; addr: U64; len: number; fd: number; flags: number }): void;
+  kvmSetGsiRouting(vmFd: number, routes: GsiRoute[]): void;
+  kvmSignalMsi(vmFd: number, msi: { addressLo: number; addressHi: number; data: number }): number;
+  kvmIrqLine(vmFd: number, irq: number, level: number): void;
+  kvmCreateDevice(vmFd: number, type: number): number;
+  kvmSetDeviceAttr(devFd: number, group: number, attr: U64, value: number): void;
+  // vCPU
+  kvmRun(vcpuFd: number): number;
+  kvmGetRegs(vcpuFd: number): Regs;
+  kvmSetRegs(vcpuFd: number, regs: Partial<Regs>): void;
+  kvmGetSregs(vcpuFd: number): Sregs;
+  kvmSetSregs(vcpuFd: number, sregs: Partial<Sregs>): void;
+  kvmSetCpuid2(vcpuFd: number, entries: CpuidEntry[]): void;
+  kvmSetMsrs(vcpuFd: number, msrs: { index: number; data: U64 }[]): number;
+  kvmSetFpu(vcpuFd: number, fpu: { fcw: number; mxcsr: number }): void;
+}
+
+/** An Error from a failed syscall, as thrown by the addon. */
+export interface SyscallError extends Error { code: string; errno: number; syscall: string }
+export function isSyscallError(e: unknown, code?: string): e is SyscallError {
+  return e instanceof Error && typeof (e as SyscallError).syscall === 'string' && (code === undefined || (e as SyscallError).code === code);
+}
+
+const require = createRequire(import.meta.url);
+let cached: Native | undefined;
+
+export function native(): Native {
+  if (!cached) {
+    const path = `${projectRoot}/build/Release/tsvmm_native.node`;
+    try {
+      cached = require(path) as Native;
+    } catch (e) {
+      throw new Error(`cannot load the native addon ${path}: ${(e as Error).message}\n` +
+        `  fix: run 'npm install' (or 'npm run build:native') in ${projectRoot}`, { cause: e });
+    }
+  }
+  return cached;
+}
+
+// mmap/prot constants (asm-generic values, x86-64).
+export const PROT_NONE = 0, PROT_READ = 1, PROT_WRITE = 2;
+export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+export const MFD_CLOEXEC = 1;
+export const EFD_NONBLOCK = 0o4000;
+export const MADV_DONTFORK = 10;

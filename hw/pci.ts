@@ -1,0 +1,203 @@
+// PCI devices and the bus: a 256-byte configuration space with write masks (what the guest may
+// change), BARs that the guest sizes and places, and BAR decoding that maps each BAR's memory
+// region into the bus's memory or I/O space when the command register enables it (QEMU's
+// pci_update_mappings). Device models (emulated or vfio-pci) subclass PciDevice.
+import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
+
+export const PCI_VENDOR_ID = 0x00, PCI_DEVICE_ID = 0x02, PCI_COMMAND = 0x04, PCI_STATUS = 0x06;
+export const PCI_REVISION_ID = 0x08, PCI_CLASS_PROG = 0x09, PCI_HEADER_TYPE = 0x0e;
+export const PCI_BASE_ADDRESS_0 = 0x10, PCI_SUBSYSTEM_VENDOR_ID = 0x2c, PCI_ROM_ADDRESS = 0x30;
+export const PCI_CAPABILITY_LIST = 0x34, PCI_INTERRUPT_LINE = 0x3c, PCI_INTERRUPT_PIN = 0x3d;
+export const PCI_COMMAND_IO = 0x1, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4, PCI_COMMAND_INTX_DISABLE = 0x400;
+export const PCI_STATUS_CAP_LIST = 0x10, PCI_STATUS_INTERRUPT = 0x08;
+export const PCI_CONFIG_SIZE = 256;
+
+export type BarType = 'mem32' | 'mem64' | 'io';
+
+export interface PciBar {
+  index: number;
+  size: number;          // power of two; io ≥ 4, memory ≥ 16 (the model grows sub-page BARs itself)
+  type: BarType;
+  prefetchable: boolean;
+  region: MemoryRegion;  // what the BAR shows; placed at the guest-programmed address
+  mappedAt?: number;     // current address in the bus space, undefined when not decoded
+}
+
+export const BAR_UNMAPPED = -1;
+
+export class PciDevice {
+  readonly config = new Uint8Array(PCI_CONFIG_SIZE);
+  /** Bits the guest may write. */
+  readonly wmask = new Uint8Array(PCI_CONFIG_SIZE);
+  /** Bits the guest clears by writing 1 (status register error bits). */
+  readonly w1cmask = new Uint8Array(PCI_CONFIG_SIZE);
+  readonly bars: (PciBar | undefined)[] = [];
+  bus: PciBus | undefined;
+  devfn = -1;
+  /** Called after a BAR moved or appeared/disappeared (vfio-pci re-checks its mmaps here). */
+  protected onBarMapped?(bar: PciBar, addr: number | undefined): void;
+
+  constructor(readonly name: string, ids: { vendor: number; device: number; classCode: number; revision?: number; subsystemVendor?: number; subsystem?: number }) {
+    const v = new DataView(this.config.buffer);
+    v.setUint16(PCI_VENDOR_ID, ids.vendor, true);
+    v.setUint16(PCI_DEVICE_ID, ids.device, true);
+    this.config[PCI_REVISION_ID] = ids.revision ?? 0;
+    this.config[PCI_CLASS_PROG] = ids.classCode & 0xff;
+    this.config[0x0a] = (ids.classCode >> 8) & 0xff;
+    this.config[0x0b] = (ids.classCode >> 16) & 0xff;
+    v.setUint16(PCI_SUBSYSTEM_VENDOR_ID, ids.subsystemVendor ?? 0, true);
+    v.setUint16(PCI_SUBSYSTEM_VENDOR_ID + 2, ids.subsystem ?? 0, true);
+    // Command: I/O, memory, bus master, INTx disable are guest-controlled; status errors are W1C.
+    this.setWmask(PCI_COMMAND, 2, PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE | 0x40 | 0x100);
+    this.w1cmask[PCI_STATUS + 1] = 0xf9;
+    this.wmask[PCI_INTERRUPT_LINE] = 0xff;
+    this.wmask[0x0c] = 0xff; // cache line size
+    this.wmask[0x0d] = 0xff; // latency timer
+  }
+
+  get slot(): number { return this.devfn >> 3; }
+  get bdf(): string { return `00:${this.slot.toString(16).padStart(2, '0')}.${this.devfn & 7}`; }
+  get command(): number { return this.config[PCI_COMMAND]! | (this.config[PCI_COMMAND + 1]! << 8); }
+
+  protected setWmask(off: number, size: number, mask: number): void {
+    for (let i = 0; i < size; i++) this.wmask[off + i] = (mask >>> (8 * i)) & 0xff;
+  }
+
+  /** Declares BAR `index` (a 64-bit BAR takes index+1 too). */
+  registerBar(index: number, type: BarType, size: number, region: MemoryRegion, prefetchable = false): PciBar {
+    if (index < 0 || index > 5 || (type === 'mem64' && index === 5)) throw new RangeError(`${this.name}: BAR index ${index} invalid for ${type}`);
+    if (this.bars[index] || (index > 0 && this.bars[index - 1]?.type === 'mem64') || (type === 'mem64' && this.bars[index + 1]))
+      throw new Error(`${this.name}: BAR${index} overlaps another BAR`);
+    if (size & (size - 1) || size < (type === 'io' ? 4 : 16)) throw new RangeError(`${this.name}: BAR${index} size 0x${size.toString(16)} must be a power of two ≥ ${type === 'io' ? 4 : 16}`);
+    const bar: PciBar = { index, size, type, prefetchable, region };
+    this.bars[index] = bar;
+    const off = PCI_BASE_ADDRESS_0 + 4 * index;
+    const low = type === 'io' ? 0x1 : (type === 'mem64' ? 0x4 : 0) | (prefetchable ? 0x8 : 0);
+    new DataView(this.config.buffer).setUint32(off, low, true);
+    // Size is encoded by which address bits are writable (the sizing protocol).
+    const mask = type === 'io' ? ~(size - 1) & 0xfffc : size >= 2 ** 32 ? 0 : ~(size - 1) >>> 0 & 0xfffffff0;
+    this.setWmask(off, 4, mask);
+    if (type === 'mem64') {
+      const hi = size > 2 ** 32 ? (~(size / 2 ** 32 - 1)) >>> 0 : 0xffffffff;
+      this.setWmask(off + 4, 4, hi);
+    }
+    return bar;
+  }
+
+  /** The address the guest programmed into a BAR (ignoring decode enables). */
+  barAddress(bar: PciBar): number {
+    const v = new DataView(this.config.buffer);
+    const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
+    const lo = v.getUint32(off, true);
+    if (bar.type === 'io') return lo & ~3 & 0xffff;
+    const base = (lo & 0xfffffff0) >>> 0;
+    return bar.type === 'mem64' ? base + v.getUint32(off + 4, true) * 2 ** 32 : base;
+  }
+
+  // --- configuration space access (what conf1/ECAM call) -------------------------------------
+  configRead(off: number, size: number): number {
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = (v << 8) | this.config[off + i]!;
+    return v >>> 0;
+  }
+
+  configWrite(off: number, size: number, value: number): void {
+    let touchesBars = false;
+    for (let i = 0; i < size; i++) {
+      const a = off + i;
+      const b = (value >>> (8 * i)) & 0xff;
+      const w = this.wmask[a]!, c = this.w1cmask[a]!;
+      this.config[a] = (this.config[a]! & ~w) | (b & w);
+      this.config[a] = this.config[a]! & ~(b & c);
+      if ((a >= PCI_BASE_ADDRESS_0 && a < PCI_BASE_ADDRESS_0 + 24) || a === PCI_COMMAND || a === PCI_ROM_ADDRESS) touchesBars = true;
+    }
+    if (touchesBars) this.updateMappings();
+  }
+
+  /** Re-evaluates every BAR against the command register; moves regions that changed. */
+  updateMappings(): void {
+    const bus = this.bus;
+    if (!bus) return;
+    const cmd = this.command;
+    memoryTransaction(() => {
+      for (const bar of this.bars) {
+        if (!bar) continue;
+        const enabled = bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY;
+        let addr: number | undefined = enabled ? this.barAddress(bar) : undefined;
+        // As QEMU's pci_bar_address: unprogrammed (0), a 32-bit BAR reaching the top of its
+        // space (mid-sizing: all ones), or beyond the bus's space is not decoded.
+        const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem32' ? 0xffffffff : bus.memLimit;
+        if (addr !== undefined && (addr === 0 || addr + bar.size - 1 >= limit)) addr = undefined;
+        if (addr === bar.mappedAt) continue;
+        const space = bar.type === 'io' ? bus.ioSpace : bus.memSpace;
+        if (bar.mappedAt !== undefined) space.removeSubregion(bar.region);
+        bar.mappedAt = addr;
+        if (addr !== undefined) space.addSubregion(addr, bar.region, 1);
+        this.onBarMapped?.(bar, addr);
+      }
+    });
+  }
+
+  /** Unmaps every BAR (device removal). */
+  unmapAll(): void {
+    const bus = this.bus;
+    if (!bus) return;
+    memoryTransaction(() => {
+      for (const bar of this.bars) {
+        if (!bar || bar.mappedAt === undefined) continue;
+        (bar.type === 'io' ? bus.ioSpace : bus.memSpace).removeSubregion(bar.region);
+        bar.mappedAt = undefined;
+      }
+    });
+  }
+
+  /** Resets guest-visible state (system_reset). */
+  reset(): void {
+    this.config[PCI_COMMAND] = 0;
+    this.config[PCI_COMMAND + 1] = 0;
+    this.updateMappings();
+  }
+}
+
+export class PciBus {
+  readonly devices = new Map<number, PciDevice>();
+
+  /**
+   * @param memSpace container where memory BARs are placed (guest-physical addresses)
+   * @param ioSpace  container where I/O BARs are placed (ports)
+   * @param memLimit memory BARs beyond this are not decoded
+   */
+  constructor(readonly memSpace: MemoryRegion, readonly ioSpace: MemoryRegion, readonly memLimit: number) {}
+
+  /** Plugs a device at slot (or the first free one), function 0. */
+  attach(dev: PciDevice, slot?: number): void {
+    if (dev.bus) throw new Error(`${dev.name} is already on a bus`);
+    if (slot === undefined) {
+      slot = 0;
+      while (this.devices.has(slot << 3)) slot++;
+    }
+    if (slot < 0 || slot > 31) throw new RangeError(`no free PCI slot for ${dev.name} (slots 0-31)`);
+    if (this.devices.has(slot << 3)) throw new Error(`PCI slot ${slot} is taken by ${this.devices.get(slot << 3)!.name}`);
+    dev.bus = this;
+    dev.devfn = slot << 3;
+    this.devices.set(dev.devfn, dev);
+    dev.updateMappings();
+  }
+
+  detach(dev: PciDevice): void {
+    if (dev.bus !== this) return;
+    dev.unmapAll();
+    this.devices.delete(dev.devfn);
+    dev.bus = undefined;
+  }
+
+  configRead(devfn: number, off: number, size: number): number {
+    const d = this.devices.get(devfn);
+    if (!d) return size === 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+    return d.configRead(off, size);
+  }
+
+  configWrite(devfn: number, off: number, size: number, value: number): void {
+    this.devices.get(devfn)?.configWrite(off, size, value);
+  }
+}

@@ -1,0 +1,130 @@
+// A 16550A UART (COM1 at 0x3f8, IRQ 4): enough of the register set for polled and
+// interrupt-driven drivers (Linux's 8250, the test guest). Output is batched per event-loop
+// turn so a guest printing byte by byte does not cost one write(2) per byte.
+import { MemoryRegion } from '../core/memory/index.js';
+
+const IER_RDI = 0x01, IER_THRI = 0x02;
+const IIR_NONE = 0x01, IIR_THRI = 0x02, IIR_RDI = 0x04, IIR_FIFO = 0xc0;
+const LCR_DLAB = 0x80;
+const LSR_DR = 0x01, LSR_THRE = 0x20, LSR_TEMT = 0x40;
+const MCR_LOOP = 0x10;
+const MSR_IDLE = 0xb0;          // CTS|DSR|DCD: a cable is "connected"
+
+export interface SerialOptions {
+  /** Called with output bytes, batched. */
+  output: (bytes: Uint8Array) => void;
+  /** Drives the IRQ line (level). */
+  setIrq?: (level: boolean) => void;
+}
+
+export class Serial16550 {
+  readonly region: MemoryRegion;
+  private ier = 0; private lcr = 0; private mcr = 0; private scr = 0; private fcr = 0;
+  private dll = 0x0c; private dlm = 0;
+  private thriPending = false;
+  private irqLevel = false;
+  private readonly rx: number[] = [];
+  private out: number[] = [];
+  private flushScheduled = false;
+
+  constructor(private readonly opts: SerialOptions) {
+    this.region = MemoryRegion.io('serial-16550', 8, {
+      read: (off) => this.read(off),
+      write: (off, _size, v) => this.write(off, Number(v) & 0xff),
+    });
+  }
+
+  /** Bytes from the outside world (console input) for the guest to read. */
+  input(bytes: Uint8Array): void {
+    for (const b of bytes) this.rx.push(b);
+    this.updateIrq();
+  }
+
+  private read(off: number): number {
+    const dlab = (this.lcr & LCR_DLAB) !== 0;
+    switch (off) {
+      case 0: {
+        if (dlab) return this.dll;
+        const b = this.rx.shift() ?? 0;
+        this.updateIrq();
+        return b;
+      }
+      case 1: return dlab ? this.dlm : this.ier;
+      case 2: {
+        const iir = this.iirId() | (this.fcr & 1 ? IIR_FIFO : 0);
+        if ((iir & 0x0f) === IIR_THRI) { this.thriPending = false; this.updateIrq(); } // reading IIR clears THRI
+        return iir;
+      }
+      case 3: return this.lcr;
+      case 4: return this.mcr;
+      case 5: return LSR_THRE | LSR_TEMT | (this.rx.length ? LSR_DR : 0);
+      case 6: return this.mcr & MCR_LOOP ? this.loopbackMsr() : MSR_IDLE;
+      default: return this.scr;
+    }
+  }
+
+  private write(off: number, v: number): void {
+    const dlab = (this.lcr & LCR_DLAB) !== 0;
+    switch (off) {
+      case 0:
+        if (dlab) { this.dll = v; return; }
+        if (this.mcr & MCR_LOOP) this.rx.push(v);
+        else this.emit(v);
+        // The byte left at once: THR is empty again.
+        this.thriPending = true;
+        this.updateIrq();
+        return;
+      case 1:
+        if (dlab) { this.dlm = v; return; }
+        // Enabling THRI with an empty THR raises it at once, as real 16550s (and Linux) expect.
+        if (!(this.ier & IER_THRI) && v & IER_THRI) this.thriPending = true;
+        this.ier = v & 0x0f;
+        this.updateIrq();
+        return;
+      case 2:
+        this.fcr = v & 0xc9;
+        if (v & 0x02) { this.rx.length = 0; this.updateIrq(); }
+        return;
+      case 3: this.lcr = v; return;
+      case 4: this.mcr = v & 0x1f; return;
+      case 7: this.scr = v; return;
+      default: return; // LSR/MSR are read-only
+    }
+  }
+
+  // In loopback, modem outputs feed inputs: RTS→CTS, DTR→DSR, OUT1→RI, OUT2→DCD (8250 probing checks this).
+  private loopbackMsr(): number {
+    const m = this.mcr;
+    return (m & 0x02 ? 0x10 : 0) | (m & 0x01 ? 0x20 : 0) | (m & 0x04 ? 0x40 : 0) | (m & 0x08 ? 0x80 : 0);
+  }
+
+  private iirId(): number {
+    if (this.ier & IER_RDI && this.rx.length) return IIR_RDI;
+    if (this.ier & IER_THRI && this.thriPending) return IIR_THRI;
+    return IIR_NONE;
+  }
+
+  private updateIrq(): void {
+    const level = this.iirId() !== IIR_NONE;
+    if (level !== this.irqLevel) {
+      this.irqLevel = level;
+      this.opts.setIrq?.(level);
+    }
+  }
+
+  private emit(b: number): void {
+    this.out.push(b);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  flush(): void {
+    this.flushScheduled = false;
+    if (!this.out.length) return;
+    const bytes = Uint8Array.from(this.out);
+    this.out = [];
+    this.opts.output(bytes);
+  }
+}

@@ -1,0 +1,13 @@
+// tsvmm native addon: thin wrappers over Linux syscalls and ioctls. No policy lives here.
+#include "util.h"
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  tsvmm::InitMman(env, exports);
+  tsvmm::InitEventfd(env, exports);
+  tsvmm::InitKvm(env, exports);
+  tsvmm::InitKvmVcpu(env, exports);
+  tsvmm::InitThread(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(tsvmm_native, Init)

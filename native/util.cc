@@ -1,0 +1,53 @@
+#include "util.h"
+#include <sys/ioctl.h>
+
+namespace tsvmm {
+
+const char *ErrnoName(int err) {
+  switch (err) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(ESRCH) E(EINTR) E(EIO) E(ENXIO) E(E2BIG) E(EBADF) E(EAGAIN) E(ENOMEM) E(EACCES)
+    E(EFAULT) E(EBUSY) E(EEXIST) E(ENODEV) E(ENOTDIR) E(EISDIR) E(EINVAL) E(ENFILE) E(EMFILE) E(ENOTTY)
+    E(EFBIG) E(ENOSPC) E(ESPIPE) E(EROFS) E(EPIPE) E(ERANGE) E(ENOSYS) E(EOPNOTSUPP) E(ENOTSOCK)
+    E(ECONNREFUSED) E(ECONNRESET) E(ETIMEDOUT) E(EOVERFLOW)
+    E(EADDRINUSE) E(ENOBUFS) E(EMSGSIZE) E(ENOTCONN) E(EDEADLK) E(ENOLCK)
+#undef E
+    default: return "EUNKNOWN";
+  }
+}
+
+void ThrowErrno(Napi::Env env, const std::string &syscall, int err) {
+  std::string code = ErrnoName(err);
+  Napi::Error e = Napi::Error::New(env, code + ": " + strerror(err) + ", " + syscall);
+  e.Set("code", Napi::String::New(env, code));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  throw e;
+}
+
+uint64_t ToU64(Napi::Env env, Napi::Value v, const char *what) {
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    uint64_t r = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(env, std::string(what) + " does not fit in 64 bits");
+    return r;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (d < 0 || d > 9007199254740991.0 || d != (double)(uint64_t)d)
+      throw Napi::RangeError::New(env, std::string(what) + " must be a non-negative safe integer or a bigint");
+    return (uint64_t)d;
+  }
+  if (v.IsUndefined()) return 0;
+  throw Napi::TypeError::New(env, std::string(what) + " must be a number or bigint");
+}
+
+int IoctlRetry(int fd, unsigned long req, void *arg) {
+  int r;
+  do {
+    r = ioctl(fd, req, arg);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+}  // namespace tsvmm
