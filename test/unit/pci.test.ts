@@ -1,0 +1,123 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
+import { PciBus, PciDevice, PCI_COMMAND } from '../../hw/pci.js';
+import { PciHostBridge } from '../../hw/pci-host.js';
+
+function setup() {
+  const mem = MemoryRegion.container('pci-mem', 2 ** 40);
+  const io = MemoryRegion.container('io', 0x10000);
+  const memAs = new AddressSpace('memory', mem);
+  const ioAs = new AddressSpace('io', io);
+  const bus = new PciBus(mem, io, 2 ** 40);
+  const host = new PciHostBridge(bus);
+  ioAs.root.addSubregion(0xcf8, host.conf1);
+  const cfgAddr = (devfn: number, reg: number) => 0x80000000 | (devfn << 8) | (reg & 0xfc);
+  const cfgRead = (devfn: number, reg: number, size = 4) => { ioAs.write(0xcf8, 4, cfgAddr(devfn, reg)); return Number(ioAs.read(0xcfc + (reg & 3), size)); };
+  const cfgWrite = (devfn: number, reg: number, v: number, size = 4) => { ioAs.write(0xcf8, 4, cfgAddr(devfn, reg)); ioAs.write(0xcfc + (reg & 3), size, v); };
+  return { mem, io, memAs, ioAs, bus, host, cfgRead, cfgWrite };
+}
+
+function device(bus: PciBus) {
+  const d = new PciDevice('testdev', { vendor: 0x1b36, device: 0x0005, classCode: 0x00ff00 });
+  const hits: number[] = [];
+  d.registerBar(0, 'mem32', 0x1000, MemoryRegion.io('bar0', 0x1000, { read: (o) => 0x1000 + o, write: (o) => { hits.push(o); } }));
+  d.registerBar(1, 'io', 0x100, MemoryRegion.io('bar1', 0x100, { read: (o) => 0x2000 + o, write: () => {} }));
+  d.registerBar(2, 'mem64', 0x4000, MemoryRegion.io('bar2', 0x4000, { read: (o) => 0x3000 + o, write: () => {} }));
+  bus.attach(d, 3);
+  return { d, hits };
+}
+
+test('conf1: host bridge identity at 00:00.0, empty slots read all-ones', () => {
+  const { cfgRead } = setup();
+  assert.equal(cfgRead(0, 0), 0x0d578086);
+  assert.equal(cfgRead(0, 8) >>> 8, 0x060000);
+  assert.equal(cfgRead(5 << 3, 0), 0xffffffff);
+  assert.equal(cfgRead(5 << 3, 0, 2), 0xffff);
+});
+
+test('conf1: sub-dword data accesses and the enable bit', () => {
+  const { cfgRead, ioAs } = setup();
+  assert.equal(cfgRead(0, 2, 2), 0x0d57);
+  assert.equal(cfgRead(0, 3, 1), 0x0d);
+  ioAs.write(0xcf8, 4, 0x00000000); // enable bit clear: no config cycle
+  assert.equal(Number(ioAs.read(0xcfc, 4)), 0xffffffff);
+  ioAs.write(0xcf8, 4, 0x80010000); // bus 1 does not exist
+  assert.equal(Number(ioAs.read(0xcfc, 4)), 0xffffffff);
+});
+
+test('BAR sizing protocol: all-ones reads back the size mask and type bits', () => {
+  const { bus, cfgRead, cfgWrite } = setup();
+  device(bus);
+  const df = 3 << 3;
+  cfgWrite(df, 0x10, 0xffffffff);
+  assert.equal(cfgRead(df, 0x10), 0xfffff000);
+  cfgWrite(df, 0x14, 0xffffffff);
+  assert.equal(cfgRead(df, 0x14), 0x0000ff01);
+  cfgWrite(df, 0x18, 0xffffffff);
+  cfgWrite(df, 0x1c, 0xffffffff);
+  assert.equal(cfgRead(df, 0x18), 0xffffc004);
+  assert.equal(cfgRead(df, 0x1c), 0xffffffff);
+});
+
+test('BARs decode only with the command enables, and move when reprogrammed', () => {
+  const { bus, memAs, ioAs, cfgWrite } = setup();
+  const { hits } = device(bus);
+  const df = 3 << 3;
+  cfgWrite(df, 0x10, 0xc0000000);
+  cfgWrite(df, 0x14, 0xc000);
+  assert.equal(Number(memAs.read(0xc0000010, 4)), 0xffffffff, 'not decoded before COMMAND.MEM');
+  cfgWrite(df, PCI_COMMAND, 0x3, 2);
+  assert.equal(Number(memAs.read(0xc0000010, 4)), 0x1010);
+  assert.equal(Number(ioAs.read(0xc004, 1)), 0x2004);
+  cfgWrite(df, 0x10, 0xd0000000);
+  assert.equal(Number(memAs.read(0xc0000010, 4)), 0xffffffff, 'old address no longer decodes');
+  memAs.write(0xd0000020, 4, 1);
+  assert.deepEqual(hits, [0x20]);
+  cfgWrite(df, PCI_COMMAND, 0x1, 2);
+  assert.equal(Number(memAs.read(0xd0000020, 4)), 0xffffffff);
+});
+
+test('64-bit BAR: high dword places it above 4 GiB; sizing leaves it unmapped', () => {
+  const { bus, memAs, cfgWrite } = setup();
+  const { d } = device(bus);
+  const df = 3 << 3;
+  cfgWrite(df, PCI_COMMAND, 0x2, 2);
+  cfgWrite(df, 0x18, 0x00100000);
+  cfgWrite(df, 0x1c, 0x1);
+  assert.equal(d.bars[2]!.mappedAt, 2 ** 32 + 0x100000);
+  assert.equal(Number(memAs.read(2 ** 32 + 0x100008, 4)), 0x3008);
+  cfgWrite(df, 0x18, 0xffffffff);
+  cfgWrite(df, 0x1c, 0xffffffff);
+  assert.equal(d.bars[2]!.mappedAt, undefined, 'an address beyond the bus limit is not decoded');
+});
+
+test('hostile writes: read-only IDs, reserved bits and W1C status', () => {
+  const { bus, cfgRead, cfgWrite } = setup();
+  const { d } = device(bus);
+  const df = 3 << 3;
+  cfgWrite(df, 0x00, 0x12345678);
+  assert.equal(cfgRead(df, 0), 0x00051b36);
+  cfgWrite(df, 0x08, 0xffffffff);
+  assert.equal(cfgRead(df, 8), 0x00ff0000);
+  cfgWrite(df, PCI_COMMAND, 0xffff, 2);
+  assert.equal(cfgRead(df, PCI_COMMAND, 2), 0x0547);
+  d.config[0x07] = 0x81; // device reports errors
+  cfgWrite(df, 0x06, 0x8000, 2); // W1C one of them
+  assert.equal(cfgRead(df, 0x07, 1), 0x01);
+  for (let reg = 0; reg < 256; reg += 4) cfgWrite(df, reg, 0xffffffff); // garbage everywhere
+  assert.equal(cfgRead(df, 0), 0x00051b36);
+  assert.equal(d.bars[0]!.mappedAt, undefined, 'all-ones BARs are mid-sizing, not decoded');
+});
+
+test('bus: slots are exclusive; detach unmaps the BARs', () => {
+  const { bus, memAs, cfgWrite } = setup();
+  const { d } = device(bus);
+  const other = new PciDevice('other', { vendor: 1, device: 2, classCode: 0 });
+  assert.throws(() => bus.attach(other, 3), /slot 3 is taken by testdev/);
+  cfgWrite(3 << 3, 0x10, 0xc0000000);
+  cfgWrite(3 << 3, PCI_COMMAND, 0x2, 2);
+  assert.equal(Number(memAs.read(0xc0000000, 4)), 0x1000);
+  bus.detach(d);
+  assert.equal(Number(memAs.read(0xc0000000, 4)), 0xffffffff);
+});
