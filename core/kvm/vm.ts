@@ -45,6 +45,8 @@ export class Vm {
   readonly irqchip: boolean;
   readonly kickSignal: number;
   private pool: Tinypool | undefined;
+  /** How long the main thread waits synchronously for a vCPU's next exit (see serve()). */
+  syncWaitMs = Number(process.env.TSVMM_SYNC_WAIT_MS ?? 0.2);
   private readonly closers: (() => void)[] = [];
   private closed = false;
 
@@ -138,15 +140,25 @@ export class Vm {
   private serve(v: Vcpu, done: { value: boolean }): void {
     const ch = v.channel;
     const step = (): void => {
+      // After an exit, the next one of a busy guest usually follows within microseconds: wait
+      // for it synchronously (a futex wait, not a spin) for a short while before going back
+      // to the event loop, whose cross-thread wake-up costs far more than the exit itself.
+      let deadline = 0;
       for (;;) {
         const s = Atomics.load(ch, Slot.State);
         if (s === ChanState.Request) {
           this.handleExit(ch);
           Atomics.store(ch, Slot.State, ChanState.Response);
           Atomics.notify(ch, Slot.State);
+          deadline = performance.now() + this.syncWaitMs;
           continue;
         }
         if (done.value) return;
+        const left = deadline - performance.now();
+        if (left > 0) {
+          Atomics.wait(ch, Slot.State, s, left);
+          continue;
+        }
         const w = Atomics.waitAsync(ch, Slot.State, s);
         if (w.async) {
           void w.value.then(step);

@@ -1,0 +1,51 @@
+// Runs the project's test guest (or any image) in a Machine, collecting serial output by line
+// and letting a test react to lines as they arrive (e.g. inject an interrupt on "irq ready").
+import { readdirSync } from 'node:fs';
+import { checkConfig, type RawConfig } from '../../core/config/config.js';
+import { Machine, type MachineResult } from '../../core/machine.js';
+import { guestPaths } from '../../guest/index.js';
+
+export interface GuestRun extends MachineResult { output: string; lines: string[] }
+
+export async function runGuest(opts: {
+  cmdline?: string;
+  config?: Partial<RawConfig>;
+  onLine?: (line: string, m: Machine) => void;
+  onStart?: (m: Machine) => void;
+  timeoutMs?: number;
+}): Promise<GuestRun> {
+  const raw: RawConfig = { memory: 64, kernel: { path: guestPaths().elf }, cmdline: opts.cmdline ?? '', ...opts.config };
+  const config = checkConfig(raw, 'test', process.cwd());
+  let output = '';
+  let partial = '';
+  const lines: string[] = [];
+  let machine: Machine | undefined;
+  machine = new Machine(config, {
+    serialOutput: (b) => {
+      const text = Buffer.from(b).toString('latin1');
+      output += text;
+      partial += text;
+      let i: number;
+      while ((i = partial.indexOf('\n')) >= 0) {
+        const line = partial.slice(0, i).replace(/\r$/, '');
+        partial = partial.slice(i + 1);
+        lines.push(line);
+        opts.onLine?.(line, machine!);
+      }
+    },
+  });
+  const timer = setTimeout(() => machine!.requestExit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`), opts.timeoutMs ?? 30000);
+  try {
+    opts.onStart?.(machine);
+    const r = await machine.run();
+    return { ...r, output, lines };
+  } finally {
+    clearTimeout(timer);
+    machine.close();
+  }
+}
+
+/** Open fds of this process, to check nothing leaks. */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
