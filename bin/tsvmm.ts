@@ -11,6 +11,7 @@ Usage:
   tsvmm run [config.json]        Run a VM. With no config, runs the built-in demo guest
                                  (prints over serial, lists the PCI bus, exits 0).
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
+  tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
   tsvmm testhost <command> ...   The nested KVM+VFIO test host ('tsvmm testhost --help').
   tsvmm --help | --version
 
@@ -61,6 +62,22 @@ async function main(argv: string[]): Promise<number> {
       if (rest.length !== 1) throw new UsageError('validate takes one config file');
       const c = loadConfig(rest[0]!);
       process.stdout.write(`${rest[0]}: valid (${c.name}: ${c.memoryBytes / 2 ** 20} MiB, ${c.vcpus} vCPU, ${c.devices.length} device(s))\n`);
+      return 0;
+    }
+    case 'groups': {
+      const { listGroups } = await import('../core/vfio/sysfs.js');
+      const groups = listGroups();
+      if (!groups.length) {
+        process.stdout.write('no IOMMU groups: the IOMMU is off or absent (boot with intel_iommu=on / amd_iommu=on)\n');
+        return 1;
+      }
+      for (const g of groups) {
+        process.stdout.write(`group ${g.group} ${g.viable ? 'viable' : 'NOT viable'}\n`);
+        for (const m of g.members) {
+          const ids = m.vendor !== undefined ? ` ${m.vendor.toString(16).padStart(4, '0')}:${(m.device ?? 0).toString(16).padStart(4, '0')}` : '';
+          process.stdout.write(`  ${m.name}${ids} driver=${m.driver ?? '(none)'}\n`);
+        }
+      }
       return 0;
     }
     case 'testhost': {

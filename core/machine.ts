@@ -11,7 +11,9 @@ import type { VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
-import { PciBus } from '../hw/pci.js';
+import { PciBus, assignBars } from '../hw/pci.js';
+import { VfioPciDevice } from '../hw/vfio-pci.js';
+import { Vfio } from './vfio/vfio.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
@@ -21,6 +23,9 @@ export const PCI_MMIO32_END = 0xfec0_0000; // IOAPIC and LAPIC live above
 export const HIGH_RAM_BASE = 2 ** 32;
 export const MULTIBOOT_INFO_ADDR = 0x9000;
 export const COM1_PORT = 0x3f8, COM1_IRQ = 4;
+export const PCI_IO_BASE = 0xc000, PCI_IO_END = 0x10000;
+/** INTx of PCI devices: IOAPIC pins 16-23 (like q35's PIRQs), one per device where possible. */
+export const PCI_INTX_GSI_BASE = 16;
 
 export interface MachineOptions {
   /** Overrides where COM1 output goes (tests capture it). */
@@ -44,6 +49,8 @@ export class Machine {
   readonly pciBus: PciBus;
   readonly pciHost: PciHostBridge;
   readonly e820: E820Entry[] = [];
+  readonly vfio: Vfio;
+  readonly devices: VfioPciDevice[] = [];
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -96,6 +103,12 @@ export class Machine {
       this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
+      // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
+      this.vfio = new Vfio(this.vm);
+      cleanups.push(() => this.releaseDevices());
+      config.devices.forEach((d, i) => this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8)));
+      assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
+
       for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
       this.loadGuest();
     } catch (e) {
@@ -104,6 +117,38 @@ export class Machine {
       }
       throw e;
     }
+  }
+
+  /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
+  addVfioDevice(d: { host?: string; sysfsdev?: string; group?: number; slot?: number; id?: string }, defaultId: string, gsi: number, passed: { groupFd?: number } = {}): VfioPciDevice {
+    const assigned = this.vfio.open(d, passed);
+    let dev: VfioPciDevice | undefined;
+    try {
+      dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi });
+      this.pciBus.attach(dev, d.slot);
+    } catch (e) {
+      dev?.destroy();
+      this.vfio.release(assigned);
+      throw e;
+    }
+    this.devices.push(dev);
+    return dev;
+  }
+
+  removeVfioDevice(dev: VfioPciDevice): void {
+    const i = this.devices.indexOf(dev);
+    if (i < 0) return;
+    this.devices.splice(i, 1);
+    this.pciBus.detach(dev);
+    dev.destroy();
+    this.vfio.release(dev.assigned);
+  }
+
+  private releaseDevices(): void {
+    for (const d of [...this.devices].reverse()) {
+      try { this.removeVfioDevice(d); } catch (e) { console.error(`tsvmm: releasing ${d.name}: ${(e as Error).message}`); }
+    }
+    this.vfio.close();
   }
 
   private setupVcpu(id: number): void {
@@ -167,6 +212,7 @@ export class Machine {
     if (this.closed) return;
     this.closed = true;
     this.serial.flush();
+    this.releaseDevices();
     this.vm.close();
     native().munmap(this.ram.buffer as ArrayBuffer);
     closeSync(this.ramFd);

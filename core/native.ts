@@ -30,6 +30,41 @@ export interface KvmRunLayout {
   failEntryReason: number; internalSuberror: number; internalNdata: number; internalData: number; systemEventType: number;
 }
 
+// VFIO (vfio.cc)
+export interface VfioIommuInfo {
+  flags: number;
+  /** Bitmap of supported IOMMU page sizes (0 unless VFIO_IOMMU_INFO_PGSIZES). */
+  iovaPgsizes: bigint;
+  /** VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: usable IOVA ranges, `end` inclusive. */
+  iovaRanges?: { start: bigint; end: bigint }[];
+  /** VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: DMA mappings still allowed. */
+  dmaAvail?: number;
+}
+export interface VfioDeviceInfo { flags: number; numRegions: number; numIrqs: number }
+export interface VfioRegionInfo {
+  index: number; flags: number; size: bigint; offset: bigint;
+  caps: {
+    /** VFIO_REGION_INFO_CAP_SPARSE_MMAP: the only mmap-able areas (offsets within the region). */
+    sparseMmap?: { offset: bigint; size: bigint }[];
+    /** VFIO_REGION_INFO_CAP_TYPE (device-specific regions). */
+    type?: { type: number; subtype: number };
+    /** VFIO_REGION_INFO_CAP_MSIX_MAPPABLE present. */
+    msixMappable: boolean;
+  };
+}
+export interface VfioIrqInfo { index: number; flags: number; count: number }
+/** DATA_EVENTFD needs fds (-1 de-assigns), DATA_BOOL needs bools, DATA_NONE needs count; count, if given with fds/bools, must equal their length. */
+export interface VfioIrqSet { index: number; start: number; flags: number; fds?: number[]; bools?: boolean[]; count?: number }
+export interface VfioHotResetInfo {
+  flags: number;
+  /** groupId for group-opened devices; devid (0 owned, -1 not owned, >0 id) when flags has VFIO_PCI_HOT_RESET_FLAG_DEV_ID. */
+  devices: { groupId?: number; devid?: number; segment: number; bus: number; devfn: number }[];
+}
+// iommufd (iommufd.cc)
+export interface IommuIovaRanges { ranges: { start: bigint; last: bigint }[]; outIovaAlignment: bigint }
+// fd passing (socket.cc)
+export interface RecvFdsResult { data: Uint8Array; fds: number[]; truncated: boolean }
+
 export interface Native {
   constants: Record<string, number>;
   kvmRunLayout: KvmRunLayout;
@@ -71,6 +106,50 @@ export interface Native {
   kvmSetCpuid2(vcpuFd: number, entries: CpuidEntry[]): void;
   kvmSetMsrs(vcpuFd: number, msrs: { index: number; data: U64 }[]): number;
   kvmSetFpu(vcpuFd: number, fpu: { fcw: number; mxcsr: number }): void;
+  // VFIO container (/dev/vfio/vfio)
+  vfioGetApiVersion(containerFd: number): number;
+  vfioCheckExtension(containerFd: number, ext: number): number;
+  vfioSetIommu(containerFd: number, type: number): void;
+  vfioIommuGetInfo(containerFd: number): VfioIommuInfo;
+  vfioIommuMapDma(containerFd: number, m: { vaddr: U64; iova: U64; size: U64; flags: number }): void;
+  /** Returns the number of bytes unmapped. */
+  vfioIommuUnmapDma(containerFd: number, u: { iova: U64; size: U64; flags: number }): bigint;
+  // VFIO group (/dev/vfio/N)
+  vfioGroupGetStatus(groupFd: number): { flags: number };
+  vfioGroupSetContainer(groupFd: number, containerFd: number): void;
+  vfioGroupUnsetContainer(groupFd: number): void;
+  vfioGroupGetDeviceFd(groupFd: number, name: string): number;
+  // VFIO device
+  vfioDeviceGetInfo(deviceFd: number): VfioDeviceInfo;
+  vfioDeviceGetRegionInfo(deviceFd: number, index: number): VfioRegionInfo;
+  vfioDeviceGetIrqInfo(deviceFd: number, index: number): VfioIrqInfo;
+  vfioDeviceSetIrqs(deviceFd: number, set: VfioIrqSet): void;
+  vfioDeviceReset(deviceFd: number): void;
+  vfioDeviceGetPciHotResetInfo(deviceFd: number): VfioHotResetInfo;
+  vfioDevicePciHotReset(deviceFd: number, groupFds: number[]): void;
+  // VFIO cdev device (/dev/vfio/devices/vfioN) with iommufd
+  /** Returns the devid. */
+  vfioDeviceBindIommufd(deviceFd: number, iommufd: number): number;
+  /** Returns the id actually attached (the IOAS or a hwpt the kernel created for it). */
+  vfioDeviceAttachIommufdPt(deviceFd: number, ptId: number): number;
+  vfioDeviceDetachIommufdPt(deviceFd: number): void;
+  // iommufd (/dev/iommu)
+  iommuIoasAlloc(iommufd: number): number;
+  iommuDestroy(iommufd: number, id: number): void;
+  iommuIoasIovaRanges(iommufd: number, ioasId: number): IommuIovaRanges;
+  /** Returns the IOVA (kernel-chosen unless IOMMU_IOAS_MAP_FIXED_IOVA). */
+  iommuIoasMap(iommufd: number, m: { ioasId: number; flags: number; userVa: U64; length: U64; iova?: U64 }): bigint;
+  /** Returns the bytes unmapped; iova 0 with length 0xffffffffffffffffn unmaps everything. */
+  iommuIoasUnmap(iommufd: number, u: { ioasId: number; iova: U64; length: U64 }): bigint;
+  /** Returns val64 (the current value for IOMMU_OPTION_OP_GET). */
+  iommuOption(iommufd: number, o: { option: number; op: number; objectId?: number; val64?: U64 }): bigint;
+  // Unix-socket fd passing
+  /** sendmsg with SCM_RIGHTS and MSG_NOSIGNAL; needs >= 1 data byte when fds are passed. Returns bytes sent. */
+  sendFds(socketFd: number, data: Uint8Array, fds: number[]): number;
+  /** recvmsg with MSG_CMSG_CLOEXEC. data.length 0 = EOF. More than maxFds fds → they are closed, truncated = true. EAGAIN throws. */
+  recvFds(socketFd: number, maxData: number, maxFds: number): RecvFdsResult;
+  socketpair(): [number, number];
+  setNonBlocking(fd: number, on: boolean): void;
 }
 
 /** An Error from a failed syscall, as thrown by the addon. */

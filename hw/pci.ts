@@ -201,3 +201,26 @@ export class PciBus {
     this.devices.get(devfn)?.configWrite(off, size, value);
   }
 }
+
+/**
+ * Firmware's job, done by the VMM as cloud-hypervisor does: place every BAR of every device
+ * (largest first, naturally aligned) in the given windows, by writing the BAR registers the way
+ * a BIOS would. 64-bit BARs go in the 32-bit window too when they fit, so guests without paging
+ * (the test guest) reach them. Decoding stays off until the guest sets the command register.
+ */
+export function assignBars(bus: PciBus, mmio: { base: number; end: number }, io: { base: number; end: number }): void {
+  const bars: { dev: PciDevice; bar: PciBar }[] = [];
+  for (const dev of bus.devices.values()) for (const bar of dev.bars) if (bar && !bars.some((b) => b.bar === bar)) bars.push({ dev, bar });
+  bars.sort((a, b) => b.bar.size - a.bar.size);
+  let memNext = mmio.base, ioNext = io.base;
+  for (const { dev, bar } of bars) {
+    const isIo = bar.type === 'io';
+    const at = Math.ceil((isIo ? ioNext : memNext) / bar.size) * bar.size;
+    if (at + bar.size > (isIo ? io.end : mmio.end))
+      throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
+    const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
+    dev.configWrite(off, 4, at % 2 ** 32);
+    if (bar.type === 'mem64') dev.configWrite(off + 4, 4, Math.floor(at / 2 ** 32));
+    if (isIo) ioNext = at + bar.size; else memNext = at + bar.size;
+  }
+}

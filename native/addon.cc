@@ -7,6 +7,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitKvm(env, exports);
   tsvmm::InitKvmVcpu(env, exports);
   tsvmm::InitThread(env, exports);
+  tsvmm::InitVfio(env, exports);
+  tsvmm::InitIommufd(env, exports);
+  tsvmm::InitSocket(env, exports);
   return exports;
 }
 

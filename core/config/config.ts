@@ -10,7 +10,7 @@ import { projectRoot } from '../paths.js';
 export const PAGE_SIZE = 4096;
 export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
 
-export interface VfioPciConfig { type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; group?: number; slot?: number; rombar?: boolean }
+export interface VfioPciConfig { type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; group?: number; slot?: number }
 export type DeviceConfig = VfioPciConfig;
 
 /** The raw JSON shape (as the schema describes it). */

@@ -24,6 +24,8 @@ export class ExitStats {
   readonly pio = new Map<number, number>();
   readonly mmio = new Map<number, number>();
   total = 0;
+  /** Interrupts the VMM injected itself (KVM_IRQ_LINE, KVM_SIGNAL_MSI) rather than through irqfd. */
+  irqInjections = 0;
   mmioIn(lo: number, hi: number): number {
     let n = 0;
     for (const [a, c] of this.mmio) if (a >= lo && a < hi) n += c;
@@ -96,8 +98,14 @@ export class Vm {
   irqfdRemove(eventFd: number, gsi: number): void {
     native().kvmIrqfd(this.fd, { fd: eventFd, gsi, flags: native().constants.KVM_IRQFD_FLAG_DEASSIGN! });
   }
-  setIrqLine(irq: number, level: boolean): void { native().kvmIrqLine(this.fd, irq, level ? 1 : 0); }
-  signalMsi(msg: { addressLo: number; addressHi: number; data: number }): number { return native().kvmSignalMsi(this.fd, msg); }
+  setIrqLine(irq: number, level: boolean): void {
+    this.stats.irqInjections++;
+    native().kvmIrqLine(this.fd, irq, level ? 1 : 0);
+  }
+  signalMsi(msg: { addressLo: number; addressHi: number; data: number }): number {
+    this.stats.irqInjections++;
+    return native().kvmSignalMsi(this.fd, msg);
+  }
 
   // --- running ----------------------------------------------------------------------------
   /**

@@ -3,15 +3,25 @@
 import { readdirSync } from 'node:fs';
 import { checkConfig, type RawConfig } from '../../core/config/config.js';
 import { Machine, type MachineResult } from '../../core/machine.js';
+import type { ExitStats } from '../../core/kvm/vm.js';
 import { guestPaths } from '../../guest/index.js';
 
-export interface GuestRun extends MachineResult { output: string; lines: string[] }
+export interface GuestRun extends MachineResult {
+  output: string;
+  lines: string[];
+  stats: ExitStats;
+  /** DMA mappings as they were while the guest ran (snapshot at its first line of output). */
+  dmaMappings: { iova: number; size: number }[];
+  dmaCovered(iova: number, size: number): boolean;
+}
 
 export async function runGuest(opts: {
   cmdline?: string;
   config?: Partial<RawConfig>;
   onLine?: (line: string, m: Machine) => void;
   onStart?: (m: Machine) => void;
+  /** Called once while the guest runs (at its first line of output): assert on live state here. */
+  inspect?: (m: Machine) => void;
   timeoutMs?: number;
 }): Promise<GuestRun> {
   const raw: RawConfig = { memory: 64, kernel: { path: guestPaths().elf }, cmdline: opts.cmdline ?? '', ...opts.config };
@@ -20,6 +30,8 @@ export async function runGuest(opts: {
   let partial = '';
   const lines: string[] = [];
   let machine: Machine | undefined;
+  let dmaMappings: { iova: number; size: number }[] = [];
+  let inspectError: unknown;
   machine = new Machine(config, {
     serialOutput: (b) => {
       const text = Buffer.from(b).toString('latin1');
@@ -30,6 +42,10 @@ export async function runGuest(opts: {
         const line = partial.slice(0, i).replace(/\r$/, '');
         partial = partial.slice(i + 1);
         lines.push(line);
+        if (lines.length === 1) {
+          dmaMappings = machine!.vfio.containers.flatMap((c) => [...c.mappings.values()].map((m) => ({ iova: m.iova, size: m.size })));
+          try { opts.inspect?.(machine!); } catch (e) { inspectError = e; }
+        }
         opts.onLine?.(line, machine!);
       }
     },
@@ -38,7 +54,9 @@ export async function runGuest(opts: {
   try {
     opts.onStart?.(machine);
     const r = await machine.run();
-    return { ...r, output, lines };
+    if (inspectError) throw inspectError;
+    const dmaCovered = (iova: number, size: number) => dmaMappings.some((m) => iova >= m.iova && iova + size <= m.iova + m.size);
+    return { ...r, output, lines, stats: machine.vm.stats, dmaMappings, dmaCovered };
   } finally {
     clearTimeout(timer);
     machine.close();

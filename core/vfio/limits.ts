@@ -1,0 +1,29 @@
+// RLIMIT_MEMLOCK and CAP_IPC_LOCK as the type1 IOMMU driver sees them: pinned guest RAM is
+// charged to the locked-memory limit unless the process has CAP_IPC_LOCK.
+import { readFileSync } from 'node:fs';
+
+const CAP_IPC_LOCK = 14n;
+
+export function hasCapIpcLock(): boolean {
+  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return !!m && ((BigInt('0x' + m[1]) >> CAP_IPC_LOCK) & 1n) === 1n;
+}
+
+/** The soft RLIMIT_MEMLOCK in bytes (Infinity when unlimited). */
+export function memlockLimit(): number {
+  const m = /^Max locked memory\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+  if (!m || m[1] === 'unlimited') return Infinity;
+  return Number(m[1]);
+}
+
+/** Bytes the kernel counts as locked by this process (VmLck: includes VFIO-pinned pages). */
+export function lockedBytes(pid: number | 'self' = 'self'): number {
+  const m = /^VmLck:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+export function fmtBytes(n: number): string {
+  if (n === Infinity) return 'unlimited';
+  for (const [u, s] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) if (n >= s && n % s === 0) return `${n / s}${u}`;
+  return `${n} bytes`;
+}

@@ -1,0 +1,316 @@
+// vfio-pci: a host PCI device assigned to the guest.
+//
+// Config space is virtualised over the real one: IDs, BARs, the ROM BAR, interrupt line and the
+// MSI/MSI-X capabilities are emulated; every other byte is read from and written to the device.
+// Each BAR is a container: a trapped region (pread/pwrite on the device fd) under mmap'd pieces
+// of the BAR (RAM-like regions, so KVM memslots give the guest direct access with no exit), and
+// on top the emulated MSI-X table and PBA. Interrupts are eventfds wired to KVM irqfds; INTx
+// uses a resample eventfd that VFIO unmasks from, so no interrupt wakes the VMM.
+import { closeSync } from 'node:fs';
+import { native, EFD_NONBLOCK } from '../core/native.js';
+import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
+import type { Vm } from '../core/kvm/vm.js';
+import type { AssignedDevice } from '../core/vfio/vfio.js';
+import { VfioIrqVectors } from '../core/vfio/irq.js';
+import { MsixCap, type MsiMessage } from './msix.js';
+import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
+import {
+  PciDevice, PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN,
+  PCI_ROM_ADDRESS, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_CONFIG_SIZE, type BarType,
+} from './pci.js';
+
+const PAGE = 4096;
+const CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
+
+export interface VfioPciOptions { id: string; gsi: number }
+
+interface BarLayout { index: number; type: BarType; prefetchable: boolean; size: number; virtualSize: number; mmaps: { offset: number; size: number }[] }
+
+export interface MsixLayout { capOffset: number; vectors: number; tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number }
+
+/** Where the mmap'd pieces of a BAR go: sparse areas (or all), minus the MSI-X page hole. */
+export function barMmapRanges(size: number, sparse: { offset: number; size: number }[] | undefined, hole: { start: number; end: number } | undefined): { offset: number; size: number }[] {
+  const areas = sparse ?? [{ offset: 0, size }];
+  const out: { offset: number; size: number }[] = [];
+  for (const a of areas) {
+    let pieces = [{ start: a.offset, end: a.offset + a.size }];
+    if (hole) pieces = pieces.flatMap((p) => [{ start: p.start, end: Math.min(p.end, hole.start) }, { start: Math.max(p.start, hole.end), end: p.end }]);
+    for (const p of pieces) {
+      const start = Math.ceil(p.start / PAGE) * PAGE, end = Math.min(Math.floor(p.end / PAGE) * PAGE, size) ;
+      if (end > start) out.push({ offset: start, size: end - start });
+    }
+  }
+  return out;
+}
+
+/** QEMU's MSI-X hole: [table start rounded down to a page, table end rounded up). */
+export function msixHole(m: MsixLayout): { start: number; end: number } {
+  return { start: Math.floor(m.tableOffset / PAGE) * PAGE, end: Math.ceil((m.tableOffset + m.vectors * 16) / PAGE) * PAGE };
+}
+
+export class VfioPciDevice extends PciDevice {
+  /** Bytes of config space whose guest view is emulated (1) rather than the device's (0). */
+  readonly emulated = new Uint8Array(PCI_CONFIG_SIZE);
+  readonly layouts: BarLayout[] = [];
+  msix: MsixLayout | undefined;
+  msiCapOffset: number | undefined;
+  /** Emulated capabilities and the VFIO/KVM vectors behind them. */
+  msixCap: MsixCap | undefined;
+  msiCap: MsiCap | undefined;
+  msixVectors: VfioIrqVectors | undefined;
+  msiVectors: VfioIrqVectors | undefined;
+  private msiCapSize = 0;
+  private readonly eventfds: number[] = [];
+  private intxFds: { trigger: number; resample: number } | undefined;
+  private intxOn = false;
+  private readonly cleanups: (() => void)[] = [];
+
+  constructor(readonly vm: Vm, readonly assigned: AssignedDevice, readonly opts: VfioPciOptions) {
+    super(opts.id, { vendor: 0, device: 0, classCode: 0 });
+    const dev = assigned.device;
+    if (!dev.isPci) throw new Error(`${assigned.host.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI not set)`);
+    const c = native().constants;
+    const cfg = dev.regions[c.VFIO_PCI_CONFIG_REGION_INDEX!];
+    if (!cfg || cfg.size < 64) throw new Error(`${assigned.host.name}: no usable config space region`);
+    for (let off = 0; off < PCI_CONFIG_SIZE; off += 4) {
+      new DataView(this.config.buffer).setUint32(off, off + 4 <= cfg.size ? Number(dev.read(c.VFIO_PCI_CONFIG_REGION_INDEX!, off, 4)) : 0, true);
+    }
+    this.emulate(0x00, 4);                       // vendor, device: fixed
+    this.emulate(0x08, 4);                       // revision, class: fixed
+    this.emulate(PCI_BASE_ADDRESS_0, 24);        // BARs: guest-programmed, never reach the device
+    this.emulate(PCI_ROM_ADDRESS, 4);            // ROM hidden
+    this.emulate(PCI_INTERRUPT_LINE, 2);         // line: our GSI; pin: as the device says (copied)
+    new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
+    this.findCapabilities();
+    if (dev.canReset) {
+      try { dev.reset(); } catch (e) { console.error(`tsvmm: ${assigned.host.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`); }
+    }
+    this.setupBars();
+    this.setupMsix();
+    this.setupMsi();
+    this.config[PCI_INTERRUPT_LINE] = this.opts.gsi;
+    this.enableIntx();
+  }
+
+  private emulate(off: number, len: number): void { this.emulated.fill(1, off, off + len); }
+
+  private findCapabilities(): void {
+    if (!(this.config[PCI_STATUS]! & PCI_STATUS_CAP_LIST)) return;
+    const seen = new Set<number>();
+    for (let p = this.config[PCI_CAPABILITY_LIST]! & 0xfc; p >= 0x40 && !seen.has(p); p = this.config[p + 1]! & 0xfc) {
+      seen.add(p);
+      const id = this.config[p]!;
+      const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
+      if (id === CAP_ID_MSIX) {
+        const v = new DataView(this.config.buffer);
+        const table = v.getUint32(p + 4, true), pba = v.getUint32(p + 8, true);
+        this.msix = { capOffset: p, vectors: (ctrl & 0x7ff) + 1, tableBar: table & 7, tableOffset: table & ~7, pbaBar: pba & 7, pbaOffset: pba & ~7 };
+      } else if (id === CAP_ID_MSI) {
+        this.msiCapOffset = p;
+      }
+    }
+  }
+
+  private setupBars(): void {
+    const dev = this.assigned.device;
+    const c = native().constants;
+    const v = new DataView(this.config.buffer);
+    for (let i = 0; i <= 5; i++) {
+      const r = dev.regions[i];
+      if (!r || r.size === 0) continue;
+      const raw = v.getUint32(PCI_BASE_ADDRESS_0 + 4 * i, true);
+      const type: BarType = raw & 1 ? 'io' : (raw & 6) === 4 ? 'mem64' : 'mem32';
+      const prefetchable = type !== 'io' && (raw & 8) !== 0;
+      const size = r.size;
+      // Sub-page memory BARs are grown to a page so a guest cannot pack two into one page.
+      const virtualSize = type === 'io' ? size : Math.max(size, PAGE);
+      const m = this.msix;
+      const hole = m && m.tableBar === i && !r.msixMappable ? msixHole(m) : undefined;
+      const canMmap = type !== 'io' && (r.flags & c.VFIO_REGION_INFO_FLAG_MMAP!) !== 0;
+      const layout: BarLayout = { index: i, type, prefetchable, size, virtualSize, mmaps: canMmap ? barMmapRanges(Math.max(size, PAGE), r.sparseMmap, hole) : [] };
+      this.layouts.push(layout);
+      const container = MemoryRegion.container(`${this.name}-bar${i}`, virtualSize);
+      // Everything not mmap'd is trapped and forwarded to the device fd.
+      container.addSubregion(0, MemoryRegion.io(`${this.name}-bar${i}-trap`, virtualSize, {
+        read: (off, sz) => (off + sz <= size ? dev.read(i, off, sz) : sz === 8 ? 0xffffffffffffffffn : 2 ** (8 * sz) - 1),
+        write: (off, sz, val) => { if (off + sz <= size) dev.write(i, off, sz, val); },
+      }), 0);
+      for (const piece of layout.mmaps) {
+        let map;
+        try {
+          map = dev.mmap(i, piece.offset, piece.size);
+        } catch (e) {
+          // As kvmtool: a BAR that cannot be mmap'd still works, trapped.
+          console.error(`tsvmm: ${this.name}: mmap of BAR${i} +0x${piece.offset.toString(16)} failed (${(e as Error).message}); trapping it`);
+          continue;
+        }
+        const region = MemoryRegion.ramDevice(`${this.name}-bar${i}@0x${piece.offset.toString(16)}`, piece.size,
+          { hostAddr: map.addr, bytes: new Uint8Array(map.buffer), fd: dev.fd });
+        container.addSubregion(piece.offset, region, 1);
+        this.cleanups.push(() => dev.munmap(map.buffer));
+      }
+      this.registerBar(i, type, virtualSize, container, prefetchable);
+      if (type === 'mem64') i++;
+    }
+    // The BARs' emulated registers start out as the type bits only (registerBar wrote them).
+  }
+
+  /** Adds the emulated MSI-X table/PBA (or any overlay) above a BAR's direct mappings. */
+  overlayBar(index: number, offset: number, region: MemoryRegion): void {
+    const bar = this.bars[index];
+    if (!bar) throw new Error(`${this.name}: no BAR${index} to overlay`);
+    memoryTransaction(() => bar.region.addSubregion(offset, region, 2));
+  }
+
+  private newEventfd(): number {
+    const fd = native().eventfd(0, EFD_NONBLOCK);
+    this.eventfds.push(fd);
+    return fd;
+  }
+
+  /** INTx: the device's line triggers an irqfd; the guest's EOI signals the resample eventfd,
+   *  from which VFIO unmasks the (auto-masked) line (QEMU's vfio_intx_enable_kvm). */
+  protected enableIntx(): void {
+    const c = native().constants;
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_INTX_IRQ_INDEX!];
+    if (this.intxOn || !this.config[PCI_INTERRUPT_PIN] || !irq || irq.count === 0) return;
+    this.intxFds ??= { trigger: this.newEventfd(), resample: this.newEventfd() };
+    const { trigger, resample } = this.intxFds;
+    const dev = this.assigned.device, index = c.VFIO_PCI_INTX_IRQ_INDEX!;
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, fds: [trigger] });
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_MASK!, count: 1 });
+    this.vm.irqfd(trigger, this.opts.gsi, resample);
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_UNMASK!, fds: [resample] });
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_UNMASK!, count: 1 });
+    this.intxOn = true;
+  }
+
+  /** Turns INTx off at VFIO and KVM (MSI/MSI-X take over, or the device goes away). */
+  protected disableIntx(): void {
+    if (!this.intxOn) return;
+    const c = native().constants;
+    this.intxOn = false;
+    try { this.assigned.device.setIrqs({ index: c.VFIO_PCI_INTX_IRQ_INDEX!, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, count: 0 }); } catch { /* already off */ }
+    try { this.vm.irqfdRemove(this.intxFds!.trigger, this.opts.gsi); } catch { /* already gone */ }
+  }
+
+  /** MSI-X: the capability and table are emulated; vectors go to KVM through VFIO eventfds. */
+  private setupMsix(): void {
+    const m = this.msix;
+    const c = native().constants;
+    if (!m || !this.bars[m.tableBar] || !this.bars[m.pbaBar]) return;
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSIX_IRQ_INDEX!];
+    if (!irq || irq.count === 0) return;
+    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSIX_IRQ_INDEX!, Math.min(m.vectors, irq.count));
+    this.msixVectors = vectors;
+    const cap: MsixCap = new MsixCap({ ...m, name: this.name }, {
+      onControl: (enabled) => {
+        if (enabled) {
+          this.disableIntx();
+          vectors.enableEmpty();
+        } else {
+          vectors.disable();
+          this.enableIntx();
+        }
+      },
+      vectorUse: (v, msg) => this.vectorUse(vectors, v, msg),
+      vectorRelease: (v) => { vectors.setMasked(v, true); },
+      notify: (v) => vectors.fire(v),
+      pbaPoll: (first, end) => { for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v); },
+    });
+    cap.writeCapabilityTo(this.config, this.wmask);
+    this.emulate(m.capOffset, 12);
+    this.msixCap = cap;
+    this.overlayBar(m.tableBar, m.tableOffset, cap.tableRegion);
+    this.overlayBar(m.pbaBar, m.pbaOffset, cap.pbaRegion);
+  }
+
+  private vectorUse(vectors: VfioIrqVectors, v: number, msg: MsiMessage): void {
+    if (v >= vectors.max) return; // the guest named a vector VFIO cannot back: ignore it
+    vectors.use(v, msg);
+    vectors.setMasked(v, false);
+  }
+
+  /** MSI: emulated capability, all vectors enabled together (MSI cannot grow while enabled). */
+  private setupMsi(): void {
+    const p = this.msiCapOffset;
+    const c = native().constants;
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSI_IRQ_INDEX!];
+    if (p === undefined || !irq || irq.count === 0) return;
+    const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
+    const is64bit = (ctrl & 0x80) !== 0, perVectorMask = (ctrl & 0x100) !== 0;
+    const capable = Math.min(1 << ((ctrl >> 1) & 7), irq.count, 32);
+    const count = (1 << Math.floor(Math.log2(capable))) as MsiVectorCount;
+    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX!, count);
+    this.msiVectors = vectors;
+    const cap: MsiCap = new MsiCap({ capOffset: p, vectors: count, is64bit, perVectorMask }, {
+      onControl: (enabled) => {
+        if (enabled) this.disableIntx();
+        else { vectors.disable(); this.enableIntx(); }
+      },
+      vectorUse: (v, msg) => this.vectorUse(vectors, v, msg),
+      vectorRelease: (v) => { vectors.setMasked(v, true); },
+      notify: (v) => vectors.fire(v),
+    });
+    cap.writeCapabilityTo(this.config, this.wmask);
+    this.msiCapSize = msiCapSize(is64bit, perVectorMask);
+    this.emulate(p, this.msiCapSize);
+    this.msiCap = cap;
+  }
+
+  // --- config space ----------------------------------------------------------------------------
+  override configRead(off: number, size: number): number {
+    if (off + size > PCI_CONFIG_SIZE) return 0xffffffff >>> (32 - 8 * size);
+    let emu = 0;
+    for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
+    if (emu === size) return super.configRead(off, size);
+    const real = Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size));
+    if (emu === 0) return real;
+    const virt = super.configRead(off, size);
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = (v << 8) | ((this.emulated[off + i] ? virt : real) >>> (8 * i) & 0xff);
+    return v >>> 0;
+  }
+
+  override configWrite(off: number, size: number, value: number): void {
+    if (off + size > PCI_CONFIG_SIZE) return;
+    // Writes to the emulated MSI/MSI-X capabilities run their state machines (which mirror
+    // the registers into this.config for reads).
+    const m = this.msix;
+    if (this.msixCap && m && off >= m.capOffset && off + size <= m.capOffset + 12) {
+      this.msixCap.configWrite(off - m.capOffset, size, value);
+      return;
+    }
+    const p = this.msiCapOffset;
+    if (this.msiCap && p !== undefined && off >= p && off + size <= p + this.msiCapSize) {
+      this.msiCap.configWrite(off - p, size, value);
+      return;
+    }
+    const cfgIndex = native().constants.VFIO_PCI_CONFIG_REGION_INDEX!;
+    // Command goes to both: the device needs bus mastering and decode; our BAR mapping follows it.
+    if (off <= PCI_COMMAND + 1 && off + size > PCI_COMMAND) {
+      super.configWrite(off, size, value);
+      this.assigned.device.write(cfgIndex, off, size, value);
+      return;
+    }
+    let emu = 0;
+    for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
+    if (emu === size) { super.configWrite(off, size, value); return; }
+    if (emu === 0) { this.assigned.device.write(cfgIndex, off, size, value); return; }
+    for (let i = 0; i < size; i++) {
+      const b = (value >>> (8 * i)) & 0xff;
+      if (this.emulated[off + i]) super.configWrite(off + i, 1, b);
+      else this.assigned.device.write(cfgIndex, off + i, 1, b);
+    }
+  }
+
+  /** Releases interrupts, mappings and the device (hot-unplug or VM teardown). */
+  destroy(): void {
+    this.unmapAll();
+    this.msixVectors?.disable();
+    this.msiVectors?.disable();
+    this.disableIntx();
+    for (const fn of this.cleanups.splice(0).reverse()) fn();
+    for (const fd of this.eventfds.splice(0)) closeSync(fd);
+  }
+}
