@@ -1,0 +1,231 @@
+// `tsvmm testhost <run|test|demo|build-kernel>`: the nested KVM+VFIO test host from the command line.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { DEFAULT_DEVICES, deviceHelp } from './devices.js';
+import { runInTestHost, prepareKernel, tail, type TestHostResult } from './index.js';
+import { ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';
+import { cacheDir, projectRoot, stderrLog, TestHostError, Timings } from './util.js';
+
+const help = () => `tsvmm testhost — a nested Linux (QEMU/TCG, q35 + intel-iommu, kvm_amd, vfio-pci) that runs a command
+with this machine's root visible read-only and the test devices bound to vfio-pci.
+
+Usage:
+  tsvmm testhost run [options] -- <command...>   Boot the host, run the command inside (cwd: the project root),
+                                                 exit with its status (124: time limit, 125: host failure).
+  tsvmm testhost test [--timeout S]              The host test suite: dist/test/host/legacy/ on the debian kernel,
+                                                 then legacy/ and iommufd/ on the iommufd kernel.
+  tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.js run [args]' inside the host.
+  tsvmm testhost build-kernel [--kernel K] [--force]
+                                                 Fetch/build and cache the kernels (default: both).
+  tsvmm testhost --help
+
+Options:
+  --kernel debian|iommufd   debian: Debian's 6.12 (VFIO container/group API only). iommufd: built from
+                            linux-source-6.12 with testhost/kernel-testhost.config (adds /dev/iommu, VFIO cdev,
+                            the mtty mdev sample). Default debian.
+  --devices LIST            Comma-separated device sets (default ${DEFAULT_DEVICES.join(',')}; also all, none):
+${deviceHelp().split('\n').map((l) => '    ' + l).join('\n')}
+  --timeout SECONDS         Wall-clock limit for boot + command (default 600).
+  --memory MIB              Host RAM (default 3072).   --cpus N   Host vCPUs (default 1: with
+                            more, TCG occasionally panics the host kernel when KVM VMs are created).
+  --env NAME=VALUE          Extra env for the command (repeatable).
+  --keep                    Keep the per-run dir (console log, nvme image, outputs) and print its path.
+  --quiet                   No progress messages.
+
+Inside, the command sees: TSVMM_TESTHOST=1, TSVMM_TESTHOST_KERNEL=debian|iommufd, TSVMM_TESTHOST_DEVICES (JSON:
+name -> {bdf, id, group, driver, vfioGroup, vfioCdev}), TSVMM_TESTHOST_RUN_DIR (read-write, comes back out),
+TSVMM_TESTHOST_NVME_IMAGE / _SHA256 / _BYTES (with nvme), TSVMM_TESTHOST_IVSHMEM_PATH (with ivshmem).
+Cache (kernels, initramfs, run dirs): $TSVMM_CACHE_DIR or ~/.cache/tsvmm (here: ${cacheDir()}).`;
+
+interface Parsed {
+  kernel?: KernelKind | 'both';
+  devices: string[];
+  timeoutMs?: number;
+  memoryMiB?: number;
+  cpus?: number;
+  env: Record<string, string>;
+  keep: boolean;
+  quiet: boolean;
+  force: boolean;
+  rest: string[];
+}
+
+function parse(args: string[], allowBoth = false): Parsed {
+  const p: Parsed = { devices: [], env: {}, keep: false, quiet: false, force: false, rest: [] };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const eq = a.indexOf('=');
+    const [flag, inline] = a.startsWith('--') && eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
+    const val = () => {
+      const v = inline ?? args[++i];
+      if (v === undefined) throw new TestHostError(`${flag} needs a value`);
+      return v;
+    };
+    const num = (what: string) => {
+      const v = Number(val());
+      if (!Number.isFinite(v) || v <= 0) throw new TestHostError(`${flag}: ${what} must be a positive number`);
+      return v;
+    };
+    switch (flag) {
+      case '--': p.rest = args.slice(i + 1); return p;
+      case '--kernel': {
+        const k = val();
+        if (!(KERNEL_KINDS as string[]).includes(k) && !(allowBoth && k === 'both')) throw new TestHostError(`unknown kernel '${k}'; valid: ${KERNEL_KINDS.join(', ')}${allowBoth ? ', both' : ''}`);
+        p.kernel = k as KernelKind | 'both';
+        break;
+      }
+      case '--devices': p.devices.push(val()); break;
+      case '--timeout': p.timeoutMs = num('seconds') * 1000; break;
+      case '--memory': p.memoryMiB = num('MiB'); break;
+      case '--cpus': p.cpus = num('count'); break;
+      case '--env': {
+        const v = val();
+        const k = v.indexOf('=');
+        if (k <= 0) throw new TestHostError(`--env wants NAME=VALUE, got '${v}'`);
+        p.env[v.slice(0, k)] = v.slice(k + 1);
+        break;
+      }
+      case '--keep': p.keep = true; break;
+      case '--quiet': case '-q': p.quiet = true; break;
+      case '--force': p.force = true; break;
+      default:
+        if (a.startsWith('-')) throw new TestHostError(`unknown option '${a}'`);
+        p.rest = args.slice(i); // a command without '--'
+        return p;
+    }
+  }
+  return p;
+}
+
+function report(r: TestHostResult, label: string): void {
+  const t = r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ');
+  process.stderr.write(`testhost: ${label}: exit ${r.exitCode}${r.timedOut ? ' (time limit)' : ''} [${r.kernel.kind} ${r.kernel.version}] ${t}\n`);
+  if (r.error) {
+    process.stderr.write(`testhost: ${r.error}\n`);
+    process.stderr.write(`testhost: console log (tail):\n${tail(r.consoleLog, 40)}\n`);
+  }
+  if (r.runDir) process.stderr.write(`testhost: run dir kept: ${r.runDir}\n`);
+}
+
+async function cmdRun(args: string[]): Promise<number> {
+  const p = parse(args);
+  if (p.rest.length === 0) throw new TestHostError('run needs a command: tsvmm testhost run [options] -- <command...>');
+  const r = await runInTestHost({
+    kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
+    devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
+    command: p.rest.length === 1 ? p.rest[0]! : p.rest,
+    timeoutMs: p.timeoutMs, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
+    stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+  });
+  report(r, 'run');
+  return r.exitCode;
+}
+
+/** Counts from the node test runner's summary (TAP "# pass N", spec "ℹ pass N"). */
+export function testCounts(out: string): { pass: number; fail: number } {
+  const get = (k: string) => {
+    const m = [...out.matchAll(new RegExp(`^(?:#|ℹ) ${k} (\\d+)\\s*$`, 'gm'))];
+    return m.length ? Number(m[m.length - 1]![1]) : 0;
+  };
+  return { pass: get('pass'), fail: get('fail') };
+}
+
+async function cmdTest(args: string[]): Promise<number> {
+  const p = parse(args, true);
+  const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/' };
+  for (const d of Object.values(dirs)) {
+    if (!existsSync(join(projectRoot, d))) throw new TestHostError(`${d} not found under ${projectRoot}: build first (npm run build)`);
+  }
+  const plan: { kernel: KernelKind; dirs: string[] }[] = [];
+  if (p.kernel !== 'iommufd') plan.push({ kernel: 'debian', dirs: [dirs.legacy] });
+  if (p.kernel !== 'debian') plan.push({ kernel: 'iommufd', dirs: [dirs.legacy, dirs.iommufd] });
+  const summary: string[] = [];
+  let failed = false;
+  for (const step of plan) {
+    const label = `${step.kernel} kernel: ${step.dirs.join(' ')}`;
+    process.stdout.write(`\n# testhost: ${label}\n`);
+    let r: TestHostResult;
+    try {
+      r = await runInTestHost({
+        kernel: step.kernel, devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
+        command: ['node', '--test', '--test-concurrency=1', '--test-reporter=tap', ...step.dirs],
+        timeoutMs: p.timeoutMs ?? 10 * 60_000, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
+        stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+      });
+    } catch (e) {
+      // A kernel that cannot be fetched/built fails this step; the other still runs.
+      if (!(e instanceof TestHostError)) throw e;
+      process.stderr.write(`tsvmm testhost: ${e.message}\n`);
+      failed = true;
+      summary.push(`#   ${label}: FAILED: ${e.message.split('\n')[0]}`);
+      continue;
+    }
+    report(r, label);
+    const c = testCounts(r.stdout);
+    const ok = r.exitCode === 0 && c.fail === 0 && c.pass > 0;
+    if (!ok) failed = true;
+    const why = ok ? 'ok' : r.error ? r.error.split('\n')[0] : c.pass + c.fail === 0 ? 'FAILED: no tests ran' : `FAILED (exit ${r.exitCode})`;
+    summary.push(`#   ${label}: pass ${c.pass}, fail ${c.fail} — ${why} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`);
+  }
+  process.stdout.write(`\n# testhost summary\n${summary.join('\n')}\n# testhost: ${failed ? 'FAILED' : 'all passed'}\n`);
+  return failed ? 1 : 0;
+}
+
+async function cmdDemo(args: string[]): Promise<number> {
+  const p = parse(args);
+  const bin = join(projectRoot, 'dist/bin/tsvmm.js');
+  if (!existsSync(bin)) process.stderr.write(`testhost: warning: ${bin} does not exist yet (npm run build); the host will report the failure\n`);
+  const r = await runInTestHost({
+    kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
+    devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
+    command: ['node', 'dist/bin/tsvmm.js', 'run', ...p.rest],
+    timeoutMs: p.timeoutMs ?? 5 * 60_000, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
+    stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+  });
+  report(r, 'demo');
+  return r.exitCode;
+}
+
+async function cmdBuildKernel(args: string[]): Promise<number> {
+  const p = parse(args, true);
+  if (p.rest.length) throw new TestHostError(`build-kernel takes no arguments (got '${p.rest.join(' ')}')`);
+  const kinds: KernelKind[] = !p.kernel || p.kernel === 'both' ? ['debian', 'iommufd'] : [p.kernel];
+  const log = p.quiet ? () => {} : stderrLog;
+  for (const k of kinds) {
+    const t = new Timings();
+    if (p.force && k === 'iommufd') await ensureIommufdKernel(log, { force: true });
+    const r = await prepareKernel(k, log, t);
+    process.stderr.write(`testhost: ${k} kernel ${r.version}: ${r.kernel} (${t.format()})\n`);
+  }
+  process.stderr.write(`testhost: cache ${cacheDir()} (iommufd kernel: ${iommufdKernelDir()})\n`);
+  return 0;
+}
+
+export async function testhostMain(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case undefined: case '-h': case '--help': case 'help':
+        process.stdout.write(help() + '\n');
+        return cmd === undefined ? 2 : 0;
+      case 'run': return await cmdRun(rest);
+      case 'test': return await cmdTest(rest);
+      case 'demo': return await cmdDemo(rest);
+      case 'build-kernel': return await cmdBuildKernel(rest);
+      default:
+        process.stderr.write(`tsvmm testhost: unknown command '${cmd}' (run, test, demo, build-kernel, --help)\n`);
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof TestHostError) {
+      process.stderr.write(`tsvmm testhost: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+// Runnable on its own too: node dist/testhost/cli.js <args>
+if (import.meta.url === `file://${process.argv[1]}`) {
+  testhostMain(process.argv.slice(2)).then((c) => { process.exitCode = c; });
+}

@@ -1,0 +1,258 @@
+// Programmatic API of the test host: boot a nested KVM+VFIO Linux under QEMU/TCG, run one command in it
+// (chrooted into this machine's root, shared read-only over 9p), and bring back its status and output.
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, writeFileSync, fstatSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { buildDevices, DEFAULT_DEVICES, devicesConf, parseDeviceSets, type HostDevice } from './devices.js';
+import { ensureInitramfs } from './initramfs.js';
+import { ensureDebianKernel, ensureIommufdKernel, type KernelKind, KERNEL_KINDS } from './kernel.js';
+import { ensurePackages, HOST_PACKAGES } from './packages.js';
+import { QEMU, startQemu, type Share } from './qemu.js';
+import { cacheDir, type Logger, onInterrupt, projectRoot, shq, stderrLog, TestHostError, Timings } from './util.js';
+
+export { DEFAULT_DEVICES, DEVICE_SETS, nvmePattern, type HostDevice } from './devices.js';
+export { ensureDebianKernel, ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';
+export { cacheDir, TestHostError, Timings } from './util.js';
+
+export interface TestHostOptions {
+  kernel?: KernelKind;
+  /** Device sets (devices.ts): edu, nvme, e1000e, bridge, testdev, ivshmem, all, none. Default edu,nvme,e1000e,bridge. */
+  devices?: string[];
+  /** A shell command line (run by /bin/sh -c), or an argv that is quoted for you. */
+  command: string | string[];
+  /** Wall-clock limit for boot + command; default 10 min. */
+  timeoutMs?: number;
+  memoryMiB?: number;
+  /** Host vCPUs; default 1 (see the note at startQemu's call). */
+  cpus?: number;
+  /** Extra env for the inner command. */
+  env?: Record<string, string>;
+  /** Working directory inside; default the project root. */
+  cwd?: string;
+  /** Copy the inner stdout/stderr here as they are produced (true: this process's stdout/stderr). */
+  stream?: boolean | { stdout: Writable; stderr: Writable };
+  /** Progress messages (default: to stderr with a "testhost:" prefix). */
+  log?: Logger;
+  /** Keep the per-run dir (logs, nvme image) instead of deleting it; its path is in the result. */
+  keepRunDir?: boolean;
+}
+
+export interface TestHostResult {
+  /** The command's exit status; 124 if it hit the time limit; 125 if the host failed before reporting one. */
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  /** The host's serial console (kernel + /init messages). */
+  consoleLog: string;
+  timedOut: boolean;
+  /** Set when the host itself failed (boot, mounts, device binding, QEMU crash). */
+  error?: string;
+  /** TSVMM_TESTHOST_DEVICES as seen inside (empty if the host never got that far). */
+  devices: Record<string, HostDevice>;
+  kernel: { kind: KernelKind; version: string };
+  timings: { name: string; seconds: number }[];
+  /** Only when keepRunDir. */
+  runDir?: string;
+}
+
+let runCounter = 0;
+
+function pidAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/** Run dirs of processes that died without cleaning up (SIGKILL) are removed on the next run. */
+function removeStaleRunDirs(runs: string): void {
+  for (const d of existsSync(runs) ? readdirSync(runs) : []) {
+    const pid = Number(d.split('-')[0]);
+    if (pid && pid !== process.pid && !pidAlive(pid) && !existsSync(join(runs, d, 'keep'))) rmSync(join(runs, d), { recursive: true, force: true });
+  }
+}
+
+/** Paths go on the kernel command line and into space-separated config files. */
+function checkPath(p: string, what: string): void {
+  if (!/^\/[A-Za-z0-9._+/@=-]*$/.test(p)) throw new TestHostError(`${what} path '${p}' has characters the test host cannot pass (use letters, digits, ._+-/@=)`);
+}
+
+/** Tails a file the guest appends to over 9p. */
+class Tail {
+  private off = 0;
+  constructor(private readonly path: string, private readonly out?: Writable) {}
+  poll(): void {
+    if (!this.out || !existsSync(this.path)) return;
+    const fd = openSync(this.path, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      while (this.off < size) {
+        const buf = Buffer.alloc(Math.min(size - this.off, 1 << 20));
+        const n = readSync(fd, buf, 0, buf.length, this.off);
+        if (n <= 0) break;
+        this.off += n;
+        this.out.write(buf.subarray(0, n));
+      }
+    } finally { closeSync(fd); }
+  }
+}
+
+function readIf(p: string): string {
+  try { return readFileSync(p, 'utf8'); } catch { return ''; }
+}
+
+export function tail(s: string, lines: number): string {
+  return s.trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+/** Prepare kernel and initramfs without booting (for `build-kernel` and warm-up). */
+export async function prepareKernel(kind: KernelKind, log: Logger = stderrLog, timings = new Timings()): Promise<{ kernel: string; initrd: string; version: string }> {
+  if (!KERNEL_KINDS.includes(kind)) throw new TestHostError(`unknown kernel '${kind}'; valid: ${KERNEL_KINDS.join(', ')}`);
+  await timings.time('packages', () => ensurePackages(HOST_PACKAGES, log));
+  const t0 = performance.now();
+  let k;
+  if (kind === 'debian') {
+    k = await ensureDebianKernel(log);
+    timings.add(k.downloaded ? 'kernel download' : 'kernel (cached)', (performance.now() - t0) / 1000);
+  } else {
+    const r = await ensureIommufdKernel(log);
+    if (r.built) {
+      timings.add('kernel source download', r.downloadSeconds ?? 0);
+      timings.add('kernel build', r.buildSeconds ?? 0);
+    } else timings.add('kernel (cached)', (performance.now() - t0) / 1000);
+    k = r;
+  }
+  const initrd = await timings.time('initramfs', () => ensureInitramfs(k, log));
+  return { kernel: k.image, initrd: initrd.path, version: k.version };
+}
+
+export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResult> {
+  const log = opts.log ?? stderrLog;
+  const kind = opts.kernel ?? 'debian';
+  const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
+  const sets = parseDeviceSets(opts.devices ?? DEFAULT_DEVICES); // validate before any download
+  const cwd = opts.cwd ?? projectRoot;
+  for (const k of Object.keys(opts.env ?? {})) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TestHostError(`bad env var name '${k}'`);
+  const timings = new Timings();
+
+  const { kernel, initrd, version } = await prepareKernel(kind, log, timings);
+
+  const runs = join(cacheDir(), 'runs');
+  mkdirSync(runs, { recursive: true });
+  removeStaleRunDirs(runs);
+  const runDir = join(runs, `${process.pid}-${++runCounter}-${Date.now().toString(36)}`);
+  checkPath(runDir, 'run dir');
+  checkPath(cwd, 'working dir');
+  mkdirSync(runDir);
+  if (opts.keepRunDir) writeFileSync(join(runDir, 'keep'), '');
+  const removeRunDir = () => { if (!opts.keepRunDir) rmSync(runDir, { recursive: true, force: true }); };
+  const unregister = onInterrupt(removeRunDir);
+
+  try {
+    const env: Record<string, string> = {};
+    const devs = buildDevices(sets, { runDir, env });
+    writeFileSync(join(runDir, 'devices.conf'), devicesConf(devs));
+
+    // The host mounts a tmpfs over /tmp: anything the command needs from the outer /tmp is shared separately.
+    const shares: Share[] = [{ tag: 'hostroot', path: '/', readonly: true }, { tag: 'tsvmmrun', path: runDir, readonly: false }];
+    const extra: Share[] = [];
+    for (const p of new Set([projectRoot, cwd, dirname(process.execPath)])) {
+      if ((p === '/tmp' || p.startsWith('/tmp/')) && !runDir.startsWith(p + '/')) {
+        checkPath(p, 'shared');
+        extra.push({ tag: `tsvmm${extra.length}`, path: p, readonly: true });
+      }
+    }
+    shares.push(...extra);
+    writeFileSync(join(runDir, 'mounts.conf'), extra.map((s) => `${s.tag} ${s.path} ${s.readonly ? 'ro' : 'rw'}\n`).join(''));
+
+    const command = typeof opts.command === 'string' ? opts.command : opts.command.map(shq).join(' ');
+    const allEnv: Record<string, string> = {
+      TSVMM_TESTHOST: '1',
+      TSVMM_TESTHOST_KERNEL: kind,
+      TSVMM_TESTHOST_RUN_DIR: runDir,
+      ...(process.env.CI ? { CI: process.env.CI } : {}),
+      ...env,
+      ...opts.env,
+    };
+    const inner = [
+      '# generated by testhost/index.ts: runs chrooted into the outer root inside the test host',
+      `export PATH=${shq(`${dirname(process.execPath)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`)}`,
+      'export HOME=/tmp/home LANG=C.UTF-8 TERM=dumb',
+      'mkdir -p "$HOME"',
+      ...Object.entries(allEnv).map(([k, v]) => `export ${k}=${shq(v)}`),
+      `export TSVMM_TESTHOST_DEVICES="$(cat ${shq(join(runDir, 'devices.json'))})"`,
+      // VFIO pins guest memory: QEMU and the project's VMM need an unlimited RLIMIT_MEMLOCK.
+      'ulimit -l unlimited',
+      `cd ${shq(cwd)} || exit 125`,
+      `exec /bin/sh -c ${shq(command)}`,
+      '',
+    ].join('\n');
+    writeFileSync(join(runDir, 'inner.sh'), inner);
+
+    const consoleLog = join(runDir, 'console.log');
+    const qemuLog = join(runDir, 'qemu.log');
+    const innerBudget = Math.max(10, Math.floor(timeoutMs / 1000) - 15); // leave time to flush and power off
+    const append = `console=ttyS0 intel_iommu=on panic=-1 quiet tsvmm.run=${runDir} tsvmm.timeout=${innerBudget}`;
+    const streams = opts.stream === true ? { stdout: process.stdout, stderr: process.stderr } : opts.stream || undefined;
+    const outTail = new Tail(join(runDir, 'stdout'), streams?.stdout);
+    const errTail = new Tail(join(runDir, 'stderr'), streams?.stderr);
+
+    // One vCPU by default: with 2, QEMU 7.2's TCG sometimes runs a stale int3 after the host kernel patches a
+    // static key (KVM toggles preempt_notifier_key on every VM create/destroy) and the host panics in __schedule.
+    const cpus = opts.cpus ?? 1;
+    if (cpus > 1) log(`warning: ${cpus} vCPUs: the host kernel may panic (int3 in __schedule) when KVM VMs come and go; 1 is reliable`);
+    log(`booting the test host (${kind} kernel ${version}; devices: ${sets.join(',') || 'none'})`);
+    const t0 = performance.now();
+    const q = startQemu({ kernel, initrd, append, memoryMiB: opts.memoryMiB ?? 3072, cpus, shares, deviceArgs: devs.flatMap((d) => d.qemu), consoleLog, qemuLog }, timeoutMs);
+    let started: number | undefined;
+    let finished: number | undefined;
+    const poll = () => {
+      if (started === undefined && existsSync(join(runDir, 'started'))) {
+        started = performance.now();
+        timings.add('boot', (started - t0) / 1000);
+      }
+      if (finished === undefined && existsSync(join(runDir, 'status'))) finished = performance.now();
+      outTail.poll();
+      errTail.poll();
+    };
+    const ticker = setInterval(poll, 200);
+    let qexit;
+    try {
+      qexit = await q.done;
+    } finally {
+      clearInterval(ticker);
+    }
+    poll();
+    const tEnd = performance.now();
+    if (started !== undefined) timings.add('command', ((finished ?? tEnd) - started) / 1000);
+    if (finished !== undefined) timings.add('shutdown', (tEnd - finished) / 1000);
+
+    const status = readIf(join(runDir, 'status')).trim();
+    const innerTimedOut = existsSync(join(runDir, 'timedout'));
+    const initError = readIf(join(runDir, 'init-error')).trim();
+    const devicesJson = readIf(join(runDir, 'devices.json')).trim();
+    let devices: Record<string, HostDevice> = {};
+    try { if (devicesJson) devices = JSON.parse(devicesJson) as Record<string, HostDevice>; } catch { /* reported via consoleLog */ }
+    const result: TestHostResult = {
+      exitCode: 125, stdout: readIf(join(runDir, 'stdout')), stderr: readIf(join(runDir, 'stderr')),
+      consoleLog: readIf(consoleLog), timedOut: false, devices, kernel: { kind, version }, timings: timings.stages,
+    };
+    if (status !== '' && !innerTimedOut) {
+      result.exitCode = Number(status);
+    } else if (innerTimedOut || qexit.killedForTimeout) {
+      result.exitCode = 124;
+      result.timedOut = true;
+      result.error = innerTimedOut
+        ? `the command did not finish within its time limit (${readIf(join(runDir, 'timedout')).trim()} s); killed`
+        : `the test host did not finish within ${timeoutMs / 1000} s; killed QEMU`;
+    } else {
+      const qlog = tail(readIf(qemuLog).split('\n').filter((l) => !/TCG doesn't support requested feature/.test(l)).join('\n'), 10);
+      const panic = /Kernel panic - not syncing: (.*)/.exec(result.consoleLog)?.[1];
+      result.error = initError ? `test host /init failed: ${initError}`
+        : panic ? `the test host's kernel panicked (${panic.trim()}); see the console log`
+        : `the test host stopped without reporting a status (${QEMU} exit ${qexit.code ?? qexit.signal})${qlog ? `:\n${qlog}` : ''}`;
+    }
+    if (opts.keepRunDir) result.runDir = runDir;
+    return result;
+  } finally {
+    unregister();
+    removeRunDir();
+  }
+}
