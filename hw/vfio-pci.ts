@@ -36,7 +36,7 @@ export function barMmapRanges(size: number, sparse: { offset: number; size: numb
     let pieces = [{ start: a.offset, end: a.offset + a.size }];
     if (hole) pieces = pieces.flatMap((p) => [{ start: p.start, end: Math.min(p.end, hole.start) }, { start: Math.max(p.start, hole.end), end: p.end }]);
     for (const p of pieces) {
-      const start = Math.ceil(p.start / PAGE) * PAGE, end = Math.min(Math.floor(p.end / PAGE) * PAGE, size) ;
+      const start = Math.ceil(p.start / PAGE) * PAGE, end = Math.min(Math.floor(p.end / PAGE) * PAGE, size);
       if (end > start) out.push({ offset: start, size: end - start });
     }
   }

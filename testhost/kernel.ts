@@ -25,8 +25,9 @@ export interface KernelImage {
 
 // Modules the debian kernel needs at boot; their dependencies come from modules.dep.
 // vfio_iommu_type1 is request_module()d by vfio at run time, which an initramfs without modprobe can't do.
+// uio_pci_generic: a driver that owns DMA, so tests can make an IOMMU group non-viable.
 const DEBIAN_MODULES = ['arch/x86/kvm/kvm-amd', 'drivers/vfio/vfio_iommu_type1', 'drivers/vfio/pci/vfio-pci',
-  'net/9p/9pnet_virtio', 'fs/9p/9p'];
+  'net/9p/9pnet_virtio', 'fs/9p/9p', 'drivers/uio/uio_pci_generic'];
 
 const GiB = 2 ** 30;
 
@@ -73,7 +74,9 @@ export async function ensureDebianKernel(log: Logger = stderrLog): Promise<Kerne
   }
   const kver = pkg.slice('linux-image-'.length, -'-unsigned'.length);
   const dir = join(cacheDir(), `debian-${kver}`);
-  if (existsSync(join(dir, 'ok'))) return { ...loadDebian(dir, kver), downloaded: false };
+  // The stamp records the module list too: a changed list re-extracts.
+  const stamp = `${pkg}\n${DEBIAN_MODULES.join(' ')}\n`;
+  if (existsSync(join(dir, 'ok')) && readFileSync(join(dir, 'ok'), 'utf8') === stamp) return { ...loadDebian(dir, kver), downloaded: false };
 
   requireFreeSpace(cacheDir(), 1 * GiB, `the Debian kernel package ${pkg} (~110 MB download, ~500 MB unpacked)`);
   await ensurePackages(['xz-utils'], log);
@@ -133,7 +136,7 @@ export async function ensureDebianKernel(log: Logger = stderrLog): Promise<Kerne
     const names = order.map((n) => `${n}.ko`);
     for (const n of order) writeFileSync(join(stage, 'modules', `${n}.ko`), blobs.get(n)!);
     writeFileSync(join(stage, 'modules.order'), names.join('\n') + '\n');
-    writeFileSync(join(stage, 'ok'), `${pkg}\n`);
+    writeFileSync(join(stage, 'ok'), stamp);
     rmSync(dir, { recursive: true, force: true });
     renameSync(stage, dir);
     // Superseded Debian kernels are not needed any more.

@@ -91,3 +91,38 @@ test('RLIMIT_MEMLOCK below guest RAM: refused before pinning, with the ulimit fi
   assert.match(r.stderr, /pins all guest RAM \(64M\), but the locked-memory limit is 64K\. fix: raise it \(ulimit -l 65536 or unlimited/);
   assert.equal(lockedBytes(), 0);
 });
+
+/** Moves a device to another driver (via driver_override) and returns a function that undoes it. */
+function rebind(bdf: string, driver: string): () => void {
+  const dev = `/sys/bus/pci/devices/${bdf}`;
+  const move = (to: string) => {
+    try { writeFileSync(`${dev}/driver/unbind`, bdf); } catch { /* not bound */ }
+    writeFileSync(`${dev}/driver_override`, to);
+    writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+  };
+  move(driver);
+  return () => move('vfio-pci');
+}
+
+test('a non-viable group (pci-bridge pair, one member on another driver) names the member, its driver and the fix', () => {
+  const edu = hostDevice('bridge-edu'), other = hostDevice('bridge-testdev');
+  assert.equal(edu.group, other.group, 'the pair shares one IOMMU group');
+  const restore = rebind(other.bdf, 'uio_pci_generic');
+  try {
+    const esc = (s: string) => s.replace(/\./g, '\\.');
+    assert.throws(machineWith([{ type: 'vfio-pci', host: edu.bdf }]), new RegExp(
+      `IOMMU group ${edu.group} \\(of ${esc(edu.bdf)}\\) is not viable: .*\\n  - ${esc(other.bdf)} is bound to uio_pci_generic; fix: echo ${esc(other.bdf)} > /sys/bus/pci/devices/${esc(other.bdf)}/driver/unbind`));
+    const groups = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], { encoding: 'utf8' });
+    assert.match(groups.stdout, new RegExp(`^group ${edu.group} NOT viable$`, 'm'));
+  } finally {
+    restore();
+  }
+  // Bound back, the group is viable again and both devices can be assigned together.
+  const m = machineWith([{ type: 'vfio-pci', host: edu.bdf }, { type: 'vfio-pci', host: other.bdf }])();
+  try {
+    assert.equal(m.vfio.groups.size, 1);
+    assert.equal(m.devices.length, 2);
+  } finally {
+    m.close();
+  }
+});
