@@ -7,18 +7,7 @@
 
 namespace tsvmm {
 
-static int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name) {
-  int r = IoctlRetry(fd, req, arg);
-  if (r < 0) ThrowErrno(env, std::string("ioctl(") + name + ")", errno);
-  return r;
-}
-#define IOCTL(fd, req, arg) CheckedIoctl(env, fd, req, arg, #req)
 
-static uint64_t ReqU64(Napi::Object o, const char *key) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) throw Napi::TypeError::New(o.Env(), std::string("property ") + key + " is required");
-  return ToU64(o.Env(), v, key);
-}
 
 // iommuIoasAlloc(iommufd) → ioasId
 static Napi::Value IommuIoasAlloc(const Napi::CallbackInfo &info) {

@@ -19,17 +19,13 @@ static Napi::Value KvmRun(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, r);
 }
 
-static void Ioctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name) {
-  if (IoctlRetry(fd, req, arg) < 0) ThrowErrno(env, std::string("ioctl(") + name + ")", errno);
-}
-
 #define REGS(X) X(rax) X(rbx) X(rcx) X(rdx) X(rsi) X(rdi) X(rsp) X(rbp) X(r8) X(r9) X(r10) X(r11) \
   X(r12) X(r13) X(r14) X(r15) X(rip) X(rflags)
 
 static Napi::Value KvmGetRegs(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   struct kvm_regs r = {};
-  Ioctl(env, ArgInt(info, 0), KVM_GET_REGS, &r, "KVM_GET_REGS");
+  CheckedIoctl(env, ArgInt(info, 0), KVM_GET_REGS, &r, "KVM_GET_REGS");
   Napi::Object o = Napi::Object::New(env);
 #define GET(f) o.Set(#f, U64ToJs(env, r.f));
   REGS(GET)
@@ -44,7 +40,7 @@ static Napi::Value KvmSetRegs(const Napi::CallbackInfo &info) {
 #define SET(f) r.f = PropU64(o, #f);
   REGS(SET)
 #undef SET
-  Ioctl(env, ArgInt(info, 0), KVM_SET_REGS, &r, "KVM_SET_REGS");
+  CheckedIoctl(env, ArgInt(info, 0), KVM_SET_REGS, &r, "KVM_SET_REGS");
   return env.Undefined();
 }
 
@@ -73,7 +69,7 @@ static void SegFromJs(Napi::Object o, kvm_segment &s) {
 static Napi::Value KvmGetSregs(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   struct kvm_sregs r = {};
-  Ioctl(env, ArgInt(info, 0), KVM_GET_SREGS, &r, "KVM_GET_SREGS");
+  CheckedIoctl(env, ArgInt(info, 0), KVM_GET_SREGS, &r, "KVM_GET_SREGS");
   Napi::Object o = Napi::Object::New(env);
 #define GET(f) o.Set(#f, SegToJs(env, r.f));
   SEGS(GET)
@@ -97,7 +93,7 @@ static Napi::Value KvmSetSregs(const Napi::CallbackInfo &info) {
   int fd = ArgInt(info, 0);
   Napi::Object o = ArgObject(info, 1);
   struct kvm_sregs r = {};
-  Ioctl(env, fd, KVM_GET_SREGS, &r, "KVM_GET_SREGS");
+  CheckedIoctl(env, fd, KVM_GET_SREGS, &r, "KVM_GET_SREGS");
 #define SET(f) if (o.Has(#f)) SegFromJs(o.Get(#f).As<Napi::Object>(), r.f);
   SEGS(SET)
 #undef SET
@@ -106,7 +102,7 @@ static Napi::Value KvmSetSregs(const Napi::CallbackInfo &info) {
 #undef SET
   if (o.Has("gdt")) { Napi::Object d = o.Get("gdt").As<Napi::Object>(); r.gdt.base = PropU64(d, "base"); r.gdt.limit = PropU32(d, "limit"); }
   if (o.Has("idt")) { Napi::Object d = o.Get("idt").As<Napi::Object>(); r.idt.base = PropU64(d, "base"); r.idt.limit = PropU32(d, "limit"); }
-  Ioctl(env, fd, KVM_SET_SREGS, &r, "KVM_SET_SREGS");
+  CheckedIoctl(env, fd, KVM_SET_SREGS, &r, "KVM_SET_SREGS");
   return env.Undefined();
 }
 
@@ -130,7 +126,7 @@ static Napi::Value KvmSetCpuid2(const Napi::CallbackInfo &info) {
     e.ecx = PropU32(o, "ecx");
     e.edx = PropU32(o, "edx");
   }
-  Ioctl(env, ArgInt(info, 0), KVM_SET_CPUID2, c, "KVM_SET_CPUID2");
+  CheckedIoctl(env, ArgInt(info, 0), KVM_SET_CPUID2, c, "KVM_SET_CPUID2");
   return env.Undefined();
 }
 
@@ -160,7 +156,7 @@ static Napi::Value KvmSetFpu(const Napi::CallbackInfo &info) {
   struct kvm_fpu f = {};
   f.fcw = PropU32(o, "fcw");
   f.mxcsr = PropU32(o, "mxcsr");
-  Ioctl(env, ArgInt(info, 0), KVM_SET_FPU, &f, "KVM_SET_FPU");
+  CheckedIoctl(env, ArgInt(info, 0), KVM_SET_FPU, &f, "KVM_SET_FPU");
   return env.Undefined();
 }
 

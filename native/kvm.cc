@@ -6,12 +6,6 @@
 
 namespace tsvmm {
 
-static int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name) {
-  int r = IoctlRetry(fd, req, arg);
-  if (r < 0) ThrowErrno(env, std::string("ioctl(") + name + ")", errno);
-  return r;
-}
-#define IOCTL(fd, req, arg) CheckedIoctl(env, fd, req, arg, #req)
 
 // Ioctls whose argument is a plain integer.
 static Napi::Value IoctlInt(const Napi::CallbackInfo &info, unsigned long req, const char *name) {

@@ -50,4 +50,16 @@ int IoctlRetry(int fd, unsigned long req, void *arg) {
   return r;
 }
 
+int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name) {
+  int r = IoctlRetry(fd, req, arg);
+  if (r < 0) ThrowErrno(env, std::string("ioctl(") + name + ")", errno);
+  return r;
+}
+
+uint64_t ReqU64(Napi::Object o, const char *key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) throw Napi::TypeError::New(o.Env(), std::string("property ") + key + " is required");
+  return ToU64(o.Env(), v, key);
+}
+
 }  // namespace tsvmm

@@ -56,6 +56,13 @@ inline Napi::Value U64ToJs(Napi::Env env, uint64_t v) { return Napi::BigInt::New
 // ioctl() that retries on EINTR except where the caller wants to see it (KVM_RUN).
 int IoctlRetry(int fd, unsigned long req, void *arg);
 
+// IoctlRetry that throws the errno as a JS Error naming the ioctl ("ioctl(VFIO_SET_IOMMU)").
+int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name);
+#define IOCTL(fd, req, arg) CheckedIoctl(env, fd, req, arg, #req)
+
+// A required 64-bit property (number or bigint): a missing one is a TypeError, not 0.
+uint64_t ReqU64(Napi::Object o, const char *key);
+
 // Each family file registers its exports here.
 void InitMman(Napi::Env env, Napi::Object exports);
 void InitEventfd(Napi::Env env, Napi::Object exports);

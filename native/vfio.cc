@@ -14,12 +14,6 @@
 
 namespace tsvmm {
 
-static int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char *name) {
-  int r = IoctlRetry(fd, req, arg);
-  if (r < 0) ThrowErrno(env, std::string("ioctl(") + name + ")", errno);
-  return r;
-}
-#define IOCTL(fd, req, arg) CheckedIoctl(env, fd, req, arg, #req)
 
 // Upper bound for a kernel-reported argsz (guards against allocating for a bogus value).
 static constexpr uint32_t kMaxInfoSize = 1u << 20;
@@ -27,11 +21,6 @@ static constexpr uint32_t kMaxInfoSize = 1u << 20;
 static constexpr int kMaxCaps = 64;
 
 // A property that must be present (number or bigint).
-static uint64_t ReqU64(Napi::Object o, const char *key) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) throw Napi::TypeError::New(o.Env(), std::string("property ") + key + " is required");
-  return ToU64(o.Env(), v, key);
-}
 
 template <typename T>
 static T Load(const std::vector<uint8_t> &buf, size_t off) {
