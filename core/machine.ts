@@ -87,11 +87,8 @@ export class Machine {
 
       // Devices. PCI BARs live in their own container under RAM (lower priority), so a BAR
       // a guest places over RAM is shadowed rather than breaking RAM (QEMU behaves the same).
-      if (opts.serialOutput) this.serialFd = undefined;
-      else if (config.serial.output === 'file') {
-        this.serialFd = openSync(config.serial.path!, 'w');
-        cleanups.push(() => closeSync(this.serialFd!));
-      }
+      this.serialFd = !opts.serialOutput && config.serial.output === 'file' ? openSync(config.serial.path!, 'w') : undefined;
+      if (this.serialFd !== undefined) cleanups.push(() => closeSync(this.serialFd!));
       const output = opts.serialOutput ?? (config.serial.output === 'none' ? () => {} :
         this.serialFd !== undefined ? (b: Uint8Array) => { writeSync(this.serialFd!, b); } : (b: Uint8Array) => { process.stdout.write(b); });
       this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });

@@ -25,7 +25,7 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
   const bytes = new Uint8Array(run.buffer);
   Atomics.store(ch, Slot.Running, 1);
 
-  // Hand one access to the main thread and wait for its answer; returns the read value.
+  // Hands one access to the main thread and waits for its answer (a read's value lands in DataLo/Hi).
   const forward = (kind: ChanKind, isWrite: boolean, size: number, addr: number, lo: number, hi: number): void => {
     ch[Slot.Kind] = kind;
     ch[Slot.IsWrite] = isWrite ? 1 : 0;
