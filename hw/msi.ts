@@ -40,7 +40,7 @@
 // vector the function may not use: dropped); without per-vector masking there is nowhere to
 // latch it (MSI disabled), so it is dropped. As in QEMU, pending bits of vectors ≥ nvectors are
 // discarded when the guest writes the capability while MSI is enabled.
-import { CallbackRunner, checkConfigAccess, checkInt, type MsiMessage } from './msix.js';
+import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt, type MsiMessage } from './msix.js';
 
 export type { MsiMessage } from './msix.js';
 
@@ -93,9 +93,8 @@ export class MsiCap {
 
   // What the listener was last told: 0 = disabled, else the number of vectors enabled.
   private reportedControl = 0;
-  private readonly reportedUse = new Uint8Array(32);
-  private readonly reportedMsg = new Uint32Array(32 * 3);
   private readonly runner = new CallbackRunner();
+  private readonly reported = new ReportedVectors(32, this.runner);
 
   constructor(opts: MsiOptions, public listener: MsiListener = {}) {
     if (![1, 2, 4, 8, 16, 32].includes(opts.vectors)) throw new RangeError(`MSI: vectors must be 1, 2, 4, 8, 16 or 32, got ${String(opts.vectors)}`);
@@ -274,26 +273,7 @@ export class MsiCap {
   }
 
   private syncVector(v: number): void {
-    const l = this.listener;
-    if (this.isMasked(v)) {
-      if (this.reportedUse[v]) {
-        this.reportedUse[v] = 0;
-        if (l.vectorRelease) this.runner.call(() => l.vectorRelease!(v));
-      }
-      return;
-    }
-    const msg = this.message(v), r = v * 3;
-    if (!this.reportedUse[v] || this.reportedMsg[r] !== msg.addressLo || this.reportedMsg[r + 1] !== msg.addressHi || this.reportedMsg[r + 2] !== msg.data) {
-      this.reportedUse[v] = 1;
-      this.reportedMsg[r] = msg.addressLo;
-      this.reportedMsg[r + 1] = msg.addressHi;
-      this.reportedMsg[r + 2] = msg.data;
-      if (l.vectorUse) this.runner.call(() => l.vectorUse!(v, msg));
-    }
-    if (l.notify && this.isPending(v) && !this.isMasked(v) && this.reportedUse[v]) {
-      this.clearPending(v);
-      const m = this.message(v);
-      this.runner.call(() => l.notify!(v, m));
-    }
+    this.reported.sync(v, this, this.listener);
   }
+
 }

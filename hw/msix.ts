@@ -112,6 +112,53 @@ export class CallbackRunner {
   }
 }
 
+/** The vector side of a capability, as ReportedVectors needs it (MsixCap and MsiCap both are). */
+export interface VectorSource {
+  isMasked(v: number): boolean;
+  message(v: number): MsiMessage;
+  isPending(v: number): boolean;
+  clearPending(v: number): void;
+}
+
+/**
+ * What the listener was last told about each vector, shared by MSI and MSI-X: sync(v) reports
+ * only the difference — vectorRelease when it became masked, vectorUse when it came into use or
+ * its message changed while in use — then delivers (notify) a pending interrupt it may now take.
+ */
+export class ReportedVectors {
+  private readonly use: Uint8Array;
+  private readonly msg: Uint32Array;
+
+  constructor(count: number, private readonly runner: CallbackRunner) {
+    this.use = new Uint8Array(count);
+    this.msg = new Uint32Array(count * 3);
+  }
+
+  sync(v: number, src: VectorSource, l: { vectorUse?(v: number, m: MsiMessage): void; vectorRelease?(v: number): void; notify?(v: number, m: MsiMessage): void }): void {
+    if (src.isMasked(v)) {
+      if (this.use[v]) {
+        this.use[v] = 0;
+        if (l.vectorRelease) this.runner.call(() => l.vectorRelease!(v));
+      }
+      return;
+    }
+    const m = src.message(v), r = v * 3;
+    if (!this.use[v] || this.msg[r] !== m.addressLo || this.msg[r + 1] !== m.addressHi || this.msg[r + 2] !== m.data) {
+      this.use[v] = 1;
+      this.msg[r] = m.addressLo;
+      this.msg[r + 1] = m.addressHi;
+      this.msg[r + 2] = m.data;
+      if (l.vectorUse) this.runner.call(() => l.vectorUse!(v, m));
+    }
+    // A callback above may have masked it again (then the bit waits) or already delivered it.
+    if (l.notify && src.isPending(v) && !src.isMasked(v) && this.use[v]) {
+      src.clearPending(v);
+      const now = src.message(v);
+      this.runner.call(() => l.notify!(v, now));
+    }
+  }
+}
+
 /** @internal */
 export function checkInt(who: string, what: string, v: number, min: number, max: number): void {
   if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${who}: ${what} must be an integer in [${min}, ${max}], got ${String(v)}`);
@@ -154,8 +201,7 @@ export class MsixCap {
 
   // What the listener was last told.
   private reportedControl = CONTROL_OFF;
-  private readonly reportedUse: Uint8Array;
-  private readonly reportedMsg: Uint32Array;
+  private readonly reported: ReportedVectors;
   private readonly runner = new CallbackRunner();
 
   constructor(opts: MsixOptions, public listener: MsixListener = {}) {
@@ -176,8 +222,7 @@ export class MsixCap {
     this.capOffset = opts.capOffset;
     this.table = new Uint32Array(this.vectors * 4);
     this.pba = new Uint32Array(Math.ceil(this.vectors / 64) * 2);
-    this.reportedUse = new Uint8Array(this.vectors);
-    this.reportedMsg = new Uint32Array(this.vectors * 3);
+    this.reported = new ReportedVectors(this.vectors, this.runner);
     this.maskAll();
     const prefix = opts.name ? `${opts.name}-` : '';
     const valid = { minAccessSize: 4, maxAccessSize: 8 } as const;
@@ -378,30 +423,9 @@ export class MsixCap {
   }
 
   private syncVector(v: number): void {
-    const l = this.listener;
-    if (this.isMasked(v)) {
-      if (this.reportedUse[v]) {
-        this.reportedUse[v] = 0;
-        if (l.vectorRelease) this.runner.call(() => l.vectorRelease!(v));
-      }
-      return;
-    }
-    const t = v * 4, r = v * 3;
-    if (!this.reportedUse[v] || this.reportedMsg[r] !== this.table[t] || this.reportedMsg[r + 1] !== this.table[t + 1] || this.reportedMsg[r + 2] !== this.table[t + 2]) {
-      this.reportedUse[v] = 1;
-      this.reportedMsg[r] = this.table[t]!;
-      this.reportedMsg[r + 1] = this.table[t + 1]!;
-      this.reportedMsg[r + 2] = this.table[t + 2]!;
-      const msg = this.message(v);
-      if (l.vectorUse) this.runner.call(() => l.vectorUse!(v, msg));
-    }
-    // A callback above may have masked it again (then the bit waits) or already delivered it.
-    if (l.notify && this.isPending(v) && !this.isMasked(v) && this.reportedUse[v]) {
-      this.clearPending(v);
-      const msg = this.message(v);
-      this.runner.call(() => l.notify!(v, msg));
-    }
+    this.reported.sync(v, this, this.listener);
   }
+
 }
 
 /** @internal */
