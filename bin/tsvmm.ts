@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // tsvmm command line: run a VM from a JSON config, validate configs, drive the test host.
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { checkConfig, ConfigError, loadConfig, type VmConfig } from '../core/config/config.js';
 import { Machine } from '../core/machine.js';
 import { projectRoot } from '../core/paths.js';
@@ -8,10 +8,15 @@ import { projectRoot } from '../core/paths.js';
 const HELP = `tsvmm — a small QEMU-style VMM for PCI device assignment with VFIO
 
 Usage:
-  tsvmm run [config.json]        Run a VM. With no config, runs the built-in demo guest
-                                 (prints over serial, lists the PCI bus, exits 0).
+  tsvmm run [config.json] [--fd-socket N]
+                                 Run a VM. With no config, runs the built-in demo guest
+                                 (prints over serial, lists the PCI bus, exits 0). --fd-socket: take
+                                 /dev/kvm and VFIO group fds from a manager on that socket.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
   tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
+  tsvmm manager <config.json> (--user NAME | --uid N [--gid N]) [--memlock BYTES]
+                                 As root: open /dev/kvm and the devices' VFIO groups, start the VMM
+                                 as that user with no capabilities, and pass the fds (SCM_RIGHTS).
   tsvmm testhost <command> ...   The nested KVM+VFIO test host ('tsvmm testhost --help').
   tsvmm --help | --version
 
@@ -27,10 +32,33 @@ export function demoConfig(): VmConfig {
   return checkConfig({ name: 'demo', memory: '64M', kernel: { path: 'guest/out/tsvmm-guest.elf' } }, 'built-in demo', projectRoot);
 }
 
+/** Splits `--name value` options from positional arguments. */
+function options(args: string[], known: string[]): { positional: string[]; opts: Record<string, string> } {
+  const positional: string[] = [], opts: Record<string, string> = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith('--')) { positional.push(a); continue; }
+    const name = a.slice(2);
+    if (!known.includes(name)) throw new UsageError(`unknown option ${a}`);
+    const v = args[++i];
+    if (v === undefined) throw new UsageError(`${a} needs a value`);
+    opts[name] = v;
+  }
+  return { positional, opts };
+}
+
 async function run(args: string[]): Promise<number> {
-  if (args.length > 1) throw new UsageError('run takes at most one config file');
-  const config = args[0] ? loadConfig(args[0]) : demoConfig();
-  const machine = new Machine(config);
+  const { positional, opts } = options(args, ['fd-socket']);
+  if (positional.length > 1) throw new UsageError('run takes at most one config file');
+  const config = positional[0] ? loadConfig(positional[0]) : demoConfig();
+  let passedFds;
+  if (opts['fd-socket'] !== undefined) {
+    const sock = Number(opts['fd-socket']);
+    if (!Number.isInteger(sock) || sock < 0) throw new UsageError('--fd-socket takes an fd number');
+    const { receivePassedFds } = await import('../core/fdpass.js');
+    try { passedFds = receivePassedFds(sock); } finally { closeSync(sock); }
+  }
+  const machine = new Machine(config, passedFds ? { passedFds } : {});
   const onSignal = (sig: NodeJS.Signals) => machine.requestExit(sig === 'SIGINT' ? 130 : 143, `interrupted (${sig})`);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -79,6 +107,13 @@ async function main(argv: string[]): Promise<number> {
         }
       }
       return 0;
+    }
+    case 'manager': {
+      const { positional, opts } = options(rest, ['user', 'uid', 'gid', 'memlock']);
+      if (positional.length !== 1) throw new UsageError('manager takes one config file');
+      const { runManager, parseUser } = await import('../core/manager.js');
+      const id = parseUser(opts);
+      return runManager(positional[0]!, { ...id, ...(opts.memlock ? { memlockBytes: Number(opts.memlock) } : {}) });
     }
     case 'testhost': {
       const { testhostMain } = await import('../testhost/cli.js');

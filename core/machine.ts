@@ -14,6 +14,8 @@ import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { PciBus, assignBars } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio } from './vfio/vfio.js';
+import { findHostDevice } from './vfio/sysfs.js';
+import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
@@ -31,6 +33,8 @@ export interface MachineOptions {
   /** Overrides where COM1 output goes (tests capture it). */
   serialOutput?: (bytes: Uint8Array) => void;
   kvmPath?: string;
+  /** Fds opened by a privileged manager (tsvmm manager): /dev/kvm and VFIO groups. */
+  passedFds?: PassedFd[];
 }
 
 export interface MachineResult {
@@ -57,9 +61,17 @@ export class Machine {
 
   constructor(readonly config: VmConfig, opts: MachineOptions = {}) {
     const n = native();
-    this.kvm = Kvm.open(opts.kvmPath);
-    const cleanups: (() => void)[] = [() => this.kvm.close()];
+    const passed = opts.passedFds ?? [];
+    // Passed fds this machine has not handed to an owner yet (closed on failure or close()).
+    const unadopted = new Set(passed.map((p) => p.fd));
+    this.unadopted = unadopted;
+    const cleanups: (() => void)[] = [() => { for (const fd of unadopted) closeSync(fd); unadopted.clear(); }];
     try {
+      const kvmFd = passed.find((p) => p.kind === 'kvm')?.fd;
+      this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
+      if (kvmFd !== undefined) unadopted.delete(kvmFd);
+      cleanups.push(() => this.kvm.close());
+      const groupFds = this.checkPassedGroups(passed);
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
 
@@ -103,7 +115,11 @@ export class Machine {
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
       this.vfio = new Vfio(this.vm);
       cleanups.push(() => this.releaseDevices());
-      config.devices.forEach((d, i) => this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8)));
+      config.devices.forEach((d, i) => {
+        const group = groupFds.get(findHostDevice(d).group);
+        this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8), group !== undefined ? { groupFd: group } : {});
+        if (group !== undefined) unadopted.delete(group);
+      });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
 
       for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
@@ -114,6 +130,19 @@ export class Machine {
       }
       throw e;
     }
+  }
+
+  private readonly unadopted: Set<number>;
+
+  /** Passed group fds by group number; each must belong to a device of the config. */
+  private checkPassedGroups(passed: PassedFd[]): Map<number, number> {
+    const wanted = new Set(this.config.devices.map((d) => findHostDevice(d).group));
+    const out = new Map<number, number>();
+    for (const p of passed.filter((x) => x.kind === 'vfio-group')) {
+      if (!wanted.has(p.group!)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
+      out.set(p.group!, p.fd);
+    }
+    return out;
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
@@ -215,6 +244,8 @@ export class Machine {
     closeSync(this.ramFd);
     if (this.serialFd !== undefined) closeSync(this.serialFd);
     this.kvm.close();
+    for (const fd of this.unadopted) closeSync(fd);
+    this.unadopted.clear();
   }
 }
 

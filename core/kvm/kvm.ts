@@ -24,6 +24,15 @@ export class Kvm {
       }
       throw new KvmError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
+    return Kvm.adopt(fd, path);
+  }
+
+  /** Takes over a /dev/kvm fd passed by a manager (see core/fdpass.ts). */
+  static fromFd(fd: number): Kvm {
+    return Kvm.adopt(fd, `/dev/kvm (passed fd ${fd})`);
+  }
+
+  private static adopt(fd: number, path: string): Kvm {
     const kvm = new Kvm(fd, path);
     const n = native();
     const version = n.kvmGetApiVersion(fd);

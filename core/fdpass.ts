@@ -1,0 +1,68 @@
+// Fd passing between a privileged manager and an unprivileged VMM (libvirt's model): the
+// manager opens what needs privilege and sends the fds over a UNIX socket with SCM_RIGHTS,
+// with a JSON description of each. The VMM checks every fd is what the description and its
+// own config say before using it: a wrong fd is refused, never trusted.
+import { closeSync, fstatSync, readlinkSync } from 'node:fs';
+import { native } from './native.js';
+
+export type PassedFdKind = 'kvm' | 'vfio-group';
+export interface PassedFdInfo { name: string; kind: PassedFdKind; group?: number }
+export interface PassedFd extends PassedFdInfo { fd: number }
+
+export class FdPassError extends Error {}
+
+const MAX_FDS = 64;
+const KVM_MAJOR = 10, KVM_MINOR = 232; // misc device 10:232
+
+/** Manager side: sends the fds and their description in one message. */
+export function sendPassedFds(socketFd: number, fds: PassedFd[]): void {
+  if (fds.length > MAX_FDS) throw new FdPassError(`too many fds to pass (${fds.length} > ${MAX_FDS})`);
+  const info: PassedFdInfo[] = fds.map(({ name, kind, group }) => ({ name, kind, ...(group !== undefined ? { group } : {}) }));
+  native().sendFds(socketFd, Buffer.from(JSON.stringify({ tsvmm: 1, fds: info })), fds.map((f) => f.fd));
+}
+
+/** VMM side: receives the fds, checks each is what it claims to be, closes them all on any error. */
+export function receivePassedFds(socketFd: number): PassedFd[] {
+  const msg = native().recvFds(socketFd, 64 * 1024, MAX_FDS);
+  const fds = msg.fds;
+  try {
+    if (msg.truncated) throw new FdPassError('the manager sent more fds than tsvmm accepts (message truncated)');
+    if (msg.data.length === 0) throw new FdPassError('the manager closed the fd socket before sending anything');
+    let parsed: { tsvmm?: number; fds?: PassedFdInfo[] };
+    try { parsed = JSON.parse(Buffer.from(msg.data).toString('utf8')); } catch { throw new FdPassError('the fd socket carried malformed JSON'); }
+    if (parsed.tsvmm !== 1 || !Array.isArray(parsed.fds)) throw new FdPassError('the fd socket message is not a tsvmm fd description');
+    if (parsed.fds.length !== fds.length) throw new FdPassError(`the manager described ${parsed.fds.length} fds but sent ${fds.length}`);
+    const out = parsed.fds.map((d, i) => ({ ...d, fd: fds[i]! }));
+    for (const p of out) identify(p);
+    return out;
+  } catch (e) {
+    for (const fd of fds) closeSync(fd);
+    throw e;
+  }
+}
+
+/** Checks an fd against its description (fstat and /proc/self/fd), so a wrong one is refused. */
+export function identify(p: PassedFd): void {
+  const st = fstatSync(p.fd);
+  const where = `passed fd '${p.name}' (fd ${p.fd})`;
+  if (p.kind === 'kvm') {
+    if (!st.isCharacterDevice() || major(st.rdev) !== KVM_MAJOR || minor(st.rdev) !== KVM_MINOR)
+      throw new FdPassError(`${where} should be /dev/kvm but is ${describeFd(p.fd)}`);
+    return;
+  }
+  if (p.kind === 'vfio-group') {
+    const target = describeFd(p.fd);
+    const m = /^\/dev\/vfio\/(\d+)$/.exec(target);
+    if (!st.isCharacterDevice() || !m) throw new FdPassError(`${where} should be a VFIO group (/dev/vfio/N) but is ${target}`);
+    if (p.group !== undefined && Number(m[1]) !== p.group) throw new FdPassError(`${where} is VFIO group ${m[1]}, not group ${p.group}`);
+    native().vfioGroupGetStatus(p.fd); // a real group answers
+    return;
+  }
+  throw new FdPassError(`${where} has unknown kind ${JSON.stringify((p as PassedFdInfo).kind)}`);
+}
+
+function describeFd(fd: number): string {
+  try { return readlinkSync(`/proc/self/fd/${fd}`); } catch { return `fd ${fd} (closed?)`; }
+}
+const major = (dev: number) => Number((BigInt(dev) >> 8n) & 0xfffn);
+const minor = (dev: number) => Number((BigInt(dev) & 0xffn) | ((BigInt(dev) >> 12n) & 0xfff00n));

@@ -1,0 +1,68 @@
+// tsvmm manager: the privileged half of libvirt's split. It validates the config, opens what
+// needs privilege (/dev/kvm, each device's VFIO group), starts the VMM as an unprivileged user
+// with no capabilities and a memlock limit fit for the guest, and passes the fds over a UNIX
+// socket (SCM_RIGHTS). The VMM needs nothing else: /dev/vfio/vfio it opens itself (0666).
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { native } from './native.js';
+import { loadConfig } from './config/config.js';
+import { findHostDevice } from './vfio/sysfs.js';
+import { sendPassedFds, type PassedFd } from './fdpass.js';
+import { projectRoot } from './paths.js';
+
+export interface ManagerOptions { uid: number; gid: number; memlockBytes?: number }
+
+/** Room above guest RAM for the locked-memory limit (what else the process may pin). */
+const MEMLOCK_SLACK = 64 * 2 ** 20;
+
+export async function runManager(configPath: string, opts: ManagerOptions): Promise<number> {
+  const path = resolve(configPath);
+  const config = loadConfig(path);
+  const fds: PassedFd[] = [];
+  let mine: number | undefined, theirs: number | undefined;
+  try {
+    fds.push({ name: 'kvm', kind: 'kvm', fd: openSync('/dev/kvm', 'r+') });
+    for (const d of config.devices) {
+      const host = findHostDevice(d);
+      if (fds.some((f) => f.group === host.group)) continue;
+      fds.push({ name: `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
+    }
+    [mine, theirs] = native().socketpair();
+    const memlock = opts.memlockBytes ?? config.memoryBytes + MEMLOCK_SLACK;
+    // prlimit raises the limit while still root; setpriv then drops to the user with no
+    // capabilities, no supplementary groups and no way to regain privilege.
+    const child = spawn('prlimit', [`--memlock=${memlock}:${memlock}`,
+      'setpriv', `--reuid=${opts.uid}`, `--regid=${opts.gid}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs',
+      process.execPath, `${projectRoot}/dist/bin/tsvmm.js`, 'run', path, '--fd-socket', '3'],
+    { stdio: ['inherit', 'inherit', 'inherit', theirs] });
+    const exited = new Promise<number>((res) => {
+      child.on('error', (e) => { process.stderr.write(`tsvmm manager: cannot start the VMM: ${e.message}\n`); res(1); });
+      child.on('exit', (code, signal) => res(code ?? (signal ? 128 + 15 : 1)));
+    });
+    closeSync(theirs);
+    theirs = undefined;
+    sendPassedFds(mine, fds);
+    return await exited;
+  } finally {
+    for (const f of fds) closeSync(f.fd);
+    if (mine !== undefined) closeSync(mine);
+    if (theirs !== undefined) closeSync(theirs);
+  }
+}
+
+/** The VMM's identity: --user NAME (looked up in /etc/passwd) or --uid N [--gid N]; never root. */
+export function parseUser(opts: { user?: string; uid?: string; gid?: string }): { uid: number; gid: number } {
+  let uid: number, gid: number;
+  if (opts.user !== undefined) {
+    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[0] === opts.user);
+    if (!line) throw new Error(`no user '${opts.user}' in /etc/passwd`);
+    [uid, gid] = line.split(':').slice(2, 4).map(Number) as [number, number];
+  } else {
+    uid = Number(opts.uid);
+    gid = Number(opts.gid ?? opts.uid);
+  }
+  if (!Number.isInteger(uid) || !Number.isInteger(gid)) throw new Error('manager needs --user NAME or --uid N [--gid N]');
+  if (uid === 0) throw new Error('the VMM must not run as root: pick an unprivileged user (--user nobody)');
+  return { uid, gid };
+}
