@@ -12,11 +12,15 @@ Usage:
                                  Run a VM. With no config, runs the built-in demo guest
                                  (prints over serial, lists the PCI bus, exits 0). --fd-socket: take
                                  /dev/kvm and VFIO group fds from a manager on that socket.
+                                 --qmp PATH: a QMP control socket (mode 0600): query-status,
+                                 query-pci, query-version, query-commands, stop, cont, quit.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
   tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
   tsvmm manager <config.json> (--user NAME | --uid N [--gid N]) [--memlock BYTES]
                                  As root: open /dev/kvm and the devices' VFIO groups, start the VMM
                                  as that user with no capabilities, and pass the fds (SCM_RIGHTS).
+  tsvmm qmp <socket> <command> [json-arguments]
+                                 Send one QMP command to a VM started with 'run --qmp <socket>'.
   tsvmm testhost <command> ...   The nested KVM+VFIO test host ('tsvmm testhost --help').
   tsvmm --help | --version
 
@@ -48,7 +52,7 @@ function options(args: string[], known: string[]): { positional: string[]; opts:
 }
 
 async function run(args: string[]): Promise<number> {
-  const { positional, opts } = options(args, ['fd-socket']);
+  const { positional, opts } = options(args, ['fd-socket', 'qmp']);
   if (positional.length > 1) throw new UsageError('run takes at most one config file');
   const config = positional[0] ? loadConfig(positional[0]) : demoConfig();
   let passedFds;
@@ -62,13 +66,21 @@ async function run(args: string[]): Promise<number> {
   const onSignal = (sig: NodeJS.Signals) => machine.requestExit(sig === 'SIGINT' ? 130 : 143, `interrupted (${sig})`);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  let qmp;
   try {
+    if (opts.qmp !== undefined) {
+      const { machineQmp } = await import('../core/qmp-commands.js');
+      qmp = machineQmp(machine, opts.qmp);
+      await qmp.listen();
+    }
     const r = await machine.run();
+    if (r.reason !== 'QMP quit') qmp?.emit('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    await qmp?.close();
     machine.close();
   }
 }
@@ -114,6 +126,15 @@ async function main(argv: string[]): Promise<number> {
       const { runManager, parseUser } = await import('../core/manager.js');
       const id = parseUser(opts);
       return runManager(positional[0]!, { ...id, ...(opts.memlock ? { memlockBytes: Number(opts.memlock) } : {}) });
+    }
+    case 'qmp': {
+      if (rest.length < 2 || rest.length > 3) throw new UsageError('qmp takes <socket> <command> [json-arguments]');
+      const { qmpCall } = await import('../core/qmp-client.js');
+      const args = rest[2] !== undefined ? JSON.parse(rest[2]) as Record<string, unknown> : undefined;
+      const r = await qmpCall(rest[0]!, rest[1]!, args);
+      if ('error' in r) { process.stderr.write(`tsvmm qmp: ${r.error.class}: ${r.error.desc}\n`); return 1; }
+      process.stdout.write(JSON.stringify(r.return, null, 2) + '\n');
+      return 0;
     }
     case 'testhost': {
       const { testhostMain } = await import('../testhost/cli.js');

@@ -3,7 +3,7 @@
 // thread, where the device models live (one thread, like QEMU's BQL), answers.
 export const enum ChanState { Idle = 0, Request = 1, Response = 2 }
 export const enum ChanKind { Pio = 1, Mmio = 2 }
-export const enum Control { Run = 0, Stop = 1 }
+export const enum Control { Run = 0, Stop = 1, Pause = 2 }
 
 /** Int32 slots of the channel. */
 export const enum Slot {
@@ -18,7 +18,8 @@ export const enum Slot {
   Control = 8,   // Control, written by the main thread
   Running = 9,   // 1 while the worker is inside its run loop (kicks are safe)
   Exits = 10,    // total KVM_RUN returns (statistics)
-  Count = 11,
+  Paused = 11,   // 1 while the worker is parked by Control.Pause
+  Count = 12,
 }
 
 export function createChannel(): Int32Array {

@@ -42,7 +42,15 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
 
   try {
     for (;;) {
-      if (Atomics.load(ch, Slot.Control) === Control.Stop) return { reason: 'stopped' };
+      let ctl = Atomics.load(ch, Slot.Control);
+      if (ctl === Control.Pause) {
+        // Parked outside KVM_RUN until resumed or stopped (QMP stop / cont).
+        Atomics.store(ch, Slot.Paused, 1);
+        Atomics.notify(ch, Slot.Paused);
+        while ((ctl = Atomics.load(ch, Slot.Control)) === Control.Pause) Atomics.wait(ch, Slot.Control, Control.Pause);
+        Atomics.store(ch, Slot.Paused, 0);
+      }
+      if (ctl === Control.Stop) return { reason: 'stopped' };
       const r = n.kvmRun(task.vcpuFd);
       ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
       if (r === -EINTR || r === -EAGAIN) {

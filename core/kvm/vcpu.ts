@@ -32,6 +32,24 @@ export class Vcpu {
   /** Asks the run loop to end: flag first, then immediate_exit, then the signal (see vcpu-worker). */
   stop(kickSignal: number): void {
     Atomics.store(this.channel, Slot.Control, Control.Stop);
+    Atomics.notify(this.channel, Slot.Control); // a paused worker wakes to stop
+    this.kick(kickSignal);
+  }
+
+  /** Parks the vCPU outside KVM_RUN (it resumes where it was). */
+  pause(kickSignal: number): void {
+    if (Atomics.compareExchange(this.channel, Slot.Control, Control.Run, Control.Pause) !== Control.Run) return;
+    this.kick(kickSignal);
+  }
+
+  resume(): void {
+    if (Atomics.compareExchange(this.channel, Slot.Control, Control.Pause, Control.Run) === Control.Pause)
+      Atomics.notify(this.channel, Slot.Control);
+  }
+
+  get paused(): boolean { return Atomics.load(this.channel, Slot.Paused) === 1; }
+
+  private kick(kickSignal: number): void {
     if (!this.running) return;
     this.runBytes[native().kvmRunLayout.immediateExit] = 1;
     const t = this.thread[0]!;

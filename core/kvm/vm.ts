@@ -10,7 +10,7 @@ import { Kvm } from './kvm.js';
 import { KvmMemslots } from './memslots.js';
 import { GsiRouting } from './gsi-routing.js';
 import { Vcpu } from './vcpu.js';
-import { ChanKind, ChanState, Slot, type VcpuStop } from './exit-channel.js';
+import { ChanKind, ChanState, Control, Slot, type VcpuStop } from './exit-channel.js';
 import type { VcpuTask } from './vcpu-worker.js';
 
 export interface VmOptions {
@@ -139,6 +139,11 @@ export class Vm {
       this.pool = undefined;
     }
   }
+
+  /** Parks every vCPU outside KVM_RUN (QMP stop); resume() lets them continue. */
+  pause(): void { for (const v of this.vcpus) v.pause(this.kickSignal); }
+  resume(): void { for (const v of this.vcpus) v.resume(); }
+  get paused(): boolean { return this.vcpus.length > 0 && this.vcpus.every((v) => Atomics.load(v.channel, Slot.Control) === Control.Pause); }
 
   /** Stops all vCPUs (idempotent; safe from a device callback). */
   stop(): void {

@@ -1,0 +1,115 @@
+// The QMP control socket, driven with raw JSON lines as the QMP spec defines them (no QMP
+// client library is packaged for Debian 12's node or small enough on npm to be worth it).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createConnection, type Socket } from 'node:net';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { projectRoot } from '../../core/paths.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmp-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+
+class Client {
+  private buf = '';
+  private readonly queue: Record<string, unknown>[] = [];
+  private wake: (() => void) | undefined;
+  constructor(readonly s: Socket) {
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => {
+      this.buf += c;
+      let i: number;
+      while ((i = this.buf.indexOf('\n')) >= 0) { this.queue.push(JSON.parse(this.buf.slice(0, i))); this.buf = this.buf.slice(i + 1); }
+      this.wake?.();
+    });
+  }
+  static connect(path: string): Promise<Client> {
+    return new Promise((res, rej) => { const s = createConnection(path, () => res(new Client(s))); s.on('error', rej); });
+  }
+  async next(): Promise<Record<string, unknown>> {
+    for (let i = 0; i < 200 && !this.queue.length; i++) await new Promise<void>((r) => { this.wake = r; setTimeout(r, 50); });
+    const m = this.queue.shift();
+    assert.ok(m, 'no QMP message arrived');
+    return m;
+  }
+  send(raw: string): void { this.s.write(raw + '\n'); }
+  /** A command and its reply, with the events that came before it (QEMU may emit them first). */
+  async cmdEvents(execute: string): Promise<{ reply: Record<string, unknown>; events: string[] }> {
+    this.send(JSON.stringify({ execute }));
+    const events: string[] = [];
+    for (;;) {
+      const m = await this.next();
+      if ('event' in m) events.push(m.event as string);
+      else return { reply: m, events };
+    }
+  }
+  async cmd(execute: string, extra: object = {}): Promise<Record<string, unknown>> {
+    this.send(JSON.stringify({ execute, ...extra }));
+    return this.next();
+  }
+}
+
+test('QMP: greeting, negotiation, errors, status, stop/cont with events, one client, quit', async () => {
+  const guest = join(dir, 'spin.bin');
+  writeFileSync(guest, Uint8Array.from([0xeb, 0xfe])); // jmp $
+  const cfg = join(dir, 'spin.json');
+  writeFileSync(cfg, JSON.stringify({ memory: 4, kernel: { path: guest, format: 'flat' } }));
+  const sock = join(dir, 'qmp.sock');
+  const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  vm.stderr.on('data', (b) => { stderr += b; });
+  const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
+  try {
+    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+    assert.equal(statSync(sock).mode & 0o777, 0o600, 'the control socket is owner-only');
+    const c = await Client.connect(sock);
+    const greeting = await c.next();
+    assert.deepEqual(Object.keys(greeting), ['QMP']);
+    assert.deepEqual((greeting.QMP as { capabilities: unknown[] }).capabilities, []);
+    assert.deepEqual(await c.cmd('query-status', { id: 1 }), { error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" }, id: 1 });
+    assert.deepEqual(await c.cmd('qmp_capabilities'), { return: {} });
+    c.send('{"execute": "query-status"');
+    assert.equal(((await c.next()).error as { class: string }).class, 'GenericError');
+    c.send('[1,2]');
+    assert.match(((await c.next()).error as { desc: string }).desc, /must be a JSON object with an 'execute' member/);
+    assert.deepEqual(await c.cmd('no-such-command', { id: 'x' }), { error: { class: 'CommandNotFound', desc: 'The command no-such-command has not been found' }, id: 'x' });
+    assert.deepEqual(await c.cmd('query-status'), { return: { running: true, singlestep: false, status: 'running' } });
+    const pci = (await c.cmd('query-pci')).return as { devices: { slot: number; id: { vendor: number; device: number } }[] }[];
+    assert.deepEqual(pci[0]!.devices[0]!.id, { vendor: 0x8086, device: 0x0d57 });
+
+    assert.deepEqual(await c.cmdEvents('stop'), { reply: { return: {} }, events: ['STOP'] });
+    assert.deepEqual(await c.cmd('query-status'), { return: { running: false, singlestep: false, status: 'paused' } });
+    // A second client is told and disconnected; the VM and the first client carry on.
+    const second = await Client.connect(sock);
+    assert.deepEqual(await second.next(), { error: { class: 'GenericError', desc: 'another QMP client is connected' } });
+    second.s.destroy();
+    assert.deepEqual(await c.cmdEvents('cont'), { reply: { return: {} }, events: ['RESUME'] });
+    assert.equal(((await c.cmd('query-status')).return as { status: string }).status, 'running');
+
+    c.s.destroy();
+    // The small client: one command per call.
+    const q = spawnSync(process.execPath, [cli, 'qmp', sock, 'query-status'], { encoding: 'utf8' });
+    assert.equal(q.status, 0, q.stderr);
+    assert.equal(JSON.parse(q.stdout).status, 'running');
+    const bad = spawnSync(process.execPath, [cli, 'qmp', sock, 'nope'], { encoding: 'utf8' });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /CommandNotFound: The command nope has not been found/);
+
+    const c2 = await Client.connect(sock);
+    await c2.next();
+    await c2.cmd('qmp_capabilities');
+    c2.send(JSON.stringify({ execute: 'quit' }));
+    const got = [await c2.next(), await c2.next()];
+    assert.ok(got.some((m) => JSON.stringify(m) === JSON.stringify({ return: {} })), JSON.stringify(got));
+    const ev = got.find((m) => m.event === 'SHUTDOWN');
+    assert.deepEqual(ev?.data, { guest: false, reason: 'host-qmp-quit' });
+    assert.equal(await exited, 0, stderr);
+    assert.ok(!existsSync(sock), 'the socket is removed on exit');
+  } finally {
+    vm.kill('SIGKILL');
+  }
+});
