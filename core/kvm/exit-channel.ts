@@ -18,8 +18,7 @@ export const enum Slot {
   Control = 8,   // Control, written by the main thread
   Running = 9,   // 1 while the worker is inside its run loop (kicks are safe)
   Exits = 10,    // total KVM_RUN returns (statistics)
-  Paused = 11,   // 1 while the worker is parked by Control.Pause
-  Count = 12,
+  Count = 11,
 }
 
 export function createChannel(): Int32Array {

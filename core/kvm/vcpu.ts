@@ -47,8 +47,6 @@ export class Vcpu {
       Atomics.notify(this.channel, Slot.Control);
   }
 
-  get paused(): boolean { return Atomics.load(this.channel, Slot.Paused) === 1; }
-
   private kick(kickSignal: number): void {
     if (!this.running) return;
     this.runBytes[native().kvmRunLayout.immediateExit] = 1;
