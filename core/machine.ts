@@ -113,12 +113,12 @@ export class Machine {
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
-      this.vfio = new Vfio(this.vm);
+      this.vfio = new Vfio(this.vm, groupFds);
       cleanups.push(() => this.releaseDevices());
       config.devices.forEach((d, i) => {
-        const group = groupFds.get(findHostDevice(d).group);
-        this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8), group !== undefined ? { groupFd: group } : {});
-        if (group !== undefined) unadopted.delete(group);
+        this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
+        // Passed group fds are now owned by their groups (closed with them, not by us).
+        for (const g of this.vfio.groups.values()) unadopted.delete(g.fd);
       });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
 
@@ -146,8 +146,8 @@ export class Machine {
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: { host?: string; sysfsdev?: string; group?: number; slot?: number; id?: string }, defaultId: string, gsi: number, passed: { groupFd?: number } = {}): VfioPciDevice {
-    const assigned = this.vfio.open(d, passed);
+  addVfioDevice(d: { host?: string; sysfsdev?: string; group?: number; slot?: number; id?: string }, defaultId: string, gsi: number): VfioPciDevice {
+    const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {
       dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi });

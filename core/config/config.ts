@@ -43,13 +43,15 @@ export class ConfigError extends Error {
 
 const require = createRequire(import.meta.url);
 let validator: ValidateFunction<RawConfig> | undefined;
+let schemaJson: Record<string, any> | undefined;
 
 function validate(): ValidateFunction<RawConfig> {
   if (!validator) {
     // ajv is CommonJS; the 2020-12 build is what the schema's $schema names.
     const Ajv2020 = require('ajv/dist/2020') as typeof import('ajv/dist/2020.js').default;
     const ajv = new Ajv2020({ allErrors: true, discriminator: true, strict: true, strictRequired: false, allowUnionTypes: true, verbose: true });
-    validator = ajv.compile<RawConfig>(JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')));
+    schemaJson = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, any>;
+    validator = ajv.compile<RawConfig>(schemaJson);
   }
   return validator;
 }
@@ -97,7 +99,7 @@ export function parseMemory(v: number | string | undefined): number {
 export function checkConfig(raw: unknown, source: string, baseDir: string): VmConfig {
   const v = validate();
   if (!v(raw)) {
-    const schema = JSON.parse(readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, any>;
+    const schema = schemaJson!;
     const problems = [...new Set((v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m))];
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
     for (const e of v.errors ?? []) {

@@ -17,12 +17,16 @@ export class Vfio {
   readonly groups = new Map<number, VfioGroup>();
   private kvmDeviceFd: number | undefined;
 
-  constructor(private readonly vm: Vm, private readonly containerPath = '/dev/vfio/vfio') {}
+  /**
+   * @param passedGroupFds group fds a manager passed, by group number; a group found here is
+   *   adopted (closed with the group) instead of opened.
+   */
+  constructor(private readonly vm: Vm, private readonly passedGroupFds = new Map<number, number>(), private readonly containerPath = '/dev/vfio/vfio') {}
 
   /** Opens a host device for assignment: group (viable, in a container), DMA mappings, device fd. */
-  open(spec: { host?: string; sysfsdev?: string; group?: number }, passed: { groupFd?: number } = {}): AssignedDevice {
+  open(spec: { host?: string; sysfsdev?: string; group?: number }): AssignedDevice {
     const host = findHostDevice(spec);
-    const group = this.groups.get(host.group) ?? this.addGroup(host, passed.groupFd);
+    const group = this.groups.get(host.group) ?? this.addGroup(host, this.passedGroupFds.get(host.group));
     if (group.devices.has(host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
     let device: VfioDevice;
     try {
