@@ -16,6 +16,11 @@ Usage:
                                  query-pci, query-version, query-commands, stop, cont, quit.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
   tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
+  tsvmm mdev list                List mediated device types (with free instances) and mdevs.
+  tsvmm mdev create <type> [uuid]
+                                 Create an mdev ('mtty-1', or parent/type); prints its sysfs path,
+                                 for a device's "sysfsdev".
+  tsvmm mdev remove <uuid>       Remove an mdev.
   tsvmm manager <config.json> (--user NAME | --uid N [--gid N]) [--memlock BYTES]
                                  As root: open /dev/kvm and the devices' VFIO groups, start the VMM
                                  as that user with no capabilities, and pass the fds (SCM_RIGHTS).
@@ -119,6 +124,26 @@ async function main(argv: string[]): Promise<number> {
         }
       }
       return 0;
+    }
+    case 'mdev': {
+      const m = await import('../core/vfio/mdev.js');
+      const [sub, ...a] = rest;
+      if (sub === 'list' && a.length === 0) {
+        const types = m.mdevTypes(), devs = m.mdevs();
+        if (!types.length && !devs.length) process.stdout.write(`no mdev parents (${m.MDEV_BUS} empty or missing)\n`);
+        for (const t of types) process.stdout.write(`type ${t.parent}/${t.type} available=${t.available}${t.deviceApi ? ` api=${t.deviceApi}` : ''}${t.name ? ` name="${t.name}"` : ''}\n`);
+        for (const d of devs) process.stdout.write(`mdev ${d.uuid} type=${d.type} parent=${d.parent} group=${d.group ?? '-'} cdev=${d.cdev ?? '-'} sysfsdev=${d.path}\n`);
+        return 0;
+      }
+      if (sub === 'create' && (a.length === 1 || a.length === 2)) {
+        process.stdout.write(`${m.createMdev(a[0]!, ...(a[1] ? [a[1]] : [])).path}\n`);
+        return 0;
+      }
+      if (sub === 'remove' && a.length === 1) {
+        m.removeMdev(a[0]!);
+        return 0;
+      }
+      throw new UsageError('mdev takes: list | create <type> [uuid] | remove <uuid>');
     }
     case 'manager': {
       const { positional, opts } = options(rest, ['user', 'uid', 'gid', 'memlock']);

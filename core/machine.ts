@@ -13,7 +13,7 @@ import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { PciBus, assignBars } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
-import { Vfio } from './vfio/vfio.js';
+import { Vfio, type VfioDeviceSpec } from './vfio/vfio.js';
 import { findHostDevice } from './vfio/sysfs.js';
 import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
@@ -113,7 +113,7 @@ export class Machine {
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
-      this.vfio = new Vfio(this.vm, groupFds);
+      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds } });
       cleanups.push(() => this.releaseDevices());
       config.devices.forEach((d, i) => {
         this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
@@ -146,7 +146,7 @@ export class Machine {
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: { host?: string; sysfsdev?: string; group?: number; slot?: number; id?: string }, defaultId: string, gsi: number): VfioPciDevice {
+  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string }, defaultId: string, gsi: number): VfioPciDevice {
     const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {

@@ -6,8 +6,8 @@
 // of the BAR (RAM-like regions, so KVM memslots give the guest direct access with no exit), and
 // on top the emulated MSI-X table and PBA. Interrupts are eventfds wired to KVM irqfds; INTx
 // uses a resample eventfd that VFIO unmasks from, so no interrupt wakes the VMM.
-import { closeSync } from 'node:fs';
-import { native, EFD_NONBLOCK } from '../core/native.js';
+import { closeSync, readSync } from 'node:fs';
+import { native, isSyscallError, EFD_NONBLOCK } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
 import type { Vm } from '../core/kvm/vm.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
@@ -63,6 +63,8 @@ export class VfioPciDevice extends PciDevice {
   private readonly eventfds: number[] = [];
   private intxFds: { trigger: number; resample: number } | undefined;
   private intxOn = false;
+  private resampleWatch: { fd: number; timer: NodeJS.Timeout; unmasks: number } | undefined;
+  private readonly resampleBuf = Buffer.alloc(8);
   private readonly cleanups: (() => void)[] = [];
 
   constructor(readonly vm: Vm, readonly assigned: AssignedDevice, readonly opts: VfioPciOptions) {
@@ -132,8 +134,14 @@ export class VfioPciDevice extends PciDevice {
       const container = MemoryRegion.container(`${this.name}-bar${i}`, virtualSize);
       // Everything not mmap'd is trapped and forwarded to the device fd.
       container.addSubregion(0, MemoryRegion.io(`${this.name}-bar${i}-trap`, virtualSize, {
-        read: (off, sz) => (off + sz <= size ? dev.read(i, off, sz) : sz === 8 ? 0xffffffffffffffffn : 2 ** (8 * sz) - 1),
-        write: (off, sz, val) => { if (off + sz <= size) dev.write(i, off, sz, val); },
+        read: (off, sz) => {
+          if (this.resampleWatch) this.pollResample();
+          return off + sz <= size ? dev.read(i, off, sz) : sz === 8 ? 0xffffffffffffffffn : 2 ** (8 * sz) - 1;
+        },
+        write: (off, sz, val) => {
+          if (this.resampleWatch) this.pollResample();
+          if (off + sz <= size) dev.write(i, off, sz, val);
+        },
       }), 0);
       for (const piece of layout.mmaps) {
         let map;
@@ -180,10 +188,49 @@ export class VfioPciDevice extends PciDevice {
     dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, fds: [trigger] });
     dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_MASK!, count: 1 });
     this.vm.irqfd(trigger, this.opts.gsi, resample);
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_UNMASK!, fds: [resample] });
+    try {
+      dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_UNMASK!, fds: [resample] });
+    } catch (e) {
+      // Some mdev drivers (mtty) cannot unmask from an eventfd (ENOTTY): the trigger still goes
+      // straight to KVM, and the VMM unmasks after each guest EOI instead (QEMU does the same).
+      if (!isSyscallError(e, 'ENOTTY') && !isSyscallError(e, 'EINVAL')) throw e;
+      this.watchResample(resample);
+    }
     dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_UNMASK!, count: 1 });
     this.intxOn = true;
   }
+
+  /** Userspace INTx unmask (for devices that cannot unmask from an eventfd): the guest's EOI
+   *  signals the resample eventfd, and the VMM unmasks when it sees that. It looks before every
+   *  trapped BAR access (the guest EOIs before it touches the device again, so an interrupt the
+   *  access raises is never lost to a stale mask, as QEMU's vfio_eoi on BAR access) and on a
+   *  slow timer for interrupts the device raises by itself. */
+  private watchResample(fd: number): void {
+    if (this.resampleWatch) return;
+    const timer = setInterval(() => this.pollResample(), 5);
+    timer.unref();
+    this.resampleWatch = { fd, timer, unmasks: 0 };
+  }
+
+  private pollResample(): void {
+    const w = this.resampleWatch;
+    if (!w || !this.intxOn) return;
+    try {
+      readSync(w.fd, this.resampleBuf, 0, 8, null);
+    } catch {
+      return; // EAGAIN: no EOI since the last look
+    }
+    const c = native().constants;
+    try {
+      this.assigned.device.setIrqs({ index: c.VFIO_PCI_INTX_IRQ_INDEX!, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_UNMASK!, count: 1 });
+      w.unmasks++;
+    } catch (e) {
+      console.error(`tsvmm: ${this.name}: INTx unmask failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Userspace INTx unmasks done so far (undefined when VFIO unmasks from the resample eventfd). */
+  get userspaceIntxUnmasks(): number | undefined { return this.resampleWatch?.unmasks; }
 
   /** Turns INTx off at VFIO and KVM (MSI/MSI-X take over, or the device goes away). */
   protected disableIntx(): void {
@@ -311,6 +358,8 @@ export class VfioPciDevice extends PciDevice {
     this.msiVectors?.disable();
     this.disableIntx();
     for (const fn of this.cleanups.splice(0).reverse()) fn();
+    if (this.resampleWatch) clearInterval(this.resampleWatch.timer);
+    this.resampleWatch = undefined;
     for (const fd of this.eventfds.splice(0)) closeSync(fd);
   }
 }

@@ -10,7 +10,10 @@ import { projectRoot } from '../paths.js';
 export const PAGE_SIZE = 4096;
 export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
 
-export interface VfioPciConfig { type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; group?: number; slot?: number }
+export type VfioBackendChoice = 'auto' | 'legacy' | 'iommufd';
+export interface VfioPciConfig {
+  type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; cdev?: string; group?: number; slot?: number; backend?: VfioBackendChoice;
+}
 export type DeviceConfig = VfioPciConfig;
 
 /** The raw JSON shape (as the schema describes it). */
@@ -22,6 +25,7 @@ export interface RawConfig {
   cmdline?: string;
   serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
   devices?: DeviceConfig[];
+  vfio?: { backend?: VfioBackendChoice };
 }
 
 /** A validated configuration with defaults applied, sizes in bytes and absolute paths. */
@@ -33,6 +37,7 @@ export interface VmConfig {
   cmdline: string;
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
   devices: DeviceConfig[];
+  vfio: { backend: VfioBackendChoice };
 }
 
 export class ConfigError extends Error {
@@ -104,7 +109,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
     for (const e of v.errors ?? []) {
       if (e.keyword === 'oneOf' && /^\/devices\/\d+$/.test(e.instancePath) && !problems.some((p) => p.startsWith(e.instancePath)))
-        problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev"`);
+        problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev" (or only "cdev")`);
     }
     throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
   }
@@ -138,6 +143,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     cmdline: raw.cmdline ?? '',
     serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
     devices: raw.devices ?? [],
+    vfio: { backend: raw.vfio?.backend ?? 'auto' },
   };
 }
 

@@ -27,3 +27,9 @@ export function fmtBytes(n: number): string {
   for (const [u, s] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) if (n >= s && n % s === 0) return `${n / s}${u}`;
   return `${n} bytes`;
 }
+
+/** Bytes pinned by iommufd in its per-process mode (VmPin: mm->pinned_vm, where type1 uses VmLck). */
+export function pinnedBytes(pid: number | 'self' = 'self'): number {
+  const m = /^VmPin:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}

@@ -1,7 +1,7 @@
 // What sysfs says about host PCI devices and IOMMU groups. Everything VFIO needs to explain
 // itself comes from here: which group a device is in, who else is in it, which drivers they
 // are bound to, and the IOVA regions the IOMMU reserves.
-import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { basename } from 'node:path';
 
 export const SYS_PCI_DEVICES = '/sys/bus/pci/devices';
@@ -52,8 +52,16 @@ export function bindFix(name: string): string {
 }
 
 /** Resolves a config's host= or sysfsdev= to the device VFIO will open, with explained errors. */
-export function findHostDevice(spec: { host?: string; sysfsdev?: string; group?: number }): HostDevice {
-  const sysfs = spec.sysfsdev ? spec.sysfsdev.replace(/\/$/, '') : `${SYS_PCI_DEVICES}/${normalizeBdf(spec.host!)}`;
+export function findHostDevice(spec: { host?: string; sysfsdev?: string; cdev?: string; group?: number }): HostDevice {
+  let sysfs: string;
+  if (spec.sysfsdev) sysfs = spec.sysfsdev.replace(/\/$/, '');
+  else if (spec.host) sysfs = `${SYS_PCI_DEVICES}/${normalizeBdf(spec.host)}`;
+  else {
+    const s = spec.cdev ? sysfsOfCdev(spec.cdev) : undefined;
+    if (!s) throw new VfioSetupError(`${spec.cdev ?? '(no device given)'} is not a VFIO device cdev (no /sys/class/vfio-dev/${basename(spec.cdev ?? '')}): ` +
+      `give "host" or "sysfsdev", or the /dev/vfio/devices/vfioN of a device bound to vfio-pci`);
+    sysfs = s;
+  }
   const name = basename(sysfs);
   if (!existsSync(sysfs)) {
     throw new VfioSetupError(spec.host
@@ -72,6 +80,12 @@ export function findHostDevice(spec: { host?: string; sysfsdev?: string; group?:
   if (!isMdev && driver !== 'vfio-pci') {
     throw new VfioSetupError(`${name} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci. ` +
       `fix: ${bindFix(name)}`);
+  }
+  if (spec.cdev && (spec.host || spec.sysfsdev)) {
+    const owner = sysfsOfCdev(spec.cdev);
+    let self: string | undefined;
+    try { self = realpathSync(sysfs); } catch { /* checked above */ }
+    if (owner !== self) throw new VfioSetupError(`${spec.cdev} is ${owner ? `the cdev of ${basename(owner)}` : 'not a VFIO device cdev'}, not of ${name}${cdevOf(sysfs) ? ` (that is ${cdevOf(sysfs)})` : ''}`);
   }
   return { sysfs, name, group, driver, ...optionalIds(sysfs) };
 }
@@ -122,4 +136,23 @@ export function listGroups(): GroupInfo[] {
   let groups: number[];
   try { groups = readdirSync(SYS_IOMMU_GROUPS).map(Number).filter((n) => Number.isInteger(n)).sort((a, b) => a - b); } catch { return []; }
   return groups.map((group) => ({ group, viable: blockers(group).length === 0, members: groupMembers(group) }));
+}
+
+/** The device's VFIO cdev (/dev/vfio/devices/vfioN, from sysfs vfio-dev/), if the kernel has cdevs. */
+export function cdevOf(sysfs: string): string | undefined {
+  try {
+    const n = readdirSync(`${sysfs}/vfio-dev`).find((x) => /^vfio\d+$/.test(x));
+    return n ? `/dev/vfio/devices/${n}` : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The sysfs device behind a VFIO cdev path (/dev/vfio/devices/vfioN → /sys/class/vfio-dev/vfioN/device). */
+export function sysfsOfCdev(cdev: string): string | undefined {
+  try {
+    return realpathSync(`/sys/class/vfio-dev/${basename(cdev)}/device`);
+  } catch {
+    return undefined;
+  }
 }

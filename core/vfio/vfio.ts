@@ -1,120 +1,196 @@
-// The VFIO state of one VM: containers, groups and devices, reference-counted and released in
-// order (device → group → container). A new group joins an existing container when the kernel
-// accepts it, else gets its own (QEMU's behaviour). Groups are registered with the KVM-VFIO
+// The VFIO state of one VM behind one interface, whichever model each device uses: the legacy
+// container/group backend (legacy.ts) or the device-centric iommufd backend (iommufd.ts). Both
+// map guest RAM with the same DMA listener (dma.ts), and the vfio-pci model sees only a
+// VfioDevice. Assigned files (group fds, or device cdev fds) are registered with the KVM-VFIO
 // pseudo device so KVM knows about non-coherent DMA.
-import { closeSync } from 'node:fs';
+import { closeSync, existsSync } from 'node:fs';
 import { native } from '../native.js';
 import type { Vm } from '../kvm/vm.js';
-import { VfioContainer } from './container.js';
-import { VfioGroup } from './group.js';
+import type { DmaListener, DmaMapping } from './dma.js';
+import { LegacyVfio, CONTAINER_PATH } from './legacy.js';
+import { Iommufd, IOMMU_PATH, type IommufdIoas } from './iommufd.js';
+import type { VfioGroup } from './group.js';
 import { VfioDevice } from './device.js';
-import { findHostDevice, reservedRegions, VfioSetupError, type HostDevice } from './sysfs.js';
+import { cdevOf, findHostDevice, VfioSetupError, type HostDevice } from './sysfs.js';
 
-export interface AssignedDevice { host: HostDevice; group: VfioGroup; device: VfioDevice }
+export type VfioBackendKind = 'legacy' | 'iommufd';
+export type VfioBackendChoice = VfioBackendKind | 'auto';
+
+export interface AssignedDevice {
+  host: HostDevice;
+  device: VfioDevice;
+  backend: VfioBackendKind;
+  /** legacy: the device's group. */
+  group?: VfioGroup;
+  /** iommufd: the IOAS the device is attached to, its cdev and its iommufd device id. */
+  ioas?: IommufdIoas;
+  cdev?: string;
+  devid?: number;
+}
+
+export interface VfioDeviceSpec { host?: string; sysfsdev?: string; cdev?: string; group?: number; backend?: VfioBackendChoice }
+
+/** Fds a manager opened for us. */
+export interface VfioPassedFds {
+  /** VFIO group fds by group number (legacy). */
+  groups?: Map<number, number>;
+  /** /dev/iommu. */
+  iommufd?: number;
+  /** Device cdev fds by device name (BDF or mdev UUID). */
+  cdevs?: Map<string, number>;
+}
+
+export interface VfioOptions {
+  /** The VM's default (a device's own "backend" wins). Default auto. */
+  backend?: VfioBackendChoice;
+  passed?: VfioPassedFds;
+  containerPath?: string;
+  iommuPath?: string;
+}
+
+/** Available (true) or why not. */
+export interface BackendAvailability { legacy: true | string; iommufd: true | string }
+
+/**
+ * Which backend a device uses. An explicit choice must be available; auto takes legacy when both
+ * are (QEMU's default: iommufd only when asked), else whichever one is.
+ */
+export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability, name: string): VfioBackendKind {
+  if (want !== 'auto') {
+    const why = have[want];
+    if (why !== true) throw new VfioSetupError(`${name}: the ${want} VFIO backend is not available: ${why}` +
+      (have[want === 'legacy' ? 'iommufd' : 'legacy'] === true ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is: use "backend": "auto"` : ''));
+    return want;
+  }
+  if (have.legacy === true) return 'legacy';
+  if (have.iommufd === true) return 'iommufd';
+  throw new VfioSetupError(`${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}\n` +
+    `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`);
+}
 
 export class Vfio {
-  readonly containers: VfioContainer[] = [];
-  readonly groups = new Map<number, VfioGroup>();
+  private legacyBackend: LegacyVfio | undefined;
+  private iommufdBackend: Iommufd | undefined;
+  private readonly assigned = new Set<AssignedDevice>();
   private kvmDeviceFd: number | undefined;
+  private readonly passed: VfioPassedFds;
+  private readonly containerPath: string;
+  private readonly iommuPath: string;
 
-  /**
-   * @param passedGroupFds group fds a manager passed, by group number; a group found here is
-   *   adopted (closed with the group) instead of opened.
-   */
-  constructor(private readonly vm: Vm, private readonly passedGroupFds = new Map<number, number>(), private readonly containerPath = '/dev/vfio/vfio') {}
+  constructor(private readonly vm: Vm, private readonly opts: VfioOptions = {}) {
+    this.passed = opts.passed ?? {};
+    this.containerPath = opts.containerPath ?? CONTAINER_PATH;
+    this.iommuPath = opts.iommuPath ?? IOMMU_PATH;
+  }
 
-  /** Opens a host device for assignment: group (viable, in a container), DMA mappings, device fd. */
-  open(spec: { host?: string; sysfsdev?: string; group?: number }): AssignedDevice {
+  /** Legacy groups in use, by number (the machine adopts passed group fds through them). */
+  get groups(): ReadonlyMap<number, VfioGroup> { return this.legacyBackend?.groups ?? new Map(); }
+  get iommufd(): Iommufd | undefined { return this.iommufdBackend; }
+
+  /** Every DMA listener (containers and IOASes). */
+  get listeners(): DmaListener[] {
+    return [...(this.legacyBackend?.containers ?? []), ...(this.iommufdBackend?.ioases ?? [])];
+  }
+
+  dmaMappings(): DmaMapping[] {
+    return this.listeners.flatMap((l) => [...l.mappings.values()]);
+  }
+
+  availability(host: HostDevice, spec: VfioDeviceSpec): BackendAvailability {
+    const legacy = this.passed.groups?.has(host.group) || existsSync(this.containerPath) ? true
+      : `${this.containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
+    let iommufd: true | string = true;
+    if (this.passed.iommufd === undefined && !existsSync(this.iommuPath)) iommufd = `${this.iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
+    else if (!this.passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs)) iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
+    return { legacy, iommufd };
+  }
+
+  /** Opens a host device for assignment on its backend: DMA mappings in place, device fd open. */
+  open(spec: VfioDeviceSpec): AssignedDevice {
     const host = findHostDevice(spec);
-    const group = this.groups.get(host.group) ?? this.addGroup(host, this.passedGroupFds.get(host.group));
-    if (group.devices.has(host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
+    if ([...this.assigned].some((a) => a.host.name === host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
+    const backend = chooseBackend(spec.backend ?? this.opts.backend ?? 'auto', this.availability(host, spec), host.name);
+    const a = backend === 'legacy' ? this.openLegacy(host) : this.openIommufd(host, spec);
+    this.assigned.add(a);
+    return a;
+  }
+
+  private openLegacy(host: HostDevice): AssignedDevice {
+    this.legacyBackend ??= new LegacyVfio(this.vm.memory, (fd, add) => this.kvmFile(fd, add), this.passed.groups, this.containerPath);
+    const { group, fd } = this.legacyBackend.openDevice(host);
     let device: VfioDevice;
     try {
-      device = new VfioDevice(host.name, group.openDevice(host.name));
+      device = new VfioDevice(host.name, fd);
     } catch (e) {
-      if (group.devices.size === 0) this.dropGroup(group);
+      closeSync(fd);
+      this.legacyBackend.releaseDevice(host.name, group);
       throw e;
     }
-    group.devices.add(host.name);
-    return { host, group, device };
+    return { host, device, backend: 'legacy', group };
   }
 
-  private addGroup(host: HostDevice, passedFd?: number): VfioGroup {
-    const group = VfioGroup.open(host.group, passedFd, host.name);
+  private openIommufd(host: HostDevice, spec: VfioDeviceSpec): AssignedDevice {
+    if (!this.iommufdBackend) {
+      this.iommufdBackend = Iommufd.open(this.passed.iommufd, this.iommuPath);
+      if (this.passed.iommufd !== undefined) this.passed.iommufd = undefined; // adopted: closed with the backend
+    }
+    const ctx = this.iommufdBackend;
+    const cdev = spec.cdev ?? cdevOf(host.sysfs) ?? `/dev/vfio/devices/(none for ${host.name})`;
+    const passedFd = this.passed.cdevs?.get(host.name);
+    if (passedFd !== undefined) this.passed.cdevs!.delete(host.name); // adopted
+    const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory));
+    let device: VfioDevice | undefined;
     try {
-      const reserved = reservedRegions(group.id);
-      let container = this.containers.find((c) => group.tryJoin(c));
-      if (container) {
-        container.reserved.push(...reserved);
-        const clash = [...container.mappings.values()].find((m) => reserved.some((r) => m.iova <= r.end && r.start <= m.iova + m.size - 1 && r.type !== 'direct-relaxable'));
-        if (clash) throw new VfioSetupError(`group ${group.id} reserves IOVAs that guest RAM ${clash.region} already uses`);
-      } else {
-        container = VfioContainer.open(this.containerPath);
-        try {
-          if (!group.tryJoin(container)) throw new VfioSetupError(`VFIO_GROUP_SET_CONTAINER failed for group ${group.id} on a new container`);
-          container.reserved = reserved;
-          container.setIommu();
-          container.attach(this.vm.memory);
-        } catch (e) {
-          group.leave();
-          container.close();
-          throw e;
-        }
-        this.containers.push(container);
-      }
-      this.kvmVfioGroup(group, true);
+      device = new VfioDevice(host.name, opened.device);
+      this.kvmFile(opened.device, true);
     } catch (e) {
-      this.releaseContainerOf(group);
-      group.close();
+      ctx.closeDevice(host.name, opened.device, opened.ioas);
+      if (device) device.close(); else closeSync(opened.device);
       throw e;
     }
-    this.groups.set(group.id, group);
-    return group;
+    return { host, device, backend: 'iommufd', ioas: opened.ioas, cdev, devid: opened.devid };
   }
 
-  private kvmVfioGroup(group: VfioGroup, add: boolean): void {
+  private kvmFile(fd: number, add: boolean): void {
     const c = native().constants;
     if (this.kvmDeviceFd === undefined) {
       if (!add) return;
       this.kvmDeviceFd = native().kvmCreateDevice(this.vm.fd, c.KVM_DEV_TYPE_VFIO!);
     }
-    native().kvmSetDeviceAttr(this.kvmDeviceFd, c.KVM_DEV_VFIO_GROUP!, add ? c.KVM_DEV_VFIO_GROUP_ADD! : c.KVM_DEV_VFIO_GROUP_DEL!, group.fd);
+    // KVM_DEV_VFIO_FILE_ADD/DEL (alias of the _GROUP_ names): a group fd or a device cdev fd.
+    native().kvmSetDeviceAttr(this.kvmDeviceFd, c.KVM_DEV_VFIO_GROUP!, add ? c.KVM_DEV_VFIO_GROUP_ADD! : c.KVM_DEV_VFIO_GROUP_DEL!, fd);
   }
 
-  /** Closes a device; its group and container go when their last user does. */
+  /** Closes a device; on legacy its group and container go when their last user does, on
+   *  iommufd its IOAS goes with its last device. */
   release(a: AssignedDevice): void {
-    a.device.close();
-    a.group.devices.delete(a.host.name);
-    if (a.group.devices.size === 0) this.dropGroup(a.group);
-  }
-
-  private dropGroup(group: VfioGroup): void {
-    try { this.kvmVfioGroup(group, false); } catch { /* the VM may be going away */ }
-    this.releaseContainerOf(group);
-    group.close();
-    this.groups.delete(group.id);
-  }
-
-  private releaseContainerOf(group: VfioGroup): void {
-    const c = group.container;
-    // Unmap while the IOMMU is still there: it goes when the container's last group leaves.
-    if (c && c.groups.size === 1) c.detach();
-    group.leave();
-    if (c && c.groups.size === 0) {
-      c.close();
-      const i = this.containers.indexOf(c);
-      if (i >= 0) this.containers.splice(i, 1);
+    if (!this.assigned.delete(a)) return;
+    if (a.backend === 'legacy') {
+      a.device.close();
+      this.legacyBackend!.releaseDevice(a.host.name, a.group!);
+    } else {
+      try { this.kvmFile(a.device.fd, false); } catch { /* the VM may be going away */ }
+      this.iommufdBackend!.closeDevice(a.host.name, a.device.fd, a.ioas!);
+      a.device.close();
     }
   }
 
-  /** Whether some container maps [iova, iova+size) (tests check a device's DMA target). */
+  /** Whether some DMA listener maps [iova, iova+size) (tests check a device's DMA target). */
   covers(iova: number, size: number): boolean {
-    return this.containers.some((c) => c.covers(iova, size));
+    return this.listeners.some((l) => l.covers(iova, size));
   }
 
   close(): void {
-    for (const g of [...this.groups.values()]) this.dropGroup(g);
+    for (const a of [...this.assigned]) this.release(a);
+    this.legacyBackend?.close();
+    this.iommufdBackend?.close();
+    this.legacyBackend = this.iommufdBackend = undefined;
     if (this.kvmDeviceFd !== undefined) closeSync(this.kvmDeviceFd);
     this.kvmDeviceFd = undefined;
+    // Passed fds never adopted (a device that failed before opening them) are ours to close.
+    if (this.passed.iommufd !== undefined) closeSync(this.passed.iommufd);
+    for (const fd of this.passed.cdevs?.values() ?? []) closeSync(fd);
+    this.passed.iommufd = undefined;
+    this.passed.cdevs?.clear();
   }
 }

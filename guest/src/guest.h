@@ -58,6 +58,7 @@ void guest_exit(uint32_t code) __attribute__((noreturn));
 #define PCI_BDF(bus, dev, fn) ((uint32_t)(bus) << 8 | (uint32_t)(dev) << 3 | (uint32_t)(fn))
 #define PCI_NONE 0xffffffffu
 #define PCI_COMMAND 0x04
+#define PCI_CMD_IO 0x0001
 #define PCI_CMD_MEM 0x0002
 #define PCI_CMD_MASTER 0x0004
 #define PCI_CMD_INTX_DISABLE 0x0400
@@ -107,5 +108,6 @@ struct options {
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);
+int test_mtty(const struct options *o);
 
 #endif

@@ -43,7 +43,7 @@ export async function runGuest(opts: {
         partial = partial.slice(i + 1);
         lines.push(line);
         if (lines.length === 1) {
-          dmaMappings = machine!.vfio.containers.flatMap((c) => [...c.mappings.values()].map((m) => ({ iova: m.iova, size: m.size })));
+          dmaMappings = machine!.vfio.dmaMappings().map((m) => ({ iova: m.iova, size: m.size }));
           try { opts.inspect?.(machine!); } catch (e) { inspectError = e; }
         }
         opts.onLine?.(line, machine!);

@@ -19,7 +19,7 @@ test('RAM hot-added while the guest runs is DMA-mapped, and unmapped when remove
   const r = await runGuest({
     config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }] },
     inspect: (m) => {
-      const c = m.vfio.containers[0]!;
+      const c = m.vfio.listeners[0]!;
       const base = lockedBytes();
       const fd = native().memfdCreate('hotplug', MFD_CLOEXEC);
       ftruncateSync(fd, size);

@@ -19,7 +19,7 @@ test('edu assigned: MMIO through the mmap\'d BAR with no exits, factorial, DMA i
     },
     inspect: (m) => {
       // While the machine is up: the container maps the guest's RAM for DMA.
-      assert.equal(m.vfio.containers.length, 1);
+      assert.equal(m.vfio.listeners.length, 1);
       assert.ok(m.vfio.covers(0, 64 * 2 ** 20), 'all guest RAM is DMA-mapped');
       assert.ok(lockedBytes() >= 64 * 2 ** 20, `pinned memory is accounted (VmLck ${lockedBytes()})`);
     },

@@ -36,7 +36,7 @@ test('two groups share one container (edu and nvme)', async () => {
   let containers = 0, groups = 0;
   const r = await runGuest({
     config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }, { type: 'vfio-pci', host: nvme.bdf }] },
-    inspect: (m) => { containers = m.vfio.containers.length; groups = m.vfio.groups.size; },
+    inspect: (m) => { containers = m.vfio.listeners.length; groups = m.vfio.groups.size; },
   });
   assert.equal(r.status, 0, r.output);
   assert.equal(groups, 2);
