@@ -2,11 +2,12 @@
 // manager opens what needs privilege and sends the fds over a UNIX socket with SCM_RIGHTS,
 // with a JSON description of each. The VMM checks every fd is what the description and its
 // own config say before using it: a wrong fd is refused, never trusted.
-import { closeSync, fstatSync, readlinkSync } from 'node:fs';
+import { closeSync, fstatSync, readlinkSync, realpathSync } from 'node:fs';
 import { native } from './native.js';
 
-export type PassedFdKind = 'kvm' | 'vfio-group';
-export interface PassedFdInfo { name: string; kind: PassedFdKind; group?: number }
+export type PassedFdKind = 'kvm' | 'vfio-group' | 'iommufd' | 'vfio-cdev';
+/** group: of a vfio-group fd; device: the BDF or mdev UUID of a vfio-cdev fd. */
+export interface PassedFdInfo { name: string; kind: PassedFdKind; group?: number; device?: string }
 export interface PassedFd extends PassedFdInfo { fd: number }
 
 export class FdPassError extends Error {}
@@ -17,7 +18,7 @@ const KVM_MAJOR = 10, KVM_MINOR = 232; // misc device 10:232
 /** Manager side: sends the fds and their description in one message. */
 export function sendPassedFds(socketFd: number, fds: PassedFd[]): void {
   if (fds.length > MAX_FDS) throw new FdPassError(`too many fds to pass (${fds.length} > ${MAX_FDS})`);
-  const info: PassedFdInfo[] = fds.map(({ name, kind, group }) => ({ name, kind, ...(group !== undefined ? { group } : {}) }));
+  const info: PassedFdInfo[] = fds.map(({ name, kind, group, device }) => ({ name, kind, ...(group !== undefined ? { group } : {}), ...(device !== undefined ? { device } : {}) }));
   native().sendFds(socketFd, Buffer.from(JSON.stringify({ tsvmm: 1, fds: info })), fds.map((f) => f.fd));
 }
 
@@ -58,7 +59,26 @@ export function identify(p: PassedFd): void {
     native().vfioGroupGetStatus(p.fd); // a real group answers
     return;
   }
+  if (p.kind === 'iommufd') {
+    const dev = st.isCharacterDevice() ? charDevSysfs(st.rdev) : undefined;
+    if (!dev || !/\/misc\/iommu$/.test(dev)) throw new FdPassError(`${where} should be /dev/iommu but is ${describeFd(p.fd)}`);
+    return;
+  }
+  if (p.kind === 'vfio-cdev') {
+    // The char device's sysfs node is <device>/vfio-dev/vfioN: that names the device it opens.
+    const dev = st.isCharacterDevice() ? charDevSysfs(st.rdev) : undefined;
+    const m = dev ? /\/([^/]+)\/vfio-dev\/vfio\d+$/.exec(dev) : null;
+    if (!m) throw new FdPassError(`${where} should be a VFIO device cdev (/dev/vfio/devices/vfioN) but is ${describeFd(p.fd)}`);
+    if (p.device !== undefined && m[1] !== p.device) throw new FdPassError(`${where} is the cdev of ${m[1]}, not of ${p.device}`);
+    p.device = m[1];
+    return;
+  }
   throw new FdPassError(`${where} has unknown kind ${JSON.stringify((p as PassedFdInfo).kind)}`);
+}
+
+/** /sys/dev/char/MAJ:MIN resolved: the sysfs device node of a character device. */
+function charDevSysfs(rdev: number): string | undefined {
+  try { return realpathSync(`/sys/dev/char/${major(rdev)}:${minor(rdev)}`); } catch { return undefined; }
 }
 
 function describeFd(fd: number): string {

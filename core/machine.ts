@@ -113,7 +113,12 @@ export class Machine {
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
-      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds } });
+      const passedIommufd = passed.find((p) => p.kind === 'iommufd')?.fd;
+      const cdevFds = this.checkPassedCdevs(passed);
+      // The VFIO state owns passed iommufd/cdev fds from here (closes what it does not use).
+      if (passedIommufd !== undefined) unadopted.delete(passedIommufd);
+      for (const fd of cdevFds.values()) unadopted.delete(fd);
+      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds, cdevs: cdevFds, ...(passedIommufd !== undefined ? { iommufd: passedIommufd } : {}) } });
       cleanups.push(() => this.releaseDevices());
       config.devices.forEach((d, i) => {
         this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
@@ -141,6 +146,17 @@ export class Machine {
     for (const p of passed.filter((x) => x.kind === 'vfio-group')) {
       if (!wanted.has(p.group!)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
       out.set(p.group!, p.fd);
+    }
+    return out;
+  }
+
+  /** Passed device cdev fds by device name; each must be a device of the config. */
+  private checkPassedCdevs(passed: PassedFd[]): Map<string, number> {
+    const wanted = new Set(this.config.devices.map((d) => findHostDevice(d).name));
+    const out = new Map<string, number>();
+    for (const p of passed.filter((x) => x.kind === 'vfio-cdev')) {
+      if (!wanted.has(p.device!)) throw new FdPassError(`passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`);
+      out.set(p.device!, p.fd);
     }
     return out;
   }

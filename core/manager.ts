@@ -1,5 +1,6 @@
 // tsvmm manager: the privileged half of libvirt's split. It validates the config, opens what
-// needs privilege (/dev/kvm, each device's VFIO group), starts the VMM as an unprivileged user
+// needs privilege (/dev/kvm, each device's VFIO group — or, on the iommufd backend, /dev/iommu
+// and the device's cdev), starts the VMM as an unprivileged user
 // with no capabilities and a memlock limit fit for the guest, and passes the fds over a UNIX
 // socket (SCM_RIGHTS). The VMM needs nothing else: /dev/vfio/vfio it opens itself (0666).
 import { spawn } from 'node:child_process';
@@ -7,7 +8,9 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { native } from './native.js';
 import { loadConfig } from './config/config.js';
-import { findHostDevice } from './vfio/sysfs.js';
+import { findHostDevice, cdevOf } from './vfio/sysfs.js';
+import { resolveBackend } from './vfio/vfio.js';
+import { IOMMU_PATH } from './vfio/iommufd.js';
 import { sendPassedFds, type PassedFd } from './fdpass.js';
 import { projectRoot } from './paths.js';
 
@@ -25,6 +28,12 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
     fds.push({ name: 'kvm', kind: 'kvm', fd: openSync('/dev/kvm', 'r+') });
     for (const d of config.devices) {
       const host = findHostDevice(d);
+      if (resolveBackend(host, d, config.vfio.backend) === 'iommufd') {
+        if (!fds.some((f) => f.kind === 'iommufd')) fds.push({ name: 'iommufd', kind: 'iommufd', fd: openIommufd() });
+        const cdev = d.cdev ?? cdevOf(host.sysfs)!;
+        fds.push({ name: `cdev-${host.name}`, kind: 'vfio-cdev', device: host.name, fd: openSync(cdev, 'r+') });
+        continue;
+      }
       if (fds.some((f) => f.group === host.group)) continue;
       fds.push({ name: `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
     }
@@ -49,6 +58,19 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
     if (mine !== undefined) closeSync(mine);
     if (theirs !== undefined) closeSync(theirs);
   }
+}
+
+/** /dev/iommu with pins charged to the process that maps (IOMMU_OPTION_RLIMIT_MODE 1, which
+ *  needs the CAP_SYS_RESOURCE only the manager has), so the VMM's memlock limit governs them. */
+function openIommufd(): number {
+  const fd = openSync(IOMMU_PATH, 'r+');
+  const n = native(), c = n.constants;
+  try {
+    n.iommuOption(fd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_SET!, val64: 1 });
+  } catch (e) {
+    process.stderr.write(`tsvmm manager: warning: cannot set per-process pin accounting on ${IOMMU_PATH}: ${(e as Error).message}\n`);
+  }
+  return fd;
 }
 
 /** The VMM's identity: --user NAME (looked up in /etc/passwd) or --uid N [--gid N]; never root. */

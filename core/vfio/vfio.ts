@@ -68,6 +68,27 @@ export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability
     `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`);
 }
 
+/** What each model needs: legacy the container device (the group it opens itself, or was
+ *  passed); iommufd /dev/iommu and the device's cdev (or passed fds for them). */
+export function backendAvailability(host: HostDevice, spec: VfioDeviceSpec, passed: VfioPassedFds = {},
+  containerPath = CONTAINER_PATH, iommuPath = IOMMU_PATH): BackendAvailability {
+  const legacy = passed.groups?.has(host.group) || existsSync(containerPath) ? true
+    : `${containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
+  let iommufd: true | string = true;
+  if (passed.iommufd === undefined && !existsSync(iommuPath)) iommufd = `${iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
+  else if (!passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs)) iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
+  return { legacy, iommufd };
+}
+
+/** The backend for a device: its own choice, else the VM's; with auto, a passed fd decides
+ *  (a passed cdev means iommufd, a passed group legacy), else chooseBackend's rule. */
+export function resolveBackend(host: HostDevice, spec: VfioDeviceSpec, vmDefault: VfioBackendChoice, passed: VfioPassedFds = {},
+  containerPath = CONTAINER_PATH, iommuPath = IOMMU_PATH): VfioBackendKind {
+  let want = spec.backend ?? 'auto';
+  if (want === 'auto') want = passed.cdevs?.has(host.name) ? 'iommufd' : passed.groups?.has(host.group) ? 'legacy' : vmDefault;
+  return chooseBackend(want, backendAvailability(host, spec, passed, containerPath, iommuPath), host.name);
+}
+
 export class Vfio {
   private legacyBackend: LegacyVfio | undefined;
   private iommufdBackend: Iommufd | undefined;
@@ -96,20 +117,11 @@ export class Vfio {
     return this.listeners.flatMap((l) => [...l.mappings.values()]);
   }
 
-  availability(host: HostDevice, spec: VfioDeviceSpec): BackendAvailability {
-    const legacy = this.passed.groups?.has(host.group) || existsSync(this.containerPath) ? true
-      : `${this.containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
-    let iommufd: true | string = true;
-    if (this.passed.iommufd === undefined && !existsSync(this.iommuPath)) iommufd = `${this.iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
-    else if (!this.passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs)) iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
-    return { legacy, iommufd };
-  }
-
   /** Opens a host device for assignment on its backend: DMA mappings in place, device fd open. */
   open(spec: VfioDeviceSpec): AssignedDevice {
     const host = findHostDevice(spec);
     if ([...this.assigned].some((a) => a.host.name === host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
-    const backend = chooseBackend(spec.backend ?? this.opts.backend ?? 'auto', this.availability(host, spec), host.name);
+    const backend = resolveBackend(host, spec, this.opts.backend ?? 'auto', this.passed, this.containerPath, this.iommuPath);
     const a = backend === 'legacy' ? this.openLegacy(host) : this.openIommufd(host, spec);
     this.assigned.add(a);
     return a;
