@@ -11,9 +11,11 @@ Usage:
   tsvmm run [config.json] [--fd-socket N]
                                  Run a VM. With no config, runs the built-in demo guest
                                  (prints over serial, lists the PCI bus, exits 0). --fd-socket: take
-                                 /dev/kvm and VFIO group fds from a manager on that socket.
+                                 /dev/kvm and VFIO group (or /dev/iommu + cdev) fds from a manager.
                                  --qmp PATH: a QMP control socket (mode 0600): query-status,
-                                 query-pci, query-version, query-commands, stop, cont, quit.
+                                 query-pci, query-version, query-commands, stop, cont, quit,
+                                 getfd, closefd, add-fd, remove-fd, query-fdsets, device_add
+                                 (vfio-pci hot-plug), device_del.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
   tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
   tsvmm mdev list                List mediated device types (with free instances) and mdevs.
@@ -22,7 +24,8 @@ Usage:
                                  for a device's "sysfsdev".
   tsvmm mdev remove <uuid>       Remove an mdev.
   tsvmm manager <config.json> (--user NAME | --uid N [--gid N]) [--memlock BYTES]
-                                 As root: open /dev/kvm and the devices' VFIO groups, start the VMM
+                                 As root: open /dev/kvm and the devices' VFIO groups (iommufd backend:
+                                 /dev/iommu and the device cdevs), start the VMM
                                  as that user with no capabilities, and pass the fds (SCM_RIGHTS).
   tsvmm qmp <socket> <command> [json-arguments]
                                  Send one QMP command to a VM started with 'run --qmp <socket>'.

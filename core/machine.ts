@@ -11,9 +11,9 @@ import type { VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
-import { PciBus, assignBars } from '../hw/pci.js';
+import { PciBus, assignBars, placeBars } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
-import { Vfio, type VfioDeviceSpec } from './vfio/vfio.js';
+import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from './vfio/vfio.js';
 import { findHostDevice } from './vfio/sysfs.js';
 import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
@@ -115,15 +115,13 @@ export class Machine {
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
       const passedIommufd = passed.find((p) => p.kind === 'iommufd')?.fd;
       const cdevFds = this.checkPassedCdevs(passed);
-      // The VFIO state owns passed iommufd/cdev fds from here (closes what it does not use).
+      // The VFIO state owns passed VFIO fds from here (closes what it does not use).
       if (passedIommufd !== undefined) unadopted.delete(passedIommufd);
-      for (const fd of cdevFds.values()) unadopted.delete(fd);
+      for (const fd of [...cdevFds.values(), ...groupFds.values()]) unadopted.delete(fd);
       this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds, cdevs: cdevFds, ...(passedIommufd !== undefined ? { iommufd: passedIommufd } : {}) } });
       cleanups.push(() => this.releaseDevices());
       config.devices.forEach((d, i) => {
         this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
-        // Passed group fds are now owned by their groups (closed with them, not by us).
-        for (const g of this.vfio.groups.values()) unadopted.delete(g.fd);
       });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
 
@@ -174,6 +172,36 @@ export class Machine {
       throw e;
     }
     this.devices.push(dev);
+    return dev;
+  }
+
+  /**
+   * Hot-plug (QMP device_add): assigns a device while the guest runs. Takes ownership of `fds`
+   * (closed on failure). Its BARs are placed around
+   * the others', which never move; the guest finds it by rescanning the bus (no hot-plug
+   * controller is emulated, so nothing tells it).
+   */
+  hotplugVfioDevice(d: VfioDeviceSpec & { slot?: number; id: string }, fds: VfioPassedFds = {}): VfioPciDevice {
+    if (this.devices.some((x) => x.name === d.id)) throw new Error(`a device with id '${d.id}' exists already`);
+    try {
+      this.vfio.adopt(fds);
+    } catch (e) {
+      for (const fd of [...fds.groups?.values() ?? [], ...fds.cdevs?.values() ?? [], ...(fds.iommufd !== undefined ? [fds.iommufd] : [])]) closeSync(fd);
+      throw e;
+    }
+    let dev: VfioPciDevice;
+    try {
+      dev = this.addVfioDevice(d, d.id, PCI_INTX_GSI_BASE + (this.devices.length % 8));
+    } catch (e) {
+      this.vfio.unadopt(fds); // whatever the failed open did not take
+      throw e;
+    }
+    try {
+      placeBars(this.pciBus, dev, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
+    } catch (e) {
+      this.removeVfioDevice(dev);
+      throw e;
+    }
     return dev;
   }
 

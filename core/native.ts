@@ -150,6 +150,8 @@ export interface Native {
   recvFds(socketFd: number, maxData: number, maxFds: number): RecvFdsResult;
   socketpair(): [number, number];
   setNonBlocking(fd: number, on: boolean): void;
+  /** poll(2) for one fd in the thread pool; resolves with revents (0 on timeout). */
+  pollFd(fd: number, events: number, timeoutMs: number): Promise<number>;
 }
 
 /** An Error from a failed syscall, as thrown by the addon. */

@@ -2,25 +2,34 @@
 // object per line; a greeting, capabilities negotiation, then commands answered with
 // {"return": ...} or {"error": {"class", "desc"}} (echoing "id"), and asynchronous events.
 // One client at a time, as QEMU's default; a second one is told so and disconnected.
+// The client socket is read with recvmsg (native), not by Node: a command may carry fds in
+// SCM_RIGHTS (getfd, add-fd), which Node's own reads would silently drop.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, existsSync, unlinkSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, unlinkSync } from 'node:fs';
+import { native, isSyscallError } from './native.js';
 
 export class QmpError extends Error {
   constructor(readonly errorClass: 'GenericError' | 'CommandNotFound' | 'DeviceNotFound', desc: string) { super(desc); }
 }
 
-export type QmpHandler = (args: Record<string, unknown>) => unknown;
+/** What a command may use besides its arguments: the fds that came with it. */
+export interface QmpContext { takeFd(): number | undefined }
+export type QmpHandler = (args: Record<string, unknown>, ctx: QmpContext) => unknown;
 
 export class QmpServer {
   private server: Server | undefined;
   private client: Socket | undefined;
   private negotiated = false;
+  /** Called once the server is closed (releases what commands kept, e.g. named fds). */
+  onClose: (() => void) | undefined;
+  /** Fds received with the command being read (SCM_RIGHTS); closed if no command takes them. */
+  private pendingFds: number[] = [];
 
   constructor(readonly path: string, private readonly commands: Record<string, QmpHandler>, private readonly version: { major: number; minor: number; micro: number }) {}
 
   listen(): Promise<void> {
     if (existsSync(this.path)) unlinkSync(this.path); // a stale socket from a previous run
-    const server = createServer((s) => this.accept(s));
+    const server = createServer({ pauseOnConnect: true }, (s) => this.accept(s));
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
@@ -39,21 +48,55 @@ export class QmpServer {
     }
     this.client = s;
     this.negotiated = false;
-    s.setEncoding('utf8');
-    let buf = '';
-    s.on('data', (chunk: string) => {
-      buf += chunk;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i).trim();
-        buf = buf.slice(i + 1);
-        if (line) this.handle(s, line);
-      }
-    });
     const gone = () => { if (this.client === s) this.client = undefined; };
     s.on('close', gone);
     s.on('error', gone);
     this.send(s, { QMP: { version: { qemu: this.version, package: 'tsvmm' }, capabilities: [] } });
+    const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) { s.destroy(new Error('QMP: no fd for the client socket')); return; }
+    void this.readLoop(s, fd);
+  }
+
+  /** Reads the client with poll + recvmsg until it goes: lines of JSON, with their fds. */
+  private async readLoop(s: Socket, fd: number): Promise<void> {
+    const n = native(), POLLIN = n.constants.POLLIN!;
+    let buf = '';
+    const alive = () => this.client === s && !s.destroyed;
+    try {
+      while (alive()) {
+        const rev = await n.pollFd(fd, POLLIN, 250);
+        // The socket may have been destroyed meanwhile (its fd number reused): check first.
+        if (!alive()) break;
+        if (!rev) continue;
+        let msg;
+        try {
+          msg = n.recvFds(fd, 64 * 1024, 16);
+        } catch (e) {
+          if (isSyscallError(e, 'EAGAIN')) continue;
+          break;
+        }
+        if (msg.data.length === 0) break; // EOF
+        this.pendingFds.push(...msg.fds);
+        buf += Buffer.from(msg.data).toString('utf8');
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i).trim();
+          buf = buf.slice(i + 1);
+          if (line) this.handle(s, line);
+        }
+        // Fds belong to the command they came with; a complete command that did not take
+        // them had no use for them (QEMU drops them too).
+        if (!buf.trim()) this.dropPendingFds();
+      }
+    } finally {
+      this.dropPendingFds();
+      if (!s.destroyed) s.destroy();
+      if (this.client === s) this.client = undefined;
+    }
+  }
+
+  private dropPendingFds(): void {
+    for (const f of this.pendingFds.splice(0)) { try { closeSync(f); } catch { /* already gone */ } }
   }
 
   private send(s: Socket, obj: unknown): void {
@@ -94,7 +137,7 @@ export class QmpServer {
       return;
     }
     try {
-      reply({ return: handler(args as Record<string, unknown>) ?? {} });
+      reply({ return: handler(args as Record<string, unknown>, { takeFd: () => this.pendingFds.shift() }) ?? {} });
     } catch (e) {
       reply({ error: { class: e instanceof QmpError ? e.errorClass : 'GenericError', desc: (e as Error).message } });
     }
@@ -111,9 +154,11 @@ export class QmpServer {
   async close(): Promise<void> {
     const c = this.client;
     if (c && !c.destroyed) await new Promise<void>((r) => c.end(r));
+    c?.destroy();
     this.client = undefined;
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server = undefined;
     if (existsSync(this.path)) unlinkSync(this.path);
+    this.onClose?.();
   }
 }

@@ -224,3 +224,42 @@ export function assignBars(bus: PciBus, mmio: { base: number; end: number }, io:
     if (isIo) ioNext = at + bar.size; else memNext = at + bar.size;
   }
 }
+
+/** The address a BAR register holds (0 when unprogrammed). */
+export function barAddress(dev: PciDevice, bar: PciBar): number {
+  const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
+  const low = dev.configRead(off, 4);
+  const base = bar.type === 'io' ? low & ~3 : (low & ~0xf) >>> 0;
+  return (base >>> 0) + (bar.type === 'mem64' ? dev.configRead(off + 4, 4) * 2 ** 32 : 0);
+}
+
+/**
+ * Hot-plug's half of assignBars: places one device's BARs (largest first, naturally aligned,
+ * first fit) around the BARs other devices already have, which never move under a running guest.
+ */
+export function placeBars(bus: PciBus, dev: PciDevice, mmio: { base: number; end: number }, io: { base: number; end: number }): void {
+  const busy: { io: boolean; start: number; end: number }[] = [];
+  for (const other of bus.devices.values()) {
+    if (other === dev) continue;
+    for (const b of other.bars) {
+      const at = b ? barAddress(other, b) : 0;
+      if (b && at) busy.push({ io: b.type === 'io', start: at, end: at + b.size });
+    }
+  }
+  const mine = dev.bars.filter((b): b is PciBar => !!b).sort((a, b) => b.size - a.size);
+  for (const bar of mine) {
+    const isIo = bar.type === 'io';
+    const win = isIo ? io : mmio;
+    let at = Math.ceil(win.base / bar.size) * bar.size;
+    for (;;) {
+      const clash = busy.find((r) => r.io === isIo && at < r.end && r.start < at + bar.size);
+      if (!clash) break;
+      at = Math.ceil(clash.end / bar.size) * bar.size;
+    }
+    if (at + bar.size > win.end) throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
+    const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
+    dev.configWrite(off, 4, at % 2 ** 32);
+    if (bar.type === 'mem64') dev.configWrite(off + 4, 4, Math.floor(at / 2 ** 32));
+    busy.push({ io: isIo, start: at, end: at + bar.size });
+  }
+}

@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitVfio(env, exports);
   tsvmm::InitIommufd(env, exports);
   tsvmm::InitSocket(env, exports);
+  tsvmm::InitPoll(env, exports);
   return exports;
 }
 

@@ -37,6 +37,7 @@ export class LegacyVfio {
 
   private addGroup(host: HostDevice, passedFd?: number): VfioGroup {
     const group = VfioGroup.open(host.group, passedFd, host.name);
+    this.passedGroupFds.delete(group.id); // the group owns a passed fd now (closes it with itself)
     try {
       const reserved = reservedRegions(group.id);
       let container = this.containers.find((c) => group.tryJoin(c));

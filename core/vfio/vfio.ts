@@ -104,6 +104,29 @@ export class Vfio {
     this.iommuPath = opts.iommuPath ?? IOMMU_PATH;
   }
 
+  /** Takes ownership of fds passed at run time (QMP getfd before device_add). */
+  adopt(fds: VfioPassedFds): void {
+    for (const [g, fd] of fds.groups ?? []) {
+      if (this.passed.groups?.has(g) || this.groups.has(g)) throw new VfioSetupError(`VFIO group ${g} is already open in this VM: pass no second fd for it`);
+      (this.passed.groups ??= new Map()).set(g, fd);
+    }
+    for (const [d, fd] of fds.cdevs ?? []) {
+      if (this.passed.cdevs?.has(d)) throw new VfioSetupError(`a cdev fd for ${d} was already passed`);
+      (this.passed.cdevs ??= new Map()).set(d, fd);
+    }
+    if (fds.iommufd !== undefined) {
+      if (this.iommufdBackend || this.passed.iommufd !== undefined) throw new VfioSetupError('this VM already has an iommufd');
+      this.passed.iommufd = fds.iommufd;
+    }
+  }
+
+  /** Gives back (closes) passed fds that no group or device took: a failed hot-plug. */
+  unadopt(fds: VfioPassedFds): void {
+    for (const [g, fd] of fds.groups ?? []) if (this.passed.groups?.get(g) === fd) { this.passed.groups.delete(g); closeSync(fd); }
+    for (const [d, fd] of fds.cdevs ?? []) if (this.passed.cdevs?.get(d) === fd) { this.passed.cdevs.delete(d); closeSync(fd); }
+    if (fds.iommufd !== undefined && this.passed.iommufd === fds.iommufd) { this.passed.iommufd = undefined; closeSync(fds.iommufd); }
+  }
+
   /** Legacy groups in use, by number (the machine adopts passed group fds through them). */
   get groups(): ReadonlyMap<number, VfioGroup> { return this.legacyBackend?.groups ?? new Map(); }
   get iommufd(): Iommufd | undefined { return this.iommufdBackend; }
@@ -201,8 +224,9 @@ export class Vfio {
     this.kvmDeviceFd = undefined;
     // Passed fds never adopted (a device that failed before opening them) are ours to close.
     if (this.passed.iommufd !== undefined) closeSync(this.passed.iommufd);
-    for (const fd of this.passed.cdevs?.values() ?? []) closeSync(fd);
+    for (const fd of [...this.passed.cdevs?.values() ?? [], ...this.passed.groups?.values() ?? []]) closeSync(fd);
     this.passed.iommufd = undefined;
     this.passed.cdevs?.clear();
+    this.passed.groups?.clear();
   }
 }

@@ -109,5 +109,6 @@ struct options {
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);
 int test_mtty(const struct options *o);
+int test_hotplug(const struct options *o);
 
 #endif

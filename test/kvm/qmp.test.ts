@@ -4,11 +4,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { projectRoot } from '../../core/paths.js';
+import { native } from '../../core/native.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmp-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -109,6 +110,53 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
     assert.deepEqual(ev?.data, { guest: false, reason: 'host-qmp-quit' });
     assert.equal(await exited, 0, stderr);
     assert.ok(!existsSync(sock), 'the socket is removed on exit');
+  } finally {
+    vm.kill('SIGKILL');
+  }
+});
+
+test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close what SCM_RIGHTS brought; a client gone mid-handshake is harmless', async () => {
+  const guest = join(dir, 'spin2.bin');
+  writeFileSync(guest, Uint8Array.from([0xeb, 0xfe]));
+  const cfg = join(dir, 'spin2.json');
+  writeFileSync(cfg, JSON.stringify({ memory: 4, kernel: { path: guest, format: 'flat' } }));
+  const sock = join(dir, 'qmp2.sock');
+  const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
+  const held = () => readdirSync(`/proc/${vm.pid}/fd`).filter((f) => { try { return readlinkSync(`/proc/${vm.pid}/fd/${f}`) === join(dir, 'marker'); } catch { return false; } }).length;
+  writeFileSync(join(dir, 'marker'), '');
+  try {
+    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+    // Connect and vanish before negotiating.
+    (await Client.connect(sock)).s.destroy();
+    await sleep(300);
+    const c = await Client.connect(sock);
+    await c.next();
+    await c.cmd('qmp_capabilities');
+    const withFd = async (execute: string, args: object) => {
+      const f = openSync(join(dir, 'marker'), 'r');
+      native().sendFds((c.s as unknown as { _handle: { fd: number } })._handle.fd, Buffer.from(JSON.stringify({ execute, arguments: args }) + '\n'), [f]);
+      closeSync(f);
+      return c.next();
+    };
+    assert.deepEqual(await withFd('getfd', { fdname: 'a' }), { return: {} });
+    assert.deepEqual(await withFd('getfd', { fdname: 'a' }), { return: {} }, 'the same name again replaces (and closes) the old fd');
+    assert.equal(held(), 1);
+    assert.deepEqual(await c.cmd('closefd', { arguments: { fdname: 'a' } }), { return: {} });
+    assert.equal(held(), 0);
+    assert.match(((await c.cmd('closefd', { arguments: { fdname: 'a' } })).error as { desc: string }).desc, /File descriptor named 'a' has not been found/);
+    const added = (await withFd('add-fd', { 'fdset-id': 3, opaque: 'disk' })).return as { 'fdset-id': number; fd: number };
+    assert.equal(added['fdset-id'], 3);
+    assert.deepEqual(await c.cmd('query-fdsets'), { return: [{ 'fdset-id': 3, fds: [{ fd: added.fd, opaque: 'disk' }] }] });
+    assert.equal(held(), 1);
+    // An fd sent with a command that does not take one is dropped, not leaked.
+    assert.equal(((await withFd('query-status', {})).return as { status: string }).status, 'running');
+    assert.equal(held(), 1);
+    assert.deepEqual(await c.cmd('remove-fd', { arguments: { 'fdset-id': 3 } }), { return: {} });
+    assert.equal(held(), 0);
+    assert.deepEqual(await c.cmd('query-fdsets'), { return: [] });
+    await c.cmd('quit');
+    assert.equal(await exited, 0);
   } finally {
     vm.kill('SIGKILL');
   }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
-import { PciBus, PciDevice, PCI_COMMAND } from '../../hw/pci.js';
+import { PciBus, PciDevice, PCI_COMMAND, assignBars, placeBars, barAddress } from '../../hw/pci.js';
 import { PciHostBridge } from '../../hw/pci-host.js';
 
 function setup() {
@@ -140,4 +140,29 @@ test('a BAR placed over guest RAM is shadowed by the RAM (as in QEMU), and reapp
   d.configWrite(0x10, 4, 0xc0000000);
   assert.equal(Number(as.read(0xc0000010, 4)), 0x1010);
   assert.equal(Number(as.read(0x8010, 4)), 0x5a5a5a5a);
+});
+
+test('hot-plug BAR placement: the new device fits around existing BARs, which do not move', () => {
+  const { bus } = setup();
+  const { d } = device(bus);
+  const mmio = { base: 0xc000_0000, end: 0xc001_0000 }, io = { base: 0xc000, end: 0xc400 };
+  assignBars(bus, mmio, io);
+  const before = d.bars.map((b) => (b ? barAddress(d, b) : 0));
+  assert.deepEqual(before.filter(Boolean), [0xc000_4000, 0xc000, 0xc000_0000]);
+  const n = new PciDevice('hot', { vendor: 0x1234, device: 0x11e8, classCode: 0x00ff00 });
+  n.registerBar(0, 'mem32', 0x4000, MemoryRegion.io('h0', 0x4000, { read: () => 0, write: () => {} }));
+  n.registerBar(1, 'mem32', 0x1000, MemoryRegion.io('h1', 0x1000, { read: () => 0, write: () => {} }));
+  n.registerBar(2, 'io', 0x100, MemoryRegion.io('h2', 0x100, { read: () => 0, write: () => {} }));
+  bus.attach(n, 4);
+  placeBars(bus, n, mmio, io);
+  assert.deepEqual(d.bars.map((b) => (b ? barAddress(d, b) : 0)), before, 'existing BARs stay put');
+  // d has 0xc0000000-0xc0004000 (BAR2) and 0xc0004000-0xc0005000 (BAR0): 0x4000 bytes fit
+  // first at 0xc0008000; 0x1000 bytes in the gap at 0xc0005000.
+  assert.equal(barAddress(n, n.bars[0]!), 0xc000_8000);
+  assert.equal(barAddress(n, n.bars[1]!), 0xc000_5000, 'the small BAR takes the gap below');
+  assert.equal(barAddress(n, n.bars[2]!), 0xc100);
+  const big = new PciDevice('big', { vendor: 1, device: 2, classCode: 0 });
+  big.registerBar(0, 'mem32', 0x10000, MemoryRegion.io('b0', 0x10000, { read: () => 0, write: () => {} }));
+  bus.attach(big, 5);
+  assert.throws(() => placeBars(bus, big, mmio, io), /no room for big BAR0 \(0x10000 bytes\) in the PCI MMIO window/);
 });
