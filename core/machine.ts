@@ -1,13 +1,13 @@
 // A machine assembled from a VmConfig: guest RAM (a memfd), the PC devices tsvmm emulates
 // (COM1, the PCI host bridge, a debug-exit port), the guest image, and the vCPUs. run()
 // resolves with the exit status; close() releases every fd and mapping, whatever happened.
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from './native.js';
 import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
 import { Kvm } from './kvm/kvm.js';
 import { Vm } from './kvm/vm.js';
 import type { VcpuStop } from './kvm/exit-channel.js';
-import type { VmConfig } from './config/config.js';
+import type { VfioPciConfig, VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
@@ -71,6 +71,7 @@ export class Machine {
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
       if (kvmFd !== undefined) unadopted.delete(kvmFd);
       cleanups.push(() => this.kvm.close());
+      this.deviceSpecs = resolveFdNames(config.devices, passed);
       const groupFds = this.checkPassedGroups(passed);
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
@@ -120,7 +121,7 @@ export class Machine {
       for (const fd of [...cdevFds.values(), ...groupFds.values()]) unadopted.delete(fd);
       this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds, cdevs: cdevFds, ...(passedIommufd !== undefined ? { iommufd: passedIommufd } : {}) } });
       cleanups.push(() => this.releaseDevices());
-      config.devices.forEach((d, i) => {
+      this.deviceSpecs.forEach((d, i) => {
         this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
       });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
@@ -136,10 +137,12 @@ export class Machine {
   }
 
   private readonly unadopted: Set<number>;
+  /** The config's devices, with fd names resolved to the device they open. */
+  private readonly deviceSpecs: VfioPciConfig[];
 
   /** Passed group fds by group number; each must belong to a device of the config. */
   private checkPassedGroups(passed: PassedFd[]): Map<number, number> {
-    const wanted = new Set(this.config.devices.map((d) => findHostDevice(d).group));
+    const wanted = new Set(this.deviceSpecs.map((d) => findHostDevice(d).group));
     const out = new Map<number, number>();
     for (const p of passed.filter((x) => x.kind === 'vfio-group')) {
       if (!wanted.has(p.group!)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
@@ -150,7 +153,7 @@ export class Machine {
 
   /** Passed device cdev fds by device name; each must be a device of the config. */
   private checkPassedCdevs(passed: PassedFd[]): Map<string, number> {
-    const wanted = new Set(this.config.devices.map((d) => findHostDevice(d).name));
+    const wanted = new Set(this.deviceSpecs.map((d) => findHostDevice(d).name));
     const out = new Map<string, number>();
     for (const p of passed.filter((x) => x.kind === 'vfio-cdev')) {
       if (!wanted.has(p.device!)) throw new FdPassError(`passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`);
@@ -291,6 +294,32 @@ export class Machine {
     for (const fd of this.unadopted) closeSync(fd);
     this.unadopted.clear();
   }
+}
+
+/**
+ * Devices named by a passed fd ("fd": "name", QEMU's fd=): the fd must have been passed, be a
+ * VFIO group or cdev, and agree with host/sysfsdev when those are given too; a cdev alone names
+ * its device.
+ */
+export function resolveFdNames(devices: VfioPciConfig[], passed: PassedFd[]): VfioPciConfig[] {
+  return devices.map((d, i) => {
+    if (d.fd === undefined) return d;
+    const p = passed.find((x) => x.name === d.fd);
+    const where = `/devices/${i}/fd`;
+    if (!p) throw new FdPassError(`${where}: no fd named '${d.fd}' was passed (passed: ${passed.map((x) => x.name).join(', ') || 'none'}); start the VM through 'tsvmm manager' or pass it on --fd-socket`);
+    if (p.kind === 'vfio-cdev') {
+      const sysfs = existsSync(`/sys/bus/mdev/devices/${p.device}`) ? `/sys/bus/mdev/devices/${p.device}` : `/sys/bus/pci/devices/${p.device}`;
+      if ((d.host || d.sysfsdev) && findHostDevice(d).name !== p.device) throw new FdPassError(`${where}: fd '${d.fd}' is the cdev of ${p.device}, not of ${d.host ?? d.sysfsdev}`);
+      return d.host || d.sysfsdev ? d : { ...d, sysfsdev: sysfs };
+    }
+    if (p.kind === 'vfio-group') {
+      if (!d.host && !d.sysfsdev) throw new FdPassError(`${where}: fd '${d.fd}' is VFIO group ${p.group}: say which of its devices with "host" or "sysfsdev"`);
+      const g = findHostDevice(d).group;
+      if (g !== p.group) throw new FdPassError(`${where}: fd '${d.fd}' is VFIO group ${p.group}, but ${d.host ?? d.sysfsdev} is in group ${g}`);
+      return d;
+    }
+    throw new FdPassError(`${where}: fd '${d.fd}' is ${p.kind}, not a VFIO group or device cdev`);
+  });
 }
 
 function describeStop(s: VcpuStop): { status: number; reason: string } {

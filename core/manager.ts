@@ -27,15 +27,17 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
   try {
     fds.push({ name: 'kvm', kind: 'kvm', fd: openSync('/dev/kvm', 'r+') });
     for (const d of config.devices) {
+      if (!d.host && !d.sysfsdev && !d.cdev) throw new Error(`device fd '${d.fd}': tsvmm manager needs "host", "sysfsdev" or "cdev" to know what to open`);
       const host = findHostDevice(d);
+      // A device's "fd" name is what the VMM looks the fd up by; else a name of our own.
       if (resolveBackend(host, d, config.vfio.backend) === 'iommufd') {
         if (!fds.some((f) => f.kind === 'iommufd')) fds.push({ name: 'iommufd', kind: 'iommufd', fd: openIommufd() });
         const cdev = d.cdev ?? cdevOf(host.sysfs)!;
-        fds.push({ name: `cdev-${host.name}`, kind: 'vfio-cdev', device: host.name, fd: openSync(cdev, 'r+') });
+        fds.push({ name: d.fd ?? `cdev-${host.name}`, kind: 'vfio-cdev', device: host.name, fd: openSync(cdev, 'r+') });
         continue;
       }
       if (fds.some((f) => f.group === host.group)) continue;
-      fds.push({ name: `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
+      fds.push({ name: d.fd ?? `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
     }
     [mine, theirs] = native().socketpair();
     const memlock = opts.memlockBytes ?? config.memoryBytes + MEMLOCK_SLACK;

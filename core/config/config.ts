@@ -13,6 +13,8 @@ export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
 export type VfioBackendChoice = 'auto' | 'legacy' | 'iommufd';
 export interface VfioPciConfig {
   type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; cdev?: string; group?: number; slot?: number; backend?: VfioBackendChoice;
+  /** Name of a passed fd that opens the device (group or cdev). */
+  fd?: string;
 }
 export type DeviceConfig = VfioPciConfig;
 
@@ -109,7 +111,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
     for (const e of v.errors ?? []) {
       if (e.keyword === 'oneOf' && /^\/devices\/\d+$/.test(e.instancePath) && !problems.some((p) => p.startsWith(e.instancePath)))
-        problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev" (or only "cdev")`);
+        problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev" (or only "cdev", or only "fd")`);
     }
     throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
   }

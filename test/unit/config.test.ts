@@ -67,7 +67,7 @@ test('missing kernel is a missing required key', () => {
 test('devices: unknown type, both host and sysfsdev, duplicate slots', () => {
   assert.ok(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'virtio-net' }] }).some((m) => /^\/devices\/0\/type: unknown device type "virtio-net" \(known: vfio-pci\)$/.test(m)));
   assert.ok(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', host: '00:03.0', sysfsdev: '/sys/bus/pci/devices/0000:00:03.0' }] })
-    .some((m) => /^\/devices\/0: give exactly one of "host" or "sysfsdev" \(or only "cdev"\)$/.test(m)));
+    .some((m) => /^\/devices\/0: give exactly one of "host" or "sysfsdev" \(or only "cdev", or only "fd"\)$/.test(m)));
   assert.ok(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', host: '3.0' }] }).some((m) => m.startsWith('/devices/0/host: "3.0" has the wrong form')));
   assert.deepEqual(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', host: '00:03.0', slot: 3 }, { type: 'vfio-pci', host: '00:04.0', slot: 3 }] }),
     ['/devices/1/slot: slot 3 is used by another device']);

@@ -59,3 +59,27 @@ test('a cdev fd of another device, or a non-iommufd fd labelled /dev/iommu, is r
     /passed fd 'iommu' \(fd \d+\) should be \/dev\/iommu but is \/dev\/kvm/);
   assert.equal(receive([{ name: 'iommu', kind: 'iommufd', fd: openSync('/dev/iommu', 'r+') }, { name: 'edu', kind: 'vfio-cdev', device: edu.bdf, fd: openSync(edu.vfioCdev!, 'r+') }]), 'accepted');
 });
+
+test('config "fd" alone: a passed cdev names the device, and the passed /dev/iommu is used', async () => {
+  const edu = hostDevice('edu');
+  const { checkConfig } = await import('../../../core/config/config.js');
+  const { Machine } = await import('../../../core/machine.js');
+  const cfg = checkConfig({ memory: 32, kernel: { path: 'guest/out/tsvmm-guest.elf' }, cmdline: 'test=edu dma=1', devices: [{ type: 'vfio-pci', fd: 'edu' }] }, 't', projectRoot);
+  const iommu = openSync('/dev/iommu', 'r+'), cdev = openSync(edu.vfioCdev!, 'r+');
+  let out = '';
+  const m = new Machine(cfg, { serialOutput: (b) => { out += Buffer.from(b).toString('latin1'); }, passedFds: [
+    { name: 'iommu', kind: 'iommufd', fd: iommu }, { name: 'edu', kind: 'vfio-cdev', device: edu.bdf, fd: cdev }] });
+  try {
+    const a = m.devices[0]!.assigned;
+    assert.equal(a.backend, 'iommufd');
+    assert.equal(a.host.name, edu.bdf);
+    assert.equal(a.device.fd, cdev, 'the device uses the passed cdev');
+    assert.equal(m.vfio.iommufd!.fd, iommu, 'and the passed /dev/iommu');
+    const r = await m.run();
+    assert.equal(r.status, 0, `${r.reason}\n${out}`);
+    assert.match(out, /^PASS edu-dma\r?$/m);
+  } finally {
+    m.close();
+  }
+  assert.equal(pinnedBytes(), 0);
+});

@@ -65,3 +65,24 @@ test('a group fd for a different group is refused by the VMM', () => {
   assert.match(r.stdout, new RegExp(`passed fd 'edu-group' \\(fd \\d+\\) is VFIO group ${nvme.group}, not group ${edu.group}`));
   for (const fd of [a, b, again]) closeSync(fd);
 });
+
+test('config "fd": a device named by a passed fd; an unknown name, or a group fd for another device, is refused', async () => {
+  const edu = hostDevice('edu'), nvme = hostDevice('nvme');
+  const { resolveFdNames } = await import('../../../core/machine.js');
+  const eduGroup = openSync(`/dev/vfio/${edu.group}`, 'r+');
+  // In-process, as the VMM sees it after --fd-socket: passed fds by name.
+  const cfg = checkConfig({ memory: 32, kernel: { path: 'guest/out/tsvmm-guest.elf' }, cmdline: 'test=edu', devices: [{ type: 'vfio-pci', host: edu.bdf, fd: 'edu-grp' }] }, 't', projectRoot);
+  const m = new Machine(cfg, { passedFds: [{ name: 'edu-grp', kind: 'vfio-group', group: edu.group!, fd: eduGroup }], serialOutput: () => {} });
+  try {
+    assert.equal(m.vfio.groups.get(edu.group!)?.fd, eduGroup, 'the group uses the passed fd');
+    const r = await m.run();
+    assert.equal(r.status, 0, r.reason);
+  } finally {
+    m.close();
+  }
+  const p = [{ name: 'g', kind: 'vfio-group' as const, group: nvme.group!, fd: -1 }];
+  assert.throws(() => resolveFdNames([{ type: 'vfio-pci', host: edu.bdf, fd: 'h' }], p), /\/devices\/0\/fd: no fd named 'h' was passed \(passed: g\)/);
+  assert.throws(() => resolveFdNames([{ type: 'vfio-pci', host: edu.bdf, fd: 'g' }], p), new RegExp(`fd 'g' is VFIO group ${nvme.group}, but ${edu.bdf} is in group ${edu.group}`));
+  assert.throws(() => resolveFdNames([{ type: 'vfio-pci', fd: 'g' }], p), /say which of its devices with "host" or "sysfsdev"/);
+  assert.equal(lockedBytes(), 0);
+});
