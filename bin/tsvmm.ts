@@ -13,7 +13,8 @@ Usage:
                                  (prints over serial, lists the PCI bus, exits 0). --fd-socket: take
                                  /dev/kvm and VFIO group (or /dev/iommu + cdev) fds from a manager.
                                  --qmp PATH: a QMP control socket (mode 0600): query-status,
-                                 query-pci, query-version, query-commands, stop, cont, quit,
+                                 query-pci, query-version, query-commands, stop, cont,
+                                 system_reset, quit,
                                  getfd, closefd, add-fd, remove-fd, query-fdsets, device_add
                                  (vfio-pci hot-plug), device_del.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.

@@ -255,6 +255,20 @@ export class Machine {
     enterProtectedMode(this.vm.vcpus[0]!, entry, info);
   }
 
+  /**
+   * system_reset: with the vCPU parked and no I/O half done, every assigned device is reset, the
+   * guest image and boot information are loaded again and the boot vCPU starts at the entry point,
+   * as after power-on (RAM is not cleared, as on real hardware). One vCPU only: application
+   * processors are not put back into wait-for-SIPI.
+   */
+  async systemReset(): Promise<void> {
+    if (this.vm.vcpus.length > 1) throw new Error(`system_reset supports VMs with one vCPU (this one has ${this.vm.vcpus.length})`);
+    await this.vm.reset(() => {
+      for (const d of this.devices) d.reset();
+      this.loadGuest();
+    });
+  }
+
   /** Ends the VM with a status (first caller wins). */
   requestExit(status: number, reason: string): void {
     if (!this.exit) this.exit = { status, reason };

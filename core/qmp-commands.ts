@@ -163,6 +163,11 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
       return {};
     },
+    system_reset: async () => {
+      await m.systemReset();
+      qmp.emit('RESET', { guest: false, reason: 'host-qmp-system-reset' });
+      return {};
+    },
     quit: () => {
       qmp.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
       m.requestExit(0, 'QMP quit');

@@ -14,6 +14,7 @@ export class QmpError extends Error {
 
 /** What a command may use besides its arguments: the fds that came with it. */
 export interface QmpContext { takeFd(): number | undefined }
+/** A command: its result (or a promise of it) becomes the reply's "return". */
 export type QmpHandler = (args: Record<string, unknown>, ctx: QmpContext) => unknown;
 
 export class QmpServer {
@@ -136,10 +137,13 @@ export class QmpServer {
       reply({ error: { class: 'CommandNotFound', desc: `The command ${msg.execute} has not been found` } });
       return;
     }
+    const fail = (e: unknown) => reply({ error: { class: e instanceof QmpError ? e.errorClass : 'GenericError', desc: (e as Error).message } });
     try {
-      reply({ return: handler(args as Record<string, unknown>, { takeFd: () => this.pendingFds.shift() }) ?? {} });
+      const r = handler(args as Record<string, unknown>, { takeFd: () => this.pendingFds.shift() });
+      if (r instanceof Promise) r.then((v: unknown) => reply({ return: v ?? {} }), fail); // e.g. system_reset waits for the vCPUs
+      else reply({ return: r ?? {} });
     } catch (e) {
-      reply({ error: { class: e instanceof QmpError ? e.errorClass : 'GenericError', desc: (e as Error).message } });
+      fail(e);
     }
   }
 

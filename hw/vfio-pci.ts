@@ -352,6 +352,22 @@ export class VfioPciDevice extends PciDevice {
   }
 
   /** Releases interrupts, mappings and the device (hot-unplug or VM teardown). */
+  /** Device reset (system_reset): interrupts back to INTx, the function reset where VFIO can
+   *  (else bus mastering and decoding turned off), emulated state as at start. */
+  override reset(): void {
+    this.msixCap?.reset(); // reported as disables: vectors torn down, INTx back on
+    this.msiCap?.reset();
+    const dev = this.assigned.device;
+    if (dev.canReset) {
+      try { dev.reset(); } catch (e) { console.error(`tsvmm: ${this.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`); }
+    } else {
+      try { dev.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, PCI_COMMAND, 2, 0); } catch { /* gone */ }
+    }
+    super.reset();
+    this.disableIntx(); // a line left asserted and masked by the old guest starts afresh
+    this.enableIntx();
+  }
+
   destroy(): void {
     this.unmapAll();
     this.msixVectors?.disable();

@@ -18,7 +18,8 @@ export const enum Slot {
   Control = 8,   // Control, written by the main thread
   Running = 9,   // 1 while the worker is inside its run loop (kicks are safe)
   Exits = 10,    // total KVM_RUN returns (statistics)
-  Count = 11,
+  Parked = 11,   // 1 while the worker waits out a Pause (outside KVM_RUN, its exit answered)
+  Count = 12,
 }
 
 export function createChannel(): Int32Array {

@@ -45,7 +45,10 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
       let ctl = Atomics.load(ch, Slot.Control);
       if (ctl === Control.Pause) {
         // Parked outside KVM_RUN until resumed or stopped (QMP stop / cont).
+        Atomics.store(ch, Slot.Parked, 1);
+        Atomics.notify(ch, Slot.Parked);
         while ((ctl = Atomics.load(ch, Slot.Control)) === Control.Pause) Atomics.wait(ch, Slot.Control, Control.Pause);
+        Atomics.store(ch, Slot.Parked, 0);
       }
       if (ctl === Control.Stop) return { reason: 'stopped' };
       const r = n.kvmRun(task.vcpuFd);

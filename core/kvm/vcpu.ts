@@ -47,6 +47,20 @@ export class Vcpu {
       Atomics.notify(this.channel, Slot.Control);
   }
 
+  /** Whether the worker sits parked by a Pause (outside KVM_RUN, nothing pending with the main thread). */
+  get parked(): boolean { return Atomics.load(this.channel, Slot.Parked) === 1; }
+
+  /**
+   * Completes a port/MMIO read KVM is still waiting to finish (its data sits in the run page until
+   * the next KVM_RUN): KVM_RUN with immediate_exit does that and returns at once, so registers
+   * set afterwards are not overwritten by the old instruction's completion. Only while parked.
+   */
+  flushPendingIo(): void {
+    const L = native().kvmRunLayout;
+    this.runBytes[L.immediateExit] = 1;
+    try { native().kvmRun(this.fd); } finally { this.runBytes[L.immediateExit] = 0; }
+  }
+
   private kick(kickSignal: number): void {
     if (!this.running) return;
     this.runBytes[native().kvmRunLayout.immediateExit] = 1;

@@ -143,6 +143,29 @@ export class Vm {
   /** Parks every vCPU outside KVM_RUN (QMP stop); resume() lets them continue. */
   pause(): void { for (const v of this.vcpus) v.pause(this.kickSignal); }
   resume(): void { for (const v of this.vcpus) v.resume(); }
+
+  /**
+   * Runs `prepare` with every vCPU parked outside KVM_RUN and no I/O half done (system_reset):
+   * pauses, waits for each worker to park while exits keep being answered, completes pending
+   * I/O, then prepare() may set registers and device state; the vCPUs resume unless they were
+   * paused before.
+   */
+  async reset(prepare: () => void): Promise<void> {
+    const wasPaused = this.paused;
+    this.pause();
+    for (const v of this.vcpus) {
+      while (v.running && !v.parked) {
+        const w = Atomics.waitAsync(v.channel, Slot.Parked, 0, 50);
+        if (w.async) await w.value;
+      }
+    }
+    for (const v of this.vcpus) if (v.running) v.flushPendingIo();
+    try {
+      prepare();
+    } finally {
+      if (!wasPaused) this.resume();
+    }
+  }
   get paused(): boolean { return this.vcpus.length > 0 && this.vcpus.every((v) => Atomics.load(v.channel, Slot.Control) === Control.Pause); }
 
   /** Stops all vCPUs (idempotent; safe from a device callback). */

@@ -15,7 +15,7 @@ import { lockedBytes, pinnedBytes } from '../../core/vfio/limits.js';
 
 type Msg = Record<string, any>;
 
-class RawQmp {
+export class RawQmp {
   private buf = '';
   private readonly queue: Msg[] = [];
   private waiters: (() => void)[] = [];

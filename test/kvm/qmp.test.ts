@@ -161,3 +161,36 @@ test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close wh
     vm.kill('SIGKILL');
   }
 });
+
+test('QMP system_reset: the guest boots again from its entry point (same command line), RESET follows', async () => {
+  const cfg = join(dir, 'reset.json');
+  writeFileSync(cfg, JSON.stringify({ memory: 16, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=irq vector=64 count=1' }));
+  const sock = join(dir, 'qmp3.sock');
+  const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', stderr = '';
+  vm.stdout.on('data', (b) => { out += b; });
+  vm.stderr.on('data', (b) => { stderr += b; });
+  const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
+  const boots = () => out.split('\n').filter((l) => l === 'tsvmm-guest: start').length;
+  const readies = () => out.split('\n').filter((l) => l === 'irq ready').length;
+  try {
+    for (let i = 0; i < 100 && !(existsSync(sock) && readies() === 1); i++) await sleep(50);
+    assert.equal(readies(), 1, out);
+    const c = await Client.connect(sock);
+    await c.next();
+    await c.cmd('qmp_capabilities');
+    const r = await c.cmdEvents('system_reset');
+    const evs = [...r.events];
+    if (!evs.length) evs.push(((await c.next()).event as string));
+    assert.deepEqual(r.reply, { return: {} });
+    assert.deepEqual(evs, ['RESET']);
+    for (let i = 0; i < 100 && readies() < 2; i++) await sleep(50);
+    assert.equal(boots(), 2, `the guest started twice:\n${out}`);
+    assert.equal(readies(), 2, out);
+    assert.equal(out.split('\n').filter((l) => l === 'tsvmm-guest: cmdline "test=irq vector=64 count=1"').length, 2, 'the boot information was written again');
+    await c.cmd('quit');
+    assert.equal(await exited, 0, stderr);
+  } finally {
+    vm.kill('SIGKILL');
+  }
+});
