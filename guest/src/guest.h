@@ -108,6 +108,7 @@ struct options {
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);
+bool bench_mode(const char *test); int test_bench(const struct options *o); /* bench.c */
 int test_mtty(const struct options *o);
 int test_hotplug(const struct options *o);
 

@@ -1,0 +1,100 @@
+// `npm run bench`: builds the null VMM, boots the test host (edu assigned to vfio-pci), runs
+// dist/bench/run.js inside it, and turns the raw samples that come back through the run dir into
+// bench/results/latest.{json,md}; prints the table.
+//
+//   node dist/bench/main.js [--rounds N] [--dma-rounds N] [--phase-ms MS] [--dma-sizes 256,1024,2048] [--budget-s S]
+//   node dist/bench/main.js --render      (latest.json → latest.md again, e.g. after editing the notes)
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem, release } from 'node:os';
+import { join } from 'node:path';
+import { runInTestHost } from '../testhost/index.js';
+import { collect, evidence, evidenceFor, type BenchResults } from './metrics.js';
+import { renderMarkdown, toRow } from './stats.js';
+import { root, nullVmm } from './vmm.js';
+
+const TIMEOUT_S = 15 * 60 - 30;
+
+function buildNullVmm(): void {
+  const src = join(root, 'bench/null-vmm.c');
+  if (existsSync(nullVmm) && statSync(nullVmm).mtimeMs >= statSync(src).mtimeMs) return;
+  mkdirSync(join(root, 'dist/bench'), { recursive: true });
+  execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', nullVmm, src], { stdio: 'inherit' });
+}
+
+export function hostDescription(r: BenchResults): string {
+  const c = cpus();
+  const outer = `${c[0]?.model ?? '?'}, ${c.length} CPUs, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${release()}`;
+  return `Outer machine: ${outer} (no usable nested KVM for this: the test host runs under QEMU TCG). ` +
+    `Test host: QEMU TCG q35 + intel-iommu, ${r.host.cpus} vCPU (${r.host.cpu}), ${r.host.memMiB} MiB, Linux ${r.host.kernel} with nested kvm_amd ` +
+    `and edu bound to vfio-pci${r.host.thp ? ` (transparent huge pages ${r.host.thp})` : ''}; ${r.host.qemu}; node ${r.host.node}. ` +
+    'Guest: the multiboot test guest (guest/src/bench.c), 1 vCPU.';
+}
+
+export function report(r: BenchResults): string {
+  const date = r.date.slice(0, 10);
+  const rounds = `${r.roundsDone} rounds (launch, port I/O, MSI, BAR, memory; ${r.config.phaseMs} ms loops) and ${r.dmaRoundsDone} rounds (DMA), ` +
+    'VMMs interleaved (order rotated every round)';
+  const failures = r.launches.filter((l) => l.error);
+  const metrics = collect(r);
+  // Evidence for rows where tsvmm is not behind QEMU (those that are carry it in their note).
+  const ev = evidence(r);
+  const rows = metrics.map(toRow);
+  const diagnostics = [...new Set(metrics.filter((m, i) => !rows[i]!.worseThanQemu && evidenceFor(ev, m.def.id))
+    .map((m) => `${m.def.label}: ${evidenceFor(ev, m.def.id)}`))];
+  const lines = [
+    `Run of ${date} (${r.seconds !== undefined ? `${Math.round(r.seconds)} s inside the test host` : 'incomplete'}).`,
+    '',
+    hostDescription(r),
+    '',
+    renderMarkdown(metrics, { rounds, diagnostics }).trimEnd(),
+  ];
+  if (failures.length) {
+    lines.push('', `Failed launches (${failures.length}; their other values are still counted):`, '');
+    for (const f of failures) lines.push(`- ${f.kind} ${f.vmm}${f.round !== undefined ? ` round ${f.round + 1}` : ''} ${f.memMiB} MiB: ${f.error}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  const outDir = join(root, 'bench/results');
+  if (args[0] === '--render') {
+    // Re-renders latest.md from latest.json (after a change to the notes), without running anything.
+    const md = report(JSON.parse(readFileSync(join(outDir, 'latest.json'), 'utf8')) as BenchResults);
+    writeFileSync(join(outDir, 'latest.md'), md);
+    process.stdout.write(md);
+    return 0;
+  }
+  buildNullVmm();
+  const t0 = performance.now();
+  const r = await runInTestHost({
+    kernel: 'debian', devices: ['edu'], memoryMiB: 4096, timeoutMs: TIMEOUT_S * 1000,
+    command: ['node', 'dist/bench/run.js', ...args],
+    stream: { stdout: process.stderr, stderr: process.stderr }, keepRunDir: true,
+  });
+  const wall = (performance.now() - t0) / 1000;
+  const runDir = r.runDir!;
+  const json = join(runDir, 'bench.json');
+  try {
+    if (!existsSync(json)) {
+      process.stderr.write(`bench: no results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
+      return 1;
+    }
+    const results = JSON.parse(readFileSync(json, 'utf8')) as BenchResults;
+    const md = report(results);
+    mkdirSync(outDir, { recursive: true });
+    const rows = collect(results).map(toRow);
+    writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, wallSeconds: wall, rows }, null, 1) + '\n');
+    writeFileSync(join(outDir, 'latest.md'), md);
+    process.stdout.write(`\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
+      `bench/results/latest.md, latest.json\n`);
+    return r.exitCode === 0 ? 0 : 1;
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
+  main().then((c) => { process.exitCode = c; }, (e) => { process.stderr.write(`bench: ${(e as Error).stack}\n`); process.exitCode = 1; });
+}
