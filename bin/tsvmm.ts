@@ -19,6 +19,9 @@ Usage:
                                  (vfio-pci hot-plug), device_del.
   tsvmm validate <config.json>   Check a config against configs/vm.schema.json without running it.
   tsvmm groups                   List the host's IOMMU groups: devices, drivers, viability.
+  tsvmm initramfs <out.cpio> --script FILE [--modules DIR] [--busybox PATH]
+                                 Write the tiny busybox initramfs a Linux config's kernel.initramfs
+                                 builds (e.g. to boot the same guest under QEMU with -initrd).
   tsvmm mdev list                List mediated device types (with free instances) and mdevs.
   tsvmm mdev create <type> [uuid]
                                  Create an mdev ('mtty-1', or parent/type); prints its sysfs path,
@@ -34,7 +37,8 @@ Usage:
   tsvmm --help | --version
 
 Exit status of 'run': the value the guest wrote to the debug-exit port (0xf4), 0 when the
-guest halts or resets, 1 on a guest crash or VMM error, 2 on a bad config, 130 on SIGINT.
+guest halts, resets or powers off (ACPI), 1 on a guest crash or VMM error, 2 on a bad config,
+130 on SIGINT.
 Config reference: configs/vm.schema.json; samples in configs/.`;
 
 function version(): string {
@@ -163,6 +167,16 @@ async function main(argv: string[]): Promise<number> {
       const r = await qmpCall(rest[0]!, rest[1]!, args);
       if ('error' in r) { process.stderr.write(`tsvmm qmp: ${r.error.class}: ${r.error.desc}\n`); return 1; }
       process.stdout.write(JSON.stringify(r.return, null, 2) + '\n');
+      return 0;
+    }
+    case 'initramfs': {
+      const { positional, opts } = options(rest, ['script', 'modules', 'busybox']);
+      if (positional.length !== 1 || opts.script === undefined) throw new UsageError('initramfs takes <out.cpio> --script FILE [--modules DIR] [--busybox PATH]');
+      const { buildInitramfs } = await import('../core/loader/initramfs.js');
+      const { writeFileSync } = await import('node:fs');
+      const cpio = buildInitramfs({ script: readFileSync(opts.script, 'utf8'), ...(opts.modules ? { modulesDir: opts.modules } : {}), ...(opts.busybox ? { busybox: opts.busybox } : {}) });
+      writeFileSync(positional[0]!, cpio);
+      process.stdout.write(`${positional[0]}: ${cpio.length} bytes (newc, uncompressed)\n`);
       return 0;
     }
     case 'testhost': {

@@ -17,6 +17,7 @@ import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from './vfio/vfio.js';
 import { findHostDevice } from './vfio/sysfs.js';
 import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
+import { bootLinux, isBzImage } from './loader/linux.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -228,7 +229,8 @@ export class Machine {
     const v = this.vm.vcpus[id]!;
     // KVM reports what it can virtualise; the APIC ID fields must name this vCPU.
     const cpuid = this.kvm.supportedCpuid().map((e) => {
-      if (e.function === 1) return { ...e, ebx: (e.ebx & 0x00ffffff) | (id << 24) };
+      // ECX bit 31: "running under a hypervisor", which KVM does not set; guests look for KVM's leaves (kvmclock) only with it.
+      if (e.function === 1) return { ...e, ebx: (e.ebx & 0x00ffffff) | (id << 24), ecx: (e.ecx | 0x80000000) >>> 0 };
       if (e.function === 0xb || e.function === 0x1f) return { ...e, edx: id };
       return e;
     });
@@ -239,7 +241,12 @@ export class Machine {
     const k = this.config.kernel;
     const image = new Uint8Array(readFileSync(k.path));
     const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
-    const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : 'flat') : k.format;
+    const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
+    if (format === 'linux') {
+      bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END } }); // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode
+      return;
+    }
+    if (k.initrd || k.initramfs) throw new LoaderError(`${k.path}: kernel.initrd and kernel.initramfs need a Linux bzImage (format "linux"); this image loads as ${format}`);
     let entry: number;
     if (format === 'multiboot') {
       if (!hasMultibootHeader(image)) throw new LoaderError(`${k.path}: no multiboot header in the first 8 KiB`);

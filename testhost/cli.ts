@@ -12,8 +12,8 @@ with this machine's root visible read-only and the test devices bound to vfio-pc
 Usage:
   tsvmm testhost run [options] -- <command...>   Boot the host, run the command inside (cwd: the project root),
                                                  exit with its status (124: time limit, 125: host failure).
-  tsvmm testhost test [--timeout S]              The host test suite: dist/test/host/legacy/ on the debian kernel,
-                                                 then legacy/ and iommufd/ on the iommufd kernel.
+  tsvmm testhost test [--timeout S]              The host test suite: dist/test/host/legacy/ and linux/ on the debian
+                                                 kernel, then legacy/ and iommufd/ on the iommufd kernel.
   tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.js run [args]' inside the host.
   tsvmm testhost build-kernel [--kernel K] [--force]
                                                  Fetch/build and cache the kernels (default: both).
@@ -132,12 +132,13 @@ export function testCounts(out: string): { pass: number; fail: number } {
 
 async function cmdTest(args: string[]): Promise<number> {
   const p = parse(args, true);
-  const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/' };
+  const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/', linux: 'dist/test/host/linux/' };
   for (const d of Object.values(dirs)) {
     if (!existsSync(join(projectRoot, d))) throw new TestHostError(`${d} not found under ${projectRoot}: build first (npm run build)`);
   }
   const plan: { kernel: KernelKind; dirs: string[] }[] = [];
-  if (p.kernel !== 'iommufd') plan.push({ kernel: 'debian', dirs: [dirs.legacy] });
+  // linux/: Linux guests booted by tsvmm (a few minutes); on the debian host only, whose kernel is also the guest's.
+  if (p.kernel !== 'iommufd') plan.push({ kernel: 'debian', dirs: [dirs.legacy, dirs.linux] });
   if (p.kernel !== 'debian') plan.push({ kernel: 'iommufd', dirs: [dirs.legacy, dirs.iommufd] });
   const summary: string[] = [];
   let failed = false;

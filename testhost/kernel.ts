@@ -21,6 +21,8 @@ export interface KernelImage {
   /** Identifies this kernel for the initramfs cache. */
   id: string;
   version: string;
+  /** Directory with GUEST_MODULES (+ dependencies) and their modules.order (debian only). */
+  guestModules?: string;
 }
 
 // Modules the debian kernel needs at boot; their dependencies come from modules.dep.
@@ -28,6 +30,9 @@ export interface KernelImage {
 // uio_pci_generic: a driver that owns DMA, so tests can make an IOMMU group non-viable.
 const DEBIAN_MODULES = ['arch/x86/kvm/kvm-amd', 'drivers/vfio/vfio_iommu_type1', 'drivers/vfio/pci/vfio-pci',
   'net/9p/9pnet_virtio', 'fs/9p/9p', 'drivers/uio/uio_pci_generic'];
+// Drivers for Linux *guests* of tsvmm (this same kernel, booted by tsvmm in the host): extracted to guest-modules/
+// with their own modules.order, never loaded by the host.
+export const GUEST_MODULES = ['drivers/nvme/host/nvme', 'drivers/net/ethernet/intel/e1000e/e1000e'];
 
 const GiB = 2 ** 30;
 
@@ -57,7 +62,15 @@ function debianCachedVersions(): string[] {
 
 function loadDebian(dir: string, kver: string): KernelImage {
   const order = readFileSync(join(dir, 'modules.order'), 'utf8').split('\n').filter(Boolean).map((m) => join(dir, 'modules', m));
-  return { kind: 'debian', image: join(dir, 'vmlinuz'), modules: order, id: `debian-${kver}`, version: kver };
+  const guest = join(dir, 'guest-modules');
+  return { kind: 'debian', image: join(dir, 'vmlinuz'), modules: order, id: `debian-${kver}`, version: kver,
+    ...(existsSync(join(guest, 'modules.order')) ? { guestModules: guest } : {}) };
+}
+
+/** The newest cached Debian kernel, without apt (e.g. inside the test host), or undefined. */
+export function cachedDebianKernel(): KernelImage | undefined {
+  const v = debianCachedVersions()[0];
+  return v ? loadDebian(join(cacheDir(), `debian-${v}`), v) : undefined;
 }
 
 /** Fetch (once) Debian's kernel and the few modules the host needs, decompressed, with their load order. */
@@ -75,7 +88,7 @@ export async function ensureDebianKernel(log: Logger = stderrLog): Promise<Kerne
   const kver = pkg.slice('linux-image-'.length, -'-unsigned'.length);
   const dir = join(cacheDir(), `debian-${kver}`);
   // The stamp records the module list too: a changed list re-extracts.
-  const stamp = `${pkg}\n${DEBIAN_MODULES.join(' ')}\n`;
+  const stamp = `${pkg}\n${DEBIAN_MODULES.join(' ')}\nguest: ${GUEST_MODULES.join(' ')}\n`;
   if (existsSync(join(dir, 'ok')) && readFileSync(join(dir, 'ok'), 'utf8') === stamp) return { ...loadDebian(dir, kver), downloaded: false };
 
   requireFreeSpace(cacheDir(), 1 * GiB, `the Debian kernel package ${pkg} (~110 MB download, ~500 MB unpacked)`);
@@ -130,12 +143,21 @@ export async function ensureDebianKernel(log: Logger = stderrLog): Promise<Kerne
       if (!files.has(modName(want)) && builtin.includes(`kernel/${want}.ko`)) continue;
       await visit(modName(want));
     }
+    const hostCount = order.length;
+    for (const want of GUEST_MODULES) {
+      if (!files.has(modName(want)) && builtin.includes(`kernel/${want}.ko`)) continue;
+      await visit(modName(want));
+    }
+    const guestOrder = order.splice(hostCount);
     const stage = join(tmp, 'out');
     mkdirSync(join(stage, 'modules'), { recursive: true });
     copyFileSync(vmlinuz, join(stage, 'vmlinuz'));
     const names = order.map((n) => `${n}.ko`);
     for (const n of order) writeFileSync(join(stage, 'modules', `${n}.ko`), blobs.get(n)!);
     writeFileSync(join(stage, 'modules.order'), names.join('\n') + '\n');
+    mkdirSync(join(stage, 'guest-modules'));
+    for (const n of guestOrder) writeFileSync(join(stage, 'guest-modules', `${n}.ko`), blobs.get(n)!);
+    writeFileSync(join(stage, 'guest-modules', 'modules.order'), guestOrder.map((n) => `${n}.ko\n`).join(''));
     writeFileSync(join(stage, 'ok'), stamp);
     rmSync(dir, { recursive: true, force: true });
     renameSync(stage, dir);

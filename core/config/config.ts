@@ -18,12 +18,16 @@ export interface VfioPciConfig {
 }
 export type DeviceConfig = VfioPciConfig;
 
+export type KernelFormat = 'auto' | 'multiboot' | 'flat' | 'linux';
+/** linux: an initramfs built at start-up (core/loader/initramfs.ts); paths absolute once checked. */
+export interface InitramfsConfig { script: string; modules?: string; busybox?: string }
+
 /** The raw JSON shape (as the schema describes it). */
 export interface RawConfig {
   name?: string;
   memory?: number | string;
   vcpus?: number;
-  kernel: { path: string; format?: 'auto' | 'multiboot' | 'flat'; loadAddress?: number; entry?: number };
+  kernel: { path: string; format?: KernelFormat; loadAddress?: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
   cmdline?: string;
   serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
   devices?: DeviceConfig[];
@@ -35,7 +39,7 @@ export interface VmConfig {
   name: string;
   memoryBytes: number;
   vcpus: number;
-  kernel: { path: string; format: 'auto' | 'multiboot' | 'flat'; loadAddress: number; entry?: number };
+  kernel: { path: string; format: KernelFormat; loadAddress: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
   cmdline: string;
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
   devices: DeviceConfig[];
@@ -116,6 +120,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
   }
   const problems: string[] = [];
+  expandKernelEnv(raw.kernel, problems);
   const memoryBytes = parseMemory(raw.memory);
   if (memoryBytes % PAGE_SIZE) problems.push(`/memory: ${JSON.stringify(raw.memory)} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(memoryBytes / 2 ** 20)}M)`);
   else if (memoryBytes < 2 * 2 ** 20) problems.push(`/memory: ${JSON.stringify(raw.memory)} is too small: at least 2M`);
@@ -126,6 +131,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   if (serialPath && !existsSync(dirname(serialPath))) problems.push(`/serial/path: directory ${dirname(serialPath)} does not exist`);
   if (raw.kernel.format !== 'flat' && (raw.kernel.loadAddress !== undefined || raw.kernel.entry !== undefined) && raw.kernel.format !== undefined)
     problems.push(`/kernel: loadAddress and entry apply to format "flat" only`);
+  const linux = checkLinuxKernel(raw.kernel, baseDir, problems);
   const slots = new Set<number>();
   (raw.devices ?? []).forEach((d, i) => {
     if (d.slot !== undefined) {
@@ -141,12 +147,50 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     kernel: {
       path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,
       ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
+      ...linux,
     },
     cmdline: raw.cmdline ?? '',
     serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
     devices: raw.devices ?? [],
     vfio: { backend: raw.vfio?.backend ?? 'auto' },
   };
+}
+
+/**
+ * `${NAME}` in the kernel's paths is replaced by that environment variable, so a sample can name a
+ * kernel that lives outside the tree (configs/linux/*.json: TSVMM_LINUX_KERNEL, TSVMM_LINUX_MODULES).
+ */
+function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): void {
+  const expand = (ptr: string, v: string) => v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+    const val = process.env[name];
+    if (val === undefined || val === '') problems.push(`${ptr}: environment variable ${name} is not set (${JSON.stringify(v)} needs it)`);
+    return val ?? '';
+  });
+  k.path = expand('/kernel/path', k.path);
+  if (k.initrd !== undefined) k.initrd = expand('/kernel/initrd', k.initrd);
+  if (k.initramfs?.modules !== undefined) k.initramfs.modules = expand('/kernel/initramfs/modules', k.initramfs.modules);
+  if (k.initramfs?.busybox !== undefined) k.initramfs.busybox = expand('/kernel/initramfs/busybox', k.initramfs.busybox);
+}
+
+/** kernel.initrd / kernel.initramfs: linux only, one or the other; their paths resolved and checked. */
+function checkLinuxKernel(k: RawConfig['kernel'], baseDir: string, problems: string[]): { initrd?: string; initramfs?: InitramfsConfig } {
+  const out: { initrd?: string; initramfs?: InitramfsConfig } = {};
+  if (k.initrd === undefined && k.initramfs === undefined) return out;
+  if (k.format !== undefined && k.format !== 'linux' && k.format !== 'auto') problems.push(`/kernel: initrd and initramfs apply to format "linux" only`);
+  if (k.initrd !== undefined && k.initramfs !== undefined) problems.push(`/kernel: give either "initrd" (a file) or "initramfs" (built at start-up), not both`);
+  const file = (ptr: string, p: string, dir = false) => {
+    const abs = resolve(baseDir, p);
+    if (!existsSync(abs)) problems.push(`${ptr}: ${abs} does not exist`);
+    else if (dir !== statSync(abs).isDirectory()) problems.push(`${ptr}: ${abs} is ${dir ? 'not a directory' : 'a directory, not a file'}`);
+    return abs;
+  };
+  if (k.initrd !== undefined) out.initrd = file('/kernel/initrd', k.initrd);
+  if (k.initramfs) {
+    out.initramfs = { script: k.initramfs.script };
+    if (k.initramfs.modules !== undefined) out.initramfs.modules = file('/kernel/initramfs/modules', k.initramfs.modules, true);
+    if (k.initramfs.busybox !== undefined) out.initramfs.busybox = file('/kernel/initramfs/busybox', k.initramfs.busybox);
+  }
+  return out;
 }
 
 /** Reads, parses and checks a config file. */
