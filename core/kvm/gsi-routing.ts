@@ -11,7 +11,8 @@ export class GsiRouting {
   private readonly msi = new Map<number, MsiMessage>();
   private readonly free: number[] = [];
   private next = IRQCHIP_PINS;
-  private dirty = false;
+  /** Starts dirty: the first commit replaces KVM's default table with this one. */
+  private dirty = true;
   /** Number of KVM_SET_GSI_ROUTING calls (for tests and benchmarks). */
   commits = 0;
 

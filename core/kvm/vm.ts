@@ -73,6 +73,9 @@ export class Vm {
       this.io = new AddressSpace('io', MemoryRegion.container('io', 0x10000));
       this.memory.addListener(this.memslots);
       this.gsi = new GsiRouting(this.fd);
+      // Our table from the start: KVM's default sends GSI 0 to IOAPIC pin 0, ours (as QEMU's and
+      // the MP/ACPI tables) to pin 2; pushing it at the first MSI would reroute under the guest.
+      if (this.irqchip) this.gsi.commit();
     } catch (e) {
       closeSync(this.fd);
       throw e;

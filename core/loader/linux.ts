@@ -241,7 +241,7 @@ export function isBzImage(image: Uint8Array): boolean {
 /**
  * Everything a Linux guest needs from the machine, on top of the PC devices it already has: the
  * initrd (a file, or the initramfs built from the config), ACPI and MP tables in the BIOS area,
- * the ACPI sleep registers (power-off → exit 0), GSI routing as the MP table describes it, and
+ * the ACPI sleep registers (power-off → exit 0), and
  * the boot vCPU in long mode at the kernel's 64-bit entry.
  */
 export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { base: number; end: number } }): LinuxBootLayout {
@@ -280,10 +280,6 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { ba
     onPowerOff: () => m.requestExit(0, 'guest powered off (ACPI S5)'),
     onOther: (v) => console.error(`tsvmm: guest asked for sleep state SLP_TYP=${(v >> 2) & 7}, which is not offered; ignored`),
   }).region);
-  // KVM's default routing sends GSI 0 to IOAPIC pin 0, tsvmm's table (and the MP table) to pin 2:
-  // push tsvmm's table now rather than at the first MSI, so routing does not change under the guest.
-  m.vm.gsi.release(m.vm.gsi.allocMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0 }));
-  m.vm.gsi.commit();
 
   const layout = loadLinux(m.ram, {
     image, path: k.path, cmdline: linuxCmdline(m.config.cmdline), e820: m.e820, lowRamEnd: low.addr + low.size, acpiRsdp: acpi.rsdp,
