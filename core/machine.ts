@@ -73,7 +73,7 @@ export class Machine {
       if (kvmFd !== undefined) unadopted.delete(kvmFd);
       cleanups.push(() => this.kvm.close());
       this.deviceSpecs = resolveFdNames(config.devices, passed);
-      const groupFds = this.checkPassedGroups(passed);
+      const passedVfio = this.checkPassedVfio(passed);
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
 
@@ -115,12 +115,10 @@ export class Machine {
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
-      const passedIommufd = passed.find((p) => p.kind === 'iommufd')?.fd;
-      const cdevFds = this.checkPassedCdevs(passed);
       // The VFIO state owns passed VFIO fds from here (closes what it does not use).
-      if (passedIommufd !== undefined) unadopted.delete(passedIommufd);
-      for (const fd of [...cdevFds.values(), ...groupFds.values()]) unadopted.delete(fd);
-      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: { groups: groupFds, cdevs: cdevFds, ...(passedIommufd !== undefined ? { iommufd: passedIommufd } : {}) } });
+      for (const fd of [...passedVfio.groups!.values(), ...passedVfio.cdevs!.values()]) unadopted.delete(fd);
+      if (passedVfio.iommufd !== undefined) unadopted.delete(passedVfio.iommufd);
+      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: passedVfio });
       cleanups.push(() => this.releaseDevices());
       this.deviceSpecs.forEach((d, i) => {
         this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
@@ -141,25 +139,24 @@ export class Machine {
   /** The config's devices, with fd names resolved to the device they open. */
   private readonly deviceSpecs: VfioPciConfig[];
 
-  /** Passed group fds by group number; each must belong to a device of the config. */
-  private checkPassedGroups(passed: PassedFd[]): Map<number, number> {
-    const wanted = new Set(this.deviceSpecs.map((d) => findHostDevice(d).group));
-    const out = new Map<number, number>();
-    for (const p of passed.filter((x) => x.kind === 'vfio-group')) {
-      if (!wanted.has(p.group!)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
-      out.set(p.group!, p.fd);
+  /** Passed VFIO fds for the Vfio state: group fds by group number, cdev fds by device name
+   *  (each must belong to a device of the config), and /dev/iommu. */
+  private checkPassedVfio(passed: PassedFd[]): VfioPassedFds {
+    const out: VfioPassedFds = { groups: new Map(), cdevs: new Map() };
+    const vfioFds = passed.filter((x) => x.kind === 'vfio-group' || x.kind === 'vfio-cdev');
+    // sysfs is read once per device, and only when there is something to check.
+    const hosts = vfioFds.length ? this.deviceSpecs.map((d) => findHostDevice(d)) : [];
+    for (const p of vfioFds) {
+      if (p.kind === 'vfio-group') {
+        if (!hosts.some((h) => h.group === p.group)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
+        out.groups!.set(p.group!, p.fd);
+      } else {
+        if (!hosts.some((h) => h.name === p.device)) throw new FdPassError(`passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`);
+        out.cdevs!.set(p.device!, p.fd);
+      }
     }
-    return out;
-  }
-
-  /** Passed device cdev fds by device name; each must be a device of the config. */
-  private checkPassedCdevs(passed: PassedFd[]): Map<string, number> {
-    const wanted = new Set(this.deviceSpecs.map((d) => findHostDevice(d).name));
-    const out = new Map<string, number>();
-    for (const p of passed.filter((x) => x.kind === 'vfio-cdev')) {
-      if (!wanted.has(p.device!)) throw new FdPassError(`passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`);
-      out.set(p.device!, p.fd);
-    }
+    const iommufd = passed.find((p) => p.kind === 'iommufd')?.fd;
+    if (iommufd !== undefined) out.iommufd = iommufd;
     return out;
   }
 
@@ -187,12 +184,7 @@ export class Machine {
    */
   hotplugVfioDevice(d: VfioDeviceSpec & { slot?: number; id: string }, fds: VfioPassedFds = {}): VfioPciDevice {
     if (this.devices.some((x) => x.name === d.id)) throw new Error(`a device with id '${d.id}' exists already`);
-    try {
-      this.vfio.adopt(fds);
-    } catch (e) {
-      for (const fd of [...fds.groups?.values() ?? [], ...fds.cdevs?.values() ?? [], ...(fds.iommufd !== undefined ? [fds.iommufd] : [])]) closeSync(fd);
-      throw e;
-    }
+    this.vfio.adopt(fds);
     let dev: VfioPciDevice;
     try {
       dev = this.addVfioDevice(d, d.id, PCI_INTX_GSI_BASE + (this.devices.length % 8));

@@ -104,20 +104,21 @@ export class Vfio {
     this.iommuPath = opts.iommuPath ?? IOMMU_PATH;
   }
 
-  /** Takes ownership of fds passed at run time (QMP getfd before device_add). */
+  /** Takes ownership of fds passed at run time (QMP getfd before device_add); refused ones are
+   *  closed, all of them, before anything is taken. */
   adopt(fds: VfioPassedFds): void {
-    for (const [g, fd] of fds.groups ?? []) {
-      if (this.passed.groups?.has(g) || this.groups.has(g)) throw new VfioSetupError(`VFIO group ${g} is already open in this VM: pass no second fd for it`);
-      (this.passed.groups ??= new Map()).set(g, fd);
+    const clash = [...fds.groups?.keys() ?? []].find((g) => this.passed.groups?.has(g) || this.groups.has(g));
+    const dup = [...fds.cdevs?.keys() ?? []].find((d) => this.passed.cdevs?.has(d));
+    const why = clash !== undefined ? `VFIO group ${clash} is already open in this VM: pass no second fd for it`
+      : dup !== undefined ? `a cdev fd for ${dup} was already passed`
+      : fds.iommufd !== undefined && (this.iommufdBackend || this.passed.iommufd !== undefined) ? 'this VM already has an iommufd' : undefined;
+    if (why) {
+      for (const fd of [...fds.groups?.values() ?? [], ...fds.cdevs?.values() ?? [], ...(fds.iommufd !== undefined ? [fds.iommufd] : [])]) closeSync(fd);
+      throw new VfioSetupError(why);
     }
-    for (const [d, fd] of fds.cdevs ?? []) {
-      if (this.passed.cdevs?.has(d)) throw new VfioSetupError(`a cdev fd for ${d} was already passed`);
-      (this.passed.cdevs ??= new Map()).set(d, fd);
-    }
-    if (fds.iommufd !== undefined) {
-      if (this.iommufdBackend || this.passed.iommufd !== undefined) throw new VfioSetupError('this VM already has an iommufd');
-      this.passed.iommufd = fds.iommufd;
-    }
+    for (const [g, fd] of fds.groups ?? []) (this.passed.groups ??= new Map()).set(g, fd);
+    for (const [d, fd] of fds.cdevs ?? []) (this.passed.cdevs ??= new Map()).set(d, fd);
+    if (fds.iommufd !== undefined) this.passed.iommufd = fds.iommufd;
   }
 
   /** Gives back (closes) passed fds that no group or device took: a failed hot-plug. */
