@@ -10,7 +10,7 @@ import { native } from './native.js';
 import { loadConfig } from './config/config.js';
 import { findHostDevice, cdevOf } from './vfio/sysfs.js';
 import { resolveBackend } from './vfio/vfio.js';
-import { IOMMU_PATH } from './vfio/iommufd.js';
+import { IOMMU_PATH, setPerProcessAccounting } from './vfio/iommufd.js';
 import { sendPassedFds, type PassedFd } from './fdpass.js';
 import { projectRoot } from './paths.js';
 
@@ -66,12 +66,8 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
  *  needs the CAP_SYS_RESOURCE only the manager has), so the VMM's memlock limit governs them. */
 function openIommufd(): number {
   const fd = openSync(IOMMU_PATH, 'r+');
-  const n = native(), c = n.constants;
-  try {
-    n.iommuOption(fd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_SET!, val64: 1 });
-  } catch (e) {
-    process.stderr.write(`tsvmm manager: warning: cannot set per-process pin accounting on ${IOMMU_PATH}: ${(e as Error).message}\n`);
-  }
+  const r = setPerProcessAccounting(fd);
+  if (r !== true) process.stderr.write(`tsvmm manager: warning: cannot set per-process pin accounting on ${IOMMU_PATH}: ${r.message}\n`);
   return fd;
 }
 

@@ -3,8 +3,7 @@
 import { closeSync, openSync, existsSync } from 'node:fs';
 import { native, isSyscallError } from '../native.js';
 import { VfioSetupError } from './sysfs.js';
-import { memlockLimit, fmtBytes } from './limits.js';
-import { DmaListener, type DmaMapping } from './dma.js';
+import { DmaListener, explainMapError, type DmaMapping } from './dma.js';
 
 export type { DmaMapping, IovaRange } from './dma.js';
 
@@ -78,14 +77,4 @@ export class VfioContainer extends DmaListener {
     this.detach();
     closeSync(this.fd);
   }
-}
-
-/** ENOMEM from a DMA map is nearly always the locked-memory limit: say so, with the fix. */
-export function explainMapError(call: string, e: unknown, m: DmaMapping): Error {
-  const where = `${m.region} (IOVA 0x${m.iova.toString(16)}, ${fmtBytes(m.size)})`;
-  if (isSyscallError(e, 'ENOMEM')) {
-    return new VfioSetupError(`${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
-      `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`, { cause: e });
-  }
-  return new VfioSetupError(`${call} of ${where} failed: ${(e as Error).message}`, { cause: e });
 }

@@ -3,6 +3,7 @@
 // addresses the guest programs (QEMU's hw/vfio/listener.c). The legacy container
 // (VFIO_IOMMU_MAP_DMA) and an iommufd IOAS (IOMMU_IOAS_MAP) differ only in the map/unmap calls.
 import type { AddressSpace, MemoryListener, Section } from '../memory/index.js';
+import { isSyscallError } from '../native.js';
 import { VfioSetupError, type ReservedRegion } from './sysfs.js';
 import { hasCapIpcLock, memlockLimit, fmtBytes } from './limits.js';
 
@@ -122,4 +123,14 @@ export abstract class DmaListener implements MemoryListener {
     space.removeListener(this); // per-section unmaps for whatever is left
     this.pendingErrors.length = 0;
   }
+}
+
+/** ENOMEM from a DMA map is nearly always the locked-memory limit: say so, with the fix. */
+export function explainMapError(call: string, e: unknown, m: DmaMapping): Error {
+  const where = `${m.region} (IOVA 0x${m.iova.toString(16)}, ${fmtBytes(m.size)})`;
+  if (isSyscallError(e, 'ENOMEM')) {
+    return new VfioSetupError(`${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
+      `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`, { cause: e });
+  }
+  return new VfioSetupError(`${call} of ${where} failed: ${(e as Error).message}`, { cause: e });
 }

@@ -5,12 +5,28 @@
 // are in use elsewhere fails, and we explain the refusal.
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { native, isSyscallError } from '../native.js';
-import { DmaListener, type DmaMapping } from './dma.js';
-import { explainMapError } from './container.js';
+import { DmaListener, explainMapError, type DmaMapping } from './dma.js';
 import { VfioSetupError, groupMembers, type HostDevice } from './sysfs.js';
 
 export const IOMMU_PATH = '/dev/iommu';
 const ALL = 0xffff_ffff_ffff_ffffn;
+
+/**
+ * IOMMU_OPTION_RLIMIT_MODE=1 on an iommufd: pins are charged to the mapping process's mm (VmPin)
+ * rather than its user, as type1 charges VmLck, so a per-process memlock limit means what it says.
+ * Setting it needs CAP_SYS_RESOURCE (a manager sets it before passing the fd). Returns true when
+ * the mode is (now) per-process, else the error (EPERM: the user's locked_vm is charged instead).
+ */
+export function setPerProcessAccounting(iommufd: number): true | Error {
+  const n = native(), c = n.constants;
+  try {
+    if (n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_GET! }) !== 1n)
+      n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_SET!, val64: 1 });
+    return true;
+  } catch (e) {
+    return e as Error;
+  }
+}
 
 /** One IOAS: a DMA listener over guest memory, shared by the devices attached to it. */
 export class IommufdIoas extends DmaListener {
@@ -86,21 +102,8 @@ export class Iommufd {
       }
     }
     const ctx = new Iommufd(fd);
-    ctx.accountPerProcess = ctx.tryPerProcessAccounting();
+    ctx.accountPerProcess = setPerProcessAccounting(fd) === true;
     return ctx;
-  }
-
-  /** IOMMU_OPTION_RLIMIT_MODE=1: charge pins to this process's mm (VmLck), as type1 does, so a
-   *  per-process memlock limit means what it says. Needs CAP_SYS_RESOURCE; a manager may have set it. */
-  private tryPerProcessAccounting(): boolean {
-    const n = native(), c = n.constants;
-    try {
-      if (n.iommuOption(this.fd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_GET! }) === 1n) return true;
-      n.iommuOption(this.fd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_SET!, val64: 1 });
-      return true;
-    } catch {
-      return false; // EPERM without CAP_SYS_RESOURCE: the user's locked_vm is charged instead
-    }
   }
 
   /**

@@ -2,10 +2,10 @@
 // device offers types under /sys/class/mdev_bus/<parent>/mdev_supported_types/<type>/; writing
 // a UUID to a type's `create` makes /sys/bus/mdev/devices/<uuid>, which VFIO assigns like any
 // device (sysfsdev=, its own IOMMU group, a cdev with the iommufd backend).
-import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, realpathSync, writeFileSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { VfioSetupError, groupOf, cdevOf } from './sysfs.js';
+import { VfioSetupError, groupOf, cdevOf, readTrim } from './sysfs.js';
 
 export const MDEV_BUS = '/sys/class/mdev_bus';
 export const MDEV_DEVICES = '/sys/bus/mdev/devices';
@@ -13,14 +13,13 @@ export const MDEV_DEVICES = '/sys/bus/mdev/devices';
 export interface MdevType { parent: string; type: string; name?: string; description?: string; deviceApi?: string; available: number; path: string }
 export interface Mdev { uuid: string; path: string; parent: string; type: string; group?: number; cdev?: string }
 
-const read = (p: string): string | undefined => { try { return readFileSync(p, 'utf8').trim(); } catch { return undefined; } };
 const list = (p: string): string[] => { try { return readdirSync(p).sort(); } catch { return []; } };
 
 export function mdevTypes(): MdevType[] {
   return list(MDEV_BUS).flatMap((parent) => list(`${MDEV_BUS}/${parent}/mdev_supported_types`).map((type) => {
     const path = `${MDEV_BUS}/${parent}/mdev_supported_types/${type}`;
-    const name = read(`${path}/name`), description = read(`${path}/description`), deviceApi = read(`${path}/device_api`);
-    return { parent, type, path, available: Number(read(`${path}/available_instances`) ?? 0),
+    const name = readTrim(`${path}/name`), description = readTrim(`${path}/description`), deviceApi = readTrim(`${path}/device_api`);
+    return { parent, type, path, available: Number(readTrim(`${path}/available_instances`) ?? 0),
       ...(name ? { name } : {}), ...(description ? { description } : {}), ...(deviceApi ? { deviceApi } : {}) };
   }));
 }

@@ -18,7 +18,7 @@ export function normalizeBdf(bdf: string): string {
   return /^[0-9a-f]{4}:/.test(b) ? b : `0000:${b}`;
 }
 
-function readTrim(path: string): string | undefined {
+export function readTrim(path: string): string | undefined {
   try { return readFileSync(path, 'utf8').trim(); } catch { return undefined; }
 }
 

@@ -3,10 +3,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostDevice } from '../../helpers/testhost-env.js';
+import { writeConfig, openAsNobody } from '../../helpers/manager.js';
 import { projectRoot } from '../../../core/paths.js';
 import { native } from '../../../core/native.js';
 import { sendPassedFds } from '../../../core/fdpass.js';
@@ -14,26 +14,11 @@ import { pinnedBytes } from '../../../core/vfio/limits.js';
 
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
 
-function config(obj: object): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mgr-'));
-  chmodSync(dir, 0o755);
-  const p = join(dir, 'vm.json');
-  writeFileSync(p, JSON.stringify(obj));
-  chmodSync(p, 0o644);
-  return p;
-}
-
-function openAsNobody(path: string): string {
-  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e',
-    `try { require('fs').openSync('${path}', 'r+'); console.log('opened') } catch (e) { console.log(e.code) }`], { encoding: 'utf8' });
-  return r.stdout.trim();
-}
-
 test('iommufd via the manager: the unprivileged VMM cannot open the cdev or /dev/iommu, and assigns edu with the passed fds', () => {
   const edu = hostDevice('edu');
   assert.equal(openAsNobody(edu.vfioCdev!), 'EACCES');
   assert.equal(openAsNobody('/dev/iommu'), 'EACCES');
-  const cfg = config({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=edu dma=1 msi=3 intx=3',
+  const cfg = writeConfig({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=edu dma=1 msi=3 intx=3',
     vfio: { backend: 'iommufd' }, devices: [{ type: 'vfio-pci', host: edu.bdf }] });
   const r = spawnSync(process.execPath, [cli, 'manager', cfg, '--user', 'nobody'], { encoding: 'utf8', timeout: 180000 });
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);

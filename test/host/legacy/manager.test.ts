@@ -3,10 +3,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostDevice } from '../../helpers/testhost-env.js';
+import { writeConfig, openAsNobody } from '../../helpers/manager.js';
 import { projectRoot } from '../../../core/paths.js';
 import { native } from '../../../core/native.js';
 import { sendPassedFds } from '../../../core/fdpass.js';
@@ -16,25 +16,14 @@ import { lockedBytes } from '../../../core/vfio/limits.js';
 
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
 
-function config(obj: object): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mgr-')); // readable by the unprivileged VMM
-  chmodSync(dir, 0o755);
-  const p = join(dir, 'vm.json');
-  writeFileSync(p, JSON.stringify(obj));
-  chmodSync(p, 0o644);
-  return p;
-}
-
 test('as nobody, the VMM cannot open the group itself (EACCES)', () => {
   const edu = hostDevice('edu');
-  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e',
-    `try { require('fs').openSync('/dev/vfio/${edu.group}', 'r+'); console.log('opened') } catch (e) { console.log(e.code) }`], { encoding: 'utf8' });
-  assert.equal(r.stdout.trim(), 'EACCES');
+  assert.equal(openAsNobody(`/dev/vfio/${edu.group}`), 'EACCES');
 });
 
 test('tsvmm manager: the unprivileged VMM assigns edu with passed fds; the edu guest program passes unchanged', () => {
   const edu = hostDevice('edu');
-  const cfg = config({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=edu dma=1 msi=3 intx=3',
+  const cfg = writeConfig({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=edu dma=1 msi=3 intx=3',
     devices: [{ type: 'vfio-pci', host: edu.bdf }] });
   const r = spawnSync(process.execPath, [cli, 'manager', cfg, '--user', 'nobody'], { encoding: 'utf8', timeout: 180000 });
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
@@ -43,7 +32,7 @@ test('tsvmm manager: the unprivileged VMM assigns edu with passed fds; the edu g
 });
 
 test('the manager refuses to run the VMM as root', () => {
-  const r = spawnSync(process.execPath, [cli, 'manager', config({ kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') } }), '--uid', '0'], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [cli, 'manager', writeConfig({ kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') } }), '--uid', '0'], { encoding: 'utf8' });
   assert.equal(r.status, 1);
   assert.match(r.stderr, /the VMM must not run as root/);
 });
