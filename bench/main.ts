@@ -4,6 +4,9 @@
 //
 //   node dist/bench/main.js [--rounds N] [--dma-rounds N] [--phase-ms MS] [--dma-sizes 256,1024,2048] [--budget-s S]
 //   node dist/bench/main.js --render      (latest.json → latest.md again, e.g. after editing the notes)
+//   node dist/bench/main.js --runloop-only [--rounds N] [--phase-ms MS]   (only the run-loop rows, bench/runloop.ts)
+// The run-loop rows (no VFIO) run on this machine's /dev/kvm when it has one, else in a second
+// test-host boot; they go to bench/results/runloop.{json,md}.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -12,6 +15,7 @@ import { runInTestHost } from '../testhost/index.js';
 import { collect, evidence, evidenceFor, type BenchResults } from './metrics.js';
 import { renderMarkdown, toRow } from './stats.js';
 import { root, nullVmm } from './vmm.js';
+import { renderRunloop, type RunloopResults } from './runloop.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -56,9 +60,40 @@ export function report(r: BenchResults): string {
   return lines.join('\n') + '\n';
 }
 
+/** The run-loop rows: here when this machine has /dev/kvm, else inside the test host. */
+async function runloopRows(args: string[], outDir: string): Promise<number> {
+  const tmp = join(root, 'dist/bench');
+  let json: string;
+  if (existsSync('/dev/kvm')) {
+    json = join(tmp, 'runloop.json');
+    execFileSync(process.execPath, [join(root, 'dist/bench/runloop.js'), ...args, '--out', json], { stdio: ['ignore', process.stderr, 'inherit'] });
+  } else {
+    const r = await runInTestHost({
+      kernel: 'debian', devices: ['none'], timeoutMs: TIMEOUT_S * 1000, keepRunDir: true,
+      command: ['node', 'dist/bench/runloop.js', ...args], stream: { stdout: process.stderr, stderr: process.stderr },
+    });
+    json = join(r.runDir!, 'runloop.json');
+    if (!existsSync(json)) {
+      process.stderr.write(`bench: no run-loop results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
+      return 1;
+    }
+  }
+  const res = JSON.parse(readFileSync(json, 'utf8')) as RunloopResults;
+  const md = renderRunloop(res);
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, 'runloop.json'), JSON.stringify(res, null, 1) + '\n');
+  writeFileSync(join(outDir, 'runloop.md'), md);
+  process.stdout.write(`\n${md}\nbench: bench/results/runloop.md, runloop.json\n`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const args = process.argv.slice(2);
   const outDir = join(root, 'bench/results');
+  if (args[0] === '--runloop-only') {
+    buildNullVmm();
+    return runloopRows(args.slice(1), outDir);
+  }
   if (args[0] === '--render') {
     // Re-renders latest.md from latest.json (after a change to the notes), without running anything.
     const md = report(JSON.parse(readFileSync(join(outDir, 'latest.json'), 'utf8')) as BenchResults);
@@ -89,7 +124,8 @@ async function main(): Promise<number> {
     writeFileSync(join(outDir, 'latest.md'), md);
     process.stdout.write(`\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
       `bench/results/latest.md, latest.json\n`);
-    return r.exitCode === 0 ? 0 : 1;
+    const rl = await runloopRows([], outDir);
+    return r.exitCode === 0 && rl === 0 ? 0 : 1;
   } finally {
     rmSync(runDir, { recursive: true, force: true });
   }

@@ -20,7 +20,14 @@ export interface LaunchSpec {
   vmm: VmmName;
   memMiB: number;
   cmdline: string;
+  /** The device to assign; '' for none (the run-loop rows, bench/runloop.ts). */
   bdf: string;
+  /** vCPUs (default 1; the null VMM has one). */
+  vcpus?: number;
+  /** A QMP socket (tsvmm, QEMU). */
+  qmp?: string;
+  /** Another build of tsvmm to run instead of this one (a before/after comparison). */
+  tsvmmJs?: string;
   /** Run under `strace -f -T -e trace=ioctl`, writing to this file. */
   straceOut?: string;
   /** null VMM only: guest RAM in a memfd, like tsvmm's (a diagnostic). */
@@ -39,20 +46,21 @@ export function command(s: LaunchSpec): string[] {
     case 'tsvmm': {
       const cfg = join(scratch(), `tsvmm-${s.memMiB}.json`);
       writeFileSync(cfg, JSON.stringify({
-        name: 'bench', memory: `${s.memMiB}M`, vcpus: 1, kernel: { path: guestElf }, cmdline: s.cmdline,
-        serial: { output: 'stdout' }, devices: [{ type: 'vfio-pci', id: 'edu', host: s.bdf }],
+        name: 'bench', memory: `${s.memMiB}M`, vcpus: s.vcpus ?? 1, kernel: { path: guestElf }, cmdline: s.cmdline,
+        serial: { output: 'stdout' }, devices: s.bdf ? [{ type: 'vfio-pci', id: 'edu', host: s.bdf }] : [],
       }));
-      argv = [process.execPath, tsvmmJs, 'run', cfg];
+      argv = [process.execPath, s.tsvmmJs ?? tsvmmJs, 'run', cfg, ...(s.qmp ? ['--qmp', s.qmp] : [])];
       break;
     }
     case 'qemu':
-      argv = [QEMU, '-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', `${s.memMiB}M`, '-smp', '1',
+      argv = [QEMU, '-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', `${s.memMiB}M`, '-smp', String(s.vcpus ?? 1),
         '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
-        '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-device', `vfio-pci,host=${s.bdf}`,
+        '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', ...(s.bdf ? ['-device', `vfio-pci,host=${s.bdf}`] : []),
+        ...(s.qmp ? ['-qmp', `unix:${s.qmp},server=on,wait=off`] : []),
         '-kernel', guestElf, '-append', s.cmdline];
       break;
     case 'null':
-      argv = [nullVmm, '--kernel', guestElf, '--cmdline', s.cmdline, '--mem', String(s.memMiB), '--device', s.bdf, ...(s.memfd ? ['--memfd'] : [])];
+      argv = [nullVmm, '--kernel', guestElf, '--cmdline', s.cmdline, '--mem', String(s.memMiB), ...(s.bdf ? ['--device', s.bdf] : []), ...(s.memfd ? ['--memfd'] : [])];
       break;
   }
   if (s.straceOut) argv = ['strace', '-f', '-qq', '-T', '--seccomp-bpf', '-e', 'trace=ioctl', '-o', s.straceOut, ...argv];

@@ -18,6 +18,9 @@ import { findHostDevice } from './vfio/sysfs.js';
 import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
+import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
+import { AcpiSleepControl } from '../hw/acpi-pm.js';
+import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../hw/i8042.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -108,6 +111,16 @@ export class Machine {
       this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });
       this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
       this.vm.io.root.addSubregion(DEBUG_EXIT_PORT, new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region);
+      // PC board devices, as QEMU's pc/q35 have them whatever the guest: without ACPI, Linux
+      // reboots through the keyboard controller's reset line; with it, powers off by the ACPI
+      // sleep registers the FADT names (core/loader/linux.ts writes the tables).
+      const i8042 = new I8042({ onReset: () => this.requestExit(0, 'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)') });
+      this.vm.io.root.addSubregion(I8042_DATA_PORT, i8042.data);
+      this.vm.io.root.addSubregion(I8042_COMMAND_PORT, i8042.command);
+      this.vm.io.root.addSubregion(ACPI_SLEEP_CONTROL_PORT, new AcpiSleepControl({
+        onPowerOff: () => this.requestExit(0, 'guest powered off (ACPI S5)'),
+        onOther: (v) => console.error(`tsvmm: guest asked for sleep state SLP_TYP=${(v >> 2) & 7}, which is not offered; ignored`),
+      }).region);
       const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
       this.vm.memory.root.addSubregion(0, pciMem, -1);
       this.pciBus = new PciBus(pciMem, this.vm.io.root, 2 ** 52);
@@ -255,14 +268,14 @@ export class Machine {
   }
 
   /**
-   * system_reset: with the vCPU parked and no I/O half done, every assigned device is reset, the
-   * guest image and boot information are loaded again and the boot vCPU starts at the entry point,
-   * as after power-on (RAM is not cleared, as on real hardware). One vCPU only: application
-   * processors are not put back into wait-for-SIPI.
+   * system_reset: with every vCPU parked and no I/O half done, the irqchip, PIT and every vCPU go
+   * back to their power-on state (application processors wait for INIT/SIPI again), every
+   * assigned device is reset, the guest image and boot information are loaded again and the boot
+   * vCPU starts at the entry point (RAM is not cleared, as on real hardware).
    */
   async systemReset(): Promise<void> {
-    if (this.vm.vcpus.length > 1) throw new Error(`system_reset supports VMs with one vCPU (this one has ${this.vm.vcpus.length})`);
     await this.vm.reset(() => {
+      this.vm.resetToPowerOn();
       for (const d of this.devices) d.reset();
       this.loadGuest();
     });

@@ -24,6 +24,8 @@ export type GsiRoute =
   | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }
   | { gsi: number; type: 'irqchip'; irqchip: number; pin: number };
 
+export type KvmStateName = 'regs' | 'sregs' | 'fpu' | 'lapic' | 'mpState' | 'vcpuEvents' | 'xcrs' | 'irqchip' | 'pit2';
+
 export interface KvmRunLayout {
   immediateExit: number; exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number;
   ioDataOffset: number; mmioPhysAddr: number; mmioData: number; mmioLen: number; mmioIsWrite: number;
@@ -76,8 +78,27 @@ export interface Native {
   // eventfd
   eventfd(initval: number, flags: number): number;
   // vCPU kick
-  threadPrepareKick(signo: number): bigint;
+  /** Installs the kick handler; unblocks signo in this thread, or with block blocks it (taken only inside KVM_RUN). */
+  threadPrepareKick(signo: number, block?: boolean): bigint;
   threadKick(thread: bigint, signo: number): void;
+  /** Takes every pending instance of a blocked signo; returns how many. */
+  threadEatSignal(signo: number): number;
+  // loop watcher (loop-watcher.cc): kicks the thread running vCPU 0 when the event loop has work
+  loopWatcherCreate(runPage: ArrayBuffer, immediateExitOffset: number, thread: bigint, signo: number): unknown;
+  /** Returns the loop's timeout it watches with (ms, -1 none), at most maxWaitMs. */
+  loopWatcherArm(h: unknown, maxWaitMs?: number): number;
+  /** Watches for an earlier deadline if code on the loop's thread started a timer; true when it did. */
+  loopWatcherRefresh(h: unknown): boolean;
+  /** Returns whether it fired since the arm; no kick follows. */
+  loopWatcherDisarm(h: unknown): boolean;
+  loopWatcherFired(h: unknown): boolean;
+  loopWatcherStats(h: unknown): number;
+  loopWatcherDestroy(h: unknown): void;
+  // KVM state blobs (kvm-state.cc), for snapshot/restore on reset
+  kvmGetState(fd: number, name: KvmStateName, chipId?: number): Uint8Array;
+  kvmSetState(fd: number, name: KvmStateName, bytes: Uint8Array): void;
+  /** KVM_RUN runs with this thread's signal mask minus these signals. */
+  kvmSetSignalMask(vcpuFd: number, unblock: number[]): void;
   // KVM system / VM
   kvmGetApiVersion(kvmFd: number): number;
   kvmCreateVm(kvmFd: number, type: number): number;

@@ -11,6 +11,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitIommufd(env, exports);
   tsvmm::InitSocket(env, exports);
   tsvmm::InitPoll(env, exports);
+  tsvmm::InitLoopWatcher(env, exports);
+  tsvmm::InitKvmState(env, exports);
   return exports;
 }
 

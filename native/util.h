@@ -73,6 +73,8 @@ void InitVfio(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
+void InitLoopWatcher(Napi::Env env, Napi::Object exports);
+void InitKvmState(Napi::Env env, Napi::Object exports);
 
 #define TSVMM_EXPORT(exports, name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
 

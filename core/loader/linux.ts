@@ -10,9 +10,7 @@ import type { Machine } from '../machine.js';
 import { native } from '../native.js';
 import { LoaderError, type E820Entry } from './multiboot.js';
 import { buildInitramfs } from './initramfs.js';
-import { ACPI_SLEEP_CONTROL_PORT, ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
-import { AcpiSleepControl } from '../../hw/acpi-pm.js';
-import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../../hw/i8042.js';
+import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
 import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../../hw/mptable.js';
 import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN } from '../../hw/pci.js';
 
@@ -239,10 +237,10 @@ export function isBzImage(image: Uint8Array): boolean {
 }
 
 /**
- * Everything a Linux guest needs from the machine, on top of the PC devices it already has: the
- * initrd (a file, or the initramfs built from the config), ACPI and MP tables in the BIOS area,
- * the ACPI sleep registers (power-off → exit 0), and
- * the boot vCPU in long mode at the kernel's 64-bit entry.
+ * Everything a Linux guest needs in memory and registers, on top of the PC devices the machine
+ * has (i8042, ACPI sleep registers: core/machine.ts): the initrd (a file, or the initramfs built
+ * from the config), ACPI and MP tables in the BIOS area, and the boot vCPU in long mode at the
+ * kernel's 64-bit entry. Wires no devices, so loading again (system_reset) adds nothing.
  */
 export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { base: number; end: number } }): LinuxBootLayout {
   const k = m.config.kernel;
@@ -254,10 +252,6 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { ba
     initrd = new Uint8Array(readFileSync(k.initrd));
     initrdName = k.initrd;
   }
-  // Without ACPI, Linux reboots through the keyboard controller's reset line.
-  const i8042 = new I8042({ onReset: () => m.requestExit(0, 'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)') });
-  m.vm.io.root.addSubregion(I8042_DATA_PORT, i8042.data);
-  m.vm.io.root.addSubregion(I8042_COMMAND_PORT, i8042.command);
   // The reset vector: Linux reboots by jumping to F000:FFF0 in real mode when it has no other way
   // (with a hardware-reduced FADT it skips the ACPI reset register, tries EFI, then the BIOS), so
   // the "BIOS" there resets the way the FADT says: 6 to port 0xCF9, which ends the VM.
@@ -276,10 +270,6 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { ba
   m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
   const cpuid1 = m.kvm.supportedCpuid().find((e) => e.function === 1);
   m.ram.set(buildMpTable(MP_TABLE_ADDR, { cpus: m.vm.vcpus.length, cpuSignature: cpuid1?.eax ?? 0, cpuFeatures: cpuid1?.edx ?? 0, pciIrqs }), MP_TABLE_ADDR);
-  m.vm.io.root.addSubregion(ACPI_SLEEP_CONTROL_PORT, new AcpiSleepControl({
-    onPowerOff: () => m.requestExit(0, 'guest powered off (ACPI S5)'),
-    onOther: (v) => console.error(`tsvmm: guest asked for sleep state SLP_TYP=${(v >> 2) & 7}, which is not offered; ignored`),
-  }).region);
 
   const layout = loadLinux(m.ram, {
     image, path: k.path, cmdline: linuxCmdline(m.config.cmdline), e820: m.e820, lowRamEnd: low.addr + low.size, acpiRsdp: acpi.rsdp,

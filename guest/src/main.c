@@ -68,7 +68,7 @@ static void parse_word(char *word, struct options *o) {
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -189,6 +189,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (bench_mode(o.test)) rc = test_bench(&o);
   else if (streq(o.test, "mtty")) rc = test_mtty(&o);
   else if (streq(o.test, "hotplug")) rc = test_hotplug(&o);
+  else if (streq(o.test, "smp")) rc = test_smp(&o);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }

@@ -8,7 +8,9 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostDevice } from '../../helpers/testhost-env.js';
-import { describe, linuxKernel, parseInterrupts, sampleConfig, tsvmmRun } from '../../helpers/linux.js';
+import { cli, describe, linuxEnv, linuxKernel, parseInterrupts, sampleConfig, tsvmmRun } from '../../helpers/linux.js';
+import { RawQmp } from '../../helpers/hotplug.js';
+import { lockedBytes } from '../../../core/vfio/limits.js';
 import { buildInitramfs } from '../../../core/loader/initramfs.js';
 import { PCI_INTX_GSI_BASE } from '../../../core/machine.js';
 
@@ -58,6 +60,58 @@ test('nvme passthrough: Linux\'s nvme driver reads the known pattern (sha256 mat
   assert.match(r.stderr, POWERED_OFF, describe(r));
   checkNvmeOutput(r.stdout, describe(r));
   console.log(`# linux nvme: ${(r.ms / 1000).toFixed(1)} s`);
+});
+
+test('4 vCPUs: Linux brings up all four CPUs (ACPI MADT, INIT/SIPI) and nvme still reads the pattern', { timeout: 300_000 }, async () => {
+  hostDevice('nvme');
+  const r = await tsvmmRun(sampleConfig('linux-nvme', (c) => {
+    c.vcpus = 4;
+    c.kernel.initramfs.script = `echo "cpus online: $(grep -c ^processor /proc/cpuinfo)"\n${nvmeScript(process.env.TSVMM_TESTHOST_NVME_BYTES!)}`;
+  }), { timeoutMs: 280_000 });
+  assert.equal(r.code, 0, describe(r));
+  assert.match(r.stderr, POWERED_OFF, describe(r));
+  assert.match(r.stdout, /^cpus online: 4\r?$/m, `Linux did not see 4 CPUs\n${describe(r)}`);
+  checkNvmeOutput(r.stdout, describe(r));
+  console.log(`# linux 4 vCPUs nvme: ${(r.ms / 1000).toFixed(1)} s`);
+});
+
+test('system_reset of a 2-vCPU Linux guest with nvme: it boots to userspace again, both CPUs come up, nvme reads right, pinned memory unchanged', { timeout: 420_000 }, async () => {
+  hostDevice('nvme');
+  const want = process.env.TSVMM_TESTHOST_NVME_SHA256!;
+  const cfg = sampleConfig('linux-nvme', (c) => {
+    c.vcpus = 2;
+    c.kernel.initramfs.script = `echo "cpus online: $(grep -c ^processor /proc/cpuinfo)"\necho "sha256: $(head -c ${process.env.TSVMM_TESTHOST_NVME_BYTES} /dev/nvme0n1 | sha256sum)"\necho "userspace ready"\nsleep 100000`;
+  });
+  const sock = join(process.env.TSVMM_TESTHOST_RUN_DIR!, `reset-${process.pid}.sock`);
+  const child = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { env: { ...process.env, ...linuxEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout.on('data', (b: Buffer) => { out += b.toString('latin1'); });
+  child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  const count = (re: RegExp) => (out.match(re) ?? []).length;
+  const until = async (f: () => boolean, what: string, ms = 180_000) => {
+    for (let t = 0; t < ms && !f(); t += 100) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(f(), `${what}\n--- serial ---\n${out}\n--- stderr ---\n${err}`);
+  };
+  try {
+    await until(() => count(/^userspace ready\r?$/gm) === 1, 'the first boot did not reach userspace');
+    const q = await RawQmp.open(sock);
+    assert.ok((await q.next()).QMP);
+    await q.cmd('qmp_capabilities');
+    const pinned = lockedBytes(child.pid!);
+    assert.ok(pinned > 0, 'no guest memory pinned for nvme');
+    assert.deepEqual(await q.cmd('system_reset'), { return: {} });
+    await until(() => count(/^userspace ready\r?$/gm) === 2, 'after system_reset the guest did not boot to userspace again');
+    assert.equal(count(/^cpus online: 2\r?$/gm), 2, `both boots see 2 CPUs\n${out}`);
+    assert.equal(count(new RegExp(`^sha256: ${want}\\b`, 'gm')), 2, `both boots read the nvme pattern\n${out}`);
+    assert.equal(lockedBytes(child.pid!), pinned, 'pinned memory changed across the reset');
+    assert.doesNotMatch(err, /already|overlap/i, err);
+    await q.cmd('quit');
+    assert.equal(await exited, 0, err);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
 });
 
 test('pci=nomsi: nvme on INTx, routed by the DSDT\'s _PRT to its IOAPIC GSI (level, resampled irqfd), reads the pattern', { timeout: 240_000 }, async () => {

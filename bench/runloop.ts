@@ -1,0 +1,204 @@
+// Run-loop rows (issue 12), on a KVM without VFIO: this machine's /dev/kvm when it has one, else
+// inside the test host (nested KVM under TCG). Rounds interleave the VMMs; ratios come from one run.
+//   pio   trapped port-I/O round trips/s (test=bench-pio): tsvmm vs QEMU -accel kvm vs the null VMM
+//   qmp   QMP query-status round trip while the guest exits as fast as it can (20 per launch)
+//   ap    trapped port-I/O round trips/s from an application processor (2 vCPUs, test=smp count=MS)
+//   sigint  SIGINT → process exit while the guest exits as fast as it can
+// With TSVMM_BENCH_BASELINE=/other/checkout/dist/bin/tsvmm.js the same rows for that build too
+// ("before" numbers of a change).
+//
+//   node dist/bench/runloop.js [--rounds N] [--phase-ms MS] [--out FILE]   (runs where it is)
+import { createConnection } from 'node:net';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { guestStatus, hostTscKhz, launch, parseDone, type LaunchSpec } from './vmm.js';
+import { summarize, type VmmName } from './stats.js';
+
+export type Column = VmmName | 'tsvmm-before';
+export interface RunloopResults {
+  date: string;
+  where: string;
+  rounds: number;
+  phaseMs: number;
+  /** Per column, per metric, the samples. */
+  samples: Partial<Record<Column, Record<string, number[]>>>;
+  errors: string[];
+}
+
+const log = (s: string) => process.stderr.write(`bench runloop: ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function spec(col: Column, cmdline: string, extra: Partial<LaunchSpec> = {}): LaunchSpec {
+  const base = process.env.TSVMM_BENCH_BASELINE;
+  return { vmm: col === 'tsvmm-before' ? 'tsvmm' : col, memMiB: 64, cmdline, bdf: '', ...(col === 'tsvmm-before' && base ? { tsvmmJs: base } : {}), ...extra };
+}
+
+/** query-status round trips (ms) over one QMP connection. */
+async function qmpRoundTrips(path: string, n: number): Promise<number[]> {
+  const s = createConnection(path);
+  s.setEncoding('utf8');
+  let buf = '';
+  const waiters: (() => void)[] = [];
+  const lines: string[] = [];
+  s.on('data', (c: string) => {
+    buf += c;
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const l = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (!l.includes('"event"')) { lines.push(l); waiters.shift()?.(); }
+    }
+  });
+  const next = async () => {
+    if (!lines.length) await Promise.race([new Promise<void>((r) => waiters.push(r)), sleep(10_000)]);
+    const l = lines.shift();
+    if (l === undefined) throw new Error('no QMP reply within 10 s');
+    return l;
+  };
+  try {
+    await new Promise<void>((res, rej) => { s.once('connect', res); s.once('error', rej); });
+    await next();
+    s.write('{"execute":"qmp_capabilities"}\n');
+    await next();
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t = performance.now();
+      s.write('{"execute":"query-status"}\n');
+      const r = await next();
+      if (!r.includes('"return"')) throw new Error(`query-status: ${r}`);
+      out.push(performance.now() - t);
+    }
+    return out;
+  } finally {
+    s.destroy();
+  }
+}
+
+async function waitFor(pred: () => boolean, ms: number): Promise<boolean> {
+  for (let t = 0; t < ms && !pred(); t += 20) await sleep(20);
+  return pred();
+}
+
+export async function runRunloopBench(o: { rounds: number; phaseMs: number; where: string }): Promise<RunloopResults> {
+  const tscKhz = hostTscKhz();
+  const cols: Column[] = ['tsvmm', ...(process.env.TSVMM_BENCH_BASELINE ? ['tsvmm-before' as const] : []), 'qemu', 'null'];
+  const res: RunloopResults = { date: new Date().toISOString(), where: o.where, rounds: 0, phaseMs: o.phaseMs, samples: {}, errors: [] };
+  const add = (c: Column, k: string, v: number | number[]) => {
+    const m = (res.samples[c] ??= {});
+    (m[k] ??= []).push(...(Array.isArray(v) ? v : [v]));
+  };
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-runloop-'));
+  try {
+    for (let r = 0; r < o.rounds; r++) {
+      const order = cols.map((_, i) => cols[(i + r) % cols.length]!);
+      for (const c of order) {
+        // Port I/O round trips, and for tsvmm/QEMU the QMP round trips and SIGINT in the same kind of loop.
+        const sock = join(dir, `qmp-${c}-${r}.sock`);
+        const withQmp = c !== 'null';
+        const long = withQmp ? 60_000 : o.phaseMs;
+        let rate: number | undefined;
+        const l = launch(spec(c, `test=bench-pio count=${o.phaseMs}`), (line) => {
+          const d = parseDone(line);
+          if (d?.phase === 'pio') rate = d.n / (d.ticks / (tscKhz * 1000));
+        }, 60_000);
+        const code = await l.done;
+        if (rate !== undefined && guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0) add(c, 'pio', rate);
+        else res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+        if (withQmp) {
+          const q = launch(spec(c, `test=bench-pio count=${long}`, { qmp: sock }), () => {}, 90_000);
+          try {
+            if (!(await waitFor(() => q.lines.includes('bench pio armed'), 30_000))) throw new Error('guest did not arm');
+            await sleep(800); // past its 500 ms settle: in the exit loop
+            add(c, 'qmp', await qmpRoundTrips(sock, 20));
+            const t = performance.now();
+            q.child.kill('SIGINT');
+            const done = await Promise.race([q.done.then(() => true), sleep(10_000).then(() => false)]);
+            if (done) add(c, 'sigint', performance.now() - t);
+            else res.errors.push(`${c} round ${r + 1}: SIGINT did not end it within 10 s`);
+          } catch (e) {
+            res.errors.push(`${c} qmp round ${r + 1}: ${(e as Error).message} ${q.stderr.slice(-300)}`);
+          } finally {
+            q.child.kill('SIGKILL');
+            await q.done;
+            rmSync(sock, { force: true });
+          }
+          // An application processor's trapped I/O (the null VMM has no APs).
+          let apRate: number | undefined;
+          const a = launch(spec(c, `test=smp count=${o.phaseMs}`, { vcpus: 2 }), (line) => {
+            const d = parseDone(line);
+            if (d?.phase === 'ap') apRate = d.n / (d.ticks / (tscKhz * 1000));
+          }, 60_000);
+          const ac = await a.done;
+          if (apRate !== undefined) add(c, 'ap', apRate);
+          else res.errors.push(`${c} ap round ${r + 1}: exit ${ac}: ${a.lines.slice(-3).join(' | ')} ${a.stderr.slice(-300)}`);
+        }
+        log(`round ${r + 1}/${o.rounds} ${c}: ${Object.entries(res.samples[c] ?? {}).map(([k, v]) => `${k}=${v[v.length - 1]!.toPrecision(4)}`).join(' ')}`);
+      }
+      res.rounds = r + 1;
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return res;
+}
+
+/** The markdown rows: medians (min–max) and tsvmm's ratios against each other column. */
+export function renderRunloop(r: RunloopResults): string {
+  const cols = (['tsvmm', 'tsvmm-before', 'qemu', 'null'] as Column[]).filter((c) => r.samples[c]);
+  const metrics: { id: string; label: string; unit: string; digits: number; better: 'higher' | 'lower'; stat?: 'max' }[] = [
+    { id: 'pio', label: 'Trapped port-I/O round trips', unit: '/s', digits: 0, better: 'higher' },
+    { id: 'ap', label: 'Trapped port I/O from an AP (2 vCPUs)', unit: '/s', digits: 0, better: 'higher' },
+    { id: 'qmp', label: 'QMP query-status under exit load, median', unit: 'ms', digits: 2, better: 'lower' },
+    { id: 'qmp', label: 'QMP query-status under exit load, max of 20', unit: 'ms', digits: 2, better: 'lower', stat: 'max' },
+    { id: 'sigint', label: 'SIGINT → exit under exit load', unit: 'ms', digits: 0, better: 'lower' },
+  ];
+  const val = (c: Column, m: (typeof metrics)[number]) => {
+    const s = r.samples[c]?.[m.id];
+    if (m.stat === 'max') {
+      // Max of 20 per launch; the median of those maxima over the rounds.
+      const per: number[] = [];
+      for (let i = 0; s && i + 20 <= s.length; i += 20) per.push(Math.max(...s.slice(i, i + 20)));
+      return summarize(per);
+    }
+    return s ? summarize(s) : undefined;
+  };
+  const fmt = (x: number | undefined, d: number) => (x === undefined ? '–' : x.toFixed(d));
+  const head = `| Metric | ${cols.join(' | ')} | ${cols.filter((c) => c !== 'tsvmm').map((c) => `tsvmm ÷ ${c}`).join(' | ')} |`;
+  const lines = [head, `|${'---|'.repeat(1 + cols.length * 2 - 1)}`];
+  for (const m of metrics) {
+    const sums = cols.map((c) => val(c, m));
+    const t = sums[0]?.median;
+    const ratios = cols.slice(1).map((_, i) => {
+      const o = sums[i + 1]?.median;
+      return t === undefined || o === undefined || o === 0 ? '–' : `${(t / o).toFixed(2)}×`;
+    });
+    lines.push(`| ${m.label} (${m.unit}, ${m.better}) | ${sums.map((s) => (s ? `${fmt(s.median, m.digits)} (${fmt(s.min, m.digits)}–${fmt(s.max, m.digits)})` : '–')).join(' | ')} | ${ratios.join(' | ')} |`);
+  }
+  return [`Run-loop rows, ${r.date.slice(0, 10)}: ${r.where}; ${r.rounds} rounds, ${r.phaseMs} ms loops, VMMs interleaved. Medians (min–max).`, '', ...lines,
+    ...(r.errors.length ? ['', 'Errors:', ...r.errors.map((e) => `- ${e}`)] : [])].join('\n') + '\n';
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const o = { rounds: 5, phaseMs: 1000, out: '' };
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--rounds') o.rounds = Number(args[++i]);
+    else if (args[i] === '--phase-ms') o.phaseMs = Number(args[++i]);
+    else if (args[i] === '--out') o.out = args[++i]!;
+    else throw new Error(`bench/runloop: unknown argument ${args[i]}`);
+  }
+  if (!existsSync('/dev/kvm')) throw new Error('no /dev/kvm here: run through `npm run bench` (it uses the test host then)');
+  const where = process.env.TSVMM_TESTHOST === '1'
+    ? `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, Linux ${release()})`
+    : `this machine's /dev/kvm (${cpus()[0]?.model ?? '?'}, ${cpus().length} CPUs, Linux ${release()})`;
+  const r = await runRunloopBench({ ...o, where });
+  const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'runloop.json');
+  writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
+  process.stdout.write(renderRunloop(r));
+  log(`results: ${out}`);
+}
+
+if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
+  main().catch((e) => { process.stderr.write(`bench runloop: ${(e as Error).stack}\n`); process.exitCode = 1; });
+}

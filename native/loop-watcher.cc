@@ -1,0 +1,263 @@
+// Loop watcher: lets the device-model (main) thread run vCPU 0's KVM_RUN itself while Node's
+// event loop still gets served, the way embedders merge two loops (Electron polls libuv's
+// backend fd from a helper thread). Armed once per run slice, a helper thread polls the loop's
+// backend (epoll) fd with the loop's next timer timeout; when either fires it sets
+// immediate_exit in vCPU 0's kvm_run page and sends the kick signal to the main thread, once,
+// then waits for the next arm. Mechanism only: when to arm and what to do when kicked is JS's.
+#include "util.h"
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+#include <algorithm>
+#include <climits>
+#include <condition_variable>
+#include <mutex>
+
+// libuv as exported by the node binary (public API, ABI-stable within libuv 1.x); declared here
+// so the build does not need libuv's headers.
+extern "C" {
+struct uv_loop_s;
+struct uv_handle_s;
+int uv_backend_fd(const uv_loop_s *);
+void uv_update_time(uv_loop_s *);
+uint64_t uv_now(const uv_loop_s *);
+void uv_walk(uv_loop_s *, void (*)(uv_handle_s *, void *), void *);
+int uv_handle_get_type(const uv_handle_s *);
+int uv_is_active(const uv_handle_s *);
+uint64_t uv_timer_get_due_in(const uv_handle_s *);  // takes a uv_timer_t (libuv >= 1.40)
+}
+constexpr int kUvTimer = 13;  // UV_TIMER in uv_handle_type
+
+namespace tsvmm {
+
+namespace {
+
+enum class State { Idle, Armed, Fired, Stop };
+
+struct Watcher {
+  uv_loop_s *loop = nullptr;
+  int backendFd = -1;
+  int wakeFd = -1;
+  pthread_t thread{};
+  bool started = false;
+  pthread_t target{};
+  int signo = 0;
+  volatile uint8_t *immediateExit = nullptr;
+  Napi::Reference<Napi::ArrayBuffer> page;  // keeps the kvm_run mapping alive
+  std::mutex m;
+  std::condition_variable cv;
+  State state = State::Idle;
+  int64_t deadlineMs = -1;  // in uv_now()'s clock; -1: no timer
+  int64_t maxWaitMs = -1;   // the longest the loop waits for a turn (-1: no limit)
+  uint64_t gen = 0;
+  uint64_t fires = 0;
+};
+
+void *Run(void *arg) {
+  auto *w = static_cast<Watcher *>(arg);
+  std::unique_lock<std::mutex> lk(w->m);
+  for (;;) {
+    w->cv.wait(lk, [w] { return w->state == State::Armed || w->state == State::Stop; });
+    if (w->state == State::Stop) return nullptr;
+    uint64_t gen = w->gen;
+    int64_t deadline = w->deadlineMs;
+    lk.unlock();
+    int timeout = -1;
+    if (deadline >= 0) {
+      // uv_now() is CLOCK_MONOTONIC in ms (libuv's fast clock may be the coarse one: a ms early at worst).
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+      timeout = deadline > now ? static_cast<int>(std::min<int64_t>(deadline - now, INT32_MAX)) : 0;
+    }
+    struct pollfd p[2] = {{w->backendFd, POLLIN, 0}, {w->wakeFd, POLLIN, 0}};
+    int r = poll(p, 2, timeout);
+    if (r > 0 && p[1].revents) {
+      uint64_t v;
+      ssize_t n = read(w->wakeFd, &v, sizeof v);
+      (void)n;
+    }
+    lk.lock();
+    // Only the arm this poll was for may fire (a disarm or a newer arm since then wins).
+    bool due = r == 0 || (r > 0 && (p[0].revents & (POLLIN | POLLERR | POLLHUP)));
+    if (w->state == State::Armed && w->gen == gen && due) {
+      w->state = State::Fired;
+      w->fires++;
+      *w->immediateExit = 1;
+      pthread_kill(w->target, w->signo);
+    }
+  }
+}
+
+Watcher *Get(const Napi::CallbackInfo &info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "argument 0 must be a loop watcher");
+  auto *w = info[0].As<Napi::External<Watcher>>().Data();
+  if (!w->started) throw Napi::Error::New(info.Env(), "loop watcher was destroyed");
+  return w;
+}
+
+void Wake(Watcher *w) {
+  uint64_t one = 1;
+  ssize_t n = write(w->wakeFd, &one, sizeof one);
+  (void)n;
+}
+
+void Stop(Watcher *w) {
+  {
+    std::lock_guard<std::mutex> lk(w->m);
+    w->state = State::Stop;
+  }
+  w->cv.notify_one();
+  Wake(w);
+  pthread_join(w->thread, nullptr);
+  close(w->wakeFd);
+  w->started = false;
+  w->page.Reset();
+}
+
+}  // namespace
+
+// loopWatcherCreate(runPage: ArrayBuffer, immediateExitOffset, thread: bigint, signo) → handle.
+// Watches the calling thread's libuv loop; kicks `thread` (the one running vCPU 0's KVM_RUN).
+static Napi::Value LoopWatcherCreate(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "argument 0 must be the kvm_run ArrayBuffer");
+  Napi::ArrayBuffer page = info[0].As<Napi::ArrayBuffer>();
+  uint32_t off = ArgU32(info, 1);
+  if (off >= page.ByteLength()) throw Napi::RangeError::New(env, "immediate_exit offset is outside the kvm_run page");
+  auto *w = new Watcher();
+  w->immediateExit = static_cast<uint8_t *>(page.Data()) + off;
+  w->page = Napi::Persistent(page);
+  w->target = static_cast<pthread_t>(ArgU64(info, 2));
+  w->signo = ArgInt(info, 3);
+  if (napi_get_uv_event_loop(env, reinterpret_cast<struct uv_loop_s **>(&w->loop)) != napi_ok || !w->loop) {
+    delete w;
+    throw Napi::Error::New(env, "no libuv loop for this thread");
+  }
+  w->backendFd = uv_backend_fd(w->loop);
+  w->wakeFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->wakeFd < 0) {
+    int e = errno;
+    delete w;
+    ThrowErrno(env, "eventfd", e);
+  }
+  // The helper thread takes no signals (the kick and SIGINT belong to others).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int err = pthread_create(&w->thread, nullptr, Run, w);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (err != 0) {
+    close(w->wakeFd);
+    delete w;
+    ThrowErrno(env, "pthread_create", err);
+  }
+  w->started = true;
+  return Napi::External<Watcher>::New(env, w, [](Napi::Env, Watcher *w) {
+    if (w->started) Stop(w);
+    delete w;
+  });
+}
+
+// The loop's next timer, from its active timer handles (uv_backend_timeout would say 0 here:
+// called from inside a callback, the loop looks busy with the very callback that asks), capped
+// at maxWaitMs from now, which also bounds what no fd or timer announces (an immediate or
+// microtask a device queued during the slice, an fd registered during it). -1: none.
+static int64_t LoopDeadline(Watcher *w) {
+  int64_t due = -1;
+  uv_walk(w->loop, [](uv_handle_s *h, void *arg) {
+    if (uv_handle_get_type(h) != kUvTimer || !uv_is_active(h)) return;
+    auto *d = static_cast<int64_t *>(arg);
+    int64_t in = static_cast<int64_t>(std::min<uint64_t>(uv_timer_get_due_in(h), INT32_MAX));
+    if (*d < 0 || in < *d) *d = in;
+  }, &due);
+  if (w->maxWaitMs >= 0 && (due < 0 || due > w->maxWaitMs)) due = w->maxWaitMs;
+  return due < 0 ? -1 : static_cast<int64_t>(uv_now(w->loop)) + due;
+}
+
+// loopWatcherArm(h, maxWaitMs = -1): from the loop's thread, before a run slice. Clears
+// immediate_exit and starts watching; returns the timeout it watches with (ms, -1: none).
+static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
+  Watcher *w = Get(info);
+  w->maxWaitMs = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
+  uv_update_time(w->loop);
+  int64_t deadline = LoopDeadline(w);
+  {
+    std::lock_guard<std::mutex> lk(w->m);
+    *w->immediateExit = 0;
+    w->state = State::Armed;
+    w->deadlineMs = deadline;
+    w->gen++;
+  }
+  w->cv.notify_one();
+  return Napi::Number::New(info.Env(), deadline < 0 ? -1 : static_cast<double>(deadline - static_cast<int64_t>(uv_now(w->loop))));
+}
+
+// loopWatcherRefresh(h): after code ran on the loop's thread during a slice (an exit handler may
+// have started a timer or queued an immediate): watches for the earlier deadline if there is one.
+// Cheap when nothing changed (no lock, no syscall).
+static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
+  Watcher *w = Get(info);
+  int64_t deadline = LoopDeadline(w);
+  int64_t armed = w->deadlineMs;  // written only on this thread
+  if (deadline < 0 || (armed >= 0 && deadline >= armed)) return Napi::Boolean::New(info.Env(), false);
+  {
+    std::lock_guard<std::mutex> lk(w->m);
+    if (w->state != State::Armed) return Napi::Boolean::New(info.Env(), false);
+    w->deadlineMs = deadline;
+    w->gen++;
+  }
+  Wake(w);  // the poll restarts with the new deadline
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+// loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.
+static Napi::Value LoopWatcherDisarm(const Napi::CallbackInfo &info) {
+  Watcher *w = Get(info);
+  bool fired;
+  {
+    std::lock_guard<std::mutex> lk(w->m);
+    fired = w->state == State::Fired;
+    w->state = State::Idle;
+    w->gen++;
+  }
+  Wake(w);  // end a poll still waiting for this arm
+  return Napi::Boolean::New(info.Env(), fired);
+}
+
+// loopWatcherFired(h): whether the current arm fired (the loop has work).
+static Napi::Value LoopWatcherFired(const Napi::CallbackInfo &info) {
+  Watcher *w = Get(info);
+  std::lock_guard<std::mutex> lk(w->m);
+  return Napi::Boolean::New(info.Env(), w->state == State::Fired);
+}
+
+// loopWatcherStats(h) → number of kicks sent.
+static Napi::Value LoopWatcherStats(const Napi::CallbackInfo &info) {
+  Watcher *w = Get(info);
+  std::lock_guard<std::mutex> lk(w->m);
+  return Napi::Number::New(info.Env(), static_cast<double>(w->fires));
+}
+
+// loopWatcherDestroy(h): stops and joins the helper thread (idempotent).
+static Napi::Value LoopWatcherDestroy(const Napi::CallbackInfo &info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "argument 0 must be a loop watcher");
+  auto *w = info[0].As<Napi::External<Watcher>>().Data();
+  if (w->started) Stop(w);
+  return info.Env().Undefined();
+}
+
+void InitLoopWatcher(Napi::Env env, Napi::Object exports) {
+  TSVMM_EXPORT(exports, "loopWatcherCreate", LoopWatcherCreate);
+  TSVMM_EXPORT(exports, "loopWatcherArm", LoopWatcherArm);
+  TSVMM_EXPORT(exports, "loopWatcherRefresh", LoopWatcherRefresh);
+  TSVMM_EXPORT(exports, "loopWatcherDisarm", LoopWatcherDisarm);
+  TSVMM_EXPORT(exports, "loopWatcherFired", LoopWatcherFired);
+  TSVMM_EXPORT(exports, "loopWatcherStats", LoopWatcherStats);
+  TSVMM_EXPORT(exports, "loopWatcherDestroy", LoopWatcherDestroy);
+}
+
+}  // namespace tsvmm
