@@ -42,11 +42,15 @@ static const char *ap_check(void) {
   }
   static uint8_t buf[256];
   for (int i = 0; i < 256; i++) buf[i] = (uint8_t)(255 - i);
-  __asm__ volatile("cld; rep outsb" : : "S"(buf), "c"(256), "d"(SCRATCH_PORT) : "memory");
+  const void *src = buf;
+  uint32_t n = sizeof buf;
+  __asm__ volatile("cld; rep outsb" : "+S"(src), "+c"(n) : "d"(SCRATCH_PORT) : "memory");
   if (inb(SCRATCH_PORT) != 0) return "after REP OUTSB the scratch register does not hold the string's last byte";
   outb(0x5a, SCRATCH_PORT);
   memset(buf, 0, sizeof buf);
-  __asm__ volatile("cld; rep insb" : : "D"(buf), "c"(256), "d"(SCRATCH_PORT) : "memory");
+  void *dst = buf;
+  n = sizeof buf;
+  __asm__ volatile("cld; rep insb" : "+D"(dst), "+c"(n) : "d"(SCRATCH_PORT) : "memory");
   for (int i = 0; i < 256; i++)
     if (buf[i] != 0x5a) return "REP INSB did not read the scratch register's value into every byte";
   return 0;
