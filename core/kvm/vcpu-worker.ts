@@ -93,7 +93,7 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
         const size = bytes[L.ioSize]!;
         const port = page.getUint16(L.ioPort, true);
         const count = page.getUint32(L.ioCount, true);
-        const off = Number(page.getBigUint64(L.ioDataOffset, true));
+        const off = page.getUint32(L.ioDataOffset, true); // an offset into the page: the high half is 0
         if (count === 1) {
           const v = size === 1 ? bytes[off]! : size === 2 ? page.getUint16(off, true) : page.getUint32(off, true);
           const seq = post(ChanKind.Pio, isOut, size, port, isOut ? v : 0, 0, 1);
@@ -115,7 +115,7 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
         continue;
       }
       if (reason === c.KVM_EXIT_MMIO) {
-        const addr = Number(page.getBigUint64(L.mmioPhysAddr, true));
+        const addr = page.getUint32(L.mmioPhysAddr, true) + page.getUint32(L.mmioPhysAddr + 4, true) * 0x100000000;
         const len = page.getUint32(L.mmioLen, true);
         const isWrite = bytes[L.mmioIsWrite] !== 0;
         const d = L.mmioData;

@@ -163,7 +163,9 @@ export class Vm {
     const n = this.vcpus.length;
     if (n === 0) throw new Error('VM has no vCPUs');
     this.running = true;
-    // Keeps the event loop alive (and its backend timeout finite) while vCPU 0 runs in slices.
+    // The kick signal stays blocked on this thread except inside KVM_RUN (see thread.cc); APs kick this thread.
+    this.mainThread = native().threadPrepareKick(this.kickSignal, true);
+    // Keeps the event loop alive while vCPU 0 runs in slices (it may be parked with nothing else pending).
     const keepAlive = setInterval(() => {}, 2 ** 30);
     const aps = this.vcpus.slice(1);
     // The pool (a second isolate per AP) only for SMP guests.
@@ -258,8 +260,6 @@ export class Vm {
     const n = native();
     const ch = v.channel;
     v.onMainThread = true;
-    // The kick signal stays blocked on this thread except inside KVM_RUN (see thread.cc).
-    this.mainThread = n.threadPrepareKick(this.kickSignal, true);
     v.thread[0] = this.mainThread;
     n.kvmSetSignalMask(v.fd, [this.kickSignal]);
     n.threadEatSignal(this.kickSignal); // a kick left over from an earlier VM of this process
@@ -335,7 +335,7 @@ export class Vm {
           const size = bytes[L.ioSize]!;
           const port = page.getUint16(L.ioPort, true);
           const count = page.getUint32(L.ioCount, true);
-          let off = Number(page.getBigUint64(L.ioDataOffset, true));
+          let off = page.getUint32(L.ioDataOffset, true); // an offset into the page: the high half is 0
           for (let i = 0; i < count; i++, off += size) {
             if (isOut) {
               this.access(true, true, size, port, size === 1 ? bytes[off]! : size === 2 ? page.getUint16(off, true) : page.getUint32(off, true));
@@ -347,7 +347,7 @@ export class Vm {
             }
           }
         } else if (reason === KVM_EXIT_MMIO) {
-          const addr = Number(page.getBigUint64(L.mmioPhysAddr, true));
+          const addr = page.getUint32(L.mmioPhysAddr, true) + page.getUint32(L.mmioPhysAddr + 4, true) * 0x100000000;
           const len = page.getUint32(L.mmioLen, true);
           const d = L.mmioData;
           if (bytes[L.mmioIsWrite]) {
@@ -367,7 +367,7 @@ export class Vm {
         }
         if (Atomics.load(wake, Wake.KickPending)) this.serveAps();
         if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
-        // The device model may have started a timer or queued an immediate: watch for it.
+        // The device model may have started a timer (a flush, the INTx resample poll): watch for it.
         n.loopWatcherRefresh(watcher);
         if ((++k & 31) === 0 && performance.now() - t0 > this.sliceBudgetMs) {
           this.loopStats.budgetYields++;
