@@ -11,7 +11,7 @@ import type { VfioPciConfig, VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
-import { PciBus, assignBars, placeBars } from '../hw/pci.js';
+import { PciBus, assignBars, placeBars, physAddrLimit } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from './vfio/vfio.js';
 import { findHostDevice } from './vfio/sysfs.js';
@@ -110,7 +110,7 @@ export class Machine {
       this.vm.io.root.addSubregion(DEBUG_EXIT_PORT, new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region);
       const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
       this.vm.memory.root.addSubregion(0, pciMem, -1);
-      this.pciBus = new PciBus(pciMem, this.vm.io.root, 2 ** 52);
+      this.pciBus = new PciBus(pciMem, this.vm.io.root, physAddrLimit(this.kvm.supportedCpuid())); // the vCPUs get this CPUID
       this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
