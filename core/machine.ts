@@ -234,6 +234,7 @@ export class Machine {
     const image = new Uint8Array(readFileSync(k.path));
     const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
     const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
+    if (format === 'flat' && k.format === 'auto' && isElf) throw new LoaderError(`${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`);
     if (format === 'linux') {
       bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END } }); // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode
       return;
@@ -251,7 +252,7 @@ export class Machine {
       entry = k.entry ?? k.loadAddress;
     }
     const info = writeMultibootInfo(this.ram, MULTIBOOT_INFO_ADDR, this.config.cmdline, this.e820);
-    enterProtectedMode(this.vm.vcpus[0]!, entry, info);
+    enterProtectedMode(this.vm.vcpus[0]!, entry, info, this.ram);
   }
 
   /**
