@@ -410,20 +410,21 @@ export class VfioPciDevice extends PciDevice {
       for (let i = 0; i < 3; i++) this.writeRun(off + i, 1, (value >>> (8 * i)) & 0xff);
       return;
     }
-    // Command goes to both: the device needs bus mastering and decode; our BAR mapping follows it.
-    if (off <= PCI_COMMAND + 1 && off + len > PCI_COMMAND) {
-      this.cfgDeviceWrite(off, len, value);
-      this.contain('command write', () => super.configWrite(off, len, value));
-      return;
-    }
+    // Command goes to both: the device needs bus mastering and decode; our BAR mapping follows
+    // it. The device is written first, and never gets a byte tsvmm emulates.
+    const isCommand = (a: number) => a === PCI_COMMAND || a === PCI_COMMAND + 1;
     let emu = 0;
     for (let i = 0; i < len; i++) emu += this.emulated[off + i]!;
+    if (emu === 0) {
+      this.cfgDeviceWrite(off, len, value);
+      if (isCommand(off) || isCommand(off + len - 1)) this.contain('command write', () => super.configWrite(off, len, value));
+      return;
+    }
     if (emu === len) { this.contain('config write', () => super.configWrite(off, len, value)); return; }
-    if (emu === 0) { this.cfgDeviceWrite(off, len, value); return; }
     for (let i = 0; i < len; i++) {
-      const b = (value >>> (8 * i)) & 0xff;
-      if (this.emulated[off + i]) this.contain('config write', () => super.configWrite(off + i, 1, b));
-      else this.cfgDeviceWrite(off + i, 1, b);
+      const a = off + i, b = (value >>> (8 * i)) & 0xff;
+      if (!this.emulated[a]) this.cfgDeviceWrite(a, 1, b);
+      if (this.emulated[a] || isCommand(a)) this.contain('config write', () => super.configWrite(a, 1, b));
     }
   }
 
