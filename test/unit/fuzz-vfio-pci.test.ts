@@ -6,9 +6,9 @@ import { fuzzVfioPci } from '../helpers/fuzz-vfio-pci.js';
 
 const seed = Number(process.env.TSVMM_FUZZ_SEED ?? (Date.now() % 1000000));
 
-test(`vfio-pci fuzz: 200000 random accesses (seed ${seed}) keep tsvmm and the device in step, throw nothing, leak nothing`, () => {
-  const r = fuzzVfioPci({ seed, count: 200000, boardEvery: 20000 });
+test(`vfio-pci fuzz: 1000000 random accesses (seed ${seed}) keep tsvmm and the device in step, throw nothing, leak nothing`, () => {
+  const r = fuzzVfioPci({ seed, count: 1000000, boardEvery: 50000 });
   assert.deepEqual(r.violations, [], `replay with TSVMM_FUZZ_SEED=${seed}`);
-  assert.equal(r.accesses, 200000);
+  assert.equal(r.accesses, 1000000);
   assert.ok(r.boards >= 10);
 });
