@@ -75,6 +75,8 @@ export class PciDevice {
   readonly bars: (PciBar | undefined)[] = [];
   bus: PciBus | undefined;
   devfn = -1;
+  /** No BAR decodes while set (a device in D3hot). */
+  protected decodeBlocked = false;
   /** Called after a BAR moved or appeared/disappeared (vfio-pci re-checks its mmaps here). */
   protected onBarMapped?(bar: PciBar, addr: number | undefined): void;
 
@@ -158,7 +160,7 @@ export class PciDevice {
   /** Where a BAR decodes now: undefined when decoding is off or the address is not one it may take. */
   private decodeAddress(bar: PciBar, bus: PciBus): number | undefined {
     const cmd = this.command;
-    if (!(bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY)) return undefined;
+    if (this.decodeBlocked || !(bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY)) return undefined;
     const addr = this.barAddress(bar);
     // As QEMU's pci_bar_address: unprogrammed (0), a 32-bit BAR reaching the top of its
     // space (mid-sizing: all ones), or beyond the bus's space is not decoded.

@@ -20,7 +20,8 @@ import {
 } from './pci.js';
 
 const PAGE = 4096;
-const CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
+const CAP_ID_PM = 0x01, CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
+const PCI_PM_CTRL = 4, PCI_PM_CTRL_STATE_MASK = 0x3;
 
 export interface VfioPciOptions { id: string; gsi: number }
 
@@ -54,6 +55,8 @@ export class VfioPciDevice extends PciDevice {
   readonly layouts: BarLayout[] = [];
   msix: MsixLayout | undefined;
   msiCapOffset: number | undefined;
+  /** Power management capability: vfio-pci turns the BARs off (mmaps included) in D3hot. */
+  pmCapOffset: number | undefined;
   /** Emulated capabilities and the VFIO/KVM vectors behind them. */
   msixCap: MsixCap | undefined;
   msiCap: MsiCap | undefined;
@@ -141,6 +144,8 @@ export class VfioPciDevice extends PciDevice {
         this.msix = { capOffset: p, vectors: (ctrl & 0x7ff) + 1, tableBar: table & 7, tableOffset: table & ~7, pbaBar: pba & 7, pbaOffset: pba & ~7 };
       } else if (id === CAP_ID_MSI) {
         this.msiCapOffset = p;
+      } else if (id === CAP_ID_PM) {
+        this.pmCapOffset = p;
       }
     }
   }
@@ -404,6 +409,20 @@ export class VfioPciDevice extends PciDevice {
     }
   }
 
+  /**
+   * A write to PMCSR may have moved the device to D3hot, where vfio-pci refuses BAR access and
+   * its mmaps fault: the BARs stop decoding here too, so no memslot points at a refused mmap
+   * (QEMU 9.1 does the same in pci_bar_address). The state is read back: the device says.
+   */
+  private followPowerState(off: number, len: number): void {
+    const pm = this.pmCapOffset;
+    if (pm === undefined || off > pm + PCI_PM_CTRL || off + len <= pm + PCI_PM_CTRL) return;
+    const d3 = (this.cfgDeviceRead(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK) === 3;
+    if (d3 === this.decodeBlocked) return;
+    this.decodeBlocked = d3;
+    this.updateMappings();
+  }
+
   /** Bytes [off, off+len) of a config write that lie outside the emulated capabilities. */
   private writeRun(off: number, len: number, value: number): void {
     if (len === 3) { // only possible around a capability edge: go byte by byte
@@ -418,6 +437,7 @@ export class VfioPciDevice extends PciDevice {
     if (emu === 0) {
       this.cfgDeviceWrite(off, len, value);
       if (isCommand(off) || isCommand(off + len - 1)) this.contain('command write', () => super.configWrite(off, len, value));
+      this.followPowerState(off, len);
       return;
     }
     if (emu === len) { this.contain('config write', () => super.configWrite(off, len, value)); return; }
@@ -440,6 +460,7 @@ export class VfioPciDevice extends PciDevice {
     } else {
       try { dev.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, PCI_COMMAND, 2, 0); } catch { /* gone */ }
     }
+    this.decodeBlocked = false; // a reset device is in D0
     super.reset();
     this.disableIntx(); // a line left asserted and masked by the old guest starts afresh
     this.enableIntx();

@@ -10,8 +10,8 @@
  * every offset of the header and the MSI/MSI-X capabilities, BAR moves (over RAM, the LAPIC,
  * IOAPIC, each other, sizing, above 4 GiB), command bits, MSI-X table/PBA traffic, BAR reads
  * wherever the BARs are — then everything is put back and both devices must still work.
- * Left out on purpose: the PM and PCIe capabilities (D3 or FLR behind the VMM's back is a
- * different problem) and writes to edu's DMA registers (QEMU 7.2 aborts on some DMA values). */
+ * nvme's PMCSR is in the mix (D3hot and back). Left out on purpose: the PCIe capability (an FLR
+ * started there is not followed yet) and edu's DMA registers (QEMU 7.2 aborts on some values). */
 #include "guest.h"
 
 #define EDU_ID 0x00
@@ -31,8 +31,10 @@ struct dev {
   const char *name;
   uint32_t bdf, bar0, size;
   bool bar64;
-  uint8_t msi, msix;
+  uint8_t msi, msix, pm;
 };
+#define PCI_CAP_PM 0x01
+#define PM_CTRL 4
 
 static bool find(struct dev *d, const char *name, uint16_t vendor, uint16_t device, uint32_t size) {
   d->name = name;
@@ -51,10 +53,15 @@ static bool find(struct dev *d, const char *name, uint16_t vendor, uint16_t devi
   d->size = size;
   d->msi = pci_find_cap(d->bdf, PCI_CAP_MSI);
   d->msix = pci_find_cap(d->bdf, PCI_CAP_MSIX);
+  d->pm = pci_find_cap(d->bdf, PCI_CAP_PM);
   return true;
 }
 
 static void put_back(const struct dev *d) {
+  if (d->pm && (pci_read16(d->bdf, d->pm + PM_CTRL) & 3)) {
+    pci_write16(d->bdf, d->pm + PM_CTRL, 0); /* D0 */
+    delay_ms(10);                            /* D3hot -> D0 recovery time (PCI PM 1.2: 10 ms) */
+  }
   pci_write16(d->bdf, PCI_COMMAND, 0);
   pci_write32(d->bdf, 0x10, d->bar0);
   if (d->bar64) pci_write32(d->bdf, 0x14, 0);
@@ -89,6 +96,20 @@ static const char *sub_bar_high(const struct dev *n) {
   }
   pci_write32(n->bdf, 0x14, 0); /* back, with decode still on */
   (void)mmio_read32(n->bar0 + NVME_MSIX_TABLE + 0x800); /* a trapped piece past the table */
+  return nvme_alive(n);
+}
+
+/* D3hot through PMCSR: the BAR must stop decoding (a memslot on the refused mmap would kill
+ * the VMM at the next access), and come back in D0. */
+static const char *sub_d3(const struct dev *n) {
+  if (!n->pm) return "nvme has no PM capability";
+  pci_write16(n->bdf, n->pm + PM_CTRL, 3);
+  uint16_t pmcsr = pci_read16(n->bdf, n->pm + PM_CTRL);
+  uint32_t vs = mmio_read32(n->bar0 + NVME_VS);
+  printf("%s d3: pmcsr=0x%04x vs=0x%08x\n", n->name, pmcsr, vs);
+  if ((pmcsr & 3) != 3) return "the device did not enter D3hot";
+  if (vs != 0xffffffffu) return "BAR0 still answers in D3hot";
+  put_back(n);
   return nvme_alive(n);
 }
 
@@ -167,6 +188,7 @@ int test_hostile(const struct options *o) {
   pci_write16(n.bdf, PCI_COMMAND, PCI_CMD_MEM | PCI_CMD_MASTER);
   pci_write16(e.bdf, PCI_COMMAND, PCI_CMD_MEM | PCI_CMD_MASTER);
   result("hostile-bar-high", sub_bar_high(&n));
+  result("hostile-d3", sub_d3(&n));
   result("hostile-shadow", sub_shadow(&e));
   result("hostile-msi-dword", sub_msi_dword(&e));
   return both_work(o, &e, &n);
@@ -188,12 +210,13 @@ static uint32_t bar_value(const struct dev *d) {
 }
 
 static uint8_t conf_reg(const struct dev *d) {
-  switch (rnd() % 6) {
+  switch (rnd() % 7) {
   case 0: return PCI_COMMAND + (uint8_t)(rnd() % 4);
   case 1: return 0x10 + (uint8_t)(rnd() % 24);
   case 2: return (uint8_t)(rnd() % 0x40);
   case 3: if (d->msi) return d->msi + (uint8_t)(rnd() % 24); return 0x3c;
   case 4: if (d->msix) return d->msix + (uint8_t)(rnd() % 16); return 0x30;
+  case 5: if (d->pm) return d->pm + PM_CTRL; return 0x30 + (uint8_t)(rnd() % 16);
   default: return 0x30 + (uint8_t)(rnd() % 16);
   }
 }
@@ -201,6 +224,7 @@ static uint8_t conf_reg(const struct dev *d) {
 static uint32_t conf_value(const struct dev *d, uint8_t reg) {
   if (reg >= 0x10 && reg < 0x28) return (reg & 3) ? rnd() : bar_value(d);
   if (reg >= 4 && reg < 8) return rnd() & (0x0407 | 0xf9000000u); /* decode bits; status W1C */
+  if (d->pm && reg == d->pm + PM_CTRL) return rnd() & 3;              /* power state (PME bits stay) */
   return rnd();
 }
 

@@ -2,7 +2,8 @@
 // pure-logic tests and the in-process fuzzer: no kernel, no device. It behaves like vfio-pci
 // where the model depends on it: config space with the device's own write mask (BARs, ROM and
 // the MSI/MSI-X capabilities are the VMM's to emulate, so a write reaching them is recorded as a
-// violation), BAR accesses refused (EIO) while the device's decode bit is off, SET_IRQS checked
+// violation), BAR accesses refused (EIO) while the device's decode bit is off or it is in D3hot
+// (its PM capability is real: PMCSR reaches the device), SET_IRQS checked
 // for valid eventfds. KVM_SET_USER_MEMORY_REGION is modelled too: EINVAL beyond `kvmPhysLimit`,
 // EEXIST for an overlapping slot, slot bookkeeping to compare with tsvmm's.
 import { fstatSync } from 'node:fs';
@@ -29,7 +30,7 @@ export interface FakeOptions {
   msiMask?: boolean;
 }
 
-export const MSIX_CAP = 0x40, MSI_CAP = 0x50;
+export const MSIX_CAP = 0x40, MSI_CAP = 0x50, PM_CAP = 0x70;
 
 /** The device: BAR0 mem64 16 KiB (registers + MSI-X table at 0x2000, PBA at 0x3000), BAR2 mem32
  *  256 bytes, BAR4 io 32 bytes; MSI-X (8 vectors) at 0x40, MSI at 0x50, INTx pin A. */
@@ -68,7 +69,9 @@ export class FakeVfioDevice {
     v.setUint32(MSIX_CAP + 4, 0x2000, true);
     v.setUint32(MSIX_CAP + 8, 0x3000, true);
     // MSI: 1 vector capable.
-    this.config[MSI_CAP] = 0x05; this.config[MSI_CAP + 1] = 0;
+    this.config[MSI_CAP] = 0x05; this.config[MSI_CAP + 1] = PM_CAP;
+    this.config[PM_CAP] = 0x01; this.config[PM_CAP + 1] = 0; // power management, PMCSR at +4
+    v.setUint16(PM_CAP + 2, 0x0003, true);
     v.setUint16(MSI_CAP + 2, (opts.msi64 ? 0x80 : 0) | (opts.msiMask ? 0x100 : 0), true);
     this.msiSize = (opts.msi64 ? 14 : 10) + (opts.msiMask ? 10 : 0);
     this.bars[0] = new Uint8Array(0x4000);
@@ -90,6 +93,7 @@ export class FakeVfioDevice {
   get isPci(): boolean { return true; }
   get canReset(): boolean { return true; }
   get command(): number { return this.config[4]! | (this.config[5]! << 8); }
+  get d3(): boolean { return (this.config[PM_CAP + 4]! & 3) === 3; }
   get liveMappings(): number { return this.mapped; }
 
   /** Bits of config space the device itself lets a write change (its own registers). */
@@ -97,6 +101,7 @@ export class FakeVfioDevice {
     if (off === 4) return 0x47;        // IO, MEM, MASTER, parity
     if (off === 5) return 0x05;        // SERR, INTx disable
     if (off === 0x0c || off === 0x0d || off === 0x3c) return 0xff;
+    if (off === PM_CAP + 4) return 0x03; // power state
     return 0;
   }
 
@@ -138,7 +143,7 @@ export class FakeVfioDevice {
     const b = this.bars[region];
     if (!b || off + size > b.length) throw syscallError('EINVAL', 'pread');
     const on = region === 4 ? this.command & 1 : this.command & 2;
-    if (!on) throw syscallError('EIO', 'pread');
+    if (!on || this.d3) throw syscallError('EIO', 'pread');
     return b;
   }
 
@@ -168,6 +173,7 @@ export class FakeVfioDevice {
   reset(): boolean {
     this.resets++;
     this.config[4] = 0; this.config[5] = 0;
+    this.config[PM_CAP + 4] = 0;
     this.irqState.clear();
     return true;
   }

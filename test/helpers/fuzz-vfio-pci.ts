@@ -5,11 +5,11 @@
 // and RAM — with random BAR/command/capability state, and invariants checked as it goes:
 //   - nothing the guest does throws;
 //   - tsvmm's command register is the device's; no write reaches a byte tsvmm emulates;
-//   - each BAR decodes exactly where the rules say (or KVM refused the place);
+//   - each BAR decodes exactly where the rules say (or KVM refused the place), never in D3hot;
 //   - tsvmm's memslots are KVM's, numbers in use = live slots ≤ the limit, no overlap;
 //   - at teardown no slot, mapping, GSI route, irqfd or fd is left.
 import { readdirSync } from 'node:fs';
-import { fakeBoard, MSI_CAP, MSIX_CAP } from './fake-vfio-pci.js';
+import { fakeBoard, MSI_CAP, MSIX_CAP, PM_CAP } from './fake-vfio-pci.js';
 import { guestEvents, PCI_COMMAND, type PciBar } from '../../hw/pci.js';
 import type { VfioPciDevice } from '../../hw/vfio-pci.js';
 
@@ -82,7 +82,7 @@ export function fuzzVfioPci(opts: { seed: number; count: number; boardEvery?: nu
           } else if (op < 9) {
             // direct config write, any alignment (what an ECAM access or a buggy bridge could do)
             const w = rng.pick(WIDTHS);
-            const off = rng.pick([rng.below(257 - w), MSI_CAP + rng.below(26) - 1, MSIX_CAP + rng.below(14) - 1, PCI_COMMAND - 1 + rng.below(4)]);
+            const off = rng.pick([rng.below(257 - w), MSI_CAP + rng.below(26) - 1, MSIX_CAP + rng.below(14) - 1, PCI_COMMAND - 1 + rng.below(4), PM_CAP + 3 + rng.below(3)]);
             if (off >= 0 && off + w <= 256) dev.configWrite(off, w, rng.u32());
             else dev.configRead(Math.max(0, Math.min(off, 256 - w)), w);
           } else if (op < 13) {
@@ -98,6 +98,7 @@ export function fuzzVfioPci(opts: { seed: number; count: number; boardEvery?: nu
             // a burst of sane set-up, so that traffic also runs with everything decoding
             b.cfgWrite(0x10, 4, 0xc0000000); b.cfgWrite(0x14, 4, 0); b.cfgWrite(0x18, 4, 0xc0004000); b.cfgWrite(0x20, 4, 0xc000);
             b.cfgWrite(PCI_COMMAND, 2, 0x7);
+            b.cfgWrite(PM_CAP + 4, 2, 0);
           }
         } catch (e) {
           violate(`exception escaped (op ${op}): ${(e as Error).stack ?? String(e)}`);
@@ -135,7 +136,7 @@ function checkState(dev: VfioPciDevice, b: ReturnType<typeof fakeBoard>, kvmLimi
     const addr = dev.barAddress(bar);
     const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem32' ? 0xffffffff : bus.memLimit;
     const holes = bar.type === 'io' ? bus.ioHoles : bus.memHoles;
-    const ok = on && addr !== 0 && addr + bar.size - 1 < limit && !holes.some((h) => addr < h.end && h.start < addr + bar.size);
+    const ok = on && !b.fake.d3 && addr !== 0 && addr + bar.size - 1 < limit && !holes.some((h) => addr < h.end && h.start < addr + bar.size);
     if (bar.mappedAt !== undefined && (!ok || bar.mappedAt !== addr)) violate(`BAR${bar.index} decodes at 0x${bar.mappedAt.toString(16)}; the rules say ${ok ? `0x${addr.toString(16)}` : 'nowhere'}`);
     // A placement that failed (out of memslots) is not retried until the guest touches the BAR
     // or the command register again, as QEMU's: counted by guestEvents.

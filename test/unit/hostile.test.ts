@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { MemoryRegion, type Section } from '../../core/memory/index.js';
 import { KvmMemslots } from '../../core/kvm/memslots.js';
 import { guestEvents, physAddrLimit, PCI_COMMAND } from '../../hw/pci.js';
-import { fakeBoard, FakeKvm, MSI_CAP, MSIX_CAP } from '../helpers/fake-vfio-pci.js';
+import { fakeBoard, FakeKvm, MSI_CAP, MSIX_CAP, PM_CAP } from '../helpers/fake-vfio-pci.js';
 
 /** Captures what guestEvents prints during fn. */
 function captureLog<T>(fn: () => T): { result: T; lines: string[] } {
@@ -154,4 +154,19 @@ test('no guest action throws into the exit loop: GSI exhaustion on MSI-X table w
   });
   assert.equal(b.kvm.msiRoutes.size, 2, 'two GSIs were free');
   assert.equal(lines.filter((l) => /out of GSIs/.test(l)).length, 1, lines.join('\n'));
+});
+
+test('D3hot through the PM capability: the BARs stop decoding (no memslot on a refused mmap), and decode again in D0', () => {
+  const b = fakeBoard({ msi64: true });
+  b.cfgWrite(0x10, 4, 0xc0000000); b.cfgWrite(PCI_COMMAND, 2, 0x6);
+  assert.equal(b.dev.bars[0]!.mappedAt, 0xc0000000);
+  const slots = b.memslots.slots().length;
+  b.cfgWrite(PM_CAP + 4, 4, 0x3); // PMCSR: D3hot
+  assert.equal(b.fake.d3, true, 'PMCSR reached the device');
+  assert.equal(b.dev.bars[0]!.mappedAt, undefined);
+  assert.ok(b.memslots.slots().every((s) => s.gpa < 0xc0000000), 'no memslot left on the BAR');
+  assert.equal(Number(b.memory.read(0xc0000010, 4)), 0xffffffff);
+  b.cfgWrite(PM_CAP + 4, 2, 0x0);
+  assert.equal(b.dev.bars[0]!.mappedAt, 0xc0000000);
+  assert.equal(b.memslots.slots().length, slots);
 });

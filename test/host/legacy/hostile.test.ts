@@ -40,7 +40,7 @@ test('a 64-bit BAR placed where KVM cannot map it (EINVAL): the command still re
   // address width, stops such a BAR before KVM is asked; the next test covers that).
   const { r, logged, slotCheck, fdsLeaked } = await hostile('test=hostile', { onStart: (m) => { m.pciBus.memLimit = 2 ** 52; } });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}\n${logged.join('\n')}`);
-  for (const t of ['hostile-bar-high', 'hostile-shadow', 'hostile-msi-dword', ...DEVICE_OK]) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
+  for (const t of ['hostile-bar-high', 'hostile-d3', 'hostile-shadow', 'hostile-msi-dword', ...DEVICE_OK]) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
   const refused = logged.filter((l) => /vfio1: BAR0 cannot decode at 0x8000000000000 .*KVM_SET_USER_MEMORY_REGION/.test(l));
   assert.equal(refused.length, 1, `the refusal is logged once:\n${logged.join('\n')}`);
   assert.ok((guestEvents.counts.get('vfio1:bar0:map') ?? 0) >= 20, 'and counted every time');
@@ -52,7 +52,7 @@ test('a 64-bit BAR placed where KVM cannot map it (EINVAL): the command still re
 test('BARs beyond the vCPU\'s physical address width or over the LAPIC/IOAPIC do not decode there (no KVM call, debug level); the devices work after', async () => {
   const { r, logged } = await hostile('test=hostile');
   assert.equal(r.status, 0, `${r.reason}\n${r.output}\n${logged.join('\n')}`);
-  for (const t of ['hostile-bar-high', 'hostile-shadow', 'hostile-msi-dword', ...DEVICE_OK]) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
+  for (const t of ['hostile-bar-high', 'hostile-d3', 'hostile-shadow', 'hostile-msi-dword', ...DEVICE_OK]) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
   assert.ok((guestEvents.counts.get('vfio1:bar0:limit') ?? 0) >= 20, `beyond the width: ${JSON.stringify([...guestEvents.counts])}`);
   assert.ok((guestEvents.counts.get('vfio0:bar0:hole:the LAPIC/MSI window') ?? 0) >= 1);
   assert.ok((guestEvents.counts.get('vfio0:bar0:hole:the IOAPIC') ?? 0) >= 1);
