@@ -41,7 +41,7 @@ test('a 64-bit BAR placed where KVM cannot map it (EINVAL): the command still re
   const { r, logged, slotCheck, fdsLeaked } = await hostile('test=hostile', { onStart: (m) => { m.pciBus.memLimit = 2 ** 52; } });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}\n${logged.join('\n')}`);
   for (const t of ['hostile-bar-high', 'hostile-d3', 'hostile-shadow', 'hostile-msi-dword', ...DEVICE_OK]) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
-  const refused = logged.filter((l) => /vfio1: BAR0 cannot decode at 0x8000000000000 .*KVM_SET_USER_MEMORY_REGION/.test(l));
+  const refused = logged.filter((l) => /vfio1: BAR0 cannot decode at 0x8000[0-9a-f]{9} \(.*KVM_SET_USER_MEMORY_REGION/.test(l));
   assert.equal(refused.length, 1, `the refusal is logged once:\n${logged.join('\n')}`);
   assert.ok((guestEvents.counts.get('vfio1:bar0:map') ?? 0) >= 20, 'and counted every time');
   assert.ok(slotCheck && slotCheck.numbers === slotCheck.slots, `memslot numbers in use = live slots: ${JSON.stringify(slotCheck)}`);
@@ -62,12 +62,12 @@ test('BARs beyond the vCPU\'s physical address width or over the LAPIC/IOAPIC do
 });
 
 /** CI-sized here; `npm run fuzz` sets TSVMM_FUZZ_COUNT for the long run. */
-const count = Number(process.env.TSVMM_FUZZ_COUNT ?? 20000);
+const count = Number(process.env.TSVMM_FUZZ_COUNT ?? 5000);
 const seed = Number(process.env.TSVMM_FUZZ_SEED ?? (Date.now() % 1000000));
 
 test(`guest fuzzer: ${count} seeded random conf1/BAR/MSI-X accesses on edu + nvme, then both devices work and nothing is left pinned`, async () => {
   const t0 = Date.now();
-  const { r, logged, fdsLeaked } = await hostile(`test=fuzz seed=${seed} count=${count}`, { timeoutMs: Math.max(240000, count * 2) });
+  const { r, logged, fdsLeaked } = await hostile(`test=fuzz seed=${seed} count=${count}`, { timeoutMs: Math.max(240000, count * 20) });
   const secs = (Date.now() - t0) / 1000;
   console.log(`guest fuzz: seed=${seed} accesses=${count} time=${secs.toFixed(1)}s verdict=${r.status === 0 ? 'pass' : 'FAIL'}`);
   assert.equal(r.status, 0, `seed=${seed}: ${r.reason}\n${r.output.slice(-4000)}\n${logged.join('\n')}`);
