@@ -11,7 +11,7 @@ import type { VfioPciConfig, VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
-import { PciBus, assignBars, placeBars } from '../hw/pci.js';
+import { PciBus, assignBars, placeBars, physAddrLimit } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from './vfio/vfio.js';
 import { findHostDevice } from './vfio/sysfs.js';
@@ -123,7 +123,7 @@ export class Machine {
       }).region);
       const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
       this.vm.memory.root.addSubregion(0, pciMem, -1);
-      this.pciBus = new PciBus(pciMem, this.vm.io.root, 2 ** 52);
+      this.pciBus = new PciBus(pciMem, this.vm.io.root, physAddrLimit(this.kvm.supportedCpuid())); // the vCPUs get this CPUID
       this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
 
@@ -247,6 +247,7 @@ export class Machine {
     const image = new Uint8Array(readFileSync(k.path));
     const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
     const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
+    if (format === 'flat' && k.format === 'auto' && isElf) throw new LoaderError(`${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`);
     if (format === 'linux') {
       bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END } }); // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode
       return;
@@ -264,7 +265,7 @@ export class Machine {
       entry = k.entry ?? k.loadAddress;
     }
     const info = writeMultibootInfo(this.ram, MULTIBOOT_INFO_ADDR, this.config.cmdline, this.e820);
-    enterProtectedMode(this.vm.vcpus[0]!, entry, info);
+    enterProtectedMode(this.vm.vcpus[0]!, entry, info, this.ram);
   }
 
   /**

@@ -2,7 +2,8 @@
 // change), BARs that the guest sizes and places, and BAR decoding that maps each BAR's memory
 // region into the bus's memory or I/O space when the command register enables it (QEMU's
 // pci_update_mappings). Device models (emulated or vfio-pci) subclass PciDevice.
-import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
+import { MemoryRegion, memoryTransaction, inMemoryTransaction } from '../core/memory/index.js';
+import type { CpuidEntry } from '../core/native.js';
 
 export const PCI_VENDOR_ID = 0x00, PCI_DEVICE_ID = 0x02, PCI_COMMAND = 0x04, PCI_STATUS = 0x06;
 export const PCI_REVISION_ID = 0x08, PCI_CLASS_PROG = 0x09, PCI_HEADER_TYPE = 0x0e;
@@ -25,6 +26,46 @@ export interface PciBar {
 
 export const BAR_UNMAPPED = -1;
 
+/**
+ * What a guest does wrong (or oddly) is the VMM's problem to contain, not to crash on or to
+ * flood the log with: each kind of event is printed once (then only counted). Debug events are
+ * printed only with TSVMM_DEBUG set.
+ */
+export const guestEvents = {
+  counts: new Map<string, number>(),
+  sink: (line: string): void => { console.error(line); },
+  report(level: 'error' | 'debug', key: string, message: () => string): void {
+    const n = (this.counts.get(key) ?? 0) + 1;
+    this.counts.set(key, n);
+    if (n === 1 && (level === 'error' || process.env.TSVMM_DEBUG)) this.sink(`tsvmm: ${message()}${level === 'error' ? ' (logged once)' : ''}`);
+  },
+};
+
+/** A range of guest-physical memory (or ports) where no BAR may decode: [start, end). */
+export interface DecodeHole { start: number; end: number; what: string }
+
+/**
+ * Where a PC never lets a PCI BAR win (the chipset routes these elsewhere first): the legacy
+ * first MiB (RAM, VGA, option ROMs, BIOS), the IOAPIC page and the LAPIC/MSI window. Ports:
+ * the ISA range below 0x1000 (conf1 at 0xcf8 lives there: a BAR over it would cut the guest
+ * off from config space for good).
+ */
+export const PC_MEM_HOLES: readonly DecodeHole[] = [
+  { start: 0, end: 0x100000, what: 'the legacy first MiB' },
+  { start: 0xfec00000, end: 0xfec01000, what: 'the IOAPIC' },
+  { start: 0xfee00000, end: 0xfef00000, what: 'the LAPIC/MSI window' },
+];
+export const PC_IO_HOLES: readonly DecodeHole[] = [{ start: 0, end: 0x1000, what: 'the ISA port range' }];
+
+/**
+ * The first guest-physical address beyond the vCPU's physical address width (CPUID
+ * 0x80000008 EAX[7:0]); 36 bits when the leaf is absent (the architectural default).
+ */
+export function physAddrLimit(cpuid: readonly CpuidEntry[]): number {
+  const bits = (cpuid.find((e) => e.function === 0x80000008)?.eax ?? 36) & 0xff;
+  return 2 ** Math.min(Math.max(bits || 36, 32), 52);
+}
+
 export class PciDevice {
   readonly config = new Uint8Array(PCI_CONFIG_SIZE);
   /** Bits the guest may write. */
@@ -34,6 +75,8 @@ export class PciDevice {
   readonly bars: (PciBar | undefined)[] = [];
   bus: PciBus | undefined;
   devfn = -1;
+  /** No BAR decodes while set (a device in D3hot). */
+  protected decodeBlocked = false;
   /** Called after a BAR moved or appeared/disappeared (vfio-pci re-checks its mmaps here). */
   protected onBarMapped?(bar: PciBar, addr: number | undefined): void;
 
@@ -114,28 +157,62 @@ export class PciDevice {
     if (touchesBars) this.updateMappings();
   }
 
-  /** Re-evaluates every BAR against the command register; moves regions that changed. */
+  /** Where a BAR decodes now: undefined when decoding is off or the address is not one it may take. */
+  private decodeAddress(bar: PciBar, bus: PciBus): number | undefined {
+    const cmd = this.command;
+    if (this.decodeBlocked || !(bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY)) return undefined;
+    const addr = this.barAddress(bar);
+    // As QEMU's pci_bar_address: unprogrammed (0), a 32-bit BAR reaching the top of its
+    // space (mid-sizing: all ones), or beyond the bus's space is not decoded.
+    const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem32' ? 0xffffffff : bus.memLimit;
+    if (addr === 0 || addr + bar.size - 1 >= limit) {
+      if (addr !== 0 && bar.type === 'mem64') guestEvents.report('debug', `${this.name}:bar${bar.index}:limit`, () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} lies beyond the guest's physical address width (limit 0x${bus.memLimit.toString(16)}): not decoded`);
+      return undefined;
+    }
+    const hole = (bar.type === 'io' ? bus.ioHoles : bus.memHoles).find((h) => addr < h.end && h.start < addr + bar.size);
+    if (hole) {
+      guestEvents.report('debug', `${this.name}:bar${bar.index}:hole:${hole.what}`, () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} overlaps ${hole.what}: not decoded there`);
+      return undefined;
+    }
+    return addr;
+  }
+
+  /**
+   * Re-evaluates every BAR against the command register; moves regions that changed. Never
+   * throws: a move a memory listener refuses (KVM_SET_USER_MEMORY_REGION failing for an
+   * address KVM cannot map, out of memslots) is undone, so that BAR does not decode there, as
+   * on hardware where nothing answers at such an address; it is logged once.
+   */
   updateMappings(): void {
     const bus = this.bus;
     if (!bus) return;
-    const cmd = this.command;
-    memoryTransaction(() => {
-      for (const bar of this.bars) {
-        if (!bar) continue;
-        const enabled = bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY;
-        let addr: number | undefined = enabled ? this.barAddress(bar) : undefined;
-        // As QEMU's pci_bar_address: unprogrammed (0), a 32-bit BAR reaching the top of its
-        // space (mid-sizing: all ones), or beyond the bus's space is not decoded.
-        const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem32' ? 0xffffffff : bus.memLimit;
-        if (addr !== undefined && (addr === 0 || addr + bar.size - 1 >= limit)) addr = undefined;
-        if (addr === bar.mappedAt) continue;
-        const space = bar.type === 'io' ? bus.ioSpace : bus.memSpace;
-        if (bar.mappedAt !== undefined) space.removeSubregion(bar.region);
-        bar.mappedAt = addr;
-        if (addr !== undefined) space.addSubregion(addr, bar.region, 1);
-        this.onBarMapped?.(bar, addr);
+    // Inside a caller's transaction, listener errors surface at its end; nothing to undo here.
+    const nested = inMemoryTransaction();
+    for (const bar of this.bars) {
+      if (!bar) continue;
+      const addr = this.decodeAddress(bar, bus);
+      if (addr === bar.mappedAt) continue;
+      const space = bar.type === 'io' ? bus.ioSpace : bus.memSpace;
+      const from = bar.mappedAt;
+      try {
+        memoryTransaction(() => {
+          if (from !== undefined) space.removeSubregion(bar.region);
+          bar.mappedAt = addr;
+          if (addr !== undefined) space.addSubregion(addr, bar.region, 1);
+        });
+      } catch (e) {
+        if (nested) throw e;
+        guestEvents.report('error', `${this.name}:bar${bar.index}:map`, () => `${this.name}: BAR${bar.index} cannot decode at 0x${(addr ?? from ?? 0).toString(16)} (${(e as Error).message}); it does not decode there`);
+        // Out of the address space entirely: whatever the listeners managed is undone with it.
+        try {
+          if (bar.region.parent === space) memoryTransaction(() => space.removeSubregion(bar.region));
+        } catch (e2) {
+          guestEvents.report('error', `${this.name}:bar${bar.index}:unmap`, () => `${this.name}: BAR${bar.index}: undoing a failed placement failed too (${(e2 as Error).message})`);
+        }
+        bar.mappedAt = undefined;
       }
-    });
+      this.onBarMapped?.(bar, bar.mappedAt);
+    }
   }
 
   /** Unmaps every BAR (device removal). */
@@ -165,9 +242,16 @@ export class PciBus {
   /**
    * @param memSpace container where memory BARs are placed (guest-physical addresses)
    * @param ioSpace  container where I/O BARs are placed (ports)
-   * @param memLimit memory BARs beyond this are not decoded
+   * @param memLimit memory BARs beyond this are not decoded (the guest's physical address width)
+   * @param holes    ranges where no BAR decodes (a PC's by default)
    */
-  constructor(readonly memSpace: MemoryRegion, readonly ioSpace: MemoryRegion, readonly memLimit: number) {}
+  constructor(readonly memSpace: MemoryRegion, readonly ioSpace: MemoryRegion, public memLimit: number,
+    holes: { mem?: readonly DecodeHole[]; io?: readonly DecodeHole[] } = {}) {
+    this.memHoles = holes.mem ?? PC_MEM_HOLES;
+    this.ioHoles = holes.io ?? PC_IO_HOLES;
+  }
+  readonly memHoles: readonly DecodeHole[];
+  readonly ioHoles: readonly DecodeHole[];
 
   /** Plugs a device at slot (or the first free one), function 0. */
   attach(dev: PciDevice, slot?: number): void {

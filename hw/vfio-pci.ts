@@ -16,11 +16,12 @@ import { MsixCap, type MsiMessage } from './msix.js';
 import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
 import {
   PciDevice, PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN,
-  PCI_ROM_ADDRESS, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_CONFIG_SIZE, type BarType,
+  PCI_ROM_ADDRESS, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_CONFIG_SIZE, guestEvents, type BarType,
 } from './pci.js';
 
 const PAGE = 4096;
-const CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
+const CAP_ID_PM = 0x01, CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
+const PCI_PM_CTRL = 4, PCI_PM_CTRL_STATE_MASK = 0x3;
 
 export interface VfioPciOptions { id: string; gsi: number }
 
@@ -54,6 +55,8 @@ export class VfioPciDevice extends PciDevice {
   readonly layouts: BarLayout[] = [];
   msix: MsixLayout | undefined;
   msiCapOffset: number | undefined;
+  /** Power management capability: vfio-pci turns the BARs off (mmaps included) in D3hot. */
+  pmCapOffset: number | undefined;
   /** Emulated capabilities and the VFIO/KVM vectors behind them. */
   msixCap: MsixCap | undefined;
   msiCap: MsiCap | undefined;
@@ -96,6 +99,38 @@ export class VfioPciDevice extends PciDevice {
 
   private emulate(off: number, len: number): void { this.emulated.fill(1, off, off + len); }
 
+  /** A BAR access for the guest: beyond the real BAR (grown to a page) or refused by the device
+   *  reads as all-ones and drops writes, as a master abort would. */
+  private regionRead(index: number, off: number, size: number, regionSize: number): number | bigint {
+    const ones = size === 8 ? 0xffffffffffffffffn : 2 ** (8 * size) - 1;
+    if (off + size > regionSize) return ones;
+    try {
+      return this.assigned.device.read(index, off, size);
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:bar${index}:read`, () => `${this.name}: BAR${index} read at +0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`);
+      return ones;
+    }
+  }
+
+  private regionWrite(index: number, off: number, size: number, value: number | bigint, regionSize: number): void {
+    if (off + size > regionSize) return;
+    try {
+      this.assigned.device.write(index, off, size, value);
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:bar${index}:write`, () => `${this.name}: BAR${index} write at +0x${off.toString(16)} failed (${(e as Error).message}); dropped`);
+    }
+  }
+
+  /** Runs guest-triggered work (a config write, an MSI-X table write) so that no error of it
+   *  reaches the vCPU exit loop: it is logged once per kind instead. */
+  private contain(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:${what}`, () => `${this.name}: ${what} failed (${(e as Error).message})`);
+    }
+  }
+
   private findCapabilities(): void {
     if (!(this.config[PCI_STATUS]! & PCI_STATUS_CAP_LIST)) return;
     const seen = new Set<number>();
@@ -109,6 +144,8 @@ export class VfioPciDevice extends PciDevice {
         this.msix = { capOffset: p, vectors: (ctrl & 0x7ff) + 1, tableBar: table & 7, tableOffset: table & ~7, pbaBar: pba & 7, pbaOffset: pba & ~7 };
       } else if (id === CAP_ID_MSI) {
         this.msiCapOffset = p;
+      } else if (id === CAP_ID_PM) {
+        this.pmCapOffset = p;
       }
     }
   }
@@ -133,16 +170,21 @@ export class VfioPciDevice extends PciDevice {
       this.layouts.push(layout);
       const container = MemoryRegion.container(`${this.name}-bar${i}`, virtualSize);
       // Everything not mmap'd is trapped and forwarded to the device fd.
-      container.addSubregion(0, MemoryRegion.io(`${this.name}-bar${i}-trap`, virtualSize, {
-        read: (off, sz) => {
+      // Trapped accesses (and emulated accesses to the mmap'd pieces) use pread/pwrite on the
+      // region, never the mmap: vfio-pci answers a refused access (decode off, reset, D3) with
+      // an error there, which reads as all-ones, where the mmap would raise SIGBUS.
+      const index = i; // i moves on past a 64-bit BAR's upper half below: capture this BAR's
+      const barIo = (base: number) => ({
+        read: (off: number, sz: number) => {
           if (this.resampleWatch) this.pollResample();
-          return off + sz <= size ? dev.read(i, off, sz) : sz === 8 ? 0xffffffffffffffffn : 2 ** (8 * sz) - 1;
+          return this.regionRead(index, base + off, sz, size);
         },
-        write: (off, sz, val) => {
+        write: (off: number, sz: number, val: number | bigint) => {
           if (this.resampleWatch) this.pollResample();
-          if (off + sz <= size) dev.write(i, off, sz, val);
+          this.regionWrite(index, base + off, sz, val, size);
         },
-      }), 0);
+      });
+      container.addSubregion(0, MemoryRegion.io(`${this.name}-bar${i}-trap`, virtualSize, barIo(0)), 0);
       for (const piece of layout.mmaps) {
         let map;
         try {
@@ -153,7 +195,7 @@ export class VfioPciDevice extends PciDevice {
           continue;
         }
         const region = MemoryRegion.ramDevice(`${this.name}-bar${i}@0x${piece.offset.toString(16)}`, piece.size,
-          { hostAddr: map.addr, bytes: new Uint8Array(map.buffer), fd: dev.fd });
+          { hostAddr: map.addr, fd: dev.fd }, { ops: barIo(piece.offset) });
         container.addSubregion(piece.offset, region, 1);
         this.cleanups.push(() => dev.munmap(map.buffer));
       }
@@ -251,7 +293,7 @@ export class VfioPciDevice extends PciDevice {
     const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSIX_IRQ_INDEX!, Math.min(m.vectors, irq.count));
     this.msixVectors = vectors;
     const cap: MsixCap = new MsixCap({ ...m, name: this.name }, {
-      onControl: (enabled) => {
+      onControl: (enabled) => this.contain('MSI-X enable/disable', () => {
         if (enabled) {
           this.disableIntx();
           vectors.enableEmpty();
@@ -259,11 +301,11 @@ export class VfioPciDevice extends PciDevice {
           vectors.disable();
           this.enableIntx();
         }
-      },
-      vectorUse: (v, msg) => this.vectorUse(vectors, v, msg),
-      vectorRelease: (v) => { vectors.setMasked(v, true); },
-      notify: (v) => vectors.fire(v),
-      pbaPoll: (first, end) => { for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v); },
+      }),
+      vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, v, msg)),
+      vectorRelease: (v) => this.contain('MSI-X vector mask', () => { vectors.setMasked(v, true); }),
+      notify: (v) => this.contain('MSI-X delivery', () => vectors.fire(v)),
+      pbaPoll: (first, end) => this.contain('MSI-X PBA poll', () => { for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v); }),
     });
     cap.writeCapabilityTo(this.config, this.wmask);
     this.emulate(m.capOffset, 12);
@@ -291,13 +333,13 @@ export class VfioPciDevice extends PciDevice {
     const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX!, count);
     this.msiVectors = vectors;
     const cap: MsiCap = new MsiCap({ capOffset: p, vectors: count, is64bit, perVectorMask }, {
-      onControl: (enabled) => {
+      onControl: (enabled) => this.contain('MSI enable/disable', () => {
         if (enabled) this.disableIntx();
         else { vectors.disable(); this.enableIntx(); }
-      },
-      vectorUse: (v, msg) => this.vectorUse(vectors, v, msg),
-      vectorRelease: (v) => { vectors.setMasked(v, true); },
-      notify: (v) => vectors.fire(v),
+      }),
+      vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, v, msg)),
+      vectorRelease: (v) => this.contain('MSI vector mask', () => { vectors.setMasked(v, true); }),
+      notify: (v) => this.contain('MSI delivery', () => vectors.fire(v)),
     });
     cap.writeCapabilityTo(this.config, this.wmask);
     this.msiCapSize = msiCapSize(is64bit, perVectorMask);
@@ -306,12 +348,29 @@ export class VfioPciDevice extends PciDevice {
   }
 
   // --- config space ----------------------------------------------------------------------------
+  private cfgDeviceRead(off: number, size: number): number {
+    try {
+      return Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size));
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:config-read`, () => `${this.name}: config read at 0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`);
+      return 0xffffffff >>> (32 - 8 * size);
+    }
+  }
+
+  private cfgDeviceWrite(off: number, size: number, value: number): void {
+    try {
+      this.assigned.device.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size, value);
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:config-write`, () => `${this.name}: config write at 0x${off.toString(16)} failed (${(e as Error).message}); dropped`);
+    }
+  }
+
   override configRead(off: number, size: number): number {
     if (off + size > PCI_CONFIG_SIZE) return 0xffffffff >>> (32 - 8 * size);
     let emu = 0;
     for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
     if (emu === size) return super.configRead(off, size);
-    const real = Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size));
+    const real = this.cfgDeviceRead(off, size);
     if (emu === 0) return real;
     const virt = super.configRead(off, size);
     let v = 0;
@@ -319,35 +378,73 @@ export class VfioPciDevice extends PciDevice {
     return v >>> 0;
   }
 
+  /**
+   * A guest config write, of any width and alignment, split by what each byte belongs to (as
+   * QEMU decides by overlap): bytes of the MSI-X or MSI capability run that capability's state
+   * machine (it ignores the bytes outside it); the rest go to the device, to tsvmm's copy, or
+   * (command register) to both — the device first, so that whatever tsvmm then fails to map,
+   * the device and tsvmm agree on what the guest wrote.
+   */
   override configWrite(off: number, size: number, value: number): void {
-    if (off + size > PCI_CONFIG_SIZE) return;
-    // Writes to the emulated MSI/MSI-X capabilities run their state machines (which mirror
-    // the registers into this.config for reads).
+    if (off + size > PCI_CONFIG_SIZE || size < 1) return;
+    const inCap = new Uint8Array(size);
+    const overlap = (start: number, len: number) => off < start + len && start < off + size;
+    const mark = (start: number, len: number) => { for (let i = 0; i < size; i++) if (off + i >= start && off + i < start + len) inCap[i] = 1; };
     const m = this.msix;
-    if (this.msixCap && m && off >= m.capOffset && off + size <= m.capOffset + 12) {
-      this.msixCap.configWrite(off - m.capOffset, size, value);
-      return;
+    if (this.msixCap && m && overlap(m.capOffset, 12)) {
+      mark(m.capOffset, 12);
+      this.contain('MSI-X capability write', () => this.msixCap!.configWrite(off - m.capOffset, size, value));
     }
     const p = this.msiCapOffset;
-    if (this.msiCap && p !== undefined && off >= p && off + size <= p + this.msiCapSize) {
-      this.msiCap.configWrite(off - p, size, value);
+    if (this.msiCap && p !== undefined && overlap(p, this.msiCapSize)) {
+      mark(p, this.msiCapSize);
+      this.contain('MSI capability write', () => this.msiCap!.configWrite(off - p, size, value));
+    }
+    for (let i = 0; i < size;) {
+      if (inCap[i]) { i++; continue; }
+      let j = i;
+      while (j < size && !inCap[j]) j++;
+      this.writeRun(off + i, j - i, ((value >>> (8 * i)) & (0xffffffff >>> (32 - 8 * (j - i)))) >>> 0);
+      i = j;
+    }
+  }
+
+  /**
+   * A write to PMCSR may have moved the device to D3hot, where vfio-pci refuses BAR access and
+   * its mmaps fault: the BARs stop decoding here too, so no memslot points at a refused mmap
+   * (QEMU 9.1 does the same in pci_bar_address). The state is read back: the device says.
+   */
+  private followPowerState(off: number, len: number): void {
+    const pm = this.pmCapOffset;
+    if (pm === undefined || off > pm + PCI_PM_CTRL || off + len <= pm + PCI_PM_CTRL) return;
+    const d3 = (this.cfgDeviceRead(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK) === 3;
+    if (d3 === this.decodeBlocked) return;
+    this.decodeBlocked = d3;
+    this.updateMappings();
+  }
+
+  /** Bytes [off, off+len) of a config write that lie outside the emulated capabilities. */
+  private writeRun(off: number, len: number, value: number): void {
+    if (len === 3) { // only possible around a capability edge: go byte by byte
+      for (let i = 0; i < 3; i++) this.writeRun(off + i, 1, (value >>> (8 * i)) & 0xff);
       return;
     }
-    const cfgIndex = native().constants.VFIO_PCI_CONFIG_REGION_INDEX!;
-    // Command goes to both: the device needs bus mastering and decode; our BAR mapping follows it.
-    if (off <= PCI_COMMAND + 1 && off + size > PCI_COMMAND) {
-      super.configWrite(off, size, value);
-      this.assigned.device.write(cfgIndex, off, size, value);
-      return;
-    }
+    // Command goes to both: the device needs bus mastering and decode; our BAR mapping follows
+    // it. The device is written first, and never gets a byte tsvmm emulates.
+    const isCommand = (a: number) => a === PCI_COMMAND || a === PCI_COMMAND + 1;
     let emu = 0;
-    for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
-    if (emu === size) { super.configWrite(off, size, value); return; }
-    if (emu === 0) { this.assigned.device.write(cfgIndex, off, size, value); return; }
-    for (let i = 0; i < size; i++) {
-      const b = (value >>> (8 * i)) & 0xff;
-      if (this.emulated[off + i]) super.configWrite(off + i, 1, b);
-      else this.assigned.device.write(cfgIndex, off + i, 1, b);
+    for (let i = 0; i < len; i++) emu += this.emulated[off + i]!;
+    if (emu === 0) {
+      this.cfgDeviceWrite(off, len, value);
+      if (isCommand(off) || isCommand(off + len - 1)) this.contain('command write', () => super.configWrite(off, len, value));
+      this.followPowerState(off, len);
+      return;
+    }
+    if (emu === len) { this.contain('config write', () => super.configWrite(off, len, value)); return; }
+    for (let i = 0; i < len; i++) {
+      const a = off + i, b = (value >>> (8 * i)) & 0xff;
+      if (!this.emulated[a]) this.cfgDeviceWrite(a, 1, b);
+      if (this.emulated[a] || isCommand(a)) this.contain('config write', () => super.configWrite(a, 1, b));
     }
   }
 
@@ -363,6 +460,7 @@ export class VfioPciDevice extends PciDevice {
     } else {
       try { dev.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, PCI_COMMAND, 2, 0); } catch { /* gone */ }
     }
+    this.decodeBlocked = false; // a reset device is in D0
     super.reset();
     this.disableIntx(); // a line left asserted and masked by the old guest starts afresh
     this.enableIntx();

@@ -1,7 +1,7 @@
 // KVM memslots as a memory listener, the way QEMU's kvm_region_add/del work: every RAM-like
 // section (guest RAM, a VFIO BAR mmap) becomes a slot; a section's partial pages at either
 // end stay trapped (KVM maps whole pages only), MMIO sections are never slots.
-import { native } from '../native.js';
+import { native, type Native } from '../native.js';
 import type { MemoryListener, Section } from '../memory/index.js';
 
 const PAGE = 4096;
@@ -15,7 +15,9 @@ export class KvmMemslots implements MemoryListener {
   private readonly free: number[] = [];
   private nextSlot = 0;
 
-  constructor(private readonly vmFd: number, private readonly maxSlots: number, private readonly readonlyMem: boolean) {}
+  /** `setRegion` is KVM_SET_USER_MEMORY_REGION (replaceable for the bookkeeping's unit tests). */
+  constructor(private readonly vmFd: number, readonly maxSlots: number, private readonly readonlyMem: boolean,
+    private readonly setRegion: Native['kvmSetUserMemoryRegion'] = (fd, r) => native().kvmSetUserMemoryRegion(fd, r)) {}
 
   private static key(s: Section): string { return `${s.addr}:${s.size}`; }
 
@@ -28,12 +30,15 @@ export class KvmMemslots implements MemoryListener {
     const hva = r.backing!.hostAddr + BigInt(s.offsetInRegion + (start - s.addr));
     if (hva % BigInt(PAGE) !== 0n) return; // not congruent with a host page: leave it trapped
     if (s.readonly && !this.readonlyMem) return; // trapped ROM: reads are emulated
-    const slot = this.free.pop() ?? this.nextSlot++;
+    // The number is only taken once KVM accepted the slot: a refused placement (EINVAL for a
+    // guest-physical address beyond what KVM maps) must not use one up.
+    const slot = this.free.length ? this.free[this.free.length - 1]! : this.nextSlot;
     if (slot >= this.maxSlots) throw new Error(`out of KVM memslots (${this.maxSlots}) mapping ${r.name} at 0x${start.toString(16)}`);
-    native().kvmSetUserMemoryRegion(this.vmFd, {
+    this.setRegion(this.vmFd, {
       slot, flags: s.readonly ? native().constants.KVM_MEM_READONLY! : 0,
       guestPhysAddr: start, memorySize: end - start, userspaceAddr: hva,
     });
+    if (this.free.length) this.free.pop(); else this.nextSlot++;
     this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva });
   }
 
@@ -41,10 +46,13 @@ export class KvmMemslots implements MemoryListener {
     const k = KvmMemslots.key(s);
     const m = this.bySection.get(k);
     if (!m) return;
-    native().kvmSetUserMemoryRegion(this.vmFd, { slot: m.slot, flags: 0, guestPhysAddr: m.gpa, memorySize: 0, userspaceAddr: m.hva });
     this.bySection.delete(k);
-    this.free.push(m.slot);
+    this.setRegion(this.vmFd, { slot: m.slot, flags: 0, guestPhysAddr: m.gpa, memorySize: 0, userspaceAddr: m.hva });
+    this.free.push(m.slot); // not reused if KVM refused the delete: that slot is still live there
   }
+
+  /** Slot numbers ever handed out and not free: equals slots().length unless KVM refused a delete. */
+  get numbersInUse(): number { return this.nextSlot - this.free.length; }
 
   /** The current slots, for tests and `info`-style queries. */
   slots(): readonly Slot[] { return [...this.bySection.values()].sort((a, b) => a.gpa - b.gpa); }

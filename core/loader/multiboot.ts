@@ -80,12 +80,27 @@ const flat = (selector: number, type: number) => ({
   base: 0, limit: 0xffffffff, selector, type, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0,
 });
 
-/** Puts the boot vCPU in the multiboot machine state and points it at `entry`. */
-export function enterProtectedMode(vcpu: Vcpu, entry: number, infoAddr: number): void {
+/** Where the boot GDT goes: the start of the reserved area below 1 MiB (e820 type 2). */
+export const MULTIBOOT_GDT_ADDR = 0x9fc00;
+
+/**
+ * The flat GDT QEMU's multiboot loader and GRUB leave loaded: null, 4 GiB code at 0x08, 4 GiB
+ * data at 0x10 (accessed bits set, matching the cached segments below). Multiboot v1 leaves
+ * GDTR undefined, but guests written against those loaders reload segments (or take an
+ * interrupt) before installing their own, which must not triple-fault.
+ */
+const BOOT_GDT = [0n, 0x00cf9b000000ffffn, 0x00cf93000000ffffn];
+
+/** Puts the boot vCPU in the multiboot machine state and points it at `entry`; writes the
+ *  boot GDT into guest RAM at `gdtAddr` (keep it in reserved memory). */
+export function enterProtectedMode(vcpu: Vcpu, entry: number, infoAddr: number, ram: Uint8Array, gdtAddr = MULTIBOOT_GDT_ADDR): void {
+  const v = new DataView(ram.buffer, ram.byteOffset, ram.byteLength);
+  BOOT_GDT.forEach((d, i) => v.setBigUint64(gdtAddr + 8 * i, d, true));
   const data = flat(0x10, 0x3);
   vcpu.setSregs({
     cs: flat(0x08, 0xb), ds: data, es: data, fs: data, gs: data, ss: data,
     tr: { base: 0, limit: 0xffff, selector: 0, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0 },
+    gdt: { base: gdtAddr, limit: BOOT_GDT.length * 8 - 1 },
     cr0: 0x11, cr3: 0, cr4: 0, efer: 0,
   });
   vcpu.setRegs({

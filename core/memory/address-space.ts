@@ -167,6 +167,7 @@ export class AddressSpace implements RenderTarget {
       }
       return r.ops!.read(off, size);
     }
+    if (r.ops) return r.ops.read(off, size); // ramDevice served by callbacks
     const dv = r._view();
     if (dv === undefined || off + size > dv.byteLength) {
       this.stats.unassigned++;
@@ -192,6 +193,7 @@ export class AddressSpace implements RenderTarget {
       return;
     }
     if (s.readonly) return;
+    if (r.ops) { r.ops.write(off, size, value); return; }
     const dv = r._view();
     if (dv === undefined || off + size > dv.byteLength) {
       this.stats.unassigned++;

@@ -7,7 +7,8 @@
 //   type RegionKind = 'ram' | 'ramDevice' | 'io' | 'container' | 'alias'
 //   class MemoryRegion {
 //     static ram(name, size, backing: RamBacking, opts?: { readonly?: boolean })   // guest RAM / ROM
-//     static ramDevice(name, size, backing: RamBacking, opts?: { readonly?: boolean }) // device mmap (VFIO BAR)
+//     static ramDevice(name, size, backing: RamBacking, opts?: { readonly?: boolean; ops?: IoOps }) // device mmap (VFIO BAR);
+//                                                 // with ops, emulated accesses go to them, never to backing.bytes
 //     static io(name, size, ops: IoOps, opts?: { valid?: AccessConstraints })      // MMIO / PIO callbacks
 //     static container(name, size)
 //     static alias(name, target: MemoryRegion, offset, size, opts?: { readonly?: boolean })
@@ -78,7 +79,7 @@
 //
 // read/write find the section of the first byte. An access wholly inside it goes straight to
 // the region: io ops get offset = offsetInRegion + (addr - section.addr), values unmodified;
-// RAM uses backing.bytes little-endian. An access straddling sections, or bigger than an io
+// RAM uses backing.bytes little-endian (a ramDevice with ops: the ops). An access straddling sections, or bigger than an io
 // region's valid.maxAccessSize, is split like QEMU into the largest naturally aligned power-of-
 // two pieces that stay inside one section, each dispatched separately (values reassembled
 // little-endian). Unassigned bytes read as all-ones and drop writes (stats.unassigned++);

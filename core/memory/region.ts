@@ -110,7 +110,7 @@ export class MemoryRegion {
   readonly kind: RegionKind;
   /** ram / ramDevice only. */
   readonly backing: RamBacking | undefined;
-  /** io only. */
+  /** io; ramDevice when its emulated accesses go through callbacks. */
   readonly ops: IoOps | undefined;
   /** io only, when given at creation. */
   readonly valid: Readonly<AccessConstraints> | undefined;
@@ -169,9 +169,14 @@ export class MemoryRegion {
     return new MemoryRegion(name, 'ram', size, { backing, readonly: opts.readonly ?? false });
   }
 
-  /** A device's memory mapped into the host (a VFIO BAR mmap): RAM-like, but not guest RAM. */
-  static ramDevice(name: string, size: number, backing: RamBacking, opts: { readonly?: boolean } = {}): MemoryRegion {
-    return new MemoryRegion(name, 'ramDevice', size, { backing, readonly: opts.readonly ?? false });
+  /**
+   * A device's memory mapped into the host (a VFIO BAR mmap): RAM-like, but not guest RAM.
+   * With `ops`, accesses that have to be emulated (no KVM memslot there) go to them rather than
+   * to backing.bytes (QEMU's ram_device_mem_ops): a device may refuse the mmap (decode off,
+   * reset, D3) with SIGBUS, which a VMM must never take on the guest's behalf.
+   */
+  static ramDevice(name: string, size: number, backing: RamBacking, opts: { readonly?: boolean; ops?: IoOps } = {}): MemoryRegion {
+    return new MemoryRegion(name, 'ramDevice', size, { backing, readonly: opts.readonly ?? false, ...(opts.ops ? { ops: opts.ops } : {}) });
   }
 
   /** MMIO or port I/O emulated by callbacks. */

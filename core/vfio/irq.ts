@@ -78,10 +78,17 @@ export class VfioIrqVectors {
     if (v >= this.max) throw new RangeError(`vector ${v} ≥ ${this.max}`);
     let x = this.vectors.get(v);
     if (!x) {
-      const trigger = native().eventfd(0, EFD_NONBLOCK);
+      // A guest can exhaust GSIs: whatever was taken before a step failed is given back.
       const gsi = this.vm.gsi.allocMsi(msg);
-      this.vm.gsi.commit();
-      this.vm.irqfd(trigger, gsi);
+      const trigger = native().eventfd(0, EFD_NONBLOCK);
+      try {
+        this.vm.gsi.commit();
+        this.vm.irqfd(trigger, gsi);
+      } catch (e) {
+        closeSync(trigger);
+        this.vm.gsi.release(gsi);
+        throw e;
+      }
       x = { trigger, gsi, masked, maskFd: undefined };
       if (masked) x.maskFd = native().eventfd(0, EFD_NONBLOCK);
       this.vectors.set(v, x);

@@ -105,6 +105,7 @@ struct options {
   int vector, gsi, count;
   int dma, msi, intx;
   uint16_t dev_vendor, dev_device;
+  int seed;
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);
@@ -112,5 +113,7 @@ bool bench_mode(const char *test); int test_bench(const struct options *o); /* b
 int test_mtty(const struct options *o);
 int test_hotplug(const struct options *o);
 int test_smp(const struct options *o); /* smp.c */
+int test_hostile(const struct options *o); /* test-fuzz.c */
+int test_fuzz(const struct options *o);
 
 #endif

@@ -65,10 +65,11 @@ static void parse_word(char *word, struct options *o) {
       {"vector", offsetof(struct options, vector)}, {"gsi", offsetof(struct options, gsi)},
       {"count", offsetof(struct options, count)},   {"dma", offsetof(struct options, dma)},
       {"msi", offsetof(struct options, msi)},       {"intx", offsetof(struct options, intx)},
+      {"seed", offsetof(struct options, seed)},
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -180,7 +181,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (boot_info.flags & MBI_FLAG_MEM) printf("tsvmm-guest: memory lower %uK upper %uK\n", boot_info.mem_lower, boot_info.mem_upper);
   printf("tsvmm-guest: cmdline \"%s\"\n", cmdline);
   timer_init();
-  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010};
+  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1};
   parse_cmdline(cmdline, &o);
   int rc;
   if (!o.test) rc = demo();
@@ -190,6 +191,8 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "mtty")) rc = test_mtty(&o);
   else if (streq(o.test, "hotplug")) rc = test_hotplug(&o);
   else if (streq(o.test, "smp")) rc = test_smp(&o);
+  else if (streq(o.test, "hostile")) rc = test_hostile(&o);
+  else if (streq(o.test, "fuzz")) rc = test_fuzz(&o);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }
