@@ -111,5 +111,6 @@ int test_msix(const struct options *o);
 bool bench_mode(const char *test); int test_bench(const struct options *o); /* bench.c */
 int test_mtty(const struct options *o);
 int test_hotplug(const struct options *o);
+int test_highmem(const void *multiboot_info); /* test-highmem.c */
 
 #endif
