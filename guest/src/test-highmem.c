@@ -42,6 +42,17 @@ static volatile uint32_t *window(uint64_t pa) {
   return (volatile uint32_t *)(uintptr_t)(WINDOW + (uint32_t)(pa & (PAGE2M - 1)));
 }
 
+/* "0x..." without leading zeros (the console's printf has no 64-bit conversions). */
+static const char *hex64(uint64_t v, char *buf) {
+  char tmp[16];
+  int n = 0;
+  do tmp[n++] = "0123456789abcdef"[v & 15], v >>= 4; while (v);
+  buf[0] = '0', buf[1] = 'x';
+  for (int i = 0; i < n; i++) buf[2 + i] = tmp[n - 1 - i];
+  buf[2 + n] = 0;
+  return buf;
+}
+
 static uint32_t pattern(uint64_t pa) { return (uint32_t)(pa >> 2) * 2654435761u ^ (uint32_t)(pa >> 32) ^ 0x5a5a0000u; }
 
 int test_highmem(const void *mbi_ptr) {
@@ -53,7 +64,8 @@ int test_highmem(const void *mbi_ptr) {
   uint64_t high_base = 0, high_len = 0;
   for (uint32_t off = 0; off < mbi->mmap_length;) {
     const struct mmap_entry *e = (const void *)(uintptr_t)(mbi->mmap_addr + off);
-    printf("highmem: mmap 0x%x%08x len 0x%x%08x type %u\n", (uint32_t)(e->addr >> 32), (uint32_t)e->addr, (uint32_t)(e->len >> 32), (uint32_t)e->len, e->type);
+    char a[20], l[20];
+    printf("highmem: mmap %s len %s type %u\n", hex64(e->addr, a), hex64(e->len, l), e->type);
     if (e->type == 1 && e->addr >= 0x100000000ull && e->len > high_len) high_base = e->addr, high_len = e->len;
     off += e->size + 4;
   }
@@ -61,7 +73,8 @@ int test_highmem(const void *mbi_ptr) {
     printf("highmem: no RAM above 4 GiB in the memory map\n");
     return EXIT_FAIL;
   }
-  printf("highmem: ram above 4G at 0x%x%08x, %u MiB\n", (uint32_t)(high_base >> 32), (uint32_t)high_base, (uint32_t)(high_len >> 20));
+  char b[20];
+  printf("highmem: ram above 4G at %s, %u MiB\n", hex64(high_base, b), (uint32_t)(high_len >> 20));
   paging_on();
   uint64_t spots[3] = {high_base, high_base + (high_len / 2 & ~(uint64_t)(PAGE2M - 1)), high_base + high_len - PAGE2M};
   /* What the same offsets below 4 GiB hold before, to catch writes that wrap to low RAM. */
@@ -76,15 +89,15 @@ int test_highmem(const void *mbi_ptr) {
     volatile uint32_t *p = window(spots[s]);
     for (uint32_t i = 0; i < PATTERN_BYTES / 4; i++) {
       if (p[i] != pattern(spots[s] + i * 4)) {
-        if (bad++ < 4) printf("highmem: at 0x%x%08x read 0x%08x, wrote 0x%08x\n", (uint32_t)((spots[s] + i * 4) >> 32), (uint32_t)(spots[s] + i * 4), p[i], pattern(spots[s] + i * 4));
+        if (bad++ < 4) printf("highmem: at %s read 0x%08x, wrote 0x%08x\n", hex64(spots[s] + i * 4, b), p[i], pattern(spots[s] + i * 4));
       }
     }
     uint32_t low_now = *window(spots[s] & 0xffffffffull & ~(uint64_t)(PAGE2M - 1));
     if (low_now != low_before[s]) {
-      printf("highmem: writing 0x%x%08x changed low RAM at 0x%08x\n", (uint32_t)(spots[s] >> 32), (uint32_t)spots[s], (uint32_t)spots[s]);
+      printf("highmem: writing %s changed low RAM at 0x%08x\n", hex64(spots[s], b), (uint32_t)spots[s]);
       bad++;
     }
-    printf("highmem: spot 0x%x%08x %s\n", (uint32_t)(spots[s] >> 32), (uint32_t)spots[s], bad ? "BAD" : "ok");
+    printf("highmem: spot %s %s\n", hex64(spots[s], b), bad ? "BAD" : "ok");
   }
   if (bad) {
     printf("highmem: FAIL (%d bad words)\n", bad);
