@@ -4,7 +4,7 @@
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { GuestRam, RamBackingError } from './ram.js';
 import { MAX_VIEW_BYTES } from './native.js';
-import { fmtBytes } from './vfio/limits.js';
+import { fmtBytes, hasCapIpcLock, memlockLimit } from './vfio/limits.js';
 import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
 import { Kvm } from './kvm/kvm.js';
 import { Vm } from './kvm/vm.js';
@@ -92,7 +92,9 @@ export class Machine {
       this.checkPhysAddrBits(size);
       const lowSize = Math.min(size, LOW_RAM_END);
       if (pinned && this.guestRam.plan.note) console.error(`tsvmm: note: ${this.guestRam.plan.note}`);
-      if (pinned || config.memory.prealloc) {
+      // Prefault what will be pinned — unless the locked-memory limit will refuse the pinning
+      // (the DMA listener says so, with the fix: no point faulting in gigabytes first).
+      if ((pinned && (size <= memlockLimit() || hasCapIpcLock())) || config.memory.prealloc) {
         this.guestRam.prefault({ progress: (threads) => console.error(`tsvmm: preparing ${fmtBytes(size)} of guest RAM (${this.guestRam.plan.describe}): prefaulting on ${threads} thread(s)${pinned ? ', then pinning it for DMA' : ''}…`) });
       }
       const fd = this.guestRam.fd;
