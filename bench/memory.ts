@@ -124,7 +124,7 @@ export function renderMemory(r: MemoryResults): string {
   const perGiB = (x: number) => x * 1024 / r.mib;
   const med = (b: Backing, v: VmmName, f: (s: MemorySample) => number | undefined): Summary | undefined =>
     summarize(r.samples.filter((s) => s.backing === b && s.vmm === v && !s.error).map(f).filter((x): x is number => x !== undefined).map(perGiB));
-  const cell = (s: Summary | undefined) => s ? `${fmtNum(s.median, 4)}${s.min !== s.max ? ` (${fmtNum(s.min, 4)}–${fmtNum(s.max, 4)})` : ''}` : 'n/a';
+  const cell = (s: Summary | undefined) => s ? `${fmtNum(s.median, 0)}${s.min !== s.max ? ` (${fmtNum(s.min, 0)}–${fmtNum(s.max, 0)})` : ''}` : 'n/a';
   const rat = (a: Summary | undefined, b: Summary | undefined) => { const x = ratio(a?.median, b?.median); return x === undefined ? '—' : `${x > 1.05 ? '**' : ''}${x.toFixed(2)}×${x > 1.05 ? '**' : ''}`; };
   const lines = [
     `Guest RAM made DMA-ready, ms per GiB (${r.mib} MiB guests, edu assigned; ${r.rounds} rounds, VMMs rotated; medians (min–max)). ` +
