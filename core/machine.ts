@@ -54,8 +54,6 @@ export class Machine {
   readonly ram: Uint8Array;
   /** All of guest RAM (core/ram.ts): high RAM is reached through guestRam.view(). */
   readonly guestRam: GuestRam;
-  /** Time to map (and prefault) guest RAM, for the benchmark. */
-  readonly ramSetupMs: number;
   readonly serial: Serial16550;
   readonly pciBus: PciBus;
   readonly pciHost: PciHostBridge;
@@ -86,10 +84,9 @@ export class Machine {
       // above 4 GiB. With devices assigned it is all pinned, so it is prefaulted first (in parallel).
       const size = config.memoryBytes;
       const pinned = config.devices.length > 0;
-      const started = Date.now();
+      this.checkPhysAddrBits(size);
       this.guestRam = GuestRam.create(config.memory, config.name, { resident: pinned || config.memory.prealloc });
       cleanups.push(() => this.guestRam.close());
-      this.checkPhysAddrBits(size);
       const lowSize = Math.min(size, LOW_RAM_END);
       if (pinned && this.guestRam.plan.note) console.error(`tsvmm: note: ${this.guestRam.plan.note}`);
       // Prefault what will be pinned — unless the locked-memory limit will refuse the pinning
@@ -111,7 +108,6 @@ export class Machine {
       this.e820.push({ addr: 0, size: 0x9fc00, type: 1 }, { addr: 0x9fc00, size: 0x60400, type: 2 });
       this.e820.push({ addr: 0x100000, size: lowSize - 0x100000, type: 1 });
       if (size > lowSize) this.e820.push({ addr: HIGH_RAM_BASE, size: size - lowSize, type: 1 });
-      this.ramSetupMs = Date.now() - started;
 
       // Devices. PCI BARs live in their own container under RAM (lower priority), so a BAR
       // a guest places over RAM is shadowed rather than breaking RAM (QEMU behaves the same).
