@@ -17,6 +17,7 @@ import type { RamChunks } from './memory/index.js';
 /** JS views of guest RAM are this big (a power of two, so no aligned access straddles two). */
 export const RAM_VIEW_CHUNK = 2 ** 30;
 const HUGETLBFS_MAGIC = 0x958458f6;
+const RESIDENT_HEADROOM = 256 * 2 ** 20;
 const THP = '/sys/kernel/mm/transparent_hugepage';
 
 /** A backing the host cannot give: one line with the fix; exits 2 like any config error. */
@@ -67,8 +68,10 @@ export function planRam(cfg: MemoryConfig, opts: { resident: boolean }): RamPlan
   if (cfg.size > total + (mi.SwapTotal ?? 0)) {
     throw new RamBackingError(`${mib(cfg.size)} of guest RAM is more than this host has (${mib(total)} of RAM${mi.SwapTotal ? ` + ${mib(mi.SwapTotal)} swap` : ''}): give the VM less memory`);
   }
-  if (opts.resident && cfg.size > avail) {
-    throw new RamBackingError(`${mib(cfg.size)} of guest RAM must be resident (${cfg.prealloc ? 'prealloc' : 'pinned for device assignment'}), but the host has ${mib(avail)} available (MemAvailable): give the VM less memory or free memory on the host`);
+  // Resident RAM (pinned or preallocated) must leave the host some room: the VMM's own memory,
+  // page tables, and the rest of the system; else the OOM killer ends it half-way through.
+  if (opts.resident && cfg.size > avail - RESIDENT_HEADROOM) {
+    throw new RamBackingError(`${mib(cfg.size)} of guest RAM must be resident (${cfg.prealloc ? 'prealloc' : 'pinned for device assignment'}), but the host has ${mib(avail)} available (MemAvailable), and tsvmm keeps ${mib(RESIDENT_HEADROOM)} of it for itself and the host: give the VM less memory or free memory on the host`);
   }
   const huge = cfg.hugepages === '2M' ? 2 ** 21 : cfg.hugepages === '1G' ? 2 ** 30 : undefined;
   let hugetlbPage = huge;

@@ -37,7 +37,7 @@ test('6 GiB guest: high RAM in the multiboot map at 4 GiB, a pattern written the
     onLine: (line, m) => { if (line === 'highmem: ok') check(m); },
     inspect: (m) => {
       const slots = m.vm.memslots.slots();
-      assert.ok(slots.some((s) => s.gpa === HIGH && s.size === 3 * GiB), `a memslot for the 3 GiB above 4 GiB: ${JSON.stringify(slots)}`);
+      assert.ok(slots.some((s) => s.gpa === HIGH && s.size === 3 * GiB), `a memslot for the 3 GiB above 4 GiB: ${slots.map((s) => `0x${s.gpa.toString(16)}+0x${s.size.toString(16)}`).join(' ')}`);
       assert.ok(m.e820.some((e) => e.addr === HIGH && e.size === 3 * GiB && e.type === 1));
     },
   });
