@@ -7,6 +7,8 @@
 //   node dist/bench/main.js --runloop-only [--rounds N] [--phase-ms MS]   (only the run-loop rows, bench/runloop.ts)
 // The run-loop rows (no VFIO) run on this machine's /dev/kvm when it has one, else in a second
 // test-host boot; they go to bench/results/runloop.{json,md}.
+//   node dist/bench/main.js --memory-only [--mib N --rounds N]   (only the guest-RAM rows, bench/memory.ts)
+//   node dist/bench/main.js --no-memory   (without them)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -16,6 +18,7 @@ import { collect, evidence, evidenceFor, type BenchResults } from './metrics.js'
 import { renderMarkdown, toRow } from './stats.js';
 import { root, nullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
+import { renderMemory, type MemoryResults } from './memory.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -102,6 +105,40 @@ async function main(): Promise<number> {
     return 0;
   }
   buildNullVmm();
+  if (args.includes('--memory-only')) return memoryBench(args.filter((a) => a !== '--memory-only'), outDir);
+  const withMemory = !args.includes('--no-memory');
+  const mainArgs = args.filter((a) => a !== '--no-memory');
+  const code = await mainBench(mainArgs, outDir);
+  return withMemory ? Math.max(code, await memoryBench([], outDir)) : code;
+}
+
+/** The guest-RAM rows (bench/memory.ts) in their own test host: 6 GiB, so 1 GiB guests on 2 MiB huge pages fit. */
+async function memoryBench(args: string[], outDir: string): Promise<number> {
+  const r = await runInTestHost({
+    kernel: 'debian', devices: ['edu'], memoryMiB: 6144, timeoutMs: TIMEOUT_S * 1000,
+    command: ['node', 'dist/bench/memory.js', ...args],
+    stream: { stdout: process.stderr, stderr: process.stderr }, keepRunDir: true,
+  });
+  const runDir = r.runDir!;
+  try {
+    const json = join(runDir, 'bench-memory.json');
+    if (!existsSync(json)) {
+      process.stderr.write(`bench: no memory results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
+      return 1;
+    }
+    const results = JSON.parse(readFileSync(json, 'utf8')) as MemoryResults;
+    const md = renderMemory(results);
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(join(outDir, 'memory.json'), JSON.stringify(results, null, 1) + '\n');
+    writeFileSync(join(outDir, 'memory.md'), md);
+    process.stdout.write(`\n${md}\nbench: bench/results/memory.md, memory.json\n`);
+    return r.exitCode === 0 ? 0 : 1;
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+async function mainBench(args: string[], outDir: string): Promise<number> {
   const t0 = performance.now();
   const r = await runInTestHost({
     kernel: 'debian', devices: ['edu'], memoryMiB: 4096, timeoutMs: TIMEOUT_S * 1000,

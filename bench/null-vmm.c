@@ -1,14 +1,15 @@
 /* null-vmm: the smallest VMM that runs the tsvmm test guest with one device assigned through
  * VFIO, on raw KVM and VFIO ioctls — the "physical limit" column of the benchmarks (bench/).
  *
- *   null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd]
+ *   null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd] [--hugetlb] [--hugetlbfs DIR]
  *
  * What it does, and nothing more:
  *  - KVM VM with the in-kernel irqchip and PIT (KVM_PIT_SPEAKER_DUMMY: port 0x61 stays in the
  *    kernel), one vCPU entered in 32-bit protected mode at the multiboot ELF32 entry, with a
  *    multiboot info (memory, command line) at 0x9000. Guest RAM: one anonymous mapping at
- *    GPA 0, one memslot (--memfd: a memfd mapped shared, as tsvmm does, for
- *    comparing the two backings).
+ *    GPA 0, one memslot, with MADV_HUGEPAGE as QEMU and tsvmm do (--memfd: a memfd mapped shared;
+ *    --hugetlb: 2 MiB hugetlb pages, MAP_HUGETLB or MFD_HUGETLB; --hugetlbfs DIR: a file there),
+ *    so each of tsvmm's RAM backings has its raw-ioctl twin.
  *  - With --device: container + group (type1v2), ONE VFIO_IOMMU_MAP_DMA of all guest RAM (its
  *    duration goes to stderr as "null-vmm: MAP_DMA bytes=N ns=T"), BAR0 mmap'd as a memslot at
  *    0xc0000000, config space of 00:01.0 forwarded to VFIO's config region (BARs and ROM
@@ -285,15 +286,18 @@ static int io(struct kvm_run *run) {
 int main(int argc, char **argv) {
   const char *kernel = 0, *cmdline = "", *device = 0;
   uint64_t mem_mib = 256;
-  int use_memfd = 0;
+  int use_memfd = 0, hugetlb = 0;
+  const char *hugetlbfs = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
     else if (!strcmp(argv[i], "--cmdline") && i + 1 < argc) cmdline = argv[++i];
     else if (!strcmp(argv[i], "--mem") && i + 1 < argc) mem_mib = strtoull(argv[++i], 0, 0);
     else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
     else if (!strcmp(argv[i], "--memfd")) use_memfd = 1;
+    else if (!strcmp(argv[i], "--hugetlb")) hugetlb = 1;
+    else if (!strcmp(argv[i], "--hugetlbfs") && i + 1 < argc) hugetlbfs = argv[++i];
     else {
-      fprintf(stderr, "usage: null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd]\n");
+      fprintf(stderr, "usage: null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd] [--hugetlb] [--hugetlbfs DIR]\n");
       return 2;
     }
   }
@@ -315,13 +319,20 @@ int main(int argc, char **argv) {
   struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
   xioctl(vm_fd, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 
-  if (use_memfd) { /* like tsvmm: guest RAM in a memfd (shmem), shared mapping */
-    int mfd = memfd_create("null-vmm-ram", MFD_CLOEXEC);
+  if (hugetlbfs) { /* a file on a hugetlbfs mount, unlinked (as QEMU's memory-backend-file and tsvmm) */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/null-vmm-XXXXXX", hugetlbfs);
+    int f = mkstemp(path);
+    if (f < 0 || unlink(path) < 0 || ftruncate(f, (off_t)ram_size) < 0) die("hugetlbfs file for guest RAM");
+    ram = mmap(0, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+  } else if (use_memfd) { /* like tsvmm's memfd backing: shmem (or hugetlb), shared mapping */
+    int mfd = memfd_create("null-vmm-ram", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB | (21 << 26) /* MFD_HUGE_2MB */ : 0));
     if (mfd < 0 || ftruncate(mfd, (off_t)ram_size) < 0) die("memfd for guest RAM");
     ram = mmap(0, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
   } else
-    ram = mmap(0, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    ram = mmap(0, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (hugetlb ? MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) : 0), -1, 0);
   if (ram == MAP_FAILED) die("mmap guest RAM");
+  if (!hugetlb && !hugetlbfs) madvise(ram, ram_size, MADV_HUGEPAGE); /* ignored where THP is off */
   struct kvm_userspace_memory_region slot = {.slot = 0, .guest_phys_addr = 0, .memory_size = ram_size,
                                              .userspace_addr = (uint64_t)(uintptr_t)ram};
   xioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &slot, "KVM_SET_USER_MEMORY_REGION(RAM)");

@@ -63,7 +63,8 @@ export function command(s: LaunchSpec): string[] {
       argv = [nullVmm, '--kernel', guestElf, '--cmdline', s.cmdline, '--mem', String(s.memMiB), ...(s.bdf ? ['--device', s.bdf] : []), ...(s.memfd ? ['--memfd'] : [])];
       break;
   }
-  if (s.straceOut) argv = ['strace', '-f', '-qq', '-T', '--seccomp-bpf', '-e', 'trace=ioctl', '-o', s.straceOut, ...argv];
+  // madvise too, with timestamps: tsvmm prefaults RAM (MADV_POPULATE_WRITE) before pinning it, and that counts.
+  if (s.straceOut) argv = ['strace', '-f', '-qq', '-T', '-tt', '--seccomp-bpf', '-e', 'trace=ioctl,madvise', '-o', s.straceOut, ...argv];
   return argv;
 }
 

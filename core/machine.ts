@@ -1,8 +1,10 @@
-// A machine assembled from a VmConfig: guest RAM (a memfd), the PC devices tsvmm emulates
+// A machine assembled from a VmConfig: guest RAM (core/ram.ts), the PC devices tsvmm emulates
 // (COM1, the PCI host bridge, a debug-exit port), the guest image, and the vCPUs. run()
 // resolves with the exit status; close() releases every fd and mapping, whatever happened.
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from './native.js';
+import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { GuestRam, RamBackingError } from './ram.js';
+import { MAX_VIEW_BYTES } from './native.js';
+import { fmtBytes, hasCapIpcLock, memlockLimit } from './vfio/limits.js';
 import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
 import { Kvm } from './kvm/kvm.js';
 import { Vm } from './kvm/vm.js';
@@ -51,8 +53,10 @@ export interface MachineResult {
 export class Machine {
   readonly kvm: Kvm;
   readonly vm: Vm;
+  /** Guest RAM below 4 GiB (at most 3 GiB: loaders and boot tables go here). */
   readonly ram: Uint8Array;
-  readonly ramFd: number;
+  /** All of guest RAM (core/ram.ts): high RAM is reached through guestRam.view(). */
+  readonly guestRam: GuestRam;
   readonly serial: Serial16550;
   readonly pciBus: PciBus;
   readonly pciHost: PciHostBridge;
@@ -64,7 +68,6 @@ export class Machine {
   private readonly serialFd: number | undefined;
 
   constructor(readonly config: VmConfig, opts: MachineOptions = {}) {
-    const n = native();
     const passed = opts.passedFds ?? [];
     // Passed fds this machine has not handed to an owner yet (closed on failure or close()).
     const unadopted = new Set(passed.map((p) => p.fd));
@@ -80,23 +83,30 @@ export class Machine {
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
 
-      // Guest RAM: one memfd, so it can be shared (fd passing, vfio-user) and is never swapped
-      // under a DMA mapping's feet by copy-on-write.
+      // Guest RAM, as config.memory asks (core/ram.ts): RAM below the 32-bit PCI hole, the rest
+      // above 4 GiB. With devices assigned it is all pinned, so it is prefaulted first (in parallel).
       const size = config.memoryBytes;
-      this.ramFd = n.memfdCreate(`tsvmm-ram-${config.name}`, MFD_CLOEXEC);
-      cleanups.push(() => closeSync(this.ramFd));
-      ftruncateSync(this.ramFd, size);
-      const map = n.mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, this.ramFd, 0);
-      cleanups.push(() => n.munmap(map.buffer));
-      this.ram = new Uint8Array(map.buffer);
+      const pinned = config.devices.length > 0;
+      this.checkPhysAddrBits(size);
+      this.guestRam = GuestRam.create(config.memory, config.name, { resident: pinned || config.memory.prealloc });
+      cleanups.push(() => this.guestRam.close());
       const lowSize = Math.min(size, LOW_RAM_END);
-      const backing: RamBacking = { hostAddr: map.addr, fd: this.ramFd, fdOffset: 0, bytes: this.ram };
+      if (pinned && this.guestRam.plan.note) console.error(`tsvmm: note: ${this.guestRam.plan.note}`);
+      // Prefault what will be pinned — unless the locked-memory limit will refuse the pinning
+      // (the DMA listener says so, with the fix: no point faulting in gigabytes first).
+      if ((pinned && (size <= memlockLimit() || hasCapIpcLock())) || config.memory.prealloc) {
+        this.guestRam.prefault({ progress: (threads) => console.error(`tsvmm: preparing ${fmtBytes(size)} of guest RAM (${this.guestRam.plan.describe}): prefaulting on ${threads} thread(s)${pinned ? ', then pinning it for DMA' : ''}…`) });
+      }
+      const fd = this.guestRam.fd;
+      const backing = (off: number, len: number): RamBacking => ({
+        hostAddr: this.guestRam.hostAddr + BigInt(off), ...(fd !== undefined ? { fd, fdOffset: off } : {}),
+        ...(len <= MAX_VIEW_BYTES ? { bytes: this.guestRam.view(off, len) } : { chunks: this.guestRam.chunks(off, len) }),
+      });
+      const low = backing(0, lowSize);
+      this.ram = low.bytes!;
       memoryTransaction(() => {
-        this.vm.memory.root.addSubregion(0, MemoryRegion.ram('ram-below-4g', lowSize, backing));
-        if (size > lowSize) {
-          const high: RamBacking = { hostAddr: map.addr + BigInt(lowSize), fd: this.ramFd, fdOffset: lowSize, bytes: this.ram.subarray(lowSize) };
-          this.vm.memory.root.addSubregion(HIGH_RAM_BASE, MemoryRegion.ram('ram-above-4g', size - lowSize, high));
-        }
+        this.vm.memory.root.addSubregion(0, MemoryRegion.ram('ram-below-4g', lowSize, low));
+        if (size > lowSize) this.vm.memory.root.addSubregion(HIGH_RAM_BASE, MemoryRegion.ram('ram-above-4g', size - lowSize, backing(lowSize, size - lowSize)));
       });
       this.e820.push({ addr: 0, size: 0x9fc00, type: 1 }, { addr: 0x9fc00, size: 0x60400, type: 2 });
       this.e820.push({ addr: 0x100000, size: lowSize - 0x100000, type: 1 });
@@ -230,6 +240,14 @@ export class Machine {
     this.vfio.close();
   }
 
+  /** Guest RAM must end below the physical addresses the vCPU has (CPUID 0x80000008 EAX[7:0]). */
+  private checkPhysAddrBits(size: number): void {
+    const bits = this.kvm.supportedCpuid().find((e) => e.function === 0x80000008)?.eax;
+    if (bits === undefined || size <= LOW_RAM_END) return;
+    const top = HIGH_RAM_BASE + size - LOW_RAM_END, max = 2 ** (bits & 0xff);
+    if (top > max) throw new RamBackingError(`${fmtBytes(size)} of guest RAM ends at 0x${top.toString(16)}, beyond this CPU's ${bits & 0xff}-bit physical addresses: give the VM at most ${fmtBytes(max - HIGH_RAM_BASE + LOW_RAM_END)}`);
+  }
+
   private setupVcpu(id: number): void {
     const v = this.vm.vcpus[id]!;
     // KVM reports what it can virtualise; the APIC ID fields must name this vCPU.
@@ -314,8 +332,7 @@ export class Machine {
     this.serial.flush();
     this.releaseDevices();
     this.vm.close();
-    native().munmap(this.ram.buffer as ArrayBuffer);
-    closeSync(this.ramFd);
+    this.guestRam.close();
     if (this.serialFd !== undefined) closeSync(this.serialFd);
     this.kvm.close();
     for (const fd of this.unadopted) closeSync(fd);

@@ -73,8 +73,14 @@ export interface Native {
   // mman
   mmap(addrHint: U64, length: U64, prot: number, flags: number, fd: number, offset: U64): Mapping;
   munmap(buffer: ArrayBuffer): void;
+  /** Any length; JS reaches the memory through mapView() (each view ≤ 4 GiB, V8's limit). */
+  mmapAddr(addrHint: U64, length: U64, prot: number, flags: number, fd: number, offset: U64): bigint;
+  /** An ArrayBuffer over part of a live mmapAddr() mapping; detached by munmapAddr(). */
+  mapView(addr: U64, length: U64): ArrayBuffer;
+  munmapAddr(addr: U64): void;
   memfdCreate(name: string, flags: number): number;
   madvise(addr: U64, length: U64, advice: number): void;
+  fallocate(fd: number, mode: number, offset: U64, length: U64): void;
   // eventfd
   eventfd(initval: number, flags: number): number;
   // vCPU kick
@@ -184,9 +190,12 @@ export function isSyscallError(e: unknown, code?: string): e is SyscallError {
 const require = createRequire(import.meta.url);
 let cached: Native | undefined;
 
+/** The addon's file (worker threads that need only the addon load it directly). */
+export const ADDON_PATH = `${projectRoot}/build/Release/tsvmm_native.node`;
+
 export function native(): Native {
   if (!cached) {
-    const path = `${projectRoot}/build/Release/tsvmm_native.node`;
+    const path = ADDON_PATH;
     try {
       cached = require(path) as Native;
     } catch (e) {
@@ -200,6 +209,9 @@ export function native(): Native {
 // mmap/prot constants (asm-generic values, x86-64).
 export const PROT_NONE = 0, PROT_READ = 1, PROT_WRITE = 2;
 export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
-export const MFD_CLOEXEC = 1;
+export const MAP_POPULATE = 0x8000, MAP_HUGETLB = 0x40000, MAP_HUGE_SHIFT = 26;
+export const MFD_CLOEXEC = 1, MFD_HUGETLB = 4;
+/** The largest ArrayBuffer over native memory (Node's Buffer limit): mapView()'s maximum. */
+export const MAX_VIEW_BYTES = 2 ** 32;
 export const EFD_NONBLOCK = 0o4000;
-export const MADV_DONTFORK = 10;
+export const MADV_DONTFORK = 10, MADV_HUGEPAGE = 14, MADV_POPULATE_WRITE = 23;

@@ -1,37 +1,45 @@
-// mmap/munmap/memfd_create. Mapped memory is handed to JS as an external ArrayBuffer:
-// munmap() detaches the buffer before unmapping (no use after munmap from JS), and a
-// mapping that JS drops without munmap() is unmapped by the buffer's finalizer.
+// mmap/munmap/memfd_create/madvise/fallocate. JS sees mapped memory through external
+// ArrayBuffers, which V8 caps at 4 GiB (Node makes them Buffers; asking for a larger one
+// aborts the process), so there are two kinds of mapping:
+// - mmap(): one ArrayBuffer over the whole mapping (≤ 4 GiB; larger is a RangeError). munmap()
+//   detaches it before unmapping; a mapping JS drops without munmap() is unmapped by the
+//   buffer's finalizer.
+// - mmapAddr(): any size; JS gets the address and asks for views (mapView(), each ≤ 4 GiB)
+//   of the parts it touches. munmapAddr() detaches every live view, then unmaps. Such a mapping
+//   lives until munmapAddr() (guest RAM: the machine unmaps it on close).
 #include "util.h"
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <unistd.h>
+#include <map>
+#include <memory>
 #include <mutex>
-#include <unordered_map>
+#include <vector>
 
 namespace tsvmm {
 
+// The largest external ArrayBuffer Node can make (buffer.constants.MAX_LENGTH on 64-bit).
+static constexpr uint64_t kMaxView = 1ull << 32;
+
+struct View;
 struct Mapping {
   void *addr;
   size_t len;
-  bool unmapped;
+  bool unmapped = false;
+  bool whole = false;  // mmap(): owned by its one ArrayBuffer
+  std::vector<View *> views;  // mmapAddr() mappings: live views (their finalizers remove them)
+};
+struct View {
+  std::shared_ptr<Mapping> m;
+  Napi::Reference<Napi::ArrayBuffer> ref;  // weak: detached by munmapAddr()
 };
 
-// Live mappings by address, so munmap() can mark a mapping done and its finalizer then
-// leaves the (possibly reused) address range alone. Finalizers may run in worker threads.
+// Live mappings by start address. Finalizers run on the JS thread that made the buffer, but
+// workers (vCPU threads) map too, so the table is locked; never held across a Detach().
 static std::mutex g_lock;
-static std::unordered_map<void *, Mapping *> g_live;
+static std::map<uintptr_t, std::shared_ptr<Mapping>> g_live;
 
-static void FinalizeMapping(Napi::Env, void *, Mapping *m) {
-  std::lock_guard<std::mutex> g(g_lock);
-  if (!m->unmapped) {
-    munmap(m->addr, m->len);
-    auto it = g_live.find(m->addr);
-    if (it != g_live.end() && it->second == m) g_live.erase(it);
-  }
-  delete m;
-}
-
-// mmap(addrHint: bigint|0, length, prot, flags, fd, offset) → { addr: bigint, buffer: ArrayBuffer }
-static Napi::Value Mmap(const Napi::CallbackInfo &info) {
+static void *DoMmap(const Napi::CallbackInfo &info, uint64_t *lenOut) {
   Napi::Env env = info.Env();
   uint64_t hint = ArgU64(info, 0);
   uint64_t len = ArgU64(info, 1);
@@ -40,14 +48,45 @@ static Napi::Value Mmap(const Napi::CallbackInfo &info) {
   if (len == 0) throw Napi::RangeError::New(env, "mmap length must be > 0");
   void *p = mmap(reinterpret_cast<void *>(hint), len, prot, flags, fd, static_cast<off_t>(off));
   if (p == MAP_FAILED) ThrowErrno(env, "mmap", errno);
-  auto *m = new Mapping{p, static_cast<size_t>(len), false};
+  *lenOut = len;
+  return p;
+}
+
+static std::shared_ptr<Mapping> Register(void *p, uint64_t len, bool whole) {
+  auto m = std::make_shared<Mapping>();
+  m->whole = whole;
+  m->addr = p;
+  m->len = static_cast<size_t>(len);
+  std::lock_guard<std::mutex> g(g_lock);
+  g_live[reinterpret_cast<uintptr_t>(p)] = m;
+  return m;
+}
+
+static void FinalizeWhole(Napi::Env, void *, std::shared_ptr<Mapping> *hold) {
   {
     std::lock_guard<std::mutex> g(g_lock);
-    g_live[p] = m;
+    Mapping *m = hold->get();
+    if (!m->unmapped) {
+      m->unmapped = true;
+      munmap(m->addr, m->len);
+      auto it = g_live.find(reinterpret_cast<uintptr_t>(m->addr));
+      if (it != g_live.end() && it->second.get() == m) g_live.erase(it);
+    }
   }
+  delete hold;
+}
+
+// mmap(addrHint: bigint|0, length, prot, flags, fd, offset) → { addr: bigint, buffer: ArrayBuffer }
+static Napi::Value Mmap(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() > 1 && ToU64(env, info[1], "length") > kMaxView)
+    throw Napi::RangeError::New(env, "mmap: a mapping with one ArrayBuffer can be at most 4 GiB (V8's limit); use mmapAddr() and mapView()");
+  uint64_t len;
+  void *p = DoMmap(info, &len);
+  auto m = Register(p, len, true);
   Napi::Object r = Napi::Object::New(env);
   r.Set("addr", U64ToJs(env, reinterpret_cast<uint64_t>(p)));
-  r.Set("buffer", Napi::ArrayBuffer::New(env, p, len, FinalizeMapping, m));
+  r.Set("buffer", Napi::ArrayBuffer::New(env, p, len, FinalizeWhole, new std::shared_ptr<Mapping>(m)));
   return r;
 }
 
@@ -61,13 +100,79 @@ static Napi::Value Munmap(const Napi::CallbackInfo &info) {
   size_t len = ab.ByteLength();
   {
     std::lock_guard<std::mutex> g(g_lock);
-    auto it = g_live.find(addr);
-    if (it == g_live.end()) throw Napi::Error::New(env, "munmap: buffer is not a live mapping from mmap()");
+    auto it = g_live.find(reinterpret_cast<uintptr_t>(addr));
+    if (it == g_live.end() || !it->second->whole || it->second->len != len)
+      throw Napi::Error::New(env, "munmap: buffer is not a live mapping from mmap()");
     it->second->unmapped = true;
     g_live.erase(it);
   }
   ab.Detach();
   if (munmap(addr, len) != 0) ThrowErrno(env, "munmap", errno);
+  return env.Undefined();
+}
+
+// mmapAddr(addrHint, length, prot, flags, fd, offset) → addr: bigint (any length).
+static Napi::Value MmapAddr(const Napi::CallbackInfo &info) {
+  uint64_t len;
+  void *p = DoMmap(info, &len);
+  Register(p, len, false);
+  return U64ToJs(info.Env(), reinterpret_cast<uint64_t>(p));
+}
+
+static void FinalizeView(Napi::Env, void *, View *v) {
+  {
+    std::lock_guard<std::mutex> g(g_lock);
+    auto &vs = v->m->views;
+    for (auto it = vs.begin(); it != vs.end(); ++it)
+      if (*it == v) { vs.erase(it); break; }
+  }
+  delete v;
+}
+
+// mapView(addr, length) → ArrayBuffer over [addr, addr+length) of a live mmapAddr() mapping.
+static Napi::Value MapView(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint64_t addr = ArgU64(info, 0), len = ArgU64(info, 1);
+  if (len == 0 || len > kMaxView) throw Napi::RangeError::New(env, "mapView: length must be 1 byte to 4 GiB (V8's limit for one ArrayBuffer)");
+  std::shared_ptr<Mapping> m;
+  {
+    std::lock_guard<std::mutex> g(g_lock);
+    auto it = g_live.upper_bound(static_cast<uintptr_t>(addr));
+    if (it != g_live.begin()) {
+      --it;
+      uintptr_t start = it->first;
+      if (addr >= start && addr + len <= start + it->second->len && !it->second->unmapped && !it->second->whole) m = it->second;
+    }
+  }
+  if (!m) throw Napi::RangeError::New(env, "mapView: the range is not inside a live mapping from mmapAddr()");
+  auto *v = new View{m, {}};
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, reinterpret_cast<void *>(addr), len, FinalizeView, v);
+  v->ref = Napi::Reference<Napi::ArrayBuffer>::New(ab, 0);
+  std::lock_guard<std::mutex> g(g_lock);
+  m->views.push_back(v);
+  return ab;
+}
+
+// munmapAddr(addr): detaches every live view of the mapping that starts at addr, then unmaps it.
+static Napi::Value MunmapAddr(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint64_t addr = ArgU64(info, 0);
+  std::shared_ptr<Mapping> m;
+  std::vector<View *> views;
+  {
+    std::lock_guard<std::mutex> g(g_lock);
+    auto it = g_live.find(static_cast<uintptr_t>(addr));
+    if (it == g_live.end() || it->second->whole) throw Napi::Error::New(env, "munmapAddr: no live mapping from mmapAddr() starts at this address");
+    m = it->second;
+    m->unmapped = true;
+    g_live.erase(it);
+    views = m->views;
+  }
+  for (View *v : views) {
+    Napi::ArrayBuffer ab = v->ref.Value();  // empty once collected
+    if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
+  }
+  if (munmap(m->addr, m->len) != 0) ThrowErrno(env, "munmap", errno);
   return env.Undefined();
 }
 
@@ -81,19 +186,39 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, fd);
 }
 
+// madvise(addr, length, advice): by address, so worker threads can prefault parts of a mapping.
 static Napi::Value Madvise(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   uint64_t addr = ArgU64(info, 0), len = ArgU64(info, 1);
   int advice = ArgInt(info, 2);
-  if (madvise(reinterpret_cast<void *>(addr), len, advice) != 0) ThrowErrno(env, "madvise", errno);
+  int r;
+  do r = madvise(reinterpret_cast<void *>(addr), len, advice);
+  while (r != 0 && errno == EINTR);
+  if (r != 0) ThrowErrno(env, "madvise", errno);
+  return env.Undefined();
+}
+
+// fallocate(fd, mode, offset, length): reserves a memfd's / hugetlbfs file's pages up front.
+static Napi::Value Fallocate(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0), mode = ArgInt(info, 1);
+  uint64_t off = ArgU64(info, 2), len = ArgU64(info, 3);
+  int r;
+  do r = fallocate(fd, mode, static_cast<off_t>(off), static_cast<off_t>(len));
+  while (r != 0 && errno == EINTR);
+  if (r != 0) ThrowErrno(env, "fallocate", errno);
   return env.Undefined();
 }
 
 void InitMman(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "mmap", Mmap);
   TSVMM_EXPORT(exports, "munmap", Munmap);
+  TSVMM_EXPORT(exports, "mmapAddr", MmapAddr);
+  TSVMM_EXPORT(exports, "mapView", MapView);
+  TSVMM_EXPORT(exports, "munmapAddr", MunmapAddr);
   TSVMM_EXPORT(exports, "memfdCreate", MemfdCreate);
   TSVMM_EXPORT(exports, "madvise", Madvise);
+  TSVMM_EXPORT(exports, "fallocate", Fallocate);
 }
 
 }  // namespace tsvmm

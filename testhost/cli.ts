@@ -150,7 +150,8 @@ async function cmdTest(args: string[]): Promise<number> {
       r = await runInTestHost({
         kernel: step.kernel, devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
         command: ['node', '--test', '--test-concurrency=1', '--test-reporter=tap', ...step.dirs],
-        timeoutMs: p.timeoutMs ?? 10 * 60_000, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
+        // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
+        timeoutMs: p.timeoutMs ?? 10 * 60_000, memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined), cpus: p.cpus, env: p.env,
         stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
       });
     } catch (e) {

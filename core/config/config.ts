@@ -22,10 +22,24 @@ export type KernelFormat = 'auto' | 'multiboot' | 'flat' | 'linux';
 /** linux: an initramfs built at start-up (core/loader/initramfs.ts); paths absolute once checked. */
 export interface InitramfsConfig { script: string; modules?: string; busybox?: string }
 
+/** Guest RAM and its backing (core/ram.ts). */
+export type RamBackend = 'anonymous' | 'memfd' | 'hugetlbfs';
+export interface MemoryConfig {
+  size: number;
+  backing: RamBackend;
+  /** thp: transparent huge pages required; 2M/1G: hugetlb pages; absent: THP where the host has it. */
+  hugepages?: 'thp' | '2M' | '1G';
+  /** hugetlbfs: the mount. */
+  path?: string;
+  prealloc: boolean;
+}
+export type RawMemorySize = number | string;
+export interface RawMemory { size: RawMemorySize; backing?: RamBackend; hugepages?: 'thp' | '2M' | '1G'; path?: string; prealloc?: boolean }
+
 /** The raw JSON shape (as the schema describes it). */
 export interface RawConfig {
   name?: string;
-  memory?: number | string;
+  memory?: RawMemorySize | RawMemory;
   vcpus?: number;
   kernel: { path: string; format?: KernelFormat; loadAddress?: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
   cmdline?: string;
@@ -38,6 +52,7 @@ export interface RawConfig {
 export interface VmConfig {
   name: string;
   memoryBytes: number;
+  memory: MemoryConfig;
   vcpus: number;
   kernel: { path: string; format: KernelFormat; loadAddress: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
   cmdline: string;
@@ -99,11 +114,52 @@ function allowedKeys(schema: Record<string, any>, ptr: string): string[] {
   return s?.properties ? Object.keys(s.properties).filter((k) => k !== '$schema') : [];
 }
 
-export function parseMemory(v: number | string | undefined): number {
+export function parseMemory(v: RawMemorySize | RawMemory | undefined): number {
   if (v === undefined) return 128 * 2 ** 20;
+  if (typeof v === 'object') return parseMemory(v.size);
   if (typeof v === 'number') return v * 2 ** 20;
   const n = Number(v.slice(0, -1));
-  return n * { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 }[v.slice(-1) as 'K' | 'M' | 'G'];
+  return n * { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[v.slice(-1) as 'K' | 'M' | 'G' | 'T'];
+}
+
+/**
+ * The most guest RAM tsvmm sets up: 1 TiB (RAM then ends at 1 TiB + 1 GiB, within the 46-bit
+ * physical addresses of the CPUs that have that much; KVM's 8 TiB limit per memslot is far off).
+ */
+export const MAX_MEMORY = 2 ** 40;
+
+/** `memory` (either form) → MemoryConfig; problems (with the fix) are pushed onto `problems`. */
+export function checkMemory(raw: RawMemorySize | RawMemory | undefined, baseDir: string, problems: string[]): MemoryConfig {
+  const obj = typeof raw === 'object' ? raw : undefined;
+  const ptr = obj ? '/memory/size' : '/memory';
+  const shown = JSON.stringify(obj ? obj.size : raw);
+  const size = parseMemory(raw);
+  if (size % PAGE_SIZE) problems.push(`${ptr}: ${shown} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(size / 2 ** 20)}M)`);
+  else if (size < 2 * 2 ** 20) problems.push(`${ptr}: ${shown} is too small: at least 2M`);
+  else if (size > MAX_MEMORY) problems.push(`${ptr}: ${shown} is more than tsvmm can give a guest (at most 1T, i.e. 1048576M): give the VM less memory`);
+  const out: MemoryConfig = { size, backing: obj?.backing ?? 'anonymous', prealloc: obj?.prealloc ?? false };
+  if (obj?.hugepages !== undefined) {
+    out.hugepages = obj.hugepages;
+    const page = { thp: 0, '2M': 2 ** 21, '1G': 2 ** 30 }[obj.hugepages];
+    if (page && size % page === 0) { /* fits */ } else if (page) problems.push(`${ptr}: ${shown} is not a multiple of the ${obj.hugepages} huge page (memory.hugepages): use a multiple of ${obj.hugepages}`);
+    if (obj.hugepages === 'thp' && out.backing === 'hugetlbfs') problems.push(`/memory/hugepages: "thp" does not apply to hugetlbfs (its pages are the mount's): use "2M" or "1G", or backing "anonymous"/"memfd"`);
+  }
+  if (obj?.path !== undefined) {
+    if (out.backing !== 'hugetlbfs') problems.push(`/memory/path: applies to backing "hugetlbfs" only (this one is "${out.backing}")`);
+    else out.path = resolve(baseDir, obj.path);
+  }
+  return out;
+}
+
+/** `memory` is a size or an object: once it is one of them, "must be <another form>" says nothing. */
+function otherMemoryForm(raw: unknown, problem: string): boolean {
+  const m = /^\/memory(?:\/size)?: must be (integer|string|object)$/.exec(problem);
+  if (!m || typeof raw !== 'object' || raw === null) return false;
+  const ptr = problem.startsWith('/memory/size') ? 'size' : 'memory';
+  const base = (raw as { memory?: unknown }).memory;
+  const val = ptr === 'size' ? (base as { size?: unknown } | undefined)?.size : base;
+  const kind = typeof val === 'number' ? 'integer' : typeof val === 'string' ? 'string' : typeof val === 'object' && val !== null ? 'object' : undefined;
+  return kind !== undefined && kind !== m[1];
 }
 
 /** Validates a parsed JSON value; `source` names it in messages, `baseDir` resolves paths. */
@@ -111,7 +167,8 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   const v = validate();
   if (!v(raw)) {
     const schema = schemaJson!;
-    const problems = [...new Set((v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m))];
+    const problems = [...new Set((v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m))]
+      .filter((m) => !otherMemoryForm(raw, m));
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
     for (const e of v.errors ?? []) {
       if (e.keyword === 'oneOf' && /^\/devices\/\d+$/.test(e.instancePath) && !problems.some((p) => p.startsWith(e.instancePath)))
@@ -121,9 +178,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   }
   const problems: string[] = [];
   expandKernelEnv(raw.kernel, problems);
-  const memoryBytes = parseMemory(raw.memory);
-  if (memoryBytes % PAGE_SIZE) problems.push(`/memory: ${JSON.stringify(raw.memory)} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(memoryBytes / 2 ** 20)}M)`);
-  else if (memoryBytes < 2 * 2 ** 20) problems.push(`/memory: ${JSON.stringify(raw.memory)} is too small: at least 2M`);
+  const memory = checkMemory(raw.memory, baseDir, problems);
   const kernelPath = resolve(baseDir, raw.kernel.path);
   if (!existsSync(kernelPath)) problems.push(`/kernel/path: ${kernelPath} does not exist${kernelPath.includes('/guest/out/') ? " (build the test guest: 'npm run build')" : ''}`);
   else if (!statSync(kernelPath).isFile()) problems.push(`/kernel/path: ${kernelPath} is not a file`);
@@ -142,7 +197,8 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   if (problems.length) throw new ConfigError(source, problems);
   return {
     name: raw.name ?? 'tsvmm',
-    memoryBytes,
+    memoryBytes: memory.size,
+    memory,
     vcpus: raw.vcpus ?? 1,
     kernel: {
       path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,

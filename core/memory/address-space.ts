@@ -168,16 +168,22 @@ export class AddressSpace implements RenderTarget {
       return r.ops!.read(off, size);
     }
     if (r.ops) return r.ops.read(off, size); // ramDevice served by callbacks
-    const dv = r._view();
-    if (dv === undefined || off + size > dv.byteLength) {
+    const v = r._view(off, size);
+    if (v === null) { // straddles two chunks of a large RAM region
+      let acc = 0n;
+      for (let i = 0; i < size; i++) acc |= BigInt(this.readIn(s, addr + i, 1) as number) << BigInt(i * 8);
+      return size === 8 ? acc : Number(acc);
+    }
+    if (v === undefined) {
       this.stats.unassigned++;
       return ALL_ONES[size]!;
     }
+    const { dv, at } = v;
     switch (size) {
-      case 1: return dv.getUint8(off);
-      case 2: return dv.getUint16(off, true);
-      case 4: return dv.getUint32(off, true);
-      default: return dv.getBigUint64(off, true);
+      case 1: return dv.getUint8(at);
+      case 2: return dv.getUint16(at, true);
+      case 4: return dv.getUint32(at, true);
+      default: return dv.getBigUint64(at, true);
     }
   }
 
@@ -194,16 +200,22 @@ export class AddressSpace implements RenderTarget {
     }
     if (s.readonly) return;
     if (r.ops) { r.ops.write(off, size, value); return; }
-    const dv = r._view();
-    if (dv === undefined || off + size > dv.byteLength) {
+    const v = r._view(off, size);
+    if (v === null) { // straddles two chunks of a large RAM region
+      const all = toBig(value);
+      for (let i = 0; i < size; i++) this.writeIn(s, addr + i, 1, Number((all >> BigInt(i * 8)) & 0xffn));
+      return;
+    }
+    if (v === undefined) {
       this.stats.unassigned++;
       return;
     }
+    const { dv, at } = v;
     switch (size) {
-      case 1: dv.setUint8(off, typeof value === 'bigint' ? Number(value & 0xffn) : value); break;
-      case 2: dv.setUint16(off, typeof value === 'bigint' ? Number(value & 0xffffn) : value, true); break;
-      case 4: dv.setUint32(off, typeof value === 'bigint' ? Number(value & 0xffffffffn) : value, true); break;
-      default: dv.setBigUint64(off, toBig(value), true);
+      case 1: dv.setUint8(at, typeof value === 'bigint' ? Number(value & 0xffn) : value); break;
+      case 2: dv.setUint16(at, typeof value === 'bigint' ? Number(value & 0xffffn) : value, true); break;
+      case 4: dv.setUint32(at, typeof value === 'bigint' ? Number(value & 0xffffffffn) : value, true); break;
+      default: dv.setBigUint64(at, toBig(value), true);
     }
   }
 

@@ -86,4 +86,4 @@
 // RAM without a bytes view behaves the same; read-only RAM silently drops writes.
 export { MemoryRegion, memoryTransaction, inMemoryTransaction, type RegionKind } from './region.js';
 export { AddressSpace } from './address-space.js';
-export type { RamBacking, IoOps, AccessConstraints, Section, MemoryListener } from './types.js';
+export type { RamBacking, RamChunks, IoOps, AccessConstraints, Section, MemoryListener } from './types.js';

@@ -2,6 +2,9 @@
 // changes into re-renders of the address spaces that can see them. See index.ts.
 import type { AccessConstraints, IoOps, RamBacking } from './types.js';
 
+/** A view of RAM for one emulated access: `dv` at byte `at`. */
+export interface RamView { dv: DataView; at: number }
+
 export type RegionKind = 'ram' | 'ramDevice' | 'io' | 'container' | 'alias';
 
 /** Something rendered from a region tree (an AddressSpace). @internal */
@@ -96,6 +99,9 @@ function checkUint(who: string, what: string, v: number): void {
 
 function checkBacking(who: string, size: number, b: RamBacking): void {
   if (b === null || typeof b !== 'object' || typeof b.hostAddr !== 'bigint') throw new TypeError(`memory region ${who}: backing.hostAddr must be a bigint`);
+  if (b.chunks !== undefined && (!Number.isSafeInteger(b.chunks.size) || b.chunks.size <= 0 || b.bytes !== undefined)) {
+    throw new RangeError(`memory region ${who}: backing.chunks needs a positive chunk size, and no backing.bytes`);
+  }
   if (b.bytes !== undefined && b.bytes.byteLength < size) {
     throw new RangeError(`memory region ${who}: backing.bytes has ${b.bytes.byteLength} bytes, smaller than the region (${size})`);
   }
@@ -127,8 +133,8 @@ export class MemoryRegion {
   _targets: Set<RenderTarget> | undefined;
   /** @internal aliases whose target this is */
   _aliasedBy: Set<MemoryRegion> | undefined;
-  /** @internal lazily created view of backing.bytes */
-  _dv: DataView | undefined;
+  /** @internal lazily created views of backing.bytes / backing.chunks */
+  _dv: DataView[] | undefined;
 
   private _size: number;
   private _addr = 0;
@@ -290,11 +296,26 @@ export class MemoryRegion {
   /** @internal */
   static _detach(root: MemoryRegion, t: RenderTarget): void { root._targets?.delete(t); pending.delete(t); }
 
-  /** @internal a DataView of backing.bytes, or undefined */
-  _view(): DataView | undefined {
-    const b = this.backing?.bytes;
-    if (b === undefined) return undefined;
-    return this._dv ??= new DataView(b.buffer, b.byteOffset, b.byteLength);
+  /**
+   * @internal The view for an access of `size` bytes at `off`: undefined when the region has no
+   * JS view, null when the access straddles two chunks (the caller goes byte by byte).
+   */
+  _view(off: number, size: number): RamView | undefined | null {
+    const b = this.backing;
+    if (b?.bytes !== undefined) {
+      const dv = (this._dv ??= [new DataView(b.bytes.buffer, b.bytes.byteOffset, b.bytes.byteLength)])[0]!;
+      return off + size <= dv.byteLength ? { dv, at: off } : undefined;
+    }
+    if (b?.chunks === undefined || off + size > this._size) return undefined;
+    const i = Math.floor(off / b.chunks.size), at = off - i * b.chunks.size;
+    if (at + size > b.chunks.size) return null;
+    const dvs = (this._dv ??= []);
+    let dv = dvs[i];
+    if (dv === undefined) {
+      const c = b.chunks.get(i);
+      dv = dvs[i] = new DataView(c.buffer, c.byteOffset, c.byteLength);
+    }
+    return at + size <= dv.byteLength ? { dv, at } : undefined;
   }
 
   toString(): string { return `${this.kind} ${this.name} (0x${this._size.toString(16)} bytes)`; }

@@ -11,7 +11,14 @@ export interface RamBacking {
   fdOffset?: number;
   /** A JS view of the same memory, used when an access has to be emulated. */
   bytes?: Uint8Array;
+  /**
+   * Instead of `bytes`, for regions larger than one typed array can be (4 GiB): the memory as
+   * consecutive views of `size` bytes each (the last may be shorter); `get(i)` is piece i.
+   */
+  chunks?: RamChunks;
 }
+
+export interface RamChunks { readonly size: number; get(i: number): Uint8Array }
 
 /**
  * MMIO / port I/O callbacks. `offset` is relative to the region, `size` is 1, 2, 4 or 8.

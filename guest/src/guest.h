@@ -115,5 +115,6 @@ int test_hotplug(const struct options *o);
 int test_smp(const struct options *o); /* smp.c */
 int test_hostile(const struct options *o); /* test-fuzz.c */
 int test_fuzz(const struct options *o);
+int test_highmem(const void *multiboot_info); /* test-highmem.c */
 
 #endif

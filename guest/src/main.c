@@ -15,6 +15,7 @@ struct multiboot_info {
 static char cmdline[512] BOOT_DATA;
 static struct multiboot_info boot_info BOOT_DATA;
 static uint32_t boot_magic BOOT_DATA;
+static const void *boot_mbi BOOT_DATA; /* the info itself, for test=highmem's memory map */
 extern char __bss_start[], __bss_end[];
 
 static void usage_error(const char *word) {
@@ -69,7 +70,7 @@ static void parse_word(char *word, struct options *o) {
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -166,6 +167,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   boot_magic = magic;
   if (magic == MULTIBOOT_BOOTLOADER_MAGIC) {
     boot_info = *mbi;
+    boot_mbi = mbi;
     if (boot_info.flags & MBI_FLAG_CMDLINE && boot_info.cmdline) {
       const char *s = (const char *)(uintptr_t)boot_info.cmdline;
       for (size_t n = 0; s[n] && n < sizeof cmdline - 1; n++) cmdline[n] = s[n];
@@ -193,6 +195,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "smp")) rc = test_smp(&o);
   else if (streq(o.test, "hostile")) rc = test_hostile(&o);
   else if (streq(o.test, "fuzz")) rc = test_fuzz(&o);
+  else if (streq(o.test, "highmem")) rc = test_highmem(boot_mbi);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }
