@@ -50,6 +50,8 @@ export interface VmConfig {
 }
 
 export class ConfigError extends Error {
+  /** tsvmm's exit status for a bad config, from every command. */
+  readonly exitCode = 2;
   constructor(readonly source: string, readonly problems: string[]) {
     super(`${source}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}`);
   }
