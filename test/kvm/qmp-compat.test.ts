@@ -7,55 +7,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createConnection, type Socket } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { projectRoot } from '../../core/paths.js';
+import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmpc-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
-
-/** A client that reads replies as qemu.qmp does: one JSON document per line. */
-class LineClient {
-  private buf = '';
-  readonly lines: string[] = [];
-  private wake: (() => void) | undefined;
-  constructor(readonly s: Socket) {
-    s.setEncoding('utf8');
-    s.on('data', (c: string) => {
-      this.buf += c;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) { this.lines.push(this.buf.slice(0, i)); this.buf = this.buf.slice(i + 1); }
-      this.wake?.();
-    });
-  }
-  static connect(path: string): Promise<LineClient> {
-    return new Promise((res, rej) => { const s = createConnection(path, () => res(new LineClient(s))); s.on('error', rej); });
-  }
-  async readline(): Promise<Record<string, unknown>> {
-    for (let i = 0; i < 200 && !this.lines.length; i++) await new Promise<void>((r) => { this.wake = r; setTimeout(r, 50); });
-    const l = this.lines.shift();
-    assert.ok(l !== undefined, 'no QMP line arrived');
-    return JSON.parse(l) as Record<string, unknown>;
-  }
-  /** The next reply (not an event); events met on the way are kept. */
-  readonly events: Record<string, unknown>[] = [];
-  async reply(): Promise<Record<string, unknown>> {
-    for (;;) {
-      const m = await this.readline();
-      if ('event' in m) this.events.push(m); else return m;
-    }
-  }
-  /** qemu.qmp's send: compact JSON, no newline. */
-  write(obj: unknown): void { this.s.write(JSON.stringify(obj)); }
-  async cmd(execute: string, args?: unknown, extra: object = {}): Promise<Record<string, unknown>> {
-    this.write({ execute, ...(args !== undefined ? { arguments: args } : {}), ...extra });
-    return this.reply();
-  }
-}
 
 async function startVm(name: string): Promise<{ sock: string; exited: Promise<number | null>; kill: () => void; stderr: () => string }> {
   const guest = join(dir, `${name}.bin`);
@@ -76,8 +37,8 @@ const err = (desc: string, cls = 'GenericError') => ({ error: { class: cls, desc
 test('qemu.qmp-style framing: compact JSON without newlines, two commands in one write, one command over several writes', async () => {
   const vm = await startVm('framing');
   try {
-    const c = await LineClient.connect(vm.sock);
-    const greeting = await c.readline();
+    const c = await QmpTestClient.connect(vm.sock);
+    const greeting = await c.next();
     assert.deepEqual(Object.keys(greeting.QMP as object).sort(), ['capabilities', 'version']);
     // QEMUMonitorProtocol.connect(negotiate=True): {"execute":"qmp_capabilities"} with no newline.
     c.s.write('{"execute":"qmp_capabilities"}');
@@ -99,7 +60,7 @@ test('qemu.qmp-style framing: compact JSON without newlines, two commands in one
     assert.deepEqual(await c.reply(), err('JSON parse error, expecting value'));
     c.s.write('{"execute":"query-name"}');
     assert.deepEqual(await c.reply(), { return: { name: 'vm-framing' } });
-    await c.cmd('quit');
+    await c.call('quit');
     assert.equal(await vm.exited, 0, vm.stderr());
   } finally {
     vm.kill();
@@ -109,50 +70,50 @@ test('qemu.qmp-style framing: compact JSON without newlines, two commands in one
 test("strict arguments: QEMU's classes and texts for missing, unexpected and mistyped members", async () => {
   const vm = await startVm('strict');
   try {
-    const c = await LineClient.connect(vm.sock);
-    await c.readline();
+    const c = await QmpTestClient.connect(vm.sock);
+    await c.next();
     // Before negotiation: capabilities tsvmm did not offer, and argument checks on qmp_capabilities.
-    assert.deepEqual(await c.cmd('qmp_capabilities', { enable: ['oob'] }), err("Capability 'oob' not available"));
-    assert.deepEqual(await c.cmd('qmp_capabilities', { enable: ['foo'] }), err("Parameter 'enable[0]' does not accept value 'foo'"));
-    assert.deepEqual(await c.cmd('qmp_capabilities', { enable: 'oob' }), err("Invalid parameter type for 'enable', expected: array"));
-    assert.deepEqual(await c.cmd('qmp_capabilities', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
-    assert.deepEqual(await c.cmd('query-status', undefined, { id: 7 }), { ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'), id: 7 });
-    assert.deepEqual(await c.cmd('qmp_capabilities', { enable: [] }), { return: {} });
-    assert.deepEqual(await c.cmd('qmp_capabilities'), err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'));
+    assert.deepEqual(await c.call('qmp_capabilities', { enable: ['oob'] }), err("Capability 'oob' not available"));
+    assert.deepEqual(await c.call('qmp_capabilities', { enable: ['foo'] }), err("Parameter 'enable[0]' does not accept value 'foo'"));
+    assert.deepEqual(await c.call('qmp_capabilities', { enable: 'oob' }), err("Invalid parameter type for 'enable', expected: array"));
+    assert.deepEqual(await c.call('qmp_capabilities', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
+    assert.deepEqual(await c.call('query-status', undefined, { id: 7 }), { ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'), id: 7 });
+    assert.deepEqual(await c.call('qmp_capabilities', { enable: [] }), { return: {} });
+    assert.deepEqual(await c.call('qmp_capabilities'), err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'));
 
     // The request object itself (qmp_dispatch_check_obj).
-    assert.deepEqual(await c.cmd('query-status', null, { id: 'n' }), { ...err("QMP input member 'arguments' must be an object"), id: 'n' });
-    assert.deepEqual(await c.cmd('query-status', [1]), err("QMP input member 'arguments' must be an object"));
-    assert.deepEqual(await c.cmd('query-status', undefined, { bogus: 1 }), err("QMP input member 'bogus' is unexpected"));
+    assert.deepEqual(await c.call('query-status', null, { id: 'n' }), { ...err("QMP input member 'arguments' must be an object"), id: 'n' });
+    assert.deepEqual(await c.call('query-status', [1]), err("QMP input member 'arguments' must be an object"));
+    assert.deepEqual(await c.call('query-status', undefined, { bogus: 1 }), err("QMP input member 'bogus' is unexpected"));
     c.write({ execute: 1 });
     assert.deepEqual(await c.reply(), err("QMP input member 'execute' must be a string"));
     c.write({ id: 5 });
     assert.deepEqual(await c.reply(), { ...err("QMP input lacks member 'execute'"), id: 5 });
-    assert.deepEqual(await c.cmd('exec-oob'), err('The command exec-oob has not been found', 'CommandNotFound'));
+    assert.deepEqual(await c.call('exec-oob'), err('The command exec-oob has not been found', 'CommandNotFound'));
 
     // Unexpected members, for commands without and with arguments.
-    assert.deepEqual(await c.cmd('query-status', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
-    assert.deepEqual(await c.cmd('stop', { x: true }), err("Parameter 'x' is unexpected"));
-    assert.deepEqual(await c.cmd('query-status'), { return: { running: true, singlestep: false, status: 'running' } }, 'a refused stop did not stop');
-    assert.deepEqual(await c.cmd('device_del', { id: 'x', force: true }), err("Parameter 'force' is unexpected"));
+    assert.deepEqual(await c.call('query-status', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
+    assert.deepEqual(await c.call('stop', { x: true }), err("Parameter 'x' is unexpected"));
+    assert.deepEqual(await c.call('query-status'), { return: { running: true, singlestep: false, status: 'running' } }, 'a refused stop did not stop');
+    assert.deepEqual(await c.call('device_del', { id: 'x', force: true }), err("Parameter 'force' is unexpected"));
     // Missing (reported before unexpected, as QEMU's visitor meets them).
-    assert.deepEqual(await c.cmd('getfd', {}), err("Parameter 'fdname' is missing"));
-    assert.deepEqual(await c.cmd('getfd', { bogus: 1 }), err("Parameter 'fdname' is missing"));
-    assert.deepEqual(await c.cmd('device_del', {}), err("Parameter 'id' is missing"));
-    assert.deepEqual(await c.cmd('remove-fd', { fd: 3 }), err("Parameter 'fdset-id' is missing"));
-    assert.deepEqual(await c.cmd('device_add', { id: 'd' }), err("Parameter 'driver' is missing"));
+    assert.deepEqual(await c.call('getfd', {}), err("Parameter 'fdname' is missing"));
+    assert.deepEqual(await c.call('getfd', { bogus: 1 }), err("Parameter 'fdname' is missing"));
+    assert.deepEqual(await c.call('device_del', {}), err("Parameter 'id' is missing"));
+    assert.deepEqual(await c.call('remove-fd', { fd: 3 }), err("Parameter 'fdset-id' is missing"));
+    assert.deepEqual(await c.call('device_add', { id: 'd' }), err("Parameter 'driver' is missing"));
     // Mistyped.
-    assert.deepEqual(await c.cmd('getfd', { fdname: 1 }), err("Invalid parameter type for 'fdname', expected: string"));
-    assert.deepEqual(await c.cmd('remove-fd', { 'fdset-id': 'x' }), err("Invalid parameter type for 'fdset-id', expected: integer"));
-    assert.deepEqual(await c.cmd('remove-fd', { 'fdset-id': 1.5 }), err("Invalid parameter type for 'fdset-id', expected: integer"));
-    assert.deepEqual(await c.cmd('add-fd', { opaque: false }), err("Invalid parameter type for 'opaque', expected: string"));
-    assert.deepEqual(await c.cmd('device_del', { id: null }), err("Invalid parameter type for 'id', expected: string"));
+    assert.deepEqual(await c.call('getfd', { fdname: 1 }), err("Invalid parameter type for 'fdname', expected: string"));
+    assert.deepEqual(await c.call('remove-fd', { 'fdset-id': 'x' }), err("Invalid parameter type for 'fdset-id', expected: integer"));
+    assert.deepEqual(await c.call('remove-fd', { 'fdset-id': 1.5 }), err("Invalid parameter type for 'fdset-id', expected: integer"));
+    assert.deepEqual(await c.call('add-fd', { opaque: false }), err("Invalid parameter type for 'opaque', expected: string"));
+    assert.deepEqual(await c.call('device_del', { id: null }), err("Invalid parameter type for 'id', expected: string"));
     // device_add's other members are the device's properties.
-    assert.deepEqual(await c.cmd('device_add', { driver: 'vfio-pci', id: 'd', bogus: 1 }), err("Property 'vfio-pci.bogus' not found"));
-    assert.match(((await c.cmd('device_add', { driver: 'e1000', id: 'd' })).error as { desc: string }).desc, /^'e1000' is not a valid device model name/);
-    assert.deepEqual(await c.cmd('device_add', { driver: 'vfio-pci', id: 'd', host: '0000:00:1f.0', addr: 'zz' }), err("Property 'vfio-pci.addr' doesn't take value 'zz'"));
-    assert.deepEqual(await c.cmd('device_del', { id: 'nope' }), err("Device 'nope' not found", 'DeviceNotFound'));
-    await c.cmd('quit');
+    assert.deepEqual(await c.call('device_add', { driver: 'vfio-pci', id: 'd', bogus: 1 }), err("Property 'vfio-pci.bogus' not found"));
+    assert.match(((await c.call('device_add', { driver: 'e1000', id: 'd' })).error as { desc: string }).desc, /^'e1000' is not a valid device model name/);
+    assert.deepEqual(await c.call('device_add', { driver: 'vfio-pci', id: 'd', host: '0000:00:1f.0', addr: 'zz' }), err("Property 'vfio-pci.addr' doesn't take value 'zz'"));
+    assert.deepEqual(await c.call('device_del', { id: 'nope' }), err("Device 'nope' not found", 'DeviceNotFound'));
+    await c.call('quit');
     assert.equal(await vm.exited, 0, vm.stderr());
   } finally {
     vm.kill();
@@ -162,11 +123,11 @@ test("strict arguments: QEMU's classes and texts for missing, unexpected and mis
 test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), system_powerdown, µs timestamps', async () => {
   const vm = await startVm('schema');
   try {
-    const c = await LineClient.connect(vm.sock);
-    await c.readline();
-    await c.cmd('qmp_capabilities');
-    assert.deepEqual(await c.cmd('query-name'), { return: { name: 'vm-schema' } });
-    const pci = (await c.cmd('query-pci')).return as { bus: number; devices: Record<string, unknown>[] }[];
+    const c = await QmpTestClient.connect(vm.sock);
+    await c.next();
+    await c.call('qmp_capabilities');
+    assert.deepEqual(await c.call('query-name'), { return: { name: 'vm-schema' } });
+    const pci = (await c.call('query-pci')).return as { bus: number; devices: Record<string, unknown>[] }[];
     assert.deepEqual(pci[0]!.devices[0], {
       bus: 0, slot: 0, function: 0, class_info: { desc: 'Host bridge', class: 0x0600 },
       id: { device: 0x0d57, vendor: 0x8086, subsystem: 0, 'subsystem-vendor': 0 }, irq_pin: 0, qdev_id: 'pci-host-bridge', regions: [],
@@ -174,10 +135,10 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
 
     // SchemaInfo: every command and event tsvmm has, every type they name defined once.
     type Info = Record<string, unknown> & { name: string; 'meta-type': string };
-    const schema = (await c.cmd('query-qmp-schema')).return as Info[];
+    const schema = (await c.call('query-qmp-schema')).return as Info[];
     const byName = new Map(schema.map((e) => [e.name, e]));
     assert.equal(byName.size, schema.length, 'names are unique');
-    const commands = ((await c.cmd('query-commands')).return as { name: string }[]).map((x) => x.name).sort();
+    const commands = ((await c.call('query-commands')).return as { name: string }[]).map((x) => x.name).sort();
     assert.deepEqual(schema.filter((e) => e['meta-type'] === 'command').map((e) => e.name).sort(), commands);
     for (const ev of ['STOP', 'RESUME', 'RESET', 'SHUTDOWN', 'POWERDOWN', 'DEVICE_DELETED']) assert.equal(byName.get(ev)?.['meta-type'], 'event', ev);
     const refs = (e: Info): string[] => [e['arg-type'], e['ret-type'], e['element-type'],
@@ -196,19 +157,19 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
 
     // system_powerdown: POWERDOWN; tsvmm has no ACPI power button, so the guest (as a QEMU guest
     // ignoring the button) runs on.
-    assert.deepEqual(await c.cmd('system_powerdown'), { return: {} });
-    for (let i = 0; i < 20 && !c.events.some((e) => e.event === 'POWERDOWN'); i++) c.events.push(await c.readline());
+    assert.deepEqual(await c.call('system_powerdown'), { return: {} });
+    for (let i = 0; i < 20 && !c.events.some((e) => e.event === 'POWERDOWN'); i++) c.events.push(await c.next());
     const pd = c.events.find((e) => e.event === 'POWERDOWN')!;
     assert.ok(pd && !('data' in pd), JSON.stringify(c.events));
-    assert.equal(((await c.cmd('query-status')).return as { status: string }).status, 'running');
+    assert.equal(((await c.call('query-status')).return as { status: string }).status, 'running');
 
     // Timestamps: seconds + microseconds of the wall clock, with sub-millisecond resolution.
     const stamps: { seconds: number; microseconds: number }[] = [];
     for (let i = 0; i < 4; i++) {
-      await c.cmd('stop');
-      await c.cmd('cont');
+      await c.call('stop');
+      await c.call('cont');
     }
-    for (let i = 0; i < 20 && c.events.length < 9; i++) c.events.push(await c.readline());
+    for (let i = 0; i < 20 && c.events.length < 9; i++) c.events.push(await c.next());
     for (const e of c.events) stamps.push(e.timestamp as { seconds: number; microseconds: number });
     const now = Date.now() / 1000;
     for (const t of stamps) {
@@ -216,7 +177,7 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
       assert.ok(Number.isInteger(t.microseconds) && t.microseconds >= 0 && t.microseconds < 1e6, JSON.stringify(t));
     }
     assert.ok(stamps.some((t) => t.microseconds % 1000 !== 0), `microsecond resolution: ${JSON.stringify(stamps)}`);
-    await c.cmd('quit');
+    await c.call('quit');
     assert.equal(await vm.exited, 0, vm.stderr());
   } finally {
     vm.kill();

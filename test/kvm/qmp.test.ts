@@ -3,56 +3,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createConnection, type Socket } from 'node:net';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { projectRoot } from '../../core/paths.js';
 import { native } from '../../core/native.js';
+import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmp-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
 
-class Client {
-  private buf = '';
-  private readonly queue: Record<string, unknown>[] = [];
-  private wake: (() => void) | undefined;
-  constructor(readonly s: Socket) {
-    s.setEncoding('utf8');
-    s.on('data', (c: string) => {
-      this.buf += c;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) { this.queue.push(JSON.parse(this.buf.slice(0, i))); this.buf = this.buf.slice(i + 1); }
-      this.wake?.();
-    });
-  }
-  static connect(path: string): Promise<Client> {
-    return new Promise((res, rej) => { const s = createConnection(path, () => res(new Client(s))); s.on('error', rej); });
-  }
-  async next(): Promise<Record<string, unknown>> {
-    for (let i = 0; i < 200 && !this.queue.length; i++) await new Promise<void>((r) => { this.wake = r; setTimeout(r, 50); });
-    const m = this.queue.shift();
-    assert.ok(m, 'no QMP message arrived');
-    return m;
-  }
-  send(raw: string): void { this.s.write(raw + '\n'); }
-  /** A command and its reply, with the events that came before it (QEMU may emit them first). */
-  async cmdEvents(execute: string): Promise<{ reply: Record<string, unknown>; events: string[] }> {
-    this.send(JSON.stringify({ execute }));
-    const events: string[] = [];
-    for (;;) {
-      const m = await this.next();
-      if ('event' in m) events.push(m.event as string);
-      else return { reply: m, events };
-    }
-  }
-  async cmd(execute: string, extra: object = {}): Promise<Record<string, unknown>> {
-    this.send(JSON.stringify({ execute, ...extra }));
-    return this.next();
-  }
-}
+const Client = QmpTestClient;
 
 test('QMP: greeting, negotiation, errors, status, stop/cont with events, one client, quit', async () => {
   const guest = join(dir, 'spin.bin');
