@@ -236,11 +236,6 @@ export class QmpServer {
     if (existsSync(this.path)) unlinkSync(this.path);
     this.onClose?.();
   }
-
-  /** Removes the socket file now (a signal handler's last act, when close() cannot run). */
-  unlinkNow(): void {
-    try { if (existsSync(this.path)) unlinkSync(this.path); } catch { /* best effort */ }
-  }
 }
 
 function closeFds(fds: number[]): void {
