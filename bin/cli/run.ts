@@ -88,10 +88,12 @@ export function buildRawConfig(positional: string | undefined, v: Record<string,
     if (!/^\d+$/.test(v.cpus as string)) throw new UsageError(`--cpus ${String(v.cpus)}: not a number`, USAGE);
     raw.vcpus = Number(v.cpus);
   }
-  raw.kernel = { ...(raw.kernel ?? {}) } as RawConfig['kernel'];
-  if (v.kernel !== undefined) raw.kernel.path = cwd(v.kernel as string);
-  if (v['kernel-format'] !== undefined) raw.kernel.format = v['kernel-format'] as RawConfig['kernel']['format'];
-  if (v.initrd !== undefined) raw.kernel.initrd = cwd(v.initrd as string);
+  if (v.kernel !== undefined || v['kernel-format'] !== undefined || v.initrd !== undefined) {
+    raw.kernel = { ...(raw.kernel ?? {}) } as RawConfig['kernel'];
+    if (v.kernel !== undefined) raw.kernel.path = cwd(v.kernel as string);
+    if (v['kernel-format'] !== undefined) raw.kernel.format = v['kernel-format'] as RawConfig['kernel']['format'];
+    if (v.initrd !== undefined) raw.kernel.initrd = cwd(v.initrd as string);
+  }
   if (v.cmdline !== undefined) raw.cmdline = v.cmdline as string;
   if (v.name !== undefined) raw.name = v.name as string;
   for (const spec of (v.device as string[] | undefined) ?? []) {
