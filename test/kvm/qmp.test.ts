@@ -43,7 +43,7 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
     assert.deepEqual(await c.cmd('no-such-command', { id: 'x' }), { error: { class: 'CommandNotFound', desc: 'The command no-such-command has not been found' }, id: 'x' });
     assert.deepEqual(await c.cmd('query-status'), { return: { running: true, singlestep: false, status: 'running' } });
     const pci = (await c.cmd('query-pci')).return as { devices: { slot: number; id: { vendor: number; device: number } }[] }[];
-    assert.deepEqual(pci[0]!.devices[0]!.id, { vendor: 0x8086, device: 0x0d57 });
+    assert.deepEqual(pci[0]!.devices[0]!.id, { device: 0x0d57, vendor: 0x8086, subsystem: 0, 'subsystem-vendor': 0 });
 
     assert.deepEqual(await c.cmdEvents('stop'), { reply: { return: {} }, events: ['STOP'] });
     assert.deepEqual(await c.cmd('query-status'), { return: { running: false, singlestep: false, status: 'paused' } });
