@@ -111,6 +111,9 @@ export function buildRawConfig(positional: string | undefined, v: Record<string,
   return { raw, source, baseDir };
 }
 
+/** Exit statuses for the terminating signals, as a shell reports them (128 + N). */
+const SIGNALS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
+
 export async function main(args: string[]): Promise<number> {
   const p = parseCommand(args, OPTIONS, USAGE, { min: 0, max: 1, what: 'config file' });
   if (!p) return 0;
@@ -121,37 +124,46 @@ export async function main(args: string[]): Promise<number> {
     checkConfig(structuredClone(raw), source, baseDir); // exit 2 (with the problems) when invalid
     return 0;
   }
-  const config = checkConfig(raw, source, baseDir);
-  let passedFds;
-  const fdSocket = str(v, 'fd-socket');
-  if (fdSocket !== undefined) {
-    const sock = Number(fdSocket);
-    if (!/^\d+$/.test(fdSocket)) throw new UsageError('--fd-socket takes an fd number', USAGE);
-    const { receivePassedFds } = await import('../../core/fdpass.js');
-    try { passedFds = receivePassedFds(sock); } finally { closeSync(sock); }
-  }
-  const { Machine } = await import('../../core/machine.js');
-  const machine = new Machine(config, passedFds ? { passedFds } : {});
-  // Every terminating signal ends the VM cleanly: vCPUs stopped, devices released, the QMP
-  // socket file removed; the exit status is 128 + the signal's number, as a shell reports it.
-  const SIGNALS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
-  const onSignal = (sig: NodeJS.Signals) => machine.requestExit(SIGNALS[sig as keyof typeof SIGNALS], `interrupted (${sig})`);
+  // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
+  // file removed), also one that arrives while the VM is still being set up.
+  let machine: import('../../core/machine.js').Machine | undefined;
+  let early: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (machine) machine.requestExit(SIGNALS[sig as keyof typeof SIGNALS], `interrupted (${sig})`);
+    else early ??= sig;
+  };
   for (const s of Object.keys(SIGNALS)) process.on(s, onSignal);
   let qmp;
   try {
+    const config = checkConfig(raw, source, baseDir);
+    let passedFds;
+    const fdSocket = str(v, 'fd-socket');
+    if (fdSocket !== undefined) {
+      const sock = Number(fdSocket);
+      if (!/^\d+$/.test(fdSocket)) throw new UsageError('--fd-socket takes an fd number', USAGE);
+      const { receivePassedFds } = await import('../../core/fdpass.js');
+      try { passedFds = receivePassedFds(sock); } finally { closeSync(sock); }
+    }
+    const { Machine } = await import('../../core/machine.js');
+    machine = new Machine(config, passedFds ? { passedFds } : {});
     const qmpPath = str(v, 'qmp');
-    if (qmpPath !== undefined) {
+    if (qmpPath !== undefined && !early) {
       const { machineQmp } = await import('../../core/qmp-commands.js');
       qmp = machineQmp(machine, qmpPath);
       await qmp.listen();
     }
+    if (early) {
+      process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
+      return SIGNALS[early as keyof typeof SIGNALS];
+    }
     const r = await machine.run();
-    if (r.reason !== 'QMP quit') qmp?.emit('SHUTDOWN', { guest: !/^interrupted/.test(r.reason), reason: /^interrupted/.test(r.reason) ? 'host-signal' : 'guest-shutdown' });
+    const bySignal = /^interrupted/.test(r.reason);
+    if (r.reason !== 'QMP quit') qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {
     for (const s of Object.keys(SIGNALS)) process.off(s, onSignal);
     await qmp?.close();
-    machine.close();
+    machine?.close();
   }
 }

@@ -137,7 +137,7 @@ test('QMP system_reset: the guest boots again from its entry point (same command
   const boots = () => out.split('\n').filter((l) => l === 'tsvmm-guest: start').length;
   const readies = () => out.split('\n').filter((l) => l === 'irq ready').length;
   try {
-    for (let i = 0; i < 100 && !(existsSync(sock) && readies() === 1); i++) await sleep(50);
+    for (let i = 0; i < 1200 && !(existsSync(sock) && readies() === 1); i++) await sleep(50); // slow under the test host's TCG
     assert.equal(readies(), 1, out);
     const c = await Client.connect(sock);
     await c.next();
@@ -147,7 +147,7 @@ test('QMP system_reset: the guest boots again from its entry point (same command
     if (!evs.length) evs.push(((await c.next()).event as string));
     assert.deepEqual(r.reply, { return: {} });
     assert.deepEqual(evs, ['RESET']);
-    for (let i = 0; i < 100 && readies() < 2; i++) await sleep(50);
+    for (let i = 0; i < 1200 && readies() < 2; i++) await sleep(50);
     assert.equal(boots(), 2, `the guest started twice:\n${out}`);
     assert.equal(readies(), 2, out);
     assert.equal(out.split('\n').filter((l) => l === 'tsvmm-guest: cmdline "test=irq vector=64 count=1"').length, 2, 'the boot information was written again');
