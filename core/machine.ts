@@ -301,6 +301,15 @@ export class Machine {
   }
 
   /** Ends the VM with a status (first caller wins). */
+  /**
+   * A host power-down request (QMP system_powerdown). tsvmm has no ACPI power button yet, so the
+   * guest is not told: as a QEMU guest that ignores the button, it runs on. Returns whether the
+   * request reached the guest.
+   */
+  requestPowerdown(): boolean {
+    return false;
+  }
+
   requestExit(status: number, reason: string): void {
     if (!this.exit) this.exit = { status, reason };
     this.vm.stop();

@@ -3,7 +3,7 @@
 // and the device's cdev), starts the VMM as an unprivileged user
 // with no capabilities and a memlock limit fit for the guest, and passes the fds over a UNIX
 // socket (SCM_RIGHTS). The VMM needs nothing else: /dev/vfio/vfio it opens itself (0666).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { native } from './native.js';
@@ -22,6 +22,8 @@ const MEMLOCK_SLACK = 64 * 2 ** 20;
 export async function runManager(configPath: string, opts: ManagerOptions): Promise<number> {
   const path = resolve(configPath);
   const config = loadConfig(path);
+  const memlock = opts.memlockBytes ?? config.memoryBytes + MEMLOCK_SLACK;
+  checkMemlock(memlock, opts.memlockBytes !== undefined);
   const fds: PassedFd[] = [];
   let mine: number | undefined, theirs: number | undefined;
   try {
@@ -40,7 +42,6 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
       fds.push({ name: d.fd ?? `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
     }
     [mine, theirs] = native().socketpair();
-    const memlock = opts.memlockBytes ?? config.memoryBytes + MEMLOCK_SLACK;
     // prlimit raises the limit while still root; setpriv then drops to the user with no
     // capabilities, no supplementary groups and no way to regain privilege.
     const child = spawn('prlimit', [`--memlock=${memlock}:${memlock}`,
@@ -60,6 +61,31 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
     if (mine !== undefined) closeSync(mine);
     if (theirs !== undefined) closeSync(theirs);
   }
+}
+
+const mib = (b: number) => (b === Infinity ? 'unlimited' : `${Math.round(b / 2 ** 20)} MiB`);
+
+/** The hard RLIMIT_MEMLOCK of this process, from /proc/self/limits (Infinity when unlimited). */
+function hardMemlock(): number {
+  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max locked memory'));
+  const hard = line?.split(/\s{2,}/)[2];
+  return hard === undefined || hard === 'unlimited' ? Infinity : Number(hard);
+}
+
+/**
+ * Whether prlimit may give the VMM this locked-memory limit: raising the hard limit needs
+ * CAP_SYS_RESOURCE, which a manager in a container, or one not run as root, may lack. Tried once
+ * (prlimit on `true`) so the failure is explained here instead of as a bare prlimit error.
+ */
+function checkMemlock(bytes: number, asked: boolean): void {
+  const r = spawnSync('prlimit', [`--memlock=${bytes}:${bytes}`, 'true'], { encoding: 'utf8' });
+  if (r.status === 0) return;
+  const hard = hardMemlock();
+  const why = r.error ? `prlimit: ${r.error.message}` : (r.stderr.trim() || `prlimit exited ${r.status}`);
+  throw new Error(`cannot give the VMM a locked-memory limit of ${mib(bytes)} (${asked ? '--memlock' : 'guest RAM + 64 MiB, for DMA pinning'}): ${why}\n` +
+    `  this process's hard limit is ${mib(hard)}, and raising it needs CAP_SYS_RESOURCE (run the manager as root on the host; in a container, ` +
+    `start it with --ulimit memlock=-1:-1 or --cap-add SYS_RESOURCE)\n` +
+    `  fix: raise the hard limit (ulimit -Hl, /etc/security/limits.conf, systemd LimitMEMLOCK=)${hard !== Infinity && hard > 0 ? ` or pass --memlock ${Math.floor(hard / 2 ** 20)}M if the guest needs no more pinned` : ''}`);
 }
 
 /** /dev/iommu with pins charged to the process that maps (IOMMU_OPTION_RLIMIT_MODE 1, which

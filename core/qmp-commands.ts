@@ -2,6 +2,8 @@
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { QmpServer, QmpError, type QmpContext } from './qmp.js';
 import type { Machine } from './machine.js';
+import type { PciDevice } from '../hw/pci.js';
+import { schemaInfo } from '../generated/qmp-validators.js';
 import { projectRoot } from './paths.js';
 import { identify, type PassedFd } from './fdpass.js';
 import type { VfioBackendChoice, VfioPassedFds } from './vfio/vfio.js';
@@ -26,12 +28,55 @@ class FdStore {
   }
 }
 
-const str = (a: Record<string, unknown>, k: string, required = false): string | undefined => {
-  const v = a[k];
-  if (v === undefined) { if (required) throw new QmpError('GenericError', `Parameter '${k}' is missing`); return undefined; }
-  if (typeof v !== 'string') throw new QmpError('GenericError', `Invalid parameter type for '${k}', expected: string`);
-  return v;
+// Arguments reach a command checked against core/qmp-schema.json (types, required, unexpected).
+const str = (a: Record<string, unknown>, k: string): string | undefined => a[k] as string | undefined;
+
+/** QEMU's pci_class_descriptions (hw/pci/pci.c): query-pci's class_info.desc. */
+const PCI_CLASS_DESC: Record<number, string> = {
+  0x0001: 'VGA controller', 0x0100: 'SCSI controller', 0x0101: 'IDE controller', 0x0102: 'Floppy controller',
+  0x0103: 'IPI controller', 0x0104: 'RAID controller', 0x0106: 'SATA controller', 0x0107: 'SAS controller',
+  0x0180: 'Storage controller', 0x0200: 'Ethernet controller', 0x0201: 'Token Ring controller', 0x0202: 'FDDI controller',
+  0x0203: 'ATM controller', 0x0280: 'Network controller', 0x0300: 'VGA controller', 0x0301: 'XGA controller',
+  0x0302: '3D controller', 0x0380: 'Display controller', 0x0400: 'Video controller', 0x0401: 'Audio controller',
+  0x0402: 'Phone', 0x0403: 'Audio controller', 0x0480: 'Multimedia controller', 0x0500: 'RAM controller',
+  0x0501: 'Flash controller', 0x0580: 'Memory controller', 0x0600: 'Host bridge', 0x0601: 'ISA bridge',
+  0x0602: 'EISA bridge', 0x0603: 'MC bridge', 0x0604: 'PCI bridge', 0x0605: 'PCMCIA bridge', 0x0606: 'NUBUS bridge',
+  0x0607: 'CARDBUS bridge', 0x0608: 'RACEWAY bridge', 0x0680: 'Bridge', 0x0700: 'Serial port', 0x0701: 'Parallel port',
+  0x0800: 'Interrupt controller', 0x0801: 'DMA controller', 0x0802: 'Timer', 0x0803: 'RTC', 0x0900: 'Keyboard',
+  0x0901: 'Pen', 0x0902: 'Mouse', 0x0a00: 'Dock station', 0x0b00: 'i386 cpu', 0x0c00: 'Firewire controller',
+  0x0c01: 'Access bus controller', 0x0c02: 'SSA controller', 0x0c03: 'USB controller', 0x0c04: 'Fibre channel controller',
+  0x0c05: 'SMBus',
 };
+
+/** query-pci's PciDeviceInfo for one device (hw/pci/pci-qmp-cmds.c qmp_query_pci_device). */
+function pciDeviceInfo(d: PciDevice): object {
+  const cls = d.configRead(0x0a, 2), pin = d.configRead(0x3d, 1);
+  const normal = (d.configRead(0x0e, 1) & 0x7f) === 0;
+  return {
+    bus: 0, slot: d.slot, function: d.devfn & 7,
+    class_info: { ...(PCI_CLASS_DESC[cls] ? { desc: PCI_CLASS_DESC[cls] } : {}), class: cls },
+    id: { device: d.configRead(2, 2), vendor: d.configRead(0, 2),
+      ...(normal ? { subsystem: d.configRead(0x2e, 2), 'subsystem-vendor': d.configRead(0x2c, 2) } : {}) },
+    ...(pin ? { irq: d.configRead(0x3c, 1) } : {}),
+    irq_pin: pin,
+    qdev_id: d.name,
+    regions: d.bars.filter((b) => b).map((b) => ({
+      bar: b!.index, type: b!.type === 'io' ? 'io' : 'memory', address: b!.mappedAt ?? -1, size: b!.size,
+      ...(b!.type === 'io' ? {} : { prefetch: b!.prefetchable, mem_type_64: b!.type === 'mem64' }),
+    })),
+  };
+}
+
+/** device_add's addr: a slot ("5", "0x5", "05.0") or an integer, as QEMU's PCI devfn property. */
+function parseAddr(v: unknown): number {
+  const bad = () => new QmpError('GenericError', `Property 'vfio-pci.addr' doesn't take value '${String(v)}'`);
+  let slot: number;
+  if (typeof v === 'number') slot = v;
+  else if (typeof v === 'string' && /^(0x[0-9a-f]+|[0-9a-f]{1,2})(\.0)?$/i.test(v)) slot = parseInt(v.replace(/\.0$/, ''), 16);
+  else throw bad();
+  if (!Number.isInteger(slot) || slot < 1 || slot > 31) throw new QmpError('GenericError', `Property 'vfio-pci.addr' doesn't take value '${String(v)}' (tsvmm: a free slot 1-31, function 0)`);
+  return slot;
+}
 
 function needFd(ctx: QmpContext): number {
   const fd = ctx.takeFd();
@@ -61,16 +106,9 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       const paused = m.vm.paused;
       return { running: !paused, singlestep: false, status: paused ? 'paused' : 'running' };
     },
-    'query-pci': () => [{
-      bus: 0,
-      devices: [...m.pciBus.devices.values()].map((d) => ({
-        bus: 0, slot: d.slot, function: d.devfn & 7,
-        class_info: { class: d.configRead(0x0a, 2) },
-        id: { vendor: d.configRead(0, 2), device: d.configRead(2, 2) },
-        qdev_id: d.name,
-        regions: d.bars.filter((b) => b).map((b) => ({ bar: b!.index, type: b!.type === 'io' ? 'io' : 'memory', address: b!.mappedAt ?? -1, size: b!.size, prefetch: b!.prefetchable, mem_type_64: b!.type === 'mem64' })),
-      })),
-    }],
+    'query-name': () => ({ name: m.config.name }),
+    'query-pci': () => [{ bus: 0, devices: [...m.pciBus.devices.values()].map(pciDeviceInfo) }],
+    'query-qmp-schema': () => schemaInfo,
     stop: () => {
       if (!m.vm.paused) { m.vm.pause(); qmp.emit('STOP'); }
       return {};
@@ -80,7 +118,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return {};
     },
     getfd: (a, ctx) => {
-      const name = str(a, 'fdname', true)!;
+      const name = str(a, 'fdname')!;
       const fd = needFd(ctx);
       const old = fds.named.get(name);
       if (old !== undefined) closeSync(old); // QEMU replaces a name's fd
@@ -88,13 +126,13 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return {};
     },
     closefd: (a) => {
-      closeSync(fds.take(str(a, 'fdname', true)!));
+      closeSync(fds.take(str(a, 'fdname')!));
       return {};
     },
     'add-fd': (a, ctx) => {
       const fd = needFd(ctx);
       const id = a['fdset-id'] ?? Math.max(-1, ...fds.sets.keys()) + 1;
-      if (!Number.isInteger(id) || (id as number) < 0) { closeSync(fd); throw new QmpError('GenericError', "Parameter 'fdset-id' expects a non-negative integer"); }
+      if ((id as number) < 0) { closeSync(fd); throw new QmpError('GenericError', "Parameter 'fdset-id' expects a non-negative integer"); }
       const opaque = str(a, 'opaque');
       const set = fds.sets.get(id as number) ?? [];
       set.push({ fd, ...(opaque !== undefined ? { opaque } : {}) });
@@ -113,15 +151,16 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     },
     'query-fdsets': () => [...fds.sets].map(([id, set]) => ({ 'fdset-id': id, fds: set.map((f) => ({ fd: f.fd, ...(f.opaque !== undefined ? { opaque: f.opaque } : {}) })) })),
     device_add: (a) => {
-      const driver = str(a, 'driver', true)!;
+      const driver = str(a, 'driver')!;
       if (driver !== 'vfio-pci') throw new QmpError('GenericError', `'${driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
-      const id = str(a, 'id', true)!;
+      // QEMU names a device without an id itself; tsvmm needs one to find it for device_del.
+      const id = str(a, 'id');
+      if (id === undefined) throw new QmpError('GenericError', "Parameter 'id' is missing");
       if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) throw new QmpError('GenericError', `Parameter 'id' expects an identifier ([A-Za-z0-9._-], at most 64)`);
       const host = str(a, 'host'), sysfsdev = str(a, 'sysfsdev'), fdName = str(a, 'fd'), iommufdName = str(a, 'iommufd');
       const backend = str(a, 'backend') as VfioBackendChoice | undefined;
-      if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend)) throw new QmpError('GenericError', "Parameter 'backend' expects auto, legacy or iommufd");
-      const slot = a.addr === undefined ? undefined : Number(a.addr);
-      if (slot !== undefined && (!Number.isInteger(slot) || slot < 1 || slot > 31)) throw new QmpError('GenericError', "Parameter 'addr' expects a slot number 1-31");
+      if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend)) throw new QmpError('GenericError', `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`);
+      const slot = a.addr === undefined ? undefined : parseAddr(a.addr);
       if (!host && !sysfsdev && !fdName) throw new QmpError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
       // Named fds are taken (and owned by the device) only once everything else checks out.
       const passed: VfioPassedFds = {};
@@ -155,12 +194,18 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return {};
     },
     device_del: (a) => {
-      const id = str(a, 'id', true)!;
+      const id = str(a, 'id')!;
       const dev = m.devices.find((d) => d.name === id);
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
       m.removeVfioDevice(dev);
       // Surprise removal: done at once (no guest handshake without a hot-plug controller).
       qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+      return {};
+    },
+    system_powerdown: () => {
+      // QEMU emits POWERDOWN and presses the ACPI power button; a guest may ignore it.
+      qmp.emit('POWERDOWN');
+      m.requestPowerdown();
       return {};
     },
     system_reset: async () => {
@@ -175,6 +220,13 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     },
   };
   qmp = new QmpServer(path, commands, version);
+  // device_add takes a device's properties: an unknown one is the device's, as QEMU says it.
+  qmp.argumentError.device_add = (a, e) => {
+    const m = /^Parameter '([^'.[]+)' is unexpected$/.exec(e.message);
+    if (!m) return e;
+    if (typeof a.driver === 'string' && a.driver !== 'vfio-pci') return new QmpError('GenericError', `'${a.driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
+    return new QmpError('GenericError', `Property '${String(a.driver)}.${m[1]}' not found`);
+  };
   qmp.onClose = () => fds.close();
   return qmp;
 }

@@ -103,22 +103,35 @@ export interface LinuxBootLayout {
   entry: number;
 }
 
+/**
+ * Whether kernel and initrd fit the RAM below 4 GiB (also run by `tsvmm validate`, without
+ * loading anything); returns where the kernel's memory ends. The kernel decompresses itself at its
+ * preferred address (16 MiB for x86-64) and needs init_size bytes from there; the initrd goes at
+ * the top of low RAM, above all of that.
+ */
+export function checkLinuxFit(hdr: BzImage, imageSize: number, initrdSize: number, lowRamEnd: number, path: string, initrdName?: string): number {
+  const kernelEnd = Math.max(KERNEL_LOAD_ADDR + imageSize - hdr.kernelOffset, Math.max(hdr.prefAddress, KERNEL_LOAD_ADDR) + hdr.initSize);
+  if (kernelEnd + initrdSize > lowRamEnd) {
+    const need = Math.ceil((kernelEnd + initrdSize) / 2 ** 20) + 16;
+    throw new LoaderError(`${path}: the kernel needs RAM up to ${mib(kernelEnd)} (it decompresses to ${hex(hdr.prefAddress)} and needs init_size ${mib(hdr.initSize)})` +
+      (initrdSize ? ` plus ${mib(initrdSize)} of initrd${initrdName ? ` (${initrdName})` : ''}` : '') +
+      `, but the VM has ${mib(lowRamEnd)} below 4 GiB: give it more memory (at least ${need}M)`);
+  }
+  return kernelEnd;
+}
+
+/** The command line (bytes, without the NUL) against the kernel's cmdline_size. */
+export function checkLinuxCmdline(hdr: BzImage, bytes: number, path: string): void {
+  if (bytes + 1 > hdr.cmdlineSize) throw new LoaderError(`${path}: the command line is ${bytes} bytes; this kernel accepts at most ${hdr.cmdlineSize - 1}`);
+}
+
 /** Loads kernel, initrd, command line and boot_params into RAM; returns where each went. */
 export function loadLinux(ram: Uint8Array, o: LinuxBootOptions): LinuxBootLayout {
   const hdr = parseBzImage(o.image, o.path);
   const kernel = o.image.subarray(hdr.kernelOffset);
-  // The kernel decompresses itself at its preferred address (16 MiB for x86-64) and needs
-  // init_size bytes from there; the initrd goes at the top of low RAM, above all of that.
-  const kernelEnd = Math.max(KERNEL_LOAD_ADDR + kernel.length, Math.max(hdr.prefAddress, KERNEL_LOAD_ADDR) + hdr.initSize);
-  const initrdSize = o.initrd?.length ?? 0;
-  if (kernelEnd + initrdSize > o.lowRamEnd) {
-    const need = Math.ceil((kernelEnd + initrdSize) / 2 ** 20) + 16;
-    throw new LoaderError(`${o.path}: the kernel needs RAM up to ${mib(kernelEnd)} (it decompresses to ${hex(hdr.prefAddress)} and needs init_size ${mib(hdr.initSize)})` +
-      (initrdSize ? ` plus ${mib(initrdSize)} of initrd${o.initrdName ? ` (${o.initrdName})` : ''}` : '') +
-      `, but the VM has ${mib(o.lowRamEnd)} below 4 GiB: give it more memory (at least ${need}M)`);
-  }
+  const kernelEnd = checkLinuxFit(hdr, o.image.length, o.initrd?.length ?? 0, o.lowRamEnd, o.path, o.initrdName);
   const cmd = new TextEncoder().encode(o.cmdline);
-  if (cmd.length + 1 > hdr.cmdlineSize) throw new LoaderError(`${o.path}: the command line is ${cmd.length} bytes; this kernel accepts at most ${hdr.cmdlineSize - 1}`);
+  checkLinuxCmdline(hdr, cmd.length, o.path);
   if (o.e820.length > E820_MAX_ENTRIES) throw new LoaderError(`too many e820 entries (${o.e820.length}, at most ${E820_MAX_ENTRIES})`);
 
   ram.set(kernel, KERNEL_LOAD_ADDR);

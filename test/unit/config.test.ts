@@ -1,13 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { guestPaths } from '../../guest/index.js';
 import { checkConfig, loadConfig, ConfigError, parseMemory } from '../../core/config/config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-config-'));
 const kernel = join(dir, 'guest.elf');
-writeFileSync(kernel, 'x');
+copyFileSync(guestPaths().elf, kernel); // a real multiboot image: validate checks images
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 function problems(raw: unknown): string[] {

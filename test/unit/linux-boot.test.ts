@@ -11,27 +11,9 @@ import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../../core/loader/initram
 import { buildMpTable, checksum, MP_TABLE_ADDR } from '../../hw/mptable.js';
 import { amlPkgLength, buildAcpiTables, dsdtAml, eisaId, ACPI_TABLES_ADDR } from '../../hw/acpi.js';
 import { checkConfig, ConfigError } from '../../core/config/config.js';
+import { fakeBzImage } from '../helpers/images.js';
 
 const MiB = 2 ** 20;
-
-/** A synthetic bzImage: 4 setup sectors + a "kernel" of `kernelBytes`, with a 2.15 header. */
-function fakeBzImage(o: { version?: number; xloadflags?: number; loadflags?: number; initSize?: number; kernelBytes?: number } = {}): Uint8Array {
-  const img = new Uint8Array(5 * 512 + (o.kernelBytes ?? 4096));
-  const v = new DataView(img.buffer);
-  img[0x1f1] = 4;
-  v.setUint16(0x1fe, 0xaa55, true);
-  img[0x200] = 0xeb; img[0x201] = 0x6a; // jmp: header ends at 0x26c
-  v.setUint32(0x202, 0x53726448, true);
-  v.setUint16(0x206, o.version ?? 0x020f, true);
-  img[0x211] = o.loadflags ?? 0x01;
-  v.setUint32(0x22c, 0x7fffffff, true);
-  v.setUint16(0x236, o.xloadflags ?? 0x7f, true);
-  v.setUint32(0x238, 2047, true);
-  v.setBigUint64(0x258, 0x1000000n, true);
-  v.setUint32(0x260, o.initSize ?? 2 * MiB, true);
-  for (let i = 5 * 512; i < img.length; i++) img[i] = i & 0xff;
-  return img;
-}
 
 const e820 = (ram: number) => [
   { addr: 0, size: 0x9fc00, type: 1 as const }, { addr: 0x9fc00, size: 0x60400, type: 2 as const }, { addr: 0x100000, size: ram - 0x100000, type: 1 as const },
@@ -237,7 +219,7 @@ test('config: format linux with initramfs, ${ENV} in kernel paths, and the linux
   delete process.env.TSVMM_TEST_KDIR;
   assert.throws(() => checkConfig({ kernel: { path: '${TSVMM_TEST_KDIR}/bzImage' } }, 't', '/'), (e: Error) => e instanceof ConfigError && /environment variable TSVMM_TEST_KDIR is not set/.test(e.message));
   assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'bzImage'), initramfs: { script: 'x' } } }, 't', '/'), /either "initrd".*or "initramfs"/);
-  assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), format: 'multiboot', initrd: join(dir, 'bzImage') } }, 't', '/'), /format "linux" only/);
+  assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), format: 'multiboot', initrd: join(dir, 'bzImage') } }, 't', '/'), /\/kernel\/initrd: .* loads as a multiboot image; an initrd or initramfs needs a Linux bzImage/);
   assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'nope') } }, 't', '/'), /\/kernel\/initrd: .* does not exist/);
 });
 
