@@ -243,9 +243,26 @@ export class VfioPciDevice extends PciDevice {
       const r = this.assigned.device.regions[romIndex];
       if (!r || r.size === 0) return;
       size = r.size;
-      read = (off, sz) => this.regionRead(romIndex, off, sz, r.size);
+      // Read whole on first use and kept (as QEMU's vfio_pci_load_rom): every pread of the ROM
+      // region has vfio-pci enable and map the device's ROM anew, far too slow per access.
+      let image: Buffer | undefined;
+      read = (off, sz) => {
+        image ??= this.loadRom(romIndex, r.size);
+        return sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz);
+      };
     }
     this.registerRom(size, MemoryRegion.io(`${this.name}-rom`, size, { read, write: () => { /* read-only */ } }));
+  }
+
+  /** The device's ROM, read in one pass; what cannot be read reads as all-ones (no ROM there). */
+  private loadRom(index: number, size: number): Buffer {
+    const image = Buffer.alloc(size, 0xff);
+    try {
+      this.assigned.device.readInto(index, 0, image);
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:rom`, () => `${this.name}: reading the device's ROM failed (${(e as Error).message}); the guest reads all-ones`);
+    }
+    return image;
   }
 
   /** Adds the emulated MSI-X table/PBA (or any overlay) above a BAR's direct mappings. */
