@@ -184,11 +184,11 @@ export class Machine {
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string }, defaultId: string, gsi: number): VfioPciDevice {
+  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string }, defaultId: string, gsi: number): VfioPciDevice {
     const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {
-      dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi });
+      dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi, rom: { ...(d.rombar !== undefined ? { bar: d.rombar } : {}), ...(d.romfile !== undefined ? { file: d.romfile } : {}) } });
       this.pciBus.attach(dev, d.slot);
     } catch (e) {
       dev?.destroy();

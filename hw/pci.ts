@@ -13,7 +13,11 @@ export const PCI_COMMAND_IO = 0x1, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER 
 export const PCI_STATUS_CAP_LIST = 0x10, PCI_STATUS_INTERRUPT = 0x08;
 export const PCI_CONFIG_SIZE = 256;
 
-export type BarType = 'mem32' | 'mem64' | 'io';
+export type BarType = 'mem32' | 'mem64' | 'io' | 'rom';
+/** The expansion ROM BAR's enable bit; its address bits start at bit 11 (2 KiB granularity). */
+export const PCI_ROM_ADDRESS_ENABLE = 0x1, PCI_ROM_ADDRESS_MASK = 0xfffff800;
+/** `bars` index of the expansion ROM (config offset 0x30): after BAR0-5. */
+export const PCI_ROM_SLOT = 6;
 
 export interface PciBar {
   index: number;
@@ -127,9 +131,23 @@ export class PciDevice {
     return bar;
   }
 
+  /**
+   * Declares the expansion ROM BAR (config 0x30): read-only memory the guest sizes and places
+   * like a 32-bit BAR, decoded only while its enable bit and memory decoding are both on.
+   */
+  registerRom(size: number, region: MemoryRegion): PciBar {
+    if (size & (size - 1) || size < 0x800) throw new RangeError(`${this.name}: ROM size 0x${size.toString(16)} must be a power of two ≥ 2 KiB`);
+    const bar: PciBar = { index: PCI_ROM_SLOT, size, type: 'rom', prefetchable: false, region };
+    this.bars[PCI_ROM_SLOT] = bar;
+    new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
+    this.setWmask(PCI_ROM_ADDRESS, 4, ((~(size - 1) & PCI_ROM_ADDRESS_MASK) | PCI_ROM_ADDRESS_ENABLE) >>> 0);
+    return bar;
+  }
+
   /** The address the guest programmed into a BAR (ignoring decode enables). */
   barAddress(bar: PciBar): number {
     const v = new DataView(this.config.buffer);
+    if (bar.type === 'rom') return (v.getUint32(PCI_ROM_ADDRESS, true) & PCI_ROM_ADDRESS_MASK) >>> 0;
     const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
     const lo = v.getUint32(off, true);
     if (bar.type === 'io') return lo & ~3 & 0xffff;
@@ -161,10 +179,11 @@ export class PciDevice {
   private decodeAddress(bar: PciBar, bus: PciBus): number | undefined {
     const cmd = this.command;
     if (this.decodeBlocked || !(bar.type === 'io' ? cmd & PCI_COMMAND_IO : cmd & PCI_COMMAND_MEMORY)) return undefined;
+    if (bar.type === 'rom' && !(this.config[PCI_ROM_ADDRESS]! & PCI_ROM_ADDRESS_ENABLE)) return undefined;
     const addr = this.barAddress(bar);
     // As QEMU's pci_bar_address: unprogrammed (0), a 32-bit BAR reaching the top of its
     // space (mid-sizing: all ones), or beyond the bus's space is not decoded.
-    const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem32' ? 0xffffffff : bus.memLimit;
+    const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem64' ? bus.memLimit : 0xffffffff;
     if (addr === 0 || addr + bar.size - 1 >= limit) {
       if (addr !== 0 && bar.type === 'mem64') guestEvents.report('debug', `${this.name}:bar${bar.index}:limit`, () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} lies beyond the guest's physical address width (limit 0x${bus.memLimit.toString(16)}): not decoded`);
       return undefined;
@@ -302,15 +321,26 @@ export function assignBars(bus: PciBus, mmio: { base: number; end: number }, io:
     const at = Math.ceil((isIo ? ioNext : memNext) / bar.size) * bar.size;
     if (at + bar.size > (isIo ? io.end : mmio.end))
       throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
-    const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
-    dev.configWrite(off, 4, at % 2 ** 32);
-    if (bar.type === 'mem64') dev.configWrite(off + 4, 4, Math.floor(at / 2 ** 32));
+    writeBarAddress(dev, bar, at);
     if (isIo) ioNext = at + bar.size; else memNext = at + bar.size;
   }
 }
 
+/** A BAR's register in config space (the ROM's is 0x30). */
+export function barRegister(bar: PciBar): number {
+  return bar.type === 'rom' ? PCI_ROM_ADDRESS : PCI_BASE_ADDRESS_0 + 4 * bar.index;
+}
+
+/** Programs a BAR's address the way firmware does (a ROM stays disabled: the OS enables it to read). */
+function writeBarAddress(dev: PciDevice, bar: PciBar, at: number): void {
+  const off = barRegister(bar);
+  dev.configWrite(off, 4, at % 2 ** 32);
+  if (bar.type === 'mem64') dev.configWrite(off + 4, 4, Math.floor(at / 2 ** 32));
+}
+
 /** The address a BAR register holds (0 when unprogrammed). */
 export function barAddress(dev: PciDevice, bar: PciBar): number {
+  if (bar.type === 'rom') return (dev.configRead(PCI_ROM_ADDRESS, 4) & PCI_ROM_ADDRESS_MASK) >>> 0;
   const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
   const low = dev.configRead(off, 4);
   const base = bar.type === 'io' ? low & ~3 : (low & ~0xf) >>> 0;
@@ -341,9 +371,7 @@ export function placeBars(bus: PciBus, dev: PciDevice, mmio: { base: number; end
       at = Math.ceil(clash.end / bar.size) * bar.size;
     }
     if (at + bar.size > win.end) throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
-    const off = PCI_BASE_ADDRESS_0 + 4 * bar.index;
-    dev.configWrite(off, 4, at % 2 ** 32);
-    if (bar.type === 'mem64') dev.configWrite(off + 4, 4, Math.floor(at / 2 ** 32));
+    writeBarAddress(dev, bar, at);
     busy.push({ io: isIo, start: at, end: at + bar.size });
   }
 }

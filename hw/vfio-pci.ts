@@ -6,7 +6,7 @@
 // of the BAR (RAM-like regions, so KVM memslots give the guest direct access with no exit), and
 // on top the emulated MSI-X table and PBA. Interrupts are eventfds wired to KVM irqfds; INTx
 // uses a resample eventfd that VFIO unmasks from, so no interrupt wakes the VMM.
-import { closeSync, readSync } from 'node:fs';
+import { closeSync, readFileSync, readSync } from 'node:fs';
 import { native, isSyscallError, EFD_NONBLOCK } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
 import type { Vm } from '../core/kvm/vm.js';
@@ -23,7 +23,18 @@ const PAGE = 4096;
 const CAP_ID_PM = 0x01, CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
 const PCI_PM_CTRL = 4, PCI_PM_CTRL_STATE_MASK = 0x3;
 
-export interface VfioPciOptions { id: string; gsi: number }
+export interface VfioPciOptions {
+  id: string;
+  gsi: number;
+  /**
+   * The expansion ROM (QEMU's rombar/romfile): `bar: false` hides it; `file` replaces the device's
+   * ROM with a file's bytes. Default: the device's own ROM, when it has one.
+   */
+  rom?: { bar?: boolean; file?: string };
+}
+
+/** Largest ROM image taken from a romfile (PCI allows up to 16 MiB). */
+export const ROM_MAX = 16 * 2 ** 20;
 
 interface BarLayout { index: number; type: BarType; prefetchable: boolean; size: number; virtualSize: number; mmaps: { offset: number; size: number }[] }
 
@@ -83,7 +94,7 @@ export class VfioPciDevice extends PciDevice {
     this.emulate(0x00, 4);                       // vendor, device: fixed
     this.emulate(0x08, 4);                       // revision, class: fixed
     this.emulate(PCI_BASE_ADDRESS_0, 24);        // BARs: guest-programmed, never reach the device
-    this.emulate(PCI_ROM_ADDRESS, 4);            // ROM hidden
+    this.emulate(PCI_ROM_ADDRESS, 4);            // ROM BAR: ours (setupRom), never the device's
     this.emulate(PCI_INTERRUPT_LINE, 2);         // line: our GSI; pin: as the device says (copied)
     new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
     this.findCapabilities();
@@ -91,6 +102,7 @@ export class VfioPciDevice extends PciDevice {
       try { dev.reset(); } catch (e) { console.error(`tsvmm: ${assigned.host.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`); }
     }
     this.setupBars();
+    this.setupRom();
     this.setupMsix();
     this.setupMsi();
     this.config[PCI_INTERRUPT_LINE] = this.opts.gsi;
@@ -203,6 +215,54 @@ export class VfioPciDevice extends PciDevice {
       if (type === 'mem64') i++;
     }
     // The BARs' emulated registers start out as the type bits only (registerBar wrote them).
+  }
+
+  /**
+   * The ROM BAR: read-only and trapped (a guest reads its ROM rarely: firmware, `rom` in sysfs),
+   * served by pread from VFIO's ROM region or from a romfile padded with zeros to a power of two.
+   */
+  private setupRom(): void {
+    const rom = this.opts.rom ?? {};
+    if (rom.bar === false) return;
+    const romIndex = native().constants.VFIO_PCI_ROM_REGION_INDEX!;
+    let size: number;
+    let read: (off: number, sz: number) => number | bigint;
+    if (rom.file !== undefined) {
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(rom.file);
+      } catch (e) {
+        throw new Error(`${this.name}: romfile ${rom.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}: give a readable file, or drop "romfile"`, { cause: e });
+      }
+      if (bytes.length === 0 || bytes.length > ROM_MAX) throw new Error(`${this.name}: romfile ${rom.file} is ${bytes.length} bytes; a ROM holds 1 byte to 16 MiB`);
+      size = Math.max(0x800, 2 ** Math.ceil(Math.log2(bytes.length)));
+      const image = Buffer.alloc(size);
+      bytes.copy(image);
+      read = (off, sz) => (sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz));
+    } else {
+      const r = this.assigned.device.regions[romIndex];
+      if (!r || r.size === 0) return;
+      size = r.size;
+      // Read whole on first use and kept (as QEMU's vfio_pci_load_rom): every pread of the ROM
+      // region has vfio-pci enable and map the device's ROM anew, far too slow per access.
+      let image: Buffer | undefined;
+      read = (off, sz) => {
+        image ??= this.loadRom(romIndex, r.size);
+        return sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz);
+      };
+    }
+    this.registerRom(size, MemoryRegion.io(`${this.name}-rom`, size, { read, write: () => { /* read-only */ } }));
+  }
+
+  /** The device's ROM, read in one pass; what cannot be read reads as all-ones (no ROM there). */
+  private loadRom(index: number, size: number): Buffer {
+    const image = Buffer.alloc(size, 0xff);
+    try {
+      this.assigned.device.readInto(index, 0, image);
+    } catch (e) {
+      guestEvents.report('error', `${this.name}:rom`, () => `${this.name}: reading the device's ROM failed (${(e as Error).message}); the guest reads all-ones`);
+    }
+    return image;
   }
 
   /** Adds the emulated MSI-X table/PBA (or any overlay) above a BAR's direct mappings. */

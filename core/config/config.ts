@@ -18,6 +18,9 @@ export interface VfioPciConfig {
   type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; cdev?: string; group?: number; slot?: number; backend?: VfioBackendChoice;
   /** Name of a passed fd that opens the device (group or cdev). */
   fd?: string;
+  /** The expansion ROM: hidden when false; a file's bytes instead of the device's (path absolute once checked). */
+  rombar?: boolean;
+  romfile?: string;
 }
 export type DeviceConfig = VfioPciConfig;
 
@@ -191,6 +194,14 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   }
   checkDevices(raw.devices ?? [], problems);
   const slots = new Set<number>();
+  const devices = (raw.devices ?? []).map((d, i) => {
+    if (d.romfile === undefined) return d;
+    const romfile = resolve(baseDir, d.romfile);
+    if (!existsSync(romfile) || !statSync(romfile).isFile()) problems.push(`/devices/${i}/romfile: ${romfile} is not a file: give the ROM image's path, or drop "romfile"`);
+    else if (d.rombar === false) problems.push(`/devices/${i}: "romfile" with "rombar": false: the ROM would be hidden; drop one of them`);
+    else if (statSync(romfile).size === 0 || statSync(romfile).size > 16 * 2 ** 20) problems.push(`/devices/${i}/romfile: ${romfile} is ${statSync(romfile).size} bytes; a ROM holds 1 byte to 16 MiB`);
+    return { ...d, romfile };
+  });
   (raw.devices ?? []).forEach((d, i) => {
     if (d.slot !== undefined) {
       if (slots.has(d.slot)) problems.push(`/devices/${i}/slot: slot ${d.slot} is used by another device`);
@@ -210,7 +221,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     },
     cmdline: raw.cmdline ?? '',
     serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
-    devices: raw.devices ?? [],
+    devices,
     vfio: { backend: raw.vfio?.backend ?? 'auto' },
   };
 }

@@ -58,6 +58,18 @@ export class VfioDevice {
     return size === 1 ? this.buf[0]! : size === 2 ? this.buf.readUInt16LE(0) : size === 4 ? this.buf.readUInt32LE(0) : this.buf.readBigUInt64LE(0);
   }
 
+  /** Reads [off, off + into.length) of a region in as few preads as the kernel allows; returns the bytes read. */
+  readInto(region: number, off: number, into: Buffer): number {
+    const r = this.regions[region]!;
+    let done = 0;
+    while (done < into.length) {
+      const n = readSync(this.fd, into, done, into.length - done, Number(r.offset) + off + done);
+      if (n <= 0) break;
+      done += n;
+    }
+    return done;
+  }
+
   write(region: number, off: number, size: number, value: number | bigint): void {
     const r = this.regions[region]!;
     if (size === 8) this.buf.writeBigUInt64LE(BigInt.asUintN(64, BigInt(value)), 0);

@@ -166,3 +166,34 @@ test('hot-plug BAR placement: the new device fits around existing BARs, which do
   bus.attach(big, 5);
   assert.throws(() => placeBars(bus, big, mmio, io), /no room for big BAR0 \(0x10000 bytes\) in the PCI MMIO window/);
 });
+
+test('expansion ROM BAR: sized like a 32-bit BAR, decoded only with its enable bit and memory decoding, read-only; firmware places it disabled', () => {
+  const { bus, memAs, cfgRead, cfgWrite } = setup();
+  const d = new PciDevice('romdev', { vendor: 0x1b36, device: 0x0005, classCode: 0x00ff00 });
+  const image = Uint8Array.from({ length: 0x1000 }, (_, i) => (i * 7 + 1) & 0xff);
+  image[0] = 0x55; image[1] = 0xaa;
+  d.registerRom(0x1000, MemoryRegion.io('rom', 0x1000, { read: (o, s) => { let v = 0; for (let i = s - 1; i >= 0; i--) v = v * 256 + image[o + i]!; return v; }, write: () => {} }));
+  d.registerBar(0, 'mem32', 0x1000, MemoryRegion.io('bar0', 0x1000, { read: () => 0, write: () => {} }));
+  bus.attach(d, 4);
+  const devfn = 4 << 3;
+  cfgWrite(devfn, 0x30, 0xffffffff);
+  assert.equal(cfgRead(devfn, 0x30) >>> 0, 0xfffff001, 'size mask (4 KiB) and the writable enable bit');
+  cfgWrite(devfn, 0x30, 0);
+  assert.equal(cfgRead(devfn, 0x28), 0, 'the CardBus CIS pointer is not the ROM');
+  assignBars(bus, { base: 0xc000_0000, end: 0xc010_0000 }, { base: 0xc000, end: 0x10000 });
+  const at = cfgRead(devfn, 0x30) >>> 0;
+  assert.ok(at >= 0xc000_0000 && at < 0xc010_0000 && (at & 0xfff) === 0, `placed in the window, aligned, disabled (0x${at.toString(16)})`);
+  const bar0 = cfgRead(devfn, 0x10) >>> 0;
+  assert.ok(at + 0x1000 <= bar0 || bar0 + 0x1000 <= at, 'apart from BAR0');
+  cfgWrite(devfn, PCI_COMMAND, 2, 2);
+  assert.equal(Number(memAs.read(at, 2)), 0xffff, 'enable bit clear: nothing decodes');
+  cfgWrite(devfn, 0x30, at | 1);
+  assert.equal(Number(memAs.read(at, 2)), 0xaa55, 'ROM signature');
+  assert.equal(Number(memAs.read(at + 0x100, 4)), Number(new DataView(image.buffer).getUint32(0x100, true)));
+  cfgWrite(devfn, PCI_COMMAND, 0, 2);
+  assert.equal(Number(memAs.read(at, 2)), 0xffff, 'memory decoding off: nothing decodes');
+  cfgWrite(devfn, PCI_COMMAND, 2, 2);
+  assert.equal(Number(memAs.read(at, 1)), 0x55);
+  assert.equal(barAddress(d, d.bars[6]!), at);
+  assert.throws(() => d.registerRom(0x400, MemoryRegion.io('small', 0x400, { read: () => 0, write: () => {} })), /power of two ≥ 2 KiB/);
+});
