@@ -75,6 +75,9 @@ export interface Native {
   madvise(addr: U64, length: U64, advice: number): void;
   // eventfd
   eventfd(initval: number, flags: number): number;
+  // fd readiness on the event loop (fdwatch.cc): callback(status, events) while readable
+  fdWatch(fd: number, callback: (status: number, events: number) => void, ref?: boolean): number;
+  fdUnwatch(id: number): void;
   // vCPU kick
   threadPrepareKick(signo: number): bigint;
   threadKick(thread: bigint, signo: number): void;

@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitIommufd(env, exports);
   tsvmm::InitSocket(env, exports);
   tsvmm::InitPoll(env, exports);
+  tsvmm::InitFdWatch(env, exports);
   return exports;
 }
 

@@ -73,6 +73,7 @@ void InitVfio(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
+void InitFdWatch(Napi::Env env, Napi::Object exports);
 
 #define TSVMM_EXPORT(exports, name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
 
