@@ -15,9 +15,6 @@ static Napi::Value Eventfd(const Napi::CallbackInfo &info) {
 
 void InitEventfd(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "eventfd", Eventfd);
-  Napi::Object c = exports.Has("constants") ? exports.Get("constants").As<Napi::Object>() : Napi::Object::New(env);
-  c.Set("EFD_NONBLOCK", Napi::Number::New(env, EFD_NONBLOCK));
-  exports.Set("constants", c);
 }
 
 }  // namespace tsvmm

@@ -2,13 +2,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, readSync, writeSync } from 'node:fs';
-import { native } from '../../core/native.js';
+import { native, EFD_NONBLOCK } from '../../core/native.js';
 
 const signal = (fd: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(1n); writeSync(fd, b); };
 
 test('fdWatch calls back once per signal when the callback drains the eventfd; fdUnwatch stops it', async () => {
   const n = native();
-  const fd = n.eventfd(0, n.constants.EFD_NONBLOCK!);
+  const fd = n.eventfd(0, EFD_NONBLOCK);
   const seen: number[] = [];
   let wake: () => void = () => {};
   const id = n.fdWatch(fd, (status) => {
