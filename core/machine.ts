@@ -18,6 +18,8 @@ import { findHostDevice } from './vfio/sysfs.js';
 import { FdPassError, type PassedFd } from './fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
+import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
+import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -56,6 +58,13 @@ export class Machine {
   readonly e820: E820Entry[] = [];
   readonly vfio: Vfio;
   readonly devices: VfioPciDevice[] = [];
+  /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
+  readonly ged: GenericEventDevice;
+  readonly pciHotplug: AcpiPciHotplug;
+  /** Whether the guest was given ACPI tables that describe hot-plug (device_del asks it to eject). */
+  acpi = false;
+  /** Called when a device has left the machine (after the guest's eject, or a surprise removal). */
+  onDeviceDeleted: ((id: string) => void) | undefined;
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -113,6 +122,10 @@ export class Machine {
       this.pciBus = new PciBus(pciMem, this.vm.io.root, 2 ** 52);
       this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
+      this.ged = new GenericEventDevice((level) => this.vm.setIrqLine(GED_GSI, level));
+      this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
+      this.pciHotplug = new AcpiPciHotplug(() => this.ged.notify(GED_EVENT_PCI_HOTPLUG), (slot) => this.ejected(slot));
+      this.vm.io.root.addSubregion(PCI_HOTPLUG_PORT, this.pciHotplug.region);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
       // The VFIO state owns passed VFIO fds from here (closes what it does not use).
@@ -198,7 +211,41 @@ export class Machine {
       this.removeVfioDevice(dev);
       throw e;
     }
+    if (this.acpi) this.pciHotplug.plugged(dev.slot);
     return dev;
+  }
+
+  /**
+   * device_del: a guest with ACPI is asked to eject the device (it leaves when the guest's _EJ0
+   * runs, and onDeviceDeleted tells); a guest without is surprised: the device goes at once.
+   * Returns whether it is gone already.
+   */
+  unplugVfioDevice(dev: VfioPciDevice, surprise = false): boolean {
+    if (this.acpi && !surprise) {
+      this.pciHotplug.requestUnplug(dev.slot);
+      return false;
+    }
+    this.removeVfioDevice(dev);
+    this.onDeviceDeleted?.(dev.name);
+    return true;
+  }
+
+  private ejected(slot: number): void {
+    const dev = this.devices.find((d) => d.slot === slot);
+    if (!dev) return;
+    this.removeVfioDevice(dev);
+    this.onDeviceDeleted?.(dev.name);
+  }
+
+  /**
+   * A host power-down request (QMP system_powerdown): the ACPI power button, through the GED.
+   * Returns whether the guest has ACPI to hear it (a guest without, or one that ignores the
+   * button, runs on, as under QEMU).
+   */
+  requestPowerdown(): boolean {
+    if (!this.acpi) return false;
+    this.ged.notify(GED_EVENT_POWER_BUTTON);
+    return true;
   }
 
   removeVfioDevice(dev: VfioPciDevice): void {

@@ -158,9 +158,13 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       const id = str(a, 'id', true)!;
       const dev = m.devices.find((d) => d.name === id);
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
-      m.removeVfioDevice(dev);
-      // Surprise removal: done at once (no guest handshake without a hot-plug controller).
-      qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+      // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
+      m.unplugVfioDevice(dev);
+      return {};
+    },
+    system_powerdown: () => {
+      qmp.emit('POWERDOWN');
+      m.requestPowerdown();
       return {};
     },
     system_reset: async () => {
@@ -175,6 +179,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     },
   };
   qmp = new QmpServer(path, commands, version);
+  m.onDeviceDeleted = (id) => qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
   qmp.onClose = () => fds.close();
   return qmp;
 }
