@@ -20,6 +20,7 @@ import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
 import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
+import { VfioNotifier } from './vfio/notifier.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -65,6 +66,11 @@ export class Machine {
   acpi = false;
   /** Called when a device has left the machine (after the guest's eject, or a surprise removal). */
   onDeviceDeleted: ((id: string) => void) | undefined;
+  /** Machine events for the front end (QMP): VFIO_REQUEST, VFIO_ERROR, STOP. */
+  onEvent: ((event: string, data?: Record<string, unknown>) => void) | undefined;
+  /** Why the VM is stopped when no one asked (QMP query-status): a device reported an error. */
+  stopReason: 'internal-error' | undefined;
+  private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -186,7 +192,44 @@ export class Machine {
       throw e;
     }
     this.devices.push(dev);
+    this.armNotifiers(dev);
     return dev;
+  }
+
+  /**
+   * VFIO's notifiers for the device: the host asking for it back (an unbind from vfio-pci waits
+   * for us) becomes an unplug request to the guest, as QEMU does; an uncorrectable error (AER)
+   * stops the VM rather than letting the guest run on a broken device (QEMU: vm_stop), and `cont`
+   * resumes it.
+   */
+  private armNotifiers(dev: VfioPciDevice): void {
+    const c = native().constants;
+    const vd = dev.assigned.device;
+    const list: VfioNotifier[] = [];
+    try {
+      const req = VfioNotifier.open(vd, c.VFIO_PCI_REQ_IRQ_INDEX!, () => {
+        console.error(`tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.acpi ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`);
+        this.onEvent?.('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
+        this.unplugVfioDevice(dev);
+      });
+      if (req) list.push(req);
+      const err = VfioNotifier.open(vd, c.VFIO_PCI_ERR_IRQ_INDEX!, () => this.deviceError(dev));
+      if (err) list.push(err);
+    } catch (e) {
+      // A kernel that refuses a notifier costs the feature, not the device.
+      console.error(`tsvmm: ${dev.name}: VFIO notifiers not armed: ${(e as Error).message}`);
+    }
+    this.notifiers.set(dev, list);
+  }
+
+  private deviceError(dev: VfioPciDevice): void {
+    console.error(`tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`);
+    this.onEvent?.('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
+    if (!this.vm.paused) {
+      this.vm.pause();
+      this.stopReason = 'internal-error';
+      this.onEvent?.('STOP');
+    }
   }
 
   /**
@@ -252,6 +295,8 @@ export class Machine {
     const i = this.devices.indexOf(dev);
     if (i < 0) return;
     this.devices.splice(i, 1);
+    for (const n of this.notifiers.get(dev) ?? []) n.close();
+    this.notifiers.delete(dev);
     this.pciBus.detach(dev);
     dev.destroy();
     this.vfio.release(dev.assigned);

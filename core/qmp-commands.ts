@@ -76,6 +76,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return {};
     },
     cont: () => {
+      m.stopReason = undefined;
       if (m.vm.paused) { m.vm.resume(); qmp.emit('RESUME'); }
       return {};
     },
@@ -180,6 +181,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
   };
   qmp = new QmpServer(path, commands, version);
   m.onDeviceDeleted = (id) => qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+  m.onEvent = (event, data) => qmp.emit(event, data);
   qmp.onClose = () => fds.close();
   return qmp;
 }

@@ -113,11 +113,12 @@ test('system_powerdown presses the ACPI power button: the guest sees KEY_POWER a
   const script = [
     "ev=$(grep -A6 'Name=\"Power Button\"' /proc/bus/input/devices | sed -n 's/.*Handlers=.*\\(event[0-9]*\\).*/\\1/p' | head -n 1)",
     'echo "powerdown: ready ${ev:-none}"',
-    '[ -n "$ev" ] || exit 5',
+    '[ -n "$ev" ] || { cat /proc/bus/input/devices; dmesg | grep -i -e button -e PNP0C0C -e input; ls /sys/bus/acpi/devices/; exit 5; }',
     'dd if=/dev/input/$ev bs=24 count=1 of=/dev/null 2>/dev/null',
     'echo "powerdown: pressed"',
   ].join('\n');
-  const vm = start(sampleConfig('linux', (c) => { c.kernel.initramfs.script = script; }));
+  // linux-nvme for its guest modules (the button driver among them), without the device.
+  const vm = start(sampleConfig('linux-nvme', (c) => { c.devices = []; c.kernel.initramfs.script = script; }));
   try {
     await vm.seen(/^powerdown: ready event\d+$/m);
     const q = await vm.qmp();
@@ -130,5 +131,43 @@ test('system_powerdown presses the ACPI power button: the guest sees KEY_POWER a
     assert.deepEqual(q.events.find((e) => e.event === 'SHUTDOWN')!.data, { guest: true, reason: 'guest-shutdown' });
   } finally {
     if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
+  }
+});
+
+test('the host takes nvme back (unbind from vfio-pci): the guest is asked to eject it, tsvmm releases it, the unbind completes, the VM runs on', { timeout: 300_000 }, async () => {
+  const nvme = hostDevice('nvme');
+  const script = [
+    'while [ ! -b /dev/nvme0n1 ]; do sleep 1; done',
+    'echo "unbind: ready"',
+    'while [ -e /dev/nvme0n1 ]; do sleep 1; done',
+    'echo "unbind: nvme gone"',
+    // Still running: prove it with output after the device left.
+    'echo "unbind: alive $(cat /proc/uptime)"',
+  ].join('\n');
+  const vm = start(sampleConfig('linux-nvme', (c) => { c.kernel.initramfs.script = script; }));
+  let unbind: ReturnType<typeof spawn> | undefined;
+  try {
+    await vm.seen(/^unbind: ready$/m);
+    const q = await vm.qmp();
+    assert.ok(lockedBytes(vm.vmm.pid!) > 0, 'pinned while assigned');
+    // The kernel blocks this write until the VMM lets go of the device (it signals the request
+    // notifier meanwhile): run it aside.
+    unbind = spawn('sh', ['-c', `echo ${nvme.bdf} > /sys/bus/pci/devices/${nvme.bdf}/driver/unbind`], { stdio: 'inherit' });
+    const unbound = new Promise<number | null>((r) => unbind!.on('exit', (c) => r(c)));
+    const req = await q.event('VFIO_REQUEST', 60_000);
+    assert.deepEqual(req.data, { device: 'nvme', host: nvme.bdf });
+    await vm.seen(/^unbind: nvme gone$/m);
+    assert.deepEqual((await q.event('DEVICE_DELETED', 60_000)).data, { device: 'nvme', path: '/machine/peripheral/nvme' });
+    assert.equal(await unbound, 0, 'the unbind completed');
+    await waitFor('pinned memory released', () => lockedBytes(vm.vmm.pid!) === 0);
+    assert.deepEqual(vfioFds(vm.vmm.pid!), []);
+    await vm.seen(/^unbind: alive /m);
+    assert.equal(await vm.exited, 0, vm.log());
+  } finally {
+    if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
+    if (unbind && unbind.exitCode === null) unbind.kill('SIGKILL');
+    // Give the device back to vfio-pci for the tests after this one.
+    spawn('sh', ['-c', `[ -e /sys/bus/pci/devices/${nvme.bdf}/driver ] || echo ${nvme.bdf} > /sys/bus/pci/drivers/vfio-pci/bind`], { stdio: 'inherit' });
+    await waitFor('nvme back on vfio-pci', () => { try { return readlinkSync(`/sys/bus/pci/devices/${nvme.bdf}/driver`).endsWith('/vfio-pci'); } catch { return false; } }, 10_000);
   }
 });
