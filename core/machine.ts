@@ -21,6 +21,7 @@ import { bootLinux, isBzImage } from './loader/linux.js';
 import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
 import { VfioNotifier } from './vfio/notifier.js';
+import { hotResetAll } from './vfio/hot-reset.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -356,8 +357,20 @@ export class Machine {
     if (this.vm.vcpus.length > 1) throw new Error(`system_reset supports VMs with one vCPU (this one has ${this.vm.vcpus.length})`);
     await this.vm.reset(() => {
       for (const d of this.devices) d.reset();
+      this.hotResetDevices();
       this.loadGuest();
     });
+  }
+
+  /**
+   * Devices without a reset of their own (no FLR, a shared bus) get a bus/slot reset through
+   * VFIO_DEVICE_PCI_HOT_RESET, once per set of affected functions, when the VM owns them all; else
+   * they keep their state and tsvmm says why (as QEMU does).
+   */
+  private hotResetDevices(): void {
+    const { reset, failed } = hotResetAll(this.devices.map((d) => d.assigned), this.vfio.groups);
+    for (const set of reset) console.error(`tsvmm: hot reset (VFIO_DEVICE_PCI_HOT_RESET) of ${set.join(', ')}`);
+    for (const f of failed) console.error(`tsvmm: ${f.device} not reset: ${f.error.message}`);
   }
 
   /** Ends the VM with a status (first caller wins). */
