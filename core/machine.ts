@@ -223,6 +223,18 @@ export class Machine {
     this.notifiers.set(dev, list);
   }
 
+  /**
+   * Has VFIO signal a device's request or error notifier through its loopback (tests, and a
+   * drill of what the VM does on an unplug request or a device error).
+   */
+  signalNotifier(dev: VfioPciDevice, which: 'request' | 'error'): void {
+    const c = native().constants;
+    const index = which === 'request' ? c.VFIO_PCI_REQ_IRQ_INDEX! : c.VFIO_PCI_ERR_IRQ_INDEX!;
+    const n = this.notifiers.get(dev)?.find((x) => x.index === index);
+    if (!n) throw new Error(`${dev.name} has no ${which} notifier (${which === 'error' ? 'VFIO reports one for PCI Express devices only' : 'VFIO did not offer one'})`);
+    n.loopback();
+  }
+
   private deviceError(dev: VfioPciDevice): void {
     console.error(`tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`);
     this.onEvent?.('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });

@@ -36,6 +36,16 @@ export class VfioNotifier {
     }, false);
   }
 
+  /**
+   * Has the kernel signal the notifier as it would for a real event (VFIO's loopback: SET_IRQS
+   * with DATA_BOOL on the index), so the whole path from vfio-pci's eventfd on can be exercised
+   * where no real AER error or unbind can be made.
+   */
+  loopback(): void {
+    const c = native().constants;
+    this.device.setIrqs({ index: this.index, start: 0, flags: c.VFIO_IRQ_SET_DATA_BOOL! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, bools: [true] });
+  }
+
   /** Disarms VFIO's side first (it must not signal a closed fd), then stops watching. */
   close(): void {
     if (this.closed) return;
