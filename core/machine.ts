@@ -23,6 +23,10 @@ import { bootLinux, isBzImage } from './loader/linux.js';
 import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
 import { AcpiSleepControl } from '../hw/acpi-pm.js';
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../hw/i8042.js';
+import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
+import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
+import { VfioNotifier } from './vfio/notifier.js';
+import { hotResetAll } from './vfio/hot-reset.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -63,6 +67,18 @@ export class Machine {
   readonly e820: E820Entry[] = [];
   readonly vfio: Vfio;
   readonly devices: VfioPciDevice[] = [];
+  /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
+  readonly ged: GenericEventDevice;
+  readonly pciHotplug: AcpiPciHotplug;
+  /** Whether the guest was given ACPI tables that describe hot-plug (device_del asks it to eject). */
+  acpi = false;
+  /** Called when a device has left the machine (after the guest's eject, or a surprise removal). */
+  onDeviceDeleted: ((id: string) => void) | undefined;
+  /** Machine events for the front end (QMP): VFIO_REQUEST, VFIO_ERROR, STOP. */
+  onEvent: ((event: string, data?: Record<string, unknown>) => void) | undefined;
+  /** Why the VM is stopped when no one asked (QMP query-status): a device reported an error. */
+  stopReason: 'internal-error' | undefined;
+  private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -136,6 +152,10 @@ export class Machine {
       this.pciBus = new PciBus(pciMem, this.vm.io.root, physAddrLimit(this.kvm.supportedCpuid())); // the vCPUs get this CPUID
       this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
+      this.ged = new GenericEventDevice((level) => this.vm.setIrqLine(GED_GSI, level));
+      this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
+      this.pciHotplug = new AcpiPciHotplug(() => this.ged.notify(GED_EVENT_PCI_HOTPLUG), (slot) => this.ejected(slot));
+      this.vm.io.root.addSubregion(PCI_HOTPLUG_PORT, this.pciHotplug.region);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
       // The VFIO state owns passed VFIO fds from here (closes what it does not use).
@@ -196,7 +216,56 @@ export class Machine {
       throw e;
     }
     this.devices.push(dev);
+    this.armNotifiers(dev);
     return dev;
+  }
+
+  /**
+   * VFIO's notifiers for the device: the host asking for it back (an unbind from vfio-pci waits
+   * for us) becomes an unplug request to the guest, as QEMU does; an uncorrectable error (AER)
+   * stops the VM rather than letting the guest run on a broken device (QEMU: vm_stop), and `cont`
+   * resumes it.
+   */
+  private armNotifiers(dev: VfioPciDevice): void {
+    const c = native().constants;
+    const vd = dev.assigned.device;
+    const list: VfioNotifier[] = [];
+    try {
+      const req = VfioNotifier.open(vd, c.VFIO_PCI_REQ_IRQ_INDEX!, () => {
+        console.error(`tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.acpi ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`);
+        this.onEvent?.('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
+        this.unplugVfioDevice(dev);
+      });
+      if (req) list.push(req);
+      const err = VfioNotifier.open(vd, c.VFIO_PCI_ERR_IRQ_INDEX!, () => this.deviceError(dev));
+      if (err) list.push(err);
+    } catch (e) {
+      // A kernel that refuses a notifier costs the feature, not the device.
+      console.error(`tsvmm: ${dev.name}: VFIO notifiers not armed: ${(e as Error).message}`);
+    }
+    this.notifiers.set(dev, list);
+  }
+
+  /**
+   * Has VFIO signal a device's request or error notifier through its loopback (tests, and a
+   * drill of what the VM does on an unplug request or a device error).
+   */
+  signalNotifier(dev: VfioPciDevice, which: 'request' | 'error'): void {
+    const c = native().constants;
+    const index = which === 'request' ? c.VFIO_PCI_REQ_IRQ_INDEX! : c.VFIO_PCI_ERR_IRQ_INDEX!;
+    const n = this.notifiers.get(dev)?.find((x) => x.index === index);
+    if (!n) throw new Error(`${dev.name} has no ${which} notifier (${which === 'error' ? 'VFIO reports one for PCI Express devices only' : 'VFIO did not offer one'})`);
+    n.loopback();
+  }
+
+  private deviceError(dev: VfioPciDevice): void {
+    console.error(`tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`);
+    this.onEvent?.('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
+    if (!this.vm.paused) {
+      this.vm.pause();
+      this.stopReason = 'internal-error';
+      this.onEvent?.('STOP');
+    }
   }
 
   /**
@@ -221,13 +290,49 @@ export class Machine {
       this.removeVfioDevice(dev);
       throw e;
     }
+    if (this.acpi) this.pciHotplug.plugged(dev.slot);
     return dev;
+  }
+
+  /**
+   * device_del: a guest with ACPI is asked to eject the device (it leaves when the guest's _EJ0
+   * runs, and onDeviceDeleted tells); a guest without is surprised: the device goes at once.
+   * Returns whether it is gone already.
+   */
+  unplugVfioDevice(dev: VfioPciDevice, surprise = false): boolean {
+    if (this.acpi && !surprise) {
+      this.pciHotplug.requestUnplug(dev.slot);
+      return false;
+    }
+    this.removeVfioDevice(dev);
+    this.onDeviceDeleted?.(dev.name);
+    return true;
+  }
+
+  private ejected(slot: number): void {
+    const dev = this.devices.find((d) => d.slot === slot);
+    if (!dev) return;
+    this.removeVfioDevice(dev);
+    this.onDeviceDeleted?.(dev.name);
+  }
+
+  /**
+   * A host power-down request (QMP system_powerdown): the ACPI power button, through the GED.
+   * Returns whether the guest has ACPI to hear it (a guest without, or one that ignores the
+   * button, runs on, as under QEMU).
+   */
+  requestPowerdown(): boolean {
+    if (!this.acpi) return false;
+    this.ged.notify(GED_EVENT_POWER_BUTTON);
+    return true;
   }
 
   removeVfioDevice(dev: VfioPciDevice): void {
     const i = this.devices.indexOf(dev);
     if (i < 0) return;
     this.devices.splice(i, 1);
+    for (const n of this.notifiers.get(dev) ?? []) n.close();
+    this.notifiers.delete(dev);
     this.pciBus.detach(dev);
     dev.destroy();
     this.vfio.release(dev.assigned);
@@ -296,20 +401,23 @@ export class Machine {
     await this.vm.reset(() => {
       this.vm.resetToPowerOn();
       for (const d of this.devices) d.reset();
+      this.hotResetDevices();
       this.loadGuest();
     });
   }
 
-  /** Ends the VM with a status (first caller wins). */
   /**
-   * A host power-down request (QMP system_powerdown). tsvmm has no ACPI power button yet, so the
-   * guest is not told: as a QEMU guest that ignores the button, it runs on. Returns whether the
-   * request reached the guest.
+   * Devices without a reset of their own (no FLR, a shared bus) get a bus/slot reset through
+   * VFIO_DEVICE_PCI_HOT_RESET, once per set of affected functions, when the VM owns them all; else
+   * they keep their state and tsvmm says why (as QEMU does).
    */
-  requestPowerdown(): boolean {
-    return false;
+  private hotResetDevices(): void {
+    const { reset, failed } = hotResetAll(this.devices.map((d) => d.assigned), this.vfio.groups);
+    for (const set of reset) console.error(`tsvmm: hot reset (VFIO_DEVICE_PCI_HOT_RESET) of ${set.join(', ')}`);
+    for (const f of failed) console.error(`tsvmm: ${f.device} not reset: ${f.error.message}`);
   }
 
+  /** Ends the VM with a status (first caller wins). */
   requestExit(status: number, reason: string): void {
     if (!this.exit) this.exit = { status, reason };
     this.vm.stop();

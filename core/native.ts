@@ -83,6 +83,9 @@ export interface Native {
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
   // eventfd
   eventfd(initval: number, flags: number): number;
+  // fd readiness on the event loop (fdwatch.cc): callback(status, events) while readable
+  fdWatch(fd: number, callback: (status: number, events: number) => void, ref?: boolean): number;
+  fdUnwatch(id: number): void;
   // vCPU kick
   /** Installs the kick handler; unblocks signo in this thread, or with block blocks it (taken only inside KVM_RUN). */
   threadPrepareKick(signo: number, block?: boolean): bigint;

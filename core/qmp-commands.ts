@@ -114,6 +114,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return {};
     },
     cont: () => {
+      m.stopReason = undefined;
       if (m.vm.paused) { m.vm.resume(); qmp.emit('RESUME'); }
       return {};
     },
@@ -197,9 +198,8 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       const id = str(a, 'id')!;
       const dev = m.devices.find((d) => d.name === id);
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
-      m.removeVfioDevice(dev);
-      // Surprise removal: done at once (no guest handshake without a hot-plug controller).
-      qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+      // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
+      m.unplugVfioDevice(dev);
       return {};
     },
     system_powerdown: () => {
@@ -227,6 +227,8 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     if (typeof a.driver === 'string' && a.driver !== 'vfio-pci') return new QmpError('GenericError', `'${a.driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
     return new QmpError('GenericError', `Property '${String(a.driver)}.${m[1]}' not found`);
   };
+  m.onDeviceDeleted = (id) => qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+  m.onEvent = (event, data) => qmp.emit(event, data);
   qmp.onClose = () => fds.close();
   return qmp;
 }

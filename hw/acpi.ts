@@ -5,6 +5,14 @@
 // lists the local APICs and the IOAPIC. The DSDT, in hand-assembled AML, has the PCI root bridge
 // (PNP0A03, conf1, its bus/IO/MMIO windows in _CRS, INTx → IOAPIC GSI in _PRT), COM1 and \_S5_.
 // (Linux ignores the MP table when ACPI is on; the MP table is for `acpi=off` guests.)
+import {
+  amlBuffer, amlCall, amlDevice, amlInteger, amlName, amlPackage, amlScope, cat, dwordMemory, eisaId, endTag,
+  ioPort, irqNoFlags, le16, le32, wordSpace,
+} from './aml.js';
+import { gedAml, GED_EVENT_PCI_HOTPLUG, GED_PORT, GED_PORT_LEN } from './ged.js';
+import { pciHotplugAml, pciSlotsAml, PCI_HOTPLUG_PORT, PCI_HOTPLUG_PORT_LEN } from './pci-hotplug.js';
+export { amlBuffer, amlInteger, amlName, amlPackage, amlPkgLength, eisaId } from './aml.js';
+
 export const ACPI_TABLES_ADDR = 0xe0000;
 export const ACPI_SLEEP_CONTROL_PORT = 0x600, ACPI_SLEEP_STATUS_PORT = 0x601;
 export const ACPI_RESET_PORT = 0xcf9, ACPI_RESET_VALUE = 0x06;
@@ -60,63 +68,6 @@ export function s5Aml(slpTyp = ACPI_S5_SLP_TYP): Uint8Array {
   return Uint8Array.from([0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x07, 0x04, 0x0a, slpTyp, 0x00, 0x00, 0x00]);
 }
 
-// --- AML (ACPI 6.5 chapter 20), just the terms used here -----------------------------------
-const cat = (...parts: (Uint8Array | number[])[]) => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
-  return out;
-};
-
-/** PkgLength: the encoded length counts its own bytes. */
-export function amlPkgLength(contentLen: number): number[] {
-  if (contentLen + 1 <= 0x3f) return [contentLen + 1];
-  if (contentLen + 2 <= 0xfff) { const t = contentLen + 2; return [0x40 | (t & 0xf), t >> 4]; }
-  if (contentLen + 3 <= 0xfffff) { const t = contentLen + 3; return [0x80 | (t & 0xf), (t >> 4) & 0xff, t >> 12]; }
-  throw new RangeError(`AML package of ${contentLen} bytes is too large`);
-}
-
-export function amlInteger(v: number): number[] {
-  if (v === 0) return [0x00];
-  if (v === 1) return [0x01];
-  if (v <= 0xff) return [0x0a, v];
-  if (v <= 0xffff) return [0x0b, v & 0xff, v >> 8];
-  if (v <= 0xffffffff) return [0x0c, v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
-  throw new RangeError('AML integers above 32 bits are not needed here');
-}
-
-const nameSeg = (s: string) => { if (s.length !== 4) throw new RangeError(`AML NameSeg '${s}'`); return [...s].map((c) => c.charCodeAt(0)); };
-export const amlName = (seg: string, value: Uint8Array | number[]) => cat([0x08], nameSeg(seg), value);
-export const amlPackage = (elements: (Uint8Array | number[])[]) => {
-  const body = cat([elements.length], ...elements);
-  return cat([0x12], amlPkgLength(body.length), body);
-};
-export const amlBuffer = (bytes: Uint8Array | number[]) => {
-  const body = cat(amlInteger(bytes.length), bytes);
-  return cat([0x11], amlPkgLength(body.length), body);
-};
-const amlScope = (path: number[], body: Uint8Array) => cat([0x10], amlPkgLength(path.length + body.length), path, body);
-const amlDevice = (seg: string, body: Uint8Array) => cat([0x5b, 0x82], amlPkgLength(4 + body.length), nameSeg(seg), body);
-
-/** EISA ID ("PNP0A03") as the 32-bit integer AML uses. */
-export function eisaId(id: string): number {
-  const c = (i: number) => id.charCodeAt(i) - 0x40;
-  const be = ((c(0) << 26) | (c(1) << 21) | (c(2) << 16) | parseInt(id.slice(3), 16)) >>> 0;
-  return (((be & 0xff) << 24) | ((be >>> 8 & 0xff) << 16) | ((be >>> 16 & 0xff) << 8) | (be >>> 24)) >>> 0;
-}
-
-// Resource descriptors (ACPI 6.5 §6.4) for the root bridge's _CRS.
-const le16 = (v: number) => [v & 0xff, (v >> 8) & 0xff];
-const le32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
-/** Word address space: type 1 I/O, 2 bus number; a producer with fixed min and max. */
-const wordSpace = (type: number, typeFlags: number, min: number, max: number) =>
-  [0x88, ...le16(13), type, 0x0c, typeFlags, ...le16(0), ...le16(min), ...le16(max), ...le16(0), ...le16(max - min + 1)];
-const dwordMemory = (min: number, max: number) =>
-  [0x87, ...le16(23), 0, 0x0c, 0x01 /* read-write, non-cacheable */, ...le32(0), ...le32(min), ...le32(max), ...le32(0), ...le32(max - min + 1)];
-const ioPort = (port: number, len: number) => [0x47, 0x01, ...le16(port), ...le16(port), 1, len];
-/** IRQ descriptor without flags: edge-triggered, active-high (an ISA interrupt). */
-const irqNoFlags = (irq: number) => [0x22, ...le16(1 << irq)];
-
 export interface AcpiPciIrq { slot: number; /** 1 = INTA# ... 4 = INTD# */ pin: number; gsi: number }
 
 export interface AcpiOptions {
@@ -124,6 +75,11 @@ export interface AcpiOptions {
   /** PCI memory window below 4 GiB (where BARs are placed). */
   pciMmio32: { base: number; end: number };
   pciIrqs: AcpiPciIrq[];
+  /**
+   * Root-bus slots the guest is told about through ACPI hot-plug (hw/pci-hotplug.ts), with the
+   * Generic Event Device and power button (hw/ged.ts). Absent: no hot-plug, no power button.
+   */
+  hotplugSlots?: number[];
 }
 
 /** The DSDT's AML: \_SB.PCI0 (PNP0A03 with _CRS and _PRT) and \_S5_. */
@@ -134,7 +90,7 @@ export function dsdtAml(o: AcpiOptions): Uint8Array {
     wordSpace(1, 0x3, 0x0000, 0x0cf7),         // I/O windows around it
     wordSpace(1, 0x3, 0x0d00, 0xffff),
     dwordMemory(o.pciMmio32.base, o.pciMmio32.end - 1),
-    [0x79, 0x00],                              // end tag
+    endTag(),
   );
   const prt = amlPackage(o.pciIrqs.map((d) => amlPackage([amlInteger(((d.slot << 16) | 0xffff) >>> 0), amlInteger(d.pin - 1), amlInteger(0), amlInteger(d.gsi)])));
   const pci0 = amlDevice('PCI0', cat(
@@ -143,15 +99,25 @@ export function dsdtAml(o: AcpiOptions): Uint8Array {
     amlName('_BBN', amlInteger(0)),
     amlName('_CRS', amlBuffer(crs)),
     amlName('_PRT', prt),
+    ...(o.hotplugSlots ? [pciSlotsAml(o.hotplugSlots)] : []),
   ));
   // COM1 as a PNP device: with a hardware-reduced FADT Linux sets up no legacy (ISA) IRQs by
   // itself, so the 8250 gets IRQ 4 mapped to its IOAPIC pin from this _CRS (as Firecracker does).
   const com1 = amlDevice('COM1', cat(
     amlName('_HID', amlInteger(eisaId('PNP0501'))),
     amlName('_UID', amlInteger(1)),
-    amlName('_CRS', amlBuffer(cat(ioPort(0x3f8, 8), irqNoFlags(4), [0x79, 0x00]))),
+    amlName('_CRS', amlBuffer(cat(ioPort(0x3f8, 8), irqNoFlags(4), endTag()))),
   ));
-  return cat(amlScope([0x5c, ...nameSeg('_SB_')], cat(pci0, com1)), s5Aml());
+  const events = o.hotplugSlots ? [
+    pciHotplugAml(o.hotplugSlots),
+    gedAml([{ bit: GED_EVENT_PCI_HOTPLUG, body: amlCall('\\_SB.PHPR.PSCN') }]),
+    // The event registers are motherboard resources: keep the OS from placing I/O BARs on them.
+    amlDevice('MBRS',
+      amlName('_HID', amlInteger(eisaId('PNP0C02'))),
+      amlName('_UID', amlInteger(1)),
+      amlName('_CRS', amlBuffer(cat(ioPort(PCI_HOTPLUG_PORT, PCI_HOTPLUG_PORT_LEN), ioPort(GED_PORT, GED_PORT_LEN), endTag())))),
+  ] : [];
+  return cat(amlScope('\\_SB', pci0, com1, ...events), s5Aml());
 }
 
 /** MADT: local APIC per vCPU, the IOAPIC (ID 0, GSIs from 0), IRQ 0 → GSI 2, LINT1 = NMI. */

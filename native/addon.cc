@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitPoll(env, exports);
   tsvmm::InitLoopWatcher(env, exports);
   tsvmm::InitKvmState(env, exports);
+  tsvmm::InitFdWatch(env, exports);
   return exports;
 }
 

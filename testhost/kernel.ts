@@ -32,7 +32,8 @@ const DEBIAN_MODULES = ['arch/x86/kvm/kvm-amd', 'drivers/vfio/vfio_iommu_type1',
   'net/9p/9pnet_virtio', 'fs/9p/9p', 'drivers/uio/uio_pci_generic'];
 // Drivers for Linux *guests* of tsvmm (this same kernel, booted by tsvmm in the host): extracted to guest-modules/
 // with their own modules.order, never loaded by the host.
-export const GUEST_MODULES = ['drivers/nvme/host/nvme', 'drivers/net/ethernet/intel/e1000e/e1000e'];
+// button + evdev: the ACPI power button (PNP0C0C) that system_powerdown presses, as an input device.
+export const GUEST_MODULES = ['drivers/nvme/host/nvme', 'drivers/net/ethernet/intel/e1000e/e1000e', 'drivers/acpi/button', 'drivers/input/evdev'];
 
 const GiB = 2 ** 30;
 

@@ -279,7 +279,9 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { ba
     const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
     if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
   }
-  const acpi = buildAcpiTables({ cpus: m.vm.vcpus.length, pciMmio32: opts.pciMmio32, pciIrqs: pciIrqs.map((p) => ({ slot: p.slot, pin: p.pin, gsi: p.ioapicPin })) }, ACPI_TABLES_ADDR);
+  const acpi = buildAcpiTables({ cpus: m.vm.vcpus.length, pciMmio32: opts.pciMmio32, pciIrqs: pciIrqs.map((p) => ({ slot: p.slot, pin: p.pin, gsi: p.ioapicPin })),
+    hotplugSlots: Array.from({ length: 32 }, (_, i) => i) }, ACPI_TABLES_ADDR);
+  m.acpi = true;
   m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
   const cpuid1 = m.kvm.supportedCpuid().find((e) => e.function === 1);
   m.ram.set(buildMpTable(MP_TABLE_ADDR, { cpus: m.vm.vcpus.length, cpuSignature: cpuid1?.eax ?? 0, cpuFeatures: cpuid1?.edx ?? 0, pciIrqs }), MP_TABLE_ADDR);

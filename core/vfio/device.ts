@@ -91,7 +91,7 @@ export class VfioDevice {
     if (this.mappings.delete(buffer)) native().munmap(buffer);
   }
 
-  setIrqs(req: { index: number; start: number; flags: number; fds?: number[]; count?: number }): void {
+  setIrqs(req: { index: number; start: number; flags: number; fds?: number[]; count?: number; bools?: boolean[] }): void {
     native().vfioDeviceSetIrqs(this.fd, req);
   }
 
