@@ -3,7 +3,7 @@
 // resolves with the exit status; close() releases every fd and mapping, whatever happened.
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { GuestRam, RamBackingError } from './ram.js';
-import { MAX_VIEW_BYTES } from './native.js';
+import { MAX_VIEW_BYTES, native } from './native.js';
 import { fmtBytes, hasCapIpcLock, memlockLimit } from './vfio/limits.js';
 import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
 import { Kvm } from './kvm/kvm.js';

@@ -183,13 +183,13 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   if (raw.kernel.format !== 'flat' && (raw.kernel.loadAddress !== undefined || raw.kernel.entry !== undefined) && raw.kernel.format !== undefined)
     problems.push(`/kernel: loadAddress and entry apply to format "flat" only`);
   const linux = checkLinuxKernel(raw.kernel, baseDir, problems);
-  if (existsSync(kernelPath) && statSync(kernelPath).isFile() && Number.isFinite(memoryBytes) && memoryBytes > 0) {
+  if (existsSync(kernelPath) && statSync(kernelPath).isFile() && Number.isFinite(memory.size) && memory.size > 0) {
     const initrdOk = !linux.initrd || (existsSync(linux.initrd) && statSync(linux.initrd).isFile());
     checkImage({
       path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,
       ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
       ...(linux.initrd && initrdOk ? { initrd: linux.initrd } : {}), initramfs: !!linux.initramfs,
-      memoryBytes, cmdline: raw.cmdline ?? '',
+      memoryBytes: memory.size, cmdline: raw.cmdline ?? '',
     }, problems);
   }
   checkDevices(raw.devices ?? [], problems);
