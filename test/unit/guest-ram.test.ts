@@ -13,7 +13,7 @@ import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 
 const GiB = 2 ** 30;
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-ram-'));
-writeFileSync(join(dir, 'k.elf'), 'x');
+writeFileSync(join(dir, 'k.bin'), 'x'); // a one-byte flat image: validate checks images too
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const anon = (size: number, more: Partial<MemoryConfig> = {}): MemoryConfig => ({ size, backing: 'anonymous', prealloc: false, ...more });
 const memTotal = () => Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
@@ -118,7 +118,7 @@ test('memory API: a RAM region in chunks reads and writes across a chunk boundar
 });
 
 test('config: memory as a size or an object with its backing; what tsvmm cannot address is refused', () => {
-  const cfg = (memory: unknown) => checkConfig({ memory, kernel: { path: 'k.elf' } }, 't.json', dir);
+  const cfg = (memory: unknown) => checkConfig({ memory, kernel: { path: 'k.bin', format: 'flat' } }, 't.json', dir);
   const problems = (memory: unknown) => {
     try { cfg(memory); } catch (e) { assert.ok(e instanceof ConfigError); return e.problems.join('\n'); }
     return assert.fail(`accepted ${JSON.stringify(memory)}`);
