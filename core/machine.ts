@@ -38,6 +38,11 @@ export const COM1_PORT = 0x3f8, COM1_IRQ = 4;
 export const PCI_IO_BASE = 0xc000, PCI_IO_END = 0x10000;
 /** INTx of PCI devices: IOAPIC pins 16-23 (like q35's PIRQs), one per device where possible. */
 export const PCI_INTX_GSI_BASE = 16;
+/** A slot's INTx line, fixed by the slot (slot 1 → 16 … slot 8 → 23, then round again), so the
+ *  DSDT can route slots that fill up later (hot-plug). */
+export const pciIntxGsi = (slot: number): number => PCI_INTX_GSI_BASE + ((slot + 7) % 8);
+/** Slots a guest is told it may find devices in later (slot 0 is the host bridge's). */
+export const HOTPLUG_SLOTS = Array.from({ length: 31 }, (_, i) => i + 1);
 
 export interface MachineOptions {
   /** Overrides where COM1 output goes (tests capture it). */
@@ -164,7 +169,7 @@ export class Machine {
       this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: passedVfio });
       cleanups.push(() => this.releaseDevices());
       this.deviceSpecs.forEach((d, i) => {
-        this.addVfioDevice(d, `vfio${i}`, PCI_INTX_GSI_BASE + (i % 8));
+        this.addVfioDevice(d, `vfio${i}`);
       });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
 
@@ -204,12 +209,14 @@ export class Machine {
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string }, defaultId: string, gsi: number): VfioPciDevice {
+  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string }, defaultId: string): VfioPciDevice {
+    const slot = d.slot ?? this.pciBus.firstFreeSlot();
+    const gsi = pciIntxGsi(slot);
     const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {
       dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi, rom: { ...(d.rombar !== undefined ? { bar: d.rombar } : {}), ...(d.romfile !== undefined ? { file: d.romfile } : {}) } });
-      this.pciBus.attach(dev, d.slot);
+      this.pciBus.attach(dev, slot);
     } catch (e) {
       dev?.destroy();
       this.vfio.release(assigned);
@@ -279,7 +286,7 @@ export class Machine {
     this.vfio.adopt(fds);
     let dev: VfioPciDevice;
     try {
-      dev = this.addVfioDevice(d, d.id, PCI_INTX_GSI_BASE + (this.devices.length % 8));
+      dev = this.addVfioDevice(d, d.id);
     } catch (e) {
       this.vfio.unadopt(fds); // whatever the failed open did not take
       throw e;
@@ -299,8 +306,8 @@ export class Machine {
    * runs, and onDeviceDeleted tells); a guest without is surprised: the device goes at once.
    * Returns whether it is gone already.
    */
-  unplugVfioDevice(dev: VfioPciDevice, surprise = false): boolean {
-    if (this.acpi && !surprise) {
+  unplugVfioDevice(dev: VfioPciDevice): boolean {
+    if (this.acpi && this.config.unplug !== 'surprise') {
       this.pciHotplug.requestUnplug(dev.slot);
       return false;
     }
@@ -372,7 +379,10 @@ export class Machine {
     const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
     if (format === 'flat' && k.format === 'auto' && isElf) throw new LoaderError(`${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`);
     if (format === 'linux') {
-      bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END } }); // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode
+      // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode. With ACPI, the guest
+      // hears of hot-plug and the power button through the GED.
+      bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, hotplugSlots: HOTPLUG_SLOTS, intxGsi: pciIntxGsi });
+      this.acpi = true;
       return;
     }
     if (k.initrd || k.initramfs) throw new LoaderError(`${k.path}: kernel.initrd and kernel.initramfs need a Linux bzImage (format "linux"); this image loads as ${format}`);

@@ -104,7 +104,7 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     'query-commands': () => ['qmp_capabilities', ...Object.keys(commands)].map((name) => ({ name })),
     'query-status': () => {
       const paused = m.vm.paused;
-      return { running: !paused, singlestep: false, status: paused ? 'paused' : 'running' };
+      return { running: !paused, singlestep: false, status: paused ? m.stopReason ?? 'paused' : 'running' };
     },
     'query-name': () => ({ name: m.config.name }),
     'query-pci': () => [{ bus: 0, devices: [...m.pciBus.devices.values()].map(pciDeviceInfo) }],
@@ -162,6 +162,10 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       const backend = str(a, 'backend') as VfioBackendChoice | undefined;
       if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend)) throw new QmpError('GenericError', `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`);
       const slot = a.addr === undefined ? undefined : parseAddr(a.addr);
+      // QEMU's rombar is 0/1 (a uint32), romfile a path.
+      if (a.rombar !== undefined && a.rombar !== 0 && a.rombar !== 1 && typeof a.rombar !== 'boolean') throw new QmpError('GenericError', `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`);
+      const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
+      const romfile = str(a, 'romfile');
       if (!host && !sysfsdev && !fdName) throw new QmpError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
       // Named fds are taken (and owned by the device) only once everything else checks out.
       const passed: VfioPassedFds = {};
@@ -183,7 +187,8 @@ export function machineQmp(m: Machine, path: string): QmpServer {
           passed.iommufd = fd;
         }
         const spec = { id, ...(host ? { host } : sysfsdev ? { sysfsdev } : { sysfsdev: `/sys/bus/pci/devices/${device}` }),
-          ...(backend ? { backend } : {}), ...(slot !== undefined ? { slot } : {}) };
+          ...(backend ? { backend } : {}), ...(slot !== undefined ? { slot } : {}),
+          ...(rombar !== undefined ? { rombar } : {}), ...(romfile !== undefined ? { romfile } : {}) };
         if (!host && !sysfsdev && !device) throw new QmpError('GenericError', `fd '${fdName}' is a VFIO group: say which of its devices with 'host'`);
         handed = true; // from here the machine owns the fds (and closes them if it fails)
         m.hotplugVfioDevice(spec, passed);
@@ -200,6 +205,17 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
       // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
       m.unplugVfioDevice(dev);
+      return {};
+    },
+    // tsvmm's own (QEMU's x- convention for what is not a stable interface): has VFIO signal a
+    // device's request or error notifier through its loopback, so the VM's answer can be seen
+    // where no real unbind or AER error can be made.
+    'x-vfio-signal-notifier': (a) => {
+      const id = str(a, 'id')!, which = str(a, 'notifier')!;
+      const dev = m.devices.find((d) => d.name === id);
+      if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
+      if (which !== 'request' && which !== 'error') throw new QmpError('GenericError', `Parameter 'notifier' does not accept value '${which}' (request or error)`);
+      try { m.signalNotifier(dev, which); } catch (e) { throw new QmpError('GenericError', (e as Error).message); }
       return {};
     },
     system_powerdown: () => {

@@ -273,12 +273,16 @@ export class PciBus {
   readonly ioHoles: readonly DecodeHole[];
 
   /** Plugs a device at slot (or the first free one), function 0. */
+  /** The lowest slot with nothing in it (32 when the bus is full). */
+  firstFreeSlot(): number {
+    let slot = 0;
+    while (slot < 32 && this.devices.has(slot << 3)) slot++;
+    return slot;
+  }
+
   attach(dev: PciDevice, slot?: number): void {
     if (dev.bus) throw new Error(`${dev.name} is already on a bus`);
-    if (slot === undefined) {
-      slot = 0;
-      while (this.devices.has(slot << 3)) slot++;
-    }
+    slot ??= this.firstFreeSlot();
     if (slot < 0 || slot > 31) throw new RangeError(`no free PCI slot for ${dev.name} (slots 0-31)`);
     if (this.devices.has(slot << 3)) throw new Error(`PCI slot ${slot} is taken by ${this.devices.get(slot << 3)!.name}`);
     dev.bus = this;

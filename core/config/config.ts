@@ -52,6 +52,7 @@ export interface RawConfig {
   serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
   devices?: DeviceConfig[];
   vfio?: { backend?: VfioBackendChoice };
+  unplug?: 'request' | 'surprise';
 }
 
 /** A validated configuration with defaults applied, sizes in bytes and absolute paths. */
@@ -65,6 +66,8 @@ export interface VmConfig {
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
   devices: DeviceConfig[];
   vfio: { backend: VfioBackendChoice };
+  /** device_del: ask the guest (ACPI) or remove at once. */
+  unplug: 'request' | 'surprise';
 }
 
 export class ConfigError extends Error {
@@ -223,6 +226,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
     devices,
     vfio: { backend: raw.vfio?.backend ?? 'auto' },
+    unplug: raw.unplug ?? 'request',
   };
 }
 

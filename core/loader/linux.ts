@@ -255,7 +255,15 @@ export function isBzImage(image: Uint8Array): boolean {
  * from the config), ACPI and MP tables in the BIOS area, and the boot vCPU in long mode at the
  * kernel's 64-bit entry. Wires no devices, so loading again (system_reset) adds nothing.
  */
-export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { base: number; end: number } }): LinuxBootLayout {
+export interface LinuxBoardInfo {
+  pciMmio32: { base: number; end: number };
+  /** Root-bus slots a device may be hot-plugged into (the DSDT describes them: ACPI hot-plug). */
+  hotplugSlots: number[];
+  /** The IOAPIC input each slot's INTx arrives on (every pin of a slot shares its device's line). */
+  intxGsi: (slot: number) => number;
+}
+
+export function bootLinux(m: Machine, image: Uint8Array, opts: LinuxBoardInfo): LinuxBootLayout {
   const k = m.config.kernel;
   let initrd: Uint8Array | undefined, initrdName: string | undefined;
   if (k.initramfs) {
@@ -279,9 +287,10 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: { pciMmio32: { ba
     const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
     if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
   }
-  const acpi = buildAcpiTables({ cpus: m.vm.vcpus.length, pciMmio32: opts.pciMmio32, pciIrqs: pciIrqs.map((p) => ({ slot: p.slot, pin: p.pin, gsi: p.ioapicPin })),
-    hotplugSlots: Array.from({ length: 32 }, (_, i) => i) }, ACPI_TABLES_ADDR);
-  m.acpi = true;
+  // ACPI's _PRT covers every slot a device may arrive in later, not only those filled now.
+  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...opts.hotplugSlots])].sort((a, b) => a - b)
+    .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: opts.intxGsi(slot) })));
+  const acpi = buildAcpiTables({ cpus: m.vm.vcpus.length, pciMmio32: opts.pciMmio32, pciIrqs: prt, hotplugSlots: opts.hotplugSlots }, ACPI_TABLES_ADDR);
   m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
   const cpuid1 = m.kvm.supportedCpuid().find((e) => e.function === 1);
   m.ram.set(buildMpTable(MP_TABLE_ADDR, { cpus: m.vm.vcpus.length, cpuSignature: cpuid1?.eax ?? 0, cpuFeatures: cpuid1?.edx ?? 0, pciIrqs }), MP_TABLE_ADDR);

@@ -13,8 +13,9 @@ const HIGH = 4 * GiB, LOW_END = 3 * GiB;
 const pattern = (pa: number) => ((Math.imul(Number((BigInt(pa) >> 2n) & 0xffffffffn), 2654435761 | 0) ^ Math.floor(pa / 2 ** 32) ^ 0x5a5a0000) >>> 0);
 const memTotal = () => Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
 
-test('6 GiB guest: high RAM in the multiboot map at 4 GiB, a pattern written there by the guest reads back on both sides', { timeout: 120_000 }, async (t) => {
-  if (memTotal() < 6.2 * GiB) return t.skip(`host has ${Math.round(memTotal() / 2 ** 20)} MiB of RAM; a 6 GiB guest needs more (run in the test host with --memory 8192)`);
+test('6 GiB guest: high RAM in the multiboot map at 4 GiB, a pattern written there by the guest reads back on both sides', { timeout: 120_000 }, async () => {
+  // Not a skip: npm run test:kvm gives the test host 8 GiB when it runs these tests there.
+  assert.ok(memTotal() >= 6.2 * GiB, `host has ${Math.round(memTotal() / 2 ** 20)} MiB of RAM; a 6 GiB guest needs more (the test host: --memory 8192)`);
   const spots = [HIGH, HIGH + 1.5 * GiB, HIGH + 3 * GiB - 2 ** 21];
   let hostSide = '';
   const check = (m: Machine) => {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runGuest } from '../helpers/guest.js';
 import { Machine } from '../../core/machine.js';
-import { checkConfig } from '../../core/config/config.js';
+import { ConfigError, checkConfig } from '../../core/config/config.js';
 import { LoaderError } from '../../core/loader/multiboot.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mb-'));
@@ -62,7 +62,12 @@ test('multiboot entry: a flat GDT is loaded (segments reload, an interrupt throu
 });
 
 test('an ELF without a multiboot header is refused with a message, not run from its first byte', () => {
-  const cfg = checkConfig({ memory: 16, kernel: { path: elf32(false) } }, 'test', dir);
+  // validate (and run, before anything starts) refuses it as a config problem…
+  assert.throws(() => checkConfig({ memory: 16, kernel: { path: elf32(false) } }, 'test', dir),
+    (e: unknown) => e instanceof ConfigError && /plain\.elf is an ELF file without a multiboot header .*"format": "flat"/.test(e.message));
+  // …and the loader itself refuses it too, whoever builds the machine.
+  const ok = checkConfig({ memory: 16, kernel: { path: elf32(true) } }, 'test', dir);
+  const cfg = { ...ok, kernel: { ...ok.kernel, path: elf32(false) } };
   assert.throws(() => new Machine(cfg), (e: unknown) => {
     assert.ok(e instanceof LoaderError, String(e));
     assert.match(e.message, /plain\.elf: an ELF file without a multiboot header .*add a multiboot header, or set kernel\.format to "flat"/);
