@@ -171,3 +171,32 @@ test('the host takes nvme back (unbind from vfio-pci): the guest is asked to eje
     await waitFor('nvme back on vfio-pci', () => { try { return readlinkSync(`/sys/bus/pci/devices/${nvme.bdf}/driver`).endsWith('/vfio-pci'); } catch { return false; } }, 10_000);
   }
 });
+
+test('a device error (VFIO error notifier, signalled by the kernel through its loopback) stops the VM with VFIO_ERROR; cont resumes it', { timeout: 300_000 }, async () => {
+  const nvme = hostDevice('nvme');
+  // A guest that shows it runs: a counter on the serial line.
+  const script = ['echo "err: ready"', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done'].join('\n');
+  const vm = start(sampleConfig('linux-nvme', (c) => { c.kernel.initramfs.script = script; }));
+  const ticks = () => [...vm.log().matchAll(/^tick (\d+)$/gm)].length;
+  try {
+    await vm.seen(/^err: ready$/m);
+    const q = await vm.qmp();
+    assert.deepEqual((await q.cmd('query-status')).return, { running: true, singlestep: false, status: 'running' });
+    assert.deepEqual(await q.cmd('x-vfio-signal-notifier', { id: 'nvme', notifier: 'error' }), { return: {} });
+    assert.deepEqual((await q.event('VFIO_ERROR', 30_000)).data, { device: 'nvme', host: nvme.bdf });
+    await q.event('STOP', 30_000);
+    assert.deepEqual((await q.cmd('query-status')).return, { running: false, singlestep: false, status: 'internal-error' });
+    const stopped = ticks();
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(ticks(), stopped, 'the guest does not run while stopped');
+    assert.deepEqual(await q.cmd('cont'), { return: {} });
+    await q.event('RESUME', 30_000);
+    await waitFor('the guest running again', () => ticks() > stopped, 60_000);
+    assert.deepEqual((await q.cmd('query-status')).return, { running: true, singlestep: false, status: 'running' });
+    assert.match((await q.cmd('x-vfio-signal-notifier', { id: 'nvme', notifier: 'bogus' })).error.desc, /does not accept value 'bogus'/);
+    await q.cmd('quit');
+    assert.equal(await vm.exited, 0, vm.log());
+  } finally {
+    if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
+  }
+});
