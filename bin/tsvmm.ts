@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 // tsvmm command line. One module per command (bin/cli/*.ts), imported only when that command
 // runs, so a command loads what it needs and nothing else (start-up time is the VM's launch time).
+import { catchSignals } from './cli/signals.js';
+
+// run: a terminating signal during start-up ends it cleanly, not half-way (bin/cli/signals.ts).
+if (process.argv[2] === 'run') catchSignals();
 const COMMANDS: Record<string, { load: () => Promise<{ main: (args: string[]) => Promise<number> }>; summary: string }> = {
   run: { load: () => import('./cli/run.js'), summary: 'run a VM from a config and/or QEMU-style flags (--memory, --kernel, --device ...)' },
   validate: { load: () => import('./cli/validate.js'), summary: 'check a config without running it (every check that needs no KVM)' },

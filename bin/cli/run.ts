@@ -5,6 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../core/config/config.js';
 import { projectRoot } from '../../core/paths.js';
 import { parseCommand, str, UsageError } from './common.js';
+import { catchSignals, onSignal, releaseSignals, TERMINATING, type TerminatingSignal } from './signals.js';
 
 export const USAGE = `Usage: tsvmm run [config.json] [options]
 
@@ -111,9 +112,6 @@ export function buildRawConfig(positional: string | undefined, v: Record<string,
   return { raw, source, baseDir };
 }
 
-/** Exit statuses for the terminating signals, as a shell reports them (128 + N). */
-const SIGNALS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
-
 export async function main(args: string[]): Promise<number> {
   const p = parseCommand(args, OPTIONS, USAGE, { min: 0, max: 1, what: 'config file' });
   if (!p) return 0;
@@ -127,12 +125,12 @@ export async function main(args: string[]): Promise<number> {
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
   let machine: import('../../core/machine.js').Machine | undefined;
-  let early: NodeJS.Signals | undefined;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (machine) machine.requestExit(SIGNALS[sig as keyof typeof SIGNALS], `interrupted (${sig})`);
+  let early: TerminatingSignal | undefined;
+  catchSignals(); // the dispatcher did already (a no-op then)
+  early = onSignal((sig) => {
+    if (machine) machine.requestExit(TERMINATING[sig], `interrupted (${sig})`);
     else early ??= sig;
-  };
-  for (const s of Object.keys(SIGNALS)) process.on(s, onSignal);
+  });
   let qmp;
   try {
     const config = checkConfig(raw, source, baseDir);
@@ -154,7 +152,7 @@ export async function main(args: string[]): Promise<number> {
     }
     if (early) {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
-      return SIGNALS[early as keyof typeof SIGNALS];
+      return TERMINATING[early];
     }
     const r = await machine.run();
     const bySignal = /^interrupted/.test(r.reason);
@@ -162,7 +160,7 @@ export async function main(args: string[]): Promise<number> {
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {
-    for (const s of Object.keys(SIGNALS)) process.off(s, onSignal);
+    releaseSignals();
     await qmp?.close();
     machine?.close();
   }

@@ -38,7 +38,7 @@ test('SIGHUP, SIGTERM and SIGINT each end the VM cleanly: QMP socket file remove
     vm.stderr.on('data', (b) => { stderr += b; });
     const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
     try {
-      for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+      for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
       assert.ok(existsSync(sock), `${sig}: the VM started (${stderr})`);
       await sleep(200);
       vm.kill(sig);

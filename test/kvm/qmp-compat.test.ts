@@ -28,7 +28,7 @@ async function startVm(name: string): Promise<{ sock: string; exited: Promise<nu
   let stderr = '';
   vm.stderr.on('data', (b) => { stderr += b; });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
-  for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+  for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
   return { sock, exited, kill: () => vm.kill('SIGKILL'), stderr: () => stderr };
 }
 

@@ -28,7 +28,7 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
   vm.stderr.on('data', (b) => { stderr += b; });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
   try {
-    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+    for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
     assert.equal(statSync(sock).mode & 0o777, 0o600, 'the control socket is owner-only');
     const c = await Client.connect(sock);
     const greeting = await c.next();
@@ -89,7 +89,7 @@ test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close wh
   const held = () => readdirSync(`/proc/${vm.pid}/fd`).filter((f) => { try { return readlinkSync(`/proc/${vm.pid}/fd/${f}`) === join(dir, 'marker'); } catch { return false; } }).length;
   writeFileSync(join(dir, 'marker'), '');
   try {
-    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+    for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
     // Connect and vanish before negotiating.
     (await Client.connect(sock)).s.destroy();
     await sleep(300);

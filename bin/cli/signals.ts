@@ -1,0 +1,31 @@
+// Terminating signals for `run`, caught from the dispatcher's first line: one that arrives while
+// node is still loading the VMM is remembered instead of killing the process, and `run` ends the
+// VM (or its set-up) cleanly with 128 + N, as a shell reports a signal.
+export const TERMINATING = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
+export type TerminatingSignal = keyof typeof TERMINATING;
+
+let pending: TerminatingSignal | undefined;
+let handler: ((sig: TerminatingSignal) => void) | undefined;
+const listener = (sig: NodeJS.Signals) => {
+  if (handler) handler(sig as TerminatingSignal);
+  else pending ??= sig as TerminatingSignal;
+};
+
+let caught = false;
+export function catchSignals(): void {
+  if (caught) return;
+  caught = true;
+  for (const s of Object.keys(TERMINATING)) process.on(s, listener);
+}
+
+/** Routes the signals to `h` from now on; returns one that came before, if any. */
+export function onSignal(h: (sig: TerminatingSignal) => void): TerminatingSignal | undefined {
+  handler = h;
+  return pending;
+}
+
+export function releaseSignals(): void {
+  handler = undefined;
+  caught = false;
+  for (const s of Object.keys(TERMINATING)) process.off(s, listener);
+}
