@@ -369,7 +369,7 @@ export class Vm {
         if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
         // The device model may have started a timer (a flush, the INTx resample poll): watch for it.
         n.loopWatcherRefresh(watcher);
-        if ((++k & 31) === 0 && performance.now() - t0 > this.sliceBudgetMs) {
+        if ((++k & 7) === 0 && performance.now() - t0 > this.sliceBudgetMs) {
           this.loopStats.budgetYields++;
           return undefined;
         }

@@ -55,13 +55,13 @@ export function tsvmmRun(config: string, opts: { timeoutMs?: number; onStdout?: 
 
 export const describe = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''} after ${(r.ms / 1000).toFixed(1)} s\n--- serial ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
 
-/** /proc/interrupts lines as {irq, count, type, name}. */
+/** /proc/interrupts lines as {irq, count, type, name}; count sums the per-CPU columns (SMP guests). */
 export function parseInterrupts(text: string, prefix = ''): { irq: string; count: number; chip: string; name: string }[] {
   const out: { irq: string; count: number; chip: string; name: string }[] = [];
   for (const line of text.split('\n')) {
     if (!line.startsWith(prefix)) continue;
-    const m = /^\s*(\d+):\s+(\d+)\s+(\S+)\s+(.*\S)\s*$/.exec(line.slice(prefix.length));
-    if (m) out.push({ irq: m[1]!, count: Number(m[2]), chip: m[3]!, name: m[4]! });
+    const m = /^\s*(\d+):((?:\s+\d+)+)\s+(\S*[^\d\s]\S*)\s+(.*\S)\s*$/.exec(line.slice(prefix.length));
+    if (m) out.push({ irq: m[1]!, count: m[2]!.trim().split(/\s+/).reduce((n, c) => n + Number(c), 0), chip: m[3]!, name: m[4]! });
   }
   return out;
 }

@@ -5,7 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { cli, describe, linuxEnv, linuxKernel, parseInterrupts, sampleConfig, tsvmmRun } from '../../helpers/linux.js';
@@ -82,15 +83,17 @@ test('system_reset of a 2-vCPU Linux guest with nvme: it boots to userspace agai
     c.vcpus = 2;
     c.kernel.initramfs.script = `echo "cpus online: $(grep -c ^processor /proc/cpuinfo)"\necho "sha256: $(head -c ${process.env.TSVMM_TESTHOST_NVME_BYTES} /dev/nvme0n1 | sha256sum)"\necho "userspace ready"\nsleep 100000`;
   });
-  const sock = join(process.env.TSVMM_TESTHOST_RUN_DIR!, `reset-${process.pid}.sock`);
+  // Not in the run dir: a 9p mount takes no Unix sockets.
+  const sock = join(mkdtempSync(join(tmpdir(), 'tsvmm-linux-reset-')), 'qmp.sock');
   const child = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { env: { ...process.env, ...linuxEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   child.stdout.on('data', (b: Buffer) => { out += b.toString('latin1'); });
   child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
-  const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  let gone = false;
+  const exited = new Promise<number | null>((r) => child.on('exit', (c) => { gone = true; r(c); }));
   const count = (re: RegExp) => (out.match(re) ?? []).length;
   const until = async (f: () => boolean, what: string, ms = 180_000) => {
-    for (let t = 0; t < ms && !f(); t += 100) await new Promise((r) => setTimeout(r, 100));
+    for (let t = 0; t < ms && !f() && !gone; t += 100) await new Promise((r) => setTimeout(r, 100));
     assert.ok(f(), `${what}\n--- serial ---\n${out}\n--- stderr ---\n${err}`);
   };
   try {
