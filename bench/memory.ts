@@ -101,6 +101,12 @@ export async function runMemoryBench(o: { mib: number; rounds: number; bdf: stri
     writeFileSync('/proc/sys/vm/nr_hugepages', String(o.mib / 2 + 8));
     const m = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', hugeDir], { encoding: 'utf8' });
     if (m.status !== 0) throw new Error(`mount hugetlbfs: ${m.stderr}`);
+    // Warm-up, not counted: the test host's first touch of its RAM under TCG is ~10× slower, and
+    // would land on whichever VMM runs first.
+    for (const b of BACKINGS) {
+      const w = await once('null', b, o.mib, o.bdf, hugeDir, scratch, -1);
+      o.log(`memory warm-up ${b}: MAP_DMA ${w.mapDmaMs?.toFixed(0)} ms${w.error ? ` ERROR ${w.error}` : ''}`);
+    }
     for (let r = 0; r < o.rounds; r++) {
       for (const b of BACKINGS) {
         const order = VMMS.map((_, i) => VMMS[(i + r) % VMMS.length]!);

@@ -2,6 +2,7 @@
 // (COM1, the PCI host bridge, a debug-exit port), the guest image, and the vCPUs. run()
 // resolves with the exit status; close() releases every fd and mapping, whatever happened.
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { GuestRam, RamBackingError } from './ram.js';
 import { MAX_VIEW_BYTES, native } from './native.js';
 import { fmtBytes, hasCapIpcLock, memlockLimit } from './vfio/limits.js';
@@ -113,9 +114,11 @@ export class Machine {
       cleanups.push(() => this.guestRam.close());
       const lowSize = Math.min(size, LOW_RAM_END);
       if (pinned && this.guestRam.plan.note) console.error(`tsvmm: note: ${this.guestRam.plan.note}`);
-      // Prefault what will be pinned — unless the locked-memory limit will refuse the pinning
-      // (the DMA listener says so, with the fix: no point faulting in gigabytes first).
-      if ((pinned && (size <= memlockLimit() || hasCapIpcLock())) || config.memory.prealloc) {
+      // Prefault what will be pinned, in parallel, where the host has cores to do it on (with one,
+      // MAP_DMA faulting and pinning in one pass is quicker: bench/results/memory.md) — unless the
+      // locked-memory limit will refuse the pinning (the DMA listener says so, with the fix).
+      const prefaultForPinning = pinned && availableParallelism() > 1 && (size <= memlockLimit() || hasCapIpcLock());
+      if (prefaultForPinning || config.memory.prealloc) {
         this.guestRam.prefault({ progress: (threads) => console.error(`tsvmm: preparing ${fmtBytes(size)} of guest RAM (${this.guestRam.plan.describe}): prefaulting on ${threads} thread(s)${pinned ? ', then pinning it for DMA' : ''}…`) });
       }
       const fd = this.guestRam.fd;
