@@ -58,6 +58,41 @@ export class RawQmp {
   }
 }
 
+/**
+ * `tsvmm run <config> --qmp <socket>` as a child process (the socket in a tmpfs: 9p cannot hold
+ * one): its serial output and stderr, a wait for a pattern or a condition, and a QMP client
+ * past negotiation.
+ */
+export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
+  const sock = join(mkdtempSync(join(tmpdir(), 'tsvmm-qmp-')), 'qmp.sock');
+  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', config, '--qmp', sock], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const io = { out: '', err: '' };
+  vmm.stdout.on('data', (d) => { io.out += d; });
+  vmm.stderr.on('data', (d) => { io.err += d; });
+  const exited = new Promise<number | null>((r) => vmm.on('exit', (c) => r(c)));
+  const log = () => `${io.out}\n--- stderr ---\n${io.err}`;
+  /** Serial lines equal to `line`. */
+  const count = (line: string) => io.out.split('\n').filter((l) => l === line).length;
+  const until = async (ok: () => boolean, what: string, timeoutMs = 60_000) => {
+    const t0 = Date.now();
+    while (!ok()) {
+      if (vmm.exitCode !== null || Date.now() - t0 > timeoutMs) assert.fail(`${what} (exit ${vmm.exitCode}):\n${log()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const seen = async (re: RegExp, timeoutMs = 120_000) => {
+    await until(() => re.test(io.out), `guest never printed ${re}`, timeoutMs);
+    return re.exec(io.out)!;
+  };
+  const qmp = async () => {
+    const q = await RawQmp.open(sock);
+    assert.ok((await q.next()).QMP, 'greeting');
+    assert.deepEqual(await q.cmd('qmp_capabilities'), { return: {} });
+    return q;
+  };
+  return { vmm, io, exited, log, count, until, seen, qmp };
+}
+
 /** The VMM's VFIO and iommufd fds, from /proc/<pid>/fd. */
 function vmmFds(pid: number): string[] {
   const out: string[] = [];

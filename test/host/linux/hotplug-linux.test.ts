@@ -6,12 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { hostDevice } from '../../helpers/testhost-env.js';
-import { cli, linuxEnv, sampleConfig } from '../../helpers/linux.js';
-import { RawQmp } from '../../helpers/hotplug.js';
+import { linuxEnv, sampleConfig } from '../../helpers/linux.js';
+import { spawnVm } from '../../helpers/hotplug.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 
 const MiB = 2 ** 20;
@@ -24,33 +22,8 @@ function vfioFds(pid: number): string[] {
   return out;
 }
 
-/** tsvmm run with a QMP socket; serial output collected; `seen` waits for a line. */
-function start(config: string) {
-  // Not in the run dir: 9p cannot hold a socket.
-  const sock = join(mkdtempSync(join(tmpdir(), 'tsvmm-qmp-')), 'qmp.sock');
-  const vmm = spawn(process.execPath, [cli, 'run', config, '--qmp', sock], { env: { ...process.env, ...linuxEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', err = '';
-  vmm.stdout.on('data', (d) => { out += d; });
-  vmm.stderr.on('data', (d) => { err += d; });
-  const exited = new Promise<number | null>((r) => vmm.on('exit', (c) => r(c)));
-  const seen = (re: RegExp, timeoutMs = 120_000) => new Promise<RegExpExecArray>((res, rej) => {
-    const t0 = Date.now();
-    const tick = () => {
-      const m = re.exec(out);
-      if (m) res(m);
-      else if (vmm.exitCode !== null || Date.now() - t0 > timeoutMs) rej(new Error(`guest never printed ${re} (exit ${vmm.exitCode}):\n${out}\n--- stderr ---\n${err}`));
-      else setTimeout(tick, 50);
-    };
-    tick();
-  });
-  const qmp = async () => {
-    const q = await RawQmp.open(sock);
-    assert.ok((await q.next()).QMP, 'greeting');
-    assert.deepEqual(await q.cmd('qmp_capabilities'), { return: {} });
-    return q;
-  };
-  return { vmm, seen, qmp, exited, log: () => `${out}\n--- stderr ---\n${err}` };
-}
+/** tsvmm run with a QMP socket, the Linux samples' env set. */
+const start = (config: string) => spawnVm(config, { ...process.env, ...linuxEnv() });
 
 const waitFor = async (what: string, ok: () => boolean, timeoutMs = 60_000) => {
   const t0 = Date.now();
@@ -177,7 +150,7 @@ test('a device error (VFIO error notifier, signalled by the kernel through its l
   // A guest that shows it runs: a counter on the serial line.
   const script = ['echo "err: ready"', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done'].join('\n');
   const vm = start(sampleConfig('linux-nvme', (c) => { c.kernel.initramfs.script = script; }));
-  const ticks = () => [...vm.log().matchAll(/^tick (\d+)$/gm)].length;
+  const ticks = () => [...vm.io.out.matchAll(/^tick (\d+)$/gm)].length;
   try {
     await vm.seen(/^err: ready$/m);
     const q = await vm.qmp();
