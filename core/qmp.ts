@@ -8,7 +8,7 @@
 // The client socket is read with recvmsg (native), not by Node: a command may carry fds in
 // SCM_RIGHTS (getfd, add-fd), which Node's own reads would silently drop.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, closeSync, existsSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, unlinkSync } from 'node:fs';
 import { native, isSyscallError } from './native.js';
 import { JsonStreamParser, type JsonResult } from './qmp-json.js';
 import { validators, commandArgs } from '../generated/qmp-validators.js';
@@ -96,11 +96,18 @@ export class QmpServer {
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.path, () => {
-        chmodSync(this.path, 0o600); // the control socket is the VM: owner only
-        server.unref();
-        resolve();
-      });
+      // The control socket is the VM: owner only from the moment it exists. bind(2), which
+      // listen() calls before it returns, gives the file the umask's mode; a chmod afterwards
+      // would leave a window in which anyone could connect.
+      const umask = process.umask(0o177);
+      try {
+        server.listen(this.path, () => {
+          server.unref();
+          resolve();
+        });
+      } finally {
+        process.umask(umask);
+      }
     });
   }
 
