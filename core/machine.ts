@@ -415,6 +415,8 @@ export class Machine {
       this.vm.resetToPowerOn();
       for (const d of this.devices) d.reset();
       this.hotResetDevices();
+      this.ged.reset(); // no event from before the reset is delivered after it
+      this.pciHotplug.reset();
       this.loadGuest();
     });
   }
