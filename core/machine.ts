@@ -85,6 +85,8 @@ export class Machine {
   /** Why the VM is stopped when no one asked (QMP query-status): a device reported an error. */
   stopReason: 'internal-error' | undefined;
   private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
+  /** Devices the guest was asked to eject (device_del) and has not yet. */
+  private readonly unplugRequested = new Set<VfioPciDevice>();
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -311,6 +313,7 @@ export class Machine {
    */
   unplugVfioDevice(dev: VfioPciDevice): boolean {
     if (this.acpi && this.config.unplug !== 'surprise') {
+      this.unplugRequested.add(dev);
       this.pciHotplug.requestUnplug(dev.slot);
       return false;
     }
@@ -341,6 +344,7 @@ export class Machine {
     const i = this.devices.indexOf(dev);
     if (i < 0) return;
     this.devices.splice(i, 1);
+    this.unplugRequested.delete(dev);
     for (const n of this.notifiers.get(dev) ?? []) n.close();
     this.notifiers.delete(dev);
     this.pciBus.detach(dev);
@@ -415,8 +419,11 @@ export class Machine {
       this.vm.resetToPowerOn();
       for (const d of this.devices) d.reset();
       this.hotResetDevices();
-      this.ged.reset(); // no event from before the reset is delivered after it
+      // No event from before the reset is delivered after it; an unplug the guest was asked for
+      // and has not done yet is completed (a rebooting guest will not answer it).
+      this.ged.reset();
       this.pciHotplug.reset();
+      for (const dev of [...this.unplugRequested]) this.ejected(dev.slot);
       this.loadGuest();
     });
   }

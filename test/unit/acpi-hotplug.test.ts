@@ -99,6 +99,8 @@ test('PCI hot-plug registers: up/down bits read-clear, B0EJ ejects each slot wri
   io.write(0xae08, 1, 0xff);
   assert.deepEqual(ejected, [2, 30], 'a byte write is not a valid access');
   hp.plugged(1);
+  hp.requestUnplug(5);
   hp.reset();
   assert.equal(Number(io.read(0xae00, 4)), 0, 'reset clears pending changes');
+  assert.equal(Number(io.read(0xae04, 4)), 0);
 });
