@@ -36,22 +36,23 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
   return [
     {
       id: 'launch', label: 'launch → first serial byte (edu assigned, 256 MiB)', unit: 'ms', better: 'lower', digits: 0,
-      whyWorse: 'tsvmm is a Node.js program, and its startup is JavaScript. A --cpu-prof profile of a warm launch in this ' +
-        'host (2026-11-22, two runs) splits it into: loading ajv and compiling the config schema with it ~40 %, loading and ' +
-        'compiling the other modules ~20 % (each resolution is a stat over the host\'s 9p root), other JavaScript (machine ' +
-        'set-up) ~15 %, waiting ~15 %, MAP_DMA of the memfd ~5 %, the vCPU worker\'s start ~2 %. Fix: validate configs ' +
-        'with ajv\'s standalone code generated at build time (no ajv, no schema compile at run time), ship one bundled ' +
-        'file with a V8 code cache, and back guest RAM with huge pages (DMA rows).',
+      whyWorse: 'tsvmm is a Node.js program, and its startup is JavaScript. The two largest costs a --cpu-prof profile ' +
+        'of a warm launch found on 2026-11-22 are gone: the config validator is generated at build time (no ajv, no ' +
+        'schema compile at run time), and each command loads only its own modules (tsvmm validate in this host: 6.5 s ' +
+        'before, 2.1 s after; node -e 0 alone 0.65 s). What is left has not been profiled again: Node\'s own start, ' +
+        'module loading (every resolution is a stat over the host\'s 9p root), machine set-up and the first MAP_DMA. ' +
+        'Fix: ship one bundled file with a V8 code cache (one file read instead of ~50 module resolutions).',
     },
     {
       id: 'pio', label: 'trapped port-I/O round trips (inb 0x3ff)', unit: '1/s', better: 'higher', digits: 0,
-      whyWorse: 'every trapped access crosses threads: the vCPU worker posts the exit to the main thread, where the ' +
-        'device models live, and waits for the answer (Atomics.notify/Atomics.wait), so each round trip costs two futex ' +
-        'wake-ups and a context switch each way on the host\'s single CPU; QEMU and the null VMM answer in the vCPU thread ' +
-        'that took the exit. A --cpu-prof profile of tsvmm\'s main thread during this loop puts ten times more time in the ' +
-        'serve loop\'s Atomics.wait than in the device model (handleExit, AddressSpace.read). Fix: answer exits on the vCPU thread — the device ' +
-        'models reachable from the worker under a lock, as QEMU\'s BQL, or at least the hot simple registers (serial, ' +
-        'conf1) from shared state — and keep the main thread for slow paths.',
+      whyWorse: 'no exit crosses threads any more (vCPU 0 runs KVM_RUN on the device thread and answers each exit ' +
+        'inline); what remains between two KVM_RUN calls is JavaScript: the N-API call, decoding the kvm_run page, the ' +
+        'AddressSpace dispatch and the loop watcher\'s refresh, and in this host every instruction of it runs under ' +
+        'TCG. A --cpu-prof of an 8 s loop here (2026-11-27, under load) puts 14.5 % of the samples in runSlice (which ' +
+        'includes the KVM_RUN ioctl) and 1 % in the device dispatch; the rest was start-up, so the loop\'s own ' +
+        'JavaScript is not yet separated from the ioctl. Fix: refresh the watcher only when a device started a timer, ' +
+        'fold the per-exit N-API calls into one, and measure on a real /dev/kvm, where the issue saw a JS loop of this ' +
+        'shape run at the null VMM\'s rate.',
     },
     {
       id: 'msi', label: 'MSI interrupts delivered (edu raise → handler → ack)', unit: '1/s', better: 'higher', digits: 0,
@@ -91,10 +92,9 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
     {
       id: 'rss', label: 'VMM resident memory beyond guest RAM (256 MiB guest, all pinned)', unit: 'MiB', better: 'lower', digits: 1,
       whyWorse: 'tsvmm is a Node.js process: its file-backed resident memory is the touched part of the node binary ' +
-        '(code, V8\'s startup snapshot, the ICU data built into it), its anonymous memory the V8 heaps and code of two ' +
-        'isolates (the main thread and the vCPU worker) and the libuv/V8 thread stacks. Fix: run the vCPU loop on a native ' +
-        'thread (no second isolate), cap the heaps (--max-semi-space-size, worker resourceLimits), and use a node built ' +
-        'with small ICU.',
+        '(code, V8\'s startup snapshot, the ICU data built into it), its anonymous memory the V8 heap and code of its ' +
+        'one isolate (a 1-vCPU VM has no vCPU worker any more: vCPU 0 runs on the main thread) and the libuv/V8 thread ' +
+        'stacks. Fix: cap the heap (--max-semi-space-size, --max-old-space-size) and use a node built with small ICU.',
     },
   ];
 }
