@@ -317,14 +317,17 @@ export class Machine {
       this.pciHotplug.requestUnplug(dev.slot);
       return false;
     }
-    this.removeVfioDevice(dev);
-    this.onDeviceDeleted?.(dev.name);
+    this.deleteDevice(dev);
     return true;
   }
 
+  /** The guest ran a slot's _EJ0: the device there leaves. */
   private ejected(slot: number): void {
     const dev = this.devices.find((d) => d.slot === slot);
-    if (!dev) return;
+    if (dev) this.deleteDevice(dev);
+  }
+
+  private deleteDevice(dev: VfioPciDevice): void {
     this.removeVfioDevice(dev);
     this.onDeviceDeleted?.(dev.name);
   }
@@ -423,7 +426,7 @@ export class Machine {
       // and has not done yet is completed (a rebooting guest will not answer it).
       this.ged.reset();
       this.pciHotplug.reset();
-      for (const dev of [...this.unplugRequested]) this.ejected(dev.slot);
+      for (const dev of [...this.unplugRequested]) this.deleteDevice(dev);
       this.loadGuest();
     });
   }

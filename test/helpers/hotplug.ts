@@ -94,7 +94,7 @@ export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
 }
 
 /** The VMM's VFIO and iommufd fds, from /proc/<pid>/fd. */
-function vmmFds(pid: number): string[] {
+export function vmmFds(pid: number): string[] {
   const out: string[] = [];
   for (const f of readdirSync(`/proc/${pid}/fd`)) {
     try { const l = readlinkSync(`/proc/${pid}/fd/${f}`); if (l.startsWith('/dev/vfio/') || l === '/dev/iommu') out.push(l); } catch { /* closed meanwhile */ }

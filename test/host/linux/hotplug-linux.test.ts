@@ -6,21 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { linuxEnv, sampleConfig } from '../../helpers/linux.js';
-import { spawnVm } from '../../helpers/hotplug.js';
+import { spawnVm, vmmFds } from '../../helpers/hotplug.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 
 const MiB = 2 ** 20;
-
-function vfioFds(pid: number): string[] {
-  const out: string[] = [];
-  for (const f of readdirSync(`/proc/${pid}/fd`)) {
-    try { const l = readlinkSync(`/proc/${pid}/fd/${f}`); if (l.startsWith('/dev/vfio/')) out.push(l); } catch { /* closed meanwhile */ }
-  }
-  return out;
-}
 
 /** tsvmm run with a QMP socket, the Linux samples' env set. */
 const start = (config: string) => spawnVm(config, { ...process.env, ...linuxEnv() });
@@ -66,8 +58,8 @@ test('Linux sees nvme hot-added by device_add (no rescan), reads it, ejects it o
     const ev = await q.event('DEVICE_DELETED', 60_000);
     assert.deepEqual(ev.data, { device: 'nvme', path: '/machine/peripheral/nvme' });
     await vm.seen(/^hotplug: removed$/m);
-    await waitFor('pinned memory released', () => lockedBytes(vm.vmm.pid!) === base);
-    assert.deepEqual(vfioFds(vm.vmm.pid!), [], 'no VFIO fd left');
+    await vm.until(() => lockedBytes(vm.vmm.pid!) === base, 'pinned memory released');
+    assert.deepEqual(vmmFds(vm.vmm.pid!), [], 'no VFIO fd left');
     const pci = (await q.cmd('query-pci')).return[0].devices as { qdev_id: string }[];
     assert.deepEqual(pci.map((d) => d.qdev_id), ['pci-host-bridge'], 'only the host bridge is left');
 
@@ -132,8 +124,8 @@ test('the host takes nvme back (unbind from vfio-pci): the guest is asked to eje
     await vm.seen(/^unbind: nvme gone$/m);
     assert.deepEqual((await q.event('DEVICE_DELETED', 60_000)).data, { device: 'nvme', path: '/machine/peripheral/nvme' });
     assert.equal(await unbound, 0, 'the unbind completed');
-    await waitFor('pinned memory released', () => lockedBytes(vm.vmm.pid!) === 0);
-    assert.deepEqual(vfioFds(vm.vmm.pid!), []);
+    await vm.until(() => lockedBytes(vm.vmm.pid!) === 0, 'pinned memory released');
+    assert.deepEqual(vmmFds(vm.vmm.pid!), []);
     await vm.seen(/^unbind: alive /m);
     assert.equal(await vm.exited, 0, vm.log());
   } finally {
@@ -164,7 +156,7 @@ test('a device error (VFIO error notifier, signalled by the kernel through its l
     assert.equal(ticks(), stopped, 'the guest does not run while stopped');
     assert.deepEqual(await q.cmd('cont'), { return: {} });
     await q.event('RESUME', 30_000);
-    await waitFor('the guest running again', () => ticks() > stopped, 60_000);
+    await vm.until(() => ticks() > stopped, 'the guest running again');
     assert.deepEqual((await q.cmd('query-status')).return, { running: true, singlestep: false, status: 'running' });
     assert.match((await q.cmd('x-vfio-signal-notifier', { id: 'nvme', notifier: 'bogus' })).error.desc, /does not accept value 'bogus'/);
     await q.cmd('quit');
