@@ -11,7 +11,7 @@ import {
   native, ADDON_PATH, isSyscallError, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE,
   MAP_HUGETLB, MAP_HUGE_SHIFT, MFD_CLOEXEC, MFD_HUGETLB, MADV_HUGEPAGE, MADV_DONTFORK, MADV_POPULATE_WRITE,
 } from './native.js';
-import { ConfigError, type MemoryConfig } from './config/config.js';
+import { ConfigError, type MemoryConfig } from '../machine/config/config.js';
 import type { RamChunks } from './memory/index.js';
 
 /** JS views of guest RAM are this big (a power of two, so no aligned access straddles two). */

@@ -13,7 +13,7 @@ export async function main(args: string[]): Promise<number> {
   if (!p) return 0;
   const script = str(p.values, 'script'), modules = str(p.values, 'modules'), busybox = str(p.values, 'busybox');
   if (script === undefined) throw new UsageError('--script FILE is required', USAGE);
-  const { buildInitramfs } = await import('../../core/loader/initramfs.js');
+  const { buildInitramfs } = await import('../../machine/loader/initramfs.js');
   const cpio = buildInitramfs({ script: readFileSync(script, 'utf8'), ...(modules ? { modulesDir: modules } : {}), ...(busybox ? { busybox } : {}) });
   writeFileSync(p.positionals[0]!, cpio);
   process.stdout.write(`${p.positionals[0]}: ${cpio.length} bytes (newc, uncompressed)\n`);

@@ -16,7 +16,7 @@ export async function main(args: string[]): Promise<number> {
   if (!p) return 0;
   const memlock = str(p.values, 'memlock');
   const memlockBytes = memlock !== undefined ? parseSize(memlock, '--memlock', USAGE) : undefined;
-  const { runManager, parseUser } = await import('../../core/manager.js');
+  const { runManager, parseUser } = await import('../../frontend/manager.js');
   const id = parseUser({ user: str(p.values, 'user'), uid: str(p.values, 'uid'), gid: str(p.values, 'gid') } as { user?: string; uid?: string; gid?: string });
   return runManager(p.positionals[0]!, { ...id, ...(memlockBytes !== undefined ? { memlockBytes } : {}) });
 }

@@ -16,7 +16,7 @@ export async function main(args: string[]): Promise<number> {
     try { qargs = JSON.parse(json) as Record<string, unknown>; } catch (e) { throw new UsageError(`json-arguments: ${(e as Error).message}`, USAGE); }
     if (!qargs || typeof qargs !== 'object' || Array.isArray(qargs)) throw new UsageError('json-arguments must be a JSON object', USAGE);
   }
-  const { qmpCall } = await import('../../core/qmp-client.js');
+  const { qmpCall } = await import('../../frontend/qmp/client.js');
   const r = await qmpCall(sock, command, qargs);
   if ('error' in r) { process.stderr.write(`tsvmm qmp: ${r.error.class}: ${r.error.desc}\n`); return 1; }
   process.stdout.write(JSON.stringify(r.return, null, 2) + '\n');

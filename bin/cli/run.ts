@@ -2,7 +2,7 @@
 // override the file's values; --device adds devices). --print-config shows the JSON underneath.
 import { closeSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../core/config/config.js';
+import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/config/config.js';
 import { projectRoot } from '../../core/paths.js';
 import { parseCommand, str, UsageError } from './common.js';
 import { catchSignals, onSignal, releaseSignals, TERMINATING, type TerminatingSignal } from './signals.js';
@@ -124,7 +124,7 @@ export async function main(args: string[]): Promise<number> {
   }
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
-  let machine: import('../../core/machine.js').Machine | undefined;
+  let machine: import('../../machine/machine.js').Machine | undefined;
   let early: TerminatingSignal | undefined;
   catchSignals(); // the dispatcher did already (a no-op then)
   early = onSignal((sig) => {
@@ -142,11 +142,11 @@ export async function main(args: string[]): Promise<number> {
       const { receivePassedFds } = await import('../../core/fdpass.js');
       try { passedFds = receivePassedFds(sock); } finally { closeSync(sock); }
     }
-    const { Machine } = await import('../../core/machine.js');
+    const { Machine } = await import('../../machine/machine.js');
     machine = new Machine(config, passedFds ? { passedFds } : {});
     const qmpPath = str(v, 'qmp');
     if (qmpPath !== undefined && !early) {
-      const { machineQmp } = await import('../../core/qmp-commands.js');
+      const { machineQmp } = await import('../../frontend/qmp/commands.js');
       qmp = machineQmp(machine, qmpPath);
       await qmp.listen();
     }

@@ -1,8 +1,8 @@
 // Runs the project's test guest (or any image) in a Machine, collecting serial output by line
 // and letting a test react to lines as they arrive (e.g. inject an interrupt on "irq ready").
 import { readdirSync } from 'node:fs';
-import { checkConfig, type RawConfig } from '../../core/config/config.js';
-import { Machine, type MachineResult } from '../../core/machine.js';
+import { checkConfig, type RawConfig } from '../../machine/config/config.js';
+import { Machine, type MachineResult } from '../../machine/machine.js';
 import type { ExitStats } from '../../core/kvm/vm.js';
 import { guestPaths } from '../../guest/index.js';
 

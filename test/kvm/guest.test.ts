@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { runGuest, openFds } from '../helpers/guest.js';
 import { guestPaths } from '../../guest/index.js';
 import { projectRoot } from '../../core/paths.js';
-import { Machine } from '../../core/machine.js';
-import { checkConfig } from '../../core/config/config.js';
+import { Machine } from '../../machine/machine.js';
+import { checkConfig } from '../../machine/config/config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-kvm-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { runGuest } from '../helpers/guest.js';
-import type { Machine } from '../../core/machine.js';
+import type { Machine } from '../../machine/machine.js';
 
 const GiB = 2 ** 30;
 const HIGH = 4 * GiB, LOW_END = 3 * GiB;

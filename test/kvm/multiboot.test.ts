@@ -7,9 +7,9 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runGuest } from '../helpers/guest.js';
-import { Machine } from '../../core/machine.js';
-import { ConfigError, checkConfig } from '../../core/config/config.js';
-import { LoaderError } from '../../core/loader/multiboot.js';
+import { Machine } from '../../machine/machine.js';
+import { ConfigError, checkConfig } from '../../machine/config/config.js';
+import { LoaderError } from '../../machine/loader/multiboot.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mb-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

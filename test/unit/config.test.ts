@@ -4,7 +4,7 @@ import { copyFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestPaths } from '../../guest/index.js';
-import { checkConfig, loadConfig, ConfigError, parseMemory } from '../../core/config/config.js';
+import { checkConfig, loadConfig, ConfigError, parseMemory } from '../../machine/config/config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-config-'));
 const kernel = join(dir, 'guest.elf');

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadConfig } from '../../core/config/config.js';
+import { loadConfig } from '../../machine/config/config.js';
 import { projectRoot } from '../../core/paths.js';
 
 // The samples in configs/ are documentation: each must stay valid against the schema.

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE } from '../../core/native.js';
 import { GuestRam, RamBackingError, planRam, thpMode, RAM_VIEW_CHUNK } from '../../core/ram.js';
-import { checkConfig, ConfigError, type MemoryConfig } from '../../core/config/config.js';
+import { checkConfig, ConfigError, type MemoryConfig } from '../../machine/config/config.js';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 
 const GiB = 2 ** 30;

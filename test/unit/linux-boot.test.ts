@@ -5,12 +5,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BOOT_PARAMS_ADDR, CMDLINE_ADDR, GDT_ADDR, GDT_ENTRIES, KERNEL_LOAD_ADDR, PML4_ADDR, isBzImage, linuxCmdline, loadLinux, parseBzImage } from '../../core/loader/linux.js';
-import { LoaderError } from '../../core/loader/multiboot.js';
-import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../../core/loader/initramfs.js';
+import { BOOT_PARAMS_ADDR, CMDLINE_ADDR, GDT_ADDR, GDT_ENTRIES, KERNEL_LOAD_ADDR, PML4_ADDR, isBzImage, linuxCmdline, loadLinux, parseBzImage } from '../../machine/loader/linux.js';
+import { LoaderError } from '../../machine/loader/multiboot.js';
+import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../../machine/loader/initramfs.js';
 import { buildMpTable, checksum, MP_TABLE_ADDR } from '../../hw/mptable.js';
 import { amlPkgLength, buildAcpiTables, dsdtAml, eisaId, ACPI_TABLES_ADDR } from '../../hw/acpi.js';
-import { checkConfig, ConfigError } from '../../core/config/config.js';
+import { checkConfig, ConfigError } from '../../machine/config/config.js';
 import { fakeBzImage } from '../helpers/images.js';
 
 const MiB = 2 ** 20;
@@ -224,7 +224,7 @@ test('config: format linux with initramfs, ${ENV} in kernel paths, and the linux
 });
 
 test('configs/linux samples are valid (with a stand-in kernel and modules dir in TSVMM_LINUX_KERNEL/_MODULES)', async () => {
-  const { loadConfig } = await import('../../core/config/config.js');
+  const { loadConfig } = await import('../../machine/config/config.js');
   const { projectRoot } = await import('../../core/paths.js');
   const { readdirSync } = await import('node:fs');
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-lx-'));

@@ -2,7 +2,7 @@
 // newlines, splits at every byte, QEMU's error texts, limits and recovery.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { JsonStreamParser, MAX_NESTING, MAX_TOKEN_SIZE, type JsonResult } from '../../core/qmp-json.js';
+import { JsonStreamParser, MAX_NESTING, MAX_TOKEN_SIZE, type JsonResult } from '../../frontend/qmp/json.js';
 
 function parse(...chunks: (string | Buffer)[]): JsonResult[] {
   const out: JsonResult[] = [];

@@ -1,5 +1,5 @@
 // The QMP server without a VM: framing as qemu.qmp sends it, QEMU's request checks and argument
-// errors (the real schemas of core/qmp-schema.json), commands answered in order. Handlers here are
+// errors (the real schemas of frontend/qmp/schema.json), commands answered in order. Handlers here are
 // stand-ins that echo; the machine's commands run in test/kvm/qmp*.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { QmpServer, checkArguments, qmpTimestamp } from '../../core/qmp.js';
+import { QmpServer, checkArguments, qmpTimestamp } from '../../frontend/qmp/server.js';
 import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmps-'));

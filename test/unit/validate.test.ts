@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import { guestPaths } from '../../guest/index.js';
 import { fakeBzImage, fakeMultibootElf } from '../helpers/images.js';
-import { LOW_RAM_END, MULTIBOOT_INFO_ADDR } from '../../core/config/image.js';
+import { LOW_RAM_END, MULTIBOOT_INFO_ADDR } from '../../machine/config/image.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-validate-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -113,7 +113,7 @@ test('validate: good configs pass (samples, a Linux kernel with an initrd, a fla
 });
 
 test("image.ts's layout constants are machine.ts's", async () => {
-  const m = await import('../../core/machine.js');
+  const m = await import('../../machine/machine.js');
   assert.equal(LOW_RAM_END, m.LOW_RAM_END);
   assert.equal(MULTIBOOT_INFO_ADDR, m.MULTIBOOT_INFO_ADDR);
 });

@@ -47,8 +47,8 @@ test('a cdev fd of another device, or a non-iommufd fd labelled /dev/iommu, is r
 
 test('config "fd" alone: a passed cdev names the device, and the passed /dev/iommu is used', async () => {
   const edu = hostDevice('edu');
-  const { checkConfig } = await import('../../../core/config/config.js');
-  const { Machine } = await import('../../../core/machine.js');
+  const { checkConfig } = await import('../../../machine/config/config.js');
+  const { Machine } = await import('../../../machine/machine.js');
   const cfg = checkConfig({ memory: 32, kernel: { path: 'guest/out/tsvmm-guest.elf' }, cmdline: 'test=edu dma=1', devices: [{ type: 'vfio-pci', fd: 'edu' }] }, 't', projectRoot);
   const iommu = openSync('/dev/iommu', 'r+'), cdev = openSync(edu.vfioCdev!, 'r+');
   let out = '';

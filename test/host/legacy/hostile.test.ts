@@ -8,7 +8,7 @@ import { runGuest, openFds } from '../../helpers/guest.js';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { guestEvents } from '../../../hw/pci.js';
-import type { Machine } from '../../../core/machine.js';
+import type { Machine } from '../../../machine/machine.js';
 
 const devices = () => [{ type: 'vfio-pci' as const, host: hostDevice('edu').bdf }, { type: 'vfio-pci' as const, host: hostDevice('nvme').bdf }];
 const DEVICE_OK = ['nvme-alive', 'edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi'];

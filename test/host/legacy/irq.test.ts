@@ -6,7 +6,7 @@ import { writeSync, closeSync } from 'node:fs';
 import { native } from '../../../core/native.js';
 import { runGuest } from '../../helpers/guest.js';
 import { hostDevices } from '../../helpers/testhost-env.js';
-import type { Machine } from '../../../core/machine.js';
+import type { Machine } from '../../../machine/machine.js';
 
 const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 

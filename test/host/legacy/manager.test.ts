@@ -10,8 +10,8 @@ import { writeConfig, openAsNobody } from '../../helpers/manager.js';
 import { projectRoot } from '../../../core/paths.js';
 import { native } from '../../../core/native.js';
 import { sendPassedFds } from '../../../core/fdpass.js';
-import { checkConfig } from '../../../core/config/config.js';
-import { Machine } from '../../../core/machine.js';
+import { checkConfig } from '../../../machine/config/config.js';
+import { Machine } from '../../../machine/machine.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
@@ -57,7 +57,7 @@ test('a group fd for a different group is refused by the VMM', () => {
 
 test('config "fd": a device named by a passed fd; an unknown name, or a group fd for another device, is refused', async () => {
   const edu = hostDevice('edu'), nvme = hostDevice('nvme');
-  const { resolveFdNames } = await import('../../../core/machine.js');
+  const { resolveFdNames } = await import('../../../machine/machine.js');
   const eduGroup = openSync(`/dev/vfio/${edu.group}`, 'r+');
   // In-process, as the VMM sees it after --fd-socket: passed fds by name.
   const cfg = checkConfig({ memory: 32, kernel: { path: 'guest/out/tsvmm-guest.elf' }, cmdline: 'test=edu', devices: [{ type: 'vfio-pci', host: edu.bdf, fd: 'edu-grp' }] }, 't', projectRoot);

@@ -13,7 +13,7 @@ import { hostDevice } from '../../helpers/testhost-env.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { projectRoot } from '../../../core/paths.js';
 import { guestPaths } from '../../../guest/index.js';
-import type { RawMemory } from '../../../core/config/config.js';
+import type { RawMemory } from '../../../machine/config/config.js';
 
 const edu = () => hostDevice('edu');
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';

@@ -12,8 +12,8 @@ import { hostDevice } from '../../helpers/testhost-env.js';
 import { cli, describe, linuxEnv, linuxKernel, parseInterrupts, sampleConfig, tsvmmRun } from '../../helpers/linux.js';
 import { RawQmp } from '../../helpers/hotplug.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
-import { buildInitramfs } from '../../../core/loader/initramfs.js';
-import { PCI_INTX_GSI_BASE } from '../../../core/machine.js';
+import { buildInitramfs } from '../../../machine/loader/initramfs.js';
+import { PCI_INTX_GSI_BASE } from '../../../machine/machine.js';
 
 const POWERED_OFF = /guest powered off \(ACPI S5\)/;
 

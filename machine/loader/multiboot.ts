@@ -1,7 +1,7 @@
 // Multiboot (v1) loading of ELF32 kernels, and flat binaries entered the same way: 32-bit
 // protected mode, paging off, flat segments, EAX = 0x2BADB002, EBX = the multiboot info.
 // QEMU's -kernel loads the same images, so a guest can run side by side under both.
-import type { Vcpu } from '../kvm/vcpu.js';
+import type { Vcpu } from '../../core/kvm/vcpu.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
 export const MULTIBOOT_BOOTLOADER_MAGIC = 0x2badb002;

@@ -5,9 +5,9 @@
 // RSI = boot_params, paging on with the first 4 GiB identity-mapped (2 MiB pages) and a GDT whose
 // __BOOT_CS (0x10) and __BOOT_DS (0x18) are flat 64-bit code and data.
 import { readFileSync } from 'node:fs';
-import type { Vcpu } from '../kvm/vcpu.js';
+import type { Vcpu } from '../../core/kvm/vcpu.js';
 import type { Machine } from '../machine.js';
-import { native } from '../native.js';
+import { native } from '../../core/native.js';
 import { LoaderError, type E820Entry } from './multiboot.js';
 import { buildInitramfs } from './initramfs.js';
 import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
@@ -251,7 +251,7 @@ export function isBzImage(image: Uint8Array): boolean {
 
 /**
  * Everything a Linux guest needs in memory and registers, on top of the PC devices the machine
- * has (i8042, ACPI sleep registers: core/machine.ts): the initrd (a file, or the initramfs built
+ * has (i8042, ACPI sleep registers: machine/machine.ts): the initrd (a file, or the initramfs built
  * from the config), ACPI and MP tables in the BIOS area, and the boot vCPU in long mode at the
  * kernel's 64-bit entry. Wires no devices, so loading again (system_reset) adds nothing.
  */

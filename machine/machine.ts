@@ -3,22 +3,22 @@
 // resolves with the exit status; close() releases every fd and mapping, whatever happened.
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { GuestRam, RamBackingError } from './ram.js';
-import { MAX_VIEW_BYTES, native } from './native.js';
-import { fmtBytes, hasCapIpcLock, memlockLimit } from './vfio/limits.js';
-import { MemoryRegion, memoryTransaction, type RamBacking } from './memory/index.js';
-import { Kvm } from './kvm/kvm.js';
-import { Vm } from './kvm/vm.js';
-import type { VcpuStop } from './kvm/exit-channel.js';
+import { GuestRam, RamBackingError } from '../core/ram.js';
+import { MAX_VIEW_BYTES, native } from '../core/native.js';
+import { fmtBytes, hasCapIpcLock, memlockLimit } from '../core/vfio/limits.js';
+import { MemoryRegion, memoryTransaction, type RamBacking } from '../core/memory/index.js';
+import { Kvm } from '../core/kvm/kvm.js';
+import { Vm } from '../core/kvm/vm.js';
+import type { VcpuStop } from '../core/kvm/exit-channel.js';
 import type { VfioPciConfig, VmConfig } from './config/config.js';
 import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { PciBus, assignBars, placeBars, physAddrLimit } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
-import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from './vfio/vfio.js';
-import { findHostDevice } from './vfio/sysfs.js';
-import { FdPassError, type PassedFd } from './fdpass.js';
+import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from '../core/vfio/vfio.js';
+import { findHostDevice } from '../core/vfio/sysfs.js';
+import { FdPassError, type PassedFd } from '../core/fdpass.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
 import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
@@ -26,8 +26,8 @@ import { AcpiSleepControl } from '../hw/acpi-pm.js';
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../hw/i8042.js';
 import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
-import { VfioNotifier } from './vfio/notifier.js';
-import { hotResetAll } from './vfio/hot-reset.js';
+import { VfioNotifier } from '../core/vfio/notifier.js';
+import { hotResetAll } from '../core/vfio/hot-reset.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -149,7 +149,7 @@ export class Machine {
       this.vm.io.root.addSubregion(DEBUG_EXIT_PORT, new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region);
       // PC board devices, as QEMU's pc/q35 have them whatever the guest: without ACPI, Linux
       // reboots through the keyboard controller's reset line; with it, powers off by the ACPI
-      // sleep registers the FADT names (core/loader/linux.ts writes the tables).
+      // sleep registers the FADT names (machine/loader/linux.ts writes the tables).
       const i8042 = new I8042({ onReset: () => this.requestExit(0, 'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)') });
       this.vm.io.root.addSubregion(I8042_DATA_PORT, i8042.data);
       this.vm.io.root.addSubregion(I8042_COMMAND_PORT, i8042.command);
@@ -389,7 +389,7 @@ export class Machine {
     const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
     if (format === 'flat' && k.format === 'auto' && isElf) throw new LoaderError(`${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`);
     if (format === 'linux') {
-      // core/loader/linux.ts: boot protocol, ACPI + MP tables, long mode. With ACPI, the guest
+      // machine/loader/linux.ts: boot protocol, ACPI + MP tables, long mode. With ACPI, the guest
       // hears of hot-plug and the power button through the GED.
       bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, hotplugSlots: HOTPLUG_SLOTS, intxGsi: pciIntxGsi });
       this.acpi = true;

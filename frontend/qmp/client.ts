@@ -1,7 +1,7 @@
 // A minimal QMP client for `tsvmm qmp`: greeting, qmp_capabilities, one command, its reply.
-// Replies are read as a JSON stream (core/qmp-json.ts), so it speaks to QEMU as well as to tsvmm.
+// Replies are read as a JSON stream (frontend/qmp/json.ts), so it speaks to QEMU as well as to tsvmm.
 import { createConnection } from 'node:net';
-import { JsonStreamParser } from './qmp-json.js';
+import { JsonStreamParser } from './json.js';
 
 export type QmpReply = { return: unknown } | { error: { class: string; desc: string } };
 

@@ -1,17 +1,17 @@
 // A QMP control socket (QEMU Machine Protocol, docs/interop/qmp-spec): a greeting, capabilities
 // negotiation, then commands answered with {"return": ...} or {"error": {"class", "desc"}}
 // (echoing "id"), and asynchronous events. Input is a JSON stream, read as QEMU reads it
-// (core/qmp-json.ts): no newline needed, several commands per read or one over many. Commands
+// (frontend/qmp/json.ts): no newline needed, several commands per read or one over many. Commands
 // run one at a time, in order. Arguments are checked against each command's schema
-// (core/qmp-schema.json, compiled at build time) with QEMU's error texts.
+// (frontend/qmp/schema.json, compiled at build time) with QEMU's error texts.
 // One client at a time, as QEMU's default; a second one is told so and disconnected.
 // The client socket is read with recvmsg (native), not by Node: a command may carry fds in
 // SCM_RIGHTS (getfd, add-fd), which Node's own reads would silently drop.
 import { createServer, type Server, type Socket } from 'node:net';
 import { closeSync, existsSync, unlinkSync } from 'node:fs';
-import { native, isSyscallError } from './native.js';
-import { JsonStreamParser, type JsonResult } from './qmp-json.js';
-import { validators, commandArgs } from '../generated/qmp-validators.js';
+import { native, isSyscallError } from '../../core/native.js';
+import { JsonStreamParser, type JsonResult } from './json.js';
+import { validators, commandArgs } from '../../generated/qmp-validators.js';
 import type { ErrorObject } from 'ajv';
 
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';

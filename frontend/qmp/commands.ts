@@ -1,12 +1,12 @@
 // The QMP commands a tsvmm machine answers (a QEMU-compatible subset) and its events.
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
-import { QmpServer, QmpError, type QmpContext } from './qmp.js';
-import type { Machine } from './machine.js';
-import type { PciDevice } from '../hw/pci.js';
-import { schemaInfo } from '../generated/qmp-validators.js';
-import { projectRoot } from './paths.js';
-import { identify, type PassedFd } from './fdpass.js';
-import type { VfioBackendChoice, VfioPassedFds } from './vfio/vfio.js';
+import { QmpServer, QmpError, type QmpContext } from './server.js';
+import type { Machine } from '../../machine/machine.js';
+import type { PciDevice } from '../../hw/pci.js';
+import { schemaInfo } from '../../generated/qmp-validators.js';
+import { projectRoot } from '../../core/paths.js';
+import { identify, type PassedFd } from '../../core/fdpass.js';
+import type { VfioBackendChoice, VfioPassedFds } from '../../core/vfio/vfio.js';
 
 /** Named fds (getfd) and fd sets (add-fd), as QEMU's monitor keeps them. */
 class FdStore {
@@ -28,7 +28,7 @@ class FdStore {
   }
 }
 
-// Arguments reach a command checked against core/qmp-schema.json (types, required, unexpected).
+// Arguments reach a command checked against frontend/qmp/schema.json (types, required, unexpected).
 const str = (a: Record<string, unknown>, k: string): string | undefined => a[k] as string | undefined;
 
 /** QEMU's pci_class_descriptions (hw/pci/pci.c): query-pci's class_info.desc. */

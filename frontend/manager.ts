@@ -6,13 +6,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { native } from './native.js';
-import { loadConfig } from './config/config.js';
-import { findHostDevice, cdevOf } from './vfio/sysfs.js';
-import { resolveBackend } from './vfio/vfio.js';
-import { IOMMU_PATH, setPerProcessAccounting } from './vfio/iommufd.js';
-import { sendPassedFds, type PassedFd } from './fdpass.js';
-import { projectRoot } from './paths.js';
+import { native } from '../core/native.js';
+import { loadConfig } from '../machine/config/config.js';
+import { findHostDevice, cdevOf } from '../core/vfio/sysfs.js';
+import { resolveBackend } from '../core/vfio/vfio.js';
+import { IOMMU_PATH, setPerProcessAccounting } from '../core/vfio/iommufd.js';
+import { sendPassedFds, type PassedFd } from '../core/fdpass.js';
+import { projectRoot } from '../core/paths.js';
 
 export interface ManagerOptions { uid: number; gid: number; memlockBytes?: number }
 
