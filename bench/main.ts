@@ -32,23 +32,31 @@ function buildNullVmm(): void {
 export function hostDescription(r: BenchResults): string {
   const c = cpus();
   const outer = `${c[0]?.model ?? '?'}, ${c.length} CPUs, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${release()}`;
-  return `Outer machine: ${outer} (no usable nested KVM for this: the test host runs under QEMU TCG). ` +
+  return (
+    `Outer machine: ${outer} (no usable nested KVM for this: the test host runs under QEMU TCG). ` +
     `Test host: QEMU TCG q35 + intel-iommu, ${r.host.cpus} vCPU (${r.host.cpu}), ${r.host.memMiB} MiB, Linux ${r.host.kernel} with nested kvm_amd ` +
     `and edu bound to vfio-pci${r.host.thp ? ` (transparent huge pages ${r.host.thp})` : ''}; ${r.host.qemu}; node ${r.host.node}. ` +
-    'Guest: the multiboot test guest (guest/src/bench.c), 1 vCPU.';
+    'Guest: the multiboot test guest (guest/src/bench.c), 1 vCPU.'
+  );
 }
 
 export function report(r: BenchResults): string {
   const date = r.date.slice(0, 10);
-  const rounds = `${r.roundsDone} rounds (launch, port I/O, MSI, BAR, memory; ${r.config.phaseMs} ms loops) and ${r.dmaRoundsDone} rounds (DMA), ` +
+  const rounds =
+    `${r.roundsDone} rounds (launch, port I/O, MSI, BAR, memory; ${r.config.phaseMs} ms loops) and ${r.dmaRoundsDone} rounds (DMA), ` +
     'VMMs interleaved (order rotated every round)';
   const failures = r.launches.filter((l) => l.error);
   const metrics = collect(r);
   // Evidence for rows where tsvmm is not behind QEMU (those that are carry it in their note).
   const ev = evidence(r);
   const rows = metrics.map(toRow);
-  const diagnostics = [...new Set(metrics.filter((m, i) => !rows[i]!.worseThanQemu && evidenceFor(ev, m.def.id))
-    .map((m) => `${m.def.label}: ${evidenceFor(ev, m.def.id)}`))];
+  const diagnostics = [
+    ...new Set(
+      metrics
+        .filter((m, i) => !rows[i]!.worseThanQemu && evidenceFor(ev, m.def.id))
+        .map((m) => `${m.def.label}: ${evidenceFor(ev, m.def.id)}`),
+    ),
+  ];
   const lines = [
     `Run of ${date} (${r.seconds !== undefined ? `${Math.round(r.seconds)} s inside the test host` : 'incomplete'}).`,
     '',
@@ -58,7 +66,10 @@ export function report(r: BenchResults): string {
   ];
   if (failures.length) {
     lines.push('', `Failed launches (${failures.length}; their other values are still counted):`, '');
-    for (const f of failures) lines.push(`- ${f.kind} ${f.vmm}${f.round !== undefined ? ` round ${f.round + 1}` : ''} ${f.memMiB} MiB: ${f.error}`);
+    for (const f of failures)
+      lines.push(
+        `- ${f.kind} ${f.vmm}${f.round !== undefined ? ` round ${f.round + 1}` : ''} ${f.memMiB} MiB: ${f.error}`,
+      );
   }
   return lines.join('\n') + '\n';
 }
@@ -69,15 +80,23 @@ async function runloopRows(args: string[], outDir: string): Promise<number> {
   let json: string;
   if (existsSync('/dev/kvm')) {
     json = join(tmp, 'runloop.json');
-    execFileSync(process.execPath, [join(root, 'dist/bench/runloop.js'), ...args, '--out', json], { stdio: ['ignore', process.stderr, 'inherit'] });
+    execFileSync(process.execPath, [join(root, 'dist/bench/runloop.js'), ...args, '--out', json], {
+      stdio: ['ignore', process.stderr, 'inherit'],
+    });
   } else {
     const r = await runInTestHost({
-      kernel: 'debian', devices: ['none'], timeoutMs: TIMEOUT_S * 1000, keepRunDir: true,
-      command: ['node', 'dist/bench/runloop.js', ...args], stream: { stdout: process.stderr, stderr: process.stderr },
+      kernel: 'debian',
+      devices: ['none'],
+      timeoutMs: TIMEOUT_S * 1000,
+      keepRunDir: true,
+      command: ['node', 'dist/bench/runloop.js', ...args],
+      stream: { stdout: process.stderr, stderr: process.stderr },
     });
     json = join(r.runDir!, 'runloop.json');
     if (!existsSync(json)) {
-      process.stderr.write(`bench: no run-loop results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
+      process.stderr.write(
+        `bench: no run-loop results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`,
+      );
       return 1;
     }
   }
@@ -105,7 +124,11 @@ async function main(): Promise<number> {
     return 0;
   }
   buildNullVmm();
-  if (args.includes('--memory-only')) return memoryBench(args.filter((a) => a !== '--memory-only'), outDir);
+  if (args.includes('--memory-only'))
+    return memoryBench(
+      args.filter((a) => a !== '--memory-only'),
+      outDir,
+    );
   const withMemory = !args.includes('--no-memory');
   const mainArgs = args.filter((a) => a !== '--no-memory');
   const code = await mainBench(mainArgs, outDir);
@@ -115,9 +138,13 @@ async function main(): Promise<number> {
 /** The guest-RAM rows (bench/memory.ts) in their own test host: 6 GiB, so 1 GiB guests on 2 MiB huge pages fit. */
 async function memoryBench(args: string[], outDir: string): Promise<number> {
   const r = await runInTestHost({
-    kernel: 'debian', devices: ['edu'], memoryMiB: 6144, timeoutMs: TIMEOUT_S * 1000,
+    kernel: 'debian',
+    devices: ['edu'],
+    memoryMiB: 6144,
+    timeoutMs: TIMEOUT_S * 1000,
     command: ['node', 'dist/bench/memory.js', ...args],
-    stream: { stdout: process.stderr, stderr: process.stderr }, keepRunDir: true,
+    stream: { stdout: process.stderr, stderr: process.stderr },
+    keepRunDir: true,
   });
   const runDir = r.runDir!;
   try {
@@ -141,9 +168,13 @@ async function memoryBench(args: string[], outDir: string): Promise<number> {
 async function mainBench(args: string[], outDir: string): Promise<number> {
   const t0 = performance.now();
   const r = await runInTestHost({
-    kernel: 'debian', devices: ['edu'], memoryMiB: 4096, timeoutMs: TIMEOUT_S * 1000,
+    kernel: 'debian',
+    devices: ['edu'],
+    memoryMiB: 4096,
+    timeoutMs: TIMEOUT_S * 1000,
     command: ['node', 'dist/bench/run.js', ...args],
-    stream: { stdout: process.stderr, stderr: process.stderr }, keepRunDir: true,
+    stream: { stdout: process.stderr, stderr: process.stderr },
+    keepRunDir: true,
   });
   const wall = (performance.now() - t0) / 1000;
   const runDir = r.runDir!;
@@ -159,8 +190,10 @@ async function mainBench(args: string[], outDir: string): Promise<number> {
     const rows = collect(results).map(toRow);
     writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, wallSeconds: wall, rows }, null, 1) + '\n');
     writeFileSync(join(outDir, 'latest.md'), md);
-    process.stdout.write(`\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
-      `bench/results/latest.md, latest.json\n`);
+    process.stdout.write(
+      `\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
+        `bench/results/latest.md, latest.json\n`,
+    );
     const rl = await runloopRows([], outDir);
     return r.exitCode === 0 && rl === 0 ? 0 : 1;
   } finally {
@@ -169,5 +202,13 @@ async function mainBench(args: string[], outDir: string): Promise<number> {
 }
 
 if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().then((c) => { process.exitCode = c; }, (e) => { process.stderr.write(`bench: ${(e as Error).stack}\n`); process.exitCode = 1; });
+  main().then(
+    (c) => {
+      process.exitCode = c;
+    },
+    (e) => {
+      process.stderr.write(`bench: ${(e as Error).stack}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

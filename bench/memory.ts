@@ -15,32 +15,100 @@ export type Backing = 'anonymous' | 'memfd' | 'memfd-hugetlb-2M' | 'hugetlbfs-2M
 export const BACKINGS: Backing[] = ['anonymous', 'memfd', 'memfd-hugetlb-2M', 'hugetlbfs-2M'];
 const VMMS: VmmName[] = ['tsvmm', 'qemu', 'null'];
 
-export interface MemorySample { backing: Backing; vmm: VmmName; round: number; mapDmaMs?: number; prefaultMs?: number; calls?: number; error?: string }
-export interface MemoryResults { date: string; mib: number; rounds: number; samples: MemorySample[]; host: { thp: string; shmem: string } }
+export interface MemorySample {
+  backing: Backing;
+  vmm: VmmName;
+  round: number;
+  mapDmaMs?: number;
+  prefaultMs?: number;
+  calls?: number;
+  error?: string;
+}
+export interface MemoryResults {
+  date: string;
+  mib: number;
+  rounds: number;
+  samples: MemorySample[];
+  host: { thp: string; shmem: string };
+}
 
 function argv(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir: string, scratch: string): string[] {
   switch (vmm) {
     case 'tsvmm': {
-      const memory = { size: `${mib}M`, ...{
-        anonymous: {}, memfd: { backing: 'memfd' }, 'memfd-hugetlb-2M': { backing: 'memfd', hugepages: '2M' }, 'hugetlbfs-2M': { backing: 'hugetlbfs', path: hugeDir },
-      }[b] };
+      const memory = {
+        size: `${mib}M`,
+        ...{
+          anonymous: {},
+          memfd: { backing: 'memfd' },
+          'memfd-hugetlb-2M': { backing: 'memfd', hugepages: '2M' },
+          'hugetlbfs-2M': { backing: 'hugetlbfs', path: hugeDir },
+        }[b],
+      };
       const cfg = join(scratch, `tsvmm-${b}.json`);
-      writeFileSync(cfg, JSON.stringify({ name: 'bench-mem', memory, kernel: { path: guestElf }, serial: { output: 'stdout' }, devices: [{ type: 'vfio-pci', host: bdf }] }));
+      writeFileSync(
+        cfg,
+        JSON.stringify({
+          name: 'bench-mem',
+          memory,
+          kernel: { path: guestElf },
+          serial: { output: 'stdout' },
+          devices: [{ type: 'vfio-pci', host: bdf }],
+        }),
+      );
       return [process.execPath, tsvmmJs, 'run', cfg];
     }
     case 'qemu': {
       const obj = {
-        anonymous: [], memfd: [`memory-backend-memfd,id=ram,size=${mib}M`],
+        anonymous: [],
+        memfd: [`memory-backend-memfd,id=ram,size=${mib}M`],
         'memfd-hugetlb-2M': [`memory-backend-memfd,id=ram,size=${mib}M,hugetlb=on,hugetlbsize=2M`],
         'hugetlbfs-2M': [`memory-backend-file,id=ram,size=${mib}M,mem-path=${hugeDir},share=on`],
       }[b];
-      return [QEMU, '-accel', 'kvm', '-M', `q35${obj.length ? ',memory-backend=ram' : ''}`, '-cpu', 'host', '-m', `${mib}M`, '-smp', '1',
-        ...obj.flatMap((o) => ['-object', o]), '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
-        '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-device', `vfio-pci,host=${bdf}`, '-kernel', guestElf, '-append', ''];
+      return [
+        QEMU,
+        '-accel',
+        'kvm',
+        '-M',
+        `q35${obj.length ? ',memory-backend=ram' : ''}`,
+        '-cpu',
+        'host',
+        '-m',
+        `${mib}M`,
+        '-smp',
+        '1',
+        ...obj.flatMap((o) => ['-object', o]),
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-serial',
+        'stdio',
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=4',
+        '-device',
+        `vfio-pci,host=${bdf}`,
+        '-kernel',
+        guestElf,
+        '-append',
+        '',
+      ];
     }
     case 'null':
-      return [nullVmm, '--kernel', guestElf, '--mem', String(mib), '--device', bdf,
-        ...{ anonymous: [], memfd: ['--memfd'], 'memfd-hugetlb-2M': ['--memfd', '--hugetlb'], 'hugetlbfs-2M': ['--hugetlbfs', hugeDir] }[b]];
+      return [
+        nullVmm,
+        '--kernel',
+        guestElf,
+        '--mem',
+        String(mib),
+        '--device',
+        bdf,
+        ...{
+          anonymous: [],
+          memfd: ['--memfd'],
+          'memfd-hugetlb-2M': ['--memfd', '--hugetlb'],
+          'hugetlbfs-2M': ['--hugetlbfs', hugeDir],
+        }[b],
+      ];
   }
 }
 
@@ -50,11 +118,15 @@ function argv(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir: strin
  * resumed>" lines; the latter's timestamp is the call's end.
  */
 export function stracePrefaultSpan(log: string): number {
-  let first = Infinity, last = -Infinity;
+  let first = Infinity,
+    last = -Infinity;
   const ts = (h: string, m: string, sec: string) => (Number(h) * 3600 + Number(m) * 60 + Number(sec)) * 1000;
   const pending = new Set<string>();
   for (const l of log.split('\n')) {
-    const start = /^(\d+ +)?(\d+):(\d+):([\d.]+) madvise\([^,]*, \d+, (?:MADV_POPULATE_WRITE|0x17|23)(\) += 0 <([\d.]+)>| <unfinished)/.exec(l);
+    const start =
+      /^(\d+ +)?(\d+):(\d+):([\d.]+) madvise\([^,]*, \d+, (?:MADV_POPULATE_WRITE|0x17|23)(\) += 0 <([\d.]+)>| <unfinished)/.exec(
+        l,
+      );
     if (start) {
       const t = ts(start[2]!, start[3]!, start[4]!);
       first = Math.min(first, t);
@@ -63,17 +135,39 @@ export function stracePrefaultSpan(log: string): number {
       continue;
     }
     const resumed = /^(\d+ +)?(\d+):(\d+):([\d.]+) <\.\.\. madvise resumed>/.exec(l);
-    if (resumed && pending.delete((resumed[1] ?? '').trim())) last = Math.max(last, ts(resumed[2]!, resumed[3]!, resumed[4]!));
+    if (resumed && pending.delete((resumed[1] ?? '').trim()))
+      last = Math.max(last, ts(resumed[2]!, resumed[3]!, resumed[4]!));
   }
   return Number.isFinite(first) && Number.isFinite(last) ? last - first : 0;
 }
 
-async function once(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir: string, scratch: string, round: number): Promise<MemorySample> {
+async function once(
+  vmm: VmmName,
+  b: Backing,
+  mib: number,
+  bdf: string,
+  hugeDir: string,
+  scratch: string,
+  round: number,
+): Promise<MemorySample> {
   const out = join(scratch, `strace-${vmm}-${b}.log`);
-  const cmd = ['strace', '-f', '-qq', '-T', '-tt', '-e', 'trace=ioctl,madvise', '-o', out, ...argv(vmm, b, mib, bdf, hugeDir, scratch)];
+  const cmd = [
+    'strace',
+    '-f',
+    '-qq',
+    '-T',
+    '-tt',
+    '-e',
+    'trace=ioctl,madvise',
+    '-o',
+    out,
+    ...argv(vmm, b, mib, bdf, hugeDir, scratch),
+  ];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
   const code = await new Promise<number | null>((res) => child.on('close', res));
   clearTimeout(timer);
@@ -90,13 +184,30 @@ async function once(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir:
   return s;
 }
 
-export async function runMemoryBench(o: { mib: number; rounds: number; bdf: string; log: (s: string) => void }): Promise<MemoryResults> {
+export async function runMemoryBench(o: {
+  mib: number;
+  rounds: number;
+  bdf: string;
+  log: (s: string) => void;
+}): Promise<MemoryResults> {
   const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-bench-mem-'));
   const hugeDir = join(scratch, 'hugepages');
   mkdirSync(hugeDir);
   const nr = readFileSync('/proc/sys/vm/nr_hugepages', 'utf8').trim();
-  const sys = (f: string) => { try { return readFileSync(`/sys/kernel/mm/transparent_hugepage/${f}`, 'utf8').trim(); } catch { return '?'; } };
-  const results: MemoryResults = { date: new Date().toISOString(), mib: o.mib, rounds: o.rounds, samples: [], host: { thp: sys('enabled'), shmem: sys('shmem_enabled') } };
+  const sys = (f: string) => {
+    try {
+      return readFileSync(`/sys/kernel/mm/transparent_hugepage/${f}`, 'utf8').trim();
+    } catch {
+      return '?';
+    }
+  };
+  const results: MemoryResults = {
+    date: new Date().toISOString(),
+    mib: o.mib,
+    rounds: o.rounds,
+    samples: [],
+    host: { thp: sys('enabled'), shmem: sys('shmem_enabled') },
+  };
   try {
     writeFileSync('/proc/sys/vm/nr_hugepages', String(o.mib / 2 + 8));
     const m = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', hugeDir], { encoding: 'utf8' });
@@ -113,7 +224,9 @@ export async function runMemoryBench(o: { mib: number; rounds: number; bdf: stri
         for (const v of order) {
           const s = await once(v, b, o.mib, o.bdf, hugeDir, scratch, r);
           results.samples.push(s);
-          o.log(`memory round ${r + 1}/${o.rounds} ${b} ${v}: MAP_DMA ${s.mapDmaMs?.toFixed(0)} ms (${s.calls} calls), prefault ${s.prefaultMs?.toFixed(0)} ms${s.error ? ` ERROR ${s.error}` : ''}`);
+          o.log(
+            `memory round ${r + 1}/${o.rounds} ${b} ${v}: MAP_DMA ${s.mapDmaMs?.toFixed(0)} ms (${s.calls} calls), prefault ${s.prefaultMs?.toFixed(0)} ms${s.error ? ` ERROR ${s.error}` : ''}`,
+          );
         }
       }
     }
@@ -127,11 +240,21 @@ export async function runMemoryBench(o: { mib: number; rounds: number; bdf: stri
 
 /** The rows: per backing, ms per GiB to make RAM DMA-ready (tsvmm: prefault + MAP_DMA; MAP_DMA alone as well). */
 export function renderMemory(r: MemoryResults): string {
-  const perGiB = (x: number) => x * 1024 / r.mib;
+  const perGiB = (x: number) => (x * 1024) / r.mib;
   const med = (b: Backing, v: VmmName, f: (s: MemorySample) => number | undefined): Summary | undefined =>
-    summarize(r.samples.filter((s) => s.backing === b && s.vmm === v && !s.error).map(f).filter((x): x is number => x !== undefined).map(perGiB));
-  const cell = (s: Summary | undefined) => s ? `${fmtNum(s.median, 0)}${s.min !== s.max ? ` (${fmtNum(s.min, 0)}–${fmtNum(s.max, 0)})` : ''}` : 'n/a';
-  const rat = (a: Summary | undefined, b: Summary | undefined) => { const x = ratio(a?.median, b?.median); return x === undefined ? '—' : `${x > 1.05 ? '**' : ''}${x.toFixed(2)}×${x > 1.05 ? '**' : ''}`; };
+    summarize(
+      r.samples
+        .filter((s) => s.backing === b && s.vmm === v && !s.error)
+        .map(f)
+        .filter((x): x is number => x !== undefined)
+        .map(perGiB),
+    );
+  const cell = (s: Summary | undefined) =>
+    s ? `${fmtNum(s.median, 0)}${s.min !== s.max ? ` (${fmtNum(s.min, 0)}–${fmtNum(s.max, 0)})` : ''}` : 'n/a';
+  const rat = (a: Summary | undefined, b: Summary | undefined) => {
+    const x = ratio(a?.median, b?.median);
+    return x === undefined ? '—' : `${x > 1.05 ? '**' : ''}${x.toFixed(2)}×${x > 1.05 ? '**' : ''}`;
+  };
   const lines = [
     `Guest RAM made DMA-ready, ms per GiB (${r.mib} MiB guests, edu assigned; ${r.rounds} rounds, VMMs rotated; medians (min–max)). ` +
       `Test host THP: enabled ${r.host.thp}; shmem_enabled ${r.host.shmem}.`,
@@ -141,26 +264,47 @@ export function renderMemory(r: MemoryResults): string {
   ];
   for (const b of BACKINGS) {
     const total = med(b, 'tsvmm', (s) => (s.mapDmaMs ?? 0) + (s.prefaultMs ?? 0));
-    const q = med(b, 'qemu', (s) => s.mapDmaMs), n = med(b, 'null', (s) => s.mapDmaMs);
-    lines.push(`| ${b} | ${cell(total)} | ${cell(med(b, 'tsvmm', (s) => s.mapDmaMs))} | ${cell(q)} | ${cell(n)} | ${rat(total, q)} | ${rat(total, n)} |`);
+    const q = med(b, 'qemu', (s) => s.mapDmaMs),
+      n = med(b, 'null', (s) => s.mapDmaMs);
+    lines.push(
+      `| ${b} | ${cell(total)} | ${cell(med(b, 'tsvmm', (s) => s.mapDmaMs))} | ${cell(q)} | ${cell(n)} | ${rat(total, q)} | ${rat(total, n)} |`,
+    );
   }
-  lines.push('', 'Ratios compare tsvmm\'s prefault + MAP_DMA (all the time it spends before the guest\'s RAM is pinned) with the others\' MAP_DMA, which faults and pins in one call. **bold**: tsvmm is slower by more than 5 %.');
+  lines.push(
+    '',
+    "Ratios compare tsvmm's prefault + MAP_DMA (all the time it spends before the guest's RAM is pinned) with the others' MAP_DMA, which faults and pins in one call. **bold**: tsvmm is slower by more than 5 %.",
+  );
   const errs = r.samples.filter((s) => s.error);
-  if (errs.length) lines.push('', `Failed launches: ${errs.map((s) => `${s.backing} ${s.vmm} round ${s.round + 1}: ${s.error}`).join('; ')}`);
+  if (errs.length)
+    lines.push(
+      '',
+      `Failed launches: ${errs.map((s) => `${s.backing} ${s.vmm} round ${s.round + 1}: ${s.error}`).join('; ')}`,
+    );
   return lines.join('\n') + '\n';
 }
 
 async function main(): Promise<void> {
   const a = process.argv.slice(2);
-  const get = (k: string, d: string) => { const i = a.indexOf(k); return i >= 0 ? a[i + 1]! : d; };
+  const get = (k: string, d: string) => {
+    const i = a.indexOf(k);
+    return i >= 0 ? a[i + 1]! : d;
+  };
   const devices = JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>;
   if (!devices.edu) throw new Error('run inside the test host with edu (bench/main.ts does)');
   const out = get('--out', join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'bench-memory.json'));
-  const r = await runMemoryBench({ mib: Number(get('--mib', '1024')), rounds: Number(get('--rounds', '3')), bdf: devices.edu.bdf, log: (s) => process.stderr.write(`${s}\n`) });
+  const r = await runMemoryBench({
+    mib: Number(get('--mib', '1024')),
+    rounds: Number(get('--rounds', '3')),
+    bdf: devices.edu.bdf,
+    log: (s) => process.stderr.write(`${s}\n`),
+  });
   writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
   process.stdout.write(renderMemory(r));
 }
 
 if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => { process.stderr.write(`bench memory: ${(e as Error).stack}\n`); process.exitCode = 1; });
+  main().catch((e) => {
+    process.stderr.write(`bench memory: ${(e as Error).stack}\n`);
+    process.exitCode = 1;
+  });
 }

@@ -31,7 +31,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function spec(col: Column, cmdline: string, extra: Partial<LaunchSpec> = {}): LaunchSpec {
   const base = process.env.TSVMM_BENCH_BASELINE;
-  return { vmm: col === 'tsvmm-before' ? 'tsvmm' : col, memMiB: 64, cmdline, bdf: '', ...(col === 'tsvmm-before' && base ? { tsvmmJs: base } : {}), ...extra };
+  return {
+    vmm: col === 'tsvmm-before' ? 'tsvmm' : col,
+    memMiB: 64,
+    cmdline,
+    bdf: '',
+    ...(col === 'tsvmm-before' && base ? { tsvmmJs: base } : {}),
+    ...extra,
+  };
 }
 
 /** query-status round trips (ms) over one QMP connection. */
@@ -47,7 +54,10 @@ async function qmpRoundTrips(path: string, n: number): Promise<number[]> {
     while ((i = buf.indexOf('\n')) >= 0) {
       const l = buf.slice(0, i);
       buf = buf.slice(i + 1);
-      if (!l.includes('"event"')) { lines.push(l); waiters.shift()?.(); }
+      if (!l.includes('"event"')) {
+        lines.push(l);
+        waiters.shift()?.();
+      }
     }
   });
   const next = async () => {
@@ -57,7 +67,10 @@ async function qmpRoundTrips(path: string, n: number): Promise<number[]> {
     return l;
   };
   try {
-    await new Promise<void>((res, rej) => { s.once('connect', res); s.once('error', rej); });
+    await new Promise<void>((res, rej) => {
+      s.once('connect', res);
+      s.once('error', rej);
+    });
     await next();
     s.write('{"execute":"qmp_capabilities"}\n');
     await next();
@@ -82,8 +95,20 @@ async function waitFor(pred: () => boolean, ms: number): Promise<boolean> {
 
 export async function runRunloopBench(o: { rounds: number; phaseMs: number; where: string }): Promise<RunloopResults> {
   const tscKhz = hostTscKhz();
-  const cols: Column[] = ['tsvmm', ...(process.env.TSVMM_BENCH_BASELINE ? ['tsvmm-before' as const] : []), 'qemu', 'null'];
-  const res: RunloopResults = { date: new Date().toISOString(), where: o.where, rounds: 0, phaseMs: o.phaseMs, samples: {}, errors: [] };
+  const cols: Column[] = [
+    'tsvmm',
+    ...(process.env.TSVMM_BENCH_BASELINE ? ['tsvmm-before' as const] : []),
+    'qemu',
+    'null',
+  ];
+  const res: RunloopResults = {
+    date: new Date().toISOString(),
+    where: o.where,
+    rounds: 0,
+    phaseMs: o.phaseMs,
+    samples: {},
+    errors: [],
+  };
   const add = (c: Column, k: string, v: number | number[]) => {
     const m = (res.samples[c] ??= {});
     (m[k] ??= []).push(...(Array.isArray(v) ? v : [v]));
@@ -98,17 +123,23 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
         const withQmp = c !== 'null';
         const long = withQmp ? 60_000 : o.phaseMs;
         let rate: number | undefined;
-        const l = launch(spec(c, `test=bench-pio count=${o.phaseMs}`), (line) => {
-          const d = parseDone(line);
-          if (d?.phase === 'pio') rate = d.n / (d.ticks / (tscKhz * 1000));
-        }, 60_000);
+        const l = launch(
+          spec(c, `test=bench-pio count=${o.phaseMs}`),
+          (line) => {
+            const d = parseDone(line);
+            if (d?.phase === 'pio') rate = d.n / (d.ticks / (tscKhz * 1000));
+          },
+          60_000,
+        );
         const code = await l.done;
         if (rate !== undefined && guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0) add(c, 'pio', rate);
-        else res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+        else
+          res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
         if (withQmp) {
           const q = launch(spec(c, `test=bench-pio count=${long}`, { qmp: sock }), () => {}, 90_000);
           try {
-            if (!(await waitFor(() => q.lines.includes('bench pio armed'), 30_000))) throw new Error('guest did not arm');
+            if (!(await waitFor(() => q.lines.includes('bench pio armed'), 30_000)))
+              throw new Error('guest did not arm');
             await sleep(800); // past its 500 ms settle: in the exit loop
             add(c, 'qmp', await qmpRoundTrips(sock, 20));
             const t = performance.now();
@@ -125,15 +156,26 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
           }
           // An application processor's trapped I/O (the null VMM has no APs).
           let apRate: number | undefined;
-          const a = launch(spec(c, `test=smp count=${o.phaseMs}`, { vcpus: 2 }), (line) => {
-            const d = parseDone(line);
-            if (d?.phase === 'ap') apRate = d.n / (d.ticks / (tscKhz * 1000));
-          }, 60_000);
+          const a = launch(
+            spec(c, `test=smp count=${o.phaseMs}`, { vcpus: 2 }),
+            (line) => {
+              const d = parseDone(line);
+              if (d?.phase === 'ap') apRate = d.n / (d.ticks / (tscKhz * 1000));
+            },
+            60_000,
+          );
           const ac = await a.done;
           if (apRate !== undefined) add(c, 'ap', apRate);
-          else res.errors.push(`${c} ap round ${r + 1}: exit ${ac}: ${a.lines.slice(-3).join(' | ')} ${a.stderr.slice(-300)}`);
+          else
+            res.errors.push(
+              `${c} ap round ${r + 1}: exit ${ac}: ${a.lines.slice(-3).join(' | ')} ${a.stderr.slice(-300)}`,
+            );
         }
-        log(`round ${r + 1}/${o.rounds} ${c}: ${Object.entries(res.samples[c] ?? {}).map(([k, v]) => `${k}=${v[v.length - 1]!.toPrecision(4)}`).join(' ')}`);
+        log(
+          `round ${r + 1}/${o.rounds} ${c}: ${Object.entries(res.samples[c] ?? {})
+            .map(([k, v]) => `${k}=${v[v.length - 1]!.toPrecision(4)}`)
+            .join(' ')}`,
+        );
       }
       res.rounds = r + 1;
     }
@@ -146,11 +188,25 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
 /** The markdown rows: medians (min–max) and tsvmm's ratios against each other column. */
 export function renderRunloop(r: RunloopResults): string {
   const cols = (['tsvmm', 'tsvmm-before', 'qemu', 'null'] as Column[]).filter((c) => r.samples[c]);
-  const metrics: { id: string; label: string; unit: string; digits: number; better: 'higher' | 'lower'; stat?: 'max' }[] = [
+  const metrics: {
+    id: string;
+    label: string;
+    unit: string;
+    digits: number;
+    better: 'higher' | 'lower';
+    stat?: 'max';
+  }[] = [
     { id: 'pio', label: 'Trapped port-I/O round trips', unit: '/s', digits: 0, better: 'higher' },
     { id: 'ap', label: 'Trapped port I/O from an AP (2 vCPUs)', unit: '/s', digits: 0, better: 'higher' },
     { id: 'qmp', label: 'QMP query-status under exit load, median', unit: 'ms', digits: 2, better: 'lower' },
-    { id: 'qmp', label: 'QMP query-status under exit load, max of 20', unit: 'ms', digits: 2, better: 'lower', stat: 'max' },
+    {
+      id: 'qmp',
+      label: 'QMP query-status under exit load, max of 20',
+      unit: 'ms',
+      digits: 2,
+      better: 'lower',
+      stat: 'max',
+    },
     { id: 'sigint', label: 'SIGINT → exit under exit load', unit: 'ms', digits: 0, better: 'lower' },
   ];
   const val = (c: Column, m: (typeof metrics)[number]) => {
@@ -164,7 +220,10 @@ export function renderRunloop(r: RunloopResults): string {
     return s ? summarize(s) : undefined;
   };
   const fmt = (x: number | undefined, d: number) => (x === undefined ? '–' : x.toFixed(d));
-  const head = `| Metric | ${cols.join(' | ')} | ${cols.filter((c) => c !== 'tsvmm').map((c) => `tsvmm ÷ ${c}`).join(' | ')} |`;
+  const head = `| Metric | ${cols.join(' | ')} | ${cols
+    .filter((c) => c !== 'tsvmm')
+    .map((c) => `tsvmm ÷ ${c}`)
+    .join(' | ')} |`;
   const lines = [head, `|${'---|'.repeat(1 + cols.length * 2 - 1)}`];
   for (const m of metrics) {
     const sums = cols.map((c) => val(c, m));
@@ -173,10 +232,18 @@ export function renderRunloop(r: RunloopResults): string {
       const o = sums[i + 1]?.median;
       return t === undefined || o === undefined || o === 0 ? '–' : `${(t / o).toFixed(2)}×`;
     });
-    lines.push(`| ${m.label} (${m.unit}, ${m.better}) | ${sums.map((s) => (s ? `${fmt(s.median, m.digits)} (${fmt(s.min, m.digits)}–${fmt(s.max, m.digits)})` : '–')).join(' | ')} | ${ratios.join(' | ')} |`);
+    lines.push(
+      `| ${m.label} (${m.unit}, ${m.better}) | ${sums.map((s) => (s ? `${fmt(s.median, m.digits)} (${fmt(s.min, m.digits)}–${fmt(s.max, m.digits)})` : '–')).join(' | ')} | ${ratios.join(' | ')} |`,
+    );
   }
-  return [`Run-loop rows, ${r.date.slice(0, 10)}: ${r.where}; ${r.rounds} rounds, ${r.phaseMs} ms loops, VMMs interleaved. Medians (min–max).`, '', ...lines,
-    ...(r.errors.length ? ['', 'Errors:', ...r.errors.map((e) => `- ${e}`)] : [])].join('\n') + '\n';
+  return (
+    [
+      `Run-loop rows, ${r.date.slice(0, 10)}: ${r.where}; ${r.rounds} rounds, ${r.phaseMs} ms loops, VMMs interleaved. Medians (min–max).`,
+      '',
+      ...lines,
+      ...(r.errors.length ? ['', 'Errors:', ...r.errors.map((e) => `- ${e}`)] : []),
+    ].join('\n') + '\n'
+  );
 }
 
 async function main(): Promise<void> {
@@ -188,10 +255,12 @@ async function main(): Promise<void> {
     else if (args[i] === '--out') o.out = args[++i]!;
     else throw new Error(`bench/runloop: unknown argument ${args[i]}`);
   }
-  if (!existsSync('/dev/kvm')) throw new Error('no /dev/kvm here: run through `npm run bench` (it uses the test host then)');
-  const where = process.env.TSVMM_TESTHOST === '1'
-    ? `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, Linux ${release()})`
-    : `this machine's /dev/kvm (${cpus()[0]?.model ?? '?'}, ${cpus().length} CPUs, Linux ${release()})`;
+  if (!existsSync('/dev/kvm'))
+    throw new Error('no /dev/kvm here: run through `npm run bench` (it uses the test host then)');
+  const where =
+    process.env.TSVMM_TESTHOST === '1'
+      ? `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, Linux ${release()})`
+      : `this machine's /dev/kvm (${cpus()[0]?.model ?? '?'}, ${cpus().length} CPUs, Linux ${release()})`;
   const r = await runRunloopBench({ ...o, where });
   const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'runloop.json');
   writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
@@ -200,5 +269,8 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => { process.stderr.write(`bench runloop: ${(e as Error).stack}\n`); process.exitCode = 1; });
+  main().catch((e) => {
+    process.stderr.write(`bench runloop: ${(e as Error).stack}\n`);
+    process.exitCode = 1;
+  });
 }

@@ -4,7 +4,12 @@
 export const VMMS = ['tsvmm', 'qemu', 'null'] as const;
 export type VmmName = (typeof VMMS)[number];
 
-export interface Summary { median: number; min: number; max: number; n: number }
+export interface Summary {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+}
 
 /** Median (mean of the middle two for an even count), min and max; undefined when there are no samples. */
 export function summarize(samples: readonly number[]): Summary | undefined {
@@ -64,12 +69,23 @@ export function isWorse(r: number | undefined, better: 'lower' | 'higher', tol =
 
 export function toRow(m: MetricResult): Row {
   const s = (v: VmmName) => (m.def.na?.[v] ? undefined : summarize(m.samples[v] ?? []));
-  const t = s('tsvmm'), q = s('qemu'), n = s('null');
-  const rq = ratio(t?.median, q?.median), rn = ratio(t?.median, n?.median);
+  const t = s('tsvmm'),
+    q = s('qemu'),
+    n = s('null');
+  const rq = ratio(t?.median, q?.median),
+    rn = ratio(t?.median, n?.median);
   return {
-    id: m.def.id, label: m.def.label, unit: m.def.unit, better: m.def.better,
-    tsvmm: t, qemu: q, null: n, ratioQemu: rq, ratioNull: rn,
-    worseThanQemu: isWorse(rq, m.def.better), na: m.def.na ?? {},
+    id: m.def.id,
+    label: m.def.label,
+    unit: m.def.unit,
+    better: m.def.better,
+    tsvmm: t,
+    qemu: q,
+    null: n,
+    ratioQemu: rq,
+    ratioNull: rn,
+    worseThanQemu: isWorse(rq, m.def.better),
+    na: m.def.na ?? {},
   };
 }
 
@@ -80,7 +96,12 @@ export function fmtNum(x: number, digits: number): string {
   return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
 
-function fmtSummary(s: Summary | undefined, digits: number, na: string | undefined, foot: (why: string) => string): string {
+function fmtSummary(
+  s: Summary | undefined,
+  digits: number,
+  na: string | undefined,
+  foot: (why: string) => string,
+): string {
   if (na) return `n/a${foot(na)}`;
   if (!s) return 'failed';
   if (s.n === 1 || s.min === s.max) return fmtNum(s.median, digits);
@@ -99,7 +120,10 @@ export function fmtRatio(r: number | undefined, better: 'lower' | 'higher'): str
  * and to the null VMM (bold where tsvmm is worse). Footnotes explain every n/a; notes explain
  * every row where tsvmm is worse than QEMU.
  */
-export function renderMarkdown(results: MetricResult[], opts: { rounds: string; title?: string; diagnostics?: string[] } = { rounds: '' }): string {
+export function renderMarkdown(
+  results: MetricResult[],
+  opts: { rounds: string; title?: string; diagnostics?: string[] } = { rounds: '' },
+): string {
   const rows = results.map(toRow);
   const notes: string[] = [];
   const foot = (why: string) => {
@@ -113,11 +137,15 @@ export function renderMarkdown(results: MetricResult[], opts: { rounds: string; 
   ];
   for (const [i, r] of rows.entries()) {
     const d = results[i]!.def.digits;
-    lines.push(`| ${r.label} | ${r.unit} | ${r.better} | ${fmtSummary(r.tsvmm, d, r.na.tsvmm, foot)} | ${fmtSummary(r.qemu, d, r.na.qemu, foot)} | ` +
-      `${fmtSummary(r.null, d, r.na.null, foot)} | ${fmtRatio(r.ratioQemu, r.better)} | ${fmtRatio(r.ratioNull, r.better)} |`);
+    lines.push(
+      `| ${r.label} | ${r.unit} | ${r.better} | ${fmtSummary(r.tsvmm, d, r.na.tsvmm, foot)} | ${fmtSummary(r.qemu, d, r.na.qemu, foot)} | ` +
+        `${fmtSummary(r.null, d, r.na.null, foot)} | ${fmtRatio(r.ratioQemu, r.better)} | ${fmtRatio(r.ratioNull, r.better)} |`,
+    );
   }
   const out = [...(opts.title ? [opts.title, ''] : []), ...lines, ''];
-  out.push(`Medians over ${opts.rounds}, (min–max) when they differ. Ratios are tsvmm's median divided by the other column's; **bold**: tsvmm is worse (more than 5 %).`);
+  out.push(
+    `Medians over ${opts.rounds}, (min–max) when they differ. Ratios are tsvmm's median divided by the other column's; **bold**: tsvmm is worse (more than 5 %).`,
+  );
   if (notes.length) out.push('', ...notes.map((n, i) => `[^${i + 1}]: ${n}`));
   // One note per explanation: rows that share it (the DMA sizes) are listed together.
   const worse = new Map<string, Row[]>();
@@ -129,9 +157,12 @@ export function renderMarkdown(results: MetricResult[], opts: { rounds: string; 
   if (worse.size) {
     out.push('', 'Where tsvmm is worse than QEMU:', '');
     for (const [why, rs] of worse) {
-      out.push(`- ${rs.map((r) => `**${r.label}** (${fmtRatio(r.ratioQemu, r.better).replace(/\*/g, '')})`).join(', ')}: ${why}`);
+      out.push(
+        `- ${rs.map((r) => `**${r.label}** (${fmtRatio(r.ratioQemu, r.better).replace(/\*/g, '')})`).join(', ')}: ${why}`,
+      );
     }
   }
-  if (opts.diagnostics?.length) out.push('', 'Other diagnostics from this run:', '', ...opts.diagnostics.map((d) => `- ${d}`));
+  if (opts.diagnostics?.length)
+    out.push('', 'Other diagnostics from this run:', '', ...opts.diagnostics.map((d) => `- ${d}`));
   return out.join('\n') + '\n';
 }

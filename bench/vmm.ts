@@ -45,33 +45,86 @@ export function command(s: LaunchSpec): string[] {
   switch (s.vmm) {
     case 'tsvmm': {
       const cfg = join(scratch(), `tsvmm-${s.memMiB}.json`);
-      writeFileSync(cfg, JSON.stringify({
-        name: 'bench', memory: `${s.memMiB}M`, vcpus: s.vcpus ?? 1, kernel: { path: guestElf }, cmdline: s.cmdline,
-        serial: { output: 'stdout' }, devices: s.bdf ? [{ type: 'vfio-pci', id: 'edu', host: s.bdf }] : [],
-      }));
+      writeFileSync(
+        cfg,
+        JSON.stringify({
+          name: 'bench',
+          memory: `${s.memMiB}M`,
+          vcpus: s.vcpus ?? 1,
+          kernel: { path: guestElf },
+          cmdline: s.cmdline,
+          serial: { output: 'stdout' },
+          devices: s.bdf ? [{ type: 'vfio-pci', id: 'edu', host: s.bdf }] : [],
+        }),
+      );
       argv = [process.execPath, s.tsvmmJs ?? tsvmmJs, 'run', cfg, ...(s.qmp ? ['--qmp', s.qmp] : [])];
       break;
     }
     case 'qemu':
-      argv = [QEMU, '-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', `${s.memMiB}M`, '-smp', String(s.vcpus ?? 1),
-        '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
-        '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', ...(s.bdf ? ['-device', `vfio-pci,host=${s.bdf}`] : []),
+      argv = [
+        QEMU,
+        '-accel',
+        'kvm',
+        '-M',
+        'q35',
+        '-cpu',
+        'host',
+        '-m',
+        `${s.memMiB}M`,
+        '-smp',
+        String(s.vcpus ?? 1),
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-serial',
+        'stdio',
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=4',
+        ...(s.bdf ? ['-device', `vfio-pci,host=${s.bdf}`] : []),
         ...(s.qmp ? ['-qmp', `unix:${s.qmp},server=on,wait=off`] : []),
-        '-kernel', guestElf, '-append', s.cmdline];
+        '-kernel',
+        guestElf,
+        '-append',
+        s.cmdline,
+      ];
       break;
     case 'null':
-      argv = [nullVmm, '--kernel', guestElf, '--cmdline', s.cmdline, '--mem', String(s.memMiB), ...(s.bdf ? ['--device', s.bdf] : []), ...(s.memfd ? ['--memfd'] : [])];
+      argv = [
+        nullVmm,
+        '--kernel',
+        guestElf,
+        '--cmdline',
+        s.cmdline,
+        '--mem',
+        String(s.memMiB),
+        ...(s.bdf ? ['--device', s.bdf] : []),
+        ...(s.memfd ? ['--memfd'] : []),
+      ];
       break;
   }
   // madvise too, with timestamps: tsvmm prefaults RAM (MADV_POPULATE_WRITE) before pinning it, and that counts.
-  if (s.straceOut) argv = ['strace', '-f', '-qq', '-T', '-tt', '--seccomp-bpf', '-e', 'trace=ioctl,madvise', '-o', s.straceOut, ...argv];
+  if (s.straceOut)
+    argv = [
+      'strace',
+      '-f',
+      '-qq',
+      '-T',
+      '-tt',
+      '--seccomp-bpf',
+      '-e',
+      'trace=ioctl,madvise',
+      '-o',
+      s.straceOut,
+      ...argv,
+    ];
   return argv;
 }
 
 /** The guest's exit through the debug-exit port, as each VMM reports it: 0 means the guest passed. */
 export function guestStatus(vmm: VmmName, code: number | null): number | null {
   if (code === null) return null;
-  return vmm === 'qemu' ? ((code & 1) ? code >> 1 : -1) : code;
+  return vmm === 'qemu' ? (code & 1 ? code >> 1 : -1) : code;
 }
 
 // ---- external counters -------------------------------------------------------------------
@@ -93,13 +146,32 @@ export interface Snapshot {
 }
 
 const DEBUGFS = '/sys/kernel/debug';
-const KVM_STATS = ['exits', 'mmio_exits', 'io_exits', 'irq_injections', 'halt_exits', 'signal_exits', 'irq_exits', 'pf_taken', 'pf_fixed',
-  'tlb_flush', 'irq_window_exits', 'request_irq_exits', 'preemption_reported', 'pages_4k', 'pages_2m'];
+const KVM_STATS = [
+  'exits',
+  'mmio_exits',
+  'io_exits',
+  'irq_injections',
+  'halt_exits',
+  'signal_exits',
+  'irq_exits',
+  'pf_taken',
+  'pf_fixed',
+  'tlb_flush',
+  'irq_window_exits',
+  'request_irq_exits',
+  'preemption_reported',
+  'pages_4k',
+  'pages_2m',
+];
 
 /** Mounts debugfs if needed (the test host's /sys has no debugfs); false when not possible. */
 export async function ensureDebugfs(): Promise<boolean> {
   if (existsSync(join(DEBUGFS, 'kvm'))) return true;
-  await new Promise<void>((res) => spawn('mount', ['-t', 'debugfs', 'none', DEBUGFS], { stdio: 'ignore' }).on('close', () => res()).on('error', () => res()));
+  await new Promise<void>((res) =>
+    spawn('mount', ['-t', 'debugfs', 'none', DEBUGFS], { stdio: 'ignore' })
+      .on('close', () => res())
+      .on('error', () => res()),
+  );
   return existsSync(join(DEBUGFS, 'kvm'));
 }
 
@@ -112,8 +184,12 @@ function ctx(status: string): number {
 function kvmDir(pid: number): string | undefined {
   const d = join(DEBUGFS, 'kvm');
   try {
-    return readdirSync(d).filter((e) => e.startsWith(`${pid}-`)).map((e) => join(d, e))[0];
-  } catch { return undefined; }
+    return readdirSync(d)
+      .filter((e) => e.startsWith(`${pid}-`))
+      .map((e) => join(d, e))[0];
+  } catch {
+    return undefined;
+  }
 }
 
 export function snapshot(pid: number): Snapshot {
@@ -127,26 +203,47 @@ export function snapshot(pid: number): Snapshot {
       const c = ctx(st);
       threads[`${tid} ${name}`] = c;
       if (Number(tid) === pid) mainCtx = c;
-      const f = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      const f = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+        .replace(/^.*\) /, '')
+        .split(' ');
       threadCpu[`${tid} ${name}`] = [Number(f[11]), Number(f[12]), Number(f[40])]; // utime, stime, guest_time (fields 14, 15, 43)
-    } catch { /* thread ended */ }
+    } catch {
+      /* thread ended */
+    }
   }
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kib = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  const rss: Record<string, number> = { VmRSS: kib('VmRSS'), RssAnon: kib('RssAnon'), RssFile: kib('RssFile'), RssShmem: kib('RssShmem'), VmHWM: kib('VmHWM') };
+  const rss: Record<string, number> = {
+    VmRSS: kib('VmRSS'),
+    RssAnon: kib('RssAnon'),
+    RssFile: kib('RssFile'),
+    RssShmem: kib('RssShmem'),
+    VmHWM: kib('VmHWM'),
+  };
   try {
     const roll = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    for (const k of ['AnonHugePages', 'ShmemPmdMapped', 'Locked']) rss[k] = Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(roll)?.[1] ?? NaN);
-  } catch { /* no smaps_rollup */ }
+    for (const k of ['AnonHugePages', 'ShmemPmdMapped', 'Locked'])
+      rss[k] = Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(roll)?.[1] ?? NaN);
+  } catch {
+    /* no smaps_rollup */
+  }
   const kvm: Record<string, number> = {};
   const dir = kvmDir(pid);
-  if (dir) for (const k of KVM_STATS) { try { kvm[k] = Number(readFileSync(join(dir, k), 'utf8').trim()); } catch { /* absent in this kernel */ } }
+  if (dir)
+    for (const k of KVM_STATS) {
+      try {
+        kvm[k] = Number(readFileSync(join(dir, k), 'utf8').trim());
+      } catch {
+        /* absent in this kernel */
+      }
+    }
   const hostCpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
   return { t: performance.now(), mainCtx, threads, threadCpu, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
 }
 
 export function delta(a: Snapshot, b: Snapshot, k: string): number | undefined {
-  const x = a.kvm[k], y = b.kvm[k];
+  const x = a.kvm[k],
+    y = b.kvm[k];
   return x === undefined || y === undefined ? undefined : y - x;
 }
 
@@ -171,7 +268,14 @@ export function launch(s: LaunchSpec, onLine: (line: string, l: Launch) => void,
   const argv = command(s);
   const t0 = performance.now();
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-  const l: Launch = { child, pid: child.pid ?? -1, t0, lines: [], stderr: '', done: undefined as unknown as Promise<number | null> };
+  const l: Launch = {
+    child,
+    pid: child.pid ?? -1,
+    t0,
+    lines: [],
+    stderr: '',
+    done: undefined as unknown as Promise<number | null>,
+  };
   let partial = '';
   child.stdout!.on('data', (b: Buffer) => {
     if (l.firstByteMs === undefined) l.firstByteMs = performance.now() - t0;
@@ -184,11 +288,20 @@ export function launch(s: LaunchSpec, onLine: (line: string, l: Launch) => void,
       onLine(line, l);
     }
   });
-  child.stderr!.on('data', (b: Buffer) => { l.stderr += b.toString(); });
+  child.stderr!.on('data', (b: Buffer) => {
+    l.stderr += b.toString();
+  });
   const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
   l.done = new Promise((res) => {
-    child.on('error', (e) => { l.stderr += `spawn failed: ${e.message}\n`; clearTimeout(timer); res(null); });
-    child.on('close', (code) => { clearTimeout(timer); res(code); });
+    child.on('error', (e) => {
+      l.stderr += `spawn failed: ${e.message}\n`;
+      clearTimeout(timer);
+      res(null);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      res(code);
+    });
   });
   return l;
 }
@@ -203,12 +316,17 @@ export function parseDone(line: string): { phase: string; n: number; ticks: numb
 // strace 6.1 prints the number both share as "VFIO_DEVICE_PCI_HOT_RESET or VFIO_IOMMU_MAP_DMA" (same
 // VFIO_BASE + 13): only calls on a container fd (one that got VFIO_SET_IOMMU) are MAP_DMA.
 export function straceMapDma(log: string): { calls: number; seconds: number; failed: number } {
-  let calls = 0, seconds = 0, failed = 0;
+  let calls = 0,
+    seconds = 0,
+    failed = 0;
   const containers = new Set<string>();
   for (const l of log.split('\n')) {
     const set = /ioctl\((\d+), VFIO_SET_IOMMU\b.*= 0 </.exec(l);
     if (set) containers.add(set[1]!);
-    const m = /ioctl\((\d+), [^,]*\b(?:VFIO_IOMMU_MAP_DMA|_IOC\(_IOC_NONE, 0x3b, 0x71, 0\)|0x3b71)\b.*= (-?\d+)(?: [A-Z]+ \([^)]*\))? <([\d.]+)>\s*$/.exec(l);
+    const m =
+      /ioctl\((\d+), [^,]*\b(?:VFIO_IOMMU_MAP_DMA|_IOC\(_IOC_NONE, 0x3b, 0x71, 0\)|0x3b71)\b.*= (-?\d+)(?: [A-Z]+ \([^)]*\))? <([\d.]+)>\s*$/.exec(
+        l,
+      );
     if (!m || !containers.has(m[1]!)) continue;
     if (Number(m[2]) !== 0) failed++;
     calls++;

@@ -5,22 +5,48 @@ import { catchSignals } from './cli/signals.js';
 
 // run: a terminating signal during start-up ends it cleanly, not half-way (bin/cli/signals.ts).
 if (process.argv[2] === 'run') catchSignals();
-const COMMANDS: Record<string, { load: () => Promise<{ main: (args: string[]) => Promise<number> }>; summary: string }> = {
-  run: { load: () => import('./cli/run.js'), summary: 'run a VM from a config and/or QEMU-style flags (--memory, --kernel, --device ...)' },
-  validate: { load: () => import('./cli/validate.js'), summary: 'check a config without running it (every check that needs no KVM)' },
-  groups: { load: () => import('./cli/groups.js'), summary: "list the host's IOMMU groups: devices, drivers, viability [--json]" },
-  mdev: { load: () => import('./cli/mdev.js'), summary: 'list [--json] | create <type> [uuid] | remove <uuid>: mediated devices' },
-  manager: { load: () => import('./cli/manager.js'), summary: 'as root: open the devices, start the VMM unprivileged, pass the fds' },
+const COMMANDS: Record<
+  string,
+  { load: () => Promise<{ main: (args: string[]) => Promise<number> }>; summary: string }
+> = {
+  run: {
+    load: () => import('./cli/run.js'),
+    summary: 'run a VM from a config and/or QEMU-style flags (--memory, --kernel, --device ...)',
+  },
+  validate: {
+    load: () => import('./cli/validate.js'),
+    summary: 'check a config without running it (every check that needs no KVM)',
+  },
+  groups: {
+    load: () => import('./cli/groups.js'),
+    summary: "list the host's IOMMU groups: devices, drivers, viability [--json]",
+  },
+  mdev: {
+    load: () => import('./cli/mdev.js'),
+    summary: 'list [--json] | create <type> [uuid] | remove <uuid>: mediated devices',
+  },
+  manager: {
+    load: () => import('./cli/manager.js'),
+    summary: 'as root: open the devices, start the VMM unprivileged, pass the fds',
+  },
   qmp: { load: () => import('./cli/qmp.js'), summary: 'send one QMP command to a running VM' },
-  initramfs: { load: () => import('./cli/initramfs.js'), summary: "write the busybox initramfs a Linux config's kernel.initramfs builds" },
-  testhost: { load: async () => ({ main: (await import('../testhost/cli.js')).testhostMain }), summary: "the nested KVM+VFIO test host ('tsvmm testhost --help')" },
+  initramfs: {
+    load: () => import('./cli/initramfs.js'),
+    summary: "write the busybox initramfs a Linux config's kernel.initramfs builds",
+  },
+  testhost: {
+    load: async () => ({ main: (await import('../testhost/cli.js')).testhostMain }),
+    summary: "the nested KVM+VFIO test host ('tsvmm testhost --help')",
+  },
 };
 
 const HELP = `tsvmm — a small QEMU-style VMM for PCI device assignment with VFIO
 
 Usage: tsvmm <command> [options]      ('tsvmm <command> --help' for each)
 
-${Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(11)}${c.summary}`).join('\n')}
+${Object.entries(COMMANDS)
+  .map(([n, c]) => `  ${n.padEnd(11)}${c.summary}`)
+  .join('\n')}
   --help     this text
   --version  tsvmm's version
 
@@ -35,16 +61,30 @@ async function version(): Promise<string> {
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  if (cmd === undefined) { process.stderr.write(HELP + '\n'); return 2; }
-  if (cmd === '-h' || cmd === '--help' || cmd === 'help') { process.stdout.write(HELP + '\n'); return 0; }
-  if (cmd === '-v' || cmd === '--version') { process.stdout.write(await version() + '\n'); return 0; }
+  if (cmd === undefined) {
+    process.stderr.write(HELP + '\n');
+    return 2;
+  }
+  if (cmd === '-h' || cmd === '--help' || cmd === 'help') {
+    process.stdout.write(HELP + '\n');
+    return 0;
+  }
+  if (cmd === '-v' || cmd === '--version') {
+    process.stdout.write((await version()) + '\n');
+    return 0;
+  }
   const c = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
-  if (!c) { process.stderr.write(`tsvmm: unknown command '${cmd}'\n\n${HELP}\n`); return 2; }
+  if (!c) {
+    process.stderr.write(`tsvmm: unknown command '${cmd}'\n\n${HELP}\n`);
+    return 2;
+  }
   return (await c.load()).main(rest);
 }
 
 main(process.argv.slice(2)).then(
-  (code) => { process.exitCode = code; },
+  (code) => {
+    process.exitCode = code;
+  },
   (e: unknown) => {
     // ConfigError and UsageError carry exit status 2 (their modules need not be loaded to know).
     const err = e as Error & { exitCode?: number; usage?: string };

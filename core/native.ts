@@ -1,25 +1,79 @@
 // Typed view of the native addon (build/Release/tsvmm_native.node, built by `npm install`).
 import { createRequire } from 'node:module';
 import { projectRoot } from './paths.js';
+import type { NativeConstants } from './native-constants.js';
 
-export interface Mapping { addr: bigint; buffer: ArrayBuffer }
+export interface Mapping {
+  addr: bigint;
+  buffer: ArrayBuffer;
+}
 export type U64 = number | bigint;
 
 export interface Regs {
-  rax: U64; rbx: U64; rcx: U64; rdx: U64; rsi: U64; rdi: U64; rsp: U64; rbp: U64;
-  r8: U64; r9: U64; r10: U64; r11: U64; r12: U64; r13: U64; r14: U64; r15: U64;
-  rip: U64; rflags: U64;
+  rax: U64;
+  rbx: U64;
+  rcx: U64;
+  rdx: U64;
+  rsi: U64;
+  rdi: U64;
+  rsp: U64;
+  rbp: U64;
+  r8: U64;
+  r9: U64;
+  r10: U64;
+  r11: U64;
+  r12: U64;
+  r13: U64;
+  r14: U64;
+  r15: U64;
+  rip: U64;
+  rflags: U64;
 }
 export interface Segment {
-  base: U64; limit: number; selector: number; type: number; present: number; dpl: number;
-  db: number; s: number; l: number; g: number; avl: number;
+  base: U64;
+  limit: number;
+  selector: number;
+  type: number;
+  present: number;
+  dpl: number;
+  db: number;
+  s: number;
+  l: number;
+  g: number;
+  avl: number;
 }
-export interface DTable { base: U64; limit: number }
+export interface DTable {
+  base: U64;
+  limit: number;
+}
 export interface Sregs {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: DTable; idt: DTable; cr0: U64; cr2: U64; cr3: U64; cr4: U64; cr8: U64; efer: U64; apic_base: U64;
+  cs: Segment;
+  ds: Segment;
+  es: Segment;
+  fs: Segment;
+  gs: Segment;
+  ss: Segment;
+  tr: Segment;
+  ldt: Segment;
+  gdt: DTable;
+  idt: DTable;
+  cr0: U64;
+  cr2: U64;
+  cr3: U64;
+  cr4: U64;
+  cr8: U64;
+  efer: U64;
+  apic_base: U64;
 }
-export interface CpuidEntry { function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number }
+export interface CpuidEntry {
+  function: number;
+  index: number;
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
 export type GsiRoute =
   | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }
   | { gsi: number; type: 'irqchip'; irqchip: number; pin: number };
@@ -27,9 +81,22 @@ export type GsiRoute =
 export type KvmStateName = 'regs' | 'sregs' | 'fpu' | 'lapic' | 'mpState' | 'vcpuEvents' | 'xcrs' | 'irqchip' | 'pit2';
 
 export interface KvmRunLayout {
-  immediateExit: number; exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number;
-  ioDataOffset: number; mmioPhysAddr: number; mmioData: number; mmioLen: number; mmioIsWrite: number;
-  failEntryReason: number; internalSuberror: number; internalNdata: number; internalData: number; systemEventType: number;
+  immediateExit: number;
+  exitReason: number;
+  ioDirection: number;
+  ioSize: number;
+  ioPort: number;
+  ioCount: number;
+  ioDataOffset: number;
+  mmioPhysAddr: number;
+  mmioData: number;
+  mmioLen: number;
+  mmioIsWrite: number;
+  failEntryReason: number;
+  internalSuberror: number;
+  internalNdata: number;
+  internalData: number;
+  systemEventType: number;
 }
 
 // VFIO (vfio.cc)
@@ -42,9 +109,16 @@ export interface VfioIommuInfo {
   /** VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: DMA mappings still allowed. */
   dmaAvail?: number;
 }
-export interface VfioDeviceInfo { flags: number; numRegions: number; numIrqs: number }
+export interface VfioDeviceInfo {
+  flags: number;
+  numRegions: number;
+  numIrqs: number;
+}
 export interface VfioRegionInfo {
-  index: number; flags: number; size: bigint; offset: bigint;
+  index: number;
+  flags: number;
+  size: bigint;
+  offset: bigint;
   caps: {
     /** VFIO_REGION_INFO_CAP_SPARSE_MMAP: the only mmap-able areas (offsets within the region). */
     sparseMmap?: { offset: bigint; size: bigint }[];
@@ -54,21 +128,39 @@ export interface VfioRegionInfo {
     msixMappable: boolean;
   };
 }
-export interface VfioIrqInfo { index: number; flags: number; count: number }
+export interface VfioIrqInfo {
+  index: number;
+  flags: number;
+  count: number;
+}
 /** DATA_EVENTFD needs fds (-1 de-assigns), DATA_BOOL needs bools, DATA_NONE needs count; count, if given with fds/bools, must equal their length. */
-export interface VfioIrqSet { index: number; start: number; flags: number; fds?: number[]; bools?: boolean[]; count?: number }
+export interface VfioIrqSet {
+  index: number;
+  start: number;
+  flags: number;
+  fds?: number[];
+  bools?: boolean[];
+  count?: number;
+}
 export interface VfioHotResetInfo {
   flags: number;
   /** groupId for group-opened devices; devid (0 owned, -1 not owned, >0 id) when flags has VFIO_PCI_HOT_RESET_FLAG_DEV_ID. */
   devices: { groupId?: number; devid?: number; segment: number; bus: number; devfn: number }[];
 }
 // iommufd (iommufd.cc)
-export interface IommuIovaRanges { ranges: { start: bigint; last: bigint }[]; outIovaAlignment: bigint }
+export interface IommuIovaRanges {
+  ranges: { start: bigint; last: bigint }[];
+  outIovaAlignment: bigint;
+}
 // fd passing (socket.cc)
-export interface RecvFdsResult { data: Uint8Array; fds: number[]; truncated: boolean }
+export interface RecvFdsResult {
+  data: Uint8Array;
+  fds: number[];
+  truncated: boolean;
+}
 
 export interface Native {
-  constants: Record<string, number>;
+  constants: NativeConstants;
   kvmRunLayout: KvmRunLayout;
   // mman
   mmap(addrHint: U64, length: U64, prot: number, flags: number, fd: number, offset: U64): Mapping;
@@ -119,7 +211,10 @@ export interface Native {
   kvmSetIdentityMapAddr(vmFd: number, addr: U64): void;
   kvmCreateIrqchip(vmFd: number): void;
   kvmCreatePit2(vmFd: number, flags: number): void;
-  kvmSetUserMemoryRegion(vmFd: number, r: { slot: number; flags: number; guestPhysAddr: U64; memorySize: U64; userspaceAddr: U64 }): void;
+  kvmSetUserMemoryRegion(
+    vmFd: number,
+    r: { slot: number; flags: number; guestPhysAddr: U64; memorySize: U64; userspaceAddr: U64 },
+  ): void;
   kvmIrqfd(vmFd: number, r: { fd: number; gsi: number; flags: number; resamplefd?: number }): void;
   kvmIoeventfd(vmFd: number, r: { datamatch?: U64; addr: U64; len: number; fd: number; flags: number }): void;
   kvmSetGsiRouting(vmFd: number, routes: GsiRoute[]): void;
@@ -185,9 +280,17 @@ export interface Native {
 }
 
 /** An Error from a failed syscall, as thrown by the addon. */
-export interface SyscallError extends Error { code: string; errno: number; syscall: string }
+export interface SyscallError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
 export function isSyscallError(e: unknown, code?: string): e is SyscallError {
-  return e instanceof Error && typeof (e as SyscallError).syscall === 'string' && (code === undefined || (e as SyscallError).code === code);
+  return (
+    e instanceof Error &&
+    typeof (e as SyscallError).syscall === 'string' &&
+    (code === undefined || (e as SyscallError).code === code)
+  );
 }
 
 const require = createRequire(import.meta.url);
@@ -202,19 +305,33 @@ export function native(): Native {
     try {
       cached = require(path) as Native;
     } catch (e) {
-      throw new Error(`cannot load the native addon ${path}: ${(e as Error).message}\n` +
-        `  fix: run 'npm install' (or 'npm run build:native') in ${projectRoot}`, { cause: e });
+      throw new Error(
+        `cannot load the native addon ${path}: ${(e as Error).message}\n` +
+          `  fix: run 'npm install' (or 'npm run build:native') in ${projectRoot}`,
+        { cause: e },
+      );
     }
   }
   return cached;
 }
 
 // mmap/prot constants (asm-generic values, x86-64).
-export const PROT_NONE = 0, PROT_READ = 1, PROT_WRITE = 2;
-export const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
-export const MAP_POPULATE = 0x8000, MAP_HUGETLB = 0x40000, MAP_HUGE_SHIFT = 26;
-export const MFD_CLOEXEC = 1, MFD_HUGETLB = 4;
+export const PROT_NONE = 0,
+  PROT_READ = 1,
+  PROT_WRITE = 2;
+export const MAP_SHARED = 0x01,
+  MAP_PRIVATE = 0x02,
+  MAP_FIXED = 0x10,
+  MAP_ANONYMOUS = 0x20,
+  MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000,
+  MAP_HUGETLB = 0x40000,
+  MAP_HUGE_SHIFT = 26;
+export const MFD_CLOEXEC = 1,
+  MFD_HUGETLB = 4;
 /** The largest ArrayBuffer over native memory (Node's Buffer limit): mapView()'s maximum. */
 export const MAX_VIEW_BYTES = 2 ** 32;
 export const EFD_NONBLOCK = 0o4000;
-export const MADV_DONTFORK = 10, MADV_HUGEPAGE = 14, MADV_POPULATE_WRITE = 23;
+export const MADV_DONTFORK = 10,
+  MADV_HUGEPAGE = 14,
+  MADV_POPULATE_WRITE = 23;

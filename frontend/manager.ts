@@ -14,7 +14,11 @@ import { IOMMU_PATH, setPerProcessAccounting } from '../core/vfio/iommufd.js';
 import { sendPassedFds, type PassedFd } from '../core/fdpass.js';
 import { projectRoot } from '../core/paths.js';
 
-export interface ManagerOptions { uid: number; gid: number; memlockBytes?: number }
+export interface ManagerOptions {
+  uid: number;
+  gid: number;
+  memlockBytes?: number;
+}
 
 /** Room above guest RAM for the locked-memory limit (what else the process may pin). */
 const MEMLOCK_SLACK = 64 * 2 ** 20;
@@ -29,7 +33,8 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
   try {
     fds.push({ name: 'kvm', kind: 'kvm', fd: openSync('/dev/kvm', 'r+') });
     for (const d of config.devices) {
-      if (!d.host && !d.sysfsdev && !d.cdev) throw new Error(`device fd '${d.fd}': tsvmm manager needs "host", "sysfsdev" or "cdev" to know what to open`);
+      if (!d.host && !d.sysfsdev && !d.cdev)
+        throw new Error(`device fd '${d.fd}': tsvmm manager needs "host", "sysfsdev" or "cdev" to know what to open`);
       const host = findHostDevice(d);
       // A device's "fd" name is what the VMM looks the fd up by; else a name of our own.
       if (resolveBackend(host, d, config.vfio.backend) === 'iommufd') {
@@ -39,17 +44,41 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
         continue;
       }
       if (fds.some((f) => f.group === host.group)) continue;
-      fds.push({ name: d.fd ?? `group-${host.group}`, kind: 'vfio-group', group: host.group, fd: openSync(`/dev/vfio/${host.group}`, 'r+') });
+      fds.push({
+        name: d.fd ?? `group-${host.group}`,
+        kind: 'vfio-group',
+        group: host.group,
+        fd: openSync(`/dev/vfio/${host.group}`, 'r+'),
+      });
     }
     [mine, theirs] = native().socketpair();
     // prlimit raises the limit while still root; setpriv then drops to the user with no
     // capabilities, no supplementary groups and no way to regain privilege.
-    const child = spawn('prlimit', [`--memlock=${memlock}:${memlock}`,
-      'setpriv', `--reuid=${opts.uid}`, `--regid=${opts.gid}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs',
-      process.execPath, `${projectRoot}/dist/bin/tsvmm.js`, 'run', path, '--fd-socket', '3'],
-    { stdio: ['inherit', 'inherit', 'inherit', theirs] });
+    const child = spawn(
+      'prlimit',
+      [
+        `--memlock=${memlock}:${memlock}`,
+        'setpriv',
+        `--reuid=${opts.uid}`,
+        `--regid=${opts.gid}`,
+        '--clear-groups',
+        '--inh-caps=-all',
+        '--bounding-set=-all',
+        '--no-new-privs',
+        process.execPath,
+        `${projectRoot}/dist/bin/tsvmm.js`,
+        'run',
+        path,
+        '--fd-socket',
+        '3',
+      ],
+      { stdio: ['inherit', 'inherit', 'inherit', theirs] },
+    );
     const exited = new Promise<number>((res) => {
-      child.on('error', (e) => { process.stderr.write(`tsvmm manager: cannot start the VMM: ${e.message}\n`); res(1); });
+      child.on('error', (e) => {
+        process.stderr.write(`tsvmm manager: cannot start the VMM: ${e.message}\n`);
+        res(1);
+      });
       child.on('exit', (code, signal) => res(code ?? (signal ? 128 + 15 : 1)));
     });
     closeSync(theirs);
@@ -67,7 +96,9 @@ const mib = (b: number) => (b === Infinity ? 'unlimited' : `${Math.round(b / 2 *
 
 /** The hard RLIMIT_MEMLOCK of this process, from /proc/self/limits (Infinity when unlimited). */
 function hardMemlock(): number {
-  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max locked memory'));
+  const line = readFileSync('/proc/self/limits', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('Max locked memory'));
   const hard = line?.split(/\s{2,}/)[2];
   return hard === undefined || hard === 'unlimited' ? Infinity : Number(hard);
 }
@@ -81,11 +112,13 @@ function checkMemlock(bytes: number, asked: boolean): void {
   const r = spawnSync('prlimit', [`--memlock=${bytes}:${bytes}`, 'true'], { encoding: 'utf8' });
   if (r.status === 0) return;
   const hard = hardMemlock();
-  const why = r.error ? `prlimit: ${r.error.message}` : (r.stderr.trim() || `prlimit exited ${r.status}`);
-  throw new Error(`cannot give the VMM a locked-memory limit of ${mib(bytes)} (${asked ? '--memlock' : 'guest RAM + 64 MiB, for DMA pinning'}): ${why}\n` +
-    `  this process's hard limit is ${mib(hard)}, and raising it needs CAP_SYS_RESOURCE (run the manager as root on the host; in a container, ` +
-    `start it with --ulimit memlock=-1:-1 or --cap-add SYS_RESOURCE)\n` +
-    `  fix: raise the hard limit (ulimit -Hl, /etc/security/limits.conf, systemd LimitMEMLOCK=)${hard !== Infinity && hard > 0 ? ` or pass --memlock ${Math.floor(hard / 2 ** 20)}M if the guest needs no more pinned` : ''}`);
+  const why = r.error ? `prlimit: ${r.error.message}` : r.stderr.trim() || `prlimit exited ${r.status}`;
+  throw new Error(
+    `cannot give the VMM a locked-memory limit of ${mib(bytes)} (${asked ? '--memlock' : 'guest RAM + 64 MiB, for DMA pinning'}): ${why}\n` +
+      `  this process's hard limit is ${mib(hard)}, and raising it needs CAP_SYS_RESOURCE (run the manager as root on the host; in a container, ` +
+      `start it with --ulimit memlock=-1:-1 or --cap-add SYS_RESOURCE)\n` +
+      `  fix: raise the hard limit (ulimit -Hl, /etc/security/limits.conf, systemd LimitMEMLOCK=)${hard !== Infinity && hard > 0 ? ` or pass --memlock ${Math.floor(hard / 2 ** 20)}M if the guest needs no more pinned` : ''}`,
+  );
 }
 
 /** /dev/iommu with pins charged to the process that maps (IOMMU_OPTION_RLIMIT_MODE 1, which
@@ -93,7 +126,10 @@ function checkMemlock(bytes: number, asked: boolean): void {
 function openIommufd(): number {
   const fd = openSync(IOMMU_PATH, 'r+');
   const r = setPerProcessAccounting(fd);
-  if (r !== true) process.stderr.write(`tsvmm manager: warning: cannot set per-process pin accounting on ${IOMMU_PATH}: ${r.message}\n`);
+  if (r !== true)
+    process.stderr.write(
+      `tsvmm manager: warning: cannot set per-process pin accounting on ${IOMMU_PATH}: ${r.message}\n`,
+    );
   return fd;
 }
 
@@ -101,14 +137,17 @@ function openIommufd(): number {
 export function parseUser(opts: { user?: string; uid?: string; gid?: string }): { uid: number; gid: number } {
   let uid: number, gid: number;
   if (opts.user !== undefined) {
-    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[0] === opts.user);
+    const line = readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .find((l) => l.split(':')[0] === opts.user);
     if (!line) throw new Error(`no user '${opts.user}' in /etc/passwd`);
     [uid, gid] = line.split(':').slice(2, 4).map(Number) as [number, number];
   } else {
     uid = Number(opts.uid);
     gid = Number(opts.gid ?? opts.uid);
   }
-  if (!Number.isInteger(uid) || !Number.isInteger(gid)) throw new Error('manager needs --user NAME or --uid N [--gid N]');
+  if (!Number.isInteger(uid) || !Number.isInteger(gid))
+    throw new Error('manager needs --user NAME or --uid N [--gid N]');
   if (uid === 0) throw new Error('the VMM must not run as root: pick an unprivileged user (--user nobody)');
   return { uid, gid };
 }

@@ -13,11 +13,20 @@ const CC = process.env.GUEST_CC ?? 'gcc';
 const LD = process.env.GUEST_LD ?? 'ld';
 const OBJCOPY = process.env.GUEST_OBJCOPY ?? 'objcopy';
 const CFLAGS = [
-  '-m32', '-march=i686', '-ffreestanding', '-fno-pic', '-fno-pie', '-nostdlib', '-O2', '-g', '-std=gnu11',
-  '-Wall', '-Wextra',
-  '-fno-stack-protector',            // no TLS canary in a bare-metal guest
+  '-m32',
+  '-march=i686',
+  '-ffreestanding',
+  '-fno-pic',
+  '-fno-pie',
+  '-nostdlib',
+  '-O2',
+  '-g',
+  '-std=gnu11',
+  '-Wall',
+  '-Wextra',
+  '-fno-stack-protector', // no TLS canary in a bare-metal guest
   '-fno-asynchronous-unwind-tables', // no .eh_frame to load
-  '-mgeneral-regs-only',             // nobody enables SSE/x87 state here
+  '-mgeneral-regs-only', // nobody enables SSE/x87 state here
   '-fno-tree-loop-distribute-patterns', // else memset's own loop may become a call to memset
   '-fcf-protection=none',
 ];
@@ -31,8 +40,11 @@ function run(cmd: string, args: string[]): void {
     execFileSync(cmd, args, { cwd: projectRoot, stdio: ['ignore', 'inherit', 'inherit'] });
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { status?: number };
-    if (err.code === 'ENOENT') throw new BuildError(`${cmd} not found: the test guest needs gcc (with -m32 support) and binutils`);
-    throw new BuildError(`${cmd} ${args.map((a) => relative(projectRoot, a) || a).join(' ')} failed (exit ${err.status ?? '?'})`);
+    if (err.code === 'ENOENT')
+      throw new BuildError(`${cmd} not found: the test guest needs gcc (with -m32 support) and binutils`);
+    throw new BuildError(
+      `${cmd} ${args.map((a) => relative(projectRoot, a) || a).join(' ')} failed (exit ${err.status ?? '?'})`,
+    );
   }
 }
 
@@ -41,7 +53,7 @@ function findMultibootHeader(image: Uint8Array): number {
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   for (let off = 0; off + 12 <= Math.min(image.length, 8192); off += 4) {
     if (v.getUint32(off, true) !== MULTIBOOT_HEADER_MAGIC) continue;
-    if (((MULTIBOOT_HEADER_MAGIC + v.getUint32(off + 4, true) + v.getUint32(off + 8, true)) >>> 0) === 0) return off;
+    if ((MULTIBOOT_HEADER_MAGIC + v.getUint32(off + 4, true) + v.getUint32(off + 8, true)) >>> 0 === 0) return off;
   }
   return -1;
 }
@@ -50,13 +62,19 @@ function findMultibootHeader(image: Uint8Array): number {
 function elfLayout(elf: Uint8Array): { loadAddress: number; fileEnd: number; end: number; entry: number } {
   const v = new DataView(elf.buffer, elf.byteOffset, elf.byteLength);
   if (v.getUint32(0, false) !== 0x7f454c46 || elf[4] !== 1) throw new BuildError('linker output is not ELF32');
-  const phoff = v.getUint32(28, true), phentsize = v.getUint16(42, true), phnum = v.getUint16(44, true);
-  let loadAddress = Infinity, fileEnd = 0, end = 0;
+  const phoff = v.getUint32(28, true),
+    phentsize = v.getUint16(42, true),
+    phnum = v.getUint16(44, true);
+  let loadAddress = Infinity,
+    fileEnd = 0,
+    end = 0;
   for (let i = 0; i < phnum; i++) {
     const p = phoff + i * phentsize;
     if (v.getUint32(p, true) !== 1) continue; // PT_LOAD
-    const paddr = v.getUint32(p + 12, true), filesz = v.getUint32(p + 16, true), memsz = v.getUint32(p + 20, true);
-    if (filesz) loadAddress = Math.min(loadAddress, paddr), fileEnd = Math.max(fileEnd, paddr + filesz);
+    const paddr = v.getUint32(p + 12, true),
+      filesz = v.getUint32(p + 16, true),
+      memsz = v.getUint32(p + 20, true);
+    if (filesz) ((loadAddress = Math.min(loadAddress, paddr)), (fileEnd = Math.max(fileEnd, paddr + filesz)));
     end = Math.max(end, paddr + memsz);
   }
   if (!Number.isFinite(loadAddress)) throw new BuildError('linker output has no loadable bytes');
@@ -65,7 +83,9 @@ function elfLayout(elf: Uint8Array): { loadAddress: number; fileEnd: number; end
 
 export function buildGuest(opts: { force?: boolean } = {}): 'built' | 'up to date' {
   const out = guestPaths();
-  const sources = readdirSync(guestSourceDir).filter((f) => /\.(c|S|h|ld)$/.test(f)).map((f) => join(guestSourceDir, f));
+  const sources = readdirSync(guestSourceDir)
+    .filter((f) => /\.(c|S|h|ld)$/.test(f))
+    .map((f) => join(guestSourceDir, f));
   const units = sources.filter((f) => /\.(c|S)$/.test(f)).sort();
   const linkerScript = join(guestSourceDir, 'linker.ld');
   if (!units.length || !existsSync(linkerScript)) throw new BuildError(`${guestSourceDir}: no sources or no linker.ld`);
@@ -83,7 +103,10 @@ export function buildGuest(opts: { force?: boolean } = {}): 'built' | 'up to dat
   const objDir = join(guestOutDir, 'obj');
   mkdirSync(objDir, { recursive: true });
   const objects = units.map((src) => {
-    const obj = join(objDir, basename(src).replace(/\.(c|S)$/, (m) => (m === '.S' ? '-S.o' : '.o')));
+    const obj = join(
+      objDir,
+      basename(src).replace(/\.(c|S)$/, (m) => (m === '.S' ? '-S.o' : '.o')),
+    );
     run(CC, [...CFLAGS, '-c', src, '-o', obj]);
     return obj;
   });
@@ -94,12 +117,22 @@ export function buildGuest(opts: { force?: boolean } = {}): 'built' | 'up to dat
   const elf = new Uint8Array(readFileSync(out.elf));
   const bin = new Uint8Array(readFileSync(out.bin));
   const layout = elfLayout(elf);
-  if (findMultibootHeader(elf) < 0) throw new BuildError(`${out.elf}: no multiboot header in the first 8 KiB of the file`);
+  if (findMultibootHeader(elf) < 0)
+    throw new BuildError(`${out.elf}: no multiboot header in the first 8 KiB of the file`);
   const multibootHeaderOffset = findMultibootHeader(bin);
   if (multibootHeaderOffset < 0) throw new BuildError(`${out.bin}: no multiboot header in the first 8 KiB`);
-  if (bin.length !== layout.fileEnd - layout.loadAddress) throw new BuildError(`${out.bin}: ${bin.length} bytes, expected ${layout.fileEnd - layout.loadAddress} (are the sections contiguous?)`);
-  if (layout.entry < layout.loadAddress || layout.entry >= layout.fileEnd) throw new BuildError(`entry 0x${layout.entry.toString(16)} is outside the image`);
-  const info: GuestImageInfo = { loadAddress: layout.loadAddress, entry: layout.entry, multibootHeaderOffset, end: layout.end };
+  if (bin.length !== layout.fileEnd - layout.loadAddress)
+    throw new BuildError(
+      `${out.bin}: ${bin.length} bytes, expected ${layout.fileEnd - layout.loadAddress} (are the sections contiguous?)`,
+    );
+  if (layout.entry < layout.loadAddress || layout.entry >= layout.fileEnd)
+    throw new BuildError(`entry 0x${layout.entry.toString(16)} is outside the image`);
+  const info: GuestImageInfo = {
+    loadAddress: layout.loadAddress,
+    entry: layout.entry,
+    multibootHeaderOffset,
+    end: layout.end,
+  };
   writeFileSync(out.json, JSON.stringify(info, null, 2) + '\n');
   writeFileSync(stampPath, stamp);
   return 'built';

@@ -6,25 +6,48 @@
 // (PNP0A03, conf1, its bus/IO/MMIO windows in _CRS, INTx → IOAPIC GSI in _PRT), COM1 and \_S5_.
 // (Linux ignores the MP table when ACPI is on; the MP table is for `acpi=off` guests.)
 import {
-  amlBuffer, amlCall, amlDevice, amlInteger, amlName, amlPackage, amlScope, cat, dwordMemory, eisaId, endTag,
-  ioPort, irqNoFlags, le16, le32, wordSpace,
+  amlBuffer,
+  amlCall,
+  amlDevice,
+  amlInteger,
+  amlName,
+  amlPackage,
+  amlScope,
+  cat,
+  dwordMemory,
+  eisaId,
+  endTag,
+  ioPort,
+  irqNoFlags,
+  le16,
+  le32,
+  wordSpace,
 } from './aml.js';
 import { gedAml, GED_EVENT_PCI_HOTPLUG, GED_PORT, GED_PORT_LEN } from './ged.js';
 import { pciHotplugAml, pciSlotsAml, PCI_HOTPLUG_PORT, PCI_HOTPLUG_PORT_LEN } from './pci-hotplug.js';
 export { amlBuffer, amlInteger, amlName, amlPackage, amlPkgLength, eisaId } from './aml.js';
 
 export const ACPI_TABLES_ADDR = 0xe0000;
-export const ACPI_SLEEP_CONTROL_PORT = 0x600, ACPI_SLEEP_STATUS_PORT = 0x601;
-export const ACPI_RESET_PORT = 0xcf9, ACPI_RESET_VALUE = 0x06;
+export const ACPI_SLEEP_CONTROL_PORT = 0x600,
+  ACPI_SLEEP_STATUS_PORT = 0x601;
+export const ACPI_RESET_PORT = 0xcf9,
+  ACPI_RESET_VALUE = 0x06;
 /** SLP_TYP of \_S5_ in the DSDT; the sleep control register sees it in bits 2-4. */
 export const ACPI_S5_SLP_TYP = 5;
 export const ACPI_SLP_EN = 0x20;
 
-const OEM_ID = 'TSVMM ', OEM_TABLE_ID = 'TSVMMVM ', CREATOR = 'TSVM';
-const FADT_LEN = 276, HEADER_LEN = 36;
-const FADT_F_PWR_BUTTON = 1 << 4, FADT_F_SLP_BUTTON = 1 << 5, FADT_F_RESET_REG_SUP = 1 << 10, FADT_F_HW_REDUCED = 1 << 20;
+const OEM_ID = 'TSVMM ',
+  OEM_TABLE_ID = 'TSVMMVM ',
+  CREATOR = 'TSVM';
+const FADT_LEN = 276,
+  HEADER_LEN = 36;
+const FADT_F_PWR_BUTTON = 1 << 4,
+  FADT_F_SLP_BUTTON = 1 << 5,
+  FADT_F_RESET_REG_SUP = 1 << 10,
+  FADT_F_HW_REDUCED = 1 << 20;
 /** IAPC_BOOT_ARCH: bit 2 no VGA, bit 5 no CMOS RTC (no 8042 either: bit 1 clear keeps Linux from probing one). */
-const IAPC_NO_VGA = 1 << 2, IAPC_NO_CMOS_RTC = 1 << 5;
+const IAPC_NO_VGA = 1 << 2,
+  IAPC_NO_CMOS_RTC = 1 << 5;
 
 function sum(b: Uint8Array): number {
   let s = 0;
@@ -55,10 +78,10 @@ function table(sig: string, revision: number, body: Uint8Array): Uint8Array {
 
 /** Generic Address Structure for an 8-bit System I/O register. */
 function gasIo8(v: DataView, at: number, port: number): void {
-  v.setUint8(at, 1);      // System I/O
-  v.setUint8(at + 1, 8);  // bit width
-  v.setUint8(at + 2, 0);  // bit offset
-  v.setUint8(at + 3, 1);  // byte access
+  v.setUint8(at, 1); // System I/O
+  v.setUint8(at + 1, 8); // bit width
+  v.setUint8(at + 2, 0); // bit offset
+  v.setUint8(at + 3, 1); // byte access
   v.setBigUint64(at + 4, BigInt(port), true);
 }
 
@@ -68,7 +91,11 @@ export function s5Aml(slpTyp = ACPI_S5_SLP_TYP): Uint8Array {
   return Uint8Array.from([0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x07, 0x04, 0x0a, slpTyp, 0x00, 0x00, 0x00]);
 }
 
-export interface AcpiPciIrq { slot: number; /** 1 = INTA# ... 4 = INTD# */ pin: number; gsi: number }
+export interface AcpiPciIrq {
+  slot: number;
+  /** 1 = INTA# ... 4 = INTD# */ pin: number;
+  gsi: number;
+}
 
 export interface AcpiOptions {
   cpus: number;
@@ -85,38 +112,60 @@ export interface AcpiOptions {
 /** The DSDT's AML: \_SB.PCI0 (PNP0A03 with _CRS and _PRT) and \_S5_. */
 export function dsdtAml(o: AcpiOptions): Uint8Array {
   const crs = cat(
-    wordSpace(2, 0, 0, 0xff),                 // buses 0-255
-    ioPort(0xcf8, 8),                          // conf1, consumed by the bridge itself
-    wordSpace(1, 0x3, 0x0000, 0x0cf7),         // I/O windows around it
+    wordSpace(2, 0, 0, 0xff), // buses 0-255
+    ioPort(0xcf8, 8), // conf1, consumed by the bridge itself
+    wordSpace(1, 0x3, 0x0000, 0x0cf7), // I/O windows around it
     wordSpace(1, 0x3, 0x0d00, 0xffff),
     dwordMemory(o.pciMmio32.base, o.pciMmio32.end - 1),
     endTag(),
   );
-  const prt = amlPackage(o.pciIrqs.map((d) => amlPackage([amlInteger(((d.slot << 16) | 0xffff) >>> 0), amlInteger(d.pin - 1), amlInteger(0), amlInteger(d.gsi)])));
-  const pci0 = amlDevice('PCI0', cat(
-    amlName('_HID', amlInteger(eisaId('PNP0A03'))),
-    amlName('_UID', amlInteger(0)),
-    amlName('_BBN', amlInteger(0)),
-    amlName('_CRS', amlBuffer(crs)),
-    amlName('_PRT', prt),
-    ...(o.hotplugSlots ? [pciSlotsAml(o.hotplugSlots)] : []),
-  ));
+  const prt = amlPackage(
+    o.pciIrqs.map((d) =>
+      amlPackage([
+        amlInteger(((d.slot << 16) | 0xffff) >>> 0),
+        amlInteger(d.pin - 1),
+        amlInteger(0),
+        amlInteger(d.gsi),
+      ]),
+    ),
+  );
+  const pci0 = amlDevice(
+    'PCI0',
+    cat(
+      amlName('_HID', amlInteger(eisaId('PNP0A03'))),
+      amlName('_UID', amlInteger(0)),
+      amlName('_BBN', amlInteger(0)),
+      amlName('_CRS', amlBuffer(crs)),
+      amlName('_PRT', prt),
+      ...(o.hotplugSlots ? [pciSlotsAml(o.hotplugSlots)] : []),
+    ),
+  );
   // COM1 as a PNP device: with a hardware-reduced FADT Linux sets up no legacy (ISA) IRQs by
   // itself, so the 8250 gets IRQ 4 mapped to its IOAPIC pin from this _CRS (as Firecracker does).
-  const com1 = amlDevice('COM1', cat(
-    amlName('_HID', amlInteger(eisaId('PNP0501'))),
-    amlName('_UID', amlInteger(1)),
-    amlName('_CRS', amlBuffer(cat(ioPort(0x3f8, 8), irqNoFlags(4), endTag()))),
-  ));
-  const events = o.hotplugSlots ? [
-    pciHotplugAml(o.hotplugSlots),
-    gedAml([{ bit: GED_EVENT_PCI_HOTPLUG, body: amlCall('\\_SB.PHPR.PSCN') }]),
-    // The event registers are motherboard resources: keep the OS from placing I/O BARs on them.
-    amlDevice('MBRS',
-      amlName('_HID', amlInteger(eisaId('PNP0C02'))),
+  const com1 = amlDevice(
+    'COM1',
+    cat(
+      amlName('_HID', amlInteger(eisaId('PNP0501'))),
       amlName('_UID', amlInteger(1)),
-      amlName('_CRS', amlBuffer(cat(ioPort(PCI_HOTPLUG_PORT, PCI_HOTPLUG_PORT_LEN), ioPort(GED_PORT, GED_PORT_LEN), endTag())))),
-  ] : [];
+      amlName('_CRS', amlBuffer(cat(ioPort(0x3f8, 8), irqNoFlags(4), endTag()))),
+    ),
+  );
+  const events = o.hotplugSlots
+    ? [
+        pciHotplugAml(o.hotplugSlots),
+        gedAml([{ bit: GED_EVENT_PCI_HOTPLUG, body: amlCall('\\_SB.PHPR.PSCN') }]),
+        // The event registers are motherboard resources: keep the OS from placing I/O BARs on them.
+        amlDevice(
+          'MBRS',
+          amlName('_HID', amlInteger(eisaId('PNP0C02'))),
+          amlName('_UID', amlInteger(1)),
+          amlName(
+            '_CRS',
+            amlBuffer(cat(ioPort(PCI_HOTPLUG_PORT, PCI_HOTPLUG_PORT_LEN), ioPort(GED_PORT, GED_PORT_LEN), endTag())),
+          ),
+        ),
+      ]
+    : [];
   return cat(amlScope('\\_SB', pci0, com1, ...events), s5Aml());
 }
 
@@ -164,12 +213,16 @@ export function buildAcpiTables(o: AcpiOptions, base = ACPI_TABLES_ADDR): AcpiTa
   const fadtAt = align(xsdtAt + xsdtLen);
   const madtAt = align(fadtAt + FADT_LEN);
   const dsdtAt = align(madtAt + madt.length);
-  f.setUint32(o2(40), dsdtAt, true);                 // DSDT
-  f.setBigUint64(o2(140), BigInt(dsdtAt), true);     // X_DSDT
+  f.setUint32(o2(40), dsdtAt, true); // DSDT
+  f.setBigUint64(o2(140), BigInt(dsdtAt), true); // X_DSDT
   const fadt = table('FACP', 6, fb);
-  const rb = new Uint8Array(8); new DataView(rb.buffer).setUint32(0, fadtAt, true); new DataView(rb.buffer).setUint32(4, madtAt, true);
+  const rb = new Uint8Array(8);
+  new DataView(rb.buffer).setUint32(0, fadtAt, true);
+  new DataView(rb.buffer).setUint32(4, madtAt, true);
   const rsdt = table('RSDT', 1, rb);
-  const xb = new Uint8Array(16); new DataView(xb.buffer).setBigUint64(0, BigInt(fadtAt), true); new DataView(xb.buffer).setBigUint64(8, BigInt(madtAt), true);
+  const xb = new Uint8Array(16);
+  new DataView(xb.buffer).setBigUint64(0, BigInt(fadtAt), true);
+  new DataView(xb.buffer).setBigUint64(8, BigInt(madtAt), true);
   const xsdt = table('XSDT', 1, xb);
 
   const rsdp = new Uint8Array(36);

@@ -6,15 +6,24 @@ export type Aml = Uint8Array | number[];
 export const cat = (...parts: Aml[]): Uint8Array => {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
   return out;
 };
 
 /** PkgLength: the encoded length counts its own bytes. */
 export function amlPkgLength(contentLen: number): number[] {
   if (contentLen + 1 <= 0x3f) return [contentLen + 1];
-  if (contentLen + 2 <= 0xfff) { const t = contentLen + 2; return [0x40 | (t & 0xf), t >> 4]; }
-  if (contentLen + 3 <= 0xfffff) { const t = contentLen + 3; return [0x80 | (t & 0xf), (t >> 4) & 0xff, t >> 12]; }
+  if (contentLen + 2 <= 0xfff) {
+    const t = contentLen + 2;
+    return [0x40 | (t & 0xf), t >> 4];
+  }
+  if (contentLen + 3 <= 0xfffff) {
+    const t = contentLen + 3;
+    return [0x80 | (t & 0xf), (t >> 4) & 0xff, t >> 12];
+  }
   throw new RangeError(`AML package of ${contentLen} bytes is too large`);
 }
 
@@ -46,8 +55,14 @@ export const nameSeg = (s: string): number[] => {
 export function amlPath(path: string): number[] {
   const out: number[] = [];
   let rest = path;
-  if (rest.startsWith('\\')) { out.push(0x5c); rest = rest.slice(1); }
-  while (rest.startsWith('^')) { out.push(0x5e); rest = rest.slice(1); }
+  if (rest.startsWith('\\')) {
+    out.push(0x5c);
+    rest = rest.slice(1);
+  }
+  while (rest.startsWith('^')) {
+    out.push(0x5e);
+    rest = rest.slice(1);
+  }
   const segs = rest === '' ? [] : rest.split('.');
   if (segs.length === 0) out.push(0x00);
   else if (segs.length === 1) out.push(...nameSeg(segs[0]!));
@@ -80,14 +95,18 @@ export const amlMethod = (seg: string, args: number, serialized: boolean, ...bod
   return cat([0x14], amlPkgLength(b.length), b);
 };
 
-export const AML_SYSTEM_MEMORY = 0, AML_SYSTEM_IO = 1;
+export const AML_SYSTEM_MEMORY = 0,
+  AML_SYSTEM_IO = 1;
 export const amlOperationRegion = (seg: string, space: number, offset: number, length: number): Uint8Array =>
   cat([0x5b, 0x80], nameSeg(seg), [space], amlInteger(offset), amlInteger(length));
 
 /** Field(region, DWordAcc, NoLock, WriteAsZeros) { name, bits, ... } — `null` names a reserved gap. */
 export function amlFieldDword(region: string, fields: [string | null, number][]): Uint8Array {
-  const ACCESS_DWORD = 3, WRITE_AS_ZEROS = 2 << 5;
-  const list = fields.flatMap(([n, bits]) => n === null ? [0x00, ...fieldLength(bits)] : [...nameSeg(n), ...fieldLength(bits)]);
+  const ACCESS_DWORD = 3,
+    WRITE_AS_ZEROS = 2 << 5;
+  const list = fields.flatMap(([n, bits]) =>
+    n === null ? [0x00, ...fieldLength(bits)] : [...nameSeg(n), ...fieldLength(bits)],
+  );
   const b = cat(amlPath(region), [ACCESS_DWORD | WRITE_AS_ZEROS], list);
   return cat([0x5b, 0x81], amlPkgLength(b.length), b);
 }
@@ -111,21 +130,47 @@ export const amlReturn = (value: Aml): Uint8Array => cat([0xa4], value);
 export function eisaId(id: string): number {
   const c = (i: number) => id.charCodeAt(i) - 0x40;
   const be = ((c(0) << 26) | (c(1) << 21) | (c(2) << 16) | parseInt(id.slice(3), 16)) >>> 0;
-  return (((be & 0xff) << 24) | ((be >>> 8 & 0xff) << 16) | ((be >>> 16 & 0xff) << 8) | (be >>> 24)) >>> 0;
+  return (((be & 0xff) << 24) | (((be >>> 8) & 0xff) << 16) | (((be >>> 16) & 0xff) << 8) | (be >>> 24)) >>> 0;
 }
 
 // --- resource descriptors (ACPI 6.5 §6.4) ------------------------------------------------
 export const le16 = (v: number): number[] => [v & 0xff, (v >> 8) & 0xff];
 export const le32 = (v: number): number[] => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
 /** Word address space: type 1 I/O, 2 bus number; a producer with fixed min and max. */
-export const wordSpace = (type: number, typeFlags: number, min: number, max: number): number[] =>
-  [0x88, ...le16(13), type, 0x0c, typeFlags, ...le16(0), ...le16(min), ...le16(max), ...le16(0), ...le16(max - min + 1)];
-export const dwordMemory = (min: number, max: number): number[] =>
-  [0x87, ...le16(23), 0, 0x0c, 0x01 /* read-write, non-cacheable */, ...le32(0), ...le32(min), ...le32(max), ...le32(0), ...le32(max - min + 1)];
+export const wordSpace = (type: number, typeFlags: number, min: number, max: number): number[] => [
+  0x88,
+  ...le16(13),
+  type,
+  0x0c,
+  typeFlags,
+  ...le16(0),
+  ...le16(min),
+  ...le16(max),
+  ...le16(0),
+  ...le16(max - min + 1),
+];
+export const dwordMemory = (min: number, max: number): number[] => [
+  0x87,
+  ...le16(23),
+  0,
+  0x0c,
+  0x01 /* read-write, non-cacheable */,
+  ...le32(0),
+  ...le32(min),
+  ...le32(max),
+  ...le32(0),
+  ...le32(max - min + 1),
+];
 /** I/O port descriptor, 16-bit decode, fixed. */
 export const ioPort = (port: number, len: number): number[] => [0x47, 0x01, ...le16(port), ...le16(port), 1, len];
 /** IRQ descriptor without flags: edge-triggered, active-high (an ISA interrupt). */
 export const irqNoFlags = (irq: number): number[] => [0x22, ...le16(1 << irq)];
 /** Extended interrupt descriptor: one GSI, consumer, exclusive; level/edge, active-high. */
-export const extendedInterrupt = (gsi: number, edge: boolean): number[] => [0x89, ...le16(6), 0x01 | (edge ? 0x02 : 0), 1, ...le32(gsi)];
+export const extendedInterrupt = (gsi: number, edge: boolean): number[] => [
+  0x89,
+  ...le16(6),
+  0x01 | (edge ? 0x02 : 0),
+  1,
+  ...le32(gsi),
+];
 export const endTag = (): number[] => [0x79, 0x00];

@@ -5,11 +5,29 @@
 // power button).
 import { MemoryRegion } from '../core/memory/index.js';
 import {
-  amlAnd, amlBuffer, amlDevice, amlFieldDword, amlIf, amlInteger, amlLocal, amlMethod, amlName,
-  amlNotify, amlOperationRegion, amlPath, amlStore, amlString, cat, eisaId, endTag, extendedInterrupt, AML_SYSTEM_IO,
+  amlAnd,
+  amlBuffer,
+  amlDevice,
+  amlFieldDword,
+  amlIf,
+  amlInteger,
+  amlLocal,
+  amlMethod,
+  amlName,
+  amlNotify,
+  amlOperationRegion,
+  amlPath,
+  amlStore,
+  amlString,
+  cat,
+  eisaId,
+  endTag,
+  extendedInterrupt,
+  AML_SYSTEM_IO,
 } from './aml.js';
 
-export const GED_PORT = 0xaf00, GED_PORT_LEN = 4;
+export const GED_PORT = 0xaf00,
+  GED_PORT_LEN = 4;
 /** The GED's interrupt: an ISA-range IOAPIC pin nothing else uses (COM1 is 4, PCI INTx 16-23). */
 export const GED_GSI = 5;
 export const GED_EVENT_PCI_HOTPLUG = 1 << 0;
@@ -20,15 +38,22 @@ export class GenericEventDevice {
   private pending = 0;
 
   constructor(private readonly setIrq: (level: boolean) => void) {
-    this.region = MemoryRegion.io('acpi-ged', GED_PORT_LEN, {
-      read: () => {
-        const v = this.pending;
-        this.pending = 0;
-        this.setIrq(false);
-        return v;
+    this.region = MemoryRegion.io(
+      'acpi-ged',
+      GED_PORT_LEN,
+      {
+        read: () => {
+          const v = this.pending;
+          this.pending = 0;
+          this.setIrq(false);
+          return v;
+        },
+        write: () => {
+          /* read-only */
+        },
       },
-      write: () => { /* read-only */ },
-    }, { valid: { minAccessSize: 4, maxAccessSize: 4 } });
+      { valid: { minAccessSize: 4, maxAccessSize: 4 } },
+    );
   }
 
   /** Raises the events (bits of GED_EVENT_*); the guest's _EVT sees them at its next read. */
@@ -50,18 +75,22 @@ export class GenericEventDevice {
  */
 export function gedAml(handlers: { bit: number; body: Uint8Array }[]): Uint8Array {
   const power = { bit: GED_EVENT_POWER_BUTTON, body: amlNotify('\\_SB.PWRB', 0x80) };
-  const evt = amlMethod('_EVT', 1, true,
+  const evt = amlMethod(
+    '_EVT',
+    1,
+    true,
     amlStore(amlPath('GDAT'), amlLocal(0)),
-    ...[...handlers, power].map((h) => amlIf(amlAnd(amlLocal(0), amlInteger(h.bit)), h.body)));
-  const ged = amlDevice('GED_',
+    ...[...handlers, power].map((h) => amlIf(amlAnd(amlLocal(0), amlInteger(h.bit)), h.body)),
+  );
+  const ged = amlDevice(
+    'GED_',
     amlName('_HID', amlString('ACPI0013')),
     amlName('_UID', amlInteger(0)),
     amlName('_CRS', amlBuffer(cat(extendedInterrupt(GED_GSI, false), endTag()))),
     amlOperationRegion('GDST', AML_SYSTEM_IO, GED_PORT, GED_PORT_LEN),
     amlFieldDword('GDST', [['GDAT', 32]]),
-    evt);
-  const pwrb = amlDevice('PWRB',
-    amlName('_HID', amlInteger(eisaId('PNP0C0C'))),
-    amlName('_UID', amlInteger(0)));
+    evt,
+  );
+  const pwrb = amlDevice('PWRB', amlName('_HID', amlInteger(eisaId('PNP0C0C'))), amlName('_UID', amlInteger(0)));
   return cat(ged, pwrb);
 }

@@ -5,7 +5,8 @@
 // no AUX port: Linux's i8042 probe finds no controller (its self-test times out) and moves on.
 import { MemoryRegion } from '../core/memory/index.js';
 
-export const I8042_DATA_PORT = 0x60, I8042_COMMAND_PORT = 0x64;
+export const I8042_DATA_PORT = 0x60,
+  I8042_COMMAND_PORT = 0x64;
 const CMD_RESET = 0xfe;
 
 export class I8042 {
@@ -16,7 +17,9 @@ export class I8042 {
     this.data = MemoryRegion.io('i8042-data', 1, { read: () => 0, write: () => {} });
     this.command = MemoryRegion.io('i8042-command', 1, {
       read: () => 0, // status: output buffer empty, input buffer empty
-      write: (_off, _size, v) => { if ((Number(v) & 0xff) === CMD_RESET) opts.onReset(); },
+      write: (_off, _size, v) => {
+        if ((Number(v) & 0xff) === CMD_RESET) opts.onReset();
+      },
     });
   }
 }

@@ -5,17 +5,29 @@
 export const MP_TABLE_ADDR = 0xf0000;
 export const APIC_DEFAULT_PHYS_BASE = 0xfee00000;
 export const IO_APIC_DEFAULT_PHYS_BASE = 0xfec00000;
-export const MP_LAPIC_VERSION = 0x14, MP_IOAPIC_VERSION = 0x11;
-export const MP_BUS_PCI = 0, MP_BUS_ISA = 1;
+export const MP_LAPIC_VERSION = 0x14,
+  MP_IOAPIC_VERSION = 0x11;
+export const MP_BUS_PCI = 0,
+  MP_BUS_ISA = 1;
 
-const MP_PROCESSOR = 0, MP_BUS = 1, MP_IOAPIC = 2, MP_INTSRC = 3, MP_LINTSRC = 4;
-const MP_INT = 0, MP_NMI = 1, MP_EXTINT = 3;
+const MP_PROCESSOR = 0,
+  MP_BUS = 1,
+  MP_IOAPIC = 2,
+  MP_INTSRC = 3,
+  MP_LINTSRC = 4;
+const MP_INT = 0,
+  MP_NMI = 1,
+  MP_EXTINT = 3;
 /** irqflag: polarity bits 0-1 (1 high, 3 low), trigger bits 2-3 (1 edge, 3 level); 0 = bus default. */
 export const MP_IRQ_DEFAULT = 0x0;
 /** PCI INTx: level-triggered. KVM's IOAPIC ignores polarity; active-high as QEMU's q35 declares its GSIs 16-23. */
 export const MP_IRQ_PCI = 0x1 | (0x3 << 2);
 
-export interface MpPciIrq { slot: number; /** 1 = INTA# ... 4 = INTD# */ pin: number; /** IOAPIC input */ ioapicPin: number }
+export interface MpPciIrq {
+  slot: number;
+  /** 1 = INTA# ... 4 = INTD# */ pin: number;
+  /** IOAPIC input */ ioapicPin: number;
+}
 
 export interface MpTableOptions {
   cpus: number;
@@ -48,7 +60,9 @@ export function buildMpTable(base: number, o: MpTableOptions): Uint8Array {
   const tableLen = 44 + entries;
   const buf = new Uint8Array(16 + tableLen);
   const v = new DataView(buf.buffer);
-  const ascii = (at: number, s: string) => { for (let i = 0; i < s.length; i++) buf[at + i] = s.charCodeAt(i); };
+  const ascii = (at: number, s: string) => {
+    for (let i = 0; i < s.length; i++) buf[at + i] = s.charCodeAt(i);
+  };
 
   // Floating pointer: "_MP_", physical address of the table, length in 16-byte units, spec 1.4.
   ascii(0, '_MP_');
@@ -65,30 +79,44 @@ export function buildMpTable(base: number, o: MpTableOptions): Uint8Array {
   ascii(t + 8, 'TSVMM   ');
   ascii(t + 16, '000000000000');
   v.setUint32(t + 36, APIC_DEFAULT_PHYS_BASE, true);
-  let p = t + 44, count = 0;
+  let p = t + 44,
+    count = 0;
   const ioapicId = o.cpus;
 
   for (let cpu = 0; cpu < o.cpus; cpu++, count++, p += 20) {
     buf[p] = MP_PROCESSOR;
-    buf[p + 1] = cpu;                       // local APIC ID = vCPU index
+    buf[p + 1] = cpu; // local APIC ID = vCPU index
     buf[p + 2] = MP_LAPIC_VERSION;
     buf[p + 3] = 0x1 | (cpu === 0 ? 0x2 : 0); // enabled, BSP
     v.setUint32(p + 4, o.cpuSignature >>> 0, true);
     v.setUint32(p + 8, o.cpuFeatures >>> 0, true);
   }
-  for (const [id, name] of [[MP_BUS_PCI, 'PCI   '], [MP_BUS_ISA, 'ISA   ']] as const) {
+  for (const [id, name] of [
+    [MP_BUS_PCI, 'PCI   '],
+    [MP_BUS_ISA, 'ISA   '],
+  ] as const) {
     buf[p] = MP_BUS;
     buf[p + 1] = id;
     ascii(p + 2, name);
-    p += 8; count++;
+    p += 8;
+    count++;
   }
   buf[p] = MP_IOAPIC;
   buf[p + 1] = ioapicId;
   buf[p + 2] = MP_IOAPIC_VERSION;
   buf[p + 3] = 1; // usable
   v.setUint32(p + 4, IO_APIC_DEFAULT_PHYS_BASE, true);
-  p += 8; count++;
-  const intsrc = (type: number, irqType: number, flags: number, bus: number, busIrq: number, dstApic: number, dstPin: number) => {
+  p += 8;
+  count++;
+  const intsrc = (
+    type: number,
+    irqType: number,
+    flags: number,
+    bus: number,
+    busIrq: number,
+    dstApic: number,
+    dstPin: number,
+  ) => {
     buf[p] = type;
     buf[p + 1] = irqType;
     v.setUint16(p + 2, flags, true);
@@ -96,7 +124,8 @@ export function buildMpTable(base: number, o: MpTableOptions): Uint8Array {
     buf[p + 5] = busIrq;
     buf[p + 6] = dstApic;
     buf[p + 7] = dstPin;
-    p += 8; count++;
+    p += 8;
+    count++;
   };
   for (const { irq, pin } of isa) intsrc(MP_INTSRC, MP_INT, MP_IRQ_DEFAULT, MP_BUS_ISA, irq, ioapicId, pin);
   for (const d of o.pciIrqs) {

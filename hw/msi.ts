@@ -45,9 +45,13 @@ import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt, type MsiM
 export type { MsiMessage } from './msix.js';
 
 export const PCI_CAP_ID_MSI = 0x05;
-export const PCI_MSI_FLAGS = 2, PCI_MSI_ADDRESS_LO = 4;
-export const PCI_MSI_FLAGS_ENABLE = 0x0001, PCI_MSI_FLAGS_QMASK = 0x000e, PCI_MSI_FLAGS_QSIZE = 0x0070;
-export const PCI_MSI_FLAGS_64BIT = 0x0080, PCI_MSI_FLAGS_MASKBIT = 0x0100;
+export const PCI_MSI_FLAGS = 2,
+  PCI_MSI_ADDRESS_LO = 4;
+export const PCI_MSI_FLAGS_ENABLE = 0x0001,
+  PCI_MSI_FLAGS_QMASK = 0x000e,
+  PCI_MSI_FLAGS_QSIZE = 0x0070;
+export const PCI_MSI_FLAGS_64BIT = 0x0080,
+  PCI_MSI_FLAGS_MASKBIT = 0x0100;
 
 export type MsiVectorCount = 1 | 2 | 4 | 8 | 16 | 32;
 
@@ -59,15 +63,15 @@ export interface MsiListener {
 }
 
 export interface MsiOptions {
-  capOffset: number;          // dword aligned, 0x40.., the capability must fit below 0x100
-  vectors: MsiVectorCount;    // multiple message capable
+  capOffset: number; // dword aligned, 0x40.., the capability must fit below 0x100
+  vectors: MsiVectorCount; // multiple message capable
   is64bit: boolean;
   perVectorMask: boolean;
 }
 
 /** Size in bytes of an MSI capability (QEMU's msi_cap_sizeof). */
 export function msiCapSize(is64bit: boolean, perVectorMask: boolean): number {
-  return is64bit ? (perVectorMask ? 0x18 : 0x0e) : (perVectorMask ? 0x14 : 0x0a);
+  return is64bit ? (perVectorMask ? 0x18 : 0x0e) : perVectorMask ? 0x14 : 0x0a;
 }
 
 export class MsiCap {
@@ -96,14 +100,19 @@ export class MsiCap {
   private readonly runner = new CallbackRunner();
   private readonly reported = new ReportedVectors(32, this.runner);
 
-  constructor(opts: MsiOptions, public listener: MsiListener = {}) {
-    if (![1, 2, 4, 8, 16, 32].includes(opts.vectors)) throw new RangeError(`MSI: vectors must be 1, 2, 4, 8, 16 or 32, got ${String(opts.vectors)}`);
+  constructor(
+    opts: MsiOptions,
+    public listener: MsiListener = {},
+  ) {
+    if (![1, 2, 4, 8, 16, 32].includes(opts.vectors))
+      throw new RangeError(`MSI: vectors must be 1, 2, 4, 8, 16 or 32, got ${String(opts.vectors)}`);
     this.vectors = opts.vectors;
     this.is64bit = !!opts.is64bit;
     this.perVectorMask = !!opts.perVectorMask;
     this.size = msiCapSize(this.is64bit, this.perVectorMask);
     checkInt('MSI', 'capOffset', opts.capOffset, 0x40, 256 - this.size);
-    if (opts.capOffset % 4) throw new RangeError(`MSI: capOffset must be dword aligned, got 0x${opts.capOffset.toString(16)}`);
+    if (opts.capOffset % 4)
+      throw new RangeError(`MSI: capOffset must be dword aligned, got 0x${opts.capOffset.toString(16)}`);
     this.capOffset = opts.capOffset;
     this.log2Capable = Math.log2(this.vectors);
     this.dataOffset = this.is64bit ? 0x0c : 0x08;
@@ -122,20 +131,38 @@ export class MsiCap {
     this.view.setUint16(PCI_MSI_FLAGS, this.readOnlyFlags, true);
   }
 
-  private get capableMask(): number { return this.vectors === 32 ? 0xffffffff : (1 << this.vectors) - 1; }
+  private get capableMask(): number {
+    return this.vectors === 32 ? 0xffffffff : (1 << this.vectors) - 1;
+  }
   private get readOnlyFlags(): number {
-    return (this.log2Capable << 1) | (this.is64bit ? PCI_MSI_FLAGS_64BIT : 0) | (this.perVectorMask ? PCI_MSI_FLAGS_MASKBIT : 0);
+    return (
+      (this.log2Capable << 1) |
+      (this.is64bit ? PCI_MSI_FLAGS_64BIT : 0) |
+      (this.perVectorMask ? PCI_MSI_FLAGS_MASKBIT : 0)
+    );
   }
 
-  get messageControl(): number { return this.view.getUint16(PCI_MSI_FLAGS, true); }
-  get enabled(): boolean { return (this.messageControl & PCI_MSI_FLAGS_ENABLE) !== 0; }
+  get messageControl(): number {
+    return this.view.getUint16(PCI_MSI_FLAGS, true);
+  }
+  get enabled(): boolean {
+    return (this.messageControl & PCI_MSI_FLAGS_ENABLE) !== 0;
+  }
   /** Vectors the guest enabled (2^MME), whether or not MSI is on. */
-  get enabledVectors(): number { return 1 << ((this.messageControl & PCI_MSI_FLAGS_QSIZE) >> 4); }
+  get enabledVectors(): number {
+    return 1 << ((this.messageControl & PCI_MSI_FLAGS_QSIZE) >> 4);
+  }
   /** The mask bits (0 without per-vector masking). */
-  get maskBits(): number { return this.maskOffset === undefined ? 0 : this.view.getUint32(this.maskOffset, true); }
-  get pendingBits(): number { return this.pending; }
+  get maskBits(): number {
+    return this.maskOffset === undefined ? 0 : this.view.getUint32(this.maskOffset, true);
+  }
+  get pendingBits(): number {
+    return this.pending;
+  }
 
-  get nextPointer(): number { return this.regs[1]!; }
+  get nextPointer(): number {
+    return this.regs[1]!;
+  }
   set nextPointer(p: number) {
     this.regs[1] = p & 0xff;
     if (this.config) this.config[this.capOffset + 1] = this.regs[1]!;
@@ -143,7 +170,9 @@ export class MsiCap {
 
   // --- config space ----------------------------------------------------------------------------
 
-  capabilityBytes(): Uint8Array { return this.regs.slice(); }
+  capabilityBytes(): Uint8Array {
+    return this.regs.slice();
+  }
 
   /** Reads `size` (1, 2, 4) bytes at `offsetInCap`; bytes outside the capability read as 0. */
   configRead(offsetInCap: number, size: number): number {
@@ -170,7 +199,8 @@ export class MsiCap {
     if (!touched) return;
     // Multiple message enable beyond capable (or the reserved 6, 7): clamp, as QEMU does.
     const flags = this.messageControl;
-    if (((flags & PCI_MSI_FLAGS_QSIZE) >> 4) > this.log2Capable) this.view.setUint16(PCI_MSI_FLAGS, (flags & ~PCI_MSI_FLAGS_QSIZE) | (this.log2Capable << 4), true);
+    if ((flags & PCI_MSI_FLAGS_QSIZE) >> 4 > this.log2Capable)
+      this.view.setUint16(PCI_MSI_FLAGS, (flags & ~PCI_MSI_FLAGS_QSIZE) | (this.log2Capable << 4), true);
     if (this.enabled) this.setPendingBits(this.pending & this.enabledMask);
     this.mirror();
     this.runner.batch(() => this.syncAll());
@@ -184,7 +214,8 @@ export class MsiCap {
    */
   writeCapabilityTo(config: Uint8Array, wmask: Uint8Array): void {
     const c = this.capOffset;
-    if (config.length < c + this.size || wmask.length < c + this.size) throw new RangeError(`MSI: config space too small for a capability at 0x${c.toString(16)}`);
+    if (config.length < c + this.size || wmask.length < c + this.size)
+      throw new RangeError(`MSI: config space too small for a capability at 0x${c.toString(16)}`);
     this.regs[1] = config[c + 1]!;
     config.set(this.regs, c);
     wmask.set(this.wmask, c);
@@ -198,10 +229,14 @@ export class MsiCap {
   // --- device side -----------------------------------------------------------------------------
 
   private checkVector(vector: number): void {
-    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) throw new RangeError(`MSI: vector ${String(vector)} out of range (0..${this.vectors - 1})`);
+    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors)
+      throw new RangeError(`MSI: vector ${String(vector)} out of range (0..${this.vectors - 1})`);
   }
 
-  private get enabledMask(): number { const n = this.enabledVectors; return n === 32 ? 0xffffffff : (1 << n) - 1; }
+  private get enabledMask(): number {
+    const n = this.enabledVectors;
+    return n === 32 ? 0xffffffff : (1 << n) - 1;
+  }
 
   /** Not in use: MSI disabled, vector ≥ enabled vectors, or its mask bit set. */
   isMasked(vector: number): boolean {
@@ -256,7 +291,10 @@ export class MsiCap {
     this.pending = p >>> 0;
     if (this.pendingOffset !== undefined) {
       this.view.setUint32(this.pendingOffset, this.pending, true);
-      this.config?.set(this.regs.subarray(this.pendingOffset, this.pendingOffset + 4), this.capOffset + this.pendingOffset);
+      this.config?.set(
+        this.regs.subarray(this.pendingOffset, this.pendingOffset + 4),
+        this.capOffset + this.pendingOffset,
+      );
     }
   }
 
@@ -275,5 +313,4 @@ export class MsiCap {
   private syncVector(v: number): void {
     this.reported.sync(v, this, this.listener);
   }
-
 }

@@ -64,12 +64,22 @@ export const PCI_CAP_ID_MSIX = 0x11;
 export const MSIX_CAP_SIZE = 12;
 export const MSIX_ENTRY_SIZE = 16;
 export const MSIX_MAX_VECTORS = 2048;
-export const PCI_MSIX_FLAGS = 2, PCI_MSIX_TABLE = 4, PCI_MSIX_PBA = 8;
-export const PCI_MSIX_FLAGS_QSIZE = 0x07ff, PCI_MSIX_FLAGS_MASKALL = 0x4000, PCI_MSIX_FLAGS_ENABLE = 0x8000;
+export const PCI_MSIX_FLAGS = 2,
+  PCI_MSIX_TABLE = 4,
+  PCI_MSIX_PBA = 8;
+export const PCI_MSIX_FLAGS_QSIZE = 0x07ff,
+  PCI_MSIX_FLAGS_MASKALL = 0x4000,
+  PCI_MSIX_FLAGS_ENABLE = 0x8000;
 export const PCI_MSIX_ENTRY_CTRL_MASKBIT = 1;
 
-export interface MsiMessage { addressLo: number; addressHi: number; data: number }
-export interface MsixVectorState extends MsiMessage { /** the vector's own mask bit */ masked: boolean }
+export interface MsiMessage {
+  addressLo: number;
+  addressHi: number;
+  data: number;
+}
+export interface MsixVectorState extends MsiMessage {
+  /** the vector's own mask bit */ masked: boolean;
+}
 
 export interface MsixListener {
   onControl?(enabled: boolean, functionMasked: boolean): void;
@@ -80,13 +90,13 @@ export interface MsixListener {
 }
 
 export interface MsixOptions {
-  vectors: number;       // 1..2048
-  tableBar: number;      // 0..5
-  tableOffset: number;   // in the BAR, 8-byte aligned
+  vectors: number; // 1..2048
+  tableBar: number; // 0..5
+  tableOffset: number; // in the BAR, 8-byte aligned
   pbaBar: number;
   pbaOffset: number;
-  capOffset: number;     // in config space, dword aligned, 0x40..0xf4
-  name?: string;         // prefix of the region names
+  capOffset: number; // in config space, dword aligned, 0x40..0xf4
+  name?: string; // prefix of the region names
 }
 
 /** Runs listener callbacks, collecting their errors; rethrows them at the outermost level. @internal */
@@ -95,7 +105,11 @@ export class CallbackRunner {
   private errors: unknown[] = [];
 
   call(fn: () => void): void {
-    try { fn(); } catch (e) { this.errors.push(e); }
+    try {
+      fn();
+    } catch (e) {
+      this.errors.push(e);
+    }
   }
 
   batch(body: () => void): void {
@@ -106,7 +120,9 @@ export class CallbackRunner {
       if (--this.depth === 0 && this.errors.length > 0) {
         const errors = this.errors;
         this.errors = [];
-        throw errors.length === 1 ? errors[0] : new AggregateError(errors, `${errors.length} interrupt listener callbacks failed`);
+        throw errors.length === 1
+          ? errors[0]
+          : new AggregateError(errors, `${errors.length} interrupt listener callbacks failed`);
       }
     }
   }
@@ -129,12 +145,23 @@ export class ReportedVectors {
   private readonly use: Uint8Array;
   private readonly msg: Uint32Array;
 
-  constructor(count: number, private readonly runner: CallbackRunner) {
+  constructor(
+    count: number,
+    private readonly runner: CallbackRunner,
+  ) {
     this.use = new Uint8Array(count);
     this.msg = new Uint32Array(count * 3);
   }
 
-  sync(v: number, src: VectorSource, l: { vectorUse?(v: number, m: MsiMessage): void; vectorRelease?(v: number): void; notify?(v: number, m: MsiMessage): void }): void {
+  sync(
+    v: number,
+    src: VectorSource,
+    l: {
+      vectorUse?(v: number, m: MsiMessage): void;
+      vectorRelease?(v: number): void;
+      notify?(v: number, m: MsiMessage): void;
+    },
+  ): void {
     if (src.isMasked(v)) {
       if (this.use[v]) {
         this.use[v] = 0;
@@ -142,7 +169,8 @@ export class ReportedVectors {
       }
       return;
     }
-    const m = src.message(v), r = v * 3;
+    const m = src.message(v),
+      r = v * 3;
     if (!this.use[v] || this.msg[r] !== m.addressLo || this.msg[r + 1] !== m.addressHi || this.msg[r + 2] !== m.data) {
       this.use[v] = 1;
       this.msg[r] = m.addressLo;
@@ -161,7 +189,8 @@ export class ReportedVectors {
 
 /** @internal */
 export function checkInt(who: string, what: string, v: number, min: number, max: number): void {
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${who}: ${what} must be an integer in [${min}, ${max}], got ${String(v)}`);
+  if (!Number.isInteger(v) || v < min || v > max)
+    throw new RangeError(`${who}: ${what} must be an integer in [${min}, ${max}], got ${String(v)}`);
 }
 
 function ones(size: number): number | bigint {
@@ -177,7 +206,9 @@ function splitValue(size: number, value: number | bigint): [number, number] {
   return [Number(typeof value === 'bigint' ? value & 0xffffffffn : value) >>> 0, 0];
 }
 
-const CONTROL_OFF = 0, CONTROL_ON = 1, CONTROL_ON_MASKED = 2;
+const CONTROL_OFF = 0,
+  CONTROL_ON = 1,
+  CONTROL_ON_MASKED = 2;
 
 export class MsixCap {
   readonly vectors: number;
@@ -204,16 +235,21 @@ export class MsixCap {
   private readonly reported: ReportedVectors;
   private readonly runner = new CallbackRunner();
 
-  constructor(opts: MsixOptions, public listener: MsixListener = {}) {
+  constructor(
+    opts: MsixOptions,
+    public listener: MsixListener = {},
+  ) {
     const who = `MSI-X ${opts.name ?? ''}`.trim();
     checkInt(who, 'vectors', opts.vectors, 1, MSIX_MAX_VECTORS);
     checkInt(who, 'tableBar', opts.tableBar, 0, 5);
     checkInt(who, 'pbaBar', opts.pbaBar, 0, 5);
     checkInt(who, 'tableOffset', opts.tableOffset, 0, 0xfffffff8);
     checkInt(who, 'pbaOffset', opts.pbaOffset, 0, 0xfffffff8);
-    if (opts.tableOffset % 8 || opts.pbaOffset % 8) throw new RangeError(`${who}: table/PBA offsets must be 8-byte aligned (low 3 bits hold the BIR)`);
+    if (opts.tableOffset % 8 || opts.pbaOffset % 8)
+      throw new RangeError(`${who}: table/PBA offsets must be 8-byte aligned (low 3 bits hold the BIR)`);
     checkInt(who, 'capOffset', opts.capOffset, 0x40, 256 - MSIX_CAP_SIZE);
-    if (opts.capOffset % 4) throw new RangeError(`${who}: capOffset must be dword aligned, got 0x${opts.capOffset.toString(16)}`);
+    if (opts.capOffset % 4)
+      throw new RangeError(`${who}: capOffset must be dword aligned, got 0x${opts.capOffset.toString(16)}`);
     this.vectors = opts.vectors;
     this.tableBar = opts.tableBar;
     this.tableOffset = opts.tableOffset;
@@ -226,25 +262,49 @@ export class MsixCap {
     this.maskAll();
     const prefix = opts.name ? `${opts.name}-` : '';
     const valid = { minAccessSize: 4, maxAccessSize: 8 } as const;
-    this.tableRegion = MemoryRegion.io(`${prefix}msix-table`, this.tableSize, {
-      read: (off, size) => this.tableRead(off, size),
-      write: (off, size, value) => this.tableWrite(off, size, value),
-    }, { valid });
-    this.pbaRegion = MemoryRegion.io(`${prefix}msix-pba`, this.pbaSize, {
-      read: (off, size) => this.pbaRead(off, size),
-      write: () => { /* read-only for the guest */ },
-    }, { valid });
+    this.tableRegion = MemoryRegion.io(
+      `${prefix}msix-table`,
+      this.tableSize,
+      {
+        read: (off, size) => this.tableRead(off, size),
+        write: (off, size, value) => this.tableWrite(off, size, value),
+      },
+      { valid },
+    );
+    this.pbaRegion = MemoryRegion.io(
+      `${prefix}msix-pba`,
+      this.pbaSize,
+      {
+        read: (off, size) => this.pbaRead(off, size),
+        write: () => {
+          /* read-only for the guest */
+        },
+      },
+      { valid },
+    );
   }
 
-  get tableSize(): number { return this.vectors * MSIX_ENTRY_SIZE; }
-  get pbaSize(): number { return this.pba.length * 4; }
-  get enabled(): boolean { return (this.control & PCI_MSIX_FLAGS_ENABLE) !== 0; }
-  get functionMasked(): boolean { return (this.control & PCI_MSIX_FLAGS_MASKALL) !== 0; }
+  get tableSize(): number {
+    return this.vectors * MSIX_ENTRY_SIZE;
+  }
+  get pbaSize(): number {
+    return this.pba.length * 4;
+  }
+  get enabled(): boolean {
+    return (this.control & PCI_MSIX_FLAGS_ENABLE) !== 0;
+  }
+  get functionMasked(): boolean {
+    return (this.control & PCI_MSIX_FLAGS_MASKALL) !== 0;
+  }
   /** Message Control as the guest reads it. */
-  get messageControl(): number { return this.control | (this.vectors - 1); }
+  get messageControl(): number {
+    return this.control | (this.vectors - 1);
+  }
 
   /** The capability's next pointer (kept from the config space by writeCapabilityTo). */
-  get nextPointer(): number { return this.next; }
+  get nextPointer(): number {
+    return this.next;
+  }
   set nextPointer(p: number) {
     this.next = p & 0xff;
     if (this.config) this.config[this.capOffset + 1] = this.next;
@@ -298,7 +358,8 @@ export class MsixCap {
    */
   writeCapabilityTo(config: Uint8Array, wmask: Uint8Array): void {
     const c = this.capOffset;
-    if (config.length < c + MSIX_CAP_SIZE || wmask.length < c + MSIX_CAP_SIZE) throw new RangeError(`MSI-X: config space too small for a capability at 0x${c.toString(16)}`);
+    if (config.length < c + MSIX_CAP_SIZE || wmask.length < c + MSIX_CAP_SIZE)
+      throw new RangeError(`MSI-X: config space too small for a capability at 0x${c.toString(16)}`);
     this.next = config[c + 1]!;
     config.set(this.capabilityBytes(), c);
     wmask.fill(0, c, c + MSIX_CAP_SIZE);
@@ -316,7 +377,8 @@ export class MsixCap {
   // --- device side -----------------------------------------------------------------------------
 
   private checkVector(vector: number): void {
-    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors) throw new RangeError(`MSI-X: vector ${String(vector)} out of range (0..${this.vectors - 1})`);
+    if (!Number.isInteger(vector) || vector < 0 || vector >= this.vectors)
+      throw new RangeError(`MSI-X: vector ${String(vector)} out of range (0..${this.vectors - 1})`);
   }
 
   /** Per-vector mask OR function mask OR MSI-X disabled. */
@@ -340,7 +402,9 @@ export class MsixCap {
     return (this.pba[vector >>> 5]! & (1 << (vector & 31))) !== 0;
   }
 
-  anyPending(): boolean { return this.pba.some((w) => w !== 0); }
+  anyPending(): boolean {
+    return this.pba.some((w) => w !== 0);
+  }
 
   /**
    * An interrupt for `vector` arrived. Masked (or no notify callback): sets its PBA bit, to be
@@ -399,7 +463,8 @@ export class MsixCap {
 
   private pbaRead(off: number, size: number): number | bigint {
     if (!MsixCap.valid(off, size, this.pbaSize)) return ones(size);
-    const first = off * 8, end = Math.min((off + size) * 8, this.vectors);
+    const first = off * 8,
+      end = Math.min((off + size) * 8, this.vectors);
     const poll = this.listener.pbaPoll;
     if (poll && first < end) this.runner.batch(() => this.runner.call(() => poll.call(this.listener, first, end)));
     const i = off >>> 2;
@@ -425,11 +490,12 @@ export class MsixCap {
   private syncVector(v: number): void {
     this.reported.sync(v, this, this.listener);
   }
-
 }
 
 /** @internal */
 export function checkConfigAccess(offsetInCap: number, size: number): void {
-  if (size !== 1 && size !== 2 && size !== 4) throw new RangeError(`config access size must be 1, 2 or 4, got ${String(size)}`);
-  if (!Number.isInteger(offsetInCap)) throw new RangeError(`config access offset must be an integer, got ${String(offsetInCap)}`);
+  if (size !== 1 && size !== 2 && size !== 4)
+    throw new RangeError(`config access size must be 1, 2 or 4, got ${String(size)}`);
+  if (!Number.isInteger(offsetInCap))
+    throw new RangeError(`config access offset must be an integer, got ${String(offsetInCap)}`);
 }

@@ -9,7 +9,10 @@ export class PciHostBridge extends PciDevice {
   readonly conf1: MemoryRegion;
   private address = 0;
 
-  constructor(readonly pciBus: PciBus, opts: { onResetRequest?: () => void } = {}) {
+  constructor(
+    readonly pciBus: PciBus,
+    opts: { onResetRequest?: () => void } = {},
+  ) {
     // 8086:0d57 as Firecracker uses: Linux's pci_sanity_check wants an Intel host bridge on bus 0.
     super('pci-host-bridge', { vendor: 0x8086, device: 0x0d57, classCode: 0x060000 });
     this.conf1 = MemoryRegion.io('pci-conf1', 8, {
@@ -36,7 +39,7 @@ export class PciHostBridge extends PciDevice {
     if (off < 4) {
       if (off === 0 && size === 4) this.address = v >>> 0;
       // 0xCF9 is the reset control register on PC chipsets: bit 2 with bit 1 = hard/soft reset.
-      else if (off === 1 && size === 1 && (v & 0x04)) onReset?.();
+      else if (off === 1 && size === 1 && v & 0x04) onReset?.();
       return;
     }
     const t = this.target(off);

@@ -5,27 +5,41 @@
 import { MemoryRegion, memoryTransaction, inMemoryTransaction } from '../core/memory/index.js';
 import type { CpuidEntry } from '../core/native.js';
 
-export const PCI_VENDOR_ID = 0x00, PCI_DEVICE_ID = 0x02, PCI_COMMAND = 0x04, PCI_STATUS = 0x06;
-export const PCI_REVISION_ID = 0x08, PCI_CLASS_PROG = 0x09, PCI_HEADER_TYPE = 0x0e;
-export const PCI_BASE_ADDRESS_0 = 0x10, PCI_SUBSYSTEM_VENDOR_ID = 0x2c, PCI_ROM_ADDRESS = 0x30;
-export const PCI_CAPABILITY_LIST = 0x34, PCI_INTERRUPT_LINE = 0x3c, PCI_INTERRUPT_PIN = 0x3d;
-export const PCI_COMMAND_IO = 0x1, PCI_COMMAND_MEMORY = 0x2, PCI_COMMAND_MASTER = 0x4, PCI_COMMAND_INTX_DISABLE = 0x400;
-export const PCI_STATUS_CAP_LIST = 0x10, PCI_STATUS_INTERRUPT = 0x08;
+export const PCI_VENDOR_ID = 0x00,
+  PCI_DEVICE_ID = 0x02,
+  PCI_COMMAND = 0x04,
+  PCI_STATUS = 0x06;
+export const PCI_REVISION_ID = 0x08,
+  PCI_CLASS_PROG = 0x09,
+  PCI_HEADER_TYPE = 0x0e;
+export const PCI_BASE_ADDRESS_0 = 0x10,
+  PCI_SUBSYSTEM_VENDOR_ID = 0x2c,
+  PCI_ROM_ADDRESS = 0x30;
+export const PCI_CAPABILITY_LIST = 0x34,
+  PCI_INTERRUPT_LINE = 0x3c,
+  PCI_INTERRUPT_PIN = 0x3d;
+export const PCI_COMMAND_IO = 0x1,
+  PCI_COMMAND_MEMORY = 0x2,
+  PCI_COMMAND_MASTER = 0x4,
+  PCI_COMMAND_INTX_DISABLE = 0x400;
+export const PCI_STATUS_CAP_LIST = 0x10,
+  PCI_STATUS_INTERRUPT = 0x08;
 export const PCI_CONFIG_SIZE = 256;
 
 export type BarType = 'mem32' | 'mem64' | 'io' | 'rom';
 /** The expansion ROM BAR's enable bit; its address bits start at bit 11 (2 KiB granularity). */
-export const PCI_ROM_ADDRESS_ENABLE = 0x1, PCI_ROM_ADDRESS_MASK = 0xfffff800;
+export const PCI_ROM_ADDRESS_ENABLE = 0x1,
+  PCI_ROM_ADDRESS_MASK = 0xfffff800;
 /** `bars` index of the expansion ROM (config offset 0x30): after BAR0-5. */
 export const PCI_ROM_SLOT = 6;
 
 export interface PciBar {
   index: number;
-  size: number;          // power of two; io ≥ 4, memory ≥ 16 (the model grows sub-page BARs itself)
+  size: number; // power of two; io ≥ 4, memory ≥ 16 (the model grows sub-page BARs itself)
   type: BarType;
   prefetchable: boolean;
-  region: MemoryRegion;  // what the BAR shows; placed at the guest-programmed address
-  mappedAt?: number;     // current address in the bus space, undefined when not decoded
+  region: MemoryRegion; // what the BAR shows; placed at the guest-programmed address
+  mappedAt?: number; // current address in the bus space, undefined when not decoded
 }
 
 export const BAR_UNMAPPED = -1;
@@ -37,16 +51,23 @@ export const BAR_UNMAPPED = -1;
  */
 export const guestEvents = {
   counts: new Map<string, number>(),
-  sink: (line: string): void => { console.error(line); },
+  sink: (line: string): void => {
+    console.error(line);
+  },
   report(level: 'error' | 'debug', key: string, message: () => string): void {
     const n = (this.counts.get(key) ?? 0) + 1;
     this.counts.set(key, n);
-    if (n === 1 && (level === 'error' || process.env.TSVMM_DEBUG)) this.sink(`tsvmm: ${message()}${level === 'error' ? ' (logged once)' : ''}`);
+    if (n === 1 && (level === 'error' || process.env.TSVMM_DEBUG))
+      this.sink(`tsvmm: ${message()}${level === 'error' ? ' (logged once)' : ''}`);
   },
 };
 
 /** A range of guest-physical memory (or ports) where no BAR may decode: [start, end). */
-export interface DecodeHole { start: number; end: number; what: string }
+export interface DecodeHole {
+  start: number;
+  end: number;
+  what: string;
+}
 
 /**
  * Where a PC never lets a PCI BAR win (the chipset routes these elsewhere first): the legacy
@@ -84,7 +105,17 @@ export class PciDevice {
   /** Called after a BAR moved or appeared/disappeared (vfio-pci re-checks its mmaps here). */
   protected onBarMapped?(bar: PciBar, addr: number | undefined): void;
 
-  constructor(readonly name: string, ids: { vendor: number; device: number; classCode: number; revision?: number; subsystemVendor?: number; subsystem?: number }) {
+  constructor(
+    readonly name: string,
+    ids: {
+      vendor: number;
+      device: number;
+      classCode: number;
+      revision?: number;
+      subsystemVendor?: number;
+      subsystem?: number;
+    },
+  ) {
     const v = new DataView(this.config.buffer);
     v.setUint16(PCI_VENDOR_ID, ids.vendor, true);
     v.setUint16(PCI_DEVICE_ID, ids.device, true);
@@ -95,16 +126,26 @@ export class PciDevice {
     v.setUint16(PCI_SUBSYSTEM_VENDOR_ID, ids.subsystemVendor ?? 0, true);
     v.setUint16(PCI_SUBSYSTEM_VENDOR_ID + 2, ids.subsystem ?? 0, true);
     // Command: I/O, memory, bus master, INTx disable are guest-controlled; status errors are W1C.
-    this.setWmask(PCI_COMMAND, 2, PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE | 0x40 | 0x100);
+    this.setWmask(
+      PCI_COMMAND,
+      2,
+      PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE | 0x40 | 0x100,
+    );
     this.w1cmask[PCI_STATUS + 1] = 0xf9;
     this.wmask[PCI_INTERRUPT_LINE] = 0xff;
     this.wmask[0x0c] = 0xff; // cache line size
     this.wmask[0x0d] = 0xff; // latency timer
   }
 
-  get slot(): number { return this.devfn >> 3; }
-  get bdf(): string { return `00:${this.slot.toString(16).padStart(2, '0')}.${this.devfn & 7}`; }
-  get command(): number { return this.config[PCI_COMMAND]! | (this.config[PCI_COMMAND + 1]! << 8); }
+  get slot(): number {
+    return this.devfn >> 3;
+  }
+  get bdf(): string {
+    return `00:${this.slot.toString(16).padStart(2, '0')}.${this.devfn & 7}`;
+  }
+  get command(): number {
+    return this.config[PCI_COMMAND]! | (this.config[PCI_COMMAND + 1]! << 8);
+  }
 
   protected setWmask(off: number, size: number, mask: number): void {
     for (let i = 0; i < size; i++) this.wmask[off + i] = (mask >>> (8 * i)) & 0xff;
@@ -112,20 +153,28 @@ export class PciDevice {
 
   /** Declares BAR `index` (a 64-bit BAR takes index+1 too). */
   registerBar(index: number, type: BarType, size: number, region: MemoryRegion, prefetchable = false): PciBar {
-    if (index < 0 || index > 5 || (type === 'mem64' && index === 5)) throw new RangeError(`${this.name}: BAR index ${index} invalid for ${type}`);
-    if (this.bars[index] || (index > 0 && this.bars[index - 1]?.type === 'mem64') || (type === 'mem64' && this.bars[index + 1]))
+    if (index < 0 || index > 5 || (type === 'mem64' && index === 5))
+      throw new RangeError(`${this.name}: BAR index ${index} invalid for ${type}`);
+    if (
+      this.bars[index] ||
+      (index > 0 && this.bars[index - 1]?.type === 'mem64') ||
+      (type === 'mem64' && this.bars[index + 1])
+    )
       throw new Error(`${this.name}: BAR${index} overlaps another BAR`);
-    if (size & (size - 1) || size < (type === 'io' ? 4 : 16)) throw new RangeError(`${this.name}: BAR${index} size 0x${size.toString(16)} must be a power of two ≥ ${type === 'io' ? 4 : 16}`);
+    if (size & (size - 1) || size < (type === 'io' ? 4 : 16))
+      throw new RangeError(
+        `${this.name}: BAR${index} size 0x${size.toString(16)} must be a power of two ≥ ${type === 'io' ? 4 : 16}`,
+      );
     const bar: PciBar = { index, size, type, prefetchable, region };
     this.bars[index] = bar;
     const off = PCI_BASE_ADDRESS_0 + 4 * index;
     const low = type === 'io' ? 0x1 : (type === 'mem64' ? 0x4 : 0) | (prefetchable ? 0x8 : 0);
     new DataView(this.config.buffer).setUint32(off, low, true);
     // Size is encoded by which address bits are writable (the sizing protocol).
-    const mask = type === 'io' ? ~(size - 1) & 0xfffc : size >= 2 ** 32 ? 0 : ~(size - 1) >>> 0 & 0xfffffff0;
+    const mask = type === 'io' ? ~(size - 1) & 0xfffc : size >= 2 ** 32 ? 0 : (~(size - 1) >>> 0) & 0xfffffff0;
     this.setWmask(off, 4, mask);
     if (type === 'mem64') {
-      const hi = size > 2 ** 32 ? (~(size / 2 ** 32 - 1)) >>> 0 : 0xffffffff;
+      const hi = size > 2 ** 32 ? ~(size / 2 ** 32 - 1) >>> 0 : 0xffffffff;
       this.setWmask(off + 4, 4, hi);
     }
     return bar;
@@ -136,7 +185,8 @@ export class PciDevice {
    * like a 32-bit BAR, decoded only while its enable bit and memory decoding are both on.
    */
   registerRom(size: number, region: MemoryRegion): PciBar {
-    if (size & (size - 1) || size < 0x800) throw new RangeError(`${this.name}: ROM size 0x${size.toString(16)} must be a power of two ≥ 2 KiB`);
+    if (size & (size - 1) || size < 0x800)
+      throw new RangeError(`${this.name}: ROM size 0x${size.toString(16)} must be a power of two ≥ 2 KiB`);
     const bar: PciBar = { index: PCI_ROM_SLOT, size, type: 'rom', prefetchable: false, region };
     this.bars[PCI_ROM_SLOT] = bar;
     new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
@@ -167,10 +217,12 @@ export class PciDevice {
     for (let i = 0; i < size; i++) {
       const a = off + i;
       const b = (value >>> (8 * i)) & 0xff;
-      const w = this.wmask[a]!, c = this.w1cmask[a]!;
+      const w = this.wmask[a]!,
+        c = this.w1cmask[a]!;
       this.config[a] = (this.config[a]! & ~w) | (b & w);
       this.config[a] = this.config[a]! & ~(b & c);
-      if ((a >= PCI_BASE_ADDRESS_0 && a < PCI_BASE_ADDRESS_0 + 24) || a === PCI_COMMAND || a === PCI_ROM_ADDRESS) touchesBars = true;
+      if ((a >= PCI_BASE_ADDRESS_0 && a < PCI_BASE_ADDRESS_0 + 24) || a === PCI_COMMAND || a === PCI_ROM_ADDRESS)
+        touchesBars = true;
     }
     if (touchesBars) this.updateMappings();
   }
@@ -185,12 +237,24 @@ export class PciDevice {
     // space (mid-sizing: all ones), or beyond the bus's space is not decoded.
     const limit = bar.type === 'io' ? 0xffff : bar.type === 'mem64' ? bus.memLimit : 0xffffffff;
     if (addr === 0 || addr + bar.size - 1 >= limit) {
-      if (addr !== 0 && bar.type === 'mem64') guestEvents.report('debug', `${this.name}:bar${bar.index}:limit`, () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} lies beyond the guest's physical address width (limit 0x${bus.memLimit.toString(16)}): not decoded`);
+      if (addr !== 0 && bar.type === 'mem64')
+        guestEvents.report(
+          'debug',
+          `${this.name}:bar${bar.index}:limit`,
+          () =>
+            `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} lies beyond the guest's physical address width (limit 0x${bus.memLimit.toString(16)}): not decoded`,
+        );
       return undefined;
     }
-    const hole = (bar.type === 'io' ? bus.ioHoles : bus.memHoles).find((h) => addr < h.end && h.start < addr + bar.size);
+    const hole = (bar.type === 'io' ? bus.ioHoles : bus.memHoles).find(
+      (h) => addr < h.end && h.start < addr + bar.size,
+    );
     if (hole) {
-      guestEvents.report('debug', `${this.name}:bar${bar.index}:hole:${hole.what}`, () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} overlaps ${hole.what}: not decoded there`);
+      guestEvents.report(
+        'debug',
+        `${this.name}:bar${bar.index}:hole:${hole.what}`,
+        () => `${this.name}: BAR${bar.index} at 0x${addr.toString(16)} overlaps ${hole.what}: not decoded there`,
+      );
       return undefined;
     }
     return addr;
@@ -221,12 +285,21 @@ export class PciDevice {
         });
       } catch (e) {
         if (nested) throw e;
-        guestEvents.report('error', `${this.name}:bar${bar.index}:map`, () => `${this.name}: BAR${bar.index} cannot decode at 0x${(addr ?? from ?? 0).toString(16)} (${(e as Error).message}); it does not decode there`);
+        guestEvents.report(
+          'error',
+          `${this.name}:bar${bar.index}:map`,
+          () =>
+            `${this.name}: BAR${bar.index} cannot decode at 0x${(addr ?? from ?? 0).toString(16)} (${(e as Error).message}); it does not decode there`,
+        );
         // Out of the address space entirely: whatever the listeners managed is undone with it.
         try {
           if (bar.region.parent === space) memoryTransaction(() => space.removeSubregion(bar.region));
         } catch (e2) {
-          guestEvents.report('error', `${this.name}:bar${bar.index}:unmap`, () => `${this.name}: BAR${bar.index}: undoing a failed placement failed too (${(e2 as Error).message})`);
+          guestEvents.report(
+            'error',
+            `${this.name}:bar${bar.index}:unmap`,
+            () => `${this.name}: BAR${bar.index}: undoing a failed placement failed too (${(e2 as Error).message})`,
+          );
         }
         bar.mappedAt = undefined;
       }
@@ -264,8 +337,12 @@ export class PciBus {
    * @param memLimit memory BARs beyond this are not decoded (the guest's physical address width)
    * @param holes    ranges where no BAR decodes (a PC's by default)
    */
-  constructor(readonly memSpace: MemoryRegion, readonly ioSpace: MemoryRegion, public memLimit: number,
-    holes: { mem?: readonly DecodeHole[]; io?: readonly DecodeHole[] } = {}) {
+  constructor(
+    readonly memSpace: MemoryRegion,
+    readonly ioSpace: MemoryRegion,
+    public memLimit: number,
+    holes: { mem?: readonly DecodeHole[]; io?: readonly DecodeHole[] } = {},
+  ) {
     this.memHoles = holes.mem ?? PC_MEM_HOLES;
     this.ioHoles = holes.io ?? PC_IO_HOLES;
   }
@@ -284,7 +361,8 @@ export class PciBus {
     if (dev.bus) throw new Error(`${dev.name} is already on a bus`);
     slot ??= this.firstFreeSlot();
     if (slot < 0 || slot > 31) throw new RangeError(`no free PCI slot for ${dev.name} (slots 0-31)`);
-    if (this.devices.has(slot << 3)) throw new Error(`PCI slot ${slot} is taken by ${this.devices.get(slot << 3)!.name}`);
+    if (this.devices.has(slot << 3))
+      throw new Error(`PCI slot ${slot} is taken by ${this.devices.get(slot << 3)!.name}`);
     dev.bus = this;
     dev.devfn = slot << 3;
     this.devices.set(dev.devfn, dev);
@@ -317,16 +395,21 @@ export class PciBus {
  */
 export function assignBars(bus: PciBus, mmio: { base: number; end: number }, io: { base: number; end: number }): void {
   const bars: { dev: PciDevice; bar: PciBar }[] = [];
-  for (const dev of bus.devices.values()) for (const bar of dev.bars) if (bar && !bars.some((b) => b.bar === bar)) bars.push({ dev, bar });
+  for (const dev of bus.devices.values())
+    for (const bar of dev.bars) if (bar && !bars.some((b) => b.bar === bar)) bars.push({ dev, bar });
   bars.sort((a, b) => b.bar.size - a.bar.size);
-  let memNext = mmio.base, ioNext = io.base;
+  let memNext = mmio.base,
+    ioNext = io.base;
   for (const { dev, bar } of bars) {
     const isIo = bar.type === 'io';
     const at = Math.ceil((isIo ? ioNext : memNext) / bar.size) * bar.size;
     if (at + bar.size > (isIo ? io.end : mmio.end))
-      throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
+      throw new Error(
+        `no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`,
+      );
     writeBarAddress(dev, bar, at);
-    if (isIo) ioNext = at + bar.size; else memNext = at + bar.size;
+    if (isIo) ioNext = at + bar.size;
+    else memNext = at + bar.size;
   }
 }
 
@@ -355,7 +438,12 @@ export function barAddress(dev: PciDevice, bar: PciBar): number {
  * Hot-plug's half of assignBars: places one device's BARs (largest first, naturally aligned,
  * first fit) around the BARs other devices already have, which never move under a running guest.
  */
-export function placeBars(bus: PciBus, dev: PciDevice, mmio: { base: number; end: number }, io: { base: number; end: number }): void {
+export function placeBars(
+  bus: PciBus,
+  dev: PciDevice,
+  mmio: { base: number; end: number },
+  io: { base: number; end: number },
+): void {
   const busy: { io: boolean; start: number; end: number }[] = [];
   for (const other of bus.devices.values()) {
     if (other === dev) continue;
@@ -374,7 +462,10 @@ export function placeBars(bus: PciBus, dev: PciDevice, mmio: { base: number; end
       if (!clash) break;
       at = Math.ceil(clash.end / bar.size) * bar.size;
     }
-    if (at + bar.size > win.end) throw new Error(`no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`);
+    if (at + bar.size > win.end)
+      throw new Error(
+        `no room for ${dev.name} BAR${bar.index} (0x${bar.size.toString(16)} bytes) in the PCI ${isIo ? 'I/O' : 'MMIO'} window`,
+      );
     writeBarAddress(dev, bar, at);
     busy.push({ io: isIo, start: at, end: at + bar.size });
   }

@@ -3,12 +3,18 @@
 // turn so a guest printing byte by byte does not cost one write(2) per byte.
 import { MemoryRegion } from '../core/memory/index.js';
 
-const IER_RDI = 0x01, IER_THRI = 0x02;
-const IIR_NONE = 0x01, IIR_THRI = 0x02, IIR_RDI = 0x04, IIR_FIFO = 0xc0;
+const IER_RDI = 0x01,
+  IER_THRI = 0x02;
+const IIR_NONE = 0x01,
+  IIR_THRI = 0x02,
+  IIR_RDI = 0x04,
+  IIR_FIFO = 0xc0;
 const LCR_DLAB = 0x80;
-const LSR_DR = 0x01, LSR_THRE = 0x20, LSR_TEMT = 0x40;
+const LSR_DR = 0x01,
+  LSR_THRE = 0x20,
+  LSR_TEMT = 0x40;
 const MCR_LOOP = 0x10;
-const MSR_IDLE = 0xb0;          // CTS|DSR|DCD: a cable is "connected"
+const MSR_IDLE = 0xb0; // CTS|DSR|DCD: a cable is "connected"
 
 export interface SerialOptions {
   /** Called with output bytes, batched. */
@@ -19,8 +25,13 @@ export interface SerialOptions {
 
 export class Serial16550 {
   readonly region: MemoryRegion;
-  private ier = 0; private lcr = 0; private mcr = 0; private scr = 0; private fcr = 0;
-  private dll = 0x0c; private dlm = 0;
+  private ier = 0;
+  private lcr = 0;
+  private mcr = 0;
+  private scr = 0;
+  private fcr = 0;
+  private dll = 0x0c;
+  private dlm = 0;
   private thriPending = false;
   private irqLevel = false;
   private readonly rx: number[] = [];
@@ -49,17 +60,26 @@ export class Serial16550 {
         this.updateIrq();
         return b;
       }
-      case 1: return dlab ? this.dlm : this.ier;
+      case 1:
+        return dlab ? this.dlm : this.ier;
       case 2: {
         const iir = this.iirId() | (this.fcr & 1 ? IIR_FIFO : 0);
-        if ((iir & 0x0f) === IIR_THRI) { this.thriPending = false; this.updateIrq(); } // reading IIR clears THRI
+        if ((iir & 0x0f) === IIR_THRI) {
+          this.thriPending = false;
+          this.updateIrq();
+        } // reading IIR clears THRI
         return iir;
       }
-      case 3: return this.lcr;
-      case 4: return this.mcr;
-      case 5: return LSR_THRE | LSR_TEMT | (this.rx.length ? LSR_DR : 0);
-      case 6: return this.mcr & MCR_LOOP ? this.loopbackMsr() : MSR_IDLE;
-      default: return this.scr;
+      case 3:
+        return this.lcr;
+      case 4:
+        return this.mcr;
+      case 5:
+        return LSR_THRE | LSR_TEMT | (this.rx.length ? LSR_DR : 0);
+      case 6:
+        return this.mcr & MCR_LOOP ? this.loopbackMsr() : MSR_IDLE;
+      default:
+        return this.scr;
     }
   }
 
@@ -67,7 +87,10 @@ export class Serial16550 {
     const dlab = (this.lcr & LCR_DLAB) !== 0;
     switch (off) {
       case 0:
-        if (dlab) { this.dll = v; return; }
+        if (dlab) {
+          this.dll = v;
+          return;
+        }
         if (this.mcr & MCR_LOOP) this.rx.push(v);
         else this.emit(v);
         // The byte left at once: THR is empty again.
@@ -75,7 +98,10 @@ export class Serial16550 {
         this.updateIrq();
         return;
       case 1:
-        if (dlab) { this.dlm = v; return; }
+        if (dlab) {
+          this.dlm = v;
+          return;
+        }
         // Enabling THRI with an empty THR raises it at once, as real 16550s (and Linux) expect.
         if (!(this.ier & IER_THRI) && v & IER_THRI) this.thriPending = true;
         this.ier = v & 0x0f;
@@ -83,12 +109,22 @@ export class Serial16550 {
         return;
       case 2:
         this.fcr = v & 0xc9;
-        if (v & 0x02) { this.rx.length = 0; this.updateIrq(); }
+        if (v & 0x02) {
+          this.rx.length = 0;
+          this.updateIrq();
+        }
         return;
-      case 3: this.lcr = v; return;
-      case 4: this.mcr = v & 0x1f; return;
-      case 7: this.scr = v; return;
-      default: return; // LSR/MSR are read-only
+      case 3:
+        this.lcr = v;
+        return;
+      case 4:
+        this.mcr = v & 0x1f;
+        return;
+      case 7:
+        this.scr = v;
+        return;
+      default:
+        return; // LSR/MSR are read-only
     }
   }
 

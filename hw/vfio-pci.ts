@@ -15,13 +15,26 @@ import { VfioIrqVectors } from '../core/vfio/irq.js';
 import { MsixCap, type MsiMessage } from './msix.js';
 import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
 import {
-  PciDevice, PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN,
-  PCI_ROM_ADDRESS, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_CONFIG_SIZE, guestEvents, type BarType,
+  PciDevice,
+  PCI_BASE_ADDRESS_0,
+  PCI_CAPABILITY_LIST,
+  PCI_COMMAND,
+  PCI_INTERRUPT_LINE,
+  PCI_INTERRUPT_PIN,
+  PCI_ROM_ADDRESS,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
+  PCI_CONFIG_SIZE,
+  guestEvents,
+  type BarType,
 } from './pci.js';
 
 const PAGE = 4096;
-const CAP_ID_PM = 0x01, CAP_ID_MSI = 0x05, CAP_ID_MSIX = 0x11;
-const PCI_PM_CTRL = 4, PCI_PM_CTRL_STATE_MASK = 0x3;
+const CAP_ID_PM = 0x01,
+  CAP_ID_MSI = 0x05,
+  CAP_ID_MSIX = 0x11;
+const PCI_PM_CTRL = 4,
+  PCI_PM_CTRL_STATE_MASK = 0x3;
 
 export interface VfioPciOptions {
   id: string;
@@ -36,19 +49,42 @@ export interface VfioPciOptions {
 /** Largest ROM image taken from a romfile (PCI allows up to 16 MiB). */
 export const ROM_MAX = 16 * 2 ** 20;
 
-interface BarLayout { index: number; type: BarType; prefetchable: boolean; size: number; virtualSize: number; mmaps: { offset: number; size: number }[] }
+interface BarLayout {
+  index: number;
+  type: BarType;
+  prefetchable: boolean;
+  size: number;
+  virtualSize: number;
+  mmaps: { offset: number; size: number }[];
+}
 
-export interface MsixLayout { capOffset: number; vectors: number; tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number }
+export interface MsixLayout {
+  capOffset: number;
+  vectors: number;
+  tableBar: number;
+  tableOffset: number;
+  pbaBar: number;
+  pbaOffset: number;
+}
 
 /** Where the mmap'd pieces of a BAR go: sparse areas (or all), minus the MSI-X page hole. */
-export function barMmapRanges(size: number, sparse: { offset: number; size: number }[] | undefined, hole: { start: number; end: number } | undefined): { offset: number; size: number }[] {
+export function barMmapRanges(
+  size: number,
+  sparse: { offset: number; size: number }[] | undefined,
+  hole: { start: number; end: number } | undefined,
+): { offset: number; size: number }[] {
   const areas = sparse ?? [{ offset: 0, size }];
   const out: { offset: number; size: number }[] = [];
   for (const a of areas) {
     let pieces = [{ start: a.offset, end: a.offset + a.size }];
-    if (hole) pieces = pieces.flatMap((p) => [{ start: p.start, end: Math.min(p.end, hole.start) }, { start: Math.max(p.start, hole.end), end: p.end }]);
+    if (hole)
+      pieces = pieces.flatMap((p) => [
+        { start: p.start, end: Math.min(p.end, hole.start) },
+        { start: Math.max(p.start, hole.end), end: p.end },
+      ]);
     for (const p of pieces) {
-      const start = Math.ceil(p.start / PAGE) * PAGE, end = Math.min(Math.floor(p.end / PAGE) * PAGE, size);
+      const start = Math.ceil(p.start / PAGE) * PAGE,
+        end = Math.min(Math.floor(p.end / PAGE) * PAGE, size);
       if (end > start) out.push({ offset: start, size: end - start });
     }
   }
@@ -57,7 +93,10 @@ export function barMmapRanges(size: number, sparse: { offset: number; size: numb
 
 /** QEMU's MSI-X hole: [table start rounded down to a page, table end rounded up). */
 export function msixHole(m: MsixLayout): { start: number; end: number } {
-  return { start: Math.floor(m.tableOffset / PAGE) * PAGE, end: Math.ceil((m.tableOffset + m.vectors * 16) / PAGE) * PAGE };
+  return {
+    start: Math.floor(m.tableOffset / PAGE) * PAGE,
+    end: Math.ceil((m.tableOffset + m.vectors * 16) / PAGE) * PAGE,
+  };
 }
 
 export class VfioPciDevice extends PciDevice {
@@ -81,25 +120,37 @@ export class VfioPciDevice extends PciDevice {
   private readonly resampleBuf = Buffer.alloc(8);
   private readonly cleanups: (() => void)[] = [];
 
-  constructor(readonly vm: Vm, readonly assigned: AssignedDevice, readonly opts: VfioPciOptions) {
+  constructor(
+    readonly vm: Vm,
+    readonly assigned: AssignedDevice,
+    readonly opts: VfioPciOptions,
+  ) {
     super(opts.id, { vendor: 0, device: 0, classCode: 0 });
     const dev = assigned.device;
     if (!dev.isPci) throw new Error(`${assigned.host.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI not set)`);
     const c = native().constants;
-    const cfg = dev.regions[c.VFIO_PCI_CONFIG_REGION_INDEX!];
+    const cfg = dev.regions[c.VFIO_PCI_CONFIG_REGION_INDEX];
     if (!cfg || cfg.size < 64) throw new Error(`${assigned.host.name}: no usable config space region`);
     for (let off = 0; off < PCI_CONFIG_SIZE; off += 4) {
-      new DataView(this.config.buffer).setUint32(off, off + 4 <= cfg.size ? Number(dev.read(c.VFIO_PCI_CONFIG_REGION_INDEX!, off, 4)) : 0, true);
+      new DataView(this.config.buffer).setUint32(
+        off,
+        off + 4 <= cfg.size ? Number(dev.read(c.VFIO_PCI_CONFIG_REGION_INDEX, off, 4)) : 0,
+        true,
+      );
     }
-    this.emulate(0x00, 4);                       // vendor, device: fixed
-    this.emulate(0x08, 4);                       // revision, class: fixed
-    this.emulate(PCI_BASE_ADDRESS_0, 24);        // BARs: guest-programmed, never reach the device
-    this.emulate(PCI_ROM_ADDRESS, 4);            // ROM BAR: ours (setupRom), never the device's
-    this.emulate(PCI_INTERRUPT_LINE, 2);         // line: our GSI; pin: as the device says (copied)
+    this.emulate(0x00, 4); // vendor, device: fixed
+    this.emulate(0x08, 4); // revision, class: fixed
+    this.emulate(PCI_BASE_ADDRESS_0, 24); // BARs: guest-programmed, never reach the device
+    this.emulate(PCI_ROM_ADDRESS, 4); // ROM BAR: ours (setupRom), never the device's
+    this.emulate(PCI_INTERRUPT_LINE, 2); // line: our GSI; pin: as the device says (copied)
     new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
     this.findCapabilities();
     if (dev.canReset) {
-      try { dev.reset(); } catch (e) { console.error(`tsvmm: ${assigned.host.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`); }
+      try {
+        dev.reset();
+      } catch (e) {
+        console.error(`tsvmm: ${assigned.host.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`);
+      }
     }
     this.setupBars();
     this.setupRom();
@@ -109,7 +160,9 @@ export class VfioPciDevice extends PciDevice {
     this.enableIntx();
   }
 
-  private emulate(off: number, len: number): void { this.emulated.fill(1, off, off + len); }
+  private emulate(off: number, len: number): void {
+    this.emulated.fill(1, off, off + len);
+  }
 
   /** A BAR access for the guest: beyond the real BAR (grown to a page) or refused by the device
    *  reads as all-ones and drops writes, as a master abort would. */
@@ -119,7 +172,12 @@ export class VfioPciDevice extends PciDevice {
     try {
       return this.assigned.device.read(index, off, size);
     } catch (e) {
-      guestEvents.report('error', `${this.name}:bar${index}:read`, () => `${this.name}: BAR${index} read at +0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`);
+      guestEvents.report(
+        'error',
+        `${this.name}:bar${index}:read`,
+        () =>
+          `${this.name}: BAR${index} read at +0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`,
+      );
       return ones;
     }
   }
@@ -129,7 +187,11 @@ export class VfioPciDevice extends PciDevice {
     try {
       this.assigned.device.write(index, off, size, value);
     } catch (e) {
-      guestEvents.report('error', `${this.name}:bar${index}:write`, () => `${this.name}: BAR${index} write at +0x${off.toString(16)} failed (${(e as Error).message}); dropped`);
+      guestEvents.report(
+        'error',
+        `${this.name}:bar${index}:write`,
+        () => `${this.name}: BAR${index} write at +0x${off.toString(16)} failed (${(e as Error).message}); dropped`,
+      );
     }
   }
 
@@ -139,7 +201,11 @@ export class VfioPciDevice extends PciDevice {
     try {
       fn();
     } catch (e) {
-      guestEvents.report('error', `${this.name}:${what}`, () => `${this.name}: ${what} failed (${(e as Error).message})`);
+      guestEvents.report(
+        'error',
+        `${this.name}:${what}`,
+        () => `${this.name}: ${what} failed (${(e as Error).message})`,
+      );
     }
   }
 
@@ -152,8 +218,16 @@ export class VfioPciDevice extends PciDevice {
       const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
       if (id === CAP_ID_MSIX) {
         const v = new DataView(this.config.buffer);
-        const table = v.getUint32(p + 4, true), pba = v.getUint32(p + 8, true);
-        this.msix = { capOffset: p, vectors: (ctrl & 0x7ff) + 1, tableBar: table & 7, tableOffset: table & ~7, pbaBar: pba & 7, pbaOffset: pba & ~7 };
+        const table = v.getUint32(p + 4, true),
+          pba = v.getUint32(p + 8, true);
+        this.msix = {
+          capOffset: p,
+          vectors: (ctrl & 0x7ff) + 1,
+          tableBar: table & 7,
+          tableOffset: table & ~7,
+          pbaBar: pba & 7,
+          pbaOffset: pba & ~7,
+        };
       } else if (id === CAP_ID_MSI) {
         this.msiCapOffset = p;
       } else if (id === CAP_ID_PM) {
@@ -177,8 +251,15 @@ export class VfioPciDevice extends PciDevice {
       const virtualSize = type === 'io' ? size : Math.max(size, PAGE);
       const m = this.msix;
       const hole = m && m.tableBar === i && !r.msixMappable ? msixHole(m) : undefined;
-      const canMmap = type !== 'io' && (r.flags & c.VFIO_REGION_INFO_FLAG_MMAP!) !== 0;
-      const layout: BarLayout = { index: i, type, prefetchable, size, virtualSize, mmaps: canMmap ? barMmapRanges(Math.max(size, PAGE), r.sparseMmap, hole) : [] };
+      const canMmap = type !== 'io' && (r.flags & c.VFIO_REGION_INFO_FLAG_MMAP) !== 0;
+      const layout: BarLayout = {
+        index: i,
+        type,
+        prefetchable,
+        size,
+        virtualSize,
+        mmaps: canMmap ? barMmapRanges(Math.max(size, PAGE), r.sparseMmap, hole) : [],
+      };
       this.layouts.push(layout);
       const container = MemoryRegion.container(`${this.name}-bar${i}`, virtualSize);
       // Everything not mmap'd is trapped and forwarded to the device fd.
@@ -203,11 +284,17 @@ export class VfioPciDevice extends PciDevice {
           map = dev.mmap(i, piece.offset, piece.size);
         } catch (e) {
           // As kvmtool: a BAR that cannot be mmap'd still works, trapped.
-          console.error(`tsvmm: ${this.name}: mmap of BAR${i} +0x${piece.offset.toString(16)} failed (${(e as Error).message}); trapping it`);
+          console.error(
+            `tsvmm: ${this.name}: mmap of BAR${i} +0x${piece.offset.toString(16)} failed (${(e as Error).message}); trapping it`,
+          );
           continue;
         }
-        const region = MemoryRegion.ramDevice(`${this.name}-bar${i}@0x${piece.offset.toString(16)}`, piece.size,
-          { hostAddr: map.addr, fd: dev.fd }, { ops: barIo(piece.offset) });
+        const region = MemoryRegion.ramDevice(
+          `${this.name}-bar${i}@0x${piece.offset.toString(16)}`,
+          piece.size,
+          { hostAddr: map.addr, fd: dev.fd },
+          { ops: barIo(piece.offset) },
+        );
         container.addSubregion(piece.offset, region, 1);
         this.cleanups.push(() => dev.munmap(map.buffer));
       }
@@ -224,7 +311,7 @@ export class VfioPciDevice extends PciDevice {
   private setupRom(): void {
     const rom = this.opts.rom ?? {};
     if (rom.bar === false) return;
-    const romIndex = native().constants.VFIO_PCI_ROM_REGION_INDEX!;
+    const romIndex = native().constants.VFIO_PCI_ROM_REGION_INDEX;
     let size: number;
     let read: (off: number, sz: number) => number | bigint;
     if (rom.file !== undefined) {
@@ -232,9 +319,13 @@ export class VfioPciDevice extends PciDevice {
       try {
         bytes = readFileSync(rom.file);
       } catch (e) {
-        throw new Error(`${this.name}: romfile ${rom.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}: give a readable file, or drop "romfile"`, { cause: e });
+        throw new Error(
+          `${this.name}: romfile ${rom.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}: give a readable file, or drop "romfile"`,
+          { cause: e },
+        );
       }
-      if (bytes.length === 0 || bytes.length > ROM_MAX) throw new Error(`${this.name}: romfile ${rom.file} is ${bytes.length} bytes; a ROM holds 1 byte to 16 MiB`);
+      if (bytes.length === 0 || bytes.length > ROM_MAX)
+        throw new Error(`${this.name}: romfile ${rom.file} is ${bytes.length} bytes; a ROM holds 1 byte to 16 MiB`);
       size = Math.max(0x800, 2 ** Math.ceil(Math.log2(bytes.length)));
       const image = Buffer.alloc(size);
       bytes.copy(image);
@@ -251,7 +342,15 @@ export class VfioPciDevice extends PciDevice {
         return sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz);
       };
     }
-    this.registerRom(size, MemoryRegion.io(`${this.name}-rom`, size, { read, write: () => { /* read-only */ } }));
+    this.registerRom(
+      size,
+      MemoryRegion.io(`${this.name}-rom`, size, {
+        read,
+        write: () => {
+          /* read-only */
+        },
+      }),
+    );
   }
 
   /** The device's ROM, read in one pass; what cannot be read reads as all-ones (no ROM there). */
@@ -260,7 +359,11 @@ export class VfioPciDevice extends PciDevice {
     try {
       this.assigned.device.readInto(index, 0, image);
     } catch (e) {
-      guestEvents.report('error', `${this.name}:rom`, () => `${this.name}: reading the device's ROM failed (${(e as Error).message}); the guest reads all-ones`);
+      guestEvents.report(
+        'error',
+        `${this.name}:rom`,
+        () => `${this.name}: reading the device's ROM failed (${(e as Error).message}); the guest reads all-ones`,
+      );
     }
     return image;
   }
@@ -282,23 +385,34 @@ export class VfioPciDevice extends PciDevice {
    *  from which VFIO unmasks the (auto-masked) line (QEMU's vfio_intx_enable_kvm). */
   protected enableIntx(): void {
     const c = native().constants;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_INTX_IRQ_INDEX!];
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_INTX_IRQ_INDEX];
     if (this.intxOn || !this.config[PCI_INTERRUPT_PIN] || !irq || irq.count === 0) return;
     this.intxFds ??= { trigger: this.newEventfd(), resample: this.newEventfd() };
     const { trigger, resample } = this.intxFds;
-    const dev = this.assigned.device, index = c.VFIO_PCI_INTX_IRQ_INDEX!;
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, fds: [trigger] });
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_MASK!, count: 1 });
+    const dev = this.assigned.device,
+      index = c.VFIO_PCI_INTX_IRQ_INDEX;
+    dev.setIrqs({
+      index,
+      start: 0,
+      flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+      fds: [trigger],
+    });
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_MASK, count: 1 });
     this.vm.irqfd(trigger, this.opts.gsi, resample);
     try {
-      dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_UNMASK!, fds: [resample] });
+      dev.setIrqs({
+        index,
+        start: 0,
+        flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_UNMASK,
+        fds: [resample],
+      });
     } catch (e) {
       // Some mdev drivers (mtty) cannot unmask from an eventfd (ENOTTY): the trigger still goes
       // straight to KVM, and the VMM unmasks after each guest EOI instead (QEMU does the same).
       if (!isSyscallError(e, 'ENOTTY') && !isSyscallError(e, 'EINVAL')) throw e;
       this.watchResample(resample);
     }
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_UNMASK!, count: 1 });
+    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_UNMASK, count: 1 });
     this.intxOn = true;
   }
 
@@ -324,7 +438,12 @@ export class VfioPciDevice extends PciDevice {
     }
     const c = native().constants;
     try {
-      this.assigned.device.setIrqs({ index: c.VFIO_PCI_INTX_IRQ_INDEX!, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_UNMASK!, count: 1 });
+      this.assigned.device.setIrqs({
+        index: c.VFIO_PCI_INTX_IRQ_INDEX,
+        start: 0,
+        flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_UNMASK,
+        count: 1,
+      });
       w.unmasks++;
     } catch (e) {
       console.error(`tsvmm: ${this.name}: INTx unmask failed: ${(e as Error).message}`);
@@ -332,15 +451,30 @@ export class VfioPciDevice extends PciDevice {
   }
 
   /** Userspace INTx unmasks done so far (undefined when VFIO unmasks from the resample eventfd). */
-  get userspaceIntxUnmasks(): number | undefined { return this.resampleWatch?.unmasks; }
+  get userspaceIntxUnmasks(): number | undefined {
+    return this.resampleWatch?.unmasks;
+  }
 
   /** Turns INTx off at VFIO and KVM (MSI/MSI-X take over, or the device goes away). */
   protected disableIntx(): void {
     if (!this.intxOn) return;
     const c = native().constants;
     this.intxOn = false;
-    try { this.assigned.device.setIrqs({ index: c.VFIO_PCI_INTX_IRQ_INDEX!, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, count: 0 }); } catch { /* already off */ }
-    try { this.vm.irqfdRemove(this.intxFds!.trigger, this.opts.gsi); } catch { /* already gone */ }
+    try {
+      this.assigned.device.setIrqs({
+        index: c.VFIO_PCI_INTX_IRQ_INDEX,
+        start: 0,
+        flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+        count: 0,
+      });
+    } catch {
+      /* already off */
+    }
+    try {
+      this.vm.irqfdRemove(this.intxFds!.trigger, this.opts.gsi);
+    } catch {
+      /* already gone */
+    }
   }
 
   /** MSI-X: the capability and table are emulated; vectors go to KVM through VFIO eventfds. */
@@ -348,25 +482,40 @@ export class VfioPciDevice extends PciDevice {
     const m = this.msix;
     const c = native().constants;
     if (!m || !this.bars[m.tableBar] || !this.bars[m.pbaBar]) return;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSIX_IRQ_INDEX!];
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSIX_IRQ_INDEX];
     if (!irq || irq.count === 0) return;
-    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSIX_IRQ_INDEX!, Math.min(m.vectors, irq.count));
+    const vectors = new VfioIrqVectors(
+      this.vm,
+      this.assigned.device,
+      c.VFIO_PCI_MSIX_IRQ_INDEX,
+      Math.min(m.vectors, irq.count),
+    );
     this.msixVectors = vectors;
-    const cap: MsixCap = new MsixCap({ ...m, name: this.name }, {
-      onControl: (enabled) => this.contain('MSI-X enable/disable', () => {
-        if (enabled) {
-          this.disableIntx();
-          vectors.enableEmpty();
-        } else {
-          vectors.disable();
-          this.enableIntx();
-        }
-      }),
-      vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, v, msg)),
-      vectorRelease: (v) => this.contain('MSI-X vector mask', () => { vectors.setMasked(v, true); }),
-      notify: (v) => this.contain('MSI-X delivery', () => vectors.fire(v)),
-      pbaPoll: (first, end) => this.contain('MSI-X PBA poll', () => { for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v); }),
-    });
+    const cap: MsixCap = new MsixCap(
+      { ...m, name: this.name },
+      {
+        onControl: (enabled) =>
+          this.contain('MSI-X enable/disable', () => {
+            if (enabled) {
+              this.disableIntx();
+              vectors.enableEmpty();
+            } else {
+              vectors.disable();
+              this.enableIntx();
+            }
+          }),
+        vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, v, msg)),
+        vectorRelease: (v) =>
+          this.contain('MSI-X vector mask', () => {
+            vectors.setMasked(v, true);
+          }),
+        notify: (v) => this.contain('MSI-X delivery', () => vectors.fire(v)),
+        pbaPoll: (first, end) =>
+          this.contain('MSI-X PBA poll', () => {
+            for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v);
+          }),
+      },
+    );
     cap.writeCapabilityTo(this.config, this.wmask);
     this.emulate(m.capOffset, 12);
     this.msixCap = cap;
@@ -384,23 +533,34 @@ export class VfioPciDevice extends PciDevice {
   private setupMsi(): void {
     const p = this.msiCapOffset;
     const c = native().constants;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSI_IRQ_INDEX!];
+    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSI_IRQ_INDEX];
     if (p === undefined || !irq || irq.count === 0) return;
     const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
-    const is64bit = (ctrl & 0x80) !== 0, perVectorMask = (ctrl & 0x100) !== 0;
+    const is64bit = (ctrl & 0x80) !== 0,
+      perVectorMask = (ctrl & 0x100) !== 0;
     const capable = Math.min(1 << ((ctrl >> 1) & 7), irq.count, 32);
     const count = (1 << Math.floor(Math.log2(capable))) as MsiVectorCount;
-    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX!, count);
+    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX, count);
     this.msiVectors = vectors;
-    const cap: MsiCap = new MsiCap({ capOffset: p, vectors: count, is64bit, perVectorMask }, {
-      onControl: (enabled) => this.contain('MSI enable/disable', () => {
-        if (enabled) this.disableIntx();
-        else { vectors.disable(); this.enableIntx(); }
-      }),
-      vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, v, msg)),
-      vectorRelease: (v) => this.contain('MSI vector mask', () => { vectors.setMasked(v, true); }),
-      notify: (v) => this.contain('MSI delivery', () => vectors.fire(v)),
-    });
+    const cap: MsiCap = new MsiCap(
+      { capOffset: p, vectors: count, is64bit, perVectorMask },
+      {
+        onControl: (enabled) =>
+          this.contain('MSI enable/disable', () => {
+            if (enabled) this.disableIntx();
+            else {
+              vectors.disable();
+              this.enableIntx();
+            }
+          }),
+        vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, v, msg)),
+        vectorRelease: (v) =>
+          this.contain('MSI vector mask', () => {
+            vectors.setMasked(v, true);
+          }),
+        notify: (v) => this.contain('MSI delivery', () => vectors.fire(v)),
+      },
+    );
     cap.writeCapabilityTo(this.config, this.wmask);
     this.msiCapSize = msiCapSize(is64bit, perVectorMask);
     this.emulate(p, this.msiCapSize);
@@ -410,18 +570,27 @@ export class VfioPciDevice extends PciDevice {
   // --- config space ----------------------------------------------------------------------------
   private cfgDeviceRead(off: number, size: number): number {
     try {
-      return Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size));
+      return Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX, off, size));
     } catch (e) {
-      guestEvents.report('error', `${this.name}:config-read`, () => `${this.name}: config read at 0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`);
+      guestEvents.report(
+        'error',
+        `${this.name}:config-read`,
+        () =>
+          `${this.name}: config read at 0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`,
+      );
       return 0xffffffff >>> (32 - 8 * size);
     }
   }
 
   private cfgDeviceWrite(off: number, size: number, value: number): void {
     try {
-      this.assigned.device.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, off, size, value);
+      this.assigned.device.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX, off, size, value);
     } catch (e) {
-      guestEvents.report('error', `${this.name}:config-write`, () => `${this.name}: config write at 0x${off.toString(16)} failed (${(e as Error).message}); dropped`);
+      guestEvents.report(
+        'error',
+        `${this.name}:config-write`,
+        () => `${this.name}: config write at 0x${off.toString(16)} failed (${(e as Error).message}); dropped`,
+      );
     }
   }
 
@@ -434,7 +603,7 @@ export class VfioPciDevice extends PciDevice {
     if (emu === 0) return real;
     const virt = super.configRead(off, size);
     let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = (v << 8) | ((this.emulated[off + i] ? virt : real) >>> (8 * i) & 0xff);
+    for (let i = size - 1; i >= 0; i--) v = (v << 8) | (((this.emulated[off + i] ? virt : real) >>> (8 * i)) & 0xff);
     return v >>> 0;
   }
 
@@ -449,7 +618,9 @@ export class VfioPciDevice extends PciDevice {
     if (off + size > PCI_CONFIG_SIZE || size < 1) return;
     const inCap = new Uint8Array(size);
     const overlap = (start: number, len: number) => off < start + len && start < off + size;
-    const mark = (start: number, len: number) => { for (let i = 0; i < size; i++) if (off + i >= start && off + i < start + len) inCap[i] = 1; };
+    const mark = (start: number, len: number) => {
+      for (let i = 0; i < size; i++) if (off + i >= start && off + i < start + len) inCap[i] = 1;
+    };
     const m = this.msix;
     if (this.msixCap && m && overlap(m.capOffset, 12)) {
       mark(m.capOffset, 12);
@@ -460,8 +631,11 @@ export class VfioPciDevice extends PciDevice {
       mark(p, this.msiCapSize);
       this.contain('MSI capability write', () => this.msiCap!.configWrite(off - p, size, value));
     }
-    for (let i = 0; i < size;) {
-      if (inCap[i]) { i++; continue; }
+    for (let i = 0; i < size; ) {
+      if (inCap[i]) {
+        i++;
+        continue;
+      }
       let j = i;
       while (j < size && !inCap[j]) j++;
       this.writeRun(off + i, j - i, ((value >>> (8 * i)) & (0xffffffff >>> (32 - 8 * (j - i)))) >>> 0);
@@ -485,7 +659,8 @@ export class VfioPciDevice extends PciDevice {
 
   /** Bytes [off, off+len) of a config write that lie outside the emulated capabilities. */
   private writeRun(off: number, len: number, value: number): void {
-    if (len === 3) { // only possible around a capability edge: go byte by byte
+    if (len === 3) {
+      // only possible around a capability edge: go byte by byte
       for (let i = 0; i < 3; i++) this.writeRun(off + i, 1, (value >>> (8 * i)) & 0xff);
       return;
     }
@@ -496,13 +671,18 @@ export class VfioPciDevice extends PciDevice {
     for (let i = 0; i < len; i++) emu += this.emulated[off + i]!;
     if (emu === 0) {
       this.cfgDeviceWrite(off, len, value);
-      if (isCommand(off) || isCommand(off + len - 1)) this.contain('command write', () => super.configWrite(off, len, value));
+      if (isCommand(off) || isCommand(off + len - 1))
+        this.contain('command write', () => super.configWrite(off, len, value));
       this.followPowerState(off, len);
       return;
     }
-    if (emu === len) { this.contain('config write', () => super.configWrite(off, len, value)); return; }
+    if (emu === len) {
+      this.contain('config write', () => super.configWrite(off, len, value));
+      return;
+    }
     for (let i = 0; i < len; i++) {
-      const a = off + i, b = (value >>> (8 * i)) & 0xff;
+      const a = off + i,
+        b = (value >>> (8 * i)) & 0xff;
       if (!this.emulated[a]) this.cfgDeviceWrite(a, 1, b);
       if (this.emulated[a] || isCommand(a)) this.contain('config write', () => super.configWrite(a, 1, b));
     }
@@ -516,9 +696,17 @@ export class VfioPciDevice extends PciDevice {
     this.msiCap?.reset();
     const dev = this.assigned.device;
     if (dev.canReset) {
-      try { dev.reset(); } catch (e) { console.error(`tsvmm: ${this.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`); }
+      try {
+        dev.reset();
+      } catch (e) {
+        console.error(`tsvmm: ${this.name}: VFIO_DEVICE_RESET failed: ${(e as Error).message}`);
+      }
     } else {
-      try { dev.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX!, PCI_COMMAND, 2, 0); } catch { /* gone */ }
+      try {
+        dev.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2, 0);
+      } catch {
+        /* gone */
+      }
     }
     this.decodeBlocked = false; // a reset device is in D0
     super.reset();

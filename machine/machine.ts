@@ -11,7 +11,14 @@ import { Kvm } from '../core/kvm/kvm.js';
 import { Vm } from '../core/kvm/vm.js';
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
 import type { VfioPciConfig, VmConfig } from './config/config.js';
-import { loadElf32, hasMultibootHeader, writeMultibootInfo, enterProtectedMode, LoaderError, type E820Entry } from './loader/multiboot.js';
+import {
+  loadElf32,
+  hasMultibootHeader,
+  writeMultibootInfo,
+  enterProtectedMode,
+  LoaderError,
+  type E820Entry,
+} from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { PciBus, assignBars, placeBars, physAddrLimit } from '../hw/pci.js';
@@ -35,8 +42,10 @@ export const PCI_MMIO32_BASE = 0xc000_0000;
 export const PCI_MMIO32_END = 0xfec0_0000; // IOAPIC and LAPIC live above
 export const HIGH_RAM_BASE = 2 ** 32;
 export const MULTIBOOT_INFO_ADDR = 0x9000;
-export const COM1_PORT = 0x3f8, COM1_IRQ = 4;
-export const PCI_IO_BASE = 0xc000, PCI_IO_END = 0x10000;
+export const COM1_PORT = 0x3f8,
+  COM1_IRQ = 4;
+export const PCI_IO_BASE = 0xc000,
+  PCI_IO_END = 0x10000;
 /** INTx of PCI devices: IOAPIC pins 16-23 (like q35's PIRQs), one per device where possible. */
 export const PCI_INTX_GSI_BASE = 16;
 /** A slot's INTx line, fixed by the slot (slot 1 → 16 … slot 8 → 23, then round again), so the
@@ -91,12 +100,20 @@ export class Machine {
   private closed = false;
   private readonly serialFd: number | undefined;
 
-  constructor(readonly config: VmConfig, opts: MachineOptions = {}) {
+  constructor(
+    readonly config: VmConfig,
+    opts: MachineOptions = {},
+  ) {
     const passed = opts.passedFds ?? [];
     // Passed fds this machine has not handed to an owner yet (closed on failure or close()).
     const unadopted = new Set(passed.map((p) => p.fd));
     this.unadopted = unadopted;
-    const cleanups: (() => void)[] = [() => { for (const fd of unadopted) closeSync(fd); unadopted.clear(); }];
+    const cleanups: (() => void)[] = [
+      () => {
+        for (const fd of unadopted) closeSync(fd);
+        unadopted.clear();
+      },
+    ];
     try {
       const kvmFd = passed.find((p) => p.kind === 'kvm')?.fd;
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
@@ -121,18 +138,30 @@ export class Machine {
       // locked-memory limit will refuse the pinning (the DMA listener says so, with the fix).
       const prefaultForPinning = pinned && availableParallelism() > 1 && (size <= memlockLimit() || hasCapIpcLock());
       if (prefaultForPinning || config.memory.prealloc) {
-        this.guestRam.prefault({ progress: (threads) => console.error(`tsvmm: preparing ${fmtBytes(size)} of guest RAM (${this.guestRam.plan.describe}): prefaulting on ${threads} thread(s)${pinned ? ', then pinning it for DMA' : ''}…`) });
+        this.guestRam.prefault({
+          progress: (threads) =>
+            console.error(
+              `tsvmm: preparing ${fmtBytes(size)} of guest RAM (${this.guestRam.plan.describe}): prefaulting on ${threads} thread(s)${pinned ? ', then pinning it for DMA' : ''}…`,
+            ),
+        });
       }
       const fd = this.guestRam.fd;
       const backing = (off: number, len: number): RamBacking => ({
-        hostAddr: this.guestRam.hostAddr + BigInt(off), ...(fd !== undefined ? { fd, fdOffset: off } : {}),
-        ...(len <= MAX_VIEW_BYTES ? { bytes: this.guestRam.view(off, len) } : { chunks: this.guestRam.chunks(off, len) }),
+        hostAddr: this.guestRam.hostAddr + BigInt(off),
+        ...(fd !== undefined ? { fd, fdOffset: off } : {}),
+        ...(len <= MAX_VIEW_BYTES
+          ? { bytes: this.guestRam.view(off, len) }
+          : { chunks: this.guestRam.chunks(off, len) }),
       });
       const low = backing(0, lowSize);
       this.ram = low.bytes!;
       memoryTransaction(() => {
         this.vm.memory.root.addSubregion(0, MemoryRegion.ram('ram-below-4g', lowSize, low));
-        if (size > lowSize) this.vm.memory.root.addSubregion(HIGH_RAM_BASE, MemoryRegion.ram('ram-above-4g', size - lowSize, backing(lowSize, size - lowSize)));
+        if (size > lowSize)
+          this.vm.memory.root.addSubregion(
+            HIGH_RAM_BASE,
+            MemoryRegion.ram('ram-above-4g', size - lowSize, backing(lowSize, size - lowSize)),
+          );
       });
       this.e820.push({ addr: 0, size: 0x9fc00, type: 1 }, { addr: 0x9fc00, size: 0x60400, type: 2 });
       this.e820.push({ addr: 0x100000, size: lowSize - 0x100000, type: 1 });
@@ -140,31 +169,60 @@ export class Machine {
 
       // Devices. PCI BARs live in their own container under RAM (lower priority), so a BAR
       // a guest places over RAM is shadowed rather than breaking RAM (QEMU behaves the same).
-      this.serialFd = !opts.serialOutput && config.serial.output === 'file' ? openSync(config.serial.path!, 'w') : undefined;
+      this.serialFd =
+        !opts.serialOutput && config.serial.output === 'file' ? openSync(config.serial.path!, 'w') : undefined;
       if (this.serialFd !== undefined) cleanups.push(() => closeSync(this.serialFd!));
-      const output = opts.serialOutput ?? (config.serial.output === 'none' ? () => {} :
-        this.serialFd !== undefined ? (b: Uint8Array) => { writeSync(this.serialFd!, b); } : (b: Uint8Array) => { process.stdout.write(b); });
+      const output =
+        opts.serialOutput ??
+        (config.serial.output === 'none'
+          ? () => {}
+          : this.serialFd !== undefined
+            ? (b: Uint8Array) => {
+                writeSync(this.serialFd!, b);
+              }
+            : (b: Uint8Array) => {
+                process.stdout.write(b);
+              });
       this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });
       this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
-      this.vm.io.root.addSubregion(DEBUG_EXIT_PORT, new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region);
+      this.vm.io.root.addSubregion(
+        DEBUG_EXIT_PORT,
+        new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region,
+      );
       // PC board devices, as QEMU's pc/q35 have them whatever the guest: without ACPI, Linux
       // reboots through the keyboard controller's reset line; with it, powers off by the ACPI
       // sleep registers the FADT names (machine/loader/linux.ts writes the tables).
-      const i8042 = new I8042({ onReset: () => this.requestExit(0, 'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)') });
+      const i8042 = new I8042({
+        onReset: () =>
+          this.requestExit(
+            0,
+            'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)',
+          ),
+      });
       this.vm.io.root.addSubregion(I8042_DATA_PORT, i8042.data);
       this.vm.io.root.addSubregion(I8042_COMMAND_PORT, i8042.command);
-      this.vm.io.root.addSubregion(ACPI_SLEEP_CONTROL_PORT, new AcpiSleepControl({
-        onPowerOff: () => this.requestExit(0, 'guest powered off (ACPI S5)'),
-        onOther: (v) => console.error(`tsvmm: guest asked for sleep state SLP_TYP=${(v >> 2) & 7}, which is not offered; ignored`),
-      }).region);
+      this.vm.io.root.addSubregion(
+        ACPI_SLEEP_CONTROL_PORT,
+        new AcpiSleepControl({
+          onPowerOff: () => this.requestExit(0, 'guest powered off (ACPI S5)'),
+          onOther: (v) =>
+            console.error(`tsvmm: guest asked for sleep state SLP_TYP=${(v >> 2) & 7}, which is not offered; ignored`),
+        }).region,
+      );
       const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
       this.vm.memory.root.addSubregion(0, pciMem, -1);
       this.pciBus = new PciBus(pciMem, this.vm.io.root, physAddrLimit(this.kvm.supportedCpuid())); // the vCPUs get this CPUID
-      this.pciHost = new PciHostBridge(this.pciBus, { onResetRequest: () => this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)') });
+      this.pciHost = new PciHostBridge(this.pciBus, {
+        onResetRequest: () =>
+          this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)'),
+      });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
       this.ged = new GenericEventDevice((level) => this.vm.setIrqLine(GED_GSI, level));
       this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
-      this.pciHotplug = new AcpiPciHotplug(() => this.ged.notify(GED_EVENT_PCI_HOTPLUG), (slot) => this.ejected(slot));
+      this.pciHotplug = new AcpiPciHotplug(
+        () => this.ged.notify(GED_EVENT_PCI_HOTPLUG),
+        (slot) => this.ejected(slot),
+      );
       this.vm.io.root.addSubregion(PCI_HOTPLUG_PORT, this.pciHotplug.region);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
@@ -182,7 +240,11 @@ export class Machine {
       this.loadGuest();
     } catch (e) {
       for (const c of cleanups.reverse()) {
-        try { c(); } catch { /* already failing: keep the first error */ }
+        try {
+          c();
+        } catch {
+          /* already failing: keep the first error */
+        }
       }
       throw e;
     }
@@ -201,10 +263,16 @@ export class Machine {
     const hosts = vfioFds.length ? this.deviceSpecs.map((d) => findHostDevice(d)) : [];
     for (const p of vfioFds) {
       if (p.kind === 'vfio-group') {
-        if (!hosts.some((h) => h.group === p.group)) throw new FdPassError(`passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`);
+        if (!hosts.some((h) => h.group === p.group))
+          throw new FdPassError(
+            `passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`,
+          );
         out.groups!.set(p.group!, p.fd);
       } else {
-        if (!hosts.some((h) => h.name === p.device)) throw new FdPassError(`passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`);
+        if (!hosts.some((h) => h.name === p.device))
+          throw new FdPassError(
+            `passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`,
+          );
         out.cdevs!.set(p.device!, p.fd);
       }
     }
@@ -214,13 +282,23 @@ export class Machine {
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string }, defaultId: string): VfioPciDevice {
+  addVfioDevice(
+    d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string },
+    defaultId: string,
+  ): VfioPciDevice {
     const slot = d.slot ?? this.pciBus.firstFreeSlot();
     const gsi = pciIntxGsi(slot);
     const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {
-      dev = new VfioPciDevice(this.vm, assigned, { id: d.id ?? defaultId, gsi, rom: { ...(d.rombar !== undefined ? { bar: d.rombar } : {}), ...(d.romfile !== undefined ? { file: d.romfile } : {}) } });
+      dev = new VfioPciDevice(this.vm, assigned, {
+        id: d.id ?? defaultId,
+        gsi,
+        rom: {
+          ...(d.rombar !== undefined ? { bar: d.rombar } : {}),
+          ...(d.romfile !== undefined ? { file: d.romfile } : {}),
+        },
+      });
       this.pciBus.attach(dev, slot);
     } catch (e) {
       dev?.destroy();
@@ -243,13 +321,15 @@ export class Machine {
     const vd = dev.assigned.device;
     const list: VfioNotifier[] = [];
     try {
-      const req = VfioNotifier.open(vd, c.VFIO_PCI_REQ_IRQ_INDEX!, () => {
-        console.error(`tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.acpi ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`);
+      const req = VfioNotifier.open(vd, c.VFIO_PCI_REQ_IRQ_INDEX, () => {
+        console.error(
+          `tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.acpi ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`,
+        );
         this.onEvent?.('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
         this.unplugVfioDevice(dev);
       });
       if (req) list.push(req);
-      const err = VfioNotifier.open(vd, c.VFIO_PCI_ERR_IRQ_INDEX!, () => this.deviceError(dev));
+      const err = VfioNotifier.open(vd, c.VFIO_PCI_ERR_IRQ_INDEX, () => this.deviceError(dev));
       if (err) list.push(err);
     } catch (e) {
       // A kernel that refuses a notifier costs the feature, not the device.
@@ -264,14 +344,19 @@ export class Machine {
    */
   signalNotifier(dev: VfioPciDevice, which: 'request' | 'error'): void {
     const c = native().constants;
-    const index = which === 'request' ? c.VFIO_PCI_REQ_IRQ_INDEX! : c.VFIO_PCI_ERR_IRQ_INDEX!;
+    const index = which === 'request' ? c.VFIO_PCI_REQ_IRQ_INDEX : c.VFIO_PCI_ERR_IRQ_INDEX;
     const n = this.notifiers.get(dev)?.find((x) => x.index === index);
-    if (!n) throw new Error(`${dev.name} has no ${which} notifier (${which === 'error' ? 'VFIO reports one for PCI Express devices only' : 'VFIO did not offer one'})`);
+    if (!n)
+      throw new Error(
+        `${dev.name} has no ${which} notifier (${which === 'error' ? 'VFIO reports one for PCI Express devices only' : 'VFIO did not offer one'})`,
+      );
     n.loopback();
   }
 
   private deviceError(dev: VfioPciDevice): void {
-    console.error(`tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`);
+    console.error(
+      `tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`,
+    );
     this.onEvent?.('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
     if (!this.vm.paused) {
       this.vm.pause();
@@ -297,7 +382,12 @@ export class Machine {
       throw e;
     }
     try {
-      placeBars(this.pciBus, dev, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
+      placeBars(
+        this.pciBus,
+        dev,
+        { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
+        { base: PCI_IO_BASE, end: PCI_IO_END },
+      );
     } catch (e) {
       this.removeVfioDevice(dev);
       throw e;
@@ -357,7 +447,11 @@ export class Machine {
 
   private releaseDevices(): void {
     for (const d of [...this.devices].reverse()) {
-      try { this.removeVfioDevice(d); } catch (e) { console.error(`tsvmm: releasing ${d.name}: ${(e as Error).message}`); }
+      try {
+        this.removeVfioDevice(d);
+      } catch (e) {
+        console.error(`tsvmm: releasing ${d.name}: ${(e as Error).message}`);
+      }
     }
     this.vfio.close();
   }
@@ -366,8 +460,12 @@ export class Machine {
   private checkPhysAddrBits(size: number): void {
     const bits = this.kvm.supportedCpuid().find((e) => e.function === 0x80000008)?.eax;
     if (bits === undefined || size <= LOW_RAM_END) return;
-    const top = HIGH_RAM_BASE + size - LOW_RAM_END, max = 2 ** (bits & 0xff);
-    if (top > max) throw new RamBackingError(`${fmtBytes(size)} of guest RAM ends at 0x${top.toString(16)}, beyond this CPU's ${bits & 0xff}-bit physical addresses: give the VM at most ${fmtBytes(max - HIGH_RAM_BASE + LOW_RAM_END)}`);
+    const top = HIGH_RAM_BASE + size - LOW_RAM_END,
+      max = 2 ** (bits & 0xff);
+    if (top > max)
+      throw new RamBackingError(
+        `${fmtBytes(size)} of guest RAM ends at 0x${top.toString(16)}, beyond this CPU's ${bits & 0xff}-bit physical addresses: give the VM at most ${fmtBytes(max - HIGH_RAM_BASE + LOW_RAM_END)}`,
+      );
   }
 
   private setupVcpu(id: number): void {
@@ -386,24 +484,58 @@ export class Machine {
     const k = this.config.kernel;
     const image = new Uint8Array(readFileSync(k.path));
     const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
-    const format = k.format === 'auto' ? (isElf && hasMultibootHeader(image) ? 'multiboot' : isBzImage(image) ? 'linux' : 'flat') : k.format;
-    if (format === 'flat' && k.format === 'auto' && isElf) throw new LoaderError(`${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`);
+    const format =
+      k.format === 'auto'
+        ? isElf && hasMultibootHeader(image)
+          ? 'multiboot'
+          : isBzImage(image)
+            ? 'linux'
+            : 'flat'
+        : k.format;
+    if (format === 'flat' && k.format === 'auto' && isElf)
+      throw new LoaderError(
+        `${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`,
+      );
     if (format === 'linux') {
       // machine/loader/linux.ts: boot protocol, ACPI + MP tables, long mode. With ACPI, the guest
       // hears of hot-plug and the power button through the GED.
-      bootLinux(this, image, { pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, hotplugSlots: HOTPLUG_SLOTS, intxGsi: pciIntxGsi });
+      const target = {
+        kernel: k,
+        cmdline: this.config.cmdline,
+        ram: this.ram,
+        e820: this.e820,
+        pciDevices: this.pciBus.devices.values(),
+        cpus: this.vm.vcpus.length,
+        cpuid: this.kvm.supportedCpuid(),
+        bootVcpu: this.vm.vcpus[0]!,
+      };
+      bootLinux(target, image, {
+        pciMmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
+        hotplugSlots: HOTPLUG_SLOTS,
+        intxGsi: pciIntxGsi,
+      });
       this.acpi = true;
       return;
     }
-    if (k.initrd || k.initramfs) throw new LoaderError(`${k.path}: kernel.initrd and kernel.initramfs need a Linux bzImage (format "linux"); this image loads as ${format}`);
+    if (k.initrd || k.initramfs)
+      throw new LoaderError(
+        `${k.path}: kernel.initrd and kernel.initramfs need a Linux bzImage (format "linux"); this image loads as ${format}`,
+      );
     let entry: number;
     if (format === 'multiboot') {
       if (!hasMultibootHeader(image)) throw new LoaderError(`${k.path}: no multiboot header in the first 8 KiB`);
-      if (!isElf) throw new LoaderError(`${k.path}: multiboot images must be ELF32 (the a.out kludge is not supported)`);
+      if (!isElf)
+        throw new LoaderError(`${k.path}: multiboot images must be ELF32 (the a.out kludge is not supported)`);
       entry = loadElf32(image, this.ram, k.path).entry;
     } else {
-      if (k.loadAddress < 0x100000 && k.loadAddress + image.length > MULTIBOOT_INFO_ADDR) throw new LoaderError(`${k.path}: load address 0x${k.loadAddress.toString(16)} overlaps the boot info at 0x${MULTIBOOT_INFO_ADDR.toString(16)}: load at 0x100000 or above`);
-      if (k.loadAddress + image.length > Math.min(this.ram.length, LOW_RAM_END)) throw new LoaderError(`${k.path}: ${image.length} bytes at 0x${k.loadAddress.toString(16)} do not fit in RAM below 3 GiB: give the VM more memory or load lower`);
+      if (k.loadAddress < 0x100000 && k.loadAddress + image.length > MULTIBOOT_INFO_ADDR)
+        throw new LoaderError(
+          `${k.path}: load address 0x${k.loadAddress.toString(16)} overlaps the boot info at 0x${MULTIBOOT_INFO_ADDR.toString(16)}: load at 0x100000 or above`,
+        );
+      if (k.loadAddress + image.length > Math.min(this.ram.length, LOW_RAM_END))
+        throw new LoaderError(
+          `${k.path}: ${image.length} bytes at 0x${k.loadAddress.toString(16)} do not fit in RAM below 3 GiB: give the VM more memory or load lower`,
+        );
       this.ram.set(image, k.loadAddress);
       entry = k.entry ?? k.loadAddress;
     }
@@ -437,7 +569,10 @@ export class Machine {
    * they keep their state and tsvmm says why (as QEMU does).
    */
   private hotResetDevices(): void {
-    const { reset, failed } = hotResetAll(this.devices.map((d) => d.assigned), this.vfio.groups);
+    const { reset, failed } = hotResetAll(
+      this.devices.map((d) => d.assigned),
+      this.vfio.groups,
+    );
     for (const set of reset) console.error(`tsvmm: hot reset (VFIO_DEVICE_PCI_HOT_RESET) of ${set.join(', ')}`);
     for (const f of failed) console.error(`tsvmm: ${f.device} not reset: ${f.error.message}`);
   }
@@ -492,16 +627,28 @@ export function resolveFdNames(devices: VfioPciConfig[], passed: PassedFd[]): Vf
     if (d.fd === undefined) return d;
     const p = passed.find((x) => x.name === d.fd);
     const where = `/devices/${i}/fd`;
-    if (!p) throw new FdPassError(`${where}: no fd named '${d.fd}' was passed (passed: ${passed.map((x) => x.name).join(', ') || 'none'}); start the VM through 'tsvmm manager' or pass it on --fd-socket`);
+    if (!p)
+      throw new FdPassError(
+        `${where}: no fd named '${d.fd}' was passed (passed: ${passed.map((x) => x.name).join(', ') || 'none'}); start the VM through 'tsvmm manager' or pass it on --fd-socket`,
+      );
     if (p.kind === 'vfio-cdev') {
-      const sysfs = existsSync(`/sys/bus/mdev/devices/${p.device}`) ? `/sys/bus/mdev/devices/${p.device}` : `/sys/bus/pci/devices/${p.device}`;
-      if ((d.host || d.sysfsdev) && findHostDevice(d).name !== p.device) throw new FdPassError(`${where}: fd '${d.fd}' is the cdev of ${p.device}, not of ${d.host ?? d.sysfsdev}`);
+      const sysfs = existsSync(`/sys/bus/mdev/devices/${p.device}`)
+        ? `/sys/bus/mdev/devices/${p.device}`
+        : `/sys/bus/pci/devices/${p.device}`;
+      if ((d.host || d.sysfsdev) && findHostDevice(d).name !== p.device)
+        throw new FdPassError(`${where}: fd '${d.fd}' is the cdev of ${p.device}, not of ${d.host ?? d.sysfsdev}`);
       return d.host || d.sysfsdev ? d : { ...d, sysfsdev: sysfs };
     }
     if (p.kind === 'vfio-group') {
-      if (!d.host && !d.sysfsdev) throw new FdPassError(`${where}: fd '${d.fd}' is VFIO group ${p.group}: say which of its devices with "host" or "sysfsdev"`);
+      if (!d.host && !d.sysfsdev)
+        throw new FdPassError(
+          `${where}: fd '${d.fd}' is VFIO group ${p.group}: say which of its devices with "host" or "sysfsdev"`,
+        );
       const g = findHostDevice(d).group;
-      if (g !== p.group) throw new FdPassError(`${where}: fd '${d.fd}' is VFIO group ${p.group}, but ${d.host ?? d.sysfsdev} is in group ${g}`);
+      if (g !== p.group)
+        throw new FdPassError(
+          `${where}: fd '${d.fd}' is VFIO group ${p.group}, but ${d.host ?? d.sysfsdev} is in group ${g}`,
+        );
       return d;
     }
     throw new FdPassError(`${where}: fd '${d.fd}' is ${p.kind}, not a VFIO group or device cdev`);
@@ -510,13 +657,24 @@ export function resolveFdNames(devices: VfioPciConfig[], passed: PassedFd[]): Vf
 
 function describeStop(s: VcpuStop): { status: number; reason: string } {
   switch (s.reason) {
-    case 'stopped': return { status: 0, reason: 'stopped' };
-    case 'hlt': return { status: 0, reason: 'guest halted' };
-    case 'shutdown': return { status: 1, reason: 'guest shut down the CPU (triple fault)' };
-    case 'system-event': return { status: 0, reason: `guest system event ${s.type} (1 shutdown, 2 reset)` };
-    case 'internal-error': return { status: 1, reason: `KVM internal error, suberror ${s.suberror} (1 = emulation failure), data [${s.data.join(' ')}]` };
-    case 'fail-entry': return { status: 1, reason: `KVM could not enter the guest (hardware reason ${s.hwReason})` };
-    case 'unhandled-exit': return { status: 1, reason: `unhandled KVM exit reason ${s.exitReason}` };
-    case 'error': return { status: 1, reason: `vCPU thread failed: ${s.message}` };
+    case 'stopped':
+      return { status: 0, reason: 'stopped' };
+    case 'hlt':
+      return { status: 0, reason: 'guest halted' };
+    case 'shutdown':
+      return { status: 1, reason: 'guest shut down the CPU (triple fault)' };
+    case 'system-event':
+      return { status: 0, reason: `guest system event ${s.type} (1 shutdown, 2 reset)` };
+    case 'internal-error':
+      return {
+        status: 1,
+        reason: `KVM internal error, suberror ${s.suberror} (1 = emulation failure), data [${s.data.join(' ')}]`,
+      };
+    case 'fail-entry':
+      return { status: 1, reason: `KVM could not enter the guest (hardware reason ${s.hwReason})` };
+    case 'unhandled-exit':
+      return { status: 1, reason: `unhandled KVM exit reason ${s.exitReason}` };
+    case 'error':
+      return { status: 1, reason: `vCPU thread failed: ${s.message}` };
   }
 }

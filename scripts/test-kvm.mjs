@@ -10,8 +10,29 @@ import { dirname, join } from 'node:path';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const tests = ['node', '--test', '--test-concurrency=1', 'dist/test/kvm/'];
 let local = true;
-try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); } catch { local = false; }
-const cmd = local ? tests : [process.execPath, 'dist/bin/tsvmm.js', 'testhost', 'run', '--kernel', 'debian', '--devices', 'edu', '--memory', '8192', '--timeout', '1500', '--', ...tests];
+try {
+  accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+} catch {
+  local = false;
+}
+const cmd = local
+  ? tests
+  : [
+      process.execPath,
+      'dist/bin/tsvmm.js',
+      'testhost',
+      'run',
+      '--kernel',
+      'debian',
+      '--devices',
+      'edu',
+      '--memory',
+      '8192',
+      '--timeout',
+      '1500',
+      '--',
+      ...tests,
+    ];
 if (!local) console.error('test:kvm: this machine has no usable /dev/kvm; running dist/test/kvm/ inside the test host');
 const r = spawnSync(cmd[0] === 'node' ? process.execPath : cmd[0], cmd.slice(1), { cwd: root, stdio: 'inherit' });
 process.exit(r.status ?? 1);

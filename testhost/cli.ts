@@ -24,7 +24,10 @@ Options:
                             linux-source-6.12 with testhost/kernel-testhost.config (adds /dev/iommu, VFIO cdev,
                             the mtty mdev sample). Default debian.
   --devices LIST            Comma-separated device sets (default ${DEFAULT_DEVICES.join(',')}; also all, none):
-${deviceHelp().split('\n').map((l) => '    ' + l).join('\n')}
+${deviceHelp()
+  .split('\n')
+  .map((l) => '    ' + l)
+  .join('\n')}
   --timeout SECONDS         Wall-clock limit for boot + command (default 600).
   --memory MIB              Host RAM (default 3072).   --cpus N   Host vCPUs (default 1: with
                             more, TCG occasionally panics the host kernel when KVM VMs are created).
@@ -67,17 +70,30 @@ function parse(args: string[], allowBoth = false): Parsed {
       return v;
     };
     switch (flag) {
-      case '--': p.rest = args.slice(i + 1); return p;
+      case '--':
+        p.rest = args.slice(i + 1);
+        return p;
       case '--kernel': {
         const k = val();
-        if (!(KERNEL_KINDS as string[]).includes(k) && !(allowBoth && k === 'both')) throw new TestHostError(`unknown kernel '${k}'; valid: ${KERNEL_KINDS.join(', ')}${allowBoth ? ', both' : ''}`);
+        if (!(KERNEL_KINDS as string[]).includes(k) && !(allowBoth && k === 'both'))
+          throw new TestHostError(
+            `unknown kernel '${k}'; valid: ${KERNEL_KINDS.join(', ')}${allowBoth ? ', both' : ''}`,
+          );
         p.kernel = k as KernelKind | 'both';
         break;
       }
-      case '--devices': p.devices.push(val()); break;
-      case '--timeout': p.timeoutMs = num('seconds') * 1000; break;
-      case '--memory': p.memoryMiB = num('MiB'); break;
-      case '--cpus': p.cpus = num('count'); break;
+      case '--devices':
+        p.devices.push(val());
+        break;
+      case '--timeout':
+        p.timeoutMs = num('seconds') * 1000;
+        break;
+      case '--memory':
+        p.memoryMiB = num('MiB');
+        break;
+      case '--cpus':
+        p.cpus = num('count');
+        break;
       case '--env': {
         const v = val();
         const k = v.indexOf('=');
@@ -85,9 +101,16 @@ function parse(args: string[], allowBoth = false): Parsed {
         p.env[v.slice(0, k)] = v.slice(k + 1);
         break;
       }
-      case '--keep': p.keep = true; break;
-      case '--quiet': case '-q': p.quiet = true; break;
-      case '--force': p.force = true; break;
+      case '--keep':
+        p.keep = true;
+        break;
+      case '--quiet':
+      case '-q':
+        p.quiet = true;
+        break;
+      case '--force':
+        p.force = true;
+        break;
       default:
         if (a.startsWith('-')) throw new TestHostError(`unknown option '${a}'`);
         p.rest = args.slice(i); // a command without '--'
@@ -99,7 +122,9 @@ function parse(args: string[], allowBoth = false): Parsed {
 
 function report(r: TestHostResult, label: string): void {
   const t = r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ');
-  process.stderr.write(`testhost: ${label}: exit ${r.exitCode}${r.timedOut ? ' (time limit)' : ''} [${r.kernel.kind} ${r.kernel.version}] ${t}\n`);
+  process.stderr.write(
+    `testhost: ${label}: exit ${r.exitCode}${r.timedOut ? ' (time limit)' : ''} [${r.kernel.kind} ${r.kernel.version}] ${t}\n`,
+  );
   if (r.error) {
     process.stderr.write(`testhost: ${r.error}\n`);
     process.stderr.write(`testhost: console log (tail):\n${tail(r.consoleLog, 40)}\n`);
@@ -114,8 +139,13 @@ async function cmdRun(args: string[]): Promise<number> {
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: p.rest.length === 1 ? p.rest[0]! : p.rest,
-    timeoutMs: p.timeoutMs, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
-    stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+    timeoutMs: p.timeoutMs,
+    memoryMiB: p.memoryMiB,
+    cpus: p.cpus,
+    env: p.env,
+    stream: true,
+    keepRunDir: p.keep,
+    log: p.quiet ? () => {} : stderrLog,
   });
   report(r, 'run');
   return r.exitCode;
@@ -134,7 +164,8 @@ async function cmdTest(args: string[]): Promise<number> {
   const p = parse(args, true);
   const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/', linux: 'dist/test/host/linux/' };
   for (const d of Object.values(dirs)) {
-    if (!existsSync(join(projectRoot, d))) throw new TestHostError(`${d} not found under ${projectRoot}: build first (npm run build)`);
+    if (!existsSync(join(projectRoot, d)))
+      throw new TestHostError(`${d} not found under ${projectRoot}: build first (npm run build)`);
   }
   const plan: { kernel: KernelKind; dirs: string[] }[] = [];
   // linux/: Linux guests booted by tsvmm (a few minutes); on the debian host only, whose kernel is also the guest's.
@@ -148,11 +179,17 @@ async function cmdTest(args: string[]): Promise<number> {
     let r: TestHostResult;
     try {
       r = await runInTestHost({
-        kernel: step.kernel, devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
+        kernel: step.kernel,
+        devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
         command: ['node', '--test', '--test-concurrency=1', '--test-reporter=tap', ...step.dirs],
         // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
-        timeoutMs: p.timeoutMs ?? 10 * 60_000, memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined), cpus: p.cpus, env: p.env,
-        stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+        timeoutMs: p.timeoutMs ?? 10 * 60_000,
+        memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined),
+        cpus: p.cpus,
+        env: p.env,
+        stream: true,
+        keepRunDir: p.keep,
+        log: p.quiet ? () => {} : stderrLog,
       });
     } catch (e) {
       // A kernel that cannot be fetched/built fails this step; the other still runs.
@@ -166,23 +203,41 @@ async function cmdTest(args: string[]): Promise<number> {
     const c = testCounts(r.stdout);
     const ok = r.exitCode === 0 && c.fail === 0 && c.pass > 0;
     if (!ok) failed = true;
-    const why = ok ? 'ok' : r.error ? r.error.split('\n')[0] : c.pass + c.fail === 0 ? 'FAILED: no tests ran' : `FAILED (exit ${r.exitCode})`;
-    summary.push(`#   ${label}: pass ${c.pass}, fail ${c.fail} — ${why} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`);
+    const why = ok
+      ? 'ok'
+      : r.error
+        ? r.error.split('\n')[0]
+        : c.pass + c.fail === 0
+          ? 'FAILED: no tests ran'
+          : `FAILED (exit ${r.exitCode})`;
+    summary.push(
+      `#   ${label}: pass ${c.pass}, fail ${c.fail} — ${why} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`,
+    );
   }
-  process.stdout.write(`\n# testhost summary\n${summary.join('\n')}\n# testhost: ${failed ? 'FAILED' : 'all passed'}\n`);
+  process.stdout.write(
+    `\n# testhost summary\n${summary.join('\n')}\n# testhost: ${failed ? 'FAILED' : 'all passed'}\n`,
+  );
   return failed ? 1 : 0;
 }
 
 async function cmdDemo(args: string[]): Promise<number> {
   const p = parse(args);
   const bin = join(projectRoot, 'dist/bin/tsvmm.js');
-  if (!existsSync(bin)) process.stderr.write(`testhost: warning: ${bin} does not exist yet (npm run build); the host will report the failure\n`);
+  if (!existsSync(bin))
+    process.stderr.write(
+      `testhost: warning: ${bin} does not exist yet (npm run build); the host will report the failure\n`,
+    );
   const r = await runInTestHost({
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: ['node', 'dist/bin/tsvmm.js', 'run', ...p.rest],
-    timeoutMs: p.timeoutMs ?? 5 * 60_000, memoryMiB: p.memoryMiB, cpus: p.cpus, env: p.env,
-    stream: true, keepRunDir: p.keep, log: p.quiet ? () => {} : stderrLog,
+    timeoutMs: p.timeoutMs ?? 5 * 60_000,
+    memoryMiB: p.memoryMiB,
+    cpus: p.cpus,
+    env: p.env,
+    stream: true,
+    keepRunDir: p.keep,
+    log: p.quiet ? () => {} : stderrLog,
   });
   report(r, 'demo');
   return r.exitCode;
@@ -207,13 +262,20 @@ export async function testhostMain(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     switch (cmd) {
-      case undefined: case '-h': case '--help': case 'help':
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
         process.stdout.write(help() + '\n');
         return cmd === undefined ? 2 : 0;
-      case 'run': return await cmdRun(rest);
-      case 'test': return await cmdTest(rest);
-      case 'demo': return await cmdDemo(rest);
-      case 'build-kernel': return await cmdBuildKernel(rest);
+      case 'run':
+        return await cmdRun(rest);
+      case 'test':
+        return await cmdTest(rest);
+      case 'demo':
+        return await cmdDemo(rest);
+      case 'build-kernel':
+        return await cmdBuildKernel(rest);
       default:
         process.stderr.write(`tsvmm testhost: unknown command '${cmd}' (run, test, demo, build-kernel, --help)\n`);
         return 2;
@@ -229,5 +291,7 @@ export async function testhostMain(argv: string[]): Promise<number> {
 
 // Runnable on its own too: node dist/testhost/cli.js <args>
 if (import.meta.url === `file://${process.argv[1]}`) {
-  testhostMain(process.argv.slice(2)).then((c) => { process.exitCode = c; });
+  testhostMain(process.argv.slice(2)).then((c) => {
+    process.exitCode = c;
+  });
 }

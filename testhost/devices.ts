@@ -60,26 +60,65 @@ const SETS: Record<string, DeviceSet> = {
       ctx.env.TSVMM_TESTHOST_NVME_IMAGE = img;
       ctx.env.TSVMM_TESTHOST_NVME_SHA256 = createHash('sha256').update(data).digest('hex');
       ctx.env.TSVMM_TESTHOST_NVME_BYTES = String(data.length);
-      return [{ name: 'nvme', id: '1b36:0010', path: '04.0', vfio: true,
-        qemu: ['-drive', `if=none,id=nvme0,file=${img},format=raw`, '-device', 'nvme,serial=tsvmm-nvme,drive=nvme0,addr=04.0'] }];
+      return [
+        {
+          name: 'nvme',
+          id: '1b36:0010',
+          path: '04.0',
+          vfio: true,
+          qemu: [
+            '-drive',
+            `if=none,id=nvme0,file=${img},format=raw`,
+            '-device',
+            'nvme,serial=tsvmm-nvme,drive=nvme0,addr=04.0',
+          ],
+        },
+      ];
     },
   },
   e1000e: {
     help: 'e1000e (8086:10d3) at 00:05.0, MSI-X in its own BAR; backend: isolated user net',
-    make: () => [{ name: 'e1000e', id: '8086:10d3', path: '05.0', vfio: true,
-      qemu: ['-netdev', 'user,id=net0,restrict=on', '-device', 'e1000e,netdev=net0,mac=52:54:00:12:34:56,addr=05.0'] }],
+    make: () => [
+      {
+        name: 'e1000e',
+        id: '8086:10d3',
+        path: '05.0',
+        vfio: true,
+        qemu: ['-netdev', 'user,id=net0,restrict=on', '-device', 'e1000e,netdev=net0,mac=52:54:00:12:34:56,addr=05.0'],
+      },
+    ],
   },
   bridge: {
     help: 'pci-bridge at 00:06.0 with edu (bridge-edu, slot 01.0) and pci-testdev (bridge-testdev, slot 02.0) behind it: one IOMMU group, two devices',
     make: () => [
-      { name: 'pci-bridge', id: '1b36:0001', path: '06.0', vfio: false, qemu: ['-device', 'pci-bridge,id=br0,chassis_nr=1,shpc=off,addr=06.0'] },
-      { name: 'bridge-edu', id: '1234:11e8', path: '06.0/01.0', vfio: true, qemu: ['-device', 'edu,bus=br0,addr=01.0'] },
-      { name: 'bridge-testdev', id: '1b36:0005', path: '06.0/02.0', vfio: true, qemu: ['-device', 'pci-testdev,bus=br0,addr=02.0'] },
+      {
+        name: 'pci-bridge',
+        id: '1b36:0001',
+        path: '06.0',
+        vfio: false,
+        qemu: ['-device', 'pci-bridge,id=br0,chassis_nr=1,shpc=off,addr=06.0'],
+      },
+      {
+        name: 'bridge-edu',
+        id: '1234:11e8',
+        path: '06.0/01.0',
+        vfio: true,
+        qemu: ['-device', 'edu,bus=br0,addr=01.0'],
+      },
+      {
+        name: 'bridge-testdev',
+        id: '1b36:0005',
+        path: '06.0/02.0',
+        vfio: true,
+        qemu: ['-device', 'pci-testdev,bus=br0,addr=02.0'],
+      },
     ],
   },
   testdev: {
     help: 'pci-testdev (1b36:0005) at 00:07.0: MMIO and I/O BAR forwarding checks',
-    make: () => [{ name: 'testdev', id: '1b36:0005', path: '07.0', vfio: true, qemu: ['-device', 'pci-testdev,addr=07.0'] }],
+    make: () => [
+      { name: 'testdev', id: '1b36:0005', path: '07.0', vfio: true, qemu: ['-device', 'pci-testdev,addr=07.0'] },
+    ],
   },
   ivshmem: {
     help: 'ivshmem-plain (1af4:1110) at 00:08.0 on a 1 MiB shared file (env TSVMM_TESTHOST_IVSHMEM_PATH)',
@@ -87,8 +126,20 @@ const SETS: Record<string, DeviceSet> = {
       const file = join(ctx.runDir, 'ivshmem.bin');
       writeFileSync(file, Buffer.alloc(2 ** 20));
       ctx.env.TSVMM_TESTHOST_IVSHMEM_PATH = file;
-      return [{ name: 'ivshmem', id: '1af4:1110', path: '08.0', vfio: true,
-        qemu: ['-object', `memory-backend-file,id=ivshm0,share=on,mem-path=${file},size=1M`, '-device', 'ivshmem-plain,memdev=ivshm0,addr=08.0'] }];
+      return [
+        {
+          name: 'ivshmem',
+          id: '1af4:1110',
+          path: '08.0',
+          vfio: true,
+          qemu: [
+            '-object',
+            `memory-backend-file,id=ivshm0,share=on,mem-path=${file},size=1M`,
+            '-device',
+            'ivshmem-plain,memdev=ivshm0,addr=08.0',
+          ],
+        },
+      ];
     },
   },
 };
@@ -102,11 +153,17 @@ export function deviceHelp(): string {
 
 /** Accepts ["edu,nvme", "bridge"] or ["all"]; throws listing the valid names on a typo. */
 export function parseDeviceSets(list: string[]): string[] {
-  const names = list.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+  const names = list
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (names.includes('all')) return DEVICE_SETS;
   if (names.includes('none')) return [];
   const bad = names.filter((n) => !SETS[n]);
-  if (bad.length) throw new TestHostError(`unknown test-host device${bad.length > 1 ? 's' : ''} ${bad.map((b) => `'${b}'`).join(', ')}; valid: ${DEVICE_SETS.join(', ')}, all, none`);
+  if (bad.length)
+    throw new TestHostError(
+      `unknown test-host device${bad.length > 1 ? 's' : ''} ${bad.map((b) => `'${b}'`).join(', ')}; valid: ${DEVICE_SETS.join(', ')}, all, none`,
+    );
   return [...new Set(names)];
 }
 

@@ -1,6 +1,17 @@
 // Programmatic API of the test host: boot a nested KVM+VFIO Linux under QEMU/TCG, run one command in it
 // (chrooted into this machine's root, shared read-only over 9p), and bring back its status and output.
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, writeFileSync, fstatSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  closeSync,
+  rmSync,
+  writeFileSync,
+  fstatSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { buildDevices, DEFAULT_DEVICES, devicesConf, parseDeviceSets, type HostDevice } from './devices.js';
@@ -58,26 +69,38 @@ export interface TestHostResult {
 let runCounter = 0;
 
 function pidAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Run dirs of processes that died without cleaning up (SIGKILL) are removed on the next run. */
 function removeStaleRunDirs(runs: string): void {
   for (const d of existsSync(runs) ? readdirSync(runs) : []) {
     const pid = Number(d.split('-')[0]);
-    if (pid && pid !== process.pid && !pidAlive(pid) && !existsSync(join(runs, d, 'keep'))) rmSync(join(runs, d), { recursive: true, force: true });
+    if (pid && pid !== process.pid && !pidAlive(pid) && !existsSync(join(runs, d, 'keep')))
+      rmSync(join(runs, d), { recursive: true, force: true });
   }
 }
 
 /** Paths go on the kernel command line and into space-separated config files. */
 function checkPath(p: string, what: string): void {
-  if (!/^\/[A-Za-z0-9._+/@=-]*$/.test(p)) throw new TestHostError(`${what} path '${p}' has characters the test host cannot pass (use letters, digits, ._+-/@=)`);
+  if (!/^\/[A-Za-z0-9._+/@=-]*$/.test(p))
+    throw new TestHostError(
+      `${what} path '${p}' has characters the test host cannot pass (use letters, digits, ._+-/@=)`,
+    );
 }
 
 /** Tails a file the guest appends to over 9p. */
 class Tail {
   private off = 0;
-  constructor(private readonly path: string, private readonly out?: Writable) {}
+  constructor(
+    private readonly path: string,
+    private readonly out?: Writable,
+  ) {}
   poll(): void {
     if (!this.out || !existsSync(this.path)) return;
     const fd = openSync(this.path, 'r');
@@ -90,12 +113,18 @@ class Tail {
         this.off += n;
         this.out.write(buf.subarray(0, n));
       }
-    } finally { closeSync(fd); }
+    } finally {
+      closeSync(fd);
+    }
   }
 }
 
 function readIf(p: string): string {
-  try { return readFileSync(p, 'utf8'); } catch { return ''; }
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 export function tail(s: string, lines: number): string {
@@ -103,8 +132,13 @@ export function tail(s: string, lines: number): string {
 }
 
 /** Prepare kernel and initramfs without booting (for `build-kernel` and warm-up). */
-export async function prepareKernel(kind: KernelKind, log: Logger = stderrLog, timings = new Timings()): Promise<{ kernel: string; initrd: string; version: string }> {
-  if (!KERNEL_KINDS.includes(kind)) throw new TestHostError(`unknown kernel '${kind}'; valid: ${KERNEL_KINDS.join(', ')}`);
+export async function prepareKernel(
+  kind: KernelKind,
+  log: Logger = stderrLog,
+  timings = new Timings(),
+): Promise<{ kernel: string; initrd: string; version: string }> {
+  if (!KERNEL_KINDS.includes(kind))
+    throw new TestHostError(`unknown kernel '${kind}'; valid: ${KERNEL_KINDS.join(', ')}`);
   await timings.time('packages', () => ensurePackages(HOST_PACKAGES, log));
   const t0 = performance.now();
   let k;
@@ -129,7 +163,8 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const sets = parseDeviceSets(opts.devices ?? DEFAULT_DEVICES); // validate before any download
   const cwd = opts.cwd ?? projectRoot;
-  for (const k of Object.keys(opts.env ?? {})) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TestHostError(`bad env var name '${k}'`);
+  for (const k of Object.keys(opts.env ?? {}))
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TestHostError(`bad env var name '${k}'`);
   const timings = new Timings();
 
   const { kernel, initrd, version } = await prepareKernel(kind, log, timings);
@@ -142,7 +177,9 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
   checkPath(cwd, 'working dir');
   mkdirSync(runDir);
   if (opts.keepRunDir) writeFileSync(join(runDir, 'keep'), '');
-  const removeRunDir = () => { if (!opts.keepRunDir) rmSync(runDir, { recursive: true, force: true }); };
+  const removeRunDir = () => {
+    if (!opts.keepRunDir) rmSync(runDir, { recursive: true, force: true });
+  };
   const unregister = onInterrupt(removeRunDir);
 
   try {
@@ -151,7 +188,10 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     writeFileSync(join(runDir, 'devices.conf'), devicesConf(devs));
 
     // The host mounts a tmpfs over /tmp: anything the command needs from the outer /tmp is shared separately.
-    const shares: Share[] = [{ tag: 'hostroot', path: '/', readonly: true }, { tag: 'tsvmmrun', path: runDir, readonly: false }];
+    const shares: Share[] = [
+      { tag: 'hostroot', path: '/', readonly: true },
+      { tag: 'tsvmmrun', path: runDir, readonly: false },
+    ];
     const extra: Share[] = [];
     for (const p of new Set([projectRoot, cwd, dirname(process.execPath)])) {
       if ((p === '/tmp' || p.startsWith('/tmp/')) && !runDir.startsWith(p + '/')) {
@@ -160,7 +200,10 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
       }
     }
     shares.push(...extra);
-    writeFileSync(join(runDir, 'mounts.conf'), extra.map((s) => `${s.tag} ${s.path} ${s.readonly ? 'ro' : 'rw'}\n`).join(''));
+    writeFileSync(
+      join(runDir, 'mounts.conf'),
+      extra.map((s) => `${s.tag} ${s.path} ${s.readonly ? 'ro' : 'rw'}\n`).join(''),
+    );
 
     const command = typeof opts.command === 'string' ? opts.command : opts.command.map(shq).join(' ');
     const allEnv: Record<string, string> = {
@@ -190,17 +233,34 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     const qemuLog = join(runDir, 'qemu.log');
     const innerBudget = Math.max(10, Math.floor(timeoutMs / 1000) - 15); // leave time to flush and power off
     const append = `console=ttyS0 intel_iommu=on panic=-1 quiet tsvmm.run=${runDir} tsvmm.timeout=${innerBudget}`;
-    const streams = opts.stream === true ? { stdout: process.stdout, stderr: process.stderr } : opts.stream || undefined;
+    const streams =
+      opts.stream === true ? { stdout: process.stdout, stderr: process.stderr } : opts.stream || undefined;
     const outTail = new Tail(join(runDir, 'stdout'), streams?.stdout);
     const errTail = new Tail(join(runDir, 'stderr'), streams?.stderr);
 
     // One vCPU by default: with 2, QEMU 7.2's TCG sometimes runs a stale int3 after the host kernel patches a
     // static key (KVM toggles preempt_notifier_key on every VM create/destroy) and the host panics in __schedule.
     const cpus = opts.cpus ?? 1;
-    if (cpus > 1) log(`warning: ${cpus} vCPUs: the host kernel may panic (int3 in __schedule) when KVM VMs come and go; 1 is reliable`);
+    if (cpus > 1)
+      log(
+        `warning: ${cpus} vCPUs: the host kernel may panic (int3 in __schedule) when KVM VMs come and go; 1 is reliable`,
+      );
     log(`booting the test host (${kind} kernel ${version}; devices: ${sets.join(',') || 'none'})`);
     const t0 = performance.now();
-    const q = startQemu({ kernel, initrd, append, memoryMiB: opts.memoryMiB ?? 3072, cpus, shares, deviceArgs: devs.flatMap((d) => d.qemu), consoleLog, qemuLog }, timeoutMs);
+    const q = startQemu(
+      {
+        kernel,
+        initrd,
+        append,
+        memoryMiB: opts.memoryMiB ?? 3072,
+        cpus,
+        shares,
+        deviceArgs: devs.flatMap((d) => d.qemu),
+        consoleLog,
+        qemuLog,
+      },
+      timeoutMs,
+    );
     let started: number | undefined;
     let finished: number | undefined;
     const poll = () => {
@@ -229,10 +289,20 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     const initError = readIf(join(runDir, 'init-error')).trim();
     const devicesJson = readIf(join(runDir, 'devices.json')).trim();
     let devices: Record<string, HostDevice> = {};
-    try { if (devicesJson) devices = JSON.parse(devicesJson) as Record<string, HostDevice>; } catch { /* reported via consoleLog */ }
+    try {
+      if (devicesJson) devices = JSON.parse(devicesJson) as Record<string, HostDevice>;
+    } catch {
+      /* reported via consoleLog */
+    }
     const result: TestHostResult = {
-      exitCode: 125, stdout: readIf(join(runDir, 'stdout')), stderr: readIf(join(runDir, 'stderr')),
-      consoleLog: readIf(consoleLog), timedOut: false, devices, kernel: { kind, version }, timings: timings.stages,
+      exitCode: 125,
+      stdout: readIf(join(runDir, 'stdout')),
+      stderr: readIf(join(runDir, 'stderr')),
+      consoleLog: readIf(consoleLog),
+      timedOut: false,
+      devices,
+      kernel: { kind, version },
+      timings: timings.stages,
     };
     if (status !== '' && !innerTimedOut) {
       result.exitCode = Number(status);
@@ -243,11 +313,19 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
         ? `the command did not finish within its time limit (${readIf(join(runDir, 'timedout')).trim()} s); killed`
         : `the test host did not finish within ${timeoutMs / 1000} s; killed QEMU`;
     } else {
-      const qlog = tail(readIf(qemuLog).split('\n').filter((l) => !/TCG doesn't support requested feature/.test(l)).join('\n'), 10);
+      const qlog = tail(
+        readIf(qemuLog)
+          .split('\n')
+          .filter((l) => !/TCG doesn't support requested feature/.test(l))
+          .join('\n'),
+        10,
+      );
       const panic = /Kernel panic - not syncing: (.*)/.exec(result.consoleLog)?.[1];
-      result.error = initError ? `test host /init failed: ${initError}`
-        : panic ? `the test host's kernel panicked (${panic.trim()}); see the console log`
-        : `the test host stopped without reporting a status (${QEMU} exit ${qexit.code ?? qexit.signal})${qlog ? `:\n${qlog}` : ''}`;
+      result.error = initError
+        ? `test host /init failed: ${initError}`
+        : panic
+          ? `the test host's kernel panicked (${panic.trim()}); see the console log`
+          : `the test host stopped without reporting a status (${QEMU} exit ${qexit.code ?? qexit.signal})${qlog ? `:\n${qlog}` : ''}`;
     }
     if (opts.keepRunDir) result.runDir = runDir;
     return result;

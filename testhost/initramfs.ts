@@ -1,7 +1,18 @@
 // The test host's initramfs: static busybox, the debian kernel's modules, and /init, which mounts the outer root
 // over 9p, binds the devices to vfio-pci, runs the command chrooted into the outer root and powers off.
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { KernelImage } from './kernel.js';
@@ -39,8 +50,8 @@ fi
 R=; T=600; D=
 for a in $(cat /proc/cmdline); do
   case "$a" in
-    tsvmm.run=*) R="${"$"}{a#tsvmm.run=}";;
-    tsvmm.timeout=*) T="${"$"}{a#tsvmm.timeout=}";;
+    tsvmm.run=*) R="${'$'}{a#tsvmm.run=}";;
+    tsvmm.timeout=*) T="${'$'}{a#tsvmm.timeout=}";;
   esac
 done
 [ -n "$R" ] || die "no tsvmm.run= on the kernel command line"
@@ -72,7 +83,7 @@ json=; sep=
 while read name path id vfio; do
   [ -n "$name" ] || continue
   case "$path" in
-    */*) bdf=$(ls -d /sys/bus/pci/devices/0000:00:${"$"}{path%/*}/0000:*:${"$"}{path#*/} 2>/dev/null | head -n 1); bdf=${"$"}{bdf##*/};;
+    */*) bdf=$(ls -d /sys/bus/pci/devices/0000:00:${'$'}{path%/*}/0000:*:${'$'}{path#*/} 2>/dev/null | head -n 1); bdf=${'$'}{bdf##*/};;
     *) bdf="0000:00:$path";;
   esac
   s=/sys/bus/pci/devices/$bdf
@@ -84,14 +95,14 @@ while read name path id vfio; do
     [ -e $s/driver ] && echo $bdf > $s/driver/unbind
     echo $bdf > /sys/bus/pci/drivers_probe
   fi
-  g=$(readlink $s/iommu_group); g=${"$"}{g##*/}
-  drv=$(readlink $s/driver); drv=${"$"}{drv##*/}
-  [ "$vfio" = 1 ] && [ "$drv" != vfio-pci ] && die "binding $name ($bdf) to vfio-pci failed (driver: ${"$"}{drv:-none})"
+  g=$(readlink $s/iommu_group); g=${'$'}{g##*/}
+  drv=$(readlink $s/driver); drv=${'$'}{drv##*/}
+  [ "$vfio" = 1 ] && [ "$drv" != vfio-pci ] && die "binding $name ($bdf) to vfio-pci failed (driver: ${'$'}{drv:-none})"
   vg=; [ "$drv" = vfio-pci ] && vg=/dev/vfio/$g
   # vfio-dev/ exists in sysfs even without CONFIG_VFIO_DEVICE_CDEV; only the /dev node says the cdev is there.
   c=$(ls $s/vfio-dev 2>/dev/null | head -n 1)
   if [ -n "$c" ] && [ -c "/dev/vfio/devices/$c" ]; then c=/dev/vfio/devices/$c; else c=; fi
-  json="$json$sep\"$name\":{\"bdf\":\"$bdf\",\"id\":\"$id\",\"group\":${"$"}{g:-null},\"driver\":$(q "$drv"),\"vfioGroup\":$(q "$vg"),\"vfioCdev\":$(q "$c")}"
+  json="$json$sep\"$name\":{\"bdf\":\"$bdf\",\"id\":\"$id\",\"group\":${'$'}{g:-null},\"driver\":$(q "$drv"),\"vfioGroup\":$(q "$vg"),\"vfioCdev\":$(q "$c")}"
   sep=,
 done < "$D/devices.conf"
 echo "{$json}" > "$D/devices.json"
@@ -99,9 +110,9 @@ say "devices bound"
 
 read up rest < /proc/uptime
 echo "$up" > "$D/started"
-left=$((T - ${"$"}{up%.*}))
+left=$((T - ${'$'}{up%.*}))
 [ "$left" -lt 5 ] && left=5
-say "running the command (time limit ${"$"}{left}s)"
+say "running the command (time limit ${'$'}{left}s)"
 # Own session, so a timeout kills the whole tree (node --test spawns workers).
 setsid chroot /host /bin/sh "$R/inner.sh" > "$D/stdout" 2> "$D/stderr" < /dev/null &
 pid=$!
@@ -119,7 +130,10 @@ sleep 10
 `;
 
 /** Build (or reuse) the initramfs for a kernel; cached by the content that goes into it. */
-export async function ensureInitramfs(kernel: KernelImage, log: Logger = stderrLog): Promise<{ path: string; built: boolean }> {
+export async function ensureInitramfs(
+  kernel: KernelImage,
+  log: Logger = stderrLog,
+): Promise<{ path: string; built: boolean }> {
   if (!existsSync(BUSYBOX)) await ensurePackages(['busybox-static'], log);
   await ensurePackages(['cpio'], log);
   if (!existsSync(BUSYBOX)) throw new TestHostError(`${BUSYBOX} missing after installing busybox-static`);
@@ -131,7 +145,8 @@ export async function ensureInitramfs(kernel: KernelImage, log: Logger = stderrL
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-initramfs-'));
   try {
     const root = join(dir, 'root');
-    for (const d of ['bin', 'dev', 'proc', 'sys', 'host', 'tmp', 'modules']) mkdirSync(join(root, d), { recursive: true });
+    for (const d of ['bin', 'dev', 'proc', 'sys', 'host', 'tmp', 'modules'])
+      mkdirSync(join(root, d), { recursive: true });
     copyFileSync(BUSYBOX, join(root, 'bin/busybox'));
     chmodSync(join(root, 'bin/busybox'), 0o755);
     writeFileSync(join(root, 'init'), INIT_SCRIPT, { mode: 0o755 });
@@ -144,7 +159,8 @@ export async function ensureInitramfs(kernel: KernelImage, log: Logger = stderrL
     renameSync(tmpOut, path);
     // Older images for this kernel (an earlier /init) are dead weight.
     for (const f of readdirSync(cacheDir())) {
-      if (f.startsWith(`initramfs-${kernel.id}-`) && join(cacheDir(), f) !== path) rmSync(join(cacheDir(), f), { force: true });
+      if (f.startsWith(`initramfs-${kernel.id}-`) && join(cacheDir(), f) !== path)
+        rmSync(join(cacheDir(), f), { force: true });
     }
     return { path, built: true };
   } finally {

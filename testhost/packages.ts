@@ -13,7 +13,12 @@ let updated = false;
 
 export async function missingPackages(names: string[]): Promise<string[]> {
   const r = await exec('dpkg-query', ['-W', '-f=${Package} ${db:Status-Status}\n', ...names], { env: APT_ENV });
-  const installed = new Set(r.stdout.split('\n').filter((l) => l.endsWith(' installed')).map((l) => l.split(/[ :]/)[0]));
+  const installed = new Set(
+    r.stdout
+      .split('\n')
+      .filter((l) => l.endsWith(' installed'))
+      .map((l) => l.split(/[ :]/)[0]),
+  );
   return names.filter((n) => !installed.has(n));
 }
 
@@ -22,7 +27,10 @@ export async function aptUpdate(log: Logger = stderrLog, force = false): Promise
   if (updated && !force) return;
   log('apt-get update');
   const r = await exec('apt-get', [...LOCK_WAIT, 'update', '-qq'], { env: APT_ENV });
-  if (r.code !== 0) throw new TestHostError(`apt-get update failed (exit ${r.code}):\n${(r.stderr || r.stdout).trim().split('\n').slice(-10).join('\n')}`);
+  if (r.code !== 0)
+    throw new TestHostError(
+      `apt-get update failed (exit ${r.code}):\n${(r.stderr || r.stdout).trim().split('\n').slice(-10).join('\n')}`,
+    );
   updated = true;
 }
 
@@ -30,13 +38,18 @@ export async function ensurePackages(names: string[], log: Logger = stderrLog): 
   const missing = await missingPackages([...new Set(names)]);
   if (missing.length === 0) return;
   const cmd = `apt-get install -y ${missing.join(' ')}`;
-  if (process.getuid?.() !== 0) throw new TestHostError(`missing Debian packages: ${missing.join(', ')}; install them as root: ${cmd}`);
+  if (process.getuid?.() !== 0)
+    throw new TestHostError(`missing Debian packages: ${missing.join(', ')}; install them as root: ${cmd}`);
   await aptUpdate(log);
   log(`installing ${missing.join(' ')}`);
-  const r = await exec('apt-get', [...LOCK_WAIT, 'install', '-y', '-qq', '--no-install-recommends', ...missing], { env: APT_ENV });
+  const r = await exec('apt-get', [...LOCK_WAIT, 'install', '-y', '-qq', '--no-install-recommends', ...missing], {
+    env: APT_ENV,
+  });
   if (r.code !== 0) {
-    throw new TestHostError(`could not install ${missing.join(', ')} (${cmd} exited ${r.code}):\n` +
-      (r.stderr || r.stdout).trim().split('\n').slice(-10).join('\n'));
+    throw new TestHostError(
+      `could not install ${missing.join(', ')} (${cmd} exited ${r.code}):\n` +
+        (r.stderr || r.stdout).trim().split('\n').slice(-10).join('\n'),
+    );
   }
   const still = await missingPackages(missing);
   if (still.length) throw new TestHostError(`still missing after apt-get install: ${still.join(', ')}`);

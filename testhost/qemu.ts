@@ -6,7 +6,11 @@ import { killGroup, TestHostError, track } from './util.js';
 export const QEMU = 'qemu-system-x86_64';
 const SETPRIV = '/usr/bin/setpriv';
 
-export interface Share { tag: string; path: string; readonly: boolean }
+export interface Share {
+  tag: string;
+  path: string;
+  readonly: boolean;
+}
 
 export interface QemuConfig {
   kernel: string;
@@ -23,34 +27,66 @@ export interface QemuConfig {
 /** q35 + intel-iommu (so VFIO has an IOMMU) + EPYC with SVM (so kvm_amd loads inside); TCG, as the outer has no usable nested KVM. */
 export function qemuArgs(c: QemuConfig): string[] {
   const args = [
-    '-accel', 'tcg', '-M', 'q35,kernel-irqchip=split', '-cpu', 'EPYC,+svm',
-    '-m', `${c.memoryMiB}M`, '-smp', String(c.cpus),
+    '-accel',
+    'tcg',
+    '-M',
+    'q35,kernel-irqchip=split',
+    '-cpu',
+    'EPYC,+svm',
+    '-m',
+    `${c.memoryMiB}M`,
+    '-smp',
+    String(c.cpus),
     // -nodefaults: no default NIC/VGA claiming PCI slots, so device addresses are ours alone.
-    '-nodefaults', '-no-user-config', '-no-reboot', '-display', 'none',
-    '-serial', `file:${c.consoleLog}`,
-    '-device', 'intel-iommu,intremap=on,caching-mode=on',
-    '-kernel', c.kernel, '-initrd', c.initrd, '-append', c.append,
+    '-nodefaults',
+    '-no-user-config',
+    '-no-reboot',
+    '-display',
+    'none',
+    '-serial',
+    `file:${c.consoleLog}`,
+    '-device',
+    'intel-iommu,intremap=on,caching-mode=on',
+    '-kernel',
+    c.kernel,
+    '-initrd',
+    c.initrd,
+    '-append',
+    c.append,
   ];
   c.shares.forEach((s, i) => {
     // Explicit virtio-9p devices (not -virtfs) to pin their slots away from the test devices.
-    args.push('-fsdev', `local,id=fs${i},path=${s.path},security_model=none,multidevs=remap${s.readonly ? ',readonly=on' : ''}`,
-      '-device', `virtio-9p-pci,fsdev=fs${i},mount_tag=${s.tag},addr=${(0x10 + i).toString(16)}.0`);
+    args.push(
+      '-fsdev',
+      `local,id=fs${i},path=${s.path},security_model=none,multidevs=remap${s.readonly ? ',readonly=on' : ''}`,
+      '-device',
+      `virtio-9p-pci,fsdev=fs${i},mount_tag=${s.tag},addr=${(0x10 + i).toString(16)}.0`,
+    );
   });
   return [...args, ...c.deviceArgs];
 }
 
-export interface QemuExit { code: number | null; signal: NodeJS.Signals | null; killedForTimeout: boolean }
+export interface QemuExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  killedForTimeout: boolean;
+}
 
 /**
  * Start QEMU in its own process group (detached) so a timeout or signal can kill it and any helpers.
  * Resolves when it exits; after `timeoutMs` it is killed. stdout/stderr go to qemuLog (no pipes to fill up).
  */
-export function startQemu(c: QemuConfig, timeoutMs: number): { child: ChildProcess; done: Promise<QemuExit>; kill: () => void } {
+export function startQemu(
+  c: QemuConfig,
+  timeoutMs: number,
+): { child: ChildProcess; done: Promise<QemuExit>; kill: () => void } {
   const fd = openSync(c.qemuLog, 'a');
   let child: ChildProcess;
   try {
     // setpriv --pdeathsig: QEMU dies with us even if we are SIGKILLed (no handler runs then).
-    const [cmd, args] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'KILL', '--', QEMU, ...qemuArgs(c)]] : [QEMU, qemuArgs(c)];
+    const [cmd, args] = existsSync(SETPRIV)
+      ? [SETPRIV, ['--pdeathsig', 'KILL', '--', QEMU, ...qemuArgs(c)]]
+      : [QEMU, qemuArgs(c)];
     child = spawn(cmd, args, { detached: true, stdio: ['ignore', fd, fd] });
   } finally {
     closeSync(fd);
@@ -58,15 +94,25 @@ export function startQemu(c: QemuConfig, timeoutMs: number): { child: ChildProce
   const untrack = track(child);
   let killedForTimeout = false;
   const done = new Promise<QemuExit>((resolve, reject) => {
-    const timer = setTimeout(() => { killedForTimeout = true; killGroup(child); }, timeoutMs);
+    const timer = setTimeout(() => {
+      killedForTimeout = true;
+      killGroup(child);
+    }, timeoutMs);
     child.on('error', (e) => {
-      clearTimeout(timer); untrack();
+      clearTimeout(timer);
+      untrack();
       reject(new TestHostError(`cannot start ${QEMU}: ${e.message}`));
     });
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
       // QEMU is gone; anything it left in its group goes too.
-      if (child.pid !== undefined) { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* empty group */ } }
+      if (child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          /* empty group */
+        }
+      }
       untrack();
       resolve({ code, signal, killedForTimeout });
     });

@@ -1,11 +1,16 @@
 // What every command module shares: strict option parsing (node:util parseArgs: unknown options
 // are refused everywhere), per-command --help, and usage errors that exit 2.
+import { TsvmmError } from '../../core/errors.js';
 import { parseArgs } from 'node:util';
 
 /** A wrong command line: printed with the command's usage, exit status 2. */
-export class UsageError extends Error {
-  readonly exitCode = 2;
-  constructor(message: string, readonly usage: string) { super(message); }
+export class UsageError extends TsvmmError {
+  constructor(
+    message: string,
+    readonly usage: string,
+  ) {
+    super('ERR_USAGE', message);
+  }
 }
 
 type OptionSpec = { type: 'string' | 'boolean'; multiple?: boolean; short?: string };
@@ -15,11 +20,20 @@ export type Values = Record<string, string | boolean | (string | boolean)[] | un
  * Parses a command's arguments. Returns undefined after printing the usage for --help / -h;
  * throws a UsageError for an unknown option, a missing value or the wrong number of positionals.
  */
-export function parseCommand(args: string[], options: Record<string, OptionSpec>, usage: string, positionals: { min: number; max: number; what: string }):
-  { values: Values; positionals: string[] } | undefined {
+export function parseCommand(
+  args: string[],
+  options: Record<string, OptionSpec>,
+  usage: string,
+  positionals: { min: number; max: number; what: string },
+): { values: Values; positionals: string[] } | undefined {
   let r;
   try {
-    r = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    r = parseArgs({
+      args,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (e) {
     const err = e as Error & { code?: string };
     const unknown = /^Unknown option '([^']+)'/.exec(err.message);
@@ -30,7 +44,12 @@ export function parseCommand(args: string[], options: Record<string, OptionSpec>
     return undefined;
   }
   if (r.positionals.length < positionals.min || r.positionals.length > positionals.max)
-    throw new UsageError(r.positionals.length < positionals.min ? `missing ${positionals.what}` : `unexpected argument '${r.positionals[positionals.max]}'`, usage);
+    throw new UsageError(
+      r.positionals.length < positionals.min
+        ? `missing ${positionals.what}`
+        : `unexpected argument '${r.positionals[positionals.max]}'`,
+      usage,
+    );
   return { values: r.values as Values, positionals: r.positionals };
 }
 

@@ -14,8 +14,22 @@ export async function main(args: string[]): Promise<number> {
   const { listGroups } = await import('../../core/vfio/sysfs.js');
   const groups = listGroups();
   if (p.values.json) {
-    process.stdout.write(JSON.stringify(groups.map((g) => ({ group: g.group, viable: g.viable,
-      members: g.members.map((m) => ({ name: m.name, vendor: m.vendor ?? null, device: m.device ?? null, driver: m.driver ?? null })) })), null, 2) + '\n');
+    process.stdout.write(
+      JSON.stringify(
+        groups.map((g) => ({
+          group: g.group,
+          viable: g.viable,
+          members: g.members.map((m) => ({
+            name: m.name,
+            vendor: m.vendor ?? null,
+            device: m.device ?? null,
+            driver: m.driver ?? null,
+          })),
+        })),
+        null,
+        2,
+      ) + '\n',
+    );
     return groups.length ? 0 : 1;
   }
   if (!groups.length) {
@@ -25,7 +39,10 @@ export async function main(args: string[]): Promise<number> {
   for (const g of groups) {
     process.stdout.write(`group ${g.group} ${g.viable ? 'viable' : 'NOT viable'}\n`);
     for (const m of g.members) {
-      const ids = m.vendor !== undefined ? ` ${m.vendor.toString(16).padStart(4, '0')}:${(m.device ?? 0).toString(16).padStart(4, '0')}` : '';
+      const ids =
+        m.vendor !== undefined
+          ? ` ${m.vendor.toString(16).padStart(4, '0')}:${(m.device ?? 0).toString(16).padStart(4, '0')}`
+          : '';
       process.stdout.write(`  ${m.name}${ids} driver=${m.driver ?? '(none)'}\n`);
     }
   }

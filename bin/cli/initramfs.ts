@@ -9,12 +9,23 @@ guest under QEMU with -initrd): static busybox, the modules DIR/modules.order li
 that runs the script, then powers off.`;
 
 export async function main(args: string[]): Promise<number> {
-  const p = parseCommand(args, { script: { type: 'string' }, modules: { type: 'string' }, busybox: { type: 'string' } }, USAGE, { min: 1, max: 1, what: 'output file' });
+  const p = parseCommand(
+    args,
+    { script: { type: 'string' }, modules: { type: 'string' }, busybox: { type: 'string' } },
+    USAGE,
+    { min: 1, max: 1, what: 'output file' },
+  );
   if (!p) return 0;
-  const script = str(p.values, 'script'), modules = str(p.values, 'modules'), busybox = str(p.values, 'busybox');
+  const script = str(p.values, 'script'),
+    modules = str(p.values, 'modules'),
+    busybox = str(p.values, 'busybox');
   if (script === undefined) throw new UsageError('--script FILE is required', USAGE);
   const { buildInitramfs } = await import('../../machine/loader/initramfs.js');
-  const cpio = buildInitramfs({ script: readFileSync(script, 'utf8'), ...(modules ? { modulesDir: modules } : {}), ...(busybox ? { busybox } : {}) });
+  const cpio = buildInitramfs({
+    script: readFileSync(script, 'utf8'),
+    ...(modules ? { modulesDir: modules } : {}),
+    ...(busybox ? { busybox } : {}),
+  });
   writeFileSync(p.positionals[0]!, cpio);
   process.stdout.write(`${p.positionals[0]}: ${cpio.length} bytes (newc, uncompressed)\n`);
   return 0;

@@ -12,11 +12,20 @@ capabilities and a locked-memory limit, and passes the fds over a socketpair (SC
 When the limit cannot be set (no CAP_SYS_RESOURCE), the manager says so and how to fix it.`;
 
 export async function main(args: string[]): Promise<number> {
-  const p = parseCommand(args, { user: { type: 'string' }, uid: { type: 'string' }, gid: { type: 'string' }, memlock: { type: 'string' } }, USAGE, { min: 1, max: 1, what: 'config file' });
+  const p = parseCommand(
+    args,
+    { user: { type: 'string' }, uid: { type: 'string' }, gid: { type: 'string' }, memlock: { type: 'string' } },
+    USAGE,
+    { min: 1, max: 1, what: 'config file' },
+  );
   if (!p) return 0;
   const memlock = str(p.values, 'memlock');
   const memlockBytes = memlock !== undefined ? parseSize(memlock, '--memlock', USAGE) : undefined;
   const { runManager, parseUser } = await import('../../frontend/manager.js');
-  const id = parseUser({ user: str(p.values, 'user'), uid: str(p.values, 'uid'), gid: str(p.values, 'gid') } as { user?: string; uid?: string; gid?: string });
+  const id = parseUser({ user: str(p.values, 'user'), uid: str(p.values, 'uid'), gid: str(p.values, 'gid') } as {
+    user?: string;
+    uid?: string;
+    gid?: string;
+  });
   return runManager(p.positionals[0]!, { ...id, ...(memlockBytes !== undefined ? { memlockBytes } : {}) });
 }

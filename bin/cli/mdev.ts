@@ -14,30 +14,61 @@ export const USAGE = `Usage: tsvmm mdev list [--json]
 export async function main(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === undefined) throw new UsageError('missing subcommand (list, create or remove)', USAGE);
-  if (sub === '--help' || sub === '-h') { process.stdout.write(USAGE + '\n'); return 0; }
+  if (sub === '--help' || sub === '-h') {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
   const m = await import('../../core/vfio/mdev.js');
   switch (sub) {
     case 'list': {
       const p = parseCommand(rest, { json: { type: 'boolean' } }, USAGE, { min: 0, max: 0, what: '' });
       if (!p) return 0;
-      const types = m.mdevTypes(), devs = m.mdevs();
+      const types = m.mdevTypes(),
+        devs = m.mdevs();
       if (p.values.json) {
         const nil = <T>(x: T | undefined) => x ?? null;
-        process.stdout.write(JSON.stringify({
-          types: types.map((t) => ({ parent: t.parent, type: t.type, available: t.available, deviceApi: nil(t.deviceApi), name: nil(t.name) })),
-          mdevs: devs.map((d) => ({ uuid: d.uuid, type: d.type, parent: d.parent, group: nil(d.group), cdev: nil(d.cdev), path: d.path })),
-        }, null, 2) + '\n');
+        process.stdout.write(
+          JSON.stringify(
+            {
+              types: types.map((t) => ({
+                parent: t.parent,
+                type: t.type,
+                available: t.available,
+                deviceApi: nil(t.deviceApi),
+                name: nil(t.name),
+              })),
+              mdevs: devs.map((d) => ({
+                uuid: d.uuid,
+                type: d.type,
+                parent: d.parent,
+                group: nil(d.group),
+                cdev: nil(d.cdev),
+                path: d.path,
+              })),
+            },
+            null,
+            2,
+          ) + '\n',
+        );
         return 0;
       }
       if (!types.length && !devs.length) process.stdout.write(`no mdev parents (${m.MDEV_BUS} empty or missing)\n`);
-      for (const t of types) process.stdout.write(`type ${t.parent}/${t.type} available=${t.available}${t.deviceApi ? ` api=${t.deviceApi}` : ''}${t.name ? ` name="${t.name}"` : ''}\n`);
-      for (const d of devs) process.stdout.write(`mdev ${d.uuid} type=${d.type} parent=${d.parent} group=${d.group ?? '-'} cdev=${d.cdev ?? '-'} sysfsdev=${d.path}\n`);
+      for (const t of types)
+        process.stdout.write(
+          `type ${t.parent}/${t.type} available=${t.available}${t.deviceApi ? ` api=${t.deviceApi}` : ''}${t.name ? ` name="${t.name}"` : ''}\n`,
+        );
+      for (const d of devs)
+        process.stdout.write(
+          `mdev ${d.uuid} type=${d.type} parent=${d.parent} group=${d.group ?? '-'} cdev=${d.cdev ?? '-'} sysfsdev=${d.path}\n`,
+        );
       return 0;
     }
     case 'create': {
       const p = parseCommand(rest, {}, USAGE, { min: 1, max: 2, what: 'mdev type' });
       if (!p) return 0;
-      process.stdout.write(`${m.createMdev(p.positionals[0]!, ...(p.positionals[1] ? [p.positionals[1]] : [])).path}\n`);
+      process.stdout.write(
+        `${m.createMdev(p.positionals[0]!, ...(p.positionals[1] ? [p.positionals[1]] : [])).path}\n`,
+      );
       return 0;
     }
     case 'remove': {

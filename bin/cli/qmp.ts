@@ -13,12 +13,20 @@ export async function main(args: string[]): Promise<number> {
   const [sock, command, json] = p.positionals as [string, string, string?];
   let qargs: Record<string, unknown> | undefined;
   if (json !== undefined) {
-    try { qargs = JSON.parse(json) as Record<string, unknown>; } catch (e) { throw new UsageError(`json-arguments: ${(e as Error).message}`, USAGE); }
-    if (!qargs || typeof qargs !== 'object' || Array.isArray(qargs)) throw new UsageError('json-arguments must be a JSON object', USAGE);
+    try {
+      qargs = JSON.parse(json) as Record<string, unknown>;
+    } catch (e) {
+      throw new UsageError(`json-arguments: ${(e as Error).message}`, USAGE);
+    }
+    if (!qargs || typeof qargs !== 'object' || Array.isArray(qargs))
+      throw new UsageError('json-arguments must be a JSON object', USAGE);
   }
   const { qmpCall } = await import('../../frontend/qmp/client.js');
   const r = await qmpCall(sock, command, qargs);
-  if ('error' in r) { process.stderr.write(`tsvmm qmp: ${r.error.class}: ${r.error.desc}\n`); return 1; }
+  if ('error' in r) {
+    process.stderr.write(`tsvmm qmp: ${r.error.class}: ${r.error.desc}\n`);
+    return 1;
+  }
   process.stdout.write(JSON.stringify(r.return, null, 2) + '\n');
   return 0;
 }

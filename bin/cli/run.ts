@@ -34,9 +34,18 @@ resets or powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config 
 128+N on signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up.`;
 
 const OPTIONS = {
-  memory: { type: 'string' }, cpus: { type: 'string' }, kernel: { type: 'string' }, 'kernel-format': { type: 'string' },
-  initrd: { type: 'string' }, cmdline: { type: 'string' }, name: { type: 'string' }, device: { type: 'string', multiple: true },
-  serial: { type: 'string' }, qmp: { type: 'string' }, 'fd-socket': { type: 'string' }, 'print-config': { type: 'boolean' },
+  memory: { type: 'string' },
+  cpus: { type: 'string' },
+  kernel: { type: 'string' },
+  'kernel-format': { type: 'string' },
+  initrd: { type: 'string' },
+  cmdline: { type: 'string' },
+  name: { type: 'string' },
+  device: { type: 'string', multiple: true },
+  serial: { type: 'string' },
+  qmp: { type: 'string' },
+  'fd-socket': { type: 'string' },
+  'print-config': { type: 'boolean' },
 } as const;
 
 const DEMO: RawConfig = { name: 'demo', memory: '64M', kernel: { path: `${projectRoot}/guest/out/tsvmm-guest.elf` } };
@@ -46,13 +55,16 @@ const DEVICE_KEYS = ['host', 'sysfsdev', 'cdev', 'fd', 'id', 'backend', 'addr', 
 /** -device-style "vfio-pci,host=…,id=…" → a device of the config. */
 export function parseDevice(spec: string): VfioPciConfig {
   const [driver, ...props] = spec.split(',');
-  if (driver !== 'vfio-pci') throw new UsageError(`--device: '${driver}' is not a device tsvmm has (it has vfio-pci)`, USAGE);
+  if (driver !== 'vfio-pci')
+    throw new UsageError(`--device: '${driver}' is not a device tsvmm has (it has vfio-pci)`, USAGE);
   const d: Record<string, unknown> = { type: 'vfio-pci' };
   for (const p of props) {
     const i = p.indexOf('=');
     const [k, v] = i < 0 ? [p, ''] : [p.slice(0, i), p.slice(i + 1)];
-    if (!DEVICE_KEYS.includes(k)) throw new UsageError(`--device: vfio-pci has no property '${k}' (it takes ${DEVICE_KEYS.join(', ')})`, USAGE);
-    if (k in d || (k === 'addr' && 'slot' in d) || (k === 'slot' && 'slot' in d)) throw new UsageError(`--device: '${k}' given twice`, USAGE);
+    if (!DEVICE_KEYS.includes(k))
+      throw new UsageError(`--device: vfio-pci has no property '${k}' (it takes ${DEVICE_KEYS.join(', ')})`, USAGE);
+    if (k in d || (k === 'addr' && 'slot' in d) || (k === 'slot' && 'slot' in d))
+      throw new UsageError(`--device: '${k}' given twice`, USAGE);
     if (k === 'addr') {
       // QEMU's addr: the slot in hex, optionally ".0" (function 0 only).
       const m = /^(?:0x)?([0-9a-f]{1,2})(?:\.0)?$/i.exec(v);
@@ -67,24 +79,46 @@ export function parseDevice(spec: string): VfioPciConfig {
 }
 
 /** The config file (or the demo) with the flags applied: the JSON `run` validates and runs. */
-export function buildRawConfig(positional: string | undefined, v: Record<string, unknown>): { raw: RawConfig; source: string; baseDir: string } {
+export function buildRawConfig(
+  positional: string | undefined,
+  v: Record<string, unknown>,
+): { raw: RawConfig; source: string; baseDir: string } {
   let raw: RawConfig, source: string, baseDir: string;
-  const flagged = ['memory', 'cpus', 'kernel', 'kernel-format', 'initrd', 'cmdline', 'name', 'device', 'serial'].some((k) => v[k] !== undefined);
+  const flagged = ['memory', 'cpus', 'kernel', 'kernel-format', 'initrd', 'cmdline', 'name', 'device', 'serial'].some(
+    (k) => v[k] !== undefined,
+  );
   if (positional !== undefined) {
     const abs = resolve(positional);
     let text: string;
-    try { text = readFileSync(abs, 'utf8'); } catch (e) { throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]); }
-    try { raw = JSON.parse(text) as RawConfig; } catch (e) { throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]); }
-    if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(abs, ['(top level): must be object']);
+    try {
+      text = readFileSync(abs, 'utf8');
+    } catch (e) {
+      throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
+    }
+    try {
+      raw = JSON.parse(text) as RawConfig;
+    } catch (e) {
+      throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
+    }
+    if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+      throw new ConfigError(abs, ['(top level): must be object']);
     source = flagged ? `${abs} with command-line flags` : abs;
     baseDir = dirname(abs);
   } else {
     raw = v.kernel !== undefined ? { kernel: { path: '' } } : structuredClone(DEMO);
-    source = v.kernel !== undefined ? 'command-line flags' : flagged ? 'the built-in demo with command-line flags' : 'built-in demo';
+    source =
+      v.kernel !== undefined
+        ? 'command-line flags'
+        : flagged
+          ? 'the built-in demo with command-line flags'
+          : 'built-in demo';
     baseDir = process.cwd();
   }
   const cwd = (p: string) => resolve(process.cwd(), p);
-  if (v.memory !== undefined) { const m = v.memory as string; raw.memory = /^\d+$/.test(m) ? Number(m) : m; }
+  if (v.memory !== undefined) {
+    const m = v.memory as string;
+    raw.memory = /^\d+$/.test(m) ? Number(m) : m;
+  }
   if (v.cpus !== undefined) {
     if (!/^\d+$/.test(v.cpus as string)) throw new UsageError(`--cpus ${String(v.cpus)}: not a number`, USAGE);
     raw.vcpus = Number(v.cpus);
@@ -140,7 +174,11 @@ export async function main(args: string[]): Promise<number> {
       const sock = Number(fdSocket);
       if (!/^\d+$/.test(fdSocket)) throw new UsageError('--fd-socket takes an fd number', USAGE);
       const { receivePassedFds } = await import('../../core/fdpass.js');
-      try { passedFds = receivePassedFds(sock); } finally { closeSync(sock); }
+      try {
+        passedFds = receivePassedFds(sock);
+      } finally {
+        closeSync(sock);
+      }
     }
     const { Machine } = await import('../../machine/machine.js');
     machine = new Machine(config, passedFds ? { passedFds } : {});
@@ -156,7 +194,8 @@ export async function main(args: string[]): Promise<number> {
     }
     const r = await machine.run();
     const bySignal = /^interrupted/.test(r.reason);
-    if (r.reason !== 'QMP quit') qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });
+    if (r.reason !== 'QMP quit')
+      qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {

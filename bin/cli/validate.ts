@@ -13,6 +13,8 @@ export async function main(args: string[]): Promise<number> {
   const p = parseCommand(args, {}, USAGE, { min: 1, max: 1, what: 'config file' });
   if (!p) return 0;
   const c = loadConfig(p.positionals[0]!);
-  process.stdout.write(`${p.positionals[0]}: valid (${c.name}: ${c.memoryBytes / 2 ** 20} MiB, ${c.vcpus} vCPU, ${c.devices.length} device(s))\n`);
+  process.stdout.write(
+    `${p.positionals[0]}: valid (${c.name}: ${c.memoryBytes / 2 ** 20} MiB, ${c.vcpus} vCPU, ${c.devices.length} device(s))\n`,
+  );
   return 0;
 }

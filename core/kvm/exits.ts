@@ -29,4 +29,5 @@ export function stopForExit(reason: number, page: DataView): VcpuStop | undefine
   }
 }
 
-export const EINTR = 4, EAGAIN = 11;
+export const EINTR = 4,
+  EAGAIN = 11;

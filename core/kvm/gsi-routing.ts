@@ -16,7 +16,10 @@ export class GsiRouting {
   /** Number of KVM_SET_GSI_ROUTING calls (for tests and benchmarks). */
   commits = 0;
 
-  constructor(private readonly vmFd: number, private readonly maxGsi = 1024) {}
+  constructor(
+    private readonly vmFd: number,
+    private readonly maxGsi = 1024,
+  ) {}
 
   allocMsi(msg: MsiMessage): number {
     const gsi = this.free.pop() ?? this.next++;
@@ -49,8 +52,15 @@ export class GsiRouting {
     for (let pin = 0; pin < IRQCHIP_PINS; pin++) {
       // As QEMU's kvm_pc_setup_irq_routing: ISA IRQs drive both PICs and the IOAPIC; IRQ 2 is
       // the PIC cascade, and the PIT's IRQ 0 arrives on IOAPIC pin 2 (the usual override).
-      if (pin < 16 && pin !== 2) routes.push({ gsi: pin, type: 'irqchip', irqchip: pin < 8 ? c.KVM_IRQCHIP_PIC_MASTER! : c.KVM_IRQCHIP_PIC_SLAVE!, pin: pin % 8 });
-      if (pin !== 2) routes.push({ gsi: pin, type: 'irqchip', irqchip: c.KVM_IRQCHIP_IOAPIC!, pin: pin === 0 ? 2 : pin });
+      if (pin < 16 && pin !== 2)
+        routes.push({
+          gsi: pin,
+          type: 'irqchip',
+          irqchip: pin < 8 ? c.KVM_IRQCHIP_PIC_MASTER : c.KVM_IRQCHIP_PIC_SLAVE,
+          pin: pin % 8,
+        });
+      if (pin !== 2)
+        routes.push({ gsi: pin, type: 'irqchip', irqchip: c.KVM_IRQCHIP_IOAPIC, pin: pin === 0 ? 2 : pin });
     }
     for (const [gsi, m] of this.msi) routes.push({ gsi, type: 'msi', ...m });
     native().kvmSetGsiRouting(this.vmFd, routes);

@@ -1,17 +1,28 @@
 // /dev/kvm: the system fd. Opening it is where "no KVM here" or "no permission" is explained.
+import { TsvmmError, type TsvmmErrorOptions } from '../errors.js';
 import { openSync, closeSync, existsSync } from 'node:fs';
 import { native, type CpuidEntry } from '../native.js';
+import type { NativeConstants } from '../native-constants.js';
 
-export class KvmError extends Error {}
+export class KvmError extends TsvmmError {
+  constructor(message: string, opts?: TsvmmErrorOptions) {
+    super('ERR_KVM', message, opts);
+  }
+}
 
 export class Kvm {
-  private constructor(readonly fd: number, readonly path: string) {}
+  private constructor(
+    readonly fd: number,
+    readonly path: string,
+  ) {}
 
   static open(path = '/dev/kvm'): Kvm {
     if (!existsSync(path)) {
-      throw new KvmError(`${path} does not exist: this machine has no KVM.\n` +
-        `  fix: run on a Linux host with hardware virtualization and the kvm module loaded ` +
-        `(modprobe kvm_intel or kvm_amd), or run tsvmm inside its test host: 'tsvmm testhost run -- tsvmm run ...'`);
+      throw new KvmError(
+        `${path} does not exist: this machine has no KVM.\n` +
+          `  fix: run on a Linux host with hardware virtualization and the kvm module loaded ` +
+          `(modprobe kvm_intel or kvm_amd), or run tsvmm inside its test host: 'tsvmm testhost run -- tsvmm run ...'`,
+      );
     }
     let fd: number;
     try {
@@ -19,8 +30,11 @@ export class Kvm {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EACCES' || code === 'EPERM') {
-        throw new KvmError(`no permission to open ${path} (${code}).\n` +
-          `  fix: add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) or run as root`, { cause: e });
+        throw new KvmError(
+          `no permission to open ${path} (${code}).\n` +
+            `  fix: add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) or run as root`,
+          { cause: e },
+        );
       }
       throw new KvmError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
@@ -48,9 +62,9 @@ export class Kvm {
   }
 
   /** Fails with a clear message when a capability tsvmm relies on is missing. */
-  requireExtensions(caps: string[]): void {
+  requireExtensions(caps: (keyof NativeConstants & `KVM_CAP_${string}`)[]): void {
     const c = native().constants;
-    const missing = caps.filter((name) => this.checkExtension(c[name]!) <= 0);
+    const missing = caps.filter((name) => this.checkExtension(c[name]) <= 0);
     if (missing.length) throw new KvmError(`${this.path} lacks required capabilities: ${missing.join(', ')}`);
   }
 

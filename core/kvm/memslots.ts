@@ -6,7 +6,12 @@ import type { MemoryListener, Section } from '../memory/index.js';
 
 const PAGE = 4096;
 
-interface Slot { slot: number; gpa: number; size: number; hva: bigint }
+interface Slot {
+  slot: number;
+  gpa: number;
+  size: number;
+  hva: bigint;
+}
 
 export class KvmMemslots implements MemoryListener {
   readonly name = 'kvm-memslots';
@@ -16,10 +21,16 @@ export class KvmMemslots implements MemoryListener {
   private nextSlot = 0;
 
   /** `setRegion` is KVM_SET_USER_MEMORY_REGION (replaceable for the bookkeeping's unit tests). */
-  constructor(private readonly vmFd: number, readonly maxSlots: number, private readonly readonlyMem: boolean,
-    private readonly setRegion: Native['kvmSetUserMemoryRegion'] = (fd, r) => native().kvmSetUserMemoryRegion(fd, r)) {}
+  constructor(
+    private readonly vmFd: number,
+    readonly maxSlots: number,
+    private readonly readonlyMem: boolean,
+    private readonly setRegion: Native['kvmSetUserMemoryRegion'] = (fd, r) => native().kvmSetUserMemoryRegion(fd, r),
+  ) {}
 
-  private static key(s: Section): string { return `${s.addr}:${s.size}`; }
+  private static key(s: Section): string {
+    return `${s.addr}:${s.size}`;
+  }
 
   regionAdd(s: Section): void {
     const r = s.region;
@@ -33,12 +44,17 @@ export class KvmMemslots implements MemoryListener {
     // The number is only taken once KVM accepted the slot: a refused placement (EINVAL for a
     // guest-physical address beyond what KVM maps) must not use one up.
     const slot = this.free.length ? this.free[this.free.length - 1]! : this.nextSlot;
-    if (slot >= this.maxSlots) throw new Error(`out of KVM memslots (${this.maxSlots}) mapping ${r.name} at 0x${start.toString(16)}`);
+    if (slot >= this.maxSlots)
+      throw new Error(`out of KVM memslots (${this.maxSlots}) mapping ${r.name} at 0x${start.toString(16)}`);
     this.setRegion(this.vmFd, {
-      slot, flags: s.readonly ? native().constants.KVM_MEM_READONLY! : 0,
-      guestPhysAddr: start, memorySize: end - start, userspaceAddr: hva,
+      slot,
+      flags: s.readonly ? native().constants.KVM_MEM_READONLY : 0,
+      guestPhysAddr: start,
+      memorySize: end - start,
+      userspaceAddr: hva,
     });
-    if (this.free.length) this.free.pop(); else this.nextSlot++;
+    if (this.free.length) this.free.pop();
+    else this.nextSlot++;
     this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva });
   }
 
@@ -52,8 +68,12 @@ export class KvmMemslots implements MemoryListener {
   }
 
   /** Slot numbers ever handed out and not free: equals slots().length unless KVM refused a delete. */
-  get numbersInUse(): number { return this.nextSlot - this.free.length; }
+  get numbersInUse(): number {
+    return this.nextSlot - this.free.length;
+  }
 
   /** The current slots, for tests and `info`-style queries. */
-  slots(): readonly Slot[] { return [...this.bySection.values()].sort((a, b) => a.gpa - b.gpa); }
+  slots(): readonly Slot[] {
+    return [...this.bySection.values()].sort((a, b) => a.gpa - b.gpa);
+  }
 }

@@ -2,7 +2,17 @@
 // port I/O and MMIO to the device thread through its ring (exit-channel.ts): writes are posted,
 // reads and REP strings wait for their answer. Other exits end the loop with a reason.
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
-import { ChanKind, Control, Entry, RING_ENTRIES, Slot, STRING_DATA_OFFSET, Wake, entryIndex, type VcpuStop } from './exit-channel.js';
+import {
+  ChanKind,
+  Control,
+  Entry,
+  RING_ENTRIES,
+  Slot,
+  STRING_DATA_OFFSET,
+  Wake,
+  entryIndex,
+  type VcpuStop,
+} from './exit-channel.js';
 import { EAGAIN, EINTR, stopForExit } from './exits.js';
 
 export interface VcpuTask {
@@ -47,7 +57,15 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
     }
   };
   /** Queues one request; returns its sequence number (answered once Tail passes it). */
-  const post = (kind: ChanKind, isWrite: boolean, size: number, addr: number, lo: number, hi: number, count: number): number => {
+  const post = (
+    kind: ChanKind,
+    isWrite: boolean,
+    size: number,
+    addr: number,
+    lo: number,
+    hi: number,
+    count: number,
+  ): number => {
     if (head - Atomics.load(ch, Slot.Tail) >= RING_ENTRIES) {
       ring();
       waitTail(head - RING_ENTRIES + 1);
@@ -139,7 +157,9 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
     return { reason: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) };
   } finally {
     // Whatever this vCPU posted is answered before it counts as gone (a posted debug-exit write, say).
-    try { drain(); } finally {
+    try {
+      drain();
+    } finally {
       Atomics.store(ch, Slot.Running, 0);
       n.munmap(run.buffer);
     }

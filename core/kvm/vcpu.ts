@@ -2,7 +2,16 @@
 // thread from it; for the others it sets immediate_exit when kicking), the channel shared with
 // the worker thread that runs an application processor, and the power-on state for reset.
 import { closeSync } from 'node:fs';
-import { native, PROT_READ, PROT_WRITE, MAP_SHARED, type Regs, type Sregs, type CpuidEntry, type KvmStateName } from '../native.js';
+import {
+  native,
+  PROT_READ,
+  PROT_WRITE,
+  MAP_SHARED,
+  type Regs,
+  type Sregs,
+  type CpuidEntry,
+  type KvmStateName,
+} from '../native.js';
 import { createChannel, Control, Slot } from './exit-channel.js';
 
 /** KVM state blobs a reset puts back, in this order (mpState last: it may need the LAPIC). */
@@ -21,28 +30,50 @@ export class Vcpu {
   /** The state KVM gave the vCPU at creation (power-on), for system_reset. */
   private readonly powerOn: Map<KvmStateName, Uint8Array>;
 
-  constructor(readonly id: number, readonly fd: number, readonly mmapSize: number, readonly kickSignal: number) {
+  constructor(
+    readonly id: number,
+    readonly fd: number,
+    readonly mmapSize: number,
+    readonly kickSignal: number,
+  ) {
     this.run = native().mmap(0, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0).buffer;
     this.runBytes = new Uint8Array(this.run);
     this.runView = new DataView(this.run);
     // Without an in-kernel irqchip there is no LAPIC or MP state to take (and nothing to reset there).
     this.powerOn = new Map();
     for (const k of RESET_STATE) {
-      try { this.powerOn.set(k, native().kvmGetState(fd, k)); } catch { /* not offered by this VM */ }
+      try {
+        this.powerOn.set(k, native().kvmGetState(fd, k));
+      } catch {
+        /* not offered by this VM */
+      }
     }
   }
 
-  getRegs(): Regs { return native().kvmGetRegs(this.fd); }
-  setRegs(r: Partial<Regs>): void { native().kvmSetRegs(this.fd, r); }
-  getSregs(): Sregs { return native().kvmGetSregs(this.fd); }
-  setSregs(s: Partial<Sregs>): void { native().kvmSetSregs(this.fd, s); }
-  setCpuid(entries: CpuidEntry[]): void { native().kvmSetCpuid2(this.fd, entries); }
+  getRegs(): Regs {
+    return native().kvmGetRegs(this.fd);
+  }
+  setRegs(r: Partial<Regs>): void {
+    native().kvmSetRegs(this.fd, r);
+  }
+  getSregs(): Sregs {
+    return native().kvmGetSregs(this.fd);
+  }
+  setSregs(s: Partial<Sregs>): void {
+    native().kvmSetSregs(this.fd, s);
+  }
+  setCpuid(entries: CpuidEntry[]): void {
+    native().kvmSetCpuid2(this.fd, entries);
+  }
   setMsrs(msrs: { index: number; data: number | bigint }[]): void {
     const n = native().kvmSetMsrs(this.fd, msrs);
-    if (n !== msrs.length) throw new Error(`KVM_SET_MSRS set ${n} of ${msrs.length} MSRs (first refused: 0x${msrs[n]!.index.toString(16)})`);
+    if (n !== msrs.length)
+      throw new Error(`KVM_SET_MSRS set ${n} of ${msrs.length} MSRs (first refused: 0x${msrs[n]!.index.toString(16)})`);
   }
   /** Multiprocessing state (KVM_MP_STATE_*): an AP starts, and returns on reset to, waiting for INIT/SIPI. */
-  get mpState(): number { return new DataView(native().kvmGetState(this.fd, 'mpState').buffer).getUint32(0, true); }
+  get mpState(): number {
+    return new DataView(native().kvmGetState(this.fd, 'mpState').buffer).getUint32(0, true);
+  }
 
   /**
    * Back to the state KVM gave it at creation: registers, segments, FPU, LAPIC, pending events,
@@ -52,8 +83,12 @@ export class Vcpu {
     for (const [k, v] of this.powerOn) native().kvmSetState(this.fd, k, v);
   }
 
-  get exits(): number { return this.channel[Slot.Exits]! >>> 0; }
-  get running(): boolean { return Atomics.load(this.channel, Slot.Running) === 1; }
+  get exits(): number {
+    return this.channel[Slot.Exits]! >>> 0;
+  }
+  get running(): boolean {
+    return Atomics.load(this.channel, Slot.Running) === 1;
+  }
 
   /** Asks the run loop to end: flag first, then immediate_exit, then the signal (see vcpu-worker). */
   stop(): void {
@@ -74,7 +109,9 @@ export class Vcpu {
   }
 
   /** Whether the vCPU sits parked by a Pause (outside KVM_RUN, nothing pending with the main thread). */
-  get parked(): boolean { return Atomics.load(this.channel, Slot.Parked) === 1; }
+  get parked(): boolean {
+    return Atomics.load(this.channel, Slot.Parked) === 1;
+  }
 
   /**
    * Completes a port/MMIO read KVM is still waiting to finish (its data sits in the run page until
@@ -84,7 +121,11 @@ export class Vcpu {
   flushPendingIo(): void {
     const L = native().kvmRunLayout;
     this.runBytes[L.immediateExit] = 1;
-    try { native().kvmRun(this.fd); } finally { this.runBytes[L.immediateExit] = 0; }
+    try {
+      native().kvmRun(this.fd);
+    } finally {
+      this.runBytes[L.immediateExit] = 0;
+    }
     // A kick still pending for the main thread made that KVM_RUN return at once; it is spent.
     if (this.onMainThread) native().threadEatSignal(this.kickSignal);
   }

@@ -11,7 +11,17 @@ import { Kvm } from './kvm.js';
 import { KvmMemslots } from './memslots.js';
 import { GsiRouting } from './gsi-routing.js';
 import { Vcpu } from './vcpu.js';
-import { ChanKind, Control, Entry, Slot, STRING_DATA_OFFSET, Wake, createWake, entryIndex, type VcpuStop } from './exit-channel.js';
+import {
+  ChanKind,
+  Control,
+  Entry,
+  Slot,
+  STRING_DATA_OFFSET,
+  Wake,
+  createWake,
+  entryIndex,
+  type VcpuStop,
+} from './exit-channel.js';
 import { stopForExit } from './exits.js';
 import type { VcpuTask } from './vcpu-worker.js';
 
@@ -37,18 +47,28 @@ export class ExitStats {
 
 /** MSRs and their values after a CPU reset (Intel SDM vol. 3 table 10-1; KVM's paravirtual MSRs off). */
 const RESET_MSRS: { index: number; data: number | bigint }[] = [
-  { index: 0x4b564d01, data: 0 }, { index: 0x12, data: 0 },        // kvmclock (new, old)
-  { index: 0x4b564d00, data: 0 }, { index: 0x11, data: 0 },        // wall clock
-  { index: 0x4b564d02, data: 0 }, { index: 0x4b564d03, data: 0 },  // async PF, steal time
-  { index: 0x4b564d04, data: 0 }, { index: 0x4b564d05, data: 1 },  // PV EOI, poll control (default on)
-  { index: 0x4b564d06, data: 0 },                                  // async PF interrupt
-  { index: 0xc0000081, data: 0 }, { index: 0xc0000082, data: 0 },  // STAR, LSTAR
-  { index: 0xc0000083, data: 0 }, { index: 0xc0000084, data: 0 },  // CSTAR, SFMASK
-  { index: 0xc0000102, data: 0 }, { index: 0xc0000103, data: 0 },  // KERNEL_GS_BASE, TSC_AUX
-  { index: 0x174, data: 0 }, { index: 0x175, data: 0 }, { index: 0x176, data: 0 }, // SYSENTER
-  { index: 0x277, data: 0x0007040600070406n },                     // PAT
-  { index: 0x6e0, data: 0 },                                       // TSC deadline
-  { index: 0x1a0, data: 1 }, { index: 0x2ff, data: 0 },            // MISC_ENABLE (fast strings), MTRR default type
+  { index: 0x4b564d01, data: 0 },
+  { index: 0x12, data: 0 }, // kvmclock (new, old)
+  { index: 0x4b564d00, data: 0 },
+  { index: 0x11, data: 0 }, // wall clock
+  { index: 0x4b564d02, data: 0 },
+  { index: 0x4b564d03, data: 0 }, // async PF, steal time
+  { index: 0x4b564d04, data: 0 },
+  { index: 0x4b564d05, data: 1 }, // PV EOI, poll control (default on)
+  { index: 0x4b564d06, data: 0 }, // async PF interrupt
+  { index: 0xc0000081, data: 0 },
+  { index: 0xc0000082, data: 0 }, // STAR, LSTAR
+  { index: 0xc0000083, data: 0 },
+  { index: 0xc0000084, data: 0 }, // CSTAR, SFMASK
+  { index: 0xc0000102, data: 0 },
+  { index: 0xc0000103, data: 0 }, // KERNEL_GS_BASE, TSC_AUX
+  { index: 0x174, data: 0 },
+  { index: 0x175, data: 0 },
+  { index: 0x176, data: 0 }, // SYSENTER
+  { index: 0x277, data: 0x0007040600070406n }, // PAT
+  { index: 0x6e0, data: 0 }, // TSC deadline
+  { index: 0x1a0, data: 1 },
+  { index: 0x2ff, data: 0 }, // MISC_ENABLE (fast strings), MTRR default type
 ];
 
 const KVM_TSS_ADDR = 0xfffbd000;
@@ -68,23 +88,30 @@ export class Vm {
   private readonly closers: (() => void)[] = [];
   private closed = false;
 
-  constructor(readonly kvm: Kvm, opts: VmOptions = {}) {
+  constructor(
+    readonly kvm: Kvm,
+    opts: VmOptions = {},
+  ) {
     const n = native();
     const c = n.constants;
     this.irqchip = opts.irqchip ?? true;
-    this.kickSignal = c.SIGRTMIN! + 2;
-    kvm.requireExtensions(['KVM_CAP_USER_MEMORY', 'KVM_CAP_IMMEDIATE_EXIT',
-      ...(this.irqchip ? ['KVM_CAP_IRQCHIP', 'KVM_CAP_IRQFD', 'KVM_CAP_IRQ_ROUTING', 'KVM_CAP_PIT2'] : [])]);
+    this.kickSignal = c.SIGRTMIN + 2;
+    kvm.requireExtensions([
+      'KVM_CAP_USER_MEMORY',
+      'KVM_CAP_IMMEDIATE_EXIT',
+      ...(this.irqchip ? (['KVM_CAP_IRQCHIP', 'KVM_CAP_IRQFD', 'KVM_CAP_IRQ_ROUTING', 'KVM_CAP_PIT2'] as const) : []),
+    ]);
     this.fd = n.kvmCreateVm(kvm.fd, 0);
     try {
-      if (kvm.checkExtension(c.KVM_CAP_SET_TSS_ADDR!) > 0) n.kvmSetTssAddr(this.fd, KVM_TSS_ADDR);
-      if (kvm.checkExtension(c.KVM_CAP_SET_IDENTITY_MAP_ADDR!) > 0) n.kvmSetIdentityMapAddr(this.fd, KVM_IDENTITY_MAP_ADDR);
+      if (kvm.checkExtension(c.KVM_CAP_SET_TSS_ADDR) > 0) n.kvmSetTssAddr(this.fd, KVM_TSS_ADDR);
+      if (kvm.checkExtension(c.KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0)
+        n.kvmSetIdentityMapAddr(this.fd, KVM_IDENTITY_MAP_ADDR);
       if (this.irqchip) {
         n.kvmCreateIrqchip(this.fd);
-        n.kvmCreatePit2(this.fd, c.KVM_PIT_SPEAKER_DUMMY!);
+        n.kvmCreatePit2(this.fd, c.KVM_PIT_SPEAKER_DUMMY);
       }
-      const slots = Math.max(kvm.checkExtension(c.KVM_CAP_NR_MEMSLOTS!), 32);
-      this.memslots = new KvmMemslots(this.fd, slots, kvm.checkExtension(c.KVM_CAP_READONLY_MEM!) > 0);
+      const slots = Math.max(kvm.checkExtension(c.KVM_CAP_NR_MEMSLOTS), 32);
+      this.memslots = new KvmMemslots(this.fd, slots, kvm.checkExtension(c.KVM_CAP_READONLY_MEM) > 0);
       this.memory = new AddressSpace('memory', MemoryRegion.container('system', 2 ** 52));
       this.io = new AddressSpace('io', MemoryRegion.container('io', 0x10000));
       this.memory.addListener(this.memslots);
@@ -94,7 +121,8 @@ export class Vm {
       if (this.irqchip) this.gsi.commit();
       // Power-on state of the PIC pair, IOAPIC and PIT, for system_reset.
       if (this.irqchip) {
-        for (const chip of [c.KVM_IRQCHIP_PIC_MASTER!, c.KVM_IRQCHIP_PIC_SLAVE!, c.KVM_IRQCHIP_IOAPIC!]) this.irqchipPowerOn.push(n.kvmGetState(this.fd, 'irqchip', chip));
+        for (const chip of [c.KVM_IRQCHIP_PIC_MASTER, c.KVM_IRQCHIP_PIC_SLAVE, c.KVM_IRQCHIP_IOAPIC])
+          this.irqchipPowerOn.push(n.kvmGetState(this.fd, 'irqchip', chip));
         this.pitPowerOn = n.kvmGetState(this.fd, 'pit2');
       }
     } catch (e) {
@@ -125,7 +153,9 @@ export class Vm {
   }
 
   /** Registers cleanup to run (in reverse order) when the VM closes. */
-  onClose(fn: () => void): void { this.closers.push(fn); }
+  onClose(fn: () => void): void {
+    this.closers.push(fn);
+  }
 
   createVcpu(): Vcpu {
     const id = this.vcpus.length;
@@ -138,10 +168,15 @@ export class Vm {
   // --- interrupts -------------------------------------------------------------------------
   irqfd(eventFd: number, gsi: number, resampleFd?: number): void {
     const c = native().constants;
-    native().kvmIrqfd(this.fd, { fd: eventFd, gsi, flags: resampleFd === undefined ? 0 : c.KVM_IRQFD_FLAG_RESAMPLE!, resamplefd: resampleFd ?? 0 });
+    native().kvmIrqfd(this.fd, {
+      fd: eventFd,
+      gsi,
+      flags: resampleFd === undefined ? 0 : c.KVM_IRQFD_FLAG_RESAMPLE,
+      resamplefd: resampleFd ?? 0,
+    });
   }
   irqfdRemove(eventFd: number, gsi: number): void {
-    native().kvmIrqfd(this.fd, { fd: eventFd, gsi, flags: native().constants.KVM_IRQFD_FLAG_DEASSIGN! });
+    native().kvmIrqfd(this.fd, { fd: eventFd, gsi, flags: native().constants.KVM_IRQFD_FLAG_DEASSIGN });
   }
   setIrqLine(irq: number, level: boolean): void {
     this.stats.irqInjections++;
@@ -169,23 +204,35 @@ export class Vm {
     const keepAlive = setInterval(() => {}, 2 ** 30);
     const aps = this.vcpus.slice(1);
     // The pool (a second isolate per AP) only for SMP guests.
-    this.pool = aps.length ? new (await import('tinypool')).Tinypool({
-      filename: new URL('./vcpu-worker.js', import.meta.url).href,
-      minThreads: aps.length, maxThreads: aps.length, isolateWorkers: false, idleTimeout: 2 ** 31 - 1,
-    }) : undefined;
+    this.pool = aps.length
+      ? new (await import('tinypool')).Tinypool({
+          filename: new URL('./vcpu-worker.js', import.meta.url).href,
+          minThreads: aps.length,
+          maxThreads: aps.length,
+          isolateWorkers: false,
+          idleTimeout: 2 ** 31 - 1,
+        })
+      : undefined;
     const ended = (stop: VcpuStop): VcpuStop => {
       if (stop.reason !== 'stopped') this.stop(); // one vCPU ending the VM stops the others
       return stop;
     };
     const apRuns = aps.map((v) => {
       const task: VcpuTask = {
-        vcpuFd: v.fd, mmapSize: v.mmapSize, channel: v.channel, kickSignal: this.kickSignal, thread: v.thread,
-        wake: this.wake, mainThread: this.mainThread,
+        vcpuFd: v.fd,
+        mmapSize: v.mmapSize,
+        channel: v.channel,
+        kickSignal: this.kickSignal,
+        thread: v.thread,
+        wake: this.wake,
+        mainThread: this.mainThread,
       };
-      return (this.pool!.run(task) as Promise<VcpuStop>).catch((e: Error): VcpuStop => ({ reason: 'error', message: e.message })).then((stop) => {
-        this.serveAps(); // whatever it posted last
-        return ended(stop);
-      });
+      return (this.pool!.run(task) as Promise<VcpuStop>)
+        .catch((e: Error): VcpuStop => ({ reason: 'error', message: e.message }))
+        .then((stop) => {
+          this.serveAps(); // whatever it posted last
+          return ended(stop);
+        });
     });
     this.serveApsFromLoop();
     try {
@@ -200,7 +247,9 @@ export class Vm {
   }
 
   /** Parks every vCPU outside KVM_RUN (QMP stop); resume() lets them continue. */
-  pause(): void { for (const v of this.vcpus) v.pause(); }
+  pause(): void {
+    for (const v of this.vcpus) v.pause();
+  }
   resume(): void {
     for (const v of this.vcpus) v.resume();
     this.bootWake?.();
@@ -229,7 +278,9 @@ export class Vm {
       if (!wasPaused) this.resume();
     }
   }
-  get paused(): boolean { return this.vcpus.length > 0 && this.vcpus.every((v) => Atomics.load(v.channel, Slot.Control) === Control.Pause); }
+  get paused(): boolean {
+    return this.vcpus.length > 0 && this.vcpus.every((v) => Atomics.load(v.channel, Slot.Control) === Control.Pause);
+  }
 
   /** Stops all vCPUs (idempotent; safe from a device callback). */
   stop(): void {
@@ -304,9 +355,13 @@ export class Vm {
     const n = native();
     const c = n.constants;
     const L = n.kvmRunLayout;
-    const ch = v.channel, wake = this.wake;
-    const page = v.runView, bytes = v.runBytes;
-    const KVM_EXIT_IO = c.KVM_EXIT_IO!, KVM_EXIT_MMIO = c.KVM_EXIT_MMIO!, IO_OUT = c.KVM_EXIT_IO_OUT!;
+    const ch = v.channel,
+      wake = this.wake;
+    const page = v.runView,
+      bytes = v.runBytes;
+    const KVM_EXIT_IO = c.KVM_EXIT_IO,
+      KVM_EXIT_MMIO = c.KVM_EXIT_MMIO,
+      IO_OUT = c.KVM_EXIT_IO_OUT;
     this.loopStats.slices++;
     Atomics.store(wake, Wake.InKvmRun, 1);
     if (Atomics.load(wake, Wake.KickPending)) this.serveAps();
@@ -338,7 +393,13 @@ export class Vm {
           let off = page.getUint32(L.ioDataOffset, true); // an offset into the page: the high half is 0
           for (let i = 0; i < count; i++, off += size) {
             if (isOut) {
-              this.access(true, true, size, port, size === 1 ? bytes[off]! : size === 2 ? page.getUint16(off, true) : page.getUint32(off, true));
+              this.access(
+                true,
+                true,
+                size,
+                port,
+                size === 1 ? bytes[off]! : size === 2 ? page.getUint16(off, true) : page.getUint32(off, true),
+              );
             } else {
               const d = this.access(true, false, size, port, 0) as number;
               if (size === 1) bytes[off] = d & 0xff;
@@ -352,7 +413,13 @@ export class Vm {
           const d = L.mmioData;
           if (bytes[L.mmioIsWrite]) {
             const lo = len >= 4 ? page.getUint32(d, true) : len === 2 ? page.getUint16(d, true) : bytes[d]!;
-            this.access(false, true, len, addr, len === 8 ? (BigInt(page.getUint32(d + 4, true)) << 32n) | BigInt(lo) : lo);
+            this.access(
+              false,
+              true,
+              len,
+              addr,
+              len === 8 ? (BigInt(page.getUint32(d + 4, true)) << 32n) | BigInt(lo) : lo,
+            );
           } else {
             const val = this.access(false, false, len, addr, 0);
             if (typeof val === 'bigint') page.setBigUint64(d, BigInt.asUintN(64, val), true);
@@ -386,7 +453,10 @@ export class Vm {
     if (!this.running || this.vcpus.length < 2) return;
     const w = Atomics.waitAsync(this.wake, Wake.KickPending, 0);
     if (w.async) {
-      void w.value.then(() => { this.serveAps(); this.serveApsFromLoop(); });
+      void w.value.then(() => {
+        this.serveAps();
+        this.serveApsFromLoop();
+      });
     } else {
       this.serveAps();
       setImmediate(() => this.serveApsFromLoop());
@@ -419,7 +489,14 @@ export class Vm {
       // A REP string: its data sits after the ring.
       const data = new DataView(ch.buffer, STRING_DATA_OFFSET);
       for (let i = 0, off = 0; i < count; i++, off += size) {
-        if (isWrite) this.access(isPio, true, size, addr, size === 1 ? data.getUint8(off) : size === 2 ? data.getUint16(off, true) : data.getUint32(off, true));
+        if (isWrite)
+          this.access(
+            isPio,
+            true,
+            size,
+            addr,
+            size === 1 ? data.getUint8(off) : size === 2 ? data.getUint16(off, true) : data.getUint32(off, true),
+          );
         else {
           const d = this.access(isPio, false, size, addr, 0) as number;
           if (size === 1) data.setUint8(off, d & 0xff);
@@ -445,7 +522,13 @@ export class Vm {
   }
 
   /** One guest access, dispatched to the memory API; counted per port / address. */
-  private access(isPio: boolean, isWrite: boolean, size: number, addr: number, value: number | bigint): number | bigint {
+  private access(
+    isPio: boolean,
+    isWrite: boolean,
+    size: number,
+    addr: number,
+    value: number | bigint,
+  ): number | bigint {
     const stats = this.stats;
     stats.total++;
     const m = isPio ? stats.pio : stats.mmio;
@@ -459,7 +542,9 @@ export class Vm {
       return space.read(addr, size);
     } catch (e) {
       // A device model bug must not take the VM down mid-access: report, read as all-ones.
-      console.error(`tsvmm: ${isPio ? 'port' : 'mmio'} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size} failed: ${(e as Error).stack}`);
+      console.error(
+        `tsvmm: ${isPio ? 'port' : 'mmio'} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size} failed: ${(e as Error).stack}`,
+      );
       return size === 8 ? 0xffffffffffffffffn : 2 ** (8 * size) - 1;
     }
   }
@@ -468,7 +553,11 @@ export class Vm {
     if (this.closed) return;
     this.closed = true;
     for (const fn of this.closers.reverse()) {
-      try { fn(); } catch (e) { console.error(`tsvmm: cleanup failed: ${(e as Error).message}`); }
+      try {
+        fn();
+      } catch (e) {
+        console.error(`tsvmm: cleanup failed: ${(e as Error).message}`);
+      }
     }
     for (const v of this.vcpus) v.close();
     closeSync(this.fd);

@@ -10,7 +10,9 @@ function badSize(size: number): never {
   throw new RangeError(`memory access size must be 1, 2, 4 or 8, got ${String(size)}`);
 }
 
-function toBig(v: number | bigint): bigint { return typeof v === 'bigint' ? v : BigInt(v); }
+function toBig(v: number | bigint): bigint {
+  return typeof v === 'bigint' ? v : BigInt(v);
+}
 
 export class AddressSpace implements RenderTarget {
   /**
@@ -24,24 +26,36 @@ export class AddressSpace implements RenderTarget {
   private hint = 0;
   private destroyed = false;
 
-  constructor(readonly name: string, readonly root: MemoryRegion) {
+  constructor(
+    readonly name: string,
+    readonly root: MemoryRegion,
+  ) {
     if (!(root instanceof MemoryRegion)) throw new TypeError(`address space ${name}: root must be a MemoryRegion`);
     MemoryRegion._attach(root, this);
     this.view = Object.freeze(renderFlatView(root));
   }
 
   /** The current flat view: sorted by addr, non-overlapping. Stale inside a transaction. */
-  flatView(): readonly Section[] { return this.view; }
+  flatView(): readonly Section[] {
+    return this.view;
+  }
 
   /** Registers `l` and replays regionAdd for every current section (begin/commit around it). */
   addListener(l: MemoryListener): void {
-    if (this.listeners.includes(l)) throw new Error(`memory listener ${l.name ?? '(unnamed)'} is already on address space ${this.name}`);
+    if (this.listeners.includes(l))
+      throw new Error(`memory listener ${l.name ?? '(unnamed)'} is already on address space ${this.name}`);
     const p = l.priority ?? 0;
     let i = this.listeners.length;
     while (i > 0 && (this.listeners[i - 1]!.priority ?? 0) > p) i--;
     this.listeners = [...this.listeners.slice(0, i), l, ...this.listeners.slice(i)];
     const errors: unknown[] = [];
-    const call = (f: () => void) => { try { f(); } catch (e) { errors.push(e); } };
+    const call = (f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
     call(() => l.begin?.());
     for (const s of this.view) call(() => l.regionAdd?.(s));
     call(() => l.commit?.());
@@ -50,10 +64,17 @@ export class AddressSpace implements RenderTarget {
 
   /** Unregisters `l`, replaying regionDel for every current section (begin/commit around it). */
   removeListener(l: MemoryListener): void {
-    if (!this.listeners.includes(l)) throw new Error(`memory listener ${l.name ?? '(unnamed)'} is not on address space ${this.name}`);
+    if (!this.listeners.includes(l))
+      throw new Error(`memory listener ${l.name ?? '(unnamed)'} is not on address space ${this.name}`);
     this.listeners = this.listeners.filter((x) => x !== l);
     const errors: unknown[] = [];
-    const call = (f: () => void) => { try { f(); } catch (e) { errors.push(e); } };
+    const call = (f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
     call(() => l.begin?.());
     for (const s of this.view) call(() => l.regionDel?.(s));
     call(() => l.commit?.());
@@ -87,9 +108,19 @@ export class AddressSpace implements RenderTarget {
   private notify(d: ViewDiff, errors: unknown[]): void {
     const ls = this.listeners;
     if (ls.length === 0) return;
-    const call = (f: () => void) => { try { f(); } catch (e) { errors.push(e); } };
+    const call = (f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
     for (const l of ls) call(() => l.begin?.());
-    for (const s of d.dels) for (let i = ls.length - 1; i >= 0; i--) { const l = ls[i]!; call(() => l.regionDel?.(s)); }
+    for (const s of d.dels)
+      for (let i = ls.length - 1; i >= 0; i--) {
+        const l = ls[i]!;
+        call(() => l.regionDel?.(s));
+      }
     for (const { s, nop } of d.pass) {
       for (const l of ls) call(nop ? () => l.regionNop?.(s) : () => l.regionAdd?.(s));
     }
@@ -99,7 +130,8 @@ export class AddressSpace implements RenderTarget {
   /** Index of the section containing addr, or ~(index of the first section after addr). */
   private find(addr: number): number {
     const v = this.view;
-    let lo = 0, hi = v.length;
+    let lo = 0,
+      hi = v.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       const s = v[mid]!;
@@ -169,7 +201,8 @@ export class AddressSpace implements RenderTarget {
     }
     if (r.ops) return r.ops.read(off, size); // ramDevice served by callbacks
     const v = r._view(off, size);
-    if (v === null) { // straddles two chunks of a large RAM region
+    if (v === null) {
+      // straddles two chunks of a large RAM region
       let acc = 0n;
       for (let i = 0; i < size; i++) acc |= BigInt(this.readIn(s, addr + i, 1) as number) << BigInt(i * 8);
       return size === 8 ? acc : Number(acc);
@@ -180,10 +213,14 @@ export class AddressSpace implements RenderTarget {
     }
     const { dv, at } = v;
     switch (size) {
-      case 1: return dv.getUint8(at);
-      case 2: return dv.getUint16(at, true);
-      case 4: return dv.getUint32(at, true);
-      default: return dv.getBigUint64(at, true);
+      case 1:
+        return dv.getUint8(at);
+      case 2:
+        return dv.getUint16(at, true);
+      case 4:
+        return dv.getUint32(at, true);
+      default:
+        return dv.getBigUint64(at, true);
     }
   }
 
@@ -199,9 +236,13 @@ export class AddressSpace implements RenderTarget {
       return;
     }
     if (s.readonly) return;
-    if (r.ops) { r.ops.write(off, size, value); return; }
+    if (r.ops) {
+      r.ops.write(off, size, value);
+      return;
+    }
     const v = r._view(off, size);
-    if (v === null) { // straddles two chunks of a large RAM region
+    if (v === null) {
+      // straddles two chunks of a large RAM region
       const all = toBig(value);
       for (let i = 0; i < size; i++) this.writeIn(s, addr + i, 1, Number((all >> BigInt(i * 8)) & 0xffn));
       return;
@@ -212,10 +253,17 @@ export class AddressSpace implements RenderTarget {
     }
     const { dv, at } = v;
     switch (size) {
-      case 1: dv.setUint8(at, typeof value === 'bigint' ? Number(value & 0xffn) : value); break;
-      case 2: dv.setUint16(at, typeof value === 'bigint' ? Number(value & 0xffffn) : value, true); break;
-      case 4: dv.setUint32(at, typeof value === 'bigint' ? Number(value & 0xffffffffn) : value, true); break;
-      default: dv.setBigUint64(at, toBig(value), true);
+      case 1:
+        dv.setUint8(at, typeof value === 'bigint' ? Number(value & 0xffn) : value);
+        break;
+      case 2:
+        dv.setUint16(at, typeof value === 'bigint' ? Number(value & 0xffffn) : value, true);
+        break;
+      case 4:
+        dv.setUint32(at, typeof value === 'bigint' ? Number(value & 0xffffffffn) : value, true);
+        break;
+      default:
+        dv.setBigUint64(at, toBig(value), true);
     }
   }
 
@@ -242,7 +290,7 @@ export class AddressSpace implements RenderTarget {
 
   private splitRead(addr: number, size: number): number | bigint {
     let acc = 0n;
-    for (let done = 0; done < size;) {
+    for (let done = 0; done < size; ) {
       const { s, len } = this.piece(addr + done, size - done);
       let v: number | bigint;
       if (s === undefined) {
@@ -257,7 +305,7 @@ export class AddressSpace implements RenderTarget {
 
   private splitWrite(addr: number, size: number, value: number | bigint): void {
     const all = BigInt.asUintN(size * 8, toBig(value));
-    for (let done = 0; done < size;) {
+    for (let done = 0; done < size; ) {
       const { s, len } = this.piece(addr + done, size - done);
       if (s === undefined) this.stats.unassigned++;
       else {
@@ -271,6 +319,11 @@ export class AddressSpace implements RenderTarget {
   /** The flat view as text, one section a line (like QEMU's `info mtree -f`). */
   describe(): string {
     const hex = (n: number) => n.toString(16).padStart(16, '0');
-    return this.view.map((s) => `${hex(s.addr)}-${hex(s.addr + s.size - 1)} (${s.region.kind}${s.readonly ? ', ro' : ''}): ${s.region.name} @0x${s.offsetInRegion.toString(16)}`).join('\n');
+    return this.view
+      .map(
+        (s) =>
+          `${hex(s.addr)}-${hex(s.addr + s.size - 1)} (${s.region.kind}${s.readonly ? ', ro' : ''}): ${s.region.name} @0x${s.offsetInRegion.toString(16)}`,
+      )
+      .join('\n');
   }
 }

@@ -24,8 +24,15 @@ interface Candidate {
  * clipped ranges in that order (O(n)), then sweep with a heap (O(n log n)) instead of QEMU's
  * gap-filling insertions.
  */
-function collect(mr: MemoryRegion, base: number, clipStart: number, clipEnd: number, ro: boolean,
-  out: Candidate[], aliasStack: Set<MemoryRegion>): void {
+function collect(
+  mr: MemoryRegion,
+  base: number,
+  clipStart: number,
+  clipEnd: number,
+  ro: boolean,
+  out: Candidate[],
+  aliasStack: Set<MemoryRegion>,
+): void {
   if (!mr.enabled) return;
   base += mr.addr;
   ro ||= mr.readonly;
@@ -47,8 +54,12 @@ function collect(mr: MemoryRegion, base: number, clipStart: number, clipEnd: num
 
 class SeqHeap {
   private readonly a: Candidate[] = [];
-  get size(): number { return this.a.length; }
-  top(): Candidate { return this.a[0]!; }
+  get size(): number {
+    return this.a.length;
+  }
+  top(): Candidate {
+    return this.a[0]!;
+  }
   push(c: Candidate): void {
     const a = this.a;
     let i = a.length;
@@ -67,10 +78,14 @@ class SeqHeap {
     if (a.length === 0) return;
     let i = 0;
     for (;;) {
-      const l = 2 * i + 1, r = l + 1;
+      const l = 2 * i + 1,
+        r = l + 1;
       let m = i;
       let mSeq = last.seq;
-      if (l < a.length && a[l]!.seq < mSeq) { m = l; mSeq = a[l]!.seq; }
+      if (l < a.length && a[l]!.seq < mSeq) {
+        m = l;
+        mSeq = a[l]!.seq;
+      }
       if (r < a.length && a[r]!.seq < mSeq) m = r;
       if (m === i) break;
       a[i] = a[m]!;
@@ -86,7 +101,10 @@ export function renderFlatView(root: MemoryRegion): Section[] {
   collect(root, 0, 0, CLIP_END, false, cands, new Set());
   if (cands.length === 0) return [];
   const points = new Float64Array(cands.length * 2);
-  cands.forEach((c, i) => { points[2 * i] = c.start; points[2 * i + 1] = c.end; });
+  cands.forEach((c, i) => {
+    points[2 * i] = c.start;
+    points[2 * i + 1] = c.end;
+  });
   points.sort();
   const byStart = [...cands].sort((x, y) => x.start - y.start);
   const heap = new SeqHeap();
@@ -102,14 +120,35 @@ export function renderFlatView(root: MemoryRegion): Section[] {
     const c = heap.top();
     const last = out[out.length - 1];
     // Merge with the previous piece when it is the same region at a contiguous offset.
-    if (last !== undefined && last.end === p && last.region === c.region && last.base === c.base && last.readonly === c.readonly) last.end = q;
+    if (
+      last !== undefined &&
+      last.end === p &&
+      last.region === c.region &&
+      last.base === c.base &&
+      last.readonly === c.readonly
+    )
+      last.end = q;
     else out.push({ start: p, end: q, region: c.region, base: c.base, readonly: c.readonly });
   }
-  return out.map((f) => Object.freeze({ addr: f.start, size: f.end - f.start, region: f.region, offsetInRegion: f.start - f.base, readonly: f.readonly }));
+  return out.map((f) =>
+    Object.freeze({
+      addr: f.start,
+      size: f.end - f.start,
+      region: f.region,
+      offsetInRegion: f.start - f.base,
+      readonly: f.readonly,
+    }),
+  );
 }
 
 export function sameSection(a: Section, b: Section): boolean {
-  return a.addr === b.addr && a.size === b.size && a.region === b.region && a.offsetInRegion === b.offsetInRegion && a.readonly === b.readonly;
+  return (
+    a.addr === b.addr &&
+    a.size === b.size &&
+    a.region === b.region &&
+    a.offsetInRegion === b.offsetInRegion &&
+    a.readonly === b.readonly
+  );
 }
 
 export interface ViewDiff {
@@ -127,9 +166,12 @@ export interface ViewDiff {
 export function diffViews(old: readonly Section[], next: Section[]): ViewDiff {
   const dels: Section[] = [];
   const pass: { s: Section; nop: boolean }[] = [];
-  let io = 0, inw = 0, adds = 0;
+  let io = 0,
+    inw = 0,
+    adds = 0;
   while (io < old.length || inw < next.length) {
-    const o = old[io], n = next[inw];
+    const o = old[io],
+      n = next[inw];
     if (o !== undefined && (n === undefined || o.addr < n.addr || (o.addr === n.addr && !sameSection(o, n)))) {
       dels.push(o);
       io++;

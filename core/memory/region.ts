@@ -3,7 +3,10 @@
 import type { AccessConstraints, IoOps, RamBacking } from './types.js';
 
 /** A view of RAM for one emulated access: `dv` at byte `at`. */
-export interface RamView { dv: DataView; at: number }
+export interface RamView {
+  dv: DataView;
+  at: number;
+}
 
 export type RegionKind = 'ram' | 'ramDevice' | 'io' | 'container' | 'alias';
 
@@ -64,7 +67,11 @@ export function memoryTransaction<T>(fn: () => T): T {
     result = fn();
   } catch (e) {
     if (--depth === 0) {
-      try { flush(); } catch { /* fn's error is the one to report */ }
+      try {
+        flush();
+      } catch {
+        /* fn's error is the one to report */
+      }
     }
     throw e;
   }
@@ -73,7 +80,9 @@ export function memoryTransaction<T>(fn: () => T): T {
 }
 
 /** True while inside memoryTransaction (or while listeners are being notified). */
-export function inMemoryTransaction(): boolean { return depth > 0; }
+export function inMemoryTransaction(): boolean {
+  return depth > 0;
+}
 
 function collectTargets(r: MemoryRegion, out: Set<RenderTarget>, seen: Set<MemoryRegion>): void {
   for (let a: MemoryRegion | null = r; a !== null; a = a.parent) {
@@ -94,16 +103,20 @@ function changed(r: MemoryRegion): void {
 // Validation
 
 function checkUint(who: string, what: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`memory region ${who}: ${what} must be a non-negative safe integer, got ${String(v)}`);
+  if (!Number.isSafeInteger(v) || v < 0)
+    throw new RangeError(`memory region ${who}: ${what} must be a non-negative safe integer, got ${String(v)}`);
 }
 
 function checkBacking(who: string, size: number, b: RamBacking): void {
-  if (b === null || typeof b !== 'object' || typeof b.hostAddr !== 'bigint') throw new TypeError(`memory region ${who}: backing.hostAddr must be a bigint`);
+  if (b === null || typeof b !== 'object' || typeof b.hostAddr !== 'bigint')
+    throw new TypeError(`memory region ${who}: backing.hostAddr must be a bigint`);
   if (b.chunks !== undefined && (!Number.isSafeInteger(b.chunks.size) || b.chunks.size <= 0 || b.bytes !== undefined)) {
     throw new RangeError(`memory region ${who}: backing.chunks needs a positive chunk size, and no backing.bytes`);
   }
   if (b.bytes !== undefined && b.bytes.byteLength < size) {
-    throw new RangeError(`memory region ${who}: backing.bytes has ${b.bytes.byteLength} bytes, smaller than the region (${size})`);
+    throw new RangeError(
+      `memory region ${who}: backing.bytes has ${b.bytes.byteLength} bytes, smaller than the region (${size})`,
+    );
   }
 }
 
@@ -146,9 +159,19 @@ export class MemoryRegion {
   /** Sorted by priority, highest first; equal priorities newest first (QEMU's list order). */
   private readonly subs: MemoryRegion[] = [];
 
-  private constructor(name: string, kind: RegionKind, size: number, init: {
-    backing?: RamBacking; ops?: IoOps; valid?: AccessConstraints; target?: MemoryRegion; aliasOffset?: number; readonly?: boolean;
-  }) {
+  private constructor(
+    name: string,
+    kind: RegionKind,
+    size: number,
+    init: {
+      backing?: RamBacking;
+      ops?: IoOps;
+      valid?: AccessConstraints;
+      target?: MemoryRegion;
+      aliasOffset?: number;
+      readonly?: boolean;
+    },
+  ) {
     if (typeof name !== 'string') throw new TypeError('memory region name must be a string');
     checkUint(name, 'size', size);
     this.name = name;
@@ -165,8 +188,15 @@ export class MemoryRegion {
     this._minAccess = v?.minAccessSize ?? 1;
     this._maxAccess = v?.maxAccessSize ?? 8;
     this._alignCheck = v !== undefined && !v.unaligned;
-    if (v && (!ACCESS_SIZES.includes(this._minAccess) || !ACCESS_SIZES.includes(this._maxAccess) || this._minAccess > this._maxAccess)) {
-      throw new RangeError(`memory region ${name}: valid access sizes must be 1, 2, 4 or 8 with min <= max, got ${this._minAccess}..${this._maxAccess}`);
+    if (
+      v &&
+      (!ACCESS_SIZES.includes(this._minAccess) ||
+        !ACCESS_SIZES.includes(this._maxAccess) ||
+        this._minAccess > this._maxAccess)
+    ) {
+      throw new RangeError(
+        `memory region ${name}: valid access sizes must be 1, 2, 4 or 8 with min <= max, got ${this._minAccess}..${this._maxAccess}`,
+      );
     }
   }
 
@@ -181,13 +211,23 @@ export class MemoryRegion {
    * to backing.bytes (QEMU's ram_device_mem_ops): a device may refuse the mmap (decode off,
    * reset, D3) with SIGBUS, which a VMM must never take on the guest's behalf.
    */
-  static ramDevice(name: string, size: number, backing: RamBacking, opts: { readonly?: boolean; ops?: IoOps } = {}): MemoryRegion {
-    return new MemoryRegion(name, 'ramDevice', size, { backing, readonly: opts.readonly ?? false, ...(opts.ops ? { ops: opts.ops } : {}) });
+  static ramDevice(
+    name: string,
+    size: number,
+    backing: RamBacking,
+    opts: { readonly?: boolean; ops?: IoOps } = {},
+  ): MemoryRegion {
+    return new MemoryRegion(name, 'ramDevice', size, {
+      backing,
+      readonly: opts.readonly ?? false,
+      ...(opts.ops ? { ops: opts.ops } : {}),
+    });
   }
 
   /** MMIO or port I/O emulated by callbacks. */
   static io(name: string, size: number, ops: IoOps, opts: { valid?: AccessConstraints } = {}): MemoryRegion {
-    if (!ops || typeof ops.read !== 'function' || typeof ops.write !== 'function') throw new TypeError(`memory region ${name}: ops needs read and write functions`);
+    if (!ops || typeof ops.read !== 'function' || typeof ops.write !== 'function')
+      throw new TypeError(`memory region ${name}: ops needs read and write functions`);
     return new MemoryRegion(name, 'io', size, { ops, ...(opts.valid ? { valid: opts.valid } : {}) });
   }
 
@@ -197,26 +237,51 @@ export class MemoryRegion {
   }
 
   /** A window `[offset, offset+size)` of `target`, which can be placed anywhere. */
-  static alias(name: string, target: MemoryRegion, offset: number, size: number, opts: { readonly?: boolean } = {}): MemoryRegion {
-    if (!(target instanceof MemoryRegion)) throw new TypeError(`memory region ${name}: alias target must be a MemoryRegion`);
+  static alias(
+    name: string,
+    target: MemoryRegion,
+    offset: number,
+    size: number,
+    opts: { readonly?: boolean } = {},
+  ): MemoryRegion {
+    if (!(target instanceof MemoryRegion))
+      throw new TypeError(`memory region ${name}: alias target must be a MemoryRegion`);
     checkUint(name, 'alias offset', offset);
     const a = new MemoryRegion(name, 'alias', size, { target, aliasOffset: offset, readonly: opts.readonly ?? false });
     (target._aliasedBy ??= new Set()).add(a);
     return a;
   }
 
-  get size(): number { return this._size; }
+  get size(): number {
+    return this._size;
+  }
   /** Offset within the parent. */
-  get addr(): number { return this._addr; }
-  get priority(): number { return this._priority; }
-  get enabled(): boolean { return this._enabled; }
-  get readonly(): boolean { return this._readonly; }
-  get parent(): MemoryRegion | null { return this._parent; }
-  get aliasOffset(): number { return this._aliasOffset; }
+  get addr(): number {
+    return this._addr;
+  }
+  get priority(): number {
+    return this._priority;
+  }
+  get enabled(): boolean {
+    return this._enabled;
+  }
+  get readonly(): boolean {
+    return this._readonly;
+  }
+  get parent(): MemoryRegion | null {
+    return this._parent;
+  }
+  get aliasOffset(): number {
+    return this._aliasOffset;
+  }
   /** Highest priority first; among equal priorities the most recently added first. */
-  get subregions(): readonly MemoryRegion[] { return this.subs; }
+  get subregions(): readonly MemoryRegion[] {
+    return this.subs;
+  }
   /** Whether the region shows something itself (ram, ramDevice, io) rather than only its subregions. */
-  get terminates(): boolean { return this.kind === 'ram' || this.kind === 'ramDevice' || this.kind === 'io'; }
+  get terminates(): boolean {
+    return this.kind === 'ram' || this.kind === 'ramDevice' || this.kind === 'io';
+  }
 
   /**
    * Places `child` at `offset` within this region. Higher `priority` (signed) hides lower among
@@ -224,19 +289,29 @@ export class MemoryRegion {
    * leaves this undefined; its list insertion gives the same result).
    */
   addSubregion(offset: number, child: MemoryRegion, priority = 0): void {
-    if (!(child instanceof MemoryRegion)) throw new TypeError(`memory region ${this.name}: subregion must be a MemoryRegion`);
+    if (!(child instanceof MemoryRegion))
+      throw new TypeError(`memory region ${this.name}: subregion must be a MemoryRegion`);
     checkUint(this.name, `offset of ${child.name}`, offset);
-    if (!Number.isSafeInteger(priority)) throw new RangeError(`memory region ${this.name}: priority of ${child.name} must be a safe integer, got ${String(priority)}`);
-    if (this.kind === 'alias') throw new Error(`memory region ${this.name}: an alias cannot have subregions (it shows its target's)`);
-    if (child._parent !== null) throw new Error(`memory region ${child.name} is already a subregion of ${child._parent.name}`);
+    if (!Number.isSafeInteger(priority))
+      throw new RangeError(
+        `memory region ${this.name}: priority of ${child.name} must be a safe integer, got ${String(priority)}`,
+      );
+    if (this.kind === 'alias')
+      throw new Error(`memory region ${this.name}: an alias cannot have subregions (it shows its target's)`);
+    if (child._parent !== null)
+      throw new Error(`memory region ${child.name} is already a subregion of ${child._parent.name}`);
     for (let a: MemoryRegion | null = this; a !== null; a = a._parent) {
-      if (a === child) throw new Error(`memory region ${child.name} cannot be a subregion of itself or of its own descendant ${this.name}`);
+      if (a === child)
+        throw new Error(
+          `memory region ${child.name} cannot be a subregion of itself or of its own descendant ${this.name}`,
+        );
     }
     child._parent = this;
     child._addr = offset;
     child._priority = priority;
     // Before the first sibling of priority <= ours (binary search: the list is sorted).
-    let lo = 0, hi = this.subs.length;
+    let lo = 0,
+      hi = this.subs.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (this.subs[mid]!._priority > priority) lo = mid + 1;
@@ -284,7 +359,8 @@ export class MemoryRegion {
 
   /** alias only: moves the window within the target (PAM / VGA bank switching). */
   setAliasOffset(offset: number): void {
-    if (this.kind !== 'alias') throw new Error(`memory region ${this.name}: setAliasOffset is only for alias regions, this is a ${this.kind}`);
+    if (this.kind !== 'alias')
+      throw new Error(`memory region ${this.name}: setAliasOffset is only for alias regions, this is a ${this.kind}`);
     checkUint(this.name, 'alias offset', offset);
     if (offset === this._aliasOffset) return;
     this._aliasOffset = offset;
@@ -292,9 +368,14 @@ export class MemoryRegion {
   }
 
   /** @internal AddressSpace registration */
-  static _attach(root: MemoryRegion, t: RenderTarget): void { (root._targets ??= new Set()).add(t); }
+  static _attach(root: MemoryRegion, t: RenderTarget): void {
+    (root._targets ??= new Set()).add(t);
+  }
   /** @internal */
-  static _detach(root: MemoryRegion, t: RenderTarget): void { root._targets?.delete(t); pending.delete(t); }
+  static _detach(root: MemoryRegion, t: RenderTarget): void {
+    root._targets?.delete(t);
+    pending.delete(t);
+  }
 
   /**
    * @internal The view for an access of `size` bytes at `off`: undefined when the region has no
@@ -307,7 +388,8 @@ export class MemoryRegion {
       return off + size <= dv.byteLength ? { dv, at: off } : undefined;
     }
     if (b?.chunks === undefined || off + size > this._size) return undefined;
-    const i = Math.floor(off / b.chunks.size), at = off - i * b.chunks.size;
+    const i = Math.floor(off / b.chunks.size),
+      at = off - i * b.chunks.size;
     if (at + size > b.chunks.size) return null;
     const dvs = (this._dv ??= []);
     let dv = dvs[i];
@@ -318,5 +400,7 @@ export class MemoryRegion {
     return at + size <= dv.byteLength ? { dv, at } : undefined;
   }
 
-  toString(): string { return `${this.kind} ${this.name} (0x${this._size.toString(16)} bytes)`; }
+  toString(): string {
+    return `${this.kind} ${this.name} (0x${this._size.toString(16)} bytes)`;
+  }
 }

@@ -18,7 +18,10 @@ export interface RamBacking {
   chunks?: RamChunks;
 }
 
-export interface RamChunks { readonly size: number; get(i: number): Uint8Array }
+export interface RamChunks {
+  readonly size: number;
+  get(i: number): Uint8Array;
+}
 
 /**
  * MMIO / port I/O callbacks. `offset` is relative to the region, `size` is 1, 2, 4 or 8.

@@ -14,10 +14,15 @@ export class VfioContainer extends DmaListener {
   readonly groups = new Set<number>();
   private unmapAll = false;
 
-  private constructor(readonly fd: number) { super(); }
+  private constructor(readonly fd: number) {
+    super();
+  }
 
   static open(path = '/dev/vfio/vfio'): VfioContainer {
-    if (!existsSync(path)) throw new VfioSetupError(`${path} does not exist: load the vfio modules (modprobe vfio-pci) — is the IOMMU enabled?`);
+    if (!existsSync(path))
+      throw new VfioSetupError(
+        `${path} does not exist: load the vfio modules (modprobe vfio-pci) — is the IOMMU enabled?`,
+      );
     const fd = openSync(path, 'r+');
     const n = native();
     const v = n.vfioGetApiVersion(fd);
@@ -32,30 +37,35 @@ export class VfioContainer extends DmaListener {
   setIommu(): void {
     const n = native();
     const c = n.constants;
-    const types = [c.VFIO_TYPE1v2_IOMMU!, c.VFIO_TYPE1_IOMMU!];
+    const types = [c.VFIO_TYPE1v2_IOMMU!, c.VFIO_TYPE1_IOMMU];
     const type = types.find((t) => n.vfioCheckExtension(this.fd, t) > 0);
-    if (type === undefined) throw new VfioSetupError('the VFIO container supports neither type1v2 nor type1 IOMMU (is vfio_iommu_type1 loaded?)');
+    if (type === undefined)
+      throw new VfioSetupError(
+        'the VFIO container supports neither type1v2 nor type1 IOMMU (is vfio_iommu_type1 loaded?)',
+      );
     n.vfioSetIommu(this.fd, type);
     this.iommuType = type;
-    this.unmapAll = n.vfioCheckExtension(this.fd, c.VFIO_UNMAP_ALL!) > 0;
+    this.unmapAll = n.vfioCheckExtension(this.fd, c.VFIO_UNMAP_ALL) > 0;
     const info = n.vfioIommuGetInfo(this.fd);
     if (info.iovaPgsizes) {
       const pg = info.iovaPgsizes & -info.iovaPgsizes; // lowest set bit
       this.minPage = Math.max(4096, Number(pg));
     }
-    if (info.iovaRanges?.length) this.iovaRanges = info.iovaRanges.map((r) => ({ start: Number(r.start), end: Number(r.end) }));
+    if (info.iovaRanges?.length)
+      this.iovaRanges = info.iovaRanges.map((r) => ({ start: Number(r.start), end: Number(r.end) }));
     if (info.dmaAvail !== undefined) this.dmaAvail = info.dmaAvail;
   }
 
   protected mapRange(m: DmaMapping): void {
     const n = native();
     const c = n.constants;
-    const flags = c.VFIO_DMA_MAP_FLAG_READ! | (m.readonly ? 0 : c.VFIO_DMA_MAP_FLAG_WRITE!);
+    const flags = c.VFIO_DMA_MAP_FLAG_READ | (m.readonly ? 0 : c.VFIO_DMA_MAP_FLAG_WRITE);
     const req = { vaddr: m.vaddr, iova: m.iova, size: m.size, flags };
     try {
       n.vfioIommuMapDma(this.fd, req);
     } catch (e) {
-      if (!isSyscallError(e, 'EBUSY') && !isSyscallError(e, 'EEXIST')) throw explainMapError('VFIO_IOMMU_MAP_DMA', e, m);
+      if (!isSyscallError(e, 'EBUSY') && !isSyscallError(e, 'EEXIST'))
+        throw explainMapError('VFIO_IOMMU_MAP_DMA', e, m);
       // Something is still mapped there (a stale or overlapping mapping): unmap and retry once.
       this.stats.busyRetries++;
       n.vfioIommuUnmapDma(this.fd, { iova: m.iova, size: m.size, flags: 0 });
@@ -69,7 +79,7 @@ export class VfioContainer extends DmaListener {
 
   protected unmapEverything(): boolean {
     if (!this.unmapAll) return false;
-    native().vfioIommuUnmapDma(this.fd, { iova: 0, size: 0, flags: native().constants.VFIO_DMA_UNMAP_FLAG_ALL! });
+    native().vfioIommuUnmapDma(this.fd, { iova: 0, size: 0, flags: native().constants.VFIO_DMA_UNMAP_FLAG_ALL });
     return true;
   }
 

@@ -4,11 +4,18 @@ import { closeSync, readSync, writeSync } from 'node:fs';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED, type Mapping } from '../native.js';
 
 export interface RegionInfo {
-  index: number; flags: number; size: number; offset: bigint;
+  index: number;
+  flags: number;
+  size: number;
+  offset: bigint;
   sparseMmap?: { offset: number; size: number }[];
   msixMappable: boolean;
 }
-export interface IrqInfo { index: number; flags: number; count: number }
+export interface IrqInfo {
+  index: number;
+  flags: number;
+  count: number;
+}
 
 export class VfioDevice {
   readonly flags: number;
@@ -17,7 +24,10 @@ export class VfioDevice {
   private readonly buf = Buffer.alloc(8);
   private readonly mappings = new Set<ArrayBuffer>();
 
-  constructor(readonly name: string, readonly fd: number) {
+  constructor(
+    readonly name: string,
+    readonly fd: number,
+  ) {
     const n = native();
     const info = n.vfioDeviceGetInfo(fd);
     this.flags = info.flags;
@@ -32,8 +42,13 @@ export class VfioDevice {
         continue;
       }
       this.regions.push({
-        index: i, flags: r.flags, size: Number(r.size), offset: r.offset,
-        ...(r.caps.sparseMmap ? { sparseMmap: r.caps.sparseMmap.map((a) => ({ offset: Number(a.offset), size: Number(a.size) })) } : {}),
+        index: i,
+        flags: r.flags,
+        size: Number(r.size),
+        offset: r.offset,
+        ...(r.caps.sparseMmap
+          ? { sparseMmap: r.caps.sparseMmap.map((a) => ({ offset: Number(a.offset), size: Number(a.size) })) }
+          : {}),
         msixMappable: !!r.caps.msixMappable,
       });
     }
@@ -48,14 +63,24 @@ export class VfioDevice {
     }
   }
 
-  get isPci(): boolean { return (this.flags & native().constants.VFIO_DEVICE_FLAGS_PCI!) !== 0; }
-  get canReset(): boolean { return (this.flags & native().constants.VFIO_DEVICE_FLAGS_RESET!) !== 0; }
+  get isPci(): boolean {
+    return (this.flags & native().constants.VFIO_DEVICE_FLAGS_PCI) !== 0;
+  }
+  get canReset(): boolean {
+    return (this.flags & native().constants.VFIO_DEVICE_FLAGS_RESET) !== 0;
+  }
 
   read(region: number, off: number, size: number): number | bigint {
     const r = this.regions[region]!;
     const got = readSync(this.fd, this.buf, 0, size, Number(r.offset) + off);
     if (got !== size) return size === 8 ? 0xffffffffffffffffn : 2 ** (8 * size) - 1;
-    return size === 1 ? this.buf[0]! : size === 2 ? this.buf.readUInt16LE(0) : size === 4 ? this.buf.readUInt32LE(0) : this.buf.readBigUInt64LE(0);
+    return size === 1
+      ? this.buf[0]!
+      : size === 2
+        ? this.buf.readUInt16LE(0)
+        : size === 4
+          ? this.buf.readUInt32LE(0)
+          : this.buf.readBigUInt64LE(0);
   }
 
   /** Reads [off, off + into.length) of a region in as few preads as the kernel allows; returns the bytes read. */
@@ -91,7 +116,14 @@ export class VfioDevice {
     if (this.mappings.delete(buffer)) native().munmap(buffer);
   }
 
-  setIrqs(req: { index: number; start: number; flags: number; fds?: number[]; count?: number; bools?: boolean[] }): void {
+  setIrqs(req: {
+    index: number;
+    start: number;
+    flags: number;
+    fds?: number[];
+    count?: number;
+    bools?: boolean[];
+  }): void {
     native().vfioDeviceSetIrqs(this.fd, req);
   }
 

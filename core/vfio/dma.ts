@@ -7,8 +7,17 @@ import { isSyscallError } from '../native.js';
 import { VfioSetupError, type ReservedRegion } from './sysfs.js';
 import { hasCapIpcLock, memlockLimit, fmtBytes } from './limits.js';
 
-export interface IovaRange { start: number; end: number } // inclusive end, as the kernel reports
-export interface DmaMapping { iova: number; size: number; vaddr: bigint; readonly: boolean; region: string }
+export interface IovaRange {
+  start: number;
+  end: number;
+} // inclusive end, as the kernel reports
+export interface DmaMapping {
+  iova: number;
+  size: number;
+  vaddr: bigint;
+  readonly: boolean;
+  region: string;
+}
 
 export abstract class DmaListener implements MemoryListener {
   abstract readonly name: string;
@@ -31,7 +40,9 @@ export abstract class DmaListener implements MemoryListener {
   /** Drops every mapping in one call where the kernel can; false when it cannot. */
   protected abstract unmapEverything(): boolean;
 
-  get attached(): boolean { return this.space !== undefined; }
+  get attached(): boolean {
+    return this.space !== undefined;
+  }
 
   /** Starts mapping the address space (replays every current section). */
   attach(space: AddressSpace): void {
@@ -43,12 +54,17 @@ export abstract class DmaListener implements MemoryListener {
   }
 
   private checkMemlock(space: AddressSpace): void {
-    const ram = space.flatView().filter((s) => this.wants(s)).reduce((a, s) => a + s.size, 0);
+    const ram = space
+      .flatView()
+      .filter((s) => this.wants(s))
+      .reduce((a, s) => a + s.size, 0);
     const limit = memlockLimit();
     if (ram > limit && !hasCapIpcLock()) {
-      throw new VfioSetupError(`device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}. ` +
-        `fix: raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
-        `or give tsvmm CAP_IPC_LOCK`);
+      throw new VfioSetupError(
+        `device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}. ` +
+          `fix: raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
+          `or give tsvmm CAP_IPC_LOCK`,
+      );
     }
   }
 
@@ -65,18 +81,30 @@ export abstract class DmaListener implements MemoryListener {
     try {
       const inRange = this.iovaRanges.some((r) => start >= r.start && end - 1 <= r.end);
       if (!inRange) {
-        throw new VfioSetupError(`guest RAM ${s.region.name} at IOVA 0x${start.toString(16)}-0x${(end - 1).toString(16)} is outside the IOMMU's IOVA ranges ` +
-          `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')}): give the guest less memory`);
+        throw new VfioSetupError(
+          `guest RAM ${s.region.name} at IOVA 0x${start.toString(16)}-0x${(end - 1).toString(16)} is outside the IOMMU's IOVA ranges ` +
+            `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')}): give the guest less memory`,
+        );
       }
       const clash = this.reserved.find((r) => start <= r.end && r.start <= end - 1 && r.type !== 'direct-relaxable');
       if (clash) {
-        throw new VfioSetupError(`guest RAM ${s.region.name} at 0x${start.toString(16)}-0x${(end - 1).toString(16)} overlaps the IOMMU's reserved ` +
-          `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions): give the guest less memory`);
+        throw new VfioSetupError(
+          `guest RAM ${s.region.name} at 0x${start.toString(16)}-0x${(end - 1).toString(16)} overlaps the IOMMU's reserved ` +
+            `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions): give the guest less memory`,
+        );
       }
       if (this.dmaAvail !== undefined && this.mappings.size >= this.dmaAvail) {
-        throw new VfioSetupError(`the IOMMU allows no more DMA mappings (limit reached after ${this.mappings.size}; vfio_iommu_type1 dma_entry_limit)`);
+        throw new VfioSetupError(
+          `the IOMMU allows no more DMA mappings (limit reached after ${this.mappings.size}; vfio_iommu_type1 dma_entry_limit)`,
+        );
       }
-      const m: DmaMapping = { iova: start, size: end - start, vaddr: s.region.backing!.hostAddr + BigInt(s.offsetInRegion + (start - s.addr)), readonly: s.readonly, region: s.region.name };
+      const m: DmaMapping = {
+        iova: start,
+        size: end - start,
+        vaddr: s.region.backing!.hostAddr + BigInt(s.offsetInRegion + (start - s.addr)),
+        readonly: s.readonly,
+        region: s.region.name,
+      };
       this.stats.mapCalls++;
       this.mapRange(m);
       this.mappings.set(s, m);
@@ -94,7 +122,11 @@ export abstract class DmaListener implements MemoryListener {
       this.stats.unmapCalls++;
       this.unmapRange(m);
     } catch (e) {
-      this.pendingErrors.push(new VfioSetupError(`DMA unmap of ${m.region} (IOVA 0x${m.iova.toString(16)}) failed: ${(e as Error).message}`, { cause: e }));
+      this.pendingErrors.push(
+        new VfioSetupError(`DMA unmap of ${m.region} (IOVA 0x${m.iova.toString(16)}) failed: ${(e as Error).message}`, {
+          cause: e,
+        }),
+      );
     }
   }
 
@@ -129,8 +161,11 @@ export abstract class DmaListener implements MemoryListener {
 export function explainMapError(call: string, e: unknown, m: DmaMapping): Error {
   const where = `${m.region} (IOVA 0x${m.iova.toString(16)}, ${fmtBytes(m.size)})`;
   if (isSyscallError(e, 'ENOMEM')) {
-    return new VfioSetupError(`${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
-      `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`, { cause: e });
+    return new VfioSetupError(
+      `${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
+        `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`,
+      { cause: e },
+    );
   }
   return new VfioSetupError(`${call} of ${where} failed: ${(e as Error).message}`, { cause: e });
 }

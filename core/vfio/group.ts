@@ -10,7 +10,11 @@ export class VfioGroup {
   /** Devices opened from this group (reference count). */
   readonly devices = new Set<string>();
 
-  private constructor(readonly id: number, readonly fd: number, readonly owned: boolean) {}
+  private constructor(
+    readonly id: number,
+    readonly fd: number,
+    readonly owned: boolean,
+  ) {}
 
   /** Opens /dev/vfio/<id>, or adopts an fd passed by a manager (then `owned` is false). */
   static open(id: number, passedFd?: number, wanted = `group ${id}`): VfioGroup {
@@ -23,17 +27,21 @@ export class VfioGroup {
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'EACCES' || code === 'EPERM') {
-          throw new VfioSetupError(`no permission to open ${path} (${code}). fix: give your user the group device ` +
-            `(chown $USER ${path}) or have a manager pass its fd ('tsvmm manager')`, { cause: e });
+          throw new VfioSetupError(
+            `no permission to open ${path} (${code}). fix: give your user the group device ` +
+              `(chown $USER ${path}) or have a manager pass its fd ('tsvmm manager')`,
+            { cause: e },
+          );
         }
-        if (code === 'EBUSY') throw new VfioSetupError(`${path} is busy: another process (another VMM?) has the group open`, { cause: e });
+        if (code === 'EBUSY')
+          throw new VfioSetupError(`${path} is busy: another process (another VMM?) has the group open`, { cause: e });
         throw new VfioSetupError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
       }
     }
     const g = new VfioGroup(id, fd, passedFd === undefined);
     try {
       const st = native().vfioGroupGetStatus(fd);
-      if (!(st.flags & native().constants.VFIO_GROUP_FLAGS_VIABLE!)) throw notViableError(id, wanted);
+      if (!(st.flags & native().constants.VFIO_GROUP_FLAGS_VIABLE)) throw notViableError(id, wanted);
     } catch (e) {
       if (g.owned) closeSync(fd);
       throw e;
@@ -57,15 +65,22 @@ export class VfioGroup {
     try {
       return native().vfioGroupGetDeviceFd(this.fd, name);
     } catch (e) {
-      throw new VfioSetupError(`VFIO_GROUP_GET_DEVICE_FD(${name}) on group ${this.id} failed: ${(e as Error).message}` +
-        ((e as { code?: string }).code === 'EBUSY' ? ' (the device is already open elsewhere)' : ''), { cause: e });
+      throw new VfioSetupError(
+        `VFIO_GROUP_GET_DEVICE_FD(${name}) on group ${this.id} failed: ${(e as Error).message}` +
+          ((e as { code?: string }).code === 'EBUSY' ? ' (the device is already open elsewhere)' : ''),
+        { cause: e },
+      );
     }
   }
 
   /** Leaves the container; the caller releases the container when its last group left. */
   leave(): void {
     if (!this.container) return;
-    try { native().vfioGroupUnsetContainer(this.fd); } catch { /* closing the fd unsets it too */ }
+    try {
+      native().vfioGroupUnsetContainer(this.fd);
+    } catch {
+      /* closing the fd unsets it too */
+    }
     this.container.groups.delete(this.id);
     this.container = undefined;
   }

@@ -30,21 +30,30 @@ export function planHotReset(a: AssignedDevice, groups: ReadonlyMap<number, { fd
   try {
     info = n.vfioDeviceGetPciHotResetInfo(a.device.fd);
   } catch (e) {
-    throw new VfioSetupError(`${a.host.name}: no reset mechanism: no function-level reset, and the kernel offers no bus or slot reset ` +
-      `(${(e as { code?: string }).code ?? (e as Error).message}; a device on the root bus cannot be bus-reset)`, { cause: e });
+    throw new VfioSetupError(
+      `${a.host.name}: no reset mechanism: no function-level reset, and the kernel offers no bus or slot reset ` +
+        `(${(e as { code?: string }).code ?? (e as Error).message}; a device on the root bus cannot be bus-reset)`,
+      { cause: e },
+    );
   }
   return planFromInfo(a, info, groups);
 }
 
 /** The decision of planHotReset, from the kernel's answer (pure: unit-tested). */
-export function planFromInfo(a: AssignedDevice, info: VfioHotResetInfo, groups: ReadonlyMap<number, { fd: number }>): HotResetPlan {
+export function planFromInfo(
+  a: AssignedDevice,
+  info: VfioHotResetInfo,
+  groups: ReadonlyMap<number, { fd: number }>,
+): HotResetPlan {
   const c = native().constants;
   const affected = info.devices.map(bdf);
-  if (info.flags & c.VFIO_PCI_HOT_RESET_FLAG_DEV_ID!) {
+  if (info.flags & c.VFIO_PCI_HOT_RESET_FLAG_DEV_ID) {
     const foreign = info.devices.filter((d) => (d.devid ?? -1) < 0).map(bdf);
-    if (foreign.length || !(info.flags & c.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED!)) {
-      throw new VfioSetupError(`${a.host.name}: a hot reset also resets ${foreign.join(', ') || 'devices'}, which this VM's iommufd does not own. ` +
-        `fix: assign ${foreign.join(' and ') || 'them'} to this VM too (same iommufd), or unbind them from vfio-pci`);
+    if (foreign.length || !(info.flags & c.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)) {
+      throw new VfioSetupError(
+        `${a.host.name}: a hot reset also resets ${foreign.join(', ') || 'devices'}, which this VM's iommufd does not own. ` +
+          `fix: assign ${foreign.join(' and ') || 'them'} to this VM too (same iommufd), or unbind them from vfio-pci`,
+      );
     }
     return { via: a, affected, groupFds: [] };
   }
@@ -52,8 +61,10 @@ export function planFromInfo(a: AssignedDevice, info: VfioHotResetInfo, groups: 
   const missing = ids.filter((g) => !groups.has(g));
   if (missing.length) {
     const who = info.devices.filter((d) => missing.includes(d.groupId!)).map((d) => `${bdf(d)} (group ${d.groupId})`);
-    throw new VfioSetupError(`${a.host.name}: a hot reset also resets ${who.join(', ')}, whose VFIO group this VM does not hold. ` +
-      `fix: assign a device of group ${missing.join(', ')} to this VM too, so tsvmm holds the group, or move the device to a slot of its own`);
+    throw new VfioSetupError(
+      `${a.host.name}: a hot reset also resets ${who.join(', ')}, whose VFIO group this VM does not hold. ` +
+        `fix: assign a device of group ${missing.join(', ')} to this VM too, so tsvmm holds the group, or move the device to a slot of its own`,
+    );
   }
   return { via: a, affected, groupFds: ids.map((g) => groups.get(g)!.fd) };
 }
@@ -67,7 +78,10 @@ export function hotReset(plan: HotResetPlan): void {
  * Resets, once per dev set, the devices of `devices` that have no reset of their own (system
  * reset). Returns what was reset and, for each device that could not be, why.
  */
-export function hotResetAll(devices: AssignedDevice[], groups: ReadonlyMap<number, { fd: number }>): { reset: string[][]; failed: { device: string; error: Error }[] } {
+export function hotResetAll(
+  devices: AssignedDevice[],
+  groups: ReadonlyMap<number, { fd: number }>,
+): { reset: string[][]; failed: { device: string; error: Error }[] } {
   const done = new Set<string>();
   const reset: string[][] = [];
   const failed: { device: string; error: Error }[] = [];

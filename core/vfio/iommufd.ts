@@ -18,10 +18,11 @@ const ALL = 0xffff_ffff_ffff_ffffn;
  * the mode is (now) per-process, else the error (EPERM: the user's locked_vm is charged instead).
  */
 export function setPerProcessAccounting(iommufd: number): true | Error {
-  const n = native(), c = n.constants;
+  const n = native(),
+    c = n.constants;
   try {
-    if (n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_GET! }) !== 1n)
-      n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE!, op: c.IOMMU_OPTION_OP_SET!, val64: 1 });
+    if (n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE, op: c.IOMMU_OPTION_OP_GET }) !== 1n)
+      n.iommuOption(iommufd, { option: c.IOMMU_OPTION_RLIMIT_MODE, op: c.IOMMU_OPTION_OP_SET, val64: 1 });
     return true;
   } catch (e) {
     return e as Error;
@@ -34,12 +35,21 @@ export class IommufdIoas extends DmaListener {
   /** Devices attached (reference count). */
   readonly devices = new Set<string>();
 
-  constructor(readonly iommufd: number, readonly id: number) { super(); }
+  constructor(
+    readonly iommufd: number,
+    readonly id: number,
+  ) {
+    super();
+  }
 
   /** The IOAS's allowed IOVAs shrink as devices with reserved regions attach: read them again. */
   refreshRanges(): void {
     const r = native().iommuIoasIovaRanges(this.iommufd, this.id);
-    if (r.ranges.length) this.iovaRanges = r.ranges.map((x) => ({ start: Number(x.start), end: x.last >= BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(x.last) }));
+    if (r.ranges.length)
+      this.iovaRanges = r.ranges.map((x) => ({
+        start: Number(x.start),
+        end: x.last >= BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(x.last),
+      }));
     this.minPage = Math.max(4096, Number(r.outIovaAlignment));
   }
 
@@ -47,8 +57,11 @@ export class IommufdIoas extends DmaListener {
     const n = native();
     const c = n.constants;
     const req = {
-      ioasId: this.id, userVa: m.vaddr, length: m.size, iova: m.iova,
-      flags: c.IOMMU_IOAS_MAP_FIXED_IOVA! | c.IOMMU_IOAS_MAP_READABLE! | (m.readonly ? 0 : c.IOMMU_IOAS_MAP_WRITEABLE!),
+      ioasId: this.id,
+      userVa: m.vaddr,
+      length: m.size,
+      iova: m.iova,
+      flags: c.IOMMU_IOAS_MAP_FIXED_IOVA | c.IOMMU_IOAS_MAP_READABLE | (m.readonly ? 0 : c.IOMMU_IOAS_MAP_WRITEABLE),
     };
     try {
       n.iommuIoasMap(this.iommufd, req);
@@ -71,11 +84,19 @@ export class IommufdIoas extends DmaListener {
 
   destroy(): void {
     this.detach();
-    try { native().iommuDestroy(this.iommufd, this.id); } catch { /* the iommufd is closing anyway */ }
+    try {
+      native().iommuDestroy(this.iommufd, this.id);
+    } catch {
+      /* the iommufd is closing anyway */
+    }
   }
 }
 
-export interface IommufdOpened { device: number; devid: number; ioas: IommufdIoas }
+export interface IommufdOpened {
+  device: number;
+  devid: number;
+  ioas: IommufdIoas;
+}
 
 /**
  * An iommufd context: /dev/iommu (opened here or passed by a manager) and its IOASes. Devices
@@ -92,13 +113,18 @@ export class Iommufd {
     let fd = passedFd;
     if (fd === undefined) {
       if (!existsSync(path)) {
-        throw new VfioSetupError(`${path} does not exist: this kernel has no iommufd (CONFIG_IOMMUFD) or the module is not loaded ` +
-          `(modprobe iommufd). fix: use the legacy backend ("backend": "legacy"), or a kernel with IOMMUFD and VFIO_DEVICE_CDEV`);
+        throw new VfioSetupError(
+          `${path} does not exist: this kernel has no iommufd (CONFIG_IOMMUFD) or the module is not loaded ` +
+            `(modprobe iommufd). fix: use the legacy backend ("backend": "legacy"), or a kernel with IOMMUFD and VFIO_DEVICE_CDEV`,
+        );
       }
       try {
         fd = openSync(path, 'r+');
       } catch (e) {
-        throw new VfioSetupError(`cannot open ${path}: ${(e as Error).message}. fix: run with access to ${path} or have a manager pass its fd ('tsvmm manager')`, { cause: e });
+        throw new VfioSetupError(
+          `cannot open ${path}: ${(e as Error).message}. fix: run with access to ${path} or have a manager pass its fd ('tsvmm manager')`,
+          { cause: e },
+        );
       }
     }
     const ctx = new Iommufd(fd);
@@ -110,7 +136,12 @@ export class Iommufd {
    * Opens (or adopts) the device cdev, binds it to this iommufd and attaches it to an IOAS that
    * maps guest RAM. `start` maps RAM into a new IOAS once its first device is attached.
    */
-  openDevice(host: HostDevice, cdev: string, passedFd: number | undefined, start: (ioas: IommufdIoas) => void): IommufdOpened {
+  openDevice(
+    host: HostDevice,
+    cdev: string,
+    passedFd: number | undefined,
+    start: (ioas: IommufdIoas) => void,
+  ): IommufdOpened {
     const fd = passedFd ?? openCdev(host, cdev);
     try {
       let devid: number;
@@ -145,13 +176,20 @@ export class Iommufd {
       try {
         n.vfioDeviceAttachIommufdPt(fd, ioas.id);
       } catch (e) {
-        throw new VfioSetupError(`VFIO_DEVICE_ATTACH_IOMMUFD_PT of ${host.name} to a new IOAS failed: ${(e as Error).message}` +
-          (lastError ? ` (and the existing IOAS refused it: ${(lastError as Error).message})` : ''), { cause: e });
+        throw new VfioSetupError(
+          `VFIO_DEVICE_ATTACH_IOMMUFD_PT of ${host.name} to a new IOAS failed: ${(e as Error).message}` +
+            (lastError ? ` (and the existing IOAS refused it: ${(lastError as Error).message})` : ''),
+          { cause: e },
+        );
       }
       ioas.refreshRanges();
       start(ioas);
     } catch (e) {
-      try { n.vfioDeviceDetachIommufdPt(fd); } catch { /* not attached */ }
+      try {
+        n.vfioDeviceDetachIommufdPt(fd);
+      } catch {
+        /* not attached */
+      }
       ioas.destroy();
       throw e;
     }
@@ -161,7 +199,11 @@ export class Iommufd {
 
   /** Detaches and closes a device; its IOAS goes with its last device. */
   closeDevice(name: string, fd: number, ioas: IommufdIoas): void {
-    try { native().vfioDeviceDetachIommufdPt(fd); } catch { /* closing unbinds anyway */ }
+    try {
+      native().vfioDeviceDetachIommufdPt(fd);
+    } catch {
+      /* closing unbinds anyway */
+    }
     ioas.devices.delete(name);
     if (ioas.devices.size === 0) {
       ioas.destroy();
@@ -178,16 +220,21 @@ export class Iommufd {
 
 function openCdev(host: HostDevice, cdev: string): number {
   if (!existsSync(cdev)) {
-    throw new VfioSetupError(`${cdev} does not exist: ${host.name} has no VFIO device cdev (the kernel lacks CONFIG_VFIO_DEVICE_CDEV, ` +
-      `or the device is not bound to vfio-pci). fix: use the legacy backend, or bind the device to vfio-pci`);
+    throw new VfioSetupError(
+      `${cdev} does not exist: ${host.name} has no VFIO device cdev (the kernel lacks CONFIG_VFIO_DEVICE_CDEV, ` +
+        `or the device is not bound to vfio-pci). fix: use the legacy backend, or bind the device to vfio-pci`,
+    );
   }
   try {
     return openSync(cdev, 'r+');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EPERM') {
-      throw new VfioSetupError(`no permission to open ${cdev} (${code}). fix: give your user the device (chown $USER ${cdev}) ` +
-        `or have a manager pass its fd ('tsvmm manager')`, { cause: e });
+      throw new VfioSetupError(
+        `no permission to open ${cdev} (${code}). fix: give your user the device (chown $USER ${cdev}) ` +
+          `or have a manager pass its fd ('tsvmm manager')`,
+        { cause: e },
+      );
     }
     throw new VfioSetupError(`cannot open ${cdev}: ${(e as Error).message}`, { cause: e });
   }
@@ -200,11 +247,17 @@ function bindError(host: HostDevice, cdev: string, e: unknown): Error {
   if (isSyscallError(e, 'EPERM') || isSyscallError(e, 'EBUSY')) {
     const mates = groupMembers(host.group).filter((m) => m.name !== host.name);
     const lines = mates.map((m) => `  - ${m.name}: ${m.driver ? `bound to ${m.driver}` : 'no driver'}`);
-    return new VfioSetupError(`VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) was refused (${(e as { code: string }).code}): the kernel gives a device to ` +
-      `iommufd only when its whole IOMMU group ${host.group} is free for it. Another process has ${host.name} or one of its group-mates ` +
-      `open (through /dev/vfio/${host.group} or a device cdev), or a group-mate is bound to a host driver.` +
-      (lines.length ? `\n${lines.join('\n')}` : '') + `\nfix: close the other user (see 'fuser -v /dev/vfio/${host.group} /dev/vfio/devices/*'), ` +
-      `bind every group member to vfio-pci, and assign group-mates to the same VM`, { cause: e });
+    return new VfioSetupError(
+      `VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) was refused (${(e as { code: string }).code}): the kernel gives a device to ` +
+        `iommufd only when its whole IOMMU group ${host.group} is free for it. Another process has ${host.name} or one of its group-mates ` +
+        `open (through /dev/vfio/${host.group} or a device cdev), or a group-mate is bound to a host driver.` +
+        (lines.length ? `\n${lines.join('\n')}` : '') +
+        `\nfix: close the other user (see 'fuser -v /dev/vfio/${host.group} /dev/vfio/devices/*'), ` +
+        `bind every group member to vfio-pci, and assign group-mates to the same VM`,
+      { cause: e },
+    );
   }
-  return new VfioSetupError(`VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) failed: ${(e as Error).message}`, { cause: e });
+  return new VfioSetupError(`VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) failed: ${(e as Error).message}`, {
+    cause: e,
+  });
 }

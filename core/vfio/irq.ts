@@ -14,7 +14,12 @@ import type { Vm } from '../kvm/vm.js';
 import type { MsiMessage } from '../kvm/gsi-routing.js';
 import type { VfioDevice } from './device.js';
 
-interface Vector { trigger: number; gsi: number; masked: boolean; maskFd: number | undefined }
+interface Vector {
+  trigger: number;
+  gsi: number;
+  masked: boolean;
+  maskFd: number | undefined;
+}
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
@@ -27,19 +32,33 @@ export class VfioIrqVectors {
   /** SET_IRQS calls made (tests check that vectors are added without re-enabling). */
   setIrqsCalls = 0;
 
-  constructor(private readonly vm: Vm, private readonly device: VfioDevice, readonly index: number, readonly max: number) {
+  constructor(
+    private readonly vm: Vm,
+    private readonly device: VfioDevice,
+    readonly index: number,
+    readonly max: number,
+  ) {
     const info = device.irqs[index];
     if (!info || info.count === 0) throw new Error(`${device.name}: VFIO reports no vectors for IRQ index ${index}`);
-    this.noresize = (info.flags & native().constants.VFIO_IRQ_INFO_NORESIZE!) !== 0;
+    this.noresize = (info.flags & native().constants.VFIO_IRQ_INFO_NORESIZE) !== 0;
   }
 
-  get active(): boolean { return this.enabled > 0; }
-  gsiOf(v: number): number | undefined { return this.vectors.get(v)?.gsi; }
+  get active(): boolean {
+    return this.enabled > 0;
+  }
+  gsiOf(v: number): number | undefined {
+    return this.vectors.get(v)?.gsi;
+  }
 
   private setIrqs(start: number, fds: number[]): void {
     const c = native().constants;
     this.setIrqsCalls++;
-    this.device.setIrqs({ index: this.index, start, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, fds });
+    this.device.setIrqs({
+      index: this.index,
+      start,
+      flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+      fds,
+    });
   }
 
   private target(v: number): number {
@@ -50,22 +69,32 @@ export class VfioIrqVectors {
   /** Enables the index with vectors [0, count) as they are now (-1 for unused ones). */
   private enableAll(count: number): void {
     if (this.enabled) this.disableIndex();
-    this.setIrqs(0, Array.from({ length: count }, (_, v) => this.target(v)));
+    this.setIrqs(
+      0,
+      Array.from({ length: count }, (_, v) => this.target(v)),
+    );
     this.enabled = count;
   }
 
   private disableIndex(): void {
     const c = native().constants;
     this.setIrqsCalls++;
-    this.device.setIrqs({ index: this.index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, count: 0 });
+    this.device.setIrqs({
+      index: this.index,
+      start: 0,
+      flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+      count: 0,
+    });
     this.enabled = 0;
   }
 
   /** Points VFIO's vector v at its current target, growing the index if needed. */
   private wire(v: number): void {
     if (v < this.enabled) this.setIrqs(v, [this.target(v)]);
-    else if (this.enabled > 0 && !this.noresize) { this.setIrqs(v, [this.target(v)]); this.enabled = v + 1; }
-    else this.enableAll(v + 1);
+    else if (this.enabled > 0 && !this.noresize) {
+      this.setIrqs(v, [this.target(v)]);
+      this.enabled = v + 1;
+    } else this.enableAll(v + 1);
   }
 
   /** MSI-X enabled with no vector in use yet: VFIO still has to put the device in MSI-X mode. */
@@ -133,21 +162,37 @@ export class VfioIrqVectors {
 
   private drain(fd: number | undefined): boolean {
     if (fd === undefined) return false;
-    try { return readSync(fd, this.buf, 0, 8, null) === 8; } catch { return false; } // EAGAIN: nothing
+    try {
+      return readSync(fd, this.buf, 0, 8, null) === 8;
+    } catch {
+      return false;
+    } // EAGAIN: nothing
   }
 
   /** Tears everything down: VFIO index off, irqfds, routes, eventfds. */
   disable(): void {
     if (this.enabled) {
-      try { this.disableIndex(); } catch { /* device already gone */ }
+      try {
+        this.disableIndex();
+      } catch {
+        /* device already gone */
+      }
     }
     for (const x of this.vectors.values()) {
-      try { this.vm.irqfdRemove(x.trigger, x.gsi); } catch { /* VM closing */ }
+      try {
+        this.vm.irqfdRemove(x.trigger, x.gsi);
+      } catch {
+        /* VM closing */
+      }
       this.vm.gsi.release(x.gsi);
       closeSync(x.trigger);
       if (x.maskFd !== undefined) closeSync(x.maskFd);
     }
     this.vectors.clear();
-    try { this.vm.gsi.commit(); } catch { /* VM closing */ }
+    try {
+      this.vm.gsi.commit();
+    } catch {
+      /* VM closing */
+    }
   }
 }

@@ -17,8 +17,12 @@ export class LegacyVfio {
    * @param kvmFile registers a group with the KVM-VFIO device (add) or removes it.
    * @param passedGroupFds group fds a manager passed, by group number; adopted, not opened.
    */
-  constructor(private readonly memory: AddressSpace, private readonly kvmFile: (fd: number, add: boolean) => void,
-    private readonly passedGroupFds = new Map<number, number>(), private readonly containerPath = CONTAINER_PATH) {}
+  constructor(
+    private readonly memory: AddressSpace,
+    private readonly kvmFile: (fd: number, add: boolean) => void,
+    private readonly passedGroupFds = new Map<number, number>(),
+    private readonly containerPath = CONTAINER_PATH,
+  ) {}
 
   /** Group (viable, in a container, RAM mapped), then the device fd. */
   openDevice(host: HostDevice): { group: VfioGroup; fd: number } {
@@ -43,12 +47,16 @@ export class LegacyVfio {
       let container = this.containers.find((c) => group.tryJoin(c));
       if (container) {
         container.reserved.push(...reserved);
-        const clash = [...container.mappings.values()].find((m) => reserved.some((r) => m.iova <= r.end && r.start <= m.iova + m.size - 1 && r.type !== 'direct-relaxable'));
-        if (clash) throw new VfioSetupError(`group ${group.id} reserves IOVAs that guest RAM ${clash.region} already uses`);
+        const clash = [...container.mappings.values()].find((m) =>
+          reserved.some((r) => m.iova <= r.end && r.start <= m.iova + m.size - 1 && r.type !== 'direct-relaxable'),
+        );
+        if (clash)
+          throw new VfioSetupError(`group ${group.id} reserves IOVAs that guest RAM ${clash.region} already uses`);
       } else {
         container = VfioContainer.open(this.containerPath);
         try {
-          if (!group.tryJoin(container)) throw new VfioSetupError(`VFIO_GROUP_SET_CONTAINER failed for group ${group.id} on a new container`);
+          if (!group.tryJoin(container))
+            throw new VfioSetupError(`VFIO_GROUP_SET_CONTAINER failed for group ${group.id} on a new container`);
           container.reserved = reserved;
           container.setIommu();
           container.attach(this.memory);
@@ -76,7 +84,11 @@ export class LegacyVfio {
   }
 
   private dropGroup(group: VfioGroup): void {
-    try { this.kvmFile(group.fd, false); } catch { /* the VM may be going away */ }
+    try {
+      this.kvmFile(group.fd, false);
+    } catch {
+      /* the VM may be going away */
+    }
     this.releaseContainerOf(group);
     group.close();
     this.groups.delete(group.id);

@@ -24,7 +24,12 @@ export function lockedBytes(pid: number | 'self' = 'self'): number {
 
 export function fmtBytes(n: number): string {
   if (n === Infinity) return 'unlimited';
-  for (const [u, s] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) if (n >= s && n % s === 0) return `${n / s}${u}`;
+  for (const [u, s] of [
+    ['G', 2 ** 30],
+    ['M', 2 ** 20],
+    ['K', 2 ** 10],
+  ] as const)
+    if (n >= s && n % s === 0) return `${n / s}${u}`;
   return `${n} bytes`;
 }
 

@@ -18,22 +18,43 @@ export class VfioNotifier {
     return new VfioNotifier(device, index, onSignal);
   }
 
-  private constructor(private readonly device: VfioDevice, readonly index: number, onSignal: () => void) {
+  private constructor(
+    private readonly device: VfioDevice,
+    readonly index: number,
+    onSignal: () => void,
+  ) {
     const n = native();
     const c = n.constants;
     this.fd = n.eventfd(0, EFD_NONBLOCK);
     try {
-      device.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_EVENTFD! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, fds: [this.fd] });
+      device.setIrqs({
+        index,
+        start: 0,
+        flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+        fds: [this.fd],
+      });
     } catch (e) {
       closeSync(this.fd);
       throw e;
     }
     const buf = Buffer.alloc(8);
     // Unref'd: a quiet notifier must not keep the process alive once the VM has ended.
-    this.watch = n.fdWatch(this.fd, () => {
-      try { readSync(this.fd, buf, 0, 8, null); } catch { return; } // EAGAIN: already drained
-      try { onSignal(); } catch (e) { console.error(`tsvmm: ${device.name}: notifier ${index}: ${(e as Error).message}`); }
-    }, false);
+    this.watch = n.fdWatch(
+      this.fd,
+      () => {
+        try {
+          readSync(this.fd, buf, 0, 8, null);
+        } catch {
+          return;
+        } // EAGAIN: already drained
+        try {
+          onSignal();
+        } catch (e) {
+          console.error(`tsvmm: ${device.name}: notifier ${index}: ${(e as Error).message}`);
+        }
+      },
+      false,
+    );
   }
 
   /**
@@ -43,7 +64,12 @@ export class VfioNotifier {
    */
   loopback(): void {
     const c = native().constants;
-    this.device.setIrqs({ index: this.index, start: 0, flags: c.VFIO_IRQ_SET_DATA_BOOL! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, bools: [true] });
+    this.device.setIrqs({
+      index: this.index,
+      start: 0,
+      flags: c.VFIO_IRQ_SET_DATA_BOOL | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+      bools: [true],
+    });
   }
 
   /** Disarms VFIO's side first (it must not signal a closed fd), then stops watching. */
@@ -52,8 +78,15 @@ export class VfioNotifier {
     this.closed = true;
     const c = native().constants;
     try {
-      this.device.setIrqs({ index: this.index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE! | c.VFIO_IRQ_SET_ACTION_TRIGGER!, count: 0 });
-    } catch { /* the device fd may be going away already: closing it disarms too */ }
+      this.device.setIrqs({
+        index: this.index,
+        start: 0,
+        flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_TRIGGER,
+        count: 0,
+      });
+    } catch {
+      /* the device fd may be going away already: closing it disarms too */
+    }
     native().fdUnwatch(this.watch);
     closeSync(this.fd);
   }

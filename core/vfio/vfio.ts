@@ -28,7 +28,13 @@ export interface AssignedDevice {
   devid?: number;
 }
 
-export interface VfioDeviceSpec { host?: string; sysfsdev?: string; cdev?: string; group?: number; backend?: VfioBackendChoice }
+export interface VfioDeviceSpec {
+  host?: string;
+  sysfsdev?: string;
+  cdev?: string;
+  group?: number;
+  backend?: VfioBackendChoice;
+}
 
 /** Fds a manager opened for us. */
 export interface VfioPassedFds {
@@ -49,7 +55,10 @@ export interface VfioOptions {
 }
 
 /** Available (true) or why not. */
-export interface BackendAvailability { legacy: true | string; iommufd: true | string }
+export interface BackendAvailability {
+  legacy: true | string;
+  iommufd: true | string;
+}
 
 /**
  * Which backend a device uses. An explicit choice must be available; auto takes legacy when both
@@ -58,34 +67,57 @@ export interface BackendAvailability { legacy: true | string; iommufd: true | st
 export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability, name: string): VfioBackendKind {
   if (want !== 'auto') {
     const why = have[want];
-    if (why !== true) throw new VfioSetupError(`${name}: the ${want} VFIO backend is not available: ${why}` +
-      (have[want === 'legacy' ? 'iommufd' : 'legacy'] === true ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is: use "backend": "auto"` : ''));
+    if (why !== true)
+      throw new VfioSetupError(
+        `${name}: the ${want} VFIO backend is not available: ${why}` +
+          (have[want === 'legacy' ? 'iommufd' : 'legacy'] === true
+            ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is: use "backend": "auto"`
+            : ''),
+      );
     return want;
   }
   if (have.legacy === true) return 'legacy';
   if (have.iommufd === true) return 'iommufd';
-  throw new VfioSetupError(`${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}\n` +
-    `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`);
+  throw new VfioSetupError(
+    `${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}\n` +
+      `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`,
+  );
 }
 
 /** What each model needs: legacy the container device (the group it opens itself, or was
  *  passed); iommufd /dev/iommu and the device's cdev (or passed fds for them). */
-export function backendAvailability(host: HostDevice, spec: VfioDeviceSpec, passed: VfioPassedFds = {},
-  containerPath = CONTAINER_PATH, iommuPath = IOMMU_PATH): BackendAvailability {
-  const legacy = passed.groups?.has(host.group) || existsSync(containerPath) ? true
-    : `${containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
+export function backendAvailability(
+  host: HostDevice,
+  spec: VfioDeviceSpec,
+  passed: VfioPassedFds = {},
+  containerPath = CONTAINER_PATH,
+  iommuPath = IOMMU_PATH,
+): BackendAvailability {
+  const legacy =
+    passed.groups?.has(host.group) || existsSync(containerPath)
+      ? true
+      : `${containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
   let iommufd: true | string = true;
-  if (passed.iommufd === undefined && !existsSync(iommuPath)) iommufd = `${iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
-  else if (!passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs)) iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
+  if (passed.iommufd === undefined && !existsSync(iommuPath))
+    iommufd = `${iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
+  else if (!passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs))
+    iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
   return { legacy, iommufd };
 }
 
 /** The backend for a device: its own choice, else the VM's; with auto, a passed fd decides
  *  (a passed cdev means iommufd, a passed group legacy), else chooseBackend's rule. */
-export function resolveBackend(host: HostDevice, spec: VfioDeviceSpec, vmDefault: VfioBackendChoice, passed: VfioPassedFds = {},
-  containerPath = CONTAINER_PATH, iommuPath = IOMMU_PATH): VfioBackendKind {
+export function resolveBackend(
+  host: HostDevice,
+  spec: VfioDeviceSpec,
+  vmDefault: VfioBackendChoice,
+  passed: VfioPassedFds = {},
+  containerPath = CONTAINER_PATH,
+  iommuPath = IOMMU_PATH,
+): VfioBackendKind {
   let want = spec.backend ?? 'auto';
-  if (want === 'auto') want = passed.cdevs?.has(host.name) ? 'iommufd' : passed.groups?.has(host.group) ? 'legacy' : vmDefault;
+  if (want === 'auto')
+    want = passed.cdevs?.has(host.name) ? 'iommufd' : passed.groups?.has(host.group) ? 'legacy' : vmDefault;
   return chooseBackend(want, backendAvailability(host, spec, passed, containerPath, iommuPath), host.name);
 }
 
@@ -98,7 +130,10 @@ export class Vfio {
   private readonly containerPath: string;
   private readonly iommuPath: string;
 
-  constructor(private readonly vm: Vm, private readonly opts: VfioOptions = {}) {
+  constructor(
+    private readonly vm: Vm,
+    private readonly opts: VfioOptions = {},
+  ) {
     this.passed = opts.passed ?? {};
     this.containerPath = opts.containerPath ?? CONTAINER_PATH;
     this.iommuPath = opts.iommuPath ?? IOMMU_PATH;
@@ -107,13 +142,23 @@ export class Vfio {
   /** Takes ownership of fds passed at run time (QMP getfd before device_add); refused ones are
    *  closed, all of them, before anything is taken. */
   adopt(fds: VfioPassedFds): void {
-    const clash = [...fds.groups?.keys() ?? []].find((g) => this.passed.groups?.has(g) || this.groups.has(g));
-    const dup = [...fds.cdevs?.keys() ?? []].find((d) => this.passed.cdevs?.has(d));
-    const why = clash !== undefined ? `VFIO group ${clash} is already open in this VM: pass no second fd for it`
-      : dup !== undefined ? `a cdev fd for ${dup} was already passed`
-      : fds.iommufd !== undefined && (this.iommufdBackend || this.passed.iommufd !== undefined) ? 'this VM already has an iommufd' : undefined;
+    const clash = [...(fds.groups?.keys() ?? [])].find((g) => this.passed.groups?.has(g) || this.groups.has(g));
+    const dup = [...(fds.cdevs?.keys() ?? [])].find((d) => this.passed.cdevs?.has(d));
+    const why =
+      clash !== undefined
+        ? `VFIO group ${clash} is already open in this VM: pass no second fd for it`
+        : dup !== undefined
+          ? `a cdev fd for ${dup} was already passed`
+          : fds.iommufd !== undefined && (this.iommufdBackend || this.passed.iommufd !== undefined)
+            ? 'this VM already has an iommufd'
+            : undefined;
     if (why) {
-      for (const fd of [...fds.groups?.values() ?? [], ...fds.cdevs?.values() ?? [], ...(fds.iommufd !== undefined ? [fds.iommufd] : [])]) closeSync(fd);
+      for (const fd of [
+        ...(fds.groups?.values() ?? []),
+        ...(fds.cdevs?.values() ?? []),
+        ...(fds.iommufd !== undefined ? [fds.iommufd] : []),
+      ])
+        closeSync(fd);
       throw new VfioSetupError(why);
     }
     for (const [g, fd] of fds.groups ?? []) (this.passed.groups ??= new Map()).set(g, fd);
@@ -123,14 +168,29 @@ export class Vfio {
 
   /** Gives back (closes) passed fds that no group or device took: a failed hot-plug. */
   unadopt(fds: VfioPassedFds): void {
-    for (const [g, fd] of fds.groups ?? []) if (this.passed.groups?.get(g) === fd) { this.passed.groups.delete(g); closeSync(fd); }
-    for (const [d, fd] of fds.cdevs ?? []) if (this.passed.cdevs?.get(d) === fd) { this.passed.cdevs.delete(d); closeSync(fd); }
-    if (fds.iommufd !== undefined && this.passed.iommufd === fds.iommufd) { this.passed.iommufd = undefined; closeSync(fds.iommufd); }
+    for (const [g, fd] of fds.groups ?? [])
+      if (this.passed.groups?.get(g) === fd) {
+        this.passed.groups.delete(g);
+        closeSync(fd);
+      }
+    for (const [d, fd] of fds.cdevs ?? [])
+      if (this.passed.cdevs?.get(d) === fd) {
+        this.passed.cdevs.delete(d);
+        closeSync(fd);
+      }
+    if (fds.iommufd !== undefined && this.passed.iommufd === fds.iommufd) {
+      this.passed.iommufd = undefined;
+      closeSync(fds.iommufd);
+    }
   }
 
   /** Legacy groups in use, by number (the machine adopts passed group fds through them). */
-  get groups(): ReadonlyMap<number, VfioGroup> { return this.legacyBackend?.groups ?? new Map(); }
-  get iommufd(): Iommufd | undefined { return this.iommufdBackend; }
+  get groups(): ReadonlyMap<number, VfioGroup> {
+    return this.legacyBackend?.groups ?? new Map();
+  }
+  get iommufd(): Iommufd | undefined {
+    return this.iommufdBackend;
+  }
 
   /** Every DMA listener (containers and IOASes). */
   get listeners(): DmaListener[] {
@@ -144,15 +204,28 @@ export class Vfio {
   /** Opens a host device for assignment on its backend: DMA mappings in place, device fd open. */
   open(spec: VfioDeviceSpec): AssignedDevice {
     const host = findHostDevice(spec);
-    if ([...this.assigned].some((a) => a.host.name === host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
-    const backend = resolveBackend(host, spec, this.opts.backend ?? 'auto', this.passed, this.containerPath, this.iommuPath);
+    if ([...this.assigned].some((a) => a.host.name === host.name))
+      throw new VfioSetupError(`${host.name} is already assigned to this VM`);
+    const backend = resolveBackend(
+      host,
+      spec,
+      this.opts.backend ?? 'auto',
+      this.passed,
+      this.containerPath,
+      this.iommuPath,
+    );
     const a = backend === 'legacy' ? this.openLegacy(host) : this.openIommufd(host, spec);
     this.assigned.add(a);
     return a;
   }
 
   private openLegacy(host: HostDevice): AssignedDevice {
-    this.legacyBackend ??= new LegacyVfio(this.vm.memory, (fd, add) => this.kvmFile(fd, add), this.passed.groups, this.containerPath);
+    this.legacyBackend ??= new LegacyVfio(
+      this.vm.memory,
+      (fd, add) => this.kvmFile(fd, add),
+      this.passed.groups,
+      this.containerPath,
+    );
     const { group, fd } = this.legacyBackend.openDevice(host);
     let device: VfioDevice;
     try {
@@ -181,7 +254,8 @@ export class Vfio {
       this.kvmFile(opened.device, true);
     } catch (e) {
       ctx.closeDevice(host.name, opened.device, opened.ioas);
-      if (device) device.close(); else closeSync(opened.device);
+      if (device) device.close();
+      else closeSync(opened.device);
       throw e;
     }
     return { host, device, backend: 'iommufd', ioas: opened.ioas, cdev, devid: opened.devid };
@@ -191,10 +265,15 @@ export class Vfio {
     const c = native().constants;
     if (this.kvmDeviceFd === undefined) {
       if (!add) return;
-      this.kvmDeviceFd = native().kvmCreateDevice(this.vm.fd, c.KVM_DEV_TYPE_VFIO!);
+      this.kvmDeviceFd = native().kvmCreateDevice(this.vm.fd, c.KVM_DEV_TYPE_VFIO);
     }
     // KVM_DEV_VFIO_FILE_ADD/DEL (alias of the _GROUP_ names): a group fd or a device cdev fd.
-    native().kvmSetDeviceAttr(this.kvmDeviceFd, c.KVM_DEV_VFIO_GROUP!, add ? c.KVM_DEV_VFIO_GROUP_ADD! : c.KVM_DEV_VFIO_GROUP_DEL!, fd);
+    native().kvmSetDeviceAttr(
+      this.kvmDeviceFd,
+      c.KVM_DEV_VFIO_GROUP,
+      add ? c.KVM_DEV_VFIO_GROUP_ADD : c.KVM_DEV_VFIO_GROUP_DEL,
+      fd,
+    );
   }
 
   /** Closes a device; on legacy its group and container go when their last user does, on
@@ -205,7 +284,11 @@ export class Vfio {
       a.device.close();
       this.legacyBackend!.releaseDevice(a.host.name, a.group!);
     } else {
-      try { this.kvmFile(a.device.fd, false); } catch { /* the VM may be going away */ }
+      try {
+        this.kvmFile(a.device.fd, false);
+      } catch {
+        /* the VM may be going away */
+      }
       this.iommufdBackend!.closeDevice(a.host.name, a.device.fd, a.ioas!);
       a.device.close();
     }
@@ -225,7 +308,7 @@ export class Vfio {
     this.kvmDeviceFd = undefined;
     // Passed fds never adopted (a device that failed before opening them) are ours to close.
     if (this.passed.iommufd !== undefined) closeSync(this.passed.iommufd);
-    for (const fd of [...this.passed.cdevs?.values() ?? [], ...this.passed.groups?.values() ?? []]) closeSync(fd);
+    for (const fd of [...(this.passed.cdevs?.values() ?? []), ...(this.passed.groups?.values() ?? [])]) closeSync(fd);
     this.passed.iommufd = undefined;
     this.passed.cdevs?.clear();
     this.passed.groups?.clear();

@@ -33,37 +33,88 @@ const str = (a: Record<string, unknown>, k: string): string | undefined => a[k] 
 
 /** QEMU's pci_class_descriptions (hw/pci/pci.c): query-pci's class_info.desc. */
 const PCI_CLASS_DESC: Record<number, string> = {
-  0x0001: 'VGA controller', 0x0100: 'SCSI controller', 0x0101: 'IDE controller', 0x0102: 'Floppy controller',
-  0x0103: 'IPI controller', 0x0104: 'RAID controller', 0x0106: 'SATA controller', 0x0107: 'SAS controller',
-  0x0180: 'Storage controller', 0x0200: 'Ethernet controller', 0x0201: 'Token Ring controller', 0x0202: 'FDDI controller',
-  0x0203: 'ATM controller', 0x0280: 'Network controller', 0x0300: 'VGA controller', 0x0301: 'XGA controller',
-  0x0302: '3D controller', 0x0380: 'Display controller', 0x0400: 'Video controller', 0x0401: 'Audio controller',
-  0x0402: 'Phone', 0x0403: 'Audio controller', 0x0480: 'Multimedia controller', 0x0500: 'RAM controller',
-  0x0501: 'Flash controller', 0x0580: 'Memory controller', 0x0600: 'Host bridge', 0x0601: 'ISA bridge',
-  0x0602: 'EISA bridge', 0x0603: 'MC bridge', 0x0604: 'PCI bridge', 0x0605: 'PCMCIA bridge', 0x0606: 'NUBUS bridge',
-  0x0607: 'CARDBUS bridge', 0x0608: 'RACEWAY bridge', 0x0680: 'Bridge', 0x0700: 'Serial port', 0x0701: 'Parallel port',
-  0x0800: 'Interrupt controller', 0x0801: 'DMA controller', 0x0802: 'Timer', 0x0803: 'RTC', 0x0900: 'Keyboard',
-  0x0901: 'Pen', 0x0902: 'Mouse', 0x0a00: 'Dock station', 0x0b00: 'i386 cpu', 0x0c00: 'Firewire controller',
-  0x0c01: 'Access bus controller', 0x0c02: 'SSA controller', 0x0c03: 'USB controller', 0x0c04: 'Fibre channel controller',
+  0x0001: 'VGA controller',
+  0x0100: 'SCSI controller',
+  0x0101: 'IDE controller',
+  0x0102: 'Floppy controller',
+  0x0103: 'IPI controller',
+  0x0104: 'RAID controller',
+  0x0106: 'SATA controller',
+  0x0107: 'SAS controller',
+  0x0180: 'Storage controller',
+  0x0200: 'Ethernet controller',
+  0x0201: 'Token Ring controller',
+  0x0202: 'FDDI controller',
+  0x0203: 'ATM controller',
+  0x0280: 'Network controller',
+  0x0300: 'VGA controller',
+  0x0301: 'XGA controller',
+  0x0302: '3D controller',
+  0x0380: 'Display controller',
+  0x0400: 'Video controller',
+  0x0401: 'Audio controller',
+  0x0402: 'Phone',
+  0x0403: 'Audio controller',
+  0x0480: 'Multimedia controller',
+  0x0500: 'RAM controller',
+  0x0501: 'Flash controller',
+  0x0580: 'Memory controller',
+  0x0600: 'Host bridge',
+  0x0601: 'ISA bridge',
+  0x0602: 'EISA bridge',
+  0x0603: 'MC bridge',
+  0x0604: 'PCI bridge',
+  0x0605: 'PCMCIA bridge',
+  0x0606: 'NUBUS bridge',
+  0x0607: 'CARDBUS bridge',
+  0x0608: 'RACEWAY bridge',
+  0x0680: 'Bridge',
+  0x0700: 'Serial port',
+  0x0701: 'Parallel port',
+  0x0800: 'Interrupt controller',
+  0x0801: 'DMA controller',
+  0x0802: 'Timer',
+  0x0803: 'RTC',
+  0x0900: 'Keyboard',
+  0x0901: 'Pen',
+  0x0902: 'Mouse',
+  0x0a00: 'Dock station',
+  0x0b00: 'i386 cpu',
+  0x0c00: 'Firewire controller',
+  0x0c01: 'Access bus controller',
+  0x0c02: 'SSA controller',
+  0x0c03: 'USB controller',
+  0x0c04: 'Fibre channel controller',
   0x0c05: 'SMBus',
 };
 
 /** query-pci's PciDeviceInfo for one device (hw/pci/pci-qmp-cmds.c qmp_query_pci_device). */
 function pciDeviceInfo(d: PciDevice): object {
-  const cls = d.configRead(0x0a, 2), pin = d.configRead(0x3d, 1);
+  const cls = d.configRead(0x0a, 2),
+    pin = d.configRead(0x3d, 1);
   const normal = (d.configRead(0x0e, 1) & 0x7f) === 0;
   return {
-    bus: 0, slot: d.slot, function: d.devfn & 7,
+    bus: 0,
+    slot: d.slot,
+    function: d.devfn & 7,
     class_info: { ...(PCI_CLASS_DESC[cls] ? { desc: PCI_CLASS_DESC[cls] } : {}), class: cls },
-    id: { device: d.configRead(2, 2), vendor: d.configRead(0, 2),
-      ...(normal ? { subsystem: d.configRead(0x2e, 2), 'subsystem-vendor': d.configRead(0x2c, 2) } : {}) },
+    id: {
+      device: d.configRead(2, 2),
+      vendor: d.configRead(0, 2),
+      ...(normal ? { subsystem: d.configRead(0x2e, 2), 'subsystem-vendor': d.configRead(0x2c, 2) } : {}),
+    },
     ...(pin ? { irq: d.configRead(0x3c, 1) } : {}),
     irq_pin: pin,
     qdev_id: d.name,
-    regions: d.bars.filter((b) => b).map((b) => ({
-      bar: b!.index, type: b!.type === 'io' ? 'io' : 'memory', address: b!.mappedAt ?? -1, size: b!.size,
-      ...(b!.type === 'io' ? {} : { prefetch: b!.prefetchable, mem_type_64: b!.type === 'mem64' }),
-    })),
+    regions: d.bars
+      .filter((b) => b)
+      .map((b) => ({
+        bar: b!.index,
+        type: b!.type === 'io' ? 'io' : 'memory',
+        address: b!.mappedAt ?? -1,
+        size: b!.size,
+        ...(b!.type === 'io' ? {} : { prefetch: b!.prefetchable, mem_type_64: b!.type === 'mem64' }),
+      })),
   };
 }
 
@@ -72,9 +123,14 @@ function parseAddr(v: unknown): number {
   const bad = () => new QmpError('GenericError', `Property 'vfio-pci.addr' doesn't take value '${String(v)}'`);
   let slot: number;
   if (typeof v === 'number') slot = v;
-  else if (typeof v === 'string' && /^(0x[0-9a-f]+|[0-9a-f]{1,2})(\.0)?$/i.test(v)) slot = parseInt(v.replace(/\.0$/, ''), 16);
+  else if (typeof v === 'string' && /^(0x[0-9a-f]+|[0-9a-f]{1,2})(\.0)?$/i.test(v))
+    slot = parseInt(v.replace(/\.0$/, ''), 16);
   else throw bad();
-  if (!Number.isInteger(slot) || slot < 1 || slot > 31) throw new QmpError('GenericError', `Property 'vfio-pci.addr' doesn't take value '${String(v)}' (tsvmm: a free slot 1-31, function 0)`);
+  if (!Number.isInteger(slot) || slot < 1 || slot > 31)
+    throw new QmpError(
+      'GenericError',
+      `Property 'vfio-pci.addr' doesn't take value '${String(v)}' (tsvmm: a free slot 1-31, function 0)`,
+    );
   return slot;
 }
 
@@ -87,7 +143,11 @@ function needFd(ctx: QmpContext): number {
 /** A named fd given to device_add: a VFIO group (/dev/vfio/N) or a device cdev. */
 function vfioFdFor(fd: number, name: string): PassedFd {
   let link = '';
-  try { link = readlinkSync(`/proc/self/fd/${fd}`); } catch { /* identify says what it is */ }
+  try {
+    link = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    /* identify says what it is */
+  }
   const p: PassedFd = { name, kind: /^\/dev\/vfio\/\d+$/.test(link) ? 'vfio-group' : 'vfio-cdev', fd };
   if (p.kind === 'vfio-group') p.group = Number(link.split('/').pop());
   identify(p);
@@ -95,7 +155,11 @@ function vfioFdFor(fd: number, name: string): PassedFd {
 }
 
 export function machineQmp(m: Machine, path: string): QmpServer {
-  const [major, minor, micro] = (JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }).version.split('.').map(Number);
+  const [major, minor, micro] = (
+    JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }
+  ).version
+    .split('.')
+    .map(Number);
   const version = { major: major ?? 0, minor: minor ?? 0, micro: micro ?? 0 };
   let qmp: QmpServer;
   const fds = new FdStore();
@@ -104,18 +168,24 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     'query-commands': () => ['qmp_capabilities', ...Object.keys(commands)].map((name) => ({ name })),
     'query-status': () => {
       const paused = m.vm.paused;
-      return { running: !paused, singlestep: false, status: paused ? m.stopReason ?? 'paused' : 'running' };
+      return { running: !paused, singlestep: false, status: paused ? (m.stopReason ?? 'paused') : 'running' };
     },
     'query-name': () => ({ name: m.config.name }),
     'query-pci': () => [{ bus: 0, devices: [...m.pciBus.devices.values()].map(pciDeviceInfo) }],
     'query-qmp-schema': () => schemaInfo,
     stop: () => {
-      if (!m.vm.paused) { m.vm.pause(); qmp.emit('STOP'); }
+      if (!m.vm.paused) {
+        m.vm.pause();
+        qmp.emit('STOP');
+      }
       return {};
     },
     cont: () => {
       m.stopReason = undefined;
-      if (m.vm.paused) { m.vm.resume(); qmp.emit('RESUME'); }
+      if (m.vm.paused) {
+        m.vm.resume();
+        qmp.emit('RESUME');
+      }
       return {};
     },
     getfd: (a, ctx) => {
@@ -133,7 +203,10 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     'add-fd': (a, ctx) => {
       const fd = needFd(ctx);
       const id = a['fdset-id'] ?? Math.max(-1, ...fds.sets.keys()) + 1;
-      if ((id as number) < 0) { closeSync(fd); throw new QmpError('GenericError', "Parameter 'fdset-id' expects a non-negative integer"); }
+      if ((id as number) < 0) {
+        closeSync(fd);
+        throw new QmpError('GenericError', "Parameter 'fdset-id' expects a non-negative integer");
+      }
       const opaque = str(a, 'opaque');
       const set = fds.sets.get(id as number) ?? [];
       set.push({ fd, ...(opaque !== undefined ? { opaque } : {}) });
@@ -141,32 +214,56 @@ export function machineQmp(m: Machine, path: string): QmpServer {
       return { 'fdset-id': id, fd };
     },
     'remove-fd': (a) => {
-      const id = a['fdset-id'] as number, fd = a.fd as number | undefined;
+      const id = a['fdset-id'] as number,
+        fd = a.fd as number | undefined;
       const set = fds.sets.get(id);
       const hit = set?.filter((f) => fd === undefined || f.fd === fd) ?? [];
-      if (!hit.length) throw new QmpError('GenericError', `File descriptor named 'fdset-id:${id}${fd !== undefined ? `, fd:${fd}` : ''}' not found`);
+      if (!hit.length)
+        throw new QmpError(
+          'GenericError',
+          `File descriptor named 'fdset-id:${id}${fd !== undefined ? `, fd:${fd}` : ''}' not found`,
+        );
       for (const f of hit) closeSync(f.fd);
       const rest = set!.filter((f) => !hit.includes(f));
-      if (rest.length) fds.sets.set(id, rest); else fds.sets.delete(id);
+      if (rest.length) fds.sets.set(id, rest);
+      else fds.sets.delete(id);
       return {};
     },
-    'query-fdsets': () => [...fds.sets].map(([id, set]) => ({ 'fdset-id': id, fds: set.map((f) => ({ fd: f.fd, ...(f.opaque !== undefined ? { opaque: f.opaque } : {}) })) })),
+    'query-fdsets': () =>
+      [...fds.sets].map(([id, set]) => ({
+        'fdset-id': id,
+        fds: set.map((f) => ({ fd: f.fd, ...(f.opaque !== undefined ? { opaque: f.opaque } : {}) })),
+      })),
     device_add: (a) => {
       const driver = str(a, 'driver')!;
-      if (driver !== 'vfio-pci') throw new QmpError('GenericError', `'${driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
+      if (driver !== 'vfio-pci')
+        throw new QmpError('GenericError', `'${driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
       // QEMU names a device without an id itself; tsvmm needs one to find it for device_del.
       const id = str(a, 'id');
       if (id === undefined) throw new QmpError('GenericError', "Parameter 'id' is missing");
-      if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) throw new QmpError('GenericError', `Parameter 'id' expects an identifier ([A-Za-z0-9._-], at most 64)`);
-      const host = str(a, 'host'), sysfsdev = str(a, 'sysfsdev'), fdName = str(a, 'fd'), iommufdName = str(a, 'iommufd');
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(id))
+        throw new QmpError('GenericError', `Parameter 'id' expects an identifier ([A-Za-z0-9._-], at most 64)`);
+      const host = str(a, 'host'),
+        sysfsdev = str(a, 'sysfsdev'),
+        fdName = str(a, 'fd'),
+        iommufdName = str(a, 'iommufd');
       const backend = str(a, 'backend') as VfioBackendChoice | undefined;
-      if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend)) throw new QmpError('GenericError', `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`);
+      if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend))
+        throw new QmpError(
+          'GenericError',
+          `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`,
+        );
       const slot = a.addr === undefined ? undefined : parseAddr(a.addr);
       // QEMU's rombar is 0/1 (a uint32), romfile a path.
-      if (a.rombar !== undefined && a.rombar !== 0 && a.rombar !== 1 && typeof a.rombar !== 'boolean') throw new QmpError('GenericError', `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`);
+      if (a.rombar !== undefined && a.rombar !== 0 && a.rombar !== 1 && typeof a.rombar !== 'boolean')
+        throw new QmpError(
+          'GenericError',
+          `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`,
+        );
       const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
       const romfile = str(a, 'romfile');
-      if (!host && !sysfsdev && !fdName) throw new QmpError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
+      if (!host && !sysfsdev && !fdName)
+        throw new QmpError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
       // Named fds are taken (and owned by the device) only once everything else checks out.
       const passed: VfioPassedFds = {};
       const taken: number[] = [];
@@ -178,7 +275,10 @@ export function machineQmp(m: Machine, path: string): QmpServer {
           taken.push(fd);
           const p = vfioFdFor(fd, fdName);
           if (p.kind === 'vfio-group') passed.groups = new Map([[p.group!, fd]]);
-          else { passed.cdevs = new Map([[p.device!, fd]]); device = p.device; }
+          else {
+            passed.cdevs = new Map([[p.device!, fd]]);
+            device = p.device;
+          }
         }
         if (iommufdName) {
           const fd = fds.take(iommufdName);
@@ -186,10 +286,16 @@ export function machineQmp(m: Machine, path: string): QmpServer {
           identify({ name: iommufdName, kind: 'iommufd', fd });
           passed.iommufd = fd;
         }
-        const spec = { id, ...(host ? { host } : sysfsdev ? { sysfsdev } : { sysfsdev: `/sys/bus/pci/devices/${device}` }),
-          ...(backend ? { backend } : {}), ...(slot !== undefined ? { slot } : {}),
-          ...(rombar !== undefined ? { rombar } : {}), ...(romfile !== undefined ? { romfile } : {}) };
-        if (!host && !sysfsdev && !device) throw new QmpError('GenericError', `fd '${fdName}' is a VFIO group: say which of its devices with 'host'`);
+        const spec = {
+          id,
+          ...(host ? { host } : sysfsdev ? { sysfsdev } : { sysfsdev: `/sys/bus/pci/devices/${device}` }),
+          ...(backend ? { backend } : {}),
+          ...(slot !== undefined ? { slot } : {}),
+          ...(rombar !== undefined ? { rombar } : {}),
+          ...(romfile !== undefined ? { romfile } : {}),
+        };
+        if (!host && !sysfsdev && !device)
+          throw new QmpError('GenericError', `fd '${fdName}' is a VFIO group: say which of its devices with 'host'`);
         handed = true; // from here the machine owns the fds (and closes them if it fails)
         m.hotplugVfioDevice(spec, passed);
       } catch (e) {
@@ -211,11 +317,17 @@ export function machineQmp(m: Machine, path: string): QmpServer {
     // device's request or error notifier through its loopback, so the VM's answer can be seen
     // where no real unbind or AER error can be made.
     'x-vfio-signal-notifier': (a) => {
-      const id = str(a, 'id')!, which = str(a, 'notifier')!;
+      const id = str(a, 'id')!,
+        which = str(a, 'notifier')!;
       const dev = m.devices.find((d) => d.name === id);
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
-      if (which !== 'request' && which !== 'error') throw new QmpError('GenericError', `Parameter 'notifier' does not accept value '${which}' (request or error)`);
-      try { m.signalNotifier(dev, which); } catch (e) { throw new QmpError('GenericError', (e as Error).message); }
+      if (which !== 'request' && which !== 'error')
+        throw new QmpError('GenericError', `Parameter 'notifier' does not accept value '${which}' (request or error)`);
+      try {
+        m.signalNotifier(dev, which);
+      } catch (e) {
+        throw new QmpError('GenericError', (e as Error).message);
+      }
       return {};
     },
     system_powerdown: () => {
@@ -240,7 +352,8 @@ export function machineQmp(m: Machine, path: string): QmpServer {
   qmp.argumentError.device_add = (a, e) => {
     const m = /^Parameter '([^'.[]+)' is unexpected$/.exec(e.message);
     if (!m) return e;
-    if (typeof a.driver === 'string' && a.driver !== 'vfio-pci') return new QmpError('GenericError', `'${a.driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
+    if (typeof a.driver === 'string' && a.driver !== 'vfio-pci')
+      return new QmpError('GenericError', `'${a.driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
     return new QmpError('GenericError', `Property '${String(a.driver)}.${m[1]}' not found`);
   };
   m.onDeviceDeleted = (id) => qmp.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });

@@ -10,12 +10,31 @@ export const MAX_TOKEN_COUNT = 2 * 2 ** 20;
 export const MAX_NESTING = 1024;
 
 type TokType = '{' | '}' | '[' | ']' | ':' | ',' | 'string' | 'integer' | 'float' | 'keyword';
-interface Token { type: TokType; bytes: Buffer }
+interface Token {
+  type: TokType;
+  bytes: Buffer;
+}
 
 /** A complete top-level value, or what went wrong (QEMU's Error text). */
 export type JsonResult = { value: unknown } | { error: string };
 
-const enum S { Start, Recovery, DqString, DqEscape, SqString, SqEscape, Zero, Sign, Digits, Mantissa, MantissaDigits, ExpE, ExpSign, ExpDigits, Keyword }
+const enum S {
+  Start,
+  Recovery,
+  DqString,
+  DqEscape,
+  SqString,
+  SqEscape,
+  Zero,
+  Sign,
+  Digits,
+  Mantissa,
+  MantissaDigits,
+  ExpE,
+  ExpSign,
+  ExpDigits,
+  Keyword,
+}
 
 const isDigit = (c: number) => c >= 0x30 && c <= 0x39;
 const inString = (c: number) => c >= 0x20 && c <= 0xfd;
@@ -36,53 +55,95 @@ export class JsonStreamParser {
     const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     let start = -1; // where the current token's bytes in this chunk begin
     const flushPart = (end: number) => {
-      if (start >= 0 && end > start) { this.parts.push(buf.subarray(start, end)); this.partLen += end - start; }
+      if (start >= 0 && end > start) {
+        this.parts.push(buf.subarray(start, end));
+        this.partLen += end - start;
+      }
       start = -1;
     };
-    for (let i = 0; i < buf.length;) {
+    for (let i = 0; i < buf.length; ) {
       const c = buf[i]!;
       const s = this.state;
       // Each case either consumes c (i++) or leaves it to be read again from Start (lookahead).
       switch (s) {
         case S.Start:
-          if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) { i++; break; }
+          if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) {
+            i++;
+            break;
+          }
           start = i;
           i++;
           switch (c) {
-            case 0x22: this.state = S.DqString; break;
-            case 0x27: this.state = S.SqString; break;
-            case 0x30: this.state = S.Zero; break;
-            case 0x2d: this.state = S.Sign; break;
-            case 0x7b: case 0x7d: case 0x5b: case 0x5d: case 0x3a: case 0x2c:
+            case 0x22:
+              this.state = S.DqString;
+              break;
+            case 0x27:
+              this.state = S.SqString;
+              break;
+            case 0x30:
+              this.state = S.Zero;
+              break;
+            case 0x2d:
+              this.state = S.Sign;
+              break;
+            case 0x7b:
+            case 0x7d:
+            case 0x5b:
+            case 0x5d:
+            case 0x3a:
+            case 0x2c:
               flushPart(i);
               this.token(String.fromCharCode(c) as TokType);
               break;
             default:
               if (c >= 0x31 && c <= 0x39) this.state = S.Digits;
               else if (c >= 0x61 && c <= 0x7a) this.state = S.Keyword;
-              else { flushPart(i); this.lexError(); }
+              else {
+                flushPart(i);
+                this.lexError();
+              }
           }
           break;
         case S.Recovery:
           // Skip to a structural character, a control character other than tab, or 0xFE/0xFF:
           // the points where QEMU's lexer resynchronises (docs/interop/qmp-spec).
-          if (c < 0x20 && c !== 0x09 || c >= 0xfe || c === 0x5b || c === 0x5d || c === 0x7b || c === 0x7d || c === 0x3a || c === 0x2c) this.state = S.Start;
+          if (
+            (c < 0x20 && c !== 0x09) ||
+            c >= 0xfe ||
+            c === 0x5b ||
+            c === 0x5d ||
+            c === 0x7b ||
+            c === 0x7d ||
+            c === 0x3a ||
+            c === 0x2c
+          )
+            this.state = S.Start;
           else i++;
           break;
-        case S.DqString: case S.SqString: {
+        case S.DqString:
+        case S.SqString: {
           if (start < 0) start = i;
           i++;
           const quote = s === S.DqString ? 0x22 : 0x27;
-          if (c === quote) { flushPart(i); this.token('string'); }
-          else if (c === 0x5c) this.state = s === S.DqString ? S.DqEscape : S.SqEscape;
-          else if (!inString(c)) { flushPart(i); this.lexError(); }
+          if (c === quote) {
+            flushPart(i);
+            this.token('string');
+          } else if (c === 0x5c) this.state = s === S.DqString ? S.DqEscape : S.SqEscape;
+          else if (!inString(c)) {
+            flushPart(i);
+            this.lexError();
+          }
           break;
         }
-        case S.DqEscape: case S.SqEscape:
+        case S.DqEscape:
+        case S.SqEscape:
           if (start < 0) start = i;
           i++;
           if (inString(c)) this.state = s === S.DqEscape ? S.DqString : S.SqString;
-          else { flushPart(i); this.lexError(); }
+          else {
+            flushPart(i);
+            this.lexError();
+          }
           break;
         default: {
           // Numbers and keywords: a character that cannot continue the token ends it (terminal
@@ -91,11 +152,25 @@ export class JsonStreamParser {
           if (next !== undefined) {
             if (start < 0) start = i;
             i++;
-            if (next === 'error') { flushPart(i); this.lexError(); } else this.state = next;
-          } else if (s === S.Zero || s === S.Digits) { flushPart(i); this.token('integer'); }
-          else if (s === S.MantissaDigits || s === S.ExpDigits) { flushPart(i); this.token('float'); }
-          else if (s === S.Keyword) { flushPart(i); this.token('keyword'); }
-          else { if (start < 0) start = i; i++; flushPart(i); this.lexError(); }
+            if (next === 'error') {
+              flushPart(i);
+              this.lexError();
+            } else this.state = next;
+          } else if (s === S.Zero || s === S.Digits) {
+            flushPart(i);
+            this.token('integer');
+          } else if (s === S.MantissaDigits || s === S.ExpDigits) {
+            flushPart(i);
+            this.token('float');
+          } else if (s === S.Keyword) {
+            flushPart(i);
+            this.token('keyword');
+          } else {
+            if (start < 0) start = i;
+            i++;
+            flushPart(i);
+            this.lexError();
+          }
         }
       }
       if (this.partLen + (start >= 0 ? i - start : 0) > MAX_TOKEN_SIZE) {
@@ -162,16 +237,26 @@ export class JsonStreamParser {
 function numberStep(s: S, c: number): S | 'error' | undefined {
   const e = c === 0x65 || c === 0x45;
   switch (s) {
-    case S.Zero: return isDigit(c) ? 'error' : c === 0x2e ? S.Mantissa : undefined;
-    case S.Sign: return c === 0x30 ? S.Zero : c >= 0x31 && c <= 0x39 ? S.Digits : undefined;
-    case S.Digits: return isDigit(c) ? S.Digits : e ? S.ExpE : c === 0x2e ? S.Mantissa : undefined;
-    case S.Mantissa: return isDigit(c) ? S.MantissaDigits : undefined;
-    case S.MantissaDigits: return isDigit(c) ? S.MantissaDigits : e ? S.ExpE : undefined;
-    case S.ExpE: return c === 0x2d || c === 0x2b ? S.ExpSign : isDigit(c) ? S.ExpDigits : undefined;
-    case S.ExpSign: return isDigit(c) ? S.ExpDigits : undefined;
-    case S.ExpDigits: return isDigit(c) ? S.ExpDigits : undefined;
-    case S.Keyword: return c >= 0x61 && c <= 0x7a ? S.Keyword : undefined;
-    default: return undefined;
+    case S.Zero:
+      return isDigit(c) ? 'error' : c === 0x2e ? S.Mantissa : undefined;
+    case S.Sign:
+      return c === 0x30 ? S.Zero : c >= 0x31 && c <= 0x39 ? S.Digits : undefined;
+    case S.Digits:
+      return isDigit(c) ? S.Digits : e ? S.ExpE : c === 0x2e ? S.Mantissa : undefined;
+    case S.Mantissa:
+      return isDigit(c) ? S.MantissaDigits : undefined;
+    case S.MantissaDigits:
+      return isDigit(c) ? S.MantissaDigits : e ? S.ExpE : undefined;
+    case S.ExpE:
+      return c === 0x2d || c === 0x2b ? S.ExpSign : isDigit(c) ? S.ExpDigits : undefined;
+    case S.ExpSign:
+      return isDigit(c) ? S.ExpDigits : undefined;
+    case S.ExpDigits:
+      return isDigit(c) ? S.ExpDigits : undefined;
+    case S.Keyword:
+      return c >= 0x61 && c <= 0x7a ? S.Keyword : undefined;
+    default:
+      return undefined;
   }
 }
 
@@ -187,17 +272,28 @@ class TokenParser {
     this.error ??= `JSON parse error, ${msg}`;
     return undefined;
   }
-  private peek(): Token | undefined { return this.tokens[this.i]; }
-  private pop(): Token | undefined { return this.tokens[this.i++]; }
+  private peek(): Token | undefined {
+    return this.tokens[this.i];
+  }
+  private pop(): Token | undefined {
+    return this.tokens[this.i++];
+  }
 
   parseValue(): unknown {
     const t = this.peek();
     if (!t) return this.fail('premature EOI');
     switch (t.type) {
-      case '{': return this.parseObject();
-      case '[': return this.parseArray();
-      case 'string': this.i++; return this.parseString(t.bytes);
-      case 'integer': case 'float': this.i++; return Number(t.bytes.toString('latin1'));
+      case '{':
+        return this.parseObject();
+      case '[':
+        return this.parseArray();
+      case 'string':
+        this.i++;
+        return this.parseString(t.bytes);
+      case 'integer':
+      case 'float':
+        this.i++;
+        return Number(t.bytes.toString('latin1'));
       case 'keyword': {
         this.i++;
         const k = t.bytes.toString('latin1');
@@ -206,7 +302,8 @@ class TokenParser {
         if (k === 'null') return null;
         return this.fail(`invalid keyword '${k}'`);
       }
-      default: return this.fail('expecting value');
+      default:
+        return this.fail('expecting value');
     }
   }
 
@@ -214,7 +311,10 @@ class TokenParser {
     this.pop();
     const obj: Record<string, unknown> = Object.create(null);
     if (!this.peek()) return this.fail('premature EOI');
-    if (this.peek()!.type === '}') { this.pop(); return { ...obj }; }
+    if (this.peek()!.type === '}') {
+      this.pop();
+      return { ...obj };
+    }
     for (;;) {
       if (!this.parsePair(obj)) return undefined;
       const t = this.pop();
@@ -225,15 +325,33 @@ class TokenParser {
   }
 
   private parsePair(obj: Record<string, unknown>): boolean {
-    if (!this.peek()) { this.fail('premature EOI'); return false; }
+    if (!this.peek()) {
+      this.fail('premature EOI');
+      return false;
+    }
     const key = this.parseValue();
-    if (typeof key !== 'string') { this.fail('key is not a string in object'); return false; }
+    if (typeof key !== 'string') {
+      this.fail('key is not a string in object');
+      return false;
+    }
     const colon = this.pop();
-    if (!colon) { this.fail('premature EOI'); return false; }
-    if (colon.type !== ':') { this.fail('missing : in object pair'); return false; }
+    if (!colon) {
+      this.fail('premature EOI');
+      return false;
+    }
+    if (colon.type !== ':') {
+      this.fail('missing : in object pair');
+      return false;
+    }
     const value = this.parseValue();
-    if (value === undefined) { this.fail('Missing value in dict'); return false; }
-    if (Object.prototype.hasOwnProperty.call(obj, key)) { this.fail('duplicate key'); return false; }
+    if (value === undefined) {
+      this.fail('Missing value in dict');
+      return false;
+    }
+    if (Object.prototype.hasOwnProperty.call(obj, key)) {
+      this.fail('duplicate key');
+      return false;
+    }
     obj[key] = value;
     return true;
   }
@@ -242,7 +360,10 @@ class TokenParser {
     this.pop();
     const list: unknown[] = [];
     if (!this.peek()) return this.fail('premature EOI');
-    if (this.peek()!.type === ']') { this.pop(); return list; }
+    if (this.peek()!.type === ']') {
+      this.pop();
+      return list;
+    }
     for (;;) {
       const v = this.parseValue();
       if (v === undefined) return this.fail('expecting value');
@@ -261,29 +382,56 @@ class TokenParser {
     let run = 1; // start of the current run of unescaped bytes
     const flush = (end: number): boolean => {
       if (end > run) {
-        try { out += utf8.decode(b.subarray(run, end)); } catch { this.fail('invalid UTF-8 sequence in string'); return false; }
+        try {
+          out += utf8.decode(b.subarray(run, end));
+        } catch {
+          this.fail('invalid UTF-8 sequence in string');
+          return false;
+        }
       }
       return true;
     };
     let p = 1;
     while (b[p] !== quote) {
-      if (b[p] !== 0x5c) { p++; continue; }
+      if (b[p] !== 0x5c) {
+        p++;
+        continue;
+      }
       if (!flush(p)) return undefined;
       const beg = p;
       const c = String.fromCharCode(b[p + 1]!);
       p += 2;
-      const simple: Record<string, string> = { '"': '"', "'": "'", '\\': '\\', '/': '/', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t' };
+      const simple: Record<string, string> = {
+        '"': '"',
+        "'": "'",
+        '\\': '\\',
+        '/': '/',
+        b: '\b',
+        f: '\f',
+        n: '\n',
+        r: '\r',
+        t: '\t',
+      };
       if (c in simple) out += simple[c];
       else if (c === 'u') {
         let cp = hex4(b, p);
         p += 4;
         if (cp >= 0xd800 && cp <= 0xdbff && b[p] === 0x5c && b[p + 1] === 0x75) {
           const trail = hex4(b, p + 2);
-          if (trail >= 0xdc00 && trail <= 0xdfff) { cp = 0x10000 + ((cp & 0x3ff) << 10) + (trail & 0x3ff); p += 6; } else cp = -1;
+          if (trail >= 0xdc00 && trail <= 0xdfff) {
+            cp = 0x10000 + ((cp & 0x3ff) << 10) + (trail & 0x3ff);
+            p += 6;
+          } else cp = -1;
         }
-        if (cp < 0 || (cp >= 0xd800 && cp <= 0xdfff)) { this.fail(`${b.subarray(beg, p).toString('latin1')} is not a valid Unicode character`); return undefined; }
+        if (cp < 0 || (cp >= 0xd800 && cp <= 0xdfff)) {
+          this.fail(`${b.subarray(beg, p).toString('latin1')} is not a valid Unicode character`);
+          return undefined;
+        }
         out += String.fromCodePoint(cp);
-      } else { this.fail('invalid escape sequence in string'); return undefined; }
+      } else {
+        this.fail('invalid escape sequence in string');
+        return undefined;
+      }
       run = p;
     }
     return flush(p) ? out : undefined;

@@ -7,6 +7,7 @@
 // One client at a time, as QEMU's default; a second one is told so and disconnected.
 // The client socket is read with recvmsg (native), not by Node: a command may carry fds in
 // SCM_RIGHTS (getfd, add-fd), which Node's own reads would silently drop.
+import { TsvmmError } from '../../core/errors.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { closeSync, existsSync, unlinkSync } from 'node:fs';
 import { native, isSyscallError } from '../../core/native.js';
@@ -15,12 +16,19 @@ import { validators, commandArgs } from '../../generated/qmp-validators.js';
 import type { ErrorObject } from 'ajv';
 
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';
-export class QmpError extends Error {
-  constructor(readonly errorClass: QmpErrorClass, desc: string) { super(desc); }
+export class QmpError extends TsvmmError {
+  constructor(
+    readonly errorClass: QmpErrorClass,
+    desc: string,
+  ) {
+    super('ERR_QMP', desc);
+  }
 }
 
 /** What a command may use besides its arguments: the fds that came with it. */
-export interface QmpContext { takeFd(): number | undefined }
+export interface QmpContext {
+  takeFd(): number | undefined;
+}
 /** A command: its result (or a promise of it) becomes the reply's "return". */
 export type QmpHandler = (args: Record<string, unknown>, ctx: QmpContext) => unknown;
 
@@ -34,7 +42,11 @@ function memberName(path: string[]): string {
   return s;
 }
 
-const splitPointer = (ptr: string) => ptr.split('/').filter(Boolean).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+const splitPointer = (ptr: string) =>
+  ptr
+    .split('/')
+    .filter(Boolean)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
 
 /**
  * Checks a command's arguments against its schema; throws QEMU's error for the first problem in
@@ -43,7 +55,7 @@ const splitPointer = (ptr: string) => ptr.split('/').filter(Boolean).map((p) => 
 export function checkArguments(command: string, args: Record<string, unknown>): void {
   const v = argValidators[command];
   if (!v || v(args)) return;
-  const order = commandArgs[command as keyof typeof commandArgs] as readonly string[] | undefined ?? [];
+  const order = (commandArgs[command as keyof typeof commandArgs] as readonly string[] | undefined) ?? [];
   const rank = (e: ErrorObject) => {
     const first = splitPointer(e.instancePath)[0] ?? (e.params as { missingProperty?: string }).missingProperty ?? '';
     const i = order.indexOf(first);
@@ -53,11 +65,22 @@ export function checkArguments(command: string, args: Record<string, unknown>): 
   const at = splitPointer(e.instancePath);
   const p = e.params as Record<string, unknown>;
   switch (e.keyword) {
-    case 'required': throw new QmpError('GenericError', `Parameter '${memberName([...at, String(p.missingProperty)])}' is missing`);
-    case 'additionalProperties': throw new QmpError('GenericError', `Parameter '${memberName([...at, String(p.additionalProperty)])}' is unexpected`);
-    case 'type': throw new QmpError('GenericError', `Invalid parameter type for '${memberName(at)}', expected: ${String(p.type)}`);
-    case 'enum': throw new QmpError('GenericError', `Parameter '${memberName(at)}' does not accept value '${String(e.data ?? getAt(args, at))}'`);
-    default: throw new QmpError('GenericError', `Parameter '${memberName(at)}': ${e.message ?? e.keyword}`);
+    case 'required':
+      throw new QmpError('GenericError', `Parameter '${memberName([...at, String(p.missingProperty)])}' is missing`);
+    case 'additionalProperties':
+      throw new QmpError(
+        'GenericError',
+        `Parameter '${memberName([...at, String(p.additionalProperty)])}' is unexpected`,
+      );
+    case 'type':
+      throw new QmpError('GenericError', `Invalid parameter type for '${memberName(at)}', expected: ${String(p.type)}`);
+    case 'enum':
+      throw new QmpError(
+        'GenericError',
+        `Parameter '${memberName(at)}' does not accept value '${String(e.data ?? getAt(args, at))}'`,
+      );
+    default:
+      throw new QmpError('GenericError', `Parameter '${memberName(at)}': ${e.message ?? e.keyword}`);
   }
 }
 
@@ -72,7 +95,10 @@ export function qmpTimestamp(): { seconds: number; microseconds: number } {
   return { seconds: Number(us / 1_000_000n), microseconds: Number(us % 1_000_000n) };
 }
 
-interface Request { msg: JsonResult; fds: number[] }
+interface Request {
+  msg: JsonResult;
+  fds: number[];
+}
 
 export class QmpServer {
   private server: Server | undefined;
@@ -88,7 +114,11 @@ export class QmpServer {
   /** Per-command refinements of argument errors (device_add: unknown device properties). */
   argumentError: Partial<Record<string, (args: Record<string, unknown>, e: QmpError) => QmpError>> = {};
 
-  constructor(readonly path: string, private readonly commands: Record<string, QmpHandler>, private readonly version: { major: number; minor: number; micro: number }) {}
+  constructor(
+    readonly path: string,
+    private readonly commands: Record<string, QmpHandler>,
+    private readonly version: { major: number; minor: number; micro: number },
+  ) {}
 
   listen(): Promise<void> {
     if (existsSync(this.path)) unlinkSync(this.path); // a stale socket from a previous run
@@ -118,18 +148,24 @@ export class QmpServer {
     }
     this.client = s;
     this.negotiated = false;
-    const gone = () => { if (this.client === s) this.client = undefined; };
+    const gone = () => {
+      if (this.client === s) this.client = undefined;
+    };
     s.on('close', gone);
     s.on('error', gone);
     this.send(s, { QMP: { version: { qemu: this.version, package: 'tsvmm' }, capabilities: [] } });
     const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) { s.destroy(new Error('QMP: no fd for the client socket')); return; }
+    if (typeof fd !== 'number' || fd < 0) {
+      s.destroy(new Error('QMP: no fd for the client socket'));
+      return;
+    }
     void this.readLoop(s, fd);
   }
 
   /** Reads the client with poll + recvmsg until it goes: a JSON stream, with its fds. */
   private async readLoop(s: Socket, fd: number): Promise<void> {
-    const n = native(), POLLIN = n.constants.POLLIN!;
+    const n = native(),
+      POLLIN = n.constants.POLLIN;
     const alive = () => this.client === s && !s.destroyed;
     const parser = new JsonStreamParser((msg) => {
       this.queue.push({ msg, fds: this.unclaimedFds.splice(0) });
@@ -164,7 +200,7 @@ export class QmpServer {
     if (this.running) return;
     this.running = true;
     try {
-      for (let r; (r = this.queue.shift());) {
+      for (let r; (r = this.queue.shift()); ) {
         try {
           const reply = await this.dispatch(r);
           if (this.client === s) this.send(s, reply);
@@ -186,14 +222,22 @@ export class QmpServer {
     const err = (cls: QmpErrorClass, desc: string) => ({ error: { class: cls, desc } });
     if ('error' in r.msg) return err('GenericError', r.msg.error);
     const msg = r.msg.value;
-    if (!msg || typeof msg !== 'object' || Array.isArray(msg)) return err('GenericError', 'QMP input must be a JSON object');
+    if (!msg || typeof msg !== 'object' || Array.isArray(msg))
+      return err('GenericError', 'QMP input must be a JSON object');
     const req = msg as Record<string, unknown>;
     const id = 'id' in req ? { id: req.id } : {};
-    const fail = (e: unknown) => ({ ...err(e instanceof QmpError ? e.errorClass : 'GenericError', (e as Error).message), ...id });
+    const fail = (e: unknown) => ({
+      ...err(e instanceof QmpError ? e.errorClass : 'GenericError', (e as Error).message),
+      ...id,
+    });
     for (const [k, v] of Object.entries(req)) {
-      if (k === 'execute') { if (typeof v !== 'string') return fail(new QmpError('GenericError', "QMP input member 'execute' must be a string")); }
-      else if (k === 'arguments') { if (!v || typeof v !== 'object' || Array.isArray(v)) return fail(new QmpError('GenericError', "QMP input member 'arguments' must be an object")); }
-      else if (k !== 'id') return fail(new QmpError('GenericError', `QMP input member '${k}' is unexpected`));
+      if (k === 'execute') {
+        if (typeof v !== 'string')
+          return fail(new QmpError('GenericError', "QMP input member 'execute' must be a string"));
+      } else if (k === 'arguments') {
+        if (!v || typeof v !== 'object' || Array.isArray(v))
+          return fail(new QmpError('GenericError', "QMP input member 'arguments' must be an object"));
+      } else if (k !== 'id') return fail(new QmpError('GenericError', `QMP input member '${k}' is unexpected`));
     }
     if (!('execute' in req)) return fail(new QmpError('GenericError', "QMP input lacks member 'execute'"));
     const command = req.execute as string;
@@ -201,7 +245,8 @@ export class QmpServer {
     if (!this.negotiated && command !== 'qmp_capabilities')
       return fail(new QmpError('CommandNotFound', "Expecting capabilities negotiation with 'qmp_capabilities'"));
     const handler = command === 'qmp_capabilities' ? undefined : this.commands[command];
-    if (command !== 'qmp_capabilities' && !handler) return fail(new QmpError('CommandNotFound', `The command ${command} has not been found`));
+    if (command !== 'qmp_capabilities' && !handler)
+      return fail(new QmpError('CommandNotFound', `The command ${command} has not been found`));
     try {
       try {
         checkArguments(command, args);
@@ -220,8 +265,10 @@ export class QmpServer {
 
   /** qmp_capabilities: only what the greeting offered (nothing: tsvmm has no out-of-band). */
   private capabilities(args: Record<string, unknown>): object {
-    if (this.negotiated) throw new QmpError('CommandNotFound', 'Capabilities negotiation is already complete, command ignored');
-    for (const cap of (args.enable as string[] | undefined) ?? []) throw new QmpError('GenericError', `Capability '${cap}' not available`);
+    if (this.negotiated)
+      throw new QmpError('CommandNotFound', 'Capabilities negotiation is already complete, command ignored');
+    for (const cap of (args.enable as string[] | undefined) ?? [])
+      throw new QmpError('GenericError', `Capability '${cap}' not available`);
     this.negotiated = true;
     return {};
   }
@@ -246,5 +293,11 @@ export class QmpServer {
 }
 
 function closeFds(fds: number[]): void {
-  for (const f of fds.splice(0)) { try { closeSync(f); } catch { /* already gone */ } }
+  for (const f of fds.splice(0)) {
+    try {
+      closeSync(f);
+    } catch {
+      /* already gone */
+    }
+  }
 }

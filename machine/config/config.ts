@@ -15,7 +15,14 @@ export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
 
 export type VfioBackendChoice = 'auto' | 'legacy' | 'iommufd';
 export interface VfioPciConfig {
-  type: 'vfio-pci'; id?: string; host?: string; sysfsdev?: string; cdev?: string; group?: number; slot?: number; backend?: VfioBackendChoice;
+  type: 'vfio-pci';
+  id?: string;
+  host?: string;
+  sysfsdev?: string;
+  cdev?: string;
+  group?: number;
+  slot?: number;
+  backend?: VfioBackendChoice;
   /** Name of a passed fd that opens the device (group or cdev). */
   fd?: string;
   /** The expansion ROM: hidden when false; a file's bytes instead of the device's (path absolute once checked). */
@@ -26,28 +33,37 @@ export type DeviceConfig = VfioPciConfig;
 
 export type KernelFormat = 'auto' | 'multiboot' | 'flat' | 'linux';
 /** linux: an initramfs built at start-up (machine/loader/initramfs.ts); paths absolute once checked. */
-export interface InitramfsConfig { script: string; modules?: string; busybox?: string }
+export interface InitramfsConfig {
+  script: string;
+  modules?: string;
+  busybox?: string;
+}
 
 /** Guest RAM and its backing (core/ram.ts). */
-export type RamBackend = 'anonymous' | 'memfd' | 'hugetlbfs';
-export interface MemoryConfig {
-  size: number;
-  backing: RamBackend;
-  /** thp: transparent huge pages required; 2M/1G: hugetlb pages; absent: THP where the host has it. */
-  hugepages?: 'thp' | '2M' | '1G';
-  /** hugetlbfs: the mount. */
-  path?: string;
-  prealloc: boolean;
-}
+export type { RamBackend, MemoryConfig } from '../../core/ram.js';
+import type { RamBackend, MemoryConfig } from '../../core/ram.js';
 export type RawMemorySize = number | string;
-export interface RawMemory { size: RawMemorySize; backing?: RamBackend; hugepages?: 'thp' | '2M' | '1G'; path?: string; prealloc?: boolean }
+export interface RawMemory {
+  size: RawMemorySize;
+  backing?: RamBackend;
+  hugepages?: 'thp' | '2M' | '1G';
+  path?: string;
+  prealloc?: boolean;
+}
 
 /** The raw JSON shape (as the schema describes it). */
 export interface RawConfig {
   name?: string;
   memory?: RawMemorySize | RawMemory;
   vcpus?: number;
-  kernel: { path: string; format?: KernelFormat; loadAddress?: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
+  kernel: {
+    path: string;
+    format?: KernelFormat;
+    loadAddress?: number;
+    entry?: number;
+    initrd?: string;
+    initramfs?: InitramfsConfig;
+  };
   cmdline?: string;
   serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
   devices?: DeviceConfig[];
@@ -61,7 +77,14 @@ export interface VmConfig {
   memoryBytes: number;
   memory: MemoryConfig;
   vcpus: number;
-  kernel: { path: string; format: KernelFormat; loadAddress: number; entry?: number; initrd?: string; initramfs?: InitramfsConfig };
+  kernel: {
+    path: string;
+    format: KernelFormat;
+    loadAddress: number;
+    entry?: number;
+    initrd?: string;
+    initramfs?: InitramfsConfig;
+  };
   cmdline: string;
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
   devices: DeviceConfig[];
@@ -70,13 +93,8 @@ export interface VmConfig {
   unplug: 'request' | 'surprise';
 }
 
-export class ConfigError extends Error {
-  /** tsvmm's exit status for a bad config, from every command. */
-  readonly exitCode = 2;
-  constructor(readonly source: string, readonly problems: string[]) {
-    super(`${source}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}`);
-  }
-}
+export { ConfigError } from '../../core/errors.js';
+import { ConfigError } from '../../core/errors.js';
 
 type ConfigValidator = ((data: unknown) => data is RawConfig) & { errors?: ErrorObject[] | null };
 const validate = () => generatedValidate as unknown as ConfigValidator;
@@ -89,15 +107,29 @@ function describe(e: ErrorObject, schemaKeys: (ptr: string) => string[]): string
       const allowed = schemaKeys(e.instancePath);
       return `${at}: unknown key "${String(p.additionalProperty)}"${allowed.length ? ` (allowed: ${allowed.join(', ')})` : ''}`;
     }
-    case 'required': return `${at}: missing required key "${String(p.missingProperty)}"`;
-    case 'type': return `${at}: must be ${String(p.type)}`;
-    case 'enum': return `${at}: must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
-    case 'const': return `${at}: must be ${JSON.stringify(p.allowedValue)}`;
-    case 'pattern': return `${at}: ${JSON.stringify(e.data)} has the wrong form (expected ${String(p.pattern)})`;
-    case 'minimum': case 'maximum': return `${at}: must be ${e.keyword === 'minimum' ? '≥' : '≤'} ${String(p.limit)}`;
-    case 'discriminator': return p.error === 'mapping' ? `${at}/type: unknown device type ${JSON.stringify(p.tagValue)} (known: vfio-pci)` : `${at}: a device needs a "type"`;
-    case 'oneOf': case 'if': case 'anyOf': return undefined; // the branch errors say more
-    default: return `${at}: ${e.message ?? e.keyword}`;
+    case 'required':
+      return `${at}: missing required key "${String(p.missingProperty)}"`;
+    case 'type':
+      return `${at}: must be ${String(p.type)}`;
+    case 'enum':
+      return `${at}: must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'const':
+      return `${at}: must be ${JSON.stringify(p.allowedValue)}`;
+    case 'pattern':
+      return `${at}: ${JSON.stringify(e.data)} has the wrong form (expected ${String(p.pattern)})`;
+    case 'minimum':
+    case 'maximum':
+      return `${at}: must be ${e.keyword === 'minimum' ? '≥' : '≤'} ${String(p.limit)}`;
+    case 'discriminator':
+      return p.error === 'mapping'
+        ? `${at}/type: unknown device type ${JSON.stringify(p.tagValue)} (known: vfio-pci)`
+        : `${at}: a device needs a "type"`;
+    case 'oneOf':
+    case 'if':
+    case 'anyOf':
+      return undefined; // the branch errors say more
+    default:
+      return `${at}: ${e.message ?? e.keyword}`;
   }
 }
 
@@ -128,23 +160,40 @@ export function parseMemory(v: RawMemorySize | RawMemory | undefined): number {
 export const MAX_MEMORY = 2 ** 40;
 
 /** `memory` (either form) → MemoryConfig; problems (with the fix) are pushed onto `problems`. */
-export function checkMemory(raw: RawMemorySize | RawMemory | undefined, baseDir: string, problems: string[]): MemoryConfig {
+export function checkMemory(
+  raw: RawMemorySize | RawMemory | undefined,
+  baseDir: string,
+  problems: string[],
+): MemoryConfig {
   const obj = typeof raw === 'object' ? raw : undefined;
   const ptr = obj ? '/memory/size' : '/memory';
   const shown = JSON.stringify(obj ? obj.size : raw);
   const size = parseMemory(raw);
-  if (size % PAGE_SIZE) problems.push(`${ptr}: ${shown} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(size / 2 ** 20)}M)`);
+  if (size % PAGE_SIZE)
+    problems.push(`${ptr}: ${shown} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(size / 2 ** 20)}M)`);
   else if (size < 2 * 2 ** 20) problems.push(`${ptr}: ${shown} is too small: at least 2M`);
-  else if (size > MAX_MEMORY) problems.push(`${ptr}: ${shown} is more than tsvmm can give a guest (at most 1T, i.e. 1048576M): give the VM less memory`);
+  else if (size > MAX_MEMORY)
+    problems.push(
+      `${ptr}: ${shown} is more than tsvmm can give a guest (at most 1T, i.e. 1048576M): give the VM less memory`,
+    );
   const out: MemoryConfig = { size, backing: obj?.backing ?? 'anonymous', prealloc: obj?.prealloc ?? false };
   if (obj?.hugepages !== undefined) {
     out.hugepages = obj.hugepages;
     const page = { thp: 0, '2M': 2 ** 21, '1G': 2 ** 30 }[obj.hugepages];
-    if (page && size % page === 0) { /* fits */ } else if (page) problems.push(`${ptr}: ${shown} is not a multiple of the ${obj.hugepages} huge page (memory.hugepages): use a multiple of ${obj.hugepages}`);
-    if (obj.hugepages === 'thp' && out.backing === 'hugetlbfs') problems.push(`/memory/hugepages: "thp" does not apply to hugetlbfs (its pages are the mount's): use "2M" or "1G", or backing "anonymous"/"memfd"`);
+    if (page && size % page === 0) {
+      /* fits */
+    } else if (page)
+      problems.push(
+        `${ptr}: ${shown} is not a multiple of the ${obj.hugepages} huge page (memory.hugepages): use a multiple of ${obj.hugepages}`,
+      );
+    if (obj.hugepages === 'thp' && out.backing === 'hugetlbfs')
+      problems.push(
+        `/memory/hugepages: "thp" does not apply to hugetlbfs (its pages are the mount's): use "2M" or "1G", or backing "anonymous"/"memfd"`,
+      );
   }
   if (obj?.path !== undefined) {
-    if (out.backing !== 'hugetlbfs') problems.push(`/memory/path: applies to backing "hugetlbfs" only (this one is "${out.backing}")`);
+    if (out.backing !== 'hugetlbfs')
+      problems.push(`/memory/path: applies to backing "hugetlbfs" only (this one is "${out.backing}")`);
     else out.path = resolve(baseDir, obj.path);
   }
   return out;
@@ -157,7 +206,14 @@ function otherMemoryForm(raw: unknown, problem: string): boolean {
   const ptr = problem.startsWith('/memory/size') ? 'size' : 'memory';
   const base = (raw as { memory?: unknown }).memory;
   const val = ptr === 'size' ? (base as { size?: unknown } | undefined)?.size : base;
-  const kind = typeof val === 'number' ? 'integer' : typeof val === 'string' ? 'string' : typeof val === 'object' && val !== null ? 'object' : undefined;
+  const kind =
+    typeof val === 'number'
+      ? 'integer'
+      : typeof val === 'string'
+        ? 'string'
+        : typeof val === 'object' && val !== null
+          ? 'object'
+          : undefined;
   return kind !== undefined && kind !== m[1];
 }
 
@@ -166,11 +222,18 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   const v = validate();
   if (!v(raw)) {
     const schema = configSchema as Record<string, any>;
-    const problems = [...new Set((v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m))]
-      .filter((m) => !otherMemoryForm(raw, m));
+    const problems = [
+      ...new Set(
+        (v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m),
+      ),
+    ].filter((m) => !otherMemoryForm(raw, m));
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
     for (const e of v.errors ?? []) {
-      if (e.keyword === 'oneOf' && /^\/devices\/\d+$/.test(e.instancePath) && !problems.some((p) => p.startsWith(e.instancePath)))
+      if (
+        e.keyword === 'oneOf' &&
+        /^\/devices\/\d+$/.test(e.instancePath) &&
+        !problems.some((p) => p.startsWith(e.instancePath))
+      )
         problems.push(`${e.instancePath}: give exactly one of "host" or "sysfsdev" (or only "cdev", or only "fd")`);
     }
     throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
@@ -179,30 +242,50 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   expandKernelEnv(raw.kernel, problems);
   const memory = checkMemory(raw.memory, baseDir, problems);
   const kernelPath = resolve(baseDir, raw.kernel.path);
-  if (!existsSync(kernelPath)) problems.push(`/kernel/path: ${kernelPath} does not exist${kernelPath.includes('/guest/out/') ? " (build the test guest: 'npm run build')" : ''}`);
+  if (!existsSync(kernelPath))
+    problems.push(
+      `/kernel/path: ${kernelPath} does not exist${kernelPath.includes('/guest/out/') ? " (build the test guest: 'npm run build')" : ''}`,
+    );
   else if (!statSync(kernelPath).isFile()) problems.push(`/kernel/path: ${kernelPath} is not a file`);
   const serialPath = raw.serial?.path ? resolve(baseDir, raw.serial.path) : undefined;
-  if (serialPath && !existsSync(dirname(serialPath))) problems.push(`/serial/path: directory ${dirname(serialPath)} does not exist`);
-  if (raw.kernel.format !== 'flat' && (raw.kernel.loadAddress !== undefined || raw.kernel.entry !== undefined) && raw.kernel.format !== undefined)
+  if (serialPath && !existsSync(dirname(serialPath)))
+    problems.push(`/serial/path: directory ${dirname(serialPath)} does not exist`);
+  if (
+    raw.kernel.format !== 'flat' &&
+    (raw.kernel.loadAddress !== undefined || raw.kernel.entry !== undefined) &&
+    raw.kernel.format !== undefined
+  )
     problems.push(`/kernel: loadAddress and entry apply to format "flat" only`);
   const linux = checkLinuxKernel(raw.kernel, baseDir, problems);
   if (existsSync(kernelPath) && statSync(kernelPath).isFile() && Number.isFinite(memory.size) && memory.size > 0) {
     const initrdOk = !linux.initrd || (existsSync(linux.initrd) && statSync(linux.initrd).isFile());
-    checkImage({
-      path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,
-      ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
-      ...(linux.initrd && initrdOk ? { initrd: linux.initrd } : {}), initramfs: !!linux.initramfs,
-      memoryBytes: memory.size, cmdline: raw.cmdline ?? '',
-    }, problems);
+    checkImage(
+      {
+        path: kernelPath,
+        format: raw.kernel.format ?? 'auto',
+        loadAddress: raw.kernel.loadAddress ?? 0x100000,
+        ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
+        ...(linux.initrd && initrdOk ? { initrd: linux.initrd } : {}),
+        initramfs: !!linux.initramfs,
+        memoryBytes: memory.size,
+        cmdline: raw.cmdline ?? '',
+      },
+      problems,
+    );
   }
   checkDevices(raw.devices ?? [], problems);
   const slots = new Set<number>();
   const devices = (raw.devices ?? []).map((d, i) => {
     if (d.romfile === undefined) return d;
     const romfile = resolve(baseDir, d.romfile);
-    if (!existsSync(romfile) || !statSync(romfile).isFile()) problems.push(`/devices/${i}/romfile: ${romfile} is not a file: give the ROM image's path, or drop "romfile"`);
-    else if (d.rombar === false) problems.push(`/devices/${i}: "romfile" with "rombar": false: the ROM would be hidden; drop one of them`);
-    else if (statSync(romfile).size === 0 || statSync(romfile).size > 16 * 2 ** 20) problems.push(`/devices/${i}/romfile: ${romfile} is ${statSync(romfile).size} bytes; a ROM holds 1 byte to 16 MiB`);
+    if (!existsSync(romfile) || !statSync(romfile).isFile())
+      problems.push(`/devices/${i}/romfile: ${romfile} is not a file: give the ROM image's path, or drop "romfile"`);
+    else if (d.rombar === false)
+      problems.push(`/devices/${i}: "romfile" with "rombar": false: the ROM would be hidden; drop one of them`);
+    else if (statSync(romfile).size === 0 || statSync(romfile).size > 16 * 2 ** 20)
+      problems.push(
+        `/devices/${i}/romfile: ${romfile} is ${statSync(romfile).size} bytes; a ROM holds 1 byte to 16 MiB`,
+      );
     return { ...d, romfile };
   });
   (raw.devices ?? []).forEach((d, i) => {
@@ -218,12 +301,18 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     memory,
     vcpus: raw.vcpus ?? 1,
     kernel: {
-      path: kernelPath, format: raw.kernel.format ?? 'auto', loadAddress: raw.kernel.loadAddress ?? 0x100000,
+      path: kernelPath,
+      format: raw.kernel.format ?? 'auto',
+      loadAddress: raw.kernel.loadAddress ?? 0x100000,
       ...(raw.kernel.entry !== undefined ? { entry: raw.kernel.entry } : {}),
       ...linux,
     },
     cmdline: raw.cmdline ?? '',
-    serial: { output: raw.serial?.output ?? 'stdout', ...(serialPath ? { path: serialPath } : {}), input: raw.serial?.input ?? 'none' },
+    serial: {
+      output: raw.serial?.output ?? 'stdout',
+      ...(serialPath ? { path: serialPath } : {}),
+      input: raw.serial?.input ?? 'none',
+    },
     devices,
     vfio: { backend: raw.vfio?.backend ?? 'auto' },
     unplug: raw.unplug ?? 'request',
@@ -235,33 +324,45 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
  * kernel that lives outside the tree (configs/linux/*.json: TSVMM_LINUX_KERNEL, TSVMM_LINUX_MODULES).
  */
 function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): void {
-  const expand = (ptr: string, v: string) => v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
-    const val = process.env[name];
-    if (val === undefined || val === '') problems.push(`${ptr}: environment variable ${name} is not set (${JSON.stringify(v)} needs it)`);
-    return val ?? '';
-  });
+  const expand = (ptr: string, v: string) =>
+    v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+      const val = process.env[name];
+      if (val === undefined || val === '')
+        problems.push(`${ptr}: environment variable ${name} is not set (${JSON.stringify(v)} needs it)`);
+      return val ?? '';
+    });
   k.path = expand('/kernel/path', k.path);
   if (k.initrd !== undefined) k.initrd = expand('/kernel/initrd', k.initrd);
-  if (k.initramfs?.modules !== undefined) k.initramfs.modules = expand('/kernel/initramfs/modules', k.initramfs.modules);
-  if (k.initramfs?.busybox !== undefined) k.initramfs.busybox = expand('/kernel/initramfs/busybox', k.initramfs.busybox);
+  if (k.initramfs?.modules !== undefined)
+    k.initramfs.modules = expand('/kernel/initramfs/modules', k.initramfs.modules);
+  if (k.initramfs?.busybox !== undefined)
+    k.initramfs.busybox = expand('/kernel/initramfs/busybox', k.initramfs.busybox);
 }
 
 /** kernel.initrd / kernel.initramfs: linux only, one or the other; their paths resolved and checked. */
-function checkLinuxKernel(k: RawConfig['kernel'], baseDir: string, problems: string[]): { initrd?: string; initramfs?: InitramfsConfig } {
+function checkLinuxKernel(
+  k: RawConfig['kernel'],
+  baseDir: string,
+  problems: string[],
+): { initrd?: string; initramfs?: InitramfsConfig } {
   const out: { initrd?: string; initramfs?: InitramfsConfig } = {};
   if (k.initrd === undefined && k.initramfs === undefined) return out;
-  if (k.initrd !== undefined && k.initramfs !== undefined) problems.push(`/kernel: give either "initrd" (a file) or "initramfs" (built at start-up), not both`);
+  if (k.initrd !== undefined && k.initramfs !== undefined)
+    problems.push(`/kernel: give either "initrd" (a file) or "initramfs" (built at start-up), not both`);
   const file = (ptr: string, p: string, dir = false) => {
     const abs = resolve(baseDir, p);
     if (!existsSync(abs)) problems.push(`${ptr}: ${abs} does not exist`);
-    else if (dir !== statSync(abs).isDirectory()) problems.push(`${ptr}: ${abs} is ${dir ? 'not a directory' : 'a directory, not a file'}`);
+    else if (dir !== statSync(abs).isDirectory())
+      problems.push(`${ptr}: ${abs} is ${dir ? 'not a directory' : 'a directory, not a file'}`);
     return abs;
   };
   if (k.initrd !== undefined) out.initrd = file('/kernel/initrd', k.initrd);
   if (k.initramfs) {
     out.initramfs = { script: k.initramfs.script };
-    if (k.initramfs.modules !== undefined) out.initramfs.modules = file('/kernel/initramfs/modules', k.initramfs.modules, true);
-    if (k.initramfs.busybox !== undefined) out.initramfs.busybox = file('/kernel/initramfs/busybox', k.initramfs.busybox);
+    if (k.initramfs.modules !== undefined)
+      out.initramfs.modules = file('/kernel/initramfs/modules', k.initramfs.modules, true);
+    if (k.initramfs.busybox !== undefined)
+      out.initramfs.busybox = file('/kernel/initramfs/busybox', k.initramfs.busybox);
   }
   return out;
 }

@@ -19,7 +19,9 @@ export interface CpioEntry {
   rdev?: { major: number; minor: number };
 }
 
-const S_IFDIR = 0o040000, S_IFREG = 0o100000, S_IFCHR = 0o020000;
+const S_IFDIR = 0o040000,
+  S_IFREG = 0o100000,
+  S_IFCHR = 0o020000;
 
 /** An archive in the "newc" format the kernel unpacks (usr/gen_init_cpio's output), with its trailer. */
 export function cpioNewc(entries: CpioEntry[]): Uint8Array {
@@ -29,7 +31,10 @@ export function cpioNewc(entries: CpioEntry[]): Uint8Array {
     chunks.push(b);
     size += b.length;
     const pad = (4 - (size % 4)) % 4;
-    if (pad) { chunks.push(new Uint8Array(pad)); size += pad; }
+    if (pad) {
+      chunks.push(new Uint8Array(pad));
+      size += pad;
+    }
   };
   const h8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
   const enc = new TextEncoder();
@@ -37,8 +42,21 @@ export function cpioNewc(entries: CpioEntry[]): Uint8Array {
     const name = enc.encode(e.name + '\0');
     const data = e.data ?? new Uint8Array(0);
     const isTrailer = e.name === 'TRAILER!!!';
-    const fields = [isTrailer ? 0 : i + 1, e.mode, 0, 0, (e.mode & S_IFDIR) === S_IFDIR ? 2 : 1, 0, data.length,
-      0, 0, e.rdev?.major ?? 0, e.rdev?.minor ?? 0, name.length, 0];
+    const fields = [
+      isTrailer ? 0 : i + 1,
+      e.mode,
+      0,
+      0,
+      (e.mode & S_IFDIR) === S_IFDIR ? 2 : 1,
+      0,
+      data.length,
+      0,
+      0,
+      e.rdev?.major ?? 0,
+      e.rdev?.minor ?? 0,
+      name.length,
+      0,
+    ];
     const header = enc.encode('070701' + fields.map(h8).join(''));
     const hn = new Uint8Array(header.length + name.length);
     hn.set(header);
@@ -48,7 +66,10 @@ export function cpioNewc(entries: CpioEntry[]): Uint8Array {
   });
   const out = new Uint8Array(size);
   let off = 0;
-  for (const c of chunks) { out.set(c, off); off += c.length; }
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
   return out;
 }
 
@@ -90,26 +111,39 @@ export interface InitramfsOptions {
 /** Checks that `path` is a static ELF (a dynamic busybox would find no libc in the initramfs). */
 function checkStaticElf(bytes: Uint8Array, path: string): void {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.length < 64 || v.getUint32(0, false) !== 0x7f454c46) throw new LoaderError(`${path}: not an ELF executable (need a static busybox: apt-get install busybox-static)`);
+  if (bytes.length < 64 || v.getUint32(0, false) !== 0x7f454c46)
+    throw new LoaderError(`${path}: not an ELF executable (need a static busybox: apt-get install busybox-static)`);
   if (bytes[4] !== 2) throw new LoaderError(`${path}: not a 64-bit executable (need the amd64 busybox-static)`);
-  const phoff = Number(v.getBigUint64(32, true)), phentsize = v.getUint16(54, true), phnum = v.getUint16(56, true);
+  const phoff = Number(v.getBigUint64(32, true)),
+    phentsize = v.getUint16(54, true),
+    phnum = v.getUint16(56, true);
   for (let i = 0; i < phnum; i++) {
     const p = phoff + i * phentsize;
     if (p + 4 <= bytes.length && v.getUint32(p, true) === 3 /* PT_INTERP */)
-      throw new LoaderError(`${path}: dynamically linked; the initramfs has no libc: install busybox-static (apt-get install busybox-static), which replaces it with a static one`);
+      throw new LoaderError(
+        `${path}: dynamically linked; the initramfs has no libc: install busybox-static (apt-get install busybox-static), which replaces it with a static one`,
+      );
   }
 }
 
 /** Builds the initramfs (uncompressed newc: the guest spends no time inflating it). */
 export function buildInitramfs(o: InitramfsOptions): Uint8Array {
   const busyboxPath = o.busybox ?? DEFAULT_BUSYBOX;
-  if (!existsSync(busyboxPath)) throw new LoaderError(`initramfs: ${busyboxPath} not found: install a static busybox (apt-get install busybox-static) or set kernel.initramfs.busybox`);
+  if (!existsSync(busyboxPath))
+    throw new LoaderError(
+      `initramfs: ${busyboxPath} not found: install a static busybox (apt-get install busybox-static) or set kernel.initramfs.busybox`,
+    );
   const busybox = new Uint8Array(readFileSync(busyboxPath));
   checkStaticElf(busybox, busyboxPath);
   const enc = new TextEncoder();
   const dir = (name: string): CpioEntry => ({ name, mode: S_IFDIR | 0o755 });
   const entries: CpioEntry[] = [
-    dir('bin'), dir('dev'), dir('proc'), dir('sys'), dir('tmp'), dir('run'),
+    dir('bin'),
+    dir('dev'),
+    dir('proc'),
+    dir('sys'),
+    dir('tmp'),
+    dir('run'),
     // The kernel opens /dev/console for init's stdio before anything is mounted.
     { name: 'dev/console', mode: S_IFCHR | 0o600, rdev: { major: 5, minor: 1 } },
     { name: 'bin/busybox', mode: S_IFREG | 0o755, data: busybox },
@@ -118,13 +152,25 @@ export function buildInitramfs(o: InitramfsOptions): Uint8Array {
   ];
   if (o.modulesDir) {
     const order = join(o.modulesDir, 'modules.order');
-    if (!existsSync(order)) throw new LoaderError(`initramfs: ${order} not found: the modules directory must list its modules in load order in modules.order`);
+    if (!existsSync(order))
+      throw new LoaderError(
+        `initramfs: ${order} not found: the modules directory must list its modules in load order in modules.order`,
+      );
     entries.push(dir('modules'));
-    const names = readFileSync(order, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean);
+    const names = readFileSync(order, 'utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
     for (const n of names) {
       const f = join(o.modulesDir, n);
       if (!existsSync(f) || !statSync(f).isFile()) {
-        throw new LoaderError(`initramfs: ${f} (listed in ${order}) not found; modules present: ${readdirSync(o.modulesDir).filter((x) => x.endsWith('.ko')).join(', ') || 'none'}`);
+        throw new LoaderError(
+          `initramfs: ${f} (listed in ${order}) not found; modules present: ${
+            readdirSync(o.modulesDir)
+              .filter((x) => x.endsWith('.ko'))
+              .join(', ') || 'none'
+          }`,
+        );
       }
       if (n.includes('/')) throw new LoaderError(`initramfs: ${order}: '${n}': list file names, not paths`);
       entries.push({ name: `modules/${n}`, mode: S_IFREG | 0o644, data: new Uint8Array(readFileSync(f)) });

@@ -6,29 +6,51 @@
 // __BOOT_CS (0x10) and __BOOT_DS (0x18) are flat 64-bit code and data.
 import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
-import type { Machine } from '../machine.js';
-import { native } from '../../core/native.js';
+import { native, type CpuidEntry } from '../../core/native.js';
+import type { VmConfig } from '../config/config.js';
 import { LoaderError, type E820Entry } from './multiboot.js';
 import { buildInitramfs } from './initramfs.js';
 import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
 import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../../hw/mptable.js';
-import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN } from '../../hw/pci.js';
+import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN, type PciDevice } from '../../hw/pci.js';
 
 export const BOOT_PARAMS_ADDR = 0x7000;
 export const BOOT_STACK = 0x8ff0;
-export const PML4_ADDR = 0x9000;          // then the PDPT at 0xa000 and four page directories at 0xb000-0xefff
+export const PML4_ADDR = 0x9000; // then the PDPT at 0xa000 and four page directories at 0xb000-0xefff
 export const CMDLINE_ADDR = 0x20000;
 export const GDT_ADDR = 0x500;
 export const KERNEL_LOAD_ADDR = 0x100000;
-export const BOOT_CS = 0x10, BOOT_DS = 0x18;
+export const BOOT_CS = 0x10,
+  BOOT_DS = 0x18;
 
 // Offsets in boot_params / the setup header (arch/x86/include/uapi/asm/bootparam.h).
 const BP = {
-  acpiRsdpAddr: 0x070, extRamdiskImage: 0x0c0, extRamdiskSize: 0x0c4, extCmdLinePtr: 0x0c8,
-  e820Entries: 0x1e8, sentinel: 0x1ef, setupSects: 0x1f1, vidMode: 0x1fa, bootFlag: 0x1fe, jump: 0x200,
-  header: 0x202, version: 0x206, typeOfLoader: 0x210, loadFlags: 0x211, ramdiskImage: 0x218, ramdiskSize: 0x21c,
-  cmdLinePtr: 0x228, initrdAddrMax: 0x22c, kernelAlignment: 0x230, relocatable: 0x234, xloadflags: 0x236,
-  cmdlineSize: 0x238, hardwareSubarch: 0x23c, prefAddress: 0x258, initSize: 0x260, e820Table: 0x2d0,
+  acpiRsdpAddr: 0x070,
+  extRamdiskImage: 0x0c0,
+  extRamdiskSize: 0x0c4,
+  extCmdLinePtr: 0x0c8,
+  e820Entries: 0x1e8,
+  sentinel: 0x1ef,
+  setupSects: 0x1f1,
+  vidMode: 0x1fa,
+  bootFlag: 0x1fe,
+  jump: 0x200,
+  header: 0x202,
+  version: 0x206,
+  typeOfLoader: 0x210,
+  loadFlags: 0x211,
+  ramdiskImage: 0x218,
+  ramdiskSize: 0x21c,
+  cmdLinePtr: 0x228,
+  initrdAddrMax: 0x22c,
+  kernelAlignment: 0x230,
+  relocatable: 0x234,
+  xloadflags: 0x236,
+  cmdlineSize: 0x238,
+  hardwareSubarch: 0x23c,
+  prefAddress: 0x258,
+  initSize: 0x260,
+  e820Table: 0x2d0,
 } as const;
 export const E820_MAX_ENTRIES = 128;
 const HDRS = 0x53726448; // "HdrS"
@@ -60,20 +82,35 @@ export function parseBzImage(image: Uint8Array, path: string): BzImage {
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   if (image.length < 0x270 || v.getUint32(BP.header, true) !== HDRS) {
     const elf = image.length >= 4 && v.getUint32(0, false) === 0x7f454c46;
-    throw new LoaderError(`${path}: not a bzImage (no "HdrS" boot protocol header at 0x202)` +
-      (elf ? ': this is an ELF file (vmlinux?); give the compressed bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)' : ': give a Linux bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)'));
+    throw new LoaderError(
+      `${path}: not a bzImage (no "HdrS" boot protocol header at 0x202)` +
+        (elf
+          ? ': this is an ELF file (vmlinux?); give the compressed bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)'
+          : ': give a Linux bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)'),
+    );
   }
-  if (v.getUint16(BP.bootFlag, true) !== 0xaa55) throw new LoaderError(`${path}: boot flag at 0x1fe is not 0xAA55: not a Linux bzImage, or a damaged one`);
+  if (v.getUint16(BP.bootFlag, true) !== 0xaa55)
+    throw new LoaderError(`${path}: boot flag at 0x1fe is not 0xAA55: not a Linux bzImage, or a damaged one`);
   const version = v.getUint16(BP.version, true);
   const ver = `${version >> 8}.${(version & 0xff).toString().padStart(2, '0')}`;
-  if (version < MIN_BOOT_PROTOCOL) throw new LoaderError(`${path}: boot protocol ${ver} is too old: tsvmm enters the 64-bit entry point, which needs protocol 2.12 (Linux 3.8) or newer`);
-  if (!(image[BP.loadFlags]! & LOADED_HIGH)) throw new LoaderError(`${path}: a zImage (loads at 0x10000), not a bzImage: rebuild with 'make bzImage'`);
-  if (!(v.getUint16(BP.xloadflags, true) & XLF_KERNEL_64)) throw new LoaderError(`${path}: no 64-bit entry point (xloadflags lacks XLF_KERNEL_64): a 32-bit kernel? tsvmm boots x86-64 kernels`);
+  if (version < MIN_BOOT_PROTOCOL)
+    throw new LoaderError(
+      `${path}: boot protocol ${ver} is too old: tsvmm enters the 64-bit entry point, which needs protocol 2.12 (Linux 3.8) or newer`,
+    );
+  if (!(image[BP.loadFlags]! & LOADED_HIGH))
+    throw new LoaderError(`${path}: a zImage (loads at 0x10000), not a bzImage: rebuild with 'make bzImage'`);
+  if (!(v.getUint16(BP.xloadflags, true) & XLF_KERNEL_64))
+    throw new LoaderError(
+      `${path}: no 64-bit entry point (xloadflags lacks XLF_KERNEL_64): a 32-bit kernel? tsvmm boots x86-64 kernels`,
+    );
   const setupSects = image[BP.setupSects] || 4;
   const kernelOffset = (setupSects + 1) * 512;
-  if (kernelOffset >= image.length) throw new LoaderError(`${path}: truncated: ${setupSects} setup sectors but only ${image.length} bytes`);
+  if (kernelOffset >= image.length)
+    throw new LoaderError(`${path}: truncated: ${setupSects} setup sectors but only ${image.length} bytes`);
   return {
-    version, setupSects, kernelOffset,
+    version,
+    setupSects,
+    kernelOffset,
     headerEnd: 0x202 + image[BP.jump + 1]!,
     initrdAddrMax: v.getUint32(BP.initrdAddrMax, true),
     cmdlineSize: version >= 0x0206 ? v.getUint32(BP.cmdlineSize, true) : 255,
@@ -109,20 +146,35 @@ export interface LinuxBootLayout {
  * preferred address (16 MiB for x86-64) and needs init_size bytes from there; the initrd goes at
  * the top of low RAM, above all of that.
  */
-export function checkLinuxFit(hdr: BzImage, imageSize: number, initrdSize: number, lowRamEnd: number, path: string, initrdName?: string): number {
-  const kernelEnd = Math.max(KERNEL_LOAD_ADDR + imageSize - hdr.kernelOffset, Math.max(hdr.prefAddress, KERNEL_LOAD_ADDR) + hdr.initSize);
+export function checkLinuxFit(
+  hdr: BzImage,
+  imageSize: number,
+  initrdSize: number,
+  lowRamEnd: number,
+  path: string,
+  initrdName?: string,
+): number {
+  const kernelEnd = Math.max(
+    KERNEL_LOAD_ADDR + imageSize - hdr.kernelOffset,
+    Math.max(hdr.prefAddress, KERNEL_LOAD_ADDR) + hdr.initSize,
+  );
   if (kernelEnd + initrdSize > lowRamEnd) {
     const need = Math.ceil((kernelEnd + initrdSize) / 2 ** 20) + 16;
-    throw new LoaderError(`${path}: the kernel needs RAM up to ${mib(kernelEnd)} (it decompresses to ${hex(hdr.prefAddress)} and needs init_size ${mib(hdr.initSize)})` +
-      (initrdSize ? ` plus ${mib(initrdSize)} of initrd${initrdName ? ` (${initrdName})` : ''}` : '') +
-      `, but the VM has ${mib(lowRamEnd)} below 4 GiB: give it more memory (at least ${need}M)`);
+    throw new LoaderError(
+      `${path}: the kernel needs RAM up to ${mib(kernelEnd)} (it decompresses to ${hex(hdr.prefAddress)} and needs init_size ${mib(hdr.initSize)})` +
+        (initrdSize ? ` plus ${mib(initrdSize)} of initrd${initrdName ? ` (${initrdName})` : ''}` : '') +
+        `, but the VM has ${mib(lowRamEnd)} below 4 GiB: give it more memory (at least ${need}M)`,
+    );
   }
   return kernelEnd;
 }
 
 /** The command line (bytes, without the NUL) against the kernel's cmdline_size. */
 export function checkLinuxCmdline(hdr: BzImage, bytes: number, path: string): void {
-  if (bytes + 1 > hdr.cmdlineSize) throw new LoaderError(`${path}: the command line is ${bytes} bytes; this kernel accepts at most ${hdr.cmdlineSize - 1}`);
+  if (bytes + 1 > hdr.cmdlineSize)
+    throw new LoaderError(
+      `${path}: the command line is ${bytes} bytes; this kernel accepts at most ${hdr.cmdlineSize - 1}`,
+    );
 }
 
 /** Loads kernel, initrd, command line and boot_params into RAM; returns where each went. */
@@ -132,7 +184,8 @@ export function loadLinux(ram: Uint8Array, o: LinuxBootOptions): LinuxBootLayout
   const kernelEnd = checkLinuxFit(hdr, o.image.length, o.initrd?.length ?? 0, o.lowRamEnd, o.path, o.initrdName);
   const cmd = new TextEncoder().encode(o.cmdline);
   checkLinuxCmdline(hdr, cmd.length, o.path);
-  if (o.e820.length > E820_MAX_ENTRIES) throw new LoaderError(`too many e820 entries (${o.e820.length}, at most ${E820_MAX_ENTRIES})`);
+  if (o.e820.length > E820_MAX_ENTRIES)
+    throw new LoaderError(`too many e820 entries (${o.e820.length}, at most ${E820_MAX_ENTRIES})`);
 
   ram.set(kernel, KERNEL_LOAD_ADDR);
   ram.set(cmd, CMDLINE_ADDR);
@@ -142,27 +195,39 @@ export function loadLinux(ram: Uint8Array, o: LinuxBootOptions): LinuxBootLayout
     const top = Math.min(o.lowRamEnd, hdr.initrdAddrMax + 1);
     const addr = Math.floor((top - o.initrd.length) / 4096) * 4096;
     if (addr < kernelEnd) {
-      throw new LoaderError(`${o.initrdName ?? 'initrd'}: ${mib(o.initrd.length)} does not fit between the kernel's end (${mib(kernelEnd)}) and ` +
-        `${hex(top)} (the lower of the end of RAM below 4 GiB and the kernel's initrd_addr_max): give the VM more memory or use a smaller initrd`);
+      throw new LoaderError(
+        `${o.initrdName ?? 'initrd'}: ${mib(o.initrd.length)} does not fit between the kernel's end (${mib(kernelEnd)}) and ` +
+          `${hex(top)} (the lower of the end of RAM below 4 GiB and the kernel's initrd_addr_max): give the VM more memory or use a smaller initrd`,
+      );
     }
     ram.set(o.initrd, addr);
     initrd = { addr, size: o.initrd.length };
   }
   writeBootParams(ram, BOOT_PARAMS_ADDR, o.image, hdr, {
-    cmdline: CMDLINE_ADDR, e820: o.e820,
-    ...(initrd ? { initrd } : {}), ...(o.acpiRsdp !== undefined ? { acpiRsdp: o.acpiRsdp } : {}),
+    cmdline: CMDLINE_ADDR,
+    e820: o.e820,
+    ...(initrd ? { initrd } : {}),
+    ...(o.acpiRsdp !== undefined ? { acpiRsdp: o.acpiRsdp } : {}),
   });
   writeGdt(ram, GDT_ADDR);
   writeIdentityPageTables(ram, PML4_ADDR);
   return {
-    kernel: { addr: KERNEL_LOAD_ADDR, size: kernel.length }, cmdline: { addr: CMDLINE_ADDR, size: cmd.length + 1 },
-    bootParams: BOOT_PARAMS_ADDR, entry: KERNEL_LOAD_ADDR + 0x200, ...(initrd ? { initrd } : {}),
+    kernel: { addr: KERNEL_LOAD_ADDR, size: kernel.length },
+    cmdline: { addr: CMDLINE_ADDR, size: cmd.length + 1 },
+    bootParams: BOOT_PARAMS_ADDR,
+    entry: KERNEL_LOAD_ADDR + 0x200,
+    ...(initrd ? { initrd } : {}),
   };
 }
 
 /** The zero page: the image's setup header, then what the boot loader fills in. */
-export function writeBootParams(ram: Uint8Array, at: number, image: Uint8Array, hdr: BzImage,
-  o: { cmdline: number; e820: E820Entry[]; initrd?: { addr: number; size: number }; acpiRsdp?: number }): void {
+export function writeBootParams(
+  ram: Uint8Array,
+  at: number,
+  image: Uint8Array,
+  hdr: BzImage,
+  o: { cmdline: number; e820: E820Entry[]; initrd?: { addr: number; size: number }; acpiRsdp?: number },
+): void {
   const v = new DataView(ram.buffer, ram.byteOffset + at, 4096);
   ram.fill(0, at, at + 4096);
   ram.set(image.subarray(BP.setupSects, hdr.headerEnd), at + BP.setupSects);
@@ -197,42 +262,79 @@ export function writeGdt(ram: Uint8Array, at: number): void {
 
 /** PML4 → one PDPT → four page directories of 2 MiB pages: virtual = physical for 0-4 GiB. */
 export function writeIdentityPageTables(ram: Uint8Array, pml4: number): void {
-  const pdpt = pml4 + 0x1000, pd = pml4 + 0x2000;
+  const pdpt = pml4 + 0x1000,
+    pd = pml4 + 0x2000;
   const v = new DataView(ram.buffer, ram.byteOffset + pml4, 6 * 0x1000);
   ram.fill(0, pml4, pml4 + 6 * 0x1000);
-  const PRESENT_RW = 0x3n, PS = 0x80n;
+  const PRESENT_RW = 0x3n,
+    PS = 0x80n;
   v.setBigUint64(0, BigInt(pdpt) | PRESENT_RW, true);
   for (let i = 0; i < 4; i++) v.setBigUint64(0x1000 + 8 * i, BigInt(pd + i * 0x1000) | PRESENT_RW, true);
   for (let i = 0; i < 4 * 512; i++) v.setBigUint64(0x2000 + 8 * i, (BigInt(i) << 21n) | PRESENT_RW | PS, true);
 }
 
 const seg = (selector: number, type: number, l: number) => ({
-  base: 0, limit: 0xffffffff, selector, type, present: 1, dpl: 0, db: l ? 0 : 1, s: 1, l, g: 1, avl: 0,
+  base: 0,
+  limit: 0xffffffff,
+  selector,
+  type,
+  present: 1,
+  dpl: 0,
+  db: l ? 0 : 1,
+  s: 1,
+  l,
+  g: 1,
+  avl: 0,
 });
 
 // MSRs a BIOS would leave set up (Firecracker's list, trimmed): fast strings on, MTRRs enabled
 // with write-back as the default memory type (VFIO's non-coherent DMA makes KVM honour MTRRs).
-const MSR_IA32_MISC_ENABLE = 0x1a0, MSR_MTRR_DEF_TYPE = 0x2ff;
+const MSR_IA32_MISC_ENABLE = 0x1a0,
+  MSR_MTRR_DEF_TYPE = 0x2ff;
 
 /** Puts the boot vCPU in 64-bit mode at the kernel's 64-bit entry with RSI = boot_params. */
 export function enterLongMode(vcpu: Vcpu, layout: LinuxBootLayout): void {
   const data = seg(BOOT_DS, 0x3, 0);
   vcpu.setSregs({
-    cs: seg(BOOT_CS, 0xb, 1), ds: data, es: data, fs: data, gs: data, ss: data,
+    cs: seg(BOOT_CS, 0xb, 1),
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
     tr: { base: 0, limit: 0xffff, selector: 0x20, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0 },
     gdt: { base: GDT_ADDR, limit: GDT_ENTRIES.length * 8 - 1 },
     idt: { base: 0, limit: 0 },
     cr0: 0x80000011, // PG | ET | PE
     cr3: PML4_ADDR,
-    cr4: 0x20,       // PAE
-    efer: 0x500,     // LMA | LME
+    cr4: 0x20, // PAE
+    efer: 0x500, // LMA | LME
   });
   vcpu.setRegs({
-    rax: 0, rbx: 0, rcx: 0, rdx: 0, rsi: layout.bootParams, rdi: 0, rsp: BOOT_STACK, rbp: BOOT_STACK,
-    r8: 0, r9: 0, r10: 0, r11: 0, r12: 0, r13: 0, r14: 0, r15: 0, rip: layout.entry, rflags: 0x2,
+    rax: 0,
+    rbx: 0,
+    rcx: 0,
+    rdx: 0,
+    rsi: layout.bootParams,
+    rdi: 0,
+    rsp: BOOT_STACK,
+    rbp: BOOT_STACK,
+    r8: 0,
+    r9: 0,
+    r10: 0,
+    r11: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rip: layout.entry,
+    rflags: 0x2,
   });
   native().kvmSetFpu(vcpu.fd, { fcw: 0x37f, mxcsr: 0x1f80 });
-  vcpu.setMsrs([{ index: MSR_IA32_MISC_ENABLE, data: 1 }, { index: MSR_MTRR_DEF_TYPE, data: 0x806 }]);
+  vcpu.setMsrs([
+    { index: MSR_IA32_MISC_ENABLE, data: 1 },
+    { index: MSR_MTRR_DEF_TYPE, data: 0x806 },
+  ]);
 }
 
 /** The command line as the guest gets it (whitespace normalised; nothing is added). */
@@ -246,7 +348,10 @@ export const RESET_VECTOR_STUB = Uint8Array.from([0xb0, 0x06, 0xba, 0xf9, 0x0c, 
 
 /** True when the image carries the boot protocol's "HdrS" signature (a bzImage). */
 export function isBzImage(image: Uint8Array): boolean {
-  return image.length >= 0x270 && new DataView(image.buffer, image.byteOffset, image.byteLength).getUint32(BP.header, true) === HDRS;
+  return (
+    image.length >= 0x270 &&
+    new DataView(image.buffer, image.byteOffset, image.byteLength).getUint32(BP.header, true) === HDRS
+  );
 }
 
 /**
@@ -263,11 +368,29 @@ export interface LinuxBoardInfo {
   intxGsi: (slot: number) => number;
 }
 
-export function bootLinux(m: Machine, image: Uint8Array, opts: LinuxBoardInfo): LinuxBootLayout {
-  const k = m.config.kernel;
+/** What the Linux loader writes into and reads from: memory, the boot vCPU and facts about the board. */
+export interface LinuxBootTarget {
+  kernel: VmConfig['kernel'];
+  cmdline: string;
+  /** Guest RAM below 4 GiB. */
+  ram: Uint8Array;
+  e820: E820Entry[];
+  /** The PCI devices present now (their INTx lines go into the MP table). */
+  pciDevices: Iterable<PciDevice>;
+  cpus: number;
+  cpuid: CpuidEntry[];
+  bootVcpu: Vcpu;
+}
+
+export function bootLinux(m: LinuxBootTarget, image: Uint8Array, opts: LinuxBoardInfo): LinuxBootLayout {
+  const k = m.kernel;
   let initrd: Uint8Array | undefined, initrdName: string | undefined;
   if (k.initramfs) {
-    initrd = buildInitramfs({ script: k.initramfs.script, ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}), ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}) });
+    initrd = buildInitramfs({
+      script: k.initramfs.script,
+      ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}),
+      ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}),
+    });
     initrdName = 'the initramfs built from kernel.initramfs';
   } else if (k.initrd) {
     initrd = new Uint8Array(readFileSync(k.initrd));
@@ -283,22 +406,40 @@ export function bootLinux(m: Machine, image: Uint8Array, opts: LinuxBoardInfo): 
   // PCI INTx: each device's pin arrives on the IOAPIC input its interrupt line names (machine.ts
   // gives assigned devices GSIs 16-23); ACPI's _PRT and the MP table both say so.
   const pciIrqs: MpPciIrq[] = [];
-  for (const d of m.pciBus.devices.values()) {
+  for (const d of m.pciDevices) {
     const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
     if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
   }
   // ACPI's _PRT covers every slot a device may arrive in later, not only those filled now.
-  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...opts.hotplugSlots])].sort((a, b) => a - b)
+  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...opts.hotplugSlots])]
+    .sort((a, b) => a - b)
     .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: opts.intxGsi(slot) })));
-  const acpi = buildAcpiTables({ cpus: m.vm.vcpus.length, pciMmio32: opts.pciMmio32, pciIrqs: prt, hotplugSlots: opts.hotplugSlots }, ACPI_TABLES_ADDR);
+  const acpi = buildAcpiTables(
+    { cpus: m.cpus, pciMmio32: opts.pciMmio32, pciIrqs: prt, hotplugSlots: opts.hotplugSlots },
+    ACPI_TABLES_ADDR,
+  );
   m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
-  const cpuid1 = m.kvm.supportedCpuid().find((e) => e.function === 1);
-  m.ram.set(buildMpTable(MP_TABLE_ADDR, { cpus: m.vm.vcpus.length, cpuSignature: cpuid1?.eax ?? 0, cpuFeatures: cpuid1?.edx ?? 0, pciIrqs }), MP_TABLE_ADDR);
+  const cpuid1 = m.cpuid.find((e) => e.function === 1);
+  m.ram.set(
+    buildMpTable(MP_TABLE_ADDR, {
+      cpus: m.cpus,
+      cpuSignature: cpuid1?.eax ?? 0,
+      cpuFeatures: cpuid1?.edx ?? 0,
+      pciIrqs,
+    }),
+    MP_TABLE_ADDR,
+  );
 
   const layout = loadLinux(m.ram, {
-    image, path: k.path, cmdline: linuxCmdline(m.config.cmdline), e820: m.e820, lowRamEnd: low.addr + low.size, acpiRsdp: acpi.rsdp,
-    ...(initrd ? { initrd } : {}), ...(initrdName ? { initrdName } : {}),
+    image,
+    path: k.path,
+    cmdline: linuxCmdline(m.cmdline),
+    e820: m.e820,
+    lowRamEnd: low.addr + low.size,
+    acpiRsdp: acpi.rsdp,
+    ...(initrd ? { initrd } : {}),
+    ...(initrdName ? { initrdName } : {}),
   });
-  enterLongMode(m.vm.vcpus[0]!, layout);
+  enterLongMode(m.bootVcpu, layout);
   return layout;
 }

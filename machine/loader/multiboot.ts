@@ -1,32 +1,52 @@
 // Multiboot (v1) loading of ELF32 kernels, and flat binaries entered the same way: 32-bit
 // protected mode, paging off, flat segments, EAX = 0x2BADB002, EBX = the multiboot info.
 // QEMU's -kernel loads the same images, so a guest can run side by side under both.
+import { TsvmmError, type TsvmmErrorOptions } from '../../core/errors.js';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
 export const MULTIBOOT_BOOTLOADER_MAGIC = 0x2badb002;
 
-export class LoaderError extends Error {}
+export class LoaderError extends TsvmmError {
+  constructor(message: string, opts?: TsvmmErrorOptions) {
+    super('ERR_LOADER', message, opts);
+  }
+}
 
-export interface LoadedImage { entry: number; end: number }
-export interface E820Entry { addr: number; size: number; type: 1 | 2 }
+export interface LoadedImage {
+  entry: number;
+  end: number;
+}
+export interface E820Entry {
+  addr: number;
+  size: number;
+  type: 1 | 2;
+}
 
 /** Copies an ELF32 image's PT_LOAD segments into guest RAM (by physical address). */
 export function loadElf32(image: Uint8Array, ram: Uint8Array, path: string): LoadedImage {
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   if (image.length < 52 || v.getUint32(0, false) !== 0x7f454c46) throw new LoaderError(`${path}: not an ELF file`);
-  if (image[4] !== 1) throw new LoaderError(`${path}: ELF64 is not loadable by multiboot v1 (link it as ELF32, e.g. -m elf_i386)`);
+  if (image[4] !== 1)
+    throw new LoaderError(`${path}: ELF64 is not loadable by multiboot v1 (link it as ELF32, e.g. -m elf_i386)`);
   if (v.getUint16(18, true) !== 3) throw new LoaderError(`${path}: ELF machine is not i386`);
-  const phoff = v.getUint32(28, true), phentsize = v.getUint16(42, true), phnum = v.getUint16(44, true);
+  const phoff = v.getUint32(28, true),
+    phentsize = v.getUint16(42, true),
+    phnum = v.getUint16(44, true);
   let end = 0;
   for (let i = 0; i < phnum; i++) {
     const p = phoff + i * phentsize;
     if (p + 32 > image.length) throw new LoaderError(`${path}: truncated program header ${i}`);
     if (v.getUint32(p, true) !== 1) continue; // PT_LOAD
-    const off = v.getUint32(p + 4, true), paddr = v.getUint32(p + 12, true);
-    const filesz = v.getUint32(p + 16, true), memsz = v.getUint32(p + 20, true);
+    const off = v.getUint32(p + 4, true),
+      paddr = v.getUint32(p + 12, true);
+    const filesz = v.getUint32(p + 16, true),
+      memsz = v.getUint32(p + 20, true);
     if (off + filesz > image.length) throw new LoaderError(`${path}: segment ${i} extends past the end of the file`);
-    if (paddr + memsz > ram.length) throw new LoaderError(`${path}: segment ${i} at 0x${paddr.toString(16)} (+0x${memsz.toString(16)}) does not fit in ${ram.length >> 20} MiB of RAM: give the VM more memory`);
+    if (paddr + memsz > ram.length)
+      throw new LoaderError(
+        `${path}: segment ${i} at 0x${paddr.toString(16)} (+0x${memsz.toString(16)}) does not fit in ${ram.length >> 20} MiB of RAM: give the VM more memory`,
+      );
     ram.set(image.subarray(off, off + filesz), paddr);
     ram.fill(0, paddr + filesz, paddr + memsz);
     end = Math.max(end, paddr + memsz);
@@ -41,7 +61,7 @@ export function hasMultibootHeader(image: Uint8Array): boolean {
   for (let off = 0; off + 12 <= Math.min(image.length, 8192); off += 4) {
     if (v.getUint32(off, true) !== MULTIBOOT_HEADER_MAGIC) continue;
     const flags = v.getUint32(off + 4, true);
-    if (((MULTIBOOT_HEADER_MAGIC + flags + v.getUint32(off + 8, true)) >>> 0) === 0) return true;
+    if ((MULTIBOOT_HEADER_MAGIC + flags + v.getUint32(off + 8, true)) >>> 0 === 0) return true;
   }
   return false;
 }
@@ -77,7 +97,17 @@ export function writeMultibootInfo(ram: Uint8Array, at: number, cmdline: string,
 }
 
 const flat = (selector: number, type: number) => ({
-  base: 0, limit: 0xffffffff, selector, type, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0,
+  base: 0,
+  limit: 0xffffffff,
+  selector,
+  type,
+  present: 1,
+  dpl: 0,
+  db: 1,
+  s: 1,
+  l: 0,
+  g: 1,
+  avl: 0,
 });
 
 /** Where the boot GDT goes: the start of the reserved area below 1 MiB (e820 type 2). */
@@ -93,18 +123,48 @@ const BOOT_GDT = [0n, 0x00cf9b000000ffffn, 0x00cf93000000ffffn];
 
 /** Puts the boot vCPU in the multiboot machine state and points it at `entry`; writes the
  *  boot GDT into guest RAM at `gdtAddr` (keep it in reserved memory). */
-export function enterProtectedMode(vcpu: Vcpu, entry: number, infoAddr: number, ram: Uint8Array, gdtAddr = MULTIBOOT_GDT_ADDR): void {
+export function enterProtectedMode(
+  vcpu: Vcpu,
+  entry: number,
+  infoAddr: number,
+  ram: Uint8Array,
+  gdtAddr = MULTIBOOT_GDT_ADDR,
+): void {
   const v = new DataView(ram.buffer, ram.byteOffset, ram.byteLength);
   BOOT_GDT.forEach((d, i) => v.setBigUint64(gdtAddr + 8 * i, d, true));
   const data = flat(0x10, 0x3);
   vcpu.setSregs({
-    cs: flat(0x08, 0xb), ds: data, es: data, fs: data, gs: data, ss: data,
+    cs: flat(0x08, 0xb),
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
     tr: { base: 0, limit: 0xffff, selector: 0, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0 },
     gdt: { base: gdtAddr, limit: BOOT_GDT.length * 8 - 1 },
-    cr0: 0x11, cr3: 0, cr4: 0, efer: 0,
+    cr0: 0x11,
+    cr3: 0,
+    cr4: 0,
+    efer: 0,
   });
   vcpu.setRegs({
-    rax: MULTIBOOT_BOOTLOADER_MAGIC, rbx: infoAddr, rcx: 0, rdx: 0, rsi: 0, rdi: 0, rsp: 0, rbp: 0,
-    r8: 0, r9: 0, r10: 0, r11: 0, r12: 0, r13: 0, r14: 0, r15: 0, rip: entry, rflags: 0x2,
+    rax: MULTIBOOT_BOOTLOADER_MAGIC,
+    rbx: infoAddr,
+    rcx: 0,
+    rdx: 0,
+    rsi: 0,
+    rdi: 0,
+    rsp: 0,
+    rbp: 0,
+    r8: 0,
+    r9: 0,
+    r10: 0,
+    r11: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rip: entry,
+    rflags: 0x2,
   });
 }

@@ -20,17 +20,43 @@ let failed = false;
 
 console.log(`in-process vfio-pci fuzz: seed=${seed} count=${count}`);
 const t0 = Date.now();
-const r = fuzzVfioPci({ seed, count, progress: (n) => console.log(`  ${n} accesses, ${((Date.now() - t0) / 1000).toFixed(0)} s`) });
-console.log(`in-process vfio-pci fuzz: seed=${seed} accesses=${r.accesses} boards=${r.boards} kvm-refusals=${r.refusedByKvm} time=${(r.ms / 1000).toFixed(1)}s verdict=${r.violations.length ? 'FAIL' : 'pass'}`);
+const r = fuzzVfioPci({
+  seed,
+  count,
+  progress: (n) => console.log(`  ${n} accesses, ${((Date.now() - t0) / 1000).toFixed(0)} s`),
+});
+console.log(
+  `in-process vfio-pci fuzz: seed=${seed} accesses=${r.accesses} boards=${r.boards} kvm-refusals=${r.refusedByKvm} time=${(r.ms / 1000).toFixed(1)}s verdict=${r.violations.length ? 'FAIL' : 'pass'}`,
+);
 for (const v of r.violations) console.log(`  ${v}`);
 failed ||= r.violations.length > 0;
 
 if (!args.includes('--no-host')) {
   console.log(`guest fuzz in the test host (edu + nvme): seed=${seed} count=${hostCount}`);
   const timeout = Math.min(900, 180 + Math.ceil(hostCount / 100));
-  const p = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'testhost', 'run', '--devices', 'edu,nvme', '--timeout', String(timeout),
-    '--env', `TSVMM_FUZZ_COUNT=${hostCount}`, '--env', `TSVMM_FUZZ_SEED=${seed}`, '--',
-    'node', '--test', '--test-name-pattern', 'guest fuzzer', 'dist/test/host/legacy/hostile.test.js'], { stdio: 'inherit', cwd: projectRoot });
+  const p = spawnSync(
+    process.execPath,
+    [
+      join(projectRoot, 'dist/bin/tsvmm.js'),
+      'testhost',
+      'run',
+      '--devices',
+      'edu,nvme',
+      '--timeout',
+      String(timeout),
+      '--env',
+      `TSVMM_FUZZ_COUNT=${hostCount}`,
+      '--env',
+      `TSVMM_FUZZ_SEED=${seed}`,
+      '--',
+      'node',
+      '--test',
+      '--test-name-pattern',
+      'guest fuzzer',
+      'dist/test/host/legacy/hostile.test.js',
+    ],
+    { stdio: 'inherit', cwd: projectRoot },
+  );
   failed ||= p.status !== 0;
 }
 process.exitCode = failed ? 1 : 0;

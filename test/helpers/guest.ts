@@ -24,7 +24,12 @@ export async function runGuest(opts: {
   inspect?: (m: Machine) => void;
   timeoutMs?: number;
 }): Promise<GuestRun> {
-  const raw: RawConfig = { memory: 64, kernel: { path: guestPaths().elf }, cmdline: opts.cmdline ?? '', ...opts.config };
+  const raw: RawConfig = {
+    memory: 64,
+    kernel: { path: guestPaths().elf },
+    cmdline: opts.cmdline ?? '',
+    ...opts.config,
+  };
   const config = checkConfig(raw, 'test', process.cwd());
   let output = '';
   let partial = '';
@@ -44,18 +49,26 @@ export async function runGuest(opts: {
         lines.push(line);
         if (lines.length === 1) {
           dmaMappings = machine!.vfio.dmaMappings().map((m) => ({ iova: m.iova, size: m.size }));
-          try { opts.inspect?.(machine!); } catch (e) { inspectError = e; }
+          try {
+            opts.inspect?.(machine!);
+          } catch (e) {
+            inspectError = e;
+          }
         }
         opts.onLine?.(line, machine!);
       }
     },
   });
-  const timer = setTimeout(() => machine!.requestExit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`), opts.timeoutMs ?? 30000);
+  const timer = setTimeout(
+    () => machine!.requestExit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`),
+    opts.timeoutMs ?? 30000,
+  );
   try {
     opts.onStart?.(machine);
     const r = await machine.run();
     if (inspectError) throw inspectError;
-    const dmaCovered = (iova: number, size: number) => dmaMappings.some((m) => iova >= m.iova && iova + size <= m.iova + m.size);
+    const dmaCovered = (iova: number, size: number) =>
+      dmaMappings.some((m) => iova >= m.iova && iova + size <= m.iova + m.size);
     return { ...r, output, lines, stats: machine.vm.stats, dmaMappings, dmaCovered };
   } finally {
     clearTimeout(timer);

@@ -28,13 +28,17 @@ export class RawQmp {
       while ((i = this.buf.indexOf('\n')) >= 0) {
         const m = JSON.parse(this.buf.slice(0, i)) as Msg;
         this.buf = this.buf.slice(i + 1);
-        if (m.event) this.events.push(m); else this.queue.push(m);
+        if (m.event) this.events.push(m);
+        else this.queue.push(m);
         for (const w of this.waiters.splice(0)) w();
       }
     });
   }
   static open(path: string): Promise<RawQmp> {
-    return new Promise((res, rej) => { const s = connect(path, () => res(new RawQmp(s))); s.once('error', rej); });
+    return new Promise((res, rej) => {
+      const s = connect(path, () => res(new RawQmp(s)));
+      s.once('error', rej);
+    });
   }
   async next(): Promise<Msg> {
     while (!this.queue.length) await new Promise<void>((r) => this.waiters.push(r));
@@ -65,10 +69,17 @@ export class RawQmp {
  */
 export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
   const sock = join(mkdtempSync(join(tmpdir(), 'tsvmm-qmp-')), 'qmp.sock');
-  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', config, '--qmp', sock], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', config, '--qmp', sock], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const io = { out: '', err: '' };
-  vmm.stdout.on('data', (d) => { io.out += d; });
-  vmm.stderr.on('data', (d) => { io.err += d; });
+  vmm.stdout.on('data', (d) => {
+    io.out += d;
+  });
+  vmm.stderr.on('data', (d) => {
+    io.err += d;
+  });
   const exited = new Promise<number | null>((r) => vmm.on('exit', (c) => r(c)));
   const log = () => `${io.out}\n--- stderr ---\n${io.err}`;
   /** Serial lines equal to `line`. */
@@ -76,7 +87,8 @@ export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
   const until = async (ok: () => boolean, what: string, timeoutMs = 60_000) => {
     const t0 = Date.now();
     while (!ok()) {
-      if (vmm.exitCode !== null || Date.now() - t0 > timeoutMs) assert.fail(`${what} (exit ${vmm.exitCode}):\n${log()}`);
+      if (vmm.exitCode !== null || Date.now() - t0 > timeoutMs)
+        assert.fail(`${what} (exit ${vmm.exitCode}):\n${log()}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   };
@@ -97,7 +109,12 @@ export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
 export function vmmFds(pid: number): string[] {
   const out: string[] = [];
   for (const f of readdirSync(`/proc/${pid}/fd`)) {
-    try { const l = readlinkSync(`/proc/${pid}/fd/${f}`); if (l.startsWith('/dev/vfio/') || l === '/dev/iommu') out.push(l); } catch { /* closed meanwhile */ }
+    try {
+      const l = readlinkSync(`/proc/${pid}/fd/${f}`);
+      if (l.startsWith('/dev/vfio/') || l === '/dev/iommu') out.push(l);
+    } catch {
+      /* closed meanwhile */
+    }
   }
   return out.sort();
 }
@@ -107,17 +124,38 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
   const pinned = (pid: number) => (backend === 'legacy' ? lockedBytes(pid) : pinnedBytes(pid));
   const edu = hostDevice('edu');
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-hotplug-'));
-  const cfg = join(dir, 'vm.json'), sock = join(dir, 'qmp.sock');
-  writeFileSync(cfg, JSON.stringify({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2 intx=2' }));
-  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', err = '';
-  const seen = (re: RegExp, timeoutMs = 60000) => new Promise<void>((res, rej) => {
-    const t0 = Date.now();
-    const tick = () => (re.test(out) ? res() : Date.now() - t0 > timeoutMs ? rej(new Error(`guest never printed ${re}:\n${out}\n${err}`)) : setTimeout(tick, 20));
-    tick();
+  const cfg = join(dir, 'vm.json'),
+    sock = join(dir, 'qmp.sock');
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      memory: 64,
+      kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') },
+      cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2 intx=2',
+    }),
+  );
+  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg, '--qmp', sock], {
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  vmm.stdout.on('data', (d) => { out += d; });
-  vmm.stderr.on('data', (d) => { err += d; });
+  let out = '',
+    err = '';
+  const seen = (re: RegExp, timeoutMs = 60000) =>
+    new Promise<void>((res, rej) => {
+      const t0 = Date.now();
+      const tick = () =>
+        re.test(out)
+          ? res()
+          : Date.now() - t0 > timeoutMs
+            ? rej(new Error(`guest never printed ${re}:\n${out}\n${err}`))
+            : setTimeout(tick, 20);
+      tick();
+    });
+  vmm.stdout.on('data', (d) => {
+    out += d;
+  });
+  vmm.stderr.on('data', (d) => {
+    err += d;
+  });
   const exited = new Promise<number | null>((r) => vmm.on('exit', (c) => r(c)));
   try {
     await seen(/hotplug ready/);
@@ -129,13 +167,22 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
 
     // Bad input first: each is a QMP error, and the VM keeps running.
     assert.equal((await q.cmd('getfd', { fdname: 'edu' })).error.desc, 'No file descriptor supplied via SCM_RIGHTS');
-    assert.match((await q.cmd('device_add', { driver: 'vfio-pci', id: 'x', fd: 'nope' })).error.desc, /File descriptor named 'nope' has not been found/);
-    assert.match((await q.cmd('device_add', { driver: 'e1000', id: 'x', host: edu.bdf })).error.desc, /'e1000' is not a valid device model name/);
+    assert.match(
+      (await q.cmd('device_add', { driver: 'vfio-pci', id: 'x', fd: 'nope' })).error.desc,
+      /File descriptor named 'nope' has not been found/,
+    );
+    assert.match(
+      (await q.cmd('device_add', { driver: 'e1000', id: 'x', host: edu.bdf })).error.desc,
+      /'e1000' is not a valid device model name/,
+    );
     assert.equal((await q.cmd('device_del', { id: 'nope' })).error.class, 'DeviceNotFound');
     const kvm = openSync('/dev/kvm', 'r+');
     assert.deepEqual(await q.cmd('getfd', { fdname: 'notvfio' }, [kvm]), { return: {} });
     closeSync(kvm);
-    assert.match((await q.cmd('device_add', { driver: 'vfio-pci', id: 'x', fd: 'notvfio' })).error.desc, /should be a VFIO device cdev/);
+    assert.match(
+      (await q.cmd('device_add', { driver: 'vfio-pci', id: 'x', fd: 'notvfio' })).error.desc,
+      /should be a VFIO device cdev/,
+    );
     assert.equal(pinned(vmm.pid!), 0);
 
     // The fds, opened here (the manager's role), travel with getfd.
@@ -146,23 +193,35 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
     };
     if (backend === 'legacy') {
       await pass('edu-fd', `/dev/vfio/${edu.group}`);
-      assert.deepEqual(await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', host: edu.bdf, fd: 'edu-fd' }), { return: {} });
+      assert.deepEqual(await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', host: edu.bdf, fd: 'edu-fd' }), {
+        return: {},
+      });
     } else {
       await pass('edu-fd', edu.vfioCdev!);
       await pass('iommu', '/dev/iommu');
       // The cdev names the device: no host= needed.
-      assert.deepEqual(await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', fd: 'edu-fd', iommufd: 'iommu' }), { return: {} });
+      assert.deepEqual(
+        await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', fd: 'edu-fd', iommufd: 'iommu' }),
+        { return: {} },
+      );
     }
     assert.ok(pinned(vmm.pid!) >= 64 * 2 ** 20, `guest RAM pinned for the new device (${pinned(vmm.pid!)})`);
     const want = backend === 'legacy' ? `/dev/vfio/${edu.group}` : edu.vfioCdev!;
     assert.ok(vmmFds(vmm.pid!).includes(want), vmmFds(vmm.pid!).join(' '));
     if (backend === 'iommufd') assert.ok(vmmFds(vmm.pid!).includes('/dev/iommu'));
     const pci = (await q.cmd('query-pci')).return[0].devices as Msg[];
-    assert.ok(pci.some((d) => d.qdev_id === 'hotedu' && d.id.vendor === 0x1234 && d.id.device === 0x11e8), JSON.stringify(pci));
-    assert.match((await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', host: edu.bdf })).error.desc, /exists already/);
+    assert.ok(
+      pci.some((d) => d.qdev_id === 'hotedu' && d.id.vendor === 0x1234 && d.id.device === 0x11e8),
+      JSON.stringify(pci),
+    );
+    assert.match(
+      (await q.cmd('device_add', { driver: 'vfio-pci', id: 'hotedu', host: edu.bdf })).error.desc,
+      /exists already/,
+    );
 
     await seen(/hotplug used rc=\d+/);
-    for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx']) assert.match(out, new RegExp(`^PASS ${t}$`, 'm'), out);
+    for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx'])
+      assert.match(out, new RegExp(`^PASS ${t}$`, 'm'), out);
     assert.match(out, /^hotplug used rc=0$/m);
 
     assert.deepEqual(await q.cmd('device_del', { id: 'hotedu' }), { return: {} });
@@ -170,7 +229,11 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
     assert.deepEqual(ev.data, { device: 'hotedu', path: '/machine/peripheral/hotedu' });
     // The kernel's view: no pinned pages, no VFIO fd (group, container, device) left.
     assert.equal(pinned(vmm.pid!), 0, 'DMA mappings released');
-    assert.deepEqual(vmmFds(vmm.pid!).filter((l) => l !== '/dev/iommu'), [], 'group, container and device fds closed');
+    assert.deepEqual(
+      vmmFds(vmm.pid!).filter((l) => l !== '/dev/iommu'),
+      [],
+      'group, container and device fds closed',
+    );
     await seen(/^hotplug gone$/m);
     assert.equal(await exited, 0, `${out}\n${err}`);
     q.sock.destroy();

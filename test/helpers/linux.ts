@@ -16,8 +16,14 @@ export function linuxKernel(): { image: string; modules: string; version: string
   assert.ok(run, 'TSVMM_TESTHOST_RUN_DIR is not set');
   process.env.TSVMM_CACHE_DIR ??= dirname(dirname(run));
   const k = cachedDebianKernel();
-  assert.ok(k, `no cached Debian kernel in ${process.env.TSVMM_CACHE_DIR} (tsvmm testhost build-kernel --kernel debian)`);
-  assert.ok(k.guestModules, `the cached Debian kernel ${k.version} has no guest-modules/ (re-fetch it: tsvmm testhost build-kernel --kernel debian)`);
+  assert.ok(
+    k,
+    `no cached Debian kernel in ${process.env.TSVMM_CACHE_DIR} (tsvmm testhost build-kernel --kernel debian)`,
+  );
+  assert.ok(
+    k.guestModules,
+    `the cached Debian kernel ${k.version} has no guest-modules/ (re-fetch it: tsvmm testhost build-kernel --kernel debian)`,
+  );
   return { image: k.image, modules: k.guestModules, version: k.version };
 }
 
@@ -37,31 +43,64 @@ export function sampleConfig(name: string, edit?: (c: Record<string, any>) => vo
   return out;
 }
 
-export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; ms: number }
-
-/** `tsvmm run <config>` as a child process; onStdout may kill it (returns the child). */
-export function tsvmmRun(config: string, opts: { timeoutMs?: number; onStdout?: (all: string, child: ChildProcess) => void } = {}): Promise<RunResult> {
-  const t0 = performance.now();
-  const child = spawn(process.execPath, [cli, 'run', config], { env: { ...process.env, ...linuxEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  child.stdout.on('data', (b: Buffer) => { stdout += b.toString('latin1'); opts.onStdout?.(stdout, child); });
-  child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
-  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 180_000);
-  return new Promise((resolve) => child.on('close', (code, signal) => {
-    clearTimeout(timer);
-    resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
-  }));
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
 }
 
-export const describe = (r: RunResult) => `exit ${r.code}${r.signal ? ` (${r.signal})` : ''} after ${(r.ms / 1000).toFixed(1)} s\n--- serial ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+/** `tsvmm run <config>` as a child process; onStdout may kill it (returns the child). */
+export function tsvmmRun(
+  config: string,
+  opts: { timeoutMs?: number; onStdout?: (all: string, child: ChildProcess) => void } = {},
+): Promise<RunResult> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [cli, 'run', config], {
+    env: { ...process.env, ...linuxEnv() },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '',
+    stderr = '';
+  child.stdout.on('data', (b: Buffer) => {
+    stdout += b.toString('latin1');
+    opts.onStdout?.(stdout, child);
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 180_000);
+  return new Promise((resolve) =>
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
+    }),
+  );
+}
+
+export const describe = (r: RunResult) =>
+  `exit ${r.code}${r.signal ? ` (${r.signal})` : ''} after ${(r.ms / 1000).toFixed(1)} s\n--- serial ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
 
 /** /proc/interrupts lines as {irq, count, type, name}; count sums the per-CPU columns (SMP guests). */
-export function parseInterrupts(text: string, prefix = ''): { irq: string; count: number; chip: string; name: string }[] {
+export function parseInterrupts(
+  text: string,
+  prefix = '',
+): { irq: string; count: number; chip: string; name: string }[] {
   const out: { irq: string; count: number; chip: string; name: string }[] = [];
   for (const line of text.split('\n')) {
     if (!line.startsWith(prefix)) continue;
     const m = /^\s*(\d+):((?:\s+\d+)+)\s+(\S*[^\d\s]\S*)\s+(.*\S)\s*$/.exec(line.slice(prefix.length));
-    if (m) out.push({ irq: m[1]!, count: m[2]!.trim().split(/\s+/).reduce((n, c) => n + Number(c), 0), chip: m[3]!, name: m[4]! });
+    if (m)
+      out.push({
+        irq: m[1]!,
+        count: m[2]!
+          .trim()
+          .split(/\s+/)
+          .reduce((n, c) => n + Number(c), 0),
+        chip: m[3]!,
+        name: m[4]!,
+      });
   }
   return out;
 }

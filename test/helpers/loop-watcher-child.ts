@@ -4,7 +4,7 @@
 import { native } from '../../core/native.js';
 
 const n = native();
-const SIG = n.constants.SIGRTMIN! + 2;
+const SIG = n.constants.SIGRTMIN + 2;
 const me = n.threadPrepareKick(SIG, true);
 n.threadEatSignal(SIG);
 const out: Record<string, unknown> = {};
@@ -86,7 +86,10 @@ await sleep(50);
 // I/O for the loop (a worker's message makes the backend fd readable).
 {
   const { Worker } = await import('node:worker_threads');
-  const w = new Worker('const { parentPort } = require("node:worker_threads"); parentPort.once("message", () => setTimeout(() => parentPort.postMessage(1), 30))', { eval: true });
+  const w = new Worker(
+    'const { parentPort } = require("node:worker_threads"); parentPort.once("message", () => setTimeout(() => parentPort.postMessage(1), 30))',
+    { eval: true },
+  );
   await new Promise((r) => w.once('online', r));
   await sleep(50);
   w.postMessage('go');
@@ -98,6 +101,10 @@ await sleep(50);
   await w.terminate();
 }
 n.loopWatcherDestroy(h);
-try { n.loopWatcherArm(h); } catch (e) { out.afterDestroy = (e as Error).message; }
+try {
+  n.loopWatcherArm(h);
+} catch (e) {
+  out.afterDestroy = (e as Error).message;
+}
 clearInterval(keep);
 process.stdout.write(JSON.stringify(out) + '\n');

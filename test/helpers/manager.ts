@@ -17,7 +17,17 @@ export function writeConfig(obj: object): string {
 
 /** 'opened', or the error code (e.g. 'EACCES') of opening path read-write as nobody. */
 export function openAsNobody(path: string): string {
-  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e',
-    `try { require('fs').openSync('${path}', 'r+'); console.log('opened') } catch (e) { console.log(e.code) }`], { encoding: 'utf8' });
+  const r = spawnSync(
+    'setpriv',
+    [
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      process.execPath,
+      '-e',
+      `try { require('fs').openSync('${path}', 'r+'); console.log('opened') } catch (e) { console.log(e.code) }`,
+    ],
+    { encoding: 'utf8' },
+  );
   return r.stdout.trim();
 }

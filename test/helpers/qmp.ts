@@ -14,16 +14,26 @@ export class QmpTestClient {
     s.on('data', (c: string) => {
       this.buf += c;
       let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) { this.lines.push(this.buf.slice(0, i)); this.buf = this.buf.slice(i + 1); }
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        this.lines.push(this.buf.slice(0, i));
+        this.buf = this.buf.slice(i + 1);
+      }
       this.wake?.();
     });
   }
   static connect(path: string): Promise<QmpTestClient> {
-    return new Promise((res, rej) => { const s = createConnection(path, () => res(new QmpTestClient(s))); s.on('error', rej); });
+    return new Promise((res, rej) => {
+      const s = createConnection(path, () => res(new QmpTestClient(s)));
+      s.on('error', rej);
+    });
   }
   /** The next message, reply or event. */
   async next(): Promise<Record<string, unknown>> {
-    for (let i = 0; i < 200 && !this.lines.length; i++) await new Promise<void>((r) => { this.wake = r; setTimeout(r, 50); });
+    for (let i = 0; i < 200 && !this.lines.length; i++)
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 50);
+      });
     const l = this.lines.shift();
     assert.ok(l !== undefined, 'no QMP message arrived');
     return JSON.parse(l) as Record<string, unknown>;
@@ -32,13 +42,18 @@ export class QmpTestClient {
   async reply(): Promise<Record<string, unknown>> {
     for (;;) {
       const m = await this.next();
-      if ('event' in m) this.events.push(m); else return m;
+      if ('event' in m) this.events.push(m);
+      else return m;
     }
   }
   /** A line of raw text (newline-terminated). */
-  send(raw: string): void { this.s.write(raw + '\n'); }
+  send(raw: string): void {
+    this.s.write(raw + '\n');
+  }
   /** qemu.qmp's send: compact JSON, no newline. */
-  write(obj: unknown): void { this.s.write(JSON.stringify(obj)); }
+  write(obj: unknown): void {
+    this.s.write(JSON.stringify(obj));
+  }
   /** A command and its reply, with the events that came before it (QEMU may emit them first). */
   async cmdEvents(execute: string): Promise<{ reply: Record<string, unknown>; events: string[] }> {
     this.send(JSON.stringify({ execute }));

@@ -6,7 +6,9 @@ import { native, MFD_CLOEXEC } from '../../core/native.js';
 import { sendPassedFds, receivePassedFds, FdPassError } from '../../core/fdpass.js';
 import { openFds } from '../helpers/guest.js';
 
-function pair() { return native().socketpair(); }
+function pair() {
+  return native().socketpair();
+}
 
 test('a /dev/kvm fd arrives as a new fd that is checked to be /dev/kvm', () => {
   const [a, b] = pair();
@@ -26,9 +28,16 @@ test('a wrong fd type is refused, and every received fd is closed', () => {
   const devnull = openSync('/dev/null', 'r');
   const memfd = native().memfdCreate('not-a-group', MFD_CLOEXEC);
   sendPassedFds(a, [{ name: 'kvm', kind: 'kvm', fd: devnull }]);
-  assert.throws(() => receivePassedFds(b), (e: Error) => e instanceof FdPassError && /passed fd 'kvm' \(fd \d+\) should be \/dev\/kvm but is \/dev\/null/.test(e.message));
+  assert.throws(
+    () => receivePassedFds(b),
+    (e: Error) =>
+      e instanceof FdPassError && /passed fd 'kvm' \(fd \d+\) should be \/dev\/kvm but is \/dev\/null/.test(e.message),
+  );
   sendPassedFds(a, [{ name: 'g', kind: 'vfio-group', group: 3, fd: memfd }]);
-  assert.throws(() => receivePassedFds(b), /passed fd 'g' \(fd \d+\) should be a VFIO group \(\/dev\/vfio\/N\) but is \/memfd:not-a-group/);
+  assert.throws(
+    () => receivePassedFds(b),
+    /passed fd 'g' \(fd \d+\) should be a VFIO group \(\/dev\/vfio\/N\) but is \/memfd:not-a-group/,
+  );
   for (const fd of [a, b, devnull, memfd]) closeSync(fd);
   assert.equal(openFds(), before, 'nothing leaked');
 });

@@ -25,16 +25,37 @@ function flatGuest(name: string, code: number[]): string {
 const le32 = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
 const OUT_F4_EAX = [0xe7, 0xf4];
 
-function runCli(args: string[], opts: { signalAfterMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runCli(
+  args: string[],
+  opts: { signalAfterMs?: number } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    p.stdout.on('data', (b) => { stdout += b; });
-    p.stderr.on('data', (b) => { stderr += b; });
+    let stdout = '',
+      stderr = '';
+    p.stdout.on('data', (b) => {
+      stdout += b;
+    });
+    p.stderr.on('data', (b) => {
+      stderr += b;
+    });
     // SIGINT once tsvmm has its handler (SigCgt bit 2: a slow start, as in the nested test host,
     // must not meet Node's default action) and the guest has had signalAfterMs to spin.
-    const caught = () => { try { return (BigInt('0x' + /^SigCgt:\s*([0-9a-f]+)/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))![1]) & 2n) !== 0n; } catch { return false; } };
-    const arm = () => (p.exitCode !== null ? undefined : caught() ? setTimeout(() => p.kill('SIGINT'), opts.signalAfterMs) : setTimeout(arm, 20));
+    const caught = () => {
+      try {
+        return (
+          (BigInt('0x' + /^SigCgt:\s*([0-9a-f]+)/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))![1]) & 2n) !== 0n
+        );
+      } catch {
+        return false;
+      }
+    };
+    const arm = () =>
+      p.exitCode !== null
+        ? undefined
+        : caught()
+          ? setTimeout(() => p.kill('SIGINT'), opts.signalAfterMs)
+          : setTimeout(arm, 20);
     if (opts.signalAfterMs) arm();
     p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
@@ -59,14 +80,28 @@ test('the multiboot command line reaches the guest; an unknown option exits 2', 
 
 test('the flat binary of the same guest runs the same way', async () => {
   const info = JSON.parse(readFileSync(guestPaths().json, 'utf8')) as { loadAddress: number; entry: number };
-  const r = await runGuest({ config: { kernel: { path: guestPaths().bin, format: 'flat', loadAddress: info.loadAddress, entry: info.entry } } });
+  const r = await runGuest({
+    config: { kernel: { path: guestPaths().bin, format: 'flat', loadAddress: info.loadAddress, entry: info.entry } },
+  });
   assert.equal(r.status, 0, r.output);
   assert.ok(r.lines.includes('pci 00:00.0 8086:0d57 class 060000'), r.output);
 });
 
 test('debug-exit status is the value written; port exits are counted per port', async () => {
   // mov ecx, 1000; l: out 0x80, al; dec ecx; jnz l; mov eax, 42; out 0xf4, eax
-  const p = flatGuest('exit42.bin', [0xb9, ...le32(1000), 0xe6, 0x80, 0x49, 0x75, 0xfb, 0xb8, ...le32(42), ...OUT_F4_EAX, 0xf4]);
+  const p = flatGuest('exit42.bin', [
+    0xb9,
+    ...le32(1000),
+    0xe6,
+    0x80,
+    0x49,
+    0x75,
+    0xfb,
+    0xb8,
+    ...le32(42),
+    ...OUT_F4_EAX,
+    0xf4,
+  ]);
   const config = checkConfig({ memory: 4, kernel: { path: p, format: 'flat' }, serial: { output: 'none' } }, 't', dir);
   const m = new Machine(config);
   try {
@@ -89,7 +124,33 @@ test('a machine frees every fd and mapping it opened', async () => {
 // emulate the faulting int3 instead. Either way the VM must end with status 1 and a reason.
 test('a crashing guest ends the VM with status 1 and says why', async () => {
   // lidt [empty]; int3 → no IDT → triple fault. idt descriptor (limit 0) at 0x100010.
-  const p = flatGuest('tf.bin', [0x0f, 0x01, 0x1d, ...le32(0x100010), 0xcc, 0xf4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+  const p = flatGuest('tf.bin', [
+    0x0f,
+    0x01,
+    0x1d,
+    ...le32(0x100010),
+    0xcc,
+    0xf4,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+  ]);
   const config = checkConfig({ memory: 4, kernel: { path: p, format: 'flat' }, serial: { output: 'none' } }, 't', dir);
   const m = new Machine(config);
   try {
@@ -133,14 +194,20 @@ test('CLI: a bad config exits 2 with the JSON pointer; nothing runs', async () =
 
 test('no KVM: a clear message naming the device and the fix', () => {
   const config = checkConfig({ memory: 4, kernel: { path: guestPaths().elf } }, 't', dir);
-  assert.throws(() => new Machine(config, { kvmPath: join(dir, 'no-kvm') }), /no-kvm does not exist: this machine has no KVM\.\n  fix: /);
+  assert.throws(
+    () => new Machine(config, { kvmPath: join(dir, 'no-kvm') }),
+    /no-kvm does not exist: this machine has no KVM\.\n  fix: /,
+  );
 });
 
 test('an image too big for RAM is refused before anything runs', () => {
   const big = join(dir, 'big.bin');
   writeFileSync(big, new Uint8Array(3 * 2 ** 20));
   // checkConfig refuses it (test/unit/validate.test.ts); the machine's own check still holds.
-  const config = { ...checkConfig({ memory: 4, kernel: { path: big, format: 'flat' } }, 't', dir), memoryBytes: 2 * 2 ** 20 };
+  const config = {
+    ...checkConfig({ memory: 4, kernel: { path: big, format: 'flat' } }, 't', dir),
+    memoryBytes: 2 * 2 ** 20,
+  };
   const before = openFds();
   assert.throws(() => new Machine(config), /do not fit in RAM below 3 GiB: give the VM more memory/);
   assert.equal(openFds(), before, 'a failed construction leaks nothing');

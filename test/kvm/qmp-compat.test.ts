@@ -18,7 +18,9 @@ const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmpc-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const cli = join(projectRoot, 'dist/bin/tsvmm.js');
 
-async function startVm(name: string): Promise<{ sock: string; exited: Promise<number | null>; kill: () => void; stderr: () => string }> {
+async function startVm(
+  name: string,
+): Promise<{ sock: string; exited: Promise<number | null>; kill: () => void; stderr: () => string }> {
   const guest = join(dir, `${name}.bin`);
   writeFileSync(guest, Uint8Array.from([0xeb, 0xfe])); // jmp $
   const cfg = join(dir, `${name}.json`);
@@ -26,7 +28,9 @@ async function startVm(name: string): Promise<{ sock: string; exited: Promise<nu
   const sock = join(dir, `${name}.sock`);
   const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
-  vm.stderr.on('data', (b) => { stderr += b; });
+  vm.stderr.on('data', (b) => {
+    stderr += b;
+  });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
   for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
   return { sock, exited, kill: () => vm.kill('SIGKILL'), stderr: () => stderr };
@@ -74,17 +78,35 @@ test("strict arguments: QEMU's classes and texts for missing, unexpected and mis
     await c.next();
     // Before negotiation: capabilities tsvmm did not offer, and argument checks on qmp_capabilities.
     assert.deepEqual(await c.call('qmp_capabilities', { enable: ['oob'] }), err("Capability 'oob' not available"));
-    assert.deepEqual(await c.call('qmp_capabilities', { enable: ['foo'] }), err("Parameter 'enable[0]' does not accept value 'foo'"));
-    assert.deepEqual(await c.call('qmp_capabilities', { enable: 'oob' }), err("Invalid parameter type for 'enable', expected: array"));
+    assert.deepEqual(
+      await c.call('qmp_capabilities', { enable: ['foo'] }),
+      err("Parameter 'enable[0]' does not accept value 'foo'"),
+    );
+    assert.deepEqual(
+      await c.call('qmp_capabilities', { enable: 'oob' }),
+      err("Invalid parameter type for 'enable', expected: array"),
+    );
     assert.deepEqual(await c.call('qmp_capabilities', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
-    assert.deepEqual(await c.call('query-status', undefined, { id: 7 }), { ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'), id: 7 });
+    assert.deepEqual(await c.call('query-status', undefined, { id: 7 }), {
+      ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'),
+      id: 7,
+    });
     assert.deepEqual(await c.call('qmp_capabilities', { enable: [] }), { return: {} });
-    assert.deepEqual(await c.call('qmp_capabilities'), err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'));
+    assert.deepEqual(
+      await c.call('qmp_capabilities'),
+      err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'),
+    );
 
     // The request object itself (qmp_dispatch_check_obj).
-    assert.deepEqual(await c.call('query-status', null, { id: 'n' }), { ...err("QMP input member 'arguments' must be an object"), id: 'n' });
+    assert.deepEqual(await c.call('query-status', null, { id: 'n' }), {
+      ...err("QMP input member 'arguments' must be an object"),
+      id: 'n',
+    });
     assert.deepEqual(await c.call('query-status', [1]), err("QMP input member 'arguments' must be an object"));
-    assert.deepEqual(await c.call('query-status', undefined, { bogus: 1 }), err("QMP input member 'bogus' is unexpected"));
+    assert.deepEqual(
+      await c.call('query-status', undefined, { bogus: 1 }),
+      err("QMP input member 'bogus' is unexpected"),
+    );
     c.write({ execute: 1 });
     assert.deepEqual(await c.reply(), err("QMP input member 'execute' must be a string"));
     c.write({ id: 5 });
@@ -94,7 +116,11 @@ test("strict arguments: QEMU's classes and texts for missing, unexpected and mis
     // Unexpected members, for commands without and with arguments.
     assert.deepEqual(await c.call('query-status', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
     assert.deepEqual(await c.call('stop', { x: true }), err("Parameter 'x' is unexpected"));
-    assert.deepEqual(await c.call('query-status'), { return: { running: true, singlestep: false, status: 'running' } }, 'a refused stop did not stop');
+    assert.deepEqual(
+      await c.call('query-status'),
+      { return: { running: true, singlestep: false, status: 'running' } },
+      'a refused stop did not stop',
+    );
     assert.deepEqual(await c.call('device_del', { id: 'x', force: true }), err("Parameter 'force' is unexpected"));
     // Missing (reported before unexpected, as QEMU's visitor meets them).
     assert.deepEqual(await c.call('getfd', {}), err("Parameter 'fdname' is missing"));
@@ -103,15 +129,39 @@ test("strict arguments: QEMU's classes and texts for missing, unexpected and mis
     assert.deepEqual(await c.call('remove-fd', { fd: 3 }), err("Parameter 'fdset-id' is missing"));
     assert.deepEqual(await c.call('device_add', { id: 'd' }), err("Parameter 'driver' is missing"));
     // Mistyped.
-    assert.deepEqual(await c.call('getfd', { fdname: 1 }), err("Invalid parameter type for 'fdname', expected: string"));
-    assert.deepEqual(await c.call('remove-fd', { 'fdset-id': 'x' }), err("Invalid parameter type for 'fdset-id', expected: integer"));
-    assert.deepEqual(await c.call('remove-fd', { 'fdset-id': 1.5 }), err("Invalid parameter type for 'fdset-id', expected: integer"));
-    assert.deepEqual(await c.call('add-fd', { opaque: false }), err("Invalid parameter type for 'opaque', expected: string"));
-    assert.deepEqual(await c.call('device_del', { id: null }), err("Invalid parameter type for 'id', expected: string"));
+    assert.deepEqual(
+      await c.call('getfd', { fdname: 1 }),
+      err("Invalid parameter type for 'fdname', expected: string"),
+    );
+    assert.deepEqual(
+      await c.call('remove-fd', { 'fdset-id': 'x' }),
+      err("Invalid parameter type for 'fdset-id', expected: integer"),
+    );
+    assert.deepEqual(
+      await c.call('remove-fd', { 'fdset-id': 1.5 }),
+      err("Invalid parameter type for 'fdset-id', expected: integer"),
+    );
+    assert.deepEqual(
+      await c.call('add-fd', { opaque: false }),
+      err("Invalid parameter type for 'opaque', expected: string"),
+    );
+    assert.deepEqual(
+      await c.call('device_del', { id: null }),
+      err("Invalid parameter type for 'id', expected: string"),
+    );
     // device_add's other members are the device's properties.
-    assert.deepEqual(await c.call('device_add', { driver: 'vfio-pci', id: 'd', bogus: 1 }), err("Property 'vfio-pci.bogus' not found"));
-    assert.match(((await c.call('device_add', { driver: 'e1000', id: 'd' })).error as { desc: string }).desc, /^'e1000' is not a valid device model name/);
-    assert.deepEqual(await c.call('device_add', { driver: 'vfio-pci', id: 'd', host: '0000:00:1f.0', addr: 'zz' }), err("Property 'vfio-pci.addr' doesn't take value 'zz'"));
+    assert.deepEqual(
+      await c.call('device_add', { driver: 'vfio-pci', id: 'd', bogus: 1 }),
+      err("Property 'vfio-pci.bogus' not found"),
+    );
+    assert.match(
+      ((await c.call('device_add', { driver: 'e1000', id: 'd' })).error as { desc: string }).desc,
+      /^'e1000' is not a valid device model name/,
+    );
+    assert.deepEqual(
+      await c.call('device_add', { driver: 'vfio-pci', id: 'd', host: '0000:00:1f.0', addr: 'zz' }),
+      err("Property 'vfio-pci.addr' doesn't take value 'zz'"),
+    );
     assert.deepEqual(await c.call('device_del', { id: 'nope' }), err("Device 'nope' not found", 'DeviceNotFound'));
     await c.call('quit');
     assert.equal(await vm.exited, 0, vm.stderr());
@@ -129,8 +179,14 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
     assert.deepEqual(await c.call('query-name'), { return: { name: 'vm-schema' } });
     const pci = (await c.call('query-pci')).return as { bus: number; devices: Record<string, unknown>[] }[];
     assert.deepEqual(pci[0]!.devices[0], {
-      bus: 0, slot: 0, function: 0, class_info: { desc: 'Host bridge', class: 0x0600 },
-      id: { device: 0x0d57, vendor: 0x8086, subsystem: 0, 'subsystem-vendor': 0 }, irq_pin: 0, qdev_id: 'pci-host-bridge', regions: [],
+      bus: 0,
+      slot: 0,
+      function: 0,
+      class_info: { desc: 'Host bridge', class: 0x0600 },
+      id: { device: 0x0d57, vendor: 0x8086, subsystem: 0, 'subsystem-vendor': 0 },
+      irq_pin: 0,
+      qdev_id: 'pci-host-bridge',
+      regions: [],
     });
 
     // SchemaInfo: every command and event tsvmm has, every type they name defined once.
@@ -139,19 +195,45 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
     const byName = new Map(schema.map((e) => [e.name, e]));
     assert.equal(byName.size, schema.length, 'names are unique');
     const commands = ((await c.call('query-commands')).return as { name: string }[]).map((x) => x.name).sort();
-    assert.deepEqual(schema.filter((e) => e['meta-type'] === 'command').map((e) => e.name).sort(), commands);
-    for (const ev of ['STOP', 'RESUME', 'RESET', 'SHUTDOWN', 'POWERDOWN', 'DEVICE_DELETED']) assert.equal(byName.get(ev)?.['meta-type'], 'event', ev);
-    const refs = (e: Info): string[] => [e['arg-type'], e['ret-type'], e['element-type'],
-      ...((e.members as { type?: string }[] | undefined) ?? []).map((m) => m.type), ...((e.variants as { type: string }[] | undefined) ?? []).map((v) => v.type)]
-      .filter((x): x is string => typeof x === 'string');
-    for (const e of schema) for (const r of refs(e)) assert.ok(byName.has(r), `${e.name} refers to undefined type ${r}`);
+    assert.deepEqual(
+      schema
+        .filter((e) => e['meta-type'] === 'command')
+        .map((e) => e.name)
+        .sort(),
+      commands,
+    );
+    for (const ev of ['STOP', 'RESUME', 'RESET', 'SHUTDOWN', 'POWERDOWN', 'DEVICE_DELETED'])
+      assert.equal(byName.get(ev)?.['meta-type'], 'event', ev);
+    const refs = (e: Info): string[] =>
+      [
+        e['arg-type'],
+        e['ret-type'],
+        e['element-type'],
+        ...((e.members as { type?: string }[] | undefined) ?? []).map((m) => m.type),
+        ...((e.variants as { type: string }[] | undefined) ?? []).map((v) => v.type),
+      ].filter((x): x is string => typeof x === 'string');
+    for (const e of schema)
+      for (const r of refs(e)) assert.ok(byName.has(r), `${e.name} refers to undefined type ${r}`);
     const resolve = (n: string) => byName.get(n)!;
     const pciInfo = resolve(resolve(resolve('query-pci')['ret-type'] as string)['element-type'] as string);
-    const devInfo = resolve(resolve((pciInfo.members as { name: string; type: string }[]).find((m) => m.name === 'devices')!.type)['element-type'] as string);
+    const devInfo = resolve(
+      resolve((pciInfo.members as { name: string; type: string }[]).find((m) => m.name === 'devices')!.type)[
+        'element-type'
+      ] as string,
+    );
     const members = devInfo.members as { name: string; type: string; default?: null }[];
-    assert.deepEqual(members.find((m) => m.name === 'irq_pin'), { name: 'irq_pin', type: 'int' });
-    assert.deepEqual(members.find((m) => m.name === 'irq'), { name: 'irq', type: 'int', default: null }, 'optional members carry "default": null');
-    assert.deepEqual(resolve('getfd')['arg-type'] && (resolve(resolve('getfd')['arg-type'] as string).members), [{ name: 'fdname', type: 'str' }]);
+    assert.deepEqual(
+      members.find((m) => m.name === 'irq_pin'),
+      { name: 'irq_pin', type: 'int' },
+    );
+    assert.deepEqual(
+      members.find((m) => m.name === 'irq'),
+      { name: 'irq', type: 'int', default: null },
+      'optional members carry "default": null',
+    );
+    assert.deepEqual(resolve('getfd')['arg-type'] && resolve(resolve('getfd')['arg-type'] as string).members, [
+      { name: 'fdname', type: 'str' },
+    ]);
     assert.deepEqual(resolve(resolve('stop')['arg-type'] as string), { name: '0', 'meta-type': 'object', members: [] });
     assert.deepEqual(resolve('str'), { name: 'str', 'meta-type': 'builtin', 'json-type': 'string' });
 
@@ -176,7 +258,10 @@ test('query-name, query-pci (schema-complete), query-qmp-schema (SchemaInfo), sy
       assert.ok(Number.isInteger(t.seconds) && Math.abs(t.seconds - now) < 60, JSON.stringify(t));
       assert.ok(Number.isInteger(t.microseconds) && t.microseconds >= 0 && t.microseconds < 1e6, JSON.stringify(t));
     }
-    assert.ok(stamps.some((t) => t.microseconds % 1000 !== 0), `microsecond resolution: ${JSON.stringify(stamps)}`);
+    assert.ok(
+      stamps.some((t) => t.microseconds % 1000 !== 0),
+      `microsecond resolution: ${JSON.stringify(stamps)}`,
+    );
     await c.call('quit');
     assert.equal(await vm.exited, 0, vm.stderr());
   } finally {

@@ -3,7 +3,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -25,7 +35,9 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
   const sock = join(dir, 'qmp.sock');
   const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
-  vm.stderr.on('data', (b) => { stderr += b; });
+  vm.stderr.on('data', (b) => {
+    stderr += b;
+  });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
   try {
     for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
@@ -34,22 +46,34 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
     const greeting = await c.next();
     assert.deepEqual(Object.keys(greeting), ['QMP']);
     assert.deepEqual((greeting.QMP as { capabilities: unknown[] }).capabilities, []);
-    assert.deepEqual(await c.cmd('query-status', { id: 1 }), { error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" }, id: 1 });
+    assert.deepEqual(await c.cmd('query-status', { id: 1 }), {
+      error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" },
+      id: 1,
+    });
     assert.deepEqual(await c.cmd('qmp_capabilities'), { return: {} });
     c.send('{"execute": "query-status"]');
-    assert.deepEqual(await c.next(), { error: { class: 'GenericError', desc: 'JSON parse error, expected separator in dict' } });
+    assert.deepEqual(await c.next(), {
+      error: { class: 'GenericError', desc: 'JSON parse error, expected separator in dict' },
+    });
     c.send('[1,2]');
     assert.deepEqual(await c.next(), { error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
-    assert.deepEqual(await c.cmd('no-such-command', { id: 'x' }), { error: { class: 'CommandNotFound', desc: 'The command no-such-command has not been found' }, id: 'x' });
+    assert.deepEqual(await c.cmd('no-such-command', { id: 'x' }), {
+      error: { class: 'CommandNotFound', desc: 'The command no-such-command has not been found' },
+      id: 'x',
+    });
     assert.deepEqual(await c.cmd('query-status'), { return: { running: true, singlestep: false, status: 'running' } });
-    const pci = (await c.cmd('query-pci')).return as { devices: { slot: number; id: { vendor: number; device: number } }[] }[];
+    const pci = (await c.cmd('query-pci')).return as {
+      devices: { slot: number; id: { vendor: number; device: number } }[];
+    }[];
     assert.deepEqual(pci[0]!.devices[0]!.id, { device: 0x0d57, vendor: 0x8086, subsystem: 0, 'subsystem-vendor': 0 });
 
     assert.deepEqual(await c.cmdEvents('stop'), { reply: { return: {} }, events: ['STOP'] });
     assert.deepEqual(await c.cmd('query-status'), { return: { running: false, singlestep: false, status: 'paused' } });
     // A second client is told and disconnected; the VM and the first client carry on.
     const second = await Client.connect(sock);
-    assert.deepEqual(await second.next(), { error: { class: 'GenericError', desc: 'another QMP client is connected' } });
+    assert.deepEqual(await second.next(), {
+      error: { class: 'GenericError', desc: 'another QMP client is connected' },
+    });
     second.s.destroy();
     assert.deepEqual(await c.cmdEvents('cont'), { reply: { return: {} }, events: ['RESUME'] });
     assert.equal(((await c.cmd('query-status')).return as { status: string }).status, 'running');
@@ -68,7 +92,10 @@ test('QMP: greeting, negotiation, errors, status, stop/cont with events, one cli
     await c2.cmd('qmp_capabilities');
     c2.send(JSON.stringify({ execute: 'quit' }));
     const got = [await c2.next(), await c2.next()];
-    assert.ok(got.some((m) => JSON.stringify(m) === JSON.stringify({ return: {} })), JSON.stringify(got));
+    assert.ok(
+      got.some((m) => JSON.stringify(m) === JSON.stringify({ return: {} })),
+      JSON.stringify(got),
+    );
     const ev = got.find((m) => m.event === 'SHUTDOWN');
     assert.deepEqual(ev?.data, { guest: false, reason: 'host-qmp-quit' });
     assert.equal(await exited, 0, stderr);
@@ -86,7 +113,14 @@ test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close wh
   const sock = join(dir, 'qmp2.sock');
   const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
-  const held = () => readdirSync(`/proc/${vm.pid}/fd`).filter((f) => { try { return readlinkSync(`/proc/${vm.pid}/fd/${f}`) === join(dir, 'marker'); } catch { return false; } }).length;
+  const held = () =>
+    readdirSync(`/proc/${vm.pid}/fd`).filter((f) => {
+      try {
+        return readlinkSync(`/proc/${vm.pid}/fd/${f}`) === join(dir, 'marker');
+      } catch {
+        return false;
+      }
+    }).length;
   writeFileSync(join(dir, 'marker'), '');
   try {
     for (let i = 0; i < 1200 && !existsSync(sock); i++) await sleep(50);
@@ -98,19 +132,35 @@ test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close wh
     await c.cmd('qmp_capabilities');
     const withFd = async (execute: string, args: object) => {
       const f = openSync(join(dir, 'marker'), 'r');
-      native().sendFds((c.s as unknown as { _handle: { fd: number } })._handle.fd, Buffer.from(JSON.stringify({ execute, arguments: args }) + '\n'), [f]);
+      native().sendFds(
+        (c.s as unknown as { _handle: { fd: number } })._handle.fd,
+        Buffer.from(JSON.stringify({ execute, arguments: args }) + '\n'),
+        [f],
+      );
       closeSync(f);
       return c.next();
     };
     assert.deepEqual(await withFd('getfd', { fdname: 'a' }), { return: {} });
-    assert.deepEqual(await withFd('getfd', { fdname: 'a' }), { return: {} }, 'the same name again replaces (and closes) the old fd');
+    assert.deepEqual(
+      await withFd('getfd', { fdname: 'a' }),
+      { return: {} },
+      'the same name again replaces (and closes) the old fd',
+    );
     assert.equal(held(), 1);
     assert.deepEqual(await c.cmd('closefd', { arguments: { fdname: 'a' } }), { return: {} });
     assert.equal(held(), 0);
-    assert.match(((await c.cmd('closefd', { arguments: { fdname: 'a' } })).error as { desc: string }).desc, /File descriptor named 'a' has not been found/);
-    const added = (await withFd('add-fd', { 'fdset-id': 3, opaque: 'disk' })).return as { 'fdset-id': number; fd: number };
+    assert.match(
+      ((await c.cmd('closefd', { arguments: { fdname: 'a' } })).error as { desc: string }).desc,
+      /File descriptor named 'a' has not been found/,
+    );
+    const added = (await withFd('add-fd', { 'fdset-id': 3, opaque: 'disk' })).return as {
+      'fdset-id': number;
+      fd: number;
+    };
     assert.equal(added['fdset-id'], 3);
-    assert.deepEqual(await c.cmd('query-fdsets'), { return: [{ 'fdset-id': 3, fds: [{ fd: added.fd, opaque: 'disk' }] }] });
+    assert.deepEqual(await c.cmd('query-fdsets'), {
+      return: [{ 'fdset-id': 3, fds: [{ fd: added.fd, opaque: 'disk' }] }],
+    });
     assert.equal(held(), 1);
     // An fd sent with a command that does not take one is dropped, not leaked.
     assert.equal(((await withFd('query-status', {})).return as { status: string }).status, 'running');
@@ -127,12 +177,24 @@ test('QMP fds: getfd/closefd and add-fd/query-fdsets/remove-fd hold and close wh
 
 test('QMP system_reset: the guest boots again from its entry point (same command line), RESET follows', async () => {
   const cfg = join(dir, 'reset.json');
-  writeFileSync(cfg, JSON.stringify({ memory: 16, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, cmdline: 'test=irq vector=64 count=1' }));
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      memory: 16,
+      kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') },
+      cmdline: 'test=irq vector=64 count=1',
+    }),
+  );
   const sock = join(dir, 'qmp3.sock');
   const vm = spawn(process.execPath, [cli, 'run', cfg, '--qmp', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', stderr = '';
-  vm.stdout.on('data', (b) => { out += b; });
-  vm.stderr.on('data', (b) => { stderr += b; });
+  let out = '',
+    stderr = '';
+  vm.stdout.on('data', (b) => {
+    out += b;
+  });
+  vm.stderr.on('data', (b) => {
+    stderr += b;
+  });
   const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
   const boots = () => out.split('\n').filter((l) => l === 'tsvmm-guest: start').length;
   const readies = () => out.split('\n').filter((l) => l === 'irq ready').length;
@@ -144,13 +206,17 @@ test('QMP system_reset: the guest boots again from its entry point (same command
     await c.cmd('qmp_capabilities');
     const r = await c.cmdEvents('system_reset');
     const evs = [...r.events];
-    if (!evs.length) evs.push(((await c.next()).event as string));
+    if (!evs.length) evs.push((await c.next()).event as string);
     assert.deepEqual(r.reply, { return: {} });
     assert.deepEqual(evs, ['RESET']);
     for (let i = 0; i < 1200 && readies() < 2; i++) await sleep(50);
     assert.equal(boots(), 2, `the guest started twice:\n${out}`);
     assert.equal(readies(), 2, out);
-    assert.equal(out.split('\n').filter((l) => l === 'tsvmm-guest: cmdline "test=irq vector=64 count=1"').length, 2, 'the boot information was written again');
+    assert.equal(
+      out.split('\n').filter((l) => l === 'tsvmm-guest: cmdline "test=irq vector=64 count=1"').length,
+      2,
+      'the boot information was written again',
+    );
     await c.cmd('quit');
     assert.equal(await exited, 0, stderr);
   } finally {

@@ -30,27 +30,56 @@ function disassemble(table: Uint8Array): string {
   const out = execFileSync('iasl', ['-p', 'again', 'dsdt.dsl'], { cwd: dir, stdio: 'pipe', encoding: 'utf8' });
   assert.match(out, /Compilation successful\. 0 Errors/);
   // Comments out, white space folded: one line to match against.
-  return dsl.replace(/\/\/[^\n]*/g, '').replace(/\/\*[\s\S]*?\*\//g, '').replace(/\s+/g, ' ');
+  return dsl
+    .replace(/\/\/[^\n]*/g, '')
+    .replace(/\/\*[\s\S]*?\*\//g, '')
+    .replace(/\s+/g, ' ');
 }
 
 test('DSDT with hot-plug slots: ACPICA reads slot objects, PHPR, GED with its interrupt, power button', async () => {
   await ensurePackages(['acpica-tools']);
   const dsl = disassemble(dsdtOf([0, 3, 31]));
-  for (const [slot, seg] of [[0, 'S00'], [3, 'S03'], [31, 'S1F']] as const) {
-    assert.ok(dsl.includes(`Device (${seg}) { Name (_ADR, ${slot === 0 ? 'Zero' : `0x00${slot.toString(16).toUpperCase().padStart(2, '0')}0000`})`), `${seg} _ADR`);
-    assert.ok(dsl.includes(`\\_SB.PHPR.PCEJ (${slot === 0 ? 'Zero' : `0x${slot.toString(16).toUpperCase().padStart(2, '0')}`})`), `${seg} _EJ0 calls PCEJ`);
+  for (const [slot, seg] of [
+    [0, 'S00'],
+    [3, 'S03'],
+    [31, 'S1F'],
+  ] as const) {
+    assert.ok(
+      dsl.includes(
+        `Device (${seg}) { Name (_ADR, ${slot === 0 ? 'Zero' : `0x00${slot.toString(16).toUpperCase().padStart(2, '0')}0000`})`,
+      ),
+      `${seg} _ADR`,
+    );
+    assert.ok(
+      dsl.includes(
+        `\\_SB.PHPR.PCEJ (${slot === 0 ? 'Zero' : `0x${slot.toString(16).toUpperCase().padStart(2, '0')}`})`,
+      ),
+      `${seg} _EJ0 calls PCEJ`,
+    );
     const bit = `0x${(2 ** slot).toString(16).toUpperCase().padStart(2, '0')}`;
     const b = slot === 0 ? 'One' : bit;
     assert.ok(dsl.includes(`If ((Local0 & ${b})) { Notify (\\_SB.PCI0.${seg}, One) }`), `${seg} device check`);
     assert.ok(dsl.includes(`If ((Local1 & ${b})) { Notify (\\_SB.PCI0.${seg}, 0x03) }`), `${seg} eject request`);
   }
   assert.ok(!dsl.includes('Device (S01)'), 'only the slots asked for');
-  assert.match(dsl, /OperationRegion \(PCST, SystemIO, 0xAE00, 0x0C\) Field \(PCST, DWordAcc, NoLock, WriteAsZeros\) \{ PCIU, 32, PCID, 32, B0EJ, 32 \}/);
+  assert.match(
+    dsl,
+    /OperationRegion \(PCST, SystemIO, 0xAE00, 0x0C\) Field \(PCST, DWordAcc, NoLock, WriteAsZeros\) \{ PCIU, 32, PCID, 32, B0EJ, 32 \}/,
+  );
   assert.match(dsl, /Method \(PCEJ, 1, Serialized\) \{ B0EJ = \(One << Arg0\) \}/);
-  assert.match(dsl, /Name \(_HID, "ACPI0013" .*?Interrupt \(ResourceConsumer, Level, ActiveHigh, Exclusive, ,, \) \{ 0x00000005, \}/);
-  assert.match(dsl, /Method \(_EVT, 1, Serialized\) .*?Local0 = GDAT .*?If \(\(Local0 & One\)\) \{ \\_SB.PHPR.PSCN \(\) \} If \(\(Local0 & 0x02\)\) \{ Notify \(\\_SB.PWRB, 0x80\)/);
+  assert.match(
+    dsl,
+    /Name \(_HID, "ACPI0013" .*?Interrupt \(ResourceConsumer, Level, ActiveHigh, Exclusive, ,, \) \{ 0x00000005, \}/,
+  );
+  assert.match(
+    dsl,
+    /Method \(_EVT, 1, Serialized\) .*?Local0 = GDAT .*?If \(\(Local0 & One\)\) \{ \\_SB.PHPR.PSCN \(\) \} If \(\(Local0 & 0x02\)\) \{ Notify \(\\_SB.PWRB, 0x80\)/,
+  );
   assert.match(dsl, /Device \(PWRB\) \{ Name \(_HID, EisaId \("PNP0C0C"\)/);
-  assert.match(dsl, /EisaId \("PNP0C02"\).*?IO \(Decode16, 0xAE00, 0xAE00, 0x01, 0x0C, \) IO \(Decode16, 0xAF00, 0xAF00, 0x01, 0x04, \)/);
+  assert.match(
+    dsl,
+    /EisaId \("PNP0C02"\).*?IO \(Decode16, 0xAE00, 0xAE00, 0x01, 0x0C, \) IO \(Decode16, 0xAF00, 0xAF00, 0x01, 0x04, \)/,
+  );
 });
 
 test('DSDT without hot-plug: no GED, no slot objects', async () => {
@@ -84,7 +113,12 @@ test('GED: an event raises the line until the guest reads it; the read returns a
 test('PCI hot-plug registers: up/down bits read-clear, B0EJ ejects each slot written, each change notifies', () => {
   let notified = 0;
   const ejected: number[] = [];
-  const hp = new AcpiPciHotplug(() => { notified++; }, (s) => ejected.push(s));
+  const hp = new AcpiPciHotplug(
+    () => {
+      notified++;
+    },
+    (s) => ejected.push(s),
+  );
   const io = space([0xae00, hp.region]);
   hp.plugged(4);
   hp.plugged(31);

@@ -27,13 +27,22 @@ test('ratio and direction: 0/0 is equal, x/0 infinite, worse means past 5 % in t
 
 test('rows and markdown: medians with ranges, ratios, bold when worse, n/a footnotes, notes for worse rows only', () => {
   const results: MetricResult[] = [
-    { def: { id: 'a', label: 'launch', unit: 'ms', better: 'lower', digits: 0, whyWorse: 'node starts slowly' },
-      samples: { tsvmm: [300, 100, 200], qemu: [100, 100, 100], null: [10] } },
-    { def: { id: 'b', label: 'rate', unit: '1/s', better: 'higher', digits: 0, whyWorse: 'never shown' },
-      samples: { tsvmm: [2000], qemu: [1000], null: [4000] } },
-    { def: { id: 'c', label: 'wake-ups', unit: 'per irq', better: 'lower', digits: 2, na: { null: 'one thread' } },
-      samples: { tsvmm: [0, 0], qemu: [0], null: [] } },
-    { def: { id: 'd', label: 'failed one', unit: 'x', better: 'lower', digits: 0 }, samples: { tsvmm: [], qemu: [1], null: [1] } },
+    {
+      def: { id: 'a', label: 'launch', unit: 'ms', better: 'lower', digits: 0, whyWorse: 'node starts slowly' },
+      samples: { tsvmm: [300, 100, 200], qemu: [100, 100, 100], null: [10] },
+    },
+    {
+      def: { id: 'b', label: 'rate', unit: '1/s', better: 'higher', digits: 0, whyWorse: 'never shown' },
+      samples: { tsvmm: [2000], qemu: [1000], null: [4000] },
+    },
+    {
+      def: { id: 'c', label: 'wake-ups', unit: 'per irq', better: 'lower', digits: 2, na: { null: 'one thread' } },
+      samples: { tsvmm: [0, 0], qemu: [0], null: [] },
+    },
+    {
+      def: { id: 'd', label: 'failed one', unit: 'x', better: 'lower', digits: 0 },
+      samples: { tsvmm: [], qemu: [1], null: [1] },
+    },
   ];
   const row = toRow(results[0]!);
   assert.equal(row.tsvmm!.median, 200);
@@ -53,8 +62,12 @@ test('rows and markdown: medians with ranges, ratios, bold when worse, n/a footn
   assert.doesNotMatch(md, /never shown/);
 });
 
-test('parsers: the guest\'s done line, strace MAP_DMA calls on container fds only, debug-exit statuses', () => {
-  assert.deepEqual(parseDone('bench pio done n=14688 ticks=1:779020048'), { phase: 'pio', n: 14688, ticks: 2 ** 32 + 779020048 });
+test("parsers: the guest's done line, strace MAP_DMA calls on container fds only, debug-exit statuses", () => {
+  assert.deepEqual(parseDone('bench pio done n=14688 ticks=1:779020048'), {
+    phase: 'pio',
+    n: 14688,
+    ticks: 2 ** 32 + 779020048,
+  });
   assert.equal(parseDone('bench pio armed'), undefined);
   const log = [
     '186   ioctl(5, VFIO_SET_IOMMU, 0x3)     = 0 <0.000387>',

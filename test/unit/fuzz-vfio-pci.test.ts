@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fuzzVfioPci } from '../helpers/fuzz-vfio-pci.js';
 
-const seed = Number(process.env.TSVMM_FUZZ_SEED ?? (Date.now() % 1000000));
+const seed = Number(process.env.TSVMM_FUZZ_SEED ?? Date.now() % 1000000);
 
 test(`vfio-pci fuzz: 1000000 random accesses (seed ${seed}) keep tsvmm and the device in step, throw nothing, leak nothing`, () => {
   const r = fuzzVfioPci({ seed, count: 1000000, boardEvery: 50000 });

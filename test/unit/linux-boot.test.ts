@@ -5,7 +5,18 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BOOT_PARAMS_ADDR, CMDLINE_ADDR, GDT_ADDR, GDT_ENTRIES, KERNEL_LOAD_ADDR, PML4_ADDR, isBzImage, linuxCmdline, loadLinux, parseBzImage } from '../../machine/loader/linux.js';
+import {
+  BOOT_PARAMS_ADDR,
+  CMDLINE_ADDR,
+  GDT_ADDR,
+  GDT_ENTRIES,
+  KERNEL_LOAD_ADDR,
+  PML4_ADDR,
+  isBzImage,
+  linuxCmdline,
+  loadLinux,
+  parseBzImage,
+} from '../../machine/loader/linux.js';
 import { LoaderError } from '../../machine/loader/multiboot.js';
 import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../../machine/loader/initramfs.js';
 import { buildMpTable, checksum, MP_TABLE_ADDR } from '../../hw/mptable.js';
@@ -16,7 +27,9 @@ import { fakeBzImage } from '../helpers/images.js';
 const MiB = 2 ** 20;
 
 const e820 = (ram: number) => [
-  { addr: 0, size: 0x9fc00, type: 1 as const }, { addr: 0x9fc00, size: 0x60400, type: 2 as const }, { addr: 0x100000, size: ram - 0x100000, type: 1 as const },
+  { addr: 0, size: 0x9fc00, type: 1 as const },
+  { addr: 0x9fc00, size: 0x60400, type: 2 as const },
+  { addr: 0x100000, size: ram - 0x100000, type: 1 as const },
 ];
 
 test('bzImage header: parsed, and refused with the reason when unusable', () => {
@@ -27,7 +40,8 @@ test('bzImage header: parsed, and refused with the reason when unusable', () => 
   assert.equal(h.initSize, 2 * MiB);
   assert.equal(h.prefAddress, 0x1000000);
   assert.ok(isBzImage(fakeBzImage()));
-  const elf = new Uint8Array(4096); elf.set([0x7f, 0x45, 0x4c, 0x46]);
+  const elf = new Uint8Array(4096);
+  elf.set([0x7f, 0x45, 0x4c, 0x46]);
   assert.throws(() => parseBzImage(elf, 'vmlinux'), /not a bzImage.*ELF file \(vmlinux\?\)/);
   assert.ok(!isBzImage(elf));
   assert.throws(() => parseBzImage(fakeBzImage({ version: 0x020b }), 'old'), /boot protocol 2\.11 is too old.*2\.12/);
@@ -40,7 +54,15 @@ test('loadLinux: kernel at 1 MiB, boot_params (header, e820, cmdline, initrd), i
   const ram = new Uint8Array(ramSize);
   const image = fakeBzImage();
   const initrd = new Uint8Array(5000).fill(0xab);
-  const l = loadLinux(ram, { image, path: 'k', cmdline: 'console=ttyS0 quiet', initrd, e820: e820(ramSize), lowRamEnd: ramSize, acpiRsdp: 0xe0000 });
+  const l = loadLinux(ram, {
+    image,
+    path: 'k',
+    cmdline: 'console=ttyS0 quiet',
+    initrd,
+    e820: e820(ramSize),
+    lowRamEnd: ramSize,
+    acpiRsdp: 0xe0000,
+  });
   assert.equal(l.entry, KERNEL_LOAD_ADDR + 0x200);
   assert.deepEqual(ram.subarray(KERNEL_LOAD_ADDR, KERNEL_LOAD_ADDR + 4096), image.subarray(5 * 512));
   const bp = new DataView(ram.buffer, BOOT_PARAMS_ADDR, 4096);
@@ -69,21 +91,53 @@ test('loadLinux: kernel at 1 MiB, boot_params (header, e820, cmdline, initrd), i
   assert.equal(pde(0), 0x83n);
   assert.equal(pde(2047), (2047n << 21n) | 0x83n, 'the last 2 MiB below 4 GiB');
   GDT_ENTRIES.forEach((e, i) => assert.equal(pt.getBigUint64(GDT_ADDR + 8 * i, true), e));
-  assert.equal(GDT_ENTRIES[2]! >> 53n & 1n, 1n, '__BOOT_CS (0x10) is a 64-bit code segment');
+  assert.equal((GDT_ENTRIES[2]! >> 53n) & 1n, 1n, '__BOOT_CS (0x10) is a 64-bit code segment');
 });
 
 test('loadLinux: an initrd or kernel that does not fit, or a long command line, is an actionable error', () => {
   const ram = new Uint8Array(32 * MiB);
   const image = fakeBzImage({ initSize: 8 * MiB }); // needs RAM up to 24 MiB
-  assert.throws(() => loadLinux(ram, { image, path: 'k', cmdline: '', initrd: new Uint8Array(10 * MiB), initrdName: 'big.cpio', e820: e820(32 * MiB), lowRamEnd: 32 * MiB }),
-    (e: Error) => e instanceof LoaderError && /big\.cpio/.test(e.message) && /give it more memory \(at least \d+M\)/.test(e.message));
-  assert.throws(() => loadLinux(ram, { image: fakeBzImage({ initSize: 40 * MiB }), path: 'k', cmdline: '', e820: e820(32 * MiB), lowRamEnd: 32 * MiB }), /init_size.*give it more memory/);
-  assert.throws(() => loadLinux(ram, { image, path: 'k', cmdline: 'x'.repeat(2047), e820: e820(32 * MiB), lowRamEnd: 32 * MiB }), /at most 2046/);
+  assert.throws(
+    () =>
+      loadLinux(ram, {
+        image,
+        path: 'k',
+        cmdline: '',
+        initrd: new Uint8Array(10 * MiB),
+        initrdName: 'big.cpio',
+        e820: e820(32 * MiB),
+        lowRamEnd: 32 * MiB,
+      }),
+    (e: Error) =>
+      e instanceof LoaderError &&
+      /big\.cpio/.test(e.message) &&
+      /give it more memory \(at least \d+M\)/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      loadLinux(ram, {
+        image: fakeBzImage({ initSize: 40 * MiB }),
+        path: 'k',
+        cmdline: '',
+        e820: e820(32 * MiB),
+        lowRamEnd: 32 * MiB,
+      }),
+    /init_size.*give it more memory/,
+  );
+  assert.throws(
+    () => loadLinux(ram, { image, path: 'k', cmdline: 'x'.repeat(2047), e820: e820(32 * MiB), lowRamEnd: 32 * MiB }),
+    /at most 2046/,
+  );
   assert.equal(linuxCmdline('  console=ttyS0 \n quiet '), 'console=ttyS0 quiet');
 });
 
 test('MP table: floating pointer and table checksum to 0; CPUs, buses, IOAPIC, ISA and PCI INTx entries', () => {
-  const t = buildMpTable(MP_TABLE_ADDR, { cpus: 2, cpuSignature: 0x800f12, cpuFeatures: 0x178bfbff, pciIrqs: [{ slot: 3, pin: 1, ioapicPin: 17 }] });
+  const t = buildMpTable(MP_TABLE_ADDR, {
+    cpus: 2,
+    cpuSignature: 0x800f12,
+    cpuFeatures: 0x178bfbff,
+    pciIrqs: [{ slot: 3, pin: 1, ioapicPin: 17 }],
+  });
   const v = new DataView(t.buffer);
   assert.equal(new TextDecoder().decode(t.subarray(0, 4)), '_MP_');
   assert.equal(checksum(t.subarray(0, 16)), 0);
@@ -96,7 +150,8 @@ test('MP table: floating pointer and table checksum to 0; CPUs, buses, IOAPIC, I
   // Walk the entries: count by type; the PCI entry encodes slot<<2 | (pin-1) → pin 17.
   const count = v.getUint16(16 + 34, true);
   const kinds = [0, 0, 0, 0, 0];
-  let p = 16 + 44, pci;
+  let p = 16 + 44,
+    pci;
   for (let i = 0; i < count; i++) {
     const type = t[p]!;
     kinds[type]!++;
@@ -111,15 +166,24 @@ test('MP table: floating pointer and table checksum to 0; CPUs, buses, IOAPIC, I
 });
 
 test('ACPI: RSDP/RSDT/XSDT/FADT/MADT/DSDT checksums, pointers, hardware-reduced FADT with sleep and reset registers', () => {
-  const a = buildAcpiTables({ cpus: 2, pciMmio32: { base: 0xc0000000, end: 0xfec00000 }, pciIrqs: [{ slot: 1, pin: 1, gsi: 16 }, { slot: 2, pin: 1, gsi: 17 }] });
+  const a = buildAcpiTables({
+    cpus: 2,
+    pciMmio32: { base: 0xc0000000, end: 0xfec00000 },
+    pciIrqs: [
+      { slot: 1, pin: 1, gsi: 16 },
+      { slot: 2, pin: 1, gsi: 17 },
+    ],
+  });
   const at = (addr: number) => addr - ACPI_TABLES_ADDR;
-  const b = a.bytes, v = new DataView(b.buffer);
+  const b = a.bytes,
+    v = new DataView(b.buffer);
   const sig = (addr: number) => new TextDecoder().decode(b.subarray(at(addr), at(addr) + 4));
   const sum = (off: number, len: number) => checksum(b.subarray(off, off + len));
   assert.equal(new TextDecoder().decode(b.subarray(0, 8)), 'RSD PTR ');
   assert.equal(sum(0, 20), 0);
   assert.equal(sum(0, 36), 0);
-  const rsdt = v.getUint32(16, true), xsdt = Number(v.getBigUint64(24, true));
+  const rsdt = v.getUint32(16, true),
+    xsdt = Number(v.getBigUint64(24, true));
   assert.equal(sig(rsdt), 'RSDT');
   assert.equal(sig(xsdt), 'XSDT');
   for (const [name, addr] of Object.entries(a.tables)) {
@@ -135,8 +199,15 @@ test('ACPI: RSDP/RSDT/XSDT/FADT/MADT/DSDT checksums, pointers, hardware-reduced 
   assert.ok(v.getUint32(f + 112, true) & (1 << 20), 'HW_REDUCED_ACPI');
   assert.ok(v.getUint32(f + 112, true) & (1 << 10), 'RESET_REG_SUP');
   assert.equal(v.getUint16(f + 109, true) & 0x0a, 0, 'IAPC_BOOT_ARCH: no 8042 claimed, MSI not disabled');
-  assert.deepEqual([b[f + 116], b[f + 117], Number(v.getBigUint64(f + 120, true)), b[f + 128]], [1, 8, 0xcf9, 6], 'reset register: 6 to I/O 0xCF9');
-  assert.deepEqual([b[f + 244], Number(v.getBigUint64(f + 248, true)), b[f + 256], Number(v.getBigUint64(f + 260, true))], [1, 0x600, 1, 0x601]);
+  assert.deepEqual(
+    [b[f + 116], b[f + 117], Number(v.getBigUint64(f + 120, true)), b[f + 128]],
+    [1, 8, 0xcf9, 6],
+    'reset register: 6 to I/O 0xCF9',
+  );
+  assert.deepEqual(
+    [b[f + 244], Number(v.getBigUint64(f + 248, true)), b[f + 256], Number(v.getBigUint64(f + 260, true))],
+    [1, 0x600, 1, 0x601],
+  );
   // MADT: 2 local APICs, an IOAPIC at 0xfec00000, IRQ0 → GSI 2.
   const m = at(a.tables.APIC!);
   const types: number[] = [];
@@ -152,7 +223,11 @@ test('AML: PkgLength encodings, EISA IDs, and the DSDT names (PCI0 with _PRT per
   assert.deepEqual(amlPkgLength(5000), [0x80 | (5003 & 0xf), (5003 >> 4) & 0xff, 5003 >> 12]);
   assert.equal(eisaId('PNP0A03'), 0x030ad041);
   assert.equal(eisaId('PNP0501'), 0x0105d041);
-  const aml = dsdtAml({ cpus: 1, pciMmio32: { base: 0xc0000000, end: 0xfec00000 }, pciIrqs: [{ slot: 5, pin: 2, gsi: 19 }] });
+  const aml = dsdtAml({
+    cpus: 1,
+    pciMmio32: { base: 0xc0000000, end: 0xfec00000 },
+    pciIrqs: [{ slot: 5, pin: 2, gsi: 19 }],
+  });
   const text = Buffer.from(aml).toString('latin1');
   for (const n of ['_SB_', 'PCI0', '_HID', '_CRS', '_PRT', 'COM1', '_S5_']) assert.ok(text.includes(n), n);
   // The _PRT entry: Package(4) { 0x0005FFFF, 1 (INTB), 0, 19 }.
@@ -169,12 +244,18 @@ function readCpio(a: Uint8Array): { name: string; mode: number; rdevMajor: numbe
     assert.equal(p % 4, 0);
     assert.equal(dec.decode(a.subarray(p, p + 6)), '070701');
     const f = (i: number) => parseInt(dec.decode(a.subarray(p + 6 + 8 * i, p + 14 + 8 * i)), 16);
-    const mode = f(1), size = f(6), rdevMajor = f(9), nameSize = f(11);
+    const mode = f(1),
+      size = f(6),
+      rdevMajor = f(9),
+      nameSize = f(11);
     const name = dec.decode(a.subarray(p + 110, p + 110 + nameSize - 1));
     assert.equal(a[p + 110 + nameSize - 1], 0);
     let d = p + 110 + nameSize;
     d += (4 - (d % 4)) % 4;
-    if (name === 'TRAILER!!!') { assert.equal(d, a.length); return out; }
+    if (name === 'TRAILER!!!') {
+      assert.equal(d, a.length);
+      return out;
+    }
     out.push({ name, mode, rdevMajor, data: a.subarray(d, d + size) });
     p = d + size;
     p += (4 - (p % 4)) % 4;
@@ -182,22 +263,43 @@ function readCpio(a: Uint8Array): { name: string; mode: number; rdevMajor: numbe
 }
 
 test('cpio newc: entries round-trip with 4-byte alignment and a trailer', () => {
-  const a = cpioNewc([{ name: 'bin', mode: 0o40755 }, { name: 'dev/console', mode: 0o20600, rdev: { major: 5, minor: 1 } }, { name: 'init', mode: 0o100755, data: new TextEncoder().encode('abc') }]);
+  const a = cpioNewc([
+    { name: 'bin', mode: 0o40755 },
+    { name: 'dev/console', mode: 0o20600, rdev: { major: 5, minor: 1 } },
+    { name: 'init', mode: 0o100755, data: new TextEncoder().encode('abc') },
+  ]);
   const e = readCpio(a);
-  assert.deepEqual(e.map((x) => [x.name, x.mode.toString(8), x.data.length]), [['bin', '40755', 0], ['dev/console', '20600', 0], ['init', '100755', 3]]);
+  assert.deepEqual(
+    e.map((x) => [x.name, x.mode.toString(8), x.data.length]),
+    [
+      ['bin', '40755', 0],
+      ['dev/console', '20600', 0],
+      ['init', '100755', 3],
+    ],
+  );
   assert.equal(e[1]!.rdevMajor, 5);
   assert.equal(new TextDecoder().decode(e[2]!.data), 'abc');
 });
 
 test('initramfs: a dynamic or missing busybox, or a modules dir without modules.order, is refused with the fix', () => {
-  assert.throws(() => buildInitramfs({ script: 'true', busybox: '/nonexistent/busybox' }), /apt-get install busybox-static/);
+  assert.throws(
+    () => buildInitramfs({ script: 'true', busybox: '/nonexistent/busybox' }),
+    /apt-get install busybox-static/,
+  );
   // node itself is a dynamically linked ELF.
-  assert.throws(() => buildInitramfs({ script: 'true', busybox: process.execPath }), /dynamically linked.*busybox-static/);
+  assert.throws(
+    () => buildInitramfs({ script: 'true', busybox: process.execPath }),
+    /dynamically linked.*busybox-static/,
+  );
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mod-'));
   // A minimal static ELF64 header (no program headers) stands in for busybox.
-  const fake = new Uint8Array(64); fake.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  const fake = new Uint8Array(64);
+  fake.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
   writeFileSync(join(dir, 'busybox'), fake);
-  assert.throws(() => buildInitramfs({ script: 'true', busybox: join(dir, 'busybox'), modulesDir: dir }), /modules\.order not found/);
+  assert.throws(
+    () => buildInitramfs({ script: 'true', busybox: join(dir, 'busybox'), modulesDir: dir }),
+    /modules\.order not found/,
+  );
   writeFileSync(join(dir, 'modules.order'), 'a.ko\n');
   writeFileSync(join(dir, 'a.ko'), 'module');
   const e = readCpio(buildInitramfs({ script: 'uname -r', busybox: join(dir, 'busybox'), modulesDir: dir }));
@@ -213,14 +315,46 @@ test('config: format linux with initramfs, ${ENV} in kernel paths, and the linux
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-cfg-'));
   writeFileSync(join(dir, 'bzImage'), fakeBzImage());
   process.env.TSVMM_TEST_KDIR = dir;
-  const c = checkConfig({ kernel: { path: '${TSVMM_TEST_KDIR}/bzImage', format: 'linux', initramfs: { script: 'uname -r', modules: '${TSVMM_TEST_KDIR}' } } }, 't', '/');
+  const c = checkConfig(
+    {
+      kernel: {
+        path: '${TSVMM_TEST_KDIR}/bzImage',
+        format: 'linux',
+        initramfs: { script: 'uname -r', modules: '${TSVMM_TEST_KDIR}' },
+      },
+    },
+    't',
+    '/',
+  );
   assert.equal(c.kernel.path, join(dir, 'bzImage'));
   assert.deepEqual(c.kernel.initramfs, { script: 'uname -r', modules: dir });
   delete process.env.TSVMM_TEST_KDIR;
-  assert.throws(() => checkConfig({ kernel: { path: '${TSVMM_TEST_KDIR}/bzImage' } }, 't', '/'), (e: Error) => e instanceof ConfigError && /environment variable TSVMM_TEST_KDIR is not set/.test(e.message));
-  assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'bzImage'), initramfs: { script: 'x' } } }, 't', '/'), /either "initrd".*or "initramfs"/);
-  assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), format: 'multiboot', initrd: join(dir, 'bzImage') } }, 't', '/'), /\/kernel\/initrd: .* loads as a multiboot image; an initrd or initramfs needs a Linux bzImage/);
-  assert.throws(() => checkConfig({ kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'nope') } }, 't', '/'), /\/kernel\/initrd: .* does not exist/);
+  assert.throws(
+    () => checkConfig({ kernel: { path: '${TSVMM_TEST_KDIR}/bzImage' } }, 't', '/'),
+    (e: Error) => e instanceof ConfigError && /environment variable TSVMM_TEST_KDIR is not set/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      checkConfig(
+        { kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'bzImage'), initramfs: { script: 'x' } } },
+        't',
+        '/',
+      ),
+    /either "initrd".*or "initramfs"/,
+  );
+  assert.throws(
+    () =>
+      checkConfig(
+        { kernel: { path: join(dir, 'bzImage'), format: 'multiboot', initrd: join(dir, 'bzImage') } },
+        't',
+        '/',
+      ),
+    /\/kernel\/initrd: .* loads as a multiboot image; an initrd or initramfs needs a Linux bzImage/,
+  );
+  assert.throws(
+    () => checkConfig({ kernel: { path: join(dir, 'bzImage'), initrd: join(dir, 'nope') } }, 't', '/'),
+    /\/kernel\/initrd: .* does not exist/,
+  );
 });
 
 test('configs/linux samples are valid (with a stand-in kernel and modules dir in TSVMM_LINUX_KERNEL/_MODULES)', async () => {

@@ -9,9 +9,15 @@ import { fileURLToPath } from 'node:url';
 
 test('loop watcher: kicks once per arm when a timer falls due, an fd is readable or the cap passes; never when idle', () => {
   const child = fileURLToPath(new URL('../helpers/loop-watcher-child.js', import.meta.url));
-  const o = JSON.parse(execFileSync(process.execPath, [child], { encoding: 'utf8', timeout: 30_000 })) as Record<string, unknown>;
+  const o = JSON.parse(execFileSync(process.execPath, [child], { encoding: 'utf8', timeout: 30_000 })) as Record<
+    string,
+    unknown
+  >;
   assert.ok((o.warmupTries as number) < 20, `an idle arm kept firing (${o.warmupTries} tries)`);
-  assert.ok((o.timerArm as number) >= 0 && (o.timerArm as number) <= 20, `armed with the timer's timeout, got ${o.timerArm}`);
+  assert.ok(
+    (o.timerArm as number) >= 0 && (o.timerArm as number) <= 20,
+    `armed with the timer's timeout, got ${o.timerArm}`,
+  );
   assert.equal(o.timerFiredEarly, false, 'fired before the timer was due');
   assert.equal(o.timerFired, true);
   assert.equal(o.timerImmediateExit, 1, 'immediate_exit set');
@@ -28,7 +34,7 @@ test('loop watcher: kicks once per arm when a timer falls due, an fd is readable
   assert.equal(o.capArm, 20, 'capped');
   assert.equal(o.capFired, true);
   assert.equal(o.capKicks, 1);
-  assert.equal(o.ioFired, true, 'a worker\'s message made the loop\'s backend fd readable');
+  assert.equal(o.ioFired, true, "a worker's message made the loop's backend fd readable");
   assert.equal(o.ioKicks, 1);
   assert.match(o.afterDestroy as string, /destroyed/);
 });

@@ -6,8 +6,13 @@ import { AddressSpace, MemoryRegion, type AccessConstraints, type IoOps } from '
 function probe(name: string, size: number, valid?: AccessConstraints) {
   const log: string[] = [];
   const ops: IoOps = {
-    read: (off, sz) => { log.push(`r ${off.toString(16)}/${sz}`); return sz === 8 ? 0x1122334455667788n : 0xa0 + off; },
-    write: (off, sz, v) => { log.push(`w ${off.toString(16)}/${sz}=${typeof v === 'bigint' ? `${v.toString(16)}n` : v.toString(16)}`); },
+    read: (off, sz) => {
+      log.push(`r ${off.toString(16)}/${sz}`);
+      return sz === 8 ? 0x1122334455667788n : 0xa0 + off;
+    },
+    write: (off, sz, v) => {
+      log.push(`w ${off.toString(16)}/${sz}=${typeof v === 'bigint' ? `${v.toString(16)}n` : v.toString(16)}`);
+    },
   };
   const region = MemoryRegion.io(name, size, ops, valid ? { valid } : {});
   return { region, log, take: () => log.splice(0) };
@@ -109,7 +114,7 @@ test('read-only RAM drops writes; a read-only container does not stop io writes'
 test('ramDevice uses its bytes too; RAM without a bytes view reads all-ones', () => {
   const root = MemoryRegion.container('root', 0x100000);
   const devBytes = new Uint8Array(0x1000);
-  const bar = MemoryRegion.ramDevice('bar', 0x1000, { hostAddr: 0x7f1000000000n, fd: 9, fdOffset: 0 , bytes: devBytes });
+  const bar = MemoryRegion.ramDevice('bar', 0x1000, { hostAddr: 0x7f1000000000n, fd: 9, fdOffset: 0, bytes: devBytes });
   root.addSubregion(0x1000, bar);
   root.addSubregion(0x4000, MemoryRegion.ram('blind', 0x1000, { hostAddr: 0x7f2000000000n }));
   const as = new AddressSpace('s', root);
@@ -197,7 +202,10 @@ test('bad input: unsafe integers, negative sizes and offsets', () => {
   }
   const root = MemoryRegion.container('root', 0x1000);
   const child = MemoryRegion.container('child', 0x10);
-  assert.throws(() => root.addSubregion(-1, child), /root: offset of child must be a non-negative safe integer, got -1/);
+  assert.throws(
+    () => root.addSubregion(-1, child),
+    /root: offset of child must be a non-negative safe integer, got -1/,
+  );
   assert.throws(() => root.addSubregion(2 ** 53, child), RangeError);
   assert.throws(() => root.addSubregion(0, child, 0.5), /priority of child must be a safe integer/);
   assert.equal(child.parent, null, 'a refused add leaves the child alone');
@@ -232,8 +240,14 @@ test('bad input: double parenting, removing a non-child, cycles, alias subregion
 });
 
 test('bad input: RAM backing and io constraints', () => {
-  assert.throws(() => MemoryRegion.ram('r', 0x1000, { hostAddr: 0x1000 as unknown as bigint }), /hostAddr must be a bigint/);
-  assert.throws(() => MemoryRegion.ram('r', 0x1000, { hostAddr: 0n, bytes: new Uint8Array(0x800) }), /smaller than the region/);
+  assert.throws(
+    () => MemoryRegion.ram('r', 0x1000, { hostAddr: 0x1000 as unknown as bigint }),
+    /hostAddr must be a bigint/,
+  );
+  assert.throws(
+    () => MemoryRegion.ram('r', 0x1000, { hostAddr: 0n, bytes: new Uint8Array(0x800) }),
+    /smaller than the region/,
+  );
   const ok = MemoryRegion.ram('r', 0x800, { hostAddr: 0n, bytes: new Uint8Array(0x800) });
   assert.throws(() => ok.setSize(0x1000), /smaller than the region/);
   const ops: IoOps = { read: () => 0, write: () => {} };

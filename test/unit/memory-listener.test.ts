@@ -1,23 +1,48 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AddressSpace, MemoryRegion, memoryTransaction, inMemoryTransaction, type IoOps, type MemoryListener, type Section } from '../../core/memory/index.js';
+import {
+  AddressSpace,
+  MemoryRegion,
+  memoryTransaction,
+  inMemoryTransaction,
+  type IoOps,
+  type MemoryListener,
+  type Section,
+} from '../../core/memory/index.js';
 
 const nopOps: IoOps = { read: () => 0, write: () => {} };
 const io = (name: string, size: number) => MemoryRegion.io(name, size, nopOps);
-const ram = (name: string, size: number) => MemoryRegion.ram(name, size, { hostAddr: 0x7f0000000000n, bytes: new Uint8Array(size) });
+const ram = (name: string, size: number) =>
+  MemoryRegion.ram(name, size, { hostAddr: 0x7f0000000000n, bytes: new Uint8Array(size) });
 
-const fmt = (s: Section) => `${s.region.name}@${s.addr.toString(16)}+${s.size.toString(16)}${s.offsetInRegion ? `:${s.offsetInRegion.toString(16)}` : ''}${s.readonly ? ':ro' : ''}`;
+const fmt = (s: Section) =>
+  `${s.region.name}@${s.addr.toString(16)}+${s.size.toString(16)}${s.offsetInRegion ? `:${s.offsetInRegion.toString(16)}` : ''}${s.readonly ? ':ro' : ''}`;
 
 /** Records every callback as text; `nops` off by default to keep expectations short. */
 function recorder(name: string, priority = 0, nops = false) {
   const log: string[] = [];
   const l: MemoryListener = {
-    name, priority,
-    begin: () => { log.push('begin'); },
-    regionAdd: (s) => { log.push(`add ${fmt(s)}`); },
-    regionDel: (s) => { log.push(`del ${fmt(s)}`); },
-    ...(nops ? { regionNop: (s: Section) => { log.push(`nop ${fmt(s)}`); } } : {}),
-    commit: () => { log.push('commit'); },
+    name,
+    priority,
+    begin: () => {
+      log.push('begin');
+    },
+    regionAdd: (s) => {
+      log.push(`add ${fmt(s)}`);
+    },
+    regionDel: (s) => {
+      log.push(`del ${fmt(s)}`);
+    },
+    ...(nops
+      ? {
+          regionNop: (s: Section) => {
+            log.push(`nop ${fmt(s)}`);
+          },
+        }
+      : {}),
+    commit: () => {
+      log.push('commit');
+    },
   };
   return { l, log, take: () => log.splice(0) };
 }
@@ -82,9 +107,24 @@ test('shadowing splits a section: del the old one, then add the pieces, all in a
   r.take();
   const bar = io('bar', 0x1000);
   root.addSubregion(0x4000, bar, 1);
-  assert.deepEqual(r.take(), ['begin', 'del ram@0+10000', 'add ram@0+4000', 'add bar@4000+1000', 'add ram@5000+b000:5000', 'commit']);
+  assert.deepEqual(r.take(), [
+    'begin',
+    'del ram@0+10000',
+    'add ram@0+4000',
+    'add bar@4000+1000',
+    'add ram@5000+b000:5000',
+    'commit',
+  ]);
   bar.setAddress(0x30000);
-  assert.deepEqual(r.take(), ['begin', 'del ram@0+4000', 'del bar@4000+1000', 'del ram@5000+b000:5000', 'add ram@0+10000', 'add bar@30000+1000', 'commit']);
+  assert.deepEqual(r.take(), [
+    'begin',
+    'del ram@0+4000',
+    'del bar@4000+1000',
+    'del ram@5000+b000:5000',
+    'add ram@0+10000',
+    'add bar@30000+1000',
+    'commit',
+  ]);
 });
 
 test('attribute changes (readonly, alias offset, size) are a del + add of that section', () => {
@@ -107,12 +147,23 @@ test('listener order: begin/add/nop/commit ascending priority, del descending (Q
   const { root, as } = space();
   const order: string[] = [];
   const mk = (name: string, priority: number): MemoryListener => ({
-    name, priority,
-    begin: () => { order.push(`${name}.begin`); },
-    regionAdd: (s) => { order.push(`${name}.add ${s.region.name}`); },
-    regionDel: (s) => { order.push(`${name}.del ${s.region.name}`); },
-    regionNop: (s) => { order.push(`${name}.nop ${s.region.name}`); },
-    commit: () => { order.push(`${name}.commit`); },
+    name,
+    priority,
+    begin: () => {
+      order.push(`${name}.begin`);
+    },
+    regionAdd: (s) => {
+      order.push(`${name}.add ${s.region.name}`);
+    },
+    regionDel: (s) => {
+      order.push(`${name}.del ${s.region.name}`);
+    },
+    regionNop: (s) => {
+      order.push(`${name}.nop ${s.region.name}`);
+    },
+    commit: () => {
+      order.push(`${name}.commit`);
+    },
   });
   const keep = io('keep', 0x1000);
   const old = io('old', 0x1000);
@@ -128,11 +179,26 @@ test('listener order: begin/add/nop/commit ascending priority, del descending (Q
     root.addSubregion(0x2000, io('new', 0x1000));
   });
   assert.deepEqual(order, [
-    'm5.begin', 'p10a.begin', 'p10b.begin', 'p20.begin',
-    'p20.del old', 'p10b.del old', 'p10a.del old', 'm5.del old',
-    'm5.nop keep', 'p10a.nop keep', 'p10b.nop keep', 'p20.nop keep',
-    'm5.add new', 'p10a.add new', 'p10b.add new', 'p20.add new',
-    'm5.commit', 'p10a.commit', 'p10b.commit', 'p20.commit',
+    'm5.begin',
+    'p10a.begin',
+    'p10b.begin',
+    'p20.begin',
+    'p20.del old',
+    'p10b.del old',
+    'p10a.del old',
+    'm5.del old',
+    'm5.nop keep',
+    'p10a.nop keep',
+    'p10b.nop keep',
+    'p20.nop keep',
+    'm5.add new',
+    'p10a.add new',
+    'p10b.add new',
+    'p20.add new',
+    'm5.commit',
+    'p10a.commit',
+    'p10b.commit',
+    'p20.commit',
   ]);
 });
 
@@ -154,7 +220,14 @@ test('transaction: many changes give one begin/commit with the net diff', () => 
     assert.equal(as.lookup(0x10000), undefined);
   });
   assert.ok(!inMemoryTransaction());
-  assert.deepEqual(r.take(), ['begin', 'del a@1000+1000', 'add a@5000+1000', 'add b0@10000+100', 'add b1@20000+100', 'commit']);
+  assert.deepEqual(r.take(), [
+    'begin',
+    'del a@1000+1000',
+    'add a@5000+1000',
+    'add b0@10000+100',
+    'add b1@20000+100',
+    'commit',
+  ]);
 });
 
 test('transactions nest: only the outermost end notifies; the value of fn is returned', () => {
@@ -202,10 +275,14 @@ test('a throwing fn still commits its changes and its error wins', () => {
   const r = recorder('r');
   as.addListener(r.l);
   r.take();
-  assert.throws(() => memoryTransaction(() => {
-    root.addSubregion(0x1000, io('a', 0x100));
-    throw new Error('device bug');
-  }), /device bug/);
+  assert.throws(
+    () =>
+      memoryTransaction(() => {
+        root.addSubregion(0x1000, io('a', 0x100));
+        throw new Error('device bug');
+      }),
+    /device bug/,
+  );
   assert.ok(!inMemoryTransaction());
   assert.deepEqual(r.take(), ['begin', 'add a@1000+100', 'commit']);
 });
@@ -215,8 +292,12 @@ test('section identity: regionDel gets the very object regionAdd got, across unr
   const added = new Set<Section>();
   const bad: string[] = [];
   as.addListener({
-    regionAdd: (s) => { added.add(s); },
-    regionDel: (s) => { if (!added.delete(s)) bad.push(fmt(s)); },
+    regionAdd: (s) => {
+      added.add(s);
+    },
+    regionDel: (s) => {
+      if (!added.delete(s)) bad.push(fmt(s));
+    },
   });
   const a = io('a', 0x1000);
   root.addSubregion(0x1000, a);
@@ -224,7 +305,10 @@ test('section identity: regionDel gets the very object regionAdd got, across unr
   a.setAddress(0x2000);
   root.removeSubregion(a);
   assert.deepEqual(bad, []);
-  assert.deepEqual([...added].sort((x, y) => x.addr - y.addr), [...as.flatView()]);
+  assert.deepEqual(
+    [...added].sort((x, y) => x.addr - y.addr),
+    [...as.flatView()],
+  );
   assert.ok(Object.isFrozen(as.flatView()[0]));
 });
 
@@ -244,8 +328,22 @@ test('only address spaces that can see a region are re-rendered — including th
   other.root.addSubregion(0x1000, MemoryRegion.alias('card-window', card, 0x8000, 0x1000));
   r2.take();
   card.addSubregion(0x8100, io('reg', 0x10));
-  assert.deepEqual(r1.take(), ['begin', 'del card@f0000+10000', 'add card@f0000+8100', 'add reg@f8100+10', 'add card@f8110+7ef0:8110', 'commit']);
-  assert.deepEqual(r2.take(), ['begin', 'del card@1000+1000:8000', 'add card@1000+100:8000', 'add reg@1100+10', 'add card@1110+ef0:8110', 'commit']);
+  assert.deepEqual(r1.take(), [
+    'begin',
+    'del card@f0000+10000',
+    'add card@f0000+8100',
+    'add reg@f8100+10',
+    'add card@f8110+7ef0:8110',
+    'commit',
+  ]);
+  assert.deepEqual(r2.take(), [
+    'begin',
+    'del card@1000+1000:8000',
+    'add card@1000+100:8000',
+    'add reg@1100+10',
+    'add card@1110+ef0:8110',
+    'commit',
+  ]);
   // Moving card within sys does not change what the alias shows: nothing for `other`.
   card.setAddress(0);
   assert.equal(r1.take().length > 0, true);
@@ -258,19 +356,29 @@ test('a throwing listener: the others still run, the view is current, the error 
   let failAdds = true;
   const badLog: string[] = [];
   as.addListener({
-    name: 'bad', priority: 0,
-    regionAdd: (s) => { badLog.push(`add ${fmt(s)}`); if (failAdds) throw new Error(`no slot for ${s.region.name}`); },
-    commit: () => { badLog.push('commit'); },
+    name: 'bad',
+    priority: 0,
+    regionAdd: (s) => {
+      badLog.push(`add ${fmt(s)}`);
+      if (failAdds) throw new Error(`no slot for ${s.region.name}`);
+    },
+    commit: () => {
+      badLog.push('commit');
+    },
   });
   as.addListener(good.l);
   good.take();
   badLog.length = 0;
   const a = io('a', 0x100);
   const b = io('b', 0x100);
-  assert.throws(() => memoryTransaction(() => {
-    root.addSubregion(0x1000, a);
-    root.addSubregion(0x2000, b);
-  }), (e: unknown) => e instanceof AggregateError && e.errors.length === 2 && /no slot for a/.test(String(e.errors[0])));
+  assert.throws(
+    () =>
+      memoryTransaction(() => {
+        root.addSubregion(0x1000, a);
+        root.addSubregion(0x2000, b);
+      }),
+    (e: unknown) => e instanceof AggregateError && e.errors.length === 2 && /no slot for a/.test(String(e.errors[0])),
+  );
   assert.deepEqual(badLog, ['add a@1000+100', 'add b@2000+100', 'commit']);
   assert.deepEqual(good.take(), ['begin', 'add a@1000+100', 'add b@2000+100', 'commit']);
   assert.equal(as.lookup(0x1000)!.region, a, 'the new view is current');
@@ -288,7 +396,9 @@ test('changes made by a listener callback are applied in a following round', () 
   const shadow = io('shadow', 0x100);
   const r = recorder('r', 10);
   as.addListener({
-    regionAdd: (s) => { if (s.region.name === 'trigger') root.addSubregion(0x9000, shadow); },
+    regionAdd: (s) => {
+      if (s.region.name === 'trigger') root.addSubregion(0x9000, shadow);
+    },
   });
   as.addListener(r.l);
   r.take();

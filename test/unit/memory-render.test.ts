@@ -9,7 +9,9 @@ const ram = (name: string, size: number, opts: { readonly?: boolean } = {}) =>
 
 /** [addr, end, region name, offsetInRegion] per section (+ 'ro' when read-only). */
 function flat(as: AddressSpace): (string | number)[][] {
-  return as.flatView().map((s) => [s.addr, s.addr + s.size, s.region.name, s.offsetInRegion, ...(s.readonly ? ['ro'] : [])]);
+  return as
+    .flatView()
+    .map((s) => [s.addr, s.addr + s.size, s.region.name, s.offsetInRegion, ...(s.readonly ? ['ro'] : [])]);
 }
 
 test('QEMU memory.rst overlap example: B (container, prio 2) over C (MMIO, prio 1)', () => {
@@ -74,7 +76,7 @@ test('priorities are signed; -1 loses to the default 0', () => {
   ]);
 });
 
-test('priorities compare only between siblings: a child\'s high priority does not escape its container', () => {
+test("priorities compare only between siblings: a child's high priority does not escape its container", () => {
   const root = MemoryRegion.container('root', 0x10000);
   const low = MemoryRegion.container('low', 0x4000);
   low.addSubregion(0, io('child-prio-100', 0x4000), 100);
@@ -94,11 +96,20 @@ test('equal priority overlap: the sibling added last wins (QEMU list order); re-
   root.addSubregion(0, first);
   root.addSubregion(0x1000, second);
   const as = new AddressSpace('s', root);
-  assert.deepEqual(flat(as), [[0, 0x1000, 'first', 0], [0x1000, 0x3000, 'second', 0]]);
-  assert.deepEqual(root.subregions.map((r) => r.name), ['second', 'first']);
+  assert.deepEqual(flat(as), [
+    [0, 0x1000, 'first', 0],
+    [0x1000, 0x3000, 'second', 0],
+  ]);
+  assert.deepEqual(
+    root.subregions.map((r) => r.name),
+    ['second', 'first'],
+  );
   root.removeSubregion(first);
   root.addSubregion(0, first);
-  assert.deepEqual(flat(as), [[0, 0x2000, 'first', 0], [0x2000, 0x3000, 'second', 0x1000]]);
+  assert.deepEqual(flat(as), [
+    [0, 0x2000, 'first', 0],
+    [0x2000, 0x3000, 'second', 0x1000],
+  ]);
   // A higher priority still beats recency.
   root.addSubregion(0x1800, io('third', 0x100), -1);
   assert.equal(as.lookup(0x1800)!.region.name, 'first');
@@ -144,7 +155,10 @@ test('children are clipped to their parent; size-0 and disabled regions render n
   root.addSubregion(0x6000, off);
   root.addSubregion(0xff00, io('past-root', 0x1000));
   const as = new AddressSpace('s', root);
-  assert.deepEqual(flat(as), [[0x1800, 0x2000, 'straddles', 0], [0xff00, 0x10000, 'past-root', 0]]);
+  assert.deepEqual(flat(as), [
+    [0x1800, 0x2000, 'straddles', 0],
+    [0xff00, 0x10000, 'past-root', 0],
+  ]);
   root.setEnabled(false);
   assert.deepEqual(flat(as), []);
 });
@@ -229,7 +243,11 @@ test('moving and enabling subregions re-renders (a guest moving a BAR)', () => {
   const as = new AddressSpace('s', root);
   assert.equal(as.lookup(0x20000)!.region, bar);
   bar.setAddress(0x4000); // over RAM, higher priority: shadows it
-  assert.deepEqual(flat(as), [[0, 0x4000, 'ram', 0], [0x4000, 0x5000, 'bar', 0], [0x5000, 0x10000, 'ram', 0x5000]]);
+  assert.deepEqual(flat(as), [
+    [0, 0x4000, 'ram', 0],
+    [0x4000, 0x5000, 'bar', 0],
+    [0x5000, 0x10000, 'ram', 0x5000],
+  ]);
   assert.equal(as.lookup(0x20000), undefined);
   bar.setEnabled(false);
   assert.deepEqual(flat(as), [[0, 0x10000, 'ram', 0]]);
@@ -250,7 +268,10 @@ test('alias cycles do not hang: the cyclic part renders nothing', () => {
   const loop = MemoryRegion.alias('loop', root, 0, 0x1000);
   root.addSubregion(0x1000, loop);
   const as = new AddressSpace('s', root);
-  assert.deepEqual(flat(as), [[0, 0x100, 'dev', 0], [0x1000, 0x1100, 'dev', 0]]);
+  assert.deepEqual(flat(as), [
+    [0, 0x100, 'dev', 0],
+    [0x1000, 0x1100, 'dev', 0],
+  ]);
 });
 
 test('lookup is exact at section edges and agrees with a linear scan', () => {
@@ -260,7 +281,8 @@ test('lookup is exact at section edges and agrees with a linear scan', () => {
   const v = as.flatView();
   const linear = (a: number) => v.find((s) => a >= s.addr && a < s.addr + s.size);
   for (const s of v) {
-    for (const a of [s.addr - 1, s.addr, s.addr + s.size - 1, s.addr + s.size]) assert.equal(as.lookup(a), linear(a), `0x${a.toString(16)}`);
+    for (const a of [s.addr - 1, s.addr, s.addr + s.size - 1, s.addr + s.size])
+      assert.equal(as.lookup(a), linear(a), `0x${a.toString(16)}`);
   }
   let seed = 1;
   for (let i = 0; i < 2000; i++) {
@@ -274,10 +296,20 @@ test('lookup is exact at section edges and agrees with a linear scan', () => {
 
 // --- A brute-force reference: QEMU's rules evaluated for one address at a time ------------------
 
-interface Owner { region: MemoryRegion; off: number; ro: boolean }
+interface Owner {
+  region: MemoryRegion;
+  off: number;
+  ro: boolean;
+}
 
 /** `inAlias`: aliases being expanded; re-entering one (a cycle) shows nothing, as documented. */
-function ownerAt(mr: MemoryRegion, base: number, x: number, ro: boolean, inAlias: MemoryRegion[] = []): Owner | undefined {
+function ownerAt(
+  mr: MemoryRegion,
+  base: number,
+  x: number,
+  ro: boolean,
+  inAlias: MemoryRegion[] = [],
+): Owner | undefined {
   if (!mr.enabled) return undefined;
   base += mr.addr;
   ro ||= mr.readonly;
@@ -303,16 +335,24 @@ function rng(seed: number) {
 function checkAgainstReference(as: AddressSpace, span: number, label: string): void {
   const v = as.flatView();
   for (let i = 1; i < v.length; i++) {
-    const p = v[i - 1]!, s = v[i]!;
+    const p = v[i - 1]!,
+      s = v[i]!;
     assert.ok(p.addr + p.size <= s.addr, `${label}: sorted and non-overlapping`);
-    const mergeable = p.addr + p.size === s.addr && p.region === s.region && p.readonly === s.readonly && p.offsetInRegion + p.size === s.offsetInRegion;
+    const mergeable =
+      p.addr + p.size === s.addr &&
+      p.region === s.region &&
+      p.readonly === s.readonly &&
+      p.offsetInRegion + p.size === s.offsetInRegion;
     assert.ok(!mergeable, `${label}: adjacent contiguous sections were not merged at 0x${s.addr.toString(16)}`);
   }
   for (const s of v) assert.ok(s.size > 0, `${label}: empty section`);
   for (let x = 0; x < span; x++) {
     const want = ownerAt(as.root, 0, x, false);
     const got: Section | undefined = as.lookup(x);
-    if (!want) { assert.equal(got, undefined, `${label}: 0x${x.toString(16)} should be unassigned`); continue; }
+    if (!want) {
+      assert.equal(got, undefined, `${label}: 0x${x.toString(16)} should be unassigned`);
+      continue;
+    }
     assert.ok(got, `${label}: 0x${x.toString(16)} should be ${want.region.name}`);
     assert.equal(got.region, want.region, `${label}: owner of 0x${x.toString(16)}`);
     assert.equal(got.offsetInRegion + (x - got.addr), want.off, `${label}: offset at 0x${x.toString(16)}`);
@@ -320,7 +360,7 @@ function checkAgainstReference(as: AddressSpace, span: number, label: string): v
   }
 }
 
-test('random trees render exactly like QEMU\'s rules evaluated per address', () => {
+test("random trees render exactly like QEMU's rules evaluated per address", () => {
   for (let seed = 1; seed <= 150; seed++) {
     const r = rng(seed);
     const root = MemoryRegion.container('root', 96);
@@ -331,12 +371,20 @@ test('random trees render exactly like QEMU\'s rules evaluated per address', () 
       const size = r(5) === 0 ? 0 : 1 + r(40);
       let m: MemoryRegion;
       switch (r(6)) {
-        case 0: case 1: m = MemoryRegion.container(`c${i}`, size); break;
-        case 2: m = ram(`ram${i}`, size, { readonly: r(4) === 0 }); break;
-        case 3:
-          m = leaves.length ? MemoryRegion.alias(`al${i}`, leaves[r(leaves.length)]!, r(10), size, { readonly: r(5) === 0 }) : io(`io${i}`, size);
+        case 0:
+        case 1:
+          m = MemoryRegion.container(`c${i}`, size);
           break;
-        default: m = io(`io${i}`, size);
+        case 2:
+          m = ram(`ram${i}`, size, { readonly: r(4) === 0 });
+          break;
+        case 3:
+          m = leaves.length
+            ? MemoryRegion.alias(`al${i}`, leaves[r(leaves.length)]!, r(10), size, { readonly: r(5) === 0 })
+            : io(`io${i}`, size);
+          break;
+        default:
+          m = io(`io${i}`, size);
       }
       if (m.terminates) leaves.push(m);
       if (r(8) === 0) m.setEnabled(false);
@@ -350,10 +398,18 @@ test('random trees render exactly like QEMU\'s rules evaluated per address', () 
     for (let k = 0; k < 5; k++) {
       const m = all[1 + r(all.length - 1)]!;
       switch (r(4)) {
-        case 0: m.setAddress(r(70)); break;
-        case 1: m.setEnabled(!m.enabled); break;
-        case 2: m.setSize(r(40)); break;
-        default: if (m.kind === 'alias') m.setAliasOffset(r(20)); else m.setReadonly(!m.readonly);
+        case 0:
+          m.setAddress(r(70));
+          break;
+        case 1:
+          m.setEnabled(!m.enabled);
+          break;
+        case 2:
+          m.setSize(r(40));
+          break;
+        default:
+          if (m.kind === 'alias') m.setAliasOffset(r(20));
+          else m.setReadonly(!m.readonly);
       }
       checkAgainstReference(as, 110, `seed ${seed} step ${k}`);
     }

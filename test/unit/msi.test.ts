@@ -40,7 +40,7 @@ test('msi: the four layouts', () => {
     assert.equal(d.config[0x60], 0x05);
     assert.equal(d.config[0x61], 0x70, 'next pointer kept');
     assert.equal(d.configRead(0x62, 2), ro! | (3 << 1), `${what}: MMC = log2(8)`);
-    assert.equal(cap.configRead(0, 4), ((ro! | 6) << 16 | 0x7005) >>> 0);
+    assert.equal(cap.configRead(0, 4), (((ro! | 6) << 16) | 0x7005) >>> 0);
     const wm = new DataView(d.wmask.buffer);
     assert.equal(wm.getUint16(0x62, true), 0x0071, `${what}: enable + MME writable`);
     assert.equal(wm.getUint32(0x64, true), 0xfffffffc);
@@ -69,7 +69,14 @@ test('msi: the four layouts', () => {
 
 test('msi: constructor validation', () => {
   const ok: MsiOptions = { capOffset: 0x50, vectors: 1, is64bit: false, perVectorMask: false };
-  for (const bad of [{ vectors: 3 }, { vectors: 64 }, { vectors: 0 }, { capOffset: 0x52 }, { capOffset: 0x20 }, { capOffset: 0xf0, perVectorMask: true }]) {
+  for (const bad of [
+    { vectors: 3 },
+    { vectors: 64 },
+    { vectors: 0 },
+    { capOffset: 0x52 },
+    { capOffset: 0x20 },
+    { capOffset: 0xf0, perVectorMask: true },
+  ]) {
     assert.throws(() => new MsiCap({ ...ok, ...bad } as MsiOptions), RangeError, JSON.stringify(bad));
   }
   assert.doesNotThrow(() => new MsiCap({ ...ok, capOffset: 0xf4 }));
@@ -78,7 +85,7 @@ test('msi: constructor validation', () => {
 test('msi: multiple message enable is clamped to capable; vectors get the data low bits', () => {
   const { cap, take } = setup({ vectors: 4 });
   assert.equal(cap.configRead(2, 2) & 0x0e, 2 << 1);
-  cap.configWrite(2, 2, 0x70);           // MME = 7 (reserved), disabled
+  cap.configWrite(2, 2, 0x70); // MME = 7 (reserved), disabled
   assert.equal((cap.configRead(2, 2) >> 4) & 7, 2, 'clamped to log2(4)');
   assert.equal(cap.enabledVectors, 4);
   assert.deepEqual(take(), [], 'MME change while disabled is not reported');
@@ -86,11 +93,20 @@ test('msi: multiple message enable is clamped to capable; vectors get the data l
   cap.configWrite(8, 4, 0);
   cap.configWrite(0xc, 2, 0x4123);
   cap.configWrite(2, 2, 0x71);
-  assert.deepEqual(take(), ['control on 4', 'use 0 0:fee01000/4120', 'use 1 0:fee01000/4121', 'use 2 0:fee01000/4122', 'use 3 0:fee01000/4123']);
+  assert.deepEqual(take(), [
+    'control on 4',
+    'use 0 0:fee01000/4120',
+    'use 1 0:fee01000/4121',
+    'use 2 0:fee01000/4122',
+    'use 3 0:fee01000/4123',
+  ]);
   // fewer vectors while enabled
   cap.configWrite(2, 2, 0x11);
-  assert.deepEqual(take(), ['control on 2', 'use 0 0:fee01000/4122', 'use 1 0:fee01000/4123', 'release 2', 'release 3'],
-    'two vectors: only bit 0 of the data is the vector number now');
+  assert.deepEqual(
+    take(),
+    ['control on 2', 'use 0 0:fee01000/4122', 'use 1 0:fee01000/4123', 'release 2', 'release 3'],
+    'two vectors: only bit 0 of the data is the vector number now',
+  );
   assert.equal(cap.message(1).data, 0x4123);
   cap.configWrite(2, 2, 0x01);
   assert.deepEqual(take(), ['control on 1', 'use 0 0:fee01000/4123', 'release 1']);
@@ -100,7 +116,13 @@ test('msi: multiple message enable is clamped to capable; vectors get the data l
   // other control bits are read-only
   cap.configWrite(2, 2, 0xffff);
   assert.equal(cap.configRead(2, 2), 0x0180 | (2 << 1) | (2 << 4) | 1);
-  assert.deepEqual(take(), ['control on 4', 'use 0 0:fee01000/4120', 'use 1 0:fee01000/4121', 'use 2 0:fee01000/4122', 'use 3 0:fee01000/4123']);
+  assert.deepEqual(take(), [
+    'control on 4',
+    'use 0 0:fee01000/4120',
+    'use 1 0:fee01000/4121',
+    'use 2 0:fee01000/4122',
+    'use 3 0:fee01000/4123',
+  ]);
 });
 
 test('msi: address/data writes while enabled report each changed in-use vector', () => {
@@ -111,7 +133,7 @@ test('msi: address/data writes while enabled report each changed in-use vector',
   assert.deepEqual(take(), ['control on 2', 'use 0 0:fee00000/30', 'use 1 0:fee00000/31']);
   cap.configWrite(4, 4, 0xfee02000);
   assert.deepEqual(take(), ['use 0 0:fee02000/30', 'use 1 0:fee02000/31']);
-  cap.configWrite(8, 2, 0x31);   // low bit is the vector number: messages unchanged
+  cap.configWrite(8, 2, 0x31); // low bit is the vector number: messages unchanged
   assert.deepEqual(take(), []);
   cap.configWrite(8, 2, 0x40);
   assert.deepEqual(take(), ['use 0 0:fee02000/40', 'use 1 0:fee02000/41']);
@@ -122,7 +144,8 @@ test('msi: address/data writes while enabled report each changed in-use vector',
 
 test('msi: per-vector mask, pending bit while masked, delivery on unmask', () => {
   const { cap, take } = setup({ vectors: 4 });
-  const mask = 0x10, pending = 0x14;
+  const mask = 0x10,
+    pending = 0x14;
   cap.configWrite(4, 4, 0xfee00000);
   cap.configWrite(0xc, 2, 0x60);
   cap.configWrite(mask, 4, 0b0010);
@@ -131,7 +154,7 @@ test('msi: per-vector mask, pending bit while masked, delivery on unmask', () =>
   cap.setPending(1);
   assert.deepEqual(take(), []);
   assert.equal(cap.configRead(pending, 4), 0b0010);
-  cap.configWrite(pending, 4, 0);    // pending bits are read-only
+  cap.configWrite(pending, 4, 0); // pending bits are read-only
   assert.equal(cap.configRead(pending, 4), 0b0010);
   cap.configWrite(mask, 4, 0b1000);
   assert.deepEqual(take(), ['use 1 0:fee00000/61', 'notify 1 0:fee00000/61', 'release 3']);
@@ -152,26 +175,33 @@ test('msi: per-vector mask, pending bit while masked, delivery on unmask', () =>
 
 test('msi: pending while disabled, beyond the enabled vectors, and without per-vector masking', () => {
   const masked = setup({ vectors: 4 });
-  masked.cap.setPending(3);          // disabled: latched (per-vector masking present)
+  masked.cap.setPending(3); // disabled: latched (per-vector masking present)
   assert.equal(masked.cap.isPending(3), true);
   masked.cap.configWrite(2, 2, 0x21);
-  assert.deepEqual(masked.take(), ['control on 4', 'use 0 0:0/0', 'use 1 0:0/1', 'use 2 0:0/2', 'use 3 0:0/3', 'notify 3 0:0/3']);
+  assert.deepEqual(masked.take(), [
+    'control on 4',
+    'use 0 0:0/0',
+    'use 1 0:0/1',
+    'use 2 0:0/2',
+    'use 3 0:0/3',
+    'notify 3 0:0/3',
+  ]);
   masked.cap.configWrite(2, 2, 0x11);
   masked.take();
-  masked.cap.setPending(3);          // enabled, but the function has only 2 vectors: dropped
+  masked.cap.setPending(3); // enabled, but the function has only 2 vectors: dropped
   assert.equal(masked.cap.isPending(3), false);
   assert.deepEqual(masked.take(), []);
 
   const shrunk = setup({ vectors: 4 });
   shrunk.cap.setPending(1);
   shrunk.cap.setPending(3);
-  shrunk.cap.configWrite(0x10, 4, 0xf);      // all masked: nothing deliverable yet
-  shrunk.cap.configWrite(2, 2, 0x11);        // enable 2 vectors: bit 3 can never be delivered
+  shrunk.cap.configWrite(0x10, 4, 0xf); // all masked: nothing deliverable yet
+  shrunk.cap.configWrite(2, 2, 0x11); // enable 2 vectors: bit 3 can never be delivered
   assert.equal(shrunk.cap.configRead(0x14, 4), 0b0010, 'pending bits of vectors ≥ nvectors discarded');
   assert.deepEqual(shrunk.take(), ['control on 2']);
 
   const plain = setup({ vectors: 1, perVectorMask: false });
-  plain.cap.setPending(0);           // disabled, nowhere to latch: dropped
+  plain.cap.setPending(0); // disabled, nowhere to latch: dropped
   assert.equal(plain.cap.isPending(0), false);
   plain.cap.configWrite(2, 2, 1);
   assert.deepEqual(plain.take(), ['control on 1', 'use 0 0:0/0']);
@@ -217,7 +247,13 @@ test('msi: generic PciDevice.configWrite and MsiCap.configWrite agree', () => {
   const d = new PciDevice('dev', { vendor: 1, device: 2, classCode: 0 });
   const { cap, take } = setup({ vectors: 8, is64bit: false, perVectorMask: true });
   cap.writeCapabilityTo(d.config, d.wmask);
-  for (const [off, size, v] of [[0x54, 4, 0xfee0100f], [0x58, 4, 0xffff1234], [0x5c, 4, 0xffffffff], [0x60, 4, 0xffffffff], [0x50, 4, 0xffffffff]] as const) {
+  for (const [off, size, v] of [
+    [0x54, 4, 0xfee0100f],
+    [0x58, 4, 0xffff1234],
+    [0x5c, 4, 0xffffffff],
+    [0x60, 4, 0xffffffff],
+    [0x50, 4, 0xffffffff],
+  ] as const) {
     d.configWrite(off, size, v);
     cap.configWrite(off - 0x50, size, v);
   }

@@ -4,7 +4,8 @@ import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { PciDevice } from '../../hw/pci.js';
 import { MsixCap, type MsiMessage, type MsixListener, type MsixOptions } from '../../hw/msix.js';
 
-const TABLE = 0x1000, PBA = 0x3000;
+const TABLE = 0x1000,
+  PBA = 0x3000;
 const fmt = (m: MsiMessage) => `${m.addressHi.toString(16)}:${m.addressLo.toString(16)}/${m.data.toString(16)}`;
 
 function recorder(extra: Partial<MsixListener> = {}) {
@@ -21,7 +22,10 @@ function recorder(extra: Partial<MsixListener> = {}) {
 
 function setup(opts: Partial<MsixOptions> = {}, extra: Partial<MsixListener> = {}) {
   const r = recorder(extra);
-  const cap = new MsixCap({ vectors: 4, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40, ...opts }, r.listener);
+  const cap = new MsixCap(
+    { vectors: 4, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40, ...opts },
+    r.listener,
+  );
   const root = MemoryRegion.container('root', 0x10000);
   root.addSubregion(TABLE, cap.tableRegion);
   root.addSubregion(PBA, cap.pbaRegion);
@@ -29,7 +33,9 @@ function setup(opts: Partial<MsixOptions> = {}, extra: Partial<MsixListener> = {
   const ctl = (v: number) => cap.configWrite(2, 2, v);
   const entry = (v: number, word: number) => TABLE + v * 16 + word * 4;
   const program = (v: number, lo: number, hi: number, data: number) => {
-    as.write(entry(v, 0), 4, lo); as.write(entry(v, 1), 4, hi); as.write(entry(v, 2), 4, data);
+    as.write(entry(v, 0), 4, lo);
+    as.write(entry(v, 1), 4, hi);
+    as.write(entry(v, 2), 4, data);
   };
   const mask = (v: number, on: boolean) => as.write(entry(v, 3), 4, on ? 1 : 0);
   const pba = () => Number(as.read(PBA, 4));
@@ -37,9 +43,16 @@ function setup(opts: Partial<MsixOptions> = {}, extra: Partial<MsixListener> = {
 }
 
 test('msix: capability layout, encoding and write mask', () => {
-  const cap = new MsixCap({ vectors: 5, tableBar: 2, tableOffset: 0x2000, pbaBar: 4, pbaOffset: 0x3800, capOffset: 0x70 });
+  const cap = new MsixCap({
+    vectors: 5,
+    tableBar: 2,
+    tableOffset: 0x2000,
+    pbaBar: 4,
+    pbaOffset: 0x3800,
+    capOffset: 0x70,
+  });
   const d = new PciDevice('dev', { vendor: 0x1234, device: 0x11e8, classCode: 0xff0000 });
-  d.config[0x71] = 0x50;          // next pointer already in the chain
+  d.config[0x71] = 0x50; // next pointer already in the chain
   d.wmask.fill(0xff, 0x70, 0x7c); // garbage to be overwritten
   cap.writeCapabilityTo(d.config, d.wmask);
   assert.deepEqual([...d.config.subarray(0x70, 0x7c)], [0x11, 0x50, 0x04, 0x00, 0x02, 0x20, 0, 0, 0x04, 0x38, 0, 0]);
@@ -51,21 +64,35 @@ test('msix: capability layout, encoding and write mask', () => {
   assert.equal(cap.configRead(8, 4), 0x3804);
   // bytes outside the capability read as 0 (for the caller to merge)
   assert.equal(cap.configRead(10, 4), 0x0000);
-  assert.equal(cap.configRead(-2, 4), 0x5011 << 16 >>> 0);
+  assert.equal(cap.configRead(-2, 4), (0x5011 << 16) >>> 0);
   assert.equal(cap.tableRegion.size, 5 * 16);
   assert.equal(cap.pbaRegion.size, 8);
   const big = new MsixCap({ vectors: 2048, tableBar: 0, tableOffset: 0, pbaBar: 1, pbaOffset: 0, capOffset: 0xf4 });
   assert.equal(big.configRead(2, 2), 0x7ff);
   assert.equal(big.pbaRegion.size, 256);
-  assert.equal(new MsixCap({ vectors: 65, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40 }).pbaRegion.size, 16);
+  assert.equal(
+    new MsixCap({ vectors: 65, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40 }).pbaRegion
+      .size,
+    16,
+  );
   cap.nextPointer = 0x90;
   assert.equal(d.config[0x71], 0x90);
 });
 
 test('msix: constructor rejects impossible layouts', () => {
   const ok: MsixOptions = { vectors: 4, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40 };
-  for (const bad of [{ vectors: 0 }, { vectors: 2049 }, { vectors: 1.5 }, { tableBar: 6 }, { pbaBar: -1 }, { tableOffset: 4 }, { pbaOffset: 0x801 },
-    { capOffset: 0x3c }, { capOffset: 0x41 }, { capOffset: 0xf8 }]) {
+  for (const bad of [
+    { vectors: 0 },
+    { vectors: 2049 },
+    { vectors: 1.5 },
+    { tableBar: 6 },
+    { pbaBar: -1 },
+    { tableOffset: 4 },
+    { pbaOffset: 0x801 },
+    { capOffset: 0x3c },
+    { capOffset: 0x41 },
+    { capOffset: 0xf8 },
+  ]) {
     assert.throws(() => new MsixCap({ ...ok, ...bad }), RangeError, JSON.stringify(bad));
   }
 });
@@ -99,7 +126,10 @@ test('msix: Linux sequence — enable with function mask, unmask vector 0, clear
 
 test('msix: enable and disable report every unmasked vector, ascending, after onControl', () => {
   const { cap, ctl, program, mask, take } = setup();
-  for (const v of [3, 1]) { program(v, 0xfee00000 + v * 0x1000, 0, 0x30 + v); mask(v, false); }
+  for (const v of [3, 1]) {
+    program(v, 0xfee00000 + v * 0x1000, 0, 0x30 + v);
+    mask(v, false);
+  }
   assert.deepEqual(take(), [], 'disabled: nothing in use');
   ctl(0x8000);
   assert.deepEqual(take(), ['control on', 'use 1 0:fee01000/31', 'use 3 0:fee03000/33']);
@@ -161,7 +191,10 @@ test('msix: interrupt while vector-masked sets the PBA bit and is delivered on u
 
 test('msix: pending vectors are delivered when the function mask is cleared', () => {
   const { cap, ctl, program, mask, pba, take } = setup();
-  for (let v = 0; v < 4; v++) { program(v, 0xfee00000, 0, 0x50 + v); mask(v, v === 2); }
+  for (let v = 0; v < 4; v++) {
+    program(v, 0xfee00000, 0, 0x50 + v);
+    mask(v, v === 2);
+  }
   ctl(0xc000);
   take();
   cap.setPending(0);
@@ -171,8 +204,12 @@ test('msix: pending vectors are delivered when the function mask is cleared', ()
   assert.deepEqual(take(), []);
   ctl(0x8000);
   assert.deepEqual(take(), [
-    'control on', 'use 0 0:fee00000/50', 'notify 0 0:fee00000/50', 'use 1 0:fee00000/51',
-    'use 3 0:fee00000/53', 'notify 3 0:fee00000/53',
+    'control on',
+    'use 0 0:fee00000/50',
+    'notify 0 0:fee00000/50',
+    'use 1 0:fee00000/51',
+    'use 3 0:fee00000/53',
+    'notify 3 0:fee00000/53',
   ]);
   assert.equal(pba(), 0b0100, 'vector 2 is still masked: its bit stays');
   mask(2, false);
@@ -248,7 +285,7 @@ test('msix: hostile table, PBA and Message Control accesses leave the state cons
   as.write(entry(0, 2), 2, 0xffff);
   ops.write(8, 2, 0xffff);
   ops.write(9, 4, 0xffffffff);
-  ops.write(0x40, 4, 0x1234);            // beyond the table (4 vectors = 0x40 bytes)
+  ops.write(0x40, 4, 0x1234); // beyond the table (4 vectors = 0x40 bytes)
   ops.write(-4, 4, 0x1234);
   assert.equal(ops.read(8, 2), 0xffff);
   assert.equal(ops.read(9, 4), 0xffffffff);
@@ -283,9 +320,9 @@ test('msix: hostile table, PBA and Message Control accesses leave the state cons
   assert.equal(cap.configRead(0, 4), 0xc0030011);
   assert.equal(cap.configRead(4, 4), 0);
   assert.equal(cap.configRead(8, 4), 0x800);
-  cap.configWrite(2, 1, 0x00);   // low byte only: enable bit not touched
+  cap.configWrite(2, 1, 0x00); // low byte only: enable bit not touched
   assert.equal(cap.enabled, true);
-  cap.configWrite(3, 1, 0x3f);   // reserved bits 13:11 and table-size bits: ignored; clears 15/14
+  cap.configWrite(3, 1, 0x3f); // reserved bits 13:11 and table-size bits: ignored; clears 15/14
   assert.equal(cap.configRead(2, 2), 0x0003);
   assert.deepEqual(take(), ['control off']);
   cap.configWrite(12, 4, 0xffffffff); // past the capability: ignored
@@ -307,7 +344,8 @@ test('msix: reset reports a disable, then masks and zeroes everything', () => {
   assert.equal(cap.enabled, false);
   assert.equal(cap.configRead(2, 2), 3);
   assert.equal(pba(), 0);
-  for (let v = 0; v < 4; v++) assert.deepEqual(cap.vectorState(v), { addressLo: 0, addressHi: 0, data: 0, masked: true });
+  for (let v = 0; v < 4; v++)
+    assert.deepEqual(cap.vectorState(v), { addressLo: 0, addressHi: 0, data: 0, masked: true });
   assert.equal(as.read(entry(0, 3), 4), 1);
   // usable again, and reported afresh
   mask(0, false);
@@ -317,7 +355,10 @@ test('msix: reset reports a disable, then masks and zeroes everything', () => {
 
 test('msix: generic PciDevice.configWrite and MsixCap.configWrite agree; state is mirrored into config', () => {
   const r = recorder();
-  const cap = new MsixCap({ vectors: 8, tableBar: 1, tableOffset: 0, pbaBar: 1, pbaOffset: 0x800, capOffset: 0x50 }, r.listener);
+  const cap = new MsixCap(
+    { vectors: 8, tableBar: 1, tableOffset: 0, pbaBar: 1, pbaOffset: 0x800, capOffset: 0x50 },
+    r.listener,
+  );
   const d = new PciDevice('dev', { vendor: 0x1234, device: 0x5678, classCode: 0 });
   cap.writeCapabilityTo(d.config, d.wmask);
   // the model's way: generic write (wmask) then the state machine
@@ -338,11 +379,22 @@ test('msix: generic PciDevice.configWrite and MsixCap.configWrite agree; state i
 test('msix: a throwing callback does not stop the others; the listener view stays consistent', () => {
   let fail = true;
   const uses: number[] = [];
-  const { cap, ctl, mask, take } = setup({}, {
-    vectorUse: (v) => { uses.push(v); if (fail && v !== 2) throw new Error(`boom ${v}`); },
-  });
-  mask(0, false); mask(1, false); mask(2, false);
-  assert.throws(() => ctl(0x8000), (e: unknown) => e instanceof AggregateError && e.errors.length === 2);
+  const { cap, ctl, mask, take } = setup(
+    {},
+    {
+      vectorUse: (v) => {
+        uses.push(v);
+        if (fail && v !== 2) throw new Error(`boom ${v}`);
+      },
+    },
+  );
+  mask(0, false);
+  mask(1, false);
+  mask(2, false);
+  assert.throws(
+    () => ctl(0x8000),
+    (e: unknown) => e instanceof AggregateError && e.errors.length === 2,
+  );
   assert.deepEqual(uses, [0, 1, 2], 'every vector reported despite the throws');
   assert.equal(cap.enabled, true);
   assert.deepEqual(take(), ['control on']);
@@ -359,12 +411,24 @@ test('msix: callbacks may call back into the cap (release drains into setPending
   const log: string[] = [];
   let cap!: MsixCap;
   let remask = false;
-  cap = new MsixCap({ vectors: 2, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40 }, {
-    onControl: (en, fm) => log.push(`control ${en} ${fm}`),
-    vectorUse: (v) => { log.push(`use ${v}`); if (remask) { remask = false; cap.tableRegion.ops!.write(v * 16 + 12, 4, 1); } },
-    vectorRelease: (v) => { log.push(`release ${v}`); cap.setPending(v); },
-    notify: (v) => log.push(`notify ${v}`),
-  });
+  cap = new MsixCap(
+    { vectors: 2, tableBar: 0, tableOffset: 0, pbaBar: 0, pbaOffset: 0x800, capOffset: 0x40 },
+    {
+      onControl: (en, fm) => log.push(`control ${en} ${fm}`),
+      vectorUse: (v) => {
+        log.push(`use ${v}`);
+        if (remask) {
+          remask = false;
+          cap.tableRegion.ops!.write(v * 16 + 12, 4, 1);
+        }
+      },
+      vectorRelease: (v) => {
+        log.push(`release ${v}`);
+        cap.setPending(v);
+      },
+      notify: (v) => log.push(`notify ${v}`),
+    },
+  );
   const ops = cap.tableRegion.ops!;
   ops.write(12, 4, 0);
   cap.configWrite(2, 2, 0x8000);
@@ -372,7 +436,7 @@ test('msix: callbacks may call back into the cap (release drains into setPending
   assert.deepEqual(log.splice(0), ['control true false', 'use 0', 'release 0']);
   assert.equal(cap.isPending(0), true);
   remask = true;
-  ops.write(12, 4, 0);   // use → masks again inside the callback → release → setPending
+  ops.write(12, 4, 0); // use → masks again inside the callback → release → setPending
   assert.deepEqual(log.splice(0), ['use 0', 'release 0']);
   assert.equal(cap.isPending(0), true, 'still pending: the notify waits for a real unmask');
   ops.write(12, 4, 0);

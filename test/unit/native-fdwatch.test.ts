@@ -4,7 +4,11 @@ import assert from 'node:assert/strict';
 import { closeSync, readSync, writeSync } from 'node:fs';
 import { native, EFD_NONBLOCK } from '../../core/native.js';
 
-const signal = (fd: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(1n); writeSync(fd, b); };
+const signal = (fd: number) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(1n);
+  writeSync(fd, b);
+};
 
 test('fdWatch calls back once per signal when the callback drains the eventfd; fdUnwatch stops it', async () => {
   const n = native();
@@ -20,7 +24,9 @@ test('fdWatch calls back once per signal when the callback drains the eventfd; f
   });
   try {
     for (const expected of [1, 2]) {
-      const got = new Promise<void>((r) => { wake = r; });
+      const got = new Promise<void>((r) => {
+        wake = r;
+      });
       signal(fd);
       if (expected === 2) signal(fd); // two signals before the loop runs: one wake-up, counter 2
       await got;
@@ -37,5 +43,8 @@ test('fdWatch calls back once per signal when the callback drains the eventfd; f
 });
 
 test('fdWatch refuses what libuv cannot poll, with the call named', () => {
-  assert.throws(() => native().fdWatch(-1, () => {}), (e: Error & { syscall?: string }) => e.syscall === 'uv_poll_init');
+  assert.throws(
+    () => native().fdWatch(-1, () => {}),
+    (e: Error & { syscall?: string }) => e.syscall === 'uv_poll_init',
+  );
 });

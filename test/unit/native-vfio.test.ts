@@ -49,8 +49,14 @@ const calls: Record<string, Call> = {
   vfioCheckExtension: ['VFIO_CHECK_EXTENSION', (fd) => n.vfioCheckExtension(fd, K('VFIO_TYPE1v2_IOMMU'))],
   vfioSetIommu: ['VFIO_SET_IOMMU', (fd) => n.vfioSetIommu(fd, K('VFIO_TYPE1v2_IOMMU'))],
   vfioIommuGetInfo: ['VFIO_IOMMU_GET_INFO', (fd) => n.vfioIommuGetInfo(fd)],
-  vfioIommuMapDma: ['VFIO_IOMMU_MAP_DMA', (fd) => n.vfioIommuMapDma(fd, { vaddr: 0x7f0000000000n, iova: 0, size: 4096, flags: 3 })],
-  vfioIommuUnmapDma: ['VFIO_IOMMU_UNMAP_DMA', (fd) => n.vfioIommuUnmapDma(fd, { iova: 0, size: 0, flags: K('VFIO_DMA_UNMAP_FLAG_ALL') })],
+  vfioIommuMapDma: [
+    'VFIO_IOMMU_MAP_DMA',
+    (fd) => n.vfioIommuMapDma(fd, { vaddr: 0x7f0000000000n, iova: 0, size: 4096, flags: 3 }),
+  ],
+  vfioIommuUnmapDma: [
+    'VFIO_IOMMU_UNMAP_DMA',
+    (fd) => n.vfioIommuUnmapDma(fd, { iova: 0, size: 0, flags: K('VFIO_DMA_UNMAP_FLAG_ALL') }),
+  ],
   vfioGroupGetStatus: ['VFIO_GROUP_GET_STATUS', (fd) => n.vfioGroupGetStatus(fd)],
   vfioGroupSetContainer: ['VFIO_GROUP_SET_CONTAINER', (fd) => n.vfioGroupSetContainer(fd, 0)],
   vfioGroupUnsetContainer: ['VFIO_GROUP_UNSET_CONTAINER', (fd) => n.vfioGroupUnsetContainer(fd)],
@@ -58,7 +64,16 @@ const calls: Record<string, Call> = {
   vfioDeviceGetInfo: ['VFIO_DEVICE_GET_INFO', (fd) => n.vfioDeviceGetInfo(fd)],
   vfioDeviceGetRegionInfo: ['VFIO_DEVICE_GET_REGION_INFO', (fd) => n.vfioDeviceGetRegionInfo(fd, 0)],
   vfioDeviceGetIrqInfo: ['VFIO_DEVICE_GET_IRQ_INFO', (fd) => n.vfioDeviceGetIrqInfo(fd, 0)],
-  vfioDeviceSetIrqs: ['VFIO_DEVICE_SET_IRQS', (fd) => n.vfioDeviceSetIrqs(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_EVENTFD') | K('VFIO_IRQ_SET_ACTION_TRIGGER'), fds: [-1] })],
+  vfioDeviceSetIrqs: [
+    'VFIO_DEVICE_SET_IRQS',
+    (fd) =>
+      n.vfioDeviceSetIrqs(fd, {
+        index: 0,
+        start: 0,
+        flags: K('VFIO_IRQ_SET_DATA_EVENTFD') | K('VFIO_IRQ_SET_ACTION_TRIGGER'),
+        fds: [-1],
+      }),
+  ],
   vfioDeviceReset: ['VFIO_DEVICE_RESET', (fd) => n.vfioDeviceReset(fd)],
   vfioDeviceGetPciHotResetInfo: ['VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', (fd) => n.vfioDeviceGetPciHotResetInfo(fd)],
   vfioDevicePciHotReset: ['VFIO_DEVICE_PCI_HOT_RESET', (fd) => n.vfioDevicePciHotReset(fd, [])],
@@ -68,13 +83,25 @@ const calls: Record<string, Call> = {
   iommuIoasAlloc: ['IOMMU_IOAS_ALLOC', (fd) => n.iommuIoasAlloc(fd)],
   iommuDestroy: ['IOMMU_DESTROY', (fd) => n.iommuDestroy(fd, 1)],
   iommuIoasIovaRanges: ['IOMMU_IOAS_IOVA_RANGES', (fd) => n.iommuIoasIovaRanges(fd, 1)],
-  iommuIoasMap: ['IOMMU_IOAS_MAP', (fd) => n.iommuIoasMap(fd, { ioasId: 1, flags: K('IOMMU_IOAS_MAP_READABLE'), userVa: 0x7f0000000000n, length: 4096 })],
-  iommuIoasUnmap: ['IOMMU_IOAS_UNMAP', (fd) => n.iommuIoasUnmap(fd, { ioasId: 1, iova: 0, length: 0xffffffffffffffffn })],
-  iommuOption: ['IOMMU_OPTION', (fd) => n.iommuOption(fd, { option: K('IOMMU_OPTION_HUGE_PAGES'), op: K('IOMMU_OPTION_OP_GET'), objectId: 1 })],
+  iommuIoasMap: [
+    'IOMMU_IOAS_MAP',
+    (fd) =>
+      n.iommuIoasMap(fd, { ioasId: 1, flags: K('IOMMU_IOAS_MAP_READABLE'), userVa: 0x7f0000000000n, length: 4096 }),
+  ],
+  iommuIoasUnmap: [
+    'IOMMU_IOAS_UNMAP',
+    (fd) => n.iommuIoasUnmap(fd, { ioasId: 1, iova: 0, length: 0xffffffffffffffffn }),
+  ],
+  iommuOption: [
+    'IOMMU_OPTION',
+    (fd) => n.iommuOption(fd, { option: K('IOMMU_OPTION_HUGE_PAGES'), op: K('IOMMU_OPTION_OP_GET'), objectId: 1 }),
+  ],
 };
 
 test('every vfio*/iommu* export is covered by the faulty-fd table', () => {
-  const exported = Object.keys(n).filter((k) => /^(vfio|iommu)[A-Z]/.test(k) && typeof (n as unknown as Record<string, unknown>)[k] === 'function').sort();
+  const exported = Object.keys(n)
+    .filter((k) => /^(vfio|iommu)[A-Z]/.test(k) && typeof (n as unknown as Record<string, unknown>)[k] === 'function')
+    .sort();
   assert.deepEqual(exported, Object.keys(calls).sort());
 });
 
@@ -112,18 +139,67 @@ test('bad arguments throw TypeError/RangeError before any ioctl', () => {
     assert.throws(() => any.vfioGroupGetDeviceFd!(fd, 42), TypeError);
     assert.throws(() => any.vfioDeviceGetRegionInfo!(fd), TypeError);
     assert.throws(() => any.vfioDeviceGetIrqInfo!(fd, '0'), TypeError);
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER }), TypeError, 'fds missing');
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER, fds: ['a'] }), TypeError);
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER, fds: [1, 2], count: 3 }), RangeError);
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_BOOL') | K('VFIO_IRQ_SET_ACTION_MASK') }), TypeError, 'bools missing');
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_NONE') | K('VFIO_IRQ_SET_ACTION_UNMASK') }), TypeError, 'count missing');
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_ACTION_TRIGGER'), count: 0 }), RangeError, 'no data type');
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_NONE') | K('VFIO_IRQ_SET_DATA_EVENTFD') | K('VFIO_IRQ_SET_ACTION_TRIGGER'), count: 0, fds: [] }), RangeError);
-    assert.throws(() => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_NONE'), count: '1' }), TypeError);
+    assert.throws(
+      () => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER }),
+      TypeError,
+      'fds missing',
+    );
+    assert.throws(
+      () => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER, fds: ['a'] }),
+      TypeError,
+    );
+    assert.throws(
+      () => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: EVENTFD_TRIGGER, fds: [1, 2], count: 3 }),
+      RangeError,
+    );
+    assert.throws(
+      () =>
+        any.vfioDeviceSetIrqs!(fd, {
+          index: 0,
+          start: 0,
+          flags: K('VFIO_IRQ_SET_DATA_BOOL') | K('VFIO_IRQ_SET_ACTION_MASK'),
+        }),
+      TypeError,
+      'bools missing',
+    );
+    assert.throws(
+      () =>
+        any.vfioDeviceSetIrqs!(fd, {
+          index: 0,
+          start: 0,
+          flags: K('VFIO_IRQ_SET_DATA_NONE') | K('VFIO_IRQ_SET_ACTION_UNMASK'),
+        }),
+      TypeError,
+      'count missing',
+    );
+    assert.throws(
+      () => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_ACTION_TRIGGER'), count: 0 }),
+      RangeError,
+      'no data type',
+    );
+    assert.throws(
+      () =>
+        any.vfioDeviceSetIrqs!(fd, {
+          index: 0,
+          start: 0,
+          flags: K('VFIO_IRQ_SET_DATA_NONE') | K('VFIO_IRQ_SET_DATA_EVENTFD') | K('VFIO_IRQ_SET_ACTION_TRIGGER'),
+          count: 0,
+          fds: [],
+        }),
+      RangeError,
+    );
+    assert.throws(
+      () => any.vfioDeviceSetIrqs!(fd, { index: 0, start: 0, flags: K('VFIO_IRQ_SET_DATA_NONE'), count: '1' }),
+      TypeError,
+    );
     assert.throws(() => any.vfioDevicePciHotReset!(fd, 3), TypeError);
     assert.throws(() => any.vfioDevicePciHotReset!(fd, ['x']), TypeError);
     assert.throws(() => any.iommuIoasMap!(fd, { ioasId: 1, flags: 0, length: 4096 }), TypeError, 'userVa is required');
-    assert.throws(() => any.iommuIoasMap!(fd, { ioasId: 1, flags: K('IOMMU_IOAS_MAP_FIXED_IOVA'), userVa: 0n, length: 4096 }), TypeError, 'iova required with FIXED_IOVA');
+    assert.throws(
+      () => any.iommuIoasMap!(fd, { ioasId: 1, flags: K('IOMMU_IOAS_MAP_FIXED_IOVA'), userVa: 0n, length: 4096 }),
+      TypeError,
+      'iova required with FIXED_IOVA',
+    );
     assert.throws(() => any.iommuIoasUnmap!(fd, { ioasId: 1, iova: 0 }), TypeError, 'length is required');
     assert.throws(() => any.iommuOption!(fd, { option: 1 }), TypeError, 'op is required');
     assert.throws(() => any.iommuOption!(fd, { option: 1, op: 0x10000 }), RangeError);
@@ -142,21 +218,59 @@ test('bad arguments throw TypeError/RangeError before any ioctl', () => {
 
 test('constants: values from the 6.12 uapi', () => {
   const expected: Record<string, number> = {
-    VFIO_API_VERSION: 0, VFIO_TYPE1_IOMMU: 1, VFIO_TYPE1v2_IOMMU: 3, VFIO_NOIOMMU_IOMMU: 8, VFIO_UNMAP_ALL: 9, VFIO_UPDATE_VADDR: 10,
-    VFIO_GROUP_FLAGS_VIABLE: 1, VFIO_GROUP_FLAGS_CONTAINER_SET: 2, VFIO_DMA_MAP_FLAG_READ: 1, VFIO_DMA_MAP_FLAG_WRITE: 2,
-    VFIO_DMA_UNMAP_FLAG_ALL: 2, VFIO_DEVICE_FLAGS_RESET: 1, VFIO_DEVICE_FLAGS_PCI: 2,
-    VFIO_REGION_INFO_FLAG_READ: 1, VFIO_REGION_INFO_FLAG_WRITE: 2, VFIO_REGION_INFO_FLAG_MMAP: 4, VFIO_REGION_INFO_FLAG_CAPS: 8,
-    VFIO_PCI_BAR0_REGION_INDEX: 0, VFIO_PCI_BAR5_REGION_INDEX: 5, VFIO_PCI_ROM_REGION_INDEX: 6, VFIO_PCI_CONFIG_REGION_INDEX: 7,
-    VFIO_PCI_VGA_REGION_INDEX: 8, VFIO_PCI_NUM_REGIONS: 9,
-    VFIO_PCI_INTX_IRQ_INDEX: 0, VFIO_PCI_MSI_IRQ_INDEX: 1, VFIO_PCI_MSIX_IRQ_INDEX: 2, VFIO_PCI_ERR_IRQ_INDEX: 3, VFIO_PCI_REQ_IRQ_INDEX: 4, VFIO_PCI_NUM_IRQS: 5,
-    VFIO_IRQ_INFO_EVENTFD: 1, VFIO_IRQ_INFO_MASKABLE: 2, VFIO_IRQ_INFO_AUTOMASKED: 4, VFIO_IRQ_INFO_NORESIZE: 8,
-    VFIO_IRQ_SET_DATA_NONE: 1, VFIO_IRQ_SET_DATA_BOOL: 2, VFIO_IRQ_SET_DATA_EVENTFD: 4,
-    VFIO_IRQ_SET_ACTION_MASK: 8, VFIO_IRQ_SET_ACTION_UNMASK: 16, VFIO_IRQ_SET_ACTION_TRIGGER: 32,
+    VFIO_API_VERSION: 0,
+    VFIO_TYPE1_IOMMU: 1,
+    VFIO_TYPE1v2_IOMMU: 3,
+    VFIO_NOIOMMU_IOMMU: 8,
+    VFIO_UNMAP_ALL: 9,
+    VFIO_UPDATE_VADDR: 10,
+    VFIO_GROUP_FLAGS_VIABLE: 1,
+    VFIO_GROUP_FLAGS_CONTAINER_SET: 2,
+    VFIO_DMA_MAP_FLAG_READ: 1,
+    VFIO_DMA_MAP_FLAG_WRITE: 2,
+    VFIO_DMA_UNMAP_FLAG_ALL: 2,
+    VFIO_DEVICE_FLAGS_RESET: 1,
+    VFIO_DEVICE_FLAGS_PCI: 2,
+    VFIO_REGION_INFO_FLAG_READ: 1,
+    VFIO_REGION_INFO_FLAG_WRITE: 2,
+    VFIO_REGION_INFO_FLAG_MMAP: 4,
+    VFIO_REGION_INFO_FLAG_CAPS: 8,
+    VFIO_PCI_BAR0_REGION_INDEX: 0,
+    VFIO_PCI_BAR5_REGION_INDEX: 5,
+    VFIO_PCI_ROM_REGION_INDEX: 6,
+    VFIO_PCI_CONFIG_REGION_INDEX: 7,
+    VFIO_PCI_VGA_REGION_INDEX: 8,
+    VFIO_PCI_NUM_REGIONS: 9,
+    VFIO_PCI_INTX_IRQ_INDEX: 0,
+    VFIO_PCI_MSI_IRQ_INDEX: 1,
+    VFIO_PCI_MSIX_IRQ_INDEX: 2,
+    VFIO_PCI_ERR_IRQ_INDEX: 3,
+    VFIO_PCI_REQ_IRQ_INDEX: 4,
+    VFIO_PCI_NUM_IRQS: 5,
+    VFIO_IRQ_INFO_EVENTFD: 1,
+    VFIO_IRQ_INFO_MASKABLE: 2,
+    VFIO_IRQ_INFO_AUTOMASKED: 4,
+    VFIO_IRQ_INFO_NORESIZE: 8,
+    VFIO_IRQ_SET_DATA_NONE: 1,
+    VFIO_IRQ_SET_DATA_BOOL: 2,
+    VFIO_IRQ_SET_DATA_EVENTFD: 4,
+    VFIO_IRQ_SET_ACTION_MASK: 8,
+    VFIO_IRQ_SET_ACTION_UNMASK: 16,
+    VFIO_IRQ_SET_ACTION_TRIGGER: 32,
     VFIO_REGION_TYPE_PCI_VENDOR_TYPE: 0x80000000,
-    KVM_DEV_VFIO_FILE: 1, KVM_DEV_VFIO_FILE_ADD: 1, KVM_DEV_VFIO_FILE_DEL: 2,
-    KVM_DEV_VFIO_GROUP: 1, KVM_DEV_VFIO_GROUP_ADD: 1, KVM_DEV_VFIO_GROUP_DEL: 2,
-    IOMMU_IOAS_MAP_FIXED_IOVA: 1, IOMMU_IOAS_MAP_WRITEABLE: 2, IOMMU_IOAS_MAP_READABLE: 4,
-    IOMMU_OPTION_RLIMIT_MODE: 0, IOMMU_OPTION_HUGE_PAGES: 1, IOMMU_OPTION_OP_SET: 0, IOMMU_OPTION_OP_GET: 1,
+    KVM_DEV_VFIO_FILE: 1,
+    KVM_DEV_VFIO_FILE_ADD: 1,
+    KVM_DEV_VFIO_FILE_DEL: 2,
+    KVM_DEV_VFIO_GROUP: 1,
+    KVM_DEV_VFIO_GROUP_ADD: 1,
+    KVM_DEV_VFIO_GROUP_DEL: 2,
+    IOMMU_IOAS_MAP_FIXED_IOVA: 1,
+    IOMMU_IOAS_MAP_WRITEABLE: 2,
+    IOMMU_IOAS_MAP_READABLE: 4,
+    IOMMU_OPTION_RLIMIT_MODE: 0,
+    IOMMU_OPTION_HUGE_PAGES: 1,
+    IOMMU_OPTION_OP_SET: 0,
+    IOMMU_OPTION_OP_GET: 1,
   };
   for (const [k, v] of Object.entries(expected)) assert.equal(c[k], v, k);
   // The KVM constants from kvm-vcpu.cc are still there (constants were merged, not replaced).
@@ -168,7 +282,9 @@ test('constants: values from the 6.12 uapi', () => {
 
 // Container/group ioctls and device ioctls share numbers (VFIO_BASE + 12 is both
 // VFIO_IOMMU_GET_INFO and VFIO_DEVICE_GET_PCI_HOT_RESET_INFO), so the fake device is its own fd.
-const VFIO_FD = 4242, IOMMU_FD = 4243, DEVICE_FD = 4244;
+const VFIO_FD = 4242,
+  IOMMU_FD = 4243,
+  DEVICE_FD = 4244;
 
 // Emulates the 6.12 handlers (vfio_iommu_type1_get_info, vfio_pci_ioctl_get_region_info,
 // vfio_info_cap_add/shift, iommufd_ioas_iova_ranges, ...) closely enough for the wrappers.
@@ -491,23 +607,52 @@ n.iommuDestroy(I, 3);
 process.stdout.write(JSON.stringify(out, (k, v) => typeof v === 'bigint' ? 'n' + v.toString(16) : v));
 `;
 
-interface ShimRun { out: Record<string, unknown>; log: { name: string; buf: Buffer }[] }
+interface ShimRun {
+  out: Record<string, unknown>;
+  log: { name: string; buf: Buffer }[];
+}
 
 function runWithShim(): ShimRun | string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-vfio-shim-'));
   try {
     fs.writeFileSync(path.join(dir, 'shim.c'), SHIM_C);
     const so = path.join(dir, 'shim.so');
-    const cc = spawnSync('cc', ['-shared', '-fPIC', '-O1', '-Wall', '-I', path.join(projectRoot, 'native/include'), '-o', so, path.join(dir, 'shim.c')], { encoding: 'utf8' });
+    const cc = spawnSync(
+      'cc',
+      [
+        '-shared',
+        '-fPIC',
+        '-O1',
+        '-Wall',
+        '-I',
+        path.join(projectRoot, 'native/include'),
+        '-o',
+        so,
+        path.join(dir, 'shim.c'),
+      ],
+      { encoding: 'utf8' },
+    );
     if (cc.error || cc.status !== 0) return `cannot build the LD_PRELOAD shim: ${cc.error?.message ?? cc.stderr}`;
     const logPath = path.join(dir, 'log');
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', CHILD_JS], {
       encoding: 'utf8',
-      env: { ...process.env, LD_PRELOAD: so, SHIM_LOG: logPath, NATIVE_JS: new URL('../../core/native.js', import.meta.url).href },
+      env: {
+        ...process.env,
+        LD_PRELOAD: so,
+        SHIM_LOG: logPath,
+        NATIVE_JS: new URL('../../core/native.js', import.meta.url).href,
+      },
     });
     assert.equal(r.status, 0, `child failed: ${r.stderr}`);
     const log = fs.existsSync(logPath)
-      ? fs.readFileSync(logPath, 'utf8').trim().split('\n').map((l) => { const [name, hex = ''] = l.split(' '); return { name: name!, buf: Buffer.from(hex, 'hex') }; })
+      ? fs
+          .readFileSync(logPath, 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => {
+            const [name, hex = ''] = l.split(' ');
+            return { name: name!, buf: Buffer.from(hex, 'hex') };
+          })
       : [];
     return { out: JSON.parse(r.stdout) as Record<string, unknown>, log };
   } finally {
@@ -517,7 +662,10 @@ function runWithShim(): ShimRun | string {
 
 test('fake kernel: struct marshalling, argsz retries, capability chains', (t) => {
   const run = runWithShim();
-  if (typeof run === 'string') { t.skip(run); return; }
+  if (typeof run === 'string') {
+    t.skip(run);
+    return;
+  }
   const { out, log } = run;
   const entries = (name: string) => log.filter((l) => l.name === name).map((l) => l.buf);
   const u32 = (b: Buffer, off: number) => b.readUInt32LE(off);
@@ -525,54 +673,121 @@ test('fake kernel: struct marshalling, argsz retries, capability chains', (t) =>
 
   assert.equal(out.apiVersion, 0);
   assert.deepEqual(out.ext, [1, 0]);
-  assert.deepEqual(entries('SET_IOMMU').map((b) => u64(b, 0)), [3n]);
+  assert.deepEqual(
+    entries('SET_IOMMU').map((b) => u64(b, 0)),
+    [3n],
+  );
 
   // VFIO_IOMMU_GET_INFO: first with argsz = sizeof (24), then with the size the kernel asked
   // for: 24 + migration cap (32) + dma_avail (12 → 16) + iova range (16 + 2 * 16) = 120.
-  assert.deepEqual(entries('IOMMU_GET_INFO').map((b) => u32(b, 0)), [24, 120]);
+  assert.deepEqual(
+    entries('IOMMU_GET_INFO').map((b) => u32(b, 0)),
+    [24, 120],
+  );
   assert.deepEqual(out.iommuInfo, {
-    flags: 3, iovaPgsizes: 'n40201000',
+    flags: 3,
+    iovaPgsizes: 'n40201000',
     dmaAvail: 65000,
-    iovaRanges: [{ start: 'n0', end: 'nfedfffff' }, { start: 'nfef00000', end: 'n7fffffffff' }],
+    iovaRanges: [
+      { start: 'n0', end: 'nfedfffff' },
+      { start: 'nfef00000', end: 'n7fffffffff' },
+    ],
   });
 
   // vfio_iommu_type1_dma_map: argsz, flags, vaddr, iova, size
   const [map] = entries('MAP_DMA');
   assert.equal(map!.length, 32);
-  assert.deepEqual([u32(map!, 0), u32(map!, 4), u64(map!, 8), u64(map!, 16), u64(map!, 24)], [32, 3, 0x7f1234560000n, 0x100000000n, 0x40000000n]);
+  assert.deepEqual(
+    [u32(map!, 0), u32(map!, 4), u64(map!, 8), u64(map!, 16), u64(map!, 24)],
+    [32, 3, 0x7f1234560000n, 0x100000000n, 0x40000000n],
+  );
   const unmaps = entries('UNMAP_DMA');
-  assert.deepEqual(unmaps.map((b) => [b.length, u32(b, 0), u32(b, 4), u64(b, 8), u64(b, 16)]), [[24, 24, 0, 0x100000n, 0x2000n], [24, 24, 2, 0n, 0n]]);
+  assert.deepEqual(
+    unmaps.map((b) => [b.length, u32(b, 0), u32(b, 4), u64(b, 8), u64(b, 16)]),
+    [
+      [24, 24, 0, 0x100000n, 0x2000n],
+      [24, 24, 2, 0n, 0n],
+    ],
+  );
   assert.equal(out.unmapped, 'n2000', 'returns the size the kernel wrote back');
   assert.equal(out.unmappedAll, 'n123000');
 
   assert.deepEqual(out.groupStatus, { flags: 3 });
-  assert.deepEqual(entries('GROUP_GET_STATUS').map((b) => u32(b, 0)), [8]);
-  assert.deepEqual(entries('SET_CONTAINER').map((b) => b.readInt32LE(0)), [0x1234]);
-  assert.deepEqual(entries('GET_DEVICE_FD').map((b) => b.toString('latin1')), ['0000:00:04.0\0']);
+  assert.deepEqual(
+    entries('GROUP_GET_STATUS').map((b) => u32(b, 0)),
+    [8],
+  );
+  assert.deepEqual(
+    entries('SET_CONTAINER').map((b) => b.readInt32LE(0)),
+    [0x1234],
+  );
+  assert.deepEqual(
+    entries('GET_DEVICE_FD').map((b) => b.toString('latin1')),
+    ['0000:00:04.0\0'],
+  );
   assert.equal(out.deviceFd, 77);
   assert.equal(entries('UNSET_CONTAINER').length, 1);
 
   assert.deepEqual(out.deviceInfo, { flags: 3, numRegions: 10, numIrqs: 5 });
 
   // Region info: BAR0 has MSIX_MAPPABLE (8) + sparse mmap (16 + 2 * 16) → argsz 32 + 56 = 88.
-  assert.deepEqual(entries('REGION_INFO_0').map((b) => u32(b, 0)), [32, 88]);
-  assert.deepEqual(entries('REGION_INFO_1').map((b) => u32(b, 0)), [32], 'no retry without caps');
-  assert.deepEqual(entries('REGION_INFO_9').map((b) => u32(b, 0)), [32, 48]);
+  assert.deepEqual(
+    entries('REGION_INFO_0').map((b) => u32(b, 0)),
+    [32, 88],
+  );
+  assert.deepEqual(
+    entries('REGION_INFO_1').map((b) => u32(b, 0)),
+    [32],
+    'no retry without caps',
+  );
+  assert.deepEqual(
+    entries('REGION_INFO_9').map((b) => u32(b, 0)),
+    [32, 48],
+  );
   assert.deepEqual(out.regions, [
-    { index: 0, flags: 0xf, size: 'n4000', offset: 'n0', caps: { sparseMmap: [{ offset: 'n0', size: 'n1000' }, { offset: 'n3000', size: 'n1000' }], msixMappable: true } },
+    {
+      index: 0,
+      flags: 0xf,
+      size: 'n4000',
+      offset: 'n0',
+      caps: {
+        sparseMmap: [
+          { offset: 'n0', size: 'n1000' },
+          { offset: 'n3000', size: 'n1000' },
+        ],
+        msixMappable: true,
+      },
+    },
     { index: 1, flags: 0, size: 'n0', offset: 'n10000000000', caps: { msixMappable: false } },
     { index: 7, flags: 3, size: 'n100', offset: 'n70000000000', caps: { msixMappable: false } },
-    { index: 9, flags: 9, size: 'n2000', offset: 'n90000000000', caps: { type: { type: 0x80008086, subtype: 1 }, msixMappable: false } },
+    {
+      index: 9,
+      flags: 9,
+      size: 'n2000',
+      offset: 'n90000000000',
+      caps: { type: { type: 0x80008086, subtype: 1 }, msixMappable: false },
+    },
   ]);
   assert.deepEqual(out.badRegion, { code: 'EINVAL', syscall: 'ioctl(VFIO_DEVICE_GET_REGION_INFO)' });
 
-  assert.deepEqual(out.irqs, [{ index: 0, flags: 7, count: 1 }, { index: 1, flags: 9, count: 4 }, { index: 2, flags: 9, count: 8 }]);
+  assert.deepEqual(out.irqs, [
+    { index: 0, flags: 7, count: 1 },
+    { index: 1, flags: 9, count: 4 },
+    { index: 2, flags: 9, count: 8 },
+  ]);
 
   // vfio_irq_set: argsz, flags, index, start, count, then the payload at offset 20.
-  const sets = entries('SET_IRQS').map((b) => ({ len: b.length, hdr: [0, 4, 8, 12, 16].map((o) => u32(b, o)), data: b.subarray(20) }));
+  const sets = entries('SET_IRQS').map((b) => ({
+    len: b.length,
+    hdr: [0, 4, 8, 12, 16].map((o) => u32(b, o)),
+    data: b.subarray(20),
+  }));
   assert.equal(sets.length, 4);
   assert.deepEqual(sets[0]!.hdr, [32, 0x24, 2, 1, 3]);
-  assert.deepEqual([0, 4, 8].map((o) => sets[0]!.data.readInt32LE(o)), [10, -1, 0x7fffffff]);
+  assert.deepEqual(
+    [0, 4, 8].map((o) => sets[0]!.data.readInt32LE(o)),
+    [10, -1, 0x7fffffff],
+  );
   assert.deepEqual(sets[1]!.hdr, [20, 0x11, 0, 0, 1]);
   assert.deepEqual(sets[2]!.hdr, [23, 0x0a, 1, 0, 3]);
   assert.deepEqual([...sets[2]!.data], [1, 0, 1]);
@@ -580,45 +795,101 @@ test('fake kernel: struct marshalling, argsz retries, capability chains', (t) =>
   assert.equal(entries('RESET').length, 1);
 
   // Hot reset info: 8 slots first (ENOSPC, count = 10), then 12 + 10 * 8.
-  assert.deepEqual(entries('HOT_RESET_INFO').map((b) => u32(b, 0)), [12 + 8 * 8, 12 + 10 * 8]);
+  assert.deepEqual(
+    entries('HOT_RESET_INFO').map((b) => u32(b, 0)),
+    [12 + 8 * 8, 12 + 10 * 8],
+  );
   const hr = out.hotReset as { flags: number; devices: unknown[] };
   assert.equal(hr.flags, 0);
   assert.equal(hr.devices.length, 10);
   assert.deepEqual(hr.devices[3], { groupId: 23, segment: 0, bus: 1, devfn: 0x18 });
   const [hot] = entries('HOT_RESET');
-  assert.deepEqual([hot!.length, u32(hot!, 0), u32(hot!, 4), u32(hot!, 8), hot!.readInt32LE(12), hot!.readInt32LE(16)], [20, 20, 0, 2, 7, 8]);
+  assert.deepEqual(
+    [hot!.length, u32(hot!, 0), u32(hot!, 4), u32(hot!, 8), hot!.readInt32LE(12), hot!.readInt32LE(16)],
+    [20, 20, 0, 2, 7, 8],
+  );
 
   assert.equal(out.devid, 5);
-  assert.deepEqual(entries('BIND').map((b) => [b.length, u32(b, 0), u32(b, 4), b.readInt32LE(8)]), [[16, 16, 0, 99]]);
+  assert.deepEqual(
+    entries('BIND').map((b) => [b.length, u32(b, 0), u32(b, 4), b.readInt32LE(8)]),
+    [[16, 16, 0, 99]],
+  );
   assert.equal(out.ptId, 103, 'returns the pt_id the kernel wrote back');
-  assert.deepEqual(entries('ATTACH').map((b) => [b.length, u32(b, 0), u32(b, 4), u32(b, 8)]), [[12, 12, 0, 3]]);
-  assert.deepEqual(entries('DETACH').map((b) => [b.length, u32(b, 0), u32(b, 4)]), [[8, 8, 0]]);
+  assert.deepEqual(
+    entries('ATTACH').map((b) => [b.length, u32(b, 0), u32(b, 4), u32(b, 8)]),
+    [[12, 12, 0, 3]],
+  );
+  assert.deepEqual(
+    entries('DETACH').map((b) => [b.length, u32(b, 0), u32(b, 4)]),
+    [[8, 8, 0]],
+  );
 
   // iommufd
   assert.equal(out.ioas, 3);
-  assert.deepEqual(entries('IOAS_ALLOC').map((b) => u32(b, 0)), [12]);
+  assert.deepEqual(
+    entries('IOAS_ALLOC').map((b) => u32(b, 0)),
+    [12],
+  );
   const ranges = out.ranges as { ranges: { start: string; last: string }[]; outIovaAlignment: string };
-  assert.deepEqual(entries('IOVA_RANGES').map((b) => [u32(b, 0), u32(b, 4)]), [[32, 3], [32, 3]], 'EMSGSIZE retry');
+  assert.deepEqual(
+    entries('IOVA_RANGES').map((b) => [u32(b, 0), u32(b, 4)]),
+    [
+      [32, 3],
+      [32, 3],
+    ],
+    'EMSGSIZE retry',
+  );
   assert.equal(ranges.ranges.length, 10);
   assert.deepEqual(ranges.ranges[9], { start: 'n900000000', last: 'n9000fffff' });
   assert.equal(ranges.outIovaAlignment, 'n1000');
-  const maps = entries('IOAS_MAP').map((b) => [b.length, u32(b, 0), u32(b, 4), u32(b, 8), u32(b, 12), u64(b, 16), u64(b, 24), u64(b, 32)]);
-  assert.deepEqual(maps, [[40, 40, 6, 3, 0, 0x7f0000000000n, 0x200000n, 0n], [40, 40, 5, 3, 0, 0x7f0000400000n, 0x1000n, 0xfee00000n]]);
+  const maps = entries('IOAS_MAP').map((b) => [
+    b.length,
+    u32(b, 0),
+    u32(b, 4),
+    u32(b, 8),
+    u32(b, 12),
+    u64(b, 16),
+    u64(b, 24),
+    u64(b, 32),
+  ]);
+  assert.deepEqual(maps, [
+    [40, 40, 6, 3, 0, 0x7f0000000000n, 0x200000n, 0n],
+    [40, 40, 5, 3, 0, 0x7f0000400000n, 0x1000n, 0xfee00000n],
+  ]);
   assert.equal(out.mapAuto, 'n7000000');
   assert.equal(out.mapFixed, 'nfee00000');
-  assert.deepEqual(entries('IOAS_UNMAP').map((b) => [b.length, u32(b, 0), u32(b, 4), u64(b, 8), u64(b, 16)]), [[24, 24, 3, 0n, 0xffffffffffffffffn]]);
+  assert.deepEqual(
+    entries('IOAS_UNMAP').map((b) => [b.length, u32(b, 0), u32(b, 4), u64(b, 8), u64(b, 16)]),
+    [[24, 24, 3, 0n, 0xffffffffffffffffn]],
+  );
   assert.equal(out.unmapAll, 'n200000');
-  assert.deepEqual(entries('OPTION').map((b) => [b.length, u32(b, 0), u32(b, 4), b.readUInt16LE(8), b.readUInt16LE(10), u32(b, 12), u64(b, 16)]), [[24, 24, 1, 1, 0, 3, 0n]]);
+  assert.deepEqual(
+    entries('OPTION').map((b) => [
+      b.length,
+      u32(b, 0),
+      u32(b, 4),
+      b.readUInt16LE(8),
+      b.readUInt16LE(10),
+      u32(b, 12),
+      u64(b, 16),
+    ]),
+    [[24, 24, 1, 1, 0, 3, 0n]],
+  );
   assert.equal(out.option, 'n1');
-  assert.deepEqual(entries('DESTROY').map((b) => [u32(b, 0), u32(b, 4)]), [[8, 3]]);
+  assert.deepEqual(
+    entries('DESTROY').map((b) => [u32(b, 0), u32(b, 4)]),
+    [[8, 3]],
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
 // fd passing
 
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
-const fdFlags = (fd: number) => parseInt(/^flags:\s+([0-7]+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
-const O_CLOEXEC = 0o2000000, O_NONBLOCK = 0o4000;
+const fdFlags = (fd: number) =>
+  parseInt(/^flags:\s+([0-7]+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+const O_CLOEXEC = 0o2000000,
+  O_NONBLOCK = 0o4000;
 
 test('sendFds/recvFds pass an eventfd and a memfd as new fds on the same files', () => {
   const [a, b] = n.socketpair();
@@ -638,10 +909,12 @@ test('sendFds/recvFds pass an eventfd and a memfd as new fds on the same files',
     const [e2, m2] = r.fds as [number, number];
     assert.equal(new Set([efd, mfd, e2, m2, a, b]).size, 6, 'received fds are new numbers');
     for (const fd of r.fds) assert.ok(fdFlags(fd) & O_CLOEXEC, 'MSG_CMSG_CLOEXEC');
-    const sm = fs.fstatSync(mfd), sm2 = fs.fstatSync(m2);
+    const sm = fs.fstatSync(mfd),
+      sm2 = fs.fstatSync(m2);
     assert.equal(sm2.ino, sm.ino);
     assert.equal(sm2.dev, sm.dev);
-    const se = fs.fstatSync(efd), se2 = fs.fstatSync(e2);
+    const se = fs.fstatSync(efd),
+      se2 = fs.fstatSync(e2);
     assert.equal(se2.ino, se.ino);
     assert.equal(se2.rdev, se.rdev);
     // Same eventfd: a write through one fd is read through the other.
@@ -669,7 +942,9 @@ test('sendFds/recvFds pass an eventfd and a memfd as new fds on the same files',
 
 test('recvFds: exactly maxFds is not truncated; more fds than maxFds are closed and reported truncated', () => {
   const [a, b] = n.socketpair();
-  const e1 = n.eventfd(0, 0), e2 = n.eventfd(0, 0), e3 = n.eventfd(0, 0);
+  const e1 = n.eventfd(0, 0),
+    e2 = n.eventfd(0, 0),
+    e3 = n.eventfd(0, 0);
   try {
     n.sendFds(a, new Uint8Array([1]), [e1, e2]);
     const exact = n.recvFds(b, 8, 2);

@@ -13,15 +13,31 @@ function setup() {
   const host = new PciHostBridge(bus);
   ioAs.root.addSubregion(0xcf8, host.conf1);
   const cfgAddr = (devfn: number, reg: number) => 0x80000000 | (devfn << 8) | (reg & 0xfc);
-  const cfgRead = (devfn: number, reg: number, size = 4) => { ioAs.write(0xcf8, 4, cfgAddr(devfn, reg)); return Number(ioAs.read(0xcfc + (reg & 3), size)); };
-  const cfgWrite = (devfn: number, reg: number, v: number, size = 4) => { ioAs.write(0xcf8, 4, cfgAddr(devfn, reg)); ioAs.write(0xcfc + (reg & 3), size, v); };
+  const cfgRead = (devfn: number, reg: number, size = 4) => {
+    ioAs.write(0xcf8, 4, cfgAddr(devfn, reg));
+    return Number(ioAs.read(0xcfc + (reg & 3), size));
+  };
+  const cfgWrite = (devfn: number, reg: number, v: number, size = 4) => {
+    ioAs.write(0xcf8, 4, cfgAddr(devfn, reg));
+    ioAs.write(0xcfc + (reg & 3), size, v);
+  };
   return { mem, io, memAs, ioAs, bus, host, cfgRead, cfgWrite };
 }
 
 function device(bus: PciBus) {
   const d = new PciDevice('testdev', { vendor: 0x1b36, device: 0x0005, classCode: 0x00ff00 });
   const hits: number[] = [];
-  d.registerBar(0, 'mem32', 0x1000, MemoryRegion.io('bar0', 0x1000, { read: (o) => 0x1000 + o, write: (o) => { hits.push(o); } }));
+  d.registerBar(
+    0,
+    'mem32',
+    0x1000,
+    MemoryRegion.io('bar0', 0x1000, {
+      read: (o) => 0x1000 + o,
+      write: (o) => {
+        hits.push(o);
+      },
+    }),
+  );
   d.registerBar(1, 'io', 0x100, MemoryRegion.io('bar1', 0x100, { read: (o) => 0x2000 + o, write: () => {} }));
   d.registerBar(2, 'mem64', 0x4000, MemoryRegion.io('bar2', 0x4000, { read: (o) => 0x3000 + o, write: () => {} }));
   bus.attach(d, 3);
@@ -145,7 +161,8 @@ test('a BAR placed over guest RAM is shadowed by the RAM (as in QEMU), and reapp
 test('hot-plug BAR placement: the new device fits around existing BARs, which do not move', () => {
   const { bus } = setup();
   const { d } = device(bus);
-  const mmio = { base: 0xc000_0000, end: 0xc001_0000 }, io = { base: 0xc000, end: 0xc400 };
+  const mmio = { base: 0xc000_0000, end: 0xc001_0000 },
+    io = { base: 0xc000, end: 0xc400 };
   assignBars(bus, mmio, io);
   const before = d.bars.map((b) => (b ? barAddress(d, b) : 0));
   assert.deepEqual(before.filter(Boolean), [0xc000_4000, 0xc000, 0xc000_0000]);
@@ -155,7 +172,11 @@ test('hot-plug BAR placement: the new device fits around existing BARs, which do
   n.registerBar(2, 'io', 0x100, MemoryRegion.io('h2', 0x100, { read: () => 0, write: () => {} }));
   bus.attach(n, 4);
   placeBars(bus, n, mmio, io);
-  assert.deepEqual(d.bars.map((b) => (b ? barAddress(d, b) : 0)), before, 'existing BARs stay put');
+  assert.deepEqual(
+    d.bars.map((b) => (b ? barAddress(d, b) : 0)),
+    before,
+    'existing BARs stay put',
+  );
   // d has 0xc0000000-0xc0004000 (BAR2) and 0xc0004000-0xc0005000 (BAR0): 0x4000 bytes fit
   // first at 0xc0008000; 0x1000 bytes in the gap at 0xc0005000.
   assert.equal(barAddress(n, n.bars[0]!), 0xc000_8000);
@@ -171,8 +192,19 @@ test('expansion ROM BAR: sized like a 32-bit BAR, decoded only with its enable b
   const { bus, memAs, cfgRead, cfgWrite } = setup();
   const d = new PciDevice('romdev', { vendor: 0x1b36, device: 0x0005, classCode: 0x00ff00 });
   const image = Uint8Array.from({ length: 0x1000 }, (_, i) => (i * 7 + 1) & 0xff);
-  image[0] = 0x55; image[1] = 0xaa;
-  d.registerRom(0x1000, MemoryRegion.io('rom', 0x1000, { read: (o, s) => { let v = 0; for (let i = s - 1; i >= 0; i--) v = v * 256 + image[o + i]!; return v; }, write: () => {} }));
+  image[0] = 0x55;
+  image[1] = 0xaa;
+  d.registerRom(
+    0x1000,
+    MemoryRegion.io('rom', 0x1000, {
+      read: (o, s) => {
+        let v = 0;
+        for (let i = s - 1; i >= 0; i--) v = v * 256 + image[o + i]!;
+        return v;
+      },
+      write: () => {},
+    }),
+  );
   d.registerBar(0, 'mem32', 0x1000, MemoryRegion.io('bar0', 0x1000, { read: () => 0, write: () => {} }));
   bus.attach(d, 4);
   const devfn = 4 << 3;
@@ -182,7 +214,10 @@ test('expansion ROM BAR: sized like a 32-bit BAR, decoded only with its enable b
   assert.equal(cfgRead(devfn, 0x28), 0, 'the CardBus CIS pointer is not the ROM');
   assignBars(bus, { base: 0xc000_0000, end: 0xc010_0000 }, { base: 0xc000, end: 0x10000 });
   const at = cfgRead(devfn, 0x30) >>> 0;
-  assert.ok(at >= 0xc000_0000 && at < 0xc010_0000 && (at & 0xfff) === 0, `placed in the window, aligned, disabled (0x${at.toString(16)})`);
+  assert.ok(
+    at >= 0xc000_0000 && at < 0xc010_0000 && (at & 0xfff) === 0,
+    `placed in the window, aligned, disabled (0x${at.toString(16)})`,
+  );
   const bar0 = cfgRead(devfn, 0x10) >>> 0;
   assert.ok(at + 0x1000 <= bar0 || bar0 + 0x1000 <= at, 'apart from BAR0');
   cfgWrite(devfn, PCI_COMMAND, 2, 2);
@@ -195,5 +230,8 @@ test('expansion ROM BAR: sized like a 32-bit BAR, decoded only with its enable b
   cfgWrite(devfn, PCI_COMMAND, 2, 2);
   assert.equal(Number(memAs.read(at, 1)), 0x55);
   assert.equal(barAddress(d, d.bars[6]!), at);
-  assert.throws(() => d.registerRom(0x400, MemoryRegion.io('small', 0x400, { read: () => 0, write: () => {} })), /power of two ≥ 2 KiB/);
+  assert.throws(
+    () => d.registerRom(0x400, MemoryRegion.io('small', 0x400, { read: () => 0, write: () => {} })),
+    /power of two ≥ 2 KiB/,
+  );
 });

@@ -16,12 +16,23 @@ const err = (desc: string, cls = 'GenericError') => ({ error: { class: cls, desc
 
 async function server(): Promise<{ srv: QmpServer; c: QmpTestClient }> {
   const order: string[] = [];
-  const srv = new QmpServer(join(dir, `s${Math.random()}.sock`), {
-    'query-name': () => ({ name: 'unit' }),
-    stop: async () => { await sleep(100); order.push('stop'); return {}; }, // slow: the next command waits for it
-    cont: () => { order.push('cont'); return { order }; },
-    getfd: (a) => ({ got: a.fdname }),
-  }, { major: 0, minor: 1, micro: 0 });
+  const srv = new QmpServer(
+    join(dir, `s${Math.random()}.sock`),
+    {
+      'query-name': () => ({ name: 'unit' }),
+      stop: async () => {
+        await sleep(100);
+        order.push('stop');
+        return {};
+      }, // slow: the next command waits for it
+      cont: () => {
+        order.push('cont');
+        return { order };
+      },
+      getfd: (a) => ({ got: a.fdname }),
+    },
+    { major: 0, minor: 1, micro: 0 },
+  );
   await srv.listen();
   const c = await QmpTestClient.connect(srv.path);
   await c.next();
@@ -36,7 +47,10 @@ test('framing: compact JSON with no newline, two commands in one write, one comm
     c.s.write('{"execute":"query-name","id":1}{"execute":"getfd","arguments":{"fdname":"x"},"id":2}');
     assert.deepEqual(await c.reply(), { return: { name: 'unit' }, id: 1 });
     assert.deepEqual(await c.reply(), { return: { got: 'x' }, id: 2 });
-    for (const part of ['{"exe', 'cute":"query-', 'name"', '}']) { c.s.write(part); await sleep(30); }
+    for (const part of ['{"exe', 'cute":"query-', 'name"', '}']) {
+      c.s.write(part);
+      await sleep(30);
+    }
     assert.deepEqual(await c.reply(), { return: { name: 'unit' } });
     c.s.write('{"execute":"stop"}{"execute":"cont"}');
     assert.deepEqual(await c.reply(), { return: {} });
@@ -50,14 +64,23 @@ test('framing: compact JSON with no newline, two commands in one write, one comm
 test("request checks, negotiation and arguments answer QEMU's texts", async () => {
   const { srv, c } = await server();
   try {
-    assert.deepEqual(await c.call('query-name', undefined, { id: 'a' }), { ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'), id: 'a' });
+    assert.deepEqual(await c.call('query-name', undefined, { id: 'a' }), {
+      ...err("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound'),
+      id: 'a',
+    });
     assert.deepEqual(await c.call('qmp_capabilities', { enable: ['oob'] }), err("Capability 'oob' not available"));
     assert.deepEqual(await c.call('qmp_capabilities'), { return: {} });
-    assert.deepEqual(await c.call('qmp_capabilities'), err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'));
+    assert.deepEqual(
+      await c.call('qmp_capabilities'),
+      err('Capabilities negotiation is already complete, command ignored', 'CommandNotFound'),
+    );
     assert.deepEqual(await c.call('query-name', null), err("QMP input member 'arguments' must be an object"));
     assert.deepEqual(await c.call('query-name', { bogus: 1 }), err("Parameter 'bogus' is unexpected"));
     assert.deepEqual(await c.call('getfd', {}), err("Parameter 'fdname' is missing"));
-    assert.deepEqual(await c.call('getfd', { fdname: [] }), err("Invalid parameter type for 'fdname', expected: string"));
+    assert.deepEqual(
+      await c.call('getfd', { fdname: [] }),
+      err("Invalid parameter type for 'fdname', expected: string"),
+    );
     assert.deepEqual(await c.call('nope'), err('The command nope has not been found', 'CommandNotFound'));
     c.s.write('[]');
     assert.deepEqual(await c.reply(), err('QMP input must be a JSON object'));
@@ -72,11 +95,21 @@ test("request checks, negotiation and arguments answer QEMU's texts", async () =
 });
 
 test('checkArguments: nested names, enums, declared members before unexpected ones', () => {
-  const msg = (cmd: string, a: Record<string, unknown>) => { try { checkArguments(cmd, a); return 'ok'; } catch (e) { return (e as Error).message; } };
+  const msg = (cmd: string, a: Record<string, unknown>) => {
+    try {
+      checkArguments(cmd, a);
+      return 'ok';
+    } catch (e) {
+      return (e as Error).message;
+    }
+  };
   assert.equal(msg('qmp_capabilities', { enable: ['oob', 'x'] }), "Parameter 'enable[1]' does not accept value 'x'");
   assert.equal(msg('qmp_capabilities', { enable: [1] }), "Invalid parameter type for 'enable[0]', expected: string");
   assert.equal(msg('remove-fd', { zzz: 1, fd: 'x' }), "Parameter 'fdset-id' is missing");
-  assert.equal(msg('remove-fd', { zzz: 1, 'fdset-id': 1, fd: 'x' }), "Invalid parameter type for 'fd', expected: integer");
+  assert.equal(
+    msg('remove-fd', { zzz: 1, 'fdset-id': 1, fd: 'x' }),
+    "Invalid parameter type for 'fd', expected: integer",
+  );
   assert.equal(msg('remove-fd', { zzz: 1, 'fdset-id': 1 }), "Parameter 'zzz' is unexpected");
   assert.equal(msg('add-fd', {}), 'ok');
   assert.equal(msg('device_add', { driver: 'vfio-pci', addr: 5 }), 'ok', 'addr takes a number or a string');
@@ -87,5 +120,8 @@ test('event timestamps: the wall clock with microseconds', () => {
   assert.ok(Math.abs(t.seconds + t.microseconds / 1e6 - Date.now() / 1000) < 1);
   assert.ok(Number.isInteger(t.microseconds) && t.microseconds >= 0 && t.microseconds < 1e6);
   const many = Array.from({ length: 50 }, () => qmpTimestamp().microseconds);
-  assert.ok(many.some((us) => us % 1000 !== 0), 'sub-millisecond resolution');
+  assert.ok(
+    many.some((us) => us % 1000 !== 0),
+    'sub-millisecond resolution',
+  );
 });

@@ -32,7 +32,8 @@ test('divisor latch is behind DLAB and does not disturb IER', () => {
   const u = uart();
   u.w(1, 0x00);
   u.w(3, 0x80);
-  u.w(0, 0x01); u.w(1, 0x02);
+  u.w(0, 0x01);
+  u.w(1, 0x02);
   assert.equal(u.r(0), 0x01);
   assert.equal(u.r(1), 0x02);
   u.w(3, 0x03);
@@ -56,7 +57,8 @@ test('RX data interrupt has priority and clears when the FIFO drains', () => {
   u.w(1, 0x01);
   u.s.input(new Uint8Array([1, 2]));
   assert.equal(u.r(2) & 0x0f, 0x04);
-  u.r(0); u.r(0);
+  u.r(0);
+  u.r(0);
   assert.equal(u.r(2) & 0x0f, 0x01);
   assert.deepEqual(u.irq, [true, false]);
 });

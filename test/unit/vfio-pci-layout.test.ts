@@ -11,15 +11,24 @@ test("QEMU's MSI-X hole: table start rounded down, table end rounded up, to page
 });
 
 test('BAR mmaps: 0, 1 or 2 pieces around the hole; whole BAR without one', () => {
-  assert.deepEqual(barMmapRanges(0x4000, undefined, msixHole(nvme)), [{ offset: 0, size: 0x2000 }, { offset: 0x3000, size: 0x1000 }]);
+  assert.deepEqual(barMmapRanges(0x4000, undefined, msixHole(nvme)), [
+    { offset: 0, size: 0x2000 },
+    { offset: 0x3000, size: 0x1000 },
+  ]);
   assert.deepEqual(barMmapRanges(0x4000, undefined, { start: 0, end: 0x1000 }), [{ offset: 0x1000, size: 0x3000 }]);
   assert.deepEqual(barMmapRanges(0x4000, undefined, { start: 0, end: 0x4000 }), []);
   assert.deepEqual(barMmapRanges(0x100000, undefined, undefined), [{ offset: 0, size: 0x100000 }]);
 });
 
 test('sparse mmap areas are respected and trimmed to whole pages', () => {
-  const sparse = [{ offset: 0, size: 0x1800 }, { offset: 0x3000, size: 0x1000 }];
-  assert.deepEqual(barMmapRanges(0x4000, sparse, undefined), [{ offset: 0, size: 0x1000 }, { offset: 0x3000, size: 0x1000 }]);
+  const sparse = [
+    { offset: 0, size: 0x1800 },
+    { offset: 0x3000, size: 0x1000 },
+  ];
+  assert.deepEqual(barMmapRanges(0x4000, sparse, undefined), [
+    { offset: 0, size: 0x1000 },
+    { offset: 0x3000, size: 0x1000 },
+  ]);
   assert.deepEqual(barMmapRanges(0x4000, sparse, { start: 0x3000, end: 0x4000 }), [{ offset: 0, size: 0x1000 }]);
 });
 

@@ -26,7 +26,10 @@ async function eduScenario(backend: VfioBackendKind): Promise<GuestRun> {
       assert.equal(m.vfio.listeners[0]!.name, backend === 'iommufd' ? 'iommufd-dma' : 'vfio-dma');
       assert.ok(m.vfio.covers(0, 64 * MiB), 'all guest RAM is DMA-mapped');
       if (backend === 'iommufd') {
-        assert.ok(m.vfio.iommufd!.accountPerProcess, 'as root, pins are charged to this process (IOMMU_OPTION_RLIMIT_MODE)');
+        assert.ok(
+          m.vfio.iommufd!.accountPerProcess,
+          'as root, pins are charged to this process (IOMMU_OPTION_RLIMIT_MODE)',
+        );
         assert.ok(pinnedBytes() >= 64 * MiB, `iommufd charges the pins to this process (VmPin ${pinnedBytes()})`);
       } else {
         assert.ok(lockedBytes() >= 64 * MiB, `type1 charges the pins to this process (VmLck ${lockedBytes()})`);
@@ -39,7 +42,8 @@ async function eduScenario(backend: VfioBackendKind): Promise<GuestRun> {
 
 /** Binding a cdev to a fresh iommufd succeeds only when nobody else holds the device or its group. */
 function cdevIsFree(cdev: string): boolean {
-  const dev = openSync(cdev, 'r+'), ctx = openSync('/dev/iommu', 'r+');
+  const dev = openSync(cdev, 'r+'),
+    ctx = openSync('/dev/iommu', 'r+');
   try {
     native().vfioDeviceBindIommufd(dev, ctx);
     return true;
@@ -55,7 +59,8 @@ function cdevIsFree(cdev: string): boolean {
 test('edu on the iommufd backend: DMA into the IOAS, MSI and INTx via irqfd, nothing pinned or held afterwards', async () => {
   const fds = openFds();
   const r = await eduScenario('iommufd');
-  for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx']) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
+  for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx'])
+    assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
   const dma = r.lines.find((l) => l.startsWith('edu dma iova='))!;
   const [src, dst] = [...dma.matchAll(/0x([0-9a-f]+)/g)].map((x) => parseInt(x[1]!, 16));
   assert.ok(r.dmaCovered(src!, 256) && r.dmaCovered(dst!, 256), dma);
@@ -87,7 +92,9 @@ async function mttyScenario(backend: VfioBackendKind): Promise<void> {
         assert.equal(a.host.name, m.uuid);
         assert.notEqual(a.host.group, edu().group, 'an mdev has an IOMMU group of its own');
       },
-      onLine: (line, vm) => { if (line === 'PASS mtty-intx') unmasks = vm.devices[0]!.userspaceIntxUnmasks; },
+      onLine: (line, vm) => {
+        if (line === 'PASS mtty-intx') unmasks = vm.devices[0]!.userspaceIntxUnmasks;
+      },
     });
     assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
     assert.ok(r.lines.includes('mtty loopback wrote "tsvmm-mdev" read "tsvmm-mdev"'), r.output);
@@ -103,44 +110,60 @@ async function mttyScenario(backend: VfioBackendKind): Promise<void> {
 }
 
 test('mtty mdev on the legacy backend: loopback through its I/O BAR, INTx through irqfd', () => mttyScenario('legacy'));
-test('mtty mdev on the iommufd backend: loopback through its I/O BAR, INTx through irqfd', () => mttyScenario('iommufd'));
+test('mtty mdev on the iommufd backend: loopback through its I/O BAR, INTx through irqfd', () =>
+  mttyScenario('iommufd'));
 
 test('a device whose group-mate is held elsewhere: the kernel refuses the bind, tsvmm explains', async () => {
-  const be = hostDevice('bridge-edu'), bt = hostDevice('bridge-testdev');
+  const be = hostDevice('bridge-edu'),
+    bt = hostDevice('bridge-testdev');
   assert.equal(be.group, bt.group);
   // Another "process" (this one, outside the VM) holds bridge-testdev through iommufd.
-  const dev = openSync(bt.vfioCdev!, 'r+'), ctx = openSync('/dev/iommu', 'r+');
+  const dev = openSync(bt.vfioCdev!, 'r+'),
+    ctx = openSync('/dev/iommu', 'r+');
   try {
     native().vfioDeviceBindIommufd(dev, ctx);
-    await assert.rejects(runGuest({ config: { memory: 16, devices: [{ type: 'vfio-pci', host: be.bdf, backend: 'iommufd' }] } }), (e: Error) => {
-      assert.match(e.message, new RegExp(`VFIO_DEVICE_BIND_IOMMUFD of ${be.bdf} .* was refused \\(EPERM\\)`));
-      assert.match(e.message, new RegExp(`whole IOMMU group ${be.group} is free`));
-      assert.ok(e.message.includes(`- ${bt.bdf}: bound to vfio-pci`), e.message);
-      assert.match(e.message, /fix: /);
-      return true;
-    });
+    await assert.rejects(
+      runGuest({ config: { memory: 16, devices: [{ type: 'vfio-pci', host: be.bdf, backend: 'iommufd' }] } }),
+      (e: Error) => {
+        assert.match(e.message, new RegExp(`VFIO_DEVICE_BIND_IOMMUFD of ${be.bdf} .* was refused \\(EPERM\\)`));
+        assert.match(e.message, new RegExp(`whole IOMMU group ${be.group} is free`));
+        assert.ok(e.message.includes(`- ${bt.bdf}: bound to vfio-pci`), e.message);
+        assert.match(e.message, /fix: /);
+        return true;
+      },
+    );
   } finally {
     closeSync(dev);
     closeSync(ctx);
   }
   assert.equal(pinnedBytes() + lockedBytes(), 0);
   // Released: the same VM now starts.
-  const r = await runGuest({ config: { memory: 16, devices: [{ type: 'vfio-pci', host: be.bdf, backend: 'iommufd' }] } });
+  const r = await runGuest({
+    config: { memory: 16, devices: [{ type: 'vfio-pci', host: be.bdf, backend: 'iommufd' }] },
+  });
   assert.equal(r.status, 0, r.output);
-  assert.ok(r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1234:11e8/.test(l)), r.output);
+  assert.ok(
+    r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1234:11e8/.test(l)),
+    r.output,
+  );
 });
 
-test('a cdev that is not the named device\'s is refused before anything is opened', async () => {
+test("a cdev that is not the named device's is refused before anything is opened", async () => {
   const nvme = hostDevice('nvme');
-  await assert.rejects(runGuest({ config: { devices: [{ type: 'vfio-pci', host: edu().bdf, cdev: nvme.vfioCdev!, backend: 'iommufd' }] } }),
-    new RegExp(`${nvme.vfioCdev} is the cdev of ${nvme.bdf}, not of ${edu().bdf} \\(that is ${edu().vfioCdev}\\)`));
+  await assert.rejects(
+    runGuest({
+      config: { devices: [{ type: 'vfio-pci', host: edu().bdf, cdev: nvme.vfioCdev!, backend: 'iommufd' }] },
+    }),
+    new RegExp(`${nvme.vfioCdev} is the cdev of ${nvme.bdf}, not of ${edu().bdf} \\(that is ${edu().vfioCdev}\\)`),
+  );
   // cdev alone names the device.
   const r = await runGuest({ config: { memory: 16, devices: [{ type: 'vfio-pci', cdev: edu().vfioCdev! }] } });
   assert.equal(r.status, 0, r.output);
 });
 
 test('tsvmm mdev create / list / remove', () => {
-  const cli = (...a: string[]) => spawnSync('node', [`${projectRoot}/dist/bin/tsvmm.js`, 'mdev', ...a], { encoding: 'utf8' });
+  const cli = (...a: string[]) =>
+    spawnSync('node', [`${projectRoot}/dist/bin/tsvmm.js`, 'mdev', ...a], { encoding: 'utf8' });
   const list0 = cli('list');
   assert.equal(list0.status, 0, list0.stderr);
   assert.match(list0.stdout, /^type mtty\/mtty-1 available=\d+ api=vfio-pci/m);
@@ -150,7 +173,13 @@ test('tsvmm mdev create / list / remove', () => {
   assert.match(path, /^\/sys\/bus\/mdev\/devices\/[0-9a-f-]{36}$/);
   const uuid = path.split('/').pop()!;
   const list1 = cli('list');
-  assert.match(list1.stdout, new RegExp(`^mdev ${uuid} type=mtty-2 parent=mtty group=\\d+ cdev=/dev/vfio/devices/vfio\\d+ sysfsdev=${path}$`, 'm'));
+  assert.match(
+    list1.stdout,
+    new RegExp(
+      `^mdev ${uuid} type=mtty-2 parent=mtty group=\\d+ cdev=/dev/vfio/devices/vfio\\d+ sysfsdev=${path}$`,
+      'm',
+    ),
+  );
   const bad = cli('create', 'no-such-type');
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /no mdev type 'no-such-type'\. known: .*mtty\/mtty-1/);

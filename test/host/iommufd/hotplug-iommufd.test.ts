@@ -2,4 +2,5 @@
 import { test } from 'node:test';
 import { hotplugScenario } from '../../helpers/hotplug.js';
 
-test('hot-add edu via getfd (cdev + /dev/iommu) + device_add, its use by the guest, device_del with DEVICE_DELETED, everything released', () => hotplugScenario('iommufd'));
+test('hot-add edu via getfd (cdev + /dev/iommu) + device_add, its use by the guest, device_del with DEVICE_DELETED, everything released', () =>
+  hotplugScenario('iommufd'));

@@ -5,7 +5,14 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 
-interface HostDevice { bdf: string; id: string; group: number | null; driver: string | null; vfioGroup: string | null; vfioCdev: string | null }
+interface HostDevice {
+  bdf: string;
+  id: string;
+  group: number | null;
+  driver: string | null;
+  vfioGroup: string | null;
+  vfioCdev: string | null;
+}
 
 function devices(): Record<string, HostDevice> {
   assert.equal(process.env.TSVMM_TESTHOST, '1', 'not inside the test host: run through `tsvmm testhost test`');

@@ -10,8 +10,27 @@ import { hostDevice } from '../../helpers/testhost-env.js';
 
 test('tsvmm run --device vfio-pci,host=<edu> assigns edu from flags alone', () => {
   const edu = hostDevice('edu');
-  const r = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', '--memory', '64M', '--cpus', '1', '--kernel', guestPaths().elf,
-    '--cmdline', 'test=edu dma=1 msi=2', '--device', `vfio-pci,host=${edu.bdf},id=edu`, '--serial', 'stdio'], { encoding: 'utf8', timeout: 240000, input: '' });
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(projectRoot, 'dist/bin/tsvmm.js'),
+      'run',
+      '--memory',
+      '64M',
+      '--cpus',
+      '1',
+      '--kernel',
+      guestPaths().elf,
+      '--cmdline',
+      'test=edu dma=1 msi=2',
+      '--device',
+      `vfio-pci,host=${edu.bdf},id=edu`,
+      '--serial',
+      'stdio',
+    ],
+    { encoding: 'utf8', timeout: 240000, input: '' },
+  );
   assert.equal(r.status, 0, `${r.stderr}\n${r.stdout}`);
-  for (const t of ['edu-id', 'edu-factorial', 'edu-dma', 'edu-msi']) assert.match(r.stdout, new RegExp(`^PASS ${t}$`, 'm'), `${t}:\n${r.stdout}`);
+  for (const t of ['edu-id', 'edu-factorial', 'edu-dma', 'edu-msi'])
+    assert.match(r.stdout, new RegExp(`^PASS ${t}$`, 'm'), `${t}:\n${r.stdout}`);
 });

@@ -2,4 +2,5 @@
 import { test } from 'node:test';
 import { hotplugScenario } from '../../helpers/hotplug.js';
 
-test('hot-add edu via getfd (group fd) + device_add while the guest runs, its use by the guest, device_del with DEVICE_DELETED, everything released', () => hotplugScenario('legacy'));
+test('hot-add edu via getfd (group fd) + device_add while the guest runs, its use by the guest, device_del with DEVICE_DELETED, everything released', () =>
+  hotplugScenario('legacy'));

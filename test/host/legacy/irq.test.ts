@@ -18,12 +18,17 @@ async function irqScenario(cmdline: string, setup: (m: Machine) => () => void) {
     cmdline,
     timeoutMs: 60000,
     onLine: (line, m) => {
-      if (line === 'irq ready') { fire = setup(m); fire(); }
-      else if (/^irq [12]$/.test(line)) fire!();
+      if (line === 'irq ready') {
+        fire = setup(m);
+        fire();
+      } else if (/^irq [12]$/.test(line)) fire!();
     },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
-  assert.deepEqual(r.lines.filter((l) => /^irq (\d|done)/.test(l)), ['irq 1', 'irq 2', 'irq 3', 'irq done']);
+  assert.deepEqual(
+    r.lines.filter((l) => /^irq (\d|done)/.test(l)),
+    ['irq 1', 'irq 2', 'irq 3', 'irq done'],
+  );
   return r;
 }
 
@@ -52,7 +57,7 @@ test('MSI through a GSI route and an irqfd (the path VFIO vectors take)', async 
   assert.equal(r.stats.irqInjections, 0);
 });
 
-test('KVM_SIGNAL_MSI delivers to the guest\'s LAPIC', async () => {
+test("KVM_SIGNAL_MSI delivers to the guest's LAPIC", async () => {
   const r = await irqScenario('test=irq vector=0x46 count=3', (m) => () => {
     assert.equal(m.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x46 }), 1);
   });

@@ -17,14 +17,27 @@ import type { RawMemory } from '../../../machine/config/config.js';
 
 const edu = () => hostDevice('edu');
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
-const meminfo = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
-const hostLocked = () => readdirSync('/proc').filter((d) => /^\d+$/.test(d)).reduce((n, d) => {
-  try { return n + Number(/^VmLck:\s+(\d+)/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1] ?? 0) + Number(/^VmPin:\s+(\d+)/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1] ?? 0); } catch { return n; }
-}, 0);
+const meminfo = (k: string) =>
+  Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
+const hostLocked = () =>
+  readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .reduce((n, d) => {
+      try {
+        return (
+          n +
+          Number(/^VmLck:\s+(\d+)/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1] ?? 0) +
+          Number(/^VmPin:\s+(\d+)/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1] ?? 0)
+        );
+      } catch {
+        return n;
+      }
+    }, 0);
 
 const runDir = mkdtempSync(join(process.env.TSVMM_TESTHOST_RUN_DIR ?? '/tmp', 'membacking-'));
 const mount = join(runDir, 'hugepages');
-let savedNr = '0', mounted = false;
+let savedNr = '0',
+  mounted = false;
 after(() => {
   if (mounted) spawnSync('umount', [mount]);
   writeFileSync(NR_HUGEPAGES, savedNr);
@@ -35,14 +48,20 @@ after(() => {
 function reserveHugePages(n: number): void {
   savedNr = readFileSync(NR_HUGEPAGES, 'utf8').trim();
   writeFileSync(NR_HUGEPAGES, String(n));
-  assert.ok(meminfo('HugePages_Free') >= n, `could not reserve ${n} huge pages (HugePages_Free ${meminfo('HugePages_Free')})`);
+  assert.ok(
+    meminfo('HugePages_Free') >= n,
+    `could not reserve ${n} huge pages (HugePages_Free ${meminfo('HugePages_Free')})`,
+  );
   mkdirSync(mount, { recursive: true });
   const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', mount], { encoding: 'utf8' });
   assert.equal(r.status, 0, `mount -t hugetlbfs: ${r.stderr}`);
   mounted = true;
 }
 
-async function eduOn(memory: RawMemory, check: (during: { hugeFree: number; anonHuge: number; fd: number | undefined }) => void): Promise<void> {
+async function eduOn(
+  memory: RawMemory,
+  check: (during: { hugeFree: number; anonHuge: number; fd: number | undefined }) => void,
+): Promise<void> {
   let during: { hugeFree: number; anonHuge: number; fd: number | undefined } | undefined;
   const r = await runGuest({
     cmdline: 'test=edu dma=1 msi=3',
@@ -50,12 +69,15 @@ async function eduOn(memory: RawMemory, check: (during: { hugeFree: number; anon
     inspect: (m) => {
       assert.ok(m.vfio.covers(0, 0x9f000), 'guest RAM is DMA-mapped');
       assert.ok(lockedBytes() >= 64 * 2 ** 20, `pinned memory is accounted (VmLck ${lockedBytes()})`);
-      const anonHuge = Number(/^AnonHugePages:\s+(\d+)/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0);
+      const anonHuge = Number(
+        /^AnonHugePages:\s+(\d+)/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0,
+      );
       during = { hugeFree: meminfo('HugePages_Free'), anonHuge, fd: m.guestRam.fd };
     },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
-  for (const t of ['edu-id', 'edu-factorial', 'edu-dma', 'edu-msi']) assert.ok(r.lines.includes(`PASS ${t}`), `${t} on ${JSON.stringify(memory)}:\n${r.output}`);
+  for (const t of ['edu-id', 'edu-factorial', 'edu-dma', 'edu-msi'])
+    assert.ok(r.lines.includes(`PASS ${t}`), `${t} on ${JSON.stringify(memory)}:\n${r.output}`);
   const dma = r.lines.find((l) => l.startsWith('edu dma iova='))!;
   const [src, dst] = [...dma.matchAll(/0x([0-9a-f]+)/g)].map((x) => parseInt(x[1]!, 16));
   assert.ok(r.dmaCovered(src!, 256) && r.dmaCovered(dst!, 256), dma);
@@ -63,29 +85,57 @@ async function eduOn(memory: RawMemory, check: (during: { hugeFree: number; anon
   assert.equal(lockedBytes(), 0, 'every pinned page is released after the VM');
 }
 
-test('edu suite on each RAM backing: anonymous (THP), memfd, MAP_HUGETLB, MFD_HUGETLB, hugetlbfs (2M pages)', { timeout: 300_000 }, async () => {
-  reserveHugePages(48); // 96 MiB: one 64 MiB VM at a time
-  const free0 = meminfo('HugePages_Free');
-  // A kernel built without THP (the iommufd kernel) has no such file: no huge pages to expect.
-  const thpFile = '/sys/kernel/mm/transparent_hugepage/enabled';
-  const thpOn = existsSync(thpFile) && !/\[never\]/.test(readFileSync(thpFile, 'utf8'));
-  await eduOn({ size: '64M' }, (d) => {
-    assert.equal(d.fd, undefined, 'anonymous RAM has no fd');
-    if (thpOn) assert.ok(d.anonHuge >= 2048, `anonymous RAM got transparent huge pages (AnonHugePages ${d.anonHuge} kB)`);
-  });
-  await eduOn({ size: '64M', backing: 'memfd' }, (d) => assert.ok(d.fd !== undefined && d.fd > 2, 'memfd RAM has its fd'));
-  for (const memory of [{ size: '64M', hugepages: '2M' }, { size: '64M', backing: 'memfd', hugepages: '2M' }, { size: '64M', backing: 'hugetlbfs', path: mount }] as RawMemory[]) {
-    await eduOn(memory, (d) => assert.equal(free0 - d.hugeFree, 32, `${JSON.stringify(memory)}: 32 huge pages in use while it ran (free ${d.hugeFree} of ${free0})`));
-    assert.equal(meminfo('HugePages_Free'), free0, `${JSON.stringify(memory)}: huge pages returned after`);
-  }
-  assert.deepEqual(readdirSync(mount), [], 'no file left on the hugetlbfs mount');
-});
+test(
+  'edu suite on each RAM backing: anonymous (THP), memfd, MAP_HUGETLB, MFD_HUGETLB, hugetlbfs (2M pages)',
+  { timeout: 300_000 },
+  async () => {
+    reserveHugePages(48); // 96 MiB: one 64 MiB VM at a time
+    const free0 = meminfo('HugePages_Free');
+    // A kernel built without THP (the iommufd kernel) has no such file: no huge pages to expect.
+    const thpFile = '/sys/kernel/mm/transparent_hugepage/enabled';
+    const thpOn = existsSync(thpFile) && !/\[never\]/.test(readFileSync(thpFile, 'utf8'));
+    await eduOn({ size: '64M' }, (d) => {
+      assert.equal(d.fd, undefined, 'anonymous RAM has no fd');
+      if (thpOn)
+        assert.ok(d.anonHuge >= 2048, `anonymous RAM got transparent huge pages (AnonHugePages ${d.anonHuge} kB)`);
+    });
+    await eduOn({ size: '64M', backing: 'memfd' }, (d) =>
+      assert.ok(d.fd !== undefined && d.fd > 2, 'memfd RAM has its fd'),
+    );
+    for (const memory of [
+      { size: '64M', hugepages: '2M' },
+      { size: '64M', backing: 'memfd', hugepages: '2M' },
+      { size: '64M', backing: 'hugetlbfs', path: mount },
+    ] as RawMemory[]) {
+      await eduOn(memory, (d) =>
+        assert.equal(
+          free0 - d.hugeFree,
+          32,
+          `${JSON.stringify(memory)}: 32 huge pages in use while it ran (free ${d.hugeFree} of ${free0})`,
+        ),
+      );
+      assert.equal(meminfo('HugePages_Free'), free0, `${JSON.stringify(memory)}: huge pages returned after`);
+    }
+    assert.deepEqual(readdirSync(mount), [], 'no file left on the hugetlbfs mount');
+  },
+);
 
 /** `tsvmm run` on a config with this memory; the edu device assigned so pinning is at stake. */
 function runCli(memory: unknown): { status: number | null; stderr: string } {
   const cfg = join(runDir, `bad-${Date.now()}.json`);
-  writeFileSync(cfg, JSON.stringify({ memory, kernel: { path: guestPaths().elf }, cmdline: 'test=edu', devices: [{ type: 'vfio-pci', host: edu().bdf }] }));
-  const r = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg], { encoding: 'utf8', timeout: 60_000 });
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      memory,
+      kernel: { path: guestPaths().elf },
+      cmdline: 'test=edu',
+      devices: [{ type: 'vfio-pci', host: edu().bdf }],
+    }),
+  );
+  const r = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   return { status: r.status, stderr: r.stderr };
 }
 
@@ -95,9 +145,18 @@ test('a backing the host cannot give: one line with the fix, exit 2, nothing pin
   const cases: [unknown, RegExp][] = [
     [`${2 * totalMiB}M`, /more than this host has .*: give the VM less memory/],
     // Between what is available and what the host has: it could be backed lazily, not pinned.
-    [`${Math.ceil(meminfo('MemAvailable') / 1024 / 2) * 2}M`, /must be resident \(pinned for device assignment\), but the host has .* available/],
-    [{ size: '64M', hugepages: '2M' }, /needs 32 free 2M huge pages, but 0 of 0 reserved are free: reserve them \(echo 32 > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages/],
-    [{ size: '64M', backing: 'hugetlbfs', path: '/nonexistent/hugepages' }, /hugetlbfs mount \/nonexistent\/hugepages does not exist: mount one/],
+    [
+      `${Math.ceil(meminfo('MemAvailable') / 1024 / 2) * 2}M`,
+      /must be resident \(pinned for device assignment\), but the host has .* available/,
+    ],
+    [
+      { size: '64M', hugepages: '2M' },
+      /needs 32 free 2M huge pages, but 0 of 0 reserved are free: reserve them \(echo 32 > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages/,
+    ],
+    [
+      { size: '64M', backing: 'hugetlbfs', path: '/nonexistent/hugepages' },
+      /hugetlbfs mount \/nonexistent\/hugepages does not exist: mount one/,
+    ],
   ];
   for (const [memory, re] of cases) {
     const r = runCli(memory);

@@ -15,15 +15,40 @@ test('QEMU assigns edu to an inner guest with vfio-pci', { timeout: 240_000 }, a
   assert.ok(existsSync(guest), `the multiboot test guest ${guest} is missing: build it first (npm run build)`);
   const edu = (JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>).edu;
   assert.ok(edu, 'edu is not in TSVMM_TESTHOST_DEVICES');
-  const args = ['-accel', 'kvm', '-M', 'q35', '-cpu', 'host', '-m', '256M', '-nodefaults', '-no-user-config',
-    '-display', 'none', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4',
-    '-device', `vfio-pci,host=${edu.bdf}`, '-kernel', guest];
+  const args = [
+    '-accel',
+    'kvm',
+    '-M',
+    'q35',
+    '-cpu',
+    'host',
+    '-m',
+    '256M',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=4',
+    '-device',
+    `vfio-pci,host=${edu.bdf}`,
+    '-kernel',
+    guest,
+  ];
   // VFIO pins all guest RAM: lift RLIMIT_MEMLOCK for QEMU (the host's inner.sh already does; this keeps the test standalone).
-  const child = spawn('/bin/sh', ['-c', 'ulimit -l unlimited && exec qemu-system-x86_64 "$@"', 'sh', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('/bin/sh', ['-c', 'ulimit -l unlimited && exec qemu-system-x86_64 "$@"', 'sh', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
-  child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-  child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    err += b.toString();
+  });
   const timer = setTimeout(() => child.kill('SIGKILL'), 180_000);
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   clearTimeout(timer);
@@ -31,5 +56,9 @@ test('QEMU assigns edu to an inner guest with vfio-pci', { timeout: 240_000 }, a
   assert.ok(code !== null, `QEMU was killed after 180 s\n${ctx}`);
   assert.equal(code & 1, 1, `the guest did not exit through isa-debug-exit\n${ctx}`);
   assert.equal(code, 1, `the guest reported failure (debug-exit value ${code >> 1})\n${ctx}`);
-  assert.match(out, /^pci [0-9a-f]{2}:[0-9a-f]{2}\.[0-7] 1234:11e8\b/im, `the inner guest did not list edu (1234:11e8)\n${ctx}`);
+  assert.match(
+    out,
+    /^pci [0-9a-f]{2}:[0-9a-f]{2}\.[0-7] 1234:11e8\b/im,
+    `the inner guest did not list edu (1234:11e8)\n${ctx}`,
+  );
 });

@@ -14,8 +14,15 @@ test('system_reset with edu assigned: the guest runs the edu program twice, inte
   const edu = hostDevice('edu');
   const cfg = join(mkdtempSync(join(tmpdir(), 'tsvmm-reset-')), 'vm.json');
   // test=hotplug finds edu at once (assigned at boot), uses it, then waits for it to go away.
-  writeFileSync(cfg, JSON.stringify({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') },
-    cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2 intx=2', devices: [{ type: 'vfio-pci', id: 'edu', host: edu.bdf }] }));
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      memory: 64,
+      kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') },
+      cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2 intx=2',
+      devices: [{ type: 'vfio-pci', id: 'edu', host: edu.bdf }],
+    }),
+  );
   const vm = spawnVm(cfg);
   const { vmm, count, until } = vm;
   try {

@@ -6,7 +6,14 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 
-interface HostDevice { bdf: string; id: string; group: number | null; driver: string | null; vfioGroup: string | null; vfioCdev: string | null }
+interface HostDevice {
+  bdf: string;
+  id: string;
+  group: number | null;
+  driver: string | null;
+  vfioGroup: string | null;
+  vfioCdev: string | null;
+}
 
 function hostDevices(): Record<string, HostDevice> {
   assert.equal(process.env.TSVMM_TESTHOST, '1', 'not inside the test host: run through `tsvmm testhost test`');
@@ -16,7 +23,10 @@ function hostDevices(): Record<string, HostDevice> {
 
 function device(name: string): HostDevice {
   const d = hostDevices()[name];
-  assert.ok(d, `device '${name}' is not in this host (TSVMM_TESTHOST_DEVICES has ${Object.keys(hostDevices()).join(', ')}); boot it with the default device sets`);
+  assert.ok(
+    d,
+    `device '${name}' is not in this host (TSVMM_TESTHOST_DEVICES has ${Object.keys(hostDevices()).join(', ')}); boot it with the default device sets`,
+  );
   return d;
 }
 
@@ -49,15 +59,19 @@ test('the two devices behind the pci-bridge share one IOMMU group', () => {
   const ga = sysfsGroup(a.bdf);
   const gb = sysfsGroup(b.bdf);
   assert.equal(ga, gb, `${a.bdf} is in group ${ga}, ${b.bdf} in group ${gb}`);
-  assert.notEqual(ga, sysfsGroup(device('edu').bdf), 'the bridge group must not be edu\'s');
+  assert.notEqual(ga, sysfsGroup(device('edu').bdf), "the bridge group must not be edu's");
   const members = readdirSync(`/sys/kernel/iommu_groups/${ga}/devices`);
   assert.ok(members.includes(a.bdf) && members.includes(b.bdf), `group ${ga}: ${members.join(' ')}`);
-  for (const d of [a, b]) assert.equal(basename(readlinkSync(`/sys/bus/pci/devices/${d.bdf}/driver`)), 'vfio-pci', d.bdf);
+  for (const d of [a, b])
+    assert.equal(basename(readlinkSync(`/sys/bus/pci/devices/${d.bdf}/driver`)), 'vfio-pci', d.bdf);
   assert.ok(statSync(`/dev/vfio/${ga}`).isCharacterDevice());
 });
 
 test('nvme and e1000e are bound to vfio-pci', () => {
-  for (const [name, id] of [['nvme', '1b36:0010'], ['e1000e', '8086:10d3']] as const) {
+  for (const [name, id] of [
+    ['nvme', '1b36:0010'],
+    ['e1000e', '8086:10d3'],
+  ] as const) {
     const d = device(name);
     assert.equal(d.id, id);
     assert.equal(d.driver, 'vfio-pci');

@@ -14,7 +14,8 @@ import { projectRoot } from '../../../core/paths.js';
 
 test('RAM hot-added while the guest runs is DMA-mapped, and unmapped when removed', async () => {
   const edu = hostDevice('edu');
-  const size = 32 * 2 ** 20, at = 2 ** 33; // 32 MiB at 8 GiB
+  const size = 32 * 2 ** 20,
+    at = 2 ** 33; // 32 MiB at 8 GiB
   const seen: Record<string, number | boolean> = {};
   const r = await runGuest({
     config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }] },
@@ -46,5 +47,8 @@ test('tsvmm groups lists groups, devices, drivers and viability', () => {
   const edu = hostDevice('edu');
   const out = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], { encoding: 'utf8' });
   assert.equal(out.status, 0, out.stderr);
-  assert.match(out.stdout, new RegExp(`^group ${edu.group} viable\\n  ${edu.bdf.replace(/\./g, '\\.')} 1234:11e8 driver=vfio-pci$`, 'm'));
+  assert.match(
+    out.stdout,
+    new RegExp(`^group ${edu.group} viable\\n  ${edu.bdf.replace(/\./g, '\\.')} 1234:11e8 driver=vfio-pci$`, 'm'),
+  );
 });

@@ -8,7 +8,7 @@ import { lockedBytes } from '../../../core/vfio/limits.js';
 
 const edu = () => hostDevice('edu');
 
-test('edu assigned: MMIO through the mmap\'d BAR with no exits, factorial, DMA into mapped IOVA, MSI, then INTx via irqfd+resample', async () => {
+test("edu assigned: MMIO through the mmap'd BAR with no exits, factorial, DMA into mapped IOVA, MSI, then INTx via irqfd+resample", async () => {
   let bar0 = 0;
   const r = await runGuest({
     cmdline: 'test=edu dma=1 msi=5 intx=3',
@@ -25,10 +25,15 @@ test('edu assigned: MMIO through the mmap\'d BAR with no exits, factorial, DMA i
     },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
-  for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx']) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
+  for (const t of ['edu-id', 'edu-liveness', 'edu-factorial', 'edu-dma', 'edu-msi', 'edu-intx'])
+    assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
   assert.ok(bar0 >= 0xc0000000, r.output);
   // Direct access: not one MMIO exit hit the edu BAR (1 MiB), although the guest used it throughout.
-  assert.equal(r.stats.mmioIn(bar0, bar0 + 2 ** 20), 0, `exits on BAR0: ${[...r.stats.mmio].filter(([a]) => a >= bar0 && a < bar0 + 2 ** 20)}`);
+  assert.equal(
+    r.stats.mmioIn(bar0, bar0 + 2 ** 20),
+    0,
+    `exits on BAR0: ${[...r.stats.mmio].filter(([a]) => a >= bar0 && a < bar0 + 2 ** 20)}`,
+  );
   // The DMA addresses the guest programmed lie in what our listener mapped.
   const dma = r.lines.find((l) => l.startsWith('edu dma iova='))!;
   const [src, dst] = [...dma.matchAll(/0x([0-9a-f]+)/g)].map((x) => parseInt(x[1]!, 16));

@@ -20,15 +20,22 @@ function machineWith(devices: object[], memory = 16): () => Machine {
 }
 
 test('a device that is not on the host', () => {
-  assert.throws(machineWith([{ type: 'vfio-pci', host: '00:1f.7' }]), /no PCI device 0000:00:1f\.7 on this host .*'tsvmm groups' lists the devices/);
+  assert.throws(
+    machineWith([{ type: 'vfio-pci', host: '00:1f.7' }]),
+    /no PCI device 0000:00:1f\.7 on this host .*'tsvmm groups' lists the devices/,
+  );
 });
 
 test('a device bound to no driver / not vfio-pci names the fix', () => {
   const edu = hostDevice('edu');
   writeFileSync(`/sys/bus/pci/devices/${edu.bdf}/driver/unbind`, edu.bdf);
   try {
-    assert.throws(machineWith([{ type: 'vfio-pci', host: edu.bdf }]),
-      new RegExp(`${edu.bdf.replace(/\./g, '\\.')} is not bound to any driver, not vfio-pci\\. fix: echo ${edu.bdf.replace(/\./g, '\\.')} > .*/driver_override`));
+    assert.throws(
+      machineWith([{ type: 'vfio-pci', host: edu.bdf }]),
+      new RegExp(
+        `${edu.bdf.replace(/\./g, '\\.')} is not bound to any driver, not vfio-pci\\. fix: echo ${edu.bdf.replace(/\./g, '\\.')} > .*/driver_override`,
+      ),
+    );
   } finally {
     writeFileSync(`/sys/bus/pci/drivers/vfio-pci/bind`, edu.bdf);
   }
@@ -36,7 +43,10 @@ test('a device bound to no driver / not vfio-pci names the fix', () => {
 
 test('the wrong IOMMU group in the config', () => {
   const edu = hostDevice('edu');
-  assert.throws(machineWith([{ type: 'vfio-pci', host: edu.bdf, group: edu.group! + 100 }]), new RegExp(`is in IOMMU group ${edu.group}, not ${edu.group! + 100}`));
+  assert.throws(
+    machineWith([{ type: 'vfio-pci', host: edu.bdf, group: edu.group! + 100 }]),
+    new RegExp(`is in IOMMU group ${edu.group}, not ${edu.group! + 100}`),
+  );
 });
 
 test('garbage written over the whole config space is contained; the device still works', async () => {
@@ -64,17 +74,38 @@ function runAsNobody(devices: object[], memlockBytes: number) {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-nobody-')); // the host's own /tmp: nobody can reach it
   chmodSync(dir, 0o755);
   const cfg = join(dir, 'vm.json');
-  writeFileSync(cfg, JSON.stringify({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, devices }));
+  writeFileSync(
+    cfg,
+    JSON.stringify({ memory: 64, kernel: { path: join(projectRoot, 'guest/out/tsvmm-guest.elf') }, devices }),
+  );
   chmodSync(cfg, 0o644);
-  return spawnSync('prlimit', [`--memlock=${memlockBytes}:${memlockBytes}`, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all',
-    process.execPath, join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg], { encoding: 'utf8', timeout: 120000 });
+  return spawnSync(
+    'prlimit',
+    [
+      `--memlock=${memlockBytes}:${memlockBytes}`,
+      'setpriv',
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      '--inh-caps=-all',
+      process.execPath,
+      join(projectRoot, 'dist/bin/tsvmm.js'),
+      'run',
+      cfg,
+    ],
+    { encoding: 'utf8', timeout: 120000 },
+  );
 }
 
 /** Lets nobody use /dev/kvm (and a VFIO group) for the duration of fn. */
 function lend<T>(paths: string[], fn: () => T): T {
   const saved = paths.map((p) => ({ p, s: statSync(p) }));
   for (const p of paths) chownSync(p, 65534, 65534);
-  try { return fn(); } finally { for (const { p, s } of saved) chownSync(p, s.uid, s.gid); }
+  try {
+    return fn();
+  } finally {
+    for (const { p, s } of saved) chownSync(p, s.uid, s.gid);
+  }
 }
 
 test('no permission on /dev/vfio/N: says so and how to fix it', () => {
@@ -86,9 +117,14 @@ test('no permission on /dev/vfio/N: says so and how to fix it', () => {
 
 test('RLIMIT_MEMLOCK below guest RAM: refused before pinning, with the ulimit fix', () => {
   const edu = hostDevice('edu');
-  const r = lend(['/dev/kvm', `/dev/vfio/${edu.group}`], () => runAsNobody([{ type: 'vfio-pci', host: edu.bdf }], 64 * 1024));
+  const r = lend(['/dev/kvm', `/dev/vfio/${edu.group}`], () =>
+    runAsNobody([{ type: 'vfio-pci', host: edu.bdf }], 64 * 1024),
+  );
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /pins all guest RAM \(64M\), but the locked-memory limit is 64K\. fix: raise it \(ulimit -l 65536 or unlimited/);
+  assert.match(
+    r.stderr,
+    /pins all guest RAM \(64M\), but the locked-memory limit is 64K\. fix: raise it \(ulimit -l 65536 or unlimited/,
+  );
   assert.equal(lockedBytes(), 0);
 });
 
@@ -96,7 +132,11 @@ test('RLIMIT_MEMLOCK below guest RAM: refused before pinning, with the ulimit fi
 function rebind(bdf: string, driver: string): () => void {
   const dev = `/sys/bus/pci/devices/${bdf}`;
   const move = (to: string) => {
-    try { writeFileSync(`${dev}/driver/unbind`, bdf); } catch { /* not bound */ }
+    try {
+      writeFileSync(`${dev}/driver/unbind`, bdf);
+    } catch {
+      /* not bound */
+    }
     writeFileSync(`${dev}/driver_override`, to);
     writeFileSync('/sys/bus/pci/drivers_probe', bdf);
   };
@@ -105,20 +145,30 @@ function rebind(bdf: string, driver: string): () => void {
 }
 
 test('a non-viable group (pci-bridge pair, one member on another driver) names the member, its driver and the fix', () => {
-  const edu = hostDevice('bridge-edu'), other = hostDevice('bridge-testdev');
+  const edu = hostDevice('bridge-edu'),
+    other = hostDevice('bridge-testdev');
   assert.equal(edu.group, other.group, 'the pair shares one IOMMU group');
   const restore = rebind(other.bdf, 'uio_pci_generic');
   try {
     const esc = (s: string) => s.replace(/\./g, '\\.');
-    assert.throws(machineWith([{ type: 'vfio-pci', host: edu.bdf }]), new RegExp(
-      `IOMMU group ${edu.group} \\(of ${esc(edu.bdf)}\\) is not viable: .*\\n  - ${esc(other.bdf)} is bound to uio_pci_generic; fix: echo ${esc(other.bdf)} > /sys/bus/pci/devices/${esc(other.bdf)}/driver/unbind`));
-    const groups = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], { encoding: 'utf8' });
+    assert.throws(
+      machineWith([{ type: 'vfio-pci', host: edu.bdf }]),
+      new RegExp(
+        `IOMMU group ${edu.group} \\(of ${esc(edu.bdf)}\\) is not viable: .*\\n  - ${esc(other.bdf)} is bound to uio_pci_generic; fix: echo ${esc(other.bdf)} > /sys/bus/pci/devices/${esc(other.bdf)}/driver/unbind`,
+      ),
+    );
+    const groups = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], {
+      encoding: 'utf8',
+    });
     assert.match(groups.stdout, new RegExp(`^group ${edu.group} NOT viable$`, 'm'));
   } finally {
     restore();
   }
   // Bound back, the group is viable again and both devices can be assigned together.
-  const m = machineWith([{ type: 'vfio-pci', host: edu.bdf }, { type: 'vfio-pci', host: other.bdf }])();
+  const m = machineWith([
+    { type: 'vfio-pci', host: edu.bdf },
+    { type: 'vfio-pci', host: other.bdf },
+  ])();
   try {
     assert.equal(m.vfio.groups.size, 1);
     assert.equal(m.devices.length, 2);

@@ -13,7 +13,9 @@ test('nvme MSI-X: table page trapped, rest of BAR0 direct; vector delivered; mas
     cmdline: 'test=msix dev=1b36:0010',
     config: { memory: 64, devices: [{ type: 'vfio-pci', host: nvme.bdf }] },
     timeoutMs: 120000,
-    inspect: (m) => { slots = m.vm.memslots.slots().map((s) => ({ gpa: s.gpa, size: s.size })); },
+    inspect: (m) => {
+      slots = m.vm.memslots.slots().map((s) => ({ gpa: s.gpa, size: s.size }));
+    },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
   for (const t of ['msix', 'msix-mask']) assert.ok(r.lines.includes(`PASS ${t}`), `${t}:\n${r.output}`);
@@ -26,21 +28,38 @@ test('nvme MSI-X: table page trapped, rest of BAR0 direct; vector delivered; mas
   const inSlot = (a: number) => slots.some((s) => a >= s.gpa && a < s.gpa + s.size);
   assert.ok(inSlot(base), `BAR0 registers are a memslot (direct): ${JSON.stringify(slots)}`);
   assert.ok(!inSlot(table), 'the MSI-X table page is not a memslot (trapped)');
-  assert.ok(r.stats.mmioIn(table, table + 4096) > 0, 'the guest\'s table writes trapped');
+  assert.ok(r.stats.mmioIn(table, table + 4096) > 0, "the guest's table writes trapped");
   assert.equal(r.stats.mmioIn(base, base + 0x1000), 0, 'register accesses did not exit');
 });
 
 test('two groups share one container (edu and nvme)', async () => {
-  const edu = hostDevice('edu'), nvme = hostDevice('nvme');
+  const edu = hostDevice('edu'),
+    nvme = hostDevice('nvme');
   assert.notEqual(edu.group, nvme.group);
-  let containers = 0, groups = 0;
+  let containers = 0,
+    groups = 0;
   const r = await runGuest({
-    config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }, { type: 'vfio-pci', host: nvme.bdf }] },
-    inspect: (m) => { containers = m.vfio.listeners.length; groups = m.vfio.groups.size; },
+    config: {
+      memory: 32,
+      devices: [
+        { type: 'vfio-pci', host: edu.bdf },
+        { type: 'vfio-pci', host: nvme.bdf },
+      ],
+    },
+    inspect: (m) => {
+      containers = m.vfio.listeners.length;
+      groups = m.vfio.groups.size;
+    },
   });
   assert.equal(r.status, 0, r.output);
   assert.equal(groups, 2);
   assert.equal(containers, 1, 'the second group joined the first container');
-  assert.ok(r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1234:11e8/.test(l)), r.output);
-  assert.ok(r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1b36:0010/.test(l)), r.output);
+  assert.ok(
+    r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1234:11e8/.test(l)),
+    r.output,
+  );
+  assert.ok(
+    r.lines.some((l) => /^pci 00:0[0-9a-f]\.0 1b36:0010/.test(l)),
+    r.output,
+  );
 });
