@@ -86,9 +86,11 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    // ConfigError and UsageError carry exit status 2 (their modules need not be loaded to know).
-    const err = e as Error & { exitCode?: number; usage?: string };
-    process.stderr.write(`tsvmm: ${err.message}\n${err.usage ? `\n${err.usage}\n` : ''}`);
+    // TsvmmErrors carry their exit status (2 for configs and command lines) and, where there is
+    // one, the fix (core/errors.ts; its module need not be loaded to read them).
+    const err = e as Error & { exitCode?: number; usage?: string; fix?: string };
+    const fix = err.fix && !err.message.includes(err.fix) ? `tsvmm: fix: ${err.fix}\n` : '';
+    process.stderr.write(`tsvmm: ${err.message}\n${fix}${err.usage ? `\n${err.usage}\n` : ''}`);
     if (process.env.TSVMM_DEBUG) process.stderr.write(`${err.stack}\n`);
     process.exitCode = err.exitCode ?? 1;
   },
