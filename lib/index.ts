@@ -138,7 +138,8 @@ export class Vm implements AsyncDisposable {
    * string matches literally); the match's index is an offset into `serial`. Rejects with
    * ERR_TIMEOUT, ERR_ABORTED, ERR_VM_EXITED or ERR_CLOSED, the message ending with the last lines.
    */
-  waitForSerial(pattern: string | RegExp, opts: WaitOptions & { from?: number } = {}): Promise<RegExpMatchArray> {
+  async waitForSerial(pattern: string | RegExp, opts: WaitOptions & { from?: number } = {}): Promise<RegExpMatchArray> {
+    this.#open('waitForSerial');
     const re = serialPattern(pattern);
     const from = opts.from ?? 0;
     return this.#wait(`waiting for ${String(pattern)} on the serial console`, opts, true, () => {
