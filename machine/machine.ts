@@ -623,10 +623,6 @@ export class Machine {
    */
   inspect(): MachineInspection {
     const stats = this.vm.stats;
-    let io = 0,
-      mmio = 0;
-    for (const n of stats.pio.values()) io += n;
-    for (const n of stats.mmio.values()) mmio += n;
     let pinnedBytes = 0;
     const dmaMappings: MachineInspection['dmaMappings'] = [];
     for (const l of this.vfio.listeners)
@@ -641,7 +637,7 @@ export class Machine {
         .map((s) => ({ slot: s.slot, guestAddr: s.gpa, size: s.size, readonly: s.readonly })),
       dmaMappings: dmaMappings.sort((a, b) => a.iova - b.iova),
       pinnedBytes,
-      exits: { io, mmio, total: stats.total },
+      exits: { io: stats.ioExits, mmio: stats.mmioExits, total: stats.ioExits + stats.mmioExits },
       interrupts: this.devices.map((d) => {
         const msi = d.msiCap?.enabled ? d.msiCap.enabledVectors : 0;
         let msix = 0;
