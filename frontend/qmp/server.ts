@@ -196,12 +196,15 @@ export class QmpServer {
     this.running = true;
     try {
       for (let r; (r = this.queue.shift()); ) {
+        let reply: object;
         try {
-          const reply = await this.dispatch(r);
-          if (this.client === s) this.send(s, reply);
+          reply = await this.dispatch(r);
         } finally {
-          closeFds(r.fds); // what the command did not take (QEMU drops them too)
+          // What the command did not take (QEMU drops them too), before the reply: a client that
+          // has its answer sees them gone.
+          closeFds(r.fds);
         }
+        if (this.client === s) this.send(s, reply);
       }
     } finally {
       this.running = false;
