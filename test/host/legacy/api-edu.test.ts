@@ -1,10 +1,11 @@
 // The library with a device assigned (legacy VFIO, in the test host): edu through createVm with
 // a config like configs/edu-vfio.json; the guest's DMA and MSI tests pass on its console; while
 // the guest is in its MSI phase, inspect() shows the DMA mappings, the pinned RAM and the MSI
-// vector enabled; close() leaves nothing pinned.
+// vector enabled; close() leaves nothing pinned. And hot-plug through the library: deviceAdd while
+// the guest polls the bus, the guest's use of the device, deviceDel.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createVm } from '../../../lib/index.js';
+import { createVm, TsvmmError } from '../../../lib/index.js';
 import { guestPaths } from '../../../guest/index.js';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
@@ -70,3 +71,44 @@ test('edu through createVm: DMA and MSI pass, inspect() shows mappings, pinned R
   }
   assert.equal(lockedBytes(), 0, 'every pinned page is released by close()');
 });
+
+test('hot-plug through the library: deviceAdd, the guest uses edu (DMA, MSI), deviceDel, nothing left pinned', async () => {
+  const edu = hostDevice('edu');
+  const events: string[] = [];
+  {
+    await using vm = await createVm({
+      name: 'hotplug-api',
+      memory: '64M',
+      kernel: { path: guestPaths().elf },
+      cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2',
+    });
+    vm.on('event', (name, data) => events.push(`${name}${data?.device ? ` ${String(data.device)}` : ''}`));
+    vm.start();
+    await vm.waitForSerial('hotplug ready');
+    assert.equal(vm.inspect().pinnedBytes, 0, 'nothing pinned before a device is assigned');
+    await vm.deviceAdd({ driver: 'vfio-pci', id: 'edu', host: edu.bdf, addr: 5 });
+    const added = vm.inspect();
+    assert.equal(added.pinnedBytes, 64 * MiB, 'guest RAM pinned as the device joins');
+    assert.ok(
+      added.pciDevices.some((d) => d.id === 'edu' && d.slot === 5 && d.host === edu.bdf),
+      JSON.stringify(added.pciDevices),
+    );
+    await rejectsCode(vm.deviceAdd({ driver: 'vfio-pci', id: 'edu', host: edu.bdf }), 'ERR_QMP', /exists already/);
+    await vm.waitForSerial(/^hotplug used rc=0$/m, { timeoutMs: 60_000 });
+    for (const t of ['edu-dma', 'edu-msi']) assert.match(vm.serial, new RegExp(`^PASS ${t}$`, 'm'));
+    // A guest without ACPI: the device goes at once.
+    await vm.deviceDel('edu', { timeoutMs: 10_000 });
+    const removed = vm.inspect();
+    assert.ok(!removed.pciDevices.some((d) => d.id === 'edu'));
+    assert.deepEqual(removed.interrupts, []);
+    const exit = await vm.waitForExit({ timeoutMs: 60_000 });
+    assert.equal(exit.status, 0, `${exit.reason}\n${vm.serial}`);
+    assert.match(vm.serial, /^hotplug gone$/m);
+  }
+  assert.deepEqual(events, ['DEVICE_DELETED edu', 'SHUTDOWN']);
+  assert.equal(lockedBytes(), 0, 'every pinned page is released');
+});
+
+async function rejectsCode(p: Promise<unknown>, code: string, re: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => e instanceof TsvmmError && e.code === code && re.test(e.message));
+}
