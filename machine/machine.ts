@@ -615,6 +615,73 @@ export class Machine {
     for (const fd of this.unadopted) closeSync(fd);
     this.unadopted.clear();
   }
+
+  /**
+   * A read-only snapshot for front ends (the library's inspect()): memslots, what VFIO maps and
+   * pins, the exits the VMM answered, the interrupt vectors the guest enabled on each assigned
+   * device, and the PCI devices with their BARs.
+   */
+  inspect(): MachineInspection {
+    const stats = this.vm.stats;
+    let pinnedBytes = 0;
+    const dmaMappings: MachineInspection['dmaMappings'] = [];
+    for (const l of this.vfio.listeners)
+      for (const [section, m] of l.mappings) {
+        dmaMappings.push({ iova: m.iova, size: m.size, readonly: m.readonly, region: m.region });
+        if (section.region.kind === 'ram') pinnedBytes += m.size; // RAM is pinned; a BAR's mmap is not
+      }
+    return {
+      memory: { size: this.config.memoryBytes, backing: this.guestRam.plan.describe },
+      memslots: this.vm.memslots
+        .slots()
+        .map((s) => ({ slot: s.slot, guestAddr: s.gpa, size: s.size, readonly: s.readonly })),
+      dmaMappings: dmaMappings.sort((a, b) => a.iova - b.iova),
+      pinnedBytes,
+      exits: { io: stats.ioExits, mmio: stats.mmioExits, total: stats.ioExits + stats.mmioExits },
+      interrupts: this.devices.map((d) => {
+        const msi = d.msiCap?.enabled ? d.msiCap.enabledVectors : 0;
+        let msix = 0;
+        if (d.msixCap?.enabled && !d.msixCap.functionMasked)
+          for (let v = 0; v < d.msixCap.vectors; v++) if (!d.msixCap.isMasked(v)) msix++;
+        // The INTx line is in use when the device has one, MSI and MSI-X are off and the guest has
+        // not disabled it (PCI command register bit 10).
+        const intx = d.configRead(0x3d, 1) !== 0 && !msi && !msix && !(d.configRead(0x04, 2) & 0x400) ? 1 : 0;
+        return { device: d.name, host: d.assigned.host.name, msi, msix, intx };
+      }),
+      pciDevices: [...this.pciBus.devices.values()].map((d) => ({
+        slot: d.slot,
+        id: d.name,
+        vendor: d.configRead(0, 2),
+        device: d.configRead(2, 2),
+        class: (d.configRead(0x0b, 1) << 16) | (d.configRead(0x0a, 1) << 8) | d.configRead(0x09, 1),
+        ...(d instanceof VfioPciDevice ? { host: d.assigned.host.name } : {}),
+        bars: d.bars
+          .filter((b) => b !== undefined)
+          .map((b) => ({ index: b.index, type: b.type, address: b.mappedAt, size: b.size })),
+      })),
+      vcpus: this.vm.vcpus.length,
+    };
+  }
+}
+
+/** Machine.inspect()'s snapshot. */
+export interface MachineInspection {
+  memory: { size: number; backing: string };
+  memslots: { slot: number; guestAddr: number; size: number; readonly: boolean }[];
+  dmaMappings: { iova: number; size: number; readonly: boolean; region: string }[];
+  pinnedBytes: number;
+  exits: { io: number; mmio: number; total: number };
+  interrupts: { device: string; host: string; msi: number; msix: number; intx: number }[];
+  pciDevices: {
+    slot: number;
+    id: string;
+    vendor: number;
+    device: number;
+    class: number;
+    host?: string;
+    bars: { index: number; type: 'io' | 'mem32' | 'mem64' | 'rom'; address: number | undefined; size: number }[];
+  }[];
+  vcpus: number;
 }
 
 /**

@@ -11,6 +11,7 @@ interface Slot {
   gpa: number;
   size: number;
   hva: bigint;
+  readonly: boolean;
 }
 
 export class KvmMemslots implements MemoryListener {
@@ -55,7 +56,7 @@ export class KvmMemslots implements MemoryListener {
     });
     if (this.free.length) this.free.pop();
     else this.nextSlot++;
-    this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva });
+    this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva, readonly: s.readonly });
   }
 
   regionDel(s: Section): void {

@@ -35,7 +35,11 @@ export interface VmOptions {
 export class ExitStats {
   readonly pio = new Map<number, number>();
   readonly mmio = new Map<number, number>();
+  /** Accesses answered (a REP string instruction's elements count one each). */
   total = 0;
+  /** KVM exits answered: KVM_EXIT_IO and KVM_EXIT_MMIO, from every vCPU. */
+  ioExits = 0;
+  mmioExits = 0;
   /** Interrupts the VMM injected itself (KVM_IRQ_LINE, KVM_SIGNAL_MSI) rather than through irqfd. */
   irqInjections = 0;
   mmioIn(lo: number, hi: number): number {
@@ -386,6 +390,7 @@ export class Vm {
         }
         const reason = page.getUint32(L.exitReason, true);
         if (reason === KVM_EXIT_IO) {
+          this.stats.ioExits++;
           const isOut = bytes[L.ioDirection] === IO_OUT;
           const size = bytes[L.ioSize]!;
           const port = page.getUint16(L.ioPort, true);
@@ -408,6 +413,7 @@ export class Vm {
             }
           }
         } else if (reason === KVM_EXIT_MMIO) {
+          this.stats.mmioExits++;
           const addr = page.getUint32(L.mmioPhysAddr, true) + page.getUint32(L.mmioPhysAddr + 4, true) * 0x100000000;
           const len = page.getUint32(L.mmioLen, true);
           const d = L.mmioData;
@@ -485,6 +491,8 @@ export class Vm {
     const size = ch[e + Entry.Size]!;
     const addr = (ch[e + Entry.AddrLo]! >>> 0) + (ch[e + Entry.AddrHi]! >>> 0) * 0x100000000;
     const count = ch[e + Entry.Count]!;
+    if (isPio) this.stats.ioExits++;
+    else this.stats.mmioExits++;
     if (count > 1) {
       // A REP string: its data sits after the ring.
       const data = new DataView(ch.buffer, STRING_DATA_OFFSET);

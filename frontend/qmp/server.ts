@@ -7,7 +7,6 @@
 // One client at a time, as QEMU's default; a second one is told so and disconnected.
 // The client socket is read with recvmsg (native), not by Node: a command may carry fds in
 // SCM_RIGHTS (getfd, add-fd), which Node's own reads would silently drop.
-import { TsvmmError } from '../../core/errors.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { closeSync, existsSync, unlinkSync } from 'node:fs';
 import { native, isSyscallError } from '../../core/native.js';
@@ -15,22 +14,18 @@ import { JsonStreamParser, type JsonResult } from './json.js';
 import { validators, commandArgs } from '../../generated/qmp-validators.js';
 import type { ErrorObject } from 'ajv';
 
-export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';
-export class QmpError extends TsvmmError {
-  constructor(
-    readonly errorClass: QmpErrorClass,
-    desc: string,
-  ) {
-    super('ERR_QMP', desc);
-  }
-}
-
-/** What a command may use besides its arguments: the fds that came with it. */
-export interface QmpContext {
-  takeFd(): number | undefined;
-}
-/** A command: its result (or a promise of it) becomes the reply's "return". */
-export type QmpHandler = (args: Record<string, unknown>, ctx: QmpContext) => unknown;
+// The command layer's errors and handlers are QMP's (frontend/commands.ts).
+export {
+  CommandError as QmpError,
+  type CommandErrorClass as QmpErrorClass,
+  type CommandContext as QmpContext,
+  type CommandHandler as QmpHandler,
+} from '../commands.js';
+import {
+  CommandError as QmpError,
+  type CommandErrorClass as QmpErrorClass,
+  type CommandHandler as QmpHandler,
+} from '../commands.js';
 
 type ArgValidator = ((data: unknown) => boolean) & { errors?: ErrorObject[] | null };
 const argValidators = validators as unknown as Record<string, ArgValidator>;
@@ -201,12 +196,15 @@ export class QmpServer {
     this.running = true;
     try {
       for (let r; (r = this.queue.shift()); ) {
+        let reply: object;
         try {
-          const reply = await this.dispatch(r);
-          if (this.client === s) this.send(s, reply);
+          reply = await this.dispatch(r);
         } finally {
-          closeFds(r.fds); // what the command did not take (QEMU drops them too)
+          // What the command did not take (QEMU drops them too), before the reply: a client that
+          // has its answer sees them gone.
+          closeFds(r.fds);
         }
+        if (this.client === s) this.send(s, reply);
       }
     } finally {
       this.running = false;

@@ -41,35 +41,15 @@ export interface InitramfsConfig {
 
 /** Guest RAM and its backing (core/ram.ts). */
 export type { RamBackend, MemoryConfig } from '../../core/ram.js';
-import type { RamBackend, MemoryConfig } from '../../core/ram.js';
-export type RawMemorySize = number | string;
-export interface RawMemory {
-  size: RawMemorySize;
-  backing?: RamBackend;
-  hugepages?: 'thp' | '2M' | '1G';
-  path?: string;
-  prealloc?: boolean;
-}
-
-/** The raw JSON shape (as the schema describes it). */
-export interface RawConfig {
-  name?: string;
-  memory?: RawMemorySize | RawMemory;
-  vcpus?: number;
-  kernel: {
-    path: string;
-    format?: KernelFormat;
-    loadAddress?: number;
-    entry?: number;
-    initrd?: string;
-    initramfs?: InitramfsConfig;
-  };
-  cmdline?: string;
-  serial?: { output?: 'stdout' | 'file' | 'none'; path?: string; input?: 'none' | 'stdin' };
-  devices?: DeviceConfig[];
-  vfio?: { backend?: VfioBackendChoice };
-  unplug?: 'request' | 'surprise';
-}
+import type { MemoryConfig } from '../../core/ram.js';
+// The raw JSON shape, generated from configs/vm.schema.json (scripts/gen-validators.mjs): the
+// schema is the one source of the config's keys, its validator and its TypeScript type.
+import type { VmConfigInput, VmConfigMemorySize } from '../../generated/config-types.js';
+export type { VmConfigInput } from '../../generated/config-types.js';
+export type RawConfig = VmConfigInput;
+export type RawMemorySize = VmConfigMemorySize;
+/** `memory` in its object form. */
+export type RawMemory = Exclude<NonNullable<VmConfigInput['memory']>, RawMemorySize>;
 
 /** A validated configuration with defaults applied, sizes in bytes and absolute paths. */
 export interface VmConfig {

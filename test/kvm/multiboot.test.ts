@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runGuest } from '../helpers/guest.js';
+import { createVm } from '../../lib/index.js';
 import { Machine } from '../../machine/machine.js';
 import { ConfigError, checkConfig } from '../../machine/config/config.js';
 import { LoaderError } from '../../machine/loader/multiboot.js';
@@ -110,8 +110,10 @@ function elf32(withMultiboot: boolean): string {
 }
 
 test('multiboot entry: a flat GDT is loaded (segments reload, an interrupt through selector 0x08 works)', async () => {
-  const r = await runGuest({ config: { memory: 16, kernel: { path: elf32(true) } }, timeoutMs: 10000 });
-  assert.equal(r.status, 42, `${r.reason}\n${r.output}`);
+  await using vm = await createVm({ memory: 16, kernel: { path: elf32(true) } });
+  vm.start();
+  const r = await vm.waitForExit({ timeoutMs: 10000 });
+  assert.equal(r.status, 42, `${r.reason}\n${vm.serial}`);
 });
 
 test('an ELF without a multiboot header is refused with a message, not run from its first byte', () => {

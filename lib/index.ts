@@ -1,0 +1,369 @@
+// The tsvmm library: a VM from a config object (the JSON config's shape, typed from
+// configs/vm.schema.json), run in this process, its serial console, a narrow inspection and the
+// operations QMP has, through the same command layer (frontend/commands.ts). vCPU 0 runs KVM_RUN in
+// slices on this thread (core/kvm/vm.ts), so the caller's event loop keeps running: timers,
+// waits and AbortSignals work while the guest runs. Every error is a TsvmmError with a stable code.
+import { resolve } from 'node:path';
+import { TsvmmError, type TsvmmErrorCode } from '../core/errors.js';
+import { checkConfig, type VmConfigInput } from '../machine/config/config.js';
+import { Machine, type MachineInspection } from '../machine/machine.js';
+import { CommandError, machineCommands, type MachineCommands } from '../frontend/commands.js';
+import { checkArguments } from '../frontend/qmp/server.js';
+import { deviceAddArgs, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
+
+export { TsvmmError, isTsvmmError, ConfigError, type TsvmmErrorCode } from '../core/errors.js';
+export { CommandError, type CommandErrorClass } from '../frontend/commands.js';
+export type {
+  VmConfigInput,
+  VmConfigDevice,
+  VmConfigVfioPci,
+  VmConfigMemorySize,
+  VmConfigVfioBackend,
+} from '../generated/config-types.js';
+export type { DeviceAddOptions } from './args.js';
+
+export interface CreateVmOptions {
+  /** Where COM1 output goes besides the VM's buffer (Vm.serial): 'capture' (default: kept, not
+   *  printed) or 'inherit' (also written to process.stdout). The config's serial.output is not used. */
+  serial?: 'capture' | 'inherit';
+  /** Relative paths in the config (and deviceAdd's romfile) resolve against this (default: process.cwd()). */
+  baseDir?: string;
+  /** Aborting closes the VM. */
+  signal?: AbortSignal;
+}
+
+export interface WaitOptions {
+  /** Default 30000; Infinity waits for ever. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface VmExit {
+  status: number;
+  reason: string;
+}
+
+/** Vm.inspect()'s snapshot (machine/machine.ts). */
+export type VmInspection = MachineInspection;
+export type VmStatus = 'running' | 'paused' | 'internal-error' | 'shutdown';
+export type VmEventListener = (name: string, data?: Record<string, unknown>) => void;
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const created = Symbol('tsvmm.createVm');
+
+/**
+ * Creates a VM from a config (validated as `tsvmm validate` does: a bad one throws a ConfigError,
+ * code 'ERR_CONFIG', with its problems). The guest does not run until start().
+ */
+export async function createVm(config: VmConfigInput, opts: CreateVmOptions = {}): Promise<Vm> {
+  if (opts.signal?.aborted) throw aborted('createVm', opts.signal);
+  const baseDir = resolve(opts.baseDir ?? process.cwd());
+  const cfg = checkConfig(structuredClone(config), 'config', baseDir);
+  return new Vm(created, cfg, baseDir, opts);
+}
+
+export class Vm implements AsyncDisposable {
+  readonly name: string;
+  readonly #m: Machine;
+  readonly #commands: MachineCommands;
+  readonly #baseDir: string;
+  #serial = '';
+  #exit: VmExit | undefined;
+  #run: Promise<VmExit> | undefined;
+  #closing: Promise<void> | undefined;
+  #closed = false;
+  readonly #listeners = new Set<VmEventListener>();
+  /** Pending waits: each is polled when something changes (serial output, an event, the exit, close). */
+  readonly #waiters = new Set<() => void>();
+  #wakeQueued = false;
+  readonly #unlinkSignal: () => void;
+
+  /** @internal Use createVm(). */
+  constructor(
+    token: typeof created,
+    config: ConstructorParameters<typeof Machine>[0],
+    baseDir: string,
+    opts: CreateVmOptions,
+  ) {
+    if (token !== created) throw new TypeError('use createVm() to make a Vm');
+    this.name = config.name;
+    this.#baseDir = baseDir;
+    const inherit = opts.serial === 'inherit';
+    this.#m = new Machine(config, {
+      serialOutput: (b) => {
+        this.#serial += Buffer.from(b).toString('latin1');
+        if (inherit) process.stdout.write(b);
+        this.#wake();
+      },
+    });
+    this.#commands = machineCommands(this.#m, (event, data) => this.#event(event, data));
+    const signal = opts.signal;
+    const onAbort = () => void this.close();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.#unlinkSignal = () => signal?.removeEventListener('abort', onAbort);
+  }
+
+  /** Starts the guest (idempotent). */
+  start(): void {
+    this.#live('start');
+    if (this.#run || this.#exit) return;
+    this.#run = this.#m.run().then(
+      (r) => r,
+      (e: Error) => ({ status: 1, reason: `the VMM failed: ${e.message}` }),
+    );
+    void this.#run.then((r) => {
+      const exit = { status: r.status, reason: r.reason };
+      if (r.reason !== 'QMP quit')
+        this.#event('SHUTDOWN', {
+          guest: !/^closed|^interrupted/.test(r.reason),
+          reason: /^closed/.test(r.reason) ? 'host-ui' : 'guest-shutdown',
+        });
+      this.#exit = exit;
+      this.#wake(true);
+    });
+  }
+
+  /** Everything COM1 printed so far (one character per byte, latin1). */
+  get serial(): string {
+    return this.#serial;
+  }
+
+  /** How the VM ended, once it has. */
+  get exited(): VmExit | undefined {
+    return this.#exit;
+  }
+
+  /**
+   * Resolves with the match once COM1 output (from offset `from`, default 0) matches `pattern` (a
+   * string matches literally); the match's index is an offset into `serial`. Rejects with
+   * ERR_TIMEOUT, ERR_ABORTED, ERR_VM_EXITED or ERR_CLOSED, the message ending with the last lines.
+   */
+  async waitForSerial(pattern: string | RegExp, opts: WaitOptions & { from?: number } = {}): Promise<RegExpMatchArray> {
+    this.#open('waitForSerial');
+    const re = serialPattern(pattern);
+    const from = opts.from ?? 0;
+    return this.#wait(`waiting for ${String(pattern)} on the serial console`, opts, true, () => {
+      const m = re.exec(this.#serial.slice(from));
+      if (!m) return undefined;
+      m.index = (m.index ?? 0) + from;
+      m.input = this.#serial;
+      return m;
+    });
+  }
+
+  /** Resolves when the VM ends (the guest exits or powers off, quit, close). */
+  waitForExit(opts: WaitOptions = {}): Promise<VmExit> {
+    return this.#wait('waiting for the VM to exit', opts, false, () => this.#exit);
+  }
+
+  /** A read-only snapshot: memory, memslots, DMA mappings, pinned bytes, exits, interrupts, PCI devices. */
+  inspect(): VmInspection {
+    this.#open('inspect');
+    return this.#m.inspect();
+  }
+
+  // --- control: QMP's operations, through the command layer ----------------------------------
+  /** Pauses every vCPU (QMP stop; event STOP). */
+  async stop(): Promise<void> {
+    this.#live('stop');
+    await this.command('stop');
+  }
+  /** Resumes (QMP cont; event RESUME), also after a device error stopped the VM. */
+  async cont(): Promise<void> {
+    this.#live('cont');
+    await this.command('cont');
+  }
+  /** QMP system_reset: vCPUs, irqchip and devices to power-on state, the guest image loaded again. */
+  async reset(): Promise<void> {
+    this.#live('reset');
+    await this.command('system_reset');
+  }
+  /** QMP system_powerdown: the ACPI power button (a guest without ACPI does not hear it). */
+  async powerdown(): Promise<void> {
+    this.#live('powerdown');
+    await this.command('system_powerdown');
+  }
+  /** QMP device_add of a vfio-pci device. */
+  async deviceAdd(device: DeviceAddOptions): Promise<void> {
+    this.#live('deviceAdd');
+    await this.command('device_add', deviceAddArgs(device, this.#baseDir));
+  }
+  /** QMP device_del; resolves when the device is gone (after the guest's eject, or at once without ACPI). */
+  async deviceDel(id: string, opts: WaitOptions = {}): Promise<void> {
+    this.#live('deviceDel');
+    let gone = false;
+    const seen: VmEventListener = (name, data) => {
+      if (name === 'DEVICE_DELETED' && data?.device === id) gone = true;
+    };
+    this.#listeners.add(seen);
+    try {
+      await this.command('device_del', { id });
+      await this.#wait(`waiting for the guest to eject '${id}'`, opts, true, () => (gone ? true : undefined));
+    } finally {
+      this.#listeners.delete(seen);
+    }
+  }
+  /** The run state (QMP query-status's status; 'paused' before start(), 'shutdown' once ended). */
+  status(): VmStatus {
+    this.#open('status');
+    if (this.#exit) return 'shutdown';
+    if (!this.#run) return 'paused';
+    const s = (this.#commands.handlers['query-status']!({}, noFds) as { status: VmStatus }).status;
+    return s;
+  }
+
+  /**
+   * Any QMP command by name, with QMP's arguments (checked against the QMP schema) and result;
+   * a failure is a CommandError (code ERR_QMP) with QEMU's errorClass.
+   */
+  async command(name: string, args: Record<string, unknown> = {}): Promise<unknown> {
+    this.#open(name);
+    const handler = this.#commands.handlers[name];
+    if (!handler) throw new CommandError('CommandNotFound', `The command ${name} has not been found`);
+    try {
+      checkArguments(name, args);
+    } catch (e) {
+      const refine = this.#commands.argumentError[name];
+      throw refine && e instanceof CommandError ? refine(args, e) : e;
+    }
+    const ret = await handler(args, noFds);
+    return ret ?? {};
+  }
+
+  /** QMP events: STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, DEVICE_DELETED, VFIO_REQUEST, VFIO_ERROR. */
+  on(event: 'event', fn: VmEventListener): this {
+    if (event !== 'event') throw new TsvmmError('ERR_USAGE', `Vm.on: unknown event '${String(event)}' (only 'event')`);
+    this.#listeners.add(fn);
+    return this;
+  }
+  off(event: 'event', fn: VmEventListener): this {
+    if (event === 'event') this.#listeners.delete(fn);
+    return this;
+  }
+
+  /** QMP quit: ends the VM; resolves with how it ended. */
+  async quit(opts: WaitOptions = {}): Promise<VmExit> {
+    this.#open('quit');
+    if (this.#exit) return this.#exit;
+    await this.command('quit');
+    if (!this.#run) {
+      this.#exit = { status: 0, reason: 'QMP quit' };
+      this.#wake(true);
+    }
+    return this.waitForExit(opts);
+  }
+
+  /** Ends the VM if it runs and releases everything (fds, pinned memory, memslots); idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unlinkSignal();
+      if (this.#run && !this.#exit) {
+        this.#m.requestExit(0, 'closed by the library');
+        await this.#run;
+      }
+      this.#closed = true;
+      try {
+        this.#commands.close();
+      } finally {
+        this.#m.close();
+        this.#wake(true);
+      }
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // --- internals -----------------------------------------------------------------------------
+  #event(name: string, data?: Record<string, unknown>): void {
+    for (const fn of [...this.#listeners]) {
+      try {
+        fn(name, data);
+      } catch (e) {
+        // A listener's bug must not take the VMM down (it may run inside a vCPU exit).
+        console.error(`tsvmm: a Vm event listener threw on ${name}: ${(e as Error).stack ?? String(e)}`);
+      }
+    }
+    this.#wake();
+  }
+
+  /** Polls the pending waits: at once, or once per turn of the event loop (serial output comes byte by byte). */
+  #wake(now = false): void {
+    if (now) {
+      for (const w of [...this.#waiters]) w();
+      return;
+    }
+    if (this.#wakeQueued) return;
+    this.#wakeQueued = true;
+    queueMicrotask(() => {
+      this.#wakeQueued = false;
+      for (const w of [...this.#waiters]) w();
+    });
+  }
+
+  #wait<T>(what: string, opts: WaitOptions, failOnExit: boolean, check: () => T | undefined): Promise<T> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const signal = opts.signal;
+    return new Promise<T>((resolvePromise, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (f: () => void) => {
+        clearTimeout(timer);
+        this.#waiters.delete(poll);
+        signal?.removeEventListener('abort', onAbort);
+        f();
+      };
+      const fail = (code: TsvmmErrorCode, why: string, cause?: unknown) =>
+        finish(() => reject(this.#error(code, `${what}: ${why}`, cause)));
+      const poll = () => {
+        let v: T | undefined;
+        try {
+          v = check();
+        } catch (e) {
+          return finish(() => reject(e));
+        }
+        if (v !== undefined) return finish(() => resolvePromise(v));
+        if (this.#closed) return fail('ERR_CLOSED', 'the VM was closed');
+        if (failOnExit && this.#exit)
+          return fail('ERR_VM_EXITED', `the VM exited first (status ${this.#exit.status}: ${this.#exit.reason})`);
+      };
+      const onAbort = () => fail('ERR_ABORTED', 'aborted', signal?.reason);
+      if (signal?.aborted) return onAbort();
+      this.#waiters.add(poll);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (Number.isFinite(timeoutMs))
+        timer = setTimeout(() => fail('ERR_TIMEOUT', `not seen within ${timeoutMs} ms`), timeoutMs);
+      poll();
+    });
+  }
+
+  #error(code: TsvmmErrorCode, message: string, cause?: unknown): TsvmmError {
+    const tail = lastLines(this.#serial);
+    return new TsvmmError(
+      code,
+      `${this.name}: ${message}${tail ? `\nlast serial output:\n${tail}` : '\n(no serial output)'}`,
+      cause !== undefined ? { cause } : {},
+    );
+  }
+
+  /** The VM must not be closed. */
+  #open(what: string): void {
+    if (this.#closed || this.#closing) throw new TsvmmError('ERR_CLOSED', `${this.name}: ${what}: the VM is closed`);
+  }
+  /** The VM must not be closed or ended. */
+  #live(what: string): void {
+    this.#open(what);
+    if (this.#exit)
+      throw new TsvmmError(
+        'ERR_VM_EXITED',
+        `${this.name}: ${what}: the VM has ended (status ${this.#exit.status}: ${this.#exit.reason})`,
+      );
+  }
+}
+
+const noFds = { takeFd: () => undefined };
+
+function aborted(what: string, signal: AbortSignal): TsvmmError {
+  return new TsvmmError('ERR_ABORTED', `${what}: aborted`, { cause: signal.reason });
+}

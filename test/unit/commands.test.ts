@@ -1,0 +1,55 @@
+// The command layer's pure parts (no machine runs here; test/kvm/qmp*.test.ts and api.test.ts run
+// the commands): one handler per command of the QMP schema, and device_add's argument errors
+// said as QEMU says them, for both transports.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { projectRoot } from '../../core/paths.js';
+import { CommandError, machineCommands } from '../../frontend/commands.js';
+import { QmpError, checkArguments } from '../../frontend/qmp/server.js';
+import type { Machine } from '../../machine/machine.js';
+
+// Only the table is built: no handler runs against this object.
+const unused = {} as Machine;
+const commands = machineCommands(unused, () => {});
+
+test('one handler for each command of frontend/qmp/schema.json (qmp_capabilities is the server’s own)', () => {
+  const schema = JSON.parse(readFileSync(join(projectRoot, 'frontend/qmp/schema.json'), 'utf8')) as {
+    commands: Record<string, unknown>;
+  };
+  assert.deepEqual(
+    Object.keys(commands.handlers).sort(),
+    Object.keys(schema.commands)
+      .filter((c) => c !== 'qmp_capabilities')
+      .sort(),
+  );
+  assert.ok(commands.version.major >= 0 && Number.isInteger(commands.version.minor));
+});
+
+test('QMP errors are the command layer’s: one class, code ERR_QMP, errorClass as QEMU’s', () => {
+  assert.equal(QmpError, CommandError);
+  const e = new QmpError('DeviceNotFound', "Device 'x' not found");
+  assert.equal(e.code, 'ERR_QMP');
+  assert.equal(e.errorClass, 'DeviceNotFound');
+});
+
+test("device_add: an unknown property is the device's, an unknown driver says which exist", () => {
+  const refine = commands.argumentError.device_add!;
+  const check = (args: Record<string, unknown>): string => {
+    try {
+      checkArguments('device_add', args);
+    } catch (e) {
+      assert.ok(e instanceof CommandError);
+      return refine(args, e).message;
+    }
+    return 'accepted';
+  };
+  assert.equal(check({ driver: 'vfio-pci', id: 'a', colour: 'red' }), "Property 'vfio-pci.colour' not found");
+  assert.equal(
+    check({ driver: 'virtio-net', id: 'a', colour: 'red' }),
+    "'virtio-net' is not a valid device model name (tsvmm has: vfio-pci)",
+  );
+  assert.equal(check({ id: 'a' }), "Parameter 'driver' is missing");
+  assert.equal(check({ driver: 'vfio-pci', id: 'a', host: '00:03.0', addr: '0x5', rombar: 0 }), 'accepted');
+});
