@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { TsvmmError } from '../core/errors.js';
 import { projectRoot } from '../core/paths.js';
-import type { DeviceConfig, RawConfig } from '../machine/config/config.js';
+import type { RawConfig } from '../machine/config/config.js';
 import type { HostDevice } from '../testhost/index.js';
 import { cachedDebianKernel } from '../testhost/kernel.js';
 
@@ -106,7 +106,7 @@ export interface LinuxGuestOptions {
   memory?: string | number;
   vcpus?: number;
   /** Assigned devices, as in the config's `devices`. */
-  devices?: DeviceConfig[];
+  devices?: NonNullable<GuestConfig['devices']>;
   /** A directory with modules.order and the modules /init loads in that order (default: the test host kernel's). */
   modules?: string;
   /** A statically linked busybox (default /bin/busybox from busybox-static). */
