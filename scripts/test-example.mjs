@@ -42,8 +42,9 @@ function runJson(cmd, argv, cwd, what) {
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 
-// 1. The tarball (npm pack runs `prepare`, i.e. the build, first).
-const [packed] = runJson('npm', ['pack', '--json', '--pack-destination', work], root, 'pack');
+// 1. The tarball, of a fresh build (what `prepare` does before a pack; run apart so that pack's stdout is its JSON).
+run('npm', ['run', 'build'], root, 'build');
+const [packed] = runJson('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], root, 'pack');
 const tarball = join(work, packed.filename);
 say(`${relative(root, tarball)}: ${packed.entryCount} files, ${(packed.size / 1024).toFixed(0)} KiB`);
 
