@@ -20,7 +20,15 @@ import { dirname, join } from 'node:path';
 import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../machine/loader/initramfs.js';
 import { cachedDebianKernel } from '../testhost/kernel.js';
 import { nvmePattern } from '../testhost/index.js';
-import { renderMarkdown, type MetricDef, type MetricResult, type VmmName } from './stats.js';
+import {
+  fmtRatio,
+  renderMarkdown,
+  summarize,
+  type MetricDef,
+  type MetricResult,
+  type Summary,
+  type VmmName,
+} from './stats.js';
 import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
 
 export const MEM_MIB = 256;
@@ -47,6 +55,8 @@ export interface LinuxSample {
   ioExitsPerChar?: number;
   irqsPerChar?: number;
   cpuUsPerChar?: number;
+  /** The same CPU time split by thread (the main thread as "main", others by name, same names summed). */
+  threadUsPerChar?: Record<string, number>;
   /** The guest's line for ttyS0 in /proc/tty/driver/serial (which UART Linux found). */
   uart?: string;
   nvmeOk?: boolean;
@@ -175,19 +185,26 @@ export function parseRun(lines: SerialLine[], chars: number): ParsedRun {
 }
 
 /** Per UART byte between two snapshots of the VMM: KVM exits, port-I/O exits, injections, CPU outside the guest (µs). */
-export function perChar(a: Snapshot, b: Snapshot, bytes: number): Partial<LinuxSample> {
+export function perChar(a: Snapshot, b: Snapshot, bytes: number, pid: number): Partial<LinuxSample> {
   const d = (k: string) => (a.kvm[k] !== undefined && b.kvm[k] !== undefined ? b.kvm[k]! - a.kvm[k]! : undefined);
   const per = (x: number | undefined) => (x === undefined ? undefined : x / bytes);
   let ticks = 0;
+  const byThread: Record<string, number> = {};
   for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
     const o = a.threadCpu[k];
-    if (o) ticks += u - g - (o[0] - o[2]) + (s - o[1]);
+    if (!o) continue;
+    const t = u - g - (o[0] - o[2]) + (s - o[1]);
+    ticks += t;
+    const [tid, ...name] = k.split(' ');
+    const who = Number(tid) === pid ? 'main' : name.join(' ');
+    byThread[who] = (byThread[who] ?? 0) + (t * 1e4) / bytes;
   }
   return {
     exitsPerChar: per(d('exits')),
     ioExitsPerChar: per(d('io_exits')),
     irqsPerChar: per(d('irq_injections')),
     cpuUsPerChar: (ticks * 1e4) / bytes, // USER_HZ = 100: a tick is 10 ms
+    threadUsPerChar: byThread,
   };
 }
 
@@ -296,6 +313,36 @@ export function linuxMetrics(r: LinuxResults): MetricResult[] {
   });
 }
 
+/** tsvmm ÷ QEMU within each round (both ran back to back, under the same load), summarised over the rounds. */
+export function pairedRatios(r: LinuxResults, id: string): Summary | undefined {
+  const m = LINUX_METRICS.find((x) => x.id === id);
+  if (!m) throw new Error(`no Linux metric ${id}`);
+  const val = (s: LinuxSample | undefined) =>
+    s && !(s.error && s.userspaceMs === undefined)
+      ? m.derive
+        ? m.derive(s)
+        : (s[m.field] as number | undefined)
+      : undefined;
+  const out: number[] = [];
+  for (let i = 0; i < r.rounds; i++) {
+    const t = val(r.samples.find((s) => s.vmm === 'tsvmm' && s.round === i)),
+      q = val(r.samples.find((s) => s.vmm === 'qemu' && s.round === i));
+    if (t !== undefined && q !== undefined && q > 0) out.push(t / q);
+  }
+  return summarize(out);
+}
+
+/** Median per-character CPU of each tsvmm/QEMU thread over the rounds (where the VMM's CPU goes). */
+export function threadSplit(r: LinuxResults, vmm: VmmName): [string, number][] {
+  const per = new Map<string, number[]>();
+  for (const s of r.samples.filter((x) => x.vmm === vmm && x.threadUsPerChar))
+    for (const [k, v] of Object.entries(s.threadUsPerChar!)) per.set(k, [...(per.get(k) ?? []), v]);
+  return [...per]
+    .map(([k, v]) => [k, summarize(v)!.median] as [string, number])
+    .filter(([, v]) => v > 0)
+    .sort((a, b) => b[1] - a[1]);
+}
+
 export function renderLinux(r: LinuxResults): string {
   const uarts = [...new Set(r.samples.filter((s) => s.uart).map((s) => `${s.vmm}: ${s.uart}`))];
   const nvme = r.samples.filter((s) => s.nvmeOk).length;
@@ -312,6 +359,32 @@ export function renderLinux(r: LinuxResults): string {
     '',
     `nvme read right (first MiB's sha256) in ${nvme} of ${r.samples.length} launches. UART Linux found: ${uarts.join('; ') || '?'}.`,
   ];
+  // The host is shared and its load drifts between rounds: the ratio within each round is the steadier figure.
+  const paired = LINUX_METRICS.filter((m) =>
+    ['linux-userspace', 'linux-prekernel', 'serial-host', 'serial-cpu'].includes(m.id),
+  )
+    .map((m) => {
+      const p = pairedRatios(r, m.id);
+      return p
+        ? `${m.label.replace(/ \(.*$/, '')}: ${fmtRatio(p.median, m.better)} (${p.min.toFixed(2)}–${p.max.toFixed(2)})`
+        : '';
+    })
+    .filter(Boolean);
+  if (paired.length)
+    lines.push('', 'tsvmm ÷ QEMU within each round (median over rounds, min–max):', '', ...paired.map((x) => `- ${x}`));
+  const split = (['tsvmm', 'qemu'] as const)
+    .map((v) => {
+      const t = threadSplit(r, v);
+      return t.length ? `${v}: ${t.map(([k, x]) => `${k} ${x.toFixed(0)}`).join(', ')}` : '';
+    })
+    .filter(Boolean);
+  if (split.length)
+    lines.push(
+      '',
+      'VMM CPU per console character by thread (µs, medians; outside the guest, user + system):',
+      '',
+      ...split.map((x) => `- ${x}`),
+    );
   if (errors.length)
     lines.push('', 'Failed launches:', '', ...errors.map((s) => `- ${s.vmm} round ${s.round + 1}: ${s.error}`));
   return lines.join('\n') + '\n';
@@ -437,7 +510,7 @@ async function once(
     serialGuestUsPerChar: p.serialGuestUsPerChar,
     uart: p.uart,
     nvmeOk: p.nvmeSha === o.nvmeSha,
-    ...(snapA && snapB && payloadBytes ? perChar(snapA, snapB, payloadBytes) : {}),
+    ...(snapA && snapB && payloadBytes ? perChar(snapA, snapB, payloadBytes, child.pid!) : {}),
   };
   const problems = [...p.problems];
   if (!s.nvmeOk) problems.push(`nvme read ${p.nvmeSha ?? 'nothing'}, want ${o.nvmeSha}`);

@@ -9,6 +9,7 @@ import {
   buildBenchInitrd,
   linuxMetrics,
   MARKER_INIT,
+  pairedRatios,
   parseRun,
   PAYLOAD_LINE,
   perChar,
@@ -78,11 +79,12 @@ test("bench linux: per character, KVM's exit counters and the VMM's CPU outside 
   // Thread 1: 30 ticks user of which 20 in the guest, 5 system → 15 ticks outside; thread 3 appeared: not counted.
   const a = snap(100, 50, 10, { '1 node': [100, 10, 50], '2 worker': [0, 0, 0] });
   const b = snap(1100, 550, 110, { '1 node': [130, 15, 70], '2 worker': [0, 0, 0], '3 new': [9, 9, 0] });
-  const r = perChar(a, b, 500);
+  const r = perChar(a, b, 500, 1);
   assert.equal(r.exitsPerChar, 2);
   assert.equal(r.ioExitsPerChar, 1);
   assert.equal(r.irqsPerChar, 0.2);
   assert.equal(r.cpuUsPerChar, (15 * 1e4) / 500);
+  assert.deepEqual(r.threadUsPerChar, { main: 300, worker: 0 });
 });
 
 test('bench linux: rows with medians, ratios to QEMU, bold where tsvmm is worse, the null VMM n/a', () => {
@@ -129,6 +131,10 @@ test('bench linux: rows with medians, ratios to QEMU, bold where tsvmm is worse,
   );
   assert.match(md, /Where tsvmm is worse than QEMU:/);
   assert.match(md, /nvme read right \(first MiB's sha256\) in 6 of 6 launches/);
+  // Within each round: 9000/10000, 8000/12000, 8500/11000 → median 0.77 (0.67–0.90).
+  assert.equal(pairedRatios(r, 'linux-userspace')!.median, 8500 / 11000);
+  assert.match(md, /- Linux launch → first line of \/init: 0\.77× \(0\.67–0\.90\)/);
+  assert.match(md, /- Linux serial console, per character: \*\*3\.00×\*\* \(2\.95–3\.00\)/);
   // A failed launch is listed.
   r.samples.push({ vmm: 'tsvmm', round: 3, exitCode: 1, error: 'exit 1: boom' });
   assert.match(renderLinux(r), /Failed launches:\n\n- tsvmm round 4: exit 1: boom/);
