@@ -298,8 +298,36 @@ export const LINUX_METRICS: (MetricDef & { field: Field; derive?: (s: LinuxSampl
   },
 ];
 
-/** Notes for rows where tsvmm is worse (from the profile in the README); keyed by metric id. */
-export const WHY_WORSE: Record<string, string> = {};
+// Notes for rows where tsvmm is worse, from `--profile` (one tsvmm launch under --cpu-prof, both VMMs under
+// strace -c) in the run of 2026-11-27; keyed by metric id.
+const STARTUP =
+  "tsvmm's own start-up before the guest's first instruction, against QEMU's start-up plus SeaBIOS and its fw_cfg " +
+  "copy of kernel and initrd. A --cpu-prof of one tsvmm launch in this host: 5.5 s from the profile's start to the " +
+  "first KVM_RUN, of which loading the ES modules (43 of the project's, each resolved and read over the test host's " +
+  '9p root, then compiled) ≈ 2.0 s and building the Machine ≈ 1.9 s (the MAP_DMA of its 256 MiB 0.7 s under the ' +
+  "profiler, opening the VFIO group and device 0.2 s, loading the bzImage and initrd 0.3 s); Node's own bootstrap " +
+  "(`node -e 0`) comes before the profile starts. The guest kernel's own boot is shorter under tsvmm (its row; not " +
+  'profiled). What would close it: one bundled file with a V8 code cache (the ' +
+  'module share: one read, nothing to resolve or compile), and RAM pinned in 2 MiB pages (fewer pages per MAP_DMA).';
+const CONSOLE =
+  'the guest makes the same exits per character under both (1.3 port-I/O exits: Linux finds a 16550A and writes ' +
+  'up to 16 bytes per THRE interrupt into its FIFO), so the difference is what each exit costs the VMM. A --cpu-prof of ' +
+  "tsvmm's main thread over the console phase (4 s): 63 % in runSlice (the KVM_RUN ioctl — guest and KVM — and the " +
+  "loop's decoding), ~13 % writing the output through process.stdout (the stream: WriteWrap, async hooks, a Buffer " +
+  'copy, then a synchronous write(2) to the pipe, 8 % of it in writeBuffer), ~8 % in the device dispatch (AddressSpace, ' +
+  "the UART model, setIrqLine's KVM_IRQ_LINE) and 2 % re-entering the run loop after each event-loop turn; tsvmm's " +
+  "other threads (all named node: V8's GC and compiler helpers, libuv's pool, the loop watcher) add CPU of their own " +
+  "(per-thread split below). QEMU writes every byte with its own writev (4,552 in the strace'd launch; tsvmm 1,321 " +
+  'writes, one per event-loop turn). What would close it: the console output written to fd 1 with one write(2) ' +
+  'instead of through the stream (a change to the serial output in machine/machine.ts), and no number[] → ' +
+  'Uint8Array → Buffer copies per flush in the UART model.';
+export const WHY_WORSE: Record<string, string> = {
+  'linux-userspace': STARTUP,
+  'linux-prekernel': STARTUP,
+  'serial-host': CONSOLE,
+  'serial-guest': CONSOLE,
+  'serial-cpu': CONSOLE,
+};
 
 export function linuxMetrics(r: LinuxResults): MetricResult[] {
   return LINUX_METRICS.map(({ field, derive, ...def }) => {
@@ -344,7 +372,9 @@ export function threadSplit(r: LinuxResults, vmm: VmmName): [string, number][] {
 }
 
 export function renderLinux(r: LinuxResults): string {
-  const uarts = [...new Set(r.samples.filter((s) => s.uart).map((s) => `${s.vmm}: ${s.uart}`))];
+  const uarts = [
+    ...new Set(r.samples.filter((s) => s.uart).map((s) => `${s.vmm}: ${s.uart!.replace(/ tx:\d+ rx:\d+/, '')}`)),
+  ];
   const nvme = r.samples.filter((s) => s.nvmeOk).length;
   const errors = r.samples.filter((s) => s.error);
   const lines = [
