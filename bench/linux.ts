@@ -40,6 +40,8 @@ const MARK = 'bench-linux:';
 
 export interface LinuxSample {
   vmm: VmmName;
+  /** tsvmm only: another build's dist/bin/tsvmm.js ran (TSVMM_BENCH_LINUX_ALT), not this one. */
+  alt?: string;
   round: number;
   exitCode: number | null;
   /** spawn → arrival of /init's first line. */
@@ -333,7 +335,7 @@ export function linuxMetrics(r: LinuxResults): MetricResult[] {
   return LINUX_METRICS.map(({ field, derive, ...def }) => {
     const samples = { tsvmm: [] as number[], qemu: [] as number[], null: [] as number[] };
     for (const s of r.samples) {
-      if (s.error && s.userspaceMs === undefined) continue;
+      if (s.alt || (s.error && s.userspaceMs === undefined)) continue;
       const v = derive ? derive(s) : (s[field] as number | undefined);
       if (typeof v === 'number' && Number.isFinite(v)) samples[s.vmm].push(v);
     }
@@ -341,8 +343,11 @@ export function linuxMetrics(r: LinuxResults): MetricResult[] {
   });
 }
 
-/** tsvmm ÷ QEMU within each round (both ran back to back, under the same load), summarised over the rounds. */
-export function pairedRatios(r: LinuxResults, id: string): Summary | undefined {
+/**
+ * tsvmm ÷ QEMU within each round (both ran back to back, under the same load), summarised over the rounds;
+ * with alt, the other build's tsvmm ÷ this one.
+ */
+export function pairedRatios(r: LinuxResults, id: string, alt = false): Summary | undefined {
   const m = LINUX_METRICS.find((x) => x.id === id);
   if (!m) throw new Error(`no Linux metric ${id}`);
   const val = (s: LinuxSample | undefined) =>
@@ -353,17 +358,17 @@ export function pairedRatios(r: LinuxResults, id: string): Summary | undefined {
       : undefined;
   const out: number[] = [];
   for (let i = 0; i < r.rounds; i++) {
-    const t = val(r.samples.find((s) => s.vmm === 'tsvmm' && s.round === i)),
-      q = val(r.samples.find((s) => s.vmm === 'qemu' && s.round === i));
+    const t = val(r.samples.find((s) => s.vmm === 'tsvmm' && s.round === i && !!s.alt === alt)),
+      q = val(r.samples.find((s) => s.round === i && (alt ? s.vmm === 'tsvmm' && !s.alt : s.vmm === 'qemu')));
     if (t !== undefined && q !== undefined && q > 0) out.push(t / q);
   }
   return summarize(out);
 }
 
 /** Median per-character CPU of each tsvmm/QEMU thread over the rounds (where the VMM's CPU goes). */
-export function threadSplit(r: LinuxResults, vmm: VmmName): [string, number][] {
+export function threadSplit(r: LinuxResults, vmm: VmmName, alt = false): [string, number][] {
   const per = new Map<string, number[]>();
-  for (const s of r.samples.filter((x) => x.vmm === vmm && x.threadUsPerChar))
+  for (const s of r.samples.filter((x) => x.vmm === vmm && !!x.alt === alt && x.threadUsPerChar))
     for (const [k, v] of Object.entries(s.threadUsPerChar!)) per.set(k, [...(per.get(k) ?? []), v]);
   return [...per]
     .map(([k, v]) => [k, summarize(v)!.median] as [string, number])
@@ -408,6 +413,20 @@ export function renderLinux(r: LinuxResults): string {
       return t.length ? `${v}: ${t.map(([k, x]) => `${k} ${x.toFixed(0)}`).join(', ')}` : '';
     })
     .filter(Boolean);
+  const alt = r.samples.find((s) => s.alt)?.alt;
+  if (alt) {
+    const t = threadSplit(r, 'tsvmm', true);
+    split.push(`tsvmm (${alt}): ${t.map(([k, x]) => `${k} ${x.toFixed(0)}`).join(', ')}`);
+    lines.push(
+      '',
+      `Another build, ${alt}, in the same rounds (not in the table): it ÷ this tsvmm within each round (median, min–max):`,
+      '',
+      ...LINUX_METRICS.filter((m) => ['linux-userspace', 'serial-host', 'serial-cpu'].includes(m.id)).map((m) => {
+        const p = pairedRatios(r, m.id, true);
+        return `- ${m.label.replace(/ \(.*$/, '')}: ${p ? `${p.median.toFixed(2)}× (${p.min.toFixed(2)}–${p.max.toFixed(2)})` : '—'}`;
+      }),
+    );
+  }
   if (split.length)
     lines.push(
       '',
@@ -422,7 +441,7 @@ export function renderLinux(r: LinuxResults): string {
 
 // ---- running it (inside the test host) -------------------------------------------------------
 
-function argvFor(vmm: VmmName, kernel: string, initrd: string, bdf: string, scratch: string): string[] {
+function argvFor(vmm: VmmName, kernel: string, initrd: string, bdf: string, scratch: string, js = tsvmmJs): string[] {
   if (vmm === 'tsvmm') {
     const cfg = join(scratch, 'tsvmm-linux.json');
     writeFileSync(
@@ -436,7 +455,7 @@ function argvFor(vmm: VmmName, kernel: string, initrd: string, bdf: string, scra
         devices: [{ type: 'vfio-pci', id: 'nvme', host: bdf }],
       }),
     );
-    return [process.execPath, tsvmmJs, 'run', cfg];
+    return [process.execPath, js, 'run', cfg];
   }
   if (vmm === 'qemu')
     return [
@@ -484,8 +503,9 @@ async function once(
   round: number,
   o: { kernel: string; initrd: string; bdf: string; scratch: string; chars: number; nvmeSha: string },
   profile?: Profile,
+  alt?: string,
 ): Promise<LinuxSample> {
-  const plain = argvFor(vmm, o.kernel, o.initrd, o.bdf, o.scratch);
+  const plain = argvFor(vmm, o.kernel, o.initrd, o.bdf, o.scratch, alt);
   const argv = profile ? profiled(plain, vmm, profile) : plain;
   const lines: SerialLine[] = [];
   const payloadLines = o.chars / 64;
@@ -532,6 +552,7 @@ async function once(
   const p = parseRun(lines, o.chars);
   const s: LinuxSample = {
     vmm,
+    ...(alt ? { alt } : {}),
     round,
     exitCode: code,
     userspaceMs: p.userspaceMs,
@@ -606,7 +627,14 @@ export async function runLinuxBench(o: {
     rounds: 0,
     samples: [],
   };
-  const vmms: VmmName[] = ['tsvmm', 'qemu'];
+  // TSVMM_BENCH_LINUX_ALT=<other build>/dist/bin/tsvmm.js: that build too, in the same rounds (a before/after).
+  const altJs = process.env.TSVMM_BENCH_LINUX_ALT;
+  const vmms: { vmm: VmmName; alt?: string }[] = [
+    { vmm: 'tsvmm' },
+    { vmm: 'qemu' },
+    ...(altJs ? [{ vmm: 'tsvmm' as const, alt: altJs }] : []),
+  ];
+  const name = (v: { vmm: VmmName; alt?: string }) => (v.alt ? 'tsvmm-alt' : v.vmm);
   const args = { kernel, initrd, bdf: devices.nvme.bdf, scratch, chars: o.chars, nvmeSha };
   const fmt = (s: LinuxSample) =>
     `userspace ${s.userspaceMs?.toFixed(0)} ms (guest uptime ${s.guestUptimeMs?.toFixed(0)}), serial ${s.serialHostUsPerChar?.toFixed(0)} µs/char host, ${s.serialGuestUsPerChar?.toFixed(0)} guest, ${s.ioExitsPerChar?.toFixed(2)} io exits/char, cpu ${s.cpuUsPerChar?.toFixed(0)} µs/char${s.error ? ` ERROR ${s.error}` : ''}`;
@@ -614,14 +642,14 @@ export async function runLinuxBench(o: {
     // Warm-up, not counted: the first launch reads node's modules, QEMU and the firmware over 9p.
     if (o.warmup)
       for (const v of vmms) {
-        const w = await once(v, -1, args);
-        o.log(`linux warm-up ${v}: ${fmt(w)}`);
+        const w = await once(v.vmm, -1, args, undefined, v.alt);
+        o.log(`linux warm-up ${name(v)}: ${fmt(w)}`);
       }
     for (let i = 0; i < o.rounds; i++) {
       for (const v of vmms.map((_, j) => vmms[(j + i) % vmms.length]!)) {
-        const s = await once(v, i, args);
+        const s = await once(v.vmm, i, args, undefined, v.alt);
         r.samples.push(s);
-        o.log(`linux round ${i + 1}/${o.rounds} ${v}: ${fmt(s)}`);
+        o.log(`linux round ${i + 1}/${o.rounds} ${name(v)}: ${fmt(s)}`);
       }
       r.rounds = i + 1;
       o.save?.(r);

@@ -162,6 +162,7 @@ async function linuxBench(args: string[], outDir: string): Promise<number> {
     devices: ['nvme'],
     timeoutMs: TIMEOUT_S * 1000,
     command: ['node', 'dist/bench/linux.js', ...args],
+    ...(process.env.TSVMM_BENCH_LINUX_ALT ? { env: { TSVMM_BENCH_LINUX_ALT: process.env.TSVMM_BENCH_LINUX_ALT } } : {}),
     stream: { stdout: process.stderr, stderr: process.stderr },
     keepRunDir: true,
   });
