@@ -304,7 +304,7 @@ export const LINUX_METRICS: (MetricDef & { field: Field; derive?: (s: LinuxSampl
 // strace -c) in the run of 2026-11-27; keyed by metric id.
 const STARTUP =
   "tsvmm's own start-up before the guest's first instruction, against QEMU's start-up plus SeaBIOS and its fw_cfg " +
-  "copy of kernel and initrd. A --cpu-prof of one tsvmm launch in this host: 5.5 s from the profile's start to the " +
+  "copy of kernel and initrd. A --cpu-prof of one tsvmm launch in this host (2026-11-27): 5.5 s from the profile's start to the " +
   "first KVM_RUN, of which loading the ES modules (43 of the project's, each resolved and read over the test host's " +
   '9p root, then compiled) ≈ 2.0 s and building the Machine ≈ 1.9 s (the MAP_DMA of its 256 MiB 0.7 s under the ' +
   "profiler, opening the VFIO group and device 0.2 s, loading the bzImage and initrd 0.3 s); Node's own bootstrap " +
@@ -320,9 +320,10 @@ const CONSOLE =
   "the UART model, setIrqLine's KVM_IRQ_LINE) and 2 % re-entering the run loop after each event-loop turn; tsvmm's " +
   "other threads (all named node: V8's GC and compiler helpers, libuv's pool, the loop watcher) add CPU of their own " +
   "(per-thread split below). QEMU writes every byte with its own writev (4,552 in the strace'd launch; tsvmm 1,321 " +
-  'writes, one per event-loop turn). What would close it: the console output written to fd 1 with one write(2) ' +
-  'instead of through the stream (a change to the serial output in machine/machine.ts), and no number[] → ' +
-  'Uint8Array → Buffer copies per flush in the UART model.';
+  'writes, one per event-loop turn). Writing the output to fd 1 with writeSync instead of the stream (measured as another build in the ' +
+  "same rounds on 2026-11-27) made no measurable difference (its CPU per character 1.08× this build's, 0.39–1.58): " +
+  "what is left to try: the run loop's own cost per exit (the run-loop rows) and what the other threads " +
+  'do (not yet told apart: they all carry the name node).';
 export const WHY_WORSE: Record<string, string> = {
   'linux-userspace': STARTUP,
   'linux-prekernel': STARTUP,
