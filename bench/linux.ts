@@ -198,7 +198,10 @@ export function perChar(a: Snapshot, b: Snapshot, bytes: number, pid: number): P
     const t = u - g - (o[0] - o[2]) + (s - o[1]);
     ticks += t;
     const [tid, ...name] = k.split(' ');
-    const who = Number(tid) === pid ? 'main' : name.join(' ');
+    // Threads of the same name told apart by where they sleep (tsvmm's loop watcher waits in poll, V8's
+    // and libuv's helpers in futex, Node's platform timer thread in epoll).
+    const where = b.wchan?.[k] ?? a.wchan?.[k];
+    const who = Number(tid) === pid ? 'main' : `${name.join(' ')}${where ? ` (${where})` : ''}`;
     byThread[who] = (byThread[who] ?? 0) + (t * 1e4) / bytes;
   }
   return {

@@ -77,14 +77,21 @@ test("bench linux: per character, KVM's exit counters and the VMM's CPU outside 
     kvm: { exits, io_exits: io, irq_injections: irq },
   });
   // Thread 1: 30 ticks user of which 20 in the guest, 5 system → 15 ticks outside; thread 3 appeared: not counted.
-  const a = snap(100, 50, 10, { '1 node': [100, 10, 50], '2 worker': [0, 0, 0] });
-  const b = snap(1100, 550, 110, { '1 node': [130, 15, 70], '2 worker': [0, 0, 0], '3 new': [9, 9, 0] });
+  const a = snap(100, 50, 10, { '1 node': [100, 10, 50], '2 node': [0, 0, 0], '4 node': [1, 0, 0] });
+  const b = snap(1100, 550, 110, {
+    '1 node': [130, 15, 70],
+    '2 node': [0, 0, 0],
+    '3 new': [9, 9, 0],
+    '4 node': [3, 0, 0],
+  });
+  b.wchan = { '2 node': 'futex_do_wait', '4 node': 'do_poll' };
   const r = perChar(a, b, 500, 1);
   assert.equal(r.exitsPerChar, 2);
   assert.equal(r.ioExitsPerChar, 1);
   assert.equal(r.irqsPerChar, 0.2);
-  assert.equal(r.cpuUsPerChar, (15 * 1e4) / 500);
-  assert.deepEqual(r.threadUsPerChar, { main: 300, worker: 0 });
+  // Thread 4: 2 ticks. 17 ticks of 10 ms over 500 characters.
+  assert.equal(r.cpuUsPerChar, (17 * 1e4) / 500);
+  assert.deepEqual(r.threadUsPerChar, { main: 300, 'node (futex_do_wait)': 0, 'node (do_poll)': 40 });
 });
 
 test('bench linux: rows with medians, ratios to QEMU, bold where tsvmm is worse, the null VMM n/a', () => {
