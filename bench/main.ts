@@ -9,8 +9,12 @@
 // test-host boot; they go to bench/results/runloop.{json,md}.
 //   node dist/bench/main.js --memory-only [--mib N --rounds N]   (only the guest-RAM rows, bench/memory.ts)
 //   node dist/bench/main.js --no-memory   (without them)
+//   node dist/bench/main.js --linux-only [--rounds N --chars N]   (only the Linux rows, bench/linux.ts: a
+//       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
+//   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
+//   node dist/bench/main.js --no-linux    (without them)
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { runInTestHost } from '../testhost/index.js';
@@ -19,6 +23,7 @@ import { renderMarkdown, toRow } from './stats.js';
 import { root, nullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
 import { renderMemory, type MemoryResults } from './memory.js';
+import { renderLinux, type LinuxResults } from './linux.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -123,6 +128,7 @@ async function main(): Promise<number> {
     process.stdout.write(md);
     return 0;
   }
+  if (args[0] === '--linux-only') return linuxBench(args.slice(1), outDir);
   buildNullVmm();
   if (args.includes('--memory-only'))
     return memoryBench(
@@ -130,9 +136,55 @@ async function main(): Promise<number> {
       outDir,
     );
   const withMemory = !args.includes('--no-memory');
-  const mainArgs = args.filter((a) => a !== '--no-memory');
-  const code = await mainBench(mainArgs, outDir);
-  return withMemory ? Math.max(code, await memoryBench([], outDir)) : code;
+  const withLinux = !args.includes('--no-linux');
+  const mainArgs = args.filter((a) => a !== '--no-memory' && a !== '--no-linux');
+  let code = await mainBench(mainArgs, outDir);
+  if (withMemory) code = Math.max(code, await memoryBench([], outDir));
+  if (withLinux) code = Math.max(code, await linuxBench([], outDir));
+  return code;
+}
+
+/** The Linux rows (bench/linux.ts) in their own test host, nvme bound to vfio-pci. */
+async function linuxBench(args: string[], outDir: string): Promise<number> {
+  const write = (results: LinuxResults) => {
+    const md = renderLinux(results);
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(join(outDir, 'linux.json'), JSON.stringify(results, null, 1) + '\n');
+    writeFileSync(join(outDir, 'linux.md'), md);
+    process.stdout.write(`\n${md}\nbench: bench/results/linux.md, linux.json\n`);
+  };
+  if (args.includes('--render')) {
+    write(JSON.parse(readFileSync(join(outDir, 'linux.json'), 'utf8')) as LinuxResults);
+    return 0;
+  }
+  const r = await runInTestHost({
+    kernel: 'debian',
+    devices: ['nvme'],
+    timeoutMs: TIMEOUT_S * 1000,
+    command: ['node', 'dist/bench/linux.js', ...args],
+    ...(process.env.TSVMM_BENCH_LINUX_ALT ? { env: { TSVMM_BENCH_LINUX_ALT: process.env.TSVMM_BENCH_LINUX_ALT } } : {}),
+    stream: { stdout: process.stderr, stderr: process.stderr },
+    keepRunDir: true,
+  });
+  const runDir = r.runDir!;
+  try {
+    const json = join(runDir, 'bench-linux.json');
+    if (!existsSync(json)) {
+      process.stderr.write(`bench: no Linux results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
+      return 1;
+    }
+    write(JSON.parse(readFileSync(json, 'utf8')) as LinuxResults);
+    const prof = join(runDir, 'linux-profile');
+    if (existsSync(prof)) {
+      const to = join(root, 'dist/bench/linux-profile');
+      rmSync(to, { recursive: true, force: true });
+      cpSync(prof, to, { recursive: true });
+      process.stderr.write(`bench: profiles in ${to}\n`);
+    }
+    return r.exitCode === 0 ? 0 : 1;
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
 }
 
 /** The guest-RAM rows (bench/memory.ts) in their own test host: 6 GiB, so 1 GiB guests on 2 MiB huge pages fit. */

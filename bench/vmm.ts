@@ -137,6 +137,8 @@ export interface Snapshot {
   threads: Record<string, number>;
   /** Every thread: "tid name" → [utime, stime, guest time] in ticks (USER_HZ); utime includes guest time. */
   threadCpu: Record<string, [number, number, number]>;
+  /** Every thread: "tid name" → where it sleeps (/proc/…/wchan: futex, poll, epoll; "0" while running). */
+  wchan?: Record<string, string>;
   /** This host's /proc/stat cpu line: user nice system idle iowait irq softirq steal guest guest_nice. */
   hostCpu: number[];
   rssKiB: number;
@@ -195,6 +197,7 @@ function kvmDir(pid: number): string | undefined {
 export function snapshot(pid: number): Snapshot {
   const threads: Record<string, number> = {};
   const threadCpu: Record<string, [number, number, number]> = {};
+  const wchan: Record<string, string> = {};
   let mainCtx = 0;
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
@@ -207,6 +210,7 @@ export function snapshot(pid: number): Snapshot {
         .replace(/^.*\) /, '')
         .split(' ');
       threadCpu[`${tid} ${name}`] = [Number(f[11]), Number(f[12]), Number(f[40])]; // utime, stime, guest_time (fields 14, 15, 43)
+      wchan[`${tid} ${name}`] = readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
     } catch {
       /* thread ended */
     }
@@ -238,7 +242,7 @@ export function snapshot(pid: number): Snapshot {
       }
     }
   const hostCpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { t: performance.now(), mainCtx, threads, threadCpu, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
+  return { t: performance.now(), mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
 }
 
 export function delta(a: Snapshot, b: Snapshot, k: string): number | undefined {
