@@ -10,6 +10,7 @@ import { MemoryRegion, memoryTransaction, type RamBacking } from '../core/memory
 import { Kvm } from '../core/kvm/kvm.js';
 import { Vm } from '../core/kvm/vm.js';
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
+import { KvmInterrupts } from './interrupts.js';
 import type { VfioPciConfig, VmConfig } from './config/config.js';
 import {
   loadElf32,
@@ -72,6 +73,8 @@ export interface MachineResult {
 export class Machine {
   readonly kvm: Kvm;
   readonly vm: Vm;
+  /** What device models raise interrupts through (KVM GSI routes and irqfds). */
+  readonly interrupts: KvmInterrupts;
   /** Guest RAM below 4 GiB (at most 3 GiB: loaders and boot tables go here). */
   readonly ram: Uint8Array;
   /** All of guest RAM (core/ram.ts): high RAM is reached through guestRam.view(). */
@@ -123,6 +126,7 @@ export class Machine {
       const passedVfio = this.checkPassedVfio(passed);
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
+      this.interrupts = new KvmInterrupts(this.vm);
 
       // Guest RAM, as config.memory asks (core/ram.ts): RAM below the 32-bit PCI hole, the rest
       // above 4 GiB. With devices assigned it is all pinned, so it is prefaulted first (in parallel).
@@ -183,7 +187,7 @@ export class Machine {
             : (b: Uint8Array) => {
                 process.stdout.write(b);
               });
-      this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });
+      this.serial = new Serial16550({ output, irq: this.interrupts.line(COM1_IRQ) });
       this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
       this.vm.io.root.addSubregion(
         DEBUG_EXIT_PORT,
@@ -217,7 +221,7 @@ export class Machine {
           this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)'),
       });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
-      this.ged = new GenericEventDevice((level) => this.vm.setIrqLine(GED_GSI, level));
+      this.ged = new GenericEventDevice(this.interrupts.line(GED_GSI));
       this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
       this.pciHotplug = new AcpiPciHotplug(
         () => this.ged.notify(GED_EVENT_PCI_HOTPLUG),
@@ -291,7 +295,7 @@ export class Machine {
     const assigned = this.vfio.open(d);
     let dev: VfioPciDevice | undefined;
     try {
-      dev = new VfioPciDevice(this.vm, assigned, {
+      dev = new VfioPciDevice(this.interrupts, assigned, {
         id: d.id ?? defaultId,
         gsi,
         rom: {
