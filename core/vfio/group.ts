@@ -16,7 +16,8 @@ export class VfioGroup {
     readonly owned: boolean,
   ) {}
 
-  /** Opens /dev/vfio/<id>, or adopts an fd passed by a manager (then `owned` is false). */
+  /** Opens /dev/vfio/<id>, or takes an fd passed by a manager (then `owned` is false; it is the
+   *  group's to close all the same). */
   static open(id: number, passedFd?: number, wanted = `group ${id}`): VfioGroup {
     let fd = passedFd;
     if (fd === undefined) {
@@ -43,7 +44,7 @@ export class VfioGroup {
       const st = native().vfioGroupGetStatus(fd);
       if (!(st.flags & native().constants.VFIO_GROUP_FLAGS_VIABLE)) throw notViableError(id, wanted);
     } catch (e) {
-      if (g.owned) closeSync(fd);
+      closeSync(fd); // a passed fd was handed over to the group: it is closed on failure too
       throw e;
     }
     return g;
