@@ -13,11 +13,9 @@ export class VfioGroup {
   private constructor(
     readonly id: number,
     readonly fd: number,
-    readonly owned: boolean,
   ) {}
 
-  /** Opens /dev/vfio/<id>, or takes an fd passed by a manager (then `owned` is false; it is the
-   *  group's to close all the same). */
+  /** Opens /dev/vfio/<id>, or takes an fd passed by a manager: either way the group closes it. */
   static open(id: number, passedFd?: number, wanted = `group ${id}`): VfioGroup {
     let fd = passedFd;
     if (fd === undefined) {
@@ -39,7 +37,7 @@ export class VfioGroup {
         throw new VfioSetupError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
       }
     }
-    const g = new VfioGroup(id, fd, passedFd === undefined);
+    const g = new VfioGroup(id, fd);
     try {
       const st = native().vfioGroupGetStatus(fd);
       if (!(st.flags & native().constants.VFIO_GROUP_FLAGS_VIABLE)) throw notViableError(id, wanted);
