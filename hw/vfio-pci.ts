@@ -449,7 +449,7 @@ export class VfioPciDevice extends PciDevice {
     this.intxLine.disconnect();
   }
 
-  /** MSI-X: the capability and table are emulated; vectors go to KVM through VFIO eventfds. */
+  /** MSI-X: the capability and table are emulated; VFIO signals each vector's eventfd in its MSI group. */
   private setupMsix(): void {
     const m = this.msix;
     const c = native().constants;
