@@ -18,6 +18,68 @@ export interface PassedFd extends PassedFdInfo {
   fd: number;
 }
 
+/** Which passed fd: by name, or by kind (and group / device for VFIO fds). */
+export type PassedFdQuery = string | { kind: PassedFdKind; group?: number; device?: string };
+
+/**
+ * The one owner of the fds a manager passed (at start, or at run time before a device_add): each
+ * fd is held here until something takes it (take() transfers ownership: the taker closes it,
+ * even when what it does with it fails), and close() closes whatever no one took.
+ */
+export class PassedFds {
+  private readonly held: PassedFd[];
+
+  constructor(fds: Iterable<PassedFd> = []) {
+    this.held = [...fds];
+  }
+
+  /** What is still held (descriptions and fds; the fds stay owned here). */
+  get list(): readonly PassedFd[] {
+    return this.held;
+  }
+
+  find(q: PassedFdQuery): PassedFd | undefined {
+    return this.held.find((p) =>
+      typeof q === 'string'
+        ? p.name === q
+        : p.kind === q.kind &&
+          (q.group === undefined || p.group === q.group) &&
+          (q.device === undefined || p.device === q.device),
+    );
+  }
+
+  has(q: PassedFdQuery): boolean {
+    return this.find(q) !== undefined;
+  }
+
+  /** Hands the fd over: it is the caller's from now on (undefined when none matches). */
+  take(q: PassedFdQuery): number | undefined {
+    const p = this.find(q);
+    if (!p) return undefined;
+    this.held.splice(this.held.indexOf(p), 1);
+    return p.fd;
+  }
+
+  /** Holds more fds (passed at run time). */
+  add(fds: Iterable<PassedFd>): void {
+    for (const p of fds) this.held.push(p);
+  }
+
+  /** Closes the given fds that are still held (no one took them: a failed hot-plug). */
+  closeUntaken(fds: Iterable<number>): void {
+    const drop = new Set(fds);
+    for (const p of this.held.filter((x) => drop.has(x.fd))) {
+      this.held.splice(this.held.indexOf(p), 1);
+      closeSync(p.fd);
+    }
+  }
+
+  /** Closes every fd no one took. */
+  close(): void {
+    for (const p of this.held.splice(0)) closeSync(p.fd);
+  }
+}
+
 export class FdPassError extends TsvmmError {
   constructor(message: string, opts?: TsvmmErrorOptions) {
     super('ERR_FD_PASSING', message, opts);

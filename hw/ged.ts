@@ -4,6 +4,7 @@
 // line; the DSDT's _EVT reads it once and runs the handler of each event bit (PCI slot scan,
 // power button).
 import { MemoryRegion } from '../core/memory/index.js';
+import type { InterruptLine } from './interrupts.js';
 import {
   amlAnd,
   amlBuffer,
@@ -37,7 +38,7 @@ export class GenericEventDevice {
   readonly region: MemoryRegion;
   private pending = 0;
 
-  constructor(private readonly setIrq: (level: boolean) => void) {
+  constructor(private readonly irq: Pick<InterruptLine, 'setLevel'>) {
     this.region = MemoryRegion.io(
       'acpi-ged',
       GED_PORT_LEN,
@@ -45,7 +46,7 @@ export class GenericEventDevice {
         read: () => {
           const v = this.pending;
           this.pending = 0;
-          this.setIrq(false);
+          this.irq.setLevel(false);
           return v;
         },
         write: () => {
@@ -59,13 +60,13 @@ export class GenericEventDevice {
   /** Raises the events (bits of GED_EVENT_*); the guest's _EVT sees them at its next read. */
   notify(events: number): void {
     this.pending = (this.pending | events) >>> 0;
-    if (this.pending) this.setIrq(true);
+    if (this.pending) this.irq.setLevel(true);
   }
 
   /** After a reset nothing is pending and the line is low. */
   reset(): void {
     this.pending = 0;
-    this.setIrq(false);
+    this.irq.setLevel(false);
   }
 }
 

@@ -2,6 +2,7 @@
 // interrupt-driven drivers (Linux's 8250, the test guest). Output is batched per event-loop
 // turn so a guest printing byte by byte does not cost one write(2) per byte.
 import { MemoryRegion } from '../core/memory/index.js';
+import type { InterruptLine } from './interrupts.js';
 
 const IER_RDI = 0x01,
   IER_THRI = 0x02;
@@ -19,8 +20,8 @@ const MSR_IDLE = 0xb0; // CTS|DSR|DCD: a cable is "connected"
 export interface SerialOptions {
   /** Called with output bytes, batched. */
   output: (bytes: Uint8Array) => void;
-  /** Drives the IRQ line (level). */
-  setIrq?: (level: boolean) => void;
+  /** The IRQ line (level-triggered, driven by the VMM). */
+  irq?: Pick<InterruptLine, 'setLevel'>;
 }
 
 export class Serial16550 {
@@ -144,7 +145,7 @@ export class Serial16550 {
     const level = this.iirId() !== IIR_NONE;
     if (level !== this.irqLevel) {
       this.irqLevel = level;
-      this.opts.setIrq?.(level);
+      this.opts.irq?.setLevel(level);
     }
   }
 

@@ -4,14 +4,15 @@
 // MSI/MSI-X capabilities are emulated; every other byte is read from and written to the device.
 // Each BAR is a container: a trapped region (pread/pwrite on the device fd) under mmap'd pieces
 // of the BAR (RAM-like regions, so KVM memslots give the guest direct access with no exit), and
-// on top the emulated MSI-X table and PBA. Interrupts are eventfds wired to KVM irqfds; INTx
-// uses a resample eventfd that VFIO unmasks from, so no interrupt wakes the VMM.
-import { closeSync, readFileSync, readSync } from 'node:fs';
-import { native, isSyscallError, EFD_NONBLOCK } from '../core/native.js';
+// on top the emulated MSI-X table and PBA. Interrupts are eventfds VFIO signals, handed to the
+// machine's interrupt groups (hw/interrupts.ts: on KVM, irqfds); INTx uses a resample eventfd that
+// VFIO unmasks from, so no interrupt wakes the VMM.
+import { readFileSync, readSync } from 'node:fs';
+import { native, isSyscallError } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
-import type { Vm } from '../core/kvm/vm.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
-import { VfioIrqVectors } from '../core/vfio/irq.js';
+import { VfioIntx, VfioIrqVectors } from '../core/vfio/irq.js';
+import type { InterruptLine, Interrupts, MsiInterruptGroup } from './interrupts.js';
 import { MsixCap, type MsiMessage } from './msix.js';
 import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
 import {
@@ -107,26 +108,30 @@ export class VfioPciDevice extends PciDevice {
   msiCapOffset: number | undefined;
   /** Power management capability: vfio-pci turns the BARs off (mmaps included) in D3hot. */
   pmCapOffset: number | undefined;
-  /** Emulated capabilities and the VFIO/KVM vectors behind them. */
+  /** Emulated capabilities, the VFIO vectors behind them and the interrupt groups they signal. */
   msixCap: MsixCap | undefined;
   msiCap: MsiCap | undefined;
   msixVectors: VfioIrqVectors | undefined;
   msiVectors: VfioIrqVectors | undefined;
+  msixGroup: MsiInterruptGroup | undefined;
+  msiGroup: MsiInterruptGroup | undefined;
   private msiCapSize = 0;
-  private readonly eventfds: number[] = [];
-  private intxFds: { trigger: number; resample: number } | undefined;
+  private readonly intxLine: InterruptLine;
+  private readonly intx: VfioIntx;
   private intxOn = false;
   private resampleWatch: { fd: number; timer: NodeJS.Timeout; unmasks: number } | undefined;
   private readonly resampleBuf = Buffer.alloc(8);
   private readonly cleanups: (() => void)[] = [];
 
   constructor(
-    readonly vm: Vm,
+    readonly interrupts: Interrupts,
     readonly assigned: AssignedDevice,
     readonly opts: VfioPciOptions,
   ) {
     super(opts.id, { vendor: 0, device: 0, classCode: 0 });
     const dev = assigned.device;
+    this.intx = new VfioIntx(dev);
+    this.intxLine = interrupts.line(opts.gsi);
     if (!dev.isPci) throw new Error(`${assigned.host.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI not set)`);
     const c = native().constants;
     const cfg = dev.regions[c.VFIO_PCI_CONFIG_REGION_INDEX];
@@ -375,45 +380,28 @@ export class VfioPciDevice extends PciDevice {
     memoryTransaction(() => bar.region.addSubregion(offset, region, 2));
   }
 
-  private newEventfd(): number {
-    const fd = native().eventfd(0, EFD_NONBLOCK);
-    this.eventfds.push(fd);
-    return fd;
-  }
-
-  /** INTx: the device's line triggers an irqfd; the guest's EOI signals the resample eventfd,
-   *  from which VFIO unmasks the (auto-masked) line (QEMU's vfio_intx_enable_kvm). */
+  /** INTx: the device's line triggers the interrupt line's eventfd; the guest's EOI signals the
+   *  resample eventfd, from which VFIO unmasks the (auto-masked) line (QEMU's vfio_intx_enable_kvm). */
   protected enableIntx(): void {
-    const c = native().constants;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_INTX_IRQ_INDEX];
-    if (this.intxOn || !this.config[PCI_INTERRUPT_PIN] || !irq || irq.count === 0) return;
-    this.intxFds ??= { trigger: this.newEventfd(), resample: this.newEventfd() };
-    const { trigger, resample } = this.intxFds;
-    const dev = this.assigned.device,
-      index = c.VFIO_PCI_INTX_IRQ_INDEX;
-    dev.setIrqs({
-      index,
-      start: 0,
-      flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_TRIGGER,
-      fds: [trigger],
-    });
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_MASK, count: 1 });
-    this.vm.irqfd(trigger, this.opts.gsi, resample);
-    try {
-      dev.setIrqs({
-        index,
-        start: 0,
-        flags: c.VFIO_IRQ_SET_DATA_EVENTFD | c.VFIO_IRQ_SET_ACTION_UNMASK,
-        fds: [resample],
-      });
-    } catch (e) {
-      // Some mdev drivers (mtty) cannot unmask from an eventfd (ENOTTY): the trigger still goes
-      // straight to KVM, and the VMM unmasks after each guest EOI instead (QEMU does the same).
-      if (!isSyscallError(e, 'ENOTTY') && !isSyscallError(e, 'EINVAL')) throw e;
-      this.watchResample(resample);
-    }
-    dev.setIrqs({ index, start: 0, flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_UNMASK, count: 1 });
+    if (this.intxOn || !this.config[PCI_INTERRUPT_PIN] || !this.intx.available) return;
+    const { trigger, resample } = this.intxLine.connect();
     this.intxOn = true;
+    try {
+      this.intx.trigger(trigger);
+      this.intx.mask();
+      try {
+        this.intx.unmaskOn(resample);
+      } catch (e) {
+        // Some mdev drivers (mtty) cannot unmask from an eventfd (ENOTTY): the trigger still goes
+        // straight to the line, and the VMM unmasks after each guest EOI instead (QEMU does the same).
+        if (!isSyscallError(e, 'ENOTTY') && !isSyscallError(e, 'EINVAL')) throw e;
+        this.watchResample(resample);
+      }
+      this.intx.unmask();
+    } catch (e) {
+      this.disableIntx();
+      throw e;
+    }
   }
 
   /** Userspace INTx unmask (for devices that cannot unmask from an eventfd): the guest's EOI
@@ -436,14 +424,8 @@ export class VfioPciDevice extends PciDevice {
     } catch {
       return; // EAGAIN: no EOI since the last look
     }
-    const c = native().constants;
     try {
-      this.assigned.device.setIrqs({
-        index: c.VFIO_PCI_INTX_IRQ_INDEX,
-        start: 0,
-        flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_UNMASK,
-        count: 1,
-      });
+      this.intx.unmask();
       w.unmasks++;
     } catch (e) {
       console.error(`tsvmm: ${this.name}: INTx unmask failed: ${(e as Error).message}`);
@@ -455,42 +437,29 @@ export class VfioPciDevice extends PciDevice {
     return this.resampleWatch?.unmasks;
   }
 
-  /** Turns INTx off at VFIO and KVM (MSI/MSI-X take over, or the device goes away). */
+  /** Turns INTx off at VFIO and at the line (MSI/MSI-X take over, or the device goes away). */
   protected disableIntx(): void {
     if (!this.intxOn) return;
-    const c = native().constants;
     this.intxOn = false;
     try {
-      this.assigned.device.setIrqs({
-        index: c.VFIO_PCI_INTX_IRQ_INDEX,
-        start: 0,
-        flags: c.VFIO_IRQ_SET_DATA_NONE | c.VFIO_IRQ_SET_ACTION_TRIGGER,
-        count: 0,
-      });
+      this.intx.disable();
     } catch {
       /* already off */
     }
-    try {
-      this.vm.irqfdRemove(this.intxFds!.trigger, this.opts.gsi);
-    } catch {
-      /* already gone */
-    }
+    this.intxLine.disconnect();
   }
 
-  /** MSI-X: the capability and table are emulated; vectors go to KVM through VFIO eventfds. */
+  /** MSI-X: the capability and table are emulated; VFIO signals each vector's eventfd in its MSI group. */
   private setupMsix(): void {
     const m = this.msix;
     const c = native().constants;
     if (!m || !this.bars[m.tableBar] || !this.bars[m.pbaBar]) return;
     const irq = this.assigned.device.irqs[c.VFIO_PCI_MSIX_IRQ_INDEX];
     if (!irq || irq.count === 0) return;
-    const vectors = new VfioIrqVectors(
-      this.vm,
-      this.assigned.device,
-      c.VFIO_PCI_MSIX_IRQ_INDEX,
-      Math.min(m.vectors, irq.count),
-    );
+    const vectors = new VfioIrqVectors(this.assigned.device, c.VFIO_PCI_MSIX_IRQ_INDEX, Math.min(m.vectors, irq.count));
+    const group = this.interrupts.msiGroup(vectors.max);
     this.msixVectors = vectors;
+    this.msixGroup = group;
     const cap: MsixCap = new MsixCap(
       { ...m, name: this.name },
       {
@@ -500,19 +469,16 @@ export class VfioPciDevice extends PciDevice {
               this.disableIntx();
               vectors.enableEmpty();
             } else {
-              vectors.disable();
+              this.disableVectors(vectors, group);
               this.enableIntx();
             }
           }),
-        vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, v, msg)),
-        vectorRelease: (v) =>
-          this.contain('MSI-X vector mask', () => {
-            vectors.setMasked(v, true);
-          }),
-        notify: (v) => this.contain('MSI-X delivery', () => vectors.fire(v)),
+        vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, group, v, msg)),
+        vectorRelease: (v) => this.contain('MSI-X vector mask', () => group.mask(v)),
+        notify: (v) => this.contain('MSI-X delivery', () => group.trigger(v)),
         pbaPoll: (first, end) =>
           this.contain('MSI-X PBA poll', () => {
-            for (let v = first; v < end; v++) if (vectors.pending(v)) cap.setPending(v);
+            for (let v = first; v < end; v++) if (group.pending(v)) cap.setPending(v);
           }),
       },
     );
@@ -523,10 +489,17 @@ export class VfioPciDevice extends PciDevice {
     this.overlayBar(m.pbaBar, m.pbaOffset, cap.pbaRegion);
   }
 
-  private vectorUse(vectors: VfioIrqVectors, v: number, msg: MsiMessage): void {
+  /** Vector v in use with this message: routed and unmasked (a signal that waited while it was
+   *  masked is delivered), and VFIO signals its eventfd. */
+  private vectorUse(vectors: VfioIrqVectors, group: MsiInterruptGroup, v: number, msg: MsiMessage): void {
     if (v >= vectors.max) return; // the guest named a vector VFIO cannot back: ignore it
-    vectors.use(v, msg);
-    vectors.setMasked(v, false);
+    group.update(v, { ...msg, masked: false });
+    vectors.set(v, group.notifier(v)!);
+  }
+
+  private disableVectors(vectors: VfioIrqVectors, group: MsiInterruptGroup): void {
+    vectors.disable(); // VFIO first: it stops signalling before the eventfds close
+    group.disable();
   }
 
   /** MSI: emulated capability, all vectors enabled together (MSI cannot grow while enabled). */
@@ -540,8 +513,10 @@ export class VfioPciDevice extends PciDevice {
       perVectorMask = (ctrl & 0x100) !== 0;
     const capable = Math.min(1 << ((ctrl >> 1) & 7), irq.count, 32);
     const count = (1 << Math.floor(Math.log2(capable))) as MsiVectorCount;
-    const vectors = new VfioIrqVectors(this.vm, this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX, count);
+    const vectors = new VfioIrqVectors(this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX, count);
+    const group = this.interrupts.msiGroup(count);
     this.msiVectors = vectors;
+    this.msiGroup = group;
     const cap: MsiCap = new MsiCap(
       { capOffset: p, vectors: count, is64bit, perVectorMask },
       {
@@ -549,16 +524,13 @@ export class VfioPciDevice extends PciDevice {
           this.contain('MSI enable/disable', () => {
             if (enabled) this.disableIntx();
             else {
-              vectors.disable();
+              this.disableVectors(vectors, group);
               this.enableIntx();
             }
           }),
-        vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, v, msg)),
-        vectorRelease: (v) =>
-          this.contain('MSI vector mask', () => {
-            vectors.setMasked(v, true);
-          }),
-        notify: (v) => this.contain('MSI delivery', () => vectors.fire(v)),
+        vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, group, v, msg)),
+        vectorRelease: (v) => this.contain('MSI vector mask', () => group.mask(v)),
+        notify: (v) => this.contain('MSI delivery', () => group.trigger(v)),
       },
     );
     cap.writeCapabilityTo(this.config, this.wmask);
@@ -716,12 +688,12 @@ export class VfioPciDevice extends PciDevice {
 
   destroy(): void {
     this.unmapAll();
-    this.msixVectors?.disable();
-    this.msiVectors?.disable();
+    if (this.msixVectors) this.disableVectors(this.msixVectors, this.msixGroup!);
+    if (this.msiVectors) this.disableVectors(this.msiVectors, this.msiGroup!);
     this.disableIntx();
     for (const fn of this.cleanups.splice(0).reverse()) fn();
     if (this.resampleWatch) clearInterval(this.resampleWatch.timer);
     this.resampleWatch = undefined;
-    for (const fd of this.eventfds.splice(0)) closeSync(fd);
+    this.intxLine.close();
   }
 }

@@ -4,12 +4,13 @@
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { GuestRam, RamBackingError } from '../core/ram.js';
-import { MAX_VIEW_BYTES, native } from '../core/native.js';
+import { MAX_VIEW_BYTES } from '../core/native.js';
 import { fmtBytes, hasCapIpcLock, memlockLimit } from '../core/vfio/limits.js';
 import { MemoryRegion, memoryTransaction, type RamBacking } from '../core/memory/index.js';
 import { Kvm } from '../core/kvm/kvm.js';
 import { Vm } from '../core/kvm/vm.js';
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
+import { KvmInterrupts } from './interrupts.js';
 import type { VfioPciConfig, VmConfig } from './config/config.js';
 import {
   loadElf32,
@@ -21,11 +22,12 @@ import {
 } from './loader/multiboot.js';
 import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
-import { PciBus, assignBars, placeBars, physAddrLimit } from '../hw/pci.js';
+import { PciBus, assignBars, physAddrLimit } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
-import { Vfio, type VfioDeviceSpec, type VfioPassedFds } from '../core/vfio/vfio.js';
+import { Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
 import { findHostDevice } from '../core/vfio/sysfs.js';
-import { FdPassError, type PassedFd } from '../core/fdpass.js';
+import { FdPassError, PassedFds, type PassedFd } from '../core/fdpass.js';
+import { DeviceManager, type DeviceSpec } from './devices.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
 import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
@@ -33,8 +35,6 @@ import { AcpiSleepControl } from '../hw/acpi-pm.js';
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../hw/i8042.js';
 import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_GSI, GED_PORT } from '../hw/ged.js';
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
-import { VfioNotifier } from '../core/vfio/notifier.js';
-import { hotResetAll } from '../core/vfio/hot-reset.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -58,8 +58,9 @@ export interface MachineOptions {
   /** Overrides where COM1 output goes (tests capture it). */
   serialOutput?: (bytes: Uint8Array) => void;
   kvmPath?: string;
-  /** Fds opened by a privileged manager (tsvmm manager): /dev/kvm and VFIO groups. */
-  passedFds?: PassedFd[];
+  /** Fds opened by a privileged manager (tsvmm manager): /dev/kvm and VFIO groups. The machine
+   *  owns them from here (a PassedFds is used as it is; a list is wrapped in one). */
+  passedFds?: PassedFd[] | PassedFds;
 }
 
 export interface MachineResult {
@@ -72,6 +73,8 @@ export interface MachineResult {
 export class Machine {
   readonly kvm: Kvm;
   readonly vm: Vm;
+  /** What device models raise interrupts through (KVM GSI routes and irqfds). */
+  readonly interrupts: KvmInterrupts;
   /** Guest RAM below 4 GiB (at most 3 GiB: loaders and boot tables go here). */
   readonly ram: Uint8Array;
   /** All of guest RAM (core/ram.ts): high RAM is reached through guestRam.view(). */
@@ -81,7 +84,10 @@ export class Machine {
   readonly pciHost: PciHostBridge;
   readonly e820: E820Entry[] = [];
   readonly vfio: Vfio;
-  readonly devices: VfioPciDevice[] = [];
+  /** The PCI devices (config and hot-plug), made by their driver's model. */
+  readonly deviceManager: DeviceManager;
+  /** The one owner of passed fds: what no one took is closed with the machine. */
+  readonly passedFds: PassedFds;
   /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
   readonly ged: GenericEventDevice;
   readonly pciHotplug: AcpiPciHotplug;
@@ -93,9 +99,6 @@ export class Machine {
   onEvent: ((event: string, data?: Record<string, unknown>) => void) | undefined;
   /** Why the VM is stopped when no one asked (QMP query-status): a device reported an error. */
   stopReason: 'internal-error' | undefined;
-  private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
-  /** Devices the guest was asked to eject (device_del) and has not yet. */
-  private readonly unplugRequested = new Set<VfioPciDevice>();
   private exit: { status: number; reason: string } | undefined;
   private closed = false;
   private readonly serialFd: number | undefined;
@@ -104,25 +107,18 @@ export class Machine {
     readonly config: VmConfig,
     opts: MachineOptions = {},
   ) {
-    const passed = opts.passedFds ?? [];
-    // Passed fds this machine has not handed to an owner yet (closed on failure or close()).
-    const unadopted = new Set(passed.map((p) => p.fd));
-    this.unadopted = unadopted;
-    const cleanups: (() => void)[] = [
-      () => {
-        for (const fd of unadopted) closeSync(fd);
-        unadopted.clear();
-      },
-    ];
+    const passed = opts.passedFds instanceof PassedFds ? opts.passedFds : new PassedFds(opts.passedFds);
+    this.passedFds = passed;
+    const cleanups: (() => void)[] = [() => passed.close()];
     try {
-      const kvmFd = passed.find((p) => p.kind === 'kvm')?.fd;
+      const kvmFd = passed.take({ kind: 'kvm' });
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
-      if (kvmFd !== undefined) unadopted.delete(kvmFd);
       cleanups.push(() => this.kvm.close());
-      this.deviceSpecs = resolveFdNames(config.devices, passed);
-      const passedVfio = this.checkPassedVfio(passed);
+      this.deviceSpecs = resolveFdNames(config.devices, passed.list);
+      this.checkPassedVfio(passed.list);
       this.vm = new Vm(this.kvm);
       cleanups.push(() => this.vm.close());
+      this.interrupts = new KvmInterrupts(this.vm);
 
       // Guest RAM, as config.memory asks (core/ram.ts): RAM below the 32-bit PCI hole, the rest
       // above 4 GiB. With devices assigned it is all pinned, so it is prefaulted first (in parallel).
@@ -183,7 +179,7 @@ export class Machine {
             : (b: Uint8Array) => {
                 process.stdout.write(b);
               });
-      this.serial = new Serial16550({ output, setIrq: (level) => this.vm.setIrqLine(COM1_IRQ, level) });
+      this.serial = new Serial16550({ output, irq: this.interrupts.line(COM1_IRQ) });
       this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
       this.vm.io.root.addSubregion(
         DEBUG_EXIT_PORT,
@@ -217,22 +213,34 @@ export class Machine {
           this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)'),
       });
       this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
-      this.ged = new GenericEventDevice((level) => this.vm.setIrqLine(GED_GSI, level));
+      this.ged = new GenericEventDevice(this.interrupts.line(GED_GSI));
       this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
       this.pciHotplug = new AcpiPciHotplug(
         () => this.ged.notify(GED_EVENT_PCI_HOTPLUG),
-        (slot) => this.ejected(slot),
+        (slot) => this.deviceManager.ejected(slot),
       );
       this.vm.io.root.addSubregion(PCI_HOTPLUG_PORT, this.pciHotplug.region);
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
-      // The VFIO state owns passed VFIO fds from here (closes what it does not use).
-      for (const fd of [...passedVfio.groups!.values(), ...passedVfio.cdevs!.values()]) unadopted.delete(fd);
-      if (passedVfio.iommufd !== undefined) unadopted.delete(passedVfio.iommufd);
-      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed: passedVfio });
+      // VFIO takes the passed group, cdev and iommufd fds it uses from the PassedFds.
+      this.vfio = new Vfio(this.vm, { backend: config.vfio.backend, passed });
+      this.deviceManager = new DeviceManager({
+        vfio: this.vfio,
+        interrupts: this.interrupts,
+        pciBus: this.pciBus,
+        passedFds: passed,
+        pciHotplug: this.pciHotplug,
+        windows: { mmio32: { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, io: { base: PCI_IO_BASE, end: PCI_IO_END } },
+        intxGsi: pciIntxGsi,
+        acpi: () => this.acpi,
+        unplug: () => this.config.unplug,
+        deleted: (id) => this.onDeviceDeleted?.(id),
+        event: (event, data) => this.onEvent?.(event, data),
+        deviceError: () => this.deviceError(),
+      });
       cleanups.push(() => this.releaseDevices());
       this.deviceSpecs.forEach((d, i) => {
-        this.addVfioDevice(d, `vfio${i}`);
+        this.deviceManager.add(d, `vfio${i}`);
       });
       assignBars(this.pciBus, { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END }, { base: PCI_IO_BASE, end: PCI_IO_END });
 
@@ -250,14 +258,11 @@ export class Machine {
     }
   }
 
-  private readonly unadopted: Set<number>;
   /** The config's devices, with fd names resolved to the device they open. */
   private readonly deviceSpecs: VfioPciConfig[];
 
-  /** Passed VFIO fds for the Vfio state: group fds by group number, cdev fds by device name
-   *  (each must belong to a device of the config), and /dev/iommu. */
-  private checkPassedVfio(passed: PassedFd[]): VfioPassedFds {
-    const out: VfioPassedFds = { groups: new Map(), cdevs: new Map() };
+  /** Passed VFIO fds must each belong to a device of the config. */
+  private checkPassedVfio(passed: readonly PassedFd[]): void {
     const vfioFds = passed.filter((x) => x.kind === 'vfio-group' || x.kind === 'vfio-cdev');
     // sysfs is read once per device, and only when there is something to check.
     const hosts = vfioFds.length ? this.deviceSpecs.map((d) => findHostDevice(d)) : [];
@@ -267,97 +272,32 @@ export class Machine {
           throw new FdPassError(
             `passed fd '${p.name}' is VFIO group ${p.group}, but no device in the config is in that group`,
           );
-        out.groups!.set(p.group!, p.fd);
       } else {
         if (!hosts.some((h) => h.name === p.device))
           throw new FdPassError(
             `passed fd '${p.name}' is the VFIO cdev of ${p.device}, but the config does not assign that device`,
           );
-        out.cdevs!.set(p.device!, p.fd);
       }
     }
-    const iommufd = passed.find((p) => p.kind === 'iommufd')?.fd;
-    if (iommufd !== undefined) out.iommufd = iommufd;
-    return out;
+  }
+
+  /** The PCI devices (the device manager's). */
+  get devices(): readonly VfioPciDevice[] {
+    return this.deviceManager.devices;
   }
 
   /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(
-    d: VfioDeviceSpec & { slot?: number; id?: string; rombar?: boolean; romfile?: string },
-    defaultId: string,
-  ): VfioPciDevice {
-    const slot = d.slot ?? this.pciBus.firstFreeSlot();
-    const gsi = pciIntxGsi(slot);
-    const assigned = this.vfio.open(d);
-    let dev: VfioPciDevice | undefined;
-    try {
-      dev = new VfioPciDevice(this.vm, assigned, {
-        id: d.id ?? defaultId,
-        gsi,
-        rom: {
-          ...(d.rombar !== undefined ? { bar: d.rombar } : {}),
-          ...(d.romfile !== undefined ? { file: d.romfile } : {}),
-        },
-      });
-      this.pciBus.attach(dev, slot);
-    } catch (e) {
-      dev?.destroy();
-      this.vfio.release(assigned);
-      throw e;
-    }
-    this.devices.push(dev);
-    this.armNotifiers(dev);
-    return dev;
+  addVfioDevice(d: DeviceSpec, defaultId: string): VfioPciDevice {
+    return this.deviceManager.add(d, defaultId);
   }
 
-  /**
-   * VFIO's notifiers for the device: the host asking for it back (an unbind from vfio-pci waits
-   * for us) becomes an unplug request to the guest, as QEMU does; an uncorrectable error (AER)
-   * stops the VM rather than letting the guest run on a broken device (QEMU: vm_stop), and `cont`
-   * resumes it.
-   */
-  private armNotifiers(dev: VfioPciDevice): void {
-    const c = native().constants;
-    const vd = dev.assigned.device;
-    const list: VfioNotifier[] = [];
-    try {
-      const req = VfioNotifier.open(vd, c.VFIO_PCI_REQ_IRQ_INDEX, () => {
-        console.error(
-          `tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.acpi ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`,
-        );
-        this.onEvent?.('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
-        this.unplugVfioDevice(dev);
-      });
-      if (req) list.push(req);
-      const err = VfioNotifier.open(vd, c.VFIO_PCI_ERR_IRQ_INDEX, () => this.deviceError(dev));
-      if (err) list.push(err);
-    } catch (e) {
-      // A kernel that refuses a notifier costs the feature, not the device.
-      console.error(`tsvmm: ${dev.name}: VFIO notifiers not armed: ${(e as Error).message}`);
-    }
-    this.notifiers.set(dev, list);
-  }
-
-  /**
-   * Has VFIO signal a device's request or error notifier through its loopback (tests, and a
-   * drill of what the VM does on an unplug request or a device error).
-   */
+  /** Has VFIO signal a device's request or error notifier (DeviceManager.signalNotifier). */
   signalNotifier(dev: VfioPciDevice, which: 'request' | 'error'): void {
-    const c = native().constants;
-    const index = which === 'request' ? c.VFIO_PCI_REQ_IRQ_INDEX : c.VFIO_PCI_ERR_IRQ_INDEX;
-    const n = this.notifiers.get(dev)?.find((x) => x.index === index);
-    if (!n)
-      throw new Error(
-        `${dev.name} has no ${which} notifier (${which === 'error' ? 'VFIO reports one for PCI Express devices only' : 'VFIO did not offer one'})`,
-      );
-    n.loopback();
+    this.deviceManager.signalNotifier(dev, which);
   }
 
-  private deviceError(dev: VfioPciDevice): void {
-    console.error(
-      `tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`,
-    );
-    this.onEvent?.('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
+  /** A device reported an unrecoverable error: the VM stops until `cont`. */
+  private deviceError(): void {
     if (!this.vm.paused) {
       this.vm.pause();
       this.stopReason = 'internal-error';
@@ -365,61 +305,14 @@ export class Machine {
     }
   }
 
-  /**
-   * Hot-plug (QMP device_add): assigns a device while the guest runs. Takes ownership of `fds`
-   * (closed on failure). Its BARs are placed around
-   * the others', which never move; the guest finds it by rescanning the bus (no hot-plug
-   * controller is emulated, so nothing tells it).
-   */
-  hotplugVfioDevice(d: VfioDeviceSpec & { slot?: number; id: string }, fds: VfioPassedFds = {}): VfioPciDevice {
-    if (this.devices.some((x) => x.name === d.id)) throw new Error(`a device with id '${d.id}' exists already`);
-    this.vfio.adopt(fds);
-    let dev: VfioPciDevice;
-    try {
-      dev = this.addVfioDevice(d, d.id);
-    } catch (e) {
-      this.vfio.unadopt(fds); // whatever the failed open did not take
-      throw e;
-    }
-    try {
-      placeBars(
-        this.pciBus,
-        dev,
-        { base: PCI_MMIO32_BASE, end: PCI_MMIO32_END },
-        { base: PCI_IO_BASE, end: PCI_IO_END },
-      );
-    } catch (e) {
-      this.removeVfioDevice(dev);
-      throw e;
-    }
-    if (this.acpi) this.pciHotplug.plugged(dev.slot);
-    return dev;
+  /** Hot-plug (QMP device_add; DeviceManager.hotplug). Takes ownership of `fds` (closed on failure). */
+  hotplugVfioDevice(d: DeviceSpec & { id: string }, fds: VfioPassedFds = {}): VfioPciDevice {
+    return this.deviceManager.hotplug(d, fds);
   }
 
-  /**
-   * device_del: a guest with ACPI is asked to eject the device (it leaves when the guest's _EJ0
-   * runs, and onDeviceDeleted tells); a guest without is surprised: the device goes at once.
-   * Returns whether it is gone already.
-   */
+  /** device_del (DeviceManager.unplug): returns whether the device is gone already. */
   unplugVfioDevice(dev: VfioPciDevice): boolean {
-    if (this.acpi && this.config.unplug !== 'surprise') {
-      this.unplugRequested.add(dev);
-      this.pciHotplug.requestUnplug(dev.slot);
-      return false;
-    }
-    this.deleteDevice(dev);
-    return true;
-  }
-
-  /** The guest ran a slot's _EJ0: the device there leaves. */
-  private ejected(slot: number): void {
-    const dev = this.devices.find((d) => d.slot === slot);
-    if (dev) this.deleteDevice(dev);
-  }
-
-  private deleteDevice(dev: VfioPciDevice): void {
-    this.removeVfioDevice(dev);
-    this.onDeviceDeleted?.(dev.name);
+    return this.deviceManager.unplug(dev);
   }
 
   /**
@@ -433,26 +326,13 @@ export class Machine {
     return true;
   }
 
+  /** Takes a device away with no event (DeviceManager.remove). */
   removeVfioDevice(dev: VfioPciDevice): void {
-    const i = this.devices.indexOf(dev);
-    if (i < 0) return;
-    this.devices.splice(i, 1);
-    this.unplugRequested.delete(dev);
-    for (const n of this.notifiers.get(dev) ?? []) n.close();
-    this.notifiers.delete(dev);
-    this.pciBus.detach(dev);
-    dev.destroy();
-    this.vfio.release(dev.assigned);
+    this.deviceManager.remove(dev);
   }
 
   private releaseDevices(): void {
-    for (const d of [...this.devices].reverse()) {
-      try {
-        this.removeVfioDevice(d);
-      } catch (e) {
-        console.error(`tsvmm: releasing ${d.name}: ${(e as Error).message}`);
-      }
-    }
+    this.deviceManager.releaseAll();
     this.vfio.close();
   }
 
@@ -552,29 +432,14 @@ export class Machine {
   async systemReset(): Promise<void> {
     await this.vm.reset(() => {
       this.vm.resetToPowerOn();
-      for (const d of this.devices) d.reset();
-      this.hotResetDevices();
+      this.deviceManager.reset();
       // No event from before the reset is delivered after it; an unplug the guest was asked for
       // and has not done yet is completed (a rebooting guest will not answer it).
       this.ged.reset();
       this.pciHotplug.reset();
-      for (const dev of [...this.unplugRequested]) this.deleteDevice(dev);
+      this.deviceManager.completePendingUnplugs();
       this.loadGuest();
     });
-  }
-
-  /**
-   * Devices without a reset of their own (no FLR, a shared bus) get a bus/slot reset through
-   * VFIO_DEVICE_PCI_HOT_RESET, once per set of affected functions, when the VM owns them all; else
-   * they keep their state and tsvmm says why (as QEMU does).
-   */
-  private hotResetDevices(): void {
-    const { reset, failed } = hotResetAll(
-      this.devices.map((d) => d.assigned),
-      this.vfio.groups,
-    );
-    for (const set of reset) console.error(`tsvmm: hot reset (VFIO_DEVICE_PCI_HOT_RESET) of ${set.join(', ')}`);
-    for (const f of failed) console.error(`tsvmm: ${f.device} not reset: ${f.error.message}`);
   }
 
   /** Ends the VM with a status (first caller wins). */
@@ -612,8 +477,7 @@ export class Machine {
     this.guestRam.close();
     if (this.serialFd !== undefined) closeSync(this.serialFd);
     this.kvm.close();
-    for (const fd of this.unadopted) closeSync(fd);
-    this.unadopted.clear();
+    this.passedFds.close();
   }
 
   /**
@@ -689,7 +553,7 @@ export interface MachineInspection {
  * VFIO group or cdev, and agree with host/sysfsdev when those are given too; a cdev alone names
  * its device.
  */
-export function resolveFdNames(devices: VfioPciConfig[], passed: PassedFd[]): VfioPciConfig[] {
+export function resolveFdNames(devices: VfioPciConfig[], passed: readonly PassedFd[]): VfioPciConfig[] {
   return devices.map((d, i) => {
     if (d.fd === undefined) return d;
     const p = passed.find((x) => x.name === d.fd);

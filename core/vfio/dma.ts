@@ -2,8 +2,12 @@
 // every RAM section of the guest at IOVA = guest-physical address, so a device DMAs with the
 // addresses the guest programs (QEMU's hw/vfio/listener.c). The legacy container
 // (VFIO_IOMMU_MAP_DMA) and an iommufd IOAS (IOMMU_IOAS_MAP) differ only in the map/unmap calls.
+// A map or unmap that fails throws from the callback: the memory API rethrows it, after the other
+// listeners have run, from the change that caused it (attach, a transaction, a region added or
+// removed), so the caller of that change learns that the device cannot DMA there.
 import type { AddressSpace, MemoryListener, Section } from '../memory/index.js';
 import { isSyscallError } from '../native.js';
+import { TsvmmError } from '../errors.js';
 import { VfioSetupError, type ReservedRegion } from './sysfs.js';
 import { hasCapIpcLock, memlockLimit, fmtBytes } from './limits.js';
 
@@ -32,7 +36,6 @@ export abstract class DmaListener implements MemoryListener {
   /** Counters for tests and benchmarks. */
   readonly stats = { mapCalls: 0, unmapCalls: 0, busyRetries: 0 };
   protected space: AddressSpace | undefined;
-  private readonly pendingErrors: Error[] = [];
 
   /** One map call for the whole mapping (the backend's ioctl). */
   protected abstract mapRange(m: DmaMapping): void;
@@ -49,8 +52,7 @@ export abstract class DmaListener implements MemoryListener {
     if (this.space) return;
     this.checkMemlock(space);
     this.space = space;
-    space.addListener(this); // replays regionAdd for the current RAM
-    this.throwPending();
+    space.addListener(this); // replays regionAdd for the current RAM; throws what failed
   }
 
   private checkMemlock(space: AddressSpace): void {
@@ -109,8 +111,10 @@ export abstract class DmaListener implements MemoryListener {
       this.mapRange(m);
       this.mappings.set(s, m);
     } catch (e) {
-      // Listener callbacks cannot abort the commit; keep the error for attach()/throwPending().
-      this.pendingErrors.push(e as Error);
+      // Thrown to the memory API, which finishes the commit and rethrows it from the change.
+      throw e instanceof TsvmmError
+        ? e
+        : new VfioSetupError(`${this.name}: DMA map of ${s.region.name} failed: ${(e as Error).message}`, { cause: e });
     }
   }
 
@@ -122,19 +126,11 @@ export abstract class DmaListener implements MemoryListener {
       this.stats.unmapCalls++;
       this.unmapRange(m);
     } catch (e) {
-      this.pendingErrors.push(
-        new VfioSetupError(`DMA unmap of ${m.region} (IOVA 0x${m.iova.toString(16)}) failed: ${(e as Error).message}`, {
-          cause: e,
-        }),
+      throw new VfioSetupError(
+        `${this.name}: DMA unmap of ${m.region} (IOVA 0x${m.iova.toString(16)}) failed: ${(e as Error).message}`,
+        { cause: e },
       );
     }
-  }
-
-  /** Throws (once) the errors that listener callbacks collected. */
-  throwPending(): void {
-    if (!this.pendingErrors.length) return;
-    const errs = this.pendingErrors.splice(0);
-    throw errs.length === 1 ? errs[0]! : new AggregateError(errs, errs.map((e) => e.message).join('; '));
   }
 
   /** Whether [iova, iova+size) lies inside one of our mappings (tests check DMA targets). */
@@ -152,8 +148,11 @@ export abstract class DmaListener implements MemoryListener {
       this.stats.unmapCalls++;
       this.mappings.clear();
     }
-    space.removeListener(this); // per-section unmaps for whatever is left
-    this.pendingErrors.length = 0;
+    try {
+      space.removeListener(this); // per-section unmaps for whatever is left
+    } catch {
+      /* the owner closes the container or IOAS next, which drops any mapping left */
+    }
   }
 }
 

@@ -13,10 +13,9 @@ export class VfioGroup {
   private constructor(
     readonly id: number,
     readonly fd: number,
-    readonly owned: boolean,
   ) {}
 
-  /** Opens /dev/vfio/<id>, or adopts an fd passed by a manager (then `owned` is false). */
+  /** Opens /dev/vfio/<id>, or takes an fd passed by a manager: either way the group closes it. */
   static open(id: number, passedFd?: number, wanted = `group ${id}`): VfioGroup {
     let fd = passedFd;
     if (fd === undefined) {
@@ -38,12 +37,12 @@ export class VfioGroup {
         throw new VfioSetupError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
       }
     }
-    const g = new VfioGroup(id, fd, passedFd === undefined);
+    const g = new VfioGroup(id, fd);
     try {
       const st = native().vfioGroupGetStatus(fd);
       if (!(st.flags & native().constants.VFIO_GROUP_FLAGS_VIABLE)) throw notViableError(id, wanted);
     } catch (e) {
-      if (g.owned) closeSync(fd);
+      closeSync(fd); // a passed fd was handed over to the group: it is closed on failure too
       throw e;
     }
     return g;

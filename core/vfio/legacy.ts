@@ -15,18 +15,18 @@ export class LegacyVfio {
 
   /**
    * @param kvmFile registers a group with the KVM-VFIO device (add) or removes it.
-   * @param passedGroupFds group fds a manager passed, by group number; adopted, not opened.
+   * @param takePassedGroup a group fd a manager passed, if any: taken (owned from then on), not opened.
    */
   constructor(
     private readonly memory: AddressSpace,
     private readonly kvmFile: (fd: number, add: boolean) => void,
-    private readonly passedGroupFds = new Map<number, number>(),
+    private readonly takePassedGroup: (group: number) => number | undefined = () => undefined,
     private readonly containerPath = CONTAINER_PATH,
   ) {}
 
   /** Group (viable, in a container, RAM mapped), then the device fd. */
   openDevice(host: HostDevice): { group: VfioGroup; fd: number } {
-    const group = this.groups.get(host.group) ?? this.addGroup(host, this.passedGroupFds.get(host.group));
+    const group = this.groups.get(host.group) ?? this.addGroup(host, this.takePassedGroup(host.group));
     if (group.devices.has(host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
     let fd: number;
     try {
@@ -40,8 +40,7 @@ export class LegacyVfio {
   }
 
   private addGroup(host: HostDevice, passedFd?: number): VfioGroup {
-    const group = VfioGroup.open(host.group, passedFd, host.name);
-    this.passedGroupFds.delete(group.id); // the group owns a passed fd now (closes it with itself)
+    const group = VfioGroup.open(host.group, passedFd, host.name); // owns a passed fd now
     try {
       const reserved = reservedRegions(group.id);
       let container = this.containers.find((c) => group.tryJoin(c));

@@ -5,6 +5,7 @@
 // pseudo device so KVM knows about non-coherent DMA.
 import { closeSync, existsSync } from 'node:fs';
 import { native } from '../native.js';
+import { PassedFds, type PassedFd } from '../fdpass.js';
 import type { Vm } from '../kvm/vm.js';
 import type { DmaListener, DmaMapping } from './dma.js';
 import { LegacyVfio, CONTAINER_PATH } from './legacy.js';
@@ -36,7 +37,7 @@ export interface VfioDeviceSpec {
   backend?: VfioBackendChoice;
 }
 
-/** Fds a manager opened for us. */
+/** VFIO fds passed with a device_add, by what they open (PassedFds holds them from there). */
 export interface VfioPassedFds {
   /** VFIO group fds by group number (legacy). */
   groups?: Map<number, number>;
@@ -46,10 +47,24 @@ export interface VfioPassedFds {
   cdevs?: Map<string, number>;
 }
 
+/** The fds of a VfioPassedFds as passed-fd descriptions (named after what they open). */
+export function vfioPassedFdList(fds: VfioPassedFds): PassedFd[] {
+  return [
+    ...[...(fds.groups ?? [])].map(
+      ([group, fd]): PassedFd => ({ name: `vfio-group-${group}`, kind: 'vfio-group', group, fd }),
+    ),
+    ...[...(fds.cdevs ?? [])].map(
+      ([device, fd]): PassedFd => ({ name: `vfio-cdev-${device}`, kind: 'vfio-cdev', device, fd }),
+    ),
+    ...(fds.iommufd !== undefined ? [{ name: 'iommufd', kind: 'iommufd', fd: fds.iommufd } as PassedFd] : []),
+  ];
+}
+
 export interface VfioOptions {
   /** The VM's default (a device's own "backend" wins). Default auto. */
   backend?: VfioBackendChoice;
-  passed?: VfioPassedFds;
+  /** Fds a manager passed: groups, cdevs and /dev/iommu are taken from there as devices need them. */
+  passed?: PassedFds;
   containerPath?: string;
   iommuPath?: string;
 }
@@ -89,18 +104,18 @@ export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability
 export function backendAvailability(
   host: HostDevice,
   spec: VfioDeviceSpec,
-  passed: VfioPassedFds = {},
+  passed: PassedFds = new PassedFds(),
   containerPath = CONTAINER_PATH,
   iommuPath = IOMMU_PATH,
 ): BackendAvailability {
   const legacy =
-    passed.groups?.has(host.group) || existsSync(containerPath)
+    passed.has({ kind: 'vfio-group', group: host.group }) || existsSync(containerPath)
       ? true
       : `${containerPath} does not exist (a kernel without CONFIG_VFIO_CONTAINER, or vfio is not loaded)`;
   let iommufd: true | string = true;
-  if (passed.iommufd === undefined && !existsSync(iommuPath))
+  if (!passed.has({ kind: 'iommufd' }) && !existsSync(iommuPath))
     iommufd = `${iommuPath} does not exist (a kernel without CONFIG_IOMMUFD)`;
-  else if (!passed.cdevs?.has(host.name) && !spec.cdev && !cdevOf(host.sysfs))
+  else if (!passed.has({ kind: 'vfio-cdev', device: host.name }) && !spec.cdev && !cdevOf(host.sysfs))
     iommufd = `${host.name} has no VFIO device cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV)`;
   return { legacy, iommufd };
 }
@@ -111,13 +126,17 @@ export function resolveBackend(
   host: HostDevice,
   spec: VfioDeviceSpec,
   vmDefault: VfioBackendChoice,
-  passed: VfioPassedFds = {},
+  passed: PassedFds = new PassedFds(),
   containerPath = CONTAINER_PATH,
   iommuPath = IOMMU_PATH,
 ): VfioBackendKind {
   let want = spec.backend ?? 'auto';
   if (want === 'auto')
-    want = passed.cdevs?.has(host.name) ? 'iommufd' : passed.groups?.has(host.group) ? 'legacy' : vmDefault;
+    want = passed.has({ kind: 'vfio-cdev', device: host.name })
+      ? 'iommufd'
+      : passed.has({ kind: 'vfio-group', group: host.group })
+        ? 'legacy'
+        : vmDefault;
   return chooseBackend(want, backendAvailability(host, spec, passed, containerPath, iommuPath), host.name);
 }
 
@@ -126,7 +145,7 @@ export class Vfio {
   private iommufdBackend: Iommufd | undefined;
   private readonly assigned = new Set<AssignedDevice>();
   private kvmDeviceFd: number | undefined;
-  private readonly passed: VfioPassedFds;
+  private readonly passed: PassedFds;
   private readonly containerPath: string;
   private readonly iommuPath: string;
 
@@ -134,54 +153,26 @@ export class Vfio {
     private readonly vm: Vm,
     private readonly opts: VfioOptions = {},
   ) {
-    this.passed = opts.passed ?? {};
+    this.passed = opts.passed ?? new PassedFds();
     this.containerPath = opts.containerPath ?? CONTAINER_PATH;
     this.iommuPath = opts.iommuPath ?? IOMMU_PATH;
   }
 
-  /** Takes ownership of fds passed at run time (QMP getfd before device_add); refused ones are
-   *  closed, all of them, before anything is taken. */
-  adopt(fds: VfioPassedFds): void {
-    const clash = [...(fds.groups?.keys() ?? [])].find((g) => this.passed.groups?.has(g) || this.groups.has(g));
-    const dup = [...(fds.cdevs?.keys() ?? [])].find((d) => this.passed.cdevs?.has(d));
-    const why =
-      clash !== undefined
-        ? `VFIO group ${clash} is already open in this VM: pass no second fd for it`
-        : dup !== undefined
-          ? `a cdev fd for ${dup} was already passed`
-          : fds.iommufd !== undefined && (this.iommufdBackend || this.passed.iommufd !== undefined)
-            ? 'this VM already has an iommufd'
-            : undefined;
-    if (why) {
-      for (const fd of [
-        ...(fds.groups?.values() ?? []),
-        ...(fds.cdevs?.values() ?? []),
-        ...(fds.iommufd !== undefined ? [fds.iommufd] : []),
-      ])
-        closeSync(fd);
-      throw new VfioSetupError(why);
+  /** Why fds passed at run time (QMP getfd before device_add) cannot be used here, if they
+   *  cannot: a second fd for a group or cdev this VM has, a second iommufd. */
+  refusePassed(fds: readonly PassedFd[]): string | undefined {
+    for (const p of fds) {
+      if (
+        p.kind === 'vfio-group' &&
+        (this.passed.has({ kind: 'vfio-group', group: p.group }) || this.groups.has(p.group!))
+      )
+        return `VFIO group ${p.group} is already open in this VM: pass no second fd for it`;
+      if (p.kind === 'vfio-cdev' && this.passed.has({ kind: 'vfio-cdev', device: p.device }))
+        return `a cdev fd for ${p.device} was already passed`;
+      if (p.kind === 'iommufd' && (this.iommufdBackend || this.passed.has({ kind: 'iommufd' })))
+        return 'this VM already has an iommufd';
     }
-    for (const [g, fd] of fds.groups ?? []) (this.passed.groups ??= new Map()).set(g, fd);
-    for (const [d, fd] of fds.cdevs ?? []) (this.passed.cdevs ??= new Map()).set(d, fd);
-    if (fds.iommufd !== undefined) this.passed.iommufd = fds.iommufd;
-  }
-
-  /** Gives back (closes) passed fds that no group or device took: a failed hot-plug. */
-  unadopt(fds: VfioPassedFds): void {
-    for (const [g, fd] of fds.groups ?? [])
-      if (this.passed.groups?.get(g) === fd) {
-        this.passed.groups.delete(g);
-        closeSync(fd);
-      }
-    for (const [d, fd] of fds.cdevs ?? [])
-      if (this.passed.cdevs?.get(d) === fd) {
-        this.passed.cdevs.delete(d);
-        closeSync(fd);
-      }
-    if (fds.iommufd !== undefined && this.passed.iommufd === fds.iommufd) {
-      this.passed.iommufd = undefined;
-      closeSync(fds.iommufd);
-    }
+    return undefined;
   }
 
   /** Legacy groups in use, by number (the machine adopts passed group fds through them). */
@@ -223,7 +214,7 @@ export class Vfio {
     this.legacyBackend ??= new LegacyVfio(
       this.vm.memory,
       (fd, add) => this.kvmFile(fd, add),
-      this.passed.groups,
+      (group) => this.passed.take({ kind: 'vfio-group', group }),
       this.containerPath,
     );
     const { group, fd } = this.legacyBackend.openDevice(host);
@@ -239,14 +230,11 @@ export class Vfio {
   }
 
   private openIommufd(host: HostDevice, spec: VfioDeviceSpec): AssignedDevice {
-    if (!this.iommufdBackend) {
-      this.iommufdBackend = Iommufd.open(this.passed.iommufd, this.iommuPath);
-      if (this.passed.iommufd !== undefined) this.passed.iommufd = undefined; // adopted: closed with the backend
-    }
+    // A passed /dev/iommu or cdev is taken: the backend or device closes it, even on failure.
+    this.iommufdBackend ??= Iommufd.open(this.passed.take({ kind: 'iommufd' }), this.iommuPath);
     const ctx = this.iommufdBackend;
     const cdev = spec.cdev ?? cdevOf(host.sysfs) ?? `/dev/vfio/devices/(none for ${host.name})`;
-    const passedFd = this.passed.cdevs?.get(host.name);
-    if (passedFd !== undefined) this.passed.cdevs!.delete(host.name); // adopted
+    const passedFd = this.passed.take({ kind: 'vfio-cdev', device: host.name });
     const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory));
     let device: VfioDevice | undefined;
     try {
@@ -306,11 +294,5 @@ export class Vfio {
     this.legacyBackend = this.iommufdBackend = undefined;
     if (this.kvmDeviceFd !== undefined) closeSync(this.kvmDeviceFd);
     this.kvmDeviceFd = undefined;
-    // Passed fds never adopted (a device that failed before opening them) are ours to close.
-    if (this.passed.iommufd !== undefined) closeSync(this.passed.iommufd);
-    for (const fd of [...(this.passed.cdevs?.values() ?? []), ...(this.passed.groups?.values() ?? [])]) closeSync(fd);
-    this.passed.iommufd = undefined;
-    this.passed.cdevs?.clear();
-    this.passed.groups?.clear();
   }
 }

@@ -14,6 +14,7 @@ import { PciBus } from '../../hw/pci.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../../hw/pci-host.js';
 import { VfioPciDevice } from '../../hw/vfio-pci.js';
 import type { Vm } from '../../core/kvm/vm.js';
+import { KvmInterrupts } from '../../machine/interrupts.js';
 import type { AssignedDevice } from '../../core/vfio/vfio.js';
 import type { VfioDevice } from '../../core/vfio/device.js';
 
@@ -309,7 +310,7 @@ export function fakeBoard(
   ioRoot.addSubregion(PCI_CONF1_PORT, host.conf1);
   const fake = new FakeVfioDevice(opts);
   const assigned = { host: { name: fake.name }, device: fake as unknown as VfioDevice } as unknown as AssignedDevice;
-  const dev = new VfioPciDevice(kvm.vm(), assigned, { id: 'fake0', gsi: 16 });
+  const dev = new VfioPciDevice(new KvmInterrupts(kvm.vm()), assigned, { id: 'fake0', gsi: 16 });
   bus.attach(dev, 4);
   /** Config access through conf1 as a guest does it: any register, any width the ports allow. */
   const select = (reg: number) => io.write(PCI_CONF1_PORT, 4, (0x80000000 | (dev.devfn << 8) | (reg & 0xfc)) >>> 0);

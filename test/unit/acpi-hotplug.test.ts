@@ -97,7 +97,7 @@ function space(...regions: [number, MemoryRegion][]): AddressSpace {
 
 test('GED: an event raises the line until the guest reads it; the read returns and clears the events', () => {
   const levels: boolean[] = [];
-  const ged = new GenericEventDevice((l) => levels.push(l));
+  const ged = new GenericEventDevice({ setLevel: (l) => levels.push(l) });
   const io = space([0xaf00, ged.region]);
   ged.notify(GED_EVENT_PCI_HOTPLUG);
   ged.notify(GED_EVENT_POWER_BUTTON);

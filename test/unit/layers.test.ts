@@ -20,6 +20,11 @@ const FORBIDDEN: { from: RegExp; to: RegExp; why: string }[] = [
     to: /^machine\/machine\.ts$/,
     why: 'loaders write memory and registers; they do not see the machine',
   },
+  {
+    from: /^hw\//,
+    to: /^core\/kvm\//,
+    why: 'device models raise interrupts through hw/interrupts.ts; the machine wires them to KVM',
+  },
 ];
 
 function sources(dir: string): string[] {

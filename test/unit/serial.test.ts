@@ -6,7 +6,7 @@ import { Serial16550 } from '../../hw/serial-16550.js';
 function uart() {
   const out: number[] = [];
   const irq: boolean[] = [];
-  const s = new Serial16550({ output: (b) => out.push(...b), setIrq: (l) => irq.push(l) });
+  const s = new Serial16550({ output: (b) => out.push(...b), irq: { setLevel: (l) => irq.push(l) } });
   const ops = s.region.ops!;
   return { s, out, irq, r: (o: number) => Number(ops.read(o, 1)), w: (o: number, v: number) => ops.write(o, 1, v) };
 }
