@@ -10,7 +10,7 @@ import type { PciDevice } from '../hw/pci.js';
 import { schemaInfo } from '../generated/qmp-validators.js';
 import { projectRoot } from '../core/paths.js';
 import { identify, type PassedFd } from '../core/fdpass.js';
-import type { VfioBackendChoice, VfioPassedFds } from '../core/vfio/vfio.js';
+import type { VfioBackendChoice } from '../core/vfio/vfio.js';
 
 /** How a command failed, as QEMU's error classes. */
 export type CommandErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';
@@ -301,7 +301,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
       if (!host && !sysfsdev && !fdName)
         throw new CommandError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
       // Named fds are taken (and owned by the device) only once everything else checks out.
-      const passed: VfioPassedFds = {};
+      const passed: PassedFd[] = [];
       const taken: number[] = [];
       let handed = false;
       try {
@@ -310,17 +310,15 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
           const fd = fds.take(fdName);
           taken.push(fd);
           const p = vfioFdFor(fd, fdName);
-          if (p.kind === 'vfio-group') passed.groups = new Map([[p.group!, fd]]);
-          else {
-            passed.cdevs = new Map([[p.device!, fd]]);
-            device = p.device;
-          }
+          passed.push(p);
+          if (p.kind === 'vfio-cdev') device = p.device;
         }
         if (iommufdName) {
           const fd = fds.take(iommufdName);
           taken.push(fd);
-          identify({ name: iommufdName, kind: 'iommufd', fd });
-          passed.iommufd = fd;
+          const p: PassedFd = { name: iommufdName, kind: 'iommufd', fd };
+          identify(p);
+          passed.push(p);
         }
         const spec = {
           id,
@@ -336,7 +334,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
             `fd '${fdName}' is a VFIO group: say which of its devices with 'host'`,
           );
         handed = true; // from here the machine owns the fds (and closes them if it fails)
-        m.hotplugVfioDevice(spec, passed);
+        m.deviceManager.hotplug(spec, passed);
       } catch (e) {
         if (!handed) for (const fd of taken) closeSync(fd);
         if (e instanceof CommandError) throw e;
@@ -346,10 +344,10 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
     },
     device_del: (a) => {
       const id = str(a, 'id')!;
-      const dev = m.devices.find((d) => d.name === id);
+      const dev = m.deviceManager.find(id);
       if (!dev) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
       // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
-      m.unplugVfioDevice(dev);
+      m.deviceManager.unplug(dev);
       return {};
     },
     // tsvmm's own (QEMU's x- convention for what is not a stable interface): has VFIO signal a
@@ -358,7 +356,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
     'x-vfio-signal-notifier': (a) => {
       const id = str(a, 'id')!,
         which = str(a, 'notifier')!;
-      const dev = m.devices.find((d) => d.name === id);
+      const dev = m.deviceManager.find(id);
       if (!dev) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
       if (which !== 'request' && which !== 'error')
         throw new CommandError(
@@ -366,7 +364,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
           `Parameter 'notifier' does not accept value '${which}' (request or error)`,
         );
       try {
-        m.signalNotifier(dev, which);
+        m.deviceManager.signalNotifier(dev, which);
       } catch (e) {
         throw new CommandError('GenericError', (e as Error).message);
       }

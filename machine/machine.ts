@@ -24,10 +24,10 @@ import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { PciBus, assignBars, physAddrLimit } from '../hw/pci.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
-import { Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
+import { Vfio } from '../core/vfio/vfio.js';
 import { findHostDevice } from '../core/vfio/sysfs.js';
 import { FdPassError, PassedFds, type PassedFd } from '../core/fdpass.js';
-import { DeviceManager, type DeviceSpec } from './devices.js';
+import { DeviceManager } from './devices.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import { bootLinux, isBzImage } from './loader/linux.js';
 import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
@@ -286,16 +286,6 @@ export class Machine {
     return this.deviceManager.devices;
   }
 
-  /** Assigns a host device (config or hot-plug): VFIO open, vfio-pci model, PCI slot. */
-  addVfioDevice(d: DeviceSpec, defaultId: string): VfioPciDevice {
-    return this.deviceManager.add(d, defaultId);
-  }
-
-  /** Has VFIO signal a device's request or error notifier (DeviceManager.signalNotifier). */
-  signalNotifier(dev: VfioPciDevice, which: 'request' | 'error'): void {
-    this.deviceManager.signalNotifier(dev, which);
-  }
-
   /** A device reported an unrecoverable error: the VM stops until `cont`. */
   private deviceError(): void {
     if (!this.vm.paused) {
@@ -303,16 +293,6 @@ export class Machine {
       this.stopReason = 'internal-error';
       this.onEvent?.('STOP');
     }
-  }
-
-  /** Hot-plug (QMP device_add; DeviceManager.hotplug). Takes ownership of `fds` (closed on failure). */
-  hotplugVfioDevice(d: DeviceSpec & { id: string }, fds: VfioPassedFds = {}): VfioPciDevice {
-    return this.deviceManager.hotplug(d, fds);
-  }
-
-  /** device_del (DeviceManager.unplug): returns whether the device is gone already. */
-  unplugVfioDevice(dev: VfioPciDevice): boolean {
-    return this.deviceManager.unplug(dev);
   }
 
   /**
@@ -324,11 +304,6 @@ export class Machine {
     if (!this.acpi) return false;
     this.ged.notify(GED_EVENT_POWER_BUTTON);
     return true;
-  }
-
-  /** Takes a device away with no event (DeviceManager.remove). */
-  removeVfioDevice(dev: VfioPciDevice): void {
-    this.deviceManager.remove(dev);
   }
 
   private releaseDevices(): void {
