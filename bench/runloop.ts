@@ -4,6 +4,9 @@
 //   qmp   QMP query-status round trip while the guest exits as fast as it can (20 per launch)
 //   ap    trapped port-I/O round trips/s from an application processor (2 vCPUs, test=smp count=MS)
 //   sigint  SIGINT → process exit while the guest exits as fast as it can
+//   launch  launch → first serial byte (1 vCPU, RSS_MIB of RAM, no device), the main bench's launch row
+//   rss     resident memory beyond guest RAM, same launch, in the middle of its port-I/O loop: VmRSS minus
+//           guest RAM's resident part (not pinned without a device, so read from smaps: bench/vmm.ts)
 // With TSVMM_BENCH_BASELINE=/other/checkout/dist/bin/tsvmm.js the same rows for that build too
 // ("before" numbers of a change).
 //
@@ -12,7 +15,7 @@ import { createConnection } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guestStatus, hostTscKhz, launch, parseDone, type LaunchSpec } from './vmm.js';
+import { guestStatus, hostTscKhz, launch, parseDone, residentBeyondGuestRam, type LaunchSpec } from './vmm.js';
 import { summarize, type VmmName } from './stats.js';
 
 export type Column = VmmName | 'tsvmm-before';
@@ -25,6 +28,11 @@ export interface RunloopResults {
   samples: Partial<Record<Column, Record<string, number[]>>>;
   errors: string[];
 }
+
+/** Guest RAM of the launch/RSS launch: the main bench's size (its launch and RSS rows). */
+export const RSS_MIB = 256;
+/** The guest's quiet settle between "bench pio armed" and its loop (guest/src/bench.c). */
+const SETTLE_MS = 500;
 
 const log = (s: string) => process.stderr.write(`bench runloop: ${s}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -113,6 +121,41 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
     const m = (res.samples[c] ??= {});
     (m[k] ??= []).push(...(Array.isArray(v) ? v : [v]));
   };
+  // Launch → first serial byte, and resident memory beyond guest RAM halfway through the port-I/O
+  // loop (the VMM up, its exit path hot; the snapshot's CPU does not touch a measured loop).
+  const launchAndRss = async (c: Column, r: number) => {
+    let timer: NodeJS.Timeout | undefined;
+    let mem: { beyondMiB: number; guestMiB: number } | undefined;
+    let err: string | undefined;
+    const l = launch(
+      spec(c, `test=bench-pio count=${o.phaseMs}`, { memMiB: RSS_MIB }),
+      (line, l) => {
+        if (line !== 'bench pio armed') return;
+        timer = setTimeout(
+          () => {
+            try {
+              mem = residentBeyondGuestRam(l.pid, RSS_MIB);
+            } catch (e) {
+              err = (e as Error).message;
+            }
+          },
+          SETTLE_MS + o.phaseMs / 2,
+        );
+      },
+      60_000,
+    );
+    const code = await l.done;
+    clearTimeout(timer);
+    const ok = guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0;
+    if (ok && l.firstByteMs !== undefined) add(c, 'launch', l.firstByteMs);
+    if (ok && mem) {
+      add(c, 'rss', mem.beyondMiB);
+      add(c, 'rssGuestRam', mem.guestMiB); // evidence in the JSON: how much of guest RAM the guest touched
+    } else
+      res.errors.push(
+        `${c} launch/rss round ${r + 1}: exit ${code}${err ? `: ${err}` : mem ? '' : ': no snapshot in the loop'} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`.trimEnd(),
+      );
+  };
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-runloop-'));
   try {
     for (let r = 0; r < o.rounds; r++) {
@@ -135,6 +178,7 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
         if (rate !== undefined && guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0) add(c, 'pio', rate);
         else
           res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+        await launchAndRss(c, r);
         if (withQmp) {
           const q = launch(spec(c, `test=bench-pio count=${long}`, { qmp: sock }), () => {}, 90_000);
           try {
@@ -208,6 +252,20 @@ export function renderRunloop(r: RunloopResults): string {
       stat: 'max',
     },
     { id: 'sigint', label: 'SIGINT → exit under exit load', unit: 'ms', digits: 0, better: 'lower' },
+    {
+      id: 'launch',
+      label: `Launch → first serial byte (1 vCPU, ${RSS_MIB} MiB, no device)`,
+      unit: 'ms',
+      digits: 0,
+      better: 'lower',
+    },
+    {
+      id: 'rss',
+      label: `Resident memory beyond guest RAM (1 vCPU, ${RSS_MIB} MiB)`,
+      unit: 'MiB',
+      digits: 1,
+      better: 'lower',
+    },
   ];
   const val = (c: Column, m: (typeof metrics)[number]) => {
     const s = r.samples[c]?.[m.id];

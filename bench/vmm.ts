@@ -245,6 +245,49 @@ export function snapshot(pid: number): Snapshot {
   return { t: performance.now(), mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
 }
 
+/**
+ * Resident KiB of guest RAM, from /proc/<pid>/smaps text: the Rss of the one read/write mapping whose
+ * size is exactly guest RAM's (tsvmm, QEMU and the null VMM each map it as one such mapping). Without
+ * an assigned device guest RAM is not pinned, so only what the guest touched is resident: this is
+ * what to subtract from VmRSS for the memory the VMM itself uses. Throws when no mapping, or more
+ * than one, has that size (the subtraction would be a guess).
+ */
+export function guestRamRssKiB(smaps: string, guestKiB: number): number {
+  const found: number[] = [];
+  let size: number | undefined,
+    rss: number | undefined,
+    rw = false;
+  const flush = () => {
+    if (size === guestKiB && rw && rss !== undefined) found.push(rss);
+    size = rss = undefined;
+    rw = false;
+  };
+  for (const line of smaps.split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ (\S{4}) /.exec(line);
+    if (head) {
+      flush();
+      rw = head[1]!.startsWith('rw');
+      continue;
+    }
+    const kv = /^(Size|Rss):\s+(\d+) kB$/.exec(line);
+    if (kv?.[1] === 'Size') size = Number(kv[2]);
+    else if (kv) rss = Number(kv[2]);
+  }
+  flush();
+  if (found.length !== 1)
+    throw new Error(
+      `${found.length} read/write mappings of exactly ${guestKiB} KiB (guest RAM) in smaps; expected one`,
+    );
+  return found[0]!;
+}
+
+/** The VMM's resident memory beyond guest RAM (MiB) and guest RAM's resident part (MiB), read now. */
+export function residentBeyondGuestRam(pid: number, memMiB: number): { beyondMiB: number; guestMiB: number } {
+  const vmRssKiB = snapshot(pid).rssKiB;
+  const guestKiB = guestRamRssKiB(readFileSync(`/proc/${pid}/smaps`, 'utf8'), memMiB * 1024);
+  return { beyondMiB: (vmRssKiB - guestKiB) / 1024, guestMiB: guestKiB / 1024 };
+}
+
 export function delta(a: Snapshot, b: Snapshot, k: string): number | undefined {
   const x = a.kvm[k],
     y = b.kvm[k];

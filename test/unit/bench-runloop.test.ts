@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { renderRunloop, type RunloopResults } from '../../bench/runloop.js';
+import { guestRamRssKiB } from '../../bench/vmm.js';
 
 test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20 per launch', () => {
   const qmp = (base: number) => Array.from({ length: 20 }, (_, i) => base + i * 0.1);
@@ -30,4 +31,49 @@ test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20
   );
   assert.match(row('Trapped port I/O from an AP'), /\| – \| – \| – \| – \| – \|$/);
   assert.match(md, /- qemu ap round 2: exit 1/);
+});
+
+test('run-loop table: launch and resident-memory rows, ratios against QEMU and the null VMM', () => {
+  const r: RunloopResults = {
+    date: '2026-11-27T12:00:00Z',
+    where: 'here',
+    rounds: 3,
+    phaseMs: 1000,
+    errors: [],
+    samples: {
+      tsvmm: { launch: [300, 200, 250], rss: [40, 44, 42], rssGuestRam: [1, 1, 1] },
+      qemu: { launch: [100, 125, 150], rss: [21, 21, 21] },
+      null: { launch: [10, 10, 10], rss: [1.5, 1.4, 1.6] },
+    },
+  };
+  const md = renderRunloop(r);
+  const row = (label: string) => md.split('\n').find((l) => l.startsWith(`| ${label}`))!;
+  assert.match(
+    row('Launch → first serial byte (1 vCPU, 256 MiB, no device) (ms, lower)'),
+    /\| 250 \(200–300\) \| 125 \(100–150\) \| 10 \(10–10\) \| 2\.00× \| 25\.00× \|$/,
+  );
+  assert.match(
+    row('Resident memory beyond guest RAM (1 vCPU, 256 MiB) (MiB, lower)'),
+    /\| 42\.0 \(40\.0–44\.0\) \| 21\.0 \(21\.0–21\.0\) \| 1\.5 \(1\.4–1\.6\) \| 2\.00× \| 28\.00× \|$/,
+  );
+  // Evidence samples stay in the JSON, not in the table.
+  assert.doesNotMatch(md, /rssGuestRam/);
+});
+
+// One smaps entry: header line, then the fields this parser reads (and one it must not).
+const vma = (range: string, perms: string, sizeKiB: number, rssKiB: number, name = '') =>
+  `${range} ${perms} 00000000 00:00 0 ${name}\nSize:   ${sizeKiB} kB\nKernelPageSize: 4 kB\nRss:    ${rssKiB} kB\nPss:    ${rssKiB} kB\nVmFlags: rd wr mr mw me ac hg\n`;
+
+test('guest RAM in smaps: the one read/write mapping of exactly guest-RAM size', () => {
+  const smaps =
+    vma('55d0c0000000-55d0c0200000', 'r-xp', 2048, 2000, '/usr/bin/node') +
+    vma('7f0000000000-7f0010000000', 'rw-p', 262144, 1234) +
+    vma('7f0010000000-7f0020000000', '---p', 262144, 0) + // a reservation of the same size, not writable
+    vma('7f0020000000-7f0024000000', 'rw-p', 65536, 9000) + // another size
+    vma('7ffd00000000-7ffd00021000', 'rw-p', 132, 20, '[stack]');
+  assert.equal(guestRamRssKiB(smaps, 262144), 1234);
+  assert.equal(guestRamRssKiB(smaps, 65536), 9000);
+  assert.throws(() => guestRamRssKiB(smaps, 131072), /0 read\/write mappings of exactly 131072 KiB/);
+  const twice = smaps + vma('7f0030000000-7f0040000000', 'rw-s', 262144, 5);
+  assert.throws(() => guestRamRssKiB(twice, 262144), /2 read\/write mappings/);
 });
