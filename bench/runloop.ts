@@ -125,7 +125,7 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
   // loop (the VMM up, its exit path hot; the snapshot's CPU does not touch a measured loop).
   const launchAndRss = async (c: Column, r: number) => {
     let timer: NodeJS.Timeout | undefined;
-    let mem: { beyondMiB: number; guestMiB: number } | undefined;
+    let mem: ReturnType<typeof residentBeyondGuestRam> | undefined;
     let err: string | undefined;
     const l = launch(
       spec(c, `test=bench-pio count=${o.phaseMs}`, { memMiB: RSS_MIB }),
@@ -150,6 +150,8 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
     if (ok && l.firstByteMs !== undefined) add(c, 'launch', l.firstByteMs);
     if (ok && mem) {
       add(c, 'rss', mem.beyondMiB);
+      add(c, 'rssAnon', mem.anonMiB);
+      add(c, 'rssFile', mem.fileMiB);
       add(c, 'rssGuestRam', mem.guestMiB); // evidence in the JSON: how much of guest RAM the guest touched
     } else
       res.errors.push(
@@ -266,6 +268,14 @@ export function renderRunloop(r: RunloopResults): string {
       digits: 1,
       better: 'lower',
     },
+    {
+      id: 'rssAnon',
+      label: '… of it anonymous and shmem (heap, stacks, code)',
+      unit: 'MiB',
+      digits: 1,
+      better: 'lower',
+    },
+    { id: 'rssFile', label: '… of it file-backed (binary, libraries)', unit: 'MiB', digits: 1, better: 'lower' },
   ];
   const val = (c: Column, m: (typeof metrics)[number]) => {
     const s = r.samples[c]?.[m.id];

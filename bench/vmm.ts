@@ -281,11 +281,22 @@ export function guestRamRssKiB(smaps: string, guestKiB: number): number {
   return found[0]!;
 }
 
-/** The VMM's resident memory beyond guest RAM (MiB) and guest RAM's resident part (MiB), read now. */
-export function residentBeyondGuestRam(pid: number, memMiB: number): { beyondMiB: number; guestMiB: number } {
-  const vmRssKiB = snapshot(pid).rssKiB;
+/**
+ * The VMM's resident memory beyond guest RAM (MiB), read now, split into anonymous + shmem (heap,
+ * stacks, JIT code) and file-backed (the binary and its libraries); and guest RAM's resident part.
+ */
+export function residentBeyondGuestRam(
+  pid: number,
+  memMiB: number,
+): { beyondMiB: number; anonMiB: number; fileMiB: number; guestMiB: number } {
+  const { rss } = snapshot(pid);
   const guestKiB = guestRamRssKiB(readFileSync(`/proc/${pid}/smaps`, 'utf8'), memMiB * 1024);
-  return { beyondMiB: (vmRssKiB - guestKiB) / 1024, guestMiB: guestKiB / 1024 };
+  return {
+    beyondMiB: (rss.VmRSS! - guestKiB) / 1024,
+    anonMiB: (rss.RssAnon! + rss.RssShmem! - guestKiB) / 1024,
+    fileMiB: rss.RssFile! / 1024,
+    guestMiB: guestKiB / 1024,
+  };
 }
 
 export function delta(a: Snapshot, b: Snapshot, k: string): number | undefined {

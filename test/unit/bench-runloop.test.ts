@@ -41,8 +41,14 @@ test('run-loop table: launch and resident-memory rows, ratios against QEMU and t
     phaseMs: 1000,
     errors: [],
     samples: {
-      tsvmm: { launch: [300, 200, 250], rss: [40, 44, 42], rssGuestRam: [1, 1, 1] },
-      qemu: { launch: [100, 125, 150], rss: [21, 21, 21] },
+      tsvmm: {
+        launch: [300, 200, 250],
+        rss: [40, 44, 42],
+        rssAnon: [30, 30, 30],
+        rssFile: [12, 12, 12],
+        rssGuestRam: [1, 1, 1],
+      },
+      qemu: { launch: [100, 125, 150], rss: [21, 21, 21], rssAnon: [15, 15, 15], rssFile: [6, 6, 6] },
       null: { launch: [10, 10, 10], rss: [1.5, 1.4, 1.6] },
     },
   };
@@ -56,6 +62,7 @@ test('run-loop table: launch and resident-memory rows, ratios against QEMU and t
     row('Resident memory beyond guest RAM (1 vCPU, 256 MiB) (MiB, lower)'),
     /\| 42\.0 \(40\.0–44\.0\) \| 21\.0 \(21\.0–21\.0\) \| 1\.5 \(1\.4–1\.6\) \| 2\.00× \| 28\.00× \|$/,
   );
+  assert.match(row('… of it file-backed'), /\| 12\.0 \(12\.0–12\.0\) \| 6\.0 \(6\.0–6\.0\) \| – \| 2\.00× \| – \|$/);
   // Evidence samples stay in the JSON, not in the table.
   assert.doesNotMatch(md, /rssGuestRam/);
 });
