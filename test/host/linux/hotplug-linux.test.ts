@@ -92,9 +92,11 @@ test(
     // (what acpid or systemd-logind would do), then returns, and init powers off through ACPI.
     const script = [
       "ev=$(grep -A6 'Name=\"Power Button\"' /proc/bus/input/devices | sed -n 's/.*Handlers=.*\\(event[0-9]*\\).*/\\1/p' | head -n 1)",
-      'echo "powerdown: ready ${ev:-none}"',
       '[ -n "$ev" ] || { cat /proc/bus/input/devices; dmesg | grep -i -e button -e PNP0C0C -e input; ls /sys/bus/acpi/devices/; exit 5; }',
-      'dd if=/dev/input/$ev bs=24 count=1 of=/dev/null 2>/dev/null',
+      // Opened before "ready": evdev queues events only for a reader that has the device open.
+      'exec 3</dev/input/$ev',
+      'echo "powerdown: ready ${ev:-none}"',
+      'dd bs=24 count=1 of=/dev/null <&3 2>/dev/null',
       'echo "powerdown: pressed"',
     ].join('\n');
     // linux-nvme for its guest modules (the button driver among them), without the device.
