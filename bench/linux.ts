@@ -19,6 +19,7 @@ import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../machine/loader/initramfs.js';
 import { cachedDebianKernel } from '../testhost/kernel.js';
+import { innerQemuArgs } from '../testhost/qemu.js';
 import { nvmePattern } from '../testhost/index.js';
 import {
   fmtRatio,
@@ -473,22 +474,7 @@ function argvFor(vmm: VmmName, kernel: string, initrd: string, bdf: string, scra
   if (vmm === 'qemu')
     return [
       QEMU,
-      '-accel',
-      'kvm',
-      '-M',
-      'q35',
-      '-cpu',
-      'host',
-      '-m',
-      `${MEM_MIB}M`,
-      '-smp',
-      '1',
-      '-nodefaults',
-      '-no-user-config',
-      '-display',
-      'none',
-      '-serial',
-      'stdio',
+      ...innerQemuArgs({ memMiB: MEM_MIB }),
       '-no-reboot',
       '-kernel',
       kernel,

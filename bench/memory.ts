@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { guestElf, nullVmm, tsvmmJs, QEMU, straceMapDma, guestStatus } from './vmm.js';
+import { innerQemuArgs } from '../testhost/qemu.js';
 import { summarize, ratio, fmtNum, type Summary, type VmmName } from './stats.js';
 
 export type Backing = 'anonymous' | 'memfd' | 'memfd-hugetlb-2M' | 'hugetlbfs-2M';
@@ -66,23 +67,8 @@ function argv(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir: strin
       }[b];
       return [
         QEMU,
-        '-accel',
-        'kvm',
-        '-M',
-        `q35${obj.length ? ',memory-backend=ram' : ''}`,
-        '-cpu',
-        'host',
-        '-m',
-        `${mib}M`,
-        '-smp',
-        '1',
+        ...innerQemuArgs({ memMiB: mib, machine: `q35${obj.length ? ',memory-backend=ram' : ''}` }),
         ...obj.flatMap((o) => ['-object', o]),
-        '-nodefaults',
-        '-no-user-config',
-        '-display',
-        'none',
-        '-serial',
-        'stdio',
         '-device',
         'isa-debug-exit,iobase=0xf4,iosize=4',
         '-device',

@@ -14,7 +14,8 @@ export const root = fileURLToPath(new URL('../../', import.meta.url));
 export const guestElf = join(root, 'guest/out/tsvmm-guest.elf');
 export const tsvmmJs = join(root, 'dist/bin/tsvmm.js');
 export const nullVmm = process.env.TSVMM_BENCH_NULL_VMM ?? join(root, 'dist/bench/null-vmm');
-export const QEMU = 'qemu-system-x86_64';
+export { QEMU } from '../testhost/qemu.js';
+import { innerQemuArgs, QEMU } from '../testhost/qemu.js';
 
 export interface LaunchSpec {
   vmm: VmmName;
@@ -63,22 +64,7 @@ export function command(s: LaunchSpec): string[] {
     case 'qemu':
       argv = [
         QEMU,
-        '-accel',
-        'kvm',
-        '-M',
-        'q35',
-        '-cpu',
-        'host',
-        '-m',
-        `${s.memMiB}M`,
-        '-smp',
-        String(s.vcpus ?? 1),
-        '-nodefaults',
-        '-no-user-config',
-        '-display',
-        'none',
-        '-serial',
-        'stdio',
+        ...innerQemuArgs({ memMiB: s.memMiB, vcpus: s.vcpus ?? 1 }),
         '-device',
         'isa-debug-exit,iobase=0xf4,iosize=4',
         ...(s.bdf ? ['-device', `vfio-pci,host=${s.bdf}`] : []),

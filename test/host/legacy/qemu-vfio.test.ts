@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { innerQemuArgs } from '../../../testhost/qemu.js';
 
 // dist/test/host/legacy/x.js → project root is ../../../..
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -16,20 +17,7 @@ test('QEMU assigns edu to an inner guest with vfio-pci', { timeout: 240_000 }, a
   const edu = (JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>).edu;
   assert.ok(edu, 'edu is not in TSVMM_TESTHOST_DEVICES');
   const args = [
-    '-accel',
-    'kvm',
-    '-M',
-    'q35',
-    '-cpu',
-    'host',
-    '-m',
-    '256M',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-serial',
-    'stdio',
+    ...innerQemuArgs({ memMiB: 256 }),
     '-device',
     'isa-debug-exit,iobase=0xf4,iosize=4',
     '-device',

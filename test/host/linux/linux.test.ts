@@ -9,6 +9,7 @@ import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hostDevice } from '../../helpers/testhost-env.js';
+import { innerQemuArgs } from '../../../testhost/qemu.js';
 import { cli, describe, linuxEnv, linuxKernel, parseInterrupts, sampleConfig, tsvmmRun } from '../../helpers/linux.js';
 import { RawQmp } from '../../helpers/hotplug.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
@@ -339,20 +340,7 @@ test(
     const initrd = join(process.env.TSVMM_TESTHOST_RUN_DIR!, `qemu-initramfs-${process.pid}.cpio`);
     writeFileSync(initrd, buildInitramfs({ script: nvmeScript(bytes), modulesDir: k.modules }));
     const args = [
-      '-accel',
-      'kvm',
-      '-M',
-      'q35',
-      '-cpu',
-      'host',
-      '-m',
-      '256M',
-      '-nodefaults',
-      '-no-user-config',
-      '-display',
-      'none',
-      '-serial',
-      'stdio',
+      ...innerQemuArgs({ memMiB: 256 }),
       '-no-reboot',
       '-kernel',
       k.image,
