@@ -18,8 +18,9 @@ export class CommandError extends TsvmmError {
   constructor(
     readonly errorClass: CommandErrorClass,
     desc: string,
+    cause?: unknown,
   ) {
-    super('ERR_QMP', desc);
+    super('ERR_QMP', desc, cause !== undefined ? { cause } : {});
   }
 }
 
@@ -37,9 +38,15 @@ export interface MachineCommands {
   /** Per-command refinements of argument errors (device_add: unknown device properties). */
   readonly argumentError: Partial<Record<string, (args: Record<string, unknown>, e: CommandError) => CommandError>>;
   readonly version: { major: number; minor: number; micro: number };
+  /** Resolves once no state-changing command is running or queued (close() waits for it). */
+  idle(): Promise<void>;
   /** Releases what commands kept (named fds, fd sets). */
   close(): void;
 }
+
+/** Commands that change the machine's state run one at a time, whichever transport (QMP
+ *  connections, the library) sends them: a stop queued behind a system_reset waits for it. */
+const SERIALIZED = ['stop', 'cont', 'system_reset', 'system_powerdown', 'quit', 'device_add', 'device_del'];
 
 /** Named fds (getfd) and fd sets (add-fd), as QEMU's monitor keeps them. */
 class FdStore {
@@ -338,7 +345,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
       } catch (e) {
         if (!handed) for (const fd of taken) closeSync(fd);
         if (e instanceof CommandError) throw e;
-        throw new CommandError('GenericError', (e as Error).message);
+        throw new CommandError('GenericError', (e as Error).message, e);
       }
       return {};
     },
@@ -366,7 +373,7 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
       try {
         m.deviceManager.signalNotifier(dev, which);
       } catch (e) {
-        throw new CommandError('GenericError', (e as Error).message);
+        throw new CommandError('GenericError', (e as Error).message, e);
       }
       return {};
     },
@@ -397,7 +404,16 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
       return new CommandError('GenericError', `Property '${String(a.driver)}.${u[1]}' not found`);
     },
   };
+  let queue: Promise<unknown> = Promise.resolve();
+  for (const name of SERIALIZED) {
+    const h = commands[name]!;
+    commands[name] = (a, ctx) => {
+      const r = queue.then(() => h(a, ctx));
+      queue = r.catch(() => {});
+      return r;
+    };
+  }
   m.onDeviceDeleted = (id) => emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
   m.onEvent = (event, data) => emit(event, data);
-  return { handlers: commands, argumentError, version, close: () => fds.close() };
+  return { handlers: commands, argumentError, version, idle: () => queue.then(() => {}), close: () => fds.close() };
 }

@@ -132,6 +132,23 @@ export class VfioPciDevice extends PciDevice {
     const dev = assigned.device;
     this.intx = new VfioIntx(dev);
     this.intxLine = interrupts.line(opts.gsi);
+    try {
+      this.init();
+    } catch (e) {
+      // Whatever was set up (BAR mmaps, vectors, the INTx line and its resample poll) goes again,
+      // so a failed device_add leaves the device free for the next try.
+      try {
+        this.destroy();
+      } catch {
+        /* keep the first error */
+      }
+      throw e;
+    }
+  }
+
+  private init(): void {
+    const dev = this.assigned.device;
+    const assigned = this.assigned;
     if (!dev.isPci) throw new Error(`${assigned.host.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI not set)`);
     const c = native().constants;
     const cfg = dev.regions[c.VFIO_PCI_CONFIG_REGION_INDEX];

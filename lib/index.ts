@@ -98,7 +98,10 @@ export class Vm implements AsyncDisposable {
     });
     this.#commands = machineCommands(this.#m, (event, data) => this.#event(event, data));
     const signal = opts.signal;
-    const onAbort = () => void this.close();
+    const onAbort = () =>
+      void this.close().catch((e: Error) =>
+        console.error(`tsvmm: closing '${this.name}' after an abort: ${e.message}`),
+      );
     signal?.addEventListener('abort', onAbort, { once: true });
     this.#unlinkSignal = () => signal?.removeEventListener('abort', onAbort);
   }
@@ -186,7 +189,13 @@ export class Vm implements AsyncDisposable {
   /** QMP device_add of a vfio-pci device. */
   async deviceAdd(device: DeviceAddOptions): Promise<void> {
     this.#live('deviceAdd');
-    await this.command('device_add', deviceAddArgs(device, this.#baseDir));
+    try {
+      await this.command('device_add', deviceAddArgs(device, this.#baseDir));
+    } catch (e) {
+      // QMP's transport flattens a failure into a GenericError; the library gives the real one
+      // (ERR_VFIO_SETUP, ERR_DEVICE, … with its fix) when there is one.
+      throw e instanceof CommandError && e.cause instanceof TsvmmError ? e.cause : e;
+    }
   }
   /** QMP device_del; resolves when the device is gone (after the guest's eject, or at once without ACPI). */
   async deviceDel(id: string, opts: WaitOptions = {}): Promise<void> {
@@ -261,6 +270,7 @@ export class Vm implements AsyncDisposable {
         this.#m.requestExit(0, 'closed by the library');
         await this.#run;
       }
+      await this.#commands.idle(); // a reset or device_add in flight finishes before the machine goes
       this.#closed = true;
       try {
         this.#commands.close();
@@ -306,6 +316,10 @@ export class Vm implements AsyncDisposable {
   #wait<T>(what: string, opts: WaitOptions, failOnExit: boolean, check: () => T | undefined): Promise<T> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const signal = opts.signal;
+    if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0)
+      return Promise.reject(
+        new TsvmmError('ERR_USAGE', `${what}: timeoutMs must be a number ≥ 0 or Infinity, not ${String(timeoutMs)}`),
+      );
     return new Promise<T>((resolvePromise, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const finish = (f: () => void) => {
@@ -332,7 +346,8 @@ export class Vm implements AsyncDisposable {
       if (signal?.aborted) return onAbort();
       this.#waiters.add(poll);
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (Number.isFinite(timeoutMs))
+      // setTimeout takes at most 2^31-1 ms (beyond, Node fires at once): longer waits are unbounded.
+      if (Number.isFinite(timeoutMs) && timeoutMs <= 2 ** 31 - 1)
         timer = setTimeout(() => fail('ERR_TIMEOUT', `not seen within ${timeoutMs} ms`), timeoutMs);
       poll();
     });

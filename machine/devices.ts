@@ -104,6 +104,20 @@ export class DeviceManager {
         `no device model '${driver}' (tsvmm has: ${Object.keys(DEVICE_MODELS).join(', ')})`,
       );
     const slot = spec.slot ?? this.o.pciBus.firstFreeSlot();
+    // Checked before the host device is opened (and reset) for nothing.
+    const taken = this.o.pciBus.devices.get(slot << 3);
+    if (slot < 0 || slot > 31 || taken)
+      throw new TsvmmError(
+        'ERR_DEVICE',
+        taken
+          ? `PCI slot ${slot} is taken by ${taken.name}`
+          : `no free PCI slot for '${spec.id ?? defaultId}' (slots 0-31)`,
+        {
+          fix: taken
+            ? 'choose a free slot (addr), or leave it out to take the first free one'
+            : 'remove a device first',
+        },
+      );
     const dev = model.create(this.o, spec, spec.id ?? defaultId, this.o.intxGsi(slot));
     try {
       this.o.pciBus.attach(dev, slot);
@@ -149,6 +163,9 @@ export class DeviceManager {
       this.remove(dev);
       throw e;
     }
+    // Passed fds the device did not take (a group or iommufd it does not use) are closed now, so
+    // they cannot refuse a later device_add that needs them.
+    closeAll();
     if (this.o.acpi()) this.o.pciHotplug.plugged(dev.slot);
     return dev;
   }

@@ -446,13 +446,25 @@ export class Machine {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.serial.flush();
-    this.releaseDevices();
-    this.vm.close();
-    this.guestRam.close();
-    if (this.serialFd !== undefined) closeSync(this.serialFd);
-    this.kvm.close();
-    this.passedFds.close();
+    // Every step runs even if one before it failed (pinned RAM and fds must go); the first error is thrown.
+    const steps = [
+      () => this.serial.flush(),
+      () => this.releaseDevices(),
+      () => this.vm.close(),
+      () => this.guestRam.close(),
+      () => this.serialFd !== undefined && closeSync(this.serialFd),
+      () => this.kvm.close(),
+      () => this.passedFds.close(),
+    ];
+    let first: unknown;
+    for (const step of steps) {
+      try {
+        step();
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    if (first !== undefined) throw first;
   }
 
   /**

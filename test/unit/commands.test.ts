@@ -53,3 +53,49 @@ test("device_add: an unknown property is the device's, an unknown driver says wh
   assert.equal(check({ id: 'a' }), "Parameter 'driver' is missing");
   assert.equal(check({ driver: 'vfio-pci', id: 'a', host: '00:03.0', addr: '0x5', rombar: 0 }), 'accepted');
 });
+
+test('state-changing commands run one at a time across transports: a stop sent during a reset waits for it', async () => {
+  const order: string[] = [];
+  let paused = false;
+  let finishReset: () => void = () => {};
+  const m = {
+    vm: {
+      get paused() {
+        return paused;
+      },
+      pause: () => {
+        paused = true;
+        order.push('pause');
+      },
+      resume: () => {
+        paused = false;
+        order.push('resume');
+      },
+    },
+    // A reset parks the vCPUs, then resumes them when done (as Machine.systemReset does).
+    systemReset: () => {
+      paused = true;
+      order.push('reset start');
+      return new Promise<void>((r) => {
+        finishReset = () => {
+          paused = false;
+          order.push('reset done');
+          r();
+        };
+      });
+    },
+  } as unknown as Machine;
+  const events: string[] = [];
+  const c = machineCommands(m, (e) => events.push(e));
+  const ctx = { takeFd: () => undefined };
+  const reset = c.handlers.system_reset!({}, ctx) as Promise<unknown>;
+  const stop = c.handlers.stop!({}, ctx) as Promise<unknown>;
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(order, ['reset start'], 'stop ran while the reset was in flight');
+  finishReset();
+  await Promise.all([reset, stop]);
+  await c.idle();
+  assert.deepEqual(order, ['reset start', 'reset done', 'pause']);
+  assert.deepEqual(events, ['RESET', 'STOP']);
+  assert.equal(paused, true, 'the guest is stopped, as the stop said');
+});
