@@ -10,6 +10,7 @@ export type TsvmmErrorCode =
   | 'ERR_VFIO_SETUP' // a host device cannot be assigned (group, driver, IOMMU, permissions)
   | 'ERR_FD_PASSING' // fds passed by a manager: wrong kind, missing, not ours
   | 'ERR_LOADER' // the guest image
+  | 'ERR_VM_SETUP' // building a VM failed below tsvmm's own checks (the syscall error is the cause)
   | 'ERR_QMP' // a QMP command failed (errorClass says how, as QEMU's)
   | 'ERR_DEVICE' // a device operation (device_add/del, notifiers)
   | 'ERR_TIMEOUT' // a wait did not see what it waited for in time

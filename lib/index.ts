@@ -59,7 +59,13 @@ export async function createVm(config: VmConfigInput, opts: CreateVmOptions = {}
   if (opts.signal?.aborted) throw aborted('createVm', opts.signal);
   const baseDir = resolve(opts.baseDir ?? process.cwd());
   const cfg = checkConfig(structuredClone(config), 'config', baseDir);
-  return new Vm(created, cfg, baseDir, opts);
+  try {
+    return new Vm(created, cfg, baseDir, opts);
+  } catch (e) {
+    // tsvmm's own errors say what and where already; a bare syscall or model error gets a code.
+    if (e instanceof TsvmmError) throw e;
+    throw new TsvmmError('ERR_VM_SETUP', `creating VM '${cfg.name}': ${(e as Error).message}`, { cause: e });
+  }
 }
 
 export class Vm implements AsyncDisposable {
