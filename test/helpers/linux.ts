@@ -3,28 +3,22 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
-import { cachedDebianKernel } from '../../testhost/kernel.js';
+import { testHostKernel } from '../../lib/testing.js';
 
 export const cli = join(projectRoot, 'dist/bin/tsvmm.js');
 
-/** The guest kernel: the test host's run dir is <cache>/runs/<run>, so the cache is two levels up. */
+/** The guest kernel (tsvmm/testing's testHostKernel), which these tests need with its guest modules. */
 export function linuxKernel(): { image: string; modules: string; version: string } {
   assert.equal(process.env.TSVMM_TESTHOST, '1', 'not inside the test host: run through `tsvmm testhost`');
-  const run = process.env.TSVMM_TESTHOST_RUN_DIR;
-  assert.ok(run, 'TSVMM_TESTHOST_RUN_DIR is not set');
-  process.env.TSVMM_CACHE_DIR ??= dirname(dirname(run));
-  const k = cachedDebianKernel();
+  assert.ok(process.env.TSVMM_TESTHOST_RUN_DIR, 'TSVMM_TESTHOST_RUN_DIR is not set');
+  const k = testHostKernel();
   assert.ok(
-    k,
-    `no cached Debian kernel in ${process.env.TSVMM_CACHE_DIR} (tsvmm testhost build-kernel --kernel debian)`,
-  );
-  assert.ok(
-    k.guestModules,
+    k.modules,
     `the cached Debian kernel ${k.version} has no guest-modules/ (re-fetch it: tsvmm testhost build-kernel --kernel debian)`,
   );
-  return { image: k.image, modules: k.guestModules, version: k.version };
+  return { image: k.image, modules: k.modules, version: k.version };
 }
 
 /** Env the configs/linux samples need. */
