@@ -9,7 +9,7 @@ import { VfioSetupError } from '../../core/vfio/sysfs.js';
 import { TsvmmError } from '../../core/errors.js';
 import type { Vfio } from '../../core/vfio/vfio.js';
 import { MemoryRegion } from '../../core/memory/index.js';
-import { PciBus } from '../../hw/pci.js';
+import { PciBus, PciDevice } from '../../hw/pci.js';
 import type { AcpiPciHotplug } from '../../hw/pci-hotplug.js';
 import { DeviceManager } from '../../machine/devices.js';
 import { KvmInterrupts } from '../../machine/interrupts.js';
@@ -42,7 +42,7 @@ function manager(vfio: Partial<Vfio>) {
     event: () => {},
     deviceError: () => {},
   });
-  return { dm, passedFds };
+  return { dm, passedFds, bus };
 }
 
 const fds = (): PassedFd[] => [
@@ -86,4 +86,18 @@ test('device_add refused before anything opens (fds that clash, an unknown drive
   );
   assert.ok(again.every((p) => !isOpen(p.fd)));
   assert.equal(other.passedFds.list.length, 0);
+});
+
+test('device_add into a taken slot is refused before the host device is opened (or reset): its fds are closed', () => {
+  const { dm, bus, passedFds } = manager({ open: () => assert.fail('the host device must not be opened') });
+  bus.attach(new PciDevice('testdev', { vendor: 0x1b36, device: 0x0005, classCode: 0x00ff00 }), 3);
+  const given = fds();
+  assert.throws(
+    () => dm.hotplug({ id: 'd', host: '0000:00:03.0', slot: 3 }, given),
+    (e: unknown) =>
+      e instanceof TsvmmError && e.code === 'ERR_DEVICE' && /PCI slot 3 is taken by testdev/.test(e.message),
+  );
+  assert.ok(given.every((p) => !isOpen(p.fd)));
+  assert.equal(passedFds.list.length, 0);
+  assert.equal(dm.devices.length, 0);
 });
