@@ -41,7 +41,7 @@ const MARK = 'bench-linux:';
 
 export interface LinuxSample {
   vmm: VmmName;
-  /** tsvmm only: another build's dist/bin/tsvmm.js ran (TSVMM_BENCH_LINUX_ALT), not this one. */
+  /** tsvmm only: another build's dist/bin/tsvmm.cjs ran (TSVMM_BENCH_LINUX_ALT), not this one. */
   alt?: string;
   round: number;
   exitCode: number | null;
@@ -627,7 +627,7 @@ export async function runLinuxBench(o: {
     warmup: o.warmup,
     samples: [],
   };
-  // TSVMM_BENCH_LINUX_ALT=<other build>/dist/bin/tsvmm.js: that build too, in the same rounds (a before/after).
+  // TSVMM_BENCH_LINUX_ALT=<other build>/dist/bin/tsvmm.cjs: that build too, in the same rounds (a before/after).
   const altJs = process.env.TSVMM_BENCH_LINUX_ALT;
   const vmms: { vmm: VmmName; alt?: string }[] = [
     { vmm: 'tsvmm' },

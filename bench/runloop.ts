@@ -7,7 +7,7 @@
 //   launch  launch → first serial byte (1 vCPU, RSS_MIB of RAM, no device), the main bench's launch row
 //   rss     resident memory beyond guest RAM, same launch, in the middle of its port-I/O loop: VmRSS minus
 //           guest RAM's resident part (not pinned without a device, so read from smaps: bench/vmm.ts)
-// With TSVMM_BENCH_BASELINE=/other/checkout/dist/bin/tsvmm.js the same rows for that build too
+// With TSVMM_BENCH_BASELINE=/other/checkout/dist/bin/tsvmm.cjs the same rows for that build too
 // ("before" numbers of a change).
 //
 //   node dist/bench/runloop.js [--rounds N] [--phase-ms MS] [--out FILE]   (runs where it is)

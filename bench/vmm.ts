@@ -12,7 +12,7 @@ import type { VmmName } from './stats.js';
 // dist/bench/vmm.js → the project root is ../../
 export const root = fileURLToPath(new URL('../../', import.meta.url));
 export const guestElf = join(root, 'guest/out/tsvmm-guest.elf');
-export const tsvmmJs = join(root, 'dist/bin/tsvmm.js');
+export const tsvmmJs = join(root, 'dist/bin/tsvmm.cjs');
 export const nullVmm = process.env.TSVMM_BENCH_NULL_VMM ?? join(root, 'dist/bench/null-vmm');
 export { QEMU } from '../testhost/qemu.js';
 import { innerQemuArgs, QEMU } from '../testhost/qemu.js';

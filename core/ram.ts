@@ -15,7 +15,7 @@ import {
   unlinkSync,
 } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import {
   native,
   ADDON_PATH,
@@ -314,6 +314,8 @@ export class GuestRam {
       }
     };
     try {
+      // Loaded only here: worker_threads' modules cost start-up time to every VM that prefaults on one thread.
+      const { Worker } = threads > 1 ? process.getBuiltinModule('node:worker_threads') : ({} as never);
       for (let t = 1; t < threads; t++) {
         workers.push(
           new Worker(PREFAULT_WORKER, {

@@ -66,7 +66,7 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
         '--bounding-set=-all',
         '--no-new-privs',
         process.execPath,
-        `${projectRoot}/dist/bin/tsvmm.js`,
+        `${projectRoot}/dist/bin/tsvmm.cjs`,
         'run',
         path,
         '--fd-socket',

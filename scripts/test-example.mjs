@@ -74,7 +74,7 @@ try {
 if (kvm) run(process.execPath, ['--test', 'dist/test/demo.test.js'], example, 'demo guest on /dev/kvm');
 else say('this machine has no usable /dev/kvm: the demo guest runs in the test host too');
 const files = kvm ? 'dist/test/edu.test.js' : 'dist/test/demo.test.js dist/test/edu.test.js';
-const cli = join(example, 'node_modules/tsvmm/dist/bin/tsvmm.js');
+const cli = join(example, 'node_modules/tsvmm/dist/bin/tsvmm.cjs');
 run(
   process.execPath,
   [

@@ -19,7 +19,7 @@ const cmd = local
   ? tests
   : [
       process.execPath,
-      'dist/bin/tsvmm.js',
+      'dist/bin/tsvmm.cjs',
       'testhost',
       'run',
       '--kernel',

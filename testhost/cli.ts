@@ -14,7 +14,7 @@ Usage:
                                                  exit with its status (124: time limit, 125: host failure).
   tsvmm testhost test [--timeout S]              The host test suite: dist/test/host/legacy/ and linux/ on the debian
                                                  kernel, then legacy/ and iommufd/ on the iommufd kernel.
-  tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.js run [args]' inside the host.
+  tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.cjs run [args]' inside the host.
   tsvmm testhost build-kernel [--kernel K] [--force]
                                                  Fetch/build and cache the kernels (default: both).
   tsvmm testhost --help
@@ -222,7 +222,7 @@ async function cmdTest(args: string[]): Promise<number> {
 
 async function cmdDemo(args: string[]): Promise<number> {
   const p = parse(args);
-  const bin = join(projectRoot, 'dist/bin/tsvmm.js');
+  const bin = join(projectRoot, 'dist/bin/tsvmm.cjs');
   if (!existsSync(bin))
     process.stderr.write(
       `testhost: warning: ${bin} does not exist yet (npm run build); the host will report the failure\n`,
@@ -230,7 +230,7 @@ async function cmdDemo(args: string[]): Promise<number> {
   const r = await runInTestHost({
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
-    command: ['node', 'dist/bin/tsvmm.js', 'run', ...p.rest],
+    command: ['node', 'dist/bin/tsvmm.cjs', 'run', ...p.rest],
     timeoutMs: p.timeoutMs ?? 5 * 60_000,
     memoryMiB: p.memoryMiB,
     cpus: p.cpus,

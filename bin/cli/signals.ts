@@ -5,6 +5,10 @@ export const TERMINATING = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
 export type TerminatingSignal = keyof typeof TERMINATING;
 
 let pending: TerminatingSignal | undefined;
+interface EarlySignals {
+  pending?: string;
+  listener: (sig: NodeJS.Signals) => void;
+}
 let handler: ((sig: TerminatingSignal) => void) | undefined;
 const listener = (sig: NodeJS.Signals) => {
   if (handler) handler(sig as TerminatingSignal);
@@ -16,6 +20,14 @@ export function catchSignals(): void {
   if (caught) return;
   caught = true;
   for (const s of Object.keys(TERMINATING)) process.on(s, listener);
+  // The installed bin/tsvmm.cts listens from its first line while the code loads: take over.
+  const key = Symbol.for('tsvmm.earlySignals');
+  const early = (globalThis as { [k: symbol]: EarlySignals | undefined })[key];
+  if (early) {
+    for (const s of Object.keys(TERMINATING)) process.off(s, early.listener);
+    if (early.pending && Object.hasOwn(TERMINATING, early.pending)) pending ??= early.pending as TerminatingSignal;
+    delete (globalThis as { [k: symbol]: unknown })[key];
+  }
 }
 
 /** Routes the signals to `h` from now on; returns one that came before, if any. */

@@ -37,7 +37,7 @@ if (!args.includes('--no-host')) {
   const p = spawnSync(
     process.execPath,
     [
-      join(projectRoot, 'dist/bin/tsvmm.js'),
+      join(projectRoot, 'dist/bin/tsvmm.cjs'),
       'testhost',
       'run',
       '--devices',

@@ -69,7 +69,7 @@ export class RawQmp {
  */
 export function spawnVm(config: string, env: NodeJS.ProcessEnv = process.env) {
   const sock = join(mkdtempSync(join(tmpdir(), 'tsvmm-qmp-')), 'qmp.sock');
-  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', config, '--qmp', sock], {
+  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.cjs'), 'run', config, '--qmp', sock], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -134,7 +134,7 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
       cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2 intx=2',
     }),
   );
-  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg, '--qmp', sock], {
+  const vmm = spawn(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.cjs'), 'run', cfg, '--qmp', sock], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '',

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import { testHostKernel } from '../../lib/testing.js';
 
-export const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+export const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 /** The guest kernel (tsvmm/testing's testHostKernel), which these tests need with its guest modules. */
 export function linuxKernel(): { image: string; modules: string; version: string } {

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { projectRoot } from '../../core/paths.js';
 import { guestPaths } from '../../guest/index.js';
 
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-clirun-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 

@@ -15,7 +15,7 @@ import { createVm, type VmConfigInput } from '../../lib/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-kvm-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 /** A flat 32-bit guest from raw bytes. */
 function flatGuest(name: string, code: number[]): string {

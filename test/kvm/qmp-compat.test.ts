@@ -16,7 +16,7 @@ import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmpc-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 async function startVm(
   name: string,

@@ -23,7 +23,7 @@ import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmp-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 const Client = QmpTestClient;
 

@@ -16,7 +16,7 @@ import { RawQmp } from '../helpers/hotplug.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-resp-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 test(
   'a guest spinning on a trapped port read: QMP query-status answers within 1 s, SIGINT ends the VM within 2 s',

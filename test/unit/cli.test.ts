@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import { guestPaths } from '../../guest/index.js';
 
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-cli-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const tsvmm = (args: string[], opts: { cwd?: string; prefix?: string[] } = {}) => {

@@ -14,7 +14,7 @@ import { LOW_RAM_END, MULTIBOOT_INFO_ADDR } from '../../machine/config/image.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-validate-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 const MiB = 2 ** 20;
 
 const file = (name: string, data: Uint8Array | string) => {

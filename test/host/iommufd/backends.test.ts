@@ -163,7 +163,7 @@ test("a cdev that is not the named device's is refused before anything is opened
 
 test('tsvmm mdev create / list / remove', () => {
   const cli = (...a: string[]) =>
-    spawnSync('node', [`${projectRoot}/dist/bin/tsvmm.js`, 'mdev', ...a], { encoding: 'utf8' });
+    spawnSync('node', [`${projectRoot}/dist/bin/tsvmm.cjs`, 'mdev', ...a], { encoding: 'utf8' });
   const list0 = cli('list');
   assert.equal(list0.status, 0, list0.stderr);
   assert.match(list0.stdout, /^type mtty\/mtty-1 available=\d+ api=vfio-pci/m);

@@ -12,7 +12,7 @@ import { native } from '../../../core/native.js';
 import { sendPassedFds } from '../../../core/fdpass.js';
 import { pinnedBytes } from '../../../core/vfio/limits.js';
 
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 test('iommufd via the manager: the unprivileged VMM cannot open the cdev or /dev/iommu, and assigns edu with the passed fds', () => {
   const edu = hostDevice('edu');

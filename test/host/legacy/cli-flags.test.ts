@@ -13,7 +13,7 @@ test('tsvmm run --device vfio-pci,host=<edu> assigns edu from flags alone', () =
   const r = spawnSync(
     process.execPath,
     [
-      join(projectRoot, 'dist/bin/tsvmm.js'),
+      join(projectRoot, 'dist/bin/tsvmm.cjs'),
       'run',
       '--memory',
       '64M',

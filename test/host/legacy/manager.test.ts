@@ -14,7 +14,7 @@ import { checkConfig } from '../../../machine/config/config.js';
 import { Machine } from '../../../machine/machine.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 
-const cli = join(projectRoot, 'dist/bin/tsvmm.js');
+const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
 test('as nobody, the VMM cannot open the group itself (EACCES)', () => {
   const edu = hostDevice('edu');

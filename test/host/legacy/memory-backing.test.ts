@@ -132,7 +132,7 @@ function runCli(memory: unknown): { status: number | null; stderr: string } {
       devices: [{ type: 'vfio-pci', host: edu().bdf }],
     }),
   );
-  const r = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'run', cfg], {
+  const r = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.cjs'), 'run', cfg], {
     encoding: 'utf8',
     timeout: 60_000,
   });

@@ -45,7 +45,7 @@ test('RAM hot-added while the guest runs is DMA-mapped, and unmapped when remove
 
 test('tsvmm groups lists groups, devices, drivers and viability', () => {
   const edu = hostDevice('edu');
-  const out = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], { encoding: 'utf8' });
+  const out = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.cjs'), 'groups'], { encoding: 'utf8' });
   assert.equal(out.status, 0, out.stderr);
   assert.match(
     out.stdout,

@@ -89,7 +89,7 @@ function runAsNobody(devices: object[], memlockBytes: number) {
       '--clear-groups',
       '--inh-caps=-all',
       process.execPath,
-      join(projectRoot, 'dist/bin/tsvmm.js'),
+      join(projectRoot, 'dist/bin/tsvmm.cjs'),
       'run',
       cfg,
     ],
@@ -157,7 +157,7 @@ test('a non-viable group (pci-bridge pair, one member on another driver) names t
         `IOMMU group ${edu.group} \\(of ${esc(edu.bdf)}\\) is not viable: .*\\n  - ${esc(other.bdf)} is bound to uio_pci_generic; fix: echo ${esc(other.bdf)} > /sys/bus/pci/devices/${esc(other.bdf)}/driver/unbind`,
       ),
     );
-    const groups = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.js'), 'groups'], {
+    const groups = spawnSync(process.execPath, [join(projectRoot, 'dist/bin/tsvmm.cjs'), 'groups'], {
       encoding: 'utf8',
     });
     assert.match(groups.stdout, new RegExp(`^group ${edu.group} NOT viable$`, 'm'));
