@@ -310,13 +310,12 @@ export const LINUX_METRICS: (MetricDef & { field: Field; derive?: (s: LinuxSampl
 // strace -c) in the run of 2026-11-27; keyed by metric id.
 const STARTUP =
   "tsvmm's own start-up before the guest's first instruction, against QEMU's start-up plus SeaBIOS and its fw_cfg " +
-  "copy of kernel and initrd. A --cpu-prof of one tsvmm launch in this host (2026-11-27): 5.5 s from the profile's start to the " +
-  "first KVM_RUN, of which loading the ES modules (43 of the project's, each resolved and read over the test host's " +
-  '9p root, then compiled) ≈ 2.0 s and building the Machine ≈ 1.9 s (the MAP_DMA of its 256 MiB 0.7 s under the ' +
-  "profiler, opening the VFIO group and device 0.2 s, loading the bzImage and initrd 0.3 s); Node's own bootstrap " +
-  "(`node -e 0`) comes before the profile starts. The guest kernel's own boot is shorter under tsvmm (its row; not " +
-  'profiled). What would close it: one bundled file with a V8 code cache (the ' +
-  'module share: one read, nothing to resolve or compile), and RAM pinned in 2 MiB pages (fewer pages per MAP_DMA).';
+  'copy of kernel and initrd. Since 2026-11-27 tsvmm runs from one bundled file with a V8 code cache (README, ' +
+  '"Start-up"): the ES module loading that took ≈ 2.0 s of a profiled launch here (43 modules resolved and read ' +
+  "over the test host's 9p root, then compiled) is gone. What is left: Node's own bootstrap (`node -e 0`), building " +
+  'the Machine (under the profiler before: the MAP_DMA of its 256 MiB 0.7 s, opening the VFIO group and device ' +
+  '0.2 s, loading the bzImage and initrd 0.3 s) and compiling the functions only a VM runs. What would close it: ' +
+  'RAM pinned in 2 MiB pages (fewer pages per MAP_DMA), a code cache that covers the machine.';
 const CONSOLE =
   'the guest makes the same exits per character under both (1.3 port-I/O exits: Linux finds a 16550A and writes ' +
   'up to 16 bytes per THRE interrupt into its FIFO), so the difference is what each exit costs the VMM. A --cpu-prof of ' +

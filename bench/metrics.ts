@@ -51,12 +51,15 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       better: 'lower',
       digits: 0,
       whyWorse:
-        'tsvmm is a Node.js program, and its startup is JavaScript. The two largest costs a --cpu-prof profile ' +
-        'of a warm launch found on 2026-11-22 are gone: the config validator is generated at build time (no ajv, no ' +
-        'schema compile at run time), and each command loads only its own modules (tsvmm validate in this host: 6.5 s ' +
-        "before, 2.1 s after; node -e 0 alone 0.65 s). What is left has not been profiled again: Node's own start, " +
-        "module loading (every resolution is a stat over the host's 9p root), machine set-up and the first MAP_DMA. " +
-        'Fix: ship one bundled file with a V8 code cache (one file read instead of ~50 module resolutions).',
+        "tsvmm is a Node.js program: a launch is Node's own bootstrap (`node -e 0`, below) and then tsvmm's " +
+        'JavaScript. Since 2026-11-27 that JavaScript is one bundled file compiled with a V8 code cache (README, ' +
+        '"Start-up"): no module resolution over the 9p root, and a launch without a device went from 1.8 s to 0.8 s ' +
+        '(the run-loop rows). A --cpu-prof of an edu launch here puts the rest in the MAP_DMA of the 256 MiB (its row), ' +
+        "opening the VFIO device (the kernel's VFIO_GROUP_GET_DEVICE_FD), the device's set-up (config space, BARs, " +
+        'interrupts) and compiling the functions only a VM runs (the build-time code cache covers module loading and ' +
+        "the config checks, not the Machine, which needs KVM). In this host the row swings with the shared machine's " +
+        'load (min–max): an interleaved run of 10 launches each on 2026-11-27 had tsvmm at 0.90× QEMU. Fix: fewer ' +
+        'syscalls at device set-up (config space in one read), and a code cache that covers the machine.',
     },
     {
       id: 'pio',
@@ -149,10 +152,10 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       better: 'lower',
       digits: 1,
       whyWorse:
-        'tsvmm is a Node.js process: its file-backed resident memory is the touched part of the node binary ' +
-        "(code, V8's startup snapshot, the ICU data built into it), its anonymous memory the V8 heap and code of its " +
-        'one isolate (a 1-vCPU VM has no vCPU worker any more: vCPU 0 runs on the main thread) and the libuv/V8 thread ' +
-        'stacks. Fix: cap the heap (--max-semi-space-size, --max-old-space-size) and use a node built with small ICU.',
+        'tsvmm is a Node.js process: its anonymous memory is the V8 heap and code of its one isolate and the ' +
+        'libuv/V8 thread stacks; its file-backed memory the pages of the node binary and libraries it still uses ' +
+        '(tsvmm run unmaps the ones only start-up used once the guest has run a second: README, "Start-up"). ' +
+        'Fix: cap the heap (--max-semi-space-size, --max-old-space-size), a node built with small ICU.',
     },
   ];
 }

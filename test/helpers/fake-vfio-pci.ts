@@ -153,6 +153,11 @@ export class FakeVfioDevice {
     return size === 8 ? v : Number(v);
   }
 
+  readInto(region: number, off: number, into: Buffer): number {
+    for (let i = 0; i < into.length; i++) into[i] = Number(this.read(region, off + i, 1));
+    return into.length;
+  }
+
   write(region: number, off: number, size: number, value: number | bigint): void {
     const v = BigInt.asUintN(64, BigInt(value));
     if (region === c().VFIO_PCI_CONFIG_REGION_INDEX) {
