@@ -18,7 +18,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFil
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { runInTestHost } from '../testhost/index.js';
-import { collect, evidence, evidenceFor, type BenchResults } from './metrics.js';
+import { collect, evidence, evidenceFor, withinRounds, type BenchResults } from './metrics.js';
 import { renderMarkdown, toRow } from './stats.js';
 import { root, nullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
@@ -69,6 +69,20 @@ export function report(r: BenchResults): string {
     '',
     renderMarkdown(metrics, { rounds, diagnostics }).trimEnd(),
   ];
+  const paired = ['launch', 'rss'].flatMap((id) => {
+    const w = withinRounds(r, id);
+    const label = metrics.find((m) => m.def.id === id)?.def.label;
+    return w && label
+      ? [`- ${label}: ${w.median.toFixed(2)}× (${w.min.toFixed(2)}–${w.max.toFixed(2)}, ${w.n} rounds)`]
+      : [];
+  });
+  if (paired.length)
+    lines.push(
+      '',
+      'tsvmm ÷ QEMU within each round (median over rounds, min–max; the two ran back to back):',
+      '',
+      ...paired,
+    );
   if (failures.length) {
     lines.push('', `Failed launches (${failures.length}; their other values are still counted):`, '');
     for (const f of failures)

@@ -1,7 +1,7 @@
 // What the benchmark measures (one MetricDef per table row), the raw results the runner writes,
 // and how rows are gathered from them. The whyWorse notes come from profiles (see README,
 // "Benchmarks"); they are printed only for rows where the run shows tsvmm behind QEMU.
-import type { MetricDef, MetricResult, VmmName } from './stats.js';
+import { summarize, type MetricDef, type MetricResult, type Summary, type VmmName } from './stats.js';
 
 export interface LaunchRecord {
   kind: 'main' | 'dma';
@@ -321,4 +321,21 @@ export function collect(r: BenchResults): MetricResult[] {
     }
     return { def, samples };
   });
+}
+
+/**
+ * tsvmm ÷ QEMU of one metric within each round of main launches (the two ran back to back, under the
+ * same load of the shared machine), summarised over the rounds: steadier than the ratio of medians
+ * when the load drifts between rounds.
+ */
+export function withinRounds(r: BenchResults, id: string): Summary | undefined {
+  const at = (vmm: VmmName, round: number) =>
+    r.launches.find((l) => l.kind === 'main' && l.vmm === vmm && l.round === round)?.values[id];
+  const out: number[] = [];
+  for (let i = 0; i < r.roundsDone; i++) {
+    const t = at('tsvmm', i),
+      q = at('qemu', i);
+    if (t !== undefined && q !== undefined && q > 0) out.push(t / q);
+  }
+  return summarize(out);
 }

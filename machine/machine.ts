@@ -179,9 +179,15 @@ export class Machine {
             : (b: Uint8Array) => {
                 process.stdout.write(b);
               });
+      // The board's devices join their address spaces in one memory transaction: each space renders
+      // its flat view once, not once per device (start-up time).
+      const joins: Array<() => void> = [];
+      const attach = (root: MemoryRegion, addr: number, region: MemoryRegion, priority?: number) =>
+        joins.push(() => root.addSubregion(addr, region, priority));
       this.serial = new Serial16550({ output, irq: this.interrupts.line(COM1_IRQ) });
-      this.vm.io.root.addSubregion(COM1_PORT, this.serial.region);
-      this.vm.io.root.addSubregion(
+      attach(this.vm.io.root, COM1_PORT, this.serial.region);
+      attach(
+        this.vm.io.root,
         DEBUG_EXIT_PORT,
         new DebugExit((v) => this.requestExit(v & 0xff, `guest wrote ${v} to the debug-exit port`)).region,
       );
@@ -195,9 +201,10 @@ export class Machine {
             'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)',
           ),
       });
-      this.vm.io.root.addSubregion(I8042_DATA_PORT, i8042.data);
-      this.vm.io.root.addSubregion(I8042_COMMAND_PORT, i8042.command);
-      this.vm.io.root.addSubregion(
+      attach(this.vm.io.root, I8042_DATA_PORT, i8042.data);
+      attach(this.vm.io.root, I8042_COMMAND_PORT, i8042.command);
+      attach(
+        this.vm.io.root,
         ACPI_SLEEP_CONTROL_PORT,
         new AcpiSleepControl({
           onPowerOff: () => this.requestExit(0, 'guest powered off (ACPI S5)'),
@@ -206,20 +213,21 @@ export class Machine {
         }).region,
       );
       const pciMem = MemoryRegion.container('pci-mem', 2 ** 52);
-      this.vm.memory.root.addSubregion(0, pciMem, -1);
+      attach(this.vm.memory.root, 0, pciMem, -1);
       this.pciBus = new PciBus(pciMem, this.vm.io.root, physAddrLimit(this.kvm.supportedCpuid())); // the vCPUs get this CPUID
       this.pciHost = new PciHostBridge(this.pciBus, {
         onResetRequest: () =>
           this.requestExit(0, 'guest requested a reset (tsvmm does not reboot; like QEMU -no-reboot)'),
       });
-      this.vm.io.root.addSubregion(PCI_CONF1_PORT, this.pciHost.conf1);
+      attach(this.vm.io.root, PCI_CONF1_PORT, this.pciHost.conf1);
       this.ged = new GenericEventDevice(this.interrupts.line(GED_GSI));
-      this.vm.io.root.addSubregion(GED_PORT, this.ged.region);
+      attach(this.vm.io.root, GED_PORT, this.ged.region);
       this.pciHotplug = new AcpiPciHotplug(
         () => this.ged.notify(GED_EVENT_PCI_HOTPLUG),
         (slot) => this.deviceManager.ejected(slot),
       );
-      this.vm.io.root.addSubregion(PCI_HOTPLUG_PORT, this.pciHotplug.region);
+      attach(this.vm.io.root, PCI_HOTPLUG_PORT, this.pciHotplug.region);
+      memoryTransaction(() => joins.forEach((join) => join()));
 
       // Assigned devices: the VFIO container maps guest RAM for DMA as the first group joins.
       // VFIO takes the passed group, cdev and iommufd fds it uses from the PassedFds.

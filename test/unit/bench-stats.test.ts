@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { summarize, ratio, isWorse, renderMarkdown, toRow, type MetricResult } from '../../bench/stats.js';
 import { parseDone, straceMapDma, guestStatus } from '../../bench/vmm.js';
 import { order } from '../../bench/run.js';
+import { withinRounds, type BenchResults, type LaunchRecord } from '../../bench/metrics.js';
 
 test('summarize: median of odd and even counts, min, max; non-finite samples are dropped', () => {
   assert.deepEqual(summarize([3, 1, 2]), { median: 2, min: 1, max: 3, n: 3 });
@@ -90,4 +91,35 @@ test('interleaving: every VMM runs in every position across rounds', () => {
   assert.deepEqual(order(0), ['tsvmm', 'qemu', 'null']);
   assert.deepEqual(order(1), ['qemu', 'null', 'tsvmm']);
   assert.deepEqual(order(2), ['null', 'tsvmm', 'qemu']);
+});
+
+test('withinRounds: tsvmm ÷ QEMU per round, over the rounds; a round missing either VMM is left out', () => {
+  const rec = (vmm: 'tsvmm' | 'qemu' | 'null', round: number, launch?: number): LaunchRecord => ({
+    kind: 'main',
+    vmm,
+    memMiB: 256,
+    round,
+    values: launch === undefined ? {} : { launch },
+    info: {},
+  });
+  const r = {
+    roundsDone: 4,
+    launches: [
+      rec('tsvmm', 0, 900),
+      rec('qemu', 0, 1000),
+      rec('null', 0, 100),
+      rec('qemu', 1, 1000),
+      rec('tsvmm', 1, 1500),
+      rec('tsvmm', 2, 1100),
+      rec('qemu', 2, 1000),
+      rec('tsvmm', 3, 800), // QEMU's launch failed this round
+      rec('qemu', 3),
+      { ...rec('tsvmm', 0, 5), kind: 'dma' },
+    ],
+  } as unknown as BenchResults;
+  const w = withinRounds(r, 'launch')!;
+  assert.equal(w.n, 3);
+  assert.ok(Math.abs(w.median - 1.1) < 1e-9);
+  assert.ok(Math.abs(w.min - 0.9) < 1e-9 && Math.abs(w.max - 1.5) < 1e-9);
+  assert.equal(withinRounds(r, 'rss'), undefined);
 });
