@@ -13,7 +13,6 @@ import vm = require('node:vm');
 export interface LoadedBundle {
   exports: {
     runCli(argv: string[]): Promise<void>;
-    main(argv: string[]): Promise<number>;
     loadAllCommands(): Promise<void>;
   };
   script: vm.Script;
