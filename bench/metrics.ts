@@ -324,15 +324,18 @@ export function collect(r: BenchResults): MetricResult[] {
 }
 
 /**
- * tsvmm ÷ QEMU of one metric within each round of main launches (the two ran back to back, under the
+ * tsvmm ÷ QEMU of one metric within each round (main or DMA launches: the two ran back to back, under the
  * same load of the shared machine), summarised over the rounds: steadier than the ratio of medians
  * when the load drifts between rounds.
  */
 export function withinRounds(r: BenchResults, id: string): Summary | undefined {
+  const kind = id.startsWith('dmaMs') ? 'dma' : 'main';
   const at = (vmm: VmmName, round: number) =>
-    r.launches.find((l) => l.kind === 'main' && l.vmm === vmm && l.round === round)?.values[id];
+    r.launches.find((l) => l.kind === kind && l.vmm === vmm && l.round === round && l.values[id] !== undefined)?.values[
+      id
+    ];
   const out: number[] = [];
-  for (let i = 0; i < r.roundsDone; i++) {
+  for (let i = 0; i < (kind === 'dma' ? r.dmaRoundsDone : r.roundsDone); i++) {
     const t = at('tsvmm', i),
       q = at('qemu', i);
     if (t !== undefined && q !== undefined && q > 0) out.push(t / q);

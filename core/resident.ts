@@ -5,11 +5,11 @@
 // pages in the page cache and unmaps them from this process; whatever the VM still runs comes back
 // on first touch, from the page cache. Only read-only private file mappings with no private
 // (copy-on-write) pages are dropped: for them DONTNEED cannot lose data, and everything else —
-// guest RAM, heap, relocated data, device BARs, memfds — is left alone.
+// guest RAM, heap, relocated data, device BARs, memfds — is left alone. The list is read and acted
+// on in one synchronous stretch, and a node process does not unmap its executable or libraries (no
+// dlclose), so an address read from smaps still holds the same file when it is dropped.
 import { readFileSync } from 'node:fs';
-import { native } from './native.js';
-
-const MADV_DONTNEED = 4;
+import { MADV_DONTNEED, native } from './native.js';
 
 export interface Mapping {
   start: bigint;
@@ -60,13 +60,20 @@ export function droppable(m: Mapping): boolean {
 
 /**
  * Unmaps the clean file pages of this process's read-only private mappings (its executable and
- * libraries). Returns the KiB that were resident in them. Best effort: a mapping the kernel
- * refuses (e.g. locked) is skipped.
+ * libraries). Returns the KiB that were resident in them. Best effort, never throws: without a
+ * readable /proc/self/smaps nothing is dropped, and a mapping the kernel refuses (e.g. locked) is
+ * skipped.
  */
 export function dropCleanFilePages(): number {
   let kib = 0;
-  const n = native();
-  for (const m of parseSmaps(readFileSync('/proc/self/smaps', 'utf8'))) {
+  let smaps: string, n: ReturnType<typeof native>;
+  try {
+    smaps = readFileSync('/proc/self/smaps', 'utf8');
+    n = native();
+  } catch {
+    return 0;
+  }
+  for (const m of parseSmaps(smaps)) {
     if (!droppable(m)) continue;
     try {
       n.madvise(m.start, m.end - m.start, MADV_DONTNEED);

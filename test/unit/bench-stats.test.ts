@@ -93,7 +93,7 @@ test('interleaving: every VMM runs in every position across rounds', () => {
   assert.deepEqual(order(2), ['null', 'tsvmm', 'qemu']);
 });
 
-test('withinRounds: tsvmm ÷ QEMU per round, over the rounds; a round missing either VMM is left out', () => {
+test('withinRounds: tsvmm ÷ QEMU per round (main or DMA launches), over the rounds; a round missing either VMM is left out', () => {
   const rec = (vmm: 'tsvmm' | 'qemu' | 'null', round: number, launch?: number): LaunchRecord => ({
     kind: 'main',
     vmm,
@@ -104,6 +104,7 @@ test('withinRounds: tsvmm ÷ QEMU per round, over the rounds; a round missing ei
   });
   const r = {
     roundsDone: 4,
+    dmaRoundsDone: 1,
     launches: [
       rec('tsvmm', 0, 900),
       rec('qemu', 0, 1000),
@@ -114,7 +115,9 @@ test('withinRounds: tsvmm ÷ QEMU per round, over the rounds; a round missing ei
       rec('qemu', 2, 1000),
       rec('tsvmm', 3, 800), // QEMU's launch failed this round
       rec('qemu', 3),
-      { ...rec('tsvmm', 0, 5), kind: 'dma' },
+      { ...rec('tsvmm', 0), kind: 'dma', values: { dmaMs1024: 600 } },
+      { ...rec('qemu', 0), kind: 'dma', values: { dmaMs256: 100 } },
+      { ...rec('qemu', 0), kind: 'dma', values: { dmaMs1024: 500 } },
     ],
   } as unknown as BenchResults;
   const w = withinRounds(r, 'launch')!;
@@ -122,4 +125,6 @@ test('withinRounds: tsvmm ÷ QEMU per round, over the rounds; a round missing ei
   assert.ok(Math.abs(w.median - 1.1) < 1e-9);
   assert.ok(Math.abs(w.min - 0.9) < 1e-9 && Math.abs(w.max - 1.5) < 1e-9);
   assert.equal(withinRounds(r, 'rss'), undefined);
+  // DMA launches pair by round and size; the main launches' values are not theirs.
+  assert.deepEqual(withinRounds(r, 'dmaMs1024'), { median: 1.2, min: 1.2, max: 1.2, n: 1 });
 });
