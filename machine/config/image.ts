@@ -4,7 +4,7 @@
 // (through checkConfig), so a config that validates does not fail later for any of these.
 // Loading checks reuse the loaders' own (loadElf32 into a sink, the Linux fit), so the two never
 // disagree.
-import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { hasMultibootHeader, loadElf32, LoaderError } from '../loader/multiboot.js';
 import { checkLinuxCmdline, checkLinuxFit, isBzImage, linuxCmdline, parseBzImage } from '../loader/linux.js';
 import type { DeviceConfig, KernelFormat } from './config.js';
@@ -112,14 +112,27 @@ export function checkImage(k: ImageInput, problems: string[]): Exclude<KernelFor
   return format;
 }
 
-/** Multiboot and flat images are read whole (they are small); a bzImage needs its header only. */
+/**
+ * A bzImage is checked from its setup header alone, so only its first 256 KiB are read (the largest
+ * setup, 255 sectors, ends at 128 KiB; the kernel, often tens of MiB, is read once, by the loader).
+ * Multiboot and flat images are read whole (up to 64 MiB): their checks load them.
+ */
 function readImage(path: string, size: number): Uint8Array {
-  if (size <= 64 * 2 ** 20) return new Uint8Array(readFileSync(path));
   const fd = openSync(path, 'r');
+  const fill = (into: Uint8Array, from: number) => {
+    for (let at = from; at < into.length; ) {
+      const n = readSync(fd, into, at, into.length - at, at);
+      if (n <= 0) return into.subarray(0, at);
+      at += n;
+    }
+    return into;
+  };
   try {
-    const head = new Uint8Array(64 * 2 ** 20);
-    readSync(fd, head, 0, head.length, 0);
-    return head;
+    const head = fill(new Uint8Array(Math.min(size, 256 * 1024)), 0);
+    if (head.length === size || isBzImage(head)) return head;
+    const whole = new Uint8Array(Math.min(size, 64 * 2 ** 20));
+    whole.set(head);
+    return fill(whole, head.length);
   } finally {
     closeSync(fd);
   }

@@ -206,3 +206,26 @@ test("image.ts's layout constants are machine.ts's", async () => {
   assert.equal(LOW_RAM_END, m.LOW_RAM_END);
   assert.equal(MULTIBOOT_INFO_ADDR, m.MULTIBOOT_INFO_ADDR);
 });
+
+test('validate: a bzImage is checked from its setup header (a 4 MiB one passes; a truncated one is refused); a multiboot image past 256 KiB is checked whole', () => {
+  const big = file(
+    'big.json',
+    JSON.stringify({ memory: 64, kernel: { path: file('bz-big', fakeBzImage({ kernelBytes: 4 * MiB })) } }),
+  );
+  const r = spawnSync(process.execPath, [cli, 'validate', big], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const cut = fakeBzImage().slice(0, 0x300); // the header says 4 setup sectors: the kernel would start at 0xa00
+  refused(
+    'bz-cut',
+    { memory: 64, kernel: { path: file('bz-cut', cut), format: 'linux' } },
+    /\/kernel: .*bz-cut: truncated/,
+  );
+  // A multiboot segment that lies past 256 KiB of the file: the loader's checks read it.
+  const mb = new Uint8Array(300 * 1024);
+  mb.set(fakeMultibootElf(100 * MiB));
+  refused(
+    'mb-big-beyond',
+    { memory: 64, kernel: { path: file('big.elf', mb) } },
+    /\/kernel\/path: .*big\.elf: segment 0 at 0x6400000 .*does not fit in 64 MiB of RAM/,
+  );
+});
