@@ -53,6 +53,7 @@ for (const input of Object.keys(result.metafile.inputs)) {
 // (2026-11-27) for 2 MiB more heap (the bytecode of every function).
 const require = createRequire(import.meta.url);
 const { loadBundle, CODE_CACHE } = require(join(root, 'dist/bin/tsvmm.cjs'));
+delete process.env.TSVMM_NO_BUNDLE; // a user's switch for running tsvmm, not for building it
 v8.setFlagsFromString('--no-lazy');
 let loaded;
 try {
