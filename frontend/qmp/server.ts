@@ -28,6 +28,9 @@ import {
 } from '../commands.js';
 
 type ArgValidator = ((data: unknown) => boolean) & { errors?: ErrorObject[] | null };
+/** How long close() lets a client that stopped reading hold its pending output (QEMU closes at once). */
+export const CLOSE_DRAIN_MS = 1000;
+
 const argValidators = validators as unknown as Record<string, ArgValidator>;
 
 /** QEMU's qobject-input-visitor names a member by its path: "a.b", "list[0]". */
@@ -277,10 +280,20 @@ export class QmpServer {
     this.send(this.client, { event, ...(data ? { data } : {}), timestamp: qmpTimestamp() });
   }
 
-  /** Lets pending replies and events drain, then closes the socket and removes its path. */
+  /**
+   * Lets pending replies and events drain, then closes the socket and removes its path. A client that
+   * stopped reading gets CLOSE_DRAIN_MS for that, not forever: it must not keep `tsvmm run` from exiting.
+   */
   async close(): Promise<void> {
     const c = this.client;
-    if (c && !c.destroyed) await new Promise<void>((r) => c.end(r));
+    if (c && !c.destroyed)
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, CLOSE_DRAIN_MS);
+        c.end(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
     c?.destroy();
     this.client = undefined;
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));

@@ -155,6 +155,14 @@ test('waits: time-out and abort are errors with codes and the last serial lines;
     const e = await rejectsWith(vm.waitForSerial(/never/, { timeoutMs: 300 }), 'ERR_TIMEOUT', /within 300 ms/);
     assert.ok(Date.now() - t0 >= 290, 'not before its time');
     assert.match(e.message, /last serial output:\nready\n/);
+    // A time-out that is not a number ≥ 0 is the caller's mistake, refused at once (not a wait forever).
+    for (const bad of [-1, NaN, '300' as unknown as number])
+      await rejectsWith(
+        vm.waitForSerial('x', { timeoutMs: bad }),
+        'ERR_USAGE',
+        /timeoutMs must be a number ≥ 0 or Infinity/,
+      );
+    await rejectsWith(vm.waitForExit({ timeoutMs: -5 }), 'ERR_USAGE', /waiting for the VM to exit: timeoutMs must be/);
 
     const ac = new AbortController();
     const w = vm.waitForSerial(/never/, { signal: ac.signal, timeoutMs: Infinity });

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { QmpServer, checkArguments, qmpTimestamp } from '../../frontend/qmp/server.js';
+import { CLOSE_DRAIN_MS, QmpServer, checkArguments, qmpTimestamp } from '../../frontend/qmp/server.js';
 import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmps-'));
@@ -124,4 +124,21 @@ test('event timestamps: the wall clock with microseconds', () => {
     many.some((us) => us % 1000 !== 0),
     'sub-millisecond resolution',
   );
+});
+
+test('close() does not wait for a client that stopped reading (its output is dropped after CLOSE_DRAIN_MS)', async () => {
+  const { srv, c } = await server();
+  try {
+    c.s.write('{"execute":"qmp_capabilities"}');
+    assert.deepEqual(await c.reply(), { return: {} });
+    c.s.pause(); // reads nothing more: the socket buffers fill and the server's writes queue up
+    const big = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < 200; i++) srv.emit('BIG', { big }); // 12.8 MiB: more than any socket buffer holds
+    const t0 = Date.now();
+    await srv.close();
+    const took = Date.now() - t0;
+    assert.ok(took >= CLOSE_DRAIN_MS - 50 && took < CLOSE_DRAIN_MS + 2000, `close took ${took} ms`);
+  } finally {
+    c.s.destroy();
+  }
 });
