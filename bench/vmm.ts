@@ -15,6 +15,7 @@ export const guestElf = join(root, 'guest/out/tsvmm-guest.elf');
 export const tsvmmJs = join(root, 'dist/bin/tsvmm.cjs');
 export const nullVmm = process.env.TSVMM_BENCH_NULL_VMM ?? join(root, 'dist/bench/null-vmm');
 export { QEMU } from '../testhost/qemu.js';
+import { parseSmaps } from '../core/resident.js';
 import { innerQemuArgs, QEMU } from '../testhost/qemu.js';
 
 export interface LaunchSpec {
@@ -239,27 +240,9 @@ export function snapshot(pid: number): Snapshot {
  * than one, has that size (the subtraction would be a guess).
  */
 export function guestRamRssKiB(smaps: string, guestKiB: number): number {
-  const found: number[] = [];
-  let size: number | undefined,
-    rss: number | undefined,
-    rw = false;
-  const flush = () => {
-    if (size === guestKiB && rw && rss !== undefined) found.push(rss);
-    size = rss = undefined;
-    rw = false;
-  };
-  for (const line of smaps.split('\n')) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ (\S{4}) /.exec(line);
-    if (head) {
-      flush();
-      rw = head[1]!.startsWith('rw');
-      continue;
-    }
-    const kv = /^(Size|Rss):\s+(\d+) kB$/.exec(line);
-    if (kv?.[1] === 'Size') size = Number(kv[2]);
-    else if (kv) rss = Number(kv[2]);
-  }
-  flush();
+  const found = parseSmaps(smaps)
+    .filter((m) => m.perms.startsWith('rw') && m.end - m.start === BigInt(guestKiB) * 1024n)
+    .map((m) => m.rssKiB);
   if (found.length !== 1)
     throw new Error(
       `${found.length} read/write mappings of exactly ${guestKiB} KiB (guest RAM) in smaps; expected one`,

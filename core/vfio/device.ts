@@ -2,6 +2,7 @@
 // pread/pwrite, mmap of region ranges, and reset.
 import { closeSync, readSync, writeSync } from 'node:fs';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED, type Mapping } from '../native.js';
+import { preadFully } from '../io.js';
 
 export interface RegionInfo {
   index: number;
@@ -85,14 +86,7 @@ export class VfioDevice {
 
   /** Reads [off, off + into.length) of a region in as few preads as the kernel allows; returns the bytes read. */
   readInto(region: number, off: number, into: Buffer): number {
-    const r = this.regions[region]!;
-    let done = 0;
-    while (done < into.length) {
-      const n = readSync(this.fd, into, done, into.length - done, Number(r.offset) + off + done);
-      if (n <= 0) break;
-      done += n;
-    }
-    return done;
+    return preadFully(this.fd, into, Number(this.regions[region]!.offset) + off);
   }
 
   write(region: number, off: number, size: number, value: number | bigint): void {

@@ -4,7 +4,8 @@
 // (through checkConfig), so a config that validates does not fail later for any of these.
 // Loading checks reuse the loaders' own (loadElf32 into a sink, the Linux fit), so the two never
 // disagree.
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, openSync, statSync } from 'node:fs';
+import { preadFully } from '../../core/io.js';
 import { hasMultibootHeader, loadElf32, LoaderError } from '../loader/multiboot.js';
 import { checkLinuxCmdline, checkLinuxFit, isBzImage, linuxCmdline, parseBzImage } from '../loader/linux.js';
 import type { DeviceConfig, KernelFormat } from './config.js';
@@ -119,14 +120,8 @@ export function checkImage(k: ImageInput, problems: string[]): Exclude<KernelFor
  */
 function readImage(path: string, size: number): Uint8Array {
   const fd = openSync(path, 'r');
-  const fill = (into: Uint8Array, from: number) => {
-    for (let at = from; at < into.length; ) {
-      const n = readSync(fd, into, at, into.length - at, at);
-      if (n <= 0) return into.subarray(0, at);
-      at += n;
-    }
-    return into;
-  };
+  // [from, into.length) of the file into the same place of `into`; what the file had up to there.
+  const fill = (into: Uint8Array, from: number) => into.subarray(0, from + preadFully(fd, into.subarray(from), from));
   try {
     const head = fill(new Uint8Array(Math.min(size, 256 * 1024)), 0);
     if (head.length === size || isBzImage(head)) return head;
