@@ -17,7 +17,7 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { runInTestHost } from '../testhost/index.js';
+import { runInTestHost, type TestHostOptions } from '../testhost/index.js';
 import { collect, evidence, evidenceFor, withinRounds, type BenchResults } from './metrics.js';
 import { renderMarkdown, toRow } from './stats.js';
 import { root, nullVmm } from './vmm.js';
@@ -95,37 +95,64 @@ export function report(r: BenchResults): string {
 
 /** The run-loop rows: here when this machine has /dev/kvm, else inside the test host. */
 async function runloopRows(args: string[], outDir: string): Promise<number> {
-  const tmp = join(root, 'dist/bench');
-  let json: string;
   if (existsSync('/dev/kvm')) {
-    json = join(tmp, 'runloop.json');
+    const json = join(root, 'dist/bench/runloop.json');
     execFileSync(process.execPath, [join(root, 'dist/bench/runloop.js'), ...args, '--out', json], {
       stdio: ['ignore', process.stderr, 'inherit'],
     });
-  } else {
-    const r = await runInTestHost({
-      kernel: 'debian',
-      devices: ['none'],
-      timeoutMs: TIMEOUT_S * 1000,
-      keepRunDir: true,
-      command: ['node', 'dist/bench/runloop.js', ...args],
-      stream: { stdout: process.stderr, stderr: process.stderr },
-    });
-    json = join(r.runDir!, 'runloop.json');
+    const res = JSON.parse(readFileSync(json, 'utf8')) as RunloopResults;
+    saveResults(outDir, 'runloop', res, renderRunloop(res));
+    return 0;
+  }
+  const r = await inTestHost<RunloopResults>(
+    'run-loop',
+    { devices: ['none'], command: ['node', 'dist/bench/runloop.js', ...args] },
+    'runloop.json',
+  );
+  if (r.results) saveResults(outDir, 'runloop', r.results, renderRunloop(r.results));
+  return r.results ? 0 : 1;
+}
+
+/** Writes bench/results/<name>.{json,md} and prints the table. */
+function saveResults(outDir: string, name: string, results: unknown, md: string): void {
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, `${name}.json`), JSON.stringify(results, null, 1) + '\n');
+  writeFileSync(join(outDir, `${name}.md`), md);
+  process.stdout.write(`\n${md}\nbench: bench/results/${name}.md, ${name}.json\n`);
+}
+
+/**
+ * Runs a bench script in its own test-host boot (debian kernel) and reads the JSON it left in the run
+ * dir (undefined, with the reason on stderr, when there is none). `keep` copies more out of the run
+ * dir before it is removed.
+ */
+async function inTestHost<T>(
+  what: string,
+  opts: Omit<TestHostOptions, 'kernel' | 'timeoutMs' | 'stream' | 'keepRunDir'>,
+  file: string,
+  keep?: (runDir: string) => void,
+): Promise<{ results?: T; exitCode: number | null }> {
+  const r = await runInTestHost({
+    kernel: 'debian',
+    timeoutMs: TIMEOUT_S * 1000,
+    stream: { stdout: process.stderr, stderr: process.stderr },
+    keepRunDir: true,
+    ...opts,
+  });
+  const runDir = r.runDir!;
+  try {
+    const json = join(runDir, file);
     if (!existsSync(json)) {
       process.stderr.write(
-        `bench: no run-loop results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`,
+        `bench: no ${what} results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`,
       );
-      return 1;
+      return { exitCode: r.exitCode };
     }
+    keep?.(runDir);
+    return { results: JSON.parse(readFileSync(json, 'utf8')) as T, exitCode: r.exitCode };
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
   }
-  const res = JSON.parse(readFileSync(json, 'utf8')) as RunloopResults;
-  const md = renderRunloop(res);
-  mkdirSync(outDir, { recursive: true });
-  writeFileSync(join(outDir, 'runloop.json'), JSON.stringify(res, null, 1) + '\n');
-  writeFileSync(join(outDir, 'runloop.md'), md);
-  process.stdout.write(`\n${md}\nbench: bench/results/runloop.md, runloop.json\n`);
-  return 0;
 }
 
 async function main(): Promise<number> {
@@ -160,75 +187,44 @@ async function main(): Promise<number> {
 
 /** The Linux rows (bench/linux.ts) in their own test host, nvme bound to vfio-pci. */
 async function linuxBench(args: string[], outDir: string): Promise<number> {
-  const write = (results: LinuxResults) => {
-    const md = renderLinux(results);
-    mkdirSync(outDir, { recursive: true });
-    writeFileSync(join(outDir, 'linux.json'), JSON.stringify(results, null, 1) + '\n');
-    writeFileSync(join(outDir, 'linux.md'), md);
-    process.stdout.write(`\n${md}\nbench: bench/results/linux.md, linux.json\n`);
-  };
+  const save = (results: LinuxResults) => saveResults(outDir, 'linux', results, renderLinux(results));
   if (args.includes('--render')) {
-    write(JSON.parse(readFileSync(join(outDir, 'linux.json'), 'utf8')) as LinuxResults);
+    save(JSON.parse(readFileSync(join(outDir, 'linux.json'), 'utf8')) as LinuxResults);
     return 0;
   }
-  const r = await runInTestHost({
-    kernel: 'debian',
-    devices: ['nvme'],
-    timeoutMs: TIMEOUT_S * 1000,
-    command: ['node', 'dist/bench/linux.js', ...args],
-    ...(process.env.TSVMM_BENCH_LINUX_ALT ? { env: { TSVMM_BENCH_LINUX_ALT: process.env.TSVMM_BENCH_LINUX_ALT } } : {}),
-    stream: { stdout: process.stderr, stderr: process.stderr },
-    keepRunDir: true,
-  });
-  const runDir = r.runDir!;
-  try {
-    const json = join(runDir, 'bench-linux.json');
-    if (!existsSync(json)) {
-      process.stderr.write(`bench: no Linux results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
-      return 1;
-    }
-    write(JSON.parse(readFileSync(json, 'utf8')) as LinuxResults);
-    const prof = join(runDir, 'linux-profile');
-    if (existsSync(prof)) {
+  const alt = process.env.TSVMM_BENCH_LINUX_ALT;
+  const r = await inTestHost<LinuxResults>(
+    'Linux',
+    {
+      devices: ['nvme'],
+      command: ['node', 'dist/bench/linux.js', ...args],
+      ...(alt ? { env: { TSVMM_BENCH_LINUX_ALT: alt } } : {}),
+    },
+    'bench-linux.json',
+    (runDir) => {
+      const prof = join(runDir, 'linux-profile');
+      if (!existsSync(prof)) return;
       const to = join(root, 'dist/bench/linux-profile');
       rmSync(to, { recursive: true, force: true });
       cpSync(prof, to, { recursive: true });
       process.stderr.write(`bench: profiles in ${to}\n`);
-    }
-    return r.exitCode === 0 ? 0 : 1;
-  } finally {
-    rmSync(runDir, { recursive: true, force: true });
-  }
+    },
+  );
+  if (!r.results) return 1;
+  save(r.results);
+  return r.exitCode === 0 ? 0 : 1;
 }
 
 /** The guest-RAM rows (bench/memory.ts) in their own test host: 6 GiB, so 1 GiB guests on 2 MiB huge pages fit. */
 async function memoryBench(args: string[], outDir: string): Promise<number> {
-  const r = await runInTestHost({
-    kernel: 'debian',
-    devices: ['edu'],
-    memoryMiB: 6144,
-    timeoutMs: TIMEOUT_S * 1000,
-    command: ['node', 'dist/bench/memory.js', ...args],
-    stream: { stdout: process.stderr, stderr: process.stderr },
-    keepRunDir: true,
-  });
-  const runDir = r.runDir!;
-  try {
-    const json = join(runDir, 'bench-memory.json');
-    if (!existsSync(json)) {
-      process.stderr.write(`bench: no memory results (test host exit ${r.exitCode}${r.error ? `: ${r.error}` : ''})\n`);
-      return 1;
-    }
-    const results = JSON.parse(readFileSync(json, 'utf8')) as MemoryResults;
-    const md = renderMemory(results);
-    mkdirSync(outDir, { recursive: true });
-    writeFileSync(join(outDir, 'memory.json'), JSON.stringify(results, null, 1) + '\n');
-    writeFileSync(join(outDir, 'memory.md'), md);
-    process.stdout.write(`\n${md}\nbench: bench/results/memory.md, memory.json\n`);
-    return r.exitCode === 0 ? 0 : 1;
-  } finally {
-    rmSync(runDir, { recursive: true, force: true });
-  }
+  const r = await inTestHost<MemoryResults>(
+    'memory',
+    { devices: ['edu'], memoryMiB: 6144, command: ['node', 'dist/bench/memory.js', ...args] },
+    'bench-memory.json',
+  );
+  if (!r.results) return 1;
+  saveResults(outDir, 'memory', r.results, renderMemory(r.results));
+  return r.exitCode === 0 ? 0 : 1;
 }
 
 async function mainBench(args: string[], outDir: string): Promise<number> {
