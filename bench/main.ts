@@ -69,7 +69,7 @@ export function report(r: BenchResults): string {
     '',
     renderMarkdown(metrics, { rounds, diagnostics }).trimEnd(),
   ];
-  const paired = ['launch', 'rss', ...r.config.dmaSizes.map((m) => `dmaMs${m}`)].flatMap((id) => {
+  const paired = ['launch', 'private', 'pss', ...r.config.dmaSizes.map((m) => `dmaMs${m}`)].flatMap((id) => {
     const w = withinRounds(r, id);
     const label = metrics.find((m) => m.def.id === id)?.def.label;
     return w && label

@@ -14,6 +14,7 @@ import {
   ensureDebugfs,
   guestElf,
   guestStatus,
+  hostMemory,
   hostTscKhz,
   launch,
   nullVmm,
@@ -103,6 +104,7 @@ async function mainLaunch(vmm: VmmName, bdf: string, o: Options, tscKhz: number,
   const rec: LaunchRecord = { kind: 'main', vmm, memMiB: o.memMiB, values: {}, info: memfd ? { memfd: true } : {} };
   let pioA: Snapshot | undefined, barA: Snapshot | undefined, msiA: Snapshot | undefined, msiB: Snapshot | undefined;
   let msiDoneEarly = false;
+  let mem: ReturnType<typeof hostMemory> | undefined;
   const timers: NodeJS.Timeout[] = [];
   const snap = (pid: number): Snapshot | undefined => {
     try {
@@ -127,6 +129,11 @@ async function mainLaunch(vmm: VmmName, bdf: string, o: Options, tscKhz: number,
         timers.push(
           setTimeout(() => {
             msiB = snap(l.pid);
+            try {
+              mem = hostMemory(readFileSync(`/proc/${l.pid}/smaps`, 'utf8'), o.memMiB * 1024);
+            } catch (e) {
+              rec.error ??= `smaps: ${(e as Error).message}`;
+            }
           }, 250 + o.phaseMs),
         );
       } else if (/^bench \w+ error/.test(line)) rec.error ??= line;
@@ -170,8 +177,11 @@ async function mainLaunch(vmm: VmmName, bdf: string, o: Options, tscKhz: number,
       kvm: kvmDelta(msiA, msiB),
     };
     if (irqs > 0) rec.values.wakeups = ctx / irqs;
-    // Resident memory with everything up and all guest RAM pinned (hence resident): beyond guest RAM.
-    rec.values.rss = msiB.rssKiB / 1024 - o.memMiB;
+    // What the host pays beyond guest RAM with everything up and all guest RAM pinned.
+    if (mem) {
+      rec.values.private = mem.privateMiB;
+      rec.values.pss = mem.pssMiB;
+    }
     rec.info.rss = msiB.rss;
   } else if (msiDoneEarly) rec.error ??= 'msi: the guest finished before the measurement window closed';
   const st = guestStatus(vmm, code);

@@ -5,8 +5,8 @@
 //   ap    trapped port-I/O round trips/s from an application processor (2 vCPUs, test=smp count=MS)
 //   sigint  SIGINT → process exit while the guest exits as fast as it can
 //   launch  launch → first serial byte (1 vCPU, RSS_MIB of RAM, no device), the main bench's launch row
-//   rss     resident memory beyond guest RAM, same launch, in the middle of its port-I/O loop: VmRSS minus
-//           guest RAM's resident part (not pinned without a device, so read from smaps: bench/vmm.ts)
+//   private, pss  what a host pays beyond guest RAM, same launch, in the middle of its port-I/O loop:
+//           private anonymous + shmem pages, and PSS (bench/vmm.ts hostMemory); again with 4 vCPUs
 // With TSVMM_BENCH_BASELINE=/other/checkout/dist/bin/tsvmm.cjs the same rows for that build too
 // ("before" numbers of a change).
 //
@@ -15,7 +15,8 @@ import { createConnection } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guestStatus, hostTscKhz, launch, parseDone, residentBeyondGuestRam, type LaunchSpec } from './vmm.js';
+import { guestStatus, hostMemory, hostTscKhz, launch, parseDone, type HostMemory, type LaunchSpec } from './vmm.js';
+import { readFileSync } from 'node:fs';
 import { summarize, type VmmName } from './stats.js';
 
 export type Column = VmmName | 'tsvmm-before';
@@ -29,8 +30,10 @@ export interface RunloopResults {
   errors: string[];
 }
 
-/** Guest RAM of the launch/RSS launch: the main bench's size (its launch and RSS rows). */
+/** Guest RAM of the launch/memory launches: the main bench's size (its launch and memory rows). */
 export const RSS_MIB = 256;
+/** vCPU counts of the memory rows: every vCPU has a thread (and in tsvmm an isolate) the host pays for. */
+export const MEMORY_VCPUS = [1, 4] as const;
 /** The guest's quiet settle between "bench pio armed" and its loop (guest/src/bench.c). */
 const SETTLE_MS = 500;
 
@@ -121,20 +124,20 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
     const m = (res.samples[c] ??= {});
     (m[k] ??= []).push(...(Array.isArray(v) ? v : [v]));
   };
-  // Launch → first serial byte, and resident memory beyond guest RAM halfway through the port-I/O
-  // loop (the VMM up, its exit path hot; the snapshot's CPU does not touch a measured loop).
-  const launchAndRss = async (c: Column, r: number) => {
+  // Launch → first serial byte, and the memory a host pays beyond guest RAM halfway through the
+  // port-I/O loop (the VMM up, its exit path hot; the snapshot's CPU does not touch a measured loop).
+  const launchAndMemory = async (c: Column, r: number, vcpus: number) => {
     let timer: NodeJS.Timeout | undefined;
-    let mem: ReturnType<typeof residentBeyondGuestRam> | undefined;
+    let mem: HostMemory | undefined;
     let err: string | undefined;
     const l = launch(
-      spec(c, `test=bench-pio count=${o.phaseMs}`, { memMiB: RSS_MIB }),
+      spec(c, `test=bench-pio count=${o.phaseMs}`, { memMiB: RSS_MIB, vcpus }),
       (line, l) => {
         if (line !== 'bench pio armed') return;
         timer = setTimeout(
           () => {
             try {
-              mem = residentBeyondGuestRam(l.pid, RSS_MIB);
+              mem = hostMemory(readFileSync(`/proc/${l.pid}/smaps`, 'utf8'), RSS_MIB * 1024);
             } catch (e) {
               err = (e as Error).message;
             }
@@ -147,15 +150,14 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
     const code = await l.done;
     clearTimeout(timer);
     const ok = guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0;
-    if (ok && l.firstByteMs !== undefined) add(c, 'launch', l.firstByteMs);
+    if (ok && vcpus === 1 && l.firstByteMs !== undefined) add(c, 'launch', l.firstByteMs);
     if (ok && mem) {
-      add(c, 'rss', mem.beyondMiB);
-      add(c, 'rssAnon', mem.anonMiB);
-      add(c, 'rssFile', mem.fileMiB);
-      add(c, 'rssGuestRam', mem.guestMiB); // evidence in the JSON: how much of guest RAM the guest touched
+      add(c, `private${vcpus}`, mem.privateMiB);
+      add(c, `pss${vcpus}`, mem.pssMiB);
+      add(c, `guestRam${vcpus}`, mem.guestMiB); // evidence in the JSON: how much of guest RAM the guest touched
     } else
       res.errors.push(
-        `${c} launch/rss round ${r + 1}: exit ${code}${err ? `: ${err}` : mem ? '' : ': no snapshot in the loop'} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`.trimEnd(),
+        `${c} launch/memory (${vcpus} vCPU) round ${r + 1}: exit ${code}${err ? `: ${err}` : mem ? '' : ': no snapshot in the loop'} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`.trimEnd(),
       );
   };
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-runloop-'));
@@ -180,7 +182,7 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
         if (rate !== undefined && guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0) add(c, 'pio', rate);
         else
           res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
-        await launchAndRss(c, r);
+        for (const n of MEMORY_VCPUS) await launchAndMemory(c, r, n);
         if (withQmp) {
           const q = launch(spec(c, `test=bench-pio count=${long}`, { qmp: sock }), () => {}, 90_000);
           try {
@@ -261,21 +263,22 @@ export function renderRunloop(r: RunloopResults): string {
       digits: 0,
       better: 'lower',
     },
-    {
-      id: 'rss',
-      label: `Resident memory beyond guest RAM (1 vCPU, ${RSS_MIB} MiB)`,
-      unit: 'MiB',
-      digits: 1,
-      better: 'lower',
-    },
-    {
-      id: 'rssAnon',
-      label: '… of it anonymous and shmem (heap, stacks, code)',
-      unit: 'MiB',
-      digits: 1,
-      better: 'lower',
-    },
-    { id: 'rssFile', label: '… of it file-backed (binary, libraries)', unit: 'MiB', digits: 1, better: 'lower' },
+    ...MEMORY_VCPUS.flatMap((n) => [
+      {
+        id: `private${n}`,
+        label: `Private memory beyond guest RAM, anonymous + shmem (${n} vCPU, ${RSS_MIB} MiB)`,
+        unit: 'MiB',
+        digits: 1,
+        better: 'lower' as const,
+      },
+      {
+        id: `pss${n}`,
+        label: `PSS beyond guest RAM (${n} vCPU, ${RSS_MIB} MiB)`,
+        unit: 'MiB',
+        digits: 1,
+        better: 'lower' as const,
+      },
+    ]),
   ];
   const val = (c: Column, m: (typeof metrics)[number]) => {
     const s = r.samples[c]?.[m.id];

@@ -15,7 +15,7 @@ export const guestElf = join(root, 'guest/out/tsvmm-guest.elf');
 export const tsvmmJs = join(root, 'dist/bin/tsvmm.cjs');
 export const nullVmm = process.env.TSVMM_BENCH_NULL_VMM ?? join(root, 'dist/bench/null-vmm');
 export { QEMU } from '../testhost/qemu.js';
-import { parseSmaps } from '../core/resident.js';
+import { anonOrShmem, parseSmaps, type Mapping } from './smaps.js';
 import { innerQemuArgs, QEMU } from '../testhost/qemu.js';
 
 export interface LaunchSpec {
@@ -233,16 +233,12 @@ export function snapshot(pid: number): Snapshot {
 }
 
 /**
- * Resident KiB of guest RAM, from /proc/<pid>/smaps text: the Rss of the one read/write mapping whose
- * size is exactly guest RAM's (tsvmm, QEMU and the null VMM each map it as one such mapping). Without
- * an assigned device guest RAM is not pinned, so only what the guest touched is resident: this is
- * what to subtract from VmRSS for the memory the VMM itself uses. Throws when no mapping, or more
- * than one, has that size (the subtraction would be a guess).
+ * Guest RAM's mapping in /proc/<pid>/smaps text: the one read/write mapping whose size is exactly
+ * guest RAM's (tsvmm, QEMU and the null VMM each map it as one such mapping). Throws when no
+ * mapping, or more than one, has that size (anything subtracted from it would be a guess).
  */
-export function guestRamRssKiB(smaps: string, guestKiB: number): number {
-  const found = parseSmaps(smaps)
-    .filter((m) => m.perms.startsWith('rw') && m.end - m.start === BigInt(guestKiB) * 1024n)
-    .map((m) => m.rssKiB);
+export function guestRamMapping(maps: Mapping[], guestKiB: number): Mapping {
+  const found = maps.filter((m) => m.perms.startsWith('rw') && m.end - m.start === BigInt(guestKiB) * 1024n);
   if (found.length !== 1)
     throw new Error(
       `${found.length} read/write mappings of exactly ${guestKiB} KiB (guest RAM) in smaps; expected one`,
@@ -250,22 +246,34 @@ export function guestRamRssKiB(smaps: string, guestKiB: number): number {
   return found[0]!;
 }
 
+/** What the host pays for a VMM beyond guest RAM, in MiB (see hostMemory). */
+export interface HostMemory {
+  /** Private anonymous and shmem pages (heap, stacks, JIT code, worker isolates): no other process shares them. */
+  privateMiB: number;
+  /** Proportional set size: private pages plus this process's share of shared ones (the binary, libraries). */
+  pssMiB: number;
+  /** Guest RAM's resident part: evidence of how much the guest touched, not part of the above. */
+  guestMiB: number;
+}
+
 /**
- * The VMM's resident memory beyond guest RAM (MiB), read now, split into anonymous + shmem (heap,
- * stacks, JIT code) and file-backed (the binary and its libraries); and guest RAM's resident part.
+ * The memory a host pays for a VMM beyond guest RAM, from /proc/<pid>/smaps text. Without an assigned
+ * device guest RAM is not pinned, so only what the guest touched is resident; its mapping is left out
+ * of both figures. VmRSS is not used: it counts shared file pages whole and moves with what the
+ * kernel happens to keep mapped, while a host pays for private pages and its share of the rest.
  */
-export function residentBeyondGuestRam(
-  pid: number,
-  memMiB: number,
-): { beyondMiB: number; anonMiB: number; fileMiB: number; guestMiB: number } {
-  const { rss } = snapshot(pid);
-  const guestKiB = guestRamRssKiB(readFileSync(`/proc/${pid}/smaps`, 'utf8'), memMiB * 1024);
-  return {
-    beyondMiB: (rss.VmRSS! - guestKiB) / 1024,
-    anonMiB: (rss.RssAnon! + rss.RssShmem! - guestKiB) / 1024,
-    fileMiB: rss.RssFile! / 1024,
-    guestMiB: guestKiB / 1024,
-  };
+export function hostMemory(smaps: string, guestKiB: number): HostMemory {
+  const maps = parseSmaps(smaps);
+  const guest = guestRamMapping(maps, guestKiB);
+  let privateKiB = 0,
+    pssKiB = 0;
+  for (const m of maps) {
+    if (m === guest) continue;
+    pssKiB += m.pssKiB;
+    // A file mapping's private pages are its copy-on-write ones (relocated data): Anonymous.
+    privateKiB += anonOrShmem(m) ? m.privateKiB : m.anonymousKiB;
+  }
+  return { privateMiB: privateKiB / 1024, pssMiB: pssKiB / 1024, guestMiB: guest.rssKiB / 1024 };
 }
 
 export function delta(a: Snapshot, b: Snapshot, k: string): number | undefined {

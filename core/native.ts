@@ -332,7 +332,6 @@ export const MFD_CLOEXEC = 1,
 /** The largest ArrayBuffer over native memory (Node's Buffer limit): mapView()'s maximum. */
 export const MAX_VIEW_BYTES = 2 ** 32;
 export const EFD_NONBLOCK = 0o4000;
-export const MADV_DONTNEED = 4,
-  MADV_DONTFORK = 10,
+export const MADV_DONTFORK = 10,
   MADV_HUGEPAGE = 14,
   MADV_POPULATE_WRITE = 23;

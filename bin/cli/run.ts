@@ -4,7 +4,6 @@ import { closeSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/config/config.js';
 import { projectRoot } from '../../core/paths.js';
-import { dropCleanFilePages } from '../../core/resident.js';
 import { parseCommand, str, UsageError } from './common.js';
 import { catchSignals, onSignal, releaseSignals, TERMINATING, type TerminatingSignal } from './signals.js';
 
@@ -33,9 +32,6 @@ Paths given as flags are relative to the current directory; those in a config fi
 Exit status: the value the guest wrote to the debug-exit port (0xf4); 0 when the guest halts,
 resets or powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config or command line;
 128+N on signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up.`;
-
-/** When `run` unmaps its start-up pages (after the guest has run this long). */
-const TRIM_AFTER_MS = 1000;
 
 const OPTIONS = {
   memory: { type: 'string' },
@@ -196,11 +192,7 @@ export async function main(args: string[]): Promise<number> {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
       return TERMINATING[early];
     }
-    // What start-up alone ran (module loading, config checks, VFIO set-up) stays mapped in this
-    // process unless told: once the guest has run a second, unmap the clean file pages
-    // (core/resident.ts); the ones the VM still uses come back from the page cache.
-    const trim = setTimeout(() => dropCleanFilePages(), TRIM_AFTER_MS).unref();
-    const r = await machine.run().finally(() => clearTimeout(trim));
+    const r = await machine.run();
     const bySignal = /^interrupted/.test(r.reason);
     if (r.reason !== 'QMP quit')
       qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });

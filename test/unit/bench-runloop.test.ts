@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { renderRunloop, type RunloopResults } from '../../bench/runloop.js';
-import { guestRamRssKiB } from '../../bench/vmm.js';
+import { hostMemory } from '../../bench/vmm.js';
 
 test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20 per launch', () => {
   const qmp = (base: number) => Array.from({ length: 20 }, (_, i) => base + i * 0.1);
@@ -33,7 +33,7 @@ test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20
   assert.match(md, /- qemu ap round 2: exit 1/);
 });
 
-test('run-loop table: launch and resident-memory rows, ratios against QEMU and the null VMM', () => {
+test('run-loop table: launch and memory rows (1 and 4 vCPUs), ratios against QEMU and the null VMM', () => {
   const r: RunloopResults = {
     date: '2026-11-27T12:00:00Z',
     where: 'here',
@@ -43,13 +43,13 @@ test('run-loop table: launch and resident-memory rows, ratios against QEMU and t
     samples: {
       tsvmm: {
         launch: [300, 200, 250],
-        rss: [40, 44, 42],
-        rssAnon: [30, 30, 30],
-        rssFile: [12, 12, 12],
-        rssGuestRam: [1, 1, 1],
+        private1: [40, 44, 42],
+        pss1: [50, 50, 50],
+        private4: [60, 60, 60],
+        guestRam1: [1, 1, 1],
       },
-      qemu: { launch: [100, 125, 150], rss: [21, 21, 21], rssAnon: [15, 15, 15], rssFile: [6, 6, 6] },
-      null: { launch: [10, 10, 10], rss: [1.5, 1.4, 1.6] },
+      qemu: { launch: [100, 125, 150], private1: [21, 21, 21], pss1: [25, 25, 25], private4: [30, 30, 30] },
+      null: { launch: [10, 10, 10], private1: [1.5, 1.4, 1.6] },
     },
   };
   const md = renderRunloop(r);
@@ -59,28 +59,37 @@ test('run-loop table: launch and resident-memory rows, ratios against QEMU and t
     /\| 250 \(200–300\) \| 125 \(100–150\) \| 10 \(10–10\) \| 2\.00× \| 25\.00× \|$/,
   );
   assert.match(
-    row('Resident memory beyond guest RAM (1 vCPU, 256 MiB) (MiB, lower)'),
+    row('Private memory beyond guest RAM, anonymous + shmem (1 vCPU, 256 MiB) (MiB, lower)'),
     /\| 42\.0 \(40\.0–44\.0\) \| 21\.0 \(21\.0–21\.0\) \| 1\.5 \(1\.4–1\.6\) \| 2\.00× \| 28\.00× \|$/,
   );
-  assert.match(row('… of it file-backed'), /\| 12\.0 \(12\.0–12\.0\) \| 6\.0 \(6\.0–6\.0\) \| – \| 2\.00× \| – \|$/);
+  assert.match(
+    row('PSS beyond guest RAM (1 vCPU'),
+    /\| 50\.0 \(50\.0–50\.0\) \| 25\.0 \(25\.0–25\.0\) \| – \| 2\.00× \| – \|$/,
+  );
+  assert.match(row('Private memory beyond guest RAM, anonymous + shmem (4 vCPU'), /\| 2\.00× \| – \|$/);
   // Evidence samples stay in the JSON, not in the table.
-  assert.doesNotMatch(md, /rssGuestRam/);
+  assert.doesNotMatch(md, /guestRam/);
 });
 
-// One smaps entry: header line, then the fields this parser reads (and one it must not).
-const vma = (range: string, perms: string, sizeKiB: number, rssKiB: number, name = '') =>
-  `${range} ${perms} 00000000 00:00 0 ${name}\nSize:   ${sizeKiB} kB\nKernelPageSize: 4 kB\nRss:    ${rssKiB} kB\nPss:    ${rssKiB} kB\nVmFlags: rd wr mr mw me ac hg\n`;
+// One smaps entry: header line, then the fields the parser reads (and ones it must not add up).
+const vma = (range: string, perms: string, sizeKiB: number, rssKiB: number, name = '', shared = 0) =>
+  `${range} ${perms} 00000000 00:00 0 ${name}\nSize:   ${sizeKiB} kB\nKernelPageSize: 4 kB\nRss:    ${rssKiB} kB\n` +
+  `Pss:    ${rssKiB - shared / 2} kB\nShared_Clean: ${shared} kB\nPrivate_Clean: 0 kB\nPrivate_Dirty: ${rssKiB - shared} kB\n` +
+  `Anonymous: ${rssKiB - shared} kB\nVmFlags: rd wr mr mw me ac hg\n`;
 
-test('guest RAM in smaps: the one read/write mapping of exactly guest-RAM size', () => {
+test('host memory from smaps: private anonymous + shmem pages and PSS, guest RAM left out', () => {
   const smaps =
-    vma('55d0c0000000-55d0c0200000', 'r-xp', 2048, 2000, '/usr/bin/node') +
-    vma('7f0000000000-7f0010000000', 'rw-p', 262144, 1234) +
-    vma('7f0010000000-7f0020000000', '---p', 262144, 0) + // a reservation of the same size, not writable
-    vma('7f0020000000-7f0024000000', 'rw-p', 65536, 9000) + // another size
+    vma('55d0c0000000-55d0c0200000', 'r-xp', 2048, 2000, '/usr/bin/node', 2000) + // shared with other node processes
+    vma('55d0c0200000-55d0c0204000', 'rw-p', 16, 16, '/usr/bin/node') + // relocated data: private, but file-backed
+    vma('7f0000000000-7f0010000000', 'rw-s', 262144, 1234, '/memfd:tsvmm-ram (deleted)') + // guest RAM
+    vma('7f0010000000-7f0010100000', '---p', 1024, 0) + // a reservation: nothing resident
+    vma('7f0020000000-7f0024000000', 'rw-p', 65536, 9000) + // V8 heap
     vma('7ffd00000000-7ffd00021000', 'rw-p', 132, 20, '[stack]');
-  assert.equal(guestRamRssKiB(smaps, 262144), 1234);
-  assert.equal(guestRamRssKiB(smaps, 65536), 9000);
-  assert.throws(() => guestRamRssKiB(smaps, 131072), /0 read\/write mappings of exactly 131072 KiB/);
+  const m = hostMemory(smaps, 262144);
+  assert.equal(m.guestMiB * 1024, 1234);
+  assert.equal(m.privateMiB * 1024, 16 + 9000 + 20);
+  assert.equal(m.pssMiB * 1024, 1000 + 16 + 9000 + 20);
+  assert.throws(() => hostMemory(smaps, 131072), /0 read\/write mappings of exactly 131072 KiB/);
   const twice = smaps + vma('7f0030000000-7f0040000000', 'rw-s', 262144, 5);
-  assert.throws(() => guestRamRssKiB(twice, 262144), /2 read\/write mappings/);
+  assert.throws(() => hostMemory(twice, 262144), /2 read\/write mappings/);
 });

@@ -124,7 +124,7 @@ test('withinRounds: tsvmm ÷ QEMU per round (main or DMA launches), over the rou
   assert.equal(w.n, 3);
   assert.ok(Math.abs(w.median - 1.1) < 1e-9);
   assert.ok(Math.abs(w.min - 0.9) < 1e-9 && Math.abs(w.max - 1.5) < 1e-9);
-  assert.equal(withinRounds(r, 'rss'), undefined);
+  assert.equal(withinRounds(r, 'private'), undefined);
   // DMA launches pair by round and size; the main launches' values are not theirs.
   assert.deepEqual(withinRounds(r, 'dmaMs1024'), { median: 1.2, min: 1.2, max: 1.2, n: 1 });
 });
