@@ -114,10 +114,13 @@ test('package: what the installed package reads at run time and builds on instal
   assert.ok(files.has(join(dirname(pkg.bin.tsvmm!), 'tsvmm.js')));
 });
 
-test("package: the README's Library section shows examples/edu-test's tests as they are", () => {
-  const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8');
+test("package: docs/library.md shows examples/edu-test's tests as they are", () => {
+  const readme = readFileSync(join(projectRoot, 'docs/library.md'), 'utf8');
   for (const f of ['test/demo.test.ts', 'test/edu.test.ts']) {
     const src = readFileSync(join(projectRoot, 'examples/edu-test', f), 'utf8');
-    assert.ok(readme.includes('```ts\n' + src + '```'), `README.md does not show examples/edu-test/${f} verbatim`);
+    assert.ok(
+      readme.includes('```ts\n' + src + '```'),
+      `docs/library.md does not show examples/edu-test/${f} verbatim`,
+    );
   }
 });
