@@ -1,4 +1,4 @@
-// Linux rows (issues 12 and 15), INSIDE the test host with nvme bound to vfio-pci (bench/main.ts
+// Linux rows, INSIDE the test host with nvme bound to vfio-pci (bench/main.ts
 // --linux-only starts it there): the Debian kernel the test host caches, with the same initramfs
 // file, under tsvmm (`tsvmm run`, kernel.initrd) and QEMU (-accel kvm -M q35, SeaBIOS, -kernel
 // -initrd), nvme assigned to both, rounds interleaved.
@@ -307,7 +307,7 @@ export const LINUX_METRICS: (MetricDef & { field: Field; derive?: (s: LinuxSampl
 ];
 
 // Notes for rows where tsvmm is worse, from `--profile` (one tsvmm launch under --cpu-prof, both VMMs under
-// strace -c) in the run of 2026-11-27; keyed by metric id.
+// strace -c) in the run of bench/results/linux.md; keyed by metric id.
 const STARTUP =
   "tsvmm's own start-up before the guest's first instruction, against QEMU's start-up plus SeaBIOS and its fw_cfg " +
   'copy of kernel and initrd. Since 2026-11-27 tsvmm runs from one bundled file with a V8 code cache (README, ' +

@@ -1,6 +1,6 @@
 // What the benchmark measures (one MetricDef per table row), the raw results the runner writes,
-// and how rows are gathered from them. The whyWorse notes come from profiles (see README,
-// "Benchmarks"); they are printed only for rows where the run shows tsvmm behind QEMU.
+// and how rows are gathered from them. The whyWorse notes come from profiles (see
+// docs/benchmarks.md); they are printed only for rows where the run shows tsvmm behind QEMU.
 import { summarize, type MetricDef, type MetricResult, type Summary, type VmmName } from './stats.js';
 
 export interface LaunchRecord {

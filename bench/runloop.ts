@@ -1,4 +1,4 @@
-// Run-loop rows (issue 12), on a KVM without VFIO: this machine's /dev/kvm when it has one, else
+// Run-loop rows, on a KVM without VFIO: this machine's /dev/kvm when it has one, else
 // inside the test host (nested KVM under TCG). Rounds interleave the VMMs; ratios come from one run.
 //   pio   trapped port-I/O round trips/s (test=bench-pio): tsvmm vs QEMU -accel kvm vs the null VMM
 //   qmp   QMP query-status round trip while the guest exits as fast as it can (20 per launch)

@@ -2,7 +2,7 @@
 // The installed `tsvmm`: runs the command line from one bundled file (tsvmm.bundle.cjs, written by
 // scripts/bundle.mjs at build time) compiled with the V8 code cache made beside it, so a launch reads
 // two files and compiles nothing instead of resolving, reading and compiling each module (over a slow
-// file system that was most of tsvmm's start-up: README, "Start-up"). Without the bundle (a build
+// file system that was most of tsvmm's start-up: docs/startup.md). Without the bundle (a build
 // that did not make it, or TSVMM_NO_BUNDLE=1) it runs the same code from the modules (bin/tsvmm.js).
 // A code cache from another node or V8 is refused by V8 and goes unused.
 import { readFileSync } from 'node:fs';

@@ -50,7 +50,7 @@ for (const input of Object.keys(result.metafile.inputs)) {
 // top level (V8 compiles a function at its first call otherwise, and a launch calls hundreds that a
 // build cannot run: the Machine needs KVM). V8 checks its flags against the cache's, so --no-lazy is
 // on for that compile only. In the test host this took an edu launch from 1.11 to 0.96 s
-// (2026-11-27) for 2 MiB more heap (the bytecode of every function).
+// for 2 MiB more heap (the bytecode of every function).
 const require = createRequire(import.meta.url);
 const { loadBundle, CODE_CACHE } = require(join(root, 'dist/bin/tsvmm.cjs'));
 delete process.env.TSVMM_NO_BUNDLE; // a user's switch for running tsvmm, not for building it

@@ -1,6 +1,6 @@
 /* A hostile guest, with edu (1234:11e8) and nvme (1b36:0010) assigned.
  *
- * test=hostile: the chains of issue 13, each followed by a check that the VMM and the device
+ * test=hostile: known hostile chains, each followed by a check that the VMM and the device
  * still agree: nvme's 64-bit BAR0 placed where KVM cannot map it, memory decode on (the command
  * must reach the device: read back), moved back and used; edu's BAR0 over the LAPIC and the
  * IOAPIC (they must keep answering); edu's MSI data register set by a dword write that runs past

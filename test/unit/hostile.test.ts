@@ -1,4 +1,4 @@
-// Hostile guests against the vfio-pci model, the PCI bus and KVM memslot bookkeeping (issue 13),
+// Hostile guests against the vfio-pci model, the PCI bus and KVM memslot bookkeeping,
 // on an in-memory fake device and fake KVM (test/helpers/fake-vfio-pci.ts): pure logic. The
 // same chains run on the real kernel and devices in test/host/legacy/hostile.test.ts.
 import { test } from 'node:test';

@@ -1,4 +1,4 @@
-// Hostile guests against the real kernel and devices (issue 13): the test guest (guest/src/
+// Hostile guests against the real kernel and devices: the test guest (guest/src/
 // test-fuzz.c) abuses config space, BARs and the MSI/MSI-X emulation of an assigned edu and nvme;
 // tsvmm must neither crash nor fall out of step with the devices, which must work afterwards,
 // and nothing may be left pinned, open or mapped.
