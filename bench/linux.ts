@@ -310,9 +310,8 @@ export const LINUX_METRICS: (MetricDef & { field: Field; derive?: (s: LinuxSampl
 // strace -c) in the run of bench/results/linux.md; keyed by metric id.
 const STARTUP =
   "tsvmm's own start-up before the guest's first instruction, against QEMU's start-up plus SeaBIOS and its fw_cfg " +
-  'copy of kernel and initrd. Since 2026-11-27 tsvmm runs from one bundled file with a V8 code cache (README, ' +
-  '"Start-up"): the ES module loading that took ≈ 2.0 s of a profiled launch here (43 modules resolved and read ' +
-  "over the test host's 9p root, then compiled) is gone. What is left: Node's own bootstrap (`node -e 0`), building " +
+  'copy of kernel and initrd. tsvmm runs from one bundled file with a V8 code cache (docs/startup.md), so no ' +
+  "ES modules are resolved and read over the test host's 9p root. What is left: Node's own bootstrap (`node -e 0`), building " +
   'the Machine (under the profiler before: the MAP_DMA of its 256 MiB 0.7 s, opening the VFIO group and device ' +
   '0.2 s, loading the bzImage and initrd 0.3 s) and compiling the functions only a VM runs. What would close it: ' +
   'RAM pinned in 2 MiB pages (fewer pages per MAP_DMA), a code cache that covers the machine.';

@@ -113,11 +113,12 @@ async function runloopRows(args: string[], outDir: string): Promise<number> {
   return r.results ? 0 : 1;
 }
 
-/** Writes bench/results/<name>.{json,md} and prints the table. */
+/** Writes bench/results/<name>.{json,md} (the .md headed by the command that made it) and prints the table. */
 function saveResults(outDir: string, name: string, results: unknown, md: string): void {
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, `${name}.json`), JSON.stringify(results, null, 1) + '\n');
-  writeFileSync(join(outDir, `${name}.md`), md);
+  const command = ['node dist/bench/main.js', ...process.argv.slice(2)].join(' ');
+  writeFileSync(join(outDir, `${name}.md`), `Command: \`${command}\`\n\n${md}`);
   process.stdout.write(`\n${md}\nbench: bench/results/${name}.md, ${name}.json\n`);
 }
 
@@ -165,7 +166,7 @@ async function main(): Promise<number> {
   if (args[0] === '--render') {
     // Re-renders latest.md from latest.json (after a change to the notes), without running anything.
     const md = report(JSON.parse(readFileSync(join(outDir, 'latest.json'), 'utf8')) as BenchResults);
-    writeFileSync(join(outDir, 'latest.md'), md);
+    writeFileSync(join(outDir, 'latest.md'), `Command: \`npm run bench\` (main rows)\n\n${md}`);
     process.stdout.write(md);
     return 0;
   }
@@ -251,7 +252,7 @@ async function mainBench(args: string[], outDir: string): Promise<number> {
     mkdirSync(outDir, { recursive: true });
     const rows = collect(results).map(toRow);
     writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, wallSeconds: wall, rows }, null, 1) + '\n');
-    writeFileSync(join(outDir, 'latest.md'), md);
+    writeFileSync(join(outDir, 'latest.md'), `Command: \`npm run bench\` (main rows)\n\n${md}`);
     process.stdout.write(
       `\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
         `bench/results/latest.md, latest.json\n`,

@@ -52,9 +52,8 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       digits: 0,
       whyWorse:
         "tsvmm is a Node.js program: a launch is Node's own bootstrap (`node -e 0`, below) and then tsvmm's " +
-        'JavaScript. Since 2026-11-27 that JavaScript is one bundled file compiled with a V8 code cache (README, ' +
-        '"Start-up"): no module resolution over the 9p root, and a launch without a device went from 1.8 s to 0.8 s ' +
-        '(the run-loop rows). A --cpu-prof of an edu launch here puts the rest in the MAP_DMA of the 256 MiB (its row), ' +
+        'JavaScript, one bundled file compiled with a V8 code cache (docs/startup.md): no module resolution over ' +
+        'the 9p root. A --cpu-prof of an edu launch here puts the rest in the MAP_DMA of the 256 MiB (its row), ' +
         "opening the VFIO device (the kernel's VFIO_GROUP_GET_DEVICE_FD), the device's set-up (config space, BARs, " +
         'interrupts) and compiling the functions only a VM runs (the build-time code cache covers module loading and ' +
         "the config checks, not the Machine, which needs KVM). In this host the row swings with the shared machine's " +
