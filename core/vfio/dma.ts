@@ -63,9 +63,12 @@ export abstract class DmaListener implements MemoryListener {
     const limit = memlockLimit();
     if (ram > limit && !hasCapIpcLock()) {
       throw new VfioSetupError(
-        `device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}. ` +
-          `fix: raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
-          `or give tsvmm CAP_IPC_LOCK`,
+        `device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}`,
+        {
+          fix:
+            `raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
+            `or give tsvmm CAP_IPC_LOCK`,
+        },
       );
     }
   }
@@ -162,8 +165,8 @@ export function explainMapError(call: string, e: unknown, m: DmaMapping): Error 
   if (isSyscallError(e, 'ENOMEM')) {
     return new VfioSetupError(
       `${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
-        `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`,
-      { cause: e },
+        `is too low for pinning guest RAM, or the DMA entry limit was reached`,
+      { cause: e, fix: 'ulimit -l unlimited (or CAP_IPC_LOCK)' },
     );
   }
   return new VfioSetupError(`${call} of ${where} failed: ${(e as Error).message}`, { cause: e });

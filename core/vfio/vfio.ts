@@ -94,8 +94,10 @@ export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability
   if (have.legacy === true) return 'legacy';
   if (have.iommufd === true) return 'iommufd';
   throw new VfioSetupError(
-    `${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}\n` +
-      `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`,
+    `${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}`,
+    {
+      fix: 'load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci',
+    },
   );
 }
 

@@ -182,6 +182,6 @@ test('manager: --memlock takes K/M/G; a limit it may not set is explained with t
   assert.equal(r.status, 1, r.stderr);
   assert.match(
     r.stderr,
-    /cannot give the VMM a locked-memory limit of 8 MiB \(--memlock\): prlimit: .*\n  this process's hard limit is 1 MiB, and raising it needs CAP_SYS_RESOURCE .*\n  fix: raise the hard limit .* or pass --memlock 1M/,
+    /cannot give the VMM a locked-memory limit of 8 MiB \(--memlock\): prlimit: .*\n  this process's hard limit is 1 MiB, and raising it needs CAP_SYS_RESOURCE .*\ntsvmm: fix: raise the hard limit .* or pass --memlock 1M/,
   );
 });
