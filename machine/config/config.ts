@@ -9,6 +9,7 @@ import { projectRoot } from '../../core/paths.js';
 // no ajv and no schema compile at run time.
 import { validate as generatedValidate, configSchema } from '../../generated/config-validator.js';
 import { checkDevices, checkImage } from './image.js';
+import { JsonSyntaxError, parseJsonStrict } from './json.js';
 
 export const PAGE_SIZE = 4096;
 export const SCHEMA_PATH = `${projectRoot}/configs/vm.schema.json`;
@@ -95,11 +96,18 @@ function describe(e: ErrorObject, schemaKeys: (ptr: string) => string[]): string
       return `${at}: must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
     case 'const':
       return `${at}: must be ${JSON.stringify(p.allowedValue)}`;
-    case 'pattern':
-      return `${at}: ${JSON.stringify(e.data)} has the wrong form (expected ${String(p.pattern)})`;
+    case 'pattern': {
+      const form = FORMS[e.instancePath.split('/').pop()!];
+      return form
+        ? `${at}: ${JSON.stringify(e.data)} ${form}`
+        : `${at}: ${JSON.stringify(e.data)} has the wrong form (expected ${String(p.pattern)})`;
+    }
     case 'minimum':
-    case 'maximum':
-      return `${at}: must be ${e.keyword === 'minimum' ? '≥' : '≤'} ${String(p.limit)}`;
+    case 'maximum': {
+      // A bare number of memory is MiB (as QEMU's -m): say so, with the limit in MiB.
+      const mib = /^\/memory(\/size)?$/.test(e.instancePath) ? ' MiB' : '';
+      return `${at}: ${String(e.data)}${mib} is too ${e.keyword === 'minimum' ? 'small: at least' : 'big: at most'} ${String(p.limit)}${mib}`;
+    }
     case 'discriminator':
       return p.error === 'mapping'
         ? `${at}/type: unknown device type ${JSON.stringify(p.tagValue)} (known: vfio-pci)`
@@ -112,6 +120,25 @@ function describe(e: ErrorObject, schemaKeys: (ptr: string) => string[]): string
       return `${at}: ${e.message ?? e.keyword}`;
   }
 }
+
+/**
+ * What a value of the wrong form should look like, by key: an example of the right form (the
+ * schema's regular expression tells a person little). A unit test holds every patterned key here.
+ */
+export const FORMS: Record<string, string> = {
+  host: 'is not a PCI address: give domain:bus:device.function in hex, e.g. "0000:01:00.0" (or "01:00.0")',
+  sysfsdev:
+    'is not a sysfs path: e.g. "/sys/bus/pci/devices/0000:01:00.0", or an mdev\'s "/sys/bus/mdev/devices/<uuid>"',
+  cdev: 'is not a VFIO device cdev: e.g. "/dev/vfio/devices/vfio0"',
+  name: 'is not a name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "vm-1"',
+  id: 'is not an id tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "nic0"',
+  fd: 'is not an fd name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "dev0"',
+  memory: 'is not a size: a whole number and a unit (K, M, G or T), e.g. "512M" or "2G"; a bare number is MiB (512)',
+  size: 'is not a size: a whole number and a unit (K, M, G or T), e.g. "512M" or "2G"; a bare number is MiB (512)',
+};
+
+/** The device keys that name what to open; a device needs one of them (the schema's oneOf). */
+const DEVICE_SOURCES = ['host', 'sysfsdev', 'cdev', 'fd'];
 
 // Keys allowed at an object pointer, for "unknown key" messages.
 function allowedKeys(schema: Record<string, any>, ptr: string): string[] {
@@ -151,10 +178,10 @@ export function checkMemory(
   const size = parseMemory(raw);
   if (size % PAGE_SIZE)
     problems.push(`${ptr}: ${shown} is not a multiple of the 4 KiB page size (e.g. use ${Math.ceil(size / 2 ** 20)}M)`);
-  else if (size < 2 * 2 ** 20) problems.push(`${ptr}: ${shown} is too small: at least 2M`);
+  else if (size < 2 * 2 ** 20) problems.push(`${ptr}: ${shown} is too small: at least 2 MiB ("2M")`);
   else if (size > MAX_MEMORY)
     problems.push(
-      `${ptr}: ${shown} is more than tsvmm can give a guest (at most 1T, i.e. 1048576M): give the VM less memory`,
+      `${ptr}: ${shown} is more than tsvmm can give a guest (at most 1 TiB: "1T", or 1048576 MiB): give the VM less memory`,
     );
   const out: MemoryConfig = { size, backing: obj?.backing ?? 'anonymous', prealloc: obj?.prealloc ?? false };
   if (obj?.hugepages !== undefined) {
@@ -202,13 +229,44 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
   const v = validate();
   if (!v(raw)) {
     const schema = configSchema as Record<string, any>;
+    const errors = v.errors ?? [];
+    // A device with none of the keys that name what to open fails each oneOf branch with its own
+    // "missing required key": one line says it.
+    const sourceless = new Set(
+      errors
+        .filter(
+          (e) =>
+            e.keyword === 'required' &&
+            /^\/devices\/\d+$/.test(e.instancePath) &&
+            DEVICE_SOURCES.includes(String((e.params as { missingProperty?: unknown }).missingProperty)),
+        )
+        .map((e) => e.instancePath)
+        .filter((ptr) => {
+          const d = (raw as { devices?: Record<string, unknown>[] }).devices?.[Number(ptr.split('/')[2])];
+          return !!d && typeof d === 'object' && !DEVICE_SOURCES.some((k) => k in d);
+        }),
+    );
     const problems = [
       ...new Set(
-        (v.errors ?? []).map((e) => describe(e, (p) => allowedKeys(schema, p))).filter((m): m is string => !!m),
+        errors
+          .filter(
+            (e) =>
+              !(
+                e.keyword === 'required' &&
+                sourceless.has(e.instancePath) &&
+                DEVICE_SOURCES.includes(String((e.params as { missingProperty?: unknown }).missingProperty))
+              ),
+          )
+          .map((e) => describe(e, (p) => allowedKeys(schema, p)))
+          .filter((m): m is string => !!m),
       ),
     ].filter((m) => !otherMemoryForm(raw, m));
+    for (const ptr of sourceless)
+      problems.push(
+        `${ptr}: needs one of "host", "sysfsdev", "cdev" or "fd" to say which host device (e.g. "host": "0000:01:00.0")`,
+      );
     // A device whose errors are only oneOf (host/sysfsdev both or neither):
-    for (const e of v.errors ?? []) {
+    for (const e of errors) {
       if (
         e.keyword === 'oneOf' &&
         /^\/devices\/\d+$/.test(e.instancePath) &&
@@ -219,10 +277,13 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     throw new ConfigError(source, problems.length ? problems : ['(schema validation failed)']);
   }
   const problems: string[] = [];
-  expandKernelEnv(raw.kernel, problems);
+  // A path with an unset variable is reported once, not again as a file that does not exist.
+  const unset = expandKernelEnv(raw.kernel, problems);
   const memory = checkMemory(raw.memory, baseDir, problems);
   const kernelPath = resolve(baseDir, raw.kernel.path);
-  if (!existsSync(kernelPath))
+  if (unset.has('/kernel/path')) {
+    /* reported */
+  } else if (!existsSync(kernelPath))
     problems.push(
       `/kernel/path: ${kernelPath} does not exist${kernelPath.includes('/guest/out/') ? " (build the test guest: 'npm run build')" : ''}`,
     );
@@ -236,8 +297,14 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
     raw.kernel.format !== undefined
   )
     problems.push(`/kernel: loadAddress and entry apply to format "flat" only`);
-  const linux = checkLinuxKernel(raw.kernel, baseDir, problems);
-  if (existsSync(kernelPath) && statSync(kernelPath).isFile() && Number.isFinite(memory.size) && memory.size > 0) {
+  const linux = checkLinuxKernel(raw.kernel, baseDir, problems, unset);
+  if (
+    !unset.has('/kernel/path') &&
+    existsSync(kernelPath) &&
+    statSync(kernelPath).isFile() &&
+    Number.isFinite(memory.size) &&
+    memory.size > 0
+  ) {
     const initrdOk = !linux.initrd || (existsSync(linux.initrd) && statSync(linux.initrd).isFile());
     checkImage(
       {
@@ -303,12 +370,17 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
  * `${NAME}` in the kernel's paths is replaced by that environment variable, so a sample can name a
  * kernel that lives outside the tree (configs/linux/*.json: TSVMM_LINUX_KERNEL, TSVMM_LINUX_MODULES).
  */
-function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): void {
+function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): Set<string> {
+  const unset = new Set<string>();
   const expand = (ptr: string, v: string) =>
     v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
       const val = process.env[name];
-      if (val === undefined || val === '')
-        problems.push(`${ptr}: environment variable ${name} is not set (${JSON.stringify(v)} needs it)`);
+      if (val === undefined || val === '') {
+        problems.push(
+          `${ptr}: environment variable ${name} is not set (${JSON.stringify(v)} needs it): set it (export ${name}=…)`,
+        );
+        unset.add(ptr);
+      }
       return val ?? '';
     });
   k.path = expand('/kernel/path', k.path);
@@ -317,6 +389,7 @@ function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): void {
     k.initramfs.modules = expand('/kernel/initramfs/modules', k.initramfs.modules);
   if (k.initramfs?.busybox !== undefined)
     k.initramfs.busybox = expand('/kernel/initramfs/busybox', k.initramfs.busybox);
+  return unset;
 }
 
 /** kernel.initrd / kernel.initramfs: linux only, one or the other; their paths resolved and checked. */
@@ -324,6 +397,7 @@ function checkLinuxKernel(
   k: RawConfig['kernel'],
   baseDir: string,
   problems: string[],
+  unset: ReadonlySet<string> = new Set(),
 ): { initrd?: string; initramfs?: InitramfsConfig } {
   const out: { initrd?: string; initramfs?: InitramfsConfig } = {};
   if (k.initrd === undefined && k.initramfs === undefined) return out;
@@ -331,6 +405,7 @@ function checkLinuxKernel(
     problems.push(`/kernel: give either "initrd" (a file) or "initramfs" (built at start-up), not both`);
   const file = (ptr: string, p: string, dir = false) => {
     const abs = resolve(baseDir, p);
+    if (unset.has(ptr)) return abs;
     if (!existsSync(abs)) problems.push(`${ptr}: ${abs} does not exist`);
     else if (dir !== statSync(abs).isDirectory())
       problems.push(`${ptr}: ${abs} is ${dir ? 'not a directory' : 'a directory, not a file'}`);
@@ -347,8 +422,11 @@ function checkLinuxKernel(
   return out;
 }
 
-/** Reads, parses and checks a config file. */
-export function loadConfig(path: string): VmConfig {
+/**
+ * Reads and parses a config file (not yet checked): its absolute path and JSON. Syntax errors say
+ * line:column; a key given twice is refused (which of the two should count?).
+ */
+export function readConfigFile(path: string): { abs: string; raw: unknown } {
   const abs = resolve(path);
   let text: string;
   try {
@@ -356,11 +434,40 @@ export function loadConfig(path: string): VmConfig {
   } catch (e) {
     throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
   }
-  let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    return { abs, raw: parseJsonStrict(text) };
   } catch (e) {
-    throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
+    if (!(e instanceof JsonSyntaxError)) throw e;
+    const where = `line ${e.line}, column ${e.column}`;
+    throw new ConfigError(abs, [
+      e.pointer !== undefined
+        ? `${e.pointer || '(top level)'}: ${e.message} (${where}): give each key once`
+        : `not valid JSON at ${where}: ${e.message}`,
+    ]);
   }
+}
+
+/**
+ * The config with its relative paths made absolute against `baseDir` (the config file's
+ * directory), as `run --print-config` shows it: the same VM from wherever it is run. Paths that
+ * name an environment variable are left for checkConfig to expand.
+ */
+export function resolveConfigPaths(raw: RawConfig, baseDir: string): RawConfig {
+  const out = structuredClone(raw);
+  const abs = (p: string | undefined) => (p === undefined || p.includes('${') ? p : resolve(baseDir, p));
+  const k = out.kernel as Partial<RawConfig['kernel']> | undefined;
+  if (k?.path) k.path = abs(k.path)!;
+  if (k?.initrd !== undefined) k.initrd = abs(k.initrd)!;
+  if (k?.initramfs?.modules !== undefined) k.initramfs.modules = abs(k.initramfs.modules)!;
+  if (k?.initramfs?.busybox !== undefined) k.initramfs.busybox = abs(k.initramfs.busybox)!;
+  if (out.serial?.path !== undefined) out.serial.path = abs(out.serial.path)!;
+  if (typeof out.memory === 'object' && out.memory.path !== undefined) out.memory.path = abs(out.memory.path)!;
+  for (const d of out.devices ?? []) if (d.romfile !== undefined) d.romfile = abs(d.romfile)!;
+  return out;
+}
+
+/** Reads, parses and checks a config file. */
+export function loadConfig(path: string): VmConfig {
+  const { abs, raw } = readConfigFile(path);
   return checkConfig(raw, abs, dirname(abs));
 }
