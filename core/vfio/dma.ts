@@ -88,14 +88,16 @@ export abstract class DmaListener implements MemoryListener {
       if (!inRange) {
         throw new VfioSetupError(
           `guest RAM ${s.region.name} at IOVA 0x${start.toString(16)}-0x${(end - 1).toString(16)} is outside the IOMMU's IOVA ranges ` +
-            `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')}): give the guest less memory`,
+            `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')})`,
+          { fix: 'give the guest less memory' },
         );
       }
       const clash = this.reserved.find((r) => start <= r.end && r.start <= end - 1 && r.type !== 'direct-relaxable');
       if (clash) {
         throw new VfioSetupError(
           `guest RAM ${s.region.name} at 0x${start.toString(16)}-0x${(end - 1).toString(16)} overlaps the IOMMU's reserved ` +
-            `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions): give the guest less memory`,
+            `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions)`,
+          { fix: 'give the guest less memory' },
         );
       }
       if (this.dmaAvail !== undefined && this.mappings.size >= this.dmaAvail) {

@@ -86,8 +86,9 @@ export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability
       throw new VfioSetupError(
         `${name}: the ${want} VFIO backend is not available: ${why}` +
           (have[want === 'legacy' ? 'iommufd' : 'legacy'] === true
-            ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is: use "backend": "auto"`
+            ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is`
             : ''),
+        have[want === 'legacy' ? 'iommufd' : 'legacy'] === true ? { fix: 'use "backend": "auto"' } : {},
       );
     return want;
   }
