@@ -85,9 +85,12 @@ export function findHostDevice(spec: { host?: string; sysfsdev?: string; cdev?: 
   const name = basename(sysfs);
   if (!existsSync(sysfs)) {
     throw new VfioSetupError(
-      spec.host
-        ? `no PCI device ${name} on this host (${sysfs} does not exist); 'lspci -D' or 'tsvmm groups' lists the devices`
-        : `${sysfs} does not exist; for a PCI device use /sys/bus/pci/devices/<bdf>, for an mdev /sys/bus/mdev/devices/<uuid>`,
+      spec.host ? `no PCI device ${name} on this host (${sysfs} does not exist)` : `${sysfs} does not exist`,
+      {
+        fix: spec.host
+          ? "check the address: 'lspci -D' or 'tsvmm groups' lists the host's devices"
+          : 'for a PCI device use /sys/bus/pci/devices/<bdf>, for an mdev /sys/bus/mdev/devices/<uuid>',
+      },
     );
   }
   const group = groupOf(sysfs);

@@ -14,13 +14,15 @@ import { Kvm } from '../../core/kvm/kvm.js';
 import { chooseBackend } from '../../core/vfio/vfio.js';
 import { planFromInfo } from '../../core/vfio/hot-reset.js';
 import { Iommufd } from '../../core/vfio/iommufd.js';
-import { VfioSetupError } from '../../core/vfio/sysfs.js';
+import { findHostDevice, VfioSetupError } from '../../core/vfio/sysfs.js';
 import type { AssignedDevice } from '../../core/vfio/vfio.js';
 import { planRam } from '../../core/ram.js';
 import { checkConfig } from '../../machine/config/config.js';
 import { parseUser } from '../../frontend/manager.js';
 import { CommandError } from '../../frontend/commands.js';
 import { TestHostError } from '../../testhost/util.js';
+import { QmpServer } from '../../frontend/qmp/server.js';
+import { QmpTestClient } from '../helpers/qmp.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-errors-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -171,6 +173,12 @@ test('real error paths: the message says what, `fix` says how', () => {
     /^\/memory: 1048576 GiB of guest RAM is more than this host has/,
     /^give the VM less memory$/,
   );
+  refused(
+    () => findHostDevice({ host: 'ffff:ff:1f.7' }),
+    'ERR_VFIO_SETUP',
+    /^no PCI device ffff:ff:1f\.7 on this host \(\/sys\/bus\/pci\/devices\/ffff:ff:1f\.7 does not exist\)$/,
+    /^check the address: 'lspci -D' or 'tsvmm groups'/,
+  );
   refused(() => parseUser({ uid: '0' }), 'ERR_USAGE', /must not run as root$/, /--user nobody/);
   const cfg = refused(
     () => checkConfig({ kernel: { path: 'x' }, memory: '3X' }, 'vm.json', dir),
@@ -196,6 +204,31 @@ test('QMP: a failed command keeps the fix of what failed beneath it, and its des
   );
   assert.equal(describeError(new CommandError('DeviceNotFound', "Device 'x' not found")), "Device 'x' not found");
   assert.equal(describeError(new Error('plain')), 'plain');
+});
+
+test('QMP: the desc a client reads ends with the fix', async () => {
+  const srv = new QmpServer(
+    join(dir, 'qmp.sock'),
+    {
+      device_add: () => {
+        const cause = new VfioSetupError('0000:01:00.0 is bound to nvme, not vfio-pci', { fix: 'bind it to vfio-pci' });
+        throw new CommandError('GenericError', cause.message, cause);
+      },
+    },
+    { major: 0, minor: 1, micro: 0 },
+  );
+  await srv.listen();
+  const c = await QmpTestClient.connect(srv.path);
+  try {
+    await c.next();
+    await c.call('qmp_capabilities');
+    assert.deepEqual(await c.call('device_add', { driver: 'vfio-pci', host: '01:00.0' }), {
+      error: { class: 'GenericError', desc: '0000:01:00.0 is bound to nvme, not vfio-pci; fix: bind it to vfio-pci' },
+    });
+  } finally {
+    c.s.destroy();
+    await srv.close();
+  }
 });
 
 test('the CLI prints the fix on a line of its own', () => {
