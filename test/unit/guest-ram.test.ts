@@ -184,8 +184,8 @@ test('config: memory as a size or an object with its backing; what tsvmm cannot 
     prealloc: true,
   });
   assert.equal(cfg({ size: 512, backing: 'memfd' }).memory.backing, 'memfd');
-  assert.match(problems('2T'), /\/memory: "2T" is more than tsvmm can give a guest \(at most 1T/);
-  assert.match(problems('10000G'), /at most 1T/);
+  assert.match(problems('2T'), /\/memory: "2T" is more than tsvmm can give a guest \(at most 1 TiB: "1T"/);
+  assert.match(problems('10000G'), /at most 1 TiB/);
   assert.match(problems({ size: '3M', hugepages: '2M' }), /\/memory\/size: "3M" is not a multiple of the 2M huge page/);
   assert.match(
     problems({ size: '1G', backing: 'memfd', path: '/dev/hugepages' }),
