@@ -16,7 +16,8 @@ export type TsvmmErrorCode =
   | 'ERR_TIMEOUT' // a wait did not see what it waited for in time
   | 'ERR_ABORTED' // an AbortSignal ended a wait or an operation
   | 'ERR_VM_EXITED' // the VM ended while something waited for it
-  | 'ERR_CLOSED'; // the VM was closed
+  | 'ERR_CLOSED' // the VM was closed
+  | 'ERR_TESTHOST'; // the nested test host could not be set up or run (exit status 2)
 
 export interface TsvmmErrorOptions {
   /** What the user can do about it. */
@@ -36,19 +37,34 @@ export class TsvmmError extends Error {
     this.name = new.target.name;
     this.code = code;
     this.fix = opts.fix;
-    this.exitCode = opts.exitCode ?? (code === 'ERR_CONFIG' || code === 'ERR_USAGE' ? 2 : 1);
+    this.exitCode = opts.exitCode ?? (code === 'ERR_CONFIG' || code === 'ERR_USAGE' || code === 'ERR_TESTHOST' ? 2 : 1);
   }
+}
+
+/**
+ * An error as one text for channels that carry a single string (a QMP error's desc): the message,
+ * then the fix where there is one, as the CLI prints them.
+ */
+export function describeError(e: unknown): string {
+  const m = e instanceof Error ? e.message : String(e);
+  return isTsvmmError(e) && e.fix ? `${m.replace(/[.\s]+$/, '')}; fix: ${e.fix}` : m;
 }
 
 export const isTsvmmError = (e: unknown): e is TsvmmError => e instanceof TsvmmError;
 
-/** A bad config (from every command: exit status 2), with each problem on its own line. */
+/**
+ * A bad config (from every command: exit status 2), with each problem on its own line: where (its
+ * JSON pointer, or the flag), what, and how to put it right.
+ */
 export class ConfigError extends TsvmmError {
   constructor(
     readonly source: string,
     readonly problems: string[],
     opts: TsvmmErrorOptions = {},
   ) {
-    super('ERR_CONFIG', `${source}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}`, opts);
+    super('ERR_CONFIG', `${source}: invalid configuration\n${problems.map((p) => `  - ${p}`).join('\n')}`, {
+      fix: 'correct each problem listed, as its line says (configs/vm.schema.json describes every key)',
+      ...opts,
+    });
   }
 }

@@ -1,6 +1,7 @@
 // Typed view of the native addon (build/Release/tsvmm_native.node, built by `npm install`).
 import { createRequire } from 'node:module';
 import { projectRoot } from './paths.js';
+import { TsvmmError } from './errors.js';
 import type { NativeConstants } from './native-constants.js';
 
 export interface Mapping {
@@ -305,11 +306,10 @@ export function native(): Native {
     try {
       cached = require(path) as Native;
     } catch (e) {
-      throw new Error(
-        `cannot load the native addon ${path}: ${(e as Error).message}\n` +
-          `  fix: run 'npm install' (or 'npm run build:native') in ${projectRoot}`,
-        { cause: e },
-      );
+      throw new TsvmmError('ERR_VM_SETUP', `cannot load the native addon ${path}: ${(e as Error).message}`, {
+        cause: e,
+        fix: `run 'npm install' (or 'npm run build:native') in ${projectRoot}`,
+      });
     }
   }
   return cached;

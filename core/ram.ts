@@ -55,10 +55,10 @@ const HUGETLBFS_MAGIC = 0x958458f6;
 const RESIDENT_HEADROOM = 256 * 2 ** 20;
 const THP = '/sys/kernel/mm/transparent_hugepage';
 
-/** A backing the host cannot give: one line with the fix; exits 2 like any config error. */
+/** A backing the host cannot give: one line, and the fix; exits 2 like any config error. */
 export class RamBackingError extends ConfigError {
-  constructor(problem: string) {
-    super('memory', [problem]);
+  constructor(problem: string, fix: string) {
+    super('memory', [problem], { fix });
     this.message = `/memory: ${problem}`;
   }
 }
@@ -113,14 +113,16 @@ export function planRam(cfg: MemoryConfig, opts: { resident: boolean }): RamPlan
     avail = mi.MemAvailable ?? total;
   if (cfg.size > total + (mi.SwapTotal ?? 0)) {
     throw new RamBackingError(
-      `${mib(cfg.size)} of guest RAM is more than this host has (${mib(total)} of RAM${mi.SwapTotal ? ` + ${mib(mi.SwapTotal)} swap` : ''}): give the VM less memory`,
+      `${mib(cfg.size)} of guest RAM is more than this host has (${mib(total)} of RAM${mi.SwapTotal ? ` + ${mib(mi.SwapTotal)} swap` : ''})`,
+      'give the VM less memory',
     );
   }
   // Resident RAM (pinned or preallocated) must leave the host some room: the VMM's own memory,
   // page tables, and the rest of the system; else the OOM killer ends it half-way through.
   if (opts.resident && cfg.size > avail - RESIDENT_HEADROOM) {
     throw new RamBackingError(
-      `${mib(cfg.size)} of guest RAM must be resident (${cfg.prealloc ? 'prealloc' : 'pinned for device assignment'}), but the host has ${mib(avail)} available (MemAvailable), and tsvmm keeps ${mib(RESIDENT_HEADROOM)} of it for itself and the host: give the VM less memory or free memory on the host`,
+      `${mib(cfg.size)} of guest RAM must be resident (${cfg.prealloc ? 'prealloc' : 'pinned for device assignment'}), but the host has ${mib(avail)} available (MemAvailable), and tsvmm keeps ${mib(RESIDENT_HEADROOM)} of it for itself and the host`,
+      'give the VM less memory or free memory on the host',
     );
   }
   const huge = cfg.hugepages === '2M' ? 2 ** 21 : cfg.hugepages === '1G' ? 2 ** 30 : undefined;
@@ -130,20 +132,24 @@ export function planRam(cfg: MemoryConfig, opts: { resident: boolean }): RamPlan
     path = cfg.path ?? '/dev/hugepages';
     if (!existsSync(path))
       throw new RamBackingError(
-        `hugetlbfs mount ${path} does not exist: mount one (mkdir -p ${path} && mount -t hugetlbfs${huge ? ` -o pagesize=${cfg.hugepages}` : ''} none ${path}) or name it in memory.path`,
+        `hugetlbfs mount ${path} does not exist`,
+        `mount one (mkdir -p ${path} && mount -t hugetlbfs${huge ? ` -o pagesize=${cfg.hugepages}` : ''} none ${path}) or name it in memory.path`,
       );
     if (!statSync(path).isDirectory())
       throw new RamBackingError(
-        `hugetlbfs mount ${path} is not a directory: name a hugetlbfs mount point in memory.path`,
+        `hugetlbfs mount ${path} is not a directory`,
+        'name a hugetlbfs mount point in memory.path',
       );
     const fs = statfsSync(path);
     if (fs.type !== HUGETLBFS_MAGIC)
       throw new RamBackingError(
-        `${path} is not a hugetlbfs mount: mount one there (mount -t hugetlbfs none ${path}) or name one in memory.path`,
+        `${path} is not a hugetlbfs mount`,
+        `mount one there (mount -t hugetlbfs none ${path}) or name one in memory.path`,
       );
     if (huge && fs.bsize !== huge)
       throw new RamBackingError(
-        `${path} has ${mib(fs.bsize)} pages, not the ${cfg.hugepages} memory.hugepages asks for: mount one with -o pagesize=${cfg.hugepages} or change memory.hugepages`,
+        `${path} has ${mib(fs.bsize)} pages, not the ${cfg.hugepages} memory.hugepages asks for`,
+        `mount one with -o pagesize=${cfg.hugepages} or change memory.hugepages`,
       );
     hugetlbPage = fs.bsize;
   }
@@ -151,20 +157,22 @@ export function planRam(cfg: MemoryConfig, opts: { resident: boolean }): RamPlan
     const name = hugetlbPage === 2 ** 30 ? '1G' : hugetlbPage === 2 ** 21 ? '2M' : mib(hugetlbPage);
     if (cfg.size % hugetlbPage)
       throw new RamBackingError(
-        `${mib(cfg.size)} is not a multiple of the ${name} huge page: make memory.size a multiple of ${name}`,
+        `${mib(cfg.size)} is not a multiple of the ${name} huge page`,
+        `make memory.size a multiple of ${name}`,
       );
     const dir = hugePageDir(hugetlbPage);
     if (!existsSync(dir))
       throw new RamBackingError(
-        `this host has no ${name} huge pages (no ${dir}): use ${name === '1G' ? '"2M"' : 'another page size'} or a CPU/kernel that has them`,
+        `this host has no ${name} huge pages (no ${dir})`,
+        `use ${name === '1G' ? '"2M"' : 'another page size'} or a CPU/kernel that has them`,
       );
     const need = cfg.size / hugetlbPage;
     const free = readNum(`${dir}/free_hugepages`) - readNum(`${dir}/resv_hugepages`);
     if (need > free) {
       const nr = readNum(`${dir}/nr_hugepages`);
       throw new RamBackingError(
-        `${mib(cfg.size)} of guest RAM needs ${need} free ${name} huge pages, but ${Math.max(free, 0)} of ${nr} reserved are free: ` +
-          `reserve them (echo ${nr + need - Math.max(free, 0)} > ${dir}/nr_hugepages, as root${name === '1G' ? '; 1G pages are best reserved at boot: hugepagesz=1G hugepages=N' : ''})`,
+        `${mib(cfg.size)} of guest RAM needs ${need} free ${name} huge pages, but ${Math.max(free, 0)} of ${nr} reserved are free`,
+        `reserve them (echo ${nr + need - Math.max(free, 0)} > ${dir}/nr_hugepages, as root${name === '1G' ? '; 1G pages are best reserved at boot: hugepagesz=1G hugepages=N' : ''})`,
       );
     }
   }
@@ -179,9 +187,10 @@ export function planRam(cfg: MemoryConfig, opts: { resident: boolean }): RamPlan
       const fix = cfg.backing === 'memfd' ? `echo advise > ${THP}/shmem_enabled` : `echo madvise > ${THP}/enabled`;
       if (cfg.hugepages === 'thp')
         throw new RamBackingError(
-          `memory.hugepages "thp" asks for transparent huge pages, but ${THP}/${file} is ${mode ?? 'missing'}: ${fix} (as root), or use hugetlb pages ("2M"/"1G")`,
+          `memory.hugepages "thp" asks for transparent huge pages, but ${THP}/${file} is ${mode ?? 'missing'}`,
+          `${fix} (as root), or use hugetlb pages ("2M"/"1G")`,
         );
-      note = `guest RAM gets 4 KiB pages (${THP}/${file} is ${mode ?? 'missing'}): pinning it for DMA is slower; fix: ${fix} (as root), or hugetlb pages (memory.hugepages "2M")`;
+      note = `guest RAM gets 4 KiB pages (${THP}/${file} is ${mode ?? 'missing'}): pinning it for DMA is slower (${fix}, as root, gives it huge pages; or use hugetlb pages: memory.hugepages "2M")`;
     }
   }
   const what =
@@ -253,7 +262,8 @@ export class GuestRam {
       if (fd !== undefined) closeSync(fd);
       if (isSyscallError(e, 'ENOMEM') && page !== undefined)
         throw new RamBackingError(
-          `the kernel could not reserve ${cfg.size / page} huge pages for ${mib(cfg.size)} of guest RAM (${(e as Error).message}): reserve more in ${hugePageDir(page)}/nr_hugepages`,
+          `the kernel could not reserve ${cfg.size / page} huge pages for ${mib(cfg.size)} of guest RAM (${(e as Error).message})`,
+          `reserve more in ${hugePageDir(page)}/nr_hugepages`,
         );
       throw e;
     }
@@ -349,7 +359,8 @@ export class GuestRam {
     if (errno === 22) return false; // EINVAL: no MADV_POPULATE_WRITE on this kernel
     if (errno !== 0) {
       throw new RamBackingError(
-        `prefaulting ${mib(this.size)} of guest RAM (${this.plan.describe}) failed with errno ${errno}${errno === 12 || errno === 14 ? ' (out of memory or huge pages)' : ''}: give the VM less memory or free memory on the host`,
+        `prefaulting ${mib(this.size)} of guest RAM (${this.plan.describe}) failed with errno ${errno}${errno === 12 || errno === 14 ? ' (out of memory or huge pages)' : ''}`,
+        'give the VM less memory or free memory on the host',
       );
     }
     return true;

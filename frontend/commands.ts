@@ -20,7 +20,8 @@ export class CommandError extends TsvmmError {
     desc: string,
     cause?: unknown,
   ) {
-    super('ERR_QMP', desc, cause !== undefined ? { cause } : {});
+    // A wrapped tsvmm error keeps its fix (QMP's desc carries it: core/errors.ts describeError).
+    super('ERR_QMP', desc, cause !== undefined ? { cause, fix: (cause as { fix?: string }).fix } : {});
   }
 }
 

@@ -13,6 +13,7 @@ import { resolveBackend } from '../core/vfio/vfio.js';
 import { IOMMU_PATH, setPerProcessAccounting } from '../core/vfio/iommufd.js';
 import { sendPassedFds, type PassedFd } from '../core/fdpass.js';
 import { projectRoot } from '../core/paths.js';
+import { TsvmmError } from '../core/errors.js';
 
 export interface ManagerOptions {
   uid: number;
@@ -34,7 +35,10 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
     fds.push({ name: 'kvm', kind: 'kvm', fd: openSync('/dev/kvm', 'r+') });
     for (const d of config.devices) {
       if (!d.host && !d.sysfsdev && !d.cdev)
-        throw new Error(`device fd '${d.fd}': tsvmm manager needs "host", "sysfsdev" or "cdev" to know what to open`);
+        throw new TsvmmError(
+          'ERR_CONFIG',
+          `device fd '${d.fd}': tsvmm manager needs "host", "sysfsdev" or "cdev" to know what to open`,
+        );
       const host = findHostDevice(d);
       // A device's "fd" name is what the VMM looks the fd up by; else a name of our own.
       if (resolveBackend(host, d, config.vfio.backend) === 'iommufd') {
@@ -113,11 +117,14 @@ function checkMemlock(bytes: number, asked: boolean): void {
   if (r.status === 0) return;
   const hard = hardMemlock();
   const why = r.error ? `prlimit: ${r.error.message}` : r.stderr.trim() || `prlimit exited ${r.status}`;
-  throw new Error(
+  throw new TsvmmError(
+    'ERR_VM_SETUP',
     `cannot give the VMM a locked-memory limit of ${mib(bytes)} (${asked ? '--memlock' : 'guest RAM + 64 MiB, for DMA pinning'}): ${why}\n` +
       `  this process's hard limit is ${mib(hard)}, and raising it needs CAP_SYS_RESOURCE (run the manager as root on the host; in a container, ` +
-      `start it with --ulimit memlock=-1:-1 or --cap-add SYS_RESOURCE)\n` +
-      `  fix: raise the hard limit (ulimit -Hl, /etc/security/limits.conf, systemd LimitMEMLOCK=)${hard !== Infinity && hard > 0 ? ` or pass --memlock ${Math.floor(hard / 2 ** 20)}M if the guest needs no more pinned` : ''}`,
+      `start it with --ulimit memlock=-1:-1 or --cap-add SYS_RESOURCE)`,
+    {
+      fix: `raise the hard limit (ulimit -Hl, /etc/security/limits.conf, systemd LimitMEMLOCK=)${hard !== Infinity && hard > 0 ? ` or pass --memlock ${Math.floor(hard / 2 ** 20)}M if the guest needs no more pinned` : ''}`,
+    },
   );
 }
 
@@ -140,14 +147,17 @@ export function parseUser(opts: { user?: string; uid?: string; gid?: string }): 
     const line = readFileSync('/etc/passwd', 'utf8')
       .split('\n')
       .find((l) => l.split(':')[0] === opts.user);
-    if (!line) throw new Error(`no user '${opts.user}' in /etc/passwd`);
+    if (!line) throw new TsvmmError('ERR_USAGE', `--user ${opts.user}: no such user in /etc/passwd`);
     [uid, gid] = line.split(':').slice(2, 4).map(Number) as [number, number];
   } else {
     uid = Number(opts.uid);
     gid = Number(opts.gid ?? opts.uid);
   }
-  if (!Number.isInteger(uid) || !Number.isInteger(gid))
-    throw new Error('manager needs --user NAME or --uid N [--gid N]');
-  if (uid === 0) throw new Error('the VMM must not run as root: pick an unprivileged user (--user nobody)');
+  if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid < 0 || gid < 0)
+    throw new TsvmmError('ERR_USAGE', 'manager needs --user NAME or --uid N [--gid N] (numbers)');
+  if (uid === 0)
+    throw new TsvmmError('ERR_USAGE', 'the VMM must not run as root', {
+      fix: 'pick an unprivileged user (--user nobody)',
+    });
   return { uid, gid };
 }

@@ -327,7 +327,8 @@ export class Machine {
       max = 2 ** (bits & 0xff);
     if (top > max)
       throw new RamBackingError(
-        `${fmtBytes(size)} of guest RAM ends at 0x${top.toString(16)}, beyond this CPU's ${bits & 0xff}-bit physical addresses: give the VM at most ${fmtBytes(max - HIGH_RAM_BASE + LOW_RAM_END)}`,
+        `${fmtBytes(size)} of guest RAM ends at 0x${top.toString(16)}, beyond this CPU's ${bits & 0xff}-bit physical addresses`,
+        `give the VM at most ${fmtBytes(max - HIGH_RAM_BASE + LOW_RAM_END)}`,
       );
   }
 

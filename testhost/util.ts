@@ -4,13 +4,19 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, statfsSync } fr
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TsvmmError, type TsvmmErrorOptions } from '../core/errors.js';
 
 /** dist/testhost/util.js → ../.. is the project root (same layout as core/paths.ts). */
 export const projectRoot = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 /** The fragment lives beside the .ts sources, not in dist/ (tsc does not copy it). */
 export const kernelFragmentPath = join(projectRoot, 'testhost', 'kernel-testhost.config');
 
-export class TestHostError extends Error {}
+/** The test host could not be set up or run: a TsvmmError (code ERR_TESTHOST, exit status 2). */
+export class TestHostError extends TsvmmError {
+  constructor(message: string, opts?: TsvmmErrorOptions) {
+    super('ERR_TESTHOST', message, opts);
+  }
+}
 
 /** Cache shared by runs and by CI: kernels, initramfs, per-run dirs. Outside /tmp so the host sees it over 9p. */
 export function cacheDir(): string {

@@ -45,6 +45,7 @@ Usage: tsvmm <command> [options]      ('tsvmm <command> --help' for each)
 ${Object.entries(COMMANDS)
   .map(([n, c]) => `  ${n.padEnd(11)}${c.summary}`)
   .join('\n')}
+  help CMD   a command's help (as 'tsvmm CMD --help')
   --help     this text
   --version  tsvmm's version
 
@@ -64,8 +65,18 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (cmd === '-h' || cmd === '--help' || cmd === 'help') {
-    process.stdout.write(HELP + '\n');
-    return 0;
+    // `tsvmm help run` is `tsvmm run --help`.
+    const of = cmd === 'help' ? rest[0] : undefined;
+    if (of === undefined) {
+      process.stdout.write(HELP + '\n');
+      return 0;
+    }
+    const c = Object.hasOwn(COMMANDS, of) ? COMMANDS[of] : undefined;
+    if (!c) {
+      process.stderr.write(`tsvmm: help: unknown command '${of}'\n\n${HELP}\n`);
+      return 2;
+    }
+    return (await c.load()).main(['--help']);
   }
   if (cmd === '-v' || cmd === '--version') {
     process.stdout.write((await version()) + '\n');

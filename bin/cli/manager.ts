@@ -1,6 +1,6 @@
 // tsvmm manager: the privileged half (libvirt's split): opens /dev/kvm and the VFIO fds, starts
 // the VMM unprivileged and hands it the fds.
-import { parseCommand, parseSize, str } from './common.js';
+import { parseCommand, parseSize, str, UsageError } from './common.js';
 
 export const USAGE = `Usage: tsvmm manager <config.json> (--user NAME | --uid N [--gid N]) [--memlock SIZE]
 
@@ -19,6 +19,8 @@ export async function main(args: string[]): Promise<number> {
     { min: 1, max: 1, what: 'config file' },
   );
   if (!p) return 0;
+  if (str(p.values, 'user') === undefined && str(p.values, 'uid') === undefined)
+    throw new UsageError('manager needs --user NAME or --uid N: the VMM runs as that user, never as root', USAGE);
   const memlock = str(p.values, 'memlock');
   const memlockBytes = memlock !== undefined ? parseSize(memlock, '--memlock', USAGE) : undefined;
   const { runManager, parseUser } = await import('../../frontend/manager.js');

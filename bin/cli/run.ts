@@ -1,8 +1,15 @@
 // tsvmm run: a VM from a config file, from QEMU/cloud-hypervisor-style flags, or both (flags
 // override the file's values; --device adds devices). --print-config shows the JSON underneath.
-import { closeSync, readFileSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/config/config.js';
+import {
+  ConfigError,
+  checkConfig,
+  readConfigFile,
+  resolveConfigPaths,
+  type RawConfig,
+  type VfioPciConfig,
+} from '../../machine/config/config.js';
 import { projectRoot } from '../../core/paths.js';
 import { parseCommand, str, UsageError } from './common.js';
 import { catchSignals, onSignal, releaseSignals, TERMINATING, type TerminatingSignal } from './signals.js';
@@ -13,7 +20,7 @@ Runs a VM. With no config and no --kernel, runs the built-in demo guest (prints 
 lists the PCI bus, exits 0). Flags override the config file's values; --device adds a device.
 
 Options:
-  --memory SIZE        guest RAM: MiB when bare (as QEMU's -m), or with a unit: 512M, 1G
+  --memory SIZE        guest RAM: MiB when bare (as QEMU's -m), or with a unit: 512M, 1.5G
   --cpus N             number of vCPUs
   --kernel FILE        guest image (multiboot ELF32, Linux bzImage, or raw with --kernel-format flat)
   --kernel-format F    auto (default), multiboot, linux or flat
@@ -25,13 +32,15 @@ Options:
   --serial MODE        stdio (COM1 on stdout, stdin as input), none, or file:PATH
   --qmp PATH           a QMP control socket (mode 0600); see README "Control socket (QMP)"
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
-  --print-config       print the resulting JSON config and exit (0 when valid, 2 when not)
+  --print-config       print the resulting JSON config (paths made absolute) and exit (0 when
+                       valid, 2 when not)
   -h, --help           this text
 
 Paths given as flags are relative to the current directory; those in a config file to the file.
-Exit status: the value the guest wrote to the debug-exit port (0xf4); 0 when the guest halts,
-resets or powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config or command line;
-128+N on signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up.`;
+Exit status: the value the guest wrote to the debug-exit port (0xf4); 0 when the guest resets or
+powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config or command line; 128+N on
+signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up. A halted guest (hlt) waits for
+an interrupt, as under QEMU: the VM runs until it is ended.`;
 
 const OPTIONS = {
   memory: { type: 'string' },
@@ -78,28 +87,63 @@ export function parseDevice(spec: string): VfioPciConfig {
   return d as unknown as VfioPciConfig;
 }
 
+const UNITS: Record<string, number> = { B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50, E: 2 ** 60 };
+
+/**
+ * --memory as QEMU's -m (qemu_strtosz, then the machine's 8 KiB alignment): a bare number is MiB;
+ * a unit (B, K, M, G, T, P, E, either case) takes a fraction ("1.5G"), truncated to a byte; the
+ * size is rounded up to a multiple of 8 KiB. Returns the config's form: a bare whole number as
+ * given (MiB), else the size in the largest unit that holds it whole ("1.5G" → "1536M").
+ */
+export function parseMemoryFlag(s: string): number | string {
+  const m = /^(\d+)(?:\.(\d*))?([BKMGTPE])?$/i.exec(s.trim());
+  if (!m)
+    throw new UsageError(
+      `--memory ${s}: not a size (e.g. --memory 512M, --memory 1.5G, or --memory 1024 for MiB)`,
+      USAGE,
+    );
+  if (m[2] === undefined && m[3] === undefined) return Number(m[1]);
+  if (m[2] === undefined && /^[1-9]\d*[KMGT]$/.test(`${m[1]}${m[3]}`)) return `${m[1]}${m[3]!.toUpperCase()}`;
+  const unit = UNITS[(m[3] ?? 'M').toUpperCase()]!;
+  const bytes = Math.ceil(Math.floor(Number(`${m[1]}.${m[2] ?? ''}0`) * unit) / 8192) * 8192;
+  if (bytes === 0) return 0;
+  const [name, size] = (['T', 'G', 'M', 'K'] as const)
+    .map((u) => [u, UNITS[u]!] as const)
+    .find(([, n]) => bytes % n === 0)!;
+  return `${bytes / size}${name}`;
+}
+
+/**
+ * The config pointers a flag set, each with the flag as a message names it: a problem with a
+ * flag's value names the flag (--memory), not the JSON pointer it became.
+ */
+export type FlagPointers = Map<string, string>;
+
+/** A config problem ("/memory: …") re-addressed to the flag that set the value ("--memory: …"). */
+export function flagProblem(problem: string, flags: FlagPointers): string {
+  let best: string | undefined;
+  for (const ptr of flags.keys())
+    if ((problem.startsWith(`${ptr}:`) || problem.startsWith(`${ptr}/`)) && (!best || ptr.length > best.length))
+      best = ptr;
+  if (best === undefined) return problem;
+  const rest = problem.slice(best.length, problem.indexOf(':', best.length));
+  return `${flags.get(best)!}${rest ? ` (${rest.slice(1)})` : ''}${problem.slice(best.length + rest.length)}`;
+}
+
 /** The config file (or the demo) with the flags applied: the JSON `run` validates and runs. */
 export function buildRawConfig(
   positional: string | undefined,
   v: Record<string, unknown>,
-): { raw: RawConfig; source: string; baseDir: string } {
+): { raw: RawConfig; source: string; baseDir: string; flags: FlagPointers } {
   let raw: RawConfig, source: string, baseDir: string;
+  const flags: FlagPointers = new Map();
   const flagged = ['memory', 'cpus', 'kernel', 'kernel-format', 'initrd', 'cmdline', 'name', 'device', 'serial'].some(
     (k) => v[k] !== undefined,
   );
   if (positional !== undefined) {
-    const abs = resolve(positional);
-    let text: string;
-    try {
-      text = readFileSync(abs, 'utf8');
-    } catch (e) {
-      throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
-    }
-    try {
-      raw = JSON.parse(text) as RawConfig;
-    } catch (e) {
-      throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
-    }
+    const file = readConfigFile(positional);
+    const abs = file.abs;
+    raw = file.raw as RawConfig;
     if (!raw || typeof raw !== 'object' || Array.isArray(raw))
       throw new ConfigError(abs, ['(top level): must be object']);
     source = flagged ? `${abs} with command-line flags` : abs;
@@ -116,25 +160,37 @@ export function buildRawConfig(
   }
   const cwd = (p: string) => resolve(process.cwd(), p);
   if (v.memory !== undefined) {
-    const m = v.memory as string;
-    raw.memory = /^\d+$/.test(m) ? Number(m) : m;
+    raw.memory = parseMemoryFlag(v.memory as string);
+    flags.set('/memory', `--memory ${String(v.memory)}`);
   }
   if (v.cpus !== undefined) {
-    if (!/^\d+$/.test(v.cpus as string)) throw new UsageError(`--cpus ${String(v.cpus)}: not a number`, USAGE);
+    if (!/^\d+$/.test(v.cpus as string))
+      throw new UsageError(`--cpus ${String(v.cpus)}: not a number (e.g. --cpus 2)`, USAGE);
     raw.vcpus = Number(v.cpus);
+    flags.set('/vcpus', `--cpus ${String(v.cpus)}`);
   }
   if (v.kernel !== undefined || v['kernel-format'] !== undefined || v.initrd !== undefined) {
     raw.kernel = { ...(raw.kernel ?? {}) } as RawConfig['kernel'];
     if (v.kernel !== undefined) raw.kernel.path = cwd(v.kernel as string);
     if (v['kernel-format'] !== undefined) raw.kernel.format = v['kernel-format'] as RawConfig['kernel']['format'];
     if (v.initrd !== undefined) raw.kernel.initrd = cwd(v.initrd as string);
+    if (v.kernel !== undefined) flags.set('/kernel/path', '--kernel');
+    if (v['kernel-format'] !== undefined) flags.set('/kernel/format', '--kernel-format');
+    if (v.initrd !== undefined) flags.set('/kernel/initrd', '--initrd');
   }
-  if (v.cmdline !== undefined) raw.cmdline = v.cmdline as string;
-  if (v.name !== undefined) raw.name = v.name as string;
+  if (v.cmdline !== undefined) {
+    raw.cmdline = v.cmdline as string;
+    flags.set('/cmdline', '--cmdline');
+  }
+  if (v.name !== undefined) {
+    raw.name = v.name as string;
+    flags.set('/name', '--name');
+  }
   for (const spec of (v.device as string[] | undefined) ?? []) {
     const d = parseDevice(spec);
     if (d.sysfsdev !== undefined) d.sysfsdev = cwd(d.sysfsdev);
     raw.devices = [...(raw.devices ?? []), d];
+    flags.set(`/devices/${raw.devices.length - 1}`, `--device ${spec}`);
   }
   if (v.serial !== undefined) {
     const s = v.serial as string;
@@ -142,18 +198,32 @@ export function buildRawConfig(
     else if (s === 'none' || s === 'null') raw.serial = { output: 'none' };
     else if (s.startsWith('file:') && s.length > 5) raw.serial = { output: 'file', path: cwd(s.slice(5)) };
     else throw new UsageError(`--serial ${s}: expected stdio, none or file:PATH`, USAGE);
+    flags.set('/serial', '--serial');
   }
-  return { raw, source, baseDir };
+  return { raw, source, baseDir, flags };
+}
+
+/** checkConfig, with problems in values that flags set named by the flag. */
+function checkWithFlags(raw: RawConfig, source: string, baseDir: string, flags: FlagPointers) {
+  try {
+    return checkConfig(raw, source, baseDir);
+  } catch (e) {
+    if (!(e instanceof ConfigError) || !flags.size) throw e;
+    throw new ConfigError(
+      e.source,
+      e.problems.map((p) => flagProblem(p, flags)),
+    );
+  }
 }
 
 export async function main(args: string[]): Promise<number> {
   const p = parseCommand(args, OPTIONS, USAGE, { min: 0, max: 1, what: 'config file' });
   if (!p) return 0;
   const v = p.values;
-  const { raw, source, baseDir } = buildRawConfig(p.positionals[0], v);
+  const { raw, source, baseDir, flags } = buildRawConfig(p.positionals[0], v);
   if (v['print-config']) {
-    process.stdout.write(JSON.stringify(raw, null, 2) + '\n');
-    checkConfig(structuredClone(raw), source, baseDir); // exit 2 (with the problems) when invalid
+    process.stdout.write(JSON.stringify(resolveConfigPaths(raw, baseDir), null, 2) + '\n');
+    checkWithFlags(structuredClone(raw), source, baseDir, flags); // exit 2 (with the problems) when invalid
     return 0;
   }
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
@@ -167,7 +237,7 @@ export async function main(args: string[]): Promise<number> {
   });
   let qmp;
   try {
-    const config = checkConfig(raw, source, baseDir);
+    const config = checkWithFlags(raw, source, baseDir, flags);
     let passedFds;
     const fdSocket = str(v, 'fd-socket');
     if (fdSocket !== undefined) {

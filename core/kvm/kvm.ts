@@ -18,11 +18,11 @@ export class Kvm {
 
   static open(path = '/dev/kvm'): Kvm {
     if (!existsSync(path)) {
-      throw new KvmError(
-        `${path} does not exist: this machine has no KVM.\n` +
-          `  fix: run on a Linux host with hardware virtualization and the kvm module loaded ` +
+      throw new KvmError(`${path} does not exist: this machine has no KVM`, {
+        fix:
+          `run on a Linux host with hardware virtualization and the kvm module loaded ` +
           `(modprobe kvm_intel or kvm_amd), or run tsvmm inside its test host: 'tsvmm testhost run -- tsvmm run ...'`,
-      );
+      });
     }
     let fd: number;
     try {
@@ -30,11 +30,10 @@ export class Kvm {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EACCES' || code === 'EPERM') {
-        throw new KvmError(
-          `no permission to open ${path} (${code}).\n` +
-            `  fix: add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) or run as root`,
-          { cause: e },
-        );
+        throw new KvmError(`no permission to open ${path} (${code})`, {
+          cause: e,
+          fix: `add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) or run as root`,
+        });
       }
       throw new KvmError(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }

@@ -20,9 +20,9 @@ export class VfioContainer extends DmaListener {
 
   static open(path = '/dev/vfio/vfio'): VfioContainer {
     if (!existsSync(path))
-      throw new VfioSetupError(
-        `${path} does not exist: load the vfio modules (modprobe vfio-pci) — is the IOMMU enabled?`,
-      );
+      throw new VfioSetupError(`${path} does not exist: the vfio modules are not loaded`, {
+        fix: 'load them (modprobe vfio-pci), with the IOMMU enabled (intel_iommu=on / amd_iommu=on)',
+      });
     const fd = openSync(path, 'r+');
     const n = native();
     const v = n.vfioGetApiVersion(fd);

@@ -63,9 +63,12 @@ export abstract class DmaListener implements MemoryListener {
     const limit = memlockLimit();
     if (ram > limit && !hasCapIpcLock()) {
       throw new VfioSetupError(
-        `device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}. ` +
-          `fix: raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
-          `or give tsvmm CAP_IPC_LOCK`,
+        `device assignment pins all guest RAM (${fmtBytes(ram)}), but the locked-memory limit is ${fmtBytes(limit)}`,
+        {
+          fix:
+            `raise it (ulimit -l ${Math.ceil(ram / 1024)} or unlimited, LimitMEMLOCK= in a systemd unit, memlock in /etc/security/limits.conf) ` +
+            `or give tsvmm CAP_IPC_LOCK`,
+        },
       );
     }
   }
@@ -85,14 +88,16 @@ export abstract class DmaListener implements MemoryListener {
       if (!inRange) {
         throw new VfioSetupError(
           `guest RAM ${s.region.name} at IOVA 0x${start.toString(16)}-0x${(end - 1).toString(16)} is outside the IOMMU's IOVA ranges ` +
-            `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')}): give the guest less memory`,
+            `(${this.iovaRanges.map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`).join(', ')})`,
+          { fix: 'give the guest less memory' },
         );
       }
       const clash = this.reserved.find((r) => start <= r.end && r.start <= end - 1 && r.type !== 'direct-relaxable');
       if (clash) {
         throw new VfioSetupError(
           `guest RAM ${s.region.name} at 0x${start.toString(16)}-0x${(end - 1).toString(16)} overlaps the IOMMU's reserved ` +
-            `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions): give the guest less memory`,
+            `${clash.type} region 0x${clash.start.toString(16)}-0x${clash.end.toString(16)} (sysfs reserved_regions)`,
+          { fix: 'give the guest less memory' },
         );
       }
       if (this.dmaAvail !== undefined && this.mappings.size >= this.dmaAvail) {
@@ -162,8 +167,8 @@ export function explainMapError(call: string, e: unknown, m: DmaMapping): Error 
   if (isSyscallError(e, 'ENOMEM')) {
     return new VfioSetupError(
       `${call} of ${where} failed with ENOMEM: the locked-memory limit (${fmtBytes(memlockLimit())}) ` +
-        `is too low for pinning guest RAM, or the DMA entry limit was reached. fix: ulimit -l unlimited (or CAP_IPC_LOCK)`,
-      { cause: e },
+        `is too low for pinning guest RAM, or the DMA entry limit was reached`,
+      { cause: e, fix: 'ulimit -l unlimited (or CAP_IPC_LOCK)' },
     );
   }
   return new VfioSetupError(`${call} of ${where} failed: ${(e as Error).message}`, { cause: e });

@@ -26,11 +26,10 @@ export class VfioGroup {
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'EACCES' || code === 'EPERM') {
-          throw new VfioSetupError(
-            `no permission to open ${path} (${code}). fix: give your user the group device ` +
-              `(chown $USER ${path}) or have a manager pass its fd ('tsvmm manager')`,
-            { cause: e },
-          );
+          throw new VfioSetupError(`no permission to open ${path} (${code})`, {
+            cause: e,
+            fix: `give your user the group device (chown $USER ${path}) or have a manager pass its fd ('tsvmm manager')`,
+          });
         }
         if (code === 'EBUSY')
           throw new VfioSetupError(`${path} is busy: another process (another VMM?) has the group open`, { cause: e });

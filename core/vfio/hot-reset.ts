@@ -51,8 +51,10 @@ export function planFromInfo(
     const foreign = info.devices.filter((d) => (d.devid ?? -1) < 0).map(bdf);
     if (foreign.length || !(info.flags & c.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)) {
       throw new VfioSetupError(
-        `${a.host.name}: a hot reset also resets ${foreign.join(', ') || 'devices'}, which this VM's iommufd does not own. ` +
-          `fix: assign ${foreign.join(' and ') || 'them'} to this VM too (same iommufd), or unbind them from vfio-pci`,
+        `${a.host.name}: a hot reset also resets ${foreign.join(', ') || 'devices'}, which this VM's iommufd does not own`,
+        {
+          fix: `assign ${foreign.join(' and ') || 'them'} to this VM too (same iommufd), or unbind them from vfio-pci`,
+        },
       );
     }
     return { via: a, affected, groupFds: [] };
@@ -62,8 +64,10 @@ export function planFromInfo(
   if (missing.length) {
     const who = info.devices.filter((d) => missing.includes(d.groupId!)).map((d) => `${bdf(d)} (group ${d.groupId})`);
     throw new VfioSetupError(
-      `${a.host.name}: a hot reset also resets ${who.join(', ')}, whose VFIO group this VM does not hold. ` +
-        `fix: assign a device of group ${missing.join(', ')} to this VM too, so tsvmm holds the group, or move the device to a slot of its own`,
+      `${a.host.name}: a hot reset also resets ${who.join(', ')}, whose VFIO group this VM does not hold`,
+      {
+        fix: `assign a device of group ${missing.join(', ')} to this VM too, so tsvmm holds the group, or move the device to a slot of its own`,
+      },
     );
   }
   return { via: a, affected, groupFds: ids.map((g) => groups.get(g)!.fd) };

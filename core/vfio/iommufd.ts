@@ -114,17 +114,17 @@ export class Iommufd {
     if (fd === undefined) {
       if (!existsSync(path)) {
         throw new VfioSetupError(
-          `${path} does not exist: this kernel has no iommufd (CONFIG_IOMMUFD) or the module is not loaded ` +
-            `(modprobe iommufd). fix: use the legacy backend ("backend": "legacy"), or a kernel with IOMMUFD and VFIO_DEVICE_CDEV`,
+          `${path} does not exist: this kernel has no iommufd (CONFIG_IOMMUFD) or the module is not loaded (modprobe iommufd)`,
+          { fix: 'use the legacy backend ("backend": "legacy"), or a kernel with IOMMUFD and VFIO_DEVICE_CDEV' },
         );
       }
       try {
         fd = openSync(path, 'r+');
       } catch (e) {
-        throw new VfioSetupError(
-          `cannot open ${path}: ${(e as Error).message}. fix: run with access to ${path} or have a manager pass its fd ('tsvmm manager')`,
-          { cause: e },
-        );
+        throw new VfioSetupError(`cannot open ${path}: ${(e as Error).message}`, {
+          cause: e,
+          fix: `run with access to ${path} or have a manager pass its fd ('tsvmm manager')`,
+        });
       }
     }
     const ctx = new Iommufd(fd);
@@ -222,7 +222,8 @@ function openCdev(host: HostDevice, cdev: string): number {
   if (!existsSync(cdev)) {
     throw new VfioSetupError(
       `${cdev} does not exist: ${host.name} has no VFIO device cdev (the kernel lacks CONFIG_VFIO_DEVICE_CDEV, ` +
-        `or the device is not bound to vfio-pci). fix: use the legacy backend, or bind the device to vfio-pci`,
+        `or the device is not bound to vfio-pci)`,
+      { fix: 'use the legacy backend, or bind the device to vfio-pci' },
     );
   }
   try {
@@ -230,11 +231,10 @@ function openCdev(host: HostDevice, cdev: string): number {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EPERM') {
-      throw new VfioSetupError(
-        `no permission to open ${cdev} (${code}). fix: give your user the device (chown $USER ${cdev}) ` +
-          `or have a manager pass its fd ('tsvmm manager')`,
-        { cause: e },
-      );
+      throw new VfioSetupError(`no permission to open ${cdev} (${code})`, {
+        cause: e,
+        fix: `give your user the device (chown $USER ${cdev}) or have a manager pass its fd ('tsvmm manager')`,
+      });
     }
     throw new VfioSetupError(`cannot open ${cdev}: ${(e as Error).message}`, { cause: e });
   }
@@ -251,10 +251,13 @@ function bindError(host: HostDevice, cdev: string, e: unknown): Error {
       `VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) was refused (${(e as { code: string }).code}): the kernel gives a device to ` +
         `iommufd only when its whole IOMMU group ${host.group} is free for it. Another process has ${host.name} or one of its group-mates ` +
         `open (through /dev/vfio/${host.group} or a device cdev), or a group-mate is bound to a host driver.` +
-        (lines.length ? `\n${lines.join('\n')}` : '') +
-        `\nfix: close the other user (see 'fuser -v /dev/vfio/${host.group} /dev/vfio/devices/*'), ` +
-        `bind every group member to vfio-pci, and assign group-mates to the same VM`,
-      { cause: e },
+        (lines.length ? `\n${lines.join('\n')}` : ''),
+      {
+        cause: e,
+        fix:
+          `close the other user (see 'fuser -v /dev/vfio/${host.group} /dev/vfio/devices/*'), ` +
+          `bind every group member to vfio-pci, and assign group-mates to the same VM`,
+      },
     );
   }
   return new VfioSetupError(`VFIO_DEVICE_BIND_IOMMUFD of ${host.name} (${cdev}) failed: ${(e as Error).message}`, {

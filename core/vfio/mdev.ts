@@ -86,9 +86,9 @@ export function createMdev(typeSpec: string, uuid: string = randomUUID()): Mdev 
     : [undefined, typeSpec];
   const all = mdevTypes();
   if (!all.length)
-    throw new VfioSetupError(
-      `no mdev parent devices (${MDEV_BUS} is empty or missing): load a vendor driver that offers mediated devices (e.g. modprobe mtty)`,
-    );
+    throw new VfioSetupError(`no mdev parent devices (${MDEV_BUS} is empty or missing)`, {
+      fix: 'load a vendor driver that offers mediated devices (e.g. modprobe mtty)',
+    });
   const matches = all.filter((t) => t.type === typeWant && (!parentWant || t.parent === parentWant));
   const known = all
     .map((t) => `${t.parent}/${t.type}${t.name ? ` (${t.name})` : ''}, ${t.available} available`)
@@ -100,9 +100,9 @@ export function createMdev(typeSpec: string, uuid: string = randomUUID()): Mdev 
     );
   const t = matches[0]!;
   if (t.available < 1)
-    throw new VfioSetupError(
-      `mdev type ${t.parent}/${t.type} has no instances left (available_instances 0): remove one first ('tsvmm mdev list')`,
-    );
+    throw new VfioSetupError(`mdev type ${t.parent}/${t.type} has no instances left (available_instances 0)`, {
+      fix: "remove one first ('tsvmm mdev list')",
+    });
   try {
     writeFileSync(`${t.path}/create`, uuid);
   } catch (e) {

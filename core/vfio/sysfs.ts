@@ -85,27 +85,28 @@ export function findHostDevice(spec: { host?: string; sysfsdev?: string; cdev?: 
   const name = basename(sysfs);
   if (!existsSync(sysfs)) {
     throw new VfioSetupError(
-      spec.host
-        ? `no PCI device ${name} on this host (${sysfs} does not exist); 'lspci -D' or 'tsvmm groups' lists the devices`
-        : `${sysfs} does not exist; for a PCI device use /sys/bus/pci/devices/<bdf>, for an mdev /sys/bus/mdev/devices/<uuid>`,
+      spec.host ? `no PCI device ${name} on this host (${sysfs} does not exist)` : `${sysfs} does not exist`,
+      {
+        fix: spec.host
+          ? "check the address: 'lspci -D' or 'tsvmm groups' lists the host's devices"
+          : 'for a PCI device use /sys/bus/pci/devices/<bdf>, for an mdev /sys/bus/mdev/devices/<uuid>',
+      },
     );
   }
   const group = groupOf(sysfs);
   if (group === undefined) {
-    throw new VfioSetupError(
-      `${name} has no IOMMU group: the IOMMU is off or absent. ` +
-        `fix: enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on (or amd_iommu=on)`,
-    );
+    throw new VfioSetupError(`${name} has no IOMMU group: the IOMMU is off or absent`, {
+      fix: 'enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on (or amd_iommu=on)',
+    });
   }
   if (spec.group !== undefined && spec.group !== group)
     throw new VfioSetupError(`${name} is in IOMMU group ${group}, not ${spec.group} as the config says`);
   const driver = driverOf(sysfs);
   const isMdev = sysfs.includes('/mdev/') || existsSync(`${sysfs}/mdev_type`);
   if (!isMdev && driver !== 'vfio-pci') {
-    throw new VfioSetupError(
-      `${name} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci. ` +
-        `fix: ${bindFix(name)}`,
-    );
+    throw new VfioSetupError(`${name} is ${driver ? `bound to ${driver}` : 'not bound to any driver'}, not vfio-pci`, {
+      fix: bindFix(name),
+    });
   }
   if (spec.cdev && (spec.host || spec.sysfsdev)) {
     const owner = sysfsOfCdev(spec.cdev);
@@ -154,13 +155,16 @@ export function blockers(group: number): GroupMember[] {
 
 export function notViableError(group: number, wanted: string): VfioSetupError {
   const bad = blockers(group);
-  const lines = bad.map((m) => `  - ${m.name} is bound to ${m.driver}; fix: ${bindFix(m.name)}`);
+  const lines = bad.map((m) => `  - ${m.name} is bound to ${m.driver}`);
   return new VfioSetupError(
     `IOMMU group ${group} (of ${wanted}) is not viable: every device in a group must be bound ` +
       `to vfio-pci (or have no driver) before any of them can be assigned.\n` +
       (lines.length
         ? lines.join('\n')
         : `  (no member is bound to another driver now; check 'ls -l ${SYS_IOMMU_GROUPS}/${group}/devices')`),
+    bad.length
+      ? { fix: `bind ${bad.length > 1 ? 'each' : 'it'} to vfio-pci: ${bad.map((m) => bindFix(m.name)).join('; ')}` }
+      : {},
   );
 }
 

@@ -86,16 +86,19 @@ export function chooseBackend(want: VfioBackendChoice, have: BackendAvailability
       throw new VfioSetupError(
         `${name}: the ${want} VFIO backend is not available: ${why}` +
           (have[want === 'legacy' ? 'iommufd' : 'legacy'] === true
-            ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is: use "backend": "auto"`
+            ? `. The ${want === 'legacy' ? 'iommufd' : 'legacy'} backend is`
             : ''),
+        have[want === 'legacy' ? 'iommufd' : 'legacy'] === true ? { fix: 'use "backend": "auto"' } : {},
       );
     return want;
   }
   if (have.legacy === true) return 'legacy';
   if (have.iommufd === true) return 'iommufd';
   throw new VfioSetupError(
-    `${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}\n` +
-      `fix: load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci`,
+    `${name}: VFIO is not available on this host.\n  - legacy (container/group): ${have.legacy}\n  - iommufd (device cdev): ${have.iommufd}`,
+    {
+      fix: 'load vfio-pci (modprobe vfio-pci) with the IOMMU enabled (intel_iommu=on / amd_iommu=on) and bind the device to vfio-pci',
+    },
   );
 }
 

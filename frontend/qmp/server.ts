@@ -10,6 +10,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { closeSync, existsSync, unlinkSync } from 'node:fs';
 import { native, isSyscallError } from '../../core/native.js';
+import { describeError } from '../../core/errors.js';
 import { JsonStreamParser, type JsonResult } from './json.js';
 import { validators, commandArgs } from '../../generated/qmp-validators.js';
 import type { ErrorObject } from 'ajv';
@@ -228,7 +229,7 @@ export class QmpServer {
     const req = msg as Record<string, unknown>;
     const id = 'id' in req ? { id: req.id } : {};
     const fail = (e: unknown) => ({
-      ...err(e instanceof QmpError ? e.errorClass : 'GenericError', (e as Error).message),
+      ...err(e instanceof QmpError ? e.errorClass : 'GenericError', describeError(e)),
       ...id,
     });
     for (const [k, v] of Object.entries(req)) {

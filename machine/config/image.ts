@@ -60,7 +60,8 @@ export function checkImage(k: ImageInput, problems: string[]): Exclude<KernelFor
     );
   const fail = (ptr: string, e: unknown) => {
     if (!(e instanceof LoaderError)) throw e;
-    problems.push(`${ptr}: ${e.message}`);
+    // A config problem is one line: what, and how to put it right.
+    problems.push(`${ptr}: ${e.message}${e.fix ? `: ${e.fix}` : ''}`);
   };
   switch (format) {
     case 'multiboot':

@@ -163,7 +163,8 @@ export function checkLinuxFit(
     throw new LoaderError(
       `${path}: the kernel needs RAM up to ${mib(kernelEnd)} (it decompresses to ${hex(hdr.prefAddress)} and needs init_size ${mib(hdr.initSize)})` +
         (initrdSize ? ` plus ${mib(initrdSize)} of initrd${initrdName ? ` (${initrdName})` : ''}` : '') +
-        `, but the VM has ${mib(lowRamEnd)} below 4 GiB: give it more memory (at least ${need}M)`,
+        `, but the VM has ${mib(lowRamEnd)} below 4 GiB`,
+      { fix: `give it more memory (at least ${need}M)` },
     );
   }
   return kernelEnd;
@@ -197,7 +198,8 @@ export function loadLinux(ram: Uint8Array, o: LinuxBootOptions): LinuxBootLayout
     if (addr < kernelEnd) {
       throw new LoaderError(
         `${o.initrdName ?? 'initrd'}: ${mib(o.initrd.length)} does not fit between the kernel's end (${mib(kernelEnd)}) and ` +
-          `${hex(top)} (the lower of the end of RAM below 4 GiB and the kernel's initrd_addr_max): give the VM more memory or use a smaller initrd`,
+          `${hex(top)} (the lower of the end of RAM below 4 GiB and the kernel's initrd_addr_max)`,
+        { fix: 'give the VM more memory or use a smaller initrd' },
       );
     }
     ram.set(o.initrd, addr);

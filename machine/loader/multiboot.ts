@@ -45,7 +45,8 @@ export function loadElf32(image: Uint8Array, ram: Uint8Array, path: string): Loa
     if (off + filesz > image.length) throw new LoaderError(`${path}: segment ${i} extends past the end of the file`);
     if (paddr + memsz > ram.length)
       throw new LoaderError(
-        `${path}: segment ${i} at 0x${paddr.toString(16)} (+0x${memsz.toString(16)}) does not fit in ${ram.length >> 20} MiB of RAM: give the VM more memory`,
+        `${path}: segment ${i} at 0x${paddr.toString(16)} (+0x${memsz.toString(16)}) does not fit in ${ram.length >> 20} MiB of RAM`,
+        { fix: 'give the VM more memory' },
       );
     ram.set(image.subarray(off, off + filesz), paddr);
     ram.fill(0, paddr + filesz, paddr + memsz);

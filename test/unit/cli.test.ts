@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
@@ -99,7 +99,7 @@ test('run flags: QEMU/cloud-hypervisor style, shown by --print-config; flags ove
     serial: { output: 'stdout', input: 'stdin' },
   });
   assert.equal(r.status, 2, 'printed, then refused: rd.img does not exist');
-  assert.match(r.stderr, /command-line flags: invalid configuration\n  - \/kernel\/initrd: .*rd\.img does not exist/);
+  assert.match(r.stderr, /command-line flags: invalid configuration\n  - --initrd: .*rd\.img does not exist/);
 
   const cfg = join(dir, 'vm.json');
   writeFileSync(
@@ -153,8 +153,103 @@ test('run flags: QEMU/cloud-hypervisor style, shown by --print-config; flags ove
     assert.match(e.stderr, re);
   }
   const bad = tsvmm(['run', '--memory', '3X', '--kernel', elf]);
-  assert.equal(bad.status, 2, 'a bad flag value is a config problem: exit 2 before anything runs');
-  assert.match(bad.stderr, /\/memory: "3X" has the wrong form/);
+  assert.equal(bad.status, 2, 'a bad flag value: exit 2 before anything runs');
+  assert.match(
+    bad.stderr,
+    /^tsvmm: --memory 3X: not a size \(e\.g\. --memory 512M, --memory 1\.5G, or --memory 1024 for MiB\)\n/,
+  );
+});
+
+test("run --memory takes sizes as QEMU's -m does: MiB when bare, fractions with a unit, 8 KiB-aligned", () => {
+  const shown = (m: string) => {
+    const r = tsvmm(['run', '--print-config', '--memory', m]);
+    return [r.status, JSON.parse(r.stdout).memory];
+  };
+  assert.deepEqual(shown('512'), [0, 512]);
+  assert.deepEqual(shown('1G'), [0, '1G']);
+  assert.deepEqual(shown('1.5G'), [0, '1536M']);
+  assert.deepEqual(shown('2g'), [0, '2G']);
+  assert.deepEqual(shown('2.5'), [0, '2560K'], 'bare is MiB, as -m 2.5 is 2.5M');
+  assert.deepEqual(shown('0.3G'), [0, '314576K'], '322122547.2 bytes: truncated, then up to 8 KiB');
+  assert.deepEqual(shown('3.5M'), [0, '3584K']);
+  for (const m of ['1.5.1G', 'G', '-1G', '0x10M', '1e3M', '1.5Q']) {
+    const r = tsvmm(['run', '--print-config', `--memory=${m}`]);
+    assert.equal(r.status, 2, m);
+    assert.match(r.stderr, new RegExp(`^tsvmm: --memory ${m.replace(/\./g, '\\.')}: not a size \\(e\\.g\\. `), m);
+  }
+});
+
+test("run: a problem with a flag's value names the flag, not the JSON pointer it became", () => {
+  const r = tsvmm([
+    'run',
+    '--print-config',
+    '--memory',
+    '1',
+    '--cpus',
+    '0',
+    '--name',
+    'a b',
+    '--device',
+    'vfio-pci,host=1:2.3',
+    '--device',
+    'vfio-pci,id=x',
+  ]);
+  assert.equal(r.status, 2);
+  assert.equal(
+    r.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('  - '))
+      .join('\n'),
+    [
+      '  - --name: "a b" is not a name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "vm-1"',
+      '  - --memory 1: 1 MiB is too small: at least 2 MiB',
+      '  - --cpus 0: 0 is too small: at least 1',
+      '  - --device vfio-pci,host=1:2.3 (host): "1:2.3" is not a PCI address: give domain:bus:device.function in hex, e.g. "0000:01:00.0" (or "01:00.0")',
+      '  - --device vfio-pci,id=x: needs one of "host", "sysfsdev", "cdev" or "fd" to say which host device (e.g. "host": "0000:01:00.0")',
+    ].join('\n'),
+  );
+});
+
+test('run --print-config prints the paths resolved, as run uses them; a config file with a duplicate key is refused', () => {
+  const sub = join(dir, 'rel');
+  mkdirSync(sub, { recursive: true });
+  copyFileSync(guestPaths().elf, join(sub, 'k.elf'));
+  writeFileSync(
+    join(sub, 'vm.json'),
+    JSON.stringify({ kernel: { path: 'k.elf' }, serial: { output: 'file', path: 'out.log' }, memory: 16 }),
+  );
+  const r = tsvmm(['run', 'rel/vm.json', '--print-config']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    kernel: { path: join(sub, 'k.elf') },
+    serial: { output: 'file', path: join(sub, 'out.log') },
+    memory: 16,
+  });
+  writeFileSync(join(sub, 'dup.json'), '{"kernel": {"path": "k.elf"}, "memory": 16, "memory": 32}');
+  for (const cmd of ['run', 'validate']) {
+    const d = tsvmm([cmd, 'rel/dup.json']);
+    assert.equal(d.status, 2, cmd);
+    assert.match(
+      d.stderr,
+      /\n {2}- \(top level\): duplicate key "memory" \(line 1, column 45\): give each key once\n/,
+      cmd,
+    );
+  }
+});
+
+test("tsvmm help <command> prints that command's help; manager without a user is a usage error (exit 2)", () => {
+  for (const c of [...COMMANDS, 'testhost']) {
+    const h = tsvmm(['help', c]);
+    assert.equal(h.status, 0, `help ${c}: ${h.stderr}`);
+    assert.equal(h.stdout, tsvmm([c, '--help']).stdout, c);
+  }
+  assert.equal(tsvmm(['help']).stdout, tsvmm(['--help']).stdout);
+  const u = tsvmm(['help', 'nope']);
+  assert.equal(u.status, 2);
+  assert.match(u.stderr, /^tsvmm: help: unknown command 'nope'/);
+  const m = tsvmm(['manager', join(projectRoot, 'configs/demo.json')]);
+  assert.equal(m.status, 2, m.stderr);
+  assert.match(m.stderr, /^tsvmm: manager needs --user NAME or --uid N: .*\n\nUsage: tsvmm manager /);
 });
 
 test('groups --json and mdev list --json are machine-readable', () => {
@@ -182,6 +277,6 @@ test('manager: --memlock takes K/M/G; a limit it may not set is explained with t
   assert.equal(r.status, 1, r.stderr);
   assert.match(
     r.stderr,
-    /cannot give the VMM a locked-memory limit of 8 MiB \(--memlock\): prlimit: .*\n  this process's hard limit is 1 MiB, and raising it needs CAP_SYS_RESOURCE .*\n  fix: raise the hard limit .* or pass --memlock 1M/,
+    /cannot give the VMM a locked-memory limit of 8 MiB \(--memlock\): prlimit: .*\n  this process's hard limit is 1 MiB, and raising it needs CAP_SYS_RESOURCE .*\ntsvmm: fix: raise the hard limit .* or pass --memlock 1M/,
   );
 });

@@ -4,7 +4,9 @@ import { copyFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestPaths } from '../../guest/index.js';
-import { checkConfig, loadConfig, ConfigError, parseMemory } from '../../machine/config/config.js';
+import { checkConfig, loadConfig, ConfigError, parseMemory, FORMS } from '../../machine/config/config.js';
+import { configSchema } from '../../generated/config-validator.js';
+import { parseJsonStrict } from '../../machine/config/json.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-config-'));
 const kernel = join(dir, 'guest.elf');
@@ -88,11 +90,9 @@ test('devices: unknown type, both host and sysfsdev, duplicate slots', () => {
       devices: [{ type: 'vfio-pci', host: '00:03.0', sysfsdev: '/sys/bus/pci/devices/0000:00:03.0' }],
     }).some((m) => /^\/devices\/0: give exactly one of "host" or "sysfsdev" \(or only "cdev", or only "fd"\)$/.test(m)),
   );
-  assert.ok(
-    problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', host: '3.0' }] }).some((m) =>
-      m.startsWith('/devices/0/host: "3.0" has the wrong form'),
-    ),
-  );
+  assert.deepEqual(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', host: '3.0' }] }), [
+    '/devices/0/host: "3.0" is not a PCI address: give domain:bus:device.function in hex, e.g. "0000:01:00.0" (or "01:00.0")',
+  ]);
   assert.deepEqual(
     problems({
       kernel: { path: 'guest.elf' },
@@ -121,7 +121,8 @@ test('loadConfig: unreadable and malformed files', () => {
   writeFileSync(join(dir, 'bad.json'), '{ "kernel": ');
   assert.throws(
     () => loadConfig(join(dir, 'bad.json')),
-    (e: ConfigError) => /^not valid JSON/.test(e.problems[0]!),
+    (e: ConfigError) =>
+      e.problems[0] === 'not valid JSON at line 1, column 13: expected a value, found the end of the file',
   );
   writeFileSync(join(dir, 'ok.json'), JSON.stringify({ kernel: { path: 'guest.elf' }, memory: 32 }));
   assert.equal(loadConfig(join(dir, 'ok.json')).memoryBytes, 32 * 2 ** 20);
@@ -154,8 +155,8 @@ test('VFIO backend: per VM and per device, cdev alone or with host, bad values r
     ),
   );
   assert.ok(
-    problems(cfg({ devices: [{ type: 'vfio-pci', cdev: '/dev/vfio/7' }] })).some((m) =>
-      m.startsWith('/devices/0/cdev: "/dev/vfio/7" has the wrong form'),
+    problems(cfg({ devices: [{ type: 'vfio-pci', cdev: '/dev/vfio/7' }] })).some(
+      (m) => m === '/devices/0/cdev: "/dev/vfio/7" is not a VFIO device cdev: e.g. "/dev/vfio/devices/vfio0"',
     ),
   );
   assert.ok(
@@ -163,4 +164,101 @@ test('VFIO backend: per VM and per device, cdev alone or with host, bad values r
       cfg({ devices: [{ type: 'vfio-pci', sysfsdev: '/sys/x', host: '00:03.0', cdev: '/dev/vfio/devices/vfio0' }] }),
     ).some((m) => /give exactly one of/.test(m)),
   );
+});
+
+test('a value of the wrong form gets an example of the right one, not the regular expression', () => {
+  const p = problems({
+    name: 'my vm',
+    memory: '1.5G',
+    kernel: { path: 'guest.elf' },
+    devices: [
+      { type: 'vfio-pci', host: '1:2.3', id: 'nic 0' },
+      { type: 'vfio-pci', sysfsdev: '/dev/x' },
+      { type: 'vfio-pci', fd: 'a/b' },
+    ],
+  });
+  assert.deepEqual(p, [
+    '/name: "my vm" is not a name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "vm-1"',
+    '/memory: "1.5G" is not a size: a whole number and a unit (K, M, G or T), e.g. "512M" or "2G"; a bare number is MiB (512)',
+    '/devices/0/id: "nic 0" is not an id tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "nic0"',
+    '/devices/0/host: "1:2.3" is not a PCI address: give domain:bus:device.function in hex, e.g. "0000:01:00.0" (or "01:00.0")',
+    '/devices/1/sysfsdev: "/dev/x" is not a sysfs path: e.g. "/sys/bus/pci/devices/0000:01:00.0", or an mdev\'s "/sys/bus/mdev/devices/<uuid>"',
+    '/devices/2/fd: "a/b" is not an fd name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "dev0"',
+  ]);
+  // Every key the schema gives a pattern has its example (else the message falls back to the pattern).
+  const patterned: string[] = [];
+  const walk = (s: unknown, key?: string): void => {
+    if (!s || typeof s !== 'object') return;
+    if (key && typeof (s as { pattern?: unknown }).pattern === 'string') patterned.push(key);
+    for (const [k, v] of Object.entries(s as Record<string, unknown>))
+      walk(v, k === 'properties' || k === 'oneOf' || k === '$defs' || /^\d+$/.test(k) ? key : k);
+  };
+  walk(configSchema);
+  assert.ok(patterned.includes('host') && patterned.includes('memorySize'), patterned.join());
+  for (const k of patterned) assert.ok(FORMS[k === 'memorySize' ? 'memory' : k], `no example for "${k}"`);
+});
+
+test('sizes carry their unit: memory is MiB when bare, and the limits say so', () => {
+  const k = { path: 'guest.elf' };
+  assert.deepEqual(problems({ memory: 1, kernel: k }), ['/memory: 1 MiB is too small: at least 2 MiB']);
+  assert.deepEqual(problems({ memory: { size: 2000000 }, kernel: k }), [
+    '/memory/size: 2000000 MiB is too big: at most 1048576 MiB',
+  ]);
+  assert.equal(problems({ memory: '1M', kernel: k })[0], '/memory: "1M" is too small: at least 2 MiB ("2M")');
+  assert.deepEqual(problems({ vcpus: 0, kernel: k }), ['/vcpus: 0 is too small: at least 1']);
+});
+
+test('a device that names no host device: one line, not one per alternative', () => {
+  assert.deepEqual(problems({ kernel: { path: 'guest.elf' }, devices: [{ type: 'vfio-pci', id: 'x' }] }), [
+    '/devices/0: needs one of "host", "sysfsdev", "cdev" or "fd" to say which host device (e.g. "host": "0000:01:00.0")',
+  ]);
+});
+
+test('an unset ${VAR} in a path is one error, not also a missing file', () => {
+  delete process.env.TSVMM_TEST_UNSET;
+  assert.deepEqual(
+    problems({
+      kernel: { path: '${TSVMM_TEST_UNSET}/bzImage', initrd: '${TSVMM_TEST_UNSET}/rd', format: 'linux' },
+    }),
+    [
+      '/kernel/path: environment variable TSVMM_TEST_UNSET is not set ("${TSVMM_TEST_UNSET}/bzImage" needs it): set it (export TSVMM_TEST_UNSET=…)',
+      '/kernel/initrd: environment variable TSVMM_TEST_UNSET is not set ("${TSVMM_TEST_UNSET}/rd" needs it): set it (export TSVMM_TEST_UNSET=…)',
+    ],
+  );
+});
+
+test('config files: syntax errors at line:column, a duplicate key refused', () => {
+  const load = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    try {
+      loadConfig(join(dir, name));
+    } catch (e) {
+      assert.ok(e instanceof ConfigError, String(e));
+      return e.problems;
+    }
+    return assert.fail(`${name} was accepted`);
+  };
+  assert.deepEqual(load('comma.json', '{\n  "kernel": { "path": "guest.elf" },\n  "memory": 64,\n}\n'), [
+    'not valid JSON at line 4, column 1: a comma before "}" (JSON allows no trailing comma)',
+  ]);
+  assert.deepEqual(load('quote.json', "{\n  'kernel': 1\n}"), [
+    'not valid JSON at line 2, column 3: expected a key in double quotes, found "\'"',
+  ]);
+  assert.deepEqual(load('dup.json', '{\n  "kernel": { "path": "guest.elf" },\n  "memory": 64,\n  "memory": 128\n}'), [
+    '(top level): duplicate key "memory" (line 4, column 3): give each key once',
+  ]);
+  assert.deepEqual(load('dup2.json', '{ "kernel": { "path": "guest.elf", "path": "other.elf" } }'), [
+    '/kernel: duplicate key "path" (line 1, column 36): give each key once',
+  ]);
+  // The same key in two objects is not a duplicate; escapes name the same key.
+  assert.deepEqual(parseJsonStrict('{"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}'), {
+    a: { a: 1 },
+    b: [{ a: 2 }, { a: 3 }],
+  });
+  assert.throws(() => parseJsonStrict('{"a": 1, "\\u0061": 2}'), /duplicate key "a"/);
+  // What JSON.parse takes, parseJsonStrict takes and returns alike.
+  for (const t of ['0', '-1.5e+3', '"x\\n\\u00e9"', 'true', 'null', ' [ ] ', '{"k":[1,{"m":null}]}'])
+    assert.deepEqual(parseJsonStrict(t), JSON.parse(t), t);
+  for (const t of ['', '01', '[1,]', '{"a" 1}', '"\t"', 'nul', '{} x', '1.', '.5'])
+    assert.throws(() => parseJsonStrict(t), /./, t);
 });

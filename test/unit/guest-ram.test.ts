@@ -91,17 +91,18 @@ function shmemKb(): number {
   return Number(/^Shmem:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
 }
 
-test('planRam: what the host cannot give is a one-line RamBackingError with the fix', () => {
+test('planRam: what the host cannot give is a one-line RamBackingError and its fix', () => {
+  // The problem's line, then the fix (the CLI prints them so: tsvmm: <message> / tsvmm: fix: <fix>).
   const oneLine = (fn: () => unknown, re: RegExp) =>
     assert.throws(fn, (e: Error) => {
       assert.ok(e instanceof RamBackingError && e instanceof ConfigError, String(e));
-      assert.ok(!e.message.includes('\n'), e.message);
-      assert.match(e.message, re);
+      assert.ok(!e.message.includes('\n') && e.fix && !e.fix.includes('\n'), e.message);
+      assert.match(`${e.message}\nfix: ${e.fix}`, re);
       return true;
     });
   oneLine(
     () => planRam(anon(Math.ceil((memTotal() * 4) / GiB) * GiB), { resident: false }),
-    /more than this host has.*give the VM less memory/,
+    /more than this host has.*\nfix: give the VM less memory$/,
   );
   oneLine(
     () =>
@@ -109,7 +110,7 @@ test('planRam: what the host cannot give is a one-line RamBackingError with the 
         { size: GiB, backing: 'hugetlbfs', path: join(dir, 'no-such-mount'), prealloc: false },
         { resident: false },
       ),
-    /does not exist: mount one \(mkdir -p .* mount -t hugetlbfs/,
+    /does not exist\nfix: mount one \(mkdir -p .* mount -t hugetlbfs/,
   );
   oneLine(
     () => planRam({ size: GiB, backing: 'hugetlbfs', path: dir, prealloc: false }, { resident: false }),
@@ -121,12 +122,12 @@ test('planRam: what the host cannot give is a one-line RamBackingError with the 
   const want = (free2M + 1) * 2 ** 21;
   oneLine(
     () => planRam(anon(want, { hugepages: '2M' }), { resident: false }),
-    /huge pages.*(echo \d+ > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages|no 2M huge pages)/,
+    /huge pages[^]*(echo \d+ > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages|no 2M huge pages)/,
   );
   if (thpMode('shmem_enabled') === 'never' || thpMode('shmem_enabled') === 'deny') {
     oneLine(
       () => planRam({ size: GiB, backing: 'memfd', hugepages: 'thp', prealloc: false }, { resident: false }),
-      /shmem_enabled is (never|deny): echo advise >/,
+      /shmem_enabled is (never|deny)\nfix: echo advise >/,
     );
   } else {
     assert.equal(
@@ -183,8 +184,8 @@ test('config: memory as a size or an object with its backing; what tsvmm cannot 
     prealloc: true,
   });
   assert.equal(cfg({ size: 512, backing: 'memfd' }).memory.backing, 'memfd');
-  assert.match(problems('2T'), /\/memory: "2T" is more than tsvmm can give a guest \(at most 1T/);
-  assert.match(problems('10000G'), /at most 1T/);
+  assert.match(problems('2T'), /\/memory: "2T" is more than tsvmm can give a guest \(at most 1 TiB: "1T"/);
+  assert.match(problems('10000G'), /at most 1 TiB/);
   assert.match(problems({ size: '3M', hugepages: '2M' }), /\/memory\/size: "3M" is not a multiple of the 2M huge page/);
   assert.match(
     problems({ size: '1G', backing: 'memfd', path: '/dev/hugepages' }),

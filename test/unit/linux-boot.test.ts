@@ -111,7 +111,7 @@ test('loadLinux: an initrd or kernel that does not fit, or a long command line, 
     (e: Error) =>
       e instanceof LoaderError &&
       /big\.cpio/.test(e.message) &&
-      /give it more memory \(at least \d+M\)/.test(e.message),
+      /^give it more memory \(at least \d+M\)$/.test(e.fix ?? ''),
   );
   assert.throws(
     () =>
@@ -122,7 +122,7 @@ test('loadLinux: an initrd or kernel that does not fit, or a long command line, 
         e820: e820(32 * MiB),
         lowRamEnd: 32 * MiB,
       }),
-    /init_size.*give it more memory/,
+    (e: LoaderError) => /init_size/.test(e.message) && /^give it more memory/.test(e.fix ?? ''),
   );
   assert.throws(
     () => loadLinux(ram, { image, path: 'k', cmdline: 'x'.repeat(2047), e820: e820(32 * MiB), lowRamEnd: 32 * MiB }),

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { native } from '../../core/native.js';
 import { planFromInfo } from '../../core/vfio/hot-reset.js';
 import type { AssignedDevice } from '../../core/vfio/vfio.js';
+import type { TsvmmError } from '../../core/errors.js';
 
 const c = native().constants;
 const dev = { host: { name: '0000:01:01.0' }, device: { fd: 40 } } as unknown as AssignedDevice;
@@ -40,10 +41,10 @@ test('legacy: a group the VM does not hold → refused, naming the functions, gr
         },
         new Map([[7, { fd: 33 }]]),
       ),
-    (e: Error) =>
-      /0000:01:01\.0: a hot reset also resets 0000:01:02\.0 \(group 9\), whose VFIO group this VM does not hold\. fix: assign a device of group 9/.test(
+    (e: TsvmmError) =>
+      /0000:01:01\.0: a hot reset also resets 0000:01:02\.0 \(group 9\), whose VFIO group this VM does not hold$/.test(
         e.message,
-      ),
+      ) && /^assign a device of group 9/.test(e.fix ?? ''),
   );
 });
 
@@ -75,9 +76,8 @@ test('iommufd: all affected functions owned → no fds; one owned elsewhere → 
         },
         new Map(),
       ),
-    (e: Error) =>
-      /also resets 0000:01:02\.0, which this VM's iommufd does not own\. fix: assign 0000:01:02\.0 to this VM too/.test(
-        e.message,
-      ),
+    (e: TsvmmError) =>
+      /also resets 0000:01:02\.0, which this VM's iommufd does not own$/.test(e.message) &&
+      /^assign 0000:01:02\.0 to this VM too/.test(e.fix ?? ''),
   );
 });

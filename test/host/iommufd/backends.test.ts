@@ -12,6 +12,7 @@ import { native } from '../../../core/native.js';
 import { createMdev, removeMdev, mdevs } from '../../../core/vfio/mdev.js';
 import { projectRoot } from '../../../core/paths.js';
 import type { VfioBackendKind } from '../../../core/vfio/vfio.js';
+import type { TsvmmError } from '../../../core/errors.js';
 
 const edu = () => hostDevice('edu');
 const MiB = 2 ** 20;
@@ -128,7 +129,7 @@ test('a device whose group-mate is held elsewhere: the kernel refuses the bind, 
         assert.match(e.message, new RegExp(`VFIO_DEVICE_BIND_IOMMUFD of ${be.bdf} .* was refused \\(EPERM\\)`));
         assert.match(e.message, new RegExp(`whole IOMMU group ${be.group} is free`));
         assert.ok(e.message.includes(`- ${bt.bdf}: bound to vfio-pci`), e.message);
-        assert.match(e.message, /fix: /);
+        assert.match((e as TsvmmError).fix ?? '', /^close the other user /);
         return true;
       },
     );

@@ -139,11 +139,11 @@ function runCli(memory: unknown): { status: number | null; stderr: string } {
   return { status: r.status, stderr: r.stderr };
 }
 
-test('a backing the host cannot give: one line with the fix, exit 2, nothing pinned', { timeout: 120_000 }, () => {
+test('a backing the host cannot give: one line and the fix, exit 2, nothing pinned', { timeout: 120_000 }, () => {
   writeFileSync(NR_HUGEPAGES, '0');
   const totalMiB = Math.ceil(meminfo('MemTotal') / 1024);
   const cases: [unknown, RegExp][] = [
-    [`${2 * totalMiB}M`, /more than this host has .*: give the VM less memory/],
+    [`${2 * totalMiB}M`, /more than this host has .*\)\ntsvmm: fix: give the VM less memory$/],
     // Between what is available and what the host has: it could be backed lazily, not pinned.
     [
       `${Math.ceil(meminfo('MemAvailable') / 1024 / 2) * 2}M`,
@@ -151,20 +151,21 @@ test('a backing the host cannot give: one line with the fix, exit 2, nothing pin
     ],
     [
       { size: '64M', hugepages: '2M' },
-      /needs 32 free 2M huge pages, but 0 of 0 reserved are free: reserve them \(echo 32 > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages/,
+      /needs 32 free 2M huge pages, but 0 of 0 reserved are free\ntsvmm: fix: reserve them \(echo 32 > \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages/,
     ],
     [
       { size: '64M', backing: 'hugetlbfs', path: '/nonexistent/hugepages' },
-      /hugetlbfs mount \/nonexistent\/hugepages does not exist: mount one/,
+      /hugetlbfs mount \/nonexistent\/hugepages does not exist\ntsvmm: fix: mount one/,
     ],
   ];
   for (const [memory, re] of cases) {
     const r = runCli(memory);
     assert.equal(r.status, 2, `${JSON.stringify(memory)}: exit ${r.status}\n${r.stderr}`);
     const lines = r.stderr.split('\n').filter(Boolean);
-    assert.equal(lines.length, 1, `${JSON.stringify(memory)}: one line:\n${r.stderr}`);
+    assert.equal(lines.length, 2, `${JSON.stringify(memory)}: one line, and the fix:\n${r.stderr}`);
     assert.match(lines[0]!, /^tsvmm: \/memory: /);
-    assert.match(lines[0]!, re);
+    assert.match(lines[1]!, /^tsvmm: fix: /);
+    assert.match(lines.join('\n'), re);
     assert.equal(hostLocked(), 0, 'nothing pinned');
   }
 });
