@@ -132,6 +132,7 @@ async function inTestHost<T>(
 ): Promise<{ results?: T; exitCode: number | null }> {
   const r = await runInTestHost({
     kernel: 'debian',
+    cwd: root,
     timeoutMs: TIMEOUT_S * 1000,
     stream: { stdout: process.stderr, stderr: process.stderr },
     keepRunDir: true,
@@ -229,6 +230,7 @@ async function mainBench(args: string[], outDir: string): Promise<number> {
   const t0 = performance.now();
   const r = await runInTestHost({
     kernel: 'debian',
+    cwd: root,
     devices: ['edu'],
     memoryMiB: 4096,
     timeoutMs: TIMEOUT_S * 1000,

@@ -144,8 +144,7 @@ async function cmdRun(args: string[]): Promise<number> {
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: p.rest.length === 1 ? p.rest[0]! : p.rest,
-    // The user's directory, wherever it is (runInTestHost shares it when the host would not see it otherwise).
-    cwd: process.cwd(),
+    // (cwd: runInTestHost's default, this process's directory, shared when the host would not see it otherwise.)
     timeoutMs: p.timeoutMs,
     memoryMiB: p.memoryMiB,
     cpus: p.cpus,
@@ -226,6 +225,7 @@ async function cmdTest(args: string[]): Promise<number> {
     try {
       r = await runInTestHost({
         kernel: step.kernel,
+        cwd: projectRoot,
         devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
         // TAP to stdout, and each test's start and end to the run dir as it happens (a cut-off run keeps them).
         command: [
@@ -277,6 +277,7 @@ async function cmdDemo(args: string[]): Promise<number> {
     );
   const r = await runInTestHost({
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
+    cwd: projectRoot,
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: ['node', 'dist/bin/tsvmm.cjs', 'run', ...p.rest],
     timeoutMs: p.timeoutMs ?? 5 * 60_000,

@@ -38,7 +38,8 @@ export interface TestHostOptions {
   cpus?: number;
   /** Extra env for the inner command. */
   env?: Record<string, string>;
-  /** Working directory inside; default the project root. */
+  /** Working directory inside (default: this process's, as a user's project expects); shared into the host when
+   *  its own mounts would hide it (under /tmp, /run, /dev/shm). */
   cwd?: string;
   /** Copy the inner stdout/stderr here as they are produced (true: this process's stdout/stderr). */
   stream?: boolean | { stdout: Writable; stderr: Writable };
@@ -169,7 +170,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
   const kind = opts.kernel ?? 'debian';
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const sets = parseDeviceSets(opts.devices ?? DEFAULT_DEVICES); // validate before any download
-  const cwd = opts.cwd ?? projectRoot;
+  const cwd = opts.cwd ?? process.cwd();
   for (const k of Object.keys(opts.env ?? {}))
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TestHostError(`bad env var name '${k}'`);
   const timings = new Timings();
