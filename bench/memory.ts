@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { guestElf, nullVmm, tsvmmJs, QEMU, straceMapDma, guestStatus } from './vmm.js';
+import { guestElf, ensureNullVmm, tsvmmJs, QEMU, straceMapDma, guestStatus } from './vmm.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { summarize, ratio, fmtNum, type Summary, type VmmName } from './stats.js';
 
@@ -81,7 +81,7 @@ function argv(vmm: VmmName, b: Backing, mib: number, bdf: string, hugeDir: strin
     }
     case 'null':
       return [
-        nullVmm,
+        ensureNullVmm(),
         '--kernel',
         guestElf,
         '--mem',

@@ -12,11 +12,20 @@
 //
 //   node dist/bench/runloop.js [--rounds N] [--phase-ms MS] [--out FILE]   (runs where it is)
 import { createConnection } from 'node:net';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, release, tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guestStatus, hostMemory, hostTscKhz, launch, parseDone, type HostMemory, type LaunchSpec } from './vmm.js';
-import { readFileSync } from 'node:fs';
+import {
+  ensureNullVmm,
+  guestStatus,
+  hostMemory,
+  hostTscKhz,
+  launch,
+  parseDone,
+  qemuCpu,
+  type HostMemory,
+  type LaunchSpec,
+} from './vmm.js';
 import { summarize, type VmmName } from './stats.js';
 
 export type Column = VmmName | 'tsvmm-before';
@@ -28,6 +37,11 @@ export interface RunloopResults {
   /** Per column, per metric, the samples. */
   samples: Partial<Record<Column, Record<string, number[]>>>;
   errors: string[];
+  /** QEMU's -cpu, and why it is not plain `host` when it is not (bench/vmm.ts qemuCpu). */
+  qemuCpu?: string;
+  qemuCpuNote?: string;
+  /** The command that made these rows. */
+  command?: string;
 }
 
 /** Guest RAM of the launch/memory launches: the main bench's size (its launch and memory rows). */
@@ -310,11 +324,21 @@ export function renderRunloop(r: RunloopResults): string {
   return (
     [
       `Run-loop rows, ${r.date.slice(0, 10)}: ${r.where}; ${r.rounds} rounds, ${r.phaseMs} ms loops, VMMs interleaved. Medians (min–max).`,
+      ...(r.command ? ['', `Made by: \`${r.command}\`.`] : []),
+      ...(r.qemuCpu ? ['', `QEMU: -accel kvm -cpu ${r.qemuCpu}${r.qemuCpuNote ? ` (${r.qemuCpuNote})` : ''}.`] : []),
       '',
       ...lines,
       ...(r.errors.length ? ['', 'Errors:', ...r.errors.map((e) => `- ${e}`)] : []),
     ].join('\n') + '\n'
   );
+}
+
+/** Which KVM this is: a paravirtual one (kvm_pvm) cannot run every guest and exits differently; the results say so. */
+function kvmKind(): string {
+  if (existsSync('/sys/module/kvm_pvm')) return 'a paravirtual KVM, kvm_pvm';
+  if (existsSync('/sys/module/kvm_amd')) return 'kvm_amd';
+  if (existsSync('/sys/module/kvm_intel')) return 'kvm_intel';
+  return 'KVM';
 }
 
 async function main(): Promise<void> {
@@ -331,8 +355,17 @@ async function main(): Promise<void> {
   const where =
     process.env.TSVMM_TESTHOST === '1'
       ? `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, Linux ${release()})`
-      : `this machine's /dev/kvm (${cpus()[0]?.model ?? '?'}, ${cpus().length} CPUs, Linux ${release()})`;
-  const r = await runRunloopBench({ ...o, where });
+      : `this machine's /dev/kvm (${kvmKind()}; ${cpus()[0]?.model ?? '?'}, ${cpus().length} CPUs, Linux ${release()}, load average ${loadavg()
+          .map((l) => l.toFixed(1))
+          .join(' ')} at the start)`;
+  // Decided before the rounds (QEMU started once per fallback), the null VMM built if it is not yet.
+  const cpu = qemuCpu();
+  ensureNullVmm();
+  const r: RunloopResults = {
+    ...(await runRunloopBench({ ...o, where })),
+    qemuCpu: cpu.cpu,
+    ...(cpu.note ? { qemuCpuNote: cpu.note } : {}),
+  };
   const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'runloop.json');
   writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
   process.stdout.write(renderRunloop(r));

@@ -9,7 +9,7 @@ import { checkConfig, type VmConfigInput } from '../machine/config/config.js';
 import { Machine, type MachineInspection } from '../machine/machine.js';
 import { CommandError, machineCommands, type MachineCommands } from '../frontend/commands.js';
 import { checkArguments } from '../frontend/qmp/server.js';
-import { deviceAddArgs, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
+import { deviceAddArgs, GrowingTextSearch, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
 
 export { TsvmmError, isTsvmmError, ConfigError, type TsvmmErrorCode } from '../core/errors.js';
 export { CommandError, type CommandErrorClass } from '../frontend/commands.js';
@@ -74,6 +74,10 @@ export class Vm implements AsyncDisposable {
   readonly #commands: MachineCommands;
   readonly #baseDir: string;
   #serial = '';
+  /** Serial output since the waits last looked (from offset #recentStart): what they search next, without copying
+   *  the whole console each time. */
+  #recent = '';
+  #recentStart = 0;
   #exit: VmExit | undefined;
   #run: Promise<VmExit> | undefined;
   #closing: Promise<void> | undefined;
@@ -97,7 +101,9 @@ export class Vm implements AsyncDisposable {
     const inherit = opts.serial === 'inherit';
     this.#m = new Machine(config, {
       serialOutput: (b) => {
-        this.#serial += Buffer.from(b).toString('latin1');
+        const text = Buffer.from(b).toString('latin1');
+        this.#serial += text;
+        this.#recent += text;
         if (inherit) process.stdout.write(b);
         this.#wake();
       },
@@ -145,17 +151,18 @@ export class Vm implements AsyncDisposable {
   /**
    * Resolves with the match once COM1 output (from offset `from`, default 0) matches `pattern` (a
    * string matches literally); the match's index is an offset into `serial`. Rejects with
-   * ERR_TIMEOUT, ERR_ABORTED, ERR_VM_EXITED or ERR_CLOSED, the message ending with the last lines.
+   * ERR_TIMEOUT, ERR_ABORTED, ERR_VM_EXITED or ERR_CLOSED, the message ending with the last lines (the last one as
+   * far as it had arrived: it may lack its newline). A pattern that can match across lines is searched from `from`
+   * on every look; any other only from the line still incomplete at the last look, so a long console stays cheap.
    */
   async waitForSerial(pattern: string | RegExp, opts: WaitOptions & { from?: number } = {}): Promise<RegExpMatchArray> {
     this.#open('waitForSerial');
-    const re = serialPattern(pattern);
-    const from = opts.from ?? 0;
+    const search = new GrowingTextSearch(serialPattern(pattern), opts.from ?? 0);
+    const textFrom = (pos: number) =>
+      pos >= this.#recentStart ? this.#recent.slice(pos - this.#recentStart) : this.#serial.slice(pos);
     return this.#wait(`waiting for ${String(pattern)} on the serial console`, opts, true, () => {
-      const m = re.exec(this.#serial.slice(from));
-      if (!m) return undefined;
-      m.index = (m.index ?? 0) + from;
-      m.input = this.#serial;
+      const m = search.look(this.#serial.length, textFrom);
+      if (m) m.input = this.#serial;
       return m;
     });
   }
@@ -307,15 +314,18 @@ export class Vm implements AsyncDisposable {
 
   /** Polls the pending waits: at once, or once per turn of the event loop (serial output comes byte by byte). */
   #wake(now = false): void {
-    if (now) {
+    const pollAll = () => {
       for (const w of [...this.#waiters]) w();
-      return;
-    }
+      // Every pending wait has now searched up to the end: the next look starts from here.
+      this.#recent = '';
+      this.#recentStart = this.#serial.length;
+    };
+    if (now) return pollAll();
     if (this.#wakeQueued) return;
     this.#wakeQueued = true;
     queueMicrotask(() => {
       this.#wakeQueued = false;
-      for (const w of [...this.#waiters]) w();
+      pollAll();
     });
   }
 

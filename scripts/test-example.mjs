@@ -3,10 +3,12 @@
 // the tarball (which compiles the native addon) → tsc type-checks and compiles the example's typed tests →
 // test/demo.test.ts on this machine's /dev/kvm and test/edu.test.ts in the test host with the edu device
 // assigned. A machine without a usable /dev/kvm runs both inside the test host (one boot), as test:kvm does.
-// Everything lives in .example-run/ inside the project: the test host sees this machine's root read-only,
-// but not its /tmp. Options: --keep (leave .example-run/ for a look), --timeout SECONDS (test host, default 900).
+// Everything lives in a fresh directory under the system's temp dir, as a user's project may: the test host hides
+// the outer /tmp behind its own, so every run checks that `tsvmm testhost run` shares its working directory.
+// Options: --keep (leave that directory for a look), --timeout SECONDS (test host, default 900).
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,7 +17,7 @@ const args = process.argv.slice(2);
 const keep = args.includes('--keep');
 const timeoutArg = args.indexOf('--timeout');
 const hostTimeout = timeoutArg >= 0 ? Number(args[timeoutArg + 1]) : 900;
-const work = join(root, '.example-run');
+const work = mkdtempSync(join(tmpdir(), 'tsvmm-example-'));
 const example = join(work, 'edu-test');
 const t0 = performance.now();
 
@@ -24,7 +26,7 @@ function run(cmd, argv, cwd, what) {
   say(`${what}: ${cmd} ${argv.join(' ')}`);
   const r = spawnSync(cmd, argv, { cwd, stdio: ['ignore', 'inherit', 'inherit'] });
   if (r.status !== 0) {
-    say(`${what} failed (${r.error?.message ?? (r.signal ? `signal ${r.signal}` : `exit ${r.status}`)})`);
+    say(`${what} failed (${r.error?.message ?? (r.signal ? `signal ${r.signal}` : `exit ${r.status}`)}); left ${work}`);
     process.exit(r.status || 1);
   }
 }
@@ -39,14 +41,13 @@ function runJson(cmd, argv, cwd, what) {
   return JSON.parse(r.stdout);
 }
 
-rmSync(work, { recursive: true, force: true });
-mkdirSync(work, { recursive: true });
+say(`working in ${work}`);
 
 // 1. The tarball, of a fresh build (what `prepare` does before a pack; run apart so that pack's stdout is its JSON).
 run('npm', ['run', 'build'], root, 'build');
 const [packed] = runJson('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], root, 'pack');
 const tarball = join(work, packed.filename);
-say(`${relative(root, tarball)}: ${packed.entryCount} files, ${(packed.size / 1024).toFixed(0)} KiB`);
+say(`${tarball}: ${packed.entryCount} files, ${(packed.size / 1024).toFixed(0)} KiB`);
 
 // 2. A fresh copy of the example that depends on that tarball.
 cpSync(join(root, 'examples/edu-test'), example, {
@@ -86,9 +87,10 @@ run(
     '--timeout',
     String(hostTimeout),
     '--',
-    'sh',
-    '-c',
-    `cd ${example} && node --test --test-concurrency=1 ${files}`,
+    'node',
+    '--test',
+    '--test-concurrency=1',
+    ...files.split(' '),
   ],
   example,
   'test host (edu)',

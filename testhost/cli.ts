@@ -1,19 +1,24 @@
 // `tsvmm testhost <run|test|demo|build-kernel>`: the nested KVM+VFIO test host from the command line.
 import { existsSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_DEVICES, deviceHelp } from './devices.js';
 import { runInTestHost, prepareKernel, tail, type TestHostResult } from './index.js';
 import { ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';
 import { cacheDir, projectRoot, stderrLog, TestHostError, Timings } from './util.js';
+import { progressSummary } from './progress.js';
 
 const help = () => `tsvmm testhost — a nested Linux (QEMU/TCG, q35 + intel-iommu, kvm_amd, vfio-pci) that runs a command
 with this machine's root visible read-only and the test devices bound to vfio-pci.
 
 Usage:
-  tsvmm testhost run [options] -- <command...>   Boot the host, run the command inside (cwd: the project root),
+  tsvmm testhost run [options] -- <command...>   Boot the host, run the command inside in the current directory
+                                                 (shared into the host read-only wherever it is, /tmp included),
                                                  exit with its status (124: time limit, 125: host failure).
   tsvmm testhost test [--timeout S]              The host test suite: dist/test/host/legacy/ and linux/ on the debian
-                                                 kernel, then legacy/ and iommufd/ on the iommufd kernel.
+                                                 kernel, then legacy/ and iommufd/ on the iommufd kernel. Each step's
+                                                 limit: 15 min, up to twice that on a loaded machine (load average
+                                                 per CPU); a step cut off reports what passed and what was running.
   tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.cjs run [args]' inside the host.
   tsvmm testhost build-kernel [--kernel K] [--force]
                                                  Fetch/build and cache the kernels (default: both).
@@ -28,7 +33,7 @@ ${deviceHelp()
   .split('\n')
   .map((l) => '    ' + l)
   .join('\n')}
-  --timeout SECONDS         Wall-clock limit for boot + command (default 600).
+  --timeout SECONDS         Wall-clock limit for boot + command (default 600; test: see above).
   --memory MIB              Host RAM (default 3072).   --cpus N   Host vCPUs (default 1: with
                             more, TCG occasionally panics the host kernel when KVM VMs are created).
   --env NAME=VALUE          Extra env for the command (repeatable).
@@ -139,6 +144,7 @@ async function cmdRun(args: string[]): Promise<number> {
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: p.rest.length === 1 ? p.rest[0]! : p.rest,
+    // (cwd: runInTestHost's default, this process's directory, shared when the host would not see it otherwise.)
     timeoutMs: p.timeoutMs,
     memoryMiB: p.memoryMiB,
     cpus: p.cpus,
@@ -160,6 +166,42 @@ export function testCounts(out: string): { pass: number; fail: number } {
   return { pass: get('pass'), fail: get('fail') };
 }
 
+/** A test-host suite step's default limit. */
+export const SUITE_BASE_MS = 15 * 60_000;
+
+/**
+ * A step's limit on this machine: the base, stretched by how loaded it is (1-minute load average per CPU, at most
+ * twice): a 2-core machine shared with other test hosts runs the same suite slower, and CI allows 90 minutes in all.
+ */
+export function suiteTimeoutMs(baseMs: number, load1: number, ncpus: number): number {
+  const factor = Math.min(2, Math.max(1, load1 / Math.max(1, ncpus)));
+  return Math.round((baseMs * factor) / 1000) * 1000;
+}
+
+/** A step's line in the summary: the runner's own counts, or (cut off, no summary) what its progress log says. */
+export function stepSummary(r: Pick<TestHostResult, 'exitCode' | 'stdout' | 'progress' | 'timedOut' | 'error'>): {
+  pass: number;
+  fail: number;
+  ok: boolean;
+  why: string;
+} {
+  const c = testCounts(r.stdout);
+  const hasSummary = /^(?:#|ℹ) tests \d+\s*$/m.test(r.stdout);
+  const p = progressSummary(r.progress ?? '');
+  const pass = hasSummary ? c.pass : p.pass;
+  const fail = hasSummary ? c.fail : p.fail;
+  const ok = r.exitCode === 0 && hasSummary && fail === 0 && pass > 0;
+  if (ok) return { pass, fail, ok, why: 'ok' };
+  const parts: string[] = [];
+  if (r.error) parts.push(r.error.split('\n')[0]!);
+  else if (pass + fail === 0) parts.push('FAILED: no tests ran');
+  else parts.push(`FAILED (exit ${r.exitCode})`);
+  if (!hasSummary && pass + fail > 0) parts.push('counts from the progress log, the run had no summary');
+  if (!hasSummary && p.running) parts.push(`running when it stopped: ${p.running}`);
+  if (p.failed.length) parts.push(`failed: ${p.failed.slice(0, 5).join('; ')}${p.failed.length > 5 ? '; …' : ''}`);
+  return { pass, fail, ok, why: parts.join('; ') };
+}
+
 async function cmdTest(args: string[]): Promise<number> {
   const p = parse(args, true);
   const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/', linux: 'dist/test/host/linux/' };
@@ -175,15 +217,29 @@ async function cmdTest(args: string[]): Promise<number> {
   let failed = false;
   for (const step of plan) {
     const label = `${step.kernel} kernel: ${step.dirs.join(' ')}`;
-    process.stdout.write(`\n# testhost: ${label}\n`);
+    const timeoutMs = p.timeoutMs ?? suiteTimeoutMs(SUITE_BASE_MS, loadavg()[0]!, cpus().length);
+    process.stdout.write(
+      `\n# testhost: ${label} (limit ${timeoutMs / 1000} s${p.timeoutMs ? '' : `, load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} CPUs`})\n`,
+    );
     let r: TestHostResult;
     try {
       r = await runInTestHost({
         kernel: step.kernel,
+        cwd: projectRoot,
         devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
-        command: ['node', '--test', '--test-concurrency=1', '--test-reporter=tap', ...step.dirs],
+        // TAP to stdout, and each test's start and end to the run dir as it happens (a cut-off run keeps them).
+        command: [
+          'node',
+          '--test',
+          '--test-concurrency=1',
+          '--test-reporter=tap',
+          '--test-reporter-destination=stdout',
+          `--test-reporter=${join(projectRoot, 'dist/testhost/progress-reporter.js')}`,
+          '--test-reporter-destination=stderr',
+          ...step.dirs,
+        ],
         // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
-        timeoutMs: p.timeoutMs ?? 10 * 60_000,
+        timeoutMs,
         memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined),
         cpus: p.cpus,
         env: p.env,
@@ -200,18 +256,10 @@ async function cmdTest(args: string[]): Promise<number> {
       continue;
     }
     report(r, label);
-    const c = testCounts(r.stdout);
-    const ok = r.exitCode === 0 && c.fail === 0 && c.pass > 0;
-    if (!ok) failed = true;
-    const why = ok
-      ? 'ok'
-      : r.error
-        ? r.error.split('\n')[0]
-        : c.pass + c.fail === 0
-          ? 'FAILED: no tests ran'
-          : `FAILED (exit ${r.exitCode})`;
+    const c = stepSummary(r);
+    if (!c.ok) failed = true;
     summary.push(
-      `#   ${label}: pass ${c.pass}, fail ${c.fail} — ${why} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`,
+      `#   ${label}: pass ${c.pass}, fail ${c.fail} — ${c.why} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`,
     );
   }
   process.stdout.write(
@@ -229,6 +277,7 @@ async function cmdDemo(args: string[]): Promise<number> {
     );
   const r = await runInTestHost({
     kernel: (p.kernel as KernelKind | undefined) ?? 'debian',
+    cwd: projectRoot,
     devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
     command: ['node', 'dist/bin/tsvmm.cjs', 'run', ...p.rest],
     timeoutMs: p.timeoutMs ?? 5 * 60_000,

@@ -38,7 +38,8 @@ export interface TestHostOptions {
   cpus?: number;
   /** Extra env for the inner command. */
   env?: Record<string, string>;
-  /** Working directory inside; default the project root. */
+  /** Working directory inside (default: this process's, as a user's project expects); shared into the host when
+   *  its own mounts would hide it (under /tmp, /run, /dev/shm). */
   cwd?: string;
   /** Copy the inner stdout/stderr here as they are produced (true: this process's stdout/stderr). */
   stream?: boolean | { stdout: Writable; stderr: Writable };
@@ -64,9 +65,16 @@ export interface TestHostResult {
   timings: { name: string; seconds: number }[];
   /** Only when keepRunDir. */
   runDir?: string;
+  /** The node --test progress log (progress-reporter.ts, at $TSVMM_TEST_PROGRESS), when the command wrote one. */
+  progress?: string;
 }
 
 let runCounter = 0;
+
+/** Outer paths the test host's own tmpfs mounts hide (its /init: /tmp, /run, /dev/shm). */
+export function hiddenInHost(path: string): boolean {
+  return ['/tmp', '/run', '/dev/shm'].some((d) => path === d || path.startsWith(d + '/'));
+}
 
 function pidAlive(pid: number): boolean {
   try {
@@ -162,7 +170,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
   const kind = opts.kernel ?? 'debian';
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const sets = parseDeviceSets(opts.devices ?? DEFAULT_DEVICES); // validate before any download
-  const cwd = opts.cwd ?? projectRoot;
+  const cwd = opts.cwd ?? process.cwd();
   for (const k of Object.keys(opts.env ?? {}))
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TestHostError(`bad env var name '${k}'`);
   const timings = new Timings();
@@ -187,14 +195,15 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     const devs = buildDevices(sets, { runDir, env });
     writeFileSync(join(runDir, 'devices.conf'), devicesConf(devs));
 
-    // The host mounts a tmpfs over /tmp: anything the command needs from the outer /tmp is shared separately.
+    // The host mounts tmpfs over /tmp, /run and /dev/shm: anything the command needs from there (the project, the
+    // working dir of `testhost run`, node) is shared separately, at the same path.
     const shares: Share[] = [
       { tag: 'hostroot', path: '/', readonly: true },
       { tag: 'tsvmmrun', path: runDir, readonly: false },
     ];
     const extra: Share[] = [];
     for (const p of new Set([projectRoot, cwd, dirname(process.execPath)])) {
-      if ((p === '/tmp' || p.startsWith('/tmp/')) && !runDir.startsWith(p + '/')) {
+      if (hiddenInHost(p) && !runDir.startsWith(p + '/')) {
         checkPath(p, 'shared');
         extra.push({ tag: `tsvmm${extra.length}`, path: p, readonly: true });
       }
@@ -210,6 +219,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
       TSVMM_TESTHOST: '1',
       TSVMM_TESTHOST_KERNEL: kind,
       TSVMM_TESTHOST_RUN_DIR: runDir,
+      TSVMM_TEST_PROGRESS: join(runDir, 'test-progress.jsonl'),
       ...(process.env.CI ? { CI: process.env.CI } : {}),
       ...env,
       ...opts.env,
@@ -304,6 +314,8 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
       kernel: { kind, version },
       timings: timings.stages,
     };
+    const progress = readIf(join(runDir, 'test-progress.jsonl'));
+    if (progress) result.progress = progress;
     if (status !== '' && !innerTimedOut) {
       result.exitCode = Number(status);
     } else if (innerTimedOut || qexit.killedForTimeout) {

@@ -9,8 +9,8 @@ export const QEMU = 'qemu-system-x86_64';
  * The start of an inner QEMU's command line, as the tests and the benchmark run it inside the
  * test host to compare with tsvmm: KVM, q35, the host CPU, no default devices, COM1 on stdio.
  */
-export function innerQemuArgs(o: { memMiB: number; vcpus?: number; machine?: string }): string[] {
-  const base = ['-accel', 'kvm', '-M', o.machine ?? 'q35', '-cpu', 'host', '-m', `${o.memMiB}M`];
+export function innerQemuArgs(o: { memMiB: number; vcpus?: number; machine?: string; cpu?: string }): string[] {
+  const base = ['-accel', 'kvm', '-M', o.machine ?? 'q35', '-cpu', o.cpu ?? 'host', '-m', `${o.memMiB}M`];
   return [
     ...base,
     '-smp',

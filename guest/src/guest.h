@@ -116,5 +116,6 @@ int test_smp(const struct options *o); /* smp.c */
 int test_hostile(const struct options *o); /* test-fuzz.c */
 int test_fuzz(const struct options *o);
 int test_highmem(const void *multiboot_info); /* test-highmem.c */
+int test_probe_int(void); /* test-probe.c */
 
 #endif

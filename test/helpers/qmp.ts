@@ -21,11 +21,23 @@ export class QmpTestClient {
       this.wake?.();
     });
   }
-  static connect(path: string): Promise<QmpTestClient> {
-    return new Promise((res, rej) => {
-      const s = createConnection(path, () => res(new QmpTestClient(s)));
-      s.on('error', rej);
-    });
+  /**
+   * Connects, retrying for up to 10 s while the socket is not listening yet: its file appears at bind(), a moment
+   * before listen(), and a loaded machine can stretch that moment (ECONNREFUSED; ENOENT before bind()).
+   */
+  static async connect(path: string): Promise<QmpTestClient> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await new Promise<QmpTestClient>((res, rej) => {
+          const s = createConnection(path, () => res(new QmpTestClient(s)));
+          s.on('error', rej);
+        });
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if ((code !== 'ECONNREFUSED' && code !== 'ENOENT') || attempt >= 200) throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
   }
   /** The next message, reply or event. */
   async next(): Promise<Record<string, unknown>> {

@@ -1,0 +1,125 @@
+// `tsvmm testhost test` on a loaded machine: each step's limit stretches with the load, and a step cut off at its
+// limit still says what passed, what failed and which test was running — from the progress log that a second
+// node --test reporter (testhost/progress-reporter.ts) writes as the tests run. Also which outer paths the test
+// host hides (and so shares separately: `testhost run`'s working directory under /tmp).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { projectRoot } from '../../core/paths.js';
+import { stepSummary, suiteTimeoutMs, SUITE_BASE_MS } from '../../testhost/cli.js';
+import { hiddenInHost } from '../../testhost/index.js';
+import { progressSummary } from '../../testhost/progress.js';
+
+test('suite limits: the base on an idle machine, stretched with the load per CPU, at most twice', () => {
+  assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 0.2, 2), SUITE_BASE_MS);
+  assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 2, 2), SUITE_BASE_MS);
+  assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 3, 2), 1.5 * SUITE_BASE_MS);
+  assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 11, 2), 2 * SUITE_BASE_MS);
+  assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 1, 0), SUITE_BASE_MS, 'no CPU count: no division by zero');
+});
+
+/** Runs node --test with the TAP and progress reporters on `files` in `dir`; kills it once `killWhen` is in the log. */
+function runSuite(dir: string, files: string[], killWhen?: string): Promise<{ stdout: string; progress: string }> {
+  const progressPath = join(dir, 'progress.jsonl');
+  // Not as a child of this test run (NODE_TEST_CONTEXT would make it report to us instead of to its reporters).
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  const child = spawn(
+    process.execPath,
+    [
+      '--test',
+      '--test-concurrency=1',
+      '--test-reporter=tap',
+      '--test-reporter-destination=stdout',
+      `--test-reporter=${join(projectRoot, 'dist/testhost/progress-reporter.js')}`,
+      '--test-reporter-destination=stderr',
+      ...files,
+    ],
+    { cwd: dir, env: { ...env, TSVMM_TEST_PROGRESS: progressPath }, stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  let stdout = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  const poll = setInterval(() => {
+    if (killWhen && existsSync(progressPath) && readFileSync(progressPath, 'utf8').includes(killWhen))
+      child.kill('SIGKILL');
+  }, 50);
+  return new Promise((resolve) =>
+    child.on('close', () => {
+      clearInterval(poll);
+      resolve({ stdout, progress: existsSync(progressPath) ? readFileSync(progressPath, 'utf8') : '' });
+    }),
+  );
+}
+
+test('a suite killed at its limit: what passed, what failed, and which test was running', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-progress-'));
+  try {
+    writeFileSync(
+      join(dir, 'a.test.mjs'),
+      "import { test, describe } from 'node:test';\n" +
+        "test('first', () => {});\n" +
+        "describe('group', () => { test('inside', () => {}); test('broken', () => { throw new Error('no'); }); });\n",
+    );
+    writeFileSync(
+      join(dir, 'b.test.mjs'),
+      "import { test } from 'node:test';\n" +
+        "test('outer', async (t) => { await t.test('quick', () => {}); });\n" +
+        "test('never ends', () => new Promise(() => setInterval(() => {}, 1000)));\n",
+    );
+    const r = await runSuite(dir, ['a.test.mjs', 'b.test.mjs'], '"name":"never ends"');
+    assert.doesNotMatch(r.stdout, /^# tests \d+/m, 'killed: the runner printed no summary');
+    const p = progressSummary(r.progress);
+    assert.equal(p.pass, 4, r.progress); // first, inside, quick, outer
+    assert.equal(p.fail, 1);
+    assert.match(p.failed[0]!, /a\.test\.mjs › broken$/);
+    assert.match(p.running!, /b\.test\.mjs › never ends$/);
+
+    const s = stepSummary({
+      exitCode: 124,
+      timedOut: true,
+      error: 'the command did not finish within its time limit (885 s); killed',
+      stdout: r.stdout,
+      progress: r.progress,
+    });
+    assert.equal(s.ok, false);
+    assert.equal(s.pass, 4);
+    assert.equal(s.fail, 1);
+    assert.match(
+      s.why,
+      /^the command did not finish within its time limit .*; counts from the progress log.*; running when it stopped: .*b\.test\.mjs › never ends; failed: .*broken/,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a step that finished: the runner's own counts; without any test: no tests ran", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-progress-'));
+  try {
+    writeFileSync(
+      join(dir, 'c.test.mjs'),
+      "import { test } from 'node:test';\ntest('one', () => {});\ntest('two', () => {});\n",
+    );
+    const r = await runSuite(dir, ['c.test.mjs']);
+    assert.deepEqual(stepSummary({ exitCode: 0, timedOut: false, stdout: r.stdout, progress: r.progress }), {
+      pass: 2,
+      fail: 0,
+      ok: true,
+      why: 'ok',
+    });
+    assert.deepEqual(progressSummary(r.progress), { pass: 2, fail: 0, failed: [] });
+    const none = stepSummary({ exitCode: 125, timedOut: false, stdout: '', progress: '' });
+    assert.equal(none.ok, false);
+    assert.match(none.why, /no tests ran/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('paths the test host hides behind its own mounts, which runInTestHost shares separately', () => {
+  for (const p of ['/tmp', '/tmp/x/project', '/run/user/0/p', '/dev/shm/p']) assert.equal(hiddenInHost(p), true, p);
+  for (const p of ['/', '/root/project', '/home/u/p', '/tmpfoo', '/work/tsvmm'])
+    assert.equal(hiddenInHost(p), false, p);
+});
