@@ -26,13 +26,17 @@ Options:
   --serial MODE        stdio (COM1 on stdout, stdin as input), none, or file:PATH
   --qmp PATH           a QMP control socket (mode 0600); see README "Control socket (QMP)"
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
+  --sandbox on|off     on (default): once set up, a seccomp filter limits the VMM to the syscalls
+                       a running VM needs; one outside it stops the VMM naming it (exit 159).
+                       off: no filter (to debug; see README "Sandbox")
   --print-config       print the resulting JSON config and exit (0 when valid, 2 when not)
   -h, --help           this text
 
 Paths given as flags are relative to the current directory; those in a config file to the file.
 Exit status: the value the guest wrote to the debug-exit port (0xf4); 0 when the guest halts,
 resets or powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config or command line;
-128+N on signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up.`;
+128+N on signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up; 159 when the
+sandbox stopped the VMM (a syscall outside its allow-list, named on stderr).`;
 
 /** When `run` unmaps its start-up pages (after the guest has run this long). */
 const TRIM_AFTER_MS = 1000;
@@ -49,6 +53,7 @@ const OPTIONS = {
   serial: { type: 'string' },
   qmp: { type: 'string' },
   'fd-socket': { type: 'string' },
+  sandbox: { type: 'string' },
   'print-config': { type: 'boolean' },
 } as const;
 
@@ -160,6 +165,8 @@ export async function main(args: string[]): Promise<number> {
     checkConfig(structuredClone(raw), source, baseDir); // exit 2 (with the problems) when invalid
     return 0;
   }
+  const sandbox = str(v, 'sandbox') ?? 'on';
+  if (sandbox !== 'on' && sandbox !== 'off') throw new UsageError(`--sandbox ${sandbox}: expected on or off`, USAGE);
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
   let machine: import('../../machine/machine.js').Machine | undefined;
@@ -196,6 +203,9 @@ export async function main(args: string[]): Promise<number> {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
       return TERMINATING[early];
     }
+    // Set-up is done (devices opened, sockets listening): from here the process makes only the
+    // syscalls of a running VMM (core/sandbox/policy.ts).
+    if (sandbox === 'on') (await import('../../core/sandbox/index.js')).enterSandbox();
     // What start-up alone ran (module loading, config checks, VFIO set-up) stays mapped in this
     // process unless told: once the guest has run a second, unmap the clean file pages
     // (core/resident.ts); the ones the VM still uses come back from the page cache.
