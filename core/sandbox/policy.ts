@@ -41,14 +41,18 @@ const CLONE_VM = 0x100n,
 export function policy(pid: number): Group[] {
   return [
     {
-      why: 'vCPUs and devices: KVM (vm, vcpu, irqfd, ioeventfd), VFIO and iommufd ioctls; the tty and fd requests libuv makes on stdio (TCGETS/TCSETS*, TIOCGWINSZ, FIONREAD, FIONBIO, FIOCLEX)',
+      why: 'vCPUs and devices: KVM (vm, vcpu, irqfd, ioeventfd), VFIO and iommufd ioctls; the tty and fd requests libuv makes on stdio (listed)',
       allow: [
         {
           name: 'ioctl',
           when: [
             ioctlType(KVMIO),
             ioctlType(VFIO_TYPE),
-            ...[0x5401n, 0x5402n, 0x5403n, 0x5404n, 0x5413n, 0x541bn, 0x5421n, 0x5450n, 0x5451n].map(ioctlIs),
+            // TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, FIONREAD, FIONBIO, FIONCLEX, FIOCLEX, and TIOCGPTN
+            // (libuv asks whether stdin is a pty's slave). Not TIOCSTI, which types into the terminal.
+            ...[0x5401n, 0x5402n, 0x5403n, 0x5404n, 0x5413n, 0x541bn, 0x5421n, 0x5450n, 0x5451n, 0x80045430n].map(
+              ioctlIs,
+            ),
           ],
         },
       ],

@@ -160,3 +160,13 @@ test('the guest runs inside the filter by default, outside it with --sandbox off
     }
   }
 });
+
+test('a terminal on stdio (serial stdio): libuv’s tty ioctls pass the filter', () => {
+  // script(1) (util-linux) gives the VMM a pty for stdin, stdout and stderr, as an interactive shell does.
+  const cmd = [process.execPath, cli, 'run', '--serial', 'stdio', '--cpus', '2'].map((a) => `'${a}'`).join(' ');
+  const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { encoding: 'utf8', timeout: 60000, input: '' });
+  assert.equal(r.error, undefined, 'script(1) from util-linux is needed');
+  assert.doesNotMatch(r.stdout, /sandbox stopped/);
+  assert.equal(r.status, 0, r.stdout);
+  assert.match(r.stdout, /^tsvmm-guest: exit 0\r?$/m);
+});
