@@ -120,7 +120,7 @@ export function encode(insns: Insn[]): Buffer {
   return b;
 }
 
-/** What the program answers for a syscall (an interpreter, for the unit tests and `--sandbox` docs). */
+/** What the program answers for a syscall: a classic-BPF interpreter for the unit tests. */
 export function evaluate(insns: Insn[], data: { nr: number; arch?: number; args?: bigint[] }): number {
   const word = (off: number): number => {
     if (off === OFF_NR) return data.nr >>> 0;

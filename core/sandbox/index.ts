@@ -3,6 +3,7 @@
 // running VMM makes. A syscall outside it does not run: the VMM stops with a message naming it
 // (native/seccomp.cc) and exit status SANDBOX_STATUS, so a bug shows as a report, not a hang or a
 // silent kill. Linux x86-64 only, as tsvmm is.
+import { readdirSync, readlinkSync } from 'node:fs';
 import { TsvmmError } from '../errors.js';
 import { native } from '../native.js';
 import { buildProgram, encode } from './bpf.js';
@@ -31,6 +32,17 @@ export function enterSandbox(): void {
         fix: 'run with --sandbox off',
       },
     );
+  // A ring set up before (libuv does, for its loops, when UV_USE_IO_URING=1) would carry on through
+  // io_uring_enter, whose requests seccomp never sees: refuse rather than allow it.
+  const rings = readdirSync('/proc/self/fd').filter((fd) => link(`/proc/self/fd/${fd}`) === 'anon_inode:[io_uring]');
+  if (rings.length)
+    throw new TsvmmError(
+      'ERR_VM_SETUP',
+      `cannot enter the sandbox: this process has io_uring instances (fds ${rings.join(', ')})`,
+      {
+        fix: 'unset UV_USE_IO_URING (libuv then uses its thread pool; io_uring requests pass no seccomp filter), or run with --sandbox off',
+      },
+    );
   try {
     native().seccompInstall(sandboxProgram(), syscallNames(), HINT, SANDBOX_STATUS);
   } catch (e) {
@@ -38,5 +50,13 @@ export function enterSandbox(): void {
       cause: e,
       fix: 'a kernel without seccomp filters (CONFIG_SECCOMP_FILTER) or a container that forbids them: run with --sandbox off',
     });
+  }
+}
+
+function link(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return ''; // closed since the listing
   }
 }
