@@ -1,8 +1,9 @@
 // The sandbox's allow-list: the syscalls `tsvmm run` makes once its set-up is done (the VM built,
 // its QMP sockets listening), on every thread: vCPU 0 and the event loop, the vCPU workers, libuv's
-// and V8's threads. Derived from `strace -f` of the test suites that spawn `tsvmm run` (test/kvm:
-// boot, SMP, QMP, serial; the test host: VFIO, hot-plug over QMP, iommufd), keeping what comes after
-// the first KVM_RUN, then grouped here by what needs it. Everything else stops the VMM with a message
+// and V8's threads. Derived from `strace -f` of the test/kvm suites that spawn `tsvmm run` (boot, SMP,
+// QMP, serial to a file and to a pty), keeping what comes after the first KVM_RUN, grouped here by what
+// needs it, and checked by the test host's suites run with it on (legacy VFIO, QMP hot-plug with
+// getfd, the manager, Linux guests with nvme and e1000e). Everything else stops the VMM with a message
 // naming the syscall (core/sandbox/index.ts). To find what a new code path needs: run it with
 // `--sandbox off` under `strace -f -qq`, or with the sandbox on and read the message.
 //
