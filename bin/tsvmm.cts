@@ -62,6 +62,15 @@ export function loadBundle(useCache = true): LoadedBundle | undefined {
 }
 
 if (require.main === module) {
+  // First: SIGUSR1 must not open Node's inspector while the code loads (bin/cli/signals.ts,
+  // refuseInspectorSignal, which finds this one by the symbol and keeps it).
+  (globalThis as { [k: symbol]: unknown })[Symbol.for('tsvmm.noInspector')] = true;
+  let told = false;
+  process.on('SIGUSR1', () => {
+    if (!told)
+      process.stderr.write('tsvmm: SIGUSR1 ignored: tsvmm starts no inspector (for one: node --inspect <tsvmm> ...)\n');
+    told = true;
+  });
   const argv = process.argv.slice(2);
   // run: a terminating signal while the code loads is kept for run's own handler, which takes it
   // over (bin/cli/signals.ts, catchSignals).

@@ -185,6 +185,9 @@ export interface Native {
   threadKick(thread: bigint, signo: number): void;
   /** Takes every pending instance of a blocked signo; returns how many. */
   threadEatSignal(signo: number): number;
+  // seccomp (seccomp.cc): the sandbox's filter on every thread, and the SIGSYS report
+  /** program: struct sock_filter[]; names by syscall number; hint printed after the syscall; the exit status. */
+  seccompInstall(program: Buffer, names: (string | undefined)[], hint: string, status: number): void;
   // loop watcher (loop-watcher.cc): kicks the thread running vCPU 0 when the event loop has work
   loopWatcherCreate(runPage: ArrayBuffer, immediateExitOffset: number, thread: bigint, signo: number): unknown;
   /** Returns the loop's timeout it watches with (ms, -1 none), at most maxWaitMs. */

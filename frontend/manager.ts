@@ -70,6 +70,9 @@ export async function runManager(configPath: string, opts: ManagerOptions): Prom
         '--bounding-set=-all',
         '--no-new-privs',
         process.execPath,
+        // A node that has the flag ignores SIGUSR1 from its first instruction; older ones rely on
+        // tsvmm's own listener (bin/tsvmm.cts), installed before anything else loads.
+        ...(process.allowedNodeEnvironmentFlags.has('--disable-sigusr1') ? ['--disable-sigusr1'] : []),
         `${projectRoot}/dist/bin/tsvmm.cjs`,
         'run',
         path,

@@ -14,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitLoopWatcher(env, exports);
   tsvmm::InitKvmState(env, exports);
   tsvmm::InitFdWatch(env, exports);
+  tsvmm::InitSeccomp(env, exports);
   return exports;
 }
 

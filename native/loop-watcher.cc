@@ -144,9 +144,11 @@ static Napi::Value LoopWatcherCreate(const Napi::CallbackInfo &info) {
     delete w;
     ThrowErrno(env, "eventfd", e);
   }
-  // The helper thread takes no signals (the kick and SIGINT belong to others).
+  // The helper thread takes no signals (the kick and SIGINT belong to others), except SIGSYS: a
+  // seccomp trap there must reach the sandbox's report (seccomp.cc), not kill the process unsaid.
   sigset_t all, old;
   sigfillset(&all);
+  sigdelset(&all, SIGSYS);
   pthread_sigmask(SIG_BLOCK, &all, &old);
   int err = pthread_create(&w->thread, nullptr, Run, w);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);

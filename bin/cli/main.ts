@@ -1,7 +1,7 @@
 // The command line's dispatcher. One module per command (bin/cli/*.ts), imported only when that
 // command runs, so a command loads what it needs and nothing else (start-up time is the VM's launch
 // time). bin/tsvmm.cts runs it from the build's one-file bundle; bin/tsvmm.ts from the modules.
-import { catchSignals } from './signals.js';
+import { catchSignals, refuseInspectorSignal } from './signals.js';
 
 const COMMANDS: Record<
   string,
@@ -92,6 +92,8 @@ export async function main(argv: string[]): Promise<number> {
 
 /** The whole command line: runs `argv` (without node and the script) and sets the exit status. */
 export function runCli(argv: string[]): Promise<void> {
+  // No command of tsvmm opens an inspector on SIGUSR1 (bin/cli/signals.ts).
+  refuseInspectorSignal();
   // run: a terminating signal during start-up ends it cleanly, not half-way (bin/cli/signals.ts).
   if (argv[0] === 'run') catchSignals();
   return main(argv).then(

@@ -30,8 +30,11 @@ Options:
   --device SPEC        vfio-pci,host=0000:01:00.0[,id=ID][,addr=SLOT][,backend=auto|legacy|iommufd]
                        (also sysfsdev=PATH, cdev=PATH, fd=NAME, group=N, slot=N); repeatable
   --serial MODE        stdio (COM1 on stdout, stdin as input), none, or file:PATH
-  --qmp PATH           a QMP control socket (mode 0600); see README "Control socket (QMP)"
+  --qmp PATH           a QMP control socket (mode 0600); see docs/qmp.md
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
+  --sandbox on|off     on (default): once set up, a seccomp filter limits the VMM to the syscalls
+                       a running VM needs; one outside it stops the VMM naming it (exit 159).
+                       off: no filter (to debug; see docs/sandbox.md)
   --print-config       print the resulting JSON config (paths made absolute) and exit (0 when
                        valid, 2 when not)
   -h, --help           this text
@@ -39,8 +42,9 @@ Options:
 Paths given as flags are relative to the current directory; those in a config file to the file.
 Exit status: the value the guest wrote to the debug-exit port (0xf4); 0 when the guest resets or
 powers off (ACPI); 1 on a guest crash or VMM error; 2 on a bad config or command line; 128+N on
-signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up. A halted guest (hlt) waits for
-an interrupt, as under QEMU: the VM runs until it is ended.`;
+signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), after cleaning up; 159 when the sandbox stopped
+the VMM (a syscall outside its allow-list, named on stderr). A halted guest (hlt) waits for an
+interrupt, as under QEMU: the VM runs until it is ended.`;
 
 const OPTIONS = {
   memory: { type: 'string' },
@@ -54,6 +58,7 @@ const OPTIONS = {
   serial: { type: 'string' },
   qmp: { type: 'string' },
   'fd-socket': { type: 'string' },
+  sandbox: { type: 'string' },
   'print-config': { type: 'boolean' },
 } as const;
 
@@ -226,6 +231,8 @@ export async function main(args: string[]): Promise<number> {
     checkWithFlags(structuredClone(raw), source, baseDir, flags); // exit 2 (with the problems) when invalid
     return 0;
   }
+  const sandbox = str(v, 'sandbox') ?? 'on';
+  if (sandbox !== 'on' && sandbox !== 'off') throw new UsageError(`--sandbox ${sandbox}: expected on or off`, USAGE);
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
   let machine: import('../../machine/machine.js').Machine | undefined;
@@ -262,6 +269,9 @@ export async function main(args: string[]): Promise<number> {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
       return TERMINATING[early];
     }
+    // Set-up is done (devices opened, sockets listening): from here the process makes only the
+    // syscalls of a running VMM (core/sandbox/policy.ts).
+    if (sandbox === 'on') (await import('../../core/sandbox/index.js')).enterSandbox();
     const r = await machine.run();
     const bySignal = /^interrupted/.test(r.reason);
     if (r.reason !== 'QMP quit')

@@ -41,3 +41,23 @@ export function releaseSignals(): void {
   caught = false;
   for (const s of Object.keys(TERMINATING)) process.off(s, listener);
 }
+
+/**
+ * SIGUSR1 would start Node's inspector on 127.0.0.1:9229, with no authentication: whoever may
+ * signal the VMM could then run code in the process holding /dev/kvm, guest RAM and the VFIO fds.
+ * A listener replaces node's own handler (libuv installs its sigaction over it), so the signal only
+ * reaches this; node 20 has no --disable-sigusr1. bin/tsvmm.cts installs one from its first line
+ * (the same symbol), so only the moment node itself starts is left.
+ */
+export function refuseInspectorSignal(): void {
+  const key = Symbol.for('tsvmm.noInspector');
+  const g = globalThis as { [k: symbol]: unknown };
+  if (g[key]) return;
+  g[key] = true;
+  let told = false;
+  process.on('SIGUSR1', () => {
+    if (told) return;
+    told = true;
+    process.stderr.write('tsvmm: SIGUSR1 ignored: tsvmm starts no inspector (for one: node --inspect <tsvmm> ...)\n');
+  });
+}

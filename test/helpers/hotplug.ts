@@ -4,7 +4,7 @@
 // client is raw JSON lines per the QMP spec (no QMP client library is packaged for Node).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -164,6 +164,8 @@ export async function hotplugScenario(backend: 'legacy' | 'iommufd'): Promise<vo
     assert.deepEqual(await q.cmd('qmp_capabilities'), { return: {} });
     assert.equal(pinned(vmm.pid!), 0, 'nothing pinned before the device comes');
     assert.deepEqual(vmmFds(vmm.pid!), []);
+    // All that follows (getfd, device_add's VFIO set-up, the guest's use, device_del) runs in the sandbox.
+    assert.match(readFileSync(`/proc/${vmm.pid}/status`, 'utf8'), /^Seccomp:\s*2$/m, 'the VMM runs sandboxed');
 
     // Bad input first: each is a QMP error, and the VM keeps running.
     assert.equal((await q.cmd('getfd', { fdname: 'edu' })).error.desc, 'No file descriptor supplied via SCM_RIGHTS');
