@@ -141,6 +141,8 @@ export class QmpServer {
 
   private accept(s: Socket): void {
     if (this.client) {
+      // The client may be gone before this write lands (EPIPE): its error is its own.
+      s.on('error', () => s.destroy());
       s.end(JSON.stringify({ error: { class: 'GenericError', desc: 'another QMP client is connected' } }) + '\n');
       return;
     }

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { createConnection } from 'node:net';
 import { CLOSE_DRAIN_MS, QmpServer, checkArguments, qmpTimestamp } from '../../frontend/qmp/server.js';
 import { QmpTestClient } from '../helpers/qmp.js';
 
@@ -140,5 +141,27 @@ test('close() does not wait for a client that stopped reading (its output is dro
     assert.ok(took >= CLOSE_DRAIN_MS - 50 && took < CLOSE_DRAIN_MS + 2000, `close took ${took} ms`);
   } finally {
     c.s.destroy();
+  }
+});
+
+test('a second client that connects and closes at once while one is attached harms nobody', async () => {
+  const { srv, c } = await server();
+  try {
+    c.s.write('{"execute":"qmp_capabilities"}');
+    assert.deepEqual(await c.reply(), { return: {} });
+    // Each one is gone before the server has written to it: the write fails (EPIPE), which must
+    // not become an unhandled 'error' event (it ended `tsvmm run`).
+    for (let i = 0; i < 20; i++) {
+      const s = createConnection(srv.path);
+      s.on('error', () => {});
+      s.destroy();
+      const t = createConnection(srv.path, () => t.destroy());
+      t.on('error', () => {});
+    }
+    await sleep(200);
+    assert.deepEqual(await c.call('query-name'), { return: { name: 'unit' } }, 'the attached client still served');
+  } finally {
+    c.s.destroy();
+    await srv.close();
   }
 });
