@@ -26,7 +26,8 @@ const srv = new QmpServer(
         gc();
         await sleep(50);
       }
-      return { rss: process.memoryUsage().rss };
+      const m = process.memoryUsage();
+      return { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external };
     },
     'x-loop': () => {
       const r = { maxGap, ticks };

@@ -23,8 +23,9 @@ function cleanup(p: ChildProcess, dir: string): () => Promise<void> {
   };
 }
 
-/** `tsvmm run` of a guest that spins (jmp $), with a QMP socket. Its RSS is read after a pause
- *  (nothing can tell it to collect garbage: V8 does when it goes idle). */
+/** `tsvmm run` of a guest that spins (jmp $), with a QMP socket. Its RSS is read after a pause,
+ *  again every 10 s for up to 2 min while over the bound (nothing can tell it to collect garbage:
+ *  V8's memory reducer does, about a minute after the load stops). */
 export async function vmTarget(): Promise<RunningTarget> {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-qmpfuzz-'));
   const guest = join(dir, 'spin.bin');
@@ -71,6 +72,7 @@ export async function vmTarget(): Promise<RunningTarget> {
       await sleep(10000);
       return procRss(p.pid!);
     },
+    settleReads: 12,
     stop: cleanup(p, dir),
   };
 }
