@@ -204,7 +204,7 @@ export async function fuzzQmp(
   // short-lived sessions and keep that size). What the check catches is growth beyond it: a leak.
   const warm = Math.max(200, Math.floor(o.sessions / 10));
   for (let n = 0; n < warm; n++) await session(n);
-  await client(huge(), 3000);
+  for (let k = 0; k < 3; k++) await client(huge(), 3000); // each kind once
   res.huge = 0;
   await ask(t.path, 'query-name');
   res.rssStart = await t.rss();
