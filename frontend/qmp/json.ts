@@ -90,18 +90,21 @@ const PAGE = 64 * 1024;
  */
 class Grow {
   private mem: WasmMemory | undefined;
-  u8: Buffer;
-  u32: Uint32Array;
+  u8: Buffer = EMPTY;
+  u32: Uint32Array = new Uint32Array(0);
   constructor(
     private readonly small: number,
     private readonly max: number,
-  ) {
-    this.u8 = Buffer.alloc(small);
-    this.u32 = new Uint32Array(this.u8.buffer, this.u8.byteOffset, small >> 2);
-  }
-  /** Room for `n` bytes, keeping the first `used`. */
+  ) {}
+  /** Room for `n` bytes, keeping the first `used`. The small buffer is made on first use (most
+   *  sessions send little, many send nothing). */
   reserve(n: number, used: number): void {
     if (n <= this.u8.length) return;
+    if (n <= this.small) {
+      this.u8 = Buffer.alloc(this.small);
+      this.u32 = new Uint32Array(this.u8.buffer, this.u8.byteOffset, this.small >> 2);
+      return;
+    }
     const pages = Math.min(Math.ceil(this.max / PAGE), Math.ceil((n + (n >> 1)) / PAGE));
     if (!this.mem) {
       const mem = new WebAssembly.Memory({ initial: pages, maximum: Math.ceil(this.max / PAGE) });
@@ -111,14 +114,16 @@ class Grow {
     this.u8 = Buffer.from(this.mem.buffer);
     this.u32 = new Uint32Array(this.mem.buffer);
   }
-  /** Back to the small buffer; the big memory is the garbage collector's. */
+  /** Drops the big memory (the garbage collector's now); the next message starts small. */
   release(): void {
     if (!this.mem) return;
     this.mem = undefined;
-    this.u8 = Buffer.alloc(this.small);
-    this.u32 = new Uint32Array(this.u8.buffer, this.u8.byteOffset, this.small >> 2);
+    this.u8 = EMPTY;
+    this.u32 = new Uint32Array(0);
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** A token: its type in the top bits, where its bytes start in the arena below (< 2^27: the stored
  *  bytes are at most MAX_TOKEN_SIZE). */
