@@ -38,12 +38,16 @@ export interface MachineCommands {
   readonly handlers: Record<string, CommandHandler>;
   /** Per-command refinements of argument errors (device_add: unknown device properties). */
   readonly argumentError: Partial<Record<string, (args: Record<string, unknown>, e: CommandError) => CommandError>>;
-  readonly version: { major: number; minor: number; micro: number };
+  /** query-version's VersionInfo (also the QMP greeting's). */
+  readonly version: { qemu: { major: number; minor: number; micro: number }; package: string };
   /** Resolves once no state-changing command is running or queued (close() waits for it). */
   idle(): Promise<void>;
   /** Releases what commands kept (named fds, fd sets). */
   close(): void;
 }
+
+/** The QEMU release whose QMP tsvmm's behaves like (commands, errors, events). */
+export const QEMU_VERSION = { major: 7, minor: 2, micro: 0 } as const;
 
 /** Commands that change the machine's state run one at a time, whichever transport (QMP
  *  connections, the library) sends them: a stop queued behind a system_reset waits for it. */
@@ -200,15 +204,13 @@ function vfioFdFor(fd: number, name: string): PassedFd {
  * the command's schema (frontend/qmp/server.ts checkArguments) before a handler runs.
  */
 export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
-  const [major, minor, micro] = (
-    JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }
-  ).version
-    .split('.')
-    .map(Number);
-  const version = { major: major ?? 0, minor: minor ?? 0, micro: micro ?? 0 };
+  // As other QEMU-compatible servers do: "qemu" is the QEMU whose QMP this one behaves like (clients
+  // check it for features), the server's own name and version go in "package".
+  const own = (JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }).version;
+  const version = { qemu: { ...QEMU_VERSION }, package: `tsvmm ${own}` };
   const fds = new FdStore();
   const commands: Record<string, CommandHandler> = {
-    'query-version': () => ({ qemu: version, package: 'tsvmm' }),
+    'query-version': () => structuredClone(version),
     'query-commands': () => ['qmp_capabilities', ...Object.keys(commands)].map((name) => ({ name })),
     'query-status': () => {
       const paused = m.vm.paused;

@@ -30,7 +30,8 @@ Options:
   --device SPEC        vfio-pci,host=0000:01:00.0[,id=ID][,addr=SLOT][,backend=auto|legacy|iommufd]
                        (also sysfsdev=PATH, cdev=PATH, fd=NAME, group=N, slot=N); repeatable
   --serial MODE        stdio (COM1 on stdout, stdin as input), none, or file:PATH
-  --qmp PATH           a QMP control socket (mode 0600); see docs/qmp.md
+  --qmp PATH           a QMP control socket (mode 0600), one client at a time (others wait their
+                       turn); repeatable: each socket its own monitor; see docs/qmp.md
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
   --sandbox on|off     on (default): once set up, a seccomp filter limits the VMM to the syscalls
                        a running VM needs; one outside it stops the VMM naming it (exit 159).
@@ -56,7 +57,7 @@ const OPTIONS = {
   name: { type: 'string' },
   device: { type: 'string', multiple: true },
   serial: { type: 'string' },
-  qmp: { type: 'string' },
+  qmp: { type: 'string', multiple: true },
   'fd-socket': { type: 'string' },
   sandbox: { type: 'string' },
   'print-config': { type: 'boolean' },
@@ -221,10 +222,19 @@ function checkWithFlags(raw: RawConfig, source: string, baseDir: string, flags: 
   }
 }
 
+/** --qmp's sockets, absolute; one path twice would have the second replace the first's socket. */
+export function qmpSockets(given: string[] | undefined): string[] {
+  const paths = (given ?? []).map((p) => resolve(p));
+  for (const [i, p] of paths.entries())
+    if (paths.indexOf(p) !== i) throw new UsageError(`--qmp ${given![i]}: that socket is given twice`, USAGE);
+  return paths;
+}
+
 export async function main(args: string[]): Promise<number> {
   const p = parseCommand(args, OPTIONS, USAGE, { min: 0, max: 1, what: 'config file' });
   if (!p) return 0;
   const v = p.values;
+  const qmpPaths = qmpSockets(v.qmp as string[] | undefined);
   const { raw, source, baseDir, flags } = buildRawConfig(p.positionals[0], v);
   if (v['print-config']) {
     process.stdout.write(JSON.stringify(resolveConfigPaths(raw, baseDir), null, 2) + '\n');
@@ -259,10 +269,9 @@ export async function main(args: string[]): Promise<number> {
     }
     const { Machine } = await import('../../machine/machine.js');
     machine = new Machine(config, passedFds ? { passedFds } : {});
-    const qmpPath = str(v, 'qmp');
-    if (qmpPath !== undefined && !early) {
+    if (qmpPaths.length && !early) {
       const { machineQmp } = await import('../../frontend/qmp/commands.js');
-      qmp = machineQmp(machine, qmpPath);
+      qmp = machineQmp(machine, qmpPaths);
       await qmp.listen();
     }
     if (early) {

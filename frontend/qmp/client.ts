@@ -15,7 +15,12 @@ export function qmpCall(
     const s = createConnection(path);
     const timer = setTimeout(() => {
       s.destroy();
-      reject(new Error(`no QMP reply from ${path} within ${timeoutMs} ms`));
+      // A QMP socket serves one client at a time: the others wait for it to leave.
+      reject(
+        new Error(
+          `no QMP reply from ${path} within ${timeoutMs} ms (a socket serves one client at a time: is another attached?)`,
+        ),
+      );
     }, timeoutMs);
     let stage = 0,
       done = false;

@@ -57,7 +57,12 @@ test('qemu.qmp-style framing: compact JSON without newlines, two commands in one
     }
     const v = await c.reply();
     assert.deepEqual(v.id, { n: [1, 2] });
-    assert.equal((v.return as { package: string }).package, 'tsvmm');
+    assert.deepEqual(
+      (v.return as { qemu: unknown }).qemu,
+      { major: 7, minor: 2, micro: 0 },
+      "the QEMU whose QMP tsvmm's is",
+    );
+    assert.match((v.return as { package: string }).package, /^tsvmm \d+\.\d+\.\d+/);
     assert.equal(c.lines.length, 0, 'one reply per command');
     // A syntax error gets QEMU's answer and the stream carries on.
     c.s.write('{"execute":"query-name",}');

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
-import { CommandError, machineCommands } from '../../frontend/commands.js';
+import { CommandError, QEMU_VERSION, machineCommands } from '../../frontend/commands.js';
 import { QmpError, checkArguments } from '../../frontend/qmp/server.js';
 import type { Machine } from '../../machine/machine.js';
 
@@ -24,7 +24,6 @@ test('one handler for each command of frontend/qmp/schema.json (qmp_capabilities
       .filter((c) => c !== 'qmp_capabilities')
       .sort(),
   );
-  assert.ok(commands.version.major >= 0 && Number.isInteger(commands.version.minor));
 });
 
 test('QMP errors are the command layer’s: one class, code ERR_QMP, errorClass as QEMU’s', () => {
@@ -98,4 +97,12 @@ test('state-changing commands run one at a time across transports: a stop sent d
   assert.deepEqual(order, ['reset start', 'reset done', 'pause']);
   assert.deepEqual(events, ['RESET', 'STOP']);
   assert.equal(paused, true, 'the guest is stopped, as the stop said');
+});
+
+test("query-version: QEMU's VersionInfo, the QEMU release tsvmm's QMP behaves like and tsvmm's own version in package", async () => {
+  const own = (JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version;
+  const v = await commands.handlers['query-version']!({}, { takeFd: () => undefined });
+  assert.deepEqual(v, { qemu: { ...QEMU_VERSION }, package: `tsvmm ${own}` });
+  assert.deepEqual(QEMU_VERSION, { major: 7, minor: 2, micro: 0 });
+  assert.deepEqual(commands.version, v, 'the greeting carries the same');
 });

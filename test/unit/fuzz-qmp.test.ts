@@ -1,0 +1,22 @@
+// The QMP fuzzer, CI-sized (`npm run fuzz` runs 10^5 sessions against a VM): see
+// test/helpers/fuzz-qmp.ts for what it does and checks. Here against a QmpServer in a process of
+// its own, so that its memory and fds are measured apart from the clients'.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fuzzQmp } from '../helpers/fuzz-qmp.js';
+import { serverTarget } from '../helpers/qmp-fuzz-targets.js';
+
+const seed = Number(process.env.TSVMM_FUZZ_SEED ?? Date.now() % 1000000);
+const sessions = Number(process.env.TSVMM_FUZZ_QMP_SESSIONS ?? 2000);
+
+test(`QMP fuzz: ${sessions} random sessions (seed ${seed}) leave the server answering, its memory and fds as before`, async () => {
+  const t = await serverTarget();
+  try {
+    const r = await fuzzQmp(t, { seed, sessions, hugeEvery: 1000 });
+    assert.deepEqual(r.violations, [], `replay with TSVMM_FUZZ_SEED=${seed}`);
+    assert.equal(r.sessions, sessions);
+    assert.ok(r.replies > sessions / 2, `${r.replies} replies`);
+  } finally {
+    await t.stop();
+  }
+});
