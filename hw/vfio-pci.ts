@@ -100,6 +100,13 @@ export function msixHole(m: MsixLayout): { start: number; end: number } {
   };
 }
 
+/** How many vectors of each kind a device's guest driver has enabled. */
+export interface DeviceInterruptState {
+  msi: number;
+  msix: number;
+  intx: number;
+}
+
 export class VfioPciDevice extends PciDevice {
   /** Bytes of config space whose guest view is emulated (1) rather than the device's (0). */
   readonly emulated = new Uint8Array(PCI_CONFIG_SIZE);
@@ -453,6 +460,20 @@ export class VfioPciDevice extends PciDevice {
   /** Userspace INTx unmasks done so far (undefined when VFIO unmasks from the resample eventfd). */
   get userspaceIntxUnmasks(): number | undefined {
     return this.resampleWatch?.unmasks;
+  }
+
+  /**
+   * The interrupt vectors the guest has enabled: MSI's, MSI-X's unmasked ones, and the INTx line
+   * when the device has one, MSI and MSI-X are off and the guest has not disabled it (PCI command
+   * register bit 10).
+   */
+  interruptState(): DeviceInterruptState {
+    const msi = this.msiCap?.enabled ? this.msiCap.enabledVectors : 0;
+    let msix = 0;
+    const x = this.msixCap;
+    if (x?.enabled && !x.functionMasked) for (let v = 0; v < x.vectors; v++) if (!x.isMasked(v)) msix++;
+    const intx = this.configRead(0x3d, 1) !== 0 && !msi && !msix && !(this.configRead(0x04, 2) & 0x400) ? 1 : 0;
+    return { msi, msix, intx };
   }
 
   /** Turns INTx off at VFIO and at the line (MSI/MSI-X take over, or the device goes away). */

@@ -14,6 +14,7 @@ import { placeBars, type PciBus } from '../hw/pci.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import type { Interrupts } from '../hw/interrupts.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
+import type { MachineEvent } from './control.js';
 
 /** A device as the config and device_add give it: its driver ("type", default vfio-pci), id and slot. */
 export type DeviceSpec = VfioDeviceSpec & {
@@ -73,10 +74,8 @@ export interface DeviceManagerOptions extends ModelContext {
   /** Whether the guest has ACPI hot-plug (device_del asks it to eject), and how unplug goes. */
   acpi: () => boolean;
   unplug: () => 'surprise' | string | undefined;
-  /** A device left the machine (after the guest's eject, or a surprise removal). */
-  deleted: (id: string) => void;
-  /** Events for the front end (VFIO_REQUEST, VFIO_ERROR). */
-  event: (event: string, data?: Record<string, unknown>) => void;
+  /** Events for the front ends: a device requested back, failed, or gone (machine/control.ts). */
+  event: (event: MachineEvent) => void;
   /** VFIO reported an unrecoverable device error: the machine stops the VM. */
   deviceError: (dev: VfioPciDevice) => void;
 }
@@ -172,7 +171,7 @@ export class DeviceManager {
 
   /**
    * device_del: a guest with ACPI is asked to eject the device (it leaves when the guest's _EJ0
-   * runs, and `deleted` tells); a guest without is surprised: the device goes at once. Returns
+   * runs, and a 'device-deleted' event tells); a guest without is surprised: the device goes at once. Returns
    * whether it is gone already.
    */
   unplug(dev: VfioPciDevice): boolean {
@@ -194,7 +193,7 @@ export class DeviceManager {
   /** A device leaves and the front end hears of it. */
   delete(dev: VfioPciDevice): void {
     this.remove(dev);
-    this.o.deleted(dev.name);
+    this.o.event({ type: 'device-deleted', device: dev.name });
   }
 
   /** Takes a device off the bus and releases it (no event). */
@@ -263,7 +262,7 @@ export class DeviceManager {
         console.error(
           `tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.o.acpi() ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`,
         );
-        this.o.event('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
+        this.o.event({ type: 'device-requested', device: dev.name, host: dev.assigned.host.name });
         this.unplug(dev);
       });
       if (req) list.push(req);
@@ -271,7 +270,7 @@ export class DeviceManager {
         console.error(
           `tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`,
         );
-        this.o.event('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
+        this.o.event({ type: 'device-error', device: dev.name, host: dev.assigned.host.name });
         this.o.deviceError(dev);
       });
       if (err) list.push(err);

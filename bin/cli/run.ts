@@ -2,7 +2,7 @@
 // override the file's values; --device adds devices). --print-config shows the JSON underneath.
 import { closeSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/config/config.js';
+import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/index.js';
 import { projectRoot } from '../../core/paths.js';
 import { dropCleanFilePages } from '../../core/resident.js';
 import { parseCommand, str, UsageError } from './common.js';
@@ -162,11 +162,11 @@ export async function main(args: string[]): Promise<number> {
   }
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
-  let machine: import('../../machine/machine.js').Machine | undefined;
+  let machine: import('../../machine/index.js').MachineControl | undefined;
   let early: TerminatingSignal | undefined;
   catchSignals(); // the dispatcher did already (a no-op then)
   early = onSignal((sig) => {
-    if (machine) machine.requestExit(TERMINATING[sig], `interrupted (${sig})`);
+    if (machine) machine.exit(TERMINATING[sig], `interrupted (${sig})`, 'host-signal');
     else early ??= sig;
   });
   let qmp;
@@ -184,8 +184,8 @@ export async function main(args: string[]): Promise<number> {
         closeSync(sock);
       }
     }
-    const { Machine } = await import('../../machine/machine.js');
-    machine = new Machine(config, passedFds ? { passedFds } : {});
+    const { createMachine } = await import('../../machine/index.js');
+    machine = await createMachine(config, passedFds ? { passedFds } : {});
     const qmpPath = str(v, 'qmp');
     if (qmpPath !== undefined && !early) {
       const { machineQmp } = await import('../../frontend/qmp/commands.js');
@@ -201,9 +201,10 @@ export async function main(args: string[]): Promise<number> {
     // (core/resident.ts); the ones the VM still uses come back from the page cache.
     const trim = setTimeout(() => dropCleanFilePages(), TRIM_AFTER_MS).unref();
     const r = await machine.run().finally(() => clearTimeout(trim));
-    const bySignal = /^interrupted/.test(r.reason);
-    if (r.reason !== 'QMP quit')
-      qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });
+    if (qmp) {
+      const shutdown = (await import('../../frontend/commands.js')).shutdownEvent(r);
+      if (shutdown) qmp.emit('SHUTDOWN', shutdown);
+    }
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {

@@ -9,7 +9,7 @@ import type { Tinypool } from 'tinypool';
 import { native } from '../native.js';
 import { projectRoot } from '../paths.js';
 import { AddressSpace, MemoryRegion } from '../memory/index.js';
-import { Kvm } from './kvm.js';
+import type { Kvm } from './kvm.js';
 import { KvmMemslots } from './memslots.js';
 import { GsiRouting } from './gsi-routing.js';
 import { Vcpu } from './vcpu.js';
@@ -80,7 +80,7 @@ const RESET_MSRS: { index: number; data: number | bigint }[] = [
 const KVM_TSS_ADDR = 0xfffbd000;
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
 
-export class Vm {
+export class KvmVm {
   readonly fd: number;
   readonly memory: AddressSpace;
   readonly io: AddressSpace;

@@ -31,13 +31,8 @@ export interface VfioPciConfig {
 }
 export type DeviceConfig = VfioPciConfig;
 
-export type KernelFormat = 'auto' | 'multiboot' | 'flat' | 'linux';
-/** linux: an initramfs built at start-up (machine/loader/initramfs.ts); paths absolute once checked. */
-export interface InitramfsConfig {
-  script: string;
-  modules?: string;
-  busybox?: string;
-}
+export type { KernelFormat, KernelSpec } from '../boot.js';
+import type { KernelSpec } from '../boot.js';
 
 /** Guest RAM and its backing (core/ram.ts). */
 export type { RamBackend, MemoryConfig } from '../../core/ram.js';
@@ -57,14 +52,7 @@ export interface VmConfig {
   memoryBytes: number;
   memory: MemoryConfig;
   vcpus: number;
-  kernel: {
-    path: string;
-    format: KernelFormat;
-    loadAddress: number;
-    entry?: number;
-    initrd?: string;
-    initramfs?: InitramfsConfig;
-  };
+  kernel: KernelSpec;
   cmdline: string;
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
   devices: DeviceConfig[];
@@ -324,8 +312,8 @@ function checkLinuxKernel(
   k: RawConfig['kernel'],
   baseDir: string,
   problems: string[],
-): { initrd?: string; initramfs?: InitramfsConfig } {
-  const out: { initrd?: string; initramfs?: InitramfsConfig } = {};
+): { initrd?: string; initramfs?: KernelSpec['initramfs'] } {
+  const out: { initrd?: string; initramfs?: KernelSpec['initramfs'] } = {};
   if (k.initrd === undefined && k.initramfs === undefined) return out;
   if (k.initrd !== undefined && k.initramfs !== undefined)
     problems.push(`/kernel: give either "initrd" (a file) or "initramfs" (built at start-up), not both`);

@@ -7,7 +7,6 @@
 import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
 import { native, type CpuidEntry } from '../../core/native.js';
-import type { VmConfig } from '../config/config.js';
 import { LoaderError, type E820Entry } from './multiboot.js';
 import { buildInitramfs } from './initramfs.js';
 import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
@@ -368,9 +367,17 @@ export interface LinuxBoardInfo {
   intxGsi: (slot: number) => number;
 }
 
+/** The kernel and what comes with it, as a checked config gives them (paths absolute). */
+export interface LinuxKernel {
+  path: string;
+  initrd?: string;
+  /** An initramfs built at start-up (machine/loader/initramfs.ts). */
+  initramfs?: { script: string; modules?: string; busybox?: string };
+}
+
 /** What the Linux loader writes into and reads from: memory, the boot vCPU and facts about the board. */
 export interface LinuxBootTarget {
-  kernel: VmConfig['kernel'];
+  kernel: LinuxKernel;
   cmdline: string;
   /** Guest RAM below 4 GiB. */
   ram: Uint8Array;
