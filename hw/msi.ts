@@ -40,9 +40,10 @@
 // vector the function may not use: dropped); without per-vector masking there is nowhere to
 // latch it (MSI disabled), so it is dropped. As in QEMU, pending bits of vectors ≥ nvectors are
 // discarded when the guest writes the capability while MSI is enabled.
-import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt, type MsiMessage } from './msix.js';
+import type { MsiMessage } from '../core/msi.js';
+import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt } from './msi-vectors.js';
 
-export type { MsiMessage } from './msix.js';
+export type { MsiMessage } from '../core/msi.js';
 
 export const PCI_CAP_ID_MSI = 0x05;
 export const PCI_MSI_FLAGS = 2,

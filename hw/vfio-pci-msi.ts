@@ -5,7 +5,8 @@ import { native } from '../core/native.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
 import { VfioIrqVectors } from '../core/vfio/irq.js';
 import type { Interrupts, MsiInterruptGroup } from './interrupts.js';
-import { MsixCap, type MsiMessage } from './msix.js';
+import type { MsiMessage } from '../core/msi.js';
+import { MsixCap } from './msix.js';
 import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
 import type { MsixLayout } from './vfio-pci-layout.js';
 

@@ -9,7 +9,7 @@
 import { closeSync, readSync, writeSync } from 'node:fs';
 import { native, EFD_NONBLOCK } from '../core/native.js';
 import type { KvmVm } from '../core/kvm/vm.js';
-import type { MsiMessage } from '../core/kvm/gsi-routing.js';
+import type { MsiMessage } from '../core/msi.js';
 import type { Interrupts, InterruptLine, MsiInterruptGroup, MsiVectorConfig } from '../hw/interrupts.js';
 
 /** The parts of the VM this needs (tests give a fake). */

@@ -10,7 +10,7 @@ import { runGuest } from '../../helpers/guest.js';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { checkConfig } from '../../../machine/config/config.js';
 import { Machine } from '../../../machine/machine.js';
-import { assignBars } from '../../../hw/pci.js';
+import { assignBars } from '../../../hw/pci-bars.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { projectRoot } from '../../../core/paths.js';
 import { inside } from '../../helpers/inside.js';
