@@ -12,13 +12,30 @@ import {
   LoaderError,
   type E820Entry,
 } from './loader/multiboot.js';
-import { bootLinux, isBzImage, type LinuxKernel } from './loader/linux.js';
+import { readFileSync } from 'node:fs';
+import {
+  enterLongMode,
+  isBzImage,
+  KERNEL_LOAD_ADDR,
+  linuxCmdline,
+  loadLinux,
+  RESET_VECTOR,
+  RESET_VECTOR_STUB,
+} from './loader/linux.js';
+import { buildInitramfs } from './loader/initramfs.js';
+import { ACPI_TABLES_ADDR, buildAcpiTables } from '../hw/acpi.js';
+import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../hw/mptable.js';
+import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN } from '../hw/pci.js';
 import { HOTPLUG_SLOTS, LOW_RAM_END, MULTIBOOT_INFO_ADDR, PCI_WINDOWS, pciIntxGsi } from './board.js';
 
 export type KernelFormat = 'auto' | 'multiboot' | 'flat' | 'linux';
 /** The guest image as a checked config gives it (paths absolute). */
-export interface KernelSpec extends LinuxKernel {
+export interface KernelSpec {
+  path: string;
   format: KernelFormat;
+  initrd?: string;
+  /** Linux: an initramfs built at start-up (machine/loader/initramfs.ts). */
+  initramfs?: { script: string; modules?: string; busybox?: string };
   loadAddress: number;
   entry?: number;
 }
@@ -62,8 +79,7 @@ export function bootImage(t: BootTarget, image: Uint8Array): { acpi: boolean } {
       `${k.path}: an ELF file without a multiboot header (none in its first 8 KiB): tsvmm boots multiboot v1 ELF32 kernels and Linux bzImages; add a multiboot header, or set kernel.format to "flat" to run the file's bytes from its first one`,
     );
   if (format === 'linux') {
-    // machine/loader/linux.ts: boot protocol, ACPI + MP tables, long mode.
-    bootLinux(t, image, { pciMmio32: PCI_WINDOWS.mmio32, hotplugSlots: HOTPLUG_SLOTS, intxGsi: pciIntxGsi });
+    bootLinux(t, image);
     return { acpi: true };
   }
   if (k.initrd || k.initramfs)
@@ -90,4 +106,73 @@ export function bootImage(t: BootTarget, image: Uint8Array): { acpi: boolean } {
   const info = writeMultibootInfo(t.ram, MULTIBOOT_INFO_ADDR, t.cmdline, t.e820);
   enterProtectedMode(t.bootVcpu, entry, info, t.ram);
   return { acpi: false };
+}
+
+/**
+ * Everything a Linux guest needs in memory and registers, on top of the board's devices (i8042,
+ * ACPI sleep registers: machine/board.ts): the initrd (a file, or the initramfs built from the
+ * config), ACPI and MP tables in the BIOS area (they describe the board: its PCI window, the slots
+ * a device may be hot-plugged into, each slot's INTx line), and the boot vCPU in long mode at the
+ * kernel's 64-bit entry (machine/loader/linux.ts). Wires no devices, so loading again
+ * (system_reset) adds nothing.
+ */
+function bootLinux(m: BootTarget, image: Uint8Array): void {
+  const k = m.kernel;
+  let initrd: Uint8Array | undefined, initrdName: string | undefined;
+  if (k.initramfs) {
+    initrd = buildInitramfs({
+      script: k.initramfs.script,
+      ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}),
+      ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}),
+    });
+    initrdName = 'the initramfs built from kernel.initramfs';
+  } else if (k.initrd) {
+    initrd = new Uint8Array(readFileSync(k.initrd));
+    initrdName = k.initrd;
+  }
+  // The reset vector: Linux reboots by jumping to F000:FFF0 in real mode when it has no other way
+  // (with a hardware-reduced FADT it skips the ACPI reset register, tries EFI, then the BIOS), so
+  // the "BIOS" there resets the way the FADT says: 6 to port 0xCF9, which ends the VM.
+  m.ram.set(RESET_VECTOR_STUB, RESET_VECTOR);
+  const low = m.e820.find((e) => e.addr === KERNEL_LOAD_ADDR && e.type === 1);
+  if (!low) throw new LoaderError('no RAM at 1 MiB in the e820 map');
+
+  // PCI INTx: each device's pin arrives on the IOAPIC input its interrupt line names (machine.ts
+  // gives assigned devices GSIs 16-23); ACPI's _PRT and the MP table both say so.
+  const pciIrqs: MpPciIrq[] = [];
+  for (const d of m.pciDevices) {
+    const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
+    if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
+  }
+  // ACPI's _PRT covers every slot a device may arrive in later, not only those filled now.
+  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...HOTPLUG_SLOTS])]
+    .sort((a, b) => a - b)
+    .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: pciIntxGsi(slot) })));
+  const acpi = buildAcpiTables(
+    { cpus: m.cpus, pciMmio32: PCI_WINDOWS.mmio32, pciIrqs: prt, hotplugSlots: HOTPLUG_SLOTS },
+    ACPI_TABLES_ADDR,
+  );
+  m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
+  const cpuid1 = m.cpuid.find((e) => e.function === 1);
+  m.ram.set(
+    buildMpTable(MP_TABLE_ADDR, {
+      cpus: m.cpus,
+      cpuSignature: cpuid1?.eax ?? 0,
+      cpuFeatures: cpuid1?.edx ?? 0,
+      pciIrqs,
+    }),
+    MP_TABLE_ADDR,
+  );
+
+  const layout = loadLinux(m.ram, {
+    image,
+    path: k.path,
+    cmdline: linuxCmdline(m.cmdline),
+    e820: m.e820,
+    lowRamEnd: low.addr + low.size,
+    acpiRsdp: acpi.rsdp,
+    ...(initrd ? { initrd } : {}),
+    ...(initrdName ? { initrdName } : {}),
+  });
+  enterLongMode(m.bootVcpu, layout);
 }

@@ -4,14 +4,9 @@
 // the initrd and the ACPI RSDP; the boot vCPU starts in long mode at load address + 0x200 with
 // RSI = boot_params, paging on with the first 4 GiB identity-mapped (2 MiB pages) and a GDT whose
 // __BOOT_CS (0x10) and __BOOT_DS (0x18) are flat 64-bit code and data.
-import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
-import { native, type CpuidEntry } from '../../core/native.js';
+import { native } from '../../core/native.js';
 import { LoaderError, type E820Entry } from './multiboot.js';
-import { buildInitramfs } from './initramfs.js';
-import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
-import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../../hw/mptable.js';
-import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN, type PciDevice } from '../../hw/pci.js';
 
 export const BOOT_PARAMS_ADDR = 0x7000;
 export const BOOT_STACK = 0x8ff0;
@@ -351,102 +346,4 @@ export function isBzImage(image: Uint8Array): boolean {
     image.length >= 0x270 &&
     new DataView(image.buffer, image.byteOffset, image.byteLength).getUint32(BP.header, true) === HDRS
   );
-}
-
-/**
- * Everything a Linux guest needs in memory and registers, on top of the PC devices the machine
- * has (i8042, ACPI sleep registers: machine/machine.ts): the initrd (a file, or the initramfs built
- * from the config), ACPI and MP tables in the BIOS area, and the boot vCPU in long mode at the
- * kernel's 64-bit entry. Wires no devices, so loading again (system_reset) adds nothing.
- */
-export interface LinuxBoardInfo {
-  pciMmio32: { base: number; end: number };
-  /** Root-bus slots a device may be hot-plugged into (the DSDT describes them: ACPI hot-plug). */
-  hotplugSlots: number[];
-  /** The IOAPIC input each slot's INTx arrives on (every pin of a slot shares its device's line). */
-  intxGsi: (slot: number) => number;
-}
-
-/** The kernel and what comes with it, as a checked config gives them (paths absolute). */
-export interface LinuxKernel {
-  path: string;
-  initrd?: string;
-  /** An initramfs built at start-up (machine/loader/initramfs.ts). */
-  initramfs?: { script: string; modules?: string; busybox?: string };
-}
-
-/** What the Linux loader writes into and reads from: memory, the boot vCPU and facts about the board. */
-export interface LinuxBootTarget {
-  kernel: LinuxKernel;
-  cmdline: string;
-  /** Guest RAM below 4 GiB. */
-  ram: Uint8Array;
-  e820: E820Entry[];
-  /** The PCI devices present now (their INTx lines go into the MP table). */
-  pciDevices: Iterable<PciDevice>;
-  cpus: number;
-  cpuid: CpuidEntry[];
-  bootVcpu: Vcpu;
-}
-
-export function bootLinux(m: LinuxBootTarget, image: Uint8Array, opts: LinuxBoardInfo): LinuxBootLayout {
-  const k = m.kernel;
-  let initrd: Uint8Array | undefined, initrdName: string | undefined;
-  if (k.initramfs) {
-    initrd = buildInitramfs({
-      script: k.initramfs.script,
-      ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}),
-      ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}),
-    });
-    initrdName = 'the initramfs built from kernel.initramfs';
-  } else if (k.initrd) {
-    initrd = new Uint8Array(readFileSync(k.initrd));
-    initrdName = k.initrd;
-  }
-  // The reset vector: Linux reboots by jumping to F000:FFF0 in real mode when it has no other way
-  // (with a hardware-reduced FADT it skips the ACPI reset register, tries EFI, then the BIOS), so
-  // the "BIOS" there resets the way the FADT says: 6 to port 0xCF9, which ends the VM.
-  m.ram.set(RESET_VECTOR_STUB, RESET_VECTOR);
-  const low = m.e820.find((e) => e.addr === KERNEL_LOAD_ADDR && e.type === 1);
-  if (!low) throw new LoaderError('no RAM at 1 MiB in the e820 map');
-
-  // PCI INTx: each device's pin arrives on the IOAPIC input its interrupt line names (machine.ts
-  // gives assigned devices GSIs 16-23); ACPI's _PRT and the MP table both say so.
-  const pciIrqs: MpPciIrq[] = [];
-  for (const d of m.pciDevices) {
-    const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
-    if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
-  }
-  // ACPI's _PRT covers every slot a device may arrive in later, not only those filled now.
-  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...opts.hotplugSlots])]
-    .sort((a, b) => a - b)
-    .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: opts.intxGsi(slot) })));
-  const acpi = buildAcpiTables(
-    { cpus: m.cpus, pciMmio32: opts.pciMmio32, pciIrqs: prt, hotplugSlots: opts.hotplugSlots },
-    ACPI_TABLES_ADDR,
-  );
-  m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
-  const cpuid1 = m.cpuid.find((e) => e.function === 1);
-  m.ram.set(
-    buildMpTable(MP_TABLE_ADDR, {
-      cpus: m.cpus,
-      cpuSignature: cpuid1?.eax ?? 0,
-      cpuFeatures: cpuid1?.edx ?? 0,
-      pciIrqs,
-    }),
-    MP_TABLE_ADDR,
-  );
-
-  const layout = loadLinux(m.ram, {
-    image,
-    path: k.path,
-    cmdline: linuxCmdline(m.cmdline),
-    e820: m.e820,
-    lowRamEnd: low.addr + low.size,
-    acpiRsdp: acpi.rsdp,
-    ...(initrd ? { initrd } : {}),
-    ...(initrdName ? { initrdName } : {}),
-  });
-  enterLongMode(m.bootVcpu, layout);
-  return layout;
 }
