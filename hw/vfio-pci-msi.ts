@@ -102,6 +102,10 @@ export function setupMsi(h: MsiHost, p: number): (MsiRouting<MsiCap> & { size: n
       vectorUse: (v, msg) => h.contain('MSI vector set-up', () => vectorUse(vectors, group, v, msg)),
       vectorRelease: (v) => h.contain('MSI vector mask', () => group.mask(v)),
       notify: (v) => h.contain('MSI delivery', () => group.trigger(v)),
+      pendingPoll: (first, end) =>
+        h.contain('MSI pending poll', () => {
+          for (let v = first; v < end; v++) if (cap.isMasked(v) && group.pending(v)) cap.setPending(v);
+        }),
     },
   );
   cap.writeCapabilityTo(h.config, h.wmask);

@@ -291,6 +291,9 @@ export class VfioPciDevice extends PciDevice {
   // --- config space ----------------------------------------------------------------------------
   override configRead(off: number, size: number): number {
     if (off + size > PCI_CONFIG_SIZE) return 0xffffffff >>> (32 - 8 * size);
+    const p = this.msiCapOffset;
+    if (this.msiCap && p !== undefined && off < p + this.msiCapSize && p < off + size)
+      this.contain('MSI capability read', () => this.msiCap!.beforeRead(off - p, size));
     let emu = 0;
     for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
     if (emu === size) return super.configRead(off, size);
