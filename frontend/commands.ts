@@ -138,6 +138,7 @@ export function deviceAddSpec(a: Record<string, unknown>): DeviceAddSpec {
   const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
   const romfile = str(a, 'romfile');
   return {
+    type: driver,
     id,
     ...(host ? { host } : sysfsdev ? { sysfsdev } : {}),
     ...(backend ? { backend } : {}),

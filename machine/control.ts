@@ -3,7 +3,7 @@
 // hear what happens in it. Nothing else of the machine is reachable from outside machine/.
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
 import type { PassedFd } from '../core/fdpass.js';
-import type { VfioBackendChoice } from '../core/vfio/vfio.js';
+import type { DeviceSpec } from './config/config.js';
 
 /** The run state: QMP query-status's status. */
 export type MachineStatus = 'running' | 'paused' | 'internal-error';
@@ -31,16 +31,8 @@ export type MachineEvent =
   | { type: 'device-error'; device: string; host: string };
 export type MachineListener = (event: MachineEvent) => void;
 
-/** A device to add: its id, what it opens on the host, and where it goes. */
-export interface DeviceAddSpec {
-  id: string;
-  host?: string;
-  sysfsdev?: string;
-  backend?: VfioBackendChoice;
-  slot?: number;
-  rombar?: boolean;
-  romfile?: string;
-}
+/** A device to add: the machine's device spec, with its id. */
+export type DeviceAddSpec = DeviceSpec & { id: string };
 
 /** One PCI device as the guest sees it (QMP query-pci, the library's inspect()). */
 export interface PciDeviceState {

@@ -5,7 +5,7 @@
 import { closeSync } from 'node:fs';
 import { native } from '../core/native.js';
 import type { PassedFd, PassedFds } from '../core/fdpass.js';
-import { vfioPassedFdList, type Vfio, type VfioDeviceSpec, type VfioPassedFds } from '../core/vfio/vfio.js';
+import { vfioPassedFdList, type Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
 import { VfioNotifier } from '../core/vfio/notifier.js';
 import { hotResetAll } from '../core/vfio/hot-reset.js';
 import { VfioSetupError } from '../core/vfio/sysfs.js';
@@ -17,14 +17,9 @@ import type { Interrupts } from '../hw/interrupts.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import type { MachineEvent } from './control.js';
 
-/** A device as the config and device_add give it: its driver ("type", default vfio-pci), id and slot. */
-export type DeviceSpec = VfioDeviceSpec & {
-  type?: string;
-  id?: string;
-  slot?: number;
-  rombar?: boolean;
-  romfile?: string;
-};
+import type { DeviceSpec as ConfigDeviceSpec } from './config/config.js';
+/** The config's device spec, with the driver named by any string (the factory refuses one it lacks). */
+export type DeviceSpec = Omit<ConfigDeviceSpec, 'type'> & { type?: string };
 
 /** What a model is made with. */
 export interface ModelContext {

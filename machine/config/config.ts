@@ -11,23 +11,20 @@ import { checkDevices, checkImage } from './image.js';
 
 export const PAGE_SIZE = 4096;
 
-export type VfioBackendChoice = 'auto' | 'legacy' | 'iommufd';
-export interface VfioPciConfig {
+export type { VfioBackendChoice } from '../../core/vfio/vfio.js';
+import type { VfioBackendChoice, VfioDeviceSpec } from '../../core/vfio/vfio.js';
+/** A device: as a checked config gives it, and as device_add adds one (the machine's one device spec). */
+export interface DeviceSpec extends VfioDeviceSpec {
   type: 'vfio-pci';
   id?: string;
-  host?: string;
-  sysfsdev?: string;
-  cdev?: string;
-  group?: number;
   slot?: number;
-  backend?: VfioBackendChoice;
   /** Name of a passed fd that opens the device (group or cdev). */
   fd?: string;
   /** The expansion ROM: hidden when false; a file's bytes instead of the device's (path absolute once checked). */
   rombar?: boolean;
   romfile?: string;
 }
-export type DeviceConfig = VfioPciConfig;
+export type VfioPciConfig = DeviceSpec;
 
 export type { KernelFormat, KernelSpec } from '../boot.js';
 import type { KernelSpec } from '../boot.js';
@@ -53,7 +50,7 @@ export interface VmConfig {
   kernel: KernelSpec;
   cmdline: string;
   serial: { output: 'stdout' | 'file' | 'none'; path?: string; input: 'none' | 'stdin' };
-  devices: DeviceConfig[];
+  devices: DeviceSpec[];
   vfio: { backend: VfioBackendChoice };
   /** device_del: ask the guest (ACPI) or remove at once. */
   unplug: 'request' | 'surprise';

@@ -10,7 +10,7 @@ import { hasMultibootHeader, loadElf32, LoaderError } from '../loader/multiboot.
 import { checkLinuxCmdline, checkLinuxFit, isBzImage, linuxCmdline, parseBzImage } from '../loader/linux.js';
 import { imageFormat, isElf as isElfImage, type KernelFormat } from '../boot.js';
 import { LOW_RAM_END, MULTIBOOT_INFO_ADDR, PCI_DEVICE_SLOTS } from '../board.js';
-import type { DeviceConfig } from './config.js';
+import type { DeviceSpec } from './config.js';
 
 export interface ImageInput {
   path: string;
@@ -143,7 +143,7 @@ function canonicalBdf(host: string): string {
 }
 
 /** What a device opens on the host, as a comparable key (host BDF, sysfs device, or cdev). */
-function hostKey(d: DeviceConfig): string | undefined {
+function hostKey(d: DeviceSpec): string | undefined {
   if (d.host) return canonicalBdf(d.host);
   if (d.sysfsdev) {
     const last = d.sysfsdev.replace(/\/+$/, '').split('/').pop()!;
@@ -155,7 +155,7 @@ function hostKey(d: DeviceConfig): string | undefined {
 }
 
 /** Ids unique (QMP and logs find devices by them), each host device assigned once, slots enough. */
-export function checkDevices(devices: DeviceConfig[], problems: string[]): void {
+export function checkDevices(devices: DeviceSpec[], problems: string[]): void {
   const ids = new Map<string, number>(),
     hosts = new Map<string, number>();
   devices.forEach((d, i) => {
