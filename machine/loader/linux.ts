@@ -6,7 +6,7 @@
 // __BOOT_CS (0x10) and __BOOT_DS (0x18) are flat 64-bit code and data.
 import type { Vcpu } from '../../core/kvm/vcpu.js';
 import { native } from '../../core/native.js';
-import { LoaderError, type E820Entry } from './multiboot.js';
+import { bootRegs, LoaderError, type E820Entry } from './multiboot.js';
 
 export const BOOT_PARAMS_ADDR = 0x7000;
 export const BOOT_STACK = 0x8ff0;
@@ -304,26 +304,7 @@ export function enterLongMode(vcpu: Vcpu, layout: LinuxBootLayout): void {
     cr4: 0x20, // PAE
     efer: 0x500, // LMA | LME
   });
-  vcpu.setRegs({
-    rax: 0,
-    rbx: 0,
-    rcx: 0,
-    rdx: 0,
-    rsi: layout.bootParams,
-    rdi: 0,
-    rsp: BOOT_STACK,
-    rbp: BOOT_STACK,
-    r8: 0,
-    r9: 0,
-    r10: 0,
-    r11: 0,
-    r12: 0,
-    r13: 0,
-    r14: 0,
-    r15: 0,
-    rip: layout.entry,
-    rflags: 0x2,
-  });
+  vcpu.setRegs(bootRegs({ rsi: layout.bootParams, rsp: BOOT_STACK, rbp: BOOT_STACK, rip: layout.entry }));
   native().kvmSetFpu(vcpu.fd, { fcw: 0x37f, mxcsr: 0x1f80 });
   vcpu.setMsrs([
     { index: MSR_IA32_MISC_ENABLE, data: 1 },
