@@ -22,6 +22,7 @@ export type { MachineOptions } from './machine.js';
 export {
   checkConfig,
   loadConfig,
+  readConfigFile,
   ConfigError,
   type VmConfig,
   type RawConfig,

@@ -1,8 +1,8 @@
 // tsvmm run: a VM from a config file, from QEMU/cloud-hypervisor-style flags, or both (flags
 // override the file's values; --device adds devices). --print-config shows the JSON underneath.
-import { closeSync, readFileSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { ConfigError, checkConfig, type RawConfig, type VfioPciConfig } from '../../machine/index.js';
+import { ConfigError, checkConfig, readConfigFile, type RawConfig, type VfioPciConfig } from '../../machine/index.js';
 import { projectRoot } from '../../core/paths.js';
 import { dropCleanFilePages } from '../../core/resident.js';
 import { parseCommand, str, UsageError } from './common.js';
@@ -92,18 +92,9 @@ export function buildRawConfig(
     (k) => v[k] !== undefined,
   );
   if (positional !== undefined) {
-    const abs = resolve(positional);
-    let text: string;
-    try {
-      text = readFileSync(abs, 'utf8');
-    } catch (e) {
-      throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
-    }
-    try {
-      raw = JSON.parse(text) as RawConfig;
-    } catch (e) {
-      throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
-    }
+    const file = readConfigFile(positional);
+    const abs = file.abs;
+    raw = file.raw as RawConfig;
     if (!raw || typeof raw !== 'object' || Array.isArray(raw))
       throw new ConfigError(abs, ['(top level): must be object']);
     source = flagged ? `${abs} with command-line flags` : abs;

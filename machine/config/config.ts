@@ -331,7 +331,8 @@ function checkLinuxKernel(
 }
 
 /** Reads, parses and checks a config file. */
-export function loadConfig(path: string): VmConfig {
+/** A config file's JSON, unchecked (ConfigError when it cannot be read or parsed), and its absolute path. */
+export function readConfigFile(path: string): { raw: unknown; abs: string } {
   const abs = resolve(path);
   let text: string;
   try {
@@ -339,11 +340,14 @@ export function loadConfig(path: string): VmConfig {
   } catch (e) {
     throw new ConfigError(abs, [`cannot read the file: ${(e as Error).message}`]);
   }
-  let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    return { raw: JSON.parse(text) as unknown, abs };
   } catch (e) {
     throw new ConfigError(abs, [`not valid JSON: ${(e as Error).message}`]);
   }
+}
+
+export function loadConfig(path: string): VmConfig {
+  const { raw, abs } = readConfigFile(path);
   return checkConfig(raw, abs, dirname(abs));
 }
