@@ -173,7 +173,6 @@ export interface Native {
   munmapAddr(addr: U64): void;
   memfdCreate(name: string, flags: number): number;
   madvise(addr: U64, length: U64, advice: number): void;
-  fallocate(fd: number, mode: number, offset: U64, length: U64): void;
   // eventfd
   eventfd(initval: number, flags: number): number;
   // fd readiness on the event loop (fdwatch.cc): callback(status, events) while readable
@@ -197,7 +196,6 @@ export interface Native {
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;
-  loopWatcherStats(h: unknown): number;
   loopWatcherDestroy(h: unknown): void;
   // KVM state blobs (kvm-state.cc), for snapshot/restore on reset
   kvmGetState(fd: number, name: KvmStateName, chipId?: number): Uint8Array;

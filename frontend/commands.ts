@@ -2,15 +2,16 @@
 // system_reset, system_powerdown, device_add/del, quit, the queries…), implemented once against a
 // Machine and an event sink, with QMP's argument shapes, results, errors (errorClass as QEMU's)
 // and events. Two transports use it: the QMP server (frontend/qmp/commands.ts: JSON over a
-// socket, arguments checked against frontend/qmp/schema.json there) and the library (lib/index.ts).
+// socket, arguments checked against frontend/qmp/schema.json there) and the library (lib/index.ts),
+// which calls the operations (`ops`) directly, typed. Both reach the machine through MachineControl.
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { TsvmmError } from '../core/errors.js';
-import type { Machine } from '../machine/machine.js';
-import type { PciDevice } from '../hw/pci.js';
+import type { DeviceAddSpec, MachineControl, MachineResult } from '../machine/index.js';
+import { pciDeviceInfo } from './pci-info.js';
 import { schemaInfo } from '../generated/qmp-validators.js';
 import { projectRoot } from '../core/paths.js';
 import { identify, type PassedFd } from '../core/fdpass.js';
-import type { VfioBackendChoice } from '../core/vfio/vfio.js';
+import type { VfioBackendChoice } from '../machine/index.js';
 
 /** How a command failed, as QEMU's error classes. */
 export type CommandErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';
@@ -34,8 +35,24 @@ export interface CommandContext {
 /** A command: its result (or a promise of it) is the reply's "return". */
 export type CommandHandler = (args: Record<string, unknown>, ctx: CommandContext) => unknown;
 
+/** The operations that change a machine's state, serialized and with their events (QMP's and the
+ *  library's). */
+export interface MachineOps {
+  stop(): Promise<void>;
+  cont(): Promise<void>;
+  reset(): Promise<void>;
+  powerdown(): Promise<void>;
+  /** Hot-plugs a device; `fds` are the machine's from the call on (closed if it fails). A failure
+   *  is the machine's TsvmmError (another error becomes a CommandError). */
+  deviceAdd(spec: DeviceAddSpec, fds?: PassedFd[]): Promise<void>;
+  /** Asks for a device's removal (DeviceNotFound when there is none). */
+  deviceDel(id: string): Promise<void>;
+  quit(): Promise<void>;
+}
+
 export interface MachineCommands {
   readonly handlers: Record<string, CommandHandler>;
+  readonly ops: MachineOps;
   /** Per-command refinements of argument errors (device_add: unknown device properties). */
   readonly argumentError: Partial<Record<string, (args: Record<string, unknown>, e: CommandError) => CommandError>>;
   /** query-version's VersionInfo (also the QMP greeting's). */
@@ -48,10 +65,6 @@ export interface MachineCommands {
 
 /** The QEMU release whose QMP tsvmm's behaves like (commands, errors, events). */
 export const QEMU_VERSION = { major: 7, minor: 2, micro: 0 } as const;
-
-/** Commands that change the machine's state run one at a time, whichever transport (QMP
- *  connections, the library) sends them: a stop queued behind a system_reset waits for it. */
-const SERIALIZED = ['stop', 'cont', 'system_reset', 'system_powerdown', 'quit', 'device_add', 'device_del'];
 
 /** Named fds (getfd) and fd sets (add-fd), as QEMU's monitor keeps them. */
 class FdStore {
@@ -76,95 +89,22 @@ class FdStore {
 // Arguments reach a command checked against frontend/qmp/schema.json (types, required, unexpected).
 const str = (a: Record<string, unknown>, k: string): string | undefined => a[k] as string | undefined;
 
-/** QEMU's pci_class_descriptions (hw/pci/pci.c): query-pci's class_info.desc. */
-const PCI_CLASS_DESC: Record<number, string> = {
-  0x0001: 'VGA controller',
-  0x0100: 'SCSI controller',
-  0x0101: 'IDE controller',
-  0x0102: 'Floppy controller',
-  0x0103: 'IPI controller',
-  0x0104: 'RAID controller',
-  0x0106: 'SATA controller',
-  0x0107: 'SAS controller',
-  0x0180: 'Storage controller',
-  0x0200: 'Ethernet controller',
-  0x0201: 'Token Ring controller',
-  0x0202: 'FDDI controller',
-  0x0203: 'ATM controller',
-  0x0280: 'Network controller',
-  0x0300: 'VGA controller',
-  0x0301: 'XGA controller',
-  0x0302: '3D controller',
-  0x0380: 'Display controller',
-  0x0400: 'Video controller',
-  0x0401: 'Audio controller',
-  0x0402: 'Phone',
-  0x0403: 'Audio controller',
-  0x0480: 'Multimedia controller',
-  0x0500: 'RAM controller',
-  0x0501: 'Flash controller',
-  0x0580: 'Memory controller',
-  0x0600: 'Host bridge',
-  0x0601: 'ISA bridge',
-  0x0602: 'EISA bridge',
-  0x0603: 'MC bridge',
-  0x0604: 'PCI bridge',
-  0x0605: 'PCMCIA bridge',
-  0x0606: 'NUBUS bridge',
-  0x0607: 'CARDBUS bridge',
-  0x0608: 'RACEWAY bridge',
-  0x0680: 'Bridge',
-  0x0700: 'Serial port',
-  0x0701: 'Parallel port',
-  0x0800: 'Interrupt controller',
-  0x0801: 'DMA controller',
-  0x0802: 'Timer',
-  0x0803: 'RTC',
-  0x0900: 'Keyboard',
-  0x0901: 'Pen',
-  0x0902: 'Mouse',
-  0x0a00: 'Dock station',
-  0x0b00: 'i386 cpu',
-  0x0c00: 'Firewire controller',
-  0x0c01: 'Access bus controller',
-  0x0c02: 'SSA controller',
-  0x0c03: 'USB controller',
-  0x0c04: 'Fibre channel controller',
-  0x0c05: 'SMBus',
-};
+/** A device's id: tsvmm needs one to find it for device_del (QEMU names a device without one itself). */
+export function checkDeviceId(id: unknown): string {
+  if (id === undefined) throw new CommandError('GenericError', "Parameter 'id' is missing");
+  if (typeof id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(id))
+    throw new CommandError('GenericError', `Parameter 'id' expects an identifier ([A-Za-z0-9._-], at most 64)`);
+  return id;
+}
 
-/** query-pci's PciDeviceInfo for one device (hw/pci/pci-qmp-cmds.c qmp_query_pci_device). */
-function pciDeviceInfo(d: PciDevice): object {
-  const cls = d.configRead(0x0a, 2),
-    pin = d.configRead(0x3d, 1);
-  const normal = (d.configRead(0x0e, 1) & 0x7f) === 0;
-  return {
-    bus: 0,
-    slot: d.slot,
-    function: d.devfn & 7,
-    class_info: { ...(PCI_CLASS_DESC[cls] ? { desc: PCI_CLASS_DESC[cls] } : {}), class: cls },
-    id: {
-      device: d.configRead(2, 2),
-      vendor: d.configRead(0, 2),
-      ...(normal ? { subsystem: d.configRead(0x2e, 2), 'subsystem-vendor': d.configRead(0x2c, 2) } : {}),
-    },
-    ...(pin ? { irq: d.configRead(0x3c, 1) } : {}),
-    irq_pin: pin,
-    qdev_id: d.name,
-    regions: d.bars
-      .filter((b) => b)
-      .map((b) => ({
-        bar: b!.index,
-        type: b!.type === 'io' ? 'io' : 'memory',
-        address: b!.mappedAt ?? -1,
-        size: b!.size,
-        ...(b!.type === 'io' ? {} : { prefetch: b!.prefetchable, mem_type_64: b!.type === 'mem64' }),
-      })),
-  };
+/** How a machine's end is told as QMP's SHUTDOWN event (undefined: quit told it already). */
+export function shutdownEvent(r: Pick<MachineResult, 'cause'>): { guest: boolean; reason: string } | undefined {
+  if (r.cause === 'host-qmp-quit') return undefined;
+  return r.cause === 'guest' ? { guest: true, reason: 'guest-shutdown' } : { guest: false, reason: r.cause };
 }
 
 /** device_add's addr: a slot ("5", "0x5", "05.0") or an integer, as QEMU's PCI devfn property. */
-function parseAddr(v: unknown): number {
+export function parseAddr(v: unknown): number {
   const bad = () => new CommandError('GenericError', `Property 'vfio-pci.addr' doesn't take value '${String(v)}'`);
   let slot: number;
   if (typeof v === 'number') slot = v;
@@ -177,6 +117,40 @@ function parseAddr(v: unknown): number {
       `Property 'vfio-pci.addr' doesn't take value '${String(v)}' (tsvmm: a free slot 1-31, function 0)`,
     );
   return slot;
+}
+
+/** device_add's vfio-pci properties but the fds (QMP's; the library's typed options become them). */
+export function deviceAddSpec(a: Record<string, unknown>): DeviceAddSpec {
+  const driver = str(a, 'driver')!;
+  if (driver !== 'vfio-pci')
+    throw new CommandError('GenericError', `'${driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
+  const id = checkDeviceId(a.id);
+  const host = str(a, 'host'),
+    sysfsdev = str(a, 'sysfsdev');
+  const backend = str(a, 'backend') as VfioBackendChoice | undefined;
+  if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend))
+    throw new CommandError(
+      'GenericError',
+      `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`,
+    );
+  const slot = a.addr === undefined ? undefined : parseAddr(a.addr);
+  // QEMU's rombar is 0/1 (a uint32), romfile a path.
+  if (a.rombar !== undefined && a.rombar !== 0 && a.rombar !== 1 && typeof a.rombar !== 'boolean')
+    throw new CommandError(
+      'GenericError',
+      `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`,
+    );
+  const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
+  const romfile = str(a, 'romfile');
+  return {
+    type: driver,
+    id,
+    ...(host ? { host } : sysfsdev ? { sysfsdev } : {}),
+    ...(backend ? { backend } : {}),
+    ...(slot !== undefined ? { slot } : {}),
+    ...(rombar !== undefined ? { rombar } : {}),
+    ...(romfile !== undefined ? { romfile } : {}),
+  };
 }
 
 function needFd(ctx: CommandContext): number {
@@ -203,37 +177,86 @@ function vfioFdFor(fd: number, name: string): PassedFd {
  * The commands of machine `m`; its events go to `emit`. Arguments must have been checked against
  * the command's schema (frontend/qmp/server.ts checkArguments) before a handler runs.
  */
-export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
+export function machineCommands(m: MachineControl, emit: EventSink): MachineCommands {
   // As other QEMU-compatible servers do: "qemu" is the QEMU whose QMP this one behaves like (clients
   // check it for features), the server's own name and version go in "package".
   const own = (JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }).version;
   const version = { qemu: { ...QEMU_VERSION }, package: `tsvmm ${own}` };
   const fds = new FdStore();
+  // Machine events as QMP's.
+  m.on((e) => {
+    switch (e.type) {
+      case 'stopped':
+        return emit('STOP');
+      case 'device-deleted':
+        return emit('DEVICE_DELETED', { device: e.device, path: `/machine/peripheral/${e.device}` });
+      case 'device-requested':
+        return emit('VFIO_REQUEST', { device: e.device, host: e.host });
+      case 'device-error':
+        return emit('VFIO_ERROR', { device: e.device, host: e.host });
+    }
+  });
+  // State changes run one at a time, whichever transport (QMP connections, the library) asks: a
+  // stop queued behind a reset waits for it.
+  let queue: Promise<unknown> = Promise.resolve();
+  const serialized = <T>(f: () => T | Promise<T>): Promise<T> => {
+    const r = queue.then(f);
+    queue = r.catch(() => {});
+    return r;
+  };
+  const ops: MachineOps = {
+    stop: () =>
+      serialized(() => {
+        if (m.pause()) emit('STOP');
+      }),
+    cont: () =>
+      serialized(() => {
+        if (m.resume()) emit('RESUME');
+      }),
+    reset: () =>
+      serialized(async () => {
+        await m.reset();
+        emit('RESET', { guest: false, reason: 'host-qmp-system-reset' });
+      }),
+    powerdown: () =>
+      serialized(() => {
+        // QEMU emits POWERDOWN and presses the ACPI power button; a guest may ignore it.
+        emit('POWERDOWN');
+        m.powerdown();
+      }),
+    deviceAdd: (spec, passed = []) =>
+      serialized(() => {
+        try {
+          m.devices.add(spec, passed);
+        } catch (e) {
+          if (e instanceof TsvmmError) throw e;
+          throw new CommandError('GenericError', (e as Error).message, e);
+        }
+      }),
+    deviceDel: (id) =>
+      serialized(() => {
+        // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
+        if (!m.devices.remove(id)) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
+      }),
+    quit: () =>
+      serialized(() => {
+        emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+        m.exit(0, 'QMP quit', 'host-qmp-quit');
+      }),
+  };
+  const done = <T>(p: Promise<T>) => p.then(() => ({}));
   const commands: Record<string, CommandHandler> = {
     'query-version': () => structuredClone(version),
     'query-commands': () => ['qmp_capabilities', ...Object.keys(commands)].map((name) => ({ name })),
     'query-status': () => {
-      const paused = m.vm.paused;
-      return { running: !paused, singlestep: false, status: paused ? (m.stopReason ?? 'paused') : 'running' };
+      const status = m.status();
+      return { running: status === 'running', singlestep: false, status };
     },
-    'query-name': () => ({ name: m.config.name }),
-    'query-pci': () => [{ bus: 0, devices: [...m.pciBus.devices.values()].map(pciDeviceInfo) }],
+    'query-name': () => ({ name: m.name }),
+    'query-pci': () => [{ bus: 0, devices: m.devices.list().map(pciDeviceInfo) }],
     'query-qmp-schema': () => schemaInfo,
-    stop: () => {
-      if (!m.vm.paused) {
-        m.vm.pause();
-        emit('STOP');
-      }
-      return {};
-    },
-    cont: () => {
-      m.stopReason = undefined;
-      if (m.vm.paused) {
-        m.vm.resume();
-        emit('RESUME');
-      }
-      return {};
-    },
+    stop: () => done(ops.stop()),
+    cont: () => done(ops.cont()),
     getfd: (a, ctx) => {
       const name = str(a, 'fdname')!;
       const fd = needFd(ctx);
@@ -280,48 +303,23 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
         'fdset-id': id,
         fds: set.map((f) => ({ fd: f.fd, ...(f.opaque !== undefined ? { opaque: f.opaque } : {}) })),
       })),
-    device_add: (a) => {
-      const driver = str(a, 'driver')!;
-      if (driver !== 'vfio-pci')
-        throw new CommandError('GenericError', `'${driver}' is not a valid device model name (tsvmm has: vfio-pci)`);
-      // QEMU names a device without an id itself; tsvmm needs one to find it for device_del.
-      const id = str(a, 'id');
-      if (id === undefined) throw new CommandError('GenericError', "Parameter 'id' is missing");
-      if (!/^[A-Za-z0-9._-]{1,64}$/.test(id))
-        throw new CommandError('GenericError', `Parameter 'id' expects an identifier ([A-Za-z0-9._-], at most 64)`);
-      const host = str(a, 'host'),
-        sysfsdev = str(a, 'sysfsdev'),
-        fdName = str(a, 'fd'),
+    device_add: async (a) => {
+      const spec = deviceAddSpec(a);
+      const fdName = str(a, 'fd'),
         iommufdName = str(a, 'iommufd');
-      const backend = str(a, 'backend') as VfioBackendChoice | undefined;
-      if (backend !== undefined && !['auto', 'legacy', 'iommufd'].includes(backend))
-        throw new CommandError(
-          'GenericError',
-          `Property 'vfio-pci.backend' doesn't take value '${backend}' (auto, legacy or iommufd)`,
-        );
-      const slot = a.addr === undefined ? undefined : parseAddr(a.addr);
-      // QEMU's rombar is 0/1 (a uint32), romfile a path.
-      if (a.rombar !== undefined && a.rombar !== 0 && a.rombar !== 1 && typeof a.rombar !== 'boolean')
-        throw new CommandError(
-          'GenericError',
-          `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`,
-        );
-      const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
-      const romfile = str(a, 'romfile');
-      if (!host && !sysfsdev && !fdName)
+      if (!spec.host && !spec.sysfsdev && !fdName)
         throw new CommandError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
       // Named fds are taken (and owned by the device) only once everything else checks out.
       const passed: PassedFd[] = [];
       const taken: number[] = [];
-      let handed = false;
       try {
-        let device: string | undefined;
         if (fdName) {
           const fd = fds.take(fdName);
           taken.push(fd);
           const p = vfioFdFor(fd, fdName);
           passed.push(p);
-          if (p.kind === 'vfio-cdev') device = p.device;
+          if (p.kind === 'vfio-cdev' && !spec.host && !spec.sysfsdev)
+            spec.sysfsdev = `/sys/bus/pci/devices/${p.device}`;
         }
         if (iommufdName) {
           const fd = fds.take(iommufdName);
@@ -330,72 +328,47 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
           identify(p);
           passed.push(p);
         }
-        const spec = {
-          id,
-          ...(host ? { host } : sysfsdev ? { sysfsdev } : { sysfsdev: `/sys/bus/pci/devices/${device}` }),
-          ...(backend ? { backend } : {}),
-          ...(slot !== undefined ? { slot } : {}),
-          ...(rombar !== undefined ? { rombar } : {}),
-          ...(romfile !== undefined ? { romfile } : {}),
-        };
-        if (!host && !sysfsdev && !device)
+        if (!spec.host && !spec.sysfsdev)
           throw new CommandError(
             'GenericError',
             `fd '${fdName}' is a VFIO group: say which of its devices with 'host'`,
           );
-        handed = true; // from here the machine owns the fds (and closes them if it fails)
-        m.deviceManager.hotplug(spec, passed);
       } catch (e) {
-        if (!handed) for (const fd of taken) closeSync(fd);
+        for (const fd of taken) closeSync(fd);
         if (e instanceof CommandError) throw e;
         throw new CommandError('GenericError', (e as Error).message, e);
       }
+      // From here the machine owns the fds (and closes them if it fails). QMP says every failure
+      // as a GenericError.
+      await ops.deviceAdd(spec, passed).catch((e: Error) => {
+        throw e instanceof CommandError ? e : new CommandError('GenericError', e.message, e);
+      });
       return {};
     },
-    device_del: (a) => {
-      const id = str(a, 'id')!;
-      const dev = m.deviceManager.find(id);
-      if (!dev) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
-      // With ACPI the guest is asked and DEVICE_DELETED follows its eject; without, it goes at once.
-      m.deviceManager.unplug(dev);
-      return {};
-    },
+    device_del: (a) => done(ops.deviceDel(str(a, 'id')!)),
     // tsvmm's own (QEMU's x- convention for what is not a stable interface): has VFIO signal a
     // device's request or error notifier through its loopback, so the VM's answer can be seen
     // where no real unbind or AER error can be made.
     'x-vfio-signal-notifier': (a) => {
       const id = str(a, 'id')!,
         which = str(a, 'notifier')!;
-      const dev = m.deviceManager.find(id);
-      if (!dev) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
       if (which !== 'request' && which !== 'error')
         throw new CommandError(
           'GenericError',
           `Parameter 'notifier' does not accept value '${which}' (request or error)`,
         );
+      let found: boolean;
       try {
-        m.deviceManager.signalNotifier(dev, which);
+        found = m.devices.signalNotifier(id, which);
       } catch (e) {
         throw new CommandError('GenericError', (e as Error).message, e);
       }
+      if (!found) throw new CommandError('DeviceNotFound', `Device '${id}' not found`);
       return {};
     },
-    system_powerdown: () => {
-      // QEMU emits POWERDOWN and presses the ACPI power button; a guest may ignore it.
-      emit('POWERDOWN');
-      m.requestPowerdown();
-      return {};
-    },
-    system_reset: async () => {
-      await m.systemReset();
-      emit('RESET', { guest: false, reason: 'host-qmp-system-reset' });
-      return {};
-    },
-    quit: () => {
-      emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
-      m.requestExit(0, 'QMP quit');
-      return {};
-    },
+    system_powerdown: () => done(ops.powerdown()),
+    system_reset: () => done(ops.reset()),
+    quit: () => done(ops.quit()),
   };
   // device_add takes a device's properties: an unknown one is the device's, as QEMU says it.
   const argumentError: MachineCommands['argumentError'] = {
@@ -407,16 +380,12 @@ export function machineCommands(m: Machine, emit: EventSink): MachineCommands {
       return new CommandError('GenericError', `Property '${String(a.driver)}.${u[1]}' not found`);
     },
   };
-  let queue: Promise<unknown> = Promise.resolve();
-  for (const name of SERIALIZED) {
-    const h = commands[name]!;
-    commands[name] = (a, ctx) => {
-      const r = queue.then(() => h(a, ctx));
-      queue = r.catch(() => {});
-      return r;
-    };
-  }
-  m.onDeviceDeleted = (id) => emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
-  m.onEvent = (event, data) => emit(event, data);
-  return { handlers: commands, argumentError, version, idle: () => queue.then(() => {}), close: () => fds.close() };
+  return {
+    handlers: commands,
+    ops,
+    argumentError,
+    version,
+    idle: () => queue.then(() => {}),
+    close: () => fds.close(),
+  };
 }

@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { native } from '../core/native.js';
-import { loadConfig } from '../machine/config/config.js';
+import { loadConfig } from '../machine/index.js';
 import { findHostDevice, cdevOf } from '../core/vfio/sysfs.js';
 import { resolveBackend } from '../core/vfio/vfio.js';
 import { IOMMU_PATH, setPerProcessAccounting } from '../core/vfio/iommufd.js';

@@ -124,7 +124,6 @@ export const amlIf = (predicate: Aml, ...body: Aml[]): Uint8Array => {
 };
 /** A call of a method (the arguments must match its declared count). */
 export const amlCall = (path: string, ...args: Aml[]): Uint8Array => cat(amlPath(path), ...args);
-export const amlReturn = (value: Aml): Uint8Array => cat([0xa4], value);
 
 /** EISA ID ("PNP0A03") as the 32-bit integer AML uses. */
 export function eisaId(id: string): number {

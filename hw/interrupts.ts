@@ -3,7 +3,7 @@
 // implements it (machine/interrupts.ts: KVM GSI routes and irqfds); a model only asks for an MSI
 // group or an INTx line and uses it. Eventfds are the currency so that a source outside the VMM
 // (VFIO) can signal an interrupt that never wakes the VMM.
-import type { MsiMessage } from './msix.js';
+import type { MsiMessage } from '../core/msi.js';
 
 export interface MsiVectorConfig extends MsiMessage {
   /** A masked vector keeps its route, but a signal only makes it pending (see pending()). */

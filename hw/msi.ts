@@ -39,10 +39,13 @@
 // latched (guest-visible) and delivered on unmask, unless MSI is enabled with v ≥ nvectors (a
 // vector the function may not use: dropped); without per-vector masking there is nowhere to
 // latch it (MSI disabled), so it is dropped. As in QEMU, pending bits of vectors ≥ nvectors are
-// discarded when the guest writes the capability while MSI is enabled.
-import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt, type MsiMessage } from './msix.js';
+// discarded when the guest writes the capability while MSI is enabled. A masked vector's interrupt
+// that waits elsewhere (an irqfd's eventfd) is reported by the listener's pendingPoll, called
+// before the guest reads Pending Bits, so the register shows it.
+import type { MsiMessage } from '../core/msi.js';
+import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt } from './msi-vectors.js';
 
-export type { MsiMessage } from './msix.js';
+export type { MsiMessage } from '../core/msi.js';
 
 export const PCI_CAP_ID_MSI = 0x05;
 export const PCI_MSI_FLAGS = 2,
@@ -60,6 +63,9 @@ export interface MsiListener {
   vectorUse?(vector: number, msg: MsiMessage): void;
   vectorRelease?(vector: number): void;
   notify?(vector: number, msg: MsiMessage): void;
+  /** The guest is about to read the Pending Bits of [first, end): a chance to drain interrupt
+   *  sources that hold a masked vector's signal into setPending() (MSI-X's pbaPoll). */
+  pendingPoll?(firstVector: number, endVector: number): void;
 }
 
 export interface MsiOptions {
@@ -177,12 +183,27 @@ export class MsiCap {
   /** Reads `size` (1, 2, 4) bytes at `offsetInCap`; bytes outside the capability read as 0. */
   configRead(offsetInCap: number, size: number): number {
     checkConfigAccess(offsetInCap, size);
+    this.beforeRead(offsetInCap, size);
     let v = 0;
     for (let i = size - 1; i >= 0; i--) {
       const o = offsetInCap + i;
       v = (v << 8) | (o >= 0 && o < this.size ? this.regs[o]! : 0);
     }
     return v >>> 0;
+  }
+
+  /**
+   * A read of [offsetInCap, +size) is coming (through configRead, or of the config-space copy a
+   * device model keeps): when it covers Pending Bits, the listener may report the masked vectors
+   * whose interrupt waits, so the guest sees them pending.
+   */
+  beforeRead(offsetInCap: number, size: number): void {
+    const p = this.pendingOffset;
+    const poll = this.listener.pendingPoll;
+    if (p === undefined || !poll || offsetInCap >= p + 4 || offsetInCap + size <= p) return;
+    const first = Math.max(0, offsetInCap - p) * 8,
+      end = Math.min((offsetInCap + size - p) * 8, this.vectors);
+    if (first < end) this.runner.batch(() => this.runner.call(() => poll.call(this.listener, first, end)));
   }
 
   /** Writes `size` (1, 2, 4) bytes at `offsetInCap` through the write mask, then reports. */

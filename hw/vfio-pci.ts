@@ -7,33 +7,33 @@
 // on top the emulated MSI-X table and PBA. Interrupts are eventfds VFIO signals, handed to the
 // machine's interrupt groups (hw/interrupts.ts: on KVM, irqfds); INTx uses a resample eventfd that
 // VFIO unmasks from, so no interrupt wakes the VMM.
-import { readFileSync, readSync } from 'node:fs';
-import { native, isSyscallError } from '../core/native.js';
+import { native } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
 import { VfioIntx, VfioIrqVectors } from '../core/vfio/irq.js';
-import type { InterruptLine, Interrupts, MsiInterruptGroup } from './interrupts.js';
-import { MsixCap, type MsiMessage } from './msix.js';
-import { MsiCap, msiCapSize, type MsiVectorCount } from './msi.js';
+import type { Interrupts, MsiInterruptGroup } from './interrupts.js';
+import type { MsixCap } from './msix.js';
+import type { MsiCap } from './msi.js';
+import { disableVectors, setupMsi, setupMsix, type MsiHost } from './vfio-pci-msi.js';
 import {
   PciDevice,
   PCI_BASE_ADDRESS_0,
-  PCI_CAPABILITY_LIST,
   PCI_COMMAND,
   PCI_INTERRUPT_LINE,
   PCI_INTERRUPT_PIN,
   PCI_ROM_ADDRESS,
-  PCI_STATUS,
-  PCI_STATUS_CAP_LIST,
   PCI_CONFIG_SIZE,
   guestEvents,
   type BarType,
 } from './pci.js';
+import { barMmapRanges, findCapabilities, msixHole, PAGE, type BarLayout, type MsixLayout } from './vfio-pci-layout.js';
+import { IntxRouting } from './vfio-pci-intx.js';
+import { DeviceAccess } from './vfio-pci-access.js';
+import { romRegion } from './vfio-pci-rom.js';
 
-const PAGE = 4096;
-const CAP_ID_PM = 0x01,
-  CAP_ID_MSI = 0x05,
-  CAP_ID_MSIX = 0x11;
+export { barMmapRanges, msixHole, type MsixLayout } from './vfio-pci-layout.js';
+export { ROM_MAX } from './vfio-pci-rom.js';
+
 const PCI_PM_CTRL = 4,
   PCI_PM_CTRL_STATE_MASK = 0x3;
 
@@ -47,57 +47,11 @@ export interface VfioPciOptions {
   rom?: { bar?: boolean; file?: string };
 }
 
-/** Largest ROM image taken from a romfile (PCI allows up to 16 MiB). */
-export const ROM_MAX = 16 * 2 ** 20;
-
-interface BarLayout {
-  index: number;
-  type: BarType;
-  prefetchable: boolean;
-  size: number;
-  virtualSize: number;
-  mmaps: { offset: number; size: number }[];
-}
-
-export interface MsixLayout {
-  capOffset: number;
-  vectors: number;
-  tableBar: number;
-  tableOffset: number;
-  pbaBar: number;
-  pbaOffset: number;
-}
-
-/** Where the mmap'd pieces of a BAR go: sparse areas (or all), minus the MSI-X page hole. */
-export function barMmapRanges(
-  size: number,
-  sparse: { offset: number; size: number }[] | undefined,
-  hole: { start: number; end: number } | undefined,
-): { offset: number; size: number }[] {
-  const areas = sparse ?? [{ offset: 0, size }];
-  const out: { offset: number; size: number }[] = [];
-  for (const a of areas) {
-    let pieces = [{ start: a.offset, end: a.offset + a.size }];
-    if (hole)
-      pieces = pieces.flatMap((p) => [
-        { start: p.start, end: Math.min(p.end, hole.start) },
-        { start: Math.max(p.start, hole.end), end: p.end },
-      ]);
-    for (const p of pieces) {
-      const start = Math.ceil(p.start / PAGE) * PAGE,
-        end = Math.min(Math.floor(p.end / PAGE) * PAGE, size);
-      if (end > start) out.push({ offset: start, size: end - start });
-    }
-  }
-  return out;
-}
-
-/** QEMU's MSI-X hole: [table start rounded down to a page, table end rounded up). */
-export function msixHole(m: MsixLayout): { start: number; end: number } {
-  return {
-    start: Math.floor(m.tableOffset / PAGE) * PAGE,
-    end: Math.ceil((m.tableOffset + m.vectors * 16) / PAGE) * PAGE,
-  };
+/** How many vectors of each kind a device's guest driver has enabled. */
+export interface DeviceInterruptState {
+  msi: number;
+  msix: number;
+  intx: number;
 }
 
 export class VfioPciDevice extends PciDevice {
@@ -116,11 +70,8 @@ export class VfioPciDevice extends PciDevice {
   msixGroup: MsiInterruptGroup | undefined;
   msiGroup: MsiInterruptGroup | undefined;
   private msiCapSize = 0;
-  private readonly intxLine: InterruptLine;
-  private readonly intx: VfioIntx;
-  private intxOn = false;
-  private resampleWatch: { fd: number; timer: NodeJS.Timeout; unmasks: number } | undefined;
-  private readonly resampleBuf = Buffer.alloc(8);
+  private readonly intx: IntxRouting;
+  private readonly access: DeviceAccess;
   private readonly cleanups: (() => void)[] = [];
 
   constructor(
@@ -129,9 +80,8 @@ export class VfioPciDevice extends PciDevice {
     readonly opts: VfioPciOptions,
   ) {
     super(opts.id, { vendor: 0, device: 0, classCode: 0 });
-    const dev = assigned.device;
-    this.intx = new VfioIntx(dev);
-    this.intxLine = interrupts.line(opts.gsi);
+    this.access = new DeviceAccess(opts.id, assigned.device);
+    this.intx = new IntxRouting(opts.id, new VfioIntx(assigned.device), interrupts.line(opts.gsi));
     try {
       this.init();
     } catch (e) {
@@ -167,7 +117,10 @@ export class VfioPciDevice extends PciDevice {
     this.emulate(PCI_ROM_ADDRESS, 4); // ROM BAR: ours (setupRom), never the device's
     this.emulate(PCI_INTERRUPT_LINE, 2); // line: our GSI; pin: as the device says (copied)
     new DataView(this.config.buffer).setUint32(PCI_ROM_ADDRESS, 0, true);
-    this.findCapabilities();
+    const caps = findCapabilities(this.config);
+    this.msix = caps.msix;
+    this.msiCapOffset = caps.msiCapOffset;
+    this.pmCapOffset = caps.pmCapOffset;
     if (dev.canReset) {
       try {
         dev.reset();
@@ -176,8 +129,8 @@ export class VfioPciDevice extends PciDevice {
       }
     }
     this.setupBars();
-    this.setupRom();
-    this.setupMsix();
+    const rom = romRegion(this.name, this.opts.rom ?? {}, dev);
+    if (rom) this.registerRom(rom.size, rom.region);
     this.setupMsi();
     this.config[PCI_INTERRUPT_LINE] = this.opts.gsi;
     this.enableIntx();
@@ -185,37 +138,6 @@ export class VfioPciDevice extends PciDevice {
 
   private emulate(off: number, len: number): void {
     this.emulated.fill(1, off, off + len);
-  }
-
-  /** A BAR access for the guest: beyond the real BAR (grown to a page) or refused by the device
-   *  reads as all-ones and drops writes, as a master abort would. */
-  private regionRead(index: number, off: number, size: number, regionSize: number): number | bigint {
-    const ones = size === 8 ? 0xffffffffffffffffn : 2 ** (8 * size) - 1;
-    if (off + size > regionSize) return ones;
-    try {
-      return this.assigned.device.read(index, off, size);
-    } catch (e) {
-      guestEvents.report(
-        'error',
-        `${this.name}:bar${index}:read`,
-        () =>
-          `${this.name}: BAR${index} read at +0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`,
-      );
-      return ones;
-    }
-  }
-
-  private regionWrite(index: number, off: number, size: number, value: number | bigint, regionSize: number): void {
-    if (off + size > regionSize) return;
-    try {
-      this.assigned.device.write(index, off, size, value);
-    } catch (e) {
-      guestEvents.report(
-        'error',
-        `${this.name}:bar${index}:write`,
-        () => `${this.name}: BAR${index} write at +0x${off.toString(16)} failed (${(e as Error).message}); dropped`,
-      );
-    }
   }
 
   /** Runs guest-triggered work (a config write, an MSI-X table write) so that no error of it
@@ -229,33 +151,6 @@ export class VfioPciDevice extends PciDevice {
         `${this.name}:${what}`,
         () => `${this.name}: ${what} failed (${(e as Error).message})`,
       );
-    }
-  }
-
-  private findCapabilities(): void {
-    if (!(this.config[PCI_STATUS]! & PCI_STATUS_CAP_LIST)) return;
-    const seen = new Set<number>();
-    for (let p = this.config[PCI_CAPABILITY_LIST]! & 0xfc; p >= 0x40 && !seen.has(p); p = this.config[p + 1]! & 0xfc) {
-      seen.add(p);
-      const id = this.config[p]!;
-      const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
-      if (id === CAP_ID_MSIX) {
-        const v = new DataView(this.config.buffer);
-        const table = v.getUint32(p + 4, true),
-          pba = v.getUint32(p + 8, true);
-        this.msix = {
-          capOffset: p,
-          vectors: (ctrl & 0x7ff) + 1,
-          tableBar: table & 7,
-          tableOffset: table & ~7,
-          pbaBar: pba & 7,
-          pbaOffset: pba & ~7,
-        };
-      } else if (id === CAP_ID_MSI) {
-        this.msiCapOffset = p;
-      } else if (id === CAP_ID_PM) {
-        this.pmCapOffset = p;
-      }
     }
   }
 
@@ -292,12 +187,12 @@ export class VfioPciDevice extends PciDevice {
       const index = i; // i moves on past a 64-bit BAR's upper half below: capture this BAR's
       const barIo = (base: number) => ({
         read: (off: number, sz: number) => {
-          if (this.resampleWatch) this.pollResample();
-          return this.regionRead(index, base + off, sz, size);
+          this.intx.poll();
+          return this.access.regionRead(index, base + off, sz, size);
         },
         write: (off: number, sz: number, val: number | bigint) => {
-          if (this.resampleWatch) this.pollResample();
-          this.regionWrite(index, base + off, sz, val, size);
+          this.intx.poll();
+          this.access.regionWrite(index, base + off, sz, val, size);
         },
       });
       container.addSubregion(0, MemoryRegion.io(`${this.name}-bar${i}-trap`, virtualSize, barIo(0)), 0);
@@ -327,70 +222,6 @@ export class VfioPciDevice extends PciDevice {
     // The BARs' emulated registers start out as the type bits only (registerBar wrote them).
   }
 
-  /**
-   * The ROM BAR: read-only and trapped (a guest reads its ROM rarely: firmware, `rom` in sysfs),
-   * served by pread from VFIO's ROM region or from a romfile padded with zeros to a power of two.
-   */
-  private setupRom(): void {
-    const rom = this.opts.rom ?? {};
-    if (rom.bar === false) return;
-    const romIndex = native().constants.VFIO_PCI_ROM_REGION_INDEX;
-    let size: number;
-    let read: (off: number, sz: number) => number | bigint;
-    if (rom.file !== undefined) {
-      let bytes: Buffer;
-      try {
-        bytes = readFileSync(rom.file);
-      } catch (e) {
-        throw new Error(
-          `${this.name}: romfile ${rom.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}: give a readable file, or drop "romfile"`,
-          { cause: e },
-        );
-      }
-      if (bytes.length === 0 || bytes.length > ROM_MAX)
-        throw new Error(`${this.name}: romfile ${rom.file} is ${bytes.length} bytes; a ROM holds 1 byte to 16 MiB`);
-      size = Math.max(0x800, 2 ** Math.ceil(Math.log2(bytes.length)));
-      const image = Buffer.alloc(size);
-      bytes.copy(image);
-      read = (off, sz) => (sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz));
-    } else {
-      const r = this.assigned.device.regions[romIndex];
-      if (!r || r.size === 0) return;
-      size = r.size;
-      // Read whole on first use and kept (as QEMU's vfio_pci_load_rom): every pread of the ROM
-      // region has vfio-pci enable and map the device's ROM anew, far too slow per access.
-      let image: Buffer | undefined;
-      read = (off, sz) => {
-        image ??= this.loadRom(romIndex, r.size);
-        return sz === 8 ? image.readBigUInt64LE(off) : image.readUIntLE(off, sz);
-      };
-    }
-    this.registerRom(
-      size,
-      MemoryRegion.io(`${this.name}-rom`, size, {
-        read,
-        write: () => {
-          /* read-only */
-        },
-      }),
-    );
-  }
-
-  /** The device's ROM, read in one pass; what cannot be read reads as all-ones (no ROM there). */
-  private loadRom(index: number, size: number): Buffer {
-    const image = Buffer.alloc(size, 0xff);
-    try {
-      this.assigned.device.readInto(index, 0, image);
-    } catch (e) {
-      guestEvents.report(
-        'error',
-        `${this.name}:rom`,
-        () => `${this.name}: reading the device's ROM failed (${(e as Error).message}); the guest reads all-ones`,
-      );
-    }
-    return image;
-  }
-
   /** Adds the emulated MSI-X table/PBA (or any overlay) above a BAR's direct mappings. */
   overlayBar(index: number, offset: number, region: MemoryRegion): void {
     const bar = this.bars[index];
@@ -398,198 +229,75 @@ export class VfioPciDevice extends PciDevice {
     memoryTransaction(() => bar.region.addSubregion(offset, region, 2));
   }
 
-  /** INTx: the device's line triggers the interrupt line's eventfd; the guest's EOI signals the
-   *  resample eventfd, from which VFIO unmasks the (auto-masked) line (QEMU's vfio_intx_enable_kvm). */
-  protected enableIntx(): void {
-    if (this.intxOn || !this.config[PCI_INTERRUPT_PIN] || !this.intx.available) return;
-    const { trigger, resample } = this.intxLine.connect();
-    this.intxOn = true;
-    try {
-      this.intx.trigger(trigger);
-      this.intx.mask();
-      try {
-        this.intx.unmaskOn(resample);
-      } catch (e) {
-        // Some mdev drivers (mtty) cannot unmask from an eventfd (ENOTTY): the trigger still goes
-        // straight to the line, and the VMM unmasks after each guest EOI instead (QEMU does the same).
-        if (!isSyscallError(e, 'ENOTTY') && !isSyscallError(e, 'EINVAL')) throw e;
-        this.watchResample(resample);
-      }
-      this.intx.unmask();
-    } catch (e) {
-      this.disableIntx();
-      throw e;
-    }
+  /** INTx on (at start, and when MSI and MSI-X are off). */
+  private enableIntx(): void {
+    this.intx.enable(this.config[PCI_INTERRUPT_PIN] !== 0);
   }
-
-  /** Userspace INTx unmask (for devices that cannot unmask from an eventfd): the guest's EOI
-   *  signals the resample eventfd, and the VMM unmasks when it sees that. It looks before every
-   *  trapped BAR access (the guest EOIs before it touches the device again, so an interrupt the
-   *  access raises is never lost to a stale mask, as QEMU's vfio_eoi on BAR access) and on a
-   *  slow timer for interrupts the device raises by itself. */
-  private watchResample(fd: number): void {
-    if (this.resampleWatch) return;
-    const timer = setInterval(() => this.pollResample(), 5);
-    timer.unref();
-    this.resampleWatch = { fd, timer, unmasks: 0 };
-  }
-
-  private pollResample(): void {
-    const w = this.resampleWatch;
-    if (!w || !this.intxOn) return;
-    try {
-      readSync(w.fd, this.resampleBuf, 0, 8, null);
-    } catch {
-      return; // EAGAIN: no EOI since the last look
-    }
-    try {
-      this.intx.unmask();
-      w.unmasks++;
-    } catch (e) {
-      console.error(`tsvmm: ${this.name}: INTx unmask failed: ${(e as Error).message}`);
-    }
+  private disableIntx(): void {
+    this.intx.disable();
   }
 
   /** Userspace INTx unmasks done so far (undefined when VFIO unmasks from the resample eventfd). */
   get userspaceIntxUnmasks(): number | undefined {
-    return this.resampleWatch?.unmasks;
+    return this.intx.userspaceUnmasks;
   }
 
-  /** Turns INTx off at VFIO and at the line (MSI/MSI-X take over, or the device goes away). */
-  protected disableIntx(): void {
-    if (!this.intxOn) return;
-    this.intxOn = false;
-    try {
-      this.intx.disable();
-    } catch {
-      /* already off */
-    }
-    this.intxLine.disconnect();
+  /**
+   * The interrupt vectors the guest has enabled: MSI's, MSI-X's unmasked ones, and the INTx line
+   * when the device has one, MSI and MSI-X are off and the guest has not disabled it (PCI command
+   * register bit 10).
+   */
+  interruptState(): DeviceInterruptState {
+    const msi = this.msiCap?.enabled ? this.msiCap.enabledVectors : 0;
+    let msix = 0;
+    const x = this.msixCap;
+    if (x?.enabled && !x.functionMasked) for (let v = 0; v < x.vectors; v++) if (!x.isMasked(v)) msix++;
+    const intx = this.configRead(0x3d, 1) !== 0 && !msi && !msix && !(this.configRead(0x04, 2) & 0x400) ? 1 : 0;
+    return { msi, msix, intx };
   }
 
-  /** MSI-X: the capability and table are emulated; VFIO signals each vector's eventfd in its MSI group. */
-  private setupMsix(): void {
-    const m = this.msix;
-    const c = native().constants;
-    if (!m || !this.bars[m.tableBar] || !this.bars[m.pbaBar]) return;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSIX_IRQ_INDEX];
-    if (!irq || irq.count === 0) return;
-    const vectors = new VfioIrqVectors(this.assigned.device, c.VFIO_PCI_MSIX_IRQ_INDEX, Math.min(m.vectors, irq.count));
-    const group = this.interrupts.msiGroup(vectors.max);
-    this.msixVectors = vectors;
-    this.msixGroup = group;
-    const cap: MsixCap = new MsixCap(
-      { ...m, name: this.name },
-      {
-        onControl: (enabled) =>
-          this.contain('MSI-X enable/disable', () => {
-            if (enabled) {
-              this.disableIntx();
-              vectors.enableEmpty();
-            } else {
-              this.disableVectors(vectors, group);
-              this.enableIntx();
-            }
-          }),
-        vectorUse: (v, msg) => this.contain('MSI-X vector set-up', () => this.vectorUse(vectors, group, v, msg)),
-        vectorRelease: (v) => this.contain('MSI-X vector mask', () => group.mask(v)),
-        notify: (v) => this.contain('MSI-X delivery', () => group.trigger(v)),
-        pbaPoll: (first, end) =>
-          this.contain('MSI-X PBA poll', () => {
-            for (let v = first; v < end; v++) if (group.pending(v)) cap.setPending(v);
-          }),
-      },
-    );
-    cap.writeCapabilityTo(this.config, this.wmask);
-    this.emulate(m.capOffset, 12);
-    this.msixCap = cap;
-    this.overlayBar(m.tableBar, m.tableOffset, cap.tableRegion);
-    this.overlayBar(m.pbaBar, m.pbaOffset, cap.pbaRegion);
-  }
-
-  /** Vector v in use with this message: routed and unmasked (a signal that waited while it was
-   *  masked is delivered), and VFIO signals its eventfd. */
-  private vectorUse(vectors: VfioIrqVectors, group: MsiInterruptGroup, v: number, msg: MsiMessage): void {
-    if (v >= vectors.max) return; // the guest named a vector VFIO cannot back: ignore it
-    group.update(v, { ...msg, masked: false });
-    vectors.set(v, group.notifier(v)!);
-  }
-
-  private disableVectors(vectors: VfioIrqVectors, group: MsiInterruptGroup): void {
-    vectors.disable(); // VFIO first: it stops signalling before the eventfds close
-    group.disable();
-  }
-
-  /** MSI: emulated capability, all vectors enabled together (MSI cannot grow while enabled). */
+  /** MSI-X and MSI (hw/vfio-pci-msi.ts): emulated capabilities over VFIO's vectors. */
   private setupMsi(): void {
+    const host: MsiHost = {
+      name: this.name,
+      assigned: this.assigned,
+      interrupts: this.interrupts,
+      config: this.config,
+      wmask: this.wmask,
+      contain: (what, fn) => this.contain(what, fn),
+      intx: { enable: () => this.enableIntx(), disable: () => this.disableIntx() },
+    };
+    const m = this.msix;
+    const x = m && this.bars[m.tableBar] && this.bars[m.pbaBar] ? setupMsix(host, m) : undefined;
+    if (m && x) {
+      this.msixVectors = x.vectors;
+      this.msixGroup = x.group;
+      this.emulate(m.capOffset, 12);
+      this.msixCap = x.cap;
+      this.overlayBar(m.tableBar, m.tableOffset, x.cap.tableRegion);
+      this.overlayBar(m.pbaBar, m.pbaOffset, x.cap.pbaRegion);
+    }
     const p = this.msiCapOffset;
-    const c = native().constants;
-    const irq = this.assigned.device.irqs[c.VFIO_PCI_MSI_IRQ_INDEX];
-    if (p === undefined || !irq || irq.count === 0) return;
-    const ctrl = this.config[p + 2]! | (this.config[p + 3]! << 8);
-    const is64bit = (ctrl & 0x80) !== 0,
-      perVectorMask = (ctrl & 0x100) !== 0;
-    const capable = Math.min(1 << ((ctrl >> 1) & 7), irq.count, 32);
-    const count = (1 << Math.floor(Math.log2(capable))) as MsiVectorCount;
-    const vectors = new VfioIrqVectors(this.assigned.device, c.VFIO_PCI_MSI_IRQ_INDEX, count);
-    const group = this.interrupts.msiGroup(count);
-    this.msiVectors = vectors;
-    this.msiGroup = group;
-    const cap: MsiCap = new MsiCap(
-      { capOffset: p, vectors: count, is64bit, perVectorMask },
-      {
-        onControl: (enabled) =>
-          this.contain('MSI enable/disable', () => {
-            if (enabled) this.disableIntx();
-            else {
-              this.disableVectors(vectors, group);
-              this.enableIntx();
-            }
-          }),
-        vectorUse: (v, msg) => this.contain('MSI vector set-up', () => this.vectorUse(vectors, group, v, msg)),
-        vectorRelease: (v) => this.contain('MSI vector mask', () => group.mask(v)),
-        notify: (v) => this.contain('MSI delivery', () => group.trigger(v)),
-      },
-    );
-    cap.writeCapabilityTo(this.config, this.wmask);
-    this.msiCapSize = msiCapSize(is64bit, perVectorMask);
-    this.emulate(p, this.msiCapSize);
-    this.msiCap = cap;
+    const msi = p !== undefined ? setupMsi(host, p) : undefined;
+    if (p !== undefined && msi) {
+      this.msiVectors = msi.vectors;
+      this.msiGroup = msi.group;
+      this.msiCapSize = msi.size;
+      this.emulate(p, msi.size);
+      this.msiCap = msi.cap;
+    }
   }
 
   // --- config space ----------------------------------------------------------------------------
-  private cfgDeviceRead(off: number, size: number): number {
-    try {
-      return Number(this.assigned.device.read(native().constants.VFIO_PCI_CONFIG_REGION_INDEX, off, size));
-    } catch (e) {
-      guestEvents.report(
-        'error',
-        `${this.name}:config-read`,
-        () =>
-          `${this.name}: config read at 0x${off.toString(16)} failed (${(e as Error).message}); the guest reads all-ones`,
-      );
-      return 0xffffffff >>> (32 - 8 * size);
-    }
-  }
-
-  private cfgDeviceWrite(off: number, size: number, value: number): void {
-    try {
-      this.assigned.device.write(native().constants.VFIO_PCI_CONFIG_REGION_INDEX, off, size, value);
-    } catch (e) {
-      guestEvents.report(
-        'error',
-        `${this.name}:config-write`,
-        () => `${this.name}: config write at 0x${off.toString(16)} failed (${(e as Error).message}); dropped`,
-      );
-    }
-  }
-
   override configRead(off: number, size: number): number {
     if (off + size > PCI_CONFIG_SIZE) return 0xffffffff >>> (32 - 8 * size);
+    const p = this.msiCapOffset;
+    if (this.msiCap && p !== undefined && off < p + this.msiCapSize && p < off + size)
+      this.contain('MSI capability read', () => this.msiCap!.beforeRead(off - p, size));
     let emu = 0;
     for (let i = 0; i < size; i++) emu += this.emulated[off + i]!;
     if (emu === size) return super.configRead(off, size);
-    const real = this.cfgDeviceRead(off, size);
+    const real = this.access.configRead(off, size);
     if (emu === 0) return real;
     const virt = super.configRead(off, size);
     let v = 0;
@@ -641,7 +349,7 @@ export class VfioPciDevice extends PciDevice {
   private followPowerState(off: number, len: number): void {
     const pm = this.pmCapOffset;
     if (pm === undefined || off > pm + PCI_PM_CTRL || off + len <= pm + PCI_PM_CTRL) return;
-    const d3 = (this.cfgDeviceRead(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK) === 3;
+    const d3 = (this.access.configRead(pm + PCI_PM_CTRL, 2) & PCI_PM_CTRL_STATE_MASK) === 3;
     if (d3 === this.decodeBlocked) return;
     this.decodeBlocked = d3;
     this.updateMappings();
@@ -660,7 +368,7 @@ export class VfioPciDevice extends PciDevice {
     let emu = 0;
     for (let i = 0; i < len; i++) emu += this.emulated[off + i]!;
     if (emu === 0) {
-      this.cfgDeviceWrite(off, len, value);
+      this.access.configWrite(off, len, value);
       if (isCommand(off) || isCommand(off + len - 1))
         this.contain('command write', () => super.configWrite(off, len, value));
       this.followPowerState(off, len);
@@ -673,7 +381,7 @@ export class VfioPciDevice extends PciDevice {
     for (let i = 0; i < len; i++) {
       const a = off + i,
         b = (value >>> (8 * i)) & 0xff;
-      if (!this.emulated[a]) this.cfgDeviceWrite(a, 1, b);
+      if (!this.emulated[a]) this.access.configWrite(a, 1, b);
       if (this.emulated[a] || isCommand(a)) this.contain('config write', () => super.configWrite(a, 1, b));
     }
   }
@@ -706,12 +414,10 @@ export class VfioPciDevice extends PciDevice {
 
   destroy(): void {
     this.unmapAll();
-    if (this.msixVectors) this.disableVectors(this.msixVectors, this.msixGroup!);
-    if (this.msiVectors) this.disableVectors(this.msiVectors, this.msiGroup!);
+    if (this.msixVectors) disableVectors({ vectors: this.msixVectors, group: this.msixGroup! });
+    if (this.msiVectors) disableVectors({ vectors: this.msiVectors, group: this.msiGroup! });
     this.disableIntx();
     for (const fn of this.cleanups.splice(0).reverse()) fn();
-    if (this.resampleWatch) clearInterval(this.resampleWatch.timer);
-    this.resampleWatch = undefined;
-    this.intxLine.close();
+    this.intx.close();
   }
 }

@@ -5,9 +5,20 @@
 // waits and AbortSignals work while the guest runs. Every error is a TsvmmError with a stable code.
 import { resolve } from 'node:path';
 import { TsvmmError, type TsvmmErrorCode } from '../core/errors.js';
-import { checkConfig, type VmConfigInput } from '../machine/config/config.js';
-import { Machine, type MachineInspection } from '../machine/machine.js';
-import { CommandError, machineCommands, type MachineCommands } from '../frontend/commands.js';
+import {
+  checkConfig,
+  createMachine,
+  type MachineControl,
+  type MachineInspection,
+  type RawConfig as VmConfigInput,
+} from '../machine/index.js';
+import {
+  CommandError,
+  deviceAddSpec,
+  machineCommands,
+  shutdownEvent,
+  type MachineCommands,
+} from '../frontend/commands.js';
 import { checkArguments } from '../frontend/qmp/server.js';
 import { deviceAddArgs, GrowingTextSearch, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
 
@@ -43,7 +54,7 @@ export interface VmExit {
   reason: string;
 }
 
-/** Vm.inspect()'s snapshot (machine/machine.ts). */
+/** Vm.inspect()'s snapshot (machine/control.ts). */
 export type VmInspection = MachineInspection;
 export type VmStatus = 'running' | 'paused' | 'internal-error' | 'shutdown';
 export type VmEventListener = (name: string, data?: Record<string, unknown>) => void;
@@ -59,8 +70,11 @@ export async function createVm(config: VmConfigInput, opts: CreateVmOptions = {}
   if (opts.signal?.aborted) throw aborted('createVm', opts.signal);
   const baseDir = resolve(opts.baseDir ?? process.cwd());
   const cfg = checkConfig(structuredClone(config), 'config', baseDir);
+  // COM1 output goes to the Vm once it exists (the guest runs only after start()).
+  const serial = { to: (_b: Uint8Array) => {} };
   try {
-    return new Vm(created, cfg, baseDir, opts);
+    const m = await createMachine(cfg, { serialOutput: (b) => serial.to(b) });
+    return new Vm(created, m, baseDir, opts, serial);
   } catch (e) {
     // tsvmm's own errors say what and where already; a bare syscall or model error gets a code.
     if (e instanceof TsvmmError) throw e;
@@ -70,7 +84,7 @@ export async function createVm(config: VmConfigInput, opts: CreateVmOptions = {}
 
 export class Vm implements AsyncDisposable {
   readonly name: string;
-  readonly #m: Machine;
+  readonly #m: MachineControl;
   readonly #commands: MachineCommands;
   readonly #baseDir: string;
   #serial = '';
@@ -91,23 +105,23 @@ export class Vm implements AsyncDisposable {
   /** @internal Use createVm(). */
   constructor(
     token: typeof created,
-    config: ConstructorParameters<typeof Machine>[0],
+    machine: MachineControl,
     baseDir: string,
     opts: CreateVmOptions,
+    serial: { to: (b: Uint8Array) => void },
   ) {
     if (token !== created) throw new TypeError('use createVm() to make a Vm');
-    this.name = config.name;
+    this.name = machine.name;
     this.#baseDir = baseDir;
     const inherit = opts.serial === 'inherit';
-    this.#m = new Machine(config, {
-      serialOutput: (b) => {
-        const text = Buffer.from(b).toString('latin1');
-        this.#serial += text;
-        this.#recent += text;
-        if (inherit) process.stdout.write(b);
-        this.#wake();
-      },
-    });
+    this.#m = machine;
+    serial.to = (b) => {
+      const text = Buffer.from(b).toString('latin1');
+      this.#serial += text;
+      this.#recent += text;
+      if (inherit) process.stdout.write(b);
+      this.#wake();
+    };
     this.#commands = machineCommands(this.#m, (event, data) => this.#event(event, data));
     const signal = opts.signal;
     const onAbort = () =>
@@ -122,17 +136,15 @@ export class Vm implements AsyncDisposable {
   start(): void {
     this.#live('start');
     if (this.#run || this.#exit) return;
-    this.#run = this.#m.run().then(
+    const run = this.#m.run().then(
       (r) => r,
-      (e: Error) => ({ status: 1, reason: `the VMM failed: ${e.message}` }),
+      (e: Error) => ({ status: 1, reason: `the VMM failed: ${e.message}`, cause: 'guest' as const }),
     );
-    void this.#run.then((r) => {
+    this.#run = run.then((r) => ({ status: r.status, reason: r.reason }));
+    void run.then((r) => {
       const exit = { status: r.status, reason: r.reason };
-      if (r.reason !== 'QMP quit')
-        this.#event('SHUTDOWN', {
-          guest: !/^closed|^interrupted/.test(r.reason),
-          reason: /^closed/.test(r.reason) ? 'host-ui' : 'guest-shutdown',
-        });
+      const shutdown = shutdownEvent(r);
+      if (shutdown) this.#event('SHUTDOWN', shutdown);
       this.#exit = exit;
       this.#wake(true);
     });
@@ -182,33 +194,33 @@ export class Vm implements AsyncDisposable {
   /** Pauses every vCPU (QMP stop; event STOP). */
   async stop(): Promise<void> {
     this.#live('stop');
-    await this.command('stop');
+    await this.#commands.ops.stop();
   }
   /** Resumes (QMP cont; event RESUME), also after a device error stopped the VM. */
   async cont(): Promise<void> {
     this.#live('cont');
-    await this.command('cont');
+    await this.#commands.ops.cont();
   }
   /** QMP system_reset: vCPUs, irqchip and devices to power-on state, the guest image loaded again. */
   async reset(): Promise<void> {
     this.#live('reset');
-    await this.command('system_reset');
+    await this.#commands.ops.reset();
   }
   /** QMP system_powerdown: the ACPI power button (a guest without ACPI does not hear it). */
   async powerdown(): Promise<void> {
     this.#live('powerdown');
-    await this.command('system_powerdown');
+    await this.#commands.ops.powerdown();
   }
-  /** QMP device_add of a vfio-pci device. */
+  /** QMP device_add of a vfio-pci device; a failure is the machine's error (ERR_VFIO_SETUP,
+   *  ERR_DEVICE, … with its fix), a bad option a CommandError as QMP says it. */
   async deviceAdd(device: DeviceAddOptions): Promise<void> {
     this.#live('deviceAdd');
-    try {
-      await this.command('device_add', deviceAddArgs(device, this.#baseDir));
-    } catch (e) {
-      // QMP's transport flattens a failure into a GenericError; the library gives the real one
-      // (ERR_VFIO_SETUP, ERR_DEVICE, … with its fix) when there is one.
-      throw e instanceof CommandError && e.cause instanceof TsvmmError ? e.cause : e;
-    }
+    const args = deviceAddArgs(device, this.#baseDir);
+    checkArguments('device_add', args); // the types QMP's schema gives the properties
+    const spec = deviceAddSpec(args);
+    if (!spec.host && !spec.sysfsdev)
+      throw new CommandError('GenericError', "vfio-pci needs 'host', 'sysfsdev' or 'fd'");
+    await this.#commands.ops.deviceAdd(spec);
   }
   /** QMP device_del; resolves when the device is gone (after the guest's eject, or at once without ACPI). */
   async deviceDel(id: string, opts: WaitOptions = {}): Promise<void> {
@@ -219,7 +231,7 @@ export class Vm implements AsyncDisposable {
     };
     this.#listeners.add(seen);
     try {
-      await this.command('device_del', { id });
+      await this.#commands.ops.deviceDel(id);
       await this.#wait(`waiting for the guest to eject '${id}'`, opts, true, () => (gone ? true : undefined));
     } finally {
       this.#listeners.delete(seen);
@@ -230,8 +242,7 @@ export class Vm implements AsyncDisposable {
     this.#open('status');
     if (this.#exit) return 'shutdown';
     if (!this.#run) return 'paused';
-    const s = (this.#commands.handlers['query-status']!({}, noFds) as { status: VmStatus }).status;
-    return s;
+    return this.#m.status();
   }
 
   /**
@@ -267,7 +278,7 @@ export class Vm implements AsyncDisposable {
   async quit(opts: WaitOptions = {}): Promise<VmExit> {
     this.#open('quit');
     if (this.#exit) return this.#exit;
-    await this.command('quit');
+    await this.#commands.ops.quit();
     if (!this.#run) {
       this.#exit = { status: 0, reason: 'QMP quit' };
       this.#wake(true);
@@ -280,7 +291,7 @@ export class Vm implements AsyncDisposable {
     this.#closing ??= (async () => {
       this.#unlinkSignal();
       if (this.#run && !this.#exit) {
-        this.#m.requestExit(0, 'closed by the library');
+        this.#m.exit(0, 'closed by the library', 'host-ui');
         await this.#run;
       }
       await this.#commands.idle(); // a reset or device_add in flight finishes before the machine goes

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { TsvmmError } from '../core/errors.js';
 import { projectRoot } from '../core/paths.js';
-import type { RawConfig } from '../machine/config/config.js';
+import type { RawConfig } from '../machine/index.js';
 import type { HostDevice } from '../testhost/index.js';
 import { cachedDebianKernel } from '../testhost/kernel.js';
 

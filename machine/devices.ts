@@ -5,24 +5,21 @@
 import { closeSync } from 'node:fs';
 import { native } from '../core/native.js';
 import type { PassedFd, PassedFds } from '../core/fdpass.js';
-import { vfioPassedFdList, type Vfio, type VfioDeviceSpec, type VfioPassedFds } from '../core/vfio/vfio.js';
+import { vfioPassedFdList, type Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
 import { VfioNotifier } from '../core/vfio/notifier.js';
 import { hotResetAll } from '../core/vfio/hot-reset.js';
 import { VfioSetupError } from '../core/vfio/sysfs.js';
 import { TsvmmError } from '../core/errors.js';
-import { placeBars, type PciBus } from '../hw/pci.js';
+import type { PciBus } from '../hw/pci.js';
+import { placeBars } from '../hw/pci-bars.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import type { Interrupts } from '../hw/interrupts.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
+import type { MachineEvent } from './control.js';
 
-/** A device as the config and device_add give it: its driver ("type", default vfio-pci), id and slot. */
-export type DeviceSpec = VfioDeviceSpec & {
-  type?: string;
-  id?: string;
-  slot?: number;
-  rombar?: boolean;
-  romfile?: string;
-};
+import type { DeviceSpec as ConfigDeviceSpec } from './config/config.js';
+/** The config's device spec, with the driver named by any string (the factory refuses one it lacks). */
+export type DeviceSpec = Omit<ConfigDeviceSpec, 'type'> & { type?: string };
 
 /** What a model is made with. */
 export interface ModelContext {
@@ -73,10 +70,8 @@ export interface DeviceManagerOptions extends ModelContext {
   /** Whether the guest has ACPI hot-plug (device_del asks it to eject), and how unplug goes. */
   acpi: () => boolean;
   unplug: () => 'surprise' | string | undefined;
-  /** A device left the machine (after the guest's eject, or a surprise removal). */
-  deleted: (id: string) => void;
-  /** Events for the front end (VFIO_REQUEST, VFIO_ERROR). */
-  event: (event: string, data?: Record<string, unknown>) => void;
+  /** Events for the front ends: a device requested back, failed, or gone (machine/control.ts). */
+  event: (event: MachineEvent) => void;
   /** VFIO reported an unrecoverable device error: the machine stops the VM. */
   deviceError: (dev: VfioPciDevice) => void;
 }
@@ -172,7 +167,7 @@ export class DeviceManager {
 
   /**
    * device_del: a guest with ACPI is asked to eject the device (it leaves when the guest's _EJ0
-   * runs, and `deleted` tells); a guest without is surprised: the device goes at once. Returns
+   * runs, and a 'device-deleted' event tells); a guest without is surprised: the device goes at once. Returns
    * whether it is gone already.
    */
   unplug(dev: VfioPciDevice): boolean {
@@ -194,7 +189,7 @@ export class DeviceManager {
   /** A device leaves and the front end hears of it. */
   delete(dev: VfioPciDevice): void {
     this.remove(dev);
-    this.o.deleted(dev.name);
+    this.o.event({ type: 'device-deleted', device: dev.name });
   }
 
   /** Takes a device off the bus and releases it (no event). */
@@ -263,7 +258,7 @@ export class DeviceManager {
         console.error(
           `tsvmm: the host asks for ${dev.assigned.host.name} back (VFIO request): ${this.o.acpi() ? `asking the guest to eject '${dev.name}'` : `removing '${dev.name}'`}`,
         );
-        this.o.event('VFIO_REQUEST', { device: dev.name, host: dev.assigned.host.name });
+        this.o.event({ type: 'device-requested', device: dev.name, host: dev.assigned.host.name });
         this.unplug(dev);
       });
       if (req) list.push(req);
@@ -271,7 +266,7 @@ export class DeviceManager {
         console.error(
           `tsvmm: ${dev.name} (${dev.assigned.host.name}): unrecoverable device error reported (VFIO error notifier): VM stopped; 'cont' resumes it`,
         );
-        this.o.event('VFIO_ERROR', { device: dev.name, host: dev.assigned.host.name });
+        this.o.event({ type: 'device-error', device: dev.name, host: dev.assigned.host.name });
         this.o.deviceError(dev);
       });
       if (err) list.push(err);

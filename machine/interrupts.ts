@@ -8,12 +8,12 @@
 // Removing the route instead loses interrupts (seen in other VMMs).
 import { closeSync, readSync, writeSync } from 'node:fs';
 import { native, EFD_NONBLOCK } from '../core/native.js';
-import type { Vm } from '../core/kvm/vm.js';
-import type { MsiMessage } from '../core/kvm/gsi-routing.js';
+import type { KvmVm } from '../core/kvm/vm.js';
+import type { MsiMessage } from '../core/msi.js';
 import type { Interrupts, InterruptLine, MsiInterruptGroup, MsiVectorConfig } from '../hw/interrupts.js';
 
 /** The parts of the VM this needs (tests give a fake). */
-export type KvmIrqChip = Pick<Vm, 'gsi' | 'irqfd' | 'irqfdRemove' | 'setIrqLine'>;
+export type KvmIrqChip = Pick<KvmVm, 'gsi' | 'irqfd' | 'irqfdRemove' | 'setIrqLine'>;
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 

@@ -20,7 +20,7 @@ export async function main(args: string[]): Promise<number> {
     modules = str(p.values, 'modules'),
     busybox = str(p.values, 'busybox');
   if (script === undefined) throw new UsageError('--script FILE is required', USAGE);
-  const { buildInitramfs } = await import('../../machine/loader/initramfs.js');
+  const { buildInitramfs } = await import('../../machine/index.js');
   const cpio = buildInitramfs({
     script: readFileSync(script, 'utf8'),
     ...(modules ? { modulesDir: modules } : {}),

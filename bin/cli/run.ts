@@ -9,7 +9,7 @@ import {
   resolveConfigPaths,
   type RawConfig,
   type VfioPciConfig,
-} from '../../machine/config/config.js';
+} from '../../machine/index.js';
 import { projectRoot } from '../../core/paths.js';
 import { parseCommand, str, UsageError } from './common.js';
 import { catchSignals, onSignal, releaseSignals, TERMINATING, type TerminatingSignal } from './signals.js';
@@ -245,11 +245,11 @@ export async function main(args: string[]): Promise<number> {
   if (sandbox !== 'on' && sandbox !== 'off') throw new UsageError(`--sandbox ${sandbox}: expected on or off`, USAGE);
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
   // file removed), also one that arrives while the VM is still being set up.
-  let machine: import('../../machine/machine.js').Machine | undefined;
+  let machine: import('../../machine/index.js').MachineControl | undefined;
   let early: TerminatingSignal | undefined;
   catchSignals(); // the dispatcher did already (a no-op then)
   early = onSignal((sig) => {
-    if (machine) machine.requestExit(TERMINATING[sig], `interrupted (${sig})`);
+    if (machine) machine.exit(TERMINATING[sig], `interrupted (${sig})`, 'host-signal');
     else early ??= sig;
   });
   let qmp;
@@ -267,8 +267,8 @@ export async function main(args: string[]): Promise<number> {
         closeSync(sock);
       }
     }
-    const { Machine } = await import('../../machine/machine.js');
-    machine = new Machine(config, passedFds ? { passedFds } : {});
+    const { createMachine } = await import('../../machine/index.js');
+    machine = await createMachine(config, passedFds ? { passedFds } : {});
     if (qmpPaths.length && !early) {
       const { machineQmp } = await import('../../frontend/qmp/commands.js');
       qmp = machineQmp(machine, qmpPaths);
@@ -278,13 +278,13 @@ export async function main(args: string[]): Promise<number> {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);
       return TERMINATING[early];
     }
+    const { shutdownEvent } = await import('../../frontend/commands.js');
     // Set-up is done (devices opened, sockets listening): from here the process makes only the
     // syscalls of a running VMM (core/sandbox/policy.ts).
     if (sandbox === 'on') (await import('../../core/sandbox/index.js')).enterSandbox();
     const r = await machine.run();
-    const bySignal = /^interrupted/.test(r.reason);
-    if (r.reason !== 'QMP quit')
-      qmp?.emit('SHUTDOWN', { guest: !bySignal, reason: bySignal ? 'host-signal' : 'guest-shutdown' });
+    const shutdown = shutdownEvent(r);
+    if (shutdown) qmp?.emit('SHUTDOWN', shutdown);
     if (!/debug-exit/.test(r.reason)) process.stderr.write(`tsvmm: ${r.reason}\n`);
     return r.status;
   } finally {

@@ -1,5 +1,5 @@
 // tsvmm validate: every check `run` makes before it needs KVM or a host device (the same function).
-import { loadConfig } from '../../machine/config/config.js';
+import { loadConfig } from '../../machine/index.js';
 import { parseCommand } from './common.js';
 
 export const USAGE = `Usage: tsvmm validate <config.json>

@@ -2,10 +2,9 @@
 // and pushed after each batch of changes. GSIs 0-23 are the irqchip pins (PIC + IOAPIC, as
 // KVM's default table has them); MSI routes get GSIs from 24 up.
 import { native, type GsiRoute } from '../native.js';
+import type { MsiMessage } from '../msi.js';
 
 export const IRQCHIP_PINS = 24;
-
-export type MsiMessage = { addressLo: number; addressHi: number; data: number };
 
 export class GsiRouting {
   private readonly msi = new Map<number, MsiMessage>();

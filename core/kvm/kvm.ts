@@ -3,6 +3,7 @@ import { TsvmmError, type TsvmmErrorOptions } from '../errors.js';
 import { openSync, closeSync, existsSync } from 'node:fs';
 import { native, type CpuidEntry } from '../native.js';
 import type { NativeConstants } from '../native-constants.js';
+import { KvmVm, type VmOptions } from './vm.js';
 
 export class KvmError extends TsvmmError {
   constructor(message: string, opts?: TsvmmErrorOptions) {
@@ -73,6 +74,11 @@ export class Kvm {
 
   supportedCpuid(): CpuidEntry[] {
     return native().kvmGetSupportedCpuid(this.fd);
+  }
+
+  /** A new VM on this KVM (the VM class stays inside core/kvm/: machines get one from here). */
+  createVm(opts?: VmOptions): KvmVm {
+    return new KvmVm(this, opts);
   }
 
   close(): void {

@@ -9,7 +9,7 @@ import type { Tinypool } from 'tinypool';
 import { native } from '../native.js';
 import { projectRoot } from '../paths.js';
 import { AddressSpace, MemoryRegion } from '../memory/index.js';
-import { Kvm } from './kvm.js';
+import type { Kvm } from './kvm.js';
 import { KvmMemslots } from './memslots.js';
 import { GsiRouting } from './gsi-routing.js';
 import { Vcpu } from './vcpu.js';
@@ -80,7 +80,7 @@ const RESET_MSRS: { index: number; data: number | bigint }[] = [
 const KVM_TSS_ADDR = 0xfffbd000;
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
 
-export class Vm {
+export class KvmVm {
   readonly fd: number;
   readonly memory: AddressSpace;
   readonly io: AddressSpace;
@@ -299,8 +299,6 @@ export class Vm {
   sliceBudgetMs = 10;
   /** The longest the event loop waits for a turn while vCPU 0 sits in KVM_RUN with nothing due (microtasks a device queued, say). */
   maxLoopWaitMs = 50;
-  /** Run slices of vCPU 0 and the watcher's kicks, for the bench and tests. */
-  readonly loopStats = { slices: 0, watcherKicks: 0, budgetYields: 0 };
   private running = false;
   /** The device thread's doorbell for the APs (exit-channel.ts Wake). */
   private readonly wake = createWake();
@@ -369,7 +367,6 @@ export class Vm {
     const KVM_EXIT_IO = c.KVM_EXIT_IO,
       KVM_EXIT_MMIO = c.KVM_EXIT_MMIO,
       IO_OUT = c.KVM_EXIT_IO_OUT;
-    this.loopStats.slices++;
     Atomics.store(wake, Wake.InKvmRun, 1);
     if (Atomics.load(wake, Wake.KickPending)) this.serveAps();
     n.loopWatcherArm(watcher, this.maxLoopWaitMs);
@@ -386,10 +383,7 @@ export class Vm {
           n.threadEatSignal(this.kickSignal);
           if (Atomics.load(wake, Wake.KickPending)) this.serveAps();
           if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
-          if (n.loopWatcherFired(watcher)) {
-            this.loopStats.watcherKicks++;
-            return undefined;
-          }
+          if (n.loopWatcherFired(watcher)) return undefined;
           bytes[L.immediateExit] = 0;
           continue;
         }
@@ -447,10 +441,7 @@ export class Vm {
         if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
         // The device model may have started a timer (a flush, the INTx resample poll): watch for it.
         n.loopWatcherRefresh(watcher);
-        if ((++k & 7) === 0 && Date.now() - t0 > this.sliceBudgetMs) {
-          this.loopStats.budgetYields++;
-          return undefined;
-        }
+        if ((++k & 7) === 0 && Date.now() - t0 > this.sliceBudgetMs) return undefined;
       }
     } finally {
       Atomics.store(wake, Wake.InKvmRun, 0);

@@ -48,18 +48,7 @@ export class AddressSpace implements RenderTarget {
     let i = this.listeners.length;
     while (i > 0 && (this.listeners[i - 1]!.priority ?? 0) > p) i--;
     this.listeners = [...this.listeners.slice(0, i), l, ...this.listeners.slice(i)];
-    const errors: unknown[] = [];
-    const call = (f: () => void) => {
-      try {
-        f();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
-    call(() => l.begin?.());
-    for (const s of this.view) call(() => l.regionAdd?.(s));
-    call(() => l.commit?.());
-    throwCollected(errors);
+    this.replay(l, (s) => l.regionAdd?.(s));
   }
 
   /** Unregisters `l`, replaying regionDel for every current section (begin/commit around it). */
@@ -67,6 +56,12 @@ export class AddressSpace implements RenderTarget {
     if (!this.listeners.includes(l))
       throw new Error(`memory listener ${l.name ?? '(unnamed)'} is not on address space ${this.name}`);
     this.listeners = this.listeners.filter((x) => x !== l);
+    this.replay(l, (s) => l.regionDel?.(s));
+  }
+
+  /** Runs `each` for every current section between the listener's begin and commit; every call
+   *  runs even if one before it threw, and the errors are thrown together at the end. */
+  private replay(l: MemoryListener, each: (s: Section) => void): void {
     const errors: unknown[] = [];
     const call = (f: () => void) => {
       try {
@@ -76,7 +71,7 @@ export class AddressSpace implements RenderTarget {
       }
     };
     call(() => l.begin?.());
-    for (const s of this.view) call(() => l.regionDel?.(s));
+    for (const s of this.view) call(() => each(s));
     call(() => l.commit?.());
     throwCollected(errors);
   }

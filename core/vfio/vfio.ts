@@ -6,7 +6,7 @@
 import { closeSync, existsSync } from 'node:fs';
 import { native } from '../native.js';
 import { PassedFds, type PassedFd } from '../fdpass.js';
-import type { Vm } from '../kvm/vm.js';
+import type { KvmVm } from '../kvm/vm.js';
 import type { DmaListener, DmaMapping } from './dma.js';
 import { LegacyVfio, CONTAINER_PATH } from './legacy.js';
 import { Iommufd, IOMMU_PATH, type IommufdIoas } from './iommufd.js';
@@ -153,7 +153,7 @@ export class Vfio {
   private readonly iommuPath: string;
 
   constructor(
-    private readonly vm: Vm,
+    private readonly vm: KvmVm,
     private readonly opts: VfioOptions = {},
   ) {
     this.passed = opts.passed ?? new PassedFds();

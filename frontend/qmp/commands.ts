@@ -2,7 +2,7 @@
 // events over one or more QMP sockets (frontend/qmp/server.ts), each its own monitor with its own
 // session, as QEMU's several -qmp options are. Events go to every monitor's client.
 import { QmpServer } from './server.js';
-import type { Machine } from '../../machine/machine.js';
+import type { MachineControl } from '../../machine/index.js';
 import { machineCommands } from '../commands.js';
 
 export class QmpMonitors {
@@ -24,7 +24,7 @@ export class QmpMonitors {
   }
 }
 
-export function machineQmp(m: Machine, paths: readonly string[]): QmpMonitors {
+export function machineQmp(m: MachineControl, paths: readonly string[]): QmpMonitors {
   let monitors: QmpMonitors | undefined;
   const commands = machineCommands(m, (event, data) => monitors?.emit(event, data));
   const servers = paths.map((path) => {

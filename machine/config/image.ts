@@ -8,14 +8,9 @@ import { closeSync, openSync, statSync } from 'node:fs';
 import { preadFully } from '../../core/io.js';
 import { hasMultibootHeader, loadElf32, LoaderError } from '../loader/multiboot.js';
 import { checkLinuxCmdline, checkLinuxFit, isBzImage, linuxCmdline, parseBzImage } from '../loader/linux.js';
-import type { DeviceConfig, KernelFormat } from './config.js';
-
-/** machine.ts's LOW_RAM_END and MULTIBOOT_INFO_ADDR (kept here so `validate` loads no machine;
- *  a unit test holds them equal). */
-export const LOW_RAM_END = 0xc000_0000;
-export const MULTIBOOT_INFO_ADDR = 0x9000;
-/** PCI slots for devices: 1-31 (slot 0 is the host bridge). */
-export const PCI_DEVICE_SLOTS = 31;
+import { imageFormat, isElf as isElfImage, type KernelFormat } from '../boot.js';
+import { LOW_RAM_END, MULTIBOOT_INFO_ADDR, PCI_DEVICE_SLOTS } from '../board.js';
+import type { DeviceSpec } from './config.js';
 
 export interface ImageInput {
   path: string;
@@ -39,13 +34,10 @@ export function checkImage(k: ImageInput, problems: string[]): Exclude<KernelFor
     return undefined;
   }
   const image = readImage(k.path, size);
-  const isElf = image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46;
+  const isElf = isElfImage(image);
   const lowRam = Math.min(k.memoryBytes, LOW_RAM_END);
-  let format: Exclude<KernelFormat, 'auto'>;
-  if (k.format !== 'auto') format = k.format;
-  else if (isElf && hasMultibootHeader(image)) format = 'multiboot';
-  else if (isBzImage(image)) format = 'linux';
-  else {
+  const format = imageFormat(image, k.format);
+  if (format === undefined) {
     const first = [...image.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
     problems.push(
       isElf
@@ -152,7 +144,7 @@ function canonicalBdf(host: string): string {
 }
 
 /** What a device opens on the host, as a comparable key (host BDF, sysfs device, or cdev). */
-function hostKey(d: DeviceConfig): string | undefined {
+function hostKey(d: DeviceSpec): string | undefined {
   if (d.host) return canonicalBdf(d.host);
   if (d.sysfsdev) {
     const last = d.sysfsdev.replace(/\/+$/, '').split('/').pop()!;
@@ -164,7 +156,7 @@ function hostKey(d: DeviceConfig): string | undefined {
 }
 
 /** Ids unique (QMP and logs find devices by them), each host device assigned once, slots enough. */
-export function checkDevices(devices: DeviceConfig[], problems: string[]): void {
+export function checkDevices(devices: DeviceSpec[], problems: string[]): void {
   const ids = new Map<string, number>(),
     hosts = new Map<string, number>();
   devices.forEach((d, i) => {

@@ -4,15 +4,9 @@
 // the initrd and the ACPI RSDP; the boot vCPU starts in long mode at load address + 0x200 with
 // RSI = boot_params, paging on with the first 4 GiB identity-mapped (2 MiB pages) and a GDT whose
 // __BOOT_CS (0x10) and __BOOT_DS (0x18) are flat 64-bit code and data.
-import { readFileSync } from 'node:fs';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
-import { native, type CpuidEntry } from '../../core/native.js';
-import type { VmConfig } from '../config/config.js';
-import { LoaderError, type E820Entry } from './multiboot.js';
-import { buildInitramfs } from './initramfs.js';
-import { ACPI_TABLES_ADDR, buildAcpiTables } from '../../hw/acpi.js';
-import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../../hw/mptable.js';
-import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN, type PciDevice } from '../../hw/pci.js';
+import { native } from '../../core/native.js';
+import { bootRegs, LoaderError, type E820Entry } from './multiboot.js';
 
 export const BOOT_PARAMS_ADDR = 0x7000;
 export const BOOT_STACK = 0x8ff0;
@@ -312,26 +306,7 @@ export function enterLongMode(vcpu: Vcpu, layout: LinuxBootLayout): void {
     cr4: 0x20, // PAE
     efer: 0x500, // LMA | LME
   });
-  vcpu.setRegs({
-    rax: 0,
-    rbx: 0,
-    rcx: 0,
-    rdx: 0,
-    rsi: layout.bootParams,
-    rdi: 0,
-    rsp: BOOT_STACK,
-    rbp: BOOT_STACK,
-    r8: 0,
-    r9: 0,
-    r10: 0,
-    r11: 0,
-    r12: 0,
-    r13: 0,
-    r14: 0,
-    r15: 0,
-    rip: layout.entry,
-    rflags: 0x2,
-  });
+  vcpu.setRegs(bootRegs({ rsi: layout.bootParams, rsp: BOOT_STACK, rbp: BOOT_STACK, rip: layout.entry }));
   native().kvmSetFpu(vcpu.fd, { fcw: 0x37f, mxcsr: 0x1f80 });
   vcpu.setMsrs([
     { index: MSR_IA32_MISC_ENABLE, data: 1 },
@@ -354,94 +329,4 @@ export function isBzImage(image: Uint8Array): boolean {
     image.length >= 0x270 &&
     new DataView(image.buffer, image.byteOffset, image.byteLength).getUint32(BP.header, true) === HDRS
   );
-}
-
-/**
- * Everything a Linux guest needs in memory and registers, on top of the PC devices the machine
- * has (i8042, ACPI sleep registers: machine/machine.ts): the initrd (a file, or the initramfs built
- * from the config), ACPI and MP tables in the BIOS area, and the boot vCPU in long mode at the
- * kernel's 64-bit entry. Wires no devices, so loading again (system_reset) adds nothing.
- */
-export interface LinuxBoardInfo {
-  pciMmio32: { base: number; end: number };
-  /** Root-bus slots a device may be hot-plugged into (the DSDT describes them: ACPI hot-plug). */
-  hotplugSlots: number[];
-  /** The IOAPIC input each slot's INTx arrives on (every pin of a slot shares its device's line). */
-  intxGsi: (slot: number) => number;
-}
-
-/** What the Linux loader writes into and reads from: memory, the boot vCPU and facts about the board. */
-export interface LinuxBootTarget {
-  kernel: VmConfig['kernel'];
-  cmdline: string;
-  /** Guest RAM below 4 GiB. */
-  ram: Uint8Array;
-  e820: E820Entry[];
-  /** The PCI devices present now (their INTx lines go into the MP table). */
-  pciDevices: Iterable<PciDevice>;
-  cpus: number;
-  cpuid: CpuidEntry[];
-  bootVcpu: Vcpu;
-}
-
-export function bootLinux(m: LinuxBootTarget, image: Uint8Array, opts: LinuxBoardInfo): LinuxBootLayout {
-  const k = m.kernel;
-  let initrd: Uint8Array | undefined, initrdName: string | undefined;
-  if (k.initramfs) {
-    initrd = buildInitramfs({
-      script: k.initramfs.script,
-      ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}),
-      ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}),
-    });
-    initrdName = 'the initramfs built from kernel.initramfs';
-  } else if (k.initrd) {
-    initrd = new Uint8Array(readFileSync(k.initrd));
-    initrdName = k.initrd;
-  }
-  // The reset vector: Linux reboots by jumping to F000:FFF0 in real mode when it has no other way
-  // (with a hardware-reduced FADT it skips the ACPI reset register, tries EFI, then the BIOS), so
-  // the "BIOS" there resets the way the FADT says: 6 to port 0xCF9, which ends the VM.
-  m.ram.set(RESET_VECTOR_STUB, RESET_VECTOR);
-  const low = m.e820.find((e) => e.addr === KERNEL_LOAD_ADDR && e.type === 1);
-  if (!low) throw new LoaderError('no RAM at 1 MiB in the e820 map');
-
-  // PCI INTx: each device's pin arrives on the IOAPIC input its interrupt line names (machine.ts
-  // gives assigned devices GSIs 16-23); ACPI's _PRT and the MP table both say so.
-  const pciIrqs: MpPciIrq[] = [];
-  for (const d of m.pciDevices) {
-    const pin = d.configRead(PCI_INTERRUPT_PIN, 1);
-    if (pin >= 1 && pin <= 4) pciIrqs.push({ slot: d.slot, pin, ioapicPin: d.configRead(PCI_INTERRUPT_LINE, 1) });
-  }
-  // ACPI's _PRT covers every slot a device may arrive in later, not only those filled now.
-  const prt = [...new Set([...pciIrqs.map((p) => p.slot), ...opts.hotplugSlots])]
-    .sort((a, b) => a - b)
-    .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: opts.intxGsi(slot) })));
-  const acpi = buildAcpiTables(
-    { cpus: m.cpus, pciMmio32: opts.pciMmio32, pciIrqs: prt, hotplugSlots: opts.hotplugSlots },
-    ACPI_TABLES_ADDR,
-  );
-  m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);
-  const cpuid1 = m.cpuid.find((e) => e.function === 1);
-  m.ram.set(
-    buildMpTable(MP_TABLE_ADDR, {
-      cpus: m.cpus,
-      cpuSignature: cpuid1?.eax ?? 0,
-      cpuFeatures: cpuid1?.edx ?? 0,
-      pciIrqs,
-    }),
-    MP_TABLE_ADDR,
-  );
-
-  const layout = loadLinux(m.ram, {
-    image,
-    path: k.path,
-    cmdline: linuxCmdline(m.cmdline),
-    e820: m.e820,
-    lowRamEnd: low.addr + low.size,
-    acpiRsdp: acpi.rsdp,
-    ...(initrd ? { initrd } : {}),
-    ...(initrdName ? { initrdName } : {}),
-  });
-  enterLongMode(m.bootVcpu, layout);
-  return layout;
 }

@@ -3,6 +3,7 @@
 // QEMU's -kernel loads the same images, so a guest can run side by side under both.
 import { TsvmmError, type TsvmmErrorOptions } from '../../core/errors.js';
 import type { Vcpu } from '../../core/kvm/vcpu.js';
+import type { Regs } from '../../core/native.js';
 
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
 export const MULTIBOOT_BOOTLOADER_MAGIC = 0x2badb002;
@@ -148,9 +149,15 @@ export function enterProtectedMode(
     cr4: 0,
     efer: 0,
   });
-  vcpu.setRegs({
-    rax: MULTIBOOT_BOOTLOADER_MAGIC,
-    rbx: infoAddr,
+  vcpu.setRegs(bootRegs({ rax: MULTIBOOT_BOOTLOADER_MAGIC, rbx: infoAddr, rip: entry }));
+}
+
+/** The general registers a loader hands the boot vCPU: the ones it names, every other one 0
+ *  (RFLAGS: only its reserved bit 1). */
+export function bootRegs(set: Partial<Regs>): Regs {
+  return {
+    rax: 0,
+    rbx: 0,
     rcx: 0,
     rdx: 0,
     rsi: 0,
@@ -165,7 +172,8 @@ export function enterProtectedMode(
     r13: 0,
     r14: 0,
     r15: 0,
-    rip: entry,
+    rip: 0,
     rflags: 0x2,
-  });
+    ...set,
+  };
 }

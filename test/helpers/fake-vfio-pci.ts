@@ -13,7 +13,7 @@ import { KvmMemslots } from '../../core/kvm/memslots.js';
 import { PciBus } from '../../hw/pci.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../../hw/pci-host.js';
 import { VfioPciDevice } from '../../hw/vfio-pci.js';
-import type { Vm } from '../../core/kvm/vm.js';
+import type { KvmVm } from '../../core/kvm/vm.js';
 import { KvmInterrupts } from '../../machine/interrupts.js';
 import type { AssignedDevice } from '../../core/vfio/vfio.js';
 import type { VfioDevice } from '../../core/vfio/device.js';
@@ -262,8 +262,8 @@ export class FakeKvm {
     this.slots.set(r.slot, { gpa, size });
   };
 
-  /** The parts of Vm that the vfio-pci model and its vectors use. */
-  vm(): Vm {
+  /** The parts of KvmVm that the vfio-pci model and its vectors use. */
+  vm(): KvmVm {
     const gsi = {
       allocMsi: (msg: { addressLo: number; addressHi: number; data: number }) => {
         if (!this.freeGsi.length && this.nextGsi >= this.maxGsi)
@@ -290,7 +290,7 @@ export class FakeKvm {
       irqfdRemove: (fd: number, g: number) => {
         if (!this.irqfds.delete(`${fd}:${g}`)) throw syscallError('ENOENT', 'KVM_IRQFD');
       },
-    } as unknown as Vm;
+    } as unknown as KvmVm;
   }
 }
 

@@ -2,7 +2,9 @@
 // and letting a test react to lines as they arrive (e.g. inject an interrupt on "irq ready").
 import { readdirSync } from 'node:fs';
 import { checkConfig, type RawConfig } from '../../machine/config/config.js';
-import { Machine, type MachineResult } from '../../machine/machine.js';
+import { Machine } from '../../machine/machine.js';
+import type { MachineInspection, MachineResult } from '../../machine/index.js';
+import { inside } from './inside.js';
 import type { ExitStats } from '../../core/kvm/vm.js';
 import { guestPaths } from '../../guest/index.js';
 
@@ -48,7 +50,7 @@ export async function runGuest(opts: {
         partial = partial.slice(i + 1);
         lines.push(line);
         if (lines.length === 1) {
-          dmaMappings = machine!.vfio.dmaMappings().map((m) => ({ iova: m.iova, size: m.size }));
+          dmaMappings = machine!.inspect().dmaMappings.map((m) => ({ iova: m.iova, size: m.size }));
           try {
             opts.inspect?.(machine!);
           } catch (e) {
@@ -60,7 +62,7 @@ export async function runGuest(opts: {
     },
   });
   const timer = setTimeout(
-    () => machine!.requestExit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`),
+    () => machine!.exit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`),
     opts.timeoutMs ?? 30000,
   );
   try {
@@ -69,7 +71,14 @@ export async function runGuest(opts: {
     if (inspectError) throw inspectError;
     const dmaCovered = (iova: number, size: number) =>
       dmaMappings.some((m) => iova >= m.iova && iova + size <= m.iova + m.size);
-    return { ...r, output, lines, stats: machine.vm.stats, dmaMappings, dmaCovered };
+    return {
+      ...r,
+      output,
+      lines,
+      stats: inside(machine).vm.stats, // per-port and per-address exits: no interface shows them
+      dmaMappings,
+      dmaCovered,
+    };
   } finally {
     clearTimeout(timer);
     machine.close();
@@ -79,4 +88,9 @@ export async function runGuest(opts: {
 /** Open fds of this process, to check nothing leaks. */
 export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** Whether one DMA mapping of the inspection covers [iova, iova + size) (guest RAM is mapped whole). */
+export function dmaCovers(i: MachineInspection, iova: number, size: number): boolean {
+  return i.dmaMappings.some((m) => iova >= m.iova && iova + size <= m.iova + m.size);
 }

@@ -1,5 +1,6 @@
 // Real guests on this machine's /dev/kvm (no interrupts needed: the paravirtual KVM of some
 // hosts cannot deliver them; those tests run in the test host, test/host/).
+import { inside } from '../helpers/inside.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -231,15 +232,15 @@ test('a guest that halts with interrupts off stays halted and the VM runs on (th
     const { KVM_MP_STATE_HALTED } = native().constants;
     let state: number | undefined;
     for (let i = 0; i < 500 && state !== KVM_MP_STATE_HALTED && !ended; i++) {
-      await m.vm.reset(() => (state = m.vm.vcpus[0]!.mpState));
+      await inside(m).vm.reset(() => (state = inside(m).vm.vcpus[0]!.mpState));
       if (state !== KVM_MP_STATE_HALTED) await new Promise((r) => setTimeout(r, 10));
     }
     assert.equal(ended, undefined, `the VM ended: ${JSON.stringify(ended)}`);
     assert.equal(state, KVM_MP_STATE_HALTED, 'the vCPU halted');
-    m.requestExit(7, 'ended by the test');
+    m.exit(7, 'ended by the test');
     assert.deepEqual(await run.then((r) => [r.status, r.reason]), [7, 'ended by the test']);
   } finally {
-    m.requestExit(1, 'test cleanup');
+    m.exit(1, 'test cleanup');
     await run;
     m.close();
   }

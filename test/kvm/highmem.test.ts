@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { runGuest } from '../helpers/guest.js';
 import type { Machine } from '../../machine/machine.js';
+import { inside } from '../helpers/inside.js';
 
 const GiB = 2 ** 30;
 const HIGH = 4 * GiB,
@@ -30,7 +31,8 @@ test(
       // The guest has written and verified its pattern: read it through the views (offset in RAM
       // = physical address - 4 GiB + 3 GiB) and through the memory API (emulated accesses).
       for (const pa of spots) {
-        const v = m.guestRam.view(pa - HIGH + LOW_END, 0x10000);
+        // inside: guest RAM through its host view: no interface shows it
+        const v = inside(m).guestRam.view(pa - HIGH + LOW_END, 0x10000);
         const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);
         for (let i = 0; i < 0x10000; i += 4) {
           if (dv.getUint32(i, true) !== pattern(pa + i)) {
@@ -38,12 +40,17 @@ test(
             break;
           }
         }
-        if (m.vm.memory.read(pa + 0x100, 4) !== pattern(pa + 0x100))
+        // inside: emulated accesses through the memory API: no interface makes them
+        if (inside(m).vm.memory.read(pa + 0x100, 4) !== pattern(pa + 0x100))
           hostSide += `memory API 0x${(pa + 0x100).toString(16)} `;
       }
       // An emulated access straddling two of tsvmm's 1 GiB views (at physical 5 GiB).
-      m.vm.memory.write(5 * GiB - 2, 4, 0x11223344);
-      if (m.vm.memory.read(5 * GiB - 2, 4) !== 0x11223344 || m.guestRam.view(5 * GiB - HIGH + LOW_END, 2)[1] !== 0x11)
+      // inside: emulated accesses through the memory API: no interface makes them
+      inside(m).vm.memory.write(5 * GiB - 2, 4, 0x11223344);
+      if (
+        inside(m).vm.memory.read(5 * GiB - 2, 4) !== 0x11223344 ||
+        inside(m).guestRam.view(5 * GiB - HIGH + LOW_END, 2)[1] !== 0x11
+      )
         hostSide += 'straddling access ';
     };
     const r = await runGuest({
@@ -54,12 +61,13 @@ test(
         if (line === 'highmem: ok') check(m);
       },
       inspect: (m) => {
-        const slots = m.vm.memslots.slots();
+        const slots = m.inspect().memslots;
         assert.ok(
-          slots.some((s) => s.gpa === HIGH && s.size === 3 * GiB),
-          `a memslot for the 3 GiB above 4 GiB: ${slots.map((s) => `0x${s.gpa.toString(16)}+0x${s.size.toString(16)}`).join(' ')}`,
+          slots.some((s) => s.guestAddr === HIGH && s.size === 3 * GiB),
+          `a memslot for the 3 GiB above 4 GiB: ${slots.map((s) => `0x${s.guestAddr.toString(16)}+0x${s.size.toString(16)}`).join(' ')}`,
         );
-        assert.ok(m.e820.some((e) => e.addr === HIGH && e.size === 3 * GiB && e.type === 1));
+        // inside: the e820 map the loaders get: no interface shows it
+        assert.ok(inside(m).e820.some((e) => e.addr === HIGH && e.size === 3 * GiB && e.type === 1));
       },
     });
     assert.equal(r.status, 0, `${r.reason}\n${r.output}`);

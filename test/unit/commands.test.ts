@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import { CommandError, QEMU_VERSION, machineCommands } from '../../frontend/commands.js';
 import { QmpError, checkArguments } from '../../frontend/qmp/server.js';
-import type { Machine } from '../../machine/machine.js';
+import type { MachineControl } from '../../machine/index.js';
 
 // Only the table is built: no handler runs against this object.
-const unused = {} as Machine;
+const unused = { on: () => () => {} } as unknown as MachineControl;
 const commands = machineCommands(unused, () => {});
 
 test('one handler for each command of frontend/qmp/schema.json (qmp_capabilities is the server’s own)', () => {
@@ -58,21 +58,21 @@ test('state-changing commands run one at a time across transports: a stop sent d
   let paused = false;
   let finishReset: () => void = () => {};
   const m = {
-    vm: {
-      get paused() {
-        return paused;
-      },
-      pause: () => {
-        paused = true;
-        order.push('pause');
-      },
-      resume: () => {
-        paused = false;
-        order.push('resume');
-      },
+    on: () => () => {},
+    pause: () => {
+      if (paused) return false;
+      paused = true;
+      order.push('pause');
+      return true;
     },
-    // A reset parks the vCPUs, then resumes them when done (as Machine.systemReset does).
-    systemReset: () => {
+    resume: () => {
+      if (!paused) return false;
+      paused = false;
+      order.push('resume');
+      return true;
+    },
+    // A reset parks the vCPUs, then resumes them when done (as Machine.reset does).
+    reset: () => {
       paused = true;
       order.push('reset start');
       return new Promise<void>((r) => {
@@ -83,7 +83,7 @@ test('state-changing commands run one at a time across transports: a stop sent d
         };
       });
     },
-  } as unknown as Machine;
+  } as unknown as MachineControl;
   const events: string[] = [];
   const c = machineCommands(m, (e) => events.push(e));
   const ctx = { takeFd: () => undefined };

@@ -38,8 +38,9 @@ function manager(vfio: Partial<Vfio>) {
     intxGsi: (slot) => 16 + (slot % 8),
     acpi: () => false,
     unplug: () => undefined,
-    deleted: (id) => deleted.push(id),
-    event: () => {},
+    event: (e) => {
+      if (e.type === 'device-deleted') deleted.push(e.device);
+    },
     deviceError: () => {},
   });
   return { dm, passedFds, bus };

@@ -215,7 +215,7 @@ test('QMP: the desc a client reads ends with the fix', async () => {
         throw new CommandError('GenericError', cause.message, cause);
       },
     },
-    { major: 0, minor: 1, micro: 0 },
+    { qemu: { major: 7, minor: 2, micro: 0 }, package: 'tsvmm test' },
   );
   await srv.listen();
   const c = await QmpTestClient.connect(srv.path);

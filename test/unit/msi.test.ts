@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { writeSync } from 'node:fs';
 import { PciDevice } from '../../hw/pci.js';
+import { fakeBoard, MSI_CAP } from '../helpers/fake-vfio-pci.js';
 import { MsiCap, msiCapSize, type MsiListener, type MsiMessage, type MsiOptions } from '../../hw/msi.js';
 
 const fmt = (m: MsiMessage) => `${m.addressHi.toString(16)}:${m.addressLo.toString(16)}/${m.data.toString(16)}`;
@@ -261,4 +263,60 @@ test('msi: generic PciDevice.configWrite and MsiCap.configWrite agree', () => {
   assert.equal(cap.configRead(2, 2), 0x0100 | (3 << 1) | (3 << 4) | 1);
   assert.equal(cap.maskBits, 0xff);
   assert.deepEqual(take(), ['control on 8']);
+});
+
+test('msi: a masked vector whose interrupt waits in its source reads pending (pendingPoll before a Pending Bits read), and is delivered on unmask', () => {
+  // The source (an irqfd's eventfd behind a masked vector) holds the signal, as the KVM
+  // interrupt group does: pending() consumes it.
+  const waiting = new Set<number>();
+  const polls: string[] = [];
+  const { cap, take } = setup(
+    { vectors: 4 },
+    {
+      pendingPoll: (first, end) => {
+        polls.push(`${first}-${end}`);
+        for (let v = first; v < end; v++) if (cap.isMasked(v) && waiting.delete(v)) cap.setPending(v);
+      },
+    },
+  );
+  const mask = 0x10,
+    pending = 0x14;
+  cap.configWrite(4, 4, 0xfee00000);
+  cap.configWrite(0xc, 2, 0x60);
+  cap.configWrite(mask, 4, 0b0100);
+  cap.configWrite(2, 2, 0x21);
+  take();
+  waiting.add(2);
+  assert.equal(cap.configRead(mask, 4), 0b0100);
+  assert.deepEqual(polls, [], 'a read that misses Pending Bits does not poll');
+  assert.equal(cap.configRead(pending, 4), 0b0100, 'the waiting interrupt of masked vector 2 reads pending');
+  assert.deepEqual(polls, ['0-4']);
+  assert.equal(cap.configRead(pending + 1, 1), 0, 'a byte read polls only the vectors it covers (none here)');
+  assert.deepEqual(polls, ['0-4']);
+  cap.configWrite(mask, 4, 0);
+  assert.deepEqual(take(), ['use 2 0:fee00000/62', 'notify 2 0:fee00000/62'], 'delivered once, on unmask');
+  assert.equal(cap.configRead(pending, 4), 0);
+});
+
+test('vfio-pci MSI: a signal VFIO raised for a masked vector reads in Pending Bits through config space; unmasking takes it', () => {
+  const b = fakeBoard({ msi64: true, msiMask: true });
+  const mask = MSI_CAP + 0x10,
+    pending = MSI_CAP + 0x14;
+  b.cfgWrite(MSI_CAP + 4, 4, 0xfee00000);
+  b.cfgWrite(MSI_CAP + 8, 4, 0);
+  b.cfgWrite(MSI_CAP + 0x0c, 2, 0x41);
+  b.cfgWrite(MSI_CAP + 2, 2, 0x1); // enable, vector 0 unmasked: its eventfd is set up
+  const efd = b.dev.msiGroup!.notifier(0)!;
+  b.cfgWrite(mask, 4, 1);
+  assert.equal(b.cfgRead(pending, 4), 0, 'nothing waits yet');
+  writeSync(efd, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0])); // the device interrupts while masked
+  assert.equal(b.cfgRead(pending, 4), 1, 'the waiting interrupt reads pending');
+  assert.equal(b.cfgRead(pending, 4), 1, 'and stays pending until unmasked');
+  b.cfgWrite(mask, 4, 0);
+  assert.equal(b.cfgRead(pending, 4), 0, 'delivered on unmask');
+  assert.ok(
+    [...b.kvm.irqfds].some((x) => x.startsWith(`${efd}:`)),
+    'the vector is routed again',
+  );
+  b.dev.destroy();
 });

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
-import { PciBus, PciDevice, PCI_COMMAND, assignBars, placeBars, barAddress } from '../../hw/pci.js';
+import { PciBus, PciDevice, PCI_COMMAND } from '../../hw/pci.js';
+import { assignBars, placeBars, barAddress } from '../../hw/pci-bars.js';
 import { PciHostBridge } from '../../hw/pci-host.js';
 
 function setup() {

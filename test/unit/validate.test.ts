@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import { guestPaths } from '../../guest/index.js';
 import { fakeBzImage, fakeMultibootElf } from '../helpers/images.js';
-import { LOW_RAM_END, MULTIBOOT_INFO_ADDR } from '../../machine/config/image.js';
+import { MULTIBOOT_INFO_ADDR } from '../../machine/board.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-validate-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -199,12 +199,6 @@ test('validate: good configs pass (samples, a Linux kernel with an initrd, a fla
   const r = spawnSync(process.execPath, [cli, 'validate', ok], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /valid \(tsvmm: 64 MiB, 1 vCPU, 3 device\(s\)\)/);
-});
-
-test("image.ts's layout constants are machine.ts's", async () => {
-  const m = await import('../../machine/machine.js');
-  assert.equal(LOW_RAM_END, m.LOW_RAM_END);
-  assert.equal(MULTIBOOT_INFO_ADDR, m.MULTIBOOT_INFO_ADDR);
 });
 
 test('validate: a bzImage is checked from its setup header (a 4 MiB one passes; a truncated one is refused); a multiboot image past 256 KiB is checked whole', () => {

@@ -13,6 +13,8 @@ import { createMdev, removeMdev, mdevs } from '../../../core/vfio/mdev.js';
 import { projectRoot } from '../../../core/paths.js';
 import type { VfioBackendKind } from '../../../core/vfio/vfio.js';
 import type { TsvmmError } from '../../../core/errors.js';
+import { inside } from '../../helpers/inside.js';
+import { dmaCovers } from '../../helpers/guest.js';
 
 const edu = () => hostDevice('edu');
 const MiB = 2 ** 20;
@@ -22,13 +24,15 @@ async function eduScenario(backend: VfioBackendKind): Promise<GuestRun> {
     cmdline: 'test=edu dma=1 msi=3 intx=3',
     config: { memory: 64, vfio: { backend }, devices: [{ type: 'vfio-pci', host: edu().bdf }] },
     inspect: (m) => {
-      assert.equal(m.devices[0]!.assigned.backend, backend);
-      assert.equal(m.vfio.listeners.length, 1);
-      assert.equal(m.vfio.listeners[0]!.name, backend === 'iommufd' ? 'iommufd-dma' : 'vfio-dma');
-      assert.ok(m.vfio.covers(0, 64 * MiB), 'all guest RAM is DMA-mapped');
+      // inside: the device model's own state (backend, host device, INTx unmasks): no interface shows it
+      assert.equal(inside(m).devices[0]!.assigned.backend, backend);
+      assert.equal(inside(m).vfio.listeners.length, 1);
+      assert.equal(inside(m).vfio.listeners[0]!.name, backend === 'iommufd' ? 'iommufd-dma' : 'vfio-dma');
+      assert.ok(dmaCovers(m.inspect(), 0, 64 * MiB), 'all guest RAM is DMA-mapped');
       if (backend === 'iommufd') {
         assert.ok(
-          m.vfio.iommufd!.accountPerProcess,
+          // inside: VFIO containers and groups: no interface shows them
+          inside(m).vfio.iommufd!.accountPerProcess,
           'as root, pins are charged to this process (IOMMU_OPTION_RLIMIT_MODE)',
         );
         assert.ok(pinnedBytes() >= 64 * MiB, `iommufd charges the pins to this process (VmPin ${pinnedBytes()})`);
@@ -88,13 +92,15 @@ async function mttyScenario(backend: VfioBackendKind): Promise<void> {
       cmdline: 'test=mtty count=4',
       config: { memory: 32, devices: [{ type: 'vfio-pci', sysfsdev: m.path, backend }] },
       inspect: (vm) => {
-        const a = vm.devices[0]!.assigned;
+        // inside: the device model's own state (backend, host device, INTx unmasks): no interface shows it
+        const a = inside(vm).devices[0]!.assigned;
         assert.equal(a.backend, backend);
         assert.equal(a.host.name, m.uuid);
         assert.notEqual(a.host.group, edu().group, 'an mdev has an IOMMU group of its own');
       },
       onLine: (line, vm) => {
-        if (line === 'PASS mtty-intx') unmasks = vm.devices[0]!.userspaceIntxUnmasks;
+        // inside: the device model's own state (backend, host device, INTx unmasks): no interface shows it
+        if (line === 'PASS mtty-intx') unmasks = inside(vm).devices[0]!.userspaceIntxUnmasks;
       },
     });
     assert.equal(r.status, 0, `${r.reason}\n${r.output}`);

@@ -11,6 +11,7 @@ import { projectRoot } from '../../../core/paths.js';
 import { native } from '../../../core/native.js';
 import { sendPassedFds } from '../../../core/fdpass.js';
 import { pinnedBytes } from '../../../core/vfio/limits.js';
+import { inside } from '../../helpers/inside.js';
 
 const cli = join(projectRoot, 'dist/bin/tsvmm.cjs');
 
@@ -97,11 +98,13 @@ test('config "fd" alone: a passed cdev names the device, and the passed /dev/iom
     ],
   });
   try {
-    const a = m.devices[0]!.assigned;
+    // inside: the device model's own state (backend, host device, INTx unmasks): no interface shows it
+    const a = inside(m).devices[0]!.assigned;
     assert.equal(a.backend, 'iommufd');
     assert.equal(a.host.name, edu.bdf);
     assert.equal(a.device.fd, cdev, 'the device uses the passed cdev');
-    assert.equal(m.vfio.iommufd!.fd, iommu, 'and the passed /dev/iommu');
+    // inside: VFIO containers and groups: no interface shows them
+    assert.equal(inside(m).vfio.iommufd!.fd, iommu, 'and the passed /dev/iommu');
     const r = await m.run();
     assert.equal(r.status, 0, `${r.reason}\n${out}`);
     assert.match(out, /^PASS edu-dma\r?$/m);

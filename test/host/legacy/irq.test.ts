@@ -7,6 +7,7 @@ import { native } from '../../../core/native.js';
 import { runGuest } from '../../helpers/guest.js';
 import { hostDevices } from '../../helpers/testhost-env.js';
 import type { Machine } from '../../../machine/machine.js';
+import { inside } from '../../helpers/inside.js';
 
 const one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
@@ -36,7 +37,8 @@ test('irqfd on an IOAPIC GSI: each eventfd write is one guest interrupt', async 
   let efd = -1;
   const r = await irqScenario('test=irq vector=0x40 gsi=10 count=3', (m) => {
     efd = native().eventfd(0, 0);
-    m.vm.irqfd(efd, 10);
+    // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+    inside(m).vm.irqfd(efd, 10);
     return () => writeSync(efd, one);
   });
   closeSync(efd);
@@ -47,10 +49,12 @@ test('MSI through a GSI route and an irqfd (the path VFIO vectors take)', async 
   let efd = -1;
   const r = await irqScenario('test=irq vector=0x45 count=3', (m) => {
     efd = native().eventfd(0, 0);
-    const gsi = m.vm.gsi.allocMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x45 });
-    m.vm.gsi.commit();
+    // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+    const gsi = inside(m).vm.gsi.allocMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x45 });
+    inside(m).vm.gsi.commit();
     assert.ok(gsi >= 24);
-    m.vm.irqfd(efd, gsi);
+    // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+    inside(m).vm.irqfd(efd, gsi);
     return () => writeSync(efd, one);
   });
   closeSync(efd);
@@ -59,7 +63,8 @@ test('MSI through a GSI route and an irqfd (the path VFIO vectors take)', async 
 
 test("KVM_SIGNAL_MSI delivers to the guest's LAPIC", async () => {
   const r = await irqScenario('test=irq vector=0x46 count=3', (m) => () => {
-    assert.equal(m.vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x46 }), 1);
+    // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+    assert.equal(inside(m).vm.signalMsi({ addressLo: 0xfee00000, addressHi: 0, data: 0x46 }), 1);
   });
   assert.equal(r.stats.irqInjections, 3);
 });

@@ -14,6 +14,8 @@ import { lockedBytes } from '../../../core/vfio/limits.js';
 import { projectRoot } from '../../../core/paths.js';
 import { guestPaths } from '../../../guest/index.js';
 import type { RawMemory } from '../../../machine/config/config.js';
+import { inside } from '../../helpers/inside.js';
+import { dmaCovers } from '../../helpers/guest.js';
 
 const edu = () => hostDevice('edu');
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
@@ -67,12 +69,13 @@ async function eduOn(
     cmdline: 'test=edu dma=1 msi=3',
     config: { memory, devices: [{ type: 'vfio-pci', host: edu().bdf }] },
     inspect: (m) => {
-      assert.ok(m.vfio.covers(0, 0x9f000), 'guest RAM is DMA-mapped');
+      assert.ok(dmaCovers(m.inspect(), 0, 0x9f000), 'guest RAM is DMA-mapped');
       assert.ok(lockedBytes() >= 64 * 2 ** 20, `pinned memory is accounted (VmLck ${lockedBytes()})`);
       const anonHuge = Number(
         /^AnonHugePages:\s+(\d+)/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0,
       );
-      during = { hugeFree: meminfo('HugePages_Free'), anonHuge, fd: m.guestRam.fd };
+      // inside: guest RAM through its host view: no interface shows it
+      during = { hugeFree: meminfo('HugePages_Free'), anonHuge, fd: inside(m).guestRam.fd };
     },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);

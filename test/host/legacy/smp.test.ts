@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runGuest } from '../../helpers/guest.js';
 import { native } from '../../../core/native.js';
+import { inside } from '../../helpers/inside.js';
 
 test(
   '2 vCPUs: the AP starts, its trapped writes land before its reads, REP OUTSB/INSB strings are right',
@@ -32,12 +33,14 @@ test(
       onLine: (line, m) => {
         if (line !== 'smp ap up id=1' || reset) return;
         // Parked for the reset, kept parked to look at the AP, then let go.
-        m.vm.pause();
-        reset = m.systemReset().then(() => {
-          apStateAfterReset = m.vm.vcpus[1]!.mpState;
+        m.pause();
+        reset = m.reset().then(() => {
+          // inside: an AP's KVM MP state after the reset: no interface shows it
+          apStateAfterReset = inside(m).vm.vcpus[1]!.mpState;
           // The next boot need not run the 20 s loop again.
-          m.config.cmdline = 'test=smp';
-          m.vm.resume();
+          // inside: changes the config a reset loads the guest from: no interface may
+          inside(m).config.cmdline = 'test=smp';
+          m.resume();
         });
       },
     });

@@ -11,6 +11,7 @@ import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from '../../..
 import { MemoryRegion } from '../../../core/memory/index.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { projectRoot } from '../../../core/paths.js';
+import { inside } from '../../helpers/inside.js';
 
 test('RAM hot-added while the guest runs is DMA-mapped, and unmapped when removed', async () => {
   const edu = hostDevice('edu');
@@ -20,16 +21,19 @@ test('RAM hot-added while the guest runs is DMA-mapped, and unmapped when remove
   const r = await runGuest({
     config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }] },
     inspect: (m) => {
-      const c = m.vfio.listeners[0]!;
+      // inside: VFIO containers and groups: no interface shows them
+      const c = inside(m).vfio.listeners[0]!;
       const base = lockedBytes();
       const fd = native().memfdCreate('hotplug', MFD_CLOEXEC);
       ftruncateSync(fd, size);
       const map = native().mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       const ram = MemoryRegion.ram('hotplug-ram', size, { hostAddr: map.addr, fd, bytes: new Uint8Array(map.buffer) });
-      m.vm.memory.root.addSubregion(at, ram);
+      // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+      inside(m).vm.memory.root.addSubregion(at, ram);
       seen.mapped = c.covers(at, size);
       seen.pinnedDelta = lockedBytes() - base;
-      m.vm.memory.root.removeSubregion(ram);
+      // inside: KVM state (memslots, GSI routes, irqfds, vCPU state): no interface shows it
+      inside(m).vm.memory.root.removeSubregion(ram);
       seen.unmapped = !c.covers(at, 4096);
       seen.afterDelta = lockedBytes() - base;
       native().munmap(map.buffer);

@@ -10,10 +10,11 @@ import { runGuest } from '../../helpers/guest.js';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { checkConfig } from '../../../machine/config/config.js';
 import { Machine } from '../../../machine/machine.js';
-import { assignBars } from '../../../hw/pci.js';
+import { assignBars } from '../../../hw/pci-bars.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { projectRoot } from '../../../core/paths.js';
 import type { TsvmmError } from '../../../core/errors.js';
+import { inside } from '../../helpers/inside.js';
 
 function machineWith(devices: object[], memory = 16): () => Machine {
   const cfg = checkConfig({ memory, kernel: { path: 'guest/out/tsvmm-guest.elf' }, devices }, 'test', projectRoot);
@@ -56,14 +57,16 @@ test('garbage written over the whole config space is contained; the device still
     cmdline: 'test=edu msi=2',
     config: { memory: 32, devices: [{ type: 'vfio-pci', host: edu.bdf }] },
     onStart: (m) => {
-      const dev = m.devices[0]!;
+      // inside: the device model's own state (backend, host device, INTx unmasks): no interface shows it
+      const dev = inside(m).devices[0]!;
       for (let off = 0; off < 256; off += 4) dev.configWrite(off, 4, 0xffffffff);
       for (let off = 0; off < 256; off++) dev.configWrite(off, 1, 0xa5);
       assert.equal(dev.configRead(0, 4), 0x11e81234, 'IDs are read-only');
       assert.equal(dev.configRead(0x30, 4), 0, 'the ROM BAR stays hidden');
       // Firmware programs the BARs again, as after a reset; the guest then drives the device.
       dev.configWrite(4, 2, 0);
-      assignBars(m.pciBus, { base: 0xc0000000, end: 0xfec00000 }, { base: 0xc000, end: 0x10000 });
+      // inside: moves the bus limit to provoke what KVM refuses: no interface may
+      assignBars(inside(m).pciBus, { base: 0xc0000000, end: 0xfec00000 }, { base: 0xc000, end: 0x10000 });
     },
   });
   assert.equal(r.status, 0, `${r.reason}\n${r.output}`);
@@ -181,8 +184,9 @@ test('a non-viable group (pci-bridge pair, one member on another driver) names t
     { type: 'vfio-pci', host: other.bdf },
   ])();
   try {
-    assert.equal(m.vfio.groups.size, 1);
-    assert.equal(m.devices.length, 2);
+    // inside: VFIO containers and groups: no interface shows them
+    assert.equal(inside(m).vfio.groups.size, 1);
+    assert.equal(inside(m).devices.length, 2);
   } finally {
     m.close();
   }

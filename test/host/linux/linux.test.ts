@@ -14,7 +14,7 @@ import { cli, describe, linuxEnv, linuxKernel, parseInterrupts, sampleConfig, ts
 import { RawQmp } from '../../helpers/hotplug.js';
 import { lockedBytes } from '../../../core/vfio/limits.js';
 import { buildInitramfs } from '../../../machine/loader/initramfs.js';
-import { PCI_INTX_GSI_BASE } from '../../../machine/machine.js';
+import { PCI_INTX_GSI_BASE } from '../../../machine/board.js';
 
 const POWERED_OFF = /guest powered off \(ACPI S5\)/;
 
