@@ -273,8 +273,9 @@ export interface Native {
   // Unix-socket fd passing
   /** sendmsg with SCM_RIGHTS and MSG_NOSIGNAL; needs >= 1 data byte when fds are passed. Returns bytes sent. */
   sendFds(socketFd: number, data: Uint8Array, fds: number[]): number;
-  /** recvmsg with MSG_CMSG_CLOEXEC. data.length 0 = EOF. More than maxFds fds → they are closed, truncated = true. EAGAIN throws. */
-  recvFds(socketFd: number, maxData: number, maxFds: number): RecvFdsResult;
+  /** recvmsg with MSG_CMSG_CLOEXEC. data.length 0 = EOF. More than maxFds fds → they are closed, truncated = true. EAGAIN throws.
+   *  With `into` (at least maxData bytes) the data lands there and `data` is a view of it. */
+  recvFds(socketFd: number, maxData: number, maxFds: number, into?: Uint8Array): RecvFdsResult;
   socketpair(): [number, number];
   setNonBlocking(fd: number, on: boolean): void;
   /** poll(2) for one fd in the thread pool; resolves with revents (0 on timeout). */

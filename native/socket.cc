@@ -59,9 +59,11 @@ static Napi::Value SendFds(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
-// recvFds(socketFd, maxData, maxFds) → { data: Uint8Array, fds: number[], truncated }
+// recvFds(socketFd, maxData, maxFds, into?) → { data: Uint8Array, fds: number[], truncated }
 // Received fds are O_CLOEXEC. When more fds arrived than maxFds (MSG_CTRUNC), the ones that
-// were installed are closed, fds is empty and truncated is true. data.length 0 means EOF.
+// were installed are closed, fds is empty and truncated is true. data.length 0 means EOF. With
+// `into` (a Uint8Array) the bytes land there and data is a view of it: a reader that calls this in
+// a loop allocates nothing per call.
 static Napi::Value RecvFds(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0);
@@ -70,8 +72,15 @@ static Napi::Value RecvFds(const Napi::CallbackInfo &info) {
   if (maxData == 0) throw Napi::RangeError::New(env, "recvFds: maxData must be > 0");
   if (maxFds > kScmMaxFd) throw Napi::RangeError::New(env, "recvFds: maxFds must be <= 253");
 
-  std::vector<uint8_t> data(maxData);
-  struct iovec iov = {data.data(), data.size()};
+  Napi::Uint8Array into;
+  if (info.Length() > 3 && !info[3].IsUndefined()) {
+    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "recvFds: argument 3 must be a Uint8Array");
+    into = info[3].As<Napi::Uint8Array>();
+    if (into.ByteLength() < maxData) throw Napi::RangeError::New(env, "recvFds: the Uint8Array is smaller than maxData");
+  }
+  std::vector<uint8_t> data(into.IsEmpty() ? maxData : 0);
+  struct iovec iov = {into.IsEmpty() ? data.data() : into.Data(), maxData};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -108,10 +117,14 @@ static Napi::Value RecvFds(const Napi::CallbackInfo &info) {
     fds.clear();
   }
 
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, static_cast<size_t>(r));
-  if (r > 0) memcpy(ab.Data(), data.data(), static_cast<size_t>(r));
   Napi::Object o = Napi::Object::New(env);
-  o.Set("data", Napi::Uint8Array::New(env, static_cast<size_t>(r), ab, 0));
+  if (into.IsEmpty()) {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, static_cast<size_t>(r));
+    if (r > 0) memcpy(ab.Data(), data.data(), static_cast<size_t>(r));
+    o.Set("data", Napi::Uint8Array::New(env, static_cast<size_t>(r), ab, 0));
+  } else {
+    o.Set("data", Napi::Uint8Array::New(env, static_cast<size_t>(r), into.ArrayBuffer(), into.ByteOffset()));
+  }
   Napi::Array a = Napi::Array::New(env, fds.size());
   for (size_t i = 0; i < fds.size(); i++) a.Set(static_cast<uint32_t>(i), fds[i]);
   o.Set("fds", a);
