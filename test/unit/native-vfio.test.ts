@@ -935,6 +935,15 @@ test('sendFds/recvFds pass an eventfd and a memfd as new fds on the same files',
     assert.deepEqual([...r2.data], [7, 8], 'reads at most maxData');
     assert.deepEqual(r2.fds, []);
     assert.deepEqual([...n.recvFds(b, 16, 0).data], [9]);
+    // Into the caller's buffer (at an offset): data is a view of it, no new memory.
+    const into = new Uint8Array(32).subarray(4, 20);
+    n.sendFds(a, new Uint8Array([3, 1, 4]), []);
+    const r3 = n.recvFds(b, 16, 0, into);
+    assert.deepEqual([...r3.data], [3, 1, 4]);
+    assert.equal(r3.data.buffer, into.buffer);
+    assert.equal(r3.data.byteOffset, 4);
+    assert.throws(() => n.recvFds(b, 17, 0, into), /smaller than maxData/);
+    assert.throws(() => n.recvFds(b, 4, 0, new Uint16Array(4) as unknown as Uint8Array), /must be a Uint8Array/);
   } finally {
     for (const fd of [a, b, efd, mfd, ...got]) fs.closeSync(fd);
   }
