@@ -401,23 +401,31 @@ export async function ensureIommufdKernel(
   }
 }
 
-/** Every CONFIG_X=y of the fragment must survive olddefconfig (a dropped dependency would silently lose a feature). */
-function checkConfig(config: string): void {
+/**
+ * The fragment's `CONFIG_X=y` options that `config` (a .config) does not have set to y; comment lines are not
+ * options. Every one must survive olddefconfig: a dependency missing from the fragment would silently lose a feature.
+ */
+export function missingFragmentOptions(fragment: string, config: string): string[] {
   const have = new Set(
     config
       .split('\n')
       .filter((l) => l.endsWith('=y'))
       .map((l) => l.slice(0, -2)),
   );
-  const missing = readFileSync(kernelFragmentPath, 'utf8')
+  return fragment
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => !l.startsWith('#') && l.endsWith('=y'))
     .map((l) => l.slice(0, -2))
     .filter((k) => !have.has(k));
+}
+
+function checkConfig(config: string): void {
+  const missing = missingFragmentOptions(readFileSync(kernelFragmentPath, 'utf8'), config);
   if (missing.length)
     throw new TestHostError(
-      `kernel config: ${missing.join(', ')} requested by ${kernelFragmentPath} but not set after olddefconfig`,
+      `kernel config: ${missing.join(', ')} requested by ${kernelFragmentPath} but not set after olddefconfig ` +
+        '(add the options they depend on to the fragment)',
     );
 }
 
