@@ -361,7 +361,7 @@ export async function ensureIommufdKernel(
     const t1 = performance.now();
     const jobs = String(Math.max(1, cpus().length));
     log(
-      `building the iommufd kernel from linux-source ${srcVersion} with ${jobs} jobs (~6 min on 2 idle cores); log: ${logFile}`,
+      `building the iommufd kernel from linux-source ${srcVersion} with ${jobs} jobs (~7 min on 2 idle cores); log: ${logFile}`,
     );
     // A minimal base: allnoconfig with kvm_guest.config and the fragment as its preset values (merge_config.sh -n),
     // so every option nobody asked for stays off and the build is a fraction of a defconfig one. olddefconfig is a
