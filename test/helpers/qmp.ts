@@ -39,9 +39,9 @@ export class QmpTestClient {
       }
     }
   }
-  /** The next message, reply or event. */
-  async next(): Promise<Record<string, unknown>> {
-    for (let i = 0; i < 200 && !this.lines.length; i++)
+  /** The next message, reply or event (waiting up to timeoutMs). */
+  async next(timeoutMs = 10_000): Promise<Record<string, unknown>> {
+    for (let i = 0; i < timeoutMs / 50 && !this.lines.length; i++)
       await new Promise<void>((r) => {
         this.wake = r;
         setTimeout(r, 50);
@@ -51,9 +51,9 @@ export class QmpTestClient {
     return JSON.parse(l) as Record<string, unknown>;
   }
   /** The next reply (not an event); events met on the way are kept in `events`. */
-  async reply(): Promise<Record<string, unknown>> {
+  async reply(timeoutMs?: number): Promise<Record<string, unknown>> {
     for (;;) {
-      const m = await this.next();
+      const m = await this.next(timeoutMs);
       if ('event' in m) this.events.push(m);
       else return m;
     }
