@@ -19,7 +19,7 @@ import {
   shutdownEvent,
   type MachineCommands,
 } from '../frontend/commands.js';
-import { checkArguments } from '../frontend/qmp/server.js';
+import { checkArguments } from '../frontend/qmp/arguments.js';
 import { qmpEventNames, type QmpCommands, type QmpEvents } from '../generated/qmp-types.js';
 import { deviceAddArgs, GrowingTextSearch, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
 
