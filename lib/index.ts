@@ -5,13 +5,7 @@
 // waits and AbortSignals work while the guest runs. Every error is a TsvmmError with a stable code.
 import { resolve } from 'node:path';
 import { TsvmmError, type TsvmmErrorCode } from '../core/errors.js';
-import {
-  checkConfig,
-  createMachine,
-  type MachineControl,
-  type MachineInspection,
-  type RawConfig as VmConfigInput,
-} from '../machine/index.js';
+import { checkConfig, createMachine, type MachineControl, type VmConfig } from '../machine/index.js';
 import {
   CommandError,
   deviceAddSpec,
@@ -19,45 +13,52 @@ import {
   shutdownEvent,
   type MachineCommands,
 } from '../frontend/commands.js';
-import { checkArguments } from '../frontend/qmp/server.js';
+import { checkArguments } from '../frontend/qmp/arguments.js';
+import { qmpEventNames, type QmpCommands, type QmpEvents } from '../generated/qmp-types.js';
 import { deviceAddArgs, GrowingTextSearch, lastLines, serialPattern, type DeviceAddOptions } from './args.js';
 
 export { TsvmmError, isTsvmmError, ConfigError, type TsvmmErrorCode } from '../core/errors.js';
 export { CommandError, type CommandErrorClass } from '../frontend/commands.js';
 export type {
-  VmConfigInput,
+  VmConfig,
   VmConfigDevice,
   VmConfigVfioPci,
   VmConfigMemorySize,
   VmConfigVfioBackend,
 } from '../generated/config-types.js';
 export type { DeviceAddOptions } from './args.js';
-
-export interface CreateVmOptions {
-  /** Where COM1 output goes besides the VM's buffer (Vm.serial): 'capture' (default: kept, not
-   *  printed) or 'inherit' (also written to process.stdout). The config's serial.output is not used. */
-  serial?: 'capture' | 'inherit';
-  /** Relative paths in the config (and deviceAdd's romfile) resolve against this (default: process.cwd()). */
-  baseDir?: string;
-  /** Aborting closes the VM. */
-  signal?: AbortSignal;
-}
-
-export interface WaitOptions {
-  /** Default 30000; Infinity waits for ever. */
-  timeoutMs?: number;
-  signal?: AbortSignal;
-}
-
-export interface VmExit {
-  status: number;
-  reason: string;
-}
-
-/** Vm.inspect()'s snapshot (machine/control.ts). */
-export type VmInspection = MachineInspection;
-export type VmStatus = 'running' | 'paused' | 'internal-error' | 'shutdown';
-export type VmEventListener = (name: string, data?: Record<string, unknown>) => void;
+export type {
+  CreateVmOptions,
+  WaitOptions,
+  VmExit,
+  VmInspection,
+  VmStatus,
+  VmEventName,
+  VmEventData,
+  VmEventListener,
+  VmCommandArgs,
+  QmpCommands,
+  QmpEvents,
+  QmpStatusInfo,
+  QmpRunState,
+  QmpShutdownCause,
+  QmpVersionInfo,
+  QmpPciInfo,
+  QmpPciDeviceInfo,
+  QmpAddfdInfo,
+  QmpFdsetInfo,
+  QmpSchemaInfo,
+} from './types.js';
+import type {
+  CreateVmOptions,
+  WaitOptions,
+  VmExit,
+  VmInspection,
+  VmStatus,
+  VmEventName,
+  VmEventListener,
+  VmCommandArgs,
+} from './types.js';
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 const created = Symbol('tsvmm.createVm');
@@ -66,7 +67,7 @@ const created = Symbol('tsvmm.createVm');
  * Creates a VM from a config (validated as `tsvmm validate` does: a bad one throws a ConfigError,
  * code 'ERR_CONFIG', with its problems). The guest does not run until start().
  */
-export async function createVm(config: VmConfigInput, opts: CreateVmOptions = {}): Promise<Vm> {
+export async function createVm(config: VmConfig, opts: CreateVmOptions = {}): Promise<Vm> {
   if (opts.signal?.aborted) throw aborted('createVm', opts.signal);
   const baseDir = resolve(opts.baseDir ?? process.cwd());
   const cfg = checkConfig(structuredClone(config), 'config', baseDir);
@@ -96,7 +97,9 @@ export class Vm implements AsyncDisposable {
   #run: Promise<VmExit> | undefined;
   #closing: Promise<void> | undefined;
   #closed = false;
+  /** 'event' listeners (name, data), then each event's own (data). */
   readonly #listeners = new Set<VmEventListener>();
+  readonly #named = new Map<string, Set<AnyListener>>();
   /** Pending waits: each is polled when something changes (serial output, an event, the exit, close). */
   readonly #waiters = new Set<() => void>();
   #wakeQueued = false;
@@ -226,15 +229,15 @@ export class Vm implements AsyncDisposable {
   async deviceDel(id: string, opts: WaitOptions = {}): Promise<void> {
     this.#live('deviceDel');
     let gone = false;
-    const seen: VmEventListener = (name, data) => {
-      if (name === 'DEVICE_DELETED' && data?.device === id) gone = true;
+    const seen = (data: QmpEvents['DEVICE_DELETED']) => {
+      if (data.device === id) gone = true;
     };
-    this.#listeners.add(seen);
+    this.on('DEVICE_DELETED', seen);
     try {
       await this.#commands.ops.deviceDel(id);
       await this.#wait(`waiting for the guest to eject '${id}'`, opts, true, () => (gone ? true : undefined));
     } finally {
-      this.#listeners.delete(seen);
+      this.off('DEVICE_DELETED', seen);
     }
   }
   /** The run state (QMP query-status's status; 'paused' before start(), 'shutdown' once ended). */
@@ -247,8 +250,15 @@ export class Vm implements AsyncDisposable {
 
   /**
    * Any QMP command by name, with QMP's arguments (checked against the QMP schema) and result;
-   * a failure is a CommandError (code ERR_QMP) with QEMU's errorClass.
+   * a failure is a CommandError (code ERR_QMP) with QEMU's errorClass. The commands tsvmm implements are typed
+   * (QmpCommands: arguments and result as QAPI gives them); any other name is allowed and fails with
+   * CommandNotFound, as QEMU's would.
    */
+  command<C extends keyof QmpCommands>(name: C, ...args: VmCommandArgs<C>): Promise<QmpCommands[C]['returns']>;
+  command<N extends string>(
+    name: N extends keyof QmpCommands ? never : N,
+    args?: Record<string, unknown>,
+  ): Promise<unknown>;
   async command(name: string, args: Record<string, unknown> = {}): Promise<unknown> {
     this.#open(name);
     const handler = this.#commands.handlers[name];
@@ -263,14 +273,20 @@ export class Vm implements AsyncDisposable {
     return ret ?? {};
   }
 
-  /** QMP events: STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, DEVICE_DELETED, VFIO_REQUEST, VFIO_ERROR. */
-  on(event: 'event', fn: VmEventListener): this {
-    if (event !== 'event') throw new TsvmmError('ERR_USAGE', `Vm.on: unknown event '${String(event)}' (only 'event')`);
-    this.#listeners.add(fn);
+  /**
+   * QMP events (STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, DEVICE_DELETED, VFIO_REQUEST, VFIO_ERROR; QmpEvents has
+   * their data): on('event', (name, data) => …) hears every one, on('SHUTDOWN', (data) => …) one of them.
+   */
+  on(event: 'event', fn: VmEventListener): this;
+  on<E extends VmEventName>(event: E, fn: (data: QmpEvents[E]) => void): this;
+  on(event: string, fn: VmEventListener | ((data: never) => void)): this {
+    this.#listenersOf(event, 'on').add(fn as AnyListener);
     return this;
   }
-  off(event: 'event', fn: VmEventListener): this {
-    if (event === 'event') this.#listeners.delete(fn);
+  off(event: 'event', fn: VmEventListener): this;
+  off<E extends VmEventName>(event: E, fn: (data: QmpEvents[E]) => void): this;
+  off(event: string, fn: VmEventListener | ((data: never) => void)): this {
+    this.#listenersOf(event, 'off').delete(fn as AnyListener);
     return this;
   }
 
@@ -311,10 +327,23 @@ export class Vm implements AsyncDisposable {
   }
 
   // --- internals -----------------------------------------------------------------------------
+  #listenersOf(event: string, what: string): Set<AnyListener> {
+    if (event === 'event') return this.#listeners as Set<AnyListener>;
+    if (!(qmpEventNames as readonly string[]).includes(event))
+      throw new TsvmmError('ERR_USAGE', `Vm.${what}: unknown event '${String(event)}'`, {
+        fix: `use 'event' (every event) or one of ${qmpEventNames.join(', ')}`,
+      });
+    let set = this.#named.get(event);
+    if (!set) this.#named.set(event, (set = new Set()));
+    return set;
+  }
+
   #event(name: string, data?: Record<string, unknown>): void {
-    for (const fn of [...this.#listeners]) {
+    const all = [...this.#listeners].map((fn) => () => (fn as AnyListener)(name, data));
+    const named = [...(this.#named.get(name) ?? [])].map((fn) => () => fn(data));
+    for (const call of [...all, ...named]) {
       try {
-        fn(name, data);
+        call();
       } catch (e) {
         // A listener's bug must not take the VMM down (it may run inside a vCPU exit).
         console.error(`tsvmm: a Vm event listener threw on ${name}: ${(e as Error).stack ?? String(e)}`);
@@ -405,6 +434,7 @@ export class Vm implements AsyncDisposable {
 }
 
 const noFds = { takeFd: () => undefined };
+type AnyListener = (...args: unknown[]) => void;
 
 function aborted(what: string, signal: AbortSignal): TsvmmError {
   return new TsvmmError('ERR_ABORTED', `${what}: aborted`, { cause: signal.reason });

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { TsvmmError } from '../core/errors.js';
 import { projectRoot } from '../core/paths.js';
-import type { RawConfig } from '../machine/index.js';
+import type { VmConfig } from '../generated/config-types.js';
 import type { HostDevice } from '../testhost/index.js';
 import { cachedDebianKernel } from '../testhost/kernel.js';
 
@@ -16,9 +16,6 @@ export {
   type TestHostOptions,
   type TestHostResult,
 } from '../testhost/index.js';
-
-/** The config object `createVm` takes (the JSON config's shape). */
-export type GuestConfig = RawConfig;
 
 // ---- the test guest ----
 
@@ -106,7 +103,7 @@ export interface LinuxGuestOptions {
   memory?: string | number;
   vcpus?: number;
   /** Assigned devices, as in the config's `devices`. */
-  devices?: NonNullable<GuestConfig['devices']>;
+  devices?: NonNullable<VmConfig['devices']>;
   /** A directory with modules.order and the modules /init loads in that order (default: the test host kernel's). */
   modules?: string;
   /** A statically linked busybox (default /bin/busybox from busybox-static). */
@@ -117,7 +114,7 @@ export interface LinuxGuestOptions {
 }
 
 /** A config for a Linux guest whose /init runs `script` in a busybox initramfs built at start-up. */
-export function linuxGuest(opts: LinuxGuestOptions): GuestConfig {
+export function linuxGuest(opts: LinuxGuestOptions): VmConfig {
   let path = opts.kernel;
   let modules = opts.modules;
   if (opts.kernel === 'testhost') {

@@ -2,7 +2,7 @@
 // (test/unit/layers.test.ts holds them to it). A machine is reached through MachineControl only.
 // The machine itself (KVM, VFIO, device models) loads on the first createMachine(), so a command
 // that only checks a config (`tsvmm validate`) does not load it.
-import type { VmConfig } from './config/config.js';
+import type { MachineConfig } from './config/config.js';
 import type { MachineControl } from './control.js';
 import type { MachineOptions } from './machine.js';
 
@@ -25,15 +25,15 @@ export {
   readConfigFile,
   resolveConfigPaths,
   ConfigError,
+  type MachineConfig,
   type VmConfig,
-  type RawConfig,
   type VfioPciConfig,
   type VfioBackendChoice,
 } from './config/config.js';
 export { buildInitramfs } from './loader/initramfs.js';
 
 /** A machine from a checked config; the guest does not run until run(). */
-export async function createMachine(config: VmConfig, opts: MachineOptions = {}): Promise<MachineControl> {
+export async function createMachine(config: MachineConfig, opts: MachineOptions = {}): Promise<MachineControl> {
   const { Machine } = await import('./machine.js');
   return new Machine(config, opts);
 }

@@ -1,4 +1,4 @@
-// A machine assembled from a VmConfig: guest RAM (core/ram.ts), the board (machine/board.ts: the
+// A machine assembled from a MachineConfig: guest RAM (core/ram.ts), the board (machine/board.ts: the
 // layout and the fixed devices), the assigned PCI devices (machine/devices.ts), the guest image
 // (machine/boot.ts) and the vCPUs. Front ends see it as a MachineControl (machine/control.ts)
 // only; everything inside is private. run() resolves with the exit status; close() releases
@@ -12,7 +12,7 @@ import { MemoryRegion, memoryTransaction, type RamBacking } from '../core/memory
 import { Kvm } from '../core/kvm/kvm.js';
 import type { KvmVm } from '../core/kvm/vm.js';
 import { KvmInterrupts } from './interrupts.js';
-import type { VmConfig } from './config/config.js';
+import type { MachineConfig } from './config/config.js';
 import type { E820Entry } from './loader/multiboot.js';
 import type { Serial16550 } from '../hw/serial-16550.js';
 import { PciBus, physAddrLimit } from '../hw/pci.js';
@@ -77,7 +77,7 @@ export class Machine implements MachineControl {
   private readonly deviceOps: MachineDevices = this.deviceControl();
 
   constructor(
-    private readonly config: VmConfig,
+    private readonly config: MachineConfig,
     opts: MachineOptions = {},
   ) {
     const passed = opts.passedFds instanceof PassedFds ? opts.passedFds : new PassedFds(opts.passedFds);

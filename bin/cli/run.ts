@@ -7,7 +7,7 @@ import {
   checkConfig,
   readConfigFile,
   resolveConfigPaths,
-  type RawConfig,
+  type VmConfig,
   type VfioPciConfig,
 } from '../../machine/index.js';
 import { projectRoot } from '../../core/paths.js';
@@ -63,7 +63,7 @@ const OPTIONS = {
   'print-config': { type: 'boolean' },
 } as const;
 
-const DEMO: RawConfig = { name: 'demo', memory: '64M', kernel: { path: `${projectRoot}/guest/out/tsvmm-guest.elf` } };
+const DEMO: VmConfig = { name: 'demo', memory: '64M', kernel: { path: `${projectRoot}/guest/out/tsvmm-guest.elf` } };
 
 const DEVICE_KEYS = ['host', 'sysfsdev', 'cdev', 'fd', 'id', 'backend', 'addr', 'slot', 'group'];
 
@@ -140,8 +140,8 @@ export function flagProblem(problem: string, flags: FlagPointers): string {
 export function buildRawConfig(
   positional: string | undefined,
   v: Record<string, unknown>,
-): { raw: RawConfig; source: string; baseDir: string; flags: FlagPointers } {
-  let raw: RawConfig, source: string, baseDir: string;
+): { raw: VmConfig; source: string; baseDir: string; flags: FlagPointers } {
+  let raw: VmConfig, source: string, baseDir: string;
   const flags: FlagPointers = new Map();
   const flagged = ['memory', 'cpus', 'kernel', 'kernel-format', 'initrd', 'cmdline', 'name', 'device', 'serial'].some(
     (k) => v[k] !== undefined,
@@ -149,7 +149,7 @@ export function buildRawConfig(
   if (positional !== undefined) {
     const file = readConfigFile(positional);
     const abs = file.abs;
-    raw = file.raw as RawConfig;
+    raw = file.raw as VmConfig;
     if (!raw || typeof raw !== 'object' || Array.isArray(raw))
       throw new ConfigError(abs, ['(top level): must be object']);
     source = flagged ? `${abs} with command-line flags` : abs;
@@ -176,9 +176,9 @@ export function buildRawConfig(
     flags.set('/vcpus', `--cpus ${String(v.cpus)}`);
   }
   if (v.kernel !== undefined || v['kernel-format'] !== undefined || v.initrd !== undefined) {
-    raw.kernel = { ...(raw.kernel ?? {}) } as RawConfig['kernel'];
+    raw.kernel = { ...(raw.kernel ?? {}) } as VmConfig['kernel'];
     if (v.kernel !== undefined) raw.kernel.path = cwd(v.kernel as string);
-    if (v['kernel-format'] !== undefined) raw.kernel.format = v['kernel-format'] as RawConfig['kernel']['format'];
+    if (v['kernel-format'] !== undefined) raw.kernel.format = v['kernel-format'] as VmConfig['kernel']['format'];
     if (v.initrd !== undefined) raw.kernel.initrd = cwd(v.initrd as string);
     if (v.kernel !== undefined) flags.set('/kernel/path', '--kernel');
     if (v['kernel-format'] !== undefined) flags.set('/kernel/format', '--kernel-format');
@@ -210,7 +210,7 @@ export function buildRawConfig(
 }
 
 /** checkConfig, with problems in values that flags set named by the flag. */
-function checkWithFlags(raw: RawConfig, source: string, baseDir: string, flags: FlagPointers) {
+function checkWithFlags(raw: VmConfig, source: string, baseDir: string, flags: FlagPointers) {
   try {
     return checkConfig(raw, source, baseDir);
   } catch (e) {

@@ -1,5 +1,6 @@
 // VM configuration: parse, validate against configs/vm.schema.json (compiled at build time), check
-// what a schema cannot (sizes, files, the image against the RAM, devices), and normalise into a VmConfig with absolute paths and bytes.
+// what a schema cannot (sizes, files, the image against the RAM, devices), and normalise into a MachineConfig with
+// absolute paths and bytes.
 // Every problem is reported with its JSON pointer and how to fix it.
 import { readFileSync, existsSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -35,17 +36,17 @@ import type { KernelSpec } from '../boot.js';
 /** Guest RAM and its backing (core/ram.ts). */
 export type { RamBackend, MemoryConfig } from '../../core/ram.js';
 import type { MemoryConfig } from '../../core/ram.js';
-// The raw JSON shape, generated from configs/vm.schema.json (scripts/gen-validators.mjs): the
-// schema is the one source of the config's keys, its validator and its TypeScript type.
-import type { VmConfigInput, VmConfigMemorySize } from '../../generated/config-types.js';
-export type { VmConfigInput } from '../../generated/config-types.js';
-export type RawConfig = VmConfigInput;
+// The config as the user writes it (VmConfig, the library's public name), generated from configs/vm.schema.json
+// (scripts/gen-validators.mjs): the schema is the one source of the config's keys, its validator and its type.
+// checkConfig turns it into a MachineConfig (absolute paths, bytes, defaults).
+import type { VmConfig, VmConfigMemorySize } from '../../generated/config-types.js';
+export type { VmConfig } from '../../generated/config-types.js';
 export type RawMemorySize = VmConfigMemorySize;
 /** `memory` in its object form. */
-export type RawMemory = Exclude<NonNullable<VmConfigInput['memory']>, RawMemorySize>;
+export type RawMemory = Exclude<NonNullable<VmConfig['memory']>, RawMemorySize>;
 
 /** A validated configuration with defaults applied, sizes in bytes and absolute paths. */
-export interface VmConfig {
+export interface MachineConfig {
   name: string;
   memoryBytes: number;
   memory: MemoryConfig;
@@ -62,7 +63,7 @@ export interface VmConfig {
 export { ConfigError } from '../../core/errors.js';
 import { ConfigError } from '../../core/errors.js';
 
-type ConfigValidator = ((data: unknown) => data is RawConfig) & { errors?: ErrorObject[] | null };
+type ConfigValidator = ((data: unknown) => data is VmConfig) & { errors?: ErrorObject[] | null };
 const validate = () => generatedValidate as unknown as ConfigValidator;
 
 export function parseMemory(v: RawMemorySize | RawMemory | undefined): number {
@@ -120,7 +121,7 @@ export function checkMemory(
 }
 
 /** Validates a parsed JSON value; `source` names it in messages, `baseDir` resolves paths. */
-export function checkConfig(raw: unknown, source: string, baseDir: string): VmConfig {
+export function checkConfig(raw: unknown, source: string, baseDir: string): MachineConfig {
   const v = validate();
   if (!v(raw)) {
     const problems = schemaProblems(v.errors ?? [], raw);
@@ -220,7 +221,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): VmCo
  * `${NAME}` in the kernel's paths is replaced by that environment variable, so a sample can name a
  * kernel that lives outside the tree (configs/linux/*.json: TSVMM_LINUX_KERNEL, TSVMM_LINUX_MODULES).
  */
-function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): Set<string> {
+function expandKernelEnv(k: VmConfig['kernel'], problems: string[]): Set<string> {
   const unset = new Set<string>();
   const expand = (ptr: string, v: string) =>
     v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
@@ -244,7 +245,7 @@ function expandKernelEnv(k: RawConfig['kernel'], problems: string[]): Set<string
 
 /** kernel.initrd / kernel.initramfs: linux only, one or the other; their paths resolved and checked. */
 function checkLinuxKernel(
-  k: RawConfig['kernel'],
+  k: VmConfig['kernel'],
   baseDir: string,
   problems: string[],
   unset: ReadonlySet<string> = new Set(),
@@ -302,10 +303,10 @@ export function readConfigFile(path: string): { abs: string; raw: unknown } {
  * directory), as `run --print-config` shows it: the same VM from wherever it is run. Paths that
  * name an environment variable are left for checkConfig to expand.
  */
-export function resolveConfigPaths(raw: RawConfig, baseDir: string): RawConfig {
+export function resolveConfigPaths(raw: VmConfig, baseDir: string): VmConfig {
   const out = structuredClone(raw);
   const abs = (p: string | undefined) => (p === undefined || p.includes('${') ? p : resolve(baseDir, p));
-  const k = out.kernel as Partial<RawConfig['kernel']> | undefined;
+  const k = out.kernel as Partial<VmConfig['kernel']> | undefined;
   if (k?.path) k.path = abs(k.path)!;
   if (k?.initrd !== undefined) k.initrd = abs(k.initrd)!;
   if (k?.initramfs?.modules !== undefined) k.initramfs.modules = abs(k.initramfs.modules)!;
@@ -317,7 +318,7 @@ export function resolveConfigPaths(raw: RawConfig, baseDir: string): RawConfig {
 }
 
 /** Reads, parses and checks a config file. */
-export function loadConfig(path: string): VmConfig {
+export function loadConfig(path: string): MachineConfig {
   const { abs, raw } = readConfigFile(path);
   return checkConfig(raw, abs, dirname(abs));
 }

@@ -1,7 +1,7 @@
 // Runs the project's test guest (or any image) in a Machine, collecting serial output by line
 // and letting a test react to lines as they arrive (e.g. inject an interrupt on "irq ready").
 import { readdirSync } from 'node:fs';
-import { checkConfig, type RawConfig } from '../../machine/config/config.js';
+import { checkConfig, type VmConfig } from '../../machine/config/config.js';
 import { Machine } from '../../machine/machine.js';
 import type { MachineInspection, MachineResult } from '../../machine/index.js';
 import { inside } from './inside.js';
@@ -19,14 +19,14 @@ export interface GuestRun extends MachineResult {
 
 export async function runGuest(opts: {
   cmdline?: string;
-  config?: Partial<RawConfig>;
+  config?: Partial<VmConfig>;
   onLine?: (line: string, m: Machine) => void;
   onStart?: (m: Machine) => void;
   /** Called once while the guest runs (at its first line of output): assert on live state here. */
   inspect?: (m: Machine) => void;
   timeoutMs?: number;
 }): Promise<GuestRun> {
-  const raw: RawConfig = {
+  const raw: VmConfig = {
     memory: 64,
     kernel: { path: guestPaths().elf },
     cmdline: opts.cmdline ?? '',

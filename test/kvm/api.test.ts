@@ -8,7 +8,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createVm, CommandError, TsvmmError, type Vm, type VmConfigInput } from '../../lib/index.js';
+import { createVm, CommandError, TsvmmError, type Vm, type VmConfig } from '../../lib/index.js';
 import { guestPaths } from '../../guest/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-api-'));
@@ -28,7 +28,7 @@ function tickingGuest(): string {
   writeFileSync(p, Uint8Array.from(code));
   return p;
 }
-const ticking: VmConfigInput = { name: 'ticking', memory: 16, kernel: { path: 'ticking.bin', format: 'flat' } };
+const ticking: VmConfig = { name: 'ticking', memory: 16, kernel: { path: 'ticking.bin', format: 'flat' } };
 tickingGuest();
 
 /** Asserts `p` rejects with a TsvmmError of `code` whose message matches `re`. */
@@ -90,6 +90,7 @@ test('stop/cont/reset/status/command/quit through the command layer, with their 
   const vm = await createVm(ticking, { baseDir: dir });
   try {
     vm.on('event', (name) => events.push(name));
+    assert.throws(() => vm.on('NOPE' as 'STOP', () => {}), { code: 'ERR_USAGE', message: /unknown event 'NOPE'/ });
     vm.start();
     await vm.waitForSerial('ready\n');
     await vm.waitForSerial('x');
@@ -127,10 +128,12 @@ test('stop/cont/reset/status/command/quit through the command layer, with their 
       /The command no-such-command has not been found/,
     );
     assert.equal((nf as CommandError).errorClass, 'CommandNotFound');
+    // @ts-expect-error -- the type says what the run-time check says: device_del needs an id
     await rejectsWith(vm.command('device_del', {}), 'ERR_QMP', /Parameter 'id' is missing/);
     const dnf = await rejectsWith(vm.deviceDel('nothing'), 'ERR_QMP', /Device 'nothing' not found/);
     assert.equal((dnf as CommandError).errorClass, 'DeviceNotFound');
     await rejectsWith(
+      // @ts-expect-error -- vfio-pci has no property 'colour', for the type as for the run-time check
       vm.command('device_add', { driver: 'vfio-pci', id: 'a', colour: 'red' }),
       'ERR_QMP',
       /Property 'vfio-pci\.colour' not found/,

@@ -13,7 +13,7 @@ import { projectRoot } from '../../core/paths.js';
 import { Machine } from '../../machine/machine.js';
 import { native } from '../../core/native.js';
 import { checkConfig } from '../../machine/config/config.js';
-import { createVm, type VmConfigInput } from '../../lib/index.js';
+import { createVm, type VmConfig } from '../../lib/index.js';
 import type { TsvmmError } from '../../core/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsvmm-kvm-'));
@@ -30,7 +30,7 @@ const le32 = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>>
 const OUT_F4_EAX = [0xe7, 0xf4];
 
 /** Boots a config through the library until the guest ends: its exit, console and inspection. */
-async function boot(config: Partial<VmConfigInput>) {
+async function boot(config: Partial<VmConfig>) {
   await using vm = await createVm({ memory: 64, kernel: { path: guestPaths().elf }, ...config }, { baseDir: dir });
   vm.start();
   const exit = await vm.waitForExit();

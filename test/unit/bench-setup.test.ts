@@ -8,7 +8,7 @@ import { accessSync, constants, existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../../core/paths.js';
-import { nullVmmAction, qemuCpuFallback } from '../../bench/vmm.js';
+import { nullVmmAction, qemuCpuFallback } from '../../bench/setup.js';
 
 // What QEMU 7.2 printed on a paravirtual KVM (kvm_pvm) before it aborted.
 const pvmStderr =

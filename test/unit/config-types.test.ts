@@ -1,4 +1,4 @@
-// The config's TypeScript type (VmConfigInput) is generated from configs/vm.schema.json by
+// The config's TypeScript type (VmConfig) is generated from configs/vm.schema.json by
 // scripts/schema-to-ts.mjs: the converter on small schemas, the generated file being current, and
 // the type and the validator agreeing on the same objects (the @ts-expect-error lines are checked
 // by the type check, npm run test:static).
@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { projectRoot } from '../../core/paths.js';
-import type { VmConfigInput } from '../../generated/config-types.js';
+import type { VmConfig } from '../../generated/config-types.js';
 import { validate } from '../../generated/config-validator.js';
 
 type Converter = typeof import('../../scripts/schema-to-ts.mjs');
@@ -60,19 +60,13 @@ test('schema-to-ts: objects (required, closed, open), and oneOf that only constr
 test('generated/config-types.ts is what the converter makes of configs/vm.schema.json', () => {
   const schema = JSON.parse(readFileSync(join(projectRoot, 'configs/vm.schema.json'), 'utf8')) as object;
   const text = readFileSync(join(projectRoot, 'generated/config-types.ts'), 'utf8');
-  assert.ok(text.endsWith(conv.schemaToTs(schema, { rootName: 'VmConfigInput', prefix: 'VmConfig' })));
-  for (const name of [
-    'VmConfigInput',
-    'VmConfigDevice',
-    'VmConfigVfioPci',
-    'VmConfigMemorySize',
-    'VmConfigVfioBackend',
-  ])
+  assert.ok(text.endsWith(conv.schemaToTs(schema, { rootName: 'VmConfig', prefix: 'VmConfig' })));
+  for (const name of ['VmConfig', 'VmConfigDevice', 'VmConfigVfioPci', 'VmConfigMemorySize', 'VmConfigVfioBackend'])
     assert.match(text, new RegExp(`export type ${name} = `));
 });
 
 // The same objects, seen by the type check and by the validator.
-const good: VmConfigInput[] = [
+const good: VmConfig[] = [
   { kernel: { path: 'guest.elf' } },
   {
     name: 'edu',
@@ -87,15 +81,15 @@ const good: VmConfigInput[] = [
 ];
 const bad: unknown[] = [
   // @ts-expect-error kernel is required
-  {} satisfies VmConfigInput,
+  {} satisfies VmConfig,
   // @ts-expect-error an unknown key
-  { kernel: { path: 'x' }, colour: 'red' } satisfies VmConfigInput,
+  { kernel: { path: 'x' }, colour: 'red' } satisfies VmConfig,
   // @ts-expect-error a device needs its type
-  { kernel: { path: 'x' }, devices: [{ host: '00:03.0' }] } satisfies VmConfigInput,
+  { kernel: { path: 'x' }, devices: [{ host: '00:03.0' }] } satisfies VmConfig,
   // @ts-expect-error not a backing
-  { kernel: { path: 'x' }, memory: { size: 64, backing: 'shm' } } satisfies VmConfigInput,
+  { kernel: { path: 'x' }, memory: { size: 64, backing: 'shm' } } satisfies VmConfig,
   // @ts-expect-error memory is a size or an object
-  { kernel: { path: 'x' }, memory: true } satisfies VmConfigInput,
+  { kernel: { path: 'x' }, memory: true } satisfies VmConfig,
 ];
 
 test('the type and the validator agree on configs', () => {

@@ -2,12 +2,12 @@
 // start, the typed operations as QMP arguments, serial patterns. The VM itself: test/kvm/api.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createVm, TsvmmError, ConfigError, type VmConfigInput } from '../../lib/index.js';
+import { createVm, TsvmmError, ConfigError, type VmConfig } from '../../lib/index.js';
 import { deviceAddArgs, lastLines, serialPattern } from '../../lib/args.js';
 import { checkArguments } from '../../frontend/qmp/server.js';
 
 test('createVm: a bad config is a ConfigError (ERR_CONFIG) with every problem, before anything opens', async () => {
-  const bad = { memory: '65537K', kernel: { path: 'missing.elf' }, colour: 'red' } as unknown as VmConfigInput;
+  const bad = { memory: '65537K', kernel: { path: 'missing.elf' }, colour: 'red' } as unknown as VmConfig;
   await assert.rejects(createVm(bad, { baseDir: '/nonexistent-dir' }), (e: unknown) => {
     assert.ok(e instanceof ConfigError && e instanceof TsvmmError);
     assert.equal(e.code, 'ERR_CONFIG');

@@ -82,7 +82,9 @@ test('hot-plug through the library: deviceAdd, the guest uses edu (DMA, MSI), de
       kernel: { path: guestPaths().elf },
       cmdline: 'test=hotplug dev=1234:11e8 dma=1 msi=2',
     });
-    vm.on('event', (name, data) => events.push(`${name}${data?.device ? ` ${String(data.device)}` : ''}`));
+    vm.on('event', (name, data) =>
+      events.push(`${name}${data && 'device' in data && data.device ? ` ${data.device}` : ''}`),
+    );
     vm.start();
     await vm.waitForSerial('hotplug ready');
     assert.equal(vm.inspect().pinnedBytes, 0, 'nothing pinned before a device is assigned');
