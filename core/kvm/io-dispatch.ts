@@ -4,8 +4,10 @@
 import type { AddressSpace } from '../memory/index.js';
 import { loadElement, storeElement } from './exits.js';
 
-/** Exit counts per port and per MMIO address, so tests can prove a BAR access did not exit. */
+/** Exit counts; per port and per MMIO address only when asked, so tests can prove a BAR access did not exit. */
 export class ExitStats {
+  /** Count every access per port / address too: a map update per access, so off unless a test asks. */
+  byAddress = false;
   readonly pio = new Map<number, number>();
   readonly mmio = new Map<number, number>();
   /** Accesses answered (a REP string instruction's elements count one each). */
@@ -46,8 +48,10 @@ export class IoDispatch {
     if (isPio) stats.ioExits++;
     else stats.mmioExits++;
     stats.total += count;
-    const m = isPio ? stats.pio : stats.mmio;
-    m.set(addr, (m.get(addr) ?? 0) + count);
+    if (stats.byAddress) {
+      const m = isPio ? stats.pio : stats.mmio;
+      m.set(addr, (m.get(addr) ?? 0) + count);
+    }
     for (let i = 0; i < count; i++, off += size) {
       if (isWrite) this.access(isPio, true, size, addr, loadElement(view, off, size));
       else storeElement(view, off, size, this.access(isPio, false, size, addr, 0));
