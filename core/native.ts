@@ -100,7 +100,7 @@ export interface KvmRunLayout {
   systemEventType: number;
 }
 
-// VFIO (vfio.cc)
+// VFIO (vfio.cc: container and group; vfio-device.cc: device, regions, IRQs)
 export interface VfioIommuInfo {
   flags: number;
   /** Bitmap of supported IOMMU page sizes (0 unless VFIO_IOMMU_INFO_PGSIZES). */

@@ -7,7 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { guestOutDir, guestPaths, guestSourceDir, projectRoot, type GuestImageInfo } from './index.js';
+import { projectRoot } from '../core/paths.js';
+import { guestOutDir, guestPaths, guestSourceDir, type GuestImageInfo } from './index.js';
 
 const CC = process.env.GUEST_CC ?? 'gcc';
 const LD = process.env.GUEST_LD ?? 'ld';

@@ -1,8 +1,8 @@
-// Where the test guest's images are, for tests and the CLI. Paths are absolute and computed
-// from this file's location (dist/guest/index.js → the project root is ../..).
+// Where the test guest's images are, for tests and the CLI. Paths are absolute, under the
+// project root (core/paths.ts).
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { projectRoot } from '../core/paths.js';
 
 export interface GuestPaths {
   /** Multiboot v1 ELF32 (QEMU -kernel, tsvmm kernel.format "multiboot"/"auto"). */
@@ -25,7 +25,6 @@ export interface GuestImageInfo {
   end: number;
 }
 
-export const projectRoot = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 export const guestSourceDir = resolve(projectRoot, 'guest/src');
 export const guestOutDir = resolve(projectRoot, 'guest/out');
 

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { DEFAULT_DEVICES, deviceHelp } from './devices.js';
 import { runInTestHost, prepareKernel, tail, type TestHostResult } from './index.js';
 import { ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';
-import { cacheDir, projectRoot, stderrLog, TestHostError, Timings } from './util.js';
+import { projectRoot } from '../core/paths.js';
+import { cacheDir, stderrLog, TestHostError, Timings } from './util.js';
 import { progressSummary } from './progress.js';
 
 const help = () => `tsvmm testhost — a nested Linux (QEMU/TCG, q35 + intel-iommu, kvm_amd, vfio-pci) that runs a command

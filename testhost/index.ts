@@ -19,7 +19,8 @@ import { ensureInitramfs } from './initramfs.js';
 import { ensureDebianKernel, ensureIommufdKernel, type KernelKind, KERNEL_KINDS } from './kernel.js';
 import { ensurePackages, HOST_PACKAGES } from './packages.js';
 import { QEMU, startQemu, type Share } from './qemu.js';
-import { cacheDir, type Logger, onInterrupt, projectRoot, shq, stderrLog, TestHostError, Timings } from './util.js';
+import { projectRoot } from '../core/paths.js';
+import { cacheDir, type Logger, onInterrupt, shq, stderrLog, TestHostError, Timings } from './util.js';
 
 export { DEFAULT_DEVICES, DEVICE_SETS, nvmePattern, type HostDevice } from './devices.js';
 export { ensureDebianKernel, ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';

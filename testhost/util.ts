@@ -3,11 +3,9 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { createWriteStream, existsSync, mkdirSync, readFileSync, statfsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TsvmmError, type TsvmmErrorOptions } from '../core/errors.js';
+import { projectRoot } from '../core/paths.js';
 
-/** dist/testhost/util.js → ../.. is the project root (same layout as core/paths.ts). */
-export const projectRoot = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 /** The fragment lives beside the .ts sources, not in dist/ (tsc does not copy it). */
 export const kernelFragmentPath = join(projectRoot, 'testhost', 'kernel-testhost.config');
 

@@ -13,7 +13,7 @@ import {
   entryIndex,
   type VcpuStop,
 } from './exit-channel.js';
-import { EAGAIN, EINTR, stopForExit } from './exits.js';
+import { EAGAIN, EINTR, ExitDecoder, ExitKind, copyElement } from './exits.js';
 
 export interface VcpuTask {
   vcpuFd: number;
@@ -29,15 +29,16 @@ export interface VcpuTask {
 
 export default function runVcpu(task: VcpuTask): VcpuStop {
   const n = native();
-  const c = n.constants;
   const L = n.kvmRunLayout;
   const ch = task.channel;
   const wake = task.wake;
   const strData = new Uint8Array(ch.buffer, STRING_DATA_OFFSET);
+  const chView = new DataView(ch.buffer);
   task.thread[0] = n.threadPrepareKick(task.kickSignal);
   const run = n.mmap(0, task.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, task.vcpuFd, 0);
   const page = new DataView(run.buffer);
   const bytes = new Uint8Array(run.buffer);
+  const exit = new ExitDecoder(page, bytes);
   let head = Atomics.load(ch, Slot.Head);
   Atomics.store(ch, Slot.Running, 1);
 
@@ -56,15 +57,17 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
       Atomics.wait(ch, Slot.Tail, t);
     }
   };
-  /** Queues one request; returns its sequence number (answered once Tail passes it). */
+  /**
+   * Queues one request; returns its sequence number (answered once Tail passes it). A single
+   * element's data is copied into the entry from page[dataOff] (-1: none, zeros).
+   */
   const post = (
     kind: ChanKind,
     isWrite: boolean,
     size: number,
     addr: number,
-    lo: number,
-    hi: number,
     count: number,
+    dataOff: number,
   ): number => {
     if (head - Atomics.load(ch, Slot.Tail) >= RING_ENTRIES) {
       ring();
@@ -76,8 +79,9 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
     ch[e + Entry.Size] = size;
     ch[e + Entry.AddrLo] = addr % 0x100000000;
     ch[e + Entry.AddrHi] = Math.floor(addr / 0x100000000);
-    ch[e + Entry.DataLo] = lo;
-    ch[e + Entry.DataHi] = hi;
+    ch[e + Entry.DataLo] = 0;
+    ch[e + Entry.DataHi] = 0;
+    if (dataOff >= 0) copyElement(page, dataOff, chView, (e + Entry.DataLo) * 4, size);
     ch[e + Entry.Count] = count;
     const seq = head++;
     Atomics.store(ch, Slot.Head, head);
@@ -105,52 +109,25 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
         bytes[L.immediateExit] = 0;
         continue;
       }
-      const reason = page.getUint32(L.exitReason, true);
-      if (reason === c.KVM_EXIT_IO) {
-        const isOut = bytes[L.ioDirection] === c.KVM_EXIT_IO_OUT;
-        const size = bytes[L.ioSize]!;
-        const port = page.getUint16(L.ioPort, true);
-        const count = page.getUint32(L.ioCount, true);
-        const off = page.getUint32(L.ioDataOffset, true); // an offset into the page: the high half is 0
-        if (count === 1) {
-          const v = size === 1 ? bytes[off]! : size === 2 ? page.getUint16(off, true) : page.getUint32(off, true);
-          const seq = post(ChanKind.Pio, isOut, size, port, isOut ? v : 0, 0, 1);
-          if (!isOut) {
-            waitTail(seq + 1);
-            const d = ch[entryIndex(seq) + Entry.DataLo]! >>> 0;
-            if (size === 1) bytes[off] = d & 0xff;
-            else if (size === 2) page.setUint16(off, d & 0xffff, true);
-            else page.setUint32(off, d, true);
-          }
-        } else {
-          // REP INS/OUTS: the whole string in one round trip (KVM's data area is at most a page).
-          const len = count * size;
-          if (isOut) strData.set(bytes.subarray(off, off + len));
-          const seq = post(ChanKind.Pio, isOut, size, port, 0, 0, count);
+      const kind = exit.decode();
+      if (kind === ExitKind.Stop) return exit.stop!;
+      if (kind === ExitKind.RunOn) continue;
+      const { isWrite, size, addr, count, dataOffset: off } = exit;
+      const chanKind = exit.isPio ? ChanKind.Pio : ChanKind.Mmio;
+      if (count === 1) {
+        const seq = post(chanKind, isWrite, size, addr, count, isWrite ? off : -1);
+        if (!isWrite) {
           waitTail(seq + 1);
-          if (!isOut) bytes.set(strData.subarray(0, len), off);
+          copyElement(chView, (entryIndex(seq) + Entry.DataLo) * 4, page, off, size);
         }
-        continue;
+      } else {
+        // REP INS/OUTS: the whole string in one round trip (KVM's data area is at most a page).
+        const len = count * size;
+        if (isWrite) strData.set(bytes.subarray(off, off + len));
+        const seq = post(chanKind, isWrite, size, addr, count, -1);
+        waitTail(seq + 1);
+        if (!isWrite) bytes.set(strData.subarray(0, len), off);
       }
-      if (reason === c.KVM_EXIT_MMIO) {
-        const addr = page.getUint32(L.mmioPhysAddr, true) + page.getUint32(L.mmioPhysAddr + 4, true) * 0x100000000;
-        const len = page.getUint32(L.mmioLen, true);
-        const isWrite = bytes[L.mmioIsWrite] !== 0;
-        const d = L.mmioData;
-        if (isWrite) {
-          const lo = len >= 4 ? page.getUint32(d, true) : len === 2 ? page.getUint16(d, true) : bytes[d]!;
-          post(ChanKind.Mmio, true, len, addr, lo, len === 8 ? page.getUint32(d + 4, true) : 0, 1);
-        } else {
-          const seq = post(ChanKind.Mmio, false, len, addr, 0, 0, 1);
-          waitTail(seq + 1);
-          const e = entryIndex(seq);
-          page.setUint32(d, ch[e + Entry.DataLo]! >>> 0, true);
-          page.setUint32(d + 4, ch[e + Entry.DataHi]! >>> 0, true);
-        }
-        continue;
-      }
-      const stop = stopForExit(reason, page);
-      if (stop) return stop;
     }
   } catch (e) {
     const err = e as Error & { code?: string };

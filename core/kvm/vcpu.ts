@@ -19,6 +19,8 @@ const RESET_STATE = ['regs', 'sregs', 'fpu', 'lapic', 'vcpuEvents', 'mpState'] a
 
 export class Vcpu {
   readonly channel = createChannel();
+  /** The channel as bytes: where the device thread reads and answers this AP's access data. */
+  readonly channelView = new DataView(this.channel.buffer);
   /** Worker thread handle (pthread_t), published by the thread that runs the vCPU. */
   readonly thread = new BigInt64Array(new SharedArrayBuffer(8));
   /** The kvm_run page. */

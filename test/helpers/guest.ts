@@ -61,6 +61,8 @@ export async function runGuest(opts: {
       }
     },
   });
+  // inside: the per-port and per-address exit counts are kept only when asked (tests read them)
+  inside(machine).vm.stats.byAddress = true;
   const timer = setTimeout(
     () => machine!.exit(124, `test timeout after ${opts.timeoutMs ?? 30000} ms`),
     opts.timeoutMs ?? 30000,

@@ -1,0 +1,129 @@
+// vCPU 0's run loop on the main (device) thread, in slices: each slice arms a native loop watcher
+// and runs KVM_RUN, answering exits inline through the memory API, until the watcher says the
+// event loop has work (it kicks the vCPU out of KVM_RUN), the vCPU is paused or stopped, or the
+// time budget is spent; then the event loop runs (setImmediate) and the next slice starts.
+import { native } from '../native.js';
+import { Control, Slot, Wake, type VcpuStop } from './exit-channel.js';
+import { ExitDecoder, ExitKind } from './exits.js';
+import type { ApRings } from './ap-rings.js';
+import type { IoDispatch } from './io-dispatch.js';
+import type { Vcpu } from './vcpu.js';
+
+export class BootVcpuLoop {
+  /** How long vCPU 0 may run exits back to back before the event loop gets a turn anyway (a safety net: the watcher yields earlier whenever the loop has work). */
+  sliceBudgetMs = 10;
+  /** The longest the event loop waits for a turn while vCPU 0 sits in KVM_RUN with nothing due (microtasks a device queued, say). */
+  maxLoopWaitMs = 50;
+  /** Continues a parked or stopped vCPU 0 (set while it waits outside its run slices). */
+  private continueFn: (() => void) | undefined;
+  private readonly exit: ExitDecoder;
+
+  constructor(
+    private readonly v: Vcpu,
+    private readonly kickSignal: number,
+    private readonly mainThread: bigint,
+    private readonly rings: ApRings,
+    private readonly dispatch: IoDispatch,
+  ) {
+    this.exit = new ExitDecoder(v.runView, v.runBytes);
+  }
+
+  /** Lets a parked vCPU 0 see a changed Control (resume, stop). */
+  wake(): void {
+    this.continueFn?.();
+  }
+
+  /** Runs vCPU 0 until it stops; resolves with why. */
+  run(): Promise<VcpuStop> {
+    const n = native();
+    const v = this.v;
+    const ch = v.channel;
+    v.onMainThread = true;
+    v.thread[0] = this.mainThread;
+    n.kvmSetSignalMask(v.fd, [this.kickSignal]);
+    n.threadEatSignal(this.kickSignal); // a kick left over from an earlier VM of this process
+    const watcher = n.loopWatcherCreate(v.run, n.kvmRunLayout.immediateExit, this.mainThread, this.kickSignal);
+    Atomics.store(ch, Slot.Running, 1);
+    return new Promise<VcpuStop>((resolve) => {
+      const finish = (stop: VcpuStop): void => {
+        this.continueFn = undefined;
+        Atomics.store(ch, Slot.Running, 0);
+        n.loopWatcherDestroy(watcher);
+        resolve(stop);
+      };
+      const slice = (): void => {
+        const ctl = Atomics.load(ch, Slot.Control);
+        if (ctl === Control.Stop) return finish({ reason: 'stopped' });
+        if (ctl === Control.Pause) {
+          Atomics.store(ch, Slot.Parked, 1);
+          Atomics.notify(ch, Slot.Parked);
+          this.continueFn = () => {
+            this.continueFn = undefined;
+            Atomics.store(ch, Slot.Parked, 0);
+            setImmediate(slice);
+          };
+          return;
+        }
+        let stop: VcpuStop | undefined;
+        try {
+          stop = this.runSlice(watcher);
+        } catch (e) {
+          const err = e as Error & { code?: string };
+          stop = { reason: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) };
+        }
+        if (stop) finish(stop);
+        else setImmediate(slice);
+      };
+      setImmediate(slice);
+    });
+  }
+
+  /** One slice (see the file's head); returns why the vCPU stopped, or undefined to go on later. */
+  private runSlice(watcher: unknown): VcpuStop | undefined {
+    const n = native();
+    const L = n.kvmRunLayout;
+    const v = this.v,
+      ch = v.channel,
+      bytes = v.runBytes,
+      page = v.runView;
+    const rings = this.rings,
+      wake = rings.wake,
+      exit = this.exit,
+      dispatch = this.dispatch;
+    Atomics.store(wake, Wake.InKvmRun, 1);
+    rings.serveIfRung();
+    n.loopWatcherArm(watcher, this.maxLoopWaitMs);
+    // Date.now(), not performance.now(): its 1 ms steps are enough for a 10 ms budget, and the
+    // performance global loads perf_hooks' modules at the first slice (start-up time).
+    const t0 = Date.now();
+    let k = 0;
+    try {
+      for (;;) {
+        const r = n.kvmRun(v.fd);
+        ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
+        if (r < 0) {
+          // Kicked: by the watcher (the event loop has work), an AP's post, or a pause/stop.
+          n.threadEatSignal(this.kickSignal);
+          rings.serveIfRung();
+          if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
+          if (n.loopWatcherFired(watcher)) return undefined;
+          bytes[L.immediateExit] = 0;
+          continue;
+        }
+        const kind = exit.decode();
+        if (kind === ExitKind.Access)
+          dispatch.serve(exit.isPio, exit.isWrite, exit.size, exit.addr, exit.count, page, exit.dataOffset);
+        else if (kind === ExitKind.Stop) return exit.stop;
+        rings.serveIfRung();
+        if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
+        // The device model may have started a timer (a flush, the INTx resample poll): watch for it.
+        n.loopWatcherRefresh(watcher);
+        if ((++k & 7) === 0 && Date.now() - t0 > this.sliceBudgetMs) return undefined;
+      }
+    } finally {
+      Atomics.store(wake, Wake.InKvmRun, 0);
+      n.loopWatcherDisarm(watcher);
+      rings.serveIfRung(); // an AP that saw InKvmRun 1 only kicked
+    }
+  }
+}
