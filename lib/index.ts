@@ -1,7 +1,7 @@
 // The tsvmm library: a VM from a config object (the JSON config's shape, typed from
 // configs/vm.schema.json), run in this process, its serial console, a narrow inspection and the
 // operations QMP has, through the same command layer (frontend/commands.ts). vCPU 0 runs KVM_RUN in
-// slices on this thread (core/kvm/vm.ts), so the caller's event loop keeps running: timers,
+// slices on this thread (core/kvm/boot-vcpu.ts), so the caller's event loop keeps running: timers,
 // waits and AbortSignals work while the guest runs. Every error is a TsvmmError with a stable code.
 import { resolve } from 'node:path';
 import { TsvmmError, type TsvmmErrorCode } from '../core/errors.js';
