@@ -9,10 +9,11 @@ import { serverTarget } from '../helpers/qmp-fuzz-targets.js';
 const seed = Number(process.env.TSVMM_FUZZ_SEED ?? Date.now() % 1000000);
 const sessions = Number(process.env.TSVMM_FUZZ_QMP_SESSIONS ?? 2000);
 
-test(`QMP fuzz: ${sessions} random sessions (seed ${seed}) leave the server answering, its memory and fds as before`, async () => {
+test(`QMP fuzz: ${sessions} random sessions (seed ${seed}) leave the server answering, its memory and fds as before`, async (ctx) => {
   const t = await serverTarget();
   try {
     const r = await fuzzQmp(t, { seed, sessions, hugeEvery: 1000 });
+    ctx.diagnostic(`RSS ${(r.rssStart / 2 ** 20).toFixed(1)} → ${(r.rssEnd / 2 ** 20).toFixed(1)} MiB`);
     assert.deepEqual(r.violations, [], `replay with TSVMM_FUZZ_SEED=${seed}`);
     assert.equal(r.sessions, sessions);
     assert.ok(r.replies > sessions / 2, `${r.replies} replies`);
