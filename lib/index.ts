@@ -27,28 +27,7 @@ export type {
   VmConfigVfioBackend,
 } from '../generated/config-types.js';
 export type { DeviceAddOptions } from './args.js';
-export type {
-  CreateVmOptions,
-  WaitOptions,
-  VmExit,
-  VmInspection,
-  VmStatus,
-  VmEventName,
-  VmEventData,
-  VmEventListener,
-  VmCommandArgs,
-  QmpCommands,
-  QmpEvents,
-  QmpStatusInfo,
-  QmpRunState,
-  QmpShutdownCause,
-  QmpVersionInfo,
-  QmpPciInfo,
-  QmpPciDeviceInfo,
-  QmpAddfdInfo,
-  QmpFdsetInfo,
-  QmpSchemaInfo,
-} from './types.js';
+export type * from './types.js';
 import type {
   CreateVmOptions,
   WaitOptions,

@@ -7,7 +7,7 @@ import { runInTestHost, prepareKernel, tail, type TestHostResult } from './index
 import { ensureIommufdKernel, iommufdKernelDir, type KernelKind, KERNEL_KINDS } from './kernel.js';
 import { projectRoot } from '../core/paths.js';
 import { cacheDir, stderrLog, TestHostError, Timings } from './util.js';
-import { progressSummary } from './progress.js';
+import { progressSummary, suiteArgs } from './progress.js';
 
 const help = () => `tsvmm testhost — a nested Linux (QEMU/TCG, q35 + intel-iommu, kvm_amd, vfio-pci) that runs a command
 with this machine's root visible read-only and the test devices bound to vfio-pci.
@@ -229,16 +229,7 @@ async function cmdTest(args: string[]): Promise<number> {
         cwd: projectRoot,
         devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
         // TAP to stdout, and each test's start and end to the run dir as it happens (a cut-off run keeps them).
-        command: [
-          'node',
-          '--test',
-          '--test-concurrency=1',
-          '--test-reporter=tap',
-          '--test-reporter-destination=stdout',
-          `--test-reporter=${join(projectRoot, 'dist/testhost/progress-reporter.js')}`,
-          '--test-reporter-destination=stderr',
-          ...step.dirs,
-        ],
+        command: ['node', ...suiteArgs(step.dirs)],
         // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
         timeoutMs,
         memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined),

@@ -2,6 +2,25 @@
 // second reporter (progress-reporter.ts) that appends one JSON line per test event to the run dir at once. A suite
 // cut off by its limit has no summary ("# pass N"), but this log still says what passed, what failed and which test
 // was running.
+import { join } from 'node:path';
+import { projectRoot } from '../core/paths.js';
+
+/**
+ * node's test runner over `files`, one at a time: TAP on stdout, and each test's start and end on
+ * stderr through progress-reporter.ts as it happens (so a run cut off at its limit still says what
+ * passed and what was running).
+ */
+export function suiteArgs(files: readonly string[]): string[] {
+  return [
+    '--test',
+    '--test-concurrency=1',
+    '--test-reporter=tap',
+    '--test-reporter-destination=stdout',
+    `--test-reporter=${join(projectRoot, 'dist/testhost/progress-reporter.js')}`,
+    '--test-reporter-destination=stderr',
+    ...files,
+  ];
+}
 
 /** One line of the progress log. */
 export interface ProgressEvent {

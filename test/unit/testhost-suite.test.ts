@@ -8,10 +8,9 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { projectRoot } from '../../core/paths.js';
 import { stepSummary, suiteTimeoutMs, SUITE_BASE_MS } from '../../testhost/cli.js';
 import { hiddenInHost } from '../../testhost/index.js';
-import { progressSummary } from '../../testhost/progress.js';
+import { progressSummary, suiteArgs } from '../../testhost/progress.js';
 
 test('suite limits: the base on an idle machine, stretched with the load per CPU, at most twice', () => {
   assert.equal(suiteTimeoutMs(SUITE_BASE_MS, 0.2, 2), SUITE_BASE_MS);
@@ -26,19 +25,11 @@ function runSuite(dir: string, files: string[], killWhen?: string): Promise<{ st
   const progressPath = join(dir, 'progress.jsonl');
   // Not as a child of this test run (NODE_TEST_CONTEXT would make it report to us instead of to its reporters).
   const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  const child = spawn(
-    process.execPath,
-    [
-      '--test',
-      '--test-concurrency=1',
-      '--test-reporter=tap',
-      '--test-reporter-destination=stdout',
-      `--test-reporter=${join(projectRoot, 'dist/testhost/progress-reporter.js')}`,
-      '--test-reporter-destination=stderr',
-      ...files,
-    ],
-    { cwd: dir, env: { ...env, TSVMM_TEST_PROGRESS: progressPath }, stdio: ['ignore', 'pipe', 'ignore'] },
-  );
+  const child = spawn(process.execPath, suiteArgs(files), {
+    cwd: dir,
+    env: { ...env, TSVMM_TEST_PROGRESS: progressPath },
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
   let stdout = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   const poll = setInterval(() => {
