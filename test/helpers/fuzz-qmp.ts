@@ -202,27 +202,33 @@ export async function fuzzQmp(
   // Warm-up before the baseline: code compiled, one huge input parsed, and the heap grown to a busy
   // server's working size (V8's young generation and malloc's arenas grow under a high rate of
   // short-lived sessions and keep that size). What the check catches is growth beyond it: a leak.
+  // A few lanes of sessions at once: clients of one lane wait while another lane's is served. The
+  // warm-up runs the same way, so that the server's threads (the poll and read work in libuv's pool,
+  // each with a malloc arena of its own) reach the working size they have under that concurrency.
+  const lanes = async (from: number, to: number, count: boolean) => {
+    let next = from;
+    const lane = async () => {
+      for (let n; (n = next++) < to && !res.violations.length; ) {
+        try {
+          await session(n);
+        } catch (e) {
+          res.violations.push(`session ${n}: the fuzzer itself failed: ${(e as Error).message}`);
+        }
+        if (!count) continue;
+        res.sessions++;
+        if (o.progress && res.sessions % 10000 === 0) o.progress(res.sessions);
+      }
+    };
+    await Promise.all(Array.from({ length: o.lanes ?? 4 }, lane));
+  };
   const warm = Math.max(200, Math.floor(o.sessions / 10));
-  for (let n = 0; n < warm; n++) await session(n);
+  await lanes(0, warm, false);
   for (let k = 0; k < 3; k++) await client(huge(), 3000); // each kind once
   res.huge = 0;
   await ask(t.path, 'query-name');
   res.rssStart = await t.rss();
   res.fdsStart = fds(t.pid);
-  // A few lanes of sessions at once: clients of one lane wait while another lane's is served.
-  let next = 0;
-  const lane = async () => {
-    for (let n; (n = next++) < o.sessions && !res.violations.length; ) {
-      try {
-        await session(n);
-      } catch (e) {
-        res.violations.push(`session ${n}: the fuzzer itself failed: ${(e as Error).message}`);
-      }
-      res.sessions++;
-      if (o.progress && res.sessions % 10000 === 0) o.progress(res.sessions);
-    }
-  };
-  await Promise.all(Array.from({ length: o.lanes ?? 4 }, lane));
+  await lanes(warm, warm + o.sessions, true);
   try {
     const name = await ask(t.path, 'query-name');
     if (!('return' in name)) res.violations.push(`query-name after the fuzz: ${JSON.stringify(name)}`);
