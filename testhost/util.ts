@@ -73,6 +73,8 @@ export function exec(
       if (log) log.end(done);
       else done();
     });
+    // A command that exits without reading its input (EPIPE) is not an error here: its status says.
+    child.stdin!.on('error', () => {});
     child.stdin!.end(opts.input ?? '');
   });
 }
