@@ -164,8 +164,9 @@ async function main(): Promise<number> {
   }
   if (args[0] === '--render') {
     // Re-renders latest.md from latest.json (after a change to the notes), without running anything.
-    const md = report(JSON.parse(readFileSync(join(outDir, 'latest.json'), 'utf8')) as BenchResults);
-    writeFileSync(join(outDir, 'latest.md'), `Command: \`npm run bench\` (main rows)\n\n${md}`);
+    const latest = JSON.parse(readFileSync(join(outDir, 'latest.json'), 'utf8')) as BenchResults & { command?: string };
+    const md = report(latest);
+    writeFileSync(join(outDir, 'latest.md'), `Command: \`${latest.command ?? 'npm run bench'}\` (main rows)\n\n${md}`);
     process.stdout.write(md);
     return 0;
   }
@@ -251,8 +252,12 @@ async function mainBench(args: string[], outDir: string): Promise<number> {
     const md = report(results);
     mkdirSync(outDir, { recursive: true });
     const rows = collect(results).map(toRow);
-    writeFileSync(join(outDir, 'latest.json'), JSON.stringify({ ...results, wallSeconds: wall, rows }, null, 1) + '\n');
-    writeFileSync(join(outDir, 'latest.md'), `Command: \`npm run bench\` (main rows)\n\n${md}`);
+    const command = ['node dist/bench/main.js', ...process.argv.slice(2)].join(' ');
+    writeFileSync(
+      join(outDir, 'latest.json'),
+      JSON.stringify({ ...results, command, wallSeconds: wall, rows }, null, 1) + '\n',
+    );
+    writeFileSync(join(outDir, 'latest.md'), `Command: \`${command}\` (main rows)\n\n${md}`);
     process.stdout.write(
       `\n${md}\nbench: ${Math.round(wall)} s wall (test host: ${r.timings.map((t) => `${t.name} ${t.seconds.toFixed(0)}s`).join(', ')}); ` +
         `bench/results/latest.md, latest.json\n`,

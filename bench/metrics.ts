@@ -283,7 +283,7 @@ export function evidence(r: BenchResults): Record<string, string> {
   const rt = rss('tsvmm'),
     rq = rss('qemu');
   if (rt && rq)
-    out.private = `Measured in this run (guest RAM is the ${r.config.guestMemMiB} MiB of shmem for tsvmm, of anonymous memory for QEMU): tsvmm ${rt}; QEMU ${rq}.`;
+    out.private = `Resident memory by kind in this run, guest RAM's ${r.config.guestMemMiB} MiB included (/proc/<pid>/status at the end of the MSI window): tsvmm ${rt}; QEMU ${rq}.`;
 
   const memfd = r.launches.filter((l) => l.kind === 'dma' && l.info.memfd === true && l.vmm === 'null');
   if (memfd.length) {
