@@ -13,6 +13,7 @@ export type TsvmmErrorCode =
   | 'ERR_VM_SETUP' // building a VM failed below tsvmm's own checks (the syscall error is the cause)
   | 'ERR_QMP' // a QMP command failed (errorClass says how, as QEMU's)
   | 'ERR_DEVICE' // a device operation (device_add/del, notifiers)
+  | 'ERR_MIGRATION' // saving, loading or migrating a VM or a device's state (a migration blocker too)
   | 'ERR_TIMEOUT' // a wait did not see what it waited for in time
   | 'ERR_ABORTED' // an AbortSignal ended a wait or an operation
   | 'ERR_VM_EXITED' // the VM ended while something waited for it

@@ -260,6 +260,18 @@ export interface Native {
   /** Returns the id actually attached (the IOAS or a hwpt the kernel created for it). */
   vfioDeviceAttachIommufdPt(deviceFd: number, ptId: number): number;
   vfioDeviceDetachIommufdPt(deviceFd: number): void;
+  // VFIO migration uAPI v2 (vfio-migration.cc)
+  /** VFIO_DEVICE_FEATURE_PROBE with access GET and/or SET; throws the errno (ENOTTY: not offered). */
+  vfioDeviceFeatureProbe(deviceFd: number, feature: number, access: number): void;
+  /** VFIO_MIGRATION_* flags; ENOTTY when the device's driver has no migration support. */
+  vfioDeviceMigrationFlags(deviceFd: number): number;
+  vfioDeviceMigGetState(deviceFd: number): number;
+  /** One state change; returns the data fd the arc opened (the caller closes it), or -1. */
+  vfioDeviceMigSetState(deviceFd: number, state: number): number;
+  /** The estimated stop-copy length in bytes. */
+  vfioDeviceMigDataSize(deviceFd: number): bigint;
+  /** VFIO_MIG_GET_PRECOPY_INFO on a PRE_COPY data fd. */
+  vfioMigPrecopyInfo(dataFd: number): { initialBytes: bigint; dirtyBytes: bigint };
   // iommufd (/dev/iommu)
   iommuIoasAlloc(iommufd: number): number;
   iommuDestroy(iommufd: number, id: number): void;

@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitThread(env, exports);
   tsvmm::InitVfio(env, exports);
   tsvmm::InitVfioDevice(env, exports);
+  tsvmm::InitVfioMigration(env, exports);
   tsvmm::InitIommufd(env, exports);
   tsvmm::InitSocket(env, exports);
   tsvmm::InitPoll(env, exports);

@@ -71,6 +71,7 @@ void InitKvmVcpu(Napi::Env env, Napi::Object exports);
 void InitThread(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitVfioDevice(Napi::Env env, Napi::Object exports);
+void InitVfioMigration(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
