@@ -220,7 +220,7 @@ type Phase = 'idle' | 'saving' | 'loading';
 export class VfioMigration {
   private dataFd: number | undefined;
   private phase: Phase = 'idle';
-  /** Bytes moved through the data fd, by phase. */
+  /** Bytes moved through the data fd in the current (or last) save or load, by phase. */
   readonly stats = { precopyBytes: 0, stopCopyBytes: 0, loadedBytes: 0 };
 
   constructor(
@@ -342,6 +342,7 @@ export class VfioMigration {
   startSave(): void {
     this.expect('idle', 'startSave');
     this.phase = 'saving';
+    this.stats.precopyBytes = this.stats.stopCopyBytes = 0;
     if (this.caps.preCopy) this.guard(() => this.setState('PRE_COPY'));
   }
 
@@ -460,6 +461,7 @@ export class VfioMigration {
   startLoad(): void {
     this.expect('idle', 'startLoad');
     this.phase = 'loading';
+    this.stats.loadedBytes = 0;
     this.guard(() => this.setState('RESUMING'));
   }
 
