@@ -272,6 +272,11 @@ export interface Native {
   vfioDeviceMigDataSize(deviceFd: number): bigint;
   /** VFIO_MIG_GET_PRECOPY_INFO on a PRE_COPY data fd. */
   vfioMigPrecopyInfo(dataFd: number): { initialBytes: bigint; dirtyBytes: bigint };
+  /** Starts the device's DMA dirty log over page-aligned ranges; returns the page size it tracks with. */
+  vfioDeviceDmaLoggingStart(deviceFd: number, pageSize: U64, ranges: { iova: U64; length: U64 }[]): bigint;
+  vfioDeviceDmaLoggingStop(deviceFd: number): void;
+  /** Reads and clears the log for [iova, iova+length): bit i (LSB first) = the page at iova + i * pageSize was written. */
+  vfioDeviceDmaLoggingReport(deviceFd: number, iova: U64, length: U64, pageSize: U64): Uint8Array;
   // iommufd (/dev/iommu)
   iommuIoasAlloc(iommufd: number): number;
   iommuDestroy(iommufd: number, id: number): void;

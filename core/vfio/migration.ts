@@ -204,6 +204,8 @@ export function blockerMessage(who: { label: string; name: string; description?:
 }
 
 const CHUNK = 1 << 20;
+/** Linux's ENOMSG (libuv has no name for it: Node calls it "Unknown system error -42"). */
+const ENOMSG = 42;
 const readAsync = (fd: number, buf: Uint8Array, len: number) =>
   new Promise<number>((resolve, reject) =>
     // position null: read(2), not pread — migration data fds are streams (pread gives ESPIPE).
@@ -360,7 +362,7 @@ export class VfioMigration {
       try {
         got = await readAsync(this.dataFd!, buf, buf.length);
       } catch (e) {
-        if (errCode(e) === 'ENOMSG') break; // the temporary end of the pre-copy stream
+        if ((e as { errno?: number }).errno === -ENOMSG) break; // the temporary end of the pre-copy stream
         throw this.failSync(`reading ${this.label}'s pre-copy data failed`, e);
       }
       if (got === 0) break;
@@ -609,5 +611,81 @@ export class VfioMigration {
       throw new MigrationError(
         `${this.label}: ${op} while ${this.phase === 'idle' ? 'neither saving nor loading' : this.phase} (a caller's mistake)`,
       );
+  }
+}
+
+/**
+ * The device's own log of the pages it writes by DMA (VFIO_DEVICE_FEATURE_DMA_LOGGING_*, where
+ * probe() reports caps.dmaLogging), so pre-copy can count RAM the device dirtied; a device without
+ * it must have every page it can reach counted dirty (QEMU's rule).
+ */
+export class DeviceDirtyLog {
+  private active = true;
+
+  private constructor(
+    readonly device: MigratableDevice,
+    /** The page size the device tracks with (it may differ from the one asked for). */
+    readonly pageSize: number,
+    readonly label: string,
+  ) {}
+
+  /** Starts the log over IOVA ranges (page-aligned, not overlapping). One log per device at a time. */
+  static start(
+    device: MigratableDevice,
+    ranges: { iova: number; length: number }[],
+    pageSize = 4096,
+    label: string = device.name,
+  ): DeviceDirtyLog {
+    try {
+      const got = native().vfioDeviceDmaLoggingStart(device.fd, pageSize, ranges);
+      return new DeviceDirtyLog(device, Number(got), label);
+    } catch (e) {
+      if (!isSyscallError(e)) throw e;
+      throw new MigrationError(
+        e.code === 'ENOTTY'
+          ? `${label} has no DMA dirty logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_START: ENOTTY)`
+          : `${label}: starting its DMA dirty log over ${ranges.length} range(s) failed (${e.code})`,
+        {
+          cause: e,
+          fix:
+            e.code === 'ENOTTY'
+              ? 'count every page the device can reach as dirty'
+              : e.code === 'EINVAL'
+                ? 'ranges must be aligned to the page size and must not overlap'
+                : undefined,
+        },
+      );
+    }
+  }
+
+  /** Reads and clears the log for [iova, iova + length): bit i (LSB first) = the page at iova + i * pageSize. */
+  bitmap(iova: number, length: number, pageSize = this.pageSize): Uint8Array {
+    if (!this.active) throw new MigrationError(`${this.label}: its DMA dirty log is stopped`);
+    try {
+      return native().vfioDeviceDmaLoggingReport(this.device.fd, iova, length, pageSize);
+    } catch (e) {
+      // The uAPI: after a failed report the log must be taken as lost (all dirty).
+      throw new MigrationError(
+        `${this.label}: reading its DMA dirty log failed (${errCode(e)}): count the range dirty`,
+        {
+          cause: e,
+        },
+      );
+    }
+  }
+
+  /** The pages written since the last read (addresses), clearing them. */
+  dirtyPages(iova: number, length: number): number[] {
+    const bits = this.bitmap(iova, length);
+    const out: number[] = [];
+    for (let i = 0; i < bits.length; i++)
+      for (let b = 0, v = bits[i]!; v; b++, v >>= 1) if (v & 1) out.push(iova + (i * 8 + b) * this.pageSize);
+    return out;
+  }
+
+  stop(): void {
+    if (!this.active) return;
+    this.active = false;
+    native().vfioDeviceDmaLoggingStop(this.device.fd);
   }
 }

@@ -11,7 +11,7 @@ import { hostDevice } from '../../helpers/testhost-env.js';
 import { Kvm } from '../../../core/kvm/kvm.js';
 import { Vfio, type AssignedDevice, type VfioBackendKind, type VfioDeviceSpec } from '../../../core/vfio/vfio.js';
 import { createMdev, removeMdev, type Mdev } from '../../../core/vfio/mdev.js';
-import { VfioMigration, MigrationError } from '../../../core/vfio/migration.js';
+import { VfioMigration, MigrationError, DeviceDirtyLog } from '../../../core/vfio/migration.js';
 import type { VfioDevice } from '../../../core/vfio/device.js';
 
 /** One device opened as a VM would (its own KVM VM and VFIO backend), without running a guest. */
@@ -308,9 +308,42 @@ test('edu and nvme (vfio-pci, no migration driver): blockers that name the devic
         () => VfioMigration.open(d.dev, d.a.host, label),
         (e: Error) => e instanceof MigrationError && e.message === p.blocker,
       );
+      assert.throws(
+        () => DeviceDirtyLog.start(d.dev, [{ iova: 0, length: 1 << 20 }], 4096, label),
+        (e: MigrationError) =>
+          e instanceof MigrationError &&
+          e.message === `${label} has no DMA dirty logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_START: ENOTTY)` &&
+          e.fix === 'count every page the device can reach as dirty',
+      );
     } finally {
       d.close();
     }
   }
+  assert.equal(openFds(), fds0);
+});
+
+test("mtty's DMA dirty log: starts over page-aligned ranges, reports nothing (mtty does no DMA), refuses unaligned ones", async () => {
+  const fds0 = openFds();
+  await withMdevs(['mtty-1'], async ([m]) => {
+    const A = open({ sysfsdev: m!.path, backend: 'iommufd' });
+    try {
+      assert.throws(
+        () => DeviceDirtyLog.start(A.dev, [{ iova: 0x1000, length: 0x800 }], 4096, 'serial0'),
+        (e: MigrationError) => /\(EINVAL\)$/.test(e.message) && /aligned to the page size/.test(e.fix ?? ''),
+      );
+      const log = DeviceDirtyLog.start(A.dev, [
+        { iova: 0, length: 0xa0000 },
+        { iova: 0x100000, length: 0x3f00000 },
+      ]);
+      assert.ok(log.pageSize >= 4096 && (log.pageSize & (log.pageSize - 1)) === 0, `page size ${log.pageSize}`);
+      const bits = log.bitmap(0, 64 << 20);
+      assert.equal(bits.length, (64 << 20) / log.pageSize / 8);
+      assert.deepEqual(log.dirtyPages(0, 64 << 20), []);
+      log.stop();
+      assert.throws(() => log.bitmap(0, 1 << 20), /its DMA dirty log is stopped/);
+    } finally {
+      A.close();
+    }
+  });
   assert.equal(openFds(), fds0);
 });
