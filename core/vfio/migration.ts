@@ -14,7 +14,7 @@
 //     for await (c of mig.readPrecopy())    while the guest runs, as often as wanted; pending()
 //                                           says what the device still has (initial + dirty)
 //     mig.quiesce()                         → PRE_COPY_P2P / RUNNING_P2P (vCPUs stopped)
-//     mig.stopCopy()                        → STOP_COPY
+//     mig.stopCopy()                        → STOP_COPY (several devices: VfioMigration.stopCopyAll)
 //     for await (c of mig.readStopCopy())   to the end of the device's data
 //     mig.finishSave()                      → STOP, data fd closed (migrated: the source stays stopped)
 //     mig.resume()                          → RUNNING (a snapshot, or the source goes on)
@@ -215,6 +215,14 @@ const writeAsync = (fd: number, buf: Uint8Array) =>
   new Promise<number>((resolve, reject) =>
     write(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))),
   );
+const closeQuietly = (fd: number) => {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already gone */
+  }
+};
+class AbortedIo extends Error {}
 const errCode = (e: unknown) => (e as { code?: string }).code ?? (e instanceof Error ? e.message : String(e));
 
 type Phase = 'idle' | 'saving' | 'loading';
@@ -222,6 +230,9 @@ type Phase = 'idle' | 'saving' | 'loading';
 export class VfioMigration {
   private dataFd: number | undefined;
   private phase: Phase = 'idle';
+  /** Reads/writes on the data fd in the thread pool; an abort meanwhile closes the fd after them. */
+  private inflight = 0;
+  private readonly closeAfterIo: number[] = [];
   /** Bytes moved through the data fd in the current (or last) save or load, by phase. */
   readonly stats = { precopyBytes: 0, stopCopyBytes: 0, loadedBytes: 0 };
 
@@ -311,9 +322,10 @@ export class VfioMigration {
   /**
    * Moves the device to `to` one arc at a time along the kernel's path (as QEMU's
    * vfio_migration_set_state), so a failure leaves it at a known step. A data fd an arc opens is
-   * kept (one session at a time); an arc that ends the session closes it.
+   * kept (one session at a time); an arc that ends the session closes it. Returns the states
+   * passed through, `to` last.
    */
-  setState(to: MigState): void {
+  setState(to: MigState): MigState[] {
     const n = native();
     let cur = this.state();
     const path = migrationPath(cur, to, this.caps);
@@ -336,6 +348,7 @@ export class VfioMigration {
       } else if (!SAVING.has(next) && next !== 'RESUMING') this.closeDataFd();
       cur = next;
     }
+    return path;
   }
 
   // ---- source ----
@@ -345,7 +358,7 @@ export class VfioMigration {
     this.expect('idle', 'startSave');
     this.phase = 'saving';
     this.stats.precopyBytes = this.stats.stopCopyBytes = 0;
-    if (this.caps.preCopy) this.guard(() => this.setState('PRE_COPY'));
+    if (this.caps.preCopy) this.guard(() => void this.setState('PRE_COPY'));
   }
 
   /**
@@ -360,10 +373,10 @@ export class VfioMigration {
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, left));
       let got: number;
       try {
-        got = await readAsync(this.dataFd!, buf, buf.length);
+        got = await this.io(this.dataFd!, () => readAsync(this.dataFd!, buf, buf.length));
       } catch (e) {
         if ((e as { errno?: number }).errno === -ENOMSG) break; // the temporary end of the pre-copy stream
-        throw this.failSync(`reading ${this.label}'s pre-copy data failed`, e);
+        throw this.failIo(`reading ${this.label}'s pre-copy data failed`, e);
       }
       if (got === 0) break;
       this.stats.precopyBytes += got;
@@ -385,13 +398,13 @@ export class VfioMigration {
   quiesce(): void {
     this.expect('saving', 'quiesce');
     if (!this.caps.p2p) return;
-    this.guard(() => this.setState(this.caps.preCopy ? 'PRE_COPY_P2P' : 'RUNNING_P2P'));
+    this.guard(() => void this.setState(this.caps.preCopy ? 'PRE_COPY_P2P' : 'RUNNING_P2P'));
   }
 
   /** → STOP_COPY: the device stops; its final state can be read. */
   stopCopy(): void {
     this.expect('saving', 'stopCopy');
-    this.guard(() => this.setState('STOP_COPY'));
+    this.guard(() => void this.setState('STOP_COPY'));
     if (this.dataFd === undefined)
       throw this.failSync(`${this.label} entered STOP_COPY without a data fd`, new Error('no data fd'));
   }
@@ -411,9 +424,9 @@ export class VfioMigration {
       const buf = Buffer.allocUnsafe(size);
       let got: number;
       try {
-        got = await readAsync(fd, buf, buf.length);
+        got = await this.io(fd, () => readAsync(fd, buf, buf.length));
       } catch (e) {
-        throw this.failSync(`reading ${this.label}'s stop-copy data failed`, e);
+        throw this.failIo(`reading ${this.label}'s stop-copy data failed`, e);
       }
       if (got === 0) return;
       this.stats.stopCopyBytes += got;
@@ -424,7 +437,7 @@ export class VfioMigration {
   /** STOP_COPY → STOP, data fd closed: the device stays stopped (resume() restarts it). */
   finishSave(): void {
     this.expect('saving', 'finishSave');
-    this.guard(() => this.setState('STOP'));
+    this.guard(() => void this.setState('STOP'));
     this.closeDataFd();
     this.phase = 'idle';
   }
@@ -432,7 +445,7 @@ export class VfioMigration {
   /** → RUNNING (after a save the source goes on with, or a load that asked not to run). */
   resume(): void {
     this.expect('idle', 'resume');
-    this.guard(() => this.setState('RUNNING'));
+    this.guard(() => void this.setState('RUNNING'));
   }
 
   /**
@@ -457,6 +470,21 @@ export class VfioMigration {
     }
   }
 
+  /**
+   * Stops several devices of one VM as the uAPI asks: every one quiesced (P2P) before any enters
+   * STOP_COPY, so none is stopped while another may still DMA to it. On a failure every device is
+   * put back in RUNNING and the error rethrown.
+   */
+  static stopCopyAll(migs: readonly VfioMigration[]): void {
+    try {
+      for (const m of migs) m.quiesce();
+      for (const m of migs) m.stopCopy();
+    } catch (e) {
+      for (const m of migs) if (m.phase !== 'idle') m.recover();
+      throw e;
+    }
+  }
+
   // ---- destination ----
 
   /** → RESUMING (through STOP): the data fd to write opens. */
@@ -464,7 +492,7 @@ export class VfioMigration {
     this.expect('idle', 'startLoad');
     this.phase = 'loading';
     this.stats.loadedBytes = 0;
-    this.guard(() => this.setState('RESUMING'));
+    this.guard(() => void this.setState('RESUMING'));
   }
 
   /** Writes one chunk of the source's stream (in its order). */
@@ -474,9 +502,10 @@ export class VfioMigration {
     while (off < chunk.length) {
       let n: number;
       try {
-        n = await writeAsync(this.dataFd!, chunk.subarray(off));
+        const fd = this.dataFd!;
+        n = await this.io(fd, () => writeAsync(fd, chunk.subarray(off)));
       } catch (e) {
-        throw this.failSync(
+        throw this.failIo(
           `${this.label} refused its migration data at byte ${this.stats.loadedBytes} (the stream is corrupt, or from another kind of device)`,
           e,
         );
@@ -581,11 +610,28 @@ export class VfioMigration {
     if (this.dataFd === undefined) return;
     const fd = this.dataFd;
     this.dataFd = undefined;
+    if (this.inflight > 0)
+      this.closeAfterIo.push(fd); // a pool thread may still be in read(2)/write(2) on it
+    else closeQuietly(fd);
+  }
+
+  /** One read or write on the data fd; an abort() that came meanwhile makes it an error. */
+  private async io<T>(fd: number, f: () => Promise<T>): Promise<T> {
+    this.inflight++;
     try {
-      closeSync(fd);
-    } catch {
-      /* already gone */
+      const r = await f();
+      if (this.dataFd !== fd) throw new AbortedIo();
+      return r;
+    } finally {
+      if (--this.inflight === 0) for (const c of this.closeAfterIo.splice(0)) closeQuietly(c);
     }
+  }
+
+  private failIo(what: string, e: unknown): MigrationError {
+    // abort() while the read or write was in flight: the device is already recovered.
+    if (e instanceof AbortedIo || this.phase === 'idle')
+      return new MigrationError(`${what}: the migration was aborted meanwhile`, { cause: e });
+    return this.failSync(what, e);
   }
 
   private guard(f: () => void): void {

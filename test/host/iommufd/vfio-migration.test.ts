@@ -347,3 +347,43 @@ test("mtty's DMA dirty log: starts over page-aligned ranges, reports nothing (mt
   });
   assert.equal(openFds(), fds0);
 });
+
+test('arcs one at a time: setState says the path it took; several devices all reach P2P, then STOP_COPY', async () => {
+  const fds0 = openFds();
+  await withMdevs(['mtty-1', 'mtty-2'], async ([m1, m2]) => {
+    const A = open({ sysfsdev: m1!.path, backend: 'iommufd' });
+    const C = open({ sysfsdev: m2!.path, backend: 'legacy' });
+    try {
+      const fdsIdle = openFds();
+      const a = VfioMigration.open(A.dev, A.a.host, 'serial0'),
+        c = VfioMigration.open(C.dev, C.a.host, 'serial1');
+      // Each step is its own ioctl the kernel accepted, on its documented path.
+      assert.deepEqual(a.setState('STOP_COPY'), ['RUNNING_P2P', 'STOP', 'STOP_COPY']);
+      assert.equal(openFds(), fdsIdle + 1, 'STOP_COPY opened a data fd');
+      assert.deepEqual(a.setState('RUNNING'), ['STOP', 'RUNNING_P2P', 'RUNNING']);
+      assert.equal(openFds(), fdsIdle, 'leaving STOP_COPY closed it');
+      assert.deepEqual(a.setState('RESUMING'), ['RUNNING_P2P', 'STOP', 'RESUMING']);
+      assert.equal(openFds(), fdsIdle + 1, 'RESUMING opened a data fd');
+      // Leaving RESUMING with no data would have the driver load nothing: abandoned by a reset.
+      assert.equal(a.abort(), 'the device was reset and is back in RUNNING');
+      assert.equal(openFds(), fdsIdle);
+      assert.throws(() => a.setState('ERROR'), /serial0: no VFIO migration state change from RUNNING to ERROR/);
+
+      a.startSave();
+      c.startSave();
+      await collect(a.readPrecopy());
+      await collect(c.readPrecopy());
+      VfioMigration.stopCopyAll([a, c]);
+      assert.deepEqual([a.state(), c.state()], ['STOP_COPY', 'STOP_COPY']);
+      assert.ok(bytes(await collect(a.readStopCopy())) > 0);
+      assert.equal(a.abort(), 'the device is back in RUNNING');
+      assert.equal(c.abort(), 'the device is back in RUNNING');
+      assert.deepEqual([a.state(), c.state()], ['RUNNING', 'RUNNING']);
+      assert.equal(openFds(), fdsIdle);
+    } finally {
+      A.close();
+      C.close();
+    }
+  });
+  assert.equal(openFds(), fds0);
+});
