@@ -186,6 +186,11 @@ export class Vfio {
     return this.iommufdBackend;
   }
 
+  /** The devices this VM holds, in assignment order (a migration asks each for its state or its blocker). */
+  get devices(): readonly AssignedDevice[] {
+    return [...this.assigned];
+  }
+
   /** Every DMA listener (containers and IOASes). */
   get listeners(): DmaListener[] {
     return [...(this.legacyBackend?.containers ?? []), ...(this.iommufdBackend?.ioases ?? [])];

@@ -80,6 +80,27 @@ const calls: Record<string, Call> = {
   vfioDeviceBindIommufd: ['VFIO_DEVICE_BIND_IOMMUFD', (fd) => n.vfioDeviceBindIommufd(fd, 0)],
   vfioDeviceAttachIommufdPt: ['VFIO_DEVICE_ATTACH_IOMMUFD_PT', (fd) => n.vfioDeviceAttachIommufdPt(fd, 1)],
   vfioDeviceDetachIommufdPt: ['VFIO_DEVICE_DETACH_IOMMUFD_PT', (fd) => n.vfioDeviceDetachIommufdPt(fd)],
+  vfioDeviceFeatureProbe: [
+    'VFIO_DEVICE_FEATURE(PROBE)',
+    (fd) => n.vfioDeviceFeatureProbe(fd, K('VFIO_DEVICE_FEATURE_MIGRATION'), K('VFIO_DEVICE_FEATURE_GET')),
+  ],
+  vfioDeviceMigrationFlags: ['VFIO_DEVICE_FEATURE(MIGRATION)', (fd) => n.vfioDeviceMigrationFlags(fd)],
+  vfioDeviceMigGetState: ['VFIO_DEVICE_FEATURE(GET MIG_DEVICE_STATE)', (fd) => n.vfioDeviceMigGetState(fd)],
+  vfioDeviceMigSetState: [
+    'VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE)',
+    (fd) => n.vfioDeviceMigSetState(fd, K('VFIO_DEVICE_STATE_STOP')),
+  ],
+  vfioDeviceMigDataSize: ['VFIO_DEVICE_FEATURE(MIG_DATA_SIZE)', (fd) => n.vfioDeviceMigDataSize(fd)],
+  vfioMigPrecopyInfo: ['VFIO_MIG_GET_PRECOPY_INFO', (fd) => n.vfioMigPrecopyInfo(fd)],
+  vfioDeviceDmaLoggingStart: [
+    'VFIO_DEVICE_FEATURE(DMA_LOGGING_START)',
+    (fd) => n.vfioDeviceDmaLoggingStart(fd, 4096, [{ iova: 0, length: 4096 }]),
+  ],
+  vfioDeviceDmaLoggingStop: ['VFIO_DEVICE_FEATURE(DMA_LOGGING_STOP)', (fd) => n.vfioDeviceDmaLoggingStop(fd)],
+  vfioDeviceDmaLoggingReport: [
+    'VFIO_DEVICE_FEATURE(DMA_LOGGING_REPORT)',
+    (fd) => n.vfioDeviceDmaLoggingReport(fd, 0, 1 << 20, 4096),
+  ],
   iommuIoasAlloc: ['IOMMU_IOAS_ALLOC', (fd) => n.iommuIoasAlloc(fd)],
   iommuDestroy: ['IOMMU_DESTROY', (fd) => n.iommuDestroy(fd, 1)],
   iommuIoasIovaRanges: ['IOMMU_IOAS_IOVA_RANGES', (fd) => n.iommuIoasIovaRanges(fd, 1)],
@@ -177,6 +198,13 @@ test('bad arguments throw TypeError/RangeError before any ioctl', () => {
       RangeError,
       'no data type',
     );
+    assert.throws(() => any.vfioDeviceFeatureProbe!(fd, 0x10000, 0), RangeError, 'feature over 16 bits');
+    assert.throws(() => any.vfioDeviceFeatureProbe!(fd, 1, 1 << 18), RangeError, 'access other than GET/SET');
+    assert.throws(() => any.vfioDeviceMigSetState!(fd, 'STOP'), TypeError);
+    assert.throws(() => any.vfioDeviceDmaLoggingStart!(fd, 4096, {}), TypeError, 'ranges not an array');
+    assert.throws(() => any.vfioDeviceDmaLoggingStart!(fd, 4096, [{ iova: 0 }]), TypeError, 'length missing');
+    assert.throws(() => any.vfioDeviceDmaLoggingReport!(fd, 0, 1 << 20, 3000), RangeError, 'page size');
+    assert.throws(() => any.vfioDeviceDmaLoggingReport!(fd, 0, 0, 4096), RangeError, 'empty range');
     assert.throws(
       () =>
         any.vfioDeviceSetIrqs!(fd, {

@@ -31,6 +31,7 @@ function open(spec: VfioDeviceSpec): Opened {
   };
   try {
     const a = vfio.open(spec);
+    assert.deepEqual(vfio.devices, [a]);
     return { a, dev: a.device, close };
   } catch (e) {
     close();
