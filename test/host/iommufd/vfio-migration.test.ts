@@ -279,6 +279,15 @@ test('a save abandoned half-way (error or consumer leaving) leaves the source in
       assert.equal(mig.abort(), 'the device is back in RUNNING');
       assert.equal(mig.state(), 'RUNNING');
       assert.equal(openFds(), fdsIdle);
+      // abort() while a read is in flight in the thread pool: the fd is closed after the read, which fails as aborted.
+      mig.startSave();
+      await collect(mig.readPrecopy());
+      mig.quiesce();
+      mig.stopCopy();
+      const inFlight = mig.readStopCopy()[Symbol.asyncIterator]().next();
+      assert.equal(mig.abort(), 'the device is back in RUNNING');
+      await assert.rejects(inFlight, /'s stop-copy data failed: the migration was aborted meanwhile$/);
+      assert.equal(openFds(), fdsIdle);
       assert.deepEqual(drain(A.dev), payload, 'the device kept its state and works');
     } finally {
       A.close();
