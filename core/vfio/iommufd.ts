@@ -82,6 +82,19 @@ export class IommufdIoas extends DmaListener {
     return true;
   }
 
+  /** One IOAS_MAP of a vIOMMU domain's piece (no retry: the domain never maps over itself). */
+  mapRaw(iova: number, size: number, vaddr: bigint, read: boolean, write: boolean): void {
+    const n = native();
+    const c = n.constants;
+    const flags =
+      c.IOMMU_IOAS_MAP_FIXED_IOVA | (read ? c.IOMMU_IOAS_MAP_READABLE : 0) | (write ? c.IOMMU_IOAS_MAP_WRITEABLE : 0);
+    n.iommuIoasMap(this.iommufd, { ioasId: this.id, userVa: vaddr, length: size, iova, flags });
+  }
+
+  unmapRaw(iova: number, size: number): void {
+    native().iommuIoasUnmap(this.iommufd, { ioasId: this.id, iova, length: size });
+  }
+
   destroy(): void {
     this.detach();
     try {

@@ -38,3 +38,25 @@ export function pinnedBytes(pid: number | 'self' = 'self'): number {
   const m = /^VmPin:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+export const DMA_ENTRY_LIMIT_PATH = '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit';
+/** vfio_iommu_type1's default dma_entry_limit (U16_MAX). */
+export const DEFAULT_DMA_ENTRY_LIMIT = 65535;
+
+/**
+ * DMA mappings one type1 container may hold: the module parameter where it is readable, else
+ * `fallback` (what VFIO_IOMMU_GET_INFO's DMA_AVAIL said of a fresh container), else the default.
+ */
+export function dmaEntryLimit(fallback?: number, path = DMA_ENTRY_LIMIT_PATH): { limit: number; source: string } {
+  try {
+    const v = Number(readFileSync(path, 'utf8').trim());
+    if (Number.isSafeInteger(v) && v >= 0) return { limit: v, source: `vfio_iommu_type1 dma_entry_limit ${v}` };
+  } catch {
+    /* not readable: the module is built in without sysfs parameters, or a sandbox hides it */
+  }
+  if (fallback !== undefined) return { limit: fallback, source: `VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL ${fallback}` };
+  return {
+    limit: DEFAULT_DMA_ENTRY_LIMIT,
+    source: `vfio_iommu_type1 dma_entry_limit (default ${DEFAULT_DMA_ENTRY_LIMIT})`,
+  };
+}
