@@ -14,6 +14,8 @@ export class VfioContainer extends DmaListener {
   readonly groups = new Set<number>();
   /** A container of one group behind the vIOMMU: no other group joins it. */
   isolated = false;
+  /** DMA_AVAIL as read when the IOMMU was set, before any mapping: the container's entry limit. */
+  dmaLimit: number | undefined;
   private unmapAll = false;
 
   private constructor(readonly fd: number) {
@@ -55,7 +57,7 @@ export class VfioContainer extends DmaListener {
     }
     if (info.iovaRanges?.length)
       this.iovaRanges = info.iovaRanges.map((r) => ({ start: Number(r.start), end: Number(r.end) }));
-    if (info.dmaAvail !== undefined) this.dmaAvail = info.dmaAvail;
+    if (info.dmaAvail !== undefined) this.dmaAvail = this.dmaLimit = info.dmaAvail;
   }
 
   protected mapRange(m: DmaMapping): void {

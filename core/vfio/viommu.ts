@@ -315,7 +315,7 @@ export class VfioViommu {
           throw new VfioSetupError(
             `${a.host.name} was opened without a container of its own: open it with "viommu": true to put it behind the vIOMMU`,
           );
-        g.port = new ContainerPort(c, g.id, dmaEntryLimit(c.dmaAvail), this.stats);
+        g.port = new ContainerPort(c, g.id, dmaEntryLimit(c.dmaLimit), this.stats);
       } else {
         if (!a.ioas) throw new VfioSetupError(`${a.host.name} is not attached to an IOAS`);
         g.home = a.ioas;

@@ -3,7 +3,7 @@
 // engine (BAR0 0x80-0x98, the 4 KiB buffer at device address 0x40000) is driven from here
 // through the device fd, so where its writes land is read straight from guest RAM.
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, readdirSync } from 'node:fs';
+import { closeSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from '../../core/native.js';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { LegacyVfio } from '../../core/vfio/legacy.js';
@@ -11,7 +11,9 @@ import { Iommufd } from '../../core/vfio/iommufd.js';
 import { VfioDevice } from '../../core/vfio/device.js';
 import { findHostDevice } from '../../core/vfio/sysfs.js';
 import { lockedBytes, pinnedBytes } from '../../core/vfio/limits.js';
-import type { AssignedDevice, VfioBackendKind } from '../../core/vfio/vfio.js';
+import { Vfio, type AssignedDevice, type VfioBackendKind } from '../../core/vfio/vfio.js';
+import { Kvm } from '../../core/kvm/kvm.js';
+import { KvmVm } from '../../core/kvm/vm.js';
 import type { TestHostDevice } from './testhost-env.js';
 
 export const MiB = 2 ** 20;
@@ -29,22 +31,27 @@ export function pinned(): number {
 
 /** Guest RAM: one memfd-backed region at guest-physical 0. */
 export class GuestRam {
-  readonly root = MemoryRegion.container('system', 2 ** 40);
+  readonly root: MemoryRegion = MemoryRegion.container('system', 2 ** 40);
   readonly memory: AddressSpace;
   readonly region: MemoryRegion;
   readonly bytes: Uint8Array;
   private readonly fd: number;
   private readonly buffer: ArrayBuffer;
 
-  constructor(readonly size: number) {
+  /** In `memory` (a VM's) when given, else in an address space of its own. */
+  constructor(
+    readonly size: number,
+    private readonly vmMemory?: AddressSpace,
+  ) {
     this.fd = native().memfdCreate('viommu-test-ram', MFD_CLOEXEC);
     ftruncateSync(this.fd, size);
     const map = native().mmap(0, size, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, 0);
     this.buffer = map.buffer;
     this.bytes = new Uint8Array(map.buffer);
     this.region = MemoryRegion.ram('ram', size, { hostAddr: map.addr, fd: this.fd, bytes: this.bytes });
+    if (vmMemory) this.root = vmMemory.root;
     this.root.addSubregion(0, this.region);
-    this.memory = new AddressSpace('memory', this.root);
+    this.memory = vmMemory ?? new AddressSpace('memory', this.root);
   }
 
   fill(gpa: number, size: number, seed: number): Uint8Array {
@@ -58,7 +65,9 @@ export class GuestRam {
   }
 
   close(): void {
-    this.memory.destroy();
+    if (this.vmMemory) {
+      if (this.region.parent) this.root.removeSubregion(this.region);
+    } else this.memory.destroy();
     native().munmap(this.buffer);
     closeSync(this.fd);
   }
@@ -196,6 +205,10 @@ export async function eduDomainsScenario(kind: VfioBackendKind, edu: TestHostDev
     assert.ok(!overlap.ok && /overlaps/.test(overlap.reason), JSON.stringify(overlap));
 
     okOf(v.attach(8, 1));
+    // The kernel refuses a map in the IOMMU's reserved MSI window: a refusal, nothing changed.
+    const msi = v.map(1, 0xfee00000, B2, PAGE, { read: true, write: true });
+    assert.ok(!msi.ok && msi.status === 'devErr', JSON.stringify(msi));
+    assert.equal(v.inspect().domains[0]!.mappings, 2);
     if (kind === 'legacy') assert.equal(pinned() - pinned0, 2 * PAGE, 'domain 1 pins its two pages, not all RAM');
     else assert.ok(pinned() - pinned0 < 16 * MiB, `the identity IOAS is no longer pinned (${pinned() - pinned0})`);
     const p1 = ram.fill(SRC, N, 1);
@@ -237,7 +250,7 @@ export async function eduDomainsScenario(kind: VfioBackendKind, edu: TestHostDev
     );
     assert.equal(i.stats.maps, 4);
     assert.equal(i.stats.unmaps, 1);
-    assert.equal(i.stats.refused, 2);
+    assert.equal(i.stats.refused, 3);
     assert.equal(i.endpoints[0]!.target, 'blocked');
     if (kind === 'legacy') assert.ok(i.stats.unmappedWindows >= 2, 'legacy moves have an unmapped window');
     else assert.equal(i.stats.unmappedWindows, 0, 'iommufd replaces page tables atomically');
@@ -327,4 +340,105 @@ export async function bridgeGroupScenario(
   }
   assert.equal(pinned(), pinned0, 'every pinned page released');
   assert.equal(openFds(), fds0, 'every fd closed');
+}
+
+/**
+ * The wiring the machine uses: Vfio.open with viommu (legacy: a container of the group's own),
+ * Vfio.viommu, a DMA through a domain, then release (the endpoint goes with its device) and
+ * close; a group-mate of a vIOMMU device cannot be opened without it.
+ */
+export async function vfioWiringScenario(
+  kind: VfioBackendKind,
+  bedu: TestHostDevice,
+  btest: TestHostDevice,
+): Promise<void> {
+  const fds0 = openFds(),
+    pinned0 = pinned();
+  const kvm = Kvm.open();
+  const vm = new KvmVm(kvm, { irqchip: false });
+  const ram = new GuestRam(16 * MiB, vm.memory);
+  const log: string[] = [];
+  const vfio = new Vfio(vm, { backend: kind, log: (l) => log.push(l) });
+  try {
+    const a = vfio.open({ host: bedu.bdf, viommu: true });
+    assert.equal(a.backend, kind);
+    assert.throws(
+      () => vfio.open({ host: btest.bdf }),
+      (e: Error) => e.message.includes(`share IOMMU group ${bedu.group}`) && e.message.includes('behind the vIOMMU'),
+    );
+    const t = vfio.open({ host: btest.bdf, viommu: true });
+    vfio.viommu.addEndpoint(1, a);
+    vfio.viommu.addEndpoint(2, t);
+    const dma = new EduDma(a.device);
+    okOf(vfio.viommu.createDomain(4));
+    okOf(vfio.viommu.map(4, S, SRC, PAGE, { read: true, write: false }));
+    okOf(vfio.viommu.map(4, X, B1, PAGE, { read: true, write: true }));
+    okOf(vfio.viommu.attach(1, 4));
+    okOf(vfio.viommu.attach(2, 4));
+    const p = ram.fill(SRC, N, 6);
+    dma.fromIova(S, N);
+    dma.toIova(X, N);
+    assert.deepEqual(ram.at(B1, N), p);
+    assert.deepEqual(
+      vfio.viommu.inspect().domains.map((d) => [d.id, d.endpoints, d.mappings]),
+      [[4, [1, 2], 2]],
+    );
+    vfio.release(t);
+    assert.deepEqual(
+      vfio.viommu.inspect().endpoints.map((e) => e.endpoint),
+      [1],
+      'device_del takes its endpoint away',
+    );
+    vfio.release(a);
+    assert.equal(vfio.viommu.inspect().groups.length, 0);
+    assert.equal(pinned() - pinned0, 0, 'nothing pinned once the devices are gone');
+  } finally {
+    vfio.close();
+    ram.close();
+    vm.close();
+    kvm.close();
+  }
+  assert.equal(pinned(), pinned0);
+  assert.equal(openFds(), fds0, 'every fd closed (kvm, vm, devices, groups, containers, iommufd)');
+  assert.deepEqual(log, []);
+}
+
+/**
+ * type1's DMA-entry limit on the real kernel: a container opened while dma_entry_limit is 4
+ * takes 4 mappings of a domain; the 5th is refused with the limit named, and the rest still work.
+ */
+export async function dmaLimitScenario(edu: TestHostDevice): Promise<void> {
+  const { VfioViommu } = await import('../../core/vfio/viommu.js');
+  const param = '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit';
+  const old = readFileSync(param, 'utf8').trim();
+  const ram = new GuestRam(16 * MiB);
+  const backend = new Backend('legacy', ram);
+  const log: string[] = [];
+  const v = new VfioViommu(ram.memory, { log: (l) => log.push(l) });
+  try {
+    writeFileSync(param, '4');
+    let a: AssignedDevice;
+    try {
+      a = backend.open(edu); // the container copies the limit when it is opened
+    } finally {
+      writeFileSync(param, old);
+    }
+    v.addEndpoint(8, a);
+    okOf(v.createDomain(1));
+    okOf(v.attach(8, 1));
+    for (let i = 0; i < 4; i++) okOf(v.map(1, X + i * PAGE, B1 + i * PAGE, PAGE, { read: true, write: true }));
+    const r = v.map(1, S, SRC, PAGE, { read: true, write: false });
+    assert.ok(!r.ok && r.status === 'nomem', JSON.stringify(r));
+    assert.match(r.reason, /dma_entry_limit 4/);
+    assert.deepEqual(log, [r.reason], 'the limit is named in the log');
+    const dma = new EduDma(a.device);
+    dma.toIova(X + PAGE, N);
+    assert.ok(dma.alive(), 'the device and the process carry on');
+    okOf(v.unmap(1, X, PAGE));
+    okOf(v.map(1, S, SRC, PAGE, { read: true, write: false })); // room again
+  } finally {
+    v.close();
+    backend.close();
+    ram.close();
+  }
 }

@@ -264,14 +264,15 @@ test('legacy move plan: an unmapped window whenever something mapped is replaced
   assert.deepEqual(legacyMovePlan(3, 3), { leave: 'none', enter: 'none', window: false });
 });
 
-test('dma_entry_limit: read from the module parameter, else DMA_AVAIL, else the default', () => {
+test("dma_entry_limit: the container's own DMA_AVAIL, else the module parameter, else the default", () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-dma-limit-'));
   writeFileSync(join(dir, 'dma_entry_limit'), '1000\n');
-  assert.deepEqual(dmaEntryLimit(7, join(dir, 'dma_entry_limit')), {
+  assert.equal(dmaEntryLimit(7, join(dir, 'dma_entry_limit')).limit, 7);
+  assert.match(dmaEntryLimit(7, join(dir, 'dma_entry_limit')).source, /dma_entry_limit 7 /);
+  assert.deepEqual(dmaEntryLimit(undefined, join(dir, 'dma_entry_limit')), {
     limit: 1000,
     source: 'vfio_iommu_type1 dma_entry_limit 1000',
   });
-  assert.equal(dmaEntryLimit(7, join(dir, 'none')).limit, 7);
   assert.deepEqual(dmaEntryLimit(undefined, join(dir, 'none')), {
     limit: 65535,
     source: 'vfio_iommu_type1 dma_entry_limit (default 65535)',
