@@ -18,6 +18,7 @@
 //                                                        // 'nomem' DMA-entry limit, 'devErr' kernel errno
 //     unmap(domain, iova, size): HostResult              // 'range' if it would split a mapping
 //     hasEndpoint(endpoint): boolean
+//     reservedRegions(endpoint): ReservedRegion[]        // the host's, for PROBE's RESV_MEM (sysfs, inclusive ends)
 //     reset(): void                                      // system reset: every domain gone, endpoints bypass
 //     inspect(): ViommuInspect                           // domains (endpoints, mapping counts), totals
 //     // the machine's wiring (setup errors throw VfioSetupError)
@@ -64,7 +65,7 @@ import { native } from '../native.js';
 import type { VfioContainer } from './container.js';
 import { IommufdIoas } from './iommufd.js';
 import { dmaEntryLimit } from './limits.js';
-import { VfioSetupError } from './sysfs.js';
+import { reservedRegions, VfioSetupError, type ReservedRegion } from './sysfs.js';
 import type { AssignedDevice } from './vfio.js';
 import { describeTarget, groupRuleViolation, hostTarget, legacyMovePlan, type ViommuTarget } from './viommu-plan.js';
 
@@ -217,6 +218,16 @@ export class VfioViommu {
 
   hasEndpoint(endpoint: number): boolean {
     return this.endpoints.has(endpoint);
+  }
+
+  /**
+   * The IOVA ranges the host IOMMU reserves for an endpoint's group (the MSI window, and for
+   * 'direct' regions RMRRs): a guest must not map there (the kernel refuses it, and the device
+   * model reports them to the guest in PROBE). Empty for an unknown endpoint.
+   */
+  reservedRegions(endpoint: number): ReservedRegion[] {
+    const e = this.endpoints.get(endpoint);
+    return e ? reservedRegions(e.group.id) : [];
   }
 
   createDomain(id: number): HostResult {

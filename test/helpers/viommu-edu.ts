@@ -349,6 +349,7 @@ export async function bridgeGroupScenario(
  */
 export async function vfioWiringScenario(
   kind: VfioBackendKind,
+  edu: TestHostDevice,
   bedu: TestHostDevice,
   btest: TestHostDevice,
 ): Promise<void> {
@@ -379,10 +380,30 @@ export async function vfioWiringScenario(
     dma.fromIova(S, N);
     dma.toIova(X, N);
     assert.deepEqual(ram.at(B1, N), p);
+    assert.ok(
+      vfio.viommu.reservedRegions(1).some((r) => r.start === 0xfee00000 && r.type === 'msi'),
+      JSON.stringify(vfio.viommu.reservedRegions(1)),
+    );
+    // A second host group joins the domain: the domain is replayed into its IOMMU address space,
+    // and a later map reaches both.
+    const e2 = vfio.open({ host: edu.bdf, viommu: true });
+    vfio.viommu.addEndpoint(3, e2);
+    okOf(vfio.viommu.attach(3, 4));
+    const dma2 = new EduDma(e2.device);
+    const q = ram.fill(SRC, N, 7);
+    dma2.fromIova(S, N);
+    dma2.toIova(X, N);
+    assert.deepEqual(ram.at(B1, N), q, 'the replayed domain works for the second group');
+    okOf(vfio.viommu.map(4, X + PAGE, B2, PAGE, { read: true, write: true }));
+    dma.toIova(X + PAGE, N); // bridge-edu's buffer still holds p
+    assert.deepEqual(ram.at(B2, N), p, 'a map after the replay reached the first group');
+    dma2.toIova(X + PAGE, N);
+    assert.deepEqual(ram.at(B2, N), q, 'and the second');
     assert.deepEqual(
       vfio.viommu.inspect().domains.map((d) => [d.id, d.endpoints, d.mappings]),
-      [[4, [1, 2], 2]],
+      [[4, [1, 2, 3], 3]],
     );
+    vfio.release(e2);
     vfio.release(t);
     assert.deepEqual(
       vfio.viommu.inspect().endpoints.map((e) => e.endpoint),

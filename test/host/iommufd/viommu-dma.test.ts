@@ -11,4 +11,4 @@ test('iommufd: the bridge pair (one IOMMU group) cannot be split across domains'
   bridgeGroupScenario('iommufd', hostDevice('bridge-edu'), hostDevice('bridge-testdev')));
 
 test("iommufd: through Vfio (the machine's wiring): open behind the vIOMMU, DMA through a domain, release, nothing left", () =>
-  vfioWiringScenario('iommufd', hostDevice('bridge-edu'), hostDevice('bridge-testdev')));
+  vfioWiringScenario('iommufd', hostDevice('edu'), hostDevice('bridge-edu'), hostDevice('bridge-testdev')));

@@ -16,6 +16,6 @@ test('legacy: the bridge pair (one IOMMU group) cannot be split across domains',
   bridgeGroupScenario('legacy', hostDevice('bridge-edu'), hostDevice('bridge-testdev')));
 
 test("legacy: through Vfio (the machine's wiring): open behind the vIOMMU, DMA through a domain, release, nothing left", () =>
-  vfioWiringScenario('legacy', hostDevice('bridge-edu'), hostDevice('bridge-testdev')));
+  vfioWiringScenario('legacy', hostDevice('edu'), hostDevice('bridge-edu'), hostDevice('bridge-testdev')));
 
 test("legacy: type1's DMA-entry limit is a refusal naming it, not a crash", () => dmaLimitScenario(hostDevice('edu')));
