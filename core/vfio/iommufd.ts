@@ -105,6 +105,15 @@ export class IommufdIoas extends DmaListener {
   }
 }
 
+/**
+ * A device joining a group that the vIOMMU has moved off its RAM IOAS: attach it where the group
+ * is (`attachId`), count it on the group's RAM IOAS (`home`, where it returns to bypass).
+ */
+export interface GroupJoin {
+  home: IommufdIoas;
+  attachId: number;
+}
+
 export interface IommufdOpened {
   device: number;
   devid: number;
@@ -154,6 +163,7 @@ export class Iommufd {
     cdev: string,
     passedFd: number | undefined,
     start: (ioas: IommufdIoas) => void,
+    join?: GroupJoin,
   ): IommufdOpened {
     const fd = passedFd ?? openCdev(host, cdev);
     try {
@@ -163,13 +173,26 @@ export class Iommufd {
       } catch (e) {
         throw bindError(host, cdev, e);
       }
-      const ioas = this.attach(host, fd, start);
+      const ioas = join ? this.joinGroup(host, fd, join) : this.attach(host, fd, start);
       ioas.devices.add(host.name);
       return { device: fd, devid, ioas };
     } catch (e) {
       closeSync(fd);
       throw e;
     }
+  }
+
+  /** Attaches to the page table the device's group-mates use now (the kernel wants one per group). */
+  private joinGroup(host: HostDevice, fd: number, join: GroupJoin): IommufdIoas {
+    try {
+      native().vfioDeviceAttachIommufdPt(fd, join.attachId);
+    } catch (e) {
+      throw new VfioSetupError(
+        `VFIO_DEVICE_ATTACH_IOMMUFD_PT of ${host.name} to IOAS ${join.attachId}, where its IOMMU group ${host.group} is, failed: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    return join.home;
   }
 
   private attach(host: HostDevice, fd: number, start: (ioas: IommufdIoas) => void): IommufdIoas {

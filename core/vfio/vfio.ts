@@ -259,7 +259,8 @@ export class Vfio {
     const ctx = this.iommufdBackend;
     const cdev = spec.cdev ?? cdevOf(host.sysfs) ?? `/dev/vfio/devices/(none for ${host.name})`;
     const passedFd = this.passed.take({ kind: 'vfio-cdev', device: host.name });
-    const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory));
+    const join = spec.viommu ? this.viommuHost?.groupJoin(host.group) : undefined;
+    const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory), join);
     let device: VfioDevice | undefined;
     try {
       device = new VfioDevice(host.name, opened.device);

@@ -24,8 +24,15 @@
 //     // the machine's wiring (setup errors throw VfioSetupError)
 //     addEndpoint(endpoint, a: AssignedDevice, initial: 'bypass' | 'blocked' = 'bypass')  // a opened with viommu: true
 //     removeEndpoint(endpoint)                           // back to 1:1 (bypass) before device_del releases it
+//     endpointOf(a): number | undefined
 //     close()
 //   }
+//
+// The machine gets it as `vfio.viommu` (core/vfio/vfio.ts, made on first use), opens each device
+// behind it with `vfio.open({ ...spec, viommu: true })`, then `vfio.viommu.addEndpoint(id, a)`
+// with the endpoint id the device model uses (its requester ID); `vfio.release(a)` removes the
+// endpoint itself, `vfio.close()` closes the vIOMMU. A group-mate hot-added later joins the page
+// table its group is in. Devices of one host group are all behind the vIOMMU or none.
 //
 // Every refusal leaves the state as it was (nothing half-mapped, nothing half-attached).
 //
@@ -63,7 +70,7 @@ import {
 } from '../memory/dma-domain.js';
 import { native } from '../native.js';
 import type { VfioContainer } from './container.js';
-import { IommufdIoas } from './iommufd.js';
+import { IommufdIoas, type GroupJoin } from './iommufd.js';
 import { dmaEntryLimit } from './limits.js';
 import { reservedRegions, VfioSetupError, type ReservedRegion } from './sysfs.js';
 import type { AssignedDevice } from './vfio.js';
@@ -359,6 +366,17 @@ export class VfioViommu {
       g.members.length = 0;
       this.groups.delete(g.id);
     }
+  }
+
+  /**
+   * iommufd: where a device hot-added into host group `group` must attach, when the group is
+   * behind the vIOMMU and not in bypass (a fresh attach elsewhere would be refused by the kernel).
+   */
+  groupJoin(group: number): GroupJoin | undefined {
+    const g = this.groups.get(group);
+    if (!g || g.backend !== 'iommufd' || g.current === 'bypass') return undefined;
+    const ioas = this.ioasFor(g, g.current);
+    return 'ok' in ioas ? undefined : { home: g.home!, attachId: ioas.id };
   }
 
   /** The endpoint registered for an assigned device, if any. */

@@ -367,14 +367,15 @@ export async function vfioWiringScenario(
       () => vfio.open({ host: btest.bdf }),
       (e: Error) => e.message.includes(`share IOMMU group ${bedu.group}`) && e.message.includes('behind the vIOMMU'),
     );
-    const t = vfio.open({ host: btest.bdf, viommu: true });
     vfio.viommu.addEndpoint(1, a);
-    vfio.viommu.addEndpoint(2, t);
     const dma = new EduDma(a.device);
     okOf(vfio.viommu.createDomain(4));
     okOf(vfio.viommu.map(4, S, SRC, PAGE, { read: true, write: false }));
     okOf(vfio.viommu.map(4, X, B1, PAGE, { read: true, write: true }));
     okOf(vfio.viommu.attach(1, 4));
+    // Hot-adding the group-mate while its group is in domain 4 (iommufd: it must join that page table).
+    const t = vfio.open({ host: btest.bdf, viommu: true });
+    vfio.viommu.addEndpoint(2, t);
     okOf(vfio.viommu.attach(2, 4));
     const p = ram.fill(SRC, N, 6);
     dma.fromIova(S, N);
