@@ -111,6 +111,10 @@ export class DmaDomain {
     return n;
   }
 
+  hasListener(l: DomainListener): boolean {
+    return this.listeners.includes(l);
+  }
+
   get listenerCount(): number {
     return this.listeners.length;
   }

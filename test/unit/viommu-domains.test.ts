@@ -278,3 +278,56 @@ test("dma_entry_limit: the container's own DMA_AVAIL, else the module parameter,
     source: 'vfio_iommu_type1 dma_entry_limit (default 65535)',
   });
 });
+
+test('random maps, unmaps, RAM changes and replays keep every listener equal to the live mappings (seeded)', () => {
+  let seed = 0x2545f491;
+  const rnd = (n: number) => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const { root, high, mmio, domains } = guest();
+  const ds = [made(domains.create(1)), made(domains.create(2))];
+  const ls = [new Recorder('a', 40), new Recorder('b')];
+  ds[0]!.addListener(ls[0]!);
+  ds[1]!.addListener(ls[1]!);
+  let highIn = true;
+  const expect = (d: DmaDomain) =>
+    d.mappings
+      .values()
+      .flatMap((m) => m.pieces ?? [])
+      .map((p) => [p.iova, p.vaddr])
+      .sort((x, y) => Number(x[0]) - Number(y[0]));
+  for (let i = 0; i < 5000; i++) {
+    const d = ds[rnd(2)]!;
+    const op = rnd(100);
+    if (op < 50) d.map(rnd(64) * P, rnd(2600) * P, (1 + rnd(4)) * P, { read: true, write: rnd(4) > 0 });
+    else if (op < 90) d.unmap(rnd(64) * P, (1 + rnd(8)) * P);
+    else if (op < 94) {
+      if (highIn) root.removeSubregion(high);
+      else root.addSubregion(4 * MiB, high);
+      highIn = !highIn;
+    } else if (op < 97) mmio.setAddress(rnd(2) ? 16 * MiB : rnd(8) * MiB);
+    else {
+      // a listener leaves and comes back (a group moving away and back): replay
+      const j = rnd(2);
+      ds[j]!.removeListener(ls[j]!);
+      assert.equal(ls[j]!.held.size, 0);
+      assert.ok(ds[j]!.addListener(ls[j]!).ok || ls[j]!.room() < ds[j]!.pieceCount);
+    }
+    for (const j of [0, 1]) {
+      const held = [...ls[j]!.held.values()].map((p) => [p.iova, p.vaddr]).sort((x, y) => Number(x[0]) - Number(y[0]));
+      if (!ds[j]!.hasListener(ls[j]!)) continue;
+      assert.deepEqual(held, expect(ds[j]!), `step ${i}: listener ${j} differs from domain ${j + 1}`);
+    }
+    const all = ds.flatMap((d) => d.mappings.values());
+    for (const m of all) assert.ok(m.size > 0);
+  }
+  for (const j of [0, 1]) {
+    const st = ds[j]!.stats;
+    assert.ok(st.maps > 100 && st.unmaps > 50 && st.orphaned > 0 && st.remapped > 0, JSON.stringify(st));
+  }
+  domains.close();
+  assert.equal(ls[0]!.held.size + ls[1]!.held.size, 0, 'closing unmaps everything');
+});
