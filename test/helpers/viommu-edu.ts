@@ -3,7 +3,16 @@
 // engine (BAR0 0x80-0x98, the 4 KiB buffer at device address 0x40000) is driven from here
 // through the device fd, so where its writes land is read straight from guest RAM.
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+} from 'node:fs';
 import { native, MAP_SHARED, PROT_READ, PROT_WRITE, MFD_CLOEXEC } from '../../core/native.js';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { LegacyVfio } from '../../core/vfio/legacy.js';
@@ -27,6 +36,43 @@ export function openFds(): number {
 /** Pages pinned for DMA by this process, whichever accounting the backend uses. */
 export function pinned(): number {
   return lockedBytes() + pinnedBytes();
+}
+
+/** The kernel log's records (/dev/kmsg: "prio,seq,usec,flags;text"), as [seq, text]. */
+export function kernelLog(): [number, string][] {
+  const fd = openSync('/dev/kmsg', constants.O_RDONLY | constants.O_NONBLOCK);
+  const buf = Buffer.alloc(8192);
+  const out: [number, string][] = [];
+  try {
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(fd, buf, 0, buf.length, null);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN') break;
+        if (code === 'EPIPE') continue; // records overwritten while we read: go on from the next
+        throw e;
+      }
+      const rec = buf.toString('utf8', 0, n);
+      const semi = rec.indexOf(';');
+      out.push([Number(rec.split(',')[1]), rec.slice(semi + 1).split('\n')[0]!]);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+/** Waits (bounded: the fault interrupt is handled asynchronously) for a kernel log line after `since`. */
+function waitForKernelLine(since: number, re: RegExp): string | undefined {
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 100; i++) {
+    const hit = kernelLog().find(([seq, text]) => seq > since && re.test(text));
+    if (hit) return hit[1];
+    Atomics.wait(sleeper, 0, 0, 100);
+  }
+  return undefined;
 }
 
 /** Guest RAM: one memfd-backed region at guest-physical 0. */
@@ -227,10 +273,17 @@ export async function eduDomainsScenario(kind: VfioBackendKind, edu: TestHostDev
     okOf(v.unmap(2, X, PAGE));
     const p3 = ram.fill(SRC, N, 3);
     dma.fromIova(S, N); // S is still mapped: edu's buffer now holds p3
+    const seq = kernelLog().at(-1)?.[0] ?? -1;
     dma.toIova(X, N); // X is not: the IOMMU faults the write
     assert.deepEqual(ram.at(B1, N), p1, 'the faulted DMA did not land in buffer 1');
     assert.deepEqual(ram.at(B2, N), p2, 'nor in buffer 2');
     assert.ok(dma.alive(), 'edu and this process live on after the fault');
+    const bdf = edu.bdf.replace(/^0000:/, '');
+    const fault = waitForKernelLine(
+      seq,
+      new RegExp(`DMA Write.*\\[${bdf.replace(/\./g, '\\.')}\\] fault addr 0x${X.toString(16)}\\b`),
+    );
+    assert.ok(fault, `the host kernel logs the IOMMU fault of ${bdf} at IOVA 0x${X.toString(16)}`);
 
     okOf(v.attach(8, 'bypass'));
     dma.toIova(B1, N); // IOVA = guest-physical
