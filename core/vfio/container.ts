@@ -12,6 +12,10 @@ export class VfioContainer extends DmaListener {
   iommuType = 0;
   /** Groups using this container (reference count). */
   readonly groups = new Set<number>();
+  /** A container of one group behind the vIOMMU: no other group joins it. */
+  isolated = false;
+  /** DMA_AVAIL as read when the IOMMU was set, before any mapping: the container's entry limit. */
+  dmaLimit: number | undefined;
   private unmapAll = false;
 
   private constructor(readonly fd: number) {
@@ -53,7 +57,7 @@ export class VfioContainer extends DmaListener {
     }
     if (info.iovaRanges?.length)
       this.iovaRanges = info.iovaRanges.map((r) => ({ start: Number(r.start), end: Number(r.end) }));
-    if (info.dmaAvail !== undefined) this.dmaAvail = info.dmaAvail;
+    if (info.dmaAvail !== undefined) this.dmaAvail = this.dmaLimit = info.dmaAvail;
   }
 
   protected mapRange(m: DmaMapping): void {
@@ -81,6 +85,28 @@ export class VfioContainer extends DmaListener {
     if (!this.unmapAll) return false;
     native().vfioIommuUnmapDma(this.fd, { iova: 0, size: 0, flags: native().constants.VFIO_DMA_UNMAP_FLAG_ALL });
     return true;
+  }
+
+  /** Whether VFIO_DMA_UNMAP_FLAG_ALL empties it in one call. */
+  get canUnmapAll(): boolean {
+    return this.unmapAll;
+  }
+
+  /** One MAP_DMA of a vIOMMU domain's piece (no retry: the domain never maps over itself). */
+  mapRaw(iova: number, size: number, vaddr: bigint, read: boolean, write: boolean): void {
+    const n = native();
+    const c = n.constants;
+    const flags = (read ? c.VFIO_DMA_MAP_FLAG_READ : 0) | (write ? c.VFIO_DMA_MAP_FLAG_WRITE : 0);
+    n.vfioIommuMapDma(this.fd, { vaddr, iova, size, flags });
+  }
+
+  unmapRaw(iova: number, size: number): void {
+    native().vfioIommuUnmapDma(this.fd, { iova, size, flags: 0 });
+  }
+
+  /** Drops every mapping in one call; false when the kernel cannot (no VFIO_UNMAP_ALL). */
+  unmapAllRaw(): boolean {
+    return this.unmapEverything();
   }
 
   close(): void {

@@ -82,6 +82,19 @@ export class IommufdIoas extends DmaListener {
     return true;
   }
 
+  /** One IOAS_MAP of a vIOMMU domain's piece (no retry: the domain never maps over itself). */
+  mapRaw(iova: number, size: number, vaddr: bigint, read: boolean, write: boolean): void {
+    const n = native();
+    const c = n.constants;
+    const flags =
+      c.IOMMU_IOAS_MAP_FIXED_IOVA | (read ? c.IOMMU_IOAS_MAP_READABLE : 0) | (write ? c.IOMMU_IOAS_MAP_WRITEABLE : 0);
+    n.iommuIoasMap(this.iommufd, { ioasId: this.id, userVa: vaddr, length: size, iova, flags });
+  }
+
+  unmapRaw(iova: number, size: number): void {
+    native().iommuIoasUnmap(this.iommufd, { ioasId: this.id, iova, length: size });
+  }
+
   destroy(): void {
     this.detach();
     try {
@@ -90,6 +103,15 @@ export class IommufdIoas extends DmaListener {
       /* the iommufd is closing anyway */
     }
   }
+}
+
+/**
+ * A device joining a group that the vIOMMU has moved off its RAM IOAS: attach it where the group
+ * is (`attachId`), count it on the group's RAM IOAS (`home`, where it returns to bypass).
+ */
+export interface GroupJoin {
+  home: IommufdIoas;
+  attachId: number;
 }
 
 export interface IommufdOpened {
@@ -141,6 +163,7 @@ export class Iommufd {
     cdev: string,
     passedFd: number | undefined,
     start: (ioas: IommufdIoas) => void,
+    join?: GroupJoin,
   ): IommufdOpened {
     const fd = passedFd ?? openCdev(host, cdev);
     try {
@@ -150,13 +173,26 @@ export class Iommufd {
       } catch (e) {
         throw bindError(host, cdev, e);
       }
-      const ioas = this.attach(host, fd, start);
+      const ioas = join ? this.joinGroup(host, fd, join) : this.attach(host, fd, start);
       ioas.devices.add(host.name);
       return { device: fd, devid, ioas };
     } catch (e) {
       closeSync(fd);
       throw e;
     }
+  }
+
+  /** Attaches to the page table the device's group-mates use now (the kernel wants one per group). */
+  private joinGroup(host: HostDevice, fd: number, join: GroupJoin): IommufdIoas {
+    try {
+      native().vfioDeviceAttachIommufdPt(fd, join.attachId);
+    } catch (e) {
+      throw new VfioSetupError(
+        `VFIO_DEVICE_ATTACH_IOMMUFD_PT of ${host.name} to IOAS ${join.attachId}, where its IOMMU group ${host.group} is, failed: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    return join.home;
   }
 
   private attach(host: HostDevice, fd: number, start: (ioas: IommufdIoas) => void): IommufdIoas {

@@ -24,9 +24,20 @@ export class LegacyVfio {
     private readonly containerPath = CONTAINER_PATH,
   ) {}
 
-  /** Group (viable, in a container, RAM mapped), then the device fd. */
-  openDevice(host: HostDevice): { group: VfioGroup; fd: number } {
-    const group = this.groups.get(host.group) ?? this.addGroup(host, this.takePassedGroup(host.group));
+  /**
+   * Group (viable, in a container, RAM mapped), then the device fd. `isolated`: the device is
+   * behind the vIOMMU, so its group gets a container of its own (the vIOMMU changes what that
+   * container maps; a group cannot change containers while its device fds are open).
+   */
+  openDevice(host: HostDevice, isolated = false): { group: VfioGroup; fd: number } {
+    const open = this.groups.get(host.group);
+    if (open && open.container && open.container.isolated !== isolated)
+      throw new VfioSetupError(
+        `${host.name} is in IOMMU group ${host.group}, whose other devices (${[...open.devices].join(', ')}) are ` +
+          `${open.container.isolated ? '' : 'not '}behind the vIOMMU: a group has one address space`,
+        { fix: `put every device of group ${host.group} behind the vIOMMU ("iommu": true), or none` },
+      );
+    const group = open ?? this.addGroup(host, this.takePassedGroup(host.group), isolated);
     if (group.devices.has(host.name)) throw new VfioSetupError(`${host.name} is already assigned to this VM`);
     let fd: number;
     try {
@@ -39,11 +50,11 @@ export class LegacyVfio {
     return { group, fd };
   }
 
-  private addGroup(host: HostDevice, passedFd?: number): VfioGroup {
+  private addGroup(host: HostDevice, passedFd: number | undefined, isolated: boolean): VfioGroup {
     const group = VfioGroup.open(host.group, passedFd, host.name); // owns a passed fd now
     try {
       const reserved = reservedRegions(group.id);
-      let container = this.containers.find((c) => group.tryJoin(c));
+      let container = isolated ? undefined : this.containers.find((c) => !c.isolated && group.tryJoin(c));
       if (container) {
         container.reserved.push(...reserved);
         const clash = [...container.mappings.values()].find((m) =>
@@ -53,6 +64,7 @@ export class LegacyVfio {
           throw new VfioSetupError(`group ${group.id} reserves IOVAs that guest RAM ${clash.region} already uses`);
       } else {
         container = VfioContainer.open(this.containerPath);
+        container.isolated = isolated;
         try {
           if (!group.tryJoin(container))
             throw new VfioSetupError(`VFIO_GROUP_SET_CONTAINER failed for group ${group.id} on a new container`);

@@ -38,3 +38,31 @@ export function pinnedBytes(pid: number | 'self' = 'self'): number {
   const m = /^VmPin:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+export const DMA_ENTRY_LIMIT_PATH = '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit';
+/** vfio_iommu_type1's default dma_entry_limit (U16_MAX). */
+export const DEFAULT_DMA_ENTRY_LIMIT = 65535;
+
+/**
+ * DMA mappings one type1 container may hold. `avail` is what VFIO_IOMMU_GET_INFO's DMA_AVAIL said
+ * of the container before anything was mapped: the kernel copies dma_entry_limit into each
+ * container when it is opened, so that is exact even if the parameter changed since. Without it,
+ * the module parameter where it is readable, else the default.
+ */
+export function dmaEntryLimit(avail?: number, path = DMA_ENTRY_LIMIT_PATH): { limit: number; source: string } {
+  if (avail !== undefined)
+    return {
+      limit: avail,
+      source: `vfio_iommu_type1 dma_entry_limit ${avail} (the container's DMA_AVAIL when opened)`,
+    };
+  try {
+    const v = Number(readFileSync(path, 'utf8').trim());
+    if (Number.isSafeInteger(v) && v >= 0) return { limit: v, source: `vfio_iommu_type1 dma_entry_limit ${v}` };
+  } catch {
+    /* not readable: the module is built in without sysfs parameters, or a sandbox hides it */
+  }
+  return {
+    limit: DEFAULT_DMA_ENTRY_LIMIT,
+    source: `vfio_iommu_type1 dma_entry_limit (default ${DEFAULT_DMA_ENTRY_LIMIT})`,
+  };
+}

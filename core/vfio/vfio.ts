@@ -12,6 +12,7 @@ import { LegacyVfio, CONTAINER_PATH } from './legacy.js';
 import { Iommufd, IOMMU_PATH, type IommufdIoas } from './iommufd.js';
 import type { VfioGroup } from './group.js';
 import { VfioDevice } from './device.js';
+import { VfioViommu } from './viommu.js';
 import { cdevOf, findHostDevice, VfioSetupError, type HostDevice } from './sysfs.js';
 
 export type VfioBackendKind = 'legacy' | 'iommufd';
@@ -27,6 +28,8 @@ export interface AssignedDevice {
   ioas?: IommufdIoas;
   cdev?: string;
   devid?: number;
+  /** Opened to go behind the vIOMMU (legacy: in a container of its own group). */
+  viommu?: boolean;
 }
 
 export interface VfioDeviceSpec {
@@ -35,6 +38,8 @@ export interface VfioDeviceSpec {
   cdev?: string;
   group?: number;
   backend?: VfioBackendChoice;
+  /** Behind the vIOMMU: its DMA follows the guest's domains (viommu.ts) instead of all RAM 1:1. */
+  viommu?: boolean;
 }
 
 /** VFIO fds passed with a device_add, by what they open (PassedFds holds them from there). */
@@ -67,6 +72,8 @@ export interface VfioOptions {
   passed?: PassedFds;
   containerPath?: string;
   iommuPath?: string;
+  /** Where the vIOMMU's host side logs refusals worth an operator's eye (default stderr). */
+  log?: (line: string) => void;
 }
 
 /** Available (true) or why not. */
@@ -148,6 +155,7 @@ export class Vfio {
   private iommufdBackend: Iommufd | undefined;
   private readonly assigned = new Set<AssignedDevice>();
   private kvmDeviceFd: number | undefined;
+  private viommuHost: VfioViommu | undefined;
   private readonly passed: PassedFds;
   private readonly containerPath: string;
   private readonly iommuPath: string;
@@ -191,6 +199,11 @@ export class Vfio {
     return [...this.assigned];
   }
 
+  /** The vIOMMU's host side (made on first use): devices opened with `viommu: true` are added to it as endpoints. */
+  get viommu(): VfioViommu {
+    return (this.viommuHost ??= new VfioViommu(this.vm.memory, this.opts.log ? { log: this.opts.log } : {}));
+  }
+
   /** Every DMA listener (containers and IOASes). */
   get listeners(): DmaListener[] {
     return [...(this.legacyBackend?.containers ?? []), ...(this.iommufdBackend?.ioases ?? [])];
@@ -205,6 +218,13 @@ export class Vfio {
     const host = findHostDevice(spec);
     if ([...this.assigned].some((a) => a.host.name === host.name))
       throw new VfioSetupError(`${host.name} is already assigned to this VM`);
+    const mate = [...this.assigned].find((a) => a.host.group === host.group && !!a.viommu !== !!spec.viommu);
+    if (mate)
+      throw new VfioSetupError(
+        `${host.name} and ${mate.host.name} share IOMMU group ${host.group} (one address space), but ${mate.host.name} is ` +
+          `${mate.viommu ? '' : 'not '}behind the vIOMMU`,
+        { fix: `put every device of group ${host.group} behind the vIOMMU ("iommu": true), or none` },
+      );
     const backend = resolveBackend(
       host,
       spec,
@@ -213,19 +233,20 @@ export class Vfio {
       this.containerPath,
       this.iommuPath,
     );
-    const a = backend === 'legacy' ? this.openLegacy(host) : this.openIommufd(host, spec);
+    const a = backend === 'legacy' ? this.openLegacy(host, !!spec.viommu) : this.openIommufd(host, spec);
+    if (spec.viommu) a.viommu = true;
     this.assigned.add(a);
     return a;
   }
 
-  private openLegacy(host: HostDevice): AssignedDevice {
+  private openLegacy(host: HostDevice, isolated: boolean): AssignedDevice {
     this.legacyBackend ??= new LegacyVfio(
       this.vm.memory,
       (fd, add) => this.kvmFile(fd, add),
       (group) => this.passed.take({ kind: 'vfio-group', group }),
       this.containerPath,
     );
-    const { group, fd } = this.legacyBackend.openDevice(host);
+    const { group, fd } = this.legacyBackend.openDevice(host, isolated);
     let device: VfioDevice;
     try {
       device = new VfioDevice(host.name, fd);
@@ -243,7 +264,8 @@ export class Vfio {
     const ctx = this.iommufdBackend;
     const cdev = spec.cdev ?? cdevOf(host.sysfs) ?? `/dev/vfio/devices/(none for ${host.name})`;
     const passedFd = this.passed.take({ kind: 'vfio-cdev', device: host.name });
-    const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory));
+    const join = spec.viommu ? this.viommuHost?.groupJoin(host.group) : undefined;
+    const opened = ctx.openDevice(host, cdev, passedFd, (ioas) => ioas.attach(this.vm.memory), join);
     let device: VfioDevice | undefined;
     try {
       device = new VfioDevice(host.name, opened.device);
@@ -276,6 +298,8 @@ export class Vfio {
    *  iommufd its IOAS goes with its last device. */
   release(a: AssignedDevice): void {
     if (!this.assigned.delete(a)) return;
+    const ep = a.viommu ? this.viommuHost?.endpointOf(a) : undefined;
+    if (ep !== undefined) this.viommuHost!.removeEndpoint(ep);
     if (a.backend === 'legacy') {
       a.device.close();
       this.legacyBackend!.releaseDevice(a.host.name, a.group!);
@@ -297,6 +321,8 @@ export class Vfio {
 
   close(): void {
     for (const a of [...this.assigned]) this.release(a);
+    this.viommuHost?.close(); // its domain IOASes go before the iommufd they live in
+    this.viommuHost = undefined;
     this.legacyBackend?.close();
     this.iommufdBackend?.close();
     this.legacyBackend = this.iommufdBackend = undefined;

@@ -1,0 +1,333 @@
+// The vIOMMU's pure logic: the IOVA interval bookkeeping, guest DMA domains resolved against a
+// real memory API address space (RAM, MMIO, holes, RAM removed and re-added), all-or-nothing
+// maps across listeners, the DMA-entry limit, the group rule and the legacy move plan. The
+// listeners here record the host pieces they are given (the kernel side is in test/host).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
+import { IovaMap } from '../../core/memory/iova-map.js';
+import { DmaDomains, type DmaDomain, type DomainListener, type HostPiece } from '../../core/memory/dma-domain.js';
+import { groupRuleViolation, hostTarget, legacyMovePlan } from '../../core/vfio/viommu-plan.js';
+import { dmaEntryLimit } from '../../core/vfio/limits.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const MiB = 2 ** 20,
+  P = 4096;
+const RW = { read: true, write: true };
+
+test('IovaMap: sorted, refuses overlaps, takes only whole mappings', () => {
+  const m = new IovaMap<{ iova: number; size: number; tag: string }>();
+  assert.equal(m.add({ iova: 0x3000, size: 0x1000, tag: 'c' }), undefined);
+  assert.equal(m.add({ iova: 0x1000, size: 0x1000, tag: 'a' }), undefined);
+  assert.equal(m.add({ iova: 0x2000, size: 0x1000, tag: 'b' }), undefined, 'adjacent is not overlapping');
+  assert.equal(m.add({ iova: 0x2800, size: 0x1000, tag: 'x' })?.tag, 'b');
+  assert.equal(m.add({ iova: 0x0, size: 0x10000, tag: 'y' })?.tag, 'a');
+  assert.deepEqual(
+    m.values().map((x) => x.tag),
+    ['a', 'b', 'c'],
+  );
+  assert.equal(m.at(0x2fff)?.tag, 'b');
+  assert.equal(m.at(0x4000), undefined);
+  const bad = m.take(0x1800, 0x2000);
+  assert.ok(!bad.ok && bad.straddling.tag === 'a');
+  assert.equal(m.size, 3, 'a refused take removes nothing');
+  const none = m.take(0x10000, 0x1000);
+  assert.ok(none.ok && none.taken.length === 0);
+  const two = m.take(0x1000, 0x2000);
+  assert.ok(two.ok);
+  assert.deepEqual(
+    two.taken.map((x) => x.tag),
+    ['a', 'b'],
+  );
+  assert.deepEqual(
+    m.values().map((x) => x.tag),
+    ['c'],
+  );
+});
+
+class Recorder implements DomainListener {
+  readonly held = new Map<number, HostPiece & { write: boolean }>();
+  failAt: number | undefined;
+  calls = 0;
+  constructor(
+    readonly name: string,
+    private readonly limit = Infinity,
+  ) {}
+  room(): number {
+    return this.limit - this.held.size;
+  }
+  limitText(): string {
+    return `test limit ${this.limit}`;
+  }
+  map(p: HostPiece, perm: { write: boolean }): void {
+    this.calls++;
+    if (p.iova === this.failAt) throw new Error('EFAULT: Bad address');
+    assert.ok(!this.held.has(p.iova), `${this.name}: mapped twice at ${p.iova}`);
+    this.held.set(p.iova, { ...p, write: perm.write });
+  }
+  unmap(p: HostPiece): void {
+    assert.ok(this.held.delete(p.iova), `${this.name}: unmap of ${p.iova} that it does not hold`);
+  }
+}
+
+function guest() {
+  const root = MemoryRegion.container('system', 2 ** 40);
+  const low = MemoryRegion.ram('low', 4 * MiB, { hostAddr: 0x7f0000000000n });
+  const high = MemoryRegion.ram('high', 4 * MiB, { hostAddr: 0x7f1000000000n });
+  const rom = MemoryRegion.ram('bios', 64 * 1024, { hostAddr: 0x7f2000000000n }, { readonly: true });
+  const mmio = MemoryRegion.io('edu-bar0', MiB, { read: () => 0, write: () => {} });
+  root.addSubregion(0, low);
+  root.addSubregion(4 * MiB, high); // contiguous with low: one guest range, two RAM regions
+  root.addSubregion(16 * MiB, mmio);
+  root.addSubregion(32 * MiB, rom);
+  const memory = new AddressSpace('memory', root);
+  const domains = new DmaDomains(memory);
+  return { root, low, high, mmio, memory, domains };
+}
+
+function made(d: DmaDomain | { ok: false; reason: string }): DmaDomain {
+  assert.ok(!('ok' in d), 'reason' in d ? d.reason : '');
+  return d as DmaDomain;
+}
+
+test('a domain maps IOVA → guest RAM pieces at the right host addresses, one per RAM section crossed', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const l = new Recorder('c1');
+  assert.ok(d.addListener(l).ok);
+  assert.ok(d.map(0x100000, 0x3ff000, 2 * P, RW).ok);
+  assert.deepEqual(
+    [...l.held.values()].map((p) => [p.iova, p.size, p.vaddr, p.region]),
+    [
+      [0x100000, P, 0x7f0000000000n + 0x3ff000n, 'low'],
+      [0x101000, P, 0x7f1000000000n, 'high'],
+    ],
+  );
+  assert.equal(d.pieceCount, 2);
+  assert.equal(d.mappings.size, 1);
+  assert.ok(domains.create(1).hasOwnProperty('ok'), 'a second domain 1 is refused');
+});
+
+test('maps over MMIO, holes, beyond RAM, unaligned, overlapping or writing ROM are refused with a reason, nothing mapped', () => {
+  const { domains } = guest();
+  const d = made(domains.create(7));
+  const l = new Recorder('c');
+  d.addListener(l);
+  assert.ok(d.map(0, 0, P, RW).ok);
+  const cases: [number, number, number, { read: boolean; write: boolean }, string, RegExp][] = [
+    [0x10000, 16 * MiB, P, RW, 'inval', /MMIO \(edu-bar0\)/],
+    [0x10000, 8 * MiB - P, 2 * P, RW, 'inval', /0x800000 is a hole.*edu-bar0 at 0x1000000/],
+    [0x10000, 64 * MiB, P, RW, 'inval', /beyond guest RAM \(which ends at 0x2010000\)/],
+    [0x10000, 32 * MiB, P, RW, 'inval', /read-only memory \(bios\)/],
+    [0x10001, 0, P, RW, 'inval', /4 KiB pages/],
+    [0x10000, 0, 0, RW, 'inval', /4 KiB pages/],
+    [0, P, P, RW, 'inval', /overlaps the mapping at IOVA 0x0/],
+    [0x10000, 0, P, { read: false, write: false }, 'inval', /neither read nor write/],
+    [2 ** 53, 0, P, RW, 'range', /2\^53/],
+  ];
+  for (const [iova, gpa, size, perm, status, re] of cases) {
+    const r = d.map(iova, gpa, size, perm);
+    assert.ok(!r.ok, `${iova}/${gpa} was accepted`);
+    assert.equal(r.status, status, r.reason);
+    assert.match(r.reason, re);
+  }
+  assert.ok(d.map(0x10000, 32 * MiB, P, { read: true, write: false }).ok, 'reading ROM is fine');
+  assert.equal(l.held.size, 2);
+  assert.equal(d.stats.refused, cases.length);
+});
+
+test('unmap: whole mappings only, none is fine, a straddled one refuses the lot', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const l = new Recorder('c');
+  d.addListener(l);
+  for (let i = 0; i < 4; i++) assert.ok(d.map(i * 2 * P, i * P, 2 * P, RW).ok);
+  const split = d.unmap(P, 4 * P);
+  assert.ok(!split.ok && split.status === 'range', JSON.stringify(split));
+  assert.equal(l.held.size, 4);
+  const r = d.unmap(2 * P, 4 * P);
+  assert.ok(r.ok && r.unmapped === 2);
+  assert.deepEqual([...l.held.keys()], [0, 6 * P]);
+  const none = d.unmap(0x100000, P);
+  assert.ok(none.ok && none.unmapped === 0);
+  assert.equal(d.stats.unmaps, 2);
+});
+
+test('a map is all or nothing across listeners: a kernel error rolls back the listeners already done', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const a = new Recorder('a'),
+    b = new Recorder('b');
+  d.addListener(a);
+  d.addListener(b);
+  b.failAt = 0x1000 + P; // the second piece (high RAM) fails in b
+  const r = d.map(0x1000, 4 * MiB - P, 2 * P, RW);
+  assert.ok(!r.ok && r.status === 'devErr' && /b: EFAULT/.test(r.reason), JSON.stringify(r));
+  assert.equal(a.held.size + b.held.size, 0, 'nothing half-mapped');
+  assert.equal(d.mappings.size, 0);
+});
+
+test('the DMA-entry limit refuses with the limit named; replay into a listener checks it first', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const small = new Recorder('the VFIO container of host group 9', 3);
+  d.addListener(small);
+  for (let i = 0; i < 3; i++) assert.ok(d.map(i * P, i * P, P, RW).ok);
+  const r = d.map(3 * P, 3 * P, P, RW);
+  assert.ok(!r.ok && r.status === 'nomem' && /room for 0 more .*test limit 3/.test(r.reason), JSON.stringify(r));
+  const other = made(domains.create(2));
+  for (let i = 0; i < 4; i++) assert.ok(other.map(i * P, i * P, P, RW).ok, 'no listener: only bookkeeping');
+  const tiny = new Recorder('tiny', 2);
+  const rr = other.addListener(tiny);
+  assert.ok(!rr.ok && rr.status === 'nomem' && /4 host mappings/.test(rr.reason));
+  assert.equal(tiny.calls, 0, 'refused before any kernel call');
+  const failing = new Recorder('failing');
+  failing.failAt = 3 * P;
+  const rf = other.addListener(failing);
+  assert.ok(!rf.ok && rf.status === 'devErr');
+  assert.equal(failing.held.size, 0, 'a failed replay leaves nothing behind');
+  assert.ok(other.addListener(new Recorder('fine')).ok);
+});
+
+test('guest RAM removed unmaps the mappings into it (kept, orphaned); re-added maps them again', () => {
+  const { root, high, domains } = guest();
+  const d = made(domains.create(1));
+  const l = new Recorder('c');
+  d.addListener(l);
+  assert.ok(d.map(0, 0, P, RW).ok); // low
+  assert.ok(d.map(P, 4 * MiB, 2 * P, RW).ok); // high
+  assert.ok(d.map(8 * P, 4 * MiB - P, 2 * P, RW).ok); // straddles low/high
+  root.removeSubregion(high);
+  assert.deepEqual([...l.held.keys()], [0], 'only the low mapping is still in the host');
+  assert.equal(d.mappings.size, 3, 'the guest still has its mappings');
+  assert.equal(d.stats.orphaned, 2);
+  assert.ok(d.unmap(P, 2 * P).ok, 'an orphan is unmapped without a host call');
+  root.addSubregion(4 * MiB, high);
+  assert.deepEqual([...l.held.keys()].sort(), [0, 8 * P, 9 * P].sort());
+  assert.equal(d.stats.remapped, 1);
+});
+
+test('MMIO placed over mapped RAM (a BAR move) unmaps; moving it away maps again', () => {
+  const { mmio, domains } = guest();
+  const d = made(domains.create(1));
+  const l = new Recorder('c');
+  d.addListener(l);
+  assert.ok(d.map(0x5000, 2 * MiB, P, RW).ok);
+  mmio.setAddress(2 * MiB - 0x1000); // now covers [2 MiB - 4 KiB, 3 MiB - 4 KiB) over low RAM (container: same priority, added later wins)
+  assert.equal(l.held.size, 0, 'a DMA into what is now MMIO is no longer mapped');
+  mmio.setAddress(16 * MiB);
+  assert.equal(l.held.size, 1, 'RAM again: mapped again');
+  assert.equal(d.stats.remapped, 1);
+});
+
+test('destroying a domain unmaps everything from its listeners; close stops following memory', () => {
+  const { memory, root, high, domains } = guest();
+  const d = made(domains.create(3));
+  const l = new Recorder('c');
+  d.addListener(l);
+  assert.ok(d.map(0, 0, P, RW).ok);
+  assert.ok(d.map(P, 4 * MiB, P, RW).ok);
+  domains.destroy(3);
+  assert.equal(l.held.size, 0);
+  assert.equal(domains.get(3), undefined);
+  const gone = d.map(0, 0, P, RW);
+  assert.ok(!gone.ok && gone.status === 'noent');
+  domains.close();
+  root.removeSubregion(high); // no listener left to call
+  assert.ok(memory.flatView().length > 0);
+});
+
+test('host target and the group rule', () => {
+  assert.equal(hostTarget(['bypass', 'blocked']), 'bypass');
+  assert.equal(hostTarget(['blocked', 'blocked']), 'blocked');
+  assert.equal(hostTarget(['bypass', 5, 'blocked']), 5);
+  const members = [
+    { endpoint: 8, name: '0000:01:01.0', target: 1 as const },
+    { endpoint: 16, name: '0000:01:02.0', target: 'bypass' as const },
+  ];
+  assert.equal(groupRuleViolation(12, members, 16, 1), undefined, 'joining the group-mate is fine');
+  assert.equal(groupRuleViolation(12, members, 16, 'blocked'), undefined, 'leaving for no domain is fine');
+  assert.equal(groupRuleViolation(12, members, 8, 2), undefined, 'the only one in a domain may move the group');
+  const why = groupRuleViolation(12, members, 16, 2)!;
+  assert.match(why, /host IOMMU group 12 cannot be split/);
+  assert.match(why, /0000:01:02\.0 cannot join domain 2 while 0000:01:01\.0 is in domain 1/);
+  assert.match(why, /members: 0000:01:01\.0 \(endpoint 8, domain 1\), 0000:01:02\.0 \(endpoint 16, bypass\)/);
+});
+
+test('legacy move plan: an unmapped window whenever something mapped is replaced', () => {
+  assert.deepEqual(legacyMovePlan('bypass', 1), { leave: 'identity', enter: 'domain', window: true });
+  assert.deepEqual(legacyMovePlan(1, 2), { leave: 'domain', enter: 'domain', window: true });
+  assert.deepEqual(legacyMovePlan('blocked', 1), { leave: 'none', enter: 'domain', window: false });
+  assert.deepEqual(legacyMovePlan(1, 'blocked'), { leave: 'domain', enter: 'none', window: false });
+  assert.deepEqual(legacyMovePlan(3, 3), { leave: 'none', enter: 'none', window: false });
+});
+
+test("dma_entry_limit: the container's own DMA_AVAIL, else the module parameter, else the default", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-dma-limit-'));
+  writeFileSync(join(dir, 'dma_entry_limit'), '1000\n');
+  assert.equal(dmaEntryLimit(7, join(dir, 'dma_entry_limit')).limit, 7);
+  assert.match(dmaEntryLimit(7, join(dir, 'dma_entry_limit')).source, /dma_entry_limit 7 /);
+  assert.deepEqual(dmaEntryLimit(undefined, join(dir, 'dma_entry_limit')), {
+    limit: 1000,
+    source: 'vfio_iommu_type1 dma_entry_limit 1000',
+  });
+  assert.deepEqual(dmaEntryLimit(undefined, join(dir, 'none')), {
+    limit: 65535,
+    source: 'vfio_iommu_type1 dma_entry_limit (default 65535)',
+  });
+});
+
+test('random maps, unmaps, RAM changes and replays keep every listener equal to the live mappings (seeded)', () => {
+  let seed = 0x2545f491;
+  const rnd = (n: number) => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const { root, high, mmio, domains } = guest();
+  const ds = [made(domains.create(1)), made(domains.create(2))];
+  const ls = [new Recorder('a', 40), new Recorder('b')];
+  ds[0]!.addListener(ls[0]!);
+  ds[1]!.addListener(ls[1]!);
+  let highIn = true;
+  const expect = (d: DmaDomain) =>
+    d.mappings
+      .values()
+      .flatMap((m) => m.pieces ?? [])
+      .map((p) => [p.iova, p.vaddr])
+      .sort((x, y) => Number(x[0]) - Number(y[0]));
+  for (let i = 0; i < 5000; i++) {
+    const d = ds[rnd(2)]!;
+    const op = rnd(100);
+    if (op < 50) d.map(rnd(64) * P, rnd(2600) * P, (1 + rnd(4)) * P, { read: true, write: rnd(4) > 0 });
+    else if (op < 90) d.unmap(rnd(64) * P, (1 + rnd(8)) * P);
+    else if (op < 94) {
+      if (highIn) root.removeSubregion(high);
+      else root.addSubregion(4 * MiB, high);
+      highIn = !highIn;
+    } else if (op < 97) mmio.setAddress(rnd(2) ? 16 * MiB : rnd(8) * MiB);
+    else {
+      // a listener leaves and comes back (a group moving away and back): replay
+      const j = rnd(2);
+      ds[j]!.removeListener(ls[j]!);
+      assert.equal(ls[j]!.held.size, 0);
+      assert.ok(ds[j]!.addListener(ls[j]!).ok || ls[j]!.room() < ds[j]!.pieceCount);
+    }
+    for (const j of [0, 1]) {
+      const held = [...ls[j]!.held.values()].map((p) => [p.iova, p.vaddr]).sort((x, y) => Number(x[0]) - Number(y[0]));
+      if (!ds[j]!.hasListener(ls[j]!)) continue;
+      assert.deepEqual(held, expect(ds[j]!), `step ${i}: listener ${j} differs from domain ${j + 1}`);
+    }
+    const all = ds.flatMap((d) => d.mappings.values());
+    for (const m of all) assert.ok(m.size > 0);
+  }
+  for (const j of [0, 1]) {
+    const st = ds[j]!.stats;
+    assert.ok(st.maps > 100 && st.unmaps > 50 && st.orphaned > 0 && st.remapped > 0, JSON.stringify(st));
+  }
+  domains.close();
+  assert.equal(ls[0]!.held.size + ls[1]!.held.size, 0, 'closing unmaps everything');
+});
