@@ -371,11 +371,13 @@ int main(int argc, char **argv) {
     printf("vfio-edu error bad arguments: -n %" PRIu64 ": 1 to %d bytes\n", count, PAGE - 64);
     return 2;
   }
+  const char *no_unmapped =
+      "unmapped mode needs an IOMMU (type1): without one an IOVA is a physical address, nothing is unmapped";
+  if (!strcmp(mode, "unmapped") && !strcmp(type, "noiommu")) die("%s", no_unmapped);
   find_device();
   if (bind) bind_vfio();
   open_vfio(type);
-  if (!strcmp(mode, "unmapped") && noiommu)
-    die("unmapped mode needs an IOMMU (type1): without one an IOVA is a physical address, nothing is unmapped");
+  if (!strcmp(mode, "unmapped") && noiommu) die("%s", no_unmapped);
   map_buffer();
   setup_irq(irq);
   const char *irqname = use_intx ? "intx" : "msi";
