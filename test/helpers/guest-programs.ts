@@ -2,10 +2,12 @@
 // recomputed here from the programs' definitions, parsers for their lines, and a modules directory for a
 // Linux guest that also loads the Debian kernel's VFIO modules (the guest's own VFIO).
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { nvmePattern } from '../../testhost/devices.js';
+import { linuxProgramPath } from '../../machine/loader/initramfs.js';
 
 const M64 = (1n << 64n) - 1n;
 
@@ -29,6 +31,16 @@ export function dirtyChecksumChain(bytes: number, passes: number): string[] {
     out.push('0x' + chain.toString(16).padStart(16, '0'));
   }
   return out;
+}
+
+/**
+ * The same chain from the dirty-checksum binary run here (fast for big buffers: a 64 MiB pass takes the model
+ * above seconds); the unit tests prove the binary and the model agree.
+ */
+export function dirtyChecksumChainNative(bytes: number, passes: number): string[] {
+  const r = spawnSync(linuxProgramPath('dirty-checksum'), ['-p', String(passes), String(bytes)], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `dirty-checksum -p ${passes} ${bytes} failed here: ${r.stdout}${r.stderr}`);
+  return parseDirtyChecksum(r.stdout).passes.map((p) => p.sum);
 }
 
 export interface DirtyChecksumRun {

@@ -12,7 +12,12 @@ import { join } from 'node:path';
 import { buildInitramfs, LINUX_PROGRAMS, linuxProgramPath } from '../../machine/loader/initramfs.js';
 import { checkConfig, ConfigError } from '../../machine/config/config.js';
 import { fakeBzImage } from '../helpers/images.js';
-import { checkDirtyChecksum, dirtyChecksumChain, parseDirtyChecksum } from '../helpers/guest-programs.js';
+import {
+  checkDirtyChecksum,
+  dirtyChecksumChain,
+  dirtyChecksumChainNative,
+  parseDirtyChecksum,
+} from '../helpers/guest-programs.js';
 
 /** newc entries: name → {mode, data}. */
 function readCpio(a: Uint8Array): Map<string, { mode: number; data: Uint8Array }> {
@@ -160,7 +165,11 @@ test('dirty-checksum: the chained sums it prints are the ones the test helpers r
   const r = spawnSync(linuxProgramPath('dirty-checksum'), ['-p', '3', '256K'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(checkDirtyChecksum(r.stdout, { from: 1, expect: dirtyChecksumChain(256 * 1024, 3) }), 3);
-  assert.match(r.stdout, /^dirty-checksum start words=32768 passes=3\n(pass \d+ sum 0x[0-9a-f]{16}\n){3}dirty-checksum done bad=0\n$/);
+  assert.match(
+    r.stdout,
+    /^dirty-checksum start words=32768 passes=3\n(pass \d+ sum 0x[0-9a-f]{16}\n){3}dirty-checksum done bad=0\n$/,
+  );
+  assert.deepEqual(dirtyChecksumChainNative(256 * 1024, 3), dirtyChecksumChain(256 * 1024, 3));
   // A different size gives different sums: the chain depends on every word.
   assert.notDeepEqual(dirtyChecksumChain(256 * 1024 - 8, 1), dirtyChecksumChain(256 * 1024, 1));
   for (const args of [['12'], ['-p', 'x', '1M'], [], ['1M', '2M']]) {
