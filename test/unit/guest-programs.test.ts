@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { buildInitramfs, LINUX_PROGRAMS, linuxProgramPath } from '../../machine/loader/initramfs.js';
 import { checkConfig, ConfigError } from '../../machine/config/config.js';
 import { fakeBzImage } from '../helpers/images.js';
+import { linuxGuest } from '../../lib/testing.js';
 import {
   checkDirtyChecksum,
   dirtyChecksumChain,
@@ -151,6 +152,18 @@ test('config: initramfs.programs checked by the schema and for repeats; files re
         () => checkConfig(kernel(initramfs), 't', dir),
         (e: Error) => e instanceof ConfigError && re.test(e.message),
       );
+    // tsvmm/testing's linuxGuest passes them through.
+    const g = linuxGuest({
+      kernel: join(dir, 'bzImage'),
+      script: 'dirty-checksum 1M',
+      programs: ['dirty-checksum'],
+      files: [{ path: '/etc/x', source: join(dir, 'tool') }],
+    });
+    assert.deepEqual(checkConfig(g, 'linuxGuest', dir).kernel.initramfs, {
+      script: 'dirty-checksum 1M',
+      programs: ['dirty-checksum'],
+      files: [{ path: '/etc/x', source: join(dir, 'tool') }],
+    });
     refused({ script: 'true', programs: ['fio'] }, /\/kernel\/initramfs\/programs\/0/);
     refused({ script: 'true', programs: ['nvme-read', 'nvme-read'] }, /programs\/1: nvme-read is listed twice/);
     refused({ script: 'true', files: [{ path: '/bin/x', source: 'nope' }] }, /files\/0\/source: .*nope does not exist/);
