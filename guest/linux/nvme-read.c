@@ -1,11 +1,12 @@
 // nvme-read: an O_DIRECT reader of a block device, for benchmarks and data checks inside a Linux guest.
 //
 //   nvme-read seq DEV SECONDS          sequential 1 MiB reads (wrapping at the end): "nvme-read seq bytes=B usec=U MBps=X"
-//   nvme-read rand DEV SECONDS         4 KiB reads at random 4 KiB-aligned offsets, one at a time:
-//                                      "nvme-read rand ios=N usec=U iops=X"
+//   nvme-read rand DEV SECONDS         4 KiB reads at random 4 KiB-aligned offsets, one at a time per job:
+//                                      "nvme-read rand ios=N usec=U iops=X jobs=J"
 //   nvme-read hash DEV BLOCK...        one line per block: "nvme-read block N sha256 H"
 //   options (before the mode): -b BYTES block size for rand and hash (default 4096, a multiple of 512),
-//                              -s SEED for rand's offsets
+//                              -s SEED for rand's offsets, -j JOBS parallel random readers (threads;
+//                              default 1: queue depth 1)
 // Errors print "nvme-read error <why>" and exit 1 (2 for bad arguments). O_DIRECT bypasses the page cache, so
 // every byte comes from the device through the driver's DMA (with a vIOMMU: through its mappings).
 #define _GNU_SOURCE
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/fs.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,10 +101,38 @@ static int fail(const char *what, const char *dev) {
   return 1;
 }
 
-static uint64_t rng_state;
-static uint64_t rng(void) {  // xorshift64*
-  rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545f4914f6cdd1dull;
+static uint64_t rng(uint64_t *s) {  // xorshift64*
+  *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
+  return *s * 0x2545f4914f6cdd1dull;
+}
+
+/** One random reader: blocks at random until `end`; its count in ios, or errno in err. */
+struct job {
+  int fd;
+  uint64_t bs, blocks, seed, end, ios;
+  int err;
+  pthread_t thread;
+};
+
+static void *rand_job(void *arg) {
+  struct job *j = arg;
+  void *buf;
+  if (posix_memalign(&buf, 4096, j->bs)) {
+    j->err = ENOMEM;
+    return NULL;
+  }
+  uint64_t s = j->seed ? j->seed : 1;
+  for (uint64_t t = now_us(); t < j->end; t = now_us()) {
+    uint64_t n = rng(&s) % j->blocks;
+    ssize_t r = pread(j->fd, buf, j->bs, (off_t)(n * j->bs));
+    if (r != (ssize_t)j->bs) {
+      j->err = r < 0 ? errno : EIO;
+      break;
+    }
+    j->ios++;
+  }
+  free(buf);
+  return NULL;
 }
 
 static int parse_u64(const char *s, uint64_t *out) {
@@ -116,14 +146,15 @@ static int parse_u64(const char *s, uint64_t *out) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: nvme-read [-b BLOCK_BYTES] [-s SEED] seq|rand DEV SECONDS\n"
+          "usage: nvme-read [-b BLOCK_BYTES] [-s SEED] [-j JOBS] seq|rand DEV SECONDS\n"
           "       nvme-read [-b BLOCK_BYTES] hash DEV BLOCK...\n");
 }
 
 int main(int argc, char **argv) {
-  uint64_t bs = 4096, seed = 1;
+  uint64_t bs = 4096, seed = 1, jobs = 1;
   int opt;
-  while ((opt = getopt(argc, argv, "+b:s:h")) != -1) {
+  while ((opt = getopt(argc, argv, "+b:s:j:h")) != -1) {
+    if (opt == 'j' && parse_u64(optarg, &jobs) == 0 && jobs >= 1 && jobs <= 64) continue;
     if (opt == 'b' && parse_u64(optarg, &bs) == 0 && bs >= 512 && bs % 512 == 0 && bs <= (1u << 20)) continue;
     if (opt == 's' && parse_u64(optarg, &seed) == 0) continue;
     usage();
@@ -200,20 +231,22 @@ int main(int argc, char **argv) {
     printf("nvme-read seq bytes=%" PRIu64 " usec=%" PRIu64 " MBps=%.1f\n", bytes, t - t0,
            (double)bytes / (double)(t - t0));
   } else if (!strcmp(mode, "rand")) {
-    rng_state = seed ? seed : 1;
-    uint64_t blocks = size / bs;
-    while (t < end) {
-      uint64_t n = rng() % blocks;
-      ssize_t r = pread(fd, buf, bs, (off_t)(n * bs));
-      if (r != (ssize_t)bs) {
-        if (r >= 0) errno = EIO;
+    struct job js[64];
+    for (uint64_t i = 0; i < jobs; i++) {
+      js[i] = (struct job){.fd = fd, .bs = bs, .blocks = size / bs, .seed = seed + i * 0x9e3779b97f4a7c15ull, .end = end};
+      if (pthread_create(&js[i].thread, NULL, rand_job, &js[i])) return fail("pthread_create", dev);
+    }
+    for (uint64_t i = 0; i < jobs; i++) {
+      pthread_join(js[i].thread, NULL);
+      ios += js[i].ios;
+      if (js[i].err) {
+        errno = js[i].err;
         return fail("read", dev);
       }
-      ios++;
-      t = now_us();
     }
-    printf("nvme-read rand ios=%" PRIu64 " usec=%" PRIu64 " iops=%.0f\n", ios, t - t0,
-           (double)ios * 1e6 / (double)(t - t0));
+    t = now_us();
+    printf("nvme-read rand ios=%" PRIu64 " usec=%" PRIu64 " iops=%.0f jobs=%" PRIu64 "\n", ios, t - t0,
+           (double)ios * 1e6 / (double)(t - t0), jobs);
   } else {
     usage();
     return 2;

@@ -3,13 +3,16 @@
 // IOVA, BAR0 mapped, edu's DMA engine moving bytes into and out of the buffer, and edu's interrupt through an
 // eventfd (MSI, or INTx with its unmask).
 //
-//   vfio-edu [-d BDF] [-t auto|type1|noiommu] [-i auto|msi|intx] [-n BYTES] [-B] ok|unmapped
+//   vfio-edu [-d BDF] [-t auto|type1|noiommu] [-i auto|msi|intx] [-n BYTES] [-B] [-U] ok|unmapped
 //     ok        RAM→edu then edu→RAM through the mapping; the bytes and the interrupts are checked
 //     unmapped  edu told to write to an IOVA never mapped: the buffer and the guard pages around its data must be
 //               unchanged, the DMA status is reported, and a mapped round trip afterwards must still work.
 //               Only meaningful behind an IOMMU (type1): without one an IOVA is a physical address.
 //     -d        the device (default: the first 1234:11e8); -B binds it to vfio-pci first (driver_override)
 //     -t        auto: noiommu when the group is a no-IOMMU group (/dev/vfio/noiommu-N), else type1
+//     -U        type1 without interrupt remapping (a guest's virtio-iommu on x86): set vfio_iommu_type1's
+//               allow_unsafe_interrupts first, which type1 otherwise wants before it takes the group
+//     -n        bytes per DMA (default 1024)
 // Output: "vfio-edu ok ..." or "vfio-edu error <why>" (exit 1; 2 for bad arguments), plus "vfio-edu: ..." steps.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -231,7 +234,9 @@ static uint64_t phys_of(void *va) {
   return pfn * PAGE;
 }
 
-static void open_vfio(const char *type_arg) {
+#define UNSAFE_INTERRUPTS "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+
+static void open_vfio(const char *type_arg, int unsafe_interrupts) {
   char p[PATH_MAX], link[PATH_MAX];
   snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/iommu_group", bdf);
   ssize_t r = readlink(p, link, sizeof link - 1);
@@ -249,13 +254,22 @@ static void open_vfio(const char *type_arg) {
   unsigned long type = noiommu ? VFIO_NOIOMMU_IOMMU : VFIO_TYPE1_IOMMU;
   if (ioctl(container, VFIO_CHECK_EXTENSION, type) <= 0)
     die("the container does not offer IOMMU type %s", noiommu ? "VFIO_NOIOMMU_IOMMU" : "VFIO_TYPE1_IOMMU");
+  if (unsafe_interrupts && !noiommu && write_text(UNSAFE_INTERRUPTS, "1"))
+    die("%s: %s (is vfio_iommu_type1 loaded?)", UNSAFE_INTERRUPTS, strerror(errno));
   group = open(gpath, O_RDWR | O_CLOEXEC);
   if (group < 0) die("%s: %s", gpath, strerror(errno));
   struct vfio_group_status gs = {.argsz = sizeof gs};
   if (ioctl(group, VFIO_GROUP_GET_STATUS, &gs)) die("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
   if (!(gs.flags & VFIO_GROUP_FLAGS_VIABLE)) die("group %s is not viable (a device of it is bound to a host driver)", gid);
   if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container)) die("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
-  if (ioctl(container, VFIO_SET_IOMMU, type)) die("VFIO_SET_IOMMU: %s", strerror(errno));
+  if (ioctl(container, VFIO_SET_IOMMU, type)) {
+    // type1 refuses a group whose MSIs the IOMMU cannot isolate (no interrupt remapping: a guest's virtio-iommu).
+    if (errno == EPERM && !noiommu)
+      die("VFIO_SET_IOMMU: %s: the IOMMU has no interrupt remapping; allow it with -U (sets vfio_iommu_type1's "
+          "allow_unsafe_interrupts)",
+          strerror(errno));
+    die("VFIO_SET_IOMMU: %s", strerror(errno));
+  }
   device = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, bdf);
   if (device < 0) die("VFIO_GROUP_GET_DEVICE_FD %s: %s", bdf, strerror(errno));
   printf("vfio-edu: %s group %s (%s), iommu %s\n", bdf, gid, gpath, noiommu ? "noiommu" : "type1");
@@ -338,16 +352,19 @@ static void round_trip(uint32_t count, uint32_t off, uint32_t seed) {
 int main(int argc, char **argv) {
   const char *type = "auto", *irq = "auto";
   uint64_t count = 1024;
-  int bind = 0, opt;
-  while ((opt = getopt(argc, argv, "d:t:i:n:Bh")) != -1) {
+  int bind = 0, unsafe_interrupts = 0, opt;
+  while ((opt = getopt(argc, argv, "d:t:i:n:BUh")) != -1) {
     switch (opt) {
       case 'd': bdf_arg = optarg; break;
       case 't': type = optarg; break;
       case 'i': irq = optarg; break;
       case 'n': count = strtoull(optarg, NULL, 0); break;
       case 'B': bind = 1; break;
+      case 'U': unsafe_interrupts = 1; break;
       default:
-        fprintf(stderr, "usage: vfio-edu [-d BDF] [-t auto|type1|noiommu] [-i auto|msi|intx] [-n BYTES] [-B] ok|unmapped\n");
+        fprintf(stderr,
+                "usage: vfio-edu [-d BDF] [-t auto|type1|noiommu] [-i auto|msi|intx] [-n BYTES] [-B] [-U] "
+                "ok|unmapped\n");
         return opt == 'h' ? 0 : 2;
     }
   }
@@ -376,7 +393,7 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "unmapped") && !strcmp(type, "noiommu")) die("%s", no_unmapped);
   find_device();
   if (bind) bind_vfio();
-  open_vfio(type);
+  open_vfio(type, unsafe_interrupts);
   if (!strcmp(mode, "unmapped") && noiommu) die("%s", no_unmapped);
   map_buffer();
   setup_irq(irq);

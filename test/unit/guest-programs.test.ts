@@ -221,7 +221,10 @@ test('nvme-read on a file: block hashes equal sha256 of those bytes; seq and ran
   const seq = run(['seq', img, '1']);
   assert.match(seq.stdout, /^nvme-read seq bytes=[1-9]\d* usec=\d+ MBps=[\d.]+$/m, seq.stdout + seq.stderr);
   const rand = run(['-s', '3', 'rand', img, '1']);
-  assert.match(rand.stdout, /^nvme-read rand ios=[1-9]\d* usec=\d+ iops=\d+$/m, rand.stdout + rand.stderr);
+  assert.match(rand.stdout, /^nvme-read rand ios=[1-9]\d* usec=\d+ iops=\d+ jobs=1$/m, rand.stdout + rand.stderr);
+  const rand2 = run(['-j', '2', 'rand', img, '1']);
+  assert.match(rand2.stdout, /^nvme-read rand ios=[1-9]\d* usec=\d+ iops=\d+ jobs=2$/m, rand2.stdout + rand2.stderr);
+  assert.equal(run(['-j', '0', 'rand', img, '1']).status, 2);
   const past = run(['hash', img, '512']);
   assert.equal(past.status, 1);
   assert.match(past.stdout, /nvme-read error block 512 is past the end of .*img \(512 blocks of 4096\)/);

@@ -40,7 +40,7 @@ test(
       `dirty-checksum -p ${passes} ${size}`,
       `nvme-read hash /dev/nvme0n1 ${blocks.join(' ')}`,
       'nvme-read seq /dev/nvme0n1 1',
-      'nvme-read -s 7 rand /dev/nvme0n1 1',
+      'nvme-read -s 7 -j 2 rand /dev/nvme0n1 1',
       'nvme-read hash /dev/nvme0n1 999999; echo "past-end status $?"',
       '[ -c /dev/vfio/vfio ] && echo "guest vfio: /dev/vfio/vfio"',
       'ls /sys/module | grep -x -e vfio_pci -e vfio_iommu_type1 | sed "s/^/guest module: /"',
@@ -69,7 +69,7 @@ test(
     for (const b of blocks) assert.equal(got.get(b), nvmeBlockSha256(b), `block ${b}\n${describe(r)}`);
     const seq = /^nvme-read seq bytes=(\d+) usec=(\d+) MBps=[\d.]+\r?$/m.exec(r.stdout);
     assert.ok(seq && Number(seq[1]) > 0, `no sequential read result\n${describe(r)}`);
-    const rand = /^nvme-read rand ios=(\d+) usec=(\d+) iops=\d+\r?$/m.exec(r.stdout);
+    const rand = /^nvme-read rand ios=(\d+) usec=(\d+) iops=\d+ jobs=2\r?$/m.exec(r.stdout);
     assert.ok(rand && Number(rand[1]) > 0, `no random read result\n${describe(r)}`);
     assert.match(r.stdout, /^nvme-read error block 999999 is past the end of \/dev\/nvme0n1/m, describe(r));
     assert.match(r.stdout, /^past-end status 1\r?$/m, describe(r));
