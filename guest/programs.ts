@@ -9,7 +9,7 @@ import { projectRoot } from '../core/paths.js';
 import { LINUX_PROGRAMS, linuxProgramPath, linuxProgramsDir } from '../machine/loader/initramfs.js';
 
 const CC = process.env.GUEST_LINUX_CC ?? 'gcc';
-const CFLAGS = ['-static', '-O2', '-g0', '-std=gnu11', '-Wall', '-Wextra', '-Werror'];
+const CFLAGS = ['-static', '-O2', '-g0', '-std=gnu11', '-Wall', '-Wextra'];
 export const linuxProgramSourceDir = join(projectRoot, 'guest/linux');
 
 export class ProgramBuildError extends Error {}
