@@ -1,6 +1,6 @@
 // Builds the test guest (guest/src → guest/out) with the system's gcc and binutils:
 // tsvmm-guest.elf (multiboot v1 ELF32, linked at 1 MiB), tsvmm-guest.bin (flat image of the
-// same) and tsvmm-guest.json (how to load the flat image). Run from `npm run build` as
+// same) and tsvmm-guest.json (how to load the flat image); then the Linux guest programs (guest/programs.ts). Run from `npm run build` as
 // `node dist/guest/build.js [--force]`; does nothing when the outputs are newer than every
 // source and were built with the same commands.
 import { execFileSync } from 'node:child_process';
@@ -9,6 +9,7 @@ import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { projectRoot } from '../core/paths.js';
 import { guestOutDir, guestPaths, guestSourceDir, type GuestImageInfo } from './index.js';
+import { buildLinuxPrograms, ProgramBuildError } from './programs.js';
 
 const CC = process.env.GUEST_CC ?? 'gcc';
 const LD = process.env.GUEST_LD ?? 'ld';
@@ -141,10 +142,15 @@ export function buildGuest(opts: { force?: boolean } = {}): 'built' | 'up to dat
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   try {
-    const r = buildGuest({ force: process.argv.includes('--force') });
+    const force = process.argv.includes('--force');
+    const r = buildGuest({ force });
     console.log(`guest: ${r} (${relative(projectRoot, guestPaths().elf)}, .bin, .json)`);
+    const programs = buildLinuxPrograms({ force });
+    console.log(
+      `guest programs: ${programs.length ? `built ${programs.join(', ')}` : 'up to date'} (guest/out/linux/)`,
+    );
   } catch (e) {
-    if (!(e instanceof BuildError)) throw e;
+    if (!(e instanceof BuildError) && !(e instanceof ProgramBuildError)) throw e;
     console.error(`guest: build failed: ${e.message}`);
     process.exitCode = 1;
   }

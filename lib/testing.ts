@@ -108,6 +108,10 @@ export interface LinuxGuestOptions {
   modules?: string;
   /** A statically linked busybox (default /bin/busybox from busybox-static). */
   busybox?: string;
+  /** tsvmm's guest programs to put in /bin (dirty-checksum, vfio-edu, nvme-read: docs/linux.md). */
+  programs?: NonNullable<VmConfig['kernel']['initramfs']>['programs'];
+  /** Host files to copy into the initramfs ({path, source}; executables statically linked). */
+  files?: NonNullable<VmConfig['kernel']['initramfs']>['files'];
   /** Kernel command line (default "console=ttyS0 quiet"). */
   cmdline?: string;
   name?: string;
@@ -136,6 +140,8 @@ export function linuxGuest(opts: LinuxGuestOptions): VmConfig {
         script: opts.script,
         ...(modules !== undefined ? { modules } : {}),
         ...(opts.busybox !== undefined ? { busybox: opts.busybox } : {}),
+        ...(opts.programs !== undefined ? { programs: opts.programs } : {}),
+        ...(opts.files !== undefined ? { files: opts.files } : {}),
       },
     },
     cmdline: opts.cmdline ?? 'console=ttyS0 quiet',

@@ -35,7 +35,15 @@ export interface KernelSpec {
   format: KernelFormat;
   initrd?: string;
   /** Linux: an initramfs built at start-up (machine/loader/initramfs.ts). */
-  initramfs?: { script: string; modules?: string; busybox?: string };
+  initramfs?: {
+    script: string;
+    modules?: string;
+    busybox?: string;
+    /** tsvmm's guest programs for /bin (guest/out/linux/). */
+    programs?: string[];
+    /** Host files copied in at absolute paths. */
+    files?: { path: string; source: string }[];
+  };
   loadAddress: number;
   entry?: number;
 }
@@ -124,6 +132,8 @@ function bootLinux(m: BootTarget, image: Uint8Array): void {
       script: k.initramfs.script,
       ...(k.initramfs.modules ? { modulesDir: k.initramfs.modules } : {}),
       ...(k.initramfs.busybox ? { busybox: k.initramfs.busybox } : {}),
+      ...(k.initramfs.programs ? { programs: k.initramfs.programs } : {}),
+      ...(k.initramfs.files ? { files: k.initramfs.files } : {}),
     });
     initrdName = 'the initramfs built from kernel.initramfs';
   } else if (k.initrd) {

@@ -240,6 +240,7 @@ function expandKernelEnv(k: VmConfig['kernel'], problems: string[]): Set<string>
     k.initramfs.modules = expand('/kernel/initramfs/modules', k.initramfs.modules);
   if (k.initramfs?.busybox !== undefined)
     k.initramfs.busybox = expand('/kernel/initramfs/busybox', k.initramfs.busybox);
+  k.initramfs?.files?.forEach((f, i) => (f.source = expand(`/kernel/initramfs/files/${i}/source`, f.source)));
   return unset;
 }
 
@@ -269,6 +270,18 @@ function checkLinuxKernel(
       out.initramfs.modules = file('/kernel/initramfs/modules', k.initramfs.modules, true);
     if (k.initramfs.busybox !== undefined)
       out.initramfs.busybox = file('/kernel/initramfs/busybox', k.initramfs.busybox);
+    const programs = k.initramfs.programs;
+    if (programs !== undefined) {
+      programs.forEach((p, i) => {
+        if (programs.indexOf(p) !== i) problems.push(`/kernel/initramfs/programs/${i}: ${p} is listed twice`);
+      });
+      out.initramfs.programs = [...programs];
+    }
+    if (k.initramfs.files !== undefined)
+      out.initramfs.files = k.initramfs.files.map((f, i) => ({
+        path: f.path,
+        source: file(`/kernel/initramfs/files/${i}/source`, f.source),
+      }));
   }
   return out;
 }
@@ -311,6 +324,7 @@ export function resolveConfigPaths(raw: VmConfig, baseDir: string): VmConfig {
   if (k?.initrd !== undefined) k.initrd = abs(k.initrd)!;
   if (k?.initramfs?.modules !== undefined) k.initramfs.modules = abs(k.initramfs.modules)!;
   if (k?.initramfs?.busybox !== undefined) k.initramfs.busybox = abs(k.initramfs.busybox)!;
+  for (const f of k?.initramfs?.files ?? []) f.source = abs(f.source)!;
   if (out.serial?.path !== undefined) out.serial.path = abs(out.serial.path)!;
   if (typeof out.memory === 'object' && out.memory.path !== undefined) out.memory.path = abs(out.memory.path)!;
   for (const d of out.devices ?? []) if (d.romfile !== undefined) d.romfile = abs(d.romfile)!;

@@ -3,10 +3,20 @@
 // modules, runs the script from the config, then powers the VM off (reboots it without ACPI: both
 // end the VM with 0). The script's status comes
 // out as tsvmm's: 0 powers off through ACPI (tsvmm exits 0), anything else is written to the
-// debug-exit port through /dev/port (tsvmm exits with it).
+// debug-exit port through /dev/port (tsvmm exits with it). Extra files: tsvmm's own static guest programs
+// (guest/linux/, built into guest/out/linux/) in /bin, and any host file at a path of the config's choosing.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, posix, resolve } from 'node:path';
+import { projectRoot } from '../../core/paths.js';
 import { LoaderError } from './multiboot.js';
+
+/** tsvmm's static Linux guest programs (guest/linux/NAME.c), which `programs` puts in /bin. */
+export const LINUX_PROGRAMS = ['dirty-checksum', 'vfio-edu', 'nvme-read'] as const;
+export type LinuxProgram = (typeof LINUX_PROGRAMS)[number];
+
+/** Where `npm run build` puts the guest programs. */
+export const linuxProgramsDir = (): string => resolve(projectRoot, 'guest/out/linux');
+export const linuxProgramPath = (name: LinuxProgram): string => join(linuxProgramsDir(), name);
 
 export const DEFAULT_BUSYBOX = '/bin/busybox';
 
@@ -106,6 +116,34 @@ export interface InitramfsOptions {
   modulesDir?: string;
   /** A statically linked busybox (default /bin/busybox from Debian's busybox-static). */
   busybox?: string;
+  /** tsvmm's guest programs to put in /bin (guest/out/linux/NAME). */
+  programs?: readonly string[];
+  /** Host files to copy in: `path` absolute in the initramfs, `source` on the host (permission bits kept). */
+  files?: readonly InitramfsFile[];
+}
+
+export interface InitramfsFile {
+  path: string;
+  source: string;
+}
+
+/** Paths /init and the archive itself own: a file there would break the boot. */
+const RESERVED = new Set(['init', 'script', 'bin/busybox', 'dev/console']);
+
+const isElf = (b: Uint8Array) => b.length >= 4 && b[0] === 0x7f && b[1] === 0x45 && b[2] === 0x4c && b[3] === 0x46;
+
+/** An ELF that names a program interpreter (PT_INTERP): dynamically linked. */
+function isDynamicElf(bytes: Uint8Array): boolean {
+  if (bytes.length < 64 || !isElf(bytes) || bytes[4] !== 2) return false;
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const phoff = Number(v.getBigUint64(32, true)),
+    phentsize = v.getUint16(54, true),
+    phnum = v.getUint16(56, true);
+  for (let i = 0; i < phnum; i++) {
+    const p = phoff + i * phentsize;
+    if (p + 4 <= bytes.length && v.getUint32(p, true) === 3 /* PT_INTERP */) return true;
+  }
+  return false;
 }
 
 /** Checks that `path` is a static ELF (a dynamic busybox would find no libc in the initramfs). */
@@ -114,16 +152,10 @@ function checkStaticElf(bytes: Uint8Array, path: string): void {
   if (bytes.length < 64 || v.getUint32(0, false) !== 0x7f454c46)
     throw new LoaderError(`${path}: not an ELF executable (need a static busybox: apt-get install busybox-static)`);
   if (bytes[4] !== 2) throw new LoaderError(`${path}: not a 64-bit executable (need the amd64 busybox-static)`);
-  const phoff = Number(v.getBigUint64(32, true)),
-    phentsize = v.getUint16(54, true),
-    phnum = v.getUint16(56, true);
-  for (let i = 0; i < phnum; i++) {
-    const p = phoff + i * phentsize;
-    if (p + 4 <= bytes.length && v.getUint32(p, true) === 3 /* PT_INTERP */)
-      throw new LoaderError(
-        `${path}: dynamically linked; the initramfs has no libc: install busybox-static (apt-get install busybox-static), which replaces it with a static one`,
-      );
-  }
+  if (isDynamicElf(bytes))
+    throw new LoaderError(
+      `${path}: dynamically linked; the initramfs has no libc: install busybox-static (apt-get install busybox-static), which replaces it with a static one`,
+    );
 }
 
 /** Builds the initramfs (uncompressed newc: the guest spends no time inflating it). */
@@ -177,5 +209,62 @@ export function buildInitramfs(o: InitramfsOptions): Uint8Array {
     }
     entries.push({ name: 'modules/modules.order', mode: S_IFREG | 0o644, data: enc.encode(names.join('\n') + '\n') });
   }
+  entries.push(...extraFiles(o, entries));
   return cpioNewc(entries);
+}
+
+/** The programs' and files' entries, with the directories they need that `existing` lacks. */
+function extraFiles(o: InitramfsOptions, existing: readonly CpioEntry[]): CpioEntry[] {
+  const wanted: { name: string; source: string; what: string }[] = [];
+  for (const p of o.programs ?? []) {
+    if (!(LINUX_PROGRAMS as readonly string[]).includes(p))
+      throw new LoaderError(
+        `initramfs: program '${p}' is not one of tsvmm's guest programs (${LINUX_PROGRAMS.join(', ')})`,
+      );
+    const source = linuxProgramPath(p as LinuxProgram);
+    if (!existsSync(source))
+      throw new LoaderError(
+        `initramfs: program ${p}: ${source} not found: build the guest programs (npm run build; they need gcc and libc6-dev's static libc.a)`,
+      );
+    wanted.push({ name: `bin/${p}`, source, what: `program ${p}` });
+  }
+  (o.files ?? []).forEach((f, i) => {
+    const what = `files[${i}] (${f.path})`;
+    if (!f.path.startsWith('/') || f.path.includes('\0'))
+      throw new LoaderError(`initramfs: ${what}: the path must be absolute, e.g. /bin/tool`);
+    const name = posix.normalize(f.path).replace(/^\/+/, '').replace(/\/+$/, '');
+    if (!name || name.split('/').includes('..'))
+      throw new LoaderError(`initramfs: ${what}: the path must name a file inside the initramfs`);
+    wanted.push({ name, source: f.source, what });
+  });
+  const taken = new Map<string, string>(existing.map((e) => [e.name, 'the initramfs itself']));
+  const out: CpioEntry[] = [];
+  for (const w of wanted) {
+    if (RESERVED.has(w.name) || w.name.startsWith('modules/'))
+      throw new LoaderError(`initramfs: ${w.what}: /${w.name} belongs to the initramfs itself: choose another path`);
+    const before = taken.get(w.name);
+    if (before) throw new LoaderError(`initramfs: ${w.what}: /${w.name} is given twice (also by ${before})`);
+    if (!existsSync(w.source)) throw new LoaderError(`initramfs: ${w.what}: source ${w.source} does not exist`);
+    const st = statSync(w.source);
+    if (!st.isFile()) throw new LoaderError(`initramfs: ${w.what}: source ${w.source} is not a regular file`);
+    const data = new Uint8Array(readFileSync(w.source));
+    if (isDynamicElf(data))
+      throw new LoaderError(
+        `initramfs: ${w.what}: ${w.source} is dynamically linked; the initramfs has no libc: link it with -static`,
+      );
+    // Parent directories first (the kernel's unpacker does not make them).
+    const parts = w.name.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const d = parts.slice(0, i).join('/');
+      const owner = taken.get(d);
+      if (owner === undefined) {
+        out.push({ name: d, mode: S_IFDIR | 0o755 });
+        taken.set(d, 'a directory');
+      } else if (!existing.some((e) => e.name === d && (e.mode & S_IFDIR) === S_IFDIR) && owner !== 'a directory')
+        throw new LoaderError(`initramfs: ${w.what}: /${d} is a file (${owner}), not a directory`);
+    }
+    out.push({ name: w.name, mode: S_IFREG | (st.mode & 0o7777), data });
+    taken.set(w.name, w.what);
+  }
+  return out;
 }
