@@ -195,6 +195,8 @@ export interface Native {
   /** Code ran on the loop's thread: starts the cap, and watches for a timer it started if that is
    *  due earlier; true when the deadline moved. */
   loopWatcherRefresh(h: unknown): boolean;
+  /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran). */
+  loopWatcherKvmRun(h: unknown, vcpuFd: number): number;
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;

@@ -5,10 +5,12 @@
 // immediate_exit in vCPU 0's kvm_run page and sends the kick signal to the main thread, once,
 // then waits for the next arm. Mechanism only: when to arm and what to do when kicked is JS's.
 #include "util.h"
+#include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 #include <algorithm>
@@ -59,6 +61,7 @@ struct Watcher {
   // every handle. Valid until the disarm: the slice runs inside one callback of the loop, and a
   // handle's memory is freed only in the loop's close phase, after its close callback.
   std::vector<uv_handle_s *> timers;
+  bool fresh = false;       // armed, and no run since: no code ran on the loop's thread yet
   uint64_t gen = 0;
   uint64_t fires = 0;
 };
@@ -215,6 +218,7 @@ static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
     w->deadlineMs = deadline;
     w->gen++;
   }
+  w->fresh = true;
   w->cv.notify_one();
   return Napi::Number::New(info.Env(), deadline < 0 ? -1 : static_cast<double>(deadline - now));
 }
@@ -223,20 +227,40 @@ static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
 // runs from now if it did not yet, and a timer it started is watched if it falls due earlier.
 // Reads the armed timers' due times only (no walk; no lock or syscall when nothing changed);
 // returns whether the deadline moved.
-static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
-  Watcher *w = Get(info);
+static bool Refresh(Watcher *w) {
   if (w->capMs < 0 && w->maxWaitMs >= 0) w->capMs = MonotonicMs() + w->maxWaitMs;
   int64_t deadline = Deadline(w);
   int64_t armed = w->deadlineMs;  // written only on this thread
-  if (deadline < 0 || (armed >= 0 && deadline >= armed)) return Napi::Boolean::New(info.Env(), false);
+  if (deadline < 0 || (armed >= 0 && deadline >= armed)) return false;
   {
     std::lock_guard<std::mutex> lk(w->m);
-    if (w->state != State::Armed) return Napi::Boolean::New(info.Env(), false);
+    if (w->state != State::Armed) return false;
     w->deadlineMs = deadline;
     w->gen++;
   }
   Wake(w);  // the poll restarts with the new deadline
-  return Napi::Boolean::New(info.Env(), true);
+  return true;
+}
+
+static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
+  return Napi::Boolean::New(info.Env(), Refresh(Get(info)));
+}
+
+// loopWatcherKvmRun(h, vcpuFd) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): KVM_RUN, after a
+// refresh unless this is the first run since the arm (code ran on the loop's thread between two
+// runs: the exit's handler). One call per exit instead of two.
+static Napi::Value LoopWatcherKvmRun(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Watcher *w = Get(info);
+  int fd = ArgInt(info, 1);
+  if (!w->fresh) Refresh(w);
+  w->fresh = false;
+  int r = ioctl(fd, KVM_RUN, 0);
+  if (r < 0) {
+    if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
+    ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+  }
+  return Napi::Number::New(env, r);
 }
 
 // loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.
@@ -280,6 +304,7 @@ void InitLoopWatcher(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "loopWatcherCreate", LoopWatcherCreate);
   TSVMM_EXPORT(exports, "loopWatcherArm", LoopWatcherArm);
   TSVMM_EXPORT(exports, "loopWatcherRefresh", LoopWatcherRefresh);
+  TSVMM_EXPORT(exports, "loopWatcherKvmRun", LoopWatcherKvmRun);
   TSVMM_EXPORT(exports, "loopWatcherDisarm", LoopWatcherDisarm);
   TSVMM_EXPORT(exports, "loopWatcherFired", LoopWatcherFired);
   TSVMM_EXPORT(exports, "loopWatcherStats", LoopWatcherStats);

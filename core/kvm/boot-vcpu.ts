@@ -105,7 +105,9 @@ export class BootVcpuLoop {
     let k = 0;
     try {
       for (;;) {
-        const r = n.kvmRun(v.fd);
+        // KVM_RUN, the watcher first brought up to date with what the last exit's handler did
+        // (a timer it started, the cap on work it queued): one native call per exit.
+        const r = n.loopWatcherKvmRun(watcher, v.fd);
         ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
         if (r < 0) {
           // Kicked: by the watcher (the event loop has work), an AP's post, or a pause/stop.
@@ -114,9 +116,7 @@ export class BootVcpuLoop {
           if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
           if (n.loopWatcherFired(watcher)) return undefined;
           bytes[L.immediateExit] = 0;
-          // An AP's posted access may have run device code.
-          this.lastSliceRanCode = true;
-          n.loopWatcherRefresh(watcher);
+          this.lastSliceRanCode = true; // an AP's posted access may have run device code
           continue;
         }
         const kind = exit.decode();
@@ -125,9 +125,6 @@ export class BootVcpuLoop {
         else if (kind === ExitKind.Stop) return exit.stop;
         rings.serveIfRung();
         if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
-        // The device model may have started a timer (a flush, the INTx resample poll) or queued
-        // work: watch for the timer, and start the cap.
-        n.loopWatcherRefresh(watcher);
         if ((++k & 7) === 0 && Date.now() - t0 > this.sliceBudgetMs) return undefined;
       }
     } finally {

@@ -99,6 +99,28 @@ await sleep(50);
   n.loopWatcherDisarm(h);
 }
 await sleep(50);
+// The run call (KVM_RUN with the watcher brought up to date): the first after an arm does not
+// refresh (no code ran yet), the next does. fd -1 stands in for the vCPU: KVM_RUN fails at once.
+{
+  const run = () => {
+    try {
+      n.loopWatcherKvmRun(h, -1);
+      return 'ran';
+    } catch (e) {
+      return (e as Error & { code?: string }).code ?? (e as Error).message;
+    }
+  };
+  n.loopWatcherArm(h, 20);
+  out.runFirst = run();
+  spin(60);
+  out.runFiredFirst = n.loopWatcherFired(h);
+  out.runSecond = run();
+  spin(60);
+  out.runFired = n.loopWatcherFired(h);
+  out.runKicks = n.threadEatSignal(SIG);
+  n.loopWatcherDisarm(h);
+}
+await sleep(50);
 // A refresh reads the timers the arm found, however many other handles the loop has (fd watches of
 // an assigned device's notifiers): a timer started during the slice is still watched.
 {

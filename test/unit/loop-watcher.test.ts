@@ -40,6 +40,11 @@ test('loop watcher: kicks once per arm when a timer falls due, an fd is readable
   assert.equal(o.lazyCapFiredEarly, false, 'the cap runs from the refresh, not from the arm');
   assert.equal(o.lazyCapFired, true);
   assert.equal(o.lazyCapKicks, 1);
+  assert.equal(o.runFirst, 'EBADF', 'the run call made the ioctl');
+  assert.equal(o.runFiredFirst, false, 'the first run after the arm does not start the cap');
+  assert.equal(o.runSecond, 'EBADF');
+  assert.equal(o.runFired, true, 'the next run refreshed: the cap started');
+  assert.equal(o.runKicks, 1);
   assert.equal(o.manyRefresh, true, 'with 64 more handles, a timer started during the slice is watched');
   assert.equal(o.manyFired, true);
   assert.equal(o.manyKicks, 1);
