@@ -6,8 +6,9 @@
 // `node --cpu-prof` (profiles in the run dir).
 //
 //   node dist/bin/tsvmm.cjs testhost run --devices edu --memory 4096 --timeout 1500 --keep \
-//     -- node dist/bench/vcpu0.js [--rounds N] [--phase-ms MS] [--profile] [--unsandboxed]
-// --unsandboxed adds a column: tsvmm with edu and `--sandbox off`.
+//     -- node dist/bench/vcpu0.js [--rounds N] [--phase-ms MS] [--profile] [--unsandboxed] [--touch-pages]
+// --unsandboxed adds a column: tsvmm with edu and `--sandbox off`; --touch-pages two: the null VMM
+// reading one byte of each of 64 and 256 pages per exit.
 // Writes vcpu0.json into the run dir and prints a markdown table.
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -31,7 +32,9 @@ type Column =
   | 'tsvmm-before none'
   | 'tsvmm-unsandboxed edu'
   | 'qemu edu'
-  | 'null edu';
+  | 'null edu'
+  | 'null-touch64 edu'
+  | 'null-touch256 edu';
 
 interface Sample {
   col: Column;
@@ -59,13 +62,14 @@ function spec(col: Column, bdf: string, phaseMs: number): LaunchSpec {
   const [vmm, dev] = col.split(' ') as [string, string];
   const base = process.env.TSVMM_BENCH_BASELINE;
   return {
-    vmm: vmm.startsWith('tsvmm') ? 'tsvmm' : (vmm as LaunchSpec['vmm']),
+    vmm: vmm.startsWith('tsvmm') ? 'tsvmm' : vmm.startsWith('null') ? 'null' : (vmm as LaunchSpec['vmm']),
     memMiB: 256,
     // Without a device only the port-I/O phase can run (the others drive edu).
     cmdline: `test=${dev === 'edu' ? 'bench' : 'bench-pio'} count=${phaseMs}`,
     bdf: dev === 'edu' ? bdf : '',
     ...(vmm === 'tsvmm-before' && base ? { tsvmmJs: base } : {}),
     ...(vmm === 'tsvmm-unsandboxed' ? { runArgs: ['--sandbox', 'off'] } : {}),
+    ...(vmm.startsWith('null-touch') ? { runArgs: ['--touch-pages', vmm.slice('null-touch'.length)] } : {}),
   };
 }
 
@@ -186,6 +190,8 @@ async function main(): Promise<void> {
   if (process.env.TSVMM_BENCH_BASELINE) cols.splice(2, 0, 'tsvmm-before edu', 'tsvmm-before none');
   // What the seccomp filter costs per exit (every KVM_RUN passes it).
   if (argv.includes('--unsandboxed')) cols.splice(1, 0, 'tsvmm-unsandboxed edu');
+  // What a page touched per exit costs (the null VMM reading one byte of each of N pages per exit).
+  if (argv.includes('--touch-pages')) cols.push('null-touch64 edu', 'null-touch256 edu');
   // Warm-up (uncounted): the first start of each pulls its files through the test host's 9p root.
   for (const c of cols) log(`warm-up ${c}: ${(await one(c, bdf, 100, tscKhz)).error ?? 'ok'}`);
   const samples: Sample[] = [];

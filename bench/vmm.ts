@@ -35,8 +35,9 @@ export interface LaunchSpec {
   qmp?: string;
   /** Another build of tsvmm to run instead of this one (a before/after comparison). */
   tsvmmJs?: string;
-  /** tsvmm only: node's own flags (e.g. --cpu-prof), and more `tsvmm run` options (e.g. --sandbox off). */
+  /** tsvmm only: node's own flags (e.g. --cpu-prof). */
   nodeArgs?: string[];
+  /** More options of the VMM's command line (tsvmm run: e.g. --sandbox off; the null VMM: --touch-pages N). */
   runArgs?: string[];
   /** Run under `strace -f -T -e trace=ioctl`, writing to this file. */
   straceOut?: string;
@@ -97,6 +98,7 @@ export function command(s: LaunchSpec): string[] {
         String(s.memMiB),
         ...(s.bdf ? ['--device', s.bdf] : []),
         ...(s.memfd ? ['--memfd'] : []),
+        ...(s.runArgs ?? []),
       ];
       break;
   }
