@@ -6,7 +6,7 @@
 // `node --cpu-prof` (profiles in the run dir).
 //
 //   node dist/bin/tsvmm.cjs testhost run --devices edu --memory 4096 --timeout 1500 --keep \
-//     -- node dist/bench/vcpu0.js [--rounds N] [--phase-ms MS] [--profile] [--unsandboxed] [--touch-pages]
+//     -- node dist/bench/vcpu0.js [--rounds N] [--phase-ms MS] [--profile] [--unsandboxed] [--touch-pages] [--edu-only]
 // --unsandboxed adds a column: tsvmm with edu and `--sandbox off`; --touch-pages two: the null VMM
 // reading one byte of each of 64 and 256 pages per exit.
 // Writes vcpu0.json into the run dir and prints a markdown table.
@@ -186,8 +186,11 @@ async function main(): Promise<void> {
   ensureNullVmm();
   if (!(await ensureDebugfs())) throw new Error('no KVM debugfs');
   const tscKhz = hostTscKhz();
-  const cols: Column[] = ['tsvmm edu', 'tsvmm none', 'qemu edu', 'null edu'];
-  if (process.env.TSVMM_BENCH_BASELINE) cols.splice(2, 0, 'tsvmm-before edu', 'tsvmm-before none');
+  // --edu-only: without the no-device columns (more rounds in the same time).
+  const none = !argv.includes('--edu-only');
+  const cols: Column[] = ['tsvmm edu', ...(none ? ['tsvmm none' as const] : []), 'qemu edu', 'null edu'];
+  if (process.env.TSVMM_BENCH_BASELINE)
+    cols.splice(none ? 2 : 1, 0, 'tsvmm-before edu', ...(none ? ['tsvmm-before none' as const] : []));
   // What the seccomp filter costs per exit (every KVM_RUN passes it).
   if (argv.includes('--unsandboxed')) cols.splice(1, 0, 'tsvmm-unsandboxed edu');
   // What a page touched per exit costs (the null VMM reading one byte of each of N pages per exit).
