@@ -9,8 +9,9 @@
 //     -- node dist/bench/vcpu0.js [--rounds N] [--phase-ms MS] [--profile] [--unsandboxed] [--touch-pages] [--edu-only]
 // --unsandboxed adds a column: tsvmm with edu and `--sandbox off`; --touch-pages two: the null VMM
 // reading one byte of each of 64 and 256 pages per exit.
-// Writes vcpu0.json into the run dir and prints a markdown table.
-import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
+// Writes vcpu0.json into the run dir and prints a markdown table;
+//   node dist/bench/vcpu0.js --render <run dir>/vcpu0.json   prints the results file's body.
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import {
@@ -172,8 +173,40 @@ export function table(samples: Sample[], cols: Column[]): string {
   return rows.join('\n') + '\n';
 }
 
+/** Within each round, a column's port-I/O rate over QEMU's (they ran minutes apart at most): median (min–max). */
+export function withinRounds(samples: Sample[], col: Column): string {
+  const r: number[] = [];
+  for (const round of new Set(samples.map((s) => s.round))) {
+    const a = samples.find((s) => s.round === round && s.col === col)?.pio;
+    const q = samples.find((s) => s.round === round && s.col === 'qemu edu')?.pio;
+    if (a && q) r.push(a / q);
+  }
+  return r.length
+    ? `${median(r).toFixed(2)}× (${Math.min(...r).toFixed(2)}–${Math.max(...r).toFixed(2)}, ${r.length} rounds)`
+    : '–';
+}
+
+/** The results file's body from vcpu0.json. */
+export function render(j: { date: string; rounds: number; phaseMs: number; samples: Sample[] }): string {
+  const cols = [...new Set(j.samples.map((s) => s.col))];
+  return [
+    `Run of ${j.date.slice(0, 10)}: ${j.rounds} rounds of ${j.phaseMs} ms loops, columns in rotated order; medians.`,
+    '',
+    table(j.samples, cols),
+    'Port I/O ÷ QEMU within each round:',
+    '',
+    ...cols.filter((c) => c !== 'qemu edu').map((c) => `- ${c}: ${withinRounds(j.samples, c)}`),
+    '',
+  ].join('\n');
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
+  // --render FILE: vcpu0.json → markdown on stdout (outside the test host).
+  if (argv[0] === '--render') {
+    process.stdout.write(render(JSON.parse(readFileSync(argv[1]!, 'utf8'))));
+    return;
+  }
   const num = (name: string, d: number) => {
     const i = argv.indexOf(name);
     return i >= 0 ? Number(argv[i + 1]) : d;

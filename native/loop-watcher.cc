@@ -3,7 +3,9 @@
 // backend fd from a helper thread). Armed once per run slice, a helper thread polls the loop's
 // backend (epoll) fd with the loop's next timer timeout; when either fires it sets
 // immediate_exit in vCPU 0's kvm_run page and sends the kick signal to the main thread, once,
-// then waits for the next arm. Mechanism only: when to arm and what to do when kicked is JS's.
+// then waits for the next arm. Per exit only the timers found at the arm are read (no walk of
+// every handle), and that in the call that enters KVM_RUN again (loopWatcherKvmRun). Mechanism
+// only: when to arm, with what cap, and what to do when kicked is JS's.
 #include "util.h"
 #include <linux/kvm.h>
 #include <poll.h>
