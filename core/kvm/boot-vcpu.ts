@@ -93,10 +93,12 @@ export class BootVcpuLoop {
       exit = this.exit,
       dispatch = this.dispatch;
     Atomics.store(wake, Wake.InKvmRun, 1);
+    const rung = Atomics.load(wake, Wake.KickPending) !== 0;
     rings.serveIfRung();
-    // The cap starts at the arm when work may be pending already or code is likely to run (one
-    // wake of the watcher less than starting it at the first exit); otherwise at the first exit.
-    const capNow = this.lastSliceRanCode || process.getActiveResourcesInfo().includes('Immediate');
+    // The cap starts at the arm when work may be pending already (an AP's access just ran device
+    // code, an immediate is queued) or code is likely to run (one wake of the watcher less than
+    // starting it at the first exit); otherwise at the first exit.
+    const capNow = rung || this.lastSliceRanCode || process.getActiveResourcesInfo().includes('Immediate');
     this.lastSliceRanCode = false;
     n.loopWatcherArm(watcher, this.maxLoopWaitMs, capNow);
     // Date.now(), not performance.now(): its 1 ms steps are enough for a 10 ms budget, and the
