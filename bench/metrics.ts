@@ -67,14 +67,13 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       better: 'higher',
       digits: 0,
       whyWorse:
-        'no exit crosses threads any more (vCPU 0 runs KVM_RUN on the device thread and answers each exit ' +
-        'inline); what remains between two KVM_RUN calls is JavaScript: the N-API call, decoding the kvm_run page, the ' +
-        "AddressSpace dispatch and the loop watcher's refresh, and in this host every instruction of it runs under " +
-        'TCG. A --cpu-prof of an 8 s loop here (2026-11-27, under load) puts 14.5 % of the samples in runSlice (which ' +
-        "includes the KVM_RUN ioctl) and 1 % in the device dispatch; the rest was start-up, so the loop's own " +
-        'JavaScript is not yet separated from the ioctl. Fix: refresh the watcher only when a device started a timer, ' +
-        'fold the per-exit N-API calls into one, and measure on a real /dev/kvm, where the issue saw a JS loop of this ' +
-        "shape run at the null VMM's rate.",
+        'no exit crosses threads (vCPU 0 runs KVM_RUN on the device thread and answers each exit inline). In this ' +
+        'host (nested KVM under TCG) every page the VMM touches after a KVM_RUN costs a TLB refill (QEMU flushes its ' +
+        'software TLB at each emulated VMRUN and #VMEXIT): the null VMM touching 64 and 256 pages per exit pays ' +
+        "0.3–0.6 µs of user time per page (bench/results/vcpu0.md), and tsvmm's JavaScript exit path touches a few " +
+        'hundred (V8 code and heap, the N-API path, the addon). A --cpu-prof cannot split it: KVM_RUN blocks the ' +
+        "profiler's signal. Fix: fewer pages per exit (the hot, simple registers answered in native code, JavaScript " +
+        'entered for the rest); on a real /dev/kvm the same loop runs at 0.96× QEMU (runloop-own-kvm.md).',
     },
     {
       id: 'msi',
@@ -98,8 +97,10 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       digits: 3,
       na: { null: NULL_ONE_THREAD },
       whyWorse:
-        'a wake-up during the interrupt loop means something in the VMM polls or gets signalled per interrupt ' +
-        '(an eventfd not wired to an irqfd, a timer). Fix: look at the per-thread counts in latest.json.',
+        "tsvmm's main thread is vCPU 0's: what it counts is that thread's preemption by other processes on this " +
+        "host's single CPU (the null VMM, whose only thread is its vCPU, counts about as many), not wake-ups: MSIs go " +
+        'VFIO eventfd → KVM irqfd, and the loop watcher no longer kicks a vCPU that runs without exits (KVM signal ' +
+        'exits per MSI: 0, bench/results/vcpu0.md). Fix: vCPU 0 on a thread of its own.',
     },
     {
       id: 'barExits',

@@ -2,6 +2,7 @@
  * VFIO, on raw KVM and VFIO ioctls — the "physical limit" column of the benchmarks (bench/).
  *
  *   null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd] [--hugetlb] [--hugetlbfs DIR]
+ *            [--touch-pages N]
  *
  * What it does, and nothing more:
  *  - KVM VM with the in-kernel irqchip and PIT (KVM_PIT_SPEAKER_DUMMY: port 0x61 stays in the
@@ -20,6 +21,8 @@
  *  - Port I/O: COM1 data (0x3f8, line-buffered to stdout), LSR (0x3fd: always ready), SCR
  *    (0x3ff), conf1 (0xcf8, 0xcfc-0xcff), debug exit (0xf4: exit status = value). Everything
  *    else reads as all-ones; MMIO exits read as all-ones.
+ *  - --touch-pages N (a diagnostic): after each exit, read one byte of each of N distinct pages, as
+ *    a VMM whose exit path touches that much memory does (the cost of a page the CPU's TLB lost).
  * Exit status: the guest's debug-exit value; 1 on a VMM error or a guest crash. */
 #define _GNU_SOURCE
 #include <elf.h>
@@ -288,6 +291,7 @@ int main(int argc, char **argv) {
   uint64_t mem_mib = 256;
   int use_memfd = 0, hugetlb = 0;
   const char *hugetlbfs = 0;
+  size_t touch_pages = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
     else if (!strcmp(argv[i], "--cmdline") && i + 1 < argc) cmdline = argv[++i];
@@ -296,8 +300,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--memfd")) use_memfd = 1;
     else if (!strcmp(argv[i], "--hugetlb")) hugetlb = 1;
     else if (!strcmp(argv[i], "--hugetlbfs") && i + 1 < argc) hugetlbfs = argv[++i];
+    else if (!strcmp(argv[i], "--touch-pages") && i + 1 < argc) touch_pages = strtoull(argv[++i], 0, 0);
     else {
-      fprintf(stderr, "usage: null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd] [--hugetlb] [--hugetlbfs DIR]\n");
+      fprintf(stderr, "usage: null-vmm --kernel ELF [--cmdline S] [--mem MIB] [--device BDF] [--memfd] [--hugetlb] [--hugetlbfs DIR] [--touch-pages N]\n");
       return 2;
     }
   }
@@ -369,7 +374,13 @@ int main(int argc, char **argv) {
   struct kvm_regs r = {.rip = entry, .rax = 0x2badb002, .rbx = MB_INFO_ADDR, .rflags = 2};
   xioctl(vcpu, KVM_SET_REGS, &r, "KVM_SET_REGS");
 
+  volatile uint8_t *touch = 0;
+  if (touch_pages) {
+    touch = mmap(0, touch_pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (touch == MAP_FAILED) die("mmap (--touch-pages)");
+  }
   for (;;) {
+    for (size_t i = 0; i < touch_pages; i++) (void)touch[i * 4096];
     if (ioctl(vcpu, KVM_RUN, 0) < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       die("KVM_RUN");

@@ -35,6 +35,10 @@ export interface LaunchSpec {
   qmp?: string;
   /** Another build of tsvmm to run instead of this one (a before/after comparison). */
   tsvmmJs?: string;
+  /** tsvmm only: node's own flags (e.g. --cpu-prof). */
+  nodeArgs?: string[];
+  /** More options of the VMM's command line (tsvmm run: e.g. --sandbox off; the null VMM: --touch-pages N). */
+  runArgs?: string[];
   /** Run under `strace -f -T -e trace=ioctl`, writing to this file. */
   straceOut?: string;
   /** null VMM only: guest RAM in a memfd, like tsvmm's (a diagnostic). */
@@ -59,7 +63,14 @@ export function command(s: LaunchSpec): string[] {
           devices: s.bdf ? [{ type: 'vfio-pci', id: 'edu', host: s.bdf }] : [],
         }),
       );
-      argv = [process.execPath, s.tsvmmJs ?? tsvmmJs, 'run', cfg, ...(s.qmp ? ['--qmp', s.qmp] : [])];
+      argv = [
+        process.execPath,
+        ...(s.nodeArgs ?? []),
+        s.tsvmmJs ?? tsvmmJs,
+        'run',
+        cfg,
+        ...(s.qmp ? ['--qmp', s.qmp] : []),
+      ];
       break;
     }
     case 'qemu':
@@ -87,6 +98,7 @@ export function command(s: LaunchSpec): string[] {
         String(s.memMiB),
         ...(s.bdf ? ['--device', s.bdf] : []),
         ...(s.memfd ? ['--memfd'] : []),
+        ...(s.runArgs ?? []),
       ];
       break;
   }

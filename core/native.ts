@@ -189,10 +189,14 @@ export interface Native {
   seccompInstall(program: Buffer, names: (string | undefined)[], hint: string, status: number): void;
   // loop watcher (loop-watcher.cc): kicks the thread running vCPU 0 when the event loop has work
   loopWatcherCreate(runPage: ArrayBuffer, immediateExitOffset: number, thread: bigint, signo: number): unknown;
-  /** Returns the loop's timeout it watches with (ms, -1 none), at most maxWaitMs. */
-  loopWatcherArm(h: unknown, maxWaitMs?: number): number;
-  /** Watches for an earlier deadline if code on the loop's thread started a timer; true when it did. */
+  /** Returns the loop's timeout it watches with (ms, -1 none). maxWaitMs caps the wait from the first
+   *  refresh (code ran on the loop's thread), or from the arm with capNow. */
+  loopWatcherArm(h: unknown, maxWaitMs?: number, capNow?: boolean): number;
+  /** Code ran on the loop's thread: starts the cap, and watches for a timer it started if that is
+   *  due earlier; true when the deadline moved. */
   loopWatcherRefresh(h: unknown): boolean;
+  /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran). */
+  loopWatcherKvmRun(h: unknown, vcpuFd: number): number;
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;

@@ -3,18 +3,23 @@
 // backend fd from a helper thread). Armed once per run slice, a helper thread polls the loop's
 // backend (epoll) fd with the loop's next timer timeout; when either fires it sets
 // immediate_exit in vCPU 0's kvm_run page and sends the kick signal to the main thread, once,
-// then waits for the next arm. Mechanism only: when to arm and what to do when kicked is JS's.
+// then waits for the next arm. Per exit only the timers found at the arm are read (no walk of
+// every handle), and that in the call that enters KVM_RUN again (loopWatcherKvmRun). Mechanism
+// only: when to arm, with what cap, and what to do when kicked is JS's.
 #include "util.h"
+#include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 #include <algorithm>
 #include <climits>
 #include <condition_variable>
 #include <mutex>
+#include <vector>
 
 // libuv as exported by the node binary (public API, ABI-stable within libuv 1.x); declared here
 // so the build does not need libuv's headers.
@@ -51,10 +56,24 @@ struct Watcher {
   std::condition_variable cv;
   State state = State::Idle;
   int64_t deadlineMs = -1;  // in uv_now()'s clock; -1: no timer
-  int64_t maxWaitMs = -1;   // the longest the loop waits for a turn (-1: no limit)
+  // Loop's thread only (arm, refresh, disarm):
+  int64_t maxWaitMs = -1;   // the arm's cap (-1: none)
+  int64_t capMs = -1;       // when the cap runs out (uv_now()'s clock); -1: not in force
+  // The loop's timer handles as of the arm, so a refresh reads their due times without walking
+  // every handle. Valid until the disarm: the slice runs inside one callback of the loop, and a
+  // handle's memory is freed only in the loop's close phase, after its close callback.
+  std::vector<uv_handle_s *> timers;
+  bool fresh = false;       // armed, and no run since: no code ran on the loop's thread yet
   uint64_t gen = 0;
   uint64_t fires = 0;
 };
+
+int64_t MonotonicMs() {
+  // uv_now() is CLOCK_MONOTONIC in ms (libuv's fast clock may be the coarse one: a ms early at worst).
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
 
 void *Run(void *arg) {
   auto *w = static_cast<Watcher *>(arg);
@@ -67,10 +86,7 @@ void *Run(void *arg) {
     lk.unlock();
     int timeout = -1;
     if (deadline >= 0) {
-      // uv_now() is CLOCK_MONOTONIC in ms (libuv's fast clock may be the coarse one: a ms early at worst).
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+      int64_t now = MonotonicMs();
       timeout = deadline > now ? static_cast<int>(std::min<int64_t>(deadline - now, INT32_MAX)) : 0;
     }
     struct pollfd p[2] = {{w->backendFd, POLLIN, 0}, {w->wakeFd, POLLIN, 0}};
@@ -164,29 +180,39 @@ static Napi::Value LoopWatcherCreate(const Napi::CallbackInfo &info) {
   });
 }
 
-// The loop's next timer, from its active timer handles (uv_backend_timeout would say 0 here:
-// called from inside a callback, the loop looks busy with the very callback that asks), capped
-// at maxWaitMs from now, which also bounds what no fd or timer announces (an immediate or
-// microtask a device queued during the slice, an fd registered during it). -1: none.
-static int64_t LoopDeadline(Watcher *w) {
+// The earliest due time (uv_now()'s clock) of the loop's active timers in `timers`, or of the cap
+// when it is in force; -1: none. uv_backend_timeout would say 0 here: called from inside a
+// callback, the loop looks busy with the very callback that asks.
+static int64_t Deadline(Watcher *w) {
+  int64_t now = static_cast<int64_t>(uv_now(w->loop));
   int64_t due = -1;
-  uv_walk(w->loop, [](uv_handle_s *h, void *arg) {
-    if (uv_handle_get_type(h) != kUvTimer || !uv_is_active(h)) return;
-    auto *d = static_cast<int64_t *>(arg);
-    int64_t in = static_cast<int64_t>(std::min<uint64_t>(uv_timer_get_due_in(h), INT32_MAX));
-    if (*d < 0 || in < *d) *d = in;
-  }, &due);
-  if (w->maxWaitMs >= 0 && (due < 0 || due > w->maxWaitMs)) due = w->maxWaitMs;
-  return due < 0 ? -1 : static_cast<int64_t>(uv_now(w->loop)) + due;
+  for (uv_handle_s *h : w->timers) {
+    if (!uv_is_active(h)) continue;
+    int64_t at = now + static_cast<int64_t>(std::min<uint64_t>(uv_timer_get_due_in(h), INT32_MAX));
+    if (due < 0 || at < due) due = at;
+  }
+  if (w->capMs >= 0 && (due < 0 || w->capMs < due)) due = w->capMs;
+  return due;
 }
 
-// loopWatcherArm(h, maxWaitMs = -1): from the loop's thread, before a run slice. Clears
-// immediate_exit and starts watching; returns the timeout it watches with (ms, -1: none).
+// loopWatcherArm(h, maxWaitMs = -1, capNow = false): from the loop's thread, before a run slice.
+// Clears immediate_exit and starts watching the loop's backend fd and its timers. maxWaitMs bounds
+// what no fd or timer announces (an immediate or microtask queued, an fd or timer handle created
+// during the slice): it runs from the first refresh (code ran on the loop's thread), or from the
+// arm with capNow. A slice that runs no code on the loop's thread thus sits in KVM_RUN until a
+// timer or an fd has work, with no periodic kick. Returns the timeout it watches with (ms, -1: none).
 static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
   Watcher *w = Get(info);
-  w->maxWaitMs = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
+  int64_t maxWait = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
   uv_update_time(w->loop);
-  int64_t deadline = LoopDeadline(w);
+  int64_t now = static_cast<int64_t>(uv_now(w->loop));
+  w->timers.clear();
+  uv_walk(w->loop, [](uv_handle_s *h, void *arg) {
+    if (uv_handle_get_type(h) == kUvTimer) static_cast<std::vector<uv_handle_s *> *>(arg)->push_back(h);
+  }, &w->timers);
+  w->maxWaitMs = maxWait;
+  w->capMs = maxWait >= 0 && info.Length() > 2 && info[2].ToBoolean().Value() ? now + maxWait : -1;
+  int64_t deadline = Deadline(w);
   {
     std::lock_guard<std::mutex> lk(w->m);
     *w->immediateExit = 0;
@@ -194,26 +220,49 @@ static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
     w->deadlineMs = deadline;
     w->gen++;
   }
+  w->fresh = true;
   w->cv.notify_one();
-  return Napi::Number::New(info.Env(), deadline < 0 ? -1 : static_cast<double>(deadline - static_cast<int64_t>(uv_now(w->loop))));
+  return Napi::Number::New(info.Env(), deadline < 0 ? -1 : static_cast<double>(deadline - now));
 }
 
-// loopWatcherRefresh(h): after code ran on the loop's thread during a slice (an exit handler may
-// have started a timer or queued an immediate): watches for the earlier deadline if there is one.
-// Cheap when nothing changed (no lock, no syscall).
-static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
-  Watcher *w = Get(info);
-  int64_t deadline = LoopDeadline(w);
+// loopWatcherRefresh(h): code ran on the loop's thread during the slice (an exit handler): the cap
+// runs from now if it did not yet, and a timer it started is watched if it falls due earlier.
+// Reads the armed timers' due times only (no walk; no lock or syscall when nothing changed);
+// returns whether the deadline moved.
+static bool Refresh(Watcher *w) {
+  if (w->capMs < 0 && w->maxWaitMs >= 0) w->capMs = MonotonicMs() + w->maxWaitMs;
+  int64_t deadline = Deadline(w);
   int64_t armed = w->deadlineMs;  // written only on this thread
-  if (deadline < 0 || (armed >= 0 && deadline >= armed)) return Napi::Boolean::New(info.Env(), false);
+  if (deadline < 0 || (armed >= 0 && deadline >= armed)) return false;
   {
     std::lock_guard<std::mutex> lk(w->m);
-    if (w->state != State::Armed) return Napi::Boolean::New(info.Env(), false);
+    if (w->state != State::Armed) return false;
     w->deadlineMs = deadline;
     w->gen++;
   }
   Wake(w);  // the poll restarts with the new deadline
-  return Napi::Boolean::New(info.Env(), true);
+  return true;
+}
+
+static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
+  return Napi::Boolean::New(info.Env(), Refresh(Get(info)));
+}
+
+// loopWatcherKvmRun(h, vcpuFd) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): KVM_RUN, after a
+// refresh unless this is the first run since the arm (code ran on the loop's thread between two
+// runs: the exit's handler). One call per exit instead of two.
+static Napi::Value LoopWatcherKvmRun(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Watcher *w = Get(info);
+  int fd = ArgInt(info, 1);
+  if (!w->fresh) Refresh(w);
+  w->fresh = false;
+  int r = ioctl(fd, KVM_RUN, 0);
+  if (r < 0) {
+    if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
+    ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+  }
+  return Napi::Number::New(env, r);
 }
 
 // loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.
@@ -226,6 +275,7 @@ static Napi::Value LoopWatcherDisarm(const Napi::CallbackInfo &info) {
     w->state = State::Idle;
     w->gen++;
   }
+  w->timers.clear();  // their memory may go once the loop runs again
   Wake(w);  // end a poll still waiting for this arm
   return Napi::Boolean::New(info.Env(), fired);
 }
@@ -256,6 +306,7 @@ void InitLoopWatcher(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "loopWatcherCreate", LoopWatcherCreate);
   TSVMM_EXPORT(exports, "loopWatcherArm", LoopWatcherArm);
   TSVMM_EXPORT(exports, "loopWatcherRefresh", LoopWatcherRefresh);
+  TSVMM_EXPORT(exports, "loopWatcherKvmRun", LoopWatcherKvmRun);
   TSVMM_EXPORT(exports, "loopWatcherDisarm", LoopWatcherDisarm);
   TSVMM_EXPORT(exports, "loopWatcherFired", LoopWatcherFired);
   TSVMM_EXPORT(exports, "loopWatcherStats", LoopWatcherStats);

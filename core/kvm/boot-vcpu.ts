@@ -12,8 +12,10 @@ import type { Vcpu } from './vcpu.js';
 export class BootVcpuLoop {
   /** How long vCPU 0 may run exits back to back before the event loop gets a turn anyway (a safety net: the watcher yields earlier whenever the loop has work). */
   sliceBudgetMs = 10;
-  /** The longest the event loop waits for a turn while vCPU 0 sits in KVM_RUN with nothing due (microtasks a device queued, say). */
+  /** The longest the event loop waits for a turn, once code ran on its thread during a slice, for what no fd or timer announces (an immediate or microtask a device queued, say). A slice that runs no code (the guest busy without exits, interrupts by irqfd) waits for a timer or fd alone. */
   maxLoopWaitMs = 50;
+  /** Whether the last slice answered exits (the next one likely does too: its cap starts at the arm). */
+  private lastSliceRanCode = false;
   /** Continues a parked or stopped vCPU 0 (set while it waits outside its run slices). */
   private continueFn: (() => void) | undefined;
   private readonly exit: ExitDecoder;
@@ -91,15 +93,23 @@ export class BootVcpuLoop {
       exit = this.exit,
       dispatch = this.dispatch;
     Atomics.store(wake, Wake.InKvmRun, 1);
+    const rung = Atomics.load(wake, Wake.KickPending) !== 0;
     rings.serveIfRung();
-    n.loopWatcherArm(watcher, this.maxLoopWaitMs);
+    // The cap starts at the arm when work may be pending already (an AP's access just ran device
+    // code, an immediate is queued) or code is likely to run (one wake of the watcher less than
+    // starting it at the first exit); otherwise at the first exit.
+    const capNow = rung || this.lastSliceRanCode || process.getActiveResourcesInfo().includes('Immediate');
+    this.lastSliceRanCode = false;
+    n.loopWatcherArm(watcher, this.maxLoopWaitMs, capNow);
     // Date.now(), not performance.now(): its 1 ms steps are enough for a 10 ms budget, and the
     // performance global loads perf_hooks' modules at the first slice (start-up time).
     const t0 = Date.now();
     let k = 0;
     try {
       for (;;) {
-        const r = n.kvmRun(v.fd);
+        // KVM_RUN, the watcher first brought up to date with what the last exit's handler did
+        // (a timer it started, the cap on work it queued): one native call per exit.
+        const r = n.loopWatcherKvmRun(watcher, v.fd);
         ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
         if (r < 0) {
           // Kicked: by the watcher (the event loop has work), an AP's post, or a pause/stop.
@@ -108,6 +118,7 @@ export class BootVcpuLoop {
           if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
           if (n.loopWatcherFired(watcher)) return undefined;
           bytes[L.immediateExit] = 0;
+          this.lastSliceRanCode = true; // an AP's posted access may have run device code
           continue;
         }
         const kind = exit.decode();
@@ -116,11 +127,10 @@ export class BootVcpuLoop {
         else if (kind === ExitKind.Stop) return exit.stop;
         rings.serveIfRung();
         if (Atomics.load(ch, Slot.Control) !== Control.Run) return undefined;
-        // The device model may have started a timer (a flush, the INTx resample poll): watch for it.
-        n.loopWatcherRefresh(watcher);
         if ((++k & 7) === 0 && Date.now() - t0 > this.sliceBudgetMs) return undefined;
       }
     } finally {
+      if (k > 0) this.lastSliceRanCode = true;
       Atomics.store(wake, Wake.InKvmRun, 0);
       n.loopWatcherDisarm(watcher);
       rings.serveIfRung(); // an AP that saw InKvmRun 1 only kicked

@@ -1,7 +1,8 @@
 // The loop-watcher scenarios of test/unit/loop-watcher.test.ts, run in a quiet child process:
 // under the test runner its own output is work for the event loop, and so a kick, at any time.
 // Prints one JSON line of observations at the end.
-import { native } from '../../core/native.js';
+import { closeSync } from 'node:fs';
+import { EFD_NONBLOCK, native } from '../../core/native.js';
 
 const n = native();
 const SIG = n.constants.SIGRTMIN + 2;
@@ -74,13 +75,67 @@ await sleep(50);
   clearTimeout(t);
 }
 await sleep(50);
-// The cap on how long the loop waits.
+// The cap on how long the loop waits, from the arm (capNow: the caller knows of pending work).
 {
-  out.capArm = n.loopWatcherArm(h, 20);
+  out.capArm = n.loopWatcherArm(h, 20, true);
   spin(80);
   out.capFired = n.loopWatcherFired(h);
   out.capKicks = n.threadEatSignal(SIG);
   n.loopWatcherDisarm(h);
+}
+await sleep(50);
+// Without capNow the cap waits for code to run on the loop's thread (a refresh): a slice that runs
+// none (interrupts by irqfd, no exits) is never kicked for it; after a refresh it runs from there.
+{
+  out.lazyCapArm = n.loopWatcherArm(h, 20);
+  spin(60);
+  out.lazyCapFiredIdle = n.loopWatcherFired(h);
+  out.lazyCapRefresh = n.loopWatcherRefresh(h);
+  spin(5);
+  out.lazyCapFiredEarly = n.loopWatcherFired(h);
+  spin(60);
+  out.lazyCapFired = n.loopWatcherFired(h);
+  out.lazyCapKicks = n.threadEatSignal(SIG);
+  n.loopWatcherDisarm(h);
+}
+await sleep(50);
+// The run call (KVM_RUN with the watcher brought up to date): the first after an arm does not
+// refresh (no code ran yet), the next does. fd -1 stands in for the vCPU: KVM_RUN fails at once.
+{
+  const run = () => {
+    try {
+      n.loopWatcherKvmRun(h, -1);
+      return 'ran';
+    } catch (e) {
+      return (e as Error & { code?: string }).code ?? (e as Error).message;
+    }
+  };
+  n.loopWatcherArm(h, 20);
+  out.runFirst = run();
+  spin(60);
+  out.runFiredFirst = n.loopWatcherFired(h);
+  out.runSecond = run();
+  spin(60);
+  out.runFired = n.loopWatcherFired(h);
+  out.runKicks = n.threadEatSignal(SIG);
+  n.loopWatcherDisarm(h);
+}
+await sleep(50);
+// A refresh reads the timers the arm found, however many other handles the loop has (fd watches of
+// an assigned device's notifiers): a timer started during the slice is still watched.
+{
+  const fds = Array.from({ length: 64 }, () => n.eventfd(0, EFD_NONBLOCK));
+  const watches = fds.map((fd) => n.fdWatch(fd, () => {}, false));
+  n.loopWatcherArm(h);
+  const t = setTimeout(() => {}, 15);
+  out.manyRefresh = n.loopWatcherRefresh(h);
+  spin(60);
+  out.manyFired = n.loopWatcherFired(h);
+  out.manyKicks = n.threadEatSignal(SIG);
+  n.loopWatcherDisarm(h);
+  clearTimeout(t);
+  for (const w of watches) n.fdUnwatch(w);
+  for (const fd of fds) closeSync(fd);
 }
 await sleep(50);
 // I/O for the loop (a worker's message makes the backend fd readable).

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-test('loop watcher: kicks once per arm when a timer falls due, an fd is readable or the cap passes; never when idle', () => {
+test('loop watcher: kicks once per arm when a timer falls due, an fd is readable or the cap passes; never when idle or for a cap no code started', () => {
   const child = fileURLToPath(new URL('../helpers/loop-watcher-child.js', import.meta.url));
   const o = JSON.parse(execFileSync(process.execPath, [child], { encoding: 'utf8', timeout: 30_000 })) as Record<
     string,
@@ -31,9 +31,23 @@ test('loop watcher: kicks once per arm when a timer falls due, an fd is readable
   assert.deepEqual(o.refresh, [true, false], 'refresh: an earlier deadline, then nothing new');
   assert.equal(o.refreshFired, true, 'the refreshed deadline fired');
   assert.equal(o.refreshKicks, 1);
-  assert.equal(o.capArm, 20, 'capped');
+  assert.equal(o.capArm, 20, 'capped from the arm');
   assert.equal(o.capFired, true);
   assert.equal(o.capKicks, 1);
+  assert.ok((o.lazyCapArm as number) > 1000, `no cap before code ran on the loop thread (watched ${o.lazyCapArm} ms)`);
+  assert.equal(o.lazyCapFiredIdle, false, 'no kick for the cap while no code ran');
+  assert.equal(o.lazyCapRefresh, true, 'the refresh starts the cap');
+  assert.equal(o.lazyCapFiredEarly, false, 'the cap runs from the refresh, not from the arm');
+  assert.equal(o.lazyCapFired, true);
+  assert.equal(o.lazyCapKicks, 1);
+  assert.equal(o.runFirst, 'EBADF', 'the run call made the ioctl');
+  assert.equal(o.runFiredFirst, false, 'the first run after the arm does not start the cap');
+  assert.equal(o.runSecond, 'EBADF');
+  assert.equal(o.runFired, true, 'the next run refreshed: the cap started');
+  assert.equal(o.runKicks, 1);
+  assert.equal(o.manyRefresh, true, 'with 64 more handles, a timer started during the slice is watched');
+  assert.equal(o.manyFired, true);
+  assert.equal(o.manyKicks, 1);
   assert.equal(o.ioFired, true, "a worker's message made the loop's backend fd readable");
   assert.equal(o.ioKicks, 1);
   assert.match(o.afterDestroy as string, /destroyed/);
