@@ -80,7 +80,7 @@ export class FlatMemory implements GuestMemory {
     readonly bytes: Uint8Array,
     readonly base = 0,
   ) {}
-  check(addr: number, len: number): boolean {
+  check(addr: number, len: number, _write?: boolean): boolean {
     return validRange(addr, len) && addr >= this.base && addr + len <= this.base + this.bytes.length;
   }
   read(addr: number, dst: Uint8Array): boolean {
