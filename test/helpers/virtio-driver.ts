@@ -128,6 +128,7 @@ export class VirtioTestDriver {
     if (size !== undefined) this.common('queueSize', 2, size);
     const n = this.common('queueSize', 2);
     const base = queueBase(q);
+    this.mem.write(base, new Uint8Array(0x10000)); // a driver hands the device zeroed rings
     const desc = base,
       avail = base + 16 * n,
       used = (avail + 6 + 2 * n + 3) & ~3;
