@@ -334,11 +334,15 @@ export class VirtioIommu implements VirtioDevice {
     }
     // The tail ends the writable part: after probe_size bytes of properties for PROBE, first otherwise.
     let written: number;
-    if (type === VIRTIO_IOMMU_T_PROBE && size !== undefined && req.length >= size) {
+    if (type === VIRTIO_IOMMU_T_PROBE) {
       const need = this.probeSize + 4;
       if (chain.writableLen < need) {
         // No room for the properties: the status goes where the driver's tail is, at the end.
-        vq.writeChain(chain, Uint8Array.of(VIRTIO_IOMMU_S_INVAL, 0, 0, 0), chain.writableLen - 4);
+        vq.writeChain(
+          chain,
+          Uint8Array.of(status === VIRTIO_IOMMU_S_OK ? VIRTIO_IOMMU_S_INVAL : status, 0, 0, 0),
+          chain.writableLen - 4,
+        );
         written = chain.writableLen;
       } else {
         const out = new Uint8Array(need);
