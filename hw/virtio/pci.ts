@@ -15,6 +15,7 @@ import {
   PCI_CAPABILITY_LIST,
   PCI_COMMAND,
   PCI_COMMAND_INTX_DISABLE,
+  PCI_INTERRUPT_LINE,
   PCI_INTERRUPT_PIN,
   PCI_STATUS,
   PCI_STATUS_CAP_LIST,
@@ -209,7 +210,8 @@ export class VirtioPciDevice extends PciDevice {
   private writeCapabilities(): void {
     const c = this.config;
     const v = new DataView(c.buffer);
-    c[PCI_INTERRUPT_PIN] = 1; // INTA#
+    c[PCI_INTERRUPT_PIN] = 1; // INTA#, on the slot's GSI (what the MP table and _PRT say)
+    c[PCI_INTERRUPT_LINE] = this.o.intxGsi;
     v.setUint16(PCI_STATUS, v.getUint16(PCI_STATUS, true) | PCI_STATUS_CAP_LIST, true);
     c[PCI_CAPABILITY_LIST] = CAP_MSIX;
     c[CAP_MSIX + 1] = CAP_COMMON;
