@@ -25,7 +25,7 @@ import { GED_EVENT_POWER_BUTTON, type GenericEventDevice } from '../hw/ged.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import { createBoard, HIGH_RAM_BASE, LOW_RAM_END, PCI_WINDOWS, pciIntxGsi, ramLayout } from './board.js';
 import { bootImage } from './boot.js';
-import { createViommu, type Viommu } from './viommu.js';
+import { checkDevicesBehind, createViommu, type Viommu } from './viommu.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
 import type {
@@ -87,6 +87,7 @@ export class Machine implements MachineControl {
     this.passedFds = passed;
     const cleanups: (() => void)[] = [() => passed.close()];
     try {
+      checkDevicesBehind(config.devices.flatMap((d, i) => (d.iommu ? [d.id ?? `vfio${i}`] : [])));
       const kvmFd = passed.take({ kind: 'kvm' });
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
       cleanups.push(() => this.kvm.close());
@@ -199,7 +200,6 @@ export class Machine implements MachineControl {
           interrupts: this.interrupts,
           intxGsi: pciIntxGsi,
           vmFd: this.vm.fd,
-          behind: deviceSpecs.flatMap((d, i) => (d.iommu ? [d.id ?? `vfio${i}`] : [])),
         });
       };
       if (config.iommu?.slot !== undefined) addViommu();

@@ -83,9 +83,19 @@ export interface Viommu {
 }
 
 /**
- * Puts a virtio-iommu on the bus (at `slot`, or the first free one). `behind` are the ids of the
- * config's devices with "iommu": true: refused until the host side is plugged in (see above).
+ * Devices the config puts behind the vIOMMU (their ids): refused until the host side is plugged in
+ * (see above). Checked before anything is opened.
  */
+export function checkDevicesBehind(behind: readonly string[]): void {
+  if (behind.length > 0)
+    throw new TsvmmError(
+      'ERR_CONFIG',
+      `${behind.join(', ')}: "iommu": true needs the vIOMMU's host side (guest domains as DMA address spaces), which this build does not have yet`,
+      { fix: 'drop "iommu" from the device: it keeps the 1:1 mapping of guest RAM (the virtio-iommu itself can stay)' },
+    );
+}
+
+/** Puts a virtio-iommu on the bus (at `slot`, or the first free one). */
 export function createViommu(o: {
   bus: PciBus;
   slot: number | undefined;
@@ -93,14 +103,7 @@ export function createViommu(o: {
   interrupts: Interrupts;
   intxGsi: (slot: number) => number;
   vmFd: number;
-  behind: readonly string[];
 }): Viommu {
-  if (o.behind.length > 0)
-    throw new TsvmmError(
-      'ERR_CONFIG',
-      `${o.behind.join(', ')}: "iommu": true needs the vIOMMU's host side (guest domains as DMA address spaces), which this build does not have yet`,
-      { fix: 'drop "iommu" from the device: it keeps the 1:1 mapping of guest RAM (the virtio-iommu itself can stay)' },
-    );
   const slot = o.slot ?? o.bus.firstFreeSlot();
   const iommu = new VirtioIommu({ host: hostSide(), endpoints: [], name: 'virtio-iommu' });
   const dev = new VirtioPciDevice(iommu, {
