@@ -102,7 +102,8 @@ export function createViommu(o: {
   memory: AddressSpace;
   interrupts: Interrupts;
   intxGsi: (slot: number) => number;
-  vmFd: number;
+  /** The VM fd to bind doorbells to KVM ioeventfds on; undefined: doorbells are MMIO exits. */
+  ioeventfd: number | undefined;
 }): Viommu {
   const slot = o.slot ?? o.bus.firstFreeSlot();
   const iommu = new VirtioIommu({ host: hostSide(), endpoints: [], name: 'virtio-iommu' });
@@ -112,7 +113,7 @@ export function createViommu(o: {
     intxGsi: o.intxGsi(slot),
     mem: new AddressSpaceMemory(o.memory),
     classCode: CLASS_OTHER,
-    notifyBinder: kvmNotifyBinder(o.vmFd),
+    ...(o.ioeventfd !== undefined ? { notifyBinder: kvmNotifyBinder(o.ioeventfd) } : {}),
   });
   o.bus.attach(dev, slot);
   return {
