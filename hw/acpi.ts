@@ -160,6 +160,18 @@ export function viotBody(o: ViotOptions): Uint8Array {
   return b;
 }
 
+/** PCI range nodes for a set of endpoints on segment 0 (BDFs): one per run of consecutive BDFs, IDs = BDFs. */
+export function viotPciRanges(bdfs: Iterable<number>): ViotOptions['ranges'] {
+  const sorted = [...new Set(bdfs)].sort((a, b) => a - b);
+  const out: ViotOptions['ranges'] = [];
+  for (const b of sorted) {
+    const last = out.at(-1);
+    if (last && last.bdfEnd + 1 === b) last.bdfEnd = b;
+    else out.push({ segment: 0, bdfStart: b, bdfEnd: b, endpointStart: b });
+  }
+  return out;
+}
+
 /** The whole VIOT table (header and checksum). */
 export function viotTable(o: ViotOptions): Uint8Array {
   return table('VIOT', 0, viotBody(o));

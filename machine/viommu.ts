@@ -14,7 +14,7 @@ import { TsvmmError } from '../core/errors.js';
 import type { AddressSpace } from '../core/memory/index.js';
 import type { PciBus } from '../hw/pci.js';
 import type { Interrupts } from '../hw/interrupts.js';
-import type { ViotOptions } from '../hw/acpi.js';
+import { viotPciRanges, type ViotOptions } from '../hw/acpi.js';
 import { AddressSpaceMemory } from '../hw/virtio/guest-memory.js';
 import { VirtioIommu } from '../hw/virtio/iommu.js';
 import type { IommuHost } from '../hw/virtio/iommu-host.js';
@@ -119,6 +119,6 @@ export function createViommu(o: {
   return {
     iommu,
     dev,
-    viot: () => ({ iommu: { segment: 0, bdf: dev.devfn }, ranges: [] }),
+    viot: () => ({ iommu: { segment: 0, bdf: dev.devfn }, ranges: viotPciRanges(iommu.endpoints) }),
   };
 }

@@ -152,6 +152,11 @@ export class VirtioIommu implements VirtioDevice {
 
   // --- endpoints -----------------------------------------------------------------------------------
 
+  /** The endpoints behind the IOMMU (for the VIOT). */
+  get endpoints(): readonly number[] {
+    return [...this.endpointIds];
+  }
+
   hasEndpoint(id: number): boolean {
     return this.endpointIds.has(id);
   }

@@ -167,7 +167,8 @@ export class VirtioPciDevice extends PciDevice {
       VIRTIO_BAR_SIZE,
       {
         read: (off, size) => this.barRead(off, size),
-        write: (off, size, value) => this.barWrite(off, size, Number(BigInt.asUintN(32, BigInt(value)))),
+        write: (off, size, value) =>
+          this.barWrite(off, size, typeof value === 'bigint' ? Number(value & 0xffffffffn) : value >>> 0),
       },
       { valid: { minAccessSize: 1, maxAccessSize: 4 } },
     );

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ACPI_TABLES_ADDR, buildAcpiTables, viotTable, type AcpiOptions } from '../../hw/acpi.js';
+import { ACPI_TABLES_ADDR, buildAcpiTables, viotPciRanges, viotTable, type AcpiOptions } from '../../hw/acpi.js';
 
 const sum = (b: Uint8Array) => b.reduce((s, x) => (s + x) & 0xff, 0);
 const BASE: AcpiOptions = { cpus: 1, pciMmio32: { base: 0xc0000000, end: 0xfec00000 }, pciIrqs: [] };
@@ -67,4 +67,13 @@ test('VIOT: listed in the RSDT and XSDT only when a vIOMMU is configured', () =>
   assert.equal(v.getUint32(fadt + 40, true), withViot.tables.DSDT);
   assert.ok(withViot.tables.DSDT! > viotAt);
   assert.equal(String.fromCharCode(...b.subarray(at(withViot.tables.DSDT!), at(withViot.tables.DSDT!) + 4)), 'DSDT');
+});
+
+test('VIOT: endpoints become PCI range nodes, one per run of consecutive BDFs', () => {
+  assert.deepEqual(viotPciRanges([]), []);
+  assert.deepEqual(viotPciRanges([0x11, 0x08, 0x10, 0x10, 0x20]), [
+    { segment: 0, bdfStart: 0x08, bdfEnd: 0x08, endpointStart: 0x08 },
+    { segment: 0, bdfStart: 0x10, bdfEnd: 0x11, endpointStart: 0x10 },
+    { segment: 0, bdfStart: 0x20, bdfEnd: 0x20, endpointStart: 0x20 },
+  ]);
 });
