@@ -171,7 +171,11 @@ export class VirtioIommu implements VirtioDevice {
   removeEndpoint(id: number): void {
     const d = this.attached.get(id);
     if (d !== undefined) {
-      this.host.attach(id, 'blocked');
+      try {
+        this.host.attach(id, 'blocked');
+      } catch (e) {
+        this.logHost(`detaching endpoint ${id} as it leaves`, e);
+      }
       this.leave(id, d);
     }
     this.endpointIds.delete(id);
@@ -343,12 +347,10 @@ export class VirtioIommu implements VirtioDevice {
       const need = this.probeSize + 4;
       if (chain.writableLen < need) {
         // No room for the properties: the status goes where the driver's tail is, at the end.
-        vq.writeChain(
-          chain,
-          Uint8Array.of(status === VIRTIO_IOMMU_S_OK ? VIRTIO_IOMMU_S_INVAL : status, 0, 0, 0),
-          chain.writableLen - 4,
-        );
-        written = chain.writableLen;
+        // (Zeros before it, so what the used length covers was written; it is below probe_size + 4 bytes.)
+        const out = new Uint8Array(chain.writableLen);
+        out[out.length - 4] = status === VIRTIO_IOMMU_S_OK ? VIRTIO_IOMMU_S_INVAL : status;
+        written = vq.writeChain(chain, out);
       } else {
         const out = new Uint8Array(need);
         if (props) out.set(props);
@@ -389,7 +391,13 @@ export class VirtioIommu implements VirtioDevice {
       const r = this.host.createDomain(domain, { bypass });
       if (r) return this.refused(r, `creating domain ${domain}`);
     }
-    const r = this.tell(ep, { domain });
+    let r: IommuResult;
+    try {
+      r = this.tell(ep, { domain });
+    } catch (e) {
+      if (!existing) this.host.destroyDomain(domain); // nothing half-made stays behind
+      throw e;
+    }
     if (r) {
       if (!existing) this.host.destroyDomain(domain);
       return this.refused(r, `attaching endpoint ${ep} to domain ${domain}`);

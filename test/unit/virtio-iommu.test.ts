@@ -280,6 +280,14 @@ test('virtio-iommu: a host refusal is the status, one log line, and no change', 
   };
   assert.equal(st(req.map(1, 0x5000, 0x5fff, 0)), VIRTIO_IOMMU_S_DEVERR);
   assert.match(logged.at(-1)!, /host side failed map request: VFIO_IOMMU_MAP_DMA/);
+  // An attach that throws after its domain was made: the domain is destroyed again.
+  const attach = host.attach.bind(host);
+  host.attach = (ep, t) => {
+    if (ep === EP) throw new Error('IOMMU_HWPT_ALLOC failed');
+    return attach(ep, t);
+  };
+  assert.equal(st(req.attach(9, EP)), VIRTIO_IOMMU_S_DEVERR);
+  assert.equal(host.domains.has(9), false, 'no domain left half-made');
   assert.deepEqual(host.violations, []);
 });
 
