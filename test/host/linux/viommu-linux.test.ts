@@ -50,6 +50,6 @@ test(
     assert.doesNotMatch(out, /^dmesg: .*virtio_iommu.*(fail|error)/im, describe(r));
     // virtio_pci took MSI-X: the config and event queue vectors (the request queue is polled).
     assert.match(out, new RegExp(`^irq: .*PCI-MSIX-.*${dev[1]}-(config|event)`, 'm'), describe(r));
-    for (const l of out.split('\n').filter((x) => /^(virtio|iommus|irq|dmesg): /.test(x))) console.log(`# ${l}`);
+    for (const l of out.split('\n').filter((x) => /^(virtio|iommus|irq|dmesg): /.test(x))) console.log(l);
   },
 );
