@@ -9,6 +9,7 @@
 //     and the host side saw no call out of order (violations);
 //   - the device's domains are the host's, with the same mapping counts;
 //   - after every reset no domain and no mapping is left on either side.
+// Random register accesses anywhere in the virtio BAR are mixed in (status, features, queue set-up).
 import { VirtioIommu, VIRTIO_IOMMU_T_ATTACH, VIRTIO_IOMMU_T_MAP, VIRTIO_IOMMU_T_UNMAP } from '../../hw/virtio/iommu.js';
 import { RecordingIommuHost } from '../../hw/virtio/iommu-host-recording.js';
 import { guestEvents } from '../../hw/pci.js';
@@ -58,7 +59,7 @@ const ENDPOINTS = [0x08, 0x10, 0x11, 0x18];
 const FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX | VIRTIO_F_INDIRECT_DESC | 0x57n; // the device's five
 
 function request(r: Rng): Uint8Array {
-  const type = r.chance(0.05) ? r.below(8) : r.pick([1, 1, 2, 3, 3, 3, 3, 4, 4, 4, 5]);
+  const type = r.chance(0.05) ? r.below(8) : r.pick([1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 5]);
   const size = r.chance(0.05) ? r.below(90) : ([4, 20, 20, 36, 28, 72][type] ?? 20);
   const b = r.chance(0.03) ? r.bytes(size) : new Uint8Array(size);
   const v = new DataView(b.buffer);
@@ -68,7 +69,7 @@ function request(r: Rng): Uint8Array {
   const domain = r.chance(0.02) ? r.u32() : r.below(4);
   const ep = r.chance(0.05) ? r.u32() & 0xffff : r.pick(ENDPOINTS);
   const page = 0x1000n;
-  const iova = () => (r.chance(0.02) ? BigInt(r.u32()) * 2n ** 32n + BigInt(r.u32()) : BigInt(r.below(64)) * page);
+  const iova = () => (r.chance(0.02) ? BigInt(r.u32()) * 2n ** 32n + BigInt(r.u32()) : BigInt(r.below(512)) * page);
   switch (type) {
     case VIRTIO_IOMMU_T_ATTACH:
     case 2:
@@ -124,15 +125,18 @@ export function fuzzVirtioIommu(o: {
   const violation = (what: string) => {
     if (res.violations.length < 20) res.violations.push(`request ${res.requests}: ${what}`);
   };
-  const bringUp = () => {
-    d.init(FEATURES, 2);
-  };
   const checkClean = (when: string) => {
     if (host.mappingCount !== 0 || host.domains.size !== 0 || iommu.mappings !== 0)
       violation(
         `${when}: ${host.mappingCount} host mappings, ${host.domains.size} host domains, ${iommu.mappings} device mappings left`,
       );
   };
+  const bringUp = () => {
+    d.status(0);
+    checkClean('after a reset');
+    d.init(FEATURES, 2);
+  };
+
   try {
     bringUp();
     for (; res.requests < o.count; res.requests++) {
@@ -151,6 +155,17 @@ export function fuzzVirtioIommu(o: {
           bringUp();
         } else if (roll < 8) {
           d.writeConfig(36, 1, r.below(2));
+        } else if (roll < 14) {
+          // A register access anywhere in the virtio BAR: status, features, queue set-up, doorbells.
+          const size = r.pick([1, 2, 4]);
+          const off = r.below(0x3010) & ~(size - 1);
+          if (r.chance(0.5)) d.read(off, size);
+          else d.write(off, size, r.chance(0.5) ? r.below(16) : r.u32() >>> (32 - 8 * size));
+          if (!(d.status() & 4)) {
+            // The driver stopped driving the device (status 0 is a reset): what it held is gone.
+            if (d.status() === 0) checkClean('after a reset through the status register');
+            bringUp();
+          }
         } else if (roll < 40) {
           corrupt(r, d);
         } else {
