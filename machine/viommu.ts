@@ -104,9 +104,11 @@ export function createViommu(o: {
   intxGsi: (slot: number) => number;
   /** The VM fd to bind doorbells to KVM ioeventfds on; undefined: doorbells are MMIO exits. */
   ioeventfd: number | undefined;
+  /** The host side; default: the integration point above (refuses to be used). */
+  host?: IommuHost;
 }): Viommu {
   const slot = o.slot ?? o.bus.firstFreeSlot();
-  const iommu = new VirtioIommu({ host: hostSide(), endpoints: [], name: 'virtio-iommu' });
+  const iommu = new VirtioIommu({ host: o.host ?? hostSide(), endpoints: [], name: 'virtio-iommu' });
   const dev = new VirtioPciDevice(iommu, {
     id: 'virtio-iommu',
     interrupts: o.interrupts,
