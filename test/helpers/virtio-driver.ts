@@ -4,7 +4,15 @@
 // device model under test is real; only the machine's interrupt delivery is replaced.
 import type { InterruptLine, Interrupts, MsiInterruptGroup, MsiVectorConfig } from '../../hw/interrupts.js';
 import { FlatMemory } from '../../hw/virtio/guest-memory.js';
-import { COMMON, ISR_OFF, NOTIFY_OFF, NOTIFY_MULTIPLIER, VirtioPciDevice, DEVICE_OFF } from '../../hw/virtio/pci.js';
+import {
+  COMMON,
+  ISR_OFF,
+  NOTIFY_OFF,
+  NOTIFY_MULTIPLIER,
+  VirtioPciDevice,
+  DEVICE_OFF,
+  type VirtioNotifyBinder,
+} from '../../hw/virtio/pci.js';
 import type { VirtioDevice } from '../../hw/virtio/device.js';
 import {
   VIRTIO_STATUS_ACKNOWLEDGE,
@@ -70,9 +78,16 @@ export class VirtioTestDriver {
   private dataNext = DATA_BASE;
   private eventIdx = false;
 
-  constructor(device: VirtioDevice, mem = new FlatMemory(new Uint8Array(RAM_SIZE))) {
+  constructor(device: VirtioDevice, mem = new FlatMemory(new Uint8Array(RAM_SIZE)), notifyBinder?: VirtioNotifyBinder) {
     this.mem = mem;
-    this.dev = new VirtioPciDevice(device, { id: 'vdev', interrupts: this.irq, intxGsi: 16, mem, classCode: 0xff0000 });
+    this.dev = new VirtioPciDevice(device, {
+      id: 'vdev',
+      interrupts: this.irq,
+      intxGsi: 16,
+      mem,
+      classCode: 0xff0000,
+      ...(notifyBinder ? { notifyBinder } : {}),
+    });
   }
 
   read(off: number, size: number): number {

@@ -19,8 +19,10 @@ import {
   NOTIFY_OFF,
   VIRTIO_BAR,
   VIRTIO_MSI_NO_VECTOR,
+  type VirtioNotifyBinder,
 } from '../../hw/virtio/pci.js';
-import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE } from '../../hw/pci.js';
+import { PciBus, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MEMORY } from '../../hw/pci.js';
+import { MemoryRegion } from '../../core/memory/index.js';
 import { VirtioTestDriver, queueBase } from '../helpers/virtio-driver.js';
 
 const DEV_FEATURE = 1n << 5n;
@@ -305,4 +307,47 @@ test('virtio-pci: system reset resets virtio, MSI-X and decoding', () => {
   assert.equal(d.status(), 0);
   assert.equal(d.dev.msix.enabled, false);
   assert.equal(echo.resets, resets + 1);
+});
+
+test('virtio-pci: doorbells bound to eventfds while the driver runs the device and the BAR decodes', () => {
+  const echo = new EchoDevice();
+  const bound = new Map<number, () => void>();
+  const binds: string[] = [];
+  const binder: VirtioNotifyBinder = {
+    bind(addr, len, onNotify) {
+      binds.push(`bind 0x${addr.toString(16)}/${len}`);
+      bound.set(addr, onNotify);
+      return {
+        close: () => {
+          binds.push(`close 0x${addr.toString(16)}`);
+          bound.delete(addr);
+        },
+      };
+    },
+  };
+  const d = new VirtioTestDriver(echo, undefined, binder);
+  const bus = new PciBus(MemoryRegion.container('mem', 2 ** 40), MemoryRegion.container('io', 0x10000), 2 ** 40);
+  bus.attach(d.dev, 3);
+  d.dev.configWrite(0x10 + 4 * VIRTIO_BAR, 4, 0xd0000000);
+  d.dev.configWrite(0x14 + 4 * VIRTIO_BAR, 4, 0);
+  d.dev.configWrite(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
+  assert.deepEqual(binds, [], 'nothing bound before DRIVER_OK');
+  assert.ok(d.init(F, 2));
+  assert.deepEqual(binds, ['bind 0xd0003000/2', 'bind 0xd0003004/2']);
+  // A doorbell through the eventfd runs the queue as the MMIO write would.
+  d.submit(0, [{ data: Uint8Array.of(1) }, { writeLen: 1 }], { kick: false });
+  bound.get(0xd0003000)!();
+  assert.equal(d.takeUsed(0).length, 1);
+  // The BAR moves: the doorbells move with it; decoding off: none.
+  binds.length = 0;
+  d.dev.configWrite(0x10 + 4 * VIRTIO_BAR, 4, 0xe0000000);
+  assert.deepEqual(binds, ['close 0xd0003000', 'close 0xd0003004', 'bind 0xe0003000/2', 'bind 0xe0003004/2']);
+  binds.length = 0;
+  d.dev.configWrite(PCI_COMMAND, 2, 0);
+  assert.deepEqual(binds, ['close 0xe0003000', 'close 0xe0003004']);
+  d.dev.configWrite(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
+  binds.length = 0;
+  d.status(0);
+  assert.deepEqual(binds, ['close 0xe0003000', 'close 0xe0003004'], 'a reset unbinds');
+  assert.equal(bound.size, 0);
 });
