@@ -49,7 +49,7 @@ export interface MachineOptions {
   passedFds?: PassedFd[] | PassedFds;
   /**
    * The vIOMMU's host side (machine/viommu.ts). None is in this build yet, so without one devices
-   * behind the vIOMMU are refused; tests pass a test double (hw/virtio/iommu-host-recording.ts) to
+   * behind the vIOMMU are refused; tests pass a test double (test/helpers/recording-iommu-host.ts) to
    * drive the guest-visible side with a real guest driver — DMA then still reaches all of RAM 1:1.
    */
   iommuHost?: IommuHost;

@@ -11,7 +11,7 @@
 //   - after every reset no domain and no mapping is left on either side.
 // Random register accesses anywhere in the virtio BAR are mixed in (status, features, queue set-up).
 import { VirtioIommu, VIRTIO_IOMMU_T_ATTACH, VIRTIO_IOMMU_T_MAP, VIRTIO_IOMMU_T_UNMAP } from '../../hw/virtio/iommu.js';
-import { RecordingIommuHost } from '../../hw/virtio/iommu-host-recording.js';
+import { RecordingIommuHost } from './recording-iommu-host.js';
 import { guestEvents } from '../../hw/pci.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../hw/virtio/device.js';
 import { VirtioTestDriver, RAM_SIZE, type Buf } from './virtio-driver.js';

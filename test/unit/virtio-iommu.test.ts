@@ -28,7 +28,7 @@ import {
   VIRTIO_IOMMU_S_RANGE,
   VIRTIO_IOMMU_S_UNSUPP,
 } from '../../hw/virtio/iommu-host.js';
-import { RecordingIommuHost } from '../../hw/virtio/iommu-host-recording.js';
+import { RecordingIommuHost } from '../helpers/recording-iommu-host.js';
 import { guestEvents } from '../../hw/pci.js';
 import { VirtioTestDriver } from '../helpers/virtio-driver.js';
 

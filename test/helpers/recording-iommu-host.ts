@@ -10,7 +10,7 @@ import {
   type IommuMapFlags,
   type IommuResult,
   type IommuTarget,
-} from './iommu-host.js';
+} from '../../hw/virtio/iommu-host.js';
 
 export interface RecordedMapping {
   iova: number;
