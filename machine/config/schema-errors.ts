@@ -58,6 +58,7 @@ export const FORMS: Record<string, string> = {
   id: 'is not an id tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "nic0"',
   fd: 'is not an fd name tsvmm takes: 1 to 64 letters, digits, ".", "_" or "-", e.g. "dev0"',
   memory: 'is not a size: a whole number and a unit (K, M, G or T), e.g. "512M" or "2G"; a bare number is MiB (512)',
+  path: 'is not an absolute path in the initramfs: e.g. "/bin/tool"',
   size: 'is not a size: a whole number and a unit (K, M, G or T), e.g. "512M" or "2G"; a bare number is MiB (512)',
 };
 
