@@ -155,6 +155,7 @@ export class Machine implements MachineControl {
       const board = createBoard({
         serialOutput: output,
         line: (gsi) => this.interrupts.line(gsi),
+        registers: (port, size) => this.vm.registers.window(port, size),
         pciBus: this.pciBus,
         exit: (status, reason) => this.endWith(status, reason, 'guest'),
         ejected: (slot) => this.deviceManager.ejected(slot),

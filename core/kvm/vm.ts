@@ -16,6 +16,7 @@ import { Vcpu } from './vcpu.js';
 import { Control, Slot, type VcpuStop } from './exit-channel.js';
 import { ExitStats, IoDispatch } from './io-dispatch.js';
 import { ApRings } from './ap-rings.js';
+import { RegisterFile } from './register-file.js';
 import { BootVcpuLoop } from './boot-vcpu.js';
 import type { VcpuTask } from './vcpu-worker.js';
 
@@ -64,6 +65,8 @@ export class KvmVm {
   readonly gsi: GsiRouting;
   readonly vcpus: Vcpu[] = [];
   readonly stats = new ExitStats();
+  /** Registers the device models publish for the APs to answer on their own threads (register-file.ts). */
+  readonly registers = new RegisterFile();
   readonly irqchip: boolean;
   readonly kickSignal: number;
   private pool: Tinypool | undefined;
@@ -99,7 +102,7 @@ export class KvmVm {
       this.memory.addListener(this.memslots);
       this.gsi = new GsiRouting(this.fd);
       this.dispatch = new IoDispatch(this.io, this.memory, this.stats);
-      this.rings = new ApRings(this.vcpus, this.dispatch);
+      this.rings = new ApRings(this.vcpus, this.dispatch, this.registers);
       // Our table from the start: KVM's default sends GSI 0 to IOAPIC pin 0, ours (as QEMU's and
       // the MP/ACPI tables) to pin 2; pushing it at the first MSI would reroute under the guest.
       if (this.irqchip) this.gsi.commit();
@@ -213,6 +216,8 @@ export class KvmVm {
         thread: v.thread,
         wake: this.rings.wake,
         mainThread,
+        registers: this.registers.view,
+        localCounts: this.registers.countsFor(v.id),
       };
       return (this.pool!.run(task) as Promise<VcpuStop>)
         .catch((e: Error): VcpuStop => ({ reason: 'error', message: e.message }))
