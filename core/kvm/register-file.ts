@@ -63,6 +63,8 @@ export class RegisterFile {
   };
   /** Port of each slot (index 0 unused), for folding local-read counts into per-port statistics. */
   readonly ports: number[] = [-1];
+  /** Reads the vCPU threads answered here, as of the last fold. */
+  answered = 0;
   /** Local answers per slot, one array per vCPU (index: vCPU id), counted on that vCPU's thread. */
   private readonly counts = new Map<number, { live: Int32Array; folded: Int32Array }>();
 
@@ -140,6 +142,7 @@ export class RegisterFile {
         const n = (now - folded[s]!) | 0;
         if (n === 0) continue;
         folded[s] = now;
+        this.answered += n >>> 0;
         add(this.ports[s]!, n >>> 0);
       }
     }
