@@ -7,6 +7,11 @@
 export interface RegisterWindow {
   /** Byte registers at offsets 0..size-1 of the model's ports. */
   readonly size: number;
-  /** values[k]: what a byte read at offset k returns now (0..255), or -1. Changed values become visible together. */
-  publish(values: ArrayLike<number>): void;
+  /**
+   * values[k]: what a byte read at offset k returns now (0..255), or -1. Bit k of neutralWrites: a
+   * byte write at offset k, in the state these values describe, changes none of them (a vCPU may
+   * then answer its reads while such a write of its own is still in flight). Changed values become
+   * visible together.
+   */
+  publish(values: ArrayLike<number>, neutralWrites?: number): void;
 }

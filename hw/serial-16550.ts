@@ -85,7 +85,10 @@ export class Serial16550 {
     p[5] = LSR_THRE | LSR_TEMT | (this.rx.length ? LSR_DR : 0);
     p[6] = this.mcr & MCR_LOOP ? this.loopbackMsr() : MSR_IDLE;
     p[7] = this.scr;
-    w.publish(p);
+    // THR out of loopback with its interrupt off (the Linux console's polled write): the byte
+    // leaves at once and THRE stays set, so a THR write changes no published value. (The THRI it
+    // arms shows in IIR only once enabled, and enabling it arms THRI anyway.)
+    w.publish(p, !dlab && !(this.mcr & MCR_LOOP) && !(this.ier & IER_THRI) ? 1 : 0);
   }
 
   private read(off: number): number {

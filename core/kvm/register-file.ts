@@ -9,9 +9,13 @@
 // change; a reader that meets a change in flight asks the device thread instead. A model publishes
 // before it raises the interrupt that tells the guest to look, and before the access that changed
 // the value is answered, so a vCPU never sees an older value after it was told of the new one or
-// after its own access that made it. The worker answers locally only when it has no posted request
-// of its own still unanswered (its earlier writes may change the value): then it waits as before.
+// after its own access that made it. The worker answers locally only when none of its own posted
+// writes still unanswered can change a published value (its earlier writes come first): a model
+// marks the registers a write to which changes nothing published in the current state (a 16550's
+// THR with its THR interrupt off: the Linux console's LSR poll, THR write, LSR poll...); any other
+// write in flight and the read waits for its answer, as before.
 import { TsvmmError } from '../errors.js';
+import { ChanKind, Entry, entryIndex } from './exit-channel.js';
 
 /** Registers the file holds at most (a window's byte offsets each take one). */
 export const MAX_REGISTERS = 255;
@@ -19,11 +23,14 @@ const PORTS = 0x10000;
 
 /** Int32 fields of a register's slot. */
 const enum Field {
-  /** The access size a local answer is for (1, 2, 4); 0 while a read must reach the device model. */
+  /** The access size a local answer is for (1, 2, 4; 0 while a read must reach the device model), | NEUTRAL_WRITE. */
   Size = 0,
   Value = 1,
   Ints = 2,
 }
+
+/** In a slot's Size field: a write of this register's size now changes no published value. */
+const NEUTRAL_WRITE = 0x100;
 
 /** What a vCPU thread needs of the file (structured-cloned to the worker: the memory is shared). */
 export interface RegisterFileView {
@@ -36,23 +43,41 @@ export interface RegisterFileView {
 /** A device model's registers at consecutive ports (hw/published-registers.ts RegisterWindow). */
 export interface RegisterWindowImpl {
   readonly size: number;
-  publish(values: ArrayLike<number>): void;
+  publish(values: ArrayLike<number>, neutralWrites?: number): void;
 }
 
 /**
  * The answer for a read of `size` bytes at `port` if the register there is published: its value,
- * or -1 (the device thread must answer). Runs on a vCPU thread.
+ * or -1 (the device thread must answer). Runs on a vCPU thread. `ring` entries from..to-1 are the
+ * vCPU's posted requests not yet answered (exit-channel.ts): each must be a write that changes no
+ * published value, or the read must wait for them.
  */
-export function readPublished(f: RegisterFileView, port: number, size: number): number {
+export function readPublished(
+  f: RegisterFileView,
+  port: number,
+  size: number,
+  ring?: Int32Array,
+  from = 0,
+  to = 0,
+): number {
   const s = f.portSlot[port]!;
   if (s === 0) return -1;
   const w = f.words,
     i = 2 + s * Field.Ints;
   const seq = Atomics.load(w, 0);
   if (seq & 1) return -1; // a change in flight
+  for (let q = from; q !== to; q++) {
+    const e = entryIndex(q);
+    if (ring![e + Entry.Kind] !== ChanKind.Pio || ring![e + Entry.IsWrite] !== 1 || ring![e + Entry.Count] !== 1)
+      return -1;
+    const ws = f.portSlot[ring![e + Entry.AddrLo]!]!;
+    // A window's registers are bytes: a neutral write is one byte wide.
+    if (ws === 0 || ring![e + Entry.Size] !== 1 || !(Atomics.load(w, 2 + ws * Field.Ints + Field.Size) & NEUTRAL_WRITE))
+      return -1;
+  }
   const sz = Atomics.load(w, i + Field.Size);
   const v = Atomics.load(w, i + Field.Value);
-  if (Atomics.load(w, 0) !== seq || sz !== size) return -1;
+  if (Atomics.load(w, 0) !== seq || (sz & 0xff) !== size) return -1;
   return v >>> 0;
 }
 
@@ -102,18 +127,24 @@ export class RegisterFile {
     }
     const w = this.view.words;
     const cur = new Array<number>(size).fill(-1);
+    const curSize = new Array<number>(size).fill(0);
     return {
       size,
-      /** values[k]: what a byte read at base + k returns now (0..255), or -1: it must reach the model. */
-      publish: (values: ArrayLike<number>): void => {
+      /**
+       * values[k]: what a byte read at base + k returns now (0..255), or -1: it must reach the model.
+       * Bit k of neutralWrites: a byte write at base + k now changes none of these values.
+       */
+      publish: (values: ArrayLike<number>, neutralWrites = 0): void => {
         let seq = -1;
         for (let k = 0; k < size; k++) {
           const v = values[k]!;
-          if (v === cur[k]) continue;
+          const sz = (v < 0 ? 0 : 1) | ((neutralWrites >> k) & 1 ? NEUTRAL_WRITE : 0);
+          if (v === cur[k] && sz === curSize[k]) continue;
           if (seq < 0) Atomics.store(w, 0, (seq = Atomics.load(w, 0) + 1)); // odd: readers ask the device thread
           cur[k] = v;
+          curSize[k] = sz;
           const i = 2 + (first + k) * Field.Ints;
-          Atomics.store(w, i + Field.Size, v < 0 ? 0 : 1);
+          Atomics.store(w, i + Field.Size, sz);
           Atomics.store(w, i + Field.Value, v < 0 ? 0 : v);
         }
         if (seq >= 0) Atomics.store(w, 0, seq + 1);

@@ -121,9 +121,10 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
       if (kind === ExitKind.Stop) return exit.stop!;
       if (kind === ExitKind.RunOn) continue;
       const { isWrite, size, addr, count, dataOffset: off } = exit;
-      if (!isWrite && count === 1 && exit.isPio && head === Atomics.load(ch, Slot.Tail)) {
-        // Nothing of ours in flight (Tail is stored after the device published what our writes changed).
-        const v = readPublished(regs, addr, size);
+      if (!isWrite && count === 1 && exit.isPio) {
+        // Only behind our own posted writes that change nothing published (Tail is stored after the
+        // device published what a write changed).
+        const v = readPublished(regs, addr, size, ch, Atomics.load(ch, Slot.Tail), head);
         if (v >= 0) {
           storeElement(page, off, size, v);
           localCounts[regs.portSlot[addr]!]++;

@@ -7,12 +7,14 @@
  *           (scratch, LCR, IER, MCR, the divisor latch behind DLAB, LSR, MSR): each written and
  *           read back twice at once (the first read right behind the posted write, the second
  *           with nothing of the AP's in flight: a VMM may answer that one on the AP's thread);
+ *           Then the AP prints "smp ap says hello" itself (polled: LSR, THR, as Linux's console).
  *   input=1 then the AP polls LSR until a byte of serial input arrives (the boot CPU prints
  *           "smp ap waiting for input" first), reads it, and LSR must show the FIFO empty again;
  *   bench   count=MS: inb from the scratch register in a loop, timed with rdtsc
  *           ("bench ap done n=<iterations> ticks=<hi>:<lo>", as bench.c's lines); with aps=N > 1
  *           every AP and the boot CPU run that loop at once, and the line is
- *           "bench smp done n=<sum> ticks=<longest>".
+ *           "bench smp done n=<sum> ticks=<longest>"; with console=1 the AP instead writes '.' to
+ *           COM1 as a polled console does (LSR until THRE, then THR): "bench apcon done ...".
  * Prints "smp ap up id=<lapic id>" per AP, then "smp check ok" or "smp check error <why>", and
  * with count= the bench line. Needs a VM with aps+1 vCPUs (aps: 1 if not given) and the in-kernel
  * LAPIC. */
@@ -37,7 +39,7 @@ extern char ap_tramp_start[], ap_tramp_end[];
 static uint8_t ap_stacks[MAX_APS][8192] __attribute__((aligned(16)));
 uint32_t ap_stack_top;
 static volatile uint32_t ap_up, ap_ids[MAX_APS + 1], ap_done, ap_bench_ms, ap_n[MAX_APS + 1];
-static volatile uint32_t ap_go, ap_want_input, ap_input = 0x100, ap_input_want;
+static volatile uint32_t ap_go, ap_want_input, ap_input = 0x100, ap_input_want, ap_console;
 static volatile uint64_t ap_ticks[MAX_APS + 1];
 static volatile const char *ap_error;
 static uint32_t n_aps;
@@ -121,12 +123,23 @@ static const char *ap_check_input(void) {
 static void bench_loop(uint32_t me) {
   uint32_t n = 0;
   uint64_t t0 = rdtsc(), end = deadline_ms(ap_bench_ms);
-  do {
-    for (int i = 0; i < 16; i++) (void)inb(SCRATCH_PORT);
-    n += 16;
-  } while (!expired(end));
+  if (ap_console) {
+    do {
+      for (int i = 0; i < 16; i++) con_putc('.');
+      n += 16;
+    } while (!expired(end));
+  } else {
+    do {
+      for (int i = 0; i < 16; i++) (void)inb(SCRATCH_PORT);
+      n += 16;
+    } while (!expired(end));
+  }
   ap_ticks[me] = rdtsc() - t0;
   ap_n[me] = n;
+  if (ap_console) {
+    con_putc('\n');
+    (void)inb(COM1); /* RBR: a read every VMM answers behind this CPU's writes, so they are out first */
+  }
 }
 
 void ap_main(void);
@@ -139,6 +152,7 @@ void ap_main(void) {
   if (me == 1) {
     const char *e = ap_check();
     if (!e) e = ap_check_regs();
+    if (!e) con_puts("smp ap says hello\n");
     if (!e && ap_input_want) e = ap_check_input();
     ap_error = e;
     __atomic_add_fetch(&ap_done, 1, __ATOMIC_SEQ_CST);
@@ -165,6 +179,7 @@ int test_smp(const struct options *o) {
   memcpy((void *)AP_TRAMPOLINE, ap_tramp_start, (size_t)(ap_tramp_end - ap_tramp_start));
   ap_bench_ms = o->count > 0 ? (uint32_t)o->count : 0;
   ap_input_want = o->input > 0;
+  ap_console = o->console > 0;
   /* One at a time: each takes the stack in ap_stack_top before it counts itself up. */
   for (uint32_t k = 1; k <= n_aps; k++) {
     ap_stack_top = phys(ap_stacks[k - 1] + sizeof ap_stacks[k - 1]);
@@ -207,7 +222,7 @@ int test_smp(const struct options *o) {
     return EXIT_FAIL;
   }
   if (ap_bench_ms && n_aps == 1)
-    printf("bench ap done n=%u ticks=%u:%u\n", ap_n[1], (uint32_t)(ap_ticks[1] >> 32), (uint32_t)ap_ticks[1]);
+    printf(ap_console ? "bench apcon done n=%u ticks=%u:%u\n" : "bench ap done n=%u ticks=%u:%u\n", ap_n[1], (uint32_t)(ap_ticks[1] >> 32), (uint32_t)ap_ticks[1]);
   else if (ap_bench_ms) {
     uint32_t n = 0;
     uint64_t t = 0;

@@ -7,6 +7,19 @@ import { Worker } from 'node:worker_threads';
 import { RegisterFile, readPublished } from '../../core/kvm/register-file.js';
 import { Serial16550 } from '../../hw/serial-16550.js';
 import { isTsvmmError } from '../../core/errors.js';
+import { ChanKind, Entry, createChannel, entryIndex } from '../../core/kvm/exit-channel.js';
+
+/** A vCPU's ring with one posted, unanswered byte write to `port` (sequence 0). */
+function pendingWrite(port: number, kind = ChanKind.Pio): Int32Array {
+  const ch = createChannel();
+  const e = entryIndex(0);
+  ch[e + Entry.Kind] = kind;
+  ch[e + Entry.IsWrite] = 1;
+  ch[e + Entry.Size] = 1;
+  ch[e + Entry.AddrLo] = port;
+  ch[e + Entry.Count] = 1;
+  return ch;
+}
 
 test('a published byte register reads back its latest value; unpublished ports and other sizes ask the device', () => {
   const f = new RegisterFile();
@@ -21,6 +34,19 @@ test('a published byte register reads back its latest value; unpublished ports a
   w.publish([0, 1, 2, 3, 4, 5, 6, -1]);
   assert.equal(readPublished(f.view, 0x3f8, 1), 0, 'zero is a value');
   assert.equal(readPublished(f.view, 0x3ff, 1), -1, 'unpublished again');
+});
+
+test("behind the vCPU's own unanswered writes only if each changes nothing published", () => {
+  const f = new RegisterFile();
+  const w = f.window(0x3f8, 8);
+  w.publish([-1, 1, 2, 3, 4, 5, 6, 7], 0b1);
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x3f8), 0, 1), 5, 'a neutral write in flight');
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x3ff), 0, 1), -1, 'a scratch write in flight');
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x80), 0, 1), -1, 'a write to an unpublished port');
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x3f8, ChanKind.Mmio), 0, 1), -1, 'an MMIO write');
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x3f8), 0, 0), 5, 'nothing in flight');
+  w.publish([-1, 1, 2, 3, 4, 5, 6, 7], 0);
+  assert.equal(readPublished(f.view, 0x3fd, 1, pendingWrite(0x3f8), 0, 1), -1, 'no longer neutral');
 });
 
 test('windows: out of the port space or overlapping another is refused with a fix', () => {
@@ -145,6 +171,29 @@ test('16550: every published register reads as published and reading it changes 
       assert.equal(u.r(k), p, `offset ${k} after writing 0x${v.toString(16)} at ${off}`);
       assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 7].map(u.local), before, `reading offset ${k} changed nothing`);
     }
+  }
+});
+
+test('16550: a THR write marked neutral changes no published value (the polled console), and only then', () => {
+  const u = publishedUart();
+  const ring = pendingWrite(0x3f8);
+  const all = () => [0, 1, 2, 3, 4, 5, 6, 7].map(u.local);
+  const states: [string, () => void, boolean][] = [
+    ['after reset', () => {}, true],
+    ['IER.THRI on', () => u.w(1, 0x02), false],
+    ['IER.THRI off, RDI on', () => u.w(1, 0x01), true],
+    ['DLAB on (THR is DLL)', () => u.w(3, 0x83), false],
+    ['DLAB off', () => u.w(3, 0x03), true],
+    ['loopback (THR feeds RBR)', () => u.w(4, 0x10), false],
+    ['loopback off', () => u.w(4, 0x0b), true],
+  ];
+  for (const [what, enter, neutral] of states) {
+    enter();
+    const marked = readPublished(u.f.view, 0x3fd, 1, ring, 0, 1) !== -1;
+    assert.equal(marked, neutral, what);
+    const before = all();
+    u.w(0, 0x41);
+    if (marked) assert.deepEqual(all(), before, `${what}: a THR write changed a published value`);
   }
 });
 
