@@ -52,7 +52,7 @@ export class ApRings {
   }
 
   /** The reads the APs answered themselves (register-file.ts) count in the exit statistics too. */
-  private foldLocalReads(): void {
+  foldLocalReads(): void {
     const st = this.dispatch.stats;
     this.registers?.fold((port, n) => {
       st.ioExits += n;
