@@ -35,3 +35,18 @@ test(
     assert.ok(answered >= 512 * 7, `reads answered on the AP's thread: ${answered}`);
   },
 );
+
+test(
+  '4 vCPUs: three APs start one after another and every vCPU reads a published register at once',
+  { timeout: 120_000 },
+  async () => {
+    const r = await runGuest({ cmdline: 'test=smp aps=3 count=300', config: { vcpus: 4 }, timeoutMs: 90_000 });
+    assert.equal(r.status, 0, r.reason + '\n' + r.output);
+    for (const id of [1, 2, 3]) assert.ok(r.lines.includes(`smp ap up id=${id}`), r.output);
+    assert.ok(r.lines.includes('smp check ok'), r.output);
+    const m = /^bench smp done n=(\d+) ticks=/m.exec(r.output);
+    assert.ok(m, r.output);
+    // Every read of every vCPU's loop counted, whichever thread answered it.
+    assert.ok(r.stats.pio.get(0x3ff)! >= Number(m[1]), `scratch reads: ${r.stats.pio.get(0x3ff)} of ${m[1]}`);
+  },
+);
