@@ -3,6 +3,7 @@
 // turn so a guest printing byte by byte does not cost one write(2) per byte.
 import { MemoryRegion } from '../core/memory/index.js';
 import type { InterruptLine } from './interrupts.js';
+import type { RegisterWindow } from './published-registers.js';
 
 const IER_RDI = 0x01,
   IER_THRI = 0x02;
@@ -22,6 +23,12 @@ export interface SerialOptions {
   output: (bytes: Uint8Array) => void;
   /** The IRQ line (level-triggered, driven by the VMM). */
   irq?: Pick<InterruptLine, 'setLevel'>;
+  /**
+   * Where to publish the registers whose read has no side effect, for vCPU threads to answer
+   * themselves (hw/published-registers.ts): all but RBR (a FIFO pop) and IIR while it reports THRI
+   * (reading clears it). LSR and MSR qualify because no error or delta bits are modelled.
+   */
+  registers?: RegisterWindow;
 }
 
 export class Serial16550 {
@@ -38,18 +45,50 @@ export class Serial16550 {
   private readonly rx: number[] = [];
   private out: number[] = [];
   private flushScheduled = false;
+  private readonly published = [-1, -1, -1, -1, -1, -1, -1, -1];
 
   constructor(private readonly opts: SerialOptions) {
+    // Every access publishes before it is answered (a read of RBR or IIR changes state too).
+    const pub = opts.registers !== undefined;
     this.region = MemoryRegion.io('serial-16550', 8, {
-      read: (off) => this.read(off),
-      write: (off, _size, v) => this.write(off, Number(v) & 0xff),
+      read: (off) => {
+        const v = this.read(off);
+        if (pub) this.publish();
+        return v;
+      },
+      write: (off, _size, v) => {
+        this.write(off, Number(v) & 0xff);
+        if (pub) this.publish();
+      },
     });
+    if (pub) this.publish();
   }
 
   /** Bytes from the outside world (console input) for the guest to read. */
   input(bytes: Uint8Array): void {
     for (const b of bytes) this.rx.push(b);
     this.updateIrq();
+  }
+
+  /** What a read of each register returns now, where that read changes nothing (see SerialOptions.registers). */
+  private publish(): void {
+    const w = this.opts.registers;
+    if (!w) return;
+    const p = this.published,
+      dlab = (this.lcr & LCR_DLAB) !== 0;
+    p[0] = dlab ? this.dll : -1;
+    p[1] = dlab ? this.dlm : this.ier;
+    const iir = this.iirId();
+    p[2] = iir === IIR_THRI ? -1 : iir | (this.fcr & 1 ? IIR_FIFO : 0);
+    p[3] = this.lcr;
+    p[4] = this.mcr;
+    p[5] = LSR_THRE | LSR_TEMT | (this.rx.length ? LSR_DR : 0);
+    p[6] = this.mcr & MCR_LOOP ? this.loopbackMsr() : MSR_IDLE;
+    p[7] = this.scr;
+    // THR out of loopback with its interrupt off (the Linux console's polled write): the byte
+    // leaves at once and THRE stays set, so a THR write changes no published value. (The THRI it
+    // arms shows in IIR only once enabled, and enabling it arms THRI anyway.)
+    w.publish(p, !dlab && !(this.mcr & MCR_LOOP) && !(this.ier & IER_THRI) ? 1 : 0);
   }
 
   private read(off: number): number {
@@ -142,6 +181,7 @@ export class Serial16550 {
   }
 
   private updateIrq(): void {
+    this.publish(); // before the interrupt that tells the guest to look
     const level = this.iirId() !== IIR_NONE;
     if (level !== this.irqLevel) {
       this.irqLevel = level;

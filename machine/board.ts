@@ -10,6 +10,7 @@ import { Serial16550 } from '../hw/serial-16550.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../hw/debug-exit.js';
 import { ACPI_SLEEP_CONTROL_PORT } from '../hw/acpi.js';
 import { AcpiSleepControl } from '../hw/acpi-pm.js';
+import type { RegisterWindow } from '../hw/published-registers.js';
 import { I8042, I8042_COMMAND_PORT, I8042_DATA_PORT } from '../hw/i8042.js';
 import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_GSI, GED_PORT } from '../hw/ged.js';
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
@@ -58,6 +59,8 @@ export interface BoardHooks {
   serialOutput: (bytes: Uint8Array) => void;
   /** The line COM1 raises, and the GED's. */
   line: (gsi: number) => InterruptLine;
+  /** Where a device at `size` ports from `port` publishes the registers a vCPU thread may answer itself. */
+  registers?: (port: number, size: number) => RegisterWindow;
   pciBus: PciBus;
   /** The guest asked the machine to end (debug exit, reset, ACPI S5). */
   exit: (status: number, reason: string) => void;
@@ -86,7 +89,11 @@ export interface Board {
  * the FADT names (machine/loader/linux.ts writes the tables).
  */
 export function createBoard(h: BoardHooks): Board {
-  const serial = new Serial16550({ output: h.serialOutput, irq: h.line(COM1_IRQ) });
+  const serial = new Serial16550({
+    output: h.serialOutput,
+    irq: h.line(COM1_IRQ),
+    ...(h.registers ? { registers: h.registers(COM1_PORT, 8) } : {}),
+  });
   const i8042 = new I8042({
     onReset: () => h.exit(0, 'guest reset the machine through the i8042 (tsvmm does not reboot; like QEMU -no-reboot)'),
   });

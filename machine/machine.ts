@@ -166,6 +166,10 @@ export class Machine implements MachineControl {
       const board = createBoard({
         serialOutput: output,
         line: (gsi) => this.interrupts.line(gsi),
+        // Only application processors answer reads on their own threads: a 1-vCPU guest publishes nothing.
+        ...(config.vcpus > 1
+          ? { registers: (port: number, size: number) => this.vm.registers.window(port, size) }
+          : {}),
         pciBus: this.pciBus,
         exit: (status, reason) => this.endWith(status, reason, 'guest'),
         ejected: (slot) => this.deviceManager.ejected(slot),

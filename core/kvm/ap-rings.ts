@@ -3,6 +3,7 @@
 // is not in a slice, from the event loop (Atomics.waitAsync on the doorbell).
 import { Entry, Slot, STRING_DATA_OFFSET, Wake, createWake, entryIndex, ChanKind } from './exit-channel.js';
 import type { IoDispatch } from './io-dispatch.js';
+import type { RegisterFile } from './register-file.js';
 import type { Vcpu } from './vcpu.js';
 
 export class ApRings {
@@ -14,6 +15,7 @@ export class ApRings {
   constructor(
     private readonly vcpus: readonly Vcpu[],
     private readonly dispatch: IoDispatch,
+    private readonly registers?: RegisterFile,
   ) {}
 
   /** Serves the rings from the event loop until end(). */
@@ -34,6 +36,7 @@ export class ApRings {
   /** Answers every request the APs have posted, oldest first per AP. */
   serve(): void {
     Atomics.store(this.wake, Wake.KickPending, 0); // before looking: a later post rings again
+    this.foldLocalReads();
     for (let i = 1; i < this.vcpus.length; i++) {
       const v = this.vcpus[i]!;
       const ch = v.channel;
@@ -46,6 +49,16 @@ export class ApRings {
       }
       Atomics.notify(ch, Slot.Tail);
     }
+  }
+
+  /** The reads the APs answered themselves (register-file.ts) count in the exit statistics too. */
+  foldLocalReads(): void {
+    const st = this.dispatch.stats;
+    this.registers?.fold((port, n) => {
+      st.ioExits += n;
+      st.total += n;
+      if (st.byAddress) st.pio.set(port, (st.pio.get(port) ?? 0) + n);
+    });
   }
 
   private serveFromLoop(): void {

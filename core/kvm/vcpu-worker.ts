@@ -1,6 +1,8 @@
 // Application-processor thread (vCPU >= 1, in a pool worker): runs KVM_RUN in a loop and hands
 // port I/O and MMIO to the device thread through its ring (exit-channel.ts): writes are posted,
-// reads and REP strings wait for their answer. Other exits end the loop with a reason.
+// reads and REP strings wait for their answer. A read of a register a device model published
+// (register-file.ts) is answered here, when nothing this vCPU posted is still unanswered.
+// Other exits end the loop with a reason.
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
 import {
   ChanKind,
@@ -13,7 +15,8 @@ import {
   entryIndex,
   type VcpuStop,
 } from './exit-channel.js';
-import { EAGAIN, EINTR, ExitDecoder, ExitKind, copyElement } from './exits.js';
+import { EAGAIN, EINTR, ExitDecoder, ExitKind, copyElement, storeElement } from './exits.js';
+import { readPublished, type RegisterFileView } from './register-file.js';
 
 export interface VcpuTask {
   vcpuFd: number;
@@ -25,6 +28,9 @@ export interface VcpuTask {
   /** The device thread's doorbell and handle (it runs vCPU 0). */
   wake: Int32Array;
   mainThread: bigint;
+  /** The registers answered on this thread, and where it counts those answers (per register). */
+  registers: RegisterFileView;
+  localCounts: Int32Array;
 }
 
 export default function runVcpu(task: VcpuTask): VcpuStop {
@@ -39,6 +45,8 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
   const page = new DataView(run.buffer);
   const bytes = new Uint8Array(run.buffer);
   const exit = new ExitDecoder(page, bytes);
+  const regs = task.registers,
+    localCounts = task.localCounts;
   let head = Atomics.load(ch, Slot.Head);
   Atomics.store(ch, Slot.Running, 1);
 
@@ -113,6 +121,16 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
       if (kind === ExitKind.Stop) return exit.stop!;
       if (kind === ExitKind.RunOn) continue;
       const { isWrite, size, addr, count, dataOffset: off } = exit;
+      if (!isWrite && count === 1 && exit.isPio) {
+        // Only behind our own posted writes that change nothing published (Tail is stored after the
+        // device published what a write changed).
+        const v = readPublished(regs, addr, size, ch, Atomics.load(ch, Slot.Tail), head);
+        if (v >= 0) {
+          storeElement(page, off, size, v);
+          localCounts[regs.portSlot[addr]!]++;
+          continue;
+        }
+      }
       const chanKind = exit.isPio ? ChanKind.Pio : ChanKind.Mmio;
       if (count === 1) {
         const seq = post(chanKind, isWrite, size, addr, count, isWrite ? off : -1);

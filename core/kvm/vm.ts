@@ -16,6 +16,7 @@ import { Vcpu } from './vcpu.js';
 import { Control, Slot, type VcpuStop } from './exit-channel.js';
 import { ExitStats, IoDispatch } from './io-dispatch.js';
 import { ApRings } from './ap-rings.js';
+import { RegisterFile } from './register-file.js';
 import { BootVcpuLoop } from './boot-vcpu.js';
 import type { VcpuTask } from './vcpu-worker.js';
 
@@ -63,7 +64,14 @@ export class KvmVm {
   readonly memslots: KvmMemslots;
   readonly gsi: GsiRouting;
   readonly vcpus: Vcpu[] = [];
-  readonly stats = new ExitStats();
+  private readonly exitStats = new ExitStats();
+  /** The exits answered, the reads the APs answered on their own threads included (folded in here). */
+  get stats(): ExitStats {
+    this.rings?.foldLocalReads();
+    return this.exitStats;
+  }
+  /** Registers the device models publish for the APs to answer on their own threads (register-file.ts). */
+  readonly registers = new RegisterFile();
   readonly irqchip: boolean;
   readonly kickSignal: number;
   private pool: Tinypool | undefined;
@@ -98,8 +106,8 @@ export class KvmVm {
       this.io = new AddressSpace('io', MemoryRegion.container('io', 0x10000));
       this.memory.addListener(this.memslots);
       this.gsi = new GsiRouting(this.fd);
-      this.dispatch = new IoDispatch(this.io, this.memory, this.stats);
-      this.rings = new ApRings(this.vcpus, this.dispatch);
+      this.dispatch = new IoDispatch(this.io, this.memory, this.exitStats);
+      this.rings = new ApRings(this.vcpus, this.dispatch, this.registers);
       // Our table from the start: KVM's default sends GSI 0 to IOAPIC pin 0, ours (as QEMU's and
       // the MP/ACPI tables) to pin 2; pushing it at the first MSI would reroute under the guest.
       if (this.irqchip) this.gsi.commit();
@@ -163,11 +171,11 @@ export class KvmVm {
     native().kvmIrqfd(this.fd, { fd: eventFd, gsi, flags: native().constants.KVM_IRQFD_FLAG_DEASSIGN });
   }
   setIrqLine(irq: number, level: boolean): void {
-    this.stats.irqInjections++;
+    this.exitStats.irqInjections++;
     native().kvmIrqLine(this.fd, irq, level ? 1 : 0);
   }
   signalMsi(msg: { addressLo: number; addressHi: number; data: number }): number {
-    this.stats.irqInjections++;
+    this.exitStats.irqInjections++;
     return native().kvmSignalMsi(this.fd, msg);
   }
 
@@ -213,6 +221,8 @@ export class KvmVm {
         thread: v.thread,
         wake: this.rings.wake,
         mainThread,
+        registers: this.registers.view,
+        localCounts: this.registers.countsFor(v.id),
       };
       return (this.pool!.run(task) as Promise<VcpuStop>)
         .catch((e: Error): VcpuStop => ({ reason: 'error', message: e.message }))

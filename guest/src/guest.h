@@ -106,6 +106,7 @@ struct options {
   int dma, msi, intx;
   uint16_t dev_vendor, dev_device;
   int seed;
+  int aps, input, console; /* test=smp: APs to start; wait for a byte of input; bench a polled console */
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);

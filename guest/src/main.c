@@ -66,7 +66,8 @@ static void parse_word(char *word, struct options *o) {
       {"vector", offsetof(struct options, vector)}, {"gsi", offsetof(struct options, gsi)},
       {"count", offsetof(struct options, count)},   {"dma", offsetof(struct options, dma)},
       {"msi", offsetof(struct options, msi)},       {"intx", offsetof(struct options, intx)},
-      {"seed", offsetof(struct options, seed)},
+      {"seed", offsetof(struct options, seed)},     {"aps", offsetof(struct options, aps)},
+      {"input", offsetof(struct options, input)},   {"console", offsetof(struct options, console)},
   };
   bool ok = false;
   if (streq(key, "test")) {
@@ -183,7 +184,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (boot_info.flags & MBI_FLAG_MEM) printf("tsvmm-guest: memory lower %uK upper %uK\n", boot_info.mem_lower, boot_info.mem_upper);
   printf("tsvmm-guest: cmdline \"%s\"\n", cmdline);
   timer_init();
-  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1};
+  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0, 0, 0};
   parse_cmdline(cmdline, &o);
   int rc;
   if (!o.test) rc = demo();

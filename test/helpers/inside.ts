@@ -9,6 +9,7 @@ export function inside(m: Machine) {
     vfio: m['vfio'],
     guestRam: m['guestRam'],
     pciBus: m['pciBus'],
+    serial: m['serial'],
     e820: m['e820'],
     config: m['config'],
     devices: m['deviceManager'].devices,

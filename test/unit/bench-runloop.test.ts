@@ -33,6 +33,26 @@ test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20
   assert.match(md, /- qemu ap round 2: exit 1/);
 });
 
+test('run-loop table: the 4-vCPU control-plane row is the max of 100 per launch', () => {
+  const q = (base: number) => Array.from({ length: 100 }, (_, i) => base + (i === 50 ? 5 : 0));
+  const r: RunloopResults = {
+    date: '2026-11-27T12:00:00Z',
+    where: 'here',
+    rounds: 2,
+    phaseMs: 1000,
+    errors: [],
+    samples: { tsvmm: { qmpAll: [...q(1), ...q(2)], ap4: [10, 30] }, qemu: { qmpAll: q(1), ap4: [40] } },
+  };
+  const md = renderRunloop(r);
+  const row = (label: string) => md.split('\n').find((l) => l.startsWith(`| ${label}`))!;
+  // Maxima 6 and 7 → median 6.5 (a max of 20 would have made four launches of each).
+  assert.match(
+    row('QMP query-status under exit load from 4 vCPUs, max of 100'),
+    /\| 6\.50 \(6\.00–7\.00\) \| 6\.00 \(6\.00–6\.00\) \| 1\.08× \|$/,
+  );
+  assert.match(row('Trapped port I/O from every vCPU at once'), /\| 20 \(10–30\) \| 40 \(40–40\) \| 0\.50× \|$/);
+});
+
 test('run-loop table: launch and memory rows (1 and 4 vCPUs), ratios against QEMU and the null VMM', () => {
   const r: RunloopResults = {
     date: '2026-11-27T12:00:00Z',
