@@ -318,19 +318,13 @@ export class VirtioPciDevice extends PciDevice {
         v = this.deviceFeatureSelect;
         break;
       case COMMON.deviceFeature:
-        v =
-          this.deviceFeatureSelect < 2
-            ? Number((this.offered >> BigInt(32 * this.deviceFeatureSelect)) & 0xffffffffn)
-            : 0;
+        v = featureWord(this.offered, this.deviceFeatureSelect);
         break;
       case COMMON.driverFeatureSelect:
         v = this.driverFeatureSelect;
         break;
       case COMMON.driverFeature:
-        v =
-          this.driverFeatureSelect < 2
-            ? Number((this.driverFeatures >> BigInt(32 * this.driverFeatureSelect)) & 0xffffffffn)
-            : 0;
+        v = featureWord(this.driverFeatures, this.driverFeatureSelect);
         break;
       case COMMON.configMsixVector:
         v = this.configVector;
@@ -642,4 +636,9 @@ export class VirtioPciDevice extends PciDevice {
       );
     });
   }
+}
+
+/** Word `select` of a 64-bit feature set (the common config's 32-bit feature windows; beyond 64: 0). */
+function featureWord(bits: bigint, select: number): number {
+  return select < 2 ? Number((bits >> BigInt(32 * select)) & 0xffffffffn) : 0;
 }
