@@ -27,6 +27,10 @@ import { createBoard, HIGH_RAM_BASE, LOW_RAM_END, PCI_WINDOWS, pciIntxGsi, ramLa
 import { bootImage } from './boot.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
+import { TsvmmError } from '../core/errors.js';
+import type { Migratable } from '../core/state.js';
+import { loadMachine, saveMachine, type MachineParts, type MigrationProgress } from './migration/machine-state.js';
+import type { ByteSink, ByteSource } from './migration/stream.js';
 import type {
   ExitCause,
   MachineControl,
@@ -66,6 +70,8 @@ export class Machine implements MachineControl {
   /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
   private readonly ged: GenericEventDevice;
   private readonly pciHotplug: AcpiPciHotplug;
+  /** The board's devices with state (serial, i8042, ACPI, GED, hot-plug registers). */
+  private readonly boardState: Migratable[];
   /** Whether the guest was given ACPI tables that describe hot-plug (device removal asks it to eject). */
   private acpi = false;
   private readonly listeners = new Set<MachineListener>();
@@ -162,6 +168,7 @@ export class Machine implements MachineControl {
       this.serial = board.serial;
       this.ged = board.ged;
       this.pciHotplug = board.pciHotplug;
+      this.boardState = board.migratable;
       // One memory transaction: each space renders its flat view once, not once per device (start-up time).
       memoryTransaction(() => {
         this.vm.memory.root.addSubregion(0, pciMem, -1);
@@ -396,6 +403,71 @@ export class Machine implements MachineControl {
       }
     }
     if (first !== undefined) throw first;
+  }
+
+  // --- snapshot and migration (machine/migration/) -----------------------------------------------
+  /** Why the machine cannot be saved now: one line per device that cannot migrate. */
+  migrationBlockers(): string[] {
+    const out: string[] = [];
+    for (const d of this.pciBus.devices.values()) {
+      const why = d.migrationBlocker();
+      if (why === undefined) continue;
+      const host = (d as Partial<VfioPciDevice>).assigned?.host.name;
+      out.push(`${d.name}${host ? ` (${host})` : ''}: ${why}`);
+    }
+    return out;
+  }
+
+  /** What a snapshot holds, in order, and what the destination must match. */
+  private migrationParts(): MachineParts {
+    const { lowSize, highSize } = ramLayout(this.config.memoryBytes);
+    const parts: Migratable[] = [
+      this.vm.irqchipState,
+      ...this.vm.vcpus,
+      ...this.boardState,
+      ...[...this.pciBus.devices.values()].sort((a, b) => a.devfn - b.devfn),
+    ];
+    return {
+      description: {
+        memory: this.config.memoryBytes,
+        ramLayout: { lowSize, highSize },
+        vcpus: this.vm.vcpus.length,
+        irqchip: this.vm.irqchip,
+        sections: parts.map((p) => p.stateId),
+      },
+      parts,
+      last: [this.vm.clockState],
+      ram: { size: this.config.memoryBytes, view: (off, len) => this.guestRam.view(off, len) },
+    };
+  }
+
+  /**
+   * Stops the vCPUs (they stay stopped: resume() lets them go on, as after QEMU's migrate) and
+   * writes the whole machine to `sink`. Refused at once, the VM untouched, while a device has a
+   * migration blocker.
+   */
+  async saveState(
+    sink: ByteSink,
+    opts: { progress?: (p: MigrationProgress) => void; cancelled?: () => boolean } = {},
+  ): Promise<MigrationProgress> {
+    const blockers = this.migrationBlockers();
+    if (blockers.length)
+      throw new TsvmmError('ERR_MIGRATION', `cannot migrate '${this.name}': ${blockers.join('; ')}`, {
+        fix: 'remove the device (device_del) first, or stop the VM and start it again on the destination',
+      });
+    await this.vm.park();
+    this.serial.flush(); // what the guest printed before the stop goes out before the state does
+    return saveMachine(this.migrationParts(), sink, opts);
+  }
+
+  /** Reads a saved machine into this one before it first runs (the stream must match its config). */
+  async loadState(
+    source: ByteSource,
+    opts: { progress?: (p: MigrationProgress) => void } = {},
+  ): Promise<MigrationProgress> {
+    if (this.vm.started)
+      throw new TsvmmError('ERR_MIGRATION', `'${this.name}' has already run: a stream loads only into a new VM`);
+    return loadMachine(this.migrationParts(), source, opts);
   }
 
   inspect(): MachineInspection {

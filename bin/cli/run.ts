@@ -33,6 +33,10 @@ Options:
   --qmp PATH           a QMP control socket (mode 0600), one client at a time (others wait their
                        turn); repeatable: each socket its own monitor; see docs/qmp.md
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
+  --incoming URI|defer start from a migration stream instead of booting: file:PATH (a snapshot),
+                       exec:COMMAND (its stdout), unix:PATH or tcp:HOST:PORT (listens for the
+                       source), or defer (wait for QMP migrate-incoming; needs --qmp). The
+                       config must be the source's; see docs/migration.md
   --sandbox on|off     on (default): once set up, a seccomp filter limits the VMM to the syscalls
                        a running VM needs; one outside it stops the VMM naming it (exit 159).
                        off: no filter (to debug; see docs/sandbox.md)
@@ -60,6 +64,7 @@ const OPTIONS = {
   qmp: { type: 'string', multiple: true },
   'fd-socket': { type: 'string' },
   sandbox: { type: 'string' },
+  incoming: { type: 'string' },
   'print-config': { type: 'boolean' },
 } as const;
 
@@ -241,6 +246,9 @@ export async function main(args: string[]): Promise<number> {
     checkWithFlags(structuredClone(raw), source, baseDir, flags); // exit 2 (with the problems) when invalid
     return 0;
   }
+  const incoming = str(v, 'incoming');
+  if (incoming === 'defer' && !qmpPaths.length)
+    throw new UsageError('--incoming defer waits for QMP migrate-incoming: give a --qmp socket too', USAGE);
   const sandbox = str(v, 'sandbox') ?? 'on';
   if (sandbox !== 'on' && sandbox !== 'off') throw new UsageError(`--sandbox ${sandbox}: expected on or off`, USAGE);
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
@@ -271,8 +279,23 @@ export async function main(args: string[]): Promise<number> {
     machine = await createMachine(config, passedFds ? { passedFds } : {});
     if (qmpPaths.length && !early) {
       const { machineQmp } = await import('../../frontend/qmp/commands.js');
-      qmp = machineQmp(machine, qmpPaths);
+      qmp = machineQmp(machine, qmpPaths, incoming === 'defer' ? { incoming: 'defer' } : {});
       await qmp.listen();
+    }
+    if (incoming !== undefined && !early) {
+      // The vCPUs run only once the state is in; QMP answers meanwhile (query-status: inmigrate).
+      const { Migration } = await import('../../frontend/migration.js');
+      const migration = qmp?.migration ?? new Migration(machine, () => {});
+      try {
+        if (incoming === 'defer') await migration.incomingComplete();
+        else await migration.incoming(incoming);
+      } catch (e) {
+        process.stderr.write(`tsvmm: load of migration failed: ${(e as Error).message}\n`);
+        const fix = (e as { fix?: string }).fix;
+        if (fix) process.stderr.write(`tsvmm: ${fix}\n`);
+        return 1;
+      }
+      qmp?.emit('RESUME');
     }
     if (early) {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);

@@ -70,7 +70,7 @@ static void parse_word(char *word, struct options *o) {
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "count") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -162,6 +162,19 @@ static int test_irq(const struct options *o) {
   return EXIT_OK;
 }
 
+/* ---- test=count: print an incrementing counter, one line per millisecond (count=N: stop after N,
+ * else for ever), polled serial only: a snapshot taken mid-count must continue with the next value. */
+static int test_count(const struct options *o) {
+  printf("count ready\n");
+  for (uint32_t i = 1; o->count <= 0 || i <= (uint32_t)o->count; i++) {
+    printf("count %u\n", i);
+    uint64_t next = deadline_ms(1);
+    while (!expired(next)) cpu_relax();
+  }
+  printf("count done\n");
+  return EXIT_OK;
+}
+
 void kmain(uint32_t magic, const struct multiboot_info *mbi);
 void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   boot_magic = magic;
@@ -197,6 +210,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "fuzz")) rc = test_fuzz(&o);
   else if (streq(o.test, "highmem")) rc = test_highmem(boot_mbi);
   else if (streq(o.test, "probe-int")) rc = test_probe_int();
+  else if (streq(o.test, "count")) rc = test_count(&o);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }
