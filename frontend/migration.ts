@@ -144,7 +144,7 @@ export class Migration {
       try {
         job.progress = await this.m.loadState(src.source, { progress: (p) => (job.progress = { ...p }) });
       } finally {
-        src.close();
+        await src.close();
       }
       job.end = Date.now();
       this.event(job, 'completed');

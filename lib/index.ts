@@ -60,7 +60,7 @@ export async function createVm(config: VmConfig, opts: CreateVmOptions = {}): Pr
         try {
           await m.loadState(from.source);
         } finally {
-          from.close();
+          await from.close();
         }
       } catch (e) {
         m.close();

@@ -286,6 +286,8 @@ export async function main(args: string[]): Promise<number> {
       // The vCPUs run only once the state is in; QMP answers meanwhile (query-status: inmigrate).
       const { Migration } = await import('../../frontend/migration.js');
       const migration = qmp?.migration ?? new Migration(machine, () => {});
+      // The QMP sockets do not hold the event loop open (the running VM does): this wait must.
+      const keepAlive = setInterval(() => {}, 2 ** 30);
       try {
         if (incoming === 'defer') await migration.incomingComplete();
         else await migration.incoming(incoming);
@@ -294,6 +296,8 @@ export async function main(args: string[]): Promise<number> {
         const fix = (e as { fix?: string }).fix;
         if (fix) process.stderr.write(`tsvmm: ${fix}\n`);
         return 1;
+      } finally {
+        clearInterval(keepAlive);
       }
       qmp?.emit('RESUME');
     }

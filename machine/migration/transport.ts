@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, fstatSync } from 'node:fs';
 import { createConnection, createServer, Socket, type Server } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
+import { once } from 'node:events';
 import { TsvmmError } from '../../core/errors.js';
 import { sandboxEntered } from '../../core/sandbox/index.js';
 import { iterableSource, type ByteSink, type ByteSource } from './stream.js';
@@ -71,7 +72,8 @@ export interface Outgoing {
 
 export interface Incoming {
   source: ByteSource;
-  close(): void;
+  /** Closes the source; for exec:, once the command has exited (reaped before a sandbox is entered). */
+  close(): Promise<void>;
 }
 
 /** The fd a client passed under `name` (QMP getfd), taken by the migration. */
@@ -202,23 +204,26 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
           reject(new TsvmmError('ERR_MIGRATION', `cannot read ${u.path}: ${e.message}`, { cause: e })),
         );
       });
-      return { source: iterableSource(r), close: () => r.destroy() };
+      return { source: iterableSource(r), close: async () => void r.destroy() };
     }
     case 'exec': {
       const child = spawnShell(u.command, ['ignore', 'pipe', 'inherit']);
       child.on('error', () => {});
       return {
         source: iterableSource(child.stdout!),
-        close: () => {
+        close: async () => {
           child.stdout!.destroy();
-          if (child.exitCode === null) child.kill('SIGTERM');
+          if (child.exitCode !== null || child.signalCode !== null) return;
+          const exited = once(child, 'exit');
+          child.kill('SIGTERM');
+          await exited;
         },
       };
     }
     case 'fd': {
       if (!takeFd) throw new TsvmmError('ERR_MIGRATION', `fd:${u.name}: no fds were passed here (QMP getfd)`);
       const r = fdStream(takeFd(u.name), 'r') as Readable;
-      return { source: iterableSource(r), close: () => r.destroy() };
+      return { source: iterableSource(r), close: async () => void r.destroy() };
     }
     case 'unix':
     case 'tcp': {
@@ -244,7 +249,7 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
             return source.read(n);
           },
         },
-        close: () => {
+        close: async () => {
           sock?.destroy();
           server.close();
         },
