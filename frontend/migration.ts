@@ -33,6 +33,8 @@ export class Migration {
   private out: Job | undefined;
   private inc: Job | undefined;
   private cancelRequested = false;
+  /** The outgoing connection, dropped by a cancel (a write may wait on a peer that reads nothing). */
+  private abortOut: (() => void) | undefined;
   /** Waiting for migrate-incoming (the command line said --incoming defer). */
   private deferred: boolean;
   private incomingDone: { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void } | undefined;
@@ -88,6 +90,7 @@ export class Migration {
       throw e;
     }
     job.setupTime = Date.now() - job.start;
+    this.abortOut = () => target.abort();
     const wasRunning = this.m.status() === 'running';
     const done = (async () => {
       this.event(job, 'active');
@@ -113,6 +116,8 @@ export class Migration {
         }
         // The source goes on as it was (QEMU: the VM resumes when migration fails).
         if (wasRunning && this.m.resume()) this.emit('RESUME');
+      } finally {
+        this.abortOut = undefined;
       }
     })();
     return { done };
@@ -123,6 +128,7 @@ export class Migration {
     if (this.out && ['setup', 'active'].includes(this.out.status)) {
       this.cancelRequested = true;
       this.event(this.out, 'cancelling');
+      this.abortOut?.();
     }
   }
 

@@ -99,12 +99,23 @@ function childDone(child: ChildProcess, command: string): Promise<void> {
 
 function spawnShell(command: string, stdio: ['pipe' | 'ignore', 'pipe' | 'inherit', 'inherit']): ChildProcess {
   try {
-    return spawn('/bin/sh', ['-c', command], { stdio });
+    // Its own process group: ending it ends what the shell started too (sh -c may fork).
+    return spawn('/bin/sh', ['-c', command], { stdio, detached: true });
   } catch (e) {
     throw new TsvmmError('ERR_MIGRATION', `exec:${command}: cannot start it: ${(e as Error).message}`, {
       fix: 'under the sandbox (--sandbox on) tsvmm starts no processes: use file:, unix:, tcp: or fd:',
       cause: e,
     });
+  }
+}
+
+/** Ends an exec: command and whatever it started. */
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, 'SIGTERM');
+  } catch {
+    /* gone already */
   }
 }
 
@@ -183,7 +194,7 @@ export async function openOutgoing(uri: string, takeFd?: TakeFd): Promise<Outgoi
     },
     abort: () => {
       w.destroy();
-      child?.kill('SIGTERM');
+      if (child) killGroup(child);
     },
   };
 }
@@ -215,7 +226,7 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
           child.stdout!.destroy();
           if (child.exitCode !== null || child.signalCode !== null) return;
           const exited = once(child, 'exit');
-          child.kill('SIGTERM');
+          killGroup(child);
           await exited;
         },
       };

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -222,4 +222,66 @@ test('an incoming stream the destination refuses: it exits 1 saying which sectio
   assert.equal(dst.child.exitCode, 1);
   assert.match(dst.err(), /load of migration failed: migration stream, section 'header': /);
   assert.equal(counts(dst.out()).length, 0);
+});
+
+test('unix: from one tsvmm to another; a destination that dies mid-stream, and a cancel, leave the source running', async () => {
+  const srcSock = join(dir, 'u-src.qmp'),
+    mig = join(dir, 'mig.sock');
+  const src = runChild([...COUNT_ARGS, '--qmp', srcSock, '--sandbox', 'off']);
+  let dst: ReturnType<typeof runChild> | undefined;
+  try {
+    await until('the source to count', () => counts(src.out()).length > 20);
+    const q = await QmpTestClient.connect(srcSock);
+    await q.next();
+    await q.call('qmp_capabilities');
+    const status = async () => ((await q.call('query-status')).return as { status: string }).status;
+    const countsGrow = async (what: string) => {
+      const n = counts(src.out()).length;
+      await until(what, () => counts(src.out()).length > n + 20);
+    };
+
+    // A destination that reads a little and goes away: failed, the source resumes (RESUME).
+    const { createServer } = await import('node:net');
+    const flaky = createServer((c) => {
+      let got = 0;
+      c.on('data', (b: Buffer) => {
+        got += b.length;
+        if (got > 64 * 1024) c.destroy();
+      });
+    });
+    await new Promise<void>((r) => flaky.listen(mig, r));
+    assert.deepEqual(await q.call('migrate', { uri: `unix:${mig}` }), { return: {} });
+    await migrationEvent(q, 'failed');
+    const failed = (await q.call('query-migrate')).return as Record<string, unknown>;
+    assert.equal(failed.status, 'failed');
+    assert.match(String(failed['error-desc']), /EPIPE|ECONNRESET|closed|write/i);
+    assert.equal(await status(), 'running');
+    await countsGrow('the source to count on after the failed migration');
+    await new Promise((r) => flaky.close(r));
+
+    // A destination that reads nothing (a command that does not read its stdin: the pipe fills at
+    // 64 KiB, less than this guest's stream): the save waits on it until migrate_cancel.
+    assert.deepEqual(await q.call('migrate', { uri: 'exec:sleep 60' }), { return: {} });
+    await migrationEvent(q, 'active');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(((await q.call('query-migrate')).return as { status: string }).status, 'active');
+    assert.equal(await status(), 'finish-migrate');
+    assert.deepEqual(await q.call('migrate_cancel'), { return: {} });
+    await migrationEvent(q, 'cancelled');
+    assert.equal(await status(), 'running');
+    await countsGrow('the source to count on after the cancel');
+
+    // And a real destination: the whole state over the socket, the count goes on there.
+    dst = runChild([...COUNT_ARGS, '--incoming', `unix:${mig}`]);
+    await until('the destination to listen', () => existsSync(mig));
+    assert.deepEqual(await q.call('migrate', { uri: `unix:${mig}` }), { return: {} });
+    await migrationEvent(q, 'completed');
+    await until('the destination to count', () => counts(dst!.out()).length > 20);
+    const all = counts(src.out() + dst.out());
+    assert.equal(all[0], 1);
+    assertConsecutive(all, 'source then destination');
+  } finally {
+    src.child.kill('SIGKILL');
+    dst?.child.kill('SIGKILL');
+  }
 });
