@@ -256,9 +256,12 @@ export async function main(args: string[]): Promise<number> {
   let machine: import('../../machine/index.js').MachineControl | undefined;
   let early: TerminatingSignal | undefined;
   catchSignals(); // the dispatcher did already (a no-op then)
+  // A wait for an incoming migration ends on a signal too (the VM has not run: nothing else would end it).
+  let interruptWait: ((sig: TerminatingSignal) => void) | undefined;
   early = onSignal((sig) => {
     if (machine) machine.exit(TERMINATING[sig], `interrupted (${sig})`, 'host-signal');
     else early ??= sig;
+    interruptWait?.(sig);
   });
   let qmp;
   try {
@@ -288,9 +291,14 @@ export async function main(args: string[]): Promise<number> {
       const migration = qmp?.migration ?? new Migration(machine, () => {});
       // The QMP sockets do not hold the event loop open (the running VM does): this wait must.
       const keepAlive = setInterval(() => {}, 2 ** 30);
+      const interrupted = new Promise<TerminatingSignal>((r) => (interruptWait = r));
       try {
-        if (incoming === 'defer') await migration.incomingComplete();
-        else await migration.incoming(incoming);
+        const load = incoming === 'defer' ? migration.incomingComplete() : migration.incoming(incoming);
+        const sig = await Promise.race([load.then(() => undefined), interrupted]);
+        if (sig) {
+          process.stderr.write(`tsvmm: interrupted (${sig}) while waiting for the incoming migration\n`);
+          return TERMINATING[sig];
+        }
       } catch (e) {
         process.stderr.write(`tsvmm: load of migration failed: ${(e as Error).message}\n`);
         const fix = (e as { fix?: string }).fix;

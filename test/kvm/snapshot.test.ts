@@ -285,3 +285,17 @@ test('unix: from one tsvmm to another; a destination that dies mid-stream, and a
     dst?.child.kill('SIGKILL');
   }
 });
+
+test('a destination waiting for migrate-incoming ends on SIGTERM (143), its QMP socket removed', async () => {
+  const sock = join(dir, 'wait.qmp');
+  const dst = runChild([...COUNT_ARGS, '--qmp', sock, '--incoming', 'defer']);
+  const q = await QmpTestClient.connect(sock);
+  await q.next();
+  await q.call('qmp_capabilities');
+  assert.equal(((await q.call('query-status')).return as { status: string }).status, 'inmigrate');
+  dst.child.kill('SIGTERM');
+  await once(dst.child, 'exit');
+  assert.equal(dst.child.exitCode, 143, dst.err());
+  assert.match(dst.err(), /interrupted \(SIGTERM\) while waiting for the incoming migration/);
+  assert.equal(existsSync(sock), false);
+});
