@@ -216,6 +216,8 @@ export interface Native {
   kvmGetMsrIndexList(kvmFd: number): number[];
   /** Values of `indexes` in order; shorter than the list when KVM stops at one it cannot read. */
   kvmGetMsrs(vcpuFd: number, indexes: number[]): BigUint64Array;
+  /** KVM_GET_DIRTY_LOG: a bit per page of the slot written since the last call (cleared by it). */
+  kvmGetDirtyLog(vmFd: number, slot: number, bitmap: Uint8Array): void;
   kvmGetTscKhz(vcpuFd: number): number;
   kvmSetTscKhz(vcpuFd: number, khz: number): void;
   /** KVM_RUN runs with this thread's signal mask minus these signals. */

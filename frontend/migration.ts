@@ -95,11 +95,15 @@ export class Migration {
     const done = (async () => {
       this.event(job, 'active');
       try {
-        if (wasRunning) this.emit('STOP');
-        job.stoppedAt = Date.now();
         job.progress = await this.m.saveState(target.sink, {
           progress: (p) => (job.progress = { ...p }),
           cancelled: () => this.cancelRequested,
+          // Pre-copy where KVM keeps a dirty log: the guest runs while RAM goes (QEMU's default).
+          live: true,
+          onStop: () => {
+            job.stoppedAt = Date.now();
+            if (wasRunning) this.emit('STOP');
+          },
         });
         await target.finish();
         job.end = Date.now();
@@ -186,7 +190,7 @@ export class Migration {
       const secs = Math.max((now - (job.stoppedAt ?? job.start)) / 1000, 1e-3);
       out.ram = {
         transferred: p.bytes,
-        remaining: p.ramTotal - p.ramDone,
+        remaining: p.remaining,
         total: p.ramTotal,
         duplicate: p.zeroPages,
         skipped: 0,
@@ -194,7 +198,7 @@ export class Migration {
         'normal-bytes': p.normalPages * PAGE,
         'dirty-pages-rate': 0,
         mbps: (p.bytes * 8) / 1e6 / secs,
-        'dirty-sync-count': 1,
+        'dirty-sync-count': p.passes,
         'postcopy-requests': 0,
         'page-size': PAGE,
         'multifd-bytes': 0,

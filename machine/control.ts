@@ -118,10 +118,17 @@ export interface MachineControl {
   close(): void;
   /** Why a snapshot or migration is refused now (one line per device that cannot migrate). */
   migrationBlockers(): string[];
-  /** Stops the vCPUs (they stay stopped) and writes the machine's state to `sink`. */
+  /** Writes the machine's state to `sink` (live: RAM first while the guest runs); the vCPUs
+   *  stop (onStop says when) and stay stopped. */
   saveState(
     sink: ByteSink,
-    opts?: { progress?: (p: MigrationProgress) => void; cancelled?: () => boolean },
+    opts?: {
+      progress?: (p: MigrationProgress) => void;
+      cancelled?: () => boolean;
+      live?: boolean;
+      onStop?: () => void;
+      downtimeLimitMs?: number;
+    },
   ): Promise<MigrationProgress>;
   /** Loads a saved state into a machine that has not run yet. */
   loadState(source: ByteSource, opts?: { progress?: (p: MigrationProgress) => void }): Promise<MigrationProgress>;

@@ -29,7 +29,13 @@ import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
 import { TsvmmError } from '../core/errors.js';
 import type { Migratable } from '../core/state.js';
-import { loadMachine, saveMachine, type MachineParts, type MigrationProgress } from './migration/machine-state.js';
+import {
+  loadMachine,
+  saveMachine,
+  type DirtyLog,
+  type MachineParts,
+  type MigrationProgress,
+} from './migration/machine-state.js';
 import type { ByteSink, ByteSource } from './migration/stream.js';
 import type {
   ExitCause,
@@ -442,22 +448,62 @@ export class Machine implements MachineControl {
   }
 
   /**
-   * Stops the vCPUs (they stay stopped: resume() lets them go on, as after QEMU's migrate) and
-   * writes the whole machine to `sink`. Refused at once, the VM untouched, while a device has a
+   * Writes the whole machine to `sink`. With `live` (and a KVM that keeps a dirty log) RAM goes
+   * while the guest runs, pass after pass, and the vCPUs stop only for the rest; otherwise they
+   * stop first. Either way they stay stopped after it (resume() lets them go on, as after QEMU's
+   * migrate); `onStop` says when. Refused at once, the VM untouched, while a device has a
    * migration blocker.
    */
   async saveState(
     sink: ByteSink,
-    opts: { progress?: (p: MigrationProgress) => void; cancelled?: () => boolean } = {},
+    opts: {
+      progress?: (p: MigrationProgress) => void;
+      cancelled?: () => boolean;
+      live?: boolean;
+      onStop?: () => void;
+      downtimeLimitMs?: number;
+    } = {},
   ): Promise<MigrationProgress> {
     const blockers = this.migrationBlockers();
     if (blockers.length)
       throw new TsvmmError('ERR_MIGRATION', `cannot migrate '${this.name}': ${blockers.join('; ')}`, {
         fix: 'remove the device (device_del) first, or stop the VM and start it again on the destination',
       });
-    await this.vm.park();
-    this.serial.flush(); // what the guest printed before the stop goes out before the state does
-    return saveMachine(this.migrationParts(), sink, opts);
+    const stop = async () => {
+      await this.vm.park();
+      this.serial.flush(); // what the guest printed before the stop goes out before the state does
+      opts.onStop?.();
+    };
+    const live = opts.live && !this.vm.paused ? this.dirtyLog() : undefined;
+    return saveMachine(this.migrationParts(), sink, {
+      stop,
+      ...(live ? { live } : {}),
+      ...(opts.progress ? { progress: opts.progress } : {}),
+      ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
+      ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
+    });
+  }
+
+  /** KVM's dirty log over guest RAM, pages as offsets into it (undefined: this KVM keeps none). */
+  private dirtyLog(): DirtyLog | undefined {
+    const memslots = this.vm.memslots;
+    const { lowSize } = ramLayout(this.config.memoryBytes);
+    const toOffset = (gpa: number) => (gpa < HIGH_RAM_BASE ? gpa : gpa - HIGH_RAM_BASE + lowSize);
+    return {
+      start: () => memslots.setDirtyLogging(true),
+      stop: () => memslots.setDirtyLogging(false),
+      dirty: () => {
+        const out: number[] = [];
+        for (const s of memslots.dirtyPages()) {
+          const words = new BigUint64Array(s.bitmap.buffer);
+          for (let w = 0; w < words.length; w++) {
+            let v = words[w]!;
+            for (let bit = 0; v; bit++, v >>= 1n) if (v & 1n) out.push(toOffset(s.gpa + (w * 64 + bit) * 4096));
+          }
+        }
+        return out.filter((o) => o >= 0 && o < this.config.memoryBytes);
+      },
+    };
   }
 
   /** Reads a saved machine into this one before it first runs (the stream must match its config). */

@@ -120,6 +120,20 @@ static Napi::Value KvmSetTscKhz(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// kvmGetDirtyLog(vmFd, slot, bitmap): KVM_GET_DIRTY_LOG into `bitmap` (a bit per page of the
+// slot, 64-bit words): the pages written since the last call, which it clears and write-protects again.
+static Napi::Value KvmGetDirtyLog(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[2].IsTypedArray()) throw Napi::TypeError::New(env, "kvmGetDirtyLog(vmfd, slot, bitmap)");
+  Napi::Uint8Array b = info[2].As<Napi::Uint8Array>();
+  if (b.ByteLength() % 8) throw Napi::RangeError::New(env, "the dirty bitmap is whole 64-bit words");
+  kvm_dirty_log log = {};
+  log.slot = ArgU32(info, 1);
+  log.dirty_bitmap = b.Data();
+  CheckedIoctl(env, ArgInt(info, 0), KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG");
+  return env.Undefined();
+}
+
 // kvmSetSignalMask(vcpuFd, unblock[]): KVM_RUN runs with the calling thread's mask minus these
 // signals (a thread that blocks its kick signal takes it only while in the guest).
 static Napi::Value KvmSetSignalMask(const Napi::CallbackInfo &info) {
@@ -144,6 +158,7 @@ void InitKvmState(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "kvmSetSignalMask", KvmSetSignalMask);
   TSVMM_EXPORT(exports, "kvmGetMsrIndexList", KvmGetMsrIndexList);
   TSVMM_EXPORT(exports, "kvmGetMsrs", KvmGetMsrs);
+  TSVMM_EXPORT(exports, "kvmGetDirtyLog", KvmGetDirtyLog);
   TSVMM_EXPORT(exports, "kvmGetTscKhz", KvmGetTscKhz);
   TSVMM_EXPORT(exports, "kvmSetTscKhz", KvmSetTscKhz);
   Napi::Object c = exports.Has("constants") ? exports.Get("constants").As<Napi::Object>() : Napi::Object::New(env);

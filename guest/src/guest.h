@@ -106,6 +106,7 @@ struct options {
   int dma, msi, intx;
   uint16_t dev_vendor, dev_device;
   int seed;
+  int dirty; /* test=count: MiB of memory rewritten (and checked) per count */
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);

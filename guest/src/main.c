@@ -66,7 +66,7 @@ static void parse_word(char *word, struct options *o) {
       {"vector", offsetof(struct options, vector)}, {"gsi", offsetof(struct options, gsi)},
       {"count", offsetof(struct options, count)},   {"dma", offsetof(struct options, dma)},
       {"msi", offsetof(struct options, msi)},       {"intx", offsetof(struct options, intx)},
-      {"seed", offsetof(struct options, seed)},
+      {"seed", offsetof(struct options, seed)},     {"dirty", offsetof(struct options, dirty)},
   };
   bool ok = false;
   if (streq(key, "test")) {
@@ -163,10 +163,29 @@ static int test_irq(const struct options *o) {
 }
 
 /* ---- test=count: print an incrementing counter, one line per millisecond (count=N: stop after N,
- * else for ever), polled serial only: a snapshot taken mid-count must continue with the next value. */
+ * else for ever), polled serial only: a snapshot taken mid-count must continue with the next value.
+ * dirty=M: each count also checks that each page of M MiB at 16 MiB holds the previous count (in its
+ * first word) and rewrites it with this one, so a page a migration lost or left stale shows (the guest
+ * says so and exits 1). One word per page: every page is dirtied at the cost of a few thousand writes. */
+#define DIRTY_BASE 0x1000000u
 static int test_count(const struct options *o) {
+  volatile uint32_t *buf = (volatile uint32_t *)(uintptr_t)DIRTY_BASE;
+  const uint32_t stride = 4096 / 4;
+  uint32_t words = o->dirty > 0 ? (uint32_t)o->dirty * (0x100000u / 4) : 0;
+  if (words && (boot_info.mem_upper * 1024u + 0x100000u) < DIRTY_BASE + words * 4) {
+    printf("count: dirty=%d does not fit in this guest's memory\n", o->dirty);
+    return EXIT_USAGE;
+  }
+  for (uint32_t w = 0; w < words; w += stride) buf[w] = 0;
   printf("count ready\n");
   for (uint32_t i = 1; o->count <= 0 || i <= (uint32_t)o->count; i++) {
+    for (uint32_t w = 0; w < words; w += stride) {
+      if (buf[w] != i - 1) {
+        printf("count memory mismatch at 0x%x: %u, expected %u\n", DIRTY_BASE + w * 4, buf[w], i - 1);
+        return EXIT_FAIL;
+      }
+      buf[w] = i;
+    }
     printf("count %u\n", i);
     uint64_t next = deadline_ms(1);
     while (!expired(next)) cpu_relax();
@@ -196,7 +215,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (boot_info.flags & MBI_FLAG_MEM) printf("tsvmm-guest: memory lower %uK upper %uK\n", boot_info.mem_lower, boot_info.mem_upper);
   printf("tsvmm-guest: cmdline \"%s\"\n", cmdline);
   timer_init();
-  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1};
+  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0};
   parse_cmdline(cmdline, &o);
   int rc;
   if (!o.test) rc = demo();

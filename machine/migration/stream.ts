@@ -301,12 +301,12 @@ export function encodeRamBlock(offset: number, bytes: Uint8Array): { payload: Ui
   return { payload, zeroPages: zero };
 }
 
-/** Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there). */
+/** Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there); returns its offset. */
 export function decodeRamBlock(
   payload: Uint8Array,
   ramSize: number,
   ram: (offset: number, length: number) => Uint8Array,
-): void {
+): number {
   const fail = (why: string) => new StateError(RAM_SECTION, why);
   if (payload.length < 12) throw fail('truncated block header');
   const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
@@ -331,4 +331,5 @@ export function decodeRamBlock(
       o += PAGE_SIZE;
     }
   }
+  return offset;
 }

@@ -190,3 +190,49 @@ test('migration URIs: QEMU forms parsed, others refused with the forms', () => {
   for (const bad of ['rdma:1.2.3.4:5', 'file:', 'tcp:host', 'tcp:h:99999', '/tmp/x', 'exec: '])
     assert.throws(() => parseMigrationUri(bad), /migration URI '.*': .*/);
 });
+
+test('dirty logging: guest-RAM slots only (not a BAR mmap, not ROM) get KVM_MEM_LOG_DIRTY_PAGES, also slots added meanwhile', async () => {
+  const { KvmMemslots } = await import('../../core/kvm/memslots.js');
+  const { MemoryRegion } = await import('../../core/memory/index.js');
+  const { native } = await import('../../core/native.js');
+  const c = native().constants;
+  const calls: Parameters<ReturnType<typeof native>['kvmSetUserMemoryRegion']>[1][] = [];
+  const slots = new KvmMemslots(-1, 32, true, (_fd, r) => void calls.push(r));
+  const sec = (region: ReturnType<typeof MemoryRegion.ram>, addr: number, readonly = false) => ({
+    addr,
+    size: region.size,
+    region,
+    offsetInRegion: 0,
+    readonly,
+  });
+  const ram = MemoryRegion.ram('ram', 0x200000, { hostAddr: 0x7f0000000000n });
+  const bar = MemoryRegion.ramDevice('bar', 0x1000, { hostAddr: 0x7f1000000000n });
+  const rom = MemoryRegion.ram('rom', 0x1000, { hostAddr: 0x7f2000000000n }, { readonly: true });
+  slots.regionAdd(sec(ram, 0));
+  slots.regionAdd(sec(bar, 0xc0000000));
+  slots.regionAdd(sec(rom, 0xc1000000, true));
+  assert.ok(calls.every((r) => !(r.flags & c.KVM_MEM_LOG_DIRTY_PAGES)));
+  calls.length = 0;
+  slots.setDirtyLogging(true);
+  assert.deepEqual(calls, [
+    {
+      slot: 0,
+      flags: c.KVM_MEM_LOG_DIRTY_PAGES,
+      guestPhysAddr: 0,
+      memorySize: 0x200000,
+      userspaceAddr: 0x7f0000000000n,
+    },
+  ]);
+  const high = MemoryRegion.ram('ram-high', 0x100000, { hostAddr: 0x7f3000000000n });
+  slots.regionAdd(sec(high, 2 ** 32));
+  assert.equal(calls.at(-1)!.flags, c.KVM_MEM_LOG_DIRTY_PAGES, 'a RAM slot added while logging logs too');
+  calls.length = 0;
+  slots.setDirtyLogging(false);
+  assert.deepEqual(
+    calls.map((r) => [r.slot, r.flags]),
+    [
+      [0, 0],
+      [3, 0],
+    ],
+  );
+});
