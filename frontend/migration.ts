@@ -1,6 +1,6 @@
 // Migration as QMP has it (QEMU's qapi/migration.json): one outgoing job at a time (`migrate` to a
-// URI, stop-and-copy: the vCPUs stop, the state goes out, the source stays stopped in
-// 'postmigrate'), one incoming (`migrate-incoming`, or the command line's --incoming), their
+// URI: RAM while the guest runs where KVM keeps a dirty log, then the vCPUs stop, the rest goes
+// out, and the source stays stopped in 'postmigrate'), one incoming (`migrate-incoming`, or the command line's --incoming), their
 // MigrationInfo for query-migrate, the MIGRATION events, and the run states they imply
 // (inmigrate, finish-migrate, postmigrate). Used by the command layer (QMP and the library).
 import { TsvmmError } from '../core/errors.js';

@@ -3,7 +3,7 @@
 // turn so a guest printing byte by byte does not cost one write(2) per byte.
 import { MemoryRegion } from '../core/memory/index.js';
 import type { InterruptLine } from './interrupts.js';
-import type { Migratable, StateReader, StateWriter } from '../core/state.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 const IER_RDI = 0x01,
   IER_THRI = 0x02;
@@ -25,7 +25,7 @@ export interface SerialOptions {
   irq?: Pick<InterruptLine, 'setLevel'>;
 }
 
-export class Serial16550 implements Migratable {
+export class Serial16550 {
   readonly region: MemoryRegion;
   private ier = 0;
   private lcr = 0;
@@ -166,7 +166,7 @@ export class Serial16550 implements Migratable {
     this.opts.output(bytes);
   }
 
-  // --- snapshot and migration (core/state.ts) ---------------------------------------------------
+  // --- snapshot and migration (core/state.ts's Migratable) --------------------------------------
   readonly stateId = 'serial';
   readonly stateVersion = 1;
   /** Registers and the receive FIFO; output is flushed first (the machine does). The IRQ level
