@@ -124,6 +124,7 @@ test('QMP migrate to a file, tsvmm run --incoming in a new process: the count go
 const CONFIG: VmConfig = {
   name: 'count',
   memory: '32M',
+  vcpus: 2, // an application processor waiting for INIT/SIPI is state too
   kernel: { path: guestPaths().elf },
   cmdline: 'test=count',
 };
@@ -167,7 +168,7 @@ test('library: save() then createVm({restore}); a config that differs or a cut o
     file,
     /section 'header': config mismatch: memory is 33554432 in the stream, 67108864 here/,
   );
-  await refused({ ...CONFIG, vcpus: 2 }, file, /config mismatch: .*vcpus is 1 in the stream, 2 here/);
+  await refused({ ...CONFIG, vcpus: 1 }, file, /config mismatch: .*vcpus is 2 in the stream, 1 here/);
   const bytes = readFileSync(file);
   writeFileSync(join(dir, 'cut.snap'), bytes.subarray(0, bytes.length - 3000));
   await refused(CONFIG, join(dir, 'cut.snap'), /truncated/);
@@ -319,6 +320,36 @@ test('live: a guest rewriting and checking 16 MiB per count moves over unix: wit
     assert.ok(info.ram.normal! * 4096 >= 16 * 2 ** 20, 'the rewritten buffer went as data');
     await until('the destination to count 50', () => counts(dst.out()).length > 50);
     assert.doesNotMatch(dst.out() + src.out(), /mismatch/);
+    const all = counts(src.out() + dst.out());
+    assert.equal(all[0], 1);
+    assertConsecutive(all, 'source then destination');
+  } finally {
+    src.child.kill('SIGKILL');
+    dst.child.kill('SIGKILL');
+  }
+});
+
+test('tcp: on loopback, from one tsvmm to another', async () => {
+  const srcSock = join(dir, 'tcp.qmp');
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const src = runChild([...COUNT_ARGS, '--qmp', srcSock, '--sandbox', 'off']);
+  const dst = runChild([...COUNT_ARGS, '--incoming', `tcp:127.0.0.1:${port}`]);
+  try {
+    await until('the source to count', () => counts(src.out()).length > 20);
+    const q = await QmpTestClient.connect(srcSock);
+    await q.next();
+    await q.call('qmp_capabilities');
+    // The destination listens once it is set up: until then the connection is refused, at once.
+    for (let i = 0; ; i++) {
+      const r = await q.call('migrate', { uri: `tcp:127.0.0.1:${port}` });
+      if (!('error' in r)) break;
+      assert.match(JSON.stringify(r), /ECONNREFUSED/);
+      q.events.length = 0; // that attempt's setup and failed came before its reply
+      assert.ok(i < 100, `the destination never listened: ${dst.err()}`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    await migrationEvent(q, 'completed');
+    await until('the destination to count', () => counts(dst.out()).length > 20);
     const all = counts(src.out() + dst.out());
     assert.equal(all[0], 1);
     assertConsecutive(all, 'source then destination');
