@@ -358,3 +358,45 @@ test('tcp: on loopback, from one tsvmm to another', async () => {
     dst.child.kill('SIGKILL');
   }
 });
+
+test('fd: an fd passed with getfd takes the stream under the sandbox; exec: is refused there, naming why', async () => {
+  const { native } = await import('../../core/native.js');
+  const { openSync, closeSync } = await import('node:fs');
+  const sock = join(dir, 'fd.qmp'),
+    file = join(dir, 'fd.snap');
+  const src = runChild([...COUNT_ARGS, '--qmp', sock]); // the sandbox is on
+  try {
+    await until('the source to count', () => counts(src.out()).length > 20);
+    const q = await QmpTestClient.connect(sock);
+    await q.next();
+    await q.call('qmp_capabilities');
+    const refused = await q.call('migrate', { uri: `exec:cat > '${file}'` });
+    assert.match(JSON.stringify(refused), /the sandbox allows no new processes or sockets/);
+    assert.equal(((await q.call('query-status')).return as { status: string }).status, 'running');
+    q.events.length = 0;
+    const f = openSync(file, 'w');
+    native().sendFds(
+      (q.s as unknown as { _handle: { fd: number } })._handle.fd,
+      Buffer.from(JSON.stringify({ execute: 'getfd', arguments: { fdname: 'mig' } }) + '\n'),
+      [f],
+    );
+    closeSync(f);
+    assert.deepEqual(await q.reply(), { return: {} });
+    assert.deepEqual(await q.call('migrate', { uri: 'fd:mig' }), { return: {} });
+    await migrationEvent(q, 'completed');
+    await q.call('quit');
+    await once(src.child, 'exit');
+  } finally {
+    src.child.kill('SIGKILL');
+  }
+  assert.doesNotMatch(src.err(), /sandbox stopped/);
+  const dst = runChild([...COUNT_ARGS, '--incoming', `file:${file}`]);
+  try {
+    await until('the restored guest to count', () => counts(dst.out()).length > 20);
+    const all = counts(src.out() + dst.out());
+    assert.equal(all[0], 1);
+    assertConsecutive(all, 'source then destination');
+  } finally {
+    dst.child.kill('SIGKILL');
+  }
+});
