@@ -281,6 +281,8 @@ export function machineCommands(
       return {};
     },
     'migrate-incoming': (a) => {
+      if (migration.incomingStarted)
+        throw new CommandError('GenericError', 'The incoming migration has already been started');
       if (!migration.waitingForIncoming)
         throw new CommandError('GenericError', "'-incoming' was not specified on the command line");
       // Returns at once, as QEMU's: the load runs on; MIGRATION events and query-migrate tell how it goes.

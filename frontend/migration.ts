@@ -61,6 +61,11 @@ export class Migration {
     return undefined;
   }
 
+  /** Whether migrate-incoming (or --incoming URI) was given already. */
+  get incomingStarted(): boolean {
+    return this.inc !== undefined;
+  }
+
   /** Whether a destination waits for its stream (nothing may run the VM yet). */
   get waitingForIncoming(): boolean {
     return this.runState() === 'inmigrate';
