@@ -298,6 +298,15 @@ export function machineCommands(
       return {};
     },
     'query-migrate': () => migration.info(),
+    'migrate-set-parameters': (a) => {
+      try {
+        migration.setParameters(a);
+      } catch (e) {
+        throw new CommandError('GenericError', (e as Error).message, e);
+      }
+      return {};
+    },
+    'query-migrate-parameters': () => ({ ...migration.parameters }),
     'query-name': () => ({ name: m.name }),
     'query-pci': () => [{ bus: 0, devices: m.devices.list().map(pciDeviceInfo) }],
     'query-qmp-schema': () => schemaInfo,

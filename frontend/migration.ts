@@ -33,6 +33,8 @@ export class Migration {
   private out: Job | undefined;
   private inc: Job | undefined;
   private cancelRequested = false;
+  /** QEMU's defaults: a 300 ms pause, 128 MiB/s (MAX_THROTTLE in QEMU's migration.c). */
+  readonly parameters = { 'downtime-limit': 300, 'max-bandwidth': 128 * 2 ** 20 };
   /** The outgoing connection, dropped by a cancel (a write may wait on a peer that reads nothing). */
   private abortOut: (() => void) | undefined;
   /** Waiting for migrate-incoming (the command line said --incoming defer). */
@@ -105,6 +107,8 @@ export class Migration {
           cancelled: () => this.cancelRequested,
           // Pre-copy where KVM keeps a dirty log: the guest runs while RAM goes (QEMU's default).
           live: true,
+          downtimeLimitMs: this.parameters['downtime-limit'],
+          maxBandwidth: this.parameters['max-bandwidth'],
           onStop: () => {
             job.stoppedAt = Date.now();
             if (wasRunning) this.emit('STOP');
@@ -130,6 +134,21 @@ export class Migration {
       }
     })();
     return { done };
+  }
+
+  /** migrate-set-parameters: QEMU's checks (downtime-limit at most 2000 s, a bandwidth ≥ 0). */
+  setParameters(a: { 'downtime-limit'?: number; 'max-bandwidth'?: number }): void {
+    const d = a['downtime-limit'],
+      b = a['max-bandwidth'];
+    if (d !== undefined && (!Number.isInteger(d) || d < 0 || d > 2_000_000))
+      throw new TsvmmError(
+        'ERR_MIGRATION',
+        "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds",
+      );
+    if (b !== undefined && (!Number.isInteger(b) || b < 0))
+      throw new TsvmmError('ERR_MIGRATION', "Parameter 'max_bandwidth' expects an integer in the range of 0 to 2^64-1");
+    if (d !== undefined) this.parameters['downtime-limit'] = d;
+    if (b !== undefined) this.parameters['max-bandwidth'] = b;
   }
 
   /** migrate_cancel: a running save stops at its next section; the VM resumes. */

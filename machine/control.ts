@@ -128,6 +128,7 @@ export interface MachineControl {
       live?: boolean;
       onStop?: () => void;
       downtimeLimitMs?: number;
+      maxBandwidth?: number;
     },
   ): Promise<MigrationProgress>;
   /** Loads a saved state into a machine that has not run yet. */

@@ -462,6 +462,7 @@ export class Machine implements MachineControl {
       live?: boolean;
       onStop?: () => void;
       downtimeLimitMs?: number;
+      maxBandwidth?: number;
     } = {},
   ): Promise<MigrationProgress> {
     const blockers = this.migrationBlockers();
@@ -481,6 +482,7 @@ export class Machine implements MachineControl {
       ...(opts.progress ? { progress: opts.progress } : {}),
       ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
       ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
+      ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
     });
   }
 

@@ -70,6 +70,8 @@ export interface SaveOptions {
   downtimeLimitMs?: number;
   /** At most this many passes while the guest runs (a guest that writes faster than the link never converges). */
   maxPasses?: number;
+  /** Bytes per second the stream may take while the guest runs (0: no limit); the final copy is not held back. */
+  maxBandwidth?: number;
 }
 
 /**
@@ -96,6 +98,15 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     if (opts.cancelled?.()) throw new StateError('stream', 'cancelled');
   };
   const blocks = Math.ceil(m.ram.size / RAM_BLOCK);
+  let stopped = false;
+  const started = Date.now(),
+    startBytes = () => w.bytes;
+  const throttle = async () => {
+    const max = opts.maxBandwidth ?? 0;
+    if (!max || stopped) return;
+    const ahead = (startBytes() / max) * 1000 - (Date.now() - started);
+    if (ahead > 1) await new Promise((r) => setTimeout(r, ahead));
+  };
   const sendBlocks = async (which: Iterable<number>) => {
     p.passes++;
     const list = [...which];
@@ -111,6 +122,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       p.ramDone = Math.min(p.ramTotal, p.ramDone + len);
       p.remaining = Math.max(0, p.remaining - len);
       report();
+      await throttle();
     }
   };
   const dirtyBlocks = (log: DirtyLog) => new Set(log.dirty().map((off) => Math.floor(off / RAM_BLOCK)));
@@ -140,12 +152,14 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         if (next.size * RAM_BLOCK <= bytesPerMs * limit || p.passes >= maxPasses) break;
       }
       await opts.stop();
+      stopped = true;
       await sendBlocks([...next, ...dirtyBlocks(log)].sort((a, b) => a - b).filter((b, i, a) => a[i - 1] !== b));
     } finally {
       log.stop();
     }
   } else {
     await opts.stop();
+    stopped = true;
     await sendBlocks(all);
   }
   for (const part of m.parts) {

@@ -272,11 +272,23 @@ test('unix: from one tsvmm to another; a destination that dies mid-stream, and a
     assert.equal(await status(), 'running');
     await countsGrow('the source to count on after the cancel');
 
-    // And a real destination: the whole state over the socket, the count goes on there.
+    // And a real destination: the whole state over the socket, the count goes on there (QEMU's
+    // parameters first: the defaults, a value QEMU refuses, one it takes).
+    assert.deepEqual(await q.call('query-migrate-parameters'), {
+      return: { 'downtime-limit': 300, 'max-bandwidth': 128 * 2 ** 20 },
+    });
+    assert.match(
+      JSON.stringify(await q.call('migrate-set-parameters', { 'downtime-limit': -1 })),
+      /downtime_limit' expects an integer in the range of 0 to 2000 seconds/,
+    );
+    assert.deepEqual(await q.call('migrate-set-parameters', { 'downtime-limit': 0 }), { return: {} });
     dst = runChild([...COUNT_ARGS, '--incoming', `unix:${mig}`]);
     await until('the destination to listen', () => existsSync(mig));
     assert.deepEqual(await q.call('migrate', { uri: `unix:${mig}` }), { return: {} });
     await migrationEvent(q, 'completed');
+    assert.deepEqual(await q.call('query-migrate-parameters'), {
+      return: { 'downtime-limit': 0, 'max-bandwidth': 128 * 2 ** 20 },
+    });
     await until('the destination to count', () => counts(dst!.out()).length > 20);
     const all = counts(src.out() + dst.out());
     assert.equal(all[0], 1);
