@@ -18,6 +18,7 @@ export type TsvmmErrorCode =
   | 'ERR_ABORTED' // an AbortSignal ended a wait or an operation
   | 'ERR_VM_EXITED' // the VM ended while something waited for it
   | 'ERR_CLOSED' // the VM was closed
+  | 'ERR_MIGRATION' // a snapshot or migration failed, or a stream was refused (which section, why)
   | 'ERR_TESTHOST'; // the nested test host could not be set up or run (exit status 2)
 
 export interface TsvmmErrorOptions {

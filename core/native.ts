@@ -79,7 +79,19 @@ export type GsiRoute =
   | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }
   | { gsi: number; type: 'irqchip'; irqchip: number; pin: number };
 
-export type KvmStateName = 'regs' | 'sregs' | 'fpu' | 'lapic' | 'mpState' | 'vcpuEvents' | 'xcrs' | 'irqchip' | 'pit2';
+export type KvmStateName =
+  | 'regs'
+  | 'sregs'
+  | 'fpu'
+  | 'lapic'
+  | 'mpState'
+  | 'vcpuEvents'
+  | 'xcrs'
+  | 'irqchip'
+  | 'pit2'
+  | 'xsave'
+  | 'debugregs'
+  | 'clock';
 
 export interface KvmRunLayout {
   immediateExit: number;
@@ -204,6 +216,14 @@ export interface Native {
   // KVM state blobs (kvm-state.cc), for snapshot/restore on reset
   kvmGetState(fd: number, name: KvmStateName, chipId?: number): Uint8Array;
   kvmSetState(fd: number, name: KvmStateName, bytes: Uint8Array): void;
+  /** The MSRs KVM can save and restore (on the /dev/kvm fd). */
+  kvmGetMsrIndexList(kvmFd: number): number[];
+  /** Values of `indexes` in order; shorter than the list when KVM stops at one it cannot read. */
+  kvmGetMsrs(vcpuFd: number, indexes: number[]): BigUint64Array;
+  /** KVM_GET_DIRTY_LOG: a bit per page of the slot written since the last call (cleared by it). */
+  kvmGetDirtyLog(vmFd: number, slot: number, bitmap: Uint8Array): void;
+  kvmGetTscKhz(vcpuFd: number): number;
+  kvmSetTscKhz(vcpuFd: number, khz: number): void;
   /** KVM_RUN runs with this thread's signal mask minus these signals. */
   kvmSetSignalMask(vcpuFd: number, unblock: number[]): void;
   // KVM system / VM

@@ -12,6 +12,7 @@ import { schemaInfo } from '../generated/qmp-validators.js';
 import { projectRoot } from '../core/paths.js';
 import { identify, type PassedFd } from '../core/fdpass.js';
 import type { VfioBackendChoice } from '../machine/index.js';
+import { Migration } from './migration.js';
 
 /** How a command failed, as QEMU's error classes. */
 export type CommandErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotFound';
@@ -48,6 +49,9 @@ export interface MachineOps {
   /** Asks for a device's removal (DeviceNotFound when there is none). */
   deviceDel(id: string): Promise<void>;
   quit(): Promise<void>;
+  /** Starts an outgoing migration (QMP migrate); resolves once it runs, with its end (the job's
+   *  status says how it ended). A blocker, a bad URI or a running one throw at once. */
+  migrate(uri: string, takeFd?: (name: string) => number): Promise<{ done: Promise<void> }>;
 }
 
 export interface MachineCommands {
@@ -57,6 +61,8 @@ export interface MachineCommands {
   readonly argumentError: Partial<Record<string, (args: Record<string, unknown>, e: CommandError) => CommandError>>;
   /** query-version's VersionInfo (also the QMP greeting's). */
   readonly version: { qemu: { major: number; minor: number; micro: number }; package: string };
+  /** Outgoing and incoming migration (query-migrate, the run states they imply). */
+  readonly migration: Migration;
   /** Resolves once no state-changing command is running or queued (close() waits for it). */
   idle(): Promise<void>;
   /** Releases what commands kept (named fds, fd sets). */
@@ -177,7 +183,12 @@ function vfioFdFor(fd: number, name: string): PassedFd {
  * The commands of machine `m`; its events go to `emit`. Arguments must have been checked against
  * the command's schema (frontend/qmp/server.ts checkArguments) before a handler runs.
  */
-export function machineCommands(m: MachineControl, emit: EventSink): MachineCommands {
+export function machineCommands(
+  m: MachineControl,
+  emit: EventSink,
+  opts: { incoming?: 'defer' } = {},
+): MachineCommands {
+  const migration = new Migration(m, emit, opts);
   // As other QEMU-compatible servers do: "qemu" is the QEMU whose QMP this one behaves like (clients
   // check it for features), the server's own name and version go in "package".
   const own = (JSON.parse(readFileSync(`${projectRoot}/package.json`, 'utf8')) as { version: string }).version;
@@ -243,15 +254,59 @@ export function machineCommands(m: MachineControl, emit: EventSink): MachineComm
         emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
         m.exit(0, 'QMP quit', 'host-qmp-quit');
       }),
+    migrate: async (uri, takeFd) => {
+      let done: Promise<void>;
+      try {
+        ({ done } = await migration.start(uri, takeFd));
+      } catch (e) {
+        throw new CommandError('GenericError', (e as Error).message, e);
+      }
+      // The save itself is a state change: a stop, cont or reset asked meanwhile waits for it.
+      return { done: serialized(() => done) };
+    },
   };
   const done = <T>(p: Promise<T>) => p.then(() => ({}));
   const commands: Record<string, CommandHandler> = {
     'query-version': () => structuredClone(version),
     'query-commands': () => ['qmp_capabilities', ...Object.keys(commands)].map((name) => ({ name })),
     'query-status': () => {
-      const status = m.status();
+      const status = migration.runState() ?? m.status();
       return { running: status === 'running', singlestep: false, status };
     },
+    migrate: async (a) => {
+      if (a.blk === true || a.inc === true)
+        throw new CommandError('GenericError', 'tsvmm has no block devices to migrate (blk/inc)');
+      if (a.resume === true) throw new CommandError('GenericError', 'There is no postcopy migration to resume');
+      await ops.migrate(str(a, 'uri')!, (name) => fds.take(name));
+      return {};
+    },
+    'migrate-incoming': (a) => {
+      if (migration.incomingStarted)
+        throw new CommandError('GenericError', 'The incoming migration has already been started');
+      if (!migration.waitingForIncoming)
+        throw new CommandError('GenericError', "'-incoming' was not specified on the command line");
+      // Returns at once, as QEMU's: the load runs on; MIGRATION events and query-migrate tell how it goes.
+      migration
+        .incoming(str(a, 'uri')!, (name) => fds.take(name))
+        .catch((e: Error) => {
+          console.error(`tsvmm: incoming migration failed: ${e.message}`);
+        });
+      return {};
+    },
+    migrate_cancel: () => {
+      migration.cancel();
+      return {};
+    },
+    'query-migrate': () => migration.info(),
+    'migrate-set-parameters': (a) => {
+      try {
+        migration.setParameters(a);
+      } catch (e) {
+        throw new CommandError('GenericError', (e as Error).message, e);
+      }
+      return {};
+    },
+    'query-migrate-parameters': () => ({ ...migration.parameters }),
     'query-name': () => ({ name: m.name }),
     'query-pci': () => [{ bus: 0, devices: m.devices.list().map(pciDeviceInfo) }],
     'query-qmp-schema': () => schemaInfo,
@@ -383,6 +438,7 @@ export function machineCommands(m: MachineControl, emit: EventSink): MachineComm
   return {
     handlers: commands,
     ops,
+    migration,
     argumentError,
     version,
     idle: () => queue.then(() => {}),

@@ -4,6 +4,7 @@
 // (the DSDT has no \_S1_-\_S4_), so any other write is only reported.
 import { MemoryRegion } from '../core/memory/index.js';
 import { ACPI_S5_SLP_TYP, ACPI_SLP_EN } from './acpi.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 export class AcpiSleepControl {
   /** Two byte-wide registers: control at +0, status at +1. */
@@ -22,4 +23,10 @@ export class AcpiSleepControl {
       },
     });
   }
+
+  // --- snapshot and migration (a Migratable): nothing to keep (writes act, reads are constant) --
+  readonly stateId = 'acpi-sleep';
+  readonly stateVersion = 1;
+  saveState(_w: StateWriter): void {}
+  loadState(_r: StateReader): void {}
 }

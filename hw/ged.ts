@@ -26,6 +26,7 @@ import {
   extendedInterrupt,
   AML_SYSTEM_IO,
 } from './aml.js';
+import type { Migratable, StateReader, StateWriter } from '../core/state.js';
 
 export const GED_PORT = 0xaf00,
   GED_PORT_LEN = 4;
@@ -34,7 +35,7 @@ export const GED_GSI = 5;
 export const GED_EVENT_PCI_HOTPLUG = 1 << 0;
 export const GED_EVENT_POWER_BUTTON = 1 << 1;
 
-export class GenericEventDevice {
+export class GenericEventDevice implements Migratable {
   readonly region: MemoryRegion;
   private pending = 0;
 
@@ -67,6 +68,18 @@ export class GenericEventDevice {
   reset(): void {
     this.pending = 0;
     this.irq.setLevel(false);
+  }
+
+  // --- snapshot and migration (core/state.ts) ---------------------------------------------------
+  readonly stateId = 'acpi-ged';
+  readonly stateVersion = 1;
+  saveState(w: StateWriter): void {
+    w.u32(this.pending);
+  }
+  /** The pending events; the line is driven to match them. */
+  loadState(r: StateReader): void {
+    this.pending = r.u32('the pending events');
+    this.irq.setLevel(this.pending !== 0);
   }
 }
 

@@ -4,12 +4,13 @@
 // status always reads "empty", so that wait is short, and the reset ends the VM. No keyboard,
 // no AUX port: Linux's i8042 probe finds no controller (its self-test times out) and moves on.
 import { MemoryRegion } from '../core/memory/index.js';
+import type { Migratable, StateReader, StateWriter } from '../core/state.js';
 
 export const I8042_DATA_PORT = 0x60,
   I8042_COMMAND_PORT = 0x64;
 const CMD_RESET = 0xfe;
 
-export class I8042 {
+export class I8042 implements Migratable {
   readonly data: MemoryRegion;
   readonly command: MemoryRegion;
 
@@ -22,4 +23,10 @@ export class I8042 {
       },
     });
   }
+
+  // --- snapshot and migration: nothing to keep (its registers read constants) -------------------
+  readonly stateId = 'i8042';
+  readonly stateVersion = 1;
+  saveState(_w: StateWriter): void {}
+  loadState(_r: StateReader): void {}
 }

@@ -44,6 +44,7 @@
 // before the guest reads Pending Bits, so the register shows it.
 import type { MsiMessage } from '../core/msi.js';
 import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt } from './msi-vectors.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 export type { MsiMessage } from '../core/msi.js';
 
@@ -333,5 +334,25 @@ export class MsiCap {
 
   private syncVector(v: number): void {
     this.reported.sync(v, this, this.listener);
+  }
+
+  // --- snapshot and migration (core/state.ts; a device model saves it inside its own section) ---
+  /** The capability's registers (control, address, data, mask) and the pending bits. */
+  saveState(w: StateWriter): void {
+    w.blob(this.regs).u32(this.pending);
+  }
+  /** The same, then the listener hears the vectors in use as after the guest's own writes. */
+  loadState(r: StateReader): void {
+    const regs = r.blob('the MSI registers', 64);
+    if (regs.length !== this.regs.length)
+      throw r.bad(`MSI capability is ${regs.length} bytes in the stream, ${this.regs.length} here`);
+    const flags = new DataView(regs.buffer, regs.byteOffset, regs.byteLength).getUint16(PCI_MSI_FLAGS, true);
+    if ((flags & ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE)) !== this.readOnlyFlags)
+      throw r.bad(`MSI flags 0x${flags.toString(16)} are another device model's`);
+    const pending = r.u32('the pending bits');
+    this.regs.set(regs.subarray(2), 2);
+    this.setPendingBits(pending);
+    this.mirror();
+    this.runner.batch(() => this.syncAll());
   }
 }

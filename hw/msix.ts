@@ -61,6 +61,7 @@
 import { MemoryRegion } from '../core/memory/index.js';
 import type { MsiMessage } from '../core/msi.js';
 import { CallbackRunner, ReportedVectors, checkConfigAccess, checkInt } from './msi-vectors.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 export type { MsiMessage } from '../core/msi.js';
 
@@ -394,5 +395,30 @@ export class MsixCap {
 
   private syncVector(v: number): void {
     this.reported.sync(v, this, this.listener);
+  }
+
+  // --- snapshot and migration (core/state.ts; a device model saves it inside its own section) ---
+  /** Message Control, the table (messages and per-vector masks) and the PBA (pending bits). */
+  saveState(w: StateWriter): void {
+    w.u16(this.control).u32(this.vectors);
+    for (const d of this.table) w.u32(d);
+    for (const d of this.pba) w.u32(d);
+  }
+  /** The same, then the listener hears the vectors in use as after the guest's own writes. */
+  loadState(r: StateReader): void {
+    const control = r.u16('MSI-X control');
+    const n = r.u32('the vector count');
+    if (n !== this.vectors) throw r.bad(`MSI-X has ${n} vectors in the stream, ${this.vectors} here`);
+    if (control & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL))
+      throw r.bad(`MSI-X control 0x${control.toString(16)}`);
+    const table = new Uint32Array(this.table.length);
+    for (let i = 0; i < table.length; i++) table[i] = r.u32('the MSI-X table');
+    const pba = new Uint32Array(this.pba.length);
+    for (let i = 0; i < pba.length; i++) pba[i] = r.u32('the PBA');
+    this.control = control;
+    for (let i = 0; i < table.length; i++) this.storeDword(i, table[i]!);
+    this.pba.set(pba);
+    this.mirrorControl();
+    this.runner.batch(() => this.syncAll());
   }
 }

@@ -2,6 +2,7 @@
 // 0xCFC-0xCFF data). Only bus 0 exists; accesses to other buses read all-ones.
 import { MemoryRegion } from '../core/memory/index.js';
 import { PciBus, PciDevice } from './pci.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 export const PCI_CONF1_PORT = 0xcf8;
 
@@ -44,5 +45,18 @@ export class PciHostBridge extends PciDevice {
     }
     const t = this.target(off);
     if (t && t.reg + size <= 256) this.pciBus.configWrite(t.devfn, t.reg, size, v);
+  }
+
+  // --- snapshot and migration: the conf1 address latch with the bridge's config space -----------
+  override get stateId(): string {
+    return 'pci-host';
+  }
+  override saveState(w: StateWriter): void {
+    super.saveState(w);
+    w.u32(this.address);
+  }
+  override loadState(r: StateReader, version: number): void {
+    super.loadState(r, version);
+    this.address = r.u32('the conf1 address');
   }
 }

@@ -27,6 +27,7 @@ import {
   eisaId,
   AML_SYSTEM_IO,
 } from './aml.js';
+import type { Migratable, StateReader, StateWriter } from '../core/state.js';
 
 export const PCI_HOTPLUG_PORT = 0xae00,
   PCI_HOTPLUG_PORT_LEN = 12;
@@ -36,7 +37,7 @@ const PCIU = 0,
 
 export const slotSeg = (slot: number): string => `S${slot.toString(16).toUpperCase().padStart(2, '0')}`;
 
-export class AcpiPciHotplug {
+export class AcpiPciHotplug implements Migratable {
   readonly region: MemoryRegion;
   private up = 0;
   private down = 0;
@@ -91,6 +92,18 @@ export class AcpiPciHotplug {
   reset(): void {
     this.up = 0;
     this.down = 0;
+  }
+
+  // --- snapshot and migration (core/state.ts) ---------------------------------------------------
+  readonly stateId = 'acpi-pci-hotplug';
+  readonly stateVersion = 1;
+  /** The slots whose arrival or removal the guest has not read yet. */
+  saveState(w: StateWriter): void {
+    w.u32(this.up).u32(this.down);
+  }
+  loadState(r: StateReader): void {
+    this.up = r.u32('PCIU');
+    this.down = r.u32('PCID');
   }
 }
 

@@ -4,6 +4,7 @@
 // pci_update_mappings). Device models (emulated or vfio-pci) subclass PciDevice.
 import { MemoryRegion, memoryTransaction, inMemoryTransaction } from '../core/memory/index.js';
 import type { CpuidEntry } from '../core/native.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 export const PCI_VENDOR_ID = 0x00,
   PCI_DEVICE_ID = 0x02,
@@ -324,6 +325,46 @@ export class PciDevice {
     this.config[PCI_COMMAND + 1] = 0;
     this.updateMappings();
   }
+
+  // --- snapshot and migration (core/state.ts) ---------------------------------------------------
+  /** A PCI function's section is its slot's: the destination has the same devices in the same slots. */
+  get stateId(): string {
+    return `pci/${this.bdf}`;
+  }
+  readonly stateVersion: number = 1;
+  /**
+   * Why this device cannot be migrated now (undefined: it can). A migration or snapshot fails at
+   * once while any device has a blocker, naming the device and this reason; the VM runs on.
+   */
+  migrationBlocker(): string | undefined {
+    return undefined;
+  }
+  /** Config space (what the guest wrote: command, BARs, capabilities' registers) and the decode block. */
+  saveState(w: StateWriter): void {
+    w.fixed(this.config).bool(this.decodeBlocked);
+  }
+  /** Config space back, then the BARs decode where it says (a model's own state follows in a subclass). */
+  loadState(r: StateReader, _version: number): void {
+    const config = r.fixed(PCI_CONFIG_SIZE, 'config space');
+    const ro = [PCI_VENDOR_ID, PCI_VENDOR_ID + 1, PCI_DEVICE_ID, PCI_DEVICE_ID + 1, 0x0a, 0x0b];
+    if (ro.some((o) => config[o] !== this.config[o]))
+      throw r.bad(
+        `the stream has a different device here (ids ${hexIds(config)}, this machine's ${hexIds(this.config)})`,
+      );
+    this.decodeBlocked = r.bool('the decode block');
+    this.config.set(config);
+    this.updateMappings();
+  }
+}
+
+/** vendor:device class, as a message shows a device. */
+function hexIds(c: Uint8Array): string {
+  const h = (o: number, n: number) =>
+    Array.from(c.subarray(o, o + n))
+      .reverse()
+      .map((b) => b.toString(16).padStart(2, '0'))
+      .join('');
+  return `${h(0, 2)}:${h(2, 2)} class ${h(0x0a, 2)}`;
 }
 
 export class PciBus {

@@ -4,6 +4,7 @@
 import { MemoryRegion } from '../core/memory/index.js';
 import type { InterruptLine } from './interrupts.js';
 import type { RegisterWindow } from './published-registers.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 
 const IER_RDI = 0x01,
   IER_THRI = 0x02;
@@ -203,5 +204,34 @@ export class Serial16550 {
     const bytes = Uint8Array.from(this.out);
     this.out = [];
     this.opts.output(bytes);
+  }
+
+  // --- snapshot and migration (core/state.ts's Migratable) --------------------------------------
+  readonly stateId = 'serial';
+  readonly stateVersion = 1;
+  /** Registers and the receive FIFO; output is flushed first (the machine does). The IRQ level
+   *  follows from them and is driven again on load. */
+  saveState(w: StateWriter): void {
+    w.u8(this.ier).u8(this.lcr).u8(this.mcr).u8(this.scr).u8(this.fcr).u8(this.dll).u8(this.dlm);
+    w.bool(this.thriPending).blob(Uint8Array.from(this.rx));
+  }
+  loadState(r: StateReader): void {
+    const regs = [...r.fixed(7, 'the registers')];
+    const thri = r.bool('THRI pending');
+    const rx = r.blob('the receive FIFO', 4096);
+    [this.ier, this.lcr, this.mcr, this.scr, this.fcr, this.dll, this.dlm] = regs as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+    ];
+    this.thriPending = thri;
+    this.rx.length = 0;
+    this.rx.push(...rx);
+    this.irqLevel = false;
+    this.updateIrq();
   }
 }

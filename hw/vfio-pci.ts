@@ -420,4 +420,15 @@ export class VfioPciDevice extends PciDevice {
     for (const fn of this.cleanups.splice(0).reverse()) fn();
     this.intx.close();
   }
+
+  // --- snapshot and migration -------------------------------------------------------------------
+  /**
+   * An assigned device's state lives in the device: without VFIO migration (the device's
+   * VFIO_DEVICE_FEATURE_MIGRATION and a variant driver that saves it), it cannot move, as
+   * QEMU's blocker says. A model that migrates writes its device data as blobs in its section
+   * (core/state.ts StateWriter.blob: any length, any number of parts) after the config space.
+   */
+  override migrationBlocker(): string | undefined {
+    return "VFIO device doesn't support migration (tsvmm does not migrate assigned devices yet)";
+  }
 }

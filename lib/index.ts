@@ -5,7 +5,7 @@
 // waits and AbortSignals work while the guest runs. Every error is a TsvmmError with a stable code.
 import { resolve } from 'node:path';
 import { TsvmmError, type TsvmmErrorCode } from '../core/errors.js';
-import { checkConfig, createMachine, type MachineControl, type VmConfig } from '../machine/index.js';
+import { checkConfig, createMachine, openIncoming, type MachineControl, type VmConfig } from '../machine/index.js';
 import {
   CommandError,
   deviceAddSpec,
@@ -54,6 +54,19 @@ export async function createVm(config: VmConfig, opts: CreateVmOptions = {}): Pr
   const serial = { to: (_b: Uint8Array) => {} };
   try {
     const m = await createMachine(cfg, { serialOutput: (b) => serial.to(b) });
+    if (opts.restore !== undefined) {
+      try {
+        const from = await openIncoming(`file:${resolve(baseDir, opts.restore)}`);
+        try {
+          await m.loadState(from.source);
+        } finally {
+          await from.close();
+        }
+      } catch (e) {
+        m.close();
+        throw e;
+      }
+    }
     return new Vm(created, m, baseDir, opts, serial);
   } catch (e) {
     // tsvmm's own errors say what and where already; a bare syscall or model error gets a code.
@@ -219,12 +232,37 @@ export class Vm implements AsyncDisposable {
       this.off('DEVICE_DELETED', seen);
     }
   }
+  /**
+   * Saves the whole VM (vCPUs, interrupt controllers, devices, RAM) to a file, as QMP migrate to
+   * file:PATH: the vCPUs stop and stay stopped (cont() resumes them); createVm(config, {restore})
+   * starts a VM from the file. A VM with a device that cannot migrate (an assigned device) is
+   * refused at once and keeps running (ERR_MIGRATION, naming the device).
+   */
+  async save(path: string): Promise<void> {
+    this.#live('save');
+    const file = resolve(this.#baseDir, path);
+    let done: Promise<void>;
+    try {
+      ({ done } = await this.#commands.ops.migrate(`file:${file}`));
+    } catch (e) {
+      const cause = (e as Error).cause;
+      throw cause instanceof TsvmmError ? cause : e;
+    }
+    await done;
+    const info = this.#commands.migration.info();
+    if (info.status !== 'completed')
+      throw new TsvmmError(
+        'ERR_MIGRATION',
+        `${this.name}: saving to ${file}: ${String(info['error-desc'] ?? info.status)}`,
+      );
+  }
+
   /** The run state (QMP query-status's status; 'paused' before start(), 'shutdown' once ended). */
   status(): VmStatus {
     this.#open('status');
     if (this.#exit) return 'shutdown';
     if (!this.#run) return 'paused';
-    return this.#m.status();
+    return this.#commands.migration.runState() ?? this.#m.status();
   }
 
   /**

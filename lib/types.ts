@@ -25,6 +25,9 @@ export interface CreateVmOptions {
   baseDir?: string;
   /** Aborting closes the VM. */
   signal?: AbortSignal;
+  /** A file Vm.save() (or QMP migrate to file:) wrote: the VM starts from that state instead of
+   *  booting (its config must be the saved VM's: memory, vCPUs, devices). Relative to baseDir. */
+  restore?: string;
 }
 
 export interface WaitOptions {
@@ -42,7 +45,14 @@ export interface VmExit {
 // An interface of its own (not an alias), so that editors show its name rather than the machine's.
 // eslint-disable-next-line @typescript-eslint/no-empty-object-type
 export interface VmInspection extends MachineInspection {}
-export type VmStatus = 'running' | 'paused' | 'internal-error' | 'shutdown';
+export type VmStatus =
+  | 'running'
+  | 'paused'
+  | 'internal-error'
+  | 'shutdown'
+  | 'finish-migrate'
+  | 'postmigrate'
+  | 'inmigrate';
 
 /** A QMP event's name (frontend/qmp/schema.json's events). */
 export type VmEventName = keyof QmpEvents;

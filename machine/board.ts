@@ -16,6 +16,7 @@ import { GenericEventDevice, GED_EVENT_PCI_HOTPLUG, GED_GSI, GED_PORT } from '..
 import { AcpiPciHotplug, PCI_HOTPLUG_PORT } from '../hw/pci-hotplug.js';
 import { PciHostBridge, PCI_CONF1_PORT } from '../hw/pci-host.js';
 import type { PciBus } from '../hw/pci.js';
+import type { Migratable } from '../core/state.js';
 
 // Guest-physical layout (PC-like): RAM below the 32-bit PCI hole, the rest above 4 GiB.
 export const LOW_RAM_END = 0xc000_0000;
@@ -81,6 +82,8 @@ export interface Board {
   ged: GenericEventDevice;
   pciHotplug: AcpiPciHotplug;
   table: BoardDevice[];
+  /** The devices with state a snapshot keeps (the PCI host bridge is saved with the PCI bus). */
+  migratable: Migratable[];
 }
 
 /**
@@ -118,6 +121,7 @@ export function createBoard(h: BoardHooks): Board {
     serial,
     ged,
     pciHotplug,
+    migratable: [serial, i8042, sleep, ged, pciHotplug],
     table: [
       io('com1', COM1_PORT, serial.region),
       io('debug-exit', DEBUG_EXIT_PORT, debugExit.region),

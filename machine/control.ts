@@ -4,6 +4,8 @@
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
 import type { PassedFd } from '../core/fdpass.js';
 import type { DeviceSpec } from './config/config.js';
+import type { ByteSink, ByteSource } from './migration/stream.js';
+import type { MigrationProgress } from './migration/machine-state.js';
 
 /** The run state: QMP query-status's status. */
 export type MachineStatus = 'running' | 'paused' | 'internal-error';
@@ -121,4 +123,21 @@ export interface MachineControl {
   on(listener: MachineListener): () => void;
   /** Releases every fd and mapping, whatever happened (idempotent). */
   close(): void;
+  /** Why a snapshot or migration is refused now (one line per device that cannot migrate). */
+  migrationBlockers(): string[];
+  /** Writes the machine's state to `sink` (live: RAM first while the guest runs); the vCPUs
+   *  stop (onStop says when) and stay stopped. */
+  saveState(
+    sink: ByteSink,
+    opts?: {
+      progress?: (p: MigrationProgress) => void;
+      cancelled?: () => boolean;
+      live?: boolean;
+      onStop?: () => void;
+      downtimeLimitMs?: number;
+      maxBandwidth?: number;
+    },
+  ): Promise<MigrationProgress>;
+  /** Loads a saved state into a machine that has not run yet. */
+  loadState(source: ByteSource, opts?: { progress?: (p: MigrationProgress) => void }): Promise<MigrationProgress>;
 }

@@ -31,6 +31,16 @@ export {
   type VfioBackendChoice,
 } from './config/config.js';
 export { buildInitramfs } from './loader/initramfs.js';
+export {
+  openIncoming,
+  openOutgoing,
+  parseMigrationUri,
+  type Incoming,
+  type Outgoing,
+  type TakeFd,
+} from './migration/transport.js';
+export type { ByteSink, ByteSource } from './migration/stream.js';
+export type { MigrationProgress } from './migration/machine-state.js';
 
 /** A machine from a checked config; the guest does not run until run(). */
 export async function createMachine(config: MachineConfig, opts: MachineOptions = {}): Promise<MachineControl> {

@@ -29,6 +29,16 @@ import { checkDevicesBehind, createViommu, type Viommu } from './viommu.js';
 import type { IommuHost } from '../hw/virtio/iommu-host.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
+import { TsvmmError } from '../core/errors.js';
+import type { Migratable } from '../core/state.js';
+import {
+  loadMachine,
+  saveMachine,
+  type DirtyLog,
+  type MachineParts,
+  type MigrationProgress,
+} from './migration/machine-state.js';
+import type { ByteSink, ByteSource } from './migration/stream.js';
 import type {
   ExitCause,
   MachineControl,
@@ -76,6 +86,8 @@ export class Machine implements MachineControl {
   /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
   private readonly ged: GenericEventDevice;
   private readonly pciHotplug: AcpiPciHotplug;
+  /** The board's devices with state (serial, i8042, ACPI, GED, hot-plug registers). */
+  private readonly boardState: Migratable[];
   /** Whether the guest was given ACPI tables that describe hot-plug (device removal asks it to eject). */
   private acpi = false;
   private readonly listeners = new Set<MachineListener>();
@@ -177,6 +189,7 @@ export class Machine implements MachineControl {
       this.serial = board.serial;
       this.ged = board.ged;
       this.pciHotplug = board.pciHotplug;
+      this.boardState = board.migratable;
       // One memory transaction: each space renders its flat view once, not once per device (start-up time).
       memoryTransaction(() => {
         this.vm.memory.root.addSubregion(0, pciMem, -1);
@@ -440,6 +453,113 @@ export class Machine implements MachineControl {
       }
     }
     if (first !== undefined) throw first;
+  }
+
+  // --- snapshot and migration (machine/migration/) -----------------------------------------------
+  /** Why the machine cannot be saved now: one line per device that cannot migrate. */
+  migrationBlockers(): string[] {
+    const out: string[] = [];
+    for (const d of this.pciBus.devices.values()) {
+      const why = d.migrationBlocker();
+      if (why === undefined) continue;
+      const host = (d as Partial<VfioPciDevice>).assigned?.host.name;
+      out.push(`${d.name}${host ? ` (${host})` : ''}: ${why}`);
+    }
+    return out;
+  }
+
+  /** What a snapshot holds, in order, and what the destination must match. */
+  private migrationParts(): MachineParts {
+    const { lowSize, highSize } = ramLayout(this.config.memoryBytes);
+    const parts: Migratable[] = [
+      this.vm.irqchipState,
+      ...this.vm.vcpus,
+      ...this.boardState,
+      ...[...this.pciBus.devices.values()].sort((a, b) => a.devfn - b.devfn),
+    ];
+    return {
+      description: {
+        memory: this.config.memoryBytes,
+        ramLayout: { lowSize, highSize },
+        vcpus: this.vm.vcpus.length,
+        irqchip: this.vm.irqchip,
+        sections: parts.map((p) => p.stateId),
+      },
+      parts,
+      last: [this.vm.clockState],
+      ram: { size: this.config.memoryBytes, view: (off, len) => this.guestRam.view(off, len) },
+    };
+  }
+
+  /**
+   * Writes the whole machine to `sink`. With `live` (and a KVM that keeps a dirty log) RAM goes
+   * while the guest runs, pass after pass, and the vCPUs stop only for the rest; otherwise they
+   * stop first. Either way they stay stopped after it (resume() lets them go on, as after QEMU's
+   * migrate); `onStop` says when. Refused at once, the VM untouched, while a device has a
+   * migration blocker.
+   */
+  async saveState(
+    sink: ByteSink,
+    opts: {
+      progress?: (p: MigrationProgress) => void;
+      cancelled?: () => boolean;
+      live?: boolean;
+      onStop?: () => void;
+      downtimeLimitMs?: number;
+      maxBandwidth?: number;
+    } = {},
+  ): Promise<MigrationProgress> {
+    const blockers = this.migrationBlockers();
+    if (blockers.length)
+      throw new TsvmmError('ERR_MIGRATION', `cannot migrate '${this.name}': ${blockers.join('; ')}`, {
+        fix: 'remove the device (device_del) first, or stop the VM and start it again on the destination',
+      });
+    const stop = async () => {
+      await this.vm.park();
+      this.serial.flush(); // what the guest printed before the stop goes out before the state does
+      opts.onStop?.();
+    };
+    const live = opts.live && !this.vm.paused ? this.dirtyLog() : undefined;
+    return saveMachine(this.migrationParts(), sink, {
+      stop,
+      ...(live ? { live } : {}),
+      ...(opts.progress ? { progress: opts.progress } : {}),
+      ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
+      ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
+      ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
+    });
+  }
+
+  /** KVM's dirty log over guest RAM, pages as offsets into it (undefined: this KVM keeps none). */
+  private dirtyLog(): DirtyLog | undefined {
+    const memslots = this.vm.memslots;
+    const { lowSize } = ramLayout(this.config.memoryBytes);
+    const toOffset = (gpa: number) => (gpa < HIGH_RAM_BASE ? gpa : gpa - HIGH_RAM_BASE + lowSize);
+    return {
+      start: () => memslots.setDirtyLogging(true),
+      stop: () => memslots.setDirtyLogging(false),
+      dirty: () => {
+        const out: number[] = [];
+        for (const s of memslots.dirtyPages()) {
+          const words = new BigUint64Array(s.bitmap.buffer);
+          for (let w = 0; w < words.length; w++) {
+            let v = words[w]!;
+            for (let bit = 0; v; bit++, v >>= 1n) if (v & 1n) out.push(toOffset(s.gpa + (w * 64 + bit) * 4096));
+          }
+        }
+        return out.filter((o) => o >= 0 && o < this.config.memoryBytes);
+      },
+    };
+  }
+
+  /** Reads a saved machine into this one before it first runs (the stream must match its config). */
+  async loadState(
+    source: ByteSource,
+    opts: { progress?: (p: MigrationProgress) => void } = {},
+  ): Promise<MigrationProgress> {
+    if (this.vm.started)
+      throw new TsvmmError('ERR_MIGRATION', `'${this.name}' has already run: a stream loads only into a new VM`);
+    return loadMachine(this.migrationParts(), source, opts);
   }
 
   inspect(): MachineInspection {

@@ -1,8 +1,10 @@
 // KVM state ioctls as opaque blobs (the struct's bytes), for snapshot and restore: the VMM takes
-// the power-on state KVM gives a new vCPU/irqchip and puts it back on system_reset. Plus the
-// vCPU's signal mask for KVM_RUN and the multiprocessing state.
+// the power-on state KVM gives a new vCPU/irqchip and puts it back on system_reset, and saves and
+// restores a running VM's (machine/migration/). Plus the MSRs KVM lists as saveable, the TSC
+// frequency, and the vCPU's signal mask for KVM_RUN.
 #include "util.h"
 #include <linux/kvm.h>
+#include <errno.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <vector>
@@ -29,6 +31,11 @@ const StateKind kKinds[] = {
     K("xcrs", kvm_xcrs, KVM_GET_XCRS, KVM_SET_XCRS),
     K("irqchip", kvm_irqchip, KVM_GET_IRQCHIP, KVM_SET_IRQCHIP),  // VM fd; chip id first
     K("pit2", kvm_pit_state2, KVM_GET_PIT2, KVM_SET_PIT2),        // VM fd
+    // The legacy 4 KiB layout: enough for every feature a guest may enable without asking the
+    // host for permission (AMX's tile data needs arch_prctl and KVM_GET_XSAVE2; tsvmm asks for none).
+    K("xsave", kvm_xsave, KVM_GET_XSAVE, KVM_SET_XSAVE),
+    K("debugregs", kvm_debugregs, KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS),
+    K("clock", kvm_clock_data, KVM_GET_CLOCK, KVM_SET_CLOCK),  // VM fd: kvmclock's base
 };
 #undef K
 
@@ -65,6 +72,68 @@ static Napi::Value KvmSetState(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// kvmGetMsrIndexList(kvmFd) → the MSRs KVM can save and restore (KVM_GET_MSR_INDEX_LIST on /dev/kvm).
+static Napi::Value KvmGetMsrIndexList(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0);
+  kvm_msr_list probe = {};
+  // The first call says how many (E2BIG); the second fills them in.
+  if (ioctl(fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG) ThrowErrno(env, "ioctl(KVM_GET_MSR_INDEX_LIST)", errno);
+  std::vector<uint8_t> buf(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(__u32), 0);
+  auto *l = reinterpret_cast<kvm_msr_list *>(buf.data());
+  l->nmsrs = probe.nmsrs;
+  CheckedIoctl(env, fd, KVM_GET_MSR_INDEX_LIST, l, "KVM_GET_MSR_INDEX_LIST");
+  Napi::Array out = Napi::Array::New(env, l->nmsrs);
+  for (uint32_t i = 0; i < l->nmsrs; i++) out.Set(i, Napi::Number::New(env, l->indices[i]));
+  return out;
+}
+
+// kvmGetMsrs(vcpuFd, indexes[]) → BigUint64Array of the values read: KVM stops at the first MSR
+// it cannot read, so the array may be shorter than the list (the caller skips that one and goes on).
+static Napi::Value KvmGetMsrs(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsArray()) throw Napi::TypeError::New(env, "kvmGetMsrs(vcpufd, indexes[])");
+  Napi::Array a = info[1].As<Napi::Array>();
+  uint32_t n = a.Length();
+  std::vector<uint8_t> buf(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry), 0);
+  auto *m = reinterpret_cast<kvm_msrs *>(buf.data());
+  m->nmsrs = n;
+  for (uint32_t i = 0; i < n; i++) m->entries[i].index = a.Get(i).As<Napi::Number>().Uint32Value();
+  int r = ioctl(ArgInt(info, 0), KVM_GET_MSRS, m);
+  if (r < 0) ThrowErrno(env, "ioctl(KVM_GET_MSRS)", errno);
+  Napi::BigUint64Array out = Napi::BigUint64Array::New(env, r);
+  for (int i = 0; i < r; i++) out[i] = m->entries[i].data;
+  return out;
+}
+
+// kvmGetTscKhz(vcpuFd) → the vCPU's TSC frequency; kvmSetTscKhz(vcpuFd, khz) (needs TSC scaling
+// on the host unless it is the host's own).
+static Napi::Value KvmGetTscKhz(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int r = ioctl(ArgInt(info, 0), KVM_GET_TSC_KHZ, 0);
+  if (r < 0) ThrowErrno(env, "ioctl(KVM_GET_TSC_KHZ)", errno);
+  return Napi::Number::New(env, r);
+}
+static Napi::Value KvmSetTscKhz(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (ioctl(ArgInt(info, 0), KVM_SET_TSC_KHZ, (unsigned long)ArgU32(info, 1)) < 0) ThrowErrno(env, "ioctl(KVM_SET_TSC_KHZ)", errno);
+  return env.Undefined();
+}
+
+// kvmGetDirtyLog(vmFd, slot, bitmap): KVM_GET_DIRTY_LOG into `bitmap` (a bit per page of the
+// slot, 64-bit words): the pages written since the last call, which it clears and write-protects again.
+static Napi::Value KvmGetDirtyLog(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[2].IsTypedArray()) throw Napi::TypeError::New(env, "kvmGetDirtyLog(vmfd, slot, bitmap)");
+  Napi::Uint8Array b = info[2].As<Napi::Uint8Array>();
+  if (b.ByteLength() % 8) throw Napi::RangeError::New(env, "the dirty bitmap is whole 64-bit words");
+  kvm_dirty_log log = {};
+  log.slot = ArgU32(info, 1);
+  log.dirty_bitmap = b.Data();
+  CheckedIoctl(env, ArgInt(info, 0), KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG");
+  return env.Undefined();
+}
+
 // kvmSetSignalMask(vcpuFd, unblock[]): KVM_RUN runs with the calling thread's mask minus these
 // signals (a thread that blocks its kick signal takes it only while in the guest).
 static Napi::Value KvmSetSignalMask(const Napi::CallbackInfo &info) {
@@ -87,11 +156,17 @@ void InitKvmState(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "kvmGetState", KvmGetState);
   TSVMM_EXPORT(exports, "kvmSetState", KvmSetState);
   TSVMM_EXPORT(exports, "kvmSetSignalMask", KvmSetSignalMask);
+  TSVMM_EXPORT(exports, "kvmGetMsrIndexList", KvmGetMsrIndexList);
+  TSVMM_EXPORT(exports, "kvmGetMsrs", KvmGetMsrs);
+  TSVMM_EXPORT(exports, "kvmGetDirtyLog", KvmGetDirtyLog);
+  TSVMM_EXPORT(exports, "kvmGetTscKhz", KvmGetTscKhz);
+  TSVMM_EXPORT(exports, "kvmSetTscKhz", KvmSetTscKhz);
   Napi::Object c = exports.Has("constants") ? exports.Get("constants").As<Napi::Object>() : Napi::Object::New(env);
 #define C(x) c.Set(#x, Napi::Number::New(env, x));
   C(KVM_MP_STATE_RUNNABLE) C(KVM_MP_STATE_UNINITIALIZED) C(KVM_MP_STATE_INIT_RECEIVED) C(KVM_MP_STATE_HALTED)
   C(KVM_MP_STATE_SIPI_RECEIVED)
-  C(KVM_CAP_MP_STATE) C(KVM_CAP_VCPU_EVENTS) C(KVM_CAP_XCRS)
+  C(KVM_CAP_MP_STATE) C(KVM_CAP_VCPU_EVENTS) C(KVM_CAP_XCRS) C(KVM_CAP_XSAVE) C(KVM_CAP_DEBUGREGS)
+  C(KVM_CAP_ADJUST_CLOCK) C(KVM_CAP_GET_TSC_KHZ) C(KVM_CAP_TSC_CONTROL)
 #undef C
   exports.Set("constants", c);
 }

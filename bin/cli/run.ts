@@ -35,6 +35,10 @@ Options:
   --qmp PATH           a QMP control socket (mode 0600), one client at a time (others wait their
                        turn); repeatable: each socket its own monitor; see docs/qmp.md
   --fd-socket N        take /dev/kvm and VFIO fds from a manager over fd N (tsvmm manager)
+  --incoming URI|defer start from a migration stream instead of booting: file:PATH (a snapshot),
+                       exec:COMMAND (its stdout), unix:PATH or tcp:HOST:PORT (listens for the
+                       source), or defer (wait for QMP migrate-incoming; needs --qmp). The
+                       config must be the source's; see docs/migration.md
   --sandbox on|off     on (default): once set up, a seccomp filter limits the VMM to the syscalls
                        a running VM needs; one outside it stops the VMM naming it (exit 159).
                        off: no filter (to debug; see docs/sandbox.md)
@@ -62,6 +66,7 @@ const OPTIONS = {
   qmp: { type: 'string', multiple: true },
   'fd-socket': { type: 'string' },
   sandbox: { type: 'string' },
+  incoming: { type: 'string' },
   'print-config': { type: 'boolean' },
 } as const;
 
@@ -270,6 +275,9 @@ export async function main(args: string[]): Promise<number> {
     checkWithFlags(structuredClone(raw), source, baseDir, flags); // exit 2 (with the problems) when invalid
     return 0;
   }
+  const incoming = str(v, 'incoming');
+  if (incoming === 'defer' && !qmpPaths.length)
+    throw new UsageError('--incoming defer waits for QMP migrate-incoming: give a --qmp socket too', USAGE);
   const sandbox = str(v, 'sandbox') ?? 'on';
   if (sandbox !== 'on' && sandbox !== 'off') throw new UsageError(`--sandbox ${sandbox}: expected on or off`, USAGE);
   // Every terminating signal ends the VM cleanly (vCPUs stopped, devices released, the QMP socket
@@ -277,9 +285,12 @@ export async function main(args: string[]): Promise<number> {
   let machine: import('../../machine/index.js').MachineControl | undefined;
   let early: TerminatingSignal | undefined;
   catchSignals(); // the dispatcher did already (a no-op then)
+  // A wait for an incoming migration ends on a signal too (the VM has not run: nothing else would end it).
+  let interruptWait: ((sig: TerminatingSignal) => void) | undefined;
   early = onSignal((sig) => {
     if (machine) machine.exit(TERMINATING[sig], `interrupted (${sig})`, 'host-signal');
     else early ??= sig;
+    interruptWait?.(sig);
   });
   let qmp;
   try {
@@ -300,8 +311,32 @@ export async function main(args: string[]): Promise<number> {
     machine = await createMachine(config, passedFds ? { passedFds } : {});
     if (qmpPaths.length && !early) {
       const { machineQmp } = await import('../../frontend/qmp/commands.js');
-      qmp = machineQmp(machine, qmpPaths);
+      qmp = machineQmp(machine, qmpPaths, incoming === 'defer' ? { incoming: 'defer' } : {});
       await qmp.listen();
+    }
+    if (incoming !== undefined && !early) {
+      // The vCPUs run only once the state is in; QMP answers meanwhile (query-status: inmigrate).
+      const { Migration } = await import('../../frontend/migration.js');
+      const migration = qmp?.migration ?? new Migration(machine, () => {});
+      // The QMP sockets do not hold the event loop open (the running VM does): this wait must.
+      const keepAlive = setInterval(() => {}, 2 ** 30);
+      const interrupted = new Promise<TerminatingSignal>((r) => (interruptWait = r));
+      try {
+        const load = incoming === 'defer' ? migration.incomingComplete() : migration.incoming(incoming);
+        const sig = await Promise.race([load.then(() => undefined), interrupted]);
+        if (sig) {
+          process.stderr.write(`tsvmm: interrupted (${sig}) while waiting for the incoming migration\n`);
+          return TERMINATING[sig];
+        }
+      } catch (e) {
+        process.stderr.write(`tsvmm: load of migration failed: ${(e as Error).message}\n`);
+        const fix = (e as { fix?: string }).fix;
+        if (fix) process.stderr.write(`tsvmm: ${fix}\n`);
+        return 1;
+      } finally {
+        clearInterval(keepAlive);
+      }
+      qmp?.emit('RESUME');
     }
     if (early) {
       process.stderr.write(`tsvmm: interrupted (${early}) while starting\n`);

@@ -12,6 +12,8 @@ interface Slot {
   size: number;
   hva: bigint;
   readonly: boolean;
+  /** Guest RAM (not a device's mmap): what dirty logging tracks for migration. */
+  ram?: boolean;
 }
 
 export class KvmMemslots implements MemoryListener {
@@ -47,16 +49,17 @@ export class KvmMemslots implements MemoryListener {
     const slot = this.free.length ? this.free[this.free.length - 1]! : this.nextSlot;
     if (slot >= this.maxSlots)
       throw new Error(`out of KVM memslots (${this.maxSlots}) mapping ${r.name} at 0x${start.toString(16)}`);
+    const ram = r.kind === 'ram' && !s.readonly;
     this.setRegion(this.vmFd, {
       slot,
-      flags: s.readonly ? native().constants.KVM_MEM_READONLY : 0,
+      flags: s.readonly ? native().constants.KVM_MEM_READONLY : this.dirtyFlag(ram),
       guestPhysAddr: start,
       memorySize: end - start,
       userspaceAddr: hva,
     });
     if (this.free.length) this.free.pop();
     else this.nextSlot++;
-    this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva, readonly: s.readonly });
+    this.bySection.set(KvmMemslots.key(s), { slot, gpa: start, size: end - start, hva, readonly: s.readonly, ram });
   }
 
   regionDel(s: Section): void {
@@ -71,6 +74,57 @@ export class KvmMemslots implements MemoryListener {
   /** Slot numbers ever handed out and not free: equals slots().length unless KVM refused a delete. */
   get numbersInUse(): number {
     return this.nextSlot - this.free.length;
+  }
+
+  // --- dirty logging (live migration) ---------------------------------------------------------
+  private logging = false;
+  private dirtyFlag(ram: boolean): number {
+    return this.logging && ram ? native().constants.KVM_MEM_LOG_DIRTY_PAGES : 0;
+  }
+
+  /**
+   * Turns KVM's dirty log on or off for every guest-RAM slot (KVM_MEM_LOG_DIRTY_PAGES, a flags
+   * change of the same slot); slots added meanwhile get it too. Throws if KVM refuses it.
+   */
+  setDirtyLogging(on: boolean): void {
+    if (on === this.logging) return;
+    this.logging = on;
+    const done: Slot[] = [];
+    try {
+      for (const m of this.bySection.values()) {
+        if (!m.ram) continue;
+        this.setRegion(this.vmFd, {
+          slot: m.slot,
+          flags: this.dirtyFlag(true),
+          guestPhysAddr: m.gpa,
+          memorySize: m.size,
+          userspaceAddr: m.hva,
+        });
+        done.push(m);
+      }
+    } catch (e) {
+      this.logging = !on;
+      for (const m of done)
+        this.setRegion(this.vmFd, {
+          slot: m.slot,
+          flags: this.dirtyFlag(true),
+          guestPhysAddr: m.gpa,
+          memorySize: m.size,
+          userspaceAddr: m.hva,
+        });
+      throw e;
+    }
+  }
+
+  /** For each guest-RAM slot, the pages written since the last call (a bit per page). */
+  dirtyPages(): { gpa: number; size: number; bitmap: Uint8Array }[] {
+    return [...this.bySection.values()]
+      .filter((m) => m.ram)
+      .map((m) => {
+        const bitmap = new Uint8Array(Math.ceil(m.size / PAGE / 64) * 8);
+        native().kvmGetDirtyLog(this.vmFd, m.slot, bitmap);
+        return { gpa: m.gpa, size: m.size, bitmap };
+      });
   }
 
   /** The current slots, for tests and `info`-style queries. */

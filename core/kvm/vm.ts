@@ -19,6 +19,7 @@ import { ApRings } from './ap-rings.js';
 import { RegisterFile } from './register-file.js';
 import { BootVcpuLoop } from './boot-vcpu.js';
 import type { VcpuTask } from './vcpu-worker.js';
+import { StateError, type Migratable, type StateReader, type StateWriter } from '../state.js';
 
 export { ExitStats };
 
@@ -124,6 +125,18 @@ export class KvmVm {
   }
 
   private readonly irqchipPowerOn: Uint8Array[] = [];
+  /** The MSRs KVM lists as saveable (a snapshot takes them from every vCPU). */
+  private get msrIndexes(): readonly number[] {
+    if (!this.msrList) {
+      try {
+        this.msrList = native().kvmGetMsrIndexList(this.kvm.fd);
+      } catch {
+        this.msrList = [];
+      }
+    }
+    return this.msrList;
+  }
+  private msrList: number[] | undefined;
   private pitPowerOn: Uint8Array | undefined;
 
   /**
@@ -153,6 +166,7 @@ export class KvmVm {
     const id = this.vcpus.length;
     const fd = native().kvmCreateVcpu(this.fd, id);
     const v = new Vcpu(id, fd, this.kvm.vcpuMmapSize(), this.kickSignal);
+    v.msrIndexes = this.msrIndexes;
     this.vcpus.push(v);
     return v;
   }
@@ -261,6 +275,19 @@ export class KvmVm {
    */
   async reset(prepare: () => void): Promise<void> {
     const wasPaused = this.paused;
+    await this.park();
+    try {
+      prepare();
+    } finally {
+      if (!wasPaused) this.resume();
+    }
+  }
+
+  /**
+   * Pauses every vCPU and waits until each is parked outside KVM_RUN with its I/O completed
+   * (a snapshot reads their state then); resume() lets them go on.
+   */
+  async park(): Promise<void> {
     this.pause();
     for (const v of this.vcpus) {
       while (v.running && !v.parked) {
@@ -270,12 +297,82 @@ export class KvmVm {
     }
     this.rings.serve();
     for (const v of this.vcpus) if (v.running) v.flushPendingIo();
-    try {
-      prepare();
-    } finally {
-      if (!wasPaused) this.resume();
-    }
   }
+
+  /** Whether the vCPUs were ever started (a restore puts state into vCPUs that have not run). */
+  get started(): boolean {
+    return this.running;
+  }
+
+  // --- snapshot and migration (core/state.ts) -------------------------------------------------
+  /** The in-kernel PIC pair, IOAPIC and PIT (KVM_GET/SET_IRQCHIP, KVM_GET/SET_PIT2). */
+  readonly irqchipState: Migratable = {
+    stateId: 'kvm-irqchip',
+    stateVersion: 1,
+    saveState: (w: StateWriter) => {
+      const n = native(),
+        c = n.constants;
+      w.bool(this.irqchip);
+      if (!this.irqchip) return;
+      for (const chip of [c.KVM_IRQCHIP_PIC_MASTER, c.KVM_IRQCHIP_PIC_SLAVE, c.KVM_IRQCHIP_IOAPIC])
+        w.blob(n.kvmGetState(this.fd, 'irqchip', chip));
+      w.blob(n.kvmGetState(this.fd, 'pit2'));
+    },
+    loadState: (r: StateReader) => {
+      const n = native();
+      if (r.bool('the in-kernel irqchip') !== this.irqchip)
+        throw r.bad(
+          `the source ${this.irqchip ? 'had no' : 'had an'} in-kernel irqchip; this VM ${this.irqchip ? 'has' : 'has none'}`,
+        );
+      if (!this.irqchip) return;
+      const size = this.irqchipPowerOn[0]!.length;
+      const chips = [0, 1, 2].map((i) => r.blobOf(size, `irqchip ${i}`));
+      const pit = r.blobOf(this.pitPowerOn!.length, 'the PIT');
+      // The chip id is the struct's first field: a stream with them out of order is refused.
+      chips.forEach((b, i) => {
+        if (new DataView(b.buffer, b.byteOffset).getUint32(0, true) !== i)
+          throw r.bad(`irqchip ${i} has another chip id`);
+      });
+      try {
+        for (const b of chips) n.kvmSetState(this.fd, 'irqchip', b);
+        n.kvmSetState(this.fd, 'pit2', pit);
+      } catch (e) {
+        throw new StateError('kvm-irqchip', (e as Error).message);
+      }
+    },
+  };
+
+  /**
+   * kvmclock's base (KVM_GET/SET_CLOCK): restored last, so the guest's clock goes on from the
+   * value it had when the source stopped (without KVM_CLOCK_REALTIME: the time the VM spent
+   * stopped or in a file does not pass for the guest, as QEMU's kvmclock).
+   */
+  readonly clockState: Migratable = {
+    stateId: 'kvm-clock',
+    stateVersion: 1,
+    saveState: (w: StateWriter) => {
+      let clock: Uint8Array | undefined;
+      try {
+        clock = native().kvmGetState(this.fd, 'clock');
+      } catch {
+        /* no KVM_CAP_ADJUST_CLOCK: nothing to carry */
+      }
+      w.bool(clock !== undefined);
+      if (clock) w.u64(new DataView(clock.buffer, clock.byteOffset).getBigUint64(0, true));
+    },
+    loadState: (r: StateReader) => {
+      if (!r.bool('whether the source had a KVM clock')) return;
+      const ns = r.u64('the KVM clock');
+      try {
+        const cur = native().kvmGetState(this.fd, 'clock');
+        cur.fill(0);
+        new DataView(cur.buffer, cur.byteOffset).setBigUint64(0, ns, true);
+        native().kvmSetState(this.fd, 'clock', cur);
+      } catch (e) {
+        throw new StateError('kvm-clock', (e as Error).message);
+      }
+    },
+  };
   get paused(): boolean {
     return this.vcpus.length > 0 && this.vcpus.every((v) => Atomics.load(v.channel, Slot.Control) === Control.Pause);
   }

@@ -22,6 +22,12 @@ export function sandboxProgram(pid = process.pid): Buffer {
   return encode(buildProgram(policy(pid), ERRNO, HOT).insns);
 }
 
+let entered = false;
+/** Whether this process runs under the filter (what needs a process or a new socket checks first). */
+export function sandboxEntered(): boolean {
+  return entered;
+}
+
 /** Installs the filter on every thread of this process, for good (there is no way back). */
 export function enterSandbox(): void {
   if (process.platform !== 'linux' || process.arch !== 'x64')
@@ -45,6 +51,7 @@ export function enterSandbox(): void {
     );
   try {
     native().seccompInstall(sandboxProgram(), syscallNames(), HINT, SANDBOX_STATUS);
+    entered = true;
   } catch (e) {
     throw new TsvmmError('ERR_VM_SETUP', `cannot enter the sandbox: ${(e as Error).message}`, {
       cause: e,

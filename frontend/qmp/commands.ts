@@ -3,12 +3,14 @@
 // session, as QEMU's several -qmp options are. Events go to every monitor's client.
 import { QmpServer } from './server.js';
 import type { MachineControl } from '../../machine/index.js';
-import { machineCommands } from '../commands.js';
+import { machineCommands, type MachineCommands } from '../commands.js';
 
 export class QmpMonitors {
   constructor(
     readonly servers: readonly QmpServer[],
     private readonly release: () => void,
+    /** The commands' migration state (the command line's --incoming waits on it). */
+    readonly migration: MachineCommands['migration'],
   ) {}
   /** Opens every socket (in order; the first that cannot be opened throws). */
   async listen(): Promise<void> {
@@ -24,14 +26,18 @@ export class QmpMonitors {
   }
 }
 
-export function machineQmp(m: MachineControl, paths: readonly string[]): QmpMonitors {
+export function machineQmp(
+  m: MachineControl,
+  paths: readonly string[],
+  opts: { incoming?: 'defer' } = {},
+): QmpMonitors {
   let monitors: QmpMonitors | undefined;
-  const commands = machineCommands(m, (event, data) => monitors?.emit(event, data));
+  const commands = machineCommands(m, (event, data) => monitors?.emit(event, data), opts);
   const servers = paths.map((path) => {
     const qmp = new QmpServer(path, commands.handlers, commands.version);
     Object.assign(qmp.argumentError, commands.argumentError);
     return qmp;
   });
-  monitors = new QmpMonitors(servers, () => commands.close());
+  monitors = new QmpMonitors(servers, () => commands.close(), commands.migration);
   return monitors;
 }

@@ -107,6 +107,7 @@ struct options {
   uint16_t dev_vendor, dev_device;
   int seed;
   int aps, input, console; /* test=smp: APs to start; wait for a byte of input; bench a polled console */
+  int dirty; /* test=count: MiB of memory rewritten (and checked) per count */
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);

@@ -68,10 +68,11 @@ static void parse_word(char *word, struct options *o) {
       {"msi", offsetof(struct options, msi)},       {"intx", offsetof(struct options, intx)},
       {"seed", offsetof(struct options, seed)},     {"aps", offsetof(struct options, aps)},
       {"input", offsetof(struct options, input)},   {"console", offsetof(struct options, console)},
+      {"dirty", offsetof(struct options, dirty)},
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "virtio-iommu") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "virtio-iommu") || streq(val, "count") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -163,6 +164,38 @@ static int test_irq(const struct options *o) {
   return EXIT_OK;
 }
 
+/* ---- test=count: print an incrementing counter, one line per millisecond (count=N: stop after N,
+ * else for ever), polled serial only: a snapshot taken mid-count must continue with the next value.
+ * dirty=M: each count also checks that each page of M MiB at 16 MiB holds the previous count (in its
+ * first word) and rewrites it with this one, so a page a migration lost or left stale shows (the guest
+ * says so and exits 1). One word per page: every page is dirtied at the cost of a few thousand writes. */
+#define DIRTY_BASE 0x1000000u
+static int test_count(const struct options *o) {
+  volatile uint32_t *buf = (volatile uint32_t *)(uintptr_t)DIRTY_BASE;
+  const uint32_t stride = 4096 / 4;
+  uint32_t words = o->dirty > 0 ? (uint32_t)o->dirty * (0x100000u / 4) : 0;
+  if (words && (boot_info.mem_upper * 1024u + 0x100000u) < DIRTY_BASE + words * 4) {
+    printf("count: dirty=%d does not fit in this guest's memory\n", o->dirty);
+    return EXIT_USAGE;
+  }
+  for (uint32_t w = 0; w < words; w += stride) buf[w] = 0;
+  printf("count ready\n");
+  for (uint32_t i = 1; o->count <= 0 || i <= (uint32_t)o->count; i++) {
+    for (uint32_t w = 0; w < words; w += stride) {
+      if (buf[w] != i - 1) {
+        printf("count memory mismatch at 0x%x: %u, expected %u\n", DIRTY_BASE + w * 4, buf[w], i - 1);
+        return EXIT_FAIL;
+      }
+      buf[w] = i;
+    }
+    printf("count %u\n", i);
+    uint64_t next = deadline_ms(1);
+    while (!expired(next)) cpu_relax();
+  }
+  printf("count done\n");
+  return EXIT_OK;
+}
+
 void kmain(uint32_t magic, const struct multiboot_info *mbi);
 void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   boot_magic = magic;
@@ -184,7 +217,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (boot_info.flags & MBI_FLAG_MEM) printf("tsvmm-guest: memory lower %uK upper %uK\n", boot_info.mem_lower, boot_info.mem_upper);
   printf("tsvmm-guest: cmdline \"%s\"\n", cmdline);
   timer_init();
-  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0, 0, 0};
+  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0, 0, 0, 0};
   parse_cmdline(cmdline, &o);
   int rc;
   if (!o.test) rc = demo();
@@ -199,6 +232,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "highmem")) rc = test_highmem(boot_mbi);
   else if (streq(o.test, "probe-int")) rc = test_probe_int();
   else if (streq(o.test, "virtio-iommu")) rc = test_virtio_iommu(&o);
+  else if (streq(o.test, "count")) rc = test_count(&o);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }

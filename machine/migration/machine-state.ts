@@ -1,0 +1,235 @@
+// A machine's whole state through the stream (machine/migration/stream.ts): the machine hands
+// over its parts (each a Migratable: vCPUs, the in-kernel irqchip and PIT, every device model, the
+// KVM clock) and its RAM; this walks them in a fixed order. Save: the irqchip, each vCPU, each
+// device, RAM in blocks (zero pages as a flag), the clock last. Load: each section to the part
+// with its id; at the end every part must have had its section, or the stream is refused.
+import { StateReader, StateWriter, StateError, type Migratable } from '../../core/state.js';
+import {
+  StreamWriter,
+  readStream,
+  encodeRamBlock,
+  decodeRamBlock,
+  RAM_BLOCK,
+  RAM_SECTION,
+  RAM_VERSION,
+  PAGE_SIZE,
+  type ByteSink,
+  type ByteSource,
+  type ConfigDescription,
+} from './stream.js';
+
+export interface MachineParts {
+  /** What the destination must match (memory, layout, vCPUs, devices). */
+  description: ConfigDescription;
+  /** In the order they are saved and restored. */
+  parts: Migratable[];
+  /** Saved after RAM, restored last (the KVM clock). */
+  last: Migratable[];
+  ram: { size: number; view(offset: number, length: number): Uint8Array };
+}
+
+/** How far a save or load is (QMP query-migrate's ram members). */
+export interface MigrationProgress {
+  /** Bytes of guest RAM. */
+  ramTotal: number;
+  /** Guest RAM done so far. */
+  ramDone: number;
+  /** Pages sent as data, and as a zero flag. */
+  normalPages: number;
+  zeroPages: number;
+  /** Bytes of stream so far. */
+  bytes: number;
+  /** RAM passes so far (1 for a stop-and-copy), and the bytes the current one has still to send. */
+  passes: number;
+  remaining: number;
+}
+
+function section(m: Migratable): Uint8Array {
+  const w = new StateWriter();
+  m.saveState(w);
+  return w.bytes();
+}
+
+/** KVM's dirty log over guest RAM, for live pre-copy. */
+export interface DirtyLog {
+  /** Starts logging (throws if the host cannot). */
+  start(): void;
+  /** Guest RAM offsets (page-aligned) of the pages written since start() or the last call. */
+  dirty(): number[];
+  stop(): void;
+}
+
+export interface SaveOptions {
+  progress?: (p: MigrationProgress) => void;
+  cancelled?: () => boolean;
+  /** Stops the vCPUs (and flushes what they printed): after it, nothing changes the machine. */
+  stop: () => Promise<void>;
+  /** With a dirty log: RAM goes while the guest runs, then again what it rewrote, until the rest is small. */
+  live?: DirtyLog;
+  /** The pause the guest may see: the last pass's RAM must fit it at the bandwidth measured (QEMU's 300 ms). */
+  downtimeLimitMs?: number;
+  /** At most this many passes while the guest runs (a guest that writes faster than the link never converges). */
+  maxPasses?: number;
+  /** Bytes per second the stream may take while the guest runs (0: no limit); the final copy is not held back. */
+  maxBandwidth?: number;
+}
+
+/**
+ * Writes the machine to `sink`: RAM (with a dirty log, while the guest runs, pass after pass),
+ * then stop(), then what the guest wrote since, every part's state, and the KVM clock last. The
+ * cancel check runs between sections: a cancelled save stops there.
+ */
+export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOptions): Promise<MigrationProgress> {
+  const w = new StreamWriter(sink);
+  const p: MigrationProgress = {
+    ramTotal: m.ram.size,
+    ramDone: 0,
+    normalPages: 0,
+    zeroPages: 0,
+    bytes: 0,
+    passes: 0,
+    remaining: m.ram.size,
+  };
+  const report = () => {
+    p.bytes = w.bytes;
+    opts.progress?.(p);
+  };
+  const check = () => {
+    if (opts.cancelled?.()) throw new StateError('stream', 'cancelled');
+  };
+  const blocks = Math.ceil(m.ram.size / RAM_BLOCK);
+  let stopped = false;
+  const started = Date.now(),
+    startBytes = () => w.bytes;
+  const throttle = async () => {
+    const max = opts.maxBandwidth ?? 0;
+    if (!max || stopped) return;
+    const ahead = (startBytes() / max) * 1000 - (Date.now() - started);
+    if (ahead > 1) await new Promise((r) => setTimeout(r, ahead));
+  };
+  const sendBlocks = async (which: Iterable<number>) => {
+    p.passes++;
+    const list = [...which];
+    p.remaining = list.length * RAM_BLOCK;
+    for (const b of list) {
+      check();
+      const off = b * RAM_BLOCK;
+      const len = Math.min(RAM_BLOCK, m.ram.size - off);
+      const { payload, zeroPages } = encodeRamBlock(off, m.ram.view(off, len));
+      await w.section(RAM_SECTION, RAM_VERSION, payload);
+      p.zeroPages += zeroPages;
+      p.normalPages += len / PAGE_SIZE - zeroPages;
+      p.ramDone = Math.min(p.ramTotal, p.ramDone + len);
+      p.remaining = Math.max(0, p.remaining - len);
+      report();
+      await throttle();
+    }
+  };
+  const dirtyBlocks = (log: DirtyLog) => new Set(log.dirty().map((off) => Math.floor(off / RAM_BLOCK)));
+  const all = Array.from({ length: blocks }, (_, i) => i);
+
+  await w.header(m.description);
+  let log = opts.live;
+  try {
+    log?.start();
+  } catch (e) {
+    // A KVM that keeps no dirty log (or refuses it for a slot): stop and copy instead.
+    console.error(`tsvmm: no dirty log for live migration (${(e as Error).message}): the VM stops for the whole copy`);
+    log = undefined;
+  }
+  if (log) {
+    try {
+      const limit = opts.downtimeLimitMs ?? 300,
+        maxPasses = opts.maxPasses ?? 30;
+      let next: Set<number> | number[] = all;
+      for (;;) {
+        const t0 = Date.now(),
+          b0 = w.bytes;
+        await sendBlocks(next);
+        const bytesPerMs = (w.bytes - b0) / Math.max(1, Date.now() - t0);
+        next = dirtyBlocks(log);
+        // The rest fits the pause (or it will not get smaller): stop and copy it.
+        if (next.size * RAM_BLOCK <= bytesPerMs * limit || p.passes >= maxPasses) break;
+      }
+      await opts.stop();
+      stopped = true;
+      await sendBlocks([...next, ...dirtyBlocks(log)].sort((a, b) => a - b).filter((b, i, a) => a[i - 1] !== b));
+    } finally {
+      log.stop();
+    }
+  } else {
+    await opts.stop();
+    stopped = true;
+    await sendBlocks(all);
+  }
+  for (const part of m.parts) {
+    check();
+    await w.section(part.stateId, part.stateVersion, section(part));
+  }
+  for (const part of m.last) await w.section(part.stateId, part.stateVersion, section(part));
+  await w.end();
+  p.remaining = 0;
+  report();
+  return p;
+}
+
+/** Reads a stream into the machine (before its vCPUs first run); refuses one it does not understand. */
+export async function loadMachine(
+  m: MachineParts,
+  src: ByteSource,
+  opts: { progress?: (p: MigrationProgress) => void } = {},
+): Promise<MigrationProgress> {
+  const byId = new Map<string, Migratable>();
+  for (const part of [...m.parts, ...m.last]) byId.set(part.stateId, part);
+  const loaded = new Set<string>();
+  const p: MigrationProgress = {
+    ramTotal: m.ram.size,
+    ramDone: 0,
+    normalPages: 0,
+    zeroPages: 0,
+    bytes: 0,
+    passes: 0,
+    remaining: m.ram.size,
+  };
+  // A block may come more than once (a live migration sends again what the guest rewrote): every one at least once.
+  const seen = new Uint8Array(Math.ceil(m.ram.size / RAM_BLOCK));
+  let seenCount = 0;
+  const r = await readStream(src, {
+    config: m.description,
+    knows: (id) => (id === RAM_SECTION ? RAM_VERSION : byId.get(id)?.stateVersion),
+    onSection: (id, version, payload) => {
+      if (id === RAM_SECTION) {
+        const off = decodeRamBlock(payload, m.ram.size, (o, len) => m.ram.view(o, len));
+        const b = Math.floor(off / RAM_BLOCK);
+        if (!seen[b]) {
+          seen[b] = 1;
+          seenCount++;
+        }
+        p.ramDone = Math.min(m.ram.size, seenCount * RAM_BLOCK);
+        p.remaining = m.ram.size - p.ramDone;
+        opts.progress?.(p);
+        return;
+      }
+      if (loaded.has(id)) throw new StateError(id, 'appears twice in the stream');
+      const part = byId.get(id)!;
+      const reader = new StateReader(payload, id);
+      part.loadState(reader, version);
+      reader.end();
+      loaded.add(id);
+    },
+  });
+  const missing = [...byId.keys()].filter((id) => !loaded.has(id));
+  if (missing.length)
+    throw new StateError(missing[0]!, `missing from the stream (${missing.length} part(s) had no section)`);
+  if (seenCount !== seen.length) {
+    const first = seen.indexOf(0) * RAM_BLOCK;
+    throw new StateError(
+      RAM_SECTION,
+      `guest RAM from 0x${first.toString(16)} is missing (${seen.length - seenCount} of ${seen.length} blocks)`,
+    );
+  }
+  p.bytes = r.bytes;
+  p.ramDone = m.ram.size;
+  p.remaining = 0;
+  return p;
+}

@@ -1,0 +1,335 @@
+// tsvmm's migration stream (pure logic: bytes in, bytes out; the machine walks its devices and
+// the transport moves the bytes). Everything little-endian:
+//
+//   header   "TSVMM\0MG"  u32 format version  u32 n + n bytes config description (JSON)
+//            32 bytes SHA-256 of the description   u32 CRC32 of the header so far
+//   section  'S'  u8 n + n bytes id (ASCII)  u32 version  u32 length  payload  u32 CRC32 (tag..payload)
+//   end      'E'  u32 number of sections  u32 CRC32 of the two
+//
+// One section per object (a vCPU, the irqchip, a device model, a block of RAM), each with its
+// own version, so a destination can refuse precisely: the section, and why (unknown, newer than
+// this build, corrupt, truncated, a config that differs).
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { StateError } from '../../core/state.js';
+
+export const STREAM_MAGIC = Uint8Array.from([0x54, 0x53, 0x56, 0x4d, 0x4d, 0x00, 0x4d, 0x47]); // "TSVMM\0MG"
+export const STREAM_VERSION = 1;
+const TAG_SECTION = 0x53,
+  TAG_END = 0x45;
+/** No section of ours comes near this; a larger length is corruption, refused before allocating. */
+export const MAX_SECTION_BYTES = 256 * 2 ** 20;
+const MAX_DESCRIPTION_BYTES = 64 * 2 ** 10;
+
+/** What the destination must match (memory layout, vCPUs, devices): plain JSON values. */
+export type ConfigDescription = Record<string, unknown>;
+
+/** Where stream bytes go (a file, a pipe, a socket): resolves once the bytes are taken. */
+export interface ByteSink {
+  write(bytes: Uint8Array): Promise<void> | void;
+}
+/** Where they come from: exactly n bytes, or fewer only at the end of the input. */
+export interface ByteSource {
+  read(n: number): Promise<Uint8Array>;
+}
+
+const u32 = (v: number) => {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v >>> 0, true);
+  return b;
+};
+const cat = (...parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+};
+
+/** The description in its canonical form (keys sorted), which the hash is taken over. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object')
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  return JSON.stringify(v);
+}
+export function configHash(desc: ConfigDescription): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(canonicalJson(desc)).digest());
+}
+
+/** Writes a stream: header(), any number of section()s, end(). Counts the bytes it sent. */
+export class StreamWriter {
+  bytes = 0;
+  private sections = 0;
+  constructor(private readonly sink: ByteSink) {}
+
+  private async put(b: Uint8Array): Promise<void> {
+    await this.sink.write(b);
+    this.bytes += b.length;
+  }
+
+  async header(desc: ConfigDescription): Promise<void> {
+    const json = new TextEncoder().encode(canonicalJson(desc));
+    const head = cat(STREAM_MAGIC, u32(STREAM_VERSION), u32(json.length), json, configHash(desc));
+    await this.put(cat(head, u32(crc32(head))));
+  }
+
+  async section(id: string, version: number, payload: Uint8Array): Promise<void> {
+    if (!/^[\x21-\x7e]{1,255}$/.test(id))
+      throw new Error(`section id '${id}' must be 1-255 printable ASCII characters`);
+    if (payload.length > MAX_SECTION_BYTES) throw new Error(`section '${id}' is ${payload.length} bytes (too large)`);
+    const idBytes = new TextEncoder().encode(id);
+    const head = cat(Uint8Array.of(TAG_SECTION, idBytes.length), idBytes, u32(version), u32(payload.length));
+    const crc = crc32(payload, crc32(head));
+    await this.put(head);
+    await this.put(payload);
+    await this.put(u32(crc));
+    this.sections++;
+  }
+
+  async end(): Promise<void> {
+    const tail = cat(Uint8Array.of(TAG_END), u32(this.sections));
+    await this.put(cat(tail, u32(crc32(tail))));
+  }
+}
+
+export interface ReadOptions {
+  /** This side's config: the stream's must be the same. */
+  config: ConfigDescription;
+  /** The newest version of a section id this build reads; undefined: no such section here. */
+  knows(id: string): number | undefined;
+  /** Each section in order, after its checks. */
+  onSection(id: string, version: number, payload: Uint8Array): void | Promise<void>;
+}
+
+/** Reads and checks a whole stream; throws a StateError that says which section and why. */
+export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ sections: number; bytes: number }> {
+  let bytes = 0;
+  const need = async (n: number, section: string, what: string): Promise<Uint8Array> => {
+    const b = await src.read(n);
+    bytes += b.length;
+    if (b.length < n)
+      throw new StateError(
+        section,
+        `truncated: the stream ends ${b.length ? `${b.length} bytes into` : 'before'} ${what} (${n} bytes)`,
+        'the stream was cut short: save it again (a migration that failed leaves an incomplete file)',
+      );
+    return b;
+  };
+  const le32 = (b: Uint8Array, o = 0) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(o, true);
+
+  // Header.
+  const magic = await need(8, 'header', 'the magic');
+  if (!magic.every((v, i) => v === STREAM_MAGIC[i]))
+    throw new StateError('header', 'not a tsvmm migration stream (bad magic)', 'give it a file tsvmm saved');
+  const fixed = await need(8, 'header', 'the format version');
+  const version = le32(fixed, 0),
+    descLen = le32(fixed, 4);
+  if (version > STREAM_VERSION)
+    throw new StateError(
+      'header',
+      `stream format ${version} is newer than this build's (${STREAM_VERSION})`,
+      'restore it with the tsvmm that saved it, or a newer one',
+    );
+  if (version < 1) throw new StateError('header', `stream format ${version} is not one tsvmm wrote`);
+  if (descLen > MAX_DESCRIPTION_BYTES)
+    throw new StateError('header', `config description of ${descLen} bytes (corrupt)`);
+  const descBytes = await need(descLen, 'header', 'the config description');
+  const hash = await need(32, 'header', 'the config hash');
+  const crc = le32(await need(4, 'header', 'the header checksum'));
+  if (crc32(hash, crc32(descBytes, crc32(fixed, crc32(magic)))) !== crc)
+    throw new StateError('header', 'checksum mismatch (the stream is corrupt)');
+  let theirs: ConfigDescription;
+  try {
+    theirs = JSON.parse(new TextDecoder().decode(descBytes)) as ConfigDescription;
+  } catch {
+    throw new StateError('header', 'config description is not JSON (corrupt)');
+  }
+  if (!configHash(theirs).every((v, i) => v === hash[i]))
+    throw new StateError('header', 'config hash does not match its description (corrupt)');
+  const mine = configHash(opts.config);
+  if (!mine.every((v, i) => v === hash[i]))
+    throw new StateError(
+      'header',
+      `config mismatch: ${configDifference(theirs, opts.config)}`,
+      'start the destination with the config the source had (memory, vCPUs, devices)',
+    );
+
+  // Sections, then the end marker.
+  let n = 0;
+  for (;;) {
+    const where = `after section ${n}`;
+    const tag = (await need(1, where, 'a section tag'))[0]!;
+    if (tag === TAG_END) {
+      const count = await need(4, 'end', 'the section count');
+      const c = le32(await need(4, 'end', 'the end checksum'));
+      if (crc32(count, crc32(Uint8Array.of(TAG_END))) !== c) throw new StateError('end', 'checksum mismatch (corrupt)');
+      if (le32(count) !== n) throw new StateError('end', `says ${le32(count)} sections; the stream had ${n}`);
+      return { sections: n, bytes };
+    }
+    if (tag !== TAG_SECTION) throw new StateError(where, `bad section tag 0x${tag.toString(16)} (corrupt)`);
+    const idLen = (await need(1, where, "a section id's length"))[0]!;
+    const idBytes = await need(idLen, where, 'a section id');
+    const id = new TextDecoder().decode(idBytes);
+    const vl = await need(8, id, 'the version and length');
+    const ver = le32(vl, 0),
+      len = le32(vl, 4);
+    if (len > MAX_SECTION_BYTES) throw new StateError(id, `length ${len} is beyond any section's (corrupt)`);
+    const payload = await need(len, id, 'the payload');
+    const sum = le32(await need(4, id, 'the checksum'));
+    const head = cat(Uint8Array.of(TAG_SECTION, idLen), idBytes, vl);
+    if (crc32(payload, crc32(head)) !== sum) throw new StateError(id, 'checksum mismatch (the stream is corrupt)');
+    const max = opts.knows(id);
+    if (max === undefined)
+      throw new StateError(
+        id,
+        'unknown section: this machine has no such device or state',
+        'the destination must have the devices the source had',
+      );
+    if (ver > max)
+      throw new StateError(
+        id,
+        `version ${ver} is newer than this build's (${max})`,
+        'restore with the tsvmm that saved it, or a newer one',
+      );
+    await opts.onSection(id, ver, payload);
+    n++;
+  }
+}
+
+/** Which members of two descriptions differ, in words. */
+export function configDifference(theirs: ConfigDescription, mine: ConfigDescription): string {
+  const out: string[] = [];
+  for (const k of [...new Set([...Object.keys(theirs), ...Object.keys(mine)])].sort()) {
+    const a = canonicalJson(theirs[k]),
+      b = canonicalJson(mine[k]);
+    if (a !== b) out.push(`${k} is ${a ?? 'absent'} in the stream, ${b ?? 'absent'} here`);
+  }
+  return out.join('; ') || 'descriptions differ';
+}
+
+/** A ByteSource over chunks arriving from an async iterable (a file or socket read stream). */
+export function iterableSource(it: AsyncIterable<Uint8Array>): ByteSource {
+  const iter = it[Symbol.asyncIterator]();
+  let pending: Uint8Array = new Uint8Array(0);
+  let done = false;
+  return {
+    async read(n: number): Promise<Uint8Array> {
+      const parts: Uint8Array[] = [];
+      let have = 0;
+      while (have < n) {
+        if (!pending.length) {
+          if (done) break;
+          const r = await iter.next();
+          if (r.done) {
+            done = true;
+            break;
+          }
+          pending = r.value;
+          continue;
+        }
+        const take = Math.min(n - have, pending.length);
+        parts.push(pending.subarray(0, take));
+        pending = pending.subarray(take);
+        have += take;
+      }
+      return parts.length === 1 ? parts[0]! : cat(...parts);
+    },
+  };
+}
+
+/** A ByteSource over bytes in memory (tests, small streams). */
+export function bytesSource(b: Uint8Array): ByteSource {
+  let pos = 0;
+  return {
+    read(n: number) {
+      const out = b.subarray(pos, Math.min(b.length, pos + n));
+      pos += out.length;
+      return Promise.resolve(out);
+    },
+  };
+}
+
+// --- RAM -------------------------------------------------------------------------------------
+export const PAGE_SIZE = 4096;
+/** RAM goes in sections of this much guest memory each (its own checksum, a bounded buffer). */
+export const RAM_BLOCK = 2 ** 20;
+export const RAM_SECTION = 'ram',
+  RAM_VERSION = 1;
+
+const isZeroPage = (w: BigUint64Array, first: number): boolean => {
+  for (let i = first, end = first + PAGE_SIZE / 8; i < end; i++) if (w[i] !== 0n) return false;
+  return true;
+};
+
+/**
+ * A block of RAM as a section payload: u64 offset in guest RAM, u32 pages, a bitmap of the zero
+ * pages (a zero page is sent as its flag only), then each non-zero page's bytes.
+ */
+export function encodeRamBlock(offset: number, bytes: Uint8Array): { payload: Uint8Array; zeroPages: number } {
+  if (bytes.length % PAGE_SIZE || offset % PAGE_SIZE) throw new Error('RAM blocks are whole pages');
+  const pages = bytes.length / PAGE_SIZE;
+  const words =
+    bytes.byteOffset % 8 === 0
+      ? new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8)
+      : new BigUint64Array(bytes.slice().buffer);
+  const bitmap = new Uint8Array(Math.ceil(pages / 8));
+  let zero = 0;
+  for (let p = 0; p < pages; p++)
+    if (isZeroPage(words, (p * PAGE_SIZE) / 8)) {
+      bitmap[p >> 3]! |= 1 << (p & 7);
+      zero++;
+    }
+  const head = new Uint8Array(12);
+  const v = new DataView(head.buffer);
+  v.setBigUint64(0, BigInt(offset), true);
+  v.setUint32(8, pages, true);
+  const payload = new Uint8Array(12 + bitmap.length + (pages - zero) * PAGE_SIZE);
+  payload.set(head);
+  payload.set(bitmap, 12);
+  let o = 12 + bitmap.length;
+  for (let p = 0; p < pages; p++)
+    if (!(bitmap[p >> 3]! & (1 << (p & 7)))) {
+      payload.set(bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), o);
+      o += PAGE_SIZE;
+    }
+  return { payload, zeroPages: zero };
+}
+
+/** Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there); returns its offset. */
+export function decodeRamBlock(
+  payload: Uint8Array,
+  ramSize: number,
+  ram: (offset: number, length: number) => Uint8Array,
+): number {
+  const fail = (why: string) => new StateError(RAM_SECTION, why);
+  if (payload.length < 12) throw fail('truncated block header');
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const offset = Number(v.getBigUint64(0, true)),
+    pages = v.getUint32(8, true);
+  if (offset % PAGE_SIZE || !Number.isSafeInteger(offset) || offset + pages * PAGE_SIZE > ramSize)
+    throw fail(`block at 0x${offset.toString(16)} of ${pages} pages lies outside guest RAM (${ramSize} bytes)`);
+  const bitmapLen = Math.ceil(pages / 8);
+  if (payload.length < 12 + bitmapLen) throw fail('truncated zero-page bitmap');
+  const bitmap = payload.subarray(12, 12 + bitmapLen);
+  let zero = 0;
+  for (let p = 0; p < pages; p++) if (bitmap[p >> 3]! & (1 << (p & 7))) zero++;
+  if (payload.length !== 12 + bitmapLen + (pages - zero) * PAGE_SIZE)
+    throw fail(`block at 0x${offset.toString(16)}: ${payload.length} bytes for ${pages - zero} data pages`);
+  const dest = ram(offset, pages * PAGE_SIZE);
+  let o = 12 + bitmapLen;
+  for (let p = 0; p < pages; p++) {
+    const at = p * PAGE_SIZE;
+    if (bitmap[p >> 3]! & (1 << (p & 7))) dest.fill(0, at, at + PAGE_SIZE);
+    else {
+      dest.set(payload.subarray(o, o + PAGE_SIZE), at);
+      o += PAGE_SIZE;
+    }
+  }
+  return offset;
+}
