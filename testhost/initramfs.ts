@@ -38,6 +38,7 @@ mount -t devtmpfs dev /dev
 exec 0</dev/console 1>/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+ip link set lo up # loopback for tests that talk TCP on 127.0.0.1 (migration over tcp:)
 say() { read u _ < /proc/uptime; echo "[$u] tsvmm-init: $*"; }
 die() {
   say "FATAL: $*"
