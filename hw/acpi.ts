@@ -4,7 +4,8 @@
 // (hw/acpi-pm.ts), reboot a write of 6 to the reset register 0xCF9 (hw/pci-host.ts). The MADT
 // lists the local APICs and the IOAPIC. The DSDT, in hand-assembled AML, has the PCI root bridge
 // (PNP0A03, conf1, its bus/IO/MMIO windows in _CRS, INTx → IOAPIC GSI in _PRT), COM1 and \_S5_.
-// (Linux ignores the MP table when ACPI is on; the MP table is for `acpi=off` guests.)
+// (Linux ignores the MP table when ACPI is on; the MP table is for `acpi=off` guests.) With a
+// vIOMMU the VIOT names the virtio-iommu and the PCI endpoints behind it (Linux's ACPI_VIOT).
 import {
   amlBuffer,
   amlCall,
@@ -107,6 +108,73 @@ export interface AcpiOptions {
    * Generic Event Device and power button (hw/ged.ts). Absent: no hot-plug, no power button.
    */
   hotplugSlots?: number[];
+  /** A virtio-iommu and the PCI endpoints it translates (the VIOT table); absent: no VIOT. */
+  viot?: ViotOptions;
+}
+
+/** VIOT (ACPI 6.4+, Virtual I/O Translation Table): which paravirtual IOMMU translates which endpoints. */
+export interface ViotOptions {
+  /** The virtio-pci IOMMU's PCI segment and BDF (bus << 8 | devfn). */
+  iommu: { segment: number; bdf: number };
+  /**
+   * PCI endpoints behind it: an inclusive BDF range per node (one segment each); an endpoint's
+   * ID in the virtio-iommu's requests is endpointStart + (its BDF - bdfStart).
+   */
+  ranges: { segment: number; bdfStart: number; bdfEnd: number; endpointStart: number }[];
+}
+
+export const VIOT_NODE_OFFSET = 48,
+  VIOT_NODE_PCI_RANGE = 1,
+  VIOT_NODE_VIRTIO_PCI_IOMMU = 3;
+
+/**
+ * The VIOT's body (after the header): node count and offset, then the virtio-pci IOMMU node
+ * (type 3, 16 bytes) and one PCI range node (type 1, 24 bytes) per range, whose output node is
+ * the IOMMU node's offset from the start of the table.
+ */
+export function viotBody(o: ViotOptions): Uint8Array {
+  const count = 1 + o.ranges.length;
+  const b = new Uint8Array(VIOT_NODE_OFFSET - HEADER_LEN + 16 + 24 * o.ranges.length);
+  const v = new DataView(b.buffer);
+  v.setUint16(0, count, true);
+  v.setUint16(2, VIOT_NODE_OFFSET, true);
+  let at = VIOT_NODE_OFFSET - HEADER_LEN;
+  b[at] = VIOT_NODE_VIRTIO_PCI_IOMMU;
+  v.setUint16(at + 2, 16, true);
+  v.setUint16(at + 4, o.iommu.segment, true);
+  v.setUint16(at + 6, o.iommu.bdf, true);
+  at += 16;
+  for (const r of o.ranges) {
+    if (r.bdfStart > r.bdfEnd || r.bdfEnd > 0xffff)
+      throw new RangeError(`VIOT: bad BDF range ${r.bdfStart}-${r.bdfEnd}`);
+    b[at] = VIOT_NODE_PCI_RANGE;
+    v.setUint16(at + 2, 24, true);
+    v.setUint32(at + 4, r.endpointStart, true);
+    v.setUint16(at + 8, r.segment, true);
+    v.setUint16(at + 10, r.segment, true);
+    v.setUint16(at + 12, r.bdfStart, true);
+    v.setUint16(at + 14, r.bdfEnd, true);
+    v.setUint16(at + 16, VIOT_NODE_OFFSET, true);
+    at += 24;
+  }
+  return b;
+}
+
+/** PCI range nodes for a set of endpoints on segment 0 (BDFs): one per run of consecutive BDFs, IDs = BDFs. */
+export function viotPciRanges(bdfs: Iterable<number>): ViotOptions['ranges'] {
+  const sorted = [...new Set(bdfs)].sort((a, b) => a - b);
+  const out: ViotOptions['ranges'] = [];
+  for (const b of sorted) {
+    const last = out.at(-1);
+    if (last && last.bdfEnd + 1 === b) last.bdfEnd = b;
+    else out.push({ segment: 0, bdfStart: b, bdfEnd: b, endpointStart: b });
+  }
+  return out;
+}
+
+/** The whole VIOT table (header and checksum). */
+export function viotTable(o: ViotOptions): Uint8Array {
+  return table('VIOT', 0, viotBody(o));
 }
 
 /** The DSDT's AML: \_SB.PCI0 (PNP0A03 with _CRS and _PRT) and \_S5_. */
@@ -204,25 +272,29 @@ export function buildAcpiTables(o: AcpiOptions, base = ACPI_TABLES_ADDR): AcpiTa
   gasIo8(f, o2(256), ACPI_SLEEP_STATUS_PORT);
   ascii(fb, o2(268), 'TSVMM\0\0\0');
 
-  // Layout: RSDP (36, padded to 48) | RSDT | XSDT | FADT | MADT | DSDT, each 16-byte aligned.
+  // Layout: RSDP (36, padded to 48) | RSDT | XSDT | FADT | MADT | [VIOT] | DSDT, each 16-byte aligned.
+  const viot = o.viot ? viotTable(o.viot) : undefined;
+  const listed = 2 + (viot ? 1 : 0);
   const align = (n: number) => Math.ceil(n / 16) * 16;
   const rsdtAt = base + 48;
-  const rsdtLen = HEADER_LEN + 8;
+  const rsdtLen = HEADER_LEN + 4 * listed;
   const xsdtAt = align(rsdtAt + rsdtLen);
-  const xsdtLen = HEADER_LEN + 16;
+  const xsdtLen = HEADER_LEN + 8 * listed;
   const fadtAt = align(xsdtAt + xsdtLen);
   const madtAt = align(fadtAt + FADT_LEN);
-  const dsdtAt = align(madtAt + madt.length);
+  const viotAt = align(madtAt + madt.length);
+  const dsdtAt = viot ? align(viotAt + viot.length) : viotAt;
   f.setUint32(o2(40), dsdtAt, true); // DSDT
   f.setBigUint64(o2(140), BigInt(dsdtAt), true); // X_DSDT
   const fadt = table('FACP', 6, fb);
-  const rb = new Uint8Array(8);
-  new DataView(rb.buffer).setUint32(0, fadtAt, true);
-  new DataView(rb.buffer).setUint32(4, madtAt, true);
+  const entries = [fadtAt, madtAt, ...(viot ? [viotAt] : [])];
+  const rb = new Uint8Array(4 * listed);
+  const xb = new Uint8Array(8 * listed);
+  entries.forEach((at, i) => {
+    new DataView(rb.buffer).setUint32(4 * i, at, true);
+    new DataView(xb.buffer).setBigUint64(8 * i, BigInt(at), true);
+  });
   const rsdt = table('RSDT', 1, rb);
-  const xb = new Uint8Array(16);
-  new DataView(xb.buffer).setBigUint64(0, BigInt(fadtAt), true);
-  new DataView(xb.buffer).setBigUint64(8, BigInt(madtAt), true);
   const xsdt = table('XSDT', 1, xb);
 
   const rsdp = new Uint8Array(36);
@@ -242,6 +314,11 @@ export function buildAcpiTables(o: AcpiOptions, base = ACPI_TABLES_ADDR): AcpiTa
   bytes.set(xsdt, xsdtAt - base);
   bytes.set(fadt, fadtAt - base);
   bytes.set(madt, madtAt - base);
+  if (viot) bytes.set(viot, viotAt - base);
   bytes.set(dsdt, dsdtAt - base);
-  return { bytes, rsdp: base, tables: { RSDT: rsdtAt, XSDT: xsdtAt, FACP: fadtAt, APIC: madtAt, DSDT: dsdtAt } };
+  return {
+    bytes,
+    rsdp: base,
+    tables: { RSDT: rsdtAt, XSDT: xsdtAt, FACP: fadtAt, APIC: madtAt, ...(viot ? { VIOT: viotAt } : {}), DSDT: dsdtAt },
+  };
 }

@@ -23,7 +23,7 @@ import {
   RESET_VECTOR_STUB,
 } from './loader/linux.js';
 import { buildInitramfs } from './loader/initramfs.js';
-import { ACPI_TABLES_ADDR, buildAcpiTables } from '../hw/acpi.js';
+import { ACPI_TABLES_ADDR, buildAcpiTables, type ViotOptions } from '../hw/acpi.js';
 import { buildMpTable, MP_TABLE_ADDR, type MpPciIrq } from '../hw/mptable.js';
 import { PCI_INTERRUPT_LINE, PCI_INTERRUPT_PIN } from '../hw/pci.js';
 import { HOTPLUG_SLOTS, LOW_RAM_END, MULTIBOOT_INFO_ADDR, PCI_WINDOWS, pciIntxGsi } from './board.js';
@@ -72,6 +72,8 @@ export interface BootTarget {
   cpus: number;
   cpuid: CpuidEntry[];
   bootVcpu: Vcpu;
+  /** A vIOMMU and the endpoints behind it: the ACPI tables get a VIOT. */
+  viot?: ViotOptions;
 }
 
 /**
@@ -159,7 +161,13 @@ function bootLinux(m: BootTarget, image: Uint8Array): void {
     .sort((a, b) => a - b)
     .flatMap((slot) => [1, 2, 3, 4].map((pin) => ({ slot, pin, gsi: pciIntxGsi(slot) })));
   const acpi = buildAcpiTables(
-    { cpus: m.cpus, pciMmio32: PCI_WINDOWS.mmio32, pciIrqs: prt, hotplugSlots: HOTPLUG_SLOTS },
+    {
+      cpus: m.cpus,
+      pciMmio32: PCI_WINDOWS.mmio32,
+      pciIrqs: prt,
+      hotplugSlots: HOTPLUG_SLOTS,
+      ...(m.viot ? { viot: m.viot } : {}),
+    },
     ACPI_TABLES_ADDR,
   );
   m.ram.set(acpi.bytes, ACPI_TABLES_ADDR);

@@ -90,6 +90,13 @@ export interface MachineInspection {
     bars: { index: number; type: 'io' | 'mem32' | 'mem64' | 'rom'; address: number | undefined; size: number }[];
   }[];
   vcpus: number;
+  /** The vIOMMU (config.iommu): bypass, the guest's domains with their endpoints and mapping counts, requests by type. */
+  viommu?: {
+    bypass: boolean;
+    domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number }[];
+    requests: Record<string, number>;
+    refused: number;
+  };
 }
 
 /** The one interface front ends have to a machine. */

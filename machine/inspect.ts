@@ -15,6 +15,7 @@ export function inspectMachine(m: {
   vfio: Vfio;
   devices: readonly VfioPciDevice[];
   pciDevices: PciDeviceState[];
+  viommu?: MachineInspection['viommu'];
 }): MachineInspection {
   const stats = m.vm.stats;
   let pinnedBytes = 0;
@@ -43,6 +44,7 @@ export function inspectMachine(m: {
       bars: d.bars.map((b) => ({ index: b.index, type: b.type, address: b.address, size: b.size })),
     })),
     vcpus: m.vm.vcpus.length,
+    ...(m.viommu ? { viommu: m.viommu } : {}),
   };
 }
 

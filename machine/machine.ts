@@ -25,6 +25,7 @@ import { GED_EVENT_POWER_BUTTON, type GenericEventDevice } from '../hw/ged.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import { createBoard, HIGH_RAM_BASE, LOW_RAM_END, PCI_WINDOWS, pciIntxGsi, ramLayout } from './board.js';
 import { bootImage } from './boot.js';
+import { checkDevicesBehind, createViommu, type Viommu } from './viommu.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
 import type {
@@ -61,6 +62,8 @@ export class Machine implements MachineControl {
   private readonly vfio: Vfio;
   /** The PCI devices (config and hot-plug), made by their driver's model. */
   private readonly deviceManager: DeviceManager;
+  /** The vIOMMU (config.iommu): a virtio-iommu on the bus, named by the VIOT. */
+  private viommu: Viommu | undefined;
   /** The one owner of passed fds: what no one took is closed with the machine. */
   private readonly passedFds: PassedFds;
   /** ACPI events (hot-plug, power button) for guests booted with ACPI tables (Linux). */
@@ -84,6 +87,7 @@ export class Machine implements MachineControl {
     this.passedFds = passed;
     const cleanups: (() => void)[] = [() => passed.close()];
     try {
+      checkDevicesBehind(config.devices.flatMap((d, i) => (d.iommu ? [d.id ?? `vfio${i}`] : [])));
       const kvmFd = passed.take({ kind: 'kvm' });
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
       cleanups.push(() => this.kvm.close());
@@ -186,9 +190,25 @@ export class Machine implements MachineControl {
         deviceError: () => this.deviceError(),
       });
       cleanups.push(() => this.releaseDevices());
+      // The vIOMMU goes in its own slot before the devices take the first free ones, or after them.
+      const addViommu = () => {
+        if (!config.iommu) return;
+        this.viommu = createViommu({
+          bus: this.pciBus,
+          slot: config.iommu.slot,
+          memory: this.vm.memory,
+          interrupts: this.interrupts,
+          intxGsi: pciIntxGsi,
+          // Doorbells on ioeventfds only where they save a wait: an application processor's
+          // MMIO exit waits for the main thread; vCPU 0's is answered inline, quicker than an eventfd.
+          ioeventfd: config.vcpus > 1 ? this.vm.fd : undefined,
+        });
+      };
+      if (config.iommu?.slot !== undefined) addViommu();
       deviceSpecs.forEach((d, i) => {
         this.deviceManager.add(d, `vfio${i}`);
       });
+      if (config.iommu?.slot === undefined) addViommu();
       assignBars(this.pciBus, PCI_WINDOWS.mmio32, PCI_WINDOWS.io);
 
       for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
@@ -279,6 +299,11 @@ export class Machine implements MachineControl {
   }
 
   private releaseDevices(): void {
+    if (this.viommu) {
+      this.pciBus.detach(this.viommu.dev);
+      this.viommu.dev.destroy();
+      this.viommu = undefined;
+    }
     this.deviceManager.releaseAll();
     this.vfio.close();
   }
@@ -319,6 +344,7 @@ export class Machine implements MachineControl {
         cpus: this.vm.vcpus.length,
         cpuid: this.kvm.supportedCpuid(),
         bootVcpu: this.vm.vcpus[0]!,
+        ...(this.viommu ? { viot: this.viommu.viot() } : {}),
       },
       new Uint8Array(readFileSync(this.config.kernel.path)),
     );
@@ -335,6 +361,7 @@ export class Machine implements MachineControl {
     await this.vm.reset(() => {
       this.vm.resetToPowerOn();
       this.deviceManager.reset();
+      this.viommu?.dev.reset();
       // No event from before the reset is delivered after it; an unplug the guest was asked for
       // and has not done yet is completed (a rebooting guest will not answer it).
       this.ged.reset();
@@ -405,6 +432,7 @@ export class Machine implements MachineControl {
       vfio: this.vfio,
       devices: this.deviceManager.devices as readonly VfioPciDevice[],
       pciDevices: this.devices.list(),
+      ...(this.viommu ? { viommu: this.viommu.iommu.inspect() } : {}),
     });
   }
 }

@@ -28,7 +28,9 @@ Options:
   --cmdline STRING     kernel command line
   --name NAME          VM name (QMP query-name, logs)
   --device SPEC        vfio-pci,host=0000:01:00.0[,id=ID][,addr=SLOT][,backend=auto|legacy|iommufd]
-                       (also sysfsdev=PATH, cdev=PATH, fd=NAME, group=N, slot=N); repeatable
+                       (also sysfsdev=PATH, cdev=PATH, fd=NAME, group=N, slot=N, iommu=on|off);
+                       repeatable. virtio-iommu-pci[,addr=SLOT] gives the VM a vIOMMU; devices
+                       with iommu=on are behind it
   --serial MODE        stdio (COM1 on stdout, stdin as input), none, or file:PATH
   --qmp PATH           a QMP control socket (mode 0600), one client at a time (others wait their
                        turn); repeatable: each socket its own monitor; see docs/qmp.md
@@ -65,13 +67,33 @@ const OPTIONS = {
 
 const DEMO: VmConfig = { name: 'demo', memory: '64M', kernel: { path: `${projectRoot}/guest/out/tsvmm-guest.elf` } };
 
-const DEVICE_KEYS = ['host', 'sysfsdev', 'cdev', 'fd', 'id', 'backend', 'addr', 'slot', 'group'];
+const DEVICE_KEYS = ['host', 'sysfsdev', 'cdev', 'fd', 'id', 'backend', 'addr', 'slot', 'group', 'iommu'];
+
+/** QEMU's addr: the slot in hex, optionally ".0" (function 0 only). */
+function parseAddr(v: string): number {
+  const m = /^(?:0x)?([0-9a-f]{1,2})(?:\.0)?$/i.exec(v);
+  if (!m) throw new UsageError(`--device: addr=${v} is not a slot (e.g. addr=05 or addr=0x5.0)`, USAGE);
+  return parseInt(m[1]!, 16);
+}
+
+/** "virtio-iommu-pci[,addr=SLOT]" (QEMU's spelling) → the config's top-level iommu. */
+export function parseIommuDevice(spec: string): NonNullable<VmConfig['iommu']> {
+  const out: NonNullable<VmConfig['iommu']> = { type: 'virtio' };
+  for (const p of spec.split(',').slice(1)) {
+    const i = p.indexOf('=');
+    const [k, v] = i < 0 ? [p, ''] : [p.slice(0, i), p.slice(i + 1)];
+    if (k !== 'addr') throw new UsageError(`--device: virtio-iommu-pci has no property '${k}' (it takes addr)`, USAGE);
+    if (out.slot !== undefined) throw new UsageError(`--device: 'addr' given twice`, USAGE);
+    out.slot = parseAddr(v);
+  }
+  return out;
+}
 
 /** -device-style "vfio-pci,host=…,id=…" → a device of the config. */
 export function parseDevice(spec: string): VfioPciConfig {
   const [driver, ...props] = spec.split(',');
   if (driver !== 'vfio-pci')
-    throw new UsageError(`--device: '${driver}' is not a device tsvmm has (it has vfio-pci)`, USAGE);
+    throw new UsageError(`--device: '${driver}' is not a device tsvmm has (it has vfio-pci, virtio-iommu-pci)`, USAGE);
   const d: Record<string, unknown> = { type: 'vfio-pci' };
   for (const p of props) {
     const i = p.indexOf('=');
@@ -80,11 +102,12 @@ export function parseDevice(spec: string): VfioPciConfig {
       throw new UsageError(`--device: vfio-pci has no property '${k}' (it takes ${DEVICE_KEYS.join(', ')})`, USAGE);
     if (k in d || (k === 'addr' && 'slot' in d) || (k === 'slot' && 'slot' in d))
       throw new UsageError(`--device: '${k}' given twice`, USAGE);
-    if (k === 'addr') {
-      // QEMU's addr: the slot in hex, optionally ".0" (function 0 only).
-      const m = /^(?:0x)?([0-9a-f]{1,2})(?:\.0)?$/i.exec(v);
-      if (!m) throw new UsageError(`--device: addr=${v} is not a slot (e.g. addr=05 or addr=0x5.0)`, USAGE);
-      d.slot = parseInt(m[1]!, 16);
+    if (k === 'addr') d.slot = parseAddr(v);
+    else if (k === 'iommu') {
+      // As cloud-hypervisor's iommu=on (and QEMU's on/off spellings).
+      if (!['on', 'off', 'true', 'false'].includes(v))
+        throw new UsageError(`--device: iommu=${v}: give iommu=on or iommu=off`, USAGE);
+      d.iommu = v === 'on' || v === 'true';
     } else if (k === 'slot' || k === 'group') {
       if (!/^\d+$/.test(v)) throw new UsageError(`--device: ${k}=${v} is not a number`, USAGE);
       d[k] = Number(v);
@@ -193,6 +216,12 @@ export function buildRawConfig(
     flags.set('/name', '--name');
   }
   for (const spec of (v.device as string[] | undefined) ?? []) {
+    if (spec.split(',')[0] === 'virtio-iommu-pci') {
+      if (flags.has('/iommu')) throw new UsageError(`--device: one virtio-iommu-pci at most`, USAGE);
+      raw.iommu = parseIommuDevice(spec);
+      flags.set('/iommu', `--device ${spec}`);
+      continue;
+    }
     const d = parseDevice(spec);
     if (d.sysfsdev !== undefined) d.sysfsdev = cwd(d.sysfsdev);
     raw.devices = [...(raw.devices ?? []), d];

@@ -70,7 +70,7 @@ static void parse_word(char *word, struct options *o) {
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "virtio-iommu") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -197,6 +197,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "fuzz")) rc = test_fuzz(&o);
   else if (streq(o.test, "highmem")) rc = test_highmem(boot_mbi);
   else if (streq(o.test, "probe-int")) rc = test_probe_int();
+  else if (streq(o.test, "virtio-iommu")) rc = test_virtio_iommu(&o);
   else rc = test_msix(&o);
   guest_exit((uint32_t)rc);
 }

@@ -27,6 +27,8 @@ export interface DeviceSpec extends VfioDeviceSpec {
   /** The expansion ROM: hidden when false; a file's bytes instead of the device's (path absolute once checked). */
   rombar?: boolean;
   romfile?: string;
+  /** Behind the VM's vIOMMU (MachineConfig.iommu) rather than with all of guest RAM mapped 1:1. */
+  iommu?: boolean;
 }
 export type VfioPciConfig = DeviceSpec;
 
@@ -58,6 +60,8 @@ export interface MachineConfig {
   vfio: { backend: VfioBackendChoice };
   /** device_del: ask the guest (ACPI) or remove at once. */
   unplug: 'request' | 'surprise';
+  /** A vIOMMU the guest sees (virtio-iommu), and where it sits; absent: none. */
+  iommu?: { type: 'virtio'; slot?: number };
 }
 
 export { ConfigError } from '../../core/errors.js';
@@ -192,6 +196,7 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): Mach
       slots.add(d.slot);
     }
   });
+  checkIommu(raw, slots, problems);
   if (problems.length) throw new ConfigError(source, problems);
   return {
     name: raw.name ?? 'tsvmm',
@@ -214,7 +219,22 @@ export function checkConfig(raw: unknown, source: string, baseDir: string): Mach
     devices,
     vfio: { backend: raw.vfio?.backend ?? 'auto' },
     unplug: raw.unplug ?? 'request',
+    ...(raw.iommu
+      ? { iommu: { type: raw.iommu.type, ...(raw.iommu.slot !== undefined ? { slot: raw.iommu.slot } : {}) } }
+      : {}),
   };
+}
+
+/** A device behind a vIOMMU the VM does not have; the vIOMMU's slot taken by a device. */
+function checkIommu(raw: VmConfig, slots: ReadonlySet<number>, problems: string[]): void {
+  (raw.devices ?? []).forEach((d, i) => {
+    if (d.iommu && !raw.iommu)
+      problems.push(
+        `/devices/${i}/iommu: the device is to be behind the vIOMMU, but the VM has none: add "iommu": {"type": "virtio"} at the top level, or drop "iommu" from the device (it then keeps the 1:1 mapping of guest RAM)`,
+      );
+  });
+  if (raw.iommu?.slot !== undefined && slots.has(raw.iommu.slot))
+    problems.push(`/iommu/slot: slot ${raw.iommu.slot} is used by a device: choose another, or leave it out`);
 }
 
 /**

@@ -3,12 +3,16 @@
 // through test/host/legacy/hostile.test.ts. Prints seed, accesses, time and verdict of each.
 // The QMP fuzzer (test/helpers/fuzz-qmp.ts) against `tsvmm run` of a spinning guest.
 //   node dist/test/fuzz/run.js [--seed N] [--count N] [--host-count N | --no-host]
-//                              [--qmp-sessions N | --no-qmp] [--only vfio-pci|host|qmp]
-// (TSVMM_FUZZ_QMP_SESSIONS sets --qmp-sessions' default.)
+//                              [--qmp-sessions N | --no-qmp]
+//                              [--iommu-count N] [--only vfio-pci|virtio-iommu|host|qmp]
+// (TSVMM_FUZZ_QMP_SESSIONS sets --qmp-sessions' default.) The virtio-iommu fuzzer
+// (test/helpers/fuzz-virtio-iommu.ts) sends random requests and descriptor tables through the
+// virtio-pci transport.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fuzzVfioPci } from '../helpers/fuzz-vfio-pci.js';
 import { fuzzQmp } from '../helpers/fuzz-qmp.js';
+import { fuzzVirtioIommu } from '../helpers/fuzz-virtio-iommu.js';
 import { vmTarget } from '../helpers/qmp-fuzz-targets.js';
 import { projectRoot } from '../../core/paths.js';
 
@@ -21,6 +25,7 @@ const seed = opt('seed', Date.now() % 1000000);
 const count = opt('count', 1e7);
 // ~10 ms an access in the TCG test host, whose runs are capped at 15 min: 60000 fit with room.
 const hostCount = opt('host-count', 60000);
+const iommuCount = opt('iommu-count', 1e6);
 const qmpSessions = opt('qmp-sessions', Number(process.env.TSVMM_FUZZ_QMP_SESSIONS ?? 1e5));
 const onlyAt = args.indexOf('--only');
 const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined;
@@ -58,6 +63,21 @@ if (runs('vfio-pci', '--no-vfio-pci')) {
   });
   console.log(
     `in-process vfio-pci fuzz: seed=${seed} accesses=${r.accesses} boards=${r.boards} kvm-refusals=${r.refusedByKvm} time=${(r.ms / 1000).toFixed(1)}s verdict=${r.violations.length ? 'FAIL' : 'pass'}`,
+  );
+  for (const v of r.violations) console.log(`  ${v}`);
+  failed ||= r.violations.length > 0;
+}
+
+if (runs('virtio-iommu', '--no-virtio-iommu')) {
+  console.log(`in-process virtio-iommu fuzz: seed=${seed} requests=${iommuCount}`);
+  const t0 = Date.now();
+  const r = fuzzVirtioIommu({
+    seed,
+    count: iommuCount,
+    progress: (n) => console.log(`  ${n} requests, ${((Date.now() - t0) / 1000).toFixed(0)} s`),
+  });
+  console.log(
+    `in-process virtio-iommu fuzz: seed=${seed} requests=${r.requests} resets=${r.resets} needs-reset=${r.needsReset} max-mappings=${r.maxMappings} time=${(r.ms / 1000).toFixed(1)}s verdict=${r.violations.length ? 'FAIL' : 'pass'}`,
   );
   for (const v of r.violations) console.log(`  ${v}`);
   failed ||= r.violations.length > 0;

@@ -142,7 +142,10 @@ test('run flags: QEMU/cloud-hypervisor style, shown by --print-config; flags ove
   assert.equal(JSON.parse(v.stdout).name, 'demo', 'no config and no --kernel: the demo guest, with the flags');
 
   for (const [args, re] of [
-    [['--device', 'e1000,netdev=n'], /--device: 'e1000' is not a device tsvmm has \(it has vfio-pci\)/],
+    [
+      ['--device', 'e1000,netdev=n'],
+      /--device: 'e1000' is not a device tsvmm has \(it has vfio-pci, virtio-iommu-pci\)/,
+    ],
     [['--device', 'vfio-pci,host=00:03.0,bogus=1'], /--device: vfio-pci has no property 'bogus'/],
     [['--device', 'vfio-pci,host=00:03.0,addr=zz'], /--device: addr=zz is not a slot/],
     [['--serial', 'pty'], /--serial pty: expected stdio, none or file:PATH/],

@@ -1,0 +1,278 @@
+// The split virtqueue (virtio 1.2 §2.7): the descriptor table, the driver (avail) ring and the
+// device (used) ring in guest memory, read and written through GuestMemory. Everything the
+// driver wrote is checked before use — ring indexes, descriptor indexes, addresses and lengths
+// (wholly guest RAM), chain length (at most the queue size, so a loop ends), indirect tables
+// (non-empty, a multiple of 16 bytes, not nested, only as the whole chain), readable before
+// writable — and a violation is a VirtqueueError: the transport marks the device NEEDS_RESET
+// (§2.1.2) and stops using the queue, as QEMU's virtio_error does.
+import type { GuestMemory } from './guest-memory.js';
+
+export const VIRTQ_DESC_F_NEXT = 1,
+  VIRTQ_DESC_F_WRITE = 2,
+  VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1,
+  VIRTQ_USED_F_NO_NOTIFY = 1;
+export const VIRTQ_DESC_SIZE = 16;
+/** The largest queue a split virtqueue may have (§2.7). */
+export const VIRTQ_MAX_SIZE = 32768;
+
+/** The driver broke the virtqueue rules: the device needs a reset. */
+export class VirtqueueError extends Error {
+  override name = 'VirtqueueError';
+}
+
+/** One guest buffer of a chain. */
+export interface VirtqBuffer {
+  addr: number;
+  len: number;
+}
+
+/** A descriptor chain the device took from the avail ring: device-readable buffers, then device-writable ones. */
+export interface VirtqChain {
+  head: number;
+  readable: VirtqBuffer[];
+  writable: VirtqBuffer[];
+  readableLen: number;
+  writableLen: number;
+}
+
+export interface VirtqueueConfig {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+  /** VIRTIO_F_EVENT_IDX was negotiated. */
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC was negotiated. */
+  indirect: boolean;
+}
+
+/**
+ * `vring_need_event` (§2.7.10): whether the other side asked to hear about index `newIdx` given
+ * it was last told at `old` and wants an event once `eventIdx` is passed.
+ */
+export function vringNeedEvent(eventIdx: number, newIdx: number, old: number): boolean {
+  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+}
+
+/** Size and alignment rules of the three areas (§2.7: 16, 2, 4 bytes). */
+export function virtqueueLayout(size: number, eventIdx: boolean): { desc: number; avail: number; used: number } {
+  return { desc: 16 * size, avail: 6 + 2 * size - (eventIdx ? 0 : 2), used: 6 + 8 * size - (eventIdx ? 0 : 2) };
+}
+
+export class SplitVirtqueue {
+  readonly size: number;
+  /** Next avail ring entry the device takes. */
+  lastAvail = 0;
+  /** The used ring index the device publishes. */
+  usedIdx = 0;
+  private signalledUsed = 0;
+  private signalledValid = false;
+  /** Whether the device currently asks for notifications (setNotification). */
+  private notifyOn = true;
+  private readonly b2 = new Uint8Array(2);
+  private readonly b8 = new Uint8Array(8);
+  private readonly b16 = new Uint8Array(16);
+  private readonly d16 = new DataView(this.b16.buffer);
+
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly cfg: VirtqueueConfig,
+  ) {
+    const { size, desc, avail, used } = cfg;
+    if (!Number.isInteger(size) || size < 1 || size > VIRTQ_MAX_SIZE || size & (size - 1))
+      throw new VirtqueueError(`queue size ${size} is not a power of two in 1..${VIRTQ_MAX_SIZE}`);
+    if (desc % 16 || avail % 2 || used % 4)
+      throw new VirtqueueError(
+        `ring addresses misaligned (desc 0x${desc.toString(16)} needs 16, avail 0x${avail.toString(16)} 2, used 0x${used.toString(16)} 4)`,
+      );
+    const l = virtqueueLayout(size, cfg.eventIdx);
+    if (!mem.check(desc, l.desc, false) || !mem.check(avail, l.avail, false) || !mem.check(used, l.used, true))
+      throw new VirtqueueError(
+        `ring areas not in guest RAM (desc 0x${desc.toString(16)}+0x${l.desc.toString(16)}, avail 0x${avail.toString(16)}+0x${l.avail.toString(16)}, used 0x${used.toString(16)}+0x${l.used.toString(16)})`,
+      );
+    this.size = size;
+  }
+
+  private read16(addr: number): number {
+    if (!this.mem.read(addr, this.b2)) throw new VirtqueueError(`ring at 0x${addr.toString(16)} is not guest RAM`);
+    return this.b2[0]! | (this.b2[1]! << 8);
+  }
+  private write16(addr: number, v: number): void {
+    this.b2[0] = v & 0xff;
+    this.b2[1] = (v >>> 8) & 0xff;
+    if (!this.mem.write(addr, this.b2)) throw new VirtqueueError(`ring at 0x${addr.toString(16)} is not guest RAM`);
+  }
+
+  /** avail->idx as the driver last wrote it. */
+  availIdx(): number {
+    return this.read16(this.cfg.avail + 2);
+  }
+  private availFlags(): number {
+    return this.read16(this.cfg.avail);
+  }
+  private usedEvent(): number {
+    return this.read16(this.cfg.avail + 4 + 2 * this.size);
+  }
+
+  /** Whether the driver has made buffers available that the device has not taken. */
+  hasWork(): boolean {
+    const n = (this.availIdx() - this.lastAvail) & 0xffff;
+    if (n > this.size)
+      throw new VirtqueueError(`avail idx moved ${n} entries ahead of the device (queue size ${this.size})`);
+    return n > 0;
+  }
+
+  /** Takes the next available chain, or undefined when the ring is empty. */
+  pop(): VirtqChain | undefined {
+    if (!this.hasWork()) return undefined;
+    const head = this.read16(this.cfg.avail + 4 + 2 * (this.lastAvail % this.size));
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (this.cfg.eventIdx && this.notifyOn) this.write16(this.availEventAddr(), this.lastAvail);
+    return this.walk(head);
+  }
+
+  private availEventAddr(): number {
+    return this.cfg.used + 4 + 8 * this.size;
+  }
+
+  private readDesc(table: number, i: number): { addr: number; len: number; flags: number; next: number } {
+    const at = table + VIRTQ_DESC_SIZE * i;
+    if (!this.mem.read(at, this.b16))
+      throw new VirtqueueError(`descriptor ${i} at 0x${at.toString(16)} is not guest RAM`);
+    const hi = this.d16.getUint32(4, true);
+    // Addresses at or beyond 2^53 cannot be guest RAM: refused without losing precision.
+    if (hi >= 2 ** 21)
+      throw new VirtqueueError(`descriptor ${i}: address 0x${hi.toString(16)}xxxxxxxx is beyond guest RAM`);
+    return {
+      addr: hi * 2 ** 32 + this.d16.getUint32(0, true),
+      len: this.d16.getUint32(8, true),
+      flags: this.d16.getUint16(12, true),
+      next: this.d16.getUint16(14, true),
+    };
+  }
+
+  /** Follows a chain from `head`, checking every rule. */
+  private walk(head: number): VirtqChain {
+    if (head >= this.size) throw new VirtqueueError(`avail ring names descriptor ${head} ≥ queue size ${this.size}`);
+    const chain: VirtqChain = { head, readable: [], writable: [], readableLen: 0, writableLen: 0 };
+    let table = this.cfg.desc,
+      tableSize = this.size,
+      i = head,
+      indirect = false,
+      count = 0;
+    for (;;) {
+      const d = this.readDesc(table, i);
+      if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.cfg.indirect) throw new VirtqueueError(`descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+        if (indirect) throw new VirtqueueError(`descriptor ${i}: an indirect descriptor inside an indirect table`);
+        if (count > 0 || d.flags & VIRTQ_DESC_F_NEXT)
+          throw new VirtqueueError(`descriptor ${i}: an indirect table must be the whole chain (no NEXT, first)`);
+        if (d.len === 0 || d.len % VIRTQ_DESC_SIZE)
+          throw new VirtqueueError(`descriptor ${i}: indirect table of ${d.len} bytes (a non-zero multiple of 16)`);
+        if (!this.mem.check(d.addr, d.len, false))
+          throw new VirtqueueError(`indirect table 0x${d.addr.toString(16)}+0x${d.len.toString(16)} is not guest RAM`);
+        table = d.addr;
+        tableSize = d.len / VIRTQ_DESC_SIZE;
+        indirect = true;
+        i = 0;
+        continue;
+      }
+      if (++count > this.size)
+        throw new VirtqueueError(`chain from descriptor ${head} is longer than the queue size ${this.size} (a loop?)`);
+      const write = (d.flags & VIRTQ_DESC_F_WRITE) !== 0;
+      if (!write && chain.writable.length > 0)
+        throw new VirtqueueError(`chain from descriptor ${head}: a device-readable buffer after a device-writable one`);
+      if (!this.mem.check(d.addr, d.len, write))
+        throw new VirtqueueError(
+          `chain from descriptor ${head}: buffer 0x${d.addr.toString(16)}+0x${d.len.toString(16)} is not guest RAM`,
+        );
+      if (write) {
+        chain.writable.push({ addr: d.addr, len: d.len });
+        chain.writableLen += d.len;
+      } else {
+        chain.readable.push({ addr: d.addr, len: d.len });
+        chain.readableLen += d.len;
+      }
+      if (!(d.flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (d.next >= tableSize)
+        throw new VirtqueueError(
+          `descriptor ${i}: next ${d.next} ≥ ${indirect ? 'indirect table' : 'queue'} size ${tableSize}`,
+        );
+      i = d.next;
+    }
+  }
+
+  /** Returns a chain to the driver with `written` bytes written into its writable buffers. */
+  push(head: number, written: number): void {
+    const e = this.cfg.used + 4 + 8 * (this.usedIdx % this.size);
+    const dv = new DataView(this.b8.buffer);
+    dv.setUint32(0, head, true);
+    dv.setUint32(4, written >>> 0, true);
+    if (!this.mem.write(e, this.b8)) throw new VirtqueueError(`used ring at 0x${e.toString(16)} is not guest RAM`);
+    // The element is in place before the index that publishes it.
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this.write16(this.cfg.used + 2, this.usedIdx);
+  }
+
+  /**
+   * Whether the driver wants an interrupt for what was pushed since the last one (§2.7.7, 2.7.10):
+   * with event index, once used_event was passed; without, unless it set NO_INTERRUPT.
+   */
+  needsInterrupt(): boolean {
+    if (!this.cfg.eventIdx) return (this.availFlags() & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    const valid = this.signalledValid;
+    const old = this.signalledUsed;
+    this.signalledValid = true;
+    this.signalledUsed = this.usedIdx;
+    return !valid || vringNeedEvent(this.usedEvent(), this.usedIdx, old);
+  }
+
+  /**
+   * Device-side notification suppression (§2.7.10): while the device works through the ring it
+   * asks for no notifications; when it is done it asks again and returns whether buffers arrived
+   * meanwhile (the caller then goes on, so none is left without a notification coming).
+   */
+  setNotification(on: boolean): boolean {
+    this.notifyOn = on;
+    if (this.cfg.eventIdx) {
+      if (on) this.write16(this.availEventAddr(), this.lastAvail);
+    } else {
+      this.write16(this.cfg.used, on ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+    }
+    return on && this.hasWork();
+  }
+
+  /** The chain's readable bytes, at most `max` of them (a request's fixed part). */
+  readChain(chain: VirtqChain, max = chain.readableLen): Uint8Array {
+    const out = new Uint8Array(Math.min(max, chain.readableLen));
+    let done = 0;
+    for (const b of chain.readable) {
+      if (done >= out.length) break;
+      const n = Math.min(b.len, out.length - done);
+      if (!this.mem.read(b.addr, out.subarray(done, done + n)))
+        throw new VirtqueueError(`buffer 0x${b.addr.toString(16)} is not guest RAM`);
+      done += n;
+    }
+    return out;
+  }
+
+  /** Writes `data` into the chain's writable buffers from byte `offset`; returns the bytes written. */
+  writeChain(chain: VirtqChain, data: Uint8Array, offset = 0): number {
+    let skip = offset,
+      done = 0;
+    for (const b of chain.writable) {
+      if (done >= data.length) break;
+      if (skip >= b.len) {
+        skip -= b.len;
+        continue;
+      }
+      const n = Math.min(b.len - skip, data.length - done);
+      if (!this.mem.write(b.addr + skip, data.subarray(done, done + n)))
+        throw new VirtqueueError(`buffer 0x${b.addr.toString(16)} is not guest RAM`);
+      done += n;
+      skip = 0;
+    }
+    return done;
+  }
+}

@@ -1,0 +1,357 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AddressSpaceMemory, FlatMemory } from '../../hw/virtio/guest-memory.js';
+import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
+import {
+  SplitVirtqueue,
+  VirtqueueError,
+  vringNeedEvent,
+  VIRTQ_DESC_F_INDIRECT as IND,
+  VIRTQ_DESC_F_NEXT as NEXT,
+  VIRTQ_DESC_F_WRITE as WRITE,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+} from '../../hw/virtio/virtqueue.js';
+
+const SIZE = 8,
+  DESC = 0x1000,
+  AVAIL = 0x2000,
+  USED = 0x3000,
+  DATA = 0x8000,
+  RAM = 0x20000;
+
+function setup(opts: { eventIdx?: boolean; indirect?: boolean; size?: number } = {}) {
+  const mem = new FlatMemory(new Uint8Array(RAM));
+  const dv = new DataView(mem.bytes.buffer);
+  const size = opts.size ?? SIZE;
+  const vq = new SplitVirtqueue(mem, {
+    size,
+    desc: DESC,
+    avail: AVAIL,
+    used: USED,
+    eventIdx: opts.eventIdx ?? false,
+    indirect: opts.indirect ?? true,
+  });
+  let availIdx = 0;
+  const desc = (table: number, i: number, addr: number, len: number, flags: number, next = 0) => {
+    dv.setBigUint64(table + 16 * i, BigInt(addr), true);
+    dv.setUint32(table + 16 * i + 8, len, true);
+    dv.setUint16(table + 16 * i + 12, flags, true);
+    dv.setUint16(table + 16 * i + 14, next, true);
+  };
+  const publish = (...heads: number[]) => {
+    for (const h of heads) {
+      dv.setUint16(AVAIL + 4 + 2 * (availIdx % size), h, true);
+      availIdx = (availIdx + 1) & 0xffff;
+    }
+    dv.setUint16(AVAIL + 2, availIdx, true);
+  };
+  return { mem, dv, vq, desc, publish, size };
+}
+
+test('virtqueue: a chain of readable then writable buffers, returned through the used ring', () => {
+  const { vq, desc, publish, dv } = setup();
+  desc(DESC, 3, DATA, 10, NEXT, 5);
+  desc(DESC, 5, DATA + 0x100, 20, NEXT, 1);
+  desc(DESC, 1, DATA + 0x200, 30, WRITE);
+  assert.equal(vq.pop(), undefined);
+  publish(3);
+  const c = vq.pop()!;
+  assert.equal(c.head, 3);
+  assert.deepEqual(c.readable, [
+    { addr: DATA, len: 10 },
+    { addr: DATA + 0x100, len: 20 },
+  ]);
+  assert.deepEqual(c.writable, [{ addr: DATA + 0x200, len: 30 }]);
+  assert.equal(c.readableLen, 30);
+  assert.equal(c.writableLen, 30);
+  assert.equal(vq.pop(), undefined);
+  vq.push(3, 7);
+  assert.equal(dv.getUint16(USED + 2, true), 1);
+  assert.equal(dv.getUint32(USED + 4, true), 3);
+  assert.equal(dv.getUint32(USED + 8, true), 7);
+});
+
+test('virtqueue: readChain and writeChain cross buffer boundaries', () => {
+  const { vq, desc, publish, mem } = setup();
+  mem.bytes.set([1, 2, 3], DATA);
+  mem.bytes.set([4, 5], DATA + 0x100);
+  desc(DESC, 0, DATA, 3, NEXT, 1);
+  desc(DESC, 1, DATA + 0x100, 2, NEXT, 2);
+  desc(DESC, 2, DATA + 0x200, 2, WRITE | NEXT, 3);
+  desc(DESC, 3, DATA + 0x300, 4, WRITE);
+  publish(0);
+  const c = vq.pop()!;
+  assert.deepEqual([...vq.readChain(c)], [1, 2, 3, 4, 5]);
+  assert.deepEqual([...vq.readChain(c, 4)], [1, 2, 3, 4]);
+  assert.equal(vq.writeChain(c, Uint8Array.of(9, 8, 7, 6), 1), 4);
+  assert.deepEqual([...mem.bytes.subarray(DATA + 0x200, DATA + 0x202)], [0, 9]);
+  assert.deepEqual([...mem.bytes.subarray(DATA + 0x300, DATA + 0x304)], [8, 7, 6, 0]);
+});
+
+test('virtqueue: an indirect table is the chain', () => {
+  const { vq, desc, publish } = setup();
+  const T = 0x5000;
+  desc(T, 0, DATA, 4, NEXT, 2);
+  desc(T, 2, DATA + 0x40, 8, WRITE);
+  desc(DESC, 6, T, 48, IND);
+  publish(6);
+  const c = vq.pop()!;
+  assert.equal(c.head, 6);
+  assert.deepEqual(c.readable, [{ addr: DATA, len: 4 }]);
+  assert.deepEqual(c.writable, [{ addr: DATA + 0x40, len: 8 }]);
+});
+
+test('virtqueue: event index, both ways', () => {
+  assert.equal(vringNeedEvent(0, 1, 0), true);
+  assert.equal(vringNeedEvent(5, 3, 2), false);
+  assert.equal(vringNeedEvent(0xffff, 0, 0xfffe), true); // wraps
+  const { vq, desc, publish, dv } = setup({ eventIdx: true });
+  for (let i = 0; i < 4; i++) desc(DESC, i, DATA, 4, WRITE);
+  // used_event = 1: the driver wants an interrupt once the used index passes 1.
+  dv.setUint16(AVAIL + 4 + 2 * SIZE, 1, true);
+  publish(0, 1, 2);
+  vq.pop();
+  vq.push(0, 0);
+  assert.equal(vq.needsInterrupt(), true, 'the first interrupt is always given');
+  vq.pop();
+  vq.push(1, 0);
+  assert.equal(vq.needsInterrupt(), true, 'used idx went 1 -> 2, passing used_event 1');
+  vq.pop();
+  vq.push(2, 0);
+  assert.equal(vq.needsInterrupt(), false, 'used_event 1 already passed');
+  // Device side: avail_event follows what the device took while it asks for notifications.
+  assert.equal(dv.getUint16(USED + 4 + 8 * SIZE, true), 3);
+  assert.equal(vq.setNotification(false), false);
+  publish(3);
+  vq.pop();
+  assert.equal(dv.getUint16(USED + 4 + 8 * SIZE, true), 3, 'not moved while notifications are off');
+  publish(0);
+  assert.equal(vq.setNotification(true), true, 'a buffer arrived while they were off');
+  assert.equal(dv.getUint16(USED + 4 + 8 * SIZE, true), 4);
+});
+
+test('virtqueue: without event index, NO_INTERRUPT and NO_NOTIFY flags', () => {
+  const { vq, desc, publish, dv } = setup();
+  desc(DESC, 0, DATA, 4, WRITE);
+  publish(0);
+  vq.pop();
+  vq.push(0, 0);
+  assert.equal(vq.needsInterrupt(), true);
+  dv.setUint16(AVAIL, VIRTQ_AVAIL_F_NO_INTERRUPT, true);
+  assert.equal(vq.needsInterrupt(), false);
+  vq.setNotification(false);
+  assert.equal(dv.getUint16(USED, true), VIRTQ_USED_F_NO_NOTIFY);
+  assert.equal(vq.setNotification(true), false);
+  assert.equal(dv.getUint16(USED, true), 0);
+});
+
+test('virtqueue: the ring set-up is checked', () => {
+  const mem = new FlatMemory(new Uint8Array(RAM));
+  const mk = (o: Partial<{ size: number; desc: number; avail: number; used: number }>) => () =>
+    new SplitVirtqueue(mem, { size: 8, desc: DESC, avail: AVAIL, used: USED, eventIdx: true, indirect: true, ...o });
+  assert.throws(mk({ size: 6 }), VirtqueueError, 'not a power of two');
+  assert.throws(mk({ size: 0 }), VirtqueueError);
+  assert.throws(mk({ size: 65536 }), VirtqueueError);
+  assert.throws(mk({ desc: DESC + 8 }), /misaligned/);
+  assert.throws(mk({ avail: AVAIL + 1 }), /misaligned/);
+  assert.throws(mk({ used: USED + 2 }), /misaligned/);
+  assert.throws(mk({ used: RAM - 8 }), /not in guest RAM/);
+  assert.throws(mk({ desc: RAM * 4 }), /not in guest RAM/);
+  assert.doesNotThrow(mk({}));
+});
+
+/** Each malformed case: what the driver wrote, and what the error must say. */
+const MALFORMED: {
+  name: string;
+  opts?: { indirect?: boolean };
+  build: (s: ReturnType<typeof setup>) => void;
+  re: RegExp;
+}[] = [
+  { name: 'head beyond the queue', build: (s) => s.publish(SIZE), re: /≥ queue size/ },
+  {
+    name: 'next beyond the queue',
+    build: (s) => {
+      s.desc(DESC, 0, DATA, 4, NEXT, SIZE + 3);
+      s.publish(0);
+    },
+    re: /next 11/,
+  },
+  {
+    name: 'a loop',
+    build: (s) => {
+      s.desc(DESC, 0, DATA, 4, NEXT, 1);
+      s.desc(DESC, 1, DATA, 4, NEXT, 0);
+      s.publish(0);
+    },
+    re: /longer than the queue size/,
+  },
+  {
+    name: 'a self loop in an indirect table',
+    build: (s) => {
+      s.desc(0x5000, 0, DATA, 4, NEXT, 0);
+      s.desc(DESC, 0, 0x5000, 16, IND);
+      s.publish(0);
+    },
+    re: /longer than the queue size/,
+  },
+  {
+    name: 'readable after writable',
+    build: (s) => {
+      s.desc(DESC, 0, DATA, 4, WRITE | NEXT, 1);
+      s.desc(DESC, 1, DATA, 4, 0);
+      s.publish(0);
+    },
+    re: /readable buffer after a device-writable/,
+  },
+  {
+    name: 'a buffer beyond RAM',
+    build: (s) => {
+      s.desc(DESC, 0, RAM - 2, 4, 0);
+      s.publish(0);
+    },
+    re: /not guest RAM/,
+  },
+  {
+    name: 'a buffer at an address beyond 2^53',
+    build: (s) => {
+      s.dv.setBigUint64(DESC, 0xfffffffffffff000n, true);
+      s.dv.setUint32(DESC + 8, 0x2000, true);
+      s.publish(0);
+    },
+    re: /beyond guest RAM/,
+  },
+  {
+    name: 'a length that runs past RAM',
+    build: (s) => {
+      s.desc(DESC, 0, DATA, 0xffffffff, 0);
+      s.publish(0);
+    },
+    re: /not guest RAM/,
+  },
+  {
+    name: 'indirect without the feature',
+    opts: { indirect: false },
+    build: (s) => {
+      s.desc(DESC, 0, 0x5000, 16, IND);
+      s.publish(0);
+    },
+    re: /without VIRTIO_F_INDIRECT_DESC/,
+  },
+  {
+    name: 'indirect in indirect',
+    build: (s) => {
+      s.desc(0x5000, 0, 0x6000, 16, IND);
+      s.desc(DESC, 0, 0x5000, 16, IND);
+      s.publish(0);
+    },
+    re: /inside an indirect table/,
+  },
+  {
+    name: 'indirect with NEXT',
+    build: (s) => {
+      s.desc(DESC, 0, 0x5000, 16, IND | NEXT, 1);
+      s.publish(0);
+    },
+    re: /whole chain/,
+  },
+  {
+    name: 'indirect after a direct descriptor',
+    build: (s) => {
+      s.desc(DESC, 0, DATA, 4, NEXT, 1);
+      s.desc(DESC, 1, 0x5000, 16, IND);
+      s.publish(0);
+    },
+    re: /whole chain/,
+  },
+  {
+    name: 'an empty indirect table',
+    build: (s) => {
+      s.desc(DESC, 0, 0x5000, 0, IND);
+      s.publish(0);
+    },
+    re: /multiple of 16/,
+  },
+  {
+    name: 'an indirect table of 20 bytes',
+    build: (s) => {
+      s.desc(DESC, 0, 0x5000, 20, IND);
+      s.publish(0);
+    },
+    re: /multiple of 16/,
+  },
+  {
+    name: 'an indirect table beyond RAM',
+    build: (s) => {
+      s.desc(DESC, 0, RAM - 16, 32, IND);
+      s.publish(0);
+    },
+    re: /indirect table .* not guest RAM/,
+  },
+  {
+    name: 'next beyond an indirect table',
+    build: (s) => {
+      s.desc(0x5000, 0, DATA, 4, NEXT, 2);
+      s.desc(DESC, 0, 0x5000, 32, IND);
+      s.publish(0);
+    },
+    re: /indirect table size 2/,
+  },
+  {
+    name: 'avail idx far ahead',
+    build: (s) => s.dv.setUint16(AVAIL + 2, SIZE + 1, true),
+    re: /moved 9 entries ahead/,
+  },
+];
+
+for (const m of MALFORMED) {
+  test(`virtqueue: malformed: ${m.name}`, () => {
+    const s = setup(m.opts);
+    m.build(s);
+    assert.throws(
+      () => s.vq.pop(),
+      (e: Error) => e instanceof VirtqueueError && m.re.test(e.message),
+    );
+  });
+}
+
+test('guest memory: negative, unsafe, wrapping and out-of-RAM ranges are refused whole', () => {
+  const m = new FlatMemory(new Uint8Array(0x1000), 0x10000);
+  const b = new Uint8Array(8);
+  assert.equal(m.read(0x10000, b), true);
+  assert.equal(m.read(0xfff8, b), false, 'below RAM');
+  assert.equal(m.read(0x10ffc, b), false, 'runs past the end');
+  assert.equal(m.read(-8, b), false);
+  assert.equal(m.check(2 ** 53 - 4, 8, false), false, 'wraps past 2^53');
+  assert.equal(m.check(0x10000, Number.NaN, false), false);
+  assert.equal(m.write(0x10ffc, b.fill(7)), false);
+  assert.equal(m.bytes[0xffc], 0, 'a refused write writes nothing');
+});
+
+test('guest memory over the memory API: RAM sections only, across section and chunk boundaries', () => {
+  const a = new Uint8Array(0x1000),
+    b = new Uint8Array(0x2000);
+  const chunks = { size: 0x1000, get: (i: number) => b.subarray(i * 0x1000, (i + 1) * 0x1000) };
+  const root = MemoryRegion.container('root', 0x100000);
+  root.addSubregion(0, MemoryRegion.ram('a', 0x1000, { hostAddr: 0n, bytes: a }));
+  root.addSubregion(0x1000, MemoryRegion.ram('b', 0x2000, { hostAddr: 0n, chunks }));
+  root.addSubregion(
+    0x3000,
+    MemoryRegion.ram('rom', 0x1000, { hostAddr: 0n, bytes: new Uint8Array(0x1000) }, { readonly: true }),
+  );
+  root.addSubregion(0x4000, MemoryRegion.io('mmio', 0x1000, { read: () => 0, write: () => {} }));
+  const m = new AddressSpaceMemory(new AddressSpace('mem', root));
+  assert.equal(m.write(0xffe, Uint8Array.of(1, 2, 3, 4)), true);
+  assert.deepEqual([...a.subarray(0xffe)], [1, 2]);
+  assert.deepEqual([...b.subarray(0, 2)], [3, 4]);
+  assert.equal(m.write(0x1ffe, Uint8Array.of(5, 6, 7, 8)), true, 'across two chunks of one region');
+  assert.deepEqual([...b.subarray(0xffe, 0x1002)], [5, 6, 7, 8]);
+  const r = new Uint8Array(4);
+  assert.equal(m.read(0xffe, r), true);
+  assert.deepEqual([...r], [1, 2, 3, 4]);
+  assert.equal(m.check(0x3000, 4, false), true, 'ROM reads');
+  assert.equal(m.write(0x2ffe, Uint8Array.of(9, 9, 9, 9)), false, 'ROM does not take writes');
+  assert.equal(b[0x1ffe], 0, 'nothing of a refused write lands');
+  assert.equal(m.check(0x4000, 4, false), false, 'MMIO is not RAM');
+  assert.equal(m.check(0x5000, 4, false), false, 'unassigned');
+});
