@@ -16,6 +16,7 @@ import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import type { Interrupts } from '../hw/interrupts.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import type { MachineEvent } from './control.js';
+import { endpointId, type Viommu } from './viommu.js';
 
 import type { DeviceSpec as ConfigDeviceSpec } from './config/config.js';
 /** The config's device spec, with the driver named by any string (the factory refuses one it lacks). */
@@ -37,7 +38,8 @@ export interface DeviceModel {
 export const DEVICE_MODELS: Readonly<Record<string, DeviceModel>> = {
   'vfio-pci': {
     create(ctx, spec, id, gsi) {
-      const assigned = ctx.vfio.open(spec);
+      // Behind the vIOMMU: a container (legacy) of its own, its DMA following the guest's domains.
+      const assigned = ctx.vfio.open(spec.iommu ? { ...spec, viommu: true } : spec);
       try {
         return new VfioPciDevice(ctx.interrupts, assigned, {
           id,
@@ -74,6 +76,8 @@ export interface DeviceManagerOptions extends ModelContext {
   event: (event: MachineEvent) => void;
   /** VFIO reported an unrecoverable device error: the machine stops the VM. */
   deviceError: (dev: VfioPciDevice) => void;
+  /** The machine's vIOMMU, once there is one (devices with "iommu": true go behind it). */
+  viommu?: () => Viommu | undefined;
 }
 
 export class DeviceManager {
@@ -82,6 +86,8 @@ export class DeviceManager {
   private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
   /** Devices the guest was asked to eject (device_del) and has not yet. */
   private readonly unplugRequested = new Set<VfioPciDevice>();
+  /** Devices with "iommu": true (behind the vIOMMU once it exists: config devices may come first). */
+  private readonly behind = new Set<VfioPciDevice>();
 
   constructor(private readonly o: DeviceManagerOptions) {}
 
@@ -98,6 +104,10 @@ export class DeviceManager {
         'ERR_DEVICE',
         `no device model '${driver}' (tsvmm has: ${Object.keys(DEVICE_MODELS).join(', ')})`,
       );
+    if (spec.iommu && this.o.viommu?.() === undefined && !this.configPhase)
+      throw new TsvmmError('ERR_DEVICE', `'${spec.id ?? defaultId}' is to be behind the vIOMMU, but the VM has none`, {
+        fix: 'start the VM with a vIOMMU ("iommu": {"type": "virtio"}, or --device virtio-iommu-pci), or drop iommu',
+      });
     const slot = spec.slot ?? this.o.pciBus.firstFreeSlot();
     // Checked before the host device is opened (and reset) for nothing.
     const taken = this.o.pciBus.devices.get(slot << 3);
@@ -120,10 +130,35 @@ export class DeviceManager {
       model.release(this.o, dev);
       throw e;
     }
+    if (spec.iommu) {
+      const v = this.o.viommu?.();
+      try {
+        v?.add(dev);
+      } catch (e) {
+        this.o.pciBus.detach(dev);
+        model.release(this.o, dev);
+        throw e;
+      }
+      this.behind.add(dev);
+    }
     this.devices.push(dev);
     this.models.set(dev, model);
     this.armNotifiers(dev);
     return dev;
+  }
+
+  /** The config's devices are added before the vIOMMU (it takes the first slot free after them). */
+  configPhase = true;
+
+  /** The config's devices are in and the vIOMMU (if any) exists: those with "iommu": true go behind it. */
+  configured(v: Viommu | undefined): void {
+    this.configPhase = false;
+    if (v) for (const d of this.behind) if (!v.iommu.hasEndpoint(endpointId(d))) v.add(d);
+  }
+
+  /** Whether a device is behind the vIOMMU (query-pci, inspect). */
+  isBehindIommu(dev: VfioPciDevice): boolean {
+    return this.behind.has(dev);
   }
 
   /**
@@ -200,6 +235,7 @@ export class DeviceManager {
     this.unplugRequested.delete(dev);
     for (const n of this.notifiers.get(dev) ?? []) n.close();
     this.notifiers.delete(dev);
+    if (this.behind.delete(dev)) this.o.viommu?.()?.remove(dev);
     this.o.pciBus.detach(dev);
     this.models.get(dev)!.release(this.o, dev);
     this.models.delete(dev);

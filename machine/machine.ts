@@ -15,7 +15,7 @@ import { KvmInterrupts } from './interrupts.js';
 import type { MachineConfig } from './config/config.js';
 import type { E820Entry } from './loader/multiboot.js';
 import type { Serial16550 } from '../hw/serial-16550.js';
-import { PciBus, physAddrLimit } from '../hw/pci.js';
+import { PciBus, physAddrLimit, type PciDevice } from '../hw/pci.js';
 import { assignBars } from '../hw/pci-bars.js';
 import type { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio } from '../core/vfio/vfio.js';
@@ -25,7 +25,7 @@ import { GED_EVENT_POWER_BUTTON, type GenericEventDevice } from '../hw/ged.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import { createBoard, HIGH_RAM_BASE, LOW_RAM_END, PCI_WINDOWS, pciIntxGsi, ramLayout } from './board.js';
 import { bootImage } from './boot.js';
-import { checkDevicesBehind, createViommu, type Viommu } from './viommu.js';
+import { createViommu, type Viommu } from './viommu.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
 import type {
@@ -87,7 +87,6 @@ export class Machine implements MachineControl {
     this.passedFds = passed;
     const cleanups: (() => void)[] = [() => passed.close()];
     try {
-      checkDevicesBehind(config.devices.flatMap((d, i) => (d.iommu ? [d.id ?? `vfio${i}`] : [])));
       const kvmFd = passed.take({ kind: 'kvm' });
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
       cleanups.push(() => this.kvm.close());
@@ -188,6 +187,7 @@ export class Machine implements MachineControl {
         unplug: () => this.config.unplug,
         event: (e) => this.emit(e),
         deviceError: () => this.deviceError(),
+        viommu: () => this.viommu,
       });
       cleanups.push(() => this.releaseDevices());
       // The vIOMMU goes in its own slot before the devices take the first free ones, or after them.
@@ -202,6 +202,7 @@ export class Machine implements MachineControl {
           // Doorbells on ioeventfds only where they save a wait: an application processor's
           // MMIO exit waits for the main thread; vCPU 0's is answered inline, quicker than an eventfd.
           ioeventfd: config.vcpus > 1 ? this.vm.fd : undefined,
+          vfio: this.vfio,
         });
       };
       if (config.iommu?.slot !== undefined) addViommu();
@@ -209,6 +210,7 @@ export class Machine implements MachineControl {
         this.deviceManager.add(d, `vfio${i}`);
       });
       if (config.iommu?.slot === undefined) addViommu();
+      this.deviceManager.configured(this.viommu);
       assignBars(this.pciBus, PCI_WINDOWS.mmio32, PCI_WINDOWS.io);
 
       for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
@@ -233,10 +235,18 @@ export class Machine implements MachineControl {
     return this.config.name;
   }
 
+  private isBehindIommu(d: PciDevice): boolean {
+    return this.deviceManager.devices.some((x) => x === d && this.deviceManager.isBehindIommu(x));
+  }
+
   private deviceControl(): MachineDevices {
     const dm = () => this.deviceManager;
     return {
-      list: () => [...this.pciBus.devices.values()].map(pciDeviceState),
+      list: () =>
+        [...this.pciBus.devices.values()].map((d) => ({
+          ...pciDeviceState(d),
+          ...(this.isBehindIommu(d) ? { iommu: true } : {}),
+        })),
       add: (spec, fds = []) => {
         dm().hotplug(spec, fds);
       },
@@ -362,6 +372,7 @@ export class Machine implements MachineControl {
       this.vm.resetToPowerOn();
       this.deviceManager.reset();
       this.viommu?.dev.reset();
+      this.viommu?.reset();
       // No event from before the reset is delivered after it; an unplug the guest was asked for
       // and has not done yet is completed (a rebooting guest will not answer it).
       this.ged.reset();
@@ -432,7 +443,7 @@ export class Machine implements MachineControl {
       vfio: this.vfio,
       devices: this.deviceManager.devices as readonly VfioPciDevice[],
       pciDevices: this.devices.list(),
-      ...(this.viommu ? { viommu: this.viommu.iommu.inspect() } : {}),
+      ...(this.viommu ? { viommu: { ...this.viommu.iommu.inspect(), host: this.viommu.host() } } : {}),
     });
   }
 }
