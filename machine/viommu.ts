@@ -142,6 +142,10 @@ export interface Viommu {
   host(): ViommuInspect;
 }
 
+/** Slots with no device (function 0 free): where device_add may put one. */
+const freeSlots = (bus: PciBus): number[] =>
+  Array.from({ length: 31 }, (_, i) => i + 1).filter((s) => !bus.devices.has(s << 3));
+
 /** The requester ID the guest's driver names a device by (everything is on bus 0). */
 export const endpointId = (dev: { devfn: number }): number => dev.devfn;
 
@@ -171,7 +175,13 @@ export function createViommu(o: {
   return {
     iommu,
     dev,
-    viot: () => ({ iommu: { segment: 0, bdf: dev.devfn }, ranges: viotPciRanges(iommu.endpoints) }),
+    // The endpoints behind it, and the slots free at boot: the guest reads the VIOT once, so a device
+    // hot-added behind the vIOMMU is found behind it only where the VIOT named its slot already. (One
+    // hot-added 1:1 there is no endpoint: the guest's PROBE gets S_NOENT and it uses direct DMA.)
+    viot: () => ({
+      iommu: { segment: 0, bdf: dev.devfn },
+      ranges: viotPciRanges([...iommu.endpoints, ...freeSlots(o.bus).map((s) => s << 3)]),
+    }),
     add(d) {
       const ep = endpointId(d);
       o.vfio.viommu.addEndpoint(ep, d.assigned);

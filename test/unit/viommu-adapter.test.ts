@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { VfioViommu } from '../../core/vfio/viommu.js';
 import { vfioIommuHost, endpointId } from '../../machine/viommu.js';
-import { VIRTIO_IOMMU_S_INVAL, VIRTIO_IOMMU_S_NOENT, VIRTIO_IOMMU_S_RANGE } from '../../hw/virtio/iommu-host.js';
+import { VIRTIO_IOMMU_S_INVAL, VIRTIO_IOMMU_S_NOENT } from '../../hw/virtio/iommu-host.js';
 
 const MiB = 2 ** 20;
 const RW = { read: true, write: true };

@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { hostDevice } from '../../helpers/testhost-env.js';
 import { linuxEnv, linuxKernel, sampleConfig } from '../../helpers/linux.js';
-import { spawnVm } from '../../helpers/hotplug.js';
+import { spawnVm, vmmFds } from '../../helpers/hotplug.js';
+import { lockedBytes } from '../../../core/vfio/limits.js';
 import {
   GUEST_VFIO_MODULES,
   guestModulesWith,
@@ -35,7 +36,8 @@ const GUEST_IOMMU_LINES = [
   '  [ -e $d/iommu_group ] || continue',
   '  echo "iommu-group: $(basename $d) $(cat $d/vendor):$(cat $d/device) group=$(basename $(readlink $d/iommu_group)) iommu=$(basename $(readlink $d/iommu))"',
   'done',
-  'for v in /sys/bus/virtio/devices/*; do [ "$(cat $v/device)" = 0x0017 ] && echo "virtio-iommu: $(basename $v)"; done',
+  // The IOMMU is registered under the virtio device's PCI function (virtio_iommu: the virtio device's parent).
+  'for v in /sys/bus/virtio/devices/*; do [ "$(cat $v/device)" = 0x0017 ] && echo "virtio-iommu: $(basename $(dirname $(readlink -f $v)))"; done',
   'dmesg | grep -i "TLB invalidation policy" | sed "s/^.*iommu: /policy: /"',
 ];
 
@@ -82,7 +84,7 @@ for (const mode of ['strict', 'lazy'] as const)
         for (const b of blocks) assert.equal(got.get(b), nvmeBlockSha256(b), `block ${b}\n${vm.log()}`);
         assert.match(out, /^nvme-read rand ios=[1-9]\d* usec=\d+ iops=\d+ jobs=2\r?$/m, vm.log());
 
-        const viommu = /^virtio-iommu: (virtio\d+)\r?$/m.exec(out)?.[1];
+        const viommu = /^virtio-iommu: (\S+?)\r?$/m.exec(out)?.[1];
         assert.ok(viommu, `no virtio-iommu bound in the guest\n${vm.log()}`);
         const bdf = /^nvme-dev: (\S+?)\r?$/m.exec(out)?.[1];
         assert.ok(bdf, vm.log());
@@ -172,7 +174,7 @@ test(
       assert.match(out, /^again status 0\r?$/m, vm.log());
       const iova = /^vfio-edu ok unmapped iova=(0x[0-9a-f]+)/m.exec(out)![1]!;
       // The guest's type1 owns edu now: its group is the virtio-iommu's.
-      const viommu = /^virtio-iommu: (virtio\d+)\r?$/m.exec(out)?.[1];
+      const viommu = /^virtio-iommu: (\S+?)\r?$/m.exec(out)?.[1];
       assert.ok(viommu, vm.log());
       assert.match(out, new RegExp(`^iommu-group: \\S+ 0x1234:0x11e8 group=\\d+ iommu=${viommu}\\r?$`, 'm'), vm.log());
 
@@ -193,6 +195,66 @@ test(
         new RegExp(`DMAR.*fault addr ${iova}`),
         `no DMAR fault for iova ${iova} in the kernel log:\n${added}`,
       );
+    } finally {
+      if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
+    }
+  },
+);
+
+test(
+  'hot-plug behind the virtio-iommu: nvme added by device_add iommu=on into a running guest is translated and reads right; device_del releases its pins and fds',
+  { timeout: 420_000 },
+  async () => {
+    const nvme = hostDevice('nvme');
+    const want = process.env.TSVMM_TESTHOST_NVME_SHA256!,
+      bytes = process.env.TSVMM_TESTHOST_NVME_BYTES!;
+    const script = [
+      'echo "hotplug: ready"',
+      'while [ ! -b /dev/nvme0n1 ]; do sleep 1; done',
+      `echo "read: $(head -c ${bytes} /dev/nvme0n1 | sha256sum)"`,
+      'echo "nvme-dev: $(basename $(readlink /sys/class/nvme/nvme0/device))"',
+      ...GUEST_IOMMU_LINES,
+      'echo "viommu: read"',
+      'while [ -e /dev/nvme0n1 ]; do sleep 1; done',
+      'echo "hotplug: removed"',
+      'while true; do sleep 10; done',
+    ].join('\n');
+    const cfg = sampleConfig('linux-nvme', (c) => {
+      c.iommu = { type: 'virtio' };
+      c.devices = [];
+      c.kernel.initramfs.script = script;
+    });
+    const vm = start(cfg);
+    try {
+      await vm.seen(/^hotplug: ready\r?$/m, 300_000);
+      const q = await vm.qmp();
+      const base = lockedBytes(vm.vmm.pid!);
+      assert.deepEqual(await q.cmd('device_add', { driver: 'vfio-pci', id: 'nvme', host: nvme.bdf, iommu: 'on' }), {
+        return: {},
+      });
+      await vm.seen(/^viommu: read\r?$/m, 200_000);
+      const out = vm.io.out;
+      assert.equal(/^read: ([0-9a-f]{64})\b/m.exec(out)?.[1], want, vm.log());
+      const viommu = /^virtio-iommu: (\S+?)\r?$/m.exec(out)?.[1];
+      const bdf = /^nvme-dev: (\S+?)\r?$/m.exec(out)?.[1];
+      assert.ok(viommu && bdf, vm.log());
+      assert.match(out, new RegExp(`^iommu-group: ${bdf} \\S+ group=\\d+ iommu=${viommu}\\r?$`, 'm'), vm.log());
+      const s = (await q.cmd('x-query-viommu')).return as ViommuState;
+      assert.equal(s.host.endpoints.length, 1, JSON.stringify(s));
+      assert.match(s.host.endpoints[0]!.target, /^domain \d+$/, JSON.stringify(s));
+      assert.ok(s.host.stats.maps > 0, JSON.stringify(s.host.stats));
+
+      assert.deepEqual(await q.cmd('device_del', { id: 'nvme' }), { return: {} });
+      await q.event('DEVICE_DELETED', 60_000);
+      await vm.seen(/^hotplug: removed\r?$/m);
+      await vm.until(() => lockedBytes(vm.vmm.pid!) === base, 'pinned memory released');
+      assert.deepEqual(vmmFds(vm.vmm.pid!), [], 'no VFIO fd left');
+      const after = (await q.cmd('x-query-viommu')).return as ViommuState;
+      assert.deepEqual(after.host.endpoints, []);
+      assert.deepEqual(after.host.domains, [], 'the guest domain went with its last endpoint');
+      await q.cmd('quit');
+      q.sock.destroy();
+      await vm.exited;
     } finally {
       if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
     }
