@@ -1,4 +1,4 @@
-// The machine's adapter from the virtio-iommu's IommuHost to the host side (VfioViommu): the
+// QMP's side of the vIOMMU (device_add's iommu, query-pci's x-iommu) and the machine's adapter from the virtio-iommu's IommuHost to the host side (VfioViommu): the
 // device model over the real VfioViommu and memory API (no endpoint is assigned here, so no
 // kernel call is made: the kernel side is in test/host/linux/viommu-assigned.test.ts). Refusals
 // keep their virtio-iommu status; a bypass domain is the host's bypass, not an address space.
@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { VfioViommu } from '../../core/vfio/viommu.js';
 import { vfioIommuHost, endpointId } from '../../machine/viommu.js';
+import { deviceAddSpec } from '../../frontend/commands.js';
+import { pciDeviceInfo } from '../../frontend/pci-info.js';
 import { VIRTIO_IOMMU_S_INVAL, VIRTIO_IOMMU_S_NOENT } from '../../hw/virtio/iommu-host.js';
 
 const MiB = 2 ** 20;
@@ -71,4 +73,32 @@ test('a bypass domain is no host address space: its endpoints are told bypass, a
 test('endpoint ids are the requester ids the guest uses (bus 0: the devfn)', () => {
   assert.equal(endpointId({ devfn: 3 << 3 }), 0x18);
   assert.equal(endpointId({ devfn: (5 << 3) | 1 }), 0x29);
+});
+
+test("device_add's iommu: on/true put the device behind the vIOMMU, off/false do not, anything else is refused", () => {
+  const base = { driver: 'vfio-pci', id: 'n', host: '0000:01:00.0' };
+  for (const v of ['on', 'true', true]) assert.equal(deviceAddSpec({ ...base, iommu: v }).iommu, true, String(v));
+  for (const v of ['off', 'false', false])
+    assert.equal(deviceAddSpec({ ...base, iommu: v }).iommu, undefined, String(v));
+  assert.equal(deviceAddSpec(base).iommu, undefined);
+  assert.throws(() => deviceAddSpec({ ...base, iommu: 'yes' }), /Property 'vfio-pci.iommu' doesn't take value 'yes'/);
+});
+
+test('query-pci marks a device behind the vIOMMU with x-iommu, and only that one', () => {
+  const dev = {
+    slot: 3,
+    function: 0,
+    id: 'nvme',
+    vendor: 0x1b36,
+    device: 0x10,
+    class: 0x010802,
+    headerType: 0,
+    subsystemVendor: 0,
+    subsystem: 0,
+    interruptLine: 0,
+    interruptPin: 1,
+    bars: [],
+  };
+  assert.equal((pciDeviceInfo({ ...dev, iommu: true }) as Record<string, unknown>)['x-iommu'], true);
+  assert.equal('x-iommu' in (pciDeviceInfo(dev) as Record<string, unknown>), false);
 });
