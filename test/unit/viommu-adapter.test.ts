@@ -6,7 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { VfioViommu } from '../../core/vfio/viommu.js';
-import { vfioIommuHost, endpointId } from '../../machine/viommu.js';
+import { createViommu, vfioIommuHost, endpointId } from '../../machine/viommu.js';
+import { PciBus, PciDevice } from '../../hw/pci.js';
+import type { Vfio } from '../../core/vfio/vfio.js';
+import { FakeInterrupts } from '../helpers/virtio-driver.js';
 import { deviceAddSpec } from '../../frontend/commands.js';
 import { pciDeviceInfo } from '../../frontend/pci-info.js';
 import { VIRTIO_IOMMU_S_INVAL, VIRTIO_IOMMU_S_NOENT } from '../../hw/virtio/iommu-host.js';
@@ -101,4 +104,36 @@ test('query-pci marks a device behind the vIOMMU with x-iommu, and only that one
   };
   assert.equal((pciDeviceInfo({ ...dev, iommu: true }) as Record<string, unknown>)['x-iommu'], true);
   assert.equal('x-iommu' in (pciDeviceInfo(dev) as Record<string, unknown>), false);
+});
+
+test('the VIOT names the virtio-iommu, the endpoints behind it and the slots free at boot, never a 1:1 device', () => {
+  const bus = new PciBus(
+    MemoryRegion.container('pci-mem', 2 ** 40),
+    MemoryRegion.container('pci-io', 0x10000),
+    2 ** 40,
+  );
+  bus.attach(new PciDevice('host-bridge', { vendor: 0x8086, device: 0x29c0, classCode: 0x060000 }), 0);
+  // Slots 1-3 taken by devices with the 1:1 mapping; the vIOMMU takes slot 4.
+  for (const s of [1, 2, 3])
+    bus.attach(new PciDevice(`plain${s}`, { vendor: 0x1234, device: 0x11e8, classCode: 0xff0000 }), s);
+  const v = createViommu({
+    bus,
+    slot: undefined,
+    memory: new AddressSpace('memory', MemoryRegion.container('system', 2 ** 40)),
+    interrupts: new FakeInterrupts(),
+    intxGsi: (s) => 16 + (s % 4),
+    ioeventfd: undefined,
+    vfio: {} as Vfio, // no endpoint is added: the host side is not reached
+  });
+  assert.equal(v.dev.devfn, 4 << 3);
+  const viot = v.viot();
+  assert.deepEqual(viot.iommu, { segment: 0, bdf: 4 << 3 });
+  const named = viot.ranges.flatMap((r) => Array.from({ length: r.bdfEnd - r.bdfStart + 1 }, (_, i) => r.bdfStart + i));
+  assert.deepEqual(
+    named.map((b) => b >> 3),
+    Array.from({ length: 27 }, (_, i) => i + 5),
+    'slots 5-31 (free), not 1-3 (1:1) nor 4 (the vIOMMU itself)',
+  );
+  for (const r of viot.ranges) assert.equal(r.endpointStart, r.bdfStart, 'endpoint ids are requester ids');
+  v.dev.destroy();
 });
