@@ -28,7 +28,7 @@ test(
 );
 
 test(
-  "legacy: e1000e behind the virtio-iommu: DHCP from the test host's user network and a ping of its gateway",
+  "legacy: e1000e behind the virtio-iommu: DHCP from the test host's user network and a ping of its server",
   { timeout: 420_000 },
   () => e1000eBehindViommu('legacy'),
 );
