@@ -12,7 +12,7 @@ import { describe, linuxKernel, sampleConfig, tsvmmRun } from '../../helpers/lin
 function viommuModules(): string | undefined {
   const dir = process.env.TSVMM_VIOMMU_MODULES ?? linuxKernel().modules;
   const order = join(dir, 'modules.order');
-  return existsSync(order) && readFileSync(order, 'utf8').split('\n').includes('virtio-iommu.ko') ? dir : undefined;
+  return existsSync(order) && readFileSync(order, 'utf8').split('\n').includes('virtio_iommu.ko') ? dir : undefined;
 }
 
 test(
