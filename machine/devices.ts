@@ -8,7 +8,7 @@ import type { PassedFd, PassedFds } from '../core/fdpass.js';
 import { vfioPassedFdList, type Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
 import { VfioNotifier } from '../core/vfio/notifier.js';
 import { hotResetAll } from '../core/vfio/hot-reset.js';
-import { VfioSetupError } from '../core/vfio/sysfs.js';
+import { findHostDevice, VfioSetupError } from '../core/vfio/sysfs.js';
 import { TsvmmError } from '../core/errors.js';
 import type { PciBus } from '../hw/pci.js';
 import { placeBars } from '../hw/pci-bars.js';
@@ -108,9 +108,11 @@ export class DeviceManager {
       throw new TsvmmError('ERR_DEVICE', `'${spec.id ?? defaultId}' is to be behind the vIOMMU, but the VM has none`, {
         fix: 'start the VM with a vIOMMU ("iommu": {"type": "virtio"}, or --device virtio-iommu-pci), or drop iommu',
       });
-    const slot = spec.slot ?? this.o.pciBus.firstFreeSlot();
+    const mate = spec.iommu && spec.slot === undefined && this.configPhase ? this.groupMateSlot(spec) : undefined;
+    const slot = mate?.slot ?? spec.slot ?? this.o.pciBus.firstFreeSlot();
+    const fn = mate?.fn ?? 0;
     // Checked before the host device is opened (and reset) for nothing.
-    const taken = this.o.pciBus.devices.get(slot << 3);
+    const taken = fn === 0 ? this.o.pciBus.devices.get(slot << 3) : undefined;
     if (slot < 0 || slot > 31 || taken)
       throw new TsvmmError(
         'ERR_DEVICE',
@@ -125,7 +127,7 @@ export class DeviceManager {
       );
     const dev = model.create(this.o, spec, spec.id ?? defaultId, this.o.intxGsi(slot));
     try {
-      this.o.pciBus.attach(dev, slot);
+      this.o.pciBus.attach(dev, slot, fn);
     } catch (e) {
       model.release(this.o, dev);
       throw e;
@@ -145,6 +147,25 @@ export class DeviceManager {
     this.models.set(dev, model);
     this.armNotifiers(dev);
     return dev;
+  }
+
+  /**
+   * Behind the vIOMMU, the functions of one host IOMMU group share one address space: they go in
+   * one guest slot as its functions (no ACS there), so the guest groups them as the host does and
+   * puts them in one domain. Where a config device with "iommu": true joins a group-mate placed
+   * already: that slot and its next free function. (Hot-plugged devices take slots of their own.)
+   */
+  private groupMateSlot(spec: DeviceSpec): { slot: number; fn: number } | undefined {
+    let group: number;
+    try {
+      group = findHostDevice(spec).group;
+    } catch {
+      return undefined; // the open below says what is wrong
+    }
+    const mate = [...this.behind].find((d) => d.assigned.host.group === group && (d.devfn & 7) === 0);
+    if (!mate) return undefined;
+    for (let fn = 1; fn < 8; fn++) if (!this.o.pciBus.devices.has(mate.devfn | fn)) return { slot: mate.slot, fn };
+    return undefined;
   }
 
   /** The config's devices are added before the vIOMMU (it takes the first slot free after them). */

@@ -313,3 +313,83 @@ export async function e1000eBehindViommu(backend: Backend): Promise<void> {
     if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
   }
 }
+
+/**
+ * The bridge pair (edu and pci-testdev: two devices of one host IOMMU group) behind the virtio-iommu. tsvmm puts them
+ * in one guest slot as functions 0 and 1 (no ACS), so the guest groups them as the host does and gives the group one
+ * domain. The guest's own VFIO then moves the group to a domain of its own one device at a time (Linux attaches each
+ * device of a group in turn): the first attach would split the host group, so it is refused (S_UNSUPP: ENOSYS in the
+ * guest) with one log line naming the group and its members, and the group stays whole in one domain.
+ */
+export async function bridgePairBehindViommu(backend: Backend): Promise<void> {
+  const edu = hostDevice('bridge-edu'),
+    testdev = hostDevice('bridge-testdev');
+  const script = [
+    // Linux 6.12 gives a device its IOMMU group when a driver binds it: both get vfio-pci, as a guest handing the
+    // whole group to a userspace driver does.
+    'for d in /sys/bus/pci/devices/*; do case "$(cat $d/vendor):$(cat $d/device)" in 0x1234:0x11e8|0x1b36:0x0005)',
+    '  echo vfio-pci > $d/driver_override; echo $(basename $d) > /sys/bus/pci/drivers_probe;; esac; done',
+    ...GUEST_IOMMU_LINES,
+    'echo "viommu: grouped"',
+    'vfio-edu -t type1 -U ok',
+    'echo "ok status $?"',
+    'echo "viommu: done"',
+    'while true; do sleep 10; done',
+  ].join('\n');
+  const cfg = sampleConfig('linux', (c) => {
+    c.iommu = { type: 'virtio' };
+    c.vfio = { backend };
+    c.devices = [
+      { type: 'vfio-pci', id: 'bedu', host: edu.bdf, iommu: true },
+      { type: 'vfio-pci', id: 'btest', host: testdev.bdf, iommu: true },
+    ];
+    c.kernel.initramfs.script = script;
+    c.kernel.initramfs.programs = ['vfio-edu'];
+    c.kernel.initramfs.modules = guestModulesWith(
+      linuxKernel().modules,
+      GUEST_VFIO_MODULES,
+      process.env.TSVMM_TESTHOST_RUN_DIR!,
+    );
+  });
+  const vm = start(cfg);
+  try {
+    await vm.seen(/^viommu: grouped\r?$/m, 300_000);
+    const q = await vm.qmp();
+    const before = (await q.cmd('x-query-viommu')).return as ViommuState;
+    const targets = (s: ViommuState) => s.host.endpoints.map((x) => x.target);
+    assert.equal(targets(before).length, 2, JSON.stringify(before));
+    assert.match(targets(before)[0]!, /^domain \d+$/, JSON.stringify(before));
+    assert.equal(targets(before)[1], targets(before)[0], `one domain for the group: ${JSON.stringify(before)}`);
+
+    await vm.seen(/^viommu: done\r?$/m, 120_000);
+    const out = vm.io.out;
+    const viommu = /^virtio-iommu: (\S+?)\r?$/m.exec(out)?.[1];
+    assert.ok(viommu, vm.log());
+    const line = (id: string) =>
+      new RegExp(`^iommu-group: 0000:00:([0-9a-f]{2})\\.(\\d) ${id} group=(\\d+) iommu=(\\S+?)\\r?$`, 'm').exec(out);
+    const e = line('0x1234:0x11e8'),
+      t = line('0x1b36:0x0005');
+    assert.ok(e && t, `both functions in an IOMMU group\n${vm.log()}`);
+    assert.equal(e[1], t[1], 'one slot');
+    assert.deepEqual([e[2], t[2]], ['0', '1'], 'functions 0 and 1');
+    assert.equal(e[3], t[3], `one guest IOMMU group\n${vm.log()}`);
+    assert.deepEqual([e[4], t[4]], [viommu, viommu]);
+    // The guest's VFIO asked to move one function out of the group's domain: refused, logged, nothing half-moved.
+    assert.match(out, /^vfio-edu error VFIO_GROUP_SET_CONTAINER: Function not implemented\r?$/m, vm.log());
+    assert.match(out, /^ok status 1\r?$/m, vm.log());
+    assert.match(
+      vm.io.err,
+      new RegExp(`host IOMMU group \\d+ cannot be split: .*members: (?=.*${edu.bdf})(?=.*${testdev.bdf})`),
+      vm.log(),
+    );
+    const after = (await q.cmd('x-query-viommu')).return as ViommuState;
+    assert.ok(after.host.stats.refused > 0, JSON.stringify(after.host.stats));
+    assert.equal(targets(after)[0], targets(after)[1], `the group stays whole: ${JSON.stringify(after)}`);
+    assert.equal((await q.cmd('query-status')).return.status, 'running');
+    await q.cmd('quit');
+    q.sock.destroy();
+    await vm.exited;
+  } finally {
+    if (vm.vmm.exitCode === null) vm.vmm.kill('SIGKILL');
+  }
+}

@@ -2,7 +2,12 @@
 // Debian kernel, from the cache the test host reads), on the iommufd backend: an IOAS per guest domain (the
 // scenarios: test/helpers/viommu-linux.ts).
 import { test } from 'node:test';
-import { guestVfioBehindViommu, hotplugBehindViommu, nvmeBehindViommu } from '../../helpers/viommu-linux.js';
+import {
+  bridgePairBehindViommu,
+  guestVfioBehindViommu,
+  hotplugBehindViommu,
+  nvmeBehindViommu,
+} from '../../helpers/viommu-linux.js';
 
 test(
   'iommufd: nvme behind the virtio-iommu (strict): blocks read as written from outside, the guest groups nvme under the virtio-iommu, maps and unmaps reach the host; system_reset tears every domain down',
@@ -20,4 +25,10 @@ test(
   'iommufd: hot-plug behind the virtio-iommu: nvme added by device_add iommu=on is translated and reads right; device_del releases it',
   { timeout: 420_000 },
   () => hotplugBehindViommu('iommufd'),
+);
+
+test(
+  "iommufd: the bridge pair (one host IOMMU group) behind the virtio-iommu: one guest slot, one guest group, one domain; the guest's VFIO moving one function out is refused, the group stays whole",
+  { timeout: 420_000 },
+  () => bridgePairBehindViommu('iommufd'),
 );

@@ -2,6 +2,7 @@
 // Linux guest (the scenarios: test/helpers/viommu-linux.ts).
 import { test } from 'node:test';
 import {
+  bridgePairBehindViommu,
   e1000eBehindViommu,
   guestVfioBehindViommu,
   hotplugBehindViommu,
@@ -31,4 +32,10 @@ test(
   "legacy: e1000e behind the virtio-iommu: DHCP from the test host's user network and a ping of its server",
   { timeout: 420_000 },
   () => e1000eBehindViommu('legacy'),
+);
+
+test(
+  "legacy: the bridge pair (one host IOMMU group) behind the virtio-iommu: one guest slot, one guest group, one domain; the guest's VFIO moving one function out is refused, the group stays whole",
+  { timeout: 420_000 },
+  () => bridgePairBehindViommu('legacy'),
 );
