@@ -147,6 +147,13 @@ export function deviceAddSpec(a: Record<string, unknown>): DeviceAddSpec {
       `Property 'vfio-pci.rombar' doesn't take value '${String(a.rombar)}' (0 or 1)`,
     );
   const rombar = a.rombar === undefined ? undefined : a.rombar === 1 || a.rombar === true;
+  // Behind the vIOMMU, as cloud-hypervisor's iommu=on (QEMU's on/off spellings, or a bool).
+  const iommu = a.iommu === undefined ? undefined : ['on', 'true', true].includes(a.iommu as string | boolean);
+  if (iommu === false && !['off', 'false', false].includes(a.iommu as string | boolean))
+    throw new CommandError(
+      'GenericError',
+      `Property 'vfio-pci.iommu' doesn't take value '${String(a.iommu)}' (on or off)`,
+    );
   const romfile = str(a, 'romfile');
   return {
     type: driver,
@@ -156,6 +163,7 @@ export function deviceAddSpec(a: Record<string, unknown>): DeviceAddSpec {
     ...(slot !== undefined ? { slot } : {}),
     ...(rombar !== undefined ? { rombar } : {}),
     ...(romfile !== undefined ? { romfile } : {}),
+    ...(iommu ? { iommu } : {}),
   };
 }
 
@@ -310,6 +318,8 @@ export function machineCommands(
     'query-name': () => ({ name: m.name }),
     'query-pci': () => [{ bus: 0, devices: m.devices.list().map(pciDeviceInfo) }],
     'query-qmp-schema': () => schemaInfo,
+    // tsvmm's own: the vIOMMU's domains, endpoints and mapping counts (null without a vIOMMU).
+    'x-query-viommu': () => m.inspect().viommu ?? null,
     stop: () => done(ops.stop()),
     cont: () => done(ops.cont()),
     getfd: (a, ctx) => {

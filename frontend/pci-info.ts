@@ -75,6 +75,8 @@ export function pciDeviceInfo(d: PciDeviceState): object {
     ...(d.interruptPin ? { irq: d.interruptLine } : {}),
     irq_pin: d.interruptPin,
     qdev_id: d.id,
+    // tsvmm's own (QEMU's x- convention): the device is behind the vIOMMU.
+    ...(d.iommu ? { 'x-iommu': true } : {}),
     regions: d.bars.map((b) => ({
       bar: b.index,
       type: b.type === 'io' ? 'io' : 'memory',

@@ -388,7 +388,6 @@ export class PciBus {
   readonly memHoles: readonly DecodeHole[];
   readonly ioHoles: readonly DecodeHole[];
 
-  /** Plugs a device at slot (or the first free one), function 0. */
   /** The lowest slot with nothing in it (32 when the bus is full). */
   firstFreeSlot(): number {
     let slot = 0;
@@ -396,14 +395,22 @@ export class PciBus {
     return slot;
   }
 
-  attach(dev: PciDevice, slot?: number): void {
+  /**
+   * Plugs a device at slot (or the first free one), function `fn` (0 unless it joins a device in
+   * function 0 of that slot: a multi-function slot).
+   */
+  attach(dev: PciDevice, slot?: number, fn = 0): void {
     if (dev.bus) throw new Error(`${dev.name} is already on a bus`);
     slot ??= this.firstFreeSlot();
     if (slot < 0 || slot > 31) throw new RangeError(`no free PCI slot for ${dev.name} (slots 0-31)`);
-    if (this.devices.has(slot << 3))
-      throw new Error(`PCI slot ${slot} is taken by ${this.devices.get(slot << 3)!.name}`);
+    if (fn < 0 || fn > 7) throw new RangeError(`${dev.name}: function ${fn} (0-7)`);
+    const devfn = (slot << 3) | fn;
+    if (this.devices.has(devfn))
+      throw new Error(`PCI ${fn ? `${slot}.${fn}` : `slot ${slot}`} is taken by ${this.devices.get(devfn)!.name}`);
+    // A guest looks for functions 1-7 only behind a function 0 (and its multi-function bit).
+    if (fn > 0 && !this.devices.has(slot << 3)) throw new Error(`${dev.name}: PCI slot ${slot} has no function 0`);
     dev.bus = this;
-    dev.devfn = slot << 3;
+    dev.devfn = devfn;
     this.devices.set(dev.devfn, dev);
     dev.updateMappings();
   }
@@ -418,7 +425,17 @@ export class PciBus {
   configRead(devfn: number, off: number, size: number): number {
     const d = this.devices.get(devfn);
     if (!d) return size === 4 ? 0xffffffff : (1 << (8 * size)) - 1;
-    return d.configRead(off, size);
+    const v = d.configRead(off, size);
+    // Function 0 of a slot with more functions says so (header type bit 7), whatever the device's own header says.
+    if ((devfn & 7) === 0 && off <= PCI_HEADER_TYPE && off + size > PCI_HEADER_TYPE && this.multiFunction(devfn >> 3))
+      return (v | (0x80 << (8 * (PCI_HEADER_TYPE - off)))) >>> 0;
+    return v;
+  }
+
+  /** Whether a slot has a function besides 0. */
+  multiFunction(slot: number): boolean {
+    for (let fn = 1; fn < 8; fn++) if (this.devices.has((slot << 3) | fn)) return true;
+    return false;
   }
 
   configWrite(devfn: number, off: number, size: number, value: number): void {

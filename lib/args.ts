@@ -12,6 +12,8 @@ export interface DeviceAddOptions {
   rombar?: boolean;
   /** Relative to the VM's baseDir. */
   romfile?: string;
+  /** Behind the VM's vIOMMU (config "iommu"): its DMA goes where the guest's domains say. */
+  iommu?: boolean;
 }
 
 /** device_add's arguments for `d`; relative paths resolve against `baseDir`. */
@@ -24,6 +26,7 @@ export function deviceAddArgs(d: DeviceAddOptions, baseDir: string): Record<stri
     ...(d.addr !== undefined ? { addr: d.addr } : {}),
     ...(d.rombar !== undefined ? { rombar: d.rombar } : {}),
     ...(d.romfile !== undefined ? { romfile: isAbsolute(d.romfile) ? d.romfile : resolve(baseDir, d.romfile) } : {}),
+    ...(d.iommu !== undefined ? { iommu: d.iommu } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 // What front ends (the command layer, QMP, the library, the CLI) may do with a machine: run it,
 // pause and resume it, reset it, press its power button, add and remove devices, look at it, and
 // hear what happens in it. Nothing else of the machine is reachable from outside machine/.
+import type { ViommuInspect } from '../core/vfio/viommu.js';
 import type { VcpuStop } from '../core/kvm/exit-channel.js';
 import type { PassedFd } from '../core/fdpass.js';
 import type { DeviceSpec } from './config/config.js';
@@ -52,6 +53,8 @@ export interface PciDeviceState {
   interruptPin: number;
   /** The host device behind it (assigned devices). */
   host?: string;
+  /** Behind the vIOMMU (its DMA goes where the guest's domains say). */
+  iommu?: boolean;
   bars: {
     index: number;
     type: 'io' | 'mem32' | 'mem64' | 'rom';
@@ -89,6 +92,8 @@ export interface MachineInspection {
     device: number;
     class: number;
     host?: string;
+    /** Behind the vIOMMU. */
+    iommu?: boolean;
     bars: { index: number; type: 'io' | 'mem32' | 'mem64' | 'rom'; address: number | undefined; size: number }[];
   }[];
   vcpus: number;
@@ -98,6 +103,8 @@ export interface MachineInspection {
     domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number }[];
     requests: Record<string, number>;
     refused: number;
+    /** The host side: the domains as DMA address spaces (endpoints, mapping counts), host groups, counters. */
+    host: ViommuInspect;
   };
 }
 

@@ -8,7 +8,7 @@ import type { PassedFd, PassedFds } from '../core/fdpass.js';
 import { vfioPassedFdList, type Vfio, type VfioPassedFds } from '../core/vfio/vfio.js';
 import { VfioNotifier } from '../core/vfio/notifier.js';
 import { hotResetAll } from '../core/vfio/hot-reset.js';
-import { VfioSetupError } from '../core/vfio/sysfs.js';
+import { findHostDevice, VfioSetupError } from '../core/vfio/sysfs.js';
 import { TsvmmError } from '../core/errors.js';
 import type { PciBus } from '../hw/pci.js';
 import { placeBars } from '../hw/pci-bars.js';
@@ -16,6 +16,7 @@ import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import type { Interrupts } from '../hw/interrupts.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
 import type { MachineEvent } from './control.js';
+import { endpointId, type Viommu } from './viommu.js';
 
 import type { DeviceSpec as ConfigDeviceSpec } from './config/config.js';
 /** The config's device spec, with the driver named by any string (the factory refuses one it lacks). */
@@ -37,7 +38,8 @@ export interface DeviceModel {
 export const DEVICE_MODELS: Readonly<Record<string, DeviceModel>> = {
   'vfio-pci': {
     create(ctx, spec, id, gsi) {
-      const assigned = ctx.vfio.open(spec);
+      // Behind the vIOMMU: a container (legacy) of its own, its DMA following the guest's domains.
+      const assigned = ctx.vfio.open(spec.iommu ? { ...spec, viommu: true } : spec);
       try {
         return new VfioPciDevice(ctx.interrupts, assigned, {
           id,
@@ -74,6 +76,8 @@ export interface DeviceManagerOptions extends ModelContext {
   event: (event: MachineEvent) => void;
   /** VFIO reported an unrecoverable device error: the machine stops the VM. */
   deviceError: (dev: VfioPciDevice) => void;
+  /** The machine's vIOMMU, once there is one (devices with "iommu": true go behind it). */
+  viommu?: () => Viommu | undefined;
 }
 
 export class DeviceManager {
@@ -82,6 +86,8 @@ export class DeviceManager {
   private readonly notifiers = new Map<VfioPciDevice, VfioNotifier[]>();
   /** Devices the guest was asked to eject (device_del) and has not yet. */
   private readonly unplugRequested = new Set<VfioPciDevice>();
+  /** Devices with "iommu": true (behind the vIOMMU once it exists: config devices may come first). */
+  private readonly behind = new Set<VfioPciDevice>();
 
   constructor(private readonly o: DeviceManagerOptions) {}
 
@@ -98,9 +104,15 @@ export class DeviceManager {
         'ERR_DEVICE',
         `no device model '${driver}' (tsvmm has: ${Object.keys(DEVICE_MODELS).join(', ')})`,
       );
-    const slot = spec.slot ?? this.o.pciBus.firstFreeSlot();
+    if (spec.iommu && this.o.viommu?.() === undefined && !this.configPhase)
+      throw new TsvmmError('ERR_DEVICE', `'${spec.id ?? defaultId}' is to be behind the vIOMMU, but the VM has none`, {
+        fix: 'start the VM with a vIOMMU ("iommu": {"type": "virtio"}, or --device virtio-iommu-pci), or drop iommu',
+      });
+    const mate = spec.iommu && spec.slot === undefined && this.configPhase ? this.groupMateSlot(spec) : undefined;
+    const slot = mate?.slot ?? spec.slot ?? this.o.pciBus.firstFreeSlot();
+    const fn = mate?.fn ?? 0;
     // Checked before the host device is opened (and reset) for nothing.
-    const taken = this.o.pciBus.devices.get(slot << 3);
+    const taken = fn === 0 ? this.o.pciBus.devices.get(slot << 3) : undefined;
     if (slot < 0 || slot > 31 || taken)
       throw new TsvmmError(
         'ERR_DEVICE',
@@ -115,15 +127,59 @@ export class DeviceManager {
       );
     const dev = model.create(this.o, spec, spec.id ?? defaultId, this.o.intxGsi(slot));
     try {
-      this.o.pciBus.attach(dev, slot);
+      this.o.pciBus.attach(dev, slot, fn);
     } catch (e) {
       model.release(this.o, dev);
       throw e;
+    }
+    if (spec.iommu) {
+      const v = this.o.viommu?.();
+      try {
+        v?.add(dev);
+      } catch (e) {
+        this.o.pciBus.detach(dev);
+        model.release(this.o, dev);
+        throw e;
+      }
+      this.behind.add(dev);
     }
     this.devices.push(dev);
     this.models.set(dev, model);
     this.armNotifiers(dev);
     return dev;
+  }
+
+  /**
+   * Behind the vIOMMU, the functions of one host IOMMU group share one address space: they go in
+   * one guest slot as its functions (no ACS there), so the guest groups them as the host does and
+   * puts them in one domain. Where a config device with "iommu": true joins a group-mate placed
+   * already: that slot and its next free function. (Hot-plugged devices take slots of their own.)
+   */
+  private groupMateSlot(spec: DeviceSpec): { slot: number; fn: number } | undefined {
+    let group: number;
+    try {
+      group = findHostDevice(spec).group;
+    } catch {
+      return undefined; // the open below says what is wrong
+    }
+    const mate = [...this.behind].find((d) => d.assigned.host.group === group && (d.devfn & 7) === 0);
+    if (!mate) return undefined;
+    for (let fn = 1; fn < 8; fn++) if (!this.o.pciBus.devices.has(mate.devfn | fn)) return { slot: mate.slot, fn };
+    return undefined;
+  }
+
+  /** The config's devices are added before the vIOMMU (it takes the first slot free after them). */
+  configPhase = true;
+
+  /** The config's devices are in and the vIOMMU (if any) exists: those with "iommu": true go behind it. */
+  configured(v: Viommu | undefined): void {
+    this.configPhase = false;
+    if (v) for (const d of this.behind) if (!v.iommu.hasEndpoint(endpointId(d))) v.add(d);
+  }
+
+  /** Whether a device is behind the vIOMMU (query-pci, inspect). */
+  isBehindIommu(dev: VfioPciDevice): boolean {
+    return this.behind.has(dev);
   }
 
   /**
@@ -200,6 +256,7 @@ export class DeviceManager {
     this.unplugRequested.delete(dev);
     for (const n of this.notifiers.get(dev) ?? []) n.close();
     this.notifiers.delete(dev);
+    if (this.behind.delete(dev)) this.o.viommu?.()?.remove(dev);
     this.o.pciBus.detach(dev);
     this.models.get(dev)!.release(this.o, dev);
     this.models.delete(dev);

@@ -41,6 +41,7 @@ export function inspectMachine(m: {
       device: d.device,
       class: d.class,
       ...(d.host !== undefined ? { host: d.host } : {}),
+      ...(d.iommu ? { iommu: true } : {}),
       bars: d.bars.map((b) => ({ index: b.index, type: b.type, address: b.address, size: b.size })),
     })),
     vcpus: m.vm.vcpus.length,

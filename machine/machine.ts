@@ -15,7 +15,7 @@ import { KvmInterrupts } from './interrupts.js';
 import type { MachineConfig } from './config/config.js';
 import type { E820Entry } from './loader/multiboot.js';
 import type { Serial16550 } from '../hw/serial-16550.js';
-import { PciBus, physAddrLimit } from '../hw/pci.js';
+import { PciBus, physAddrLimit, type PciDevice } from '../hw/pci.js';
 import { assignBars } from '../hw/pci-bars.js';
 import type { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio } from '../core/vfio/vfio.js';
@@ -25,8 +25,7 @@ import { GED_EVENT_POWER_BUTTON, type GenericEventDevice } from '../hw/ged.js';
 import type { AcpiPciHotplug } from '../hw/pci-hotplug.js';
 import { createBoard, HIGH_RAM_BASE, LOW_RAM_END, PCI_WINDOWS, pciIntxGsi, ramLayout } from './board.js';
 import { bootImage } from './boot.js';
-import { checkDevicesBehind, createViommu, type Viommu } from './viommu.js';
-import type { IommuHost } from '../hw/virtio/iommu-host.js';
+import { createViommu, type Viommu } from './viommu.js';
 import { checkPassedVfio, resolveFdNames } from './fd-names.js';
 import { describeStop, inspectMachine, pciDeviceState } from './inspect.js';
 import { TsvmmError } from '../core/errors.js';
@@ -57,12 +56,6 @@ export interface MachineOptions {
   /** Fds opened by a privileged manager (tsvmm manager): /dev/kvm and VFIO groups. The machine
    *  owns them from here (a PassedFds is used as it is; a list is wrapped in one). */
   passedFds?: PassedFd[] | PassedFds;
-  /**
-   * The vIOMMU's host side (machine/viommu.ts). None is in this build yet, so without one devices
-   * behind the vIOMMU are refused; tests pass a test double (test/helpers/recording-iommu-host.ts) to
-   * drive the guest-visible side with a real guest driver — DMA then still reaches all of RAM 1:1.
-   */
-  iommuHost?: IommuHost;
 }
 
 export class Machine implements MachineControl {
@@ -106,7 +99,6 @@ export class Machine implements MachineControl {
     this.passedFds = passed;
     const cleanups: (() => void)[] = [() => passed.close()];
     try {
-      if (!opts.iommuHost) checkDevicesBehind(config.devices.flatMap((d, i) => (d.iommu ? [d.id ?? `vfio${i}`] : [])));
       const kvmFd = passed.take({ kind: 'kvm' });
       this.kvm = kvmFd !== undefined ? Kvm.fromFd(kvmFd) : Kvm.open(opts.kvmPath);
       cleanups.push(() => this.kvm.close());
@@ -212,6 +204,7 @@ export class Machine implements MachineControl {
         unplug: () => this.config.unplug,
         event: (e) => this.emit(e),
         deviceError: () => this.deviceError(),
+        viommu: () => this.viommu,
       });
       cleanups.push(() => this.releaseDevices());
       // The vIOMMU goes in its own slot before the devices take the first free ones, or after them.
@@ -226,7 +219,7 @@ export class Machine implements MachineControl {
           // Doorbells on ioeventfds only where they save a wait: an application processor's
           // MMIO exit waits for the main thread; vCPU 0's is answered inline, quicker than an eventfd.
           ioeventfd: config.vcpus > 1 ? this.vm.fd : undefined,
-          ...(opts.iommuHost ? { host: opts.iommuHost } : {}),
+          vfio: this.vfio,
         });
       };
       if (config.iommu?.slot !== undefined) addViommu();
@@ -234,11 +227,7 @@ export class Machine implements MachineControl {
         this.deviceManager.add(d, `vfio${i}`);
       });
       if (config.iommu?.slot === undefined) addViommu();
-      // Endpoints behind the vIOMMU: the requester IDs of the devices with "iommu": true.
-      deviceSpecs.forEach((d, i) => {
-        const dev = d.iommu ? this.deviceManager.find(d.id ?? `vfio${i}`) : undefined;
-        if (dev) this.viommu?.iommu.addEndpoint(dev.devfn);
-      });
+      this.deviceManager.configured(this.viommu);
       assignBars(this.pciBus, PCI_WINDOWS.mmio32, PCI_WINDOWS.io);
 
       for (let i = 0; i < config.vcpus; i++) this.setupVcpu(this.vm.createVcpu().id);
@@ -263,10 +252,18 @@ export class Machine implements MachineControl {
     return this.config.name;
   }
 
+  private isBehindIommu(d: PciDevice): boolean {
+    return this.deviceManager.devices.some((x) => x === d && this.deviceManager.isBehindIommu(x));
+  }
+
   private deviceControl(): MachineDevices {
     const dm = () => this.deviceManager;
     return {
-      list: () => [...this.pciBus.devices.values()].map(pciDeviceState),
+      list: () =>
+        [...this.pciBus.devices.values()].map((d) => ({
+          ...pciDeviceState(d),
+          ...(this.isBehindIommu(d) ? { iommu: true } : {}),
+        })),
       add: (spec, fds = []) => {
         dm().hotplug(spec, fds);
       },
@@ -392,6 +389,7 @@ export class Machine implements MachineControl {
       this.vm.resetToPowerOn();
       this.deviceManager.reset();
       this.viommu?.dev.reset();
+      this.viommu?.reset();
       // No event from before the reset is delivered after it; an unplug the guest was asked for
       // and has not done yet is completed (a rebooting guest will not answer it).
       this.ged.reset();
@@ -569,7 +567,7 @@ export class Machine implements MachineControl {
       vfio: this.vfio,
       devices: this.deviceManager.devices as readonly VfioPciDevice[],
       pciDevices: this.devices.list(),
-      ...(this.viommu ? { viommu: this.viommu.iommu.inspect() } : {}),
+      ...(this.viommu ? { viommu: { ...this.viommu.iommu.inspect(), host: this.viommu.host() } } : {}),
     });
   }
 }

@@ -1,23 +1,31 @@
 // The machine's vIOMMU: a virtio-iommu on the PCI bus (hw/virtio/iommu.ts over the virtio-pci
 // transport), its doorbells on KVM ioeventfds, the VIOT that names it and the endpoints behind it
-// (hw/acpi.ts), and the host side that makes the guest's domains real for DMA.
-//
-// INTEGRATION POINT: the host side (guest domains as DMA address spaces in the memory API, VFIO
-// containers / IOASes per domain) is built in core/ separately. Until it is plugged in here
-// (`hostSide`), no device may be put behind the vIOMMU: the machine refuses "iommu": true rather
-// than let a guest believe its devices are translated while they still reach all of RAM. With no
-// endpoint behind it the virtio-iommu never calls the host side (every ATTACH, DETACH and PROBE
-// names an endpoint it does not have: S_NOENT), so the device itself runs for real.
+// (hw/acpi.ts), and the host side that makes the guest's domains real for DMA: core/vfio/viommu.ts
+// (VfioViommu, per-domain DMA address spaces on both VFIO backends), reached through the adapter
+// below. An assigned device with "iommu": true is opened with `viommu: true` and becomes an
+// endpoint of both, its id the requester ID the guest's virtio-iommu driver uses (bus 0, devfn).
 import { closeSync, readSync } from 'node:fs';
 import { native, EFD_NONBLOCK } from '../core/native.js';
-import { TsvmmError } from '../core/errors.js';
 import type { AddressSpace } from '../core/memory/index.js';
 import type { PciBus } from '../hw/pci.js';
 import type { Interrupts } from '../hw/interrupts.js';
 import { viotPciRanges, type ViotOptions } from '../hw/acpi.js';
 import { AddressSpaceMemory } from '../hw/virtio/guest-memory.js';
 import { VirtioIommu } from '../hw/virtio/iommu.js';
-import type { IommuHost } from '../hw/virtio/iommu-host.js';
+import {
+  VIRTIO_IOMMU_S_DEVERR,
+  VIRTIO_IOMMU_S_INVAL,
+  VIRTIO_IOMMU_S_NOENT,
+  VIRTIO_IOMMU_S_NOMEM,
+  VIRTIO_IOMMU_S_RANGE,
+  VIRTIO_IOMMU_S_UNSUPP,
+  type IommuHost,
+  type IommuRefusal,
+  type IommuResult,
+} from '../hw/virtio/iommu-host.js';
+import type { HostResult, RefusalStatus, VfioViommu, ViommuInspect } from '../core/vfio/viommu.js';
+import type { Vfio } from '../core/vfio/vfio.js';
+import type { VfioPciDevice } from '../hw/vfio-pci.js';
 import { VirtioPciDevice, type VirtioNotifyBinder } from '../hw/virtio/pci.js';
 
 /** PCI class of QEMU's virtio-iommu-pci: "other" (0xff). */
@@ -67,12 +75,56 @@ export function kvmNotifyBinder(vmFd: number): VirtioNotifyBinder {
   };
 }
 
-/** The host side of the vIOMMU, where core/'s per-domain DMA address spaces plug in (see above). */
-function hostSide(): IommuHost {
-  const missing = (): never => {
-    throw new TsvmmError('ERR_DEVICE', 'the host side of the vIOMMU is not in this build');
+const STATUS: Record<RefusalStatus, number> = {
+  inval: VIRTIO_IOMMU_S_INVAL,
+  range: VIRTIO_IOMMU_S_RANGE,
+  // The device model checks endpoints and domains itself; a host that does not know one is out of step.
+  noent: VIRTIO_IOMMU_S_NOENT,
+  nomem: VIRTIO_IOMMU_S_NOMEM,
+  devErr: VIRTIO_IOMMU_S_DEVERR,
+  unsupp: VIRTIO_IOMMU_S_UNSUPP,
+};
+
+function result(r: HostResult): IommuResult {
+  return r.ok ? undefined : { status: STATUS[r.status] as IommuRefusal['status'], reason: r.reason };
+}
+
+/**
+ * The device model's IommuHost on VfioViommu. A bypass domain (ATTACH with F_BYPASS) is no
+ * address space of its own on the host: its endpoints go to 'bypass' (all RAM 1:1), which is
+ * what an identity domain is, in one mapping of RAM rather than one per guest page.
+ */
+export function vfioIommuHost(host: () => VfioViommu): IommuHost {
+  const identity = new Set<number>();
+  return {
+    createDomain(domain, { bypass }) {
+      if (bypass) {
+        identity.add(domain);
+        return undefined;
+      }
+      return result(host().createDomain(domain));
+    },
+    destroyDomain(domain) {
+      if (identity.delete(domain)) return;
+      const r = host().destroyDomain(domain);
+      // The device model destroys only what it created: a refusal here is a bug worth a line.
+      if (!r.ok) console.error(`tsvmm: viommu: destroying domain ${domain}: ${r.reason}`);
+    },
+    attach(endpoint, target) {
+      const to = typeof target === 'object' ? (identity.has(target.domain) ? 'bypass' : target.domain) : target;
+      return result(host().attach(endpoint, to));
+    },
+    map(domain, iova, gpa, size, flags) {
+      return result(host().map(domain, iova, gpa, size, flags));
+    },
+    unmap(domain, iova, size) {
+      const r = host().unmap(domain, iova, size);
+      if (!r.ok) console.error(`tsvmm: viommu: unmapping 0x${iova.toString(16)} in domain ${domain}: ${r.reason}`);
+    },
+    reservedRegions(endpoint) {
+      return host().reservedRegions(endpoint);
+    },
   };
-  return { createDomain: missing, destroyDomain: missing, attach: missing, map: missing, unmap: missing };
 }
 
 export interface Viommu {
@@ -80,20 +132,22 @@ export interface Viommu {
   dev: VirtioPciDevice;
   /** The VIOT's content: the virtio-iommu and the endpoints behind it. */
   viot(): ViotOptions;
+  /** Puts an assigned device (opened with `viommu: true`, on the bus) behind the vIOMMU. */
+  add(dev: VfioPciDevice): void;
+  /** Takes it from behind the vIOMMU before it is released (device_del, close). */
+  remove(dev: VfioPciDevice): void;
+  /** system_reset: every domain torn down, every endpoint back to bypass (after the device's own reset). */
+  reset(): void;
+  /** The host side: domains with their endpoints and mapping counts, host groups, counters. */
+  host(): ViommuInspect;
 }
 
-/**
- * Devices the config puts behind the vIOMMU (their ids): refused until the host side is plugged in
- * (see above). Checked before anything is opened.
- */
-export function checkDevicesBehind(behind: readonly string[]): void {
-  if (behind.length > 0)
-    throw new TsvmmError(
-      'ERR_CONFIG',
-      `${behind.join(', ')}: "iommu": true needs the vIOMMU's host side (guest domains as DMA address spaces), which this build does not have yet`,
-      { fix: 'drop "iommu" from the device: it keeps the 1:1 mapping of guest RAM (the virtio-iommu itself can stay)' },
-    );
-}
+/** Slots with no device (function 0 free): where device_add may put one. */
+const freeSlots = (bus: PciBus): number[] =>
+  Array.from({ length: 31 }, (_, i) => i + 1).filter((s) => !bus.devices.has(s << 3));
+
+/** The requester ID the guest's driver names a device by (everything is on bus 0). */
+export const endpointId = (dev: { devfn: number }): number => dev.devfn;
 
 /** Puts a virtio-iommu on the bus (at `slot`, or the first free one). */
 export function createViommu(o: {
@@ -104,11 +158,11 @@ export function createViommu(o: {
   intxGsi: (slot: number) => number;
   /** The VM fd to bind doorbells to KVM ioeventfds on; undefined: doorbells are MMIO exits. */
   ioeventfd: number | undefined;
-  /** The host side; default: the integration point above (refuses to be used). */
-  host?: IommuHost;
+  /** Where the host side lives (VfioViommu, made on first use). */
+  vfio: Vfio;
 }): Viommu {
   const slot = o.slot ?? o.bus.firstFreeSlot();
-  const iommu = new VirtioIommu({ host: o.host ?? hostSide(), endpoints: [], name: 'virtio-iommu' });
+  const iommu = new VirtioIommu({ host: vfioIommuHost(() => o.vfio.viommu), endpoints: [], name: 'virtio-iommu' });
   const dev = new VirtioPciDevice(iommu, {
     id: 'virtio-iommu',
     interrupts: o.interrupts,
@@ -121,6 +175,27 @@ export function createViommu(o: {
   return {
     iommu,
     dev,
-    viot: () => ({ iommu: { segment: 0, bdf: dev.devfn }, ranges: viotPciRanges(iommu.endpoints) }),
+    // The endpoints behind it, and the slots free at boot: the guest reads the VIOT once, so a device
+    // hot-added behind the vIOMMU is found behind it only where the VIOT named its slot already. (One
+    // hot-added 1:1 there is no endpoint: the guest's PROBE gets S_NOENT and it uses direct DMA.)
+    viot: () => ({
+      iommu: { segment: 0, bdf: dev.devfn },
+      ranges: viotPciRanges([...iommu.endpoints, ...freeSlots(o.bus).map((s) => s << 3)]),
+    }),
+    add(d) {
+      const ep = endpointId(d);
+      o.vfio.viommu.addEndpoint(ep, d.assigned);
+      iommu.addEndpoint(ep);
+    },
+    remove(d) {
+      const ep = endpointId(d);
+      if (!iommu.hasEndpoint(ep)) return;
+      iommu.removeEndpoint(ep); // detached in the guest's model (its domain goes if it was the last in it)
+      o.vfio.viommu.removeEndpoint(ep); // back to 1:1 before VFIO releases it
+    },
+    reset() {
+      o.vfio.viommu.reset();
+    },
+    host: () => o.vfio.viommu.inspect(),
   };
 }

@@ -61,6 +61,7 @@ const DEBIAN_MODULES = [
 // with their own modules.order, never loaded by the host.
 // button + evdev: the ACPI power button (PNP0C0C) that system_powerdown presses, as an input device.
 export const GUEST_MODULES = [
+  'drivers/iommu/virtio-iommu',
   'drivers/nvme/host/nvme',
   'drivers/net/ethernet/intel/e1000e/e1000e',
   'drivers/acpi/button',

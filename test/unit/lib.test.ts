@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { createVm, TsvmmError, ConfigError, type VmConfig } from '../../lib/index.js';
 import { deviceAddArgs, lastLines, serialPattern } from '../../lib/args.js';
 import { checkArguments } from '../../frontend/qmp/server.js';
+import { deviceAddSpec } from '../../frontend/commands.js';
 
 test('createVm: a bad config is a ConfigError (ERR_CONFIG) with every problem, before anything opens', async () => {
   const bad = { memory: '65537K', kernel: { path: 'missing.elf' }, colour: 'red' } as unknown as VmConfig;
@@ -55,6 +56,10 @@ test('deviceAdd: the typed device as device_add arguments the QMP schema accepts
     sysfsdev: '/sys/x',
     romfile: '/abs',
   });
+  const behind = deviceAddArgs({ driver: 'vfio-pci', id: 'n', host: '0000:00:04.0', iommu: true }, '/base');
+  assert.deepEqual(behind, { driver: 'vfio-pci', id: 'n', host: '0000:00:04.0', iommu: true });
+  checkArguments('device_add', behind);
+  assert.equal(deviceAddSpec(behind).iommu, true, "the command layer reads the library's iommu");
 });
 
 test('serial patterns: strings match literally; g/y flags carry no state between polls', () => {

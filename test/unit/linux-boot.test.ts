@@ -368,7 +368,7 @@ test('configs/linux samples are valid (with a stand-in kernel and modules dir in
   process.env.TSVMM_LINUX_MODULES = dir;
   try {
     const files = readdirSync(join(projectRoot, 'configs/linux')).filter((f) => f.endsWith('.json'));
-    assert.deepEqual(files.sort(), ['linux-e1000e.json', 'linux-nvme.json', 'linux.json']);
+    assert.deepEqual(files.sort(), ['linux-e1000e.json', 'linux-nvme-viommu.json', 'linux-nvme.json', 'linux.json']);
     for (const f of files) {
       const c = loadConfig(join(projectRoot, 'configs/linux', f));
       assert.equal(c.kernel.format, 'linux', f);

@@ -236,3 +236,26 @@ test('expansion ROM BAR: sized like a 32-bit BAR, decoded only with its enable b
     /power of two ≥ 2 KiB/,
   );
 });
+
+test('a multi-function slot: function 0 says so in its header type once another function is there; a function needs function 0', () => {
+  const bus = new PciBus(MemoryRegion.container('m', 2 ** 40), MemoryRegion.container('io', 0x10000), 2 ** 40);
+  const f0 = new PciDevice('f0', { vendor: 0x1234, device: 0x11e8, classCode: 0xff0000 });
+  const f1 = new PciDevice('f1', { vendor: 0x1b36, device: 0x0005, classCode: 0xff0000 });
+  assert.throws(() => bus.attach(f1, 3, 1), /slot 3 has no function 0/);
+  bus.attach(f0, 3);
+  assert.equal(bus.configRead(3 << 3, 0x0e, 1), 0, 'single-function');
+  bus.attach(f1, 3, 1);
+  assert.equal(f1.devfn, (3 << 3) | 1);
+  assert.equal(bus.configRead(3 << 3, 0x0e, 1), 0x80);
+  assert.equal((bus.configRead(3 << 3, 0x0c, 4) >>> 16) & 0xff, 0x80, 'in a dword read too');
+  assert.equal(bus.configRead((3 << 3) | 1, 0x0e, 1), 0, 'function 1 keeps its own header');
+  assert.equal(f0.configRead(0x0e, 1), 0, "the device's own register is untouched");
+  assert.equal(bus.configRead((3 << 3) | 1, 0, 2), 0x1b36);
+  assert.throws(
+    () => bus.attach(new PciDevice('x', { vendor: 1, device: 1, classCode: 0 }), 3, 1),
+    /3\.1 is taken by f1/,
+  );
+  assert.equal(bus.firstFreeSlot(), 0);
+  bus.detach(f1);
+  assert.equal(bus.configRead(3 << 3, 0x0e, 1), 0, 'single-function again');
+});
