@@ -9,7 +9,6 @@ import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -138,7 +137,10 @@ async function snapshotRestore(from: VfioBackendKind, to: VfioBackendKind): Prom
       await once(src.child, 'exit');
       const saved = seqs(src.out());
       dst = runChild([...args(b!, to), '--incoming', `file:${file}`]);
-      await until('the restored guest to stream on', () => seqs(dst!.out()).length >= 5 || /FAIL/.test(dst!.out()));
+      await until(
+        'the restored guest to stream on',
+        () => seqs(dst!.out()).length >= 5 || /FAIL/.test(dst!.out()) || dst!.child.exitCode !== null,
+      );
       assert.doesNotMatch(dst.out(), /FAIL|tsvmm-guest: start|mtty stream ready/, dst.out() + dst.err());
       const all = seqs(src.out() + dst.out());
       assert.ok(all.length >= saved.length + 5);
@@ -171,7 +173,10 @@ test('live migration over unix between two tsvmm processes: PRE_COPY data while 
         `mtty's PRE_COPY data went while the guest ran: ${JSON.stringify(r.info)}`,
       );
       assert.ok(vfio.transferred > vfio['x-precopy-bytes'], 'and its final state after the stop');
-      await until('the destination to stream on', () => seqs(dst.out()).length >= 5 || /FAIL/.test(dst.out()));
+      await until(
+        'the destination to stream on',
+        () => seqs(dst.out()).length >= 5 || /FAIL/.test(dst.out()) || dst.child.exitCode !== null,
+      );
       assert.doesNotMatch(dst.out(), /FAIL|mtty stream ready/, dst.out() + dst.err());
       const d = await qmp(dstSock);
       assert.equal(((await d.call('query-status')).return as { status: string }).status, 'running');
@@ -186,26 +191,18 @@ test('live migration over unix between two tsvmm processes: PRE_COPY data while 
 
 test('a destination that drops the stream: the source runs on, its mtty back in RUNNING and used, and migrates again', async () => {
   await withMdevs(1, async ([a]) => {
-    // A peer that takes the first 256 KiB (mtty's pre-copy state goes after the first RAM pass) and dies.
-    const path = join(dir, 'dies.sock');
-    let took = 0;
-    const server = createServer((s) => {
-      s.on('data', (c: Buffer) => {
-        took += c.length;
-        if (took > 256 * 1024) s.destroy();
-      });
-      s.on('error', () => {});
-    });
-    await new Promise<void>((r) => server.listen(path, r));
     const sock = join(dir, 'dies-src.qmp');
     const src = runChild([...args(a!, 'iommufd'), '--qmp', sock, '--sandbox', 'off']);
     try {
       await until('the source to stream', () => seqs(src.out()).length >= 5);
       const q = await qmp(sock);
-      assert.deepEqual(await q.call('migrate', { uri: `unix:${path}` }), { return: {} });
+      // A destination that reads 1000 bytes and exits (the stream is far more than a pipe holds):
+      // the source's write fails while mtty is in PRE_COPY.
+      assert.deepEqual(await q.call('migrate', { uri: 'exec:head -c 1000 >/dev/null' }), { return: {} });
       assert.equal(await migrationEnd(q), 'failed');
       const info = (await q.call('query-migrate')).return as Record<string, unknown>;
       assert.equal(info.status, 'failed');
+      assert.match(String(info['error-desc']), /EPIPE|status/i);
       assert.equal(((await q.call('query-status')).return as { status: string }).status, 'running');
       const at = seqs(src.out()).length;
       await until('the guest to go on streaming', () => seqs(src.out()).length >= at + 5 || /FAIL/.test(src.out()));
@@ -219,7 +216,6 @@ test('a destination that drops the stream: the source runs on, its mtty back in 
       await q.call('quit');
     } finally {
       src.child.kill('SIGKILL');
-      server.close();
     }
   });
 });
@@ -260,5 +256,24 @@ test('nvme assigned (no migration driver): migrate is refused naming nvme and wh
     await q.call('quit');
   } finally {
     src.child.kill('SIGKILL');
+  }
+});
+
+test('a destination whose device refuses the state (another mtty type) exits 1 naming the device and why', async () => {
+  const file = join(dir, 'foreign.snap');
+  await withMdevs(1, async ([a]) => {
+    const { src, q } = await migrateOut(a!, 'iommufd', `file:${file}`, 'foreign-src');
+    await q.call('quit');
+    await once(src.child, 'exit');
+  });
+  const b = createMdev('mtty-2');
+  try {
+    const dst = runChild([...args(b, 'iommufd'), '--incoming', `file:${file}`]);
+    await once(dst.child, 'exit');
+    assert.equal(dst.child.exitCode, 1, dst.err());
+    assert.match(dst.err(), /tsvmm: load of migration failed: .*tty0/);
+    assert.doesNotMatch(dst.out(), /mtty seq/, 'the guest never ran');
+  } finally {
+    removeMdev(b.uuid);
   }
 });
