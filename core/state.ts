@@ -13,7 +13,18 @@ export interface Migratable {
   readonly stateVersion: number;
   saveState(w: StateWriter): void;
   loadState(r: StateReader, version: number): void;
+  /**
+   * Live migration, for a part whose state can go while the guest runs (an assigned device's
+   * PRE_COPY data): called once per RAM pass; its bytes go as a section `${stateId}${LIVE_SUFFIX}`
+   * (nothing to send: undefined or empty). Its own section still follows after the stop.
+   */
+  saveLive?(): Promise<Uint8Array | undefined>;
+  /** Takes one such section on the destination, in stream order, before the part's own section. */
+  loadLive?(payload: Uint8Array, version: number): void | Promise<void>;
 }
+
+/** The suffix of a part's live sections (its id plus this: no part's own id ends so). */
+export const LIVE_SUFFIX = '+live';
 
 /** A stream, a section or a value refused: says which and why. */
 export class StateError extends TsvmmError {

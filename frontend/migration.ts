@@ -233,6 +233,9 @@ export class Migration {
         'dirty-sync-missed-zero-copy': 0,
       };
     }
+    // QEMU's VfioStats (assigned devices' bytes), and how many of them went while the guest ran (PRE_COPY).
+    if (p && job !== this.inc && (p.liveBytes || p.deviceBytes))
+      out.vfio = { transferred: p.liveBytes + (p.deviceBytes ?? 0), 'x-precopy-bytes': p.liveBytes };
     if (job.error !== undefined && job.status === 'failed') out['error-desc'] = job.error;
     return out;
   }

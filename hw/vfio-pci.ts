@@ -11,6 +11,8 @@ import { native } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
 import { VfioIntx, VfioIrqVectors } from '../core/vfio/irq.js';
+import { VfioMigration, describeHostDevice } from '../core/vfio/migration.js';
+import type { StateReader, StateWriter } from '../core/state.js';
 import type { Interrupts, MsiInterruptGroup } from './interrupts.js';
 import type { MsixCap } from './msix.js';
 import type { MsiCap } from './msi.js';
@@ -422,13 +424,163 @@ export class VfioPciDevice extends PciDevice {
   }
 
   // --- snapshot and migration -------------------------------------------------------------------
+  // The device's own state (registers, FIFOs) lives in the device: VFIO migration v2
+  // (core/vfio/migration.ts) hands it out as an opaque byte stream. PRE_COPY data goes in live
+  // sections while the guest runs (saveLive), the rest after the vCPUs stop (stopAll) inside this
+  // device's section, after its config space and MSI/MSI-X state. The destination's device (its
+  // own instance) is RESUMING while the stream comes, STOP once loaded, and RUNNING only when the
+  // machine runs (runAfterMigration). Any failure puts it back in RUNNING (abortMigration).
+  private mig: VfioMigration | undefined;
+  /** Source: what the device gave after the stop (the rest of pre-copy, then stop-copy). */
+  private finalData: Uint8Array[] = [];
+  /** Destination: the data of this device's section, written once the stream is in. */
+  private pendingLoad: Uint8Array | undefined;
+  /** Stopped by a migration (STOP): runs again with the machine. */
+  private migStopped = false;
+
   /**
-   * An assigned device's state lives in the device: without VFIO migration (the device's
-   * VFIO_DEVICE_FEATURE_MIGRATION and a variant driver that saves it), it cannot move, as
-   * QEMU's blocker says. A model that migrates writes its device data as blobs in its section
-   * (core/state.ts StateWriter.blob: any length, any number of parts) after the config space.
+   * Why the device cannot move (QEMU's "VFIO device doesn't support migration"): its driver has
+   * no VFIO migration, or offers no STOP_COPY. Asked of the device each time (one ioctl).
    */
   override migrationBlocker(): string | undefined {
-    return "VFIO device doesn't support migration (tsvmm does not migrate assigned devices yet)";
+    const p = VfioMigration.probe(this.assigned.device, this.assigned.host, this.name);
+    if (p.supported) return undefined;
+    return `VFIO device doesn't support migration (${describeHostDevice(this.assigned.host)}): ${p.reason}`;
   }
+
+  /** Source: a save begins (→ PRE_COPY where the device offers it). */
+  beginSave(): void {
+    if (this.mig) this.abortMigration(); // a save or load left over (cannot happen through the machine)
+    const mig = VfioMigration.open(this.assigned.device, this.assigned.host, this.name);
+    mig.startSave();
+    this.mig = mig;
+    this.finalData = [];
+  }
+
+  /** The PRE_COPY data the device has now (while the guest runs; one call per RAM pass). */
+  async saveLive(): Promise<Uint8Array | undefined> {
+    const mig = this.mig;
+    if (!mig?.caps.preCopy || this.migStopped) return undefined;
+    return concat(await collect(mig.readPrecopy()));
+  }
+
+  /**
+   * After the vCPUs stop: every device quiesced (P2P) before any enters STOP_COPY, then each one's
+   * final data read to its end; the devices stay in STOP. On a failure every device is back in RUNNING.
+   */
+  static async stopAll(devices: readonly VfioPciDevice[]): Promise<number> {
+    const migs = devices.map((d) => d.mig!);
+    let bytes = 0;
+    try {
+      for (const d of devices) d.finalData = d.mig!.caps.preCopy ? await collect(d.mig!.readPrecopy()) : [];
+      VfioMigration.stopCopyAll(migs);
+      for (const d of devices) {
+        d.finalData.push(...(await collect(d.mig!.readStopCopy())));
+        d.mig!.finishSave();
+        d.migStopped = true;
+        bytes += d.finalData.reduce((n, c) => n + c.length, 0);
+      }
+    } catch (e) {
+      for (const d of devices) d.abortMigration();
+      throw e;
+    }
+    return bytes;
+  }
+
+  /** Config space, MSI and MSI-X (registers, masks, pending bits), then the device's data. */
+  override saveState(w: StateWriter): void {
+    super.saveState(w);
+    w.bool(this.msiCap !== undefined);
+    this.msiCap?.saveState(w);
+    w.bool(this.msixCap !== undefined);
+    this.msixCap?.saveState(w);
+    // No data: the device was not stopped by a save (its section would restore a blank device).
+    w.bool(this.migStopped);
+    if (this.migStopped) w.blob(concat(this.finalData));
+  }
+
+  /** Destination: pre-copy data as it comes; the device goes RESUMING with the first. */
+  async loadLive(payload: Uint8Array): Promise<void> {
+    await this.loadingMig().write(payload);
+  }
+
+  private loadingMig(): VfioMigration {
+    if (!this.mig) {
+      const mig = VfioMigration.open(this.assigned.device, this.assigned.host, this.name);
+      mig.startLoad();
+      this.mig = mig;
+    }
+    return this.mig;
+  }
+
+  override loadState(r: StateReader, version: number): void {
+    super.loadState(r, version);
+    const has = (what: string, here: boolean) => {
+      const there = r.bool(`whether it has ${what}`);
+      if (there !== here)
+        throw r.bad(`the stream's device ${there ? 'has' : 'has no'} ${what}, this one ${here ? 'has' : 'has not'}`);
+      return here;
+    };
+    if (has('MSI', this.msiCap !== undefined)) this.msiCap!.loadState(r);
+    if (has('MSI-X', this.msixCap !== undefined)) this.msixCap!.loadState(r);
+    if (!r.bool('whether the device data follows'))
+      throw r.bad('the stream has no state of the device itself (it was not saved by a migration)');
+    this.pendingLoad = r.blob('the device data').slice();
+  }
+
+  /**
+   * Destination, once the whole stream is in: the rest of the data written, RESUMING → STOP (the
+   * driver takes it), the guest's command register back in the device. RUNNING comes with the machine.
+   */
+  async finishLoad(): Promise<void> {
+    const mig = this.loadingMig();
+    const data = this.pendingLoad;
+    this.pendingLoad = undefined;
+    if (data?.length) await mig.write(data);
+    mig.finishLoad(false);
+    this.migStopped = true;
+    // Bus mastering and decode as the guest left them (QEMU's vfio_pci_load_config).
+    this.access.configWrite(PCI_COMMAND, 2, this.config[PCI_COMMAND]! | (this.config[PCI_COMMAND + 1]! << 8));
+  }
+
+  /** The machine runs (a destination's first run, or the source going on): a stopped device goes RUNNING. */
+  runAfterMigration(): void {
+    if (!this.migStopped) return;
+    this.migStopped = false;
+    const mig = this.mig!;
+    this.mig = undefined;
+    this.finalData = [];
+    mig.resume();
+  }
+
+  /** A save or load abandoned: the device back in RUNNING (by a reset on a destination); says how. */
+  abortMigration(): string | undefined {
+    const mig = this.mig;
+    this.mig = undefined;
+    this.finalData = [];
+    this.pendingLoad = undefined;
+    this.migStopped = false;
+    return mig?.abort();
+  }
+
+  /** Bytes moved through the device's data fd by the current or last migration. */
+  get migrationStats(): { precopyBytes: number; stopCopyBytes: number; loadedBytes: number } | undefined {
+    return this.mig ? { ...this.mig.stats } : undefined;
+  }
+}
+
+async function collect(it: AsyncIterable<Uint8Array>): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const c of it) out.push(c);
+  return out;
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }

@@ -235,8 +235,10 @@ export class Vm implements AsyncDisposable {
   /**
    * Saves the whole VM (vCPUs, interrupt controllers, devices, RAM) to a file, as QMP migrate to
    * file:PATH: the vCPUs stop and stay stopped (cont() resumes them); createVm(config, {restore})
-   * starts a VM from the file. A VM with a device that cannot migrate (an assigned device) is
-   * refused at once and keeps running (ERR_MIGRATION, naming the device).
+   * starts a VM from the file. An assigned device's own state goes too where its driver has VFIO
+   * migration (mtty, mlx5, …; restore gives the destination's config its own instance); a VM with
+   * a device that cannot migrate (plain vfio-pci: edu, nvme) is refused at once and keeps running
+   * (ERR_MIGRATION, naming the device and why).
    */
   async save(path: string): Promise<void> {
     this.#live('save');

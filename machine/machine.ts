@@ -17,7 +17,7 @@ import type { E820Entry } from './loader/multiboot.js';
 import type { Serial16550 } from '../hw/serial-16550.js';
 import { PciBus, physAddrLimit, type PciDevice } from '../hw/pci.js';
 import { assignBars } from '../hw/pci-bars.js';
-import type { VfioPciDevice } from '../hw/vfio-pci.js';
+import { VfioPciDevice } from '../hw/vfio-pci.js';
 import { Vfio } from '../core/vfio/vfio.js';
 import { PassedFds, type PassedFd } from '../core/fdpass.js';
 import { DeviceManager } from './devices.js';
@@ -302,6 +302,7 @@ export class Machine implements MachineControl {
   resume(): boolean {
     this.stopReason = undefined;
     if (!this.vm.paused) return false;
+    this.runMigratedDevices();
     this.vm.resume();
     return true;
   }
@@ -416,6 +417,7 @@ export class Machine implements MachineControl {
       process.stdin.on('data', stdinListener);
     }
     try {
+      this.runMigratedDevices();
       const stops = await this.vm.run();
       this.serial.flush();
       if (this.exitRequest) return { ...this.exitRequest, stops };
@@ -512,20 +514,46 @@ export class Machine implements MachineControl {
       throw new TsvmmError('ERR_MIGRATION', `cannot migrate '${this.name}': ${blockers.join('; ')}`, {
         fix: 'remove the device (device_del) first, or stop the VM and start it again on the destination',
       });
+    // Assigned devices that migrate: PRE_COPY (where offered) from now, stopped with the vCPUs.
+    const assigned = this.assignedDevices();
+    let deviceBytes = 0;
     const stop = async () => {
       await this.vm.park();
       this.serial.flush(); // what the guest printed before the stop goes out before the state does
+      if (assigned.length) deviceBytes = await VfioPciDevice.stopAll(assigned);
       opts.onStop?.();
     };
     const live = opts.live && !this.vm.paused ? this.dirtyLog() : undefined;
-    return saveMachine(this.migrationParts(), sink, {
-      stop,
-      ...(live ? { live } : {}),
-      ...(opts.progress ? { progress: opts.progress } : {}),
-      ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
-      ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
-      ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-    });
+    const progress = opts.progress;
+    try {
+      for (const d of assigned) d.beginSave();
+      const p = await saveMachine(this.migrationParts(), sink, {
+        stop,
+        ...(live ? { live } : {}),
+        ...(progress ? { progress: (p: MigrationProgress) => progress({ ...p, deviceBytes }) } : {}),
+        ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
+        ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
+        ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
+      });
+      return { ...p, deviceBytes };
+    } catch (e) {
+      // The source goes on: its devices back in RUNNING (the caller resumes the vCPUs).
+      for (const d of assigned) {
+        const how = d.abortMigration();
+        if (how) console.error(`tsvmm: ${d.name}: migration abandoned: ${how}`);
+      }
+      throw e;
+    }
+  }
+
+  /** The assigned devices (a migration has checked they can migrate). */
+  private assignedDevices(): VfioPciDevice[] {
+    return [...this.pciBus.devices.values()].filter((d): d is VfioPciDevice => d instanceof VfioPciDevice);
+  }
+
+  /** Devices a migration left stopped (the source after a save, a destination after its load) run with the vCPUs. */
+  private runMigratedDevices(): void {
+    for (const d of this.assignedDevices()) d.runAfterMigration();
   }
 
   /** KVM's dirty log over guest RAM, pages as offsets into it (undefined: this KVM keeps none). */
@@ -557,7 +585,16 @@ export class Machine implements MachineControl {
   ): Promise<MigrationProgress> {
     if (this.vm.started)
       throw new TsvmmError('ERR_MIGRATION', `'${this.name}' has already run: a stream loads only into a new VM`);
-    return loadMachine(this.migrationParts(), source, opts);
+    const assigned = this.assignedDevices();
+    try {
+      const p = await loadMachine(this.migrationParts(), source, opts);
+      for (const d of assigned) await d.finishLoad();
+      return p;
+    } catch (e) {
+      // A RESUMING device is reset: the destination exits with the error, its device left usable.
+      for (const d of assigned) d.abortMigration();
+      throw e;
+    }
   }
 
   inspect(): MachineInspection {

@@ -72,7 +72,7 @@ static void parse_word(char *word, struct options *o) {
   };
   bool ok = false;
   if (streq(key, "test")) {
-    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "virtio-iommu") || streq(val, "count") || bench_mode(val);
+    ok = streq(val, "irq") || streq(val, "edu") || streq(val, "msix") || streq(val, "mtty") || streq(val, "mtty-stream") || streq(val, "hotplug") || streq(val, "smp") || streq(val, "hostile") || streq(val, "fuzz") || streq(val, "highmem") || streq(val, "probe-int") || streq(val, "virtio-iommu") || streq(val, "count") || bench_mode(val);
     if (ok) o->test = val;
   } else if (streq(key, "dev")) {
     ok = parse_id(val, &o->dev_vendor, &o->dev_device);
@@ -224,7 +224,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (streq(o.test, "irq")) rc = test_irq(&o);
   else if (streq(o.test, "edu")) rc = test_edu(&o);
   else if (bench_mode(o.test)) rc = test_bench(&o);
-  else if (streq(o.test, "mtty")) rc = test_mtty(&o);
+  else if (streq(o.test, "mtty") || streq(o.test, "mtty-stream")) rc = test_mtty(&o);
   else if (streq(o.test, "hotplug")) rc = test_hotplug(&o);
   else if (streq(o.test, "smp")) rc = test_smp(&o);
   else if (streq(o.test, "hostile")) rc = test_hostile(&o);

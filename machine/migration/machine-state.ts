@@ -3,7 +3,7 @@
 // KVM clock) and its RAM; this walks them in a fixed order. Save: the irqchip, each vCPU, each
 // device, RAM in blocks (zero pages as a flag), the clock last. Load: each section to the part
 // with its id; at the end every part must have had its section, or the stream is refused.
-import { StateReader, StateWriter, StateError, type Migratable } from '../../core/state.js';
+import { StateReader, StateWriter, StateError, LIVE_SUFFIX, type Migratable } from '../../core/state.js';
 import {
   StreamWriter,
   readStream,
@@ -42,6 +42,10 @@ export interface MigrationProgress {
   /** RAM passes so far (1 for a stop-and-copy), and the bytes the current one has still to send. */
   passes: number;
   remaining: number;
+  /** Bytes of parts' live sections sent while the guest ran (an assigned device's PRE_COPY data). */
+  liveBytes: number;
+  /** Bytes of assigned devices' state read after the stop (their sections carry it). */
+  deviceBytes?: number;
 }
 
 function section(m: Migratable): Uint8Array {
@@ -62,7 +66,7 @@ export interface DirtyLog {
 export interface SaveOptions {
   progress?: (p: MigrationProgress) => void;
   cancelled?: () => boolean;
-  /** Stops the vCPUs (and flushes what they printed): after it, nothing changes the machine. */
+  /** Stops the vCPUs (and flushes what they printed, and stops assigned devices): after it, nothing changes the machine. */
   stop: () => Promise<void>;
   /** With a dirty log: RAM goes while the guest runs, then again what it rewrote, until the rest is small. */
   live?: DirtyLog;
@@ -89,6 +93,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     bytes: 0,
     passes: 0,
     remaining: m.ram.size,
+    liveBytes: 0,
   };
   const report = () => {
     p.bytes = w.bytes;
@@ -125,6 +130,18 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       await throttle();
     }
   };
+  // Parts with state of their own that goes while the guest runs: once per pass, after its RAM.
+  const sendLive = async () => {
+    for (const part of m.parts) {
+      if (!part.saveLive) continue;
+      check();
+      const payload = await part.saveLive();
+      if (!payload?.length) continue;
+      await w.section(part.stateId + LIVE_SUFFIX, part.stateVersion, payload);
+      p.liveBytes += payload.length;
+      report();
+    }
+  };
   const dirtyBlocks = (log: DirtyLog) => new Set(log.dirty().map((off) => Math.floor(off / RAM_BLOCK)));
   const all = Array.from({ length: blocks }, (_, i) => i);
 
@@ -146,6 +163,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         const t0 = Date.now(),
           b0 = w.bytes;
         await sendBlocks(next);
+        await sendLive();
         const bytesPerMs = (w.bytes - b0) / Math.max(1, Date.now() - t0);
         next = dirtyBlocks(log);
         // The rest fits the pause (or it will not get smaller): stop and copy it.
@@ -182,6 +200,11 @@ export async function loadMachine(
   const byId = new Map<string, Migratable>();
   for (const part of [...m.parts, ...m.last]) byId.set(part.stateId, part);
   const loaded = new Set<string>();
+  const liveOf = (id: string) => {
+    if (!id.endsWith(LIVE_SUFFIX)) return undefined;
+    const part = byId.get(id.slice(0, -LIVE_SUFFIX.length));
+    return part?.loadLive ? part : undefined;
+  };
   const p: MigrationProgress = {
     ramTotal: m.ram.size,
     ramDone: 0,
@@ -190,14 +213,19 @@ export async function loadMachine(
     bytes: 0,
     passes: 0,
     remaining: m.ram.size,
+    liveBytes: 0,
   };
   // A block may come more than once (a live migration sends again what the guest rewrote): every one at least once.
   const seen = new Uint8Array(Math.ceil(m.ram.size / RAM_BLOCK));
   let seenCount = 0;
   const r = await readStream(src, {
     config: m.description,
-    knows: (id) => (id === RAM_SECTION ? RAM_VERSION : byId.get(id)?.stateVersion),
-    onSection: (id, version, payload) => {
+    knows: (id) => {
+      if (id === RAM_SECTION) return RAM_VERSION;
+      const part = liveOf(id);
+      return part ? part.stateVersion : byId.get(id)?.stateVersion;
+    },
+    onSection: async (id, version, payload) => {
       if (id === RAM_SECTION) {
         const off = decodeRamBlock(payload, m.ram.size, (o, len) => m.ram.view(o, len));
         const b = Math.floor(off / RAM_BLOCK);
@@ -208,6 +236,13 @@ export async function loadMachine(
         p.ramDone = Math.min(m.ram.size, seenCount * RAM_BLOCK);
         p.remaining = m.ram.size - p.ramDone;
         opts.progress?.(p);
+        return;
+      }
+      const live = liveOf(id);
+      if (live) {
+        if (loaded.has(live.stateId)) throw new StateError(id, 'comes after its part was loaded');
+        p.liveBytes += payload.length;
+        await live.loadLive!(payload, version);
         return;
       }
       if (loaded.has(id)) throw new StateError(id, 'appears twice in the stream');

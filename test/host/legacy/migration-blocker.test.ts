@@ -1,6 +1,6 @@
 // An assigned device blocks migration (in the test host, edu on legacy VFIO): QMP migrate and the
 // library's save() fail at once, naming the device, its host address and the reason (QEMU's "VFIO
-// device doesn't support migration"); nothing is written, and the guest keeps running.
+// device doesn't support migration", and the device's answer to VFIO_DEVICE_FEATURE_MIGRATION); nothing is written, and the guest keeps running.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -33,6 +33,8 @@ test('edu assigned: migrate and save() are refused naming edu and why; the guest
       assert.ok(e instanceof CommandError, String(e));
       assert.equal(e.errorClass, 'GenericError');
       assert.match(e.message, why);
+      // The device says why (asked through VFIO_DEVICE_FEATURE_MIGRATION): plain vfio-pci has no migration driver.
+      assert.match(e.message, /driver vfio-pci\): its driver \(vfio-pci\) has no migration support/);
       return true;
     });
     await assert.rejects(vm.save(file), (e: unknown) => {
