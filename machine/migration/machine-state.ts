@@ -76,6 +76,12 @@ export interface SaveOptions {
   maxPasses?: number;
   /** Bytes per second the stream may take while the guest runs (0: no limit); the final copy is not held back. */
   maxBandwidth?: number;
+  /**
+   * Devices that may write guest RAM by DMA with no dirty log of their writes (an assigned device
+   * without VFIO DMA logging): KVM's log does not see those writes, so after the stop every page
+   * such a device can reach (all of RAM: it maps 1:1) goes again, as QEMU marks them all dirty.
+   */
+  untrackedDma?: readonly string[];
 }
 
 /**
@@ -146,6 +152,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   const all = Array.from({ length: blocks }, (_, i) => i);
 
   await w.header(m.description);
+  const untracked = (opts.untrackedDma?.length ?? 0) > 0;
   let log = opts.live;
   try {
     log?.start();
@@ -166,12 +173,14 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         await sendLive();
         const bytesPerMs = (w.bytes - b0) / Math.max(1, Date.now() - t0);
         next = dirtyBlocks(log);
-        // The rest fits the pause (or it will not get smaller): stop and copy it.
-        if (next.size * RAM_BLOCK <= bytesPerMs * limit || p.passes >= maxPasses) break;
+        // The rest fits the pause (or it will not get smaller): stop and copy it. With untracked
+        // DMA every page counts dirty, so more passes cannot make the rest smaller.
+        if (untracked || next.size * RAM_BLOCK <= bytesPerMs * limit || p.passes >= maxPasses) break;
       }
       await opts.stop();
       stopped = true;
-      await sendBlocks([...next, ...dirtyBlocks(log)].sort((a, b) => a - b).filter((b, i, a) => a[i - 1] !== b));
+      const last = untracked ? all : [...next, ...dirtyBlocks(log)].sort((a, b) => a - b);
+      await sendBlocks(last.filter((b, i, a) => a[i - 1] !== b));
     } finally {
       log.stop();
     }

@@ -94,3 +94,26 @@ test('a live section for a part that takes none, or after its own section, is re
     /comes after its part was loaded/,
   );
 });
+
+test('a device that writes RAM by DMA with no dirty log: after the stop every block goes again, whatever KVM logged', async () => {
+  const pagesSent = async (untrackedDma: string[]) => {
+    const dev = new LiveDevice();
+    let passesBeforeStop = -1;
+    const p = await saveMachine(
+      machine(dev, new Uint8Array(SIZE).fill(1)),
+      { write: () => {} },
+      {
+        stop: async () => void (passesBeforeStop = dev.pass),
+        // KVM logs nothing written: only the untracked DMA can have changed RAM since the first pass.
+        live: { start: () => {}, stop: () => {}, dirty: () => [] },
+        untrackedDma,
+      },
+    );
+    return { pages: p.normalPages, passesBeforeStop };
+  };
+  const tracked = await pagesSent([]);
+  const untracked = await pagesSent(['edu0']);
+  assert.equal(tracked.pages, SIZE / 4096, 'nothing logged dirty: each page once');
+  assert.equal(untracked.pages, (2 * SIZE) / 4096, 'untracked DMA: every page again after the stop');
+  assert.equal(untracked.passesBeforeStop, 1, 'one pass while the guest runs: more cannot converge');
+});
