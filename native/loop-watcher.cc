@@ -7,6 +7,7 @@
 // every handle), and that in the call that enters KVM_RUN again (loopWatcherKvmRun). Mechanism
 // only: when to arm, with what cap, and what to do when kicked is JS's.
 #include "util.h"
+#include "local-reads.h"
 #include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
@@ -248,21 +249,27 @@ static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), Refresh(Get(info)));
 }
 
-// loopWatcherKvmRun(h, vcpuFd) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): KVM_RUN, after a
-// refresh unless this is the first run since the arm (code ran on the loop's thread between two
-// runs: the exit's handler). One call per exit instead of two.
+// loopWatcherKvmRun(h, vcpuFd, reads?) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): KVM_RUN,
+// after a refresh unless this is the first run since the arm (code ran on the loop's thread
+// between two runs: the exit's handler). One call per exit instead of two. With a local-reads
+// handle (local-reads.cc), a read it answers enters KVM_RUN again at once: no code ran on the
+// loop's thread, so the watcher needs no refresh, and a kick still ends the call (the signal stays
+// pending outside KVM_RUN; immediate_exit is seen by the next entry).
 static Napi::Value LoopWatcherKvmRun(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   Watcher *w = Get(info);
   int fd = ArgInt(info, 1);
+  LocalReads *reads = OptLocalReads(info, 2);
   if (!w->fresh) Refresh(w);
   w->fresh = false;
-  int r = ioctl(fd, KVM_RUN, 0);
-  if (r < 0) {
-    if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
-    ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+  for (;;) {
+    int r = ioctl(fd, KVM_RUN, 0);
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
+      ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+    }
+    if (!reads || !AnswerLocalRead(reads)) return Napi::Number::New(env, r);
   }
-  return Napi::Number::New(env, r);
 }
 
 // loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.
