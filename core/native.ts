@@ -196,8 +196,9 @@ export interface Native {
    *  due earlier; true when the deadline moved. */
   loopWatcherRefresh(h: unknown): boolean;
   /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran);
-   *  with `reads` (localReadsCreate), the reads it answers go straight back into KVM_RUN. */
-  loopWatcherKvmRun(h: unknown, vcpuFd: number, reads?: unknown): number;
+   *  with `reads` (localReadsCreate), the reads it answers go straight back into KVM_RUN, until
+   *  budgetMs since the arm have passed: then 1 after an answered read (nothing left to handle). */
+  loopWatcherKvmRun(h: unknown, vcpuFd: number, reads?: unknown, budgetMs?: number): number;
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;

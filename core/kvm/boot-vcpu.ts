@@ -117,7 +117,9 @@ export class BootVcpuLoop {
       for (;;) {
         // KVM_RUN, the watcher first brought up to date with what the last exit's handler did
         // (a timer it started, the cap on work it queued): one native call per exit JS answers.
-        const r = n.loopWatcherKvmRun(watcher, v.fd, reads);
+        const r = n.loopWatcherKvmRun(watcher, v.fd, reads, this.sliceBudgetMs);
+        // 1: the budget ran out on reads answered in native code (counted there).
+        if (r === 1) return undefined;
         ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
         if (r < 0) {
           // Kicked: by the watcher (the event loop has work), an AP's post, or a pause/stop.
