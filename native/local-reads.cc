@@ -60,7 +60,7 @@ bool AnswerLocalRead(LocalReads *lr) {
   if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_IN || run->io.count != 1) return false;
   uint32_t size = run->io.size;
   uint64_t off = run->io.data_offset;
-  if (off + size > lr->runBytes || size > 4) return false;
+  if (size == 0 || size > 4 || off + size > lr->runBytes) return false;
   uint32_t s = lr->portSlot[run->io.port];
   if (s == 0 || 3 + 2 * s >= lr->nWords || s >= lr->nCounts) return false;
   // Behind a posted request still unanswered the read waits (JS decides whether it may pass).
