@@ -207,8 +207,10 @@ export interface Native {
   /** Code ran on the loop's thread: starts the cap, and watches for a timer it started if that is
    *  due earlier; true when the deadline moved. */
   loopWatcherRefresh(h: unknown): boolean;
-  /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran). */
-  loopWatcherKvmRun(h: unknown, vcpuFd: number): number;
+  /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran);
+   *  with `reads` (localReadsCreate), the reads it answers go straight back into KVM_RUN, until
+   *  budgetMs since the arm have passed: then 1 after an answered read (nothing left to handle). */
+  loopWatcherKvmRun(h: unknown, vcpuFd: number, reads?: unknown, budgetMs?: number): number;
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;
@@ -250,6 +252,23 @@ export interface Native {
   kvmSetDeviceAttr(devFd: number, group: number, attr: U64, value: number): void;
   // vCPU
   kvmRun(vcpuFd: number): number;
+  // local reads (local-reads.cc): a port read of a published register (core/kvm/register-file.ts)
+  // answered on the vCPU's thread in native code, with readPublished's seqlock and rules, counted in
+  // counts[slot] and channel[exitsSlot]; never while channel[headSlot] !== channel[tailSlot].
+  localReadsCreate(
+    runPage: ArrayBuffer,
+    words: Int32Array,
+    portSlot: Uint8Array,
+    counts: Int32Array,
+    channel: Int32Array,
+    exitsSlot: number,
+    headSlot: number,
+    tailSlot: number,
+  ): unknown;
+  /** As kvmRun, but the reads the handle answers go straight back into KVM_RUN. */
+  localReadsKvmRun(h: unknown, vcpuFd: number): number;
+  /** Answers the exit now in the handle's kvm_run page if it is such a read (tests: no KVM needed). */
+  localReadsAnswer(h: unknown): boolean;
   kvmGetRegs(vcpuFd: number): Regs;
   kvmSetRegs(vcpuFd: number, regs: Partial<Regs>): void;
   kvmGetSregs(vcpuFd: number): Sregs;

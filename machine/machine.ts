@@ -170,10 +170,8 @@ export class Machine implements MachineControl {
       const board = createBoard({
         serialOutput: output,
         line: (gsi) => this.interrupts.line(gsi),
-        // Only application processors answer reads on their own threads: a 1-vCPU guest publishes nothing.
-        ...(config.vcpus > 1
-          ? { registers: (port: number, size: number) => this.vm.registers.window(port, size) }
-          : {}),
+        // Every vCPU answers reads of published registers on its own thread, vCPU 0 without leaving native code.
+        registers: (port: number, size: number) => this.vm.registers.window(port, size),
         pciBus: this.pciBus,
         exit: (status, reason) => this.endWith(status, reason, 'guest'),
         ejected: (slot) => this.deviceManager.ejected(slot),

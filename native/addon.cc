@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitKvmState(env, exports);
   tsvmm::InitFdWatch(env, exports);
   tsvmm::InitSeccomp(env, exports);
+  tsvmm::InitLocalReads(env, exports);
   return exports;
 }
 

@@ -7,6 +7,7 @@
 // every handle), and that in the call that enters KVM_RUN again (loopWatcherKvmRun). Mechanism
 // only: when to arm, with what cap, and what to do when kicked is JS's.
 #include "util.h"
+#include "local-reads.h"
 #include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
@@ -64,6 +65,7 @@ struct Watcher {
   // handle's memory is freed only in the loop's close phase, after its close callback.
   std::vector<uv_handle_s *> timers;
   bool fresh = false;       // armed, and no run since: no code ran on the loop's thread yet
+  int64_t armedAtMs = 0;    // MonotonicMs() at the arm (the slice budget of loopWatcherKvmRun)
   uint64_t gen = 0;
   uint64_t fires = 0;
 };
@@ -221,6 +223,7 @@ static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
     w->gen++;
   }
   w->fresh = true;
+  w->armedAtMs = MonotonicMs();
   w->cv.notify_one();
   return Napi::Number::New(info.Env(), deadline < 0 ? -1 : static_cast<double>(deadline - now));
 }
@@ -248,21 +251,32 @@ static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), Refresh(Get(info)));
 }
 
-// loopWatcherKvmRun(h, vcpuFd) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): KVM_RUN, after a
-// refresh unless this is the first run since the arm (code ran on the loop's thread between two
-// runs: the exit's handler). One call per exit instead of two.
+// loopWatcherKvmRun(h, vcpuFd, reads?, budgetMs?) → as kvmRun (0, or -EINTR/-EAGAIN when kicked):
+// KVM_RUN, after a refresh unless this is the first run since the arm (code ran on the loop's
+// thread between two runs: the exit's handler). One call per exit instead of two. With a
+// local-reads handle (local-reads.cc), a read it answers enters KVM_RUN again at once: no code ran
+// on the loop's thread, so the watcher needs no refresh, and a kick still ends the call (the signal
+// stays pending outside KVM_RUN; immediate_exit is seen by the next entry). With budgetMs, once that
+// long has passed since the arm it returns 1 after a read it answered (the exit is done; the slice
+// may end), as JS ends a slice of its own exits: the event loop then gets its turn even when the
+// watcher's thread waits for a CPU.
 static Napi::Value LoopWatcherKvmRun(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   Watcher *w = Get(info);
   int fd = ArgInt(info, 1);
+  LocalReads *reads = OptLocalReads(info, 2);
+  int64_t budget = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
   if (!w->fresh) Refresh(w);
   w->fresh = false;
-  int r = ioctl(fd, KVM_RUN, 0);
-  if (r < 0) {
-    if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
-    ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+  for (uint32_t n = 1;; n++) {
+    int r = ioctl(fd, KVM_RUN, 0);
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
+      ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+    }
+    if (!reads || !AnswerLocalRead(reads)) return Napi::Number::New(env, r);
+    if (budget >= 0 && (n & 15) == 0 && MonotonicMs() - w->armedAtMs > budget) return Napi::Number::New(env, 1);
   }
-  return Napi::Number::New(env, r);
 }
 
 // loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.

@@ -79,6 +79,7 @@ void InitLoopWatcher(Napi::Env env, Napi::Object exports);
 void InitKvmState(Napi::Env env, Napi::Object exports);
 void InitFdWatch(Napi::Env env, Napi::Object exports);
 void InitSeccomp(Napi::Env env, Napi::Object exports);
+void InitLocalReads(Napi::Env env, Napi::Object exports);
 
 #define TSVMM_EXPORT(exports, name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
 

@@ -6,6 +6,7 @@ import { native } from '../native.js';
 import { Control, Slot, Wake, type VcpuStop } from './exit-channel.js';
 import { ExitDecoder, ExitKind } from './exits.js';
 import type { ApRings } from './ap-rings.js';
+import { nativeLocalReads, type RegisterFile } from './register-file.js';
 import type { IoDispatch } from './io-dispatch.js';
 import type { Vcpu } from './vcpu.js';
 
@@ -26,6 +27,7 @@ export class BootVcpuLoop {
     private readonly mainThread: bigint,
     private readonly rings: ApRings,
     private readonly dispatch: IoDispatch,
+    private readonly registers?: RegisterFile,
   ) {
     this.exit = new ExitDecoder(v.runView, v.runBytes);
   }
@@ -45,6 +47,12 @@ export class BootVcpuLoop {
     n.kvmSetSignalMask(v.fd, [this.kickSignal]);
     n.threadEatSignal(this.kickSignal); // a kick left over from an earlier VM of this process
     const watcher = n.loopWatcherCreate(v.run, n.kvmRunLayout.immediateExit, this.mainThread, this.kickSignal);
+    // Reads of published registers (register-file.ts) never leave the native run call: what this
+    // thread's models published is their state (they publish before answering the access that
+    // changed it), and vCPU 0 posts nothing.
+    const reads = this.registers
+      ? nativeLocalReads(this.registers.view, this.registers.countsFor(v.id), v.run, ch)
+      : undefined;
     Atomics.store(ch, Slot.Running, 1);
     return new Promise<VcpuStop>((resolve) => {
       const finish = (stop: VcpuStop): void => {
@@ -68,7 +76,7 @@ export class BootVcpuLoop {
         }
         let stop: VcpuStop | undefined;
         try {
-          stop = this.runSlice(watcher);
+          stop = this.runSlice(watcher, reads);
         } catch (e) {
           const err = e as Error & { code?: string };
           stop = { reason: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) };
@@ -81,7 +89,7 @@ export class BootVcpuLoop {
   }
 
   /** One slice (see the file's head); returns why the vCPU stopped, or undefined to go on later. */
-  private runSlice(watcher: unknown): VcpuStop | undefined {
+  private runSlice(watcher: unknown, reads: unknown): VcpuStop | undefined {
     const n = native();
     const L = n.kvmRunLayout;
     const v = this.v,
@@ -108,8 +116,10 @@ export class BootVcpuLoop {
     try {
       for (;;) {
         // KVM_RUN, the watcher first brought up to date with what the last exit's handler did
-        // (a timer it started, the cap on work it queued): one native call per exit.
-        const r = n.loopWatcherKvmRun(watcher, v.fd);
+        // (a timer it started, the cap on work it queued): one native call per exit JS answers.
+        const r = n.loopWatcherKvmRun(watcher, v.fd, reads, this.sliceBudgetMs);
+        // 1: the budget ran out on reads answered in native code (counted there).
+        if (r === 1) return undefined;
         ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
         if (r < 0) {
           // Kicked: by the watcher (the event loop has work), an AP's post, or a pause/stop.

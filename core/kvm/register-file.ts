@@ -15,13 +15,14 @@
 // THR with its THR interrupt off: the Linux console's LSR poll, THR write, LSR poll...); any other
 // write in flight and the read waits for its answer, as before.
 import { TsvmmError } from '../errors.js';
-import { ChanKind, Entry, entryIndex } from './exit-channel.js';
+import { native } from '../native.js';
+import { ChanKind, Entry, Slot, entryIndex } from './exit-channel.js';
 
 /** Registers the file holds at most (a window's byte offsets each take one). */
 export const MAX_REGISTERS = 255;
 const PORTS = 0x10000;
 
-/** Int32 fields of a register's slot. */
+/** Int32 fields of a register's slot (native/local-reads.cc reads this layout too). */
 const enum Field {
   /** The access size a local answer is for (1, 2, 4; 0 while a read must reach the device model), | NEUTRAL_WRITE. */
   Size = 0,
@@ -79,6 +80,21 @@ export function readPublished(
   const v = Atomics.load(w, i + Field.Value);
   if (Atomics.load(w, 0) !== seq || (sz & 0xff) !== size) return -1;
   return v >>> 0;
+}
+
+/**
+ * A native handle that answers this vCPU's reads of published registers inside its run call
+ * (native/local-reads.cc: readPublished's rules, but only with nothing posted unanswered — a read
+ * behind posted writes returns to JS, which checks them), counting them in `counts` and the
+ * channel's exit count. `runPage`: the vCPU's kvm_run mapping.
+ */
+export function nativeLocalReads(
+  f: RegisterFileView,
+  counts: Int32Array,
+  runPage: ArrayBuffer,
+  channel: Int32Array,
+): unknown {
+  return native().localReadsCreate(runPage, f.words, f.portSlot, counts, channel, Slot.Exits, Slot.Head, Slot.Tail);
 }
 
 export class RegisterFile {

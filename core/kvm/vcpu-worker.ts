@@ -1,7 +1,8 @@
 // Application-processor thread (vCPU >= 1, in a pool worker): runs KVM_RUN in a loop and hands
 // port I/O and MMIO to the device thread through its ring (exit-channel.ts): writes are posted,
 // reads and REP strings wait for their answer. A read of a register a device model published
-// (register-file.ts) is answered here, when nothing this vCPU posted is still unanswered.
+// (register-file.ts) is answered here: inside the native run call when nothing is posted, else in
+// JS when what this vCPU posted and is still unanswered changes nothing published.
 // Other exits end the loop with a reason.
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
 import {
@@ -16,7 +17,7 @@ import {
   type VcpuStop,
 } from './exit-channel.js';
 import { EAGAIN, EINTR, ExitDecoder, ExitKind, copyElement, storeElement } from './exits.js';
-import { readPublished, type RegisterFileView } from './register-file.js';
+import { nativeLocalReads, readPublished, type RegisterFileView } from './register-file.js';
 
 export interface VcpuTask {
   vcpuFd: number;
@@ -47,6 +48,8 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
   const exit = new ExitDecoder(page, bytes);
   const regs = task.registers,
     localCounts = task.localCounts;
+  // Reads of published registers with nothing posted unanswered never leave the native run call.
+  const reads = nativeLocalReads(regs, localCounts, run.buffer, ch);
   let head = Atomics.load(ch, Slot.Head);
   Atomics.store(ch, Slot.Running, 1);
 
@@ -111,7 +114,7 @@ export default function runVcpu(task: VcpuTask): VcpuStop {
         Atomics.store(ch, Slot.Parked, 0);
       }
       if (ctl === Control.Stop) return { reason: 'stopped' };
-      const r = n.kvmRun(task.vcpuFd);
+      const r = n.localReadsKvmRun(reads, task.vcpuFd);
       ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;
       if (r === -EINTR || r === -EAGAIN) {
         bytes[L.immediateExit] = 0;

@@ -206,7 +206,14 @@ export class KvmVm {
     this.running = true;
     // The kick signal stays blocked on this thread except inside KVM_RUN (see thread.cc); APs kick this thread.
     const mainThread = native().threadPrepareKick(this.kickSignal, true);
-    const boot = new BootVcpuLoop(this.vcpus[0]!, this.kickSignal, mainThread, this.rings, this.dispatch);
+    const boot = new BootVcpuLoop(
+      this.vcpus[0]!,
+      this.kickSignal,
+      mainThread,
+      this.rings,
+      this.dispatch,
+      this.registers,
+    );
     this.boot = boot;
     // Keeps the event loop alive while vCPU 0 runs in slices (it may be parked with nothing else pending).
     const keepAlive = setInterval(() => {}, 2 ** 30);
