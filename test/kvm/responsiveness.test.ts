@@ -130,7 +130,7 @@ test(
     assert.equal(counts.length, 2, r.output);
     const kicks = counts[1]!.runs - counts[0]!.runs - (counts[1]!.exits - counts[0]!.exits);
     // A cap that ran from every arm kicked every 50 ms (~100 times here); a stray fd or timer of
-    // the test process may still kick a few times.
-    assert.ok(kicks <= 5, `vCPU 0 left KVM_RUN ${kicks} times in the guest's 5 s without exits`);
+    // the test process may still kick a few times, more on a loaded machine (up to 15 seen).
+    assert.ok(kicks <= 30, `vCPU 0 left KVM_RUN ${kicks} times in the guest's 5 s without exits`);
   },
 );
