@@ -67,13 +67,12 @@ export function METRICS(dmaSizes: number[]): MetricDef[] {
       better: 'higher',
       digits: 0,
       whyWorse:
-        'no exit crosses threads (vCPU 0 runs KVM_RUN on the device thread and answers each exit inline). In this ' +
-        'host (nested KVM under TCG) every page the VMM touches after a KVM_RUN costs a TLB refill (QEMU flushes its ' +
-        'software TLB at each emulated VMRUN and #VMEXIT): the null VMM touching 64 and 256 pages per exit pays ' +
-        "0.3–0.6 µs of user time per page (bench/results/vcpu0.md), and tsvmm's JavaScript exit path touches a few " +
-        'hundred (V8 code and heap, the N-API path, the addon). A --cpu-prof cannot split it: KVM_RUN blocks the ' +
-        "profiler's signal. Fix: fewer pages per exit (the hot, simple registers answered in native code, JavaScript " +
-        'entered for the rest); on a real /dev/kvm the same loop runs at 0.96× QEMU (runloop-own-kvm.md).',
+        'vCPU 0 runs KVM_RUN on the device thread; a read of a published register (core/kvm/register-file.ts) is ' +
+        'answered in native code without entering JavaScript, every other exit in JavaScript. In this host (nested ' +
+        'KVM under TCG) every page the VMM touches after a KVM_RUN costs a TLB refill (QEMU flushes its software TLB ' +
+        'at each emulated VMRUN and #VMEXIT), 0.3–0.6 µs per page (bench/results/vcpu0.md): an exit that reaches ' +
+        'JavaScript (an unpublished port, MMIO, a write) touches a few hundred. The native answer measured 1.39–1.48× ' +
+        'QEMU with edu assigned (vcpu0.md runs D, E); a loss here means the row ran exits the native path does not take.',
     },
     {
       id: 'msi',
