@@ -13,6 +13,7 @@
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
 //   node dist/bench/main.js --no-linux    (without them)
+//   node dist/bench/main.js --migration-only [--rounds N --mem-mib N]   (only the migration rows, bench/migration.ts)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -24,6 +25,7 @@ import { root, ensureNullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
 import { renderMemory, type MemoryResults } from './memory.js';
 import { renderLinux, type LinuxResults } from './linux.js';
+import { renderMigration, type MigrationResults } from './migration.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -171,6 +173,15 @@ async function main(): Promise<number> {
     return 0;
   }
   if (args[0] === '--linux-only') return linuxBench(args.slice(1), outDir);
+  if (args[0] === '--migration-only') {
+    const r = await inTestHost<MigrationResults>(
+      'migration',
+      { devices: ['edu'], memoryMiB: 4096, command: ['node', 'dist/bench/migration.js', ...args.slice(1)] },
+      'bench-migration.json',
+    );
+    if (r.results) saveResults(outDir, 'migration', r.results, renderMigration(r.results));
+    return r.results && r.exitCode === 0 ? 0 : 1;
+  }
   buildNullVmm();
   if (args.includes('--memory-only'))
     return memoryBench(
