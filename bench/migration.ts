@@ -12,6 +12,8 @@
 // downtime-limit stays at both defaults (300 ms).
 //
 //   node dist/bench/migration.js [--rounds N] [--mem-mib N] [--out FILE]
+//   node dist/bench/migration.js --mtty   (tsvmm only, iommufd kernel: the multiboot test guest migrated live with
+//       an mtty instance, test=mtty-stream, and without a device, test=count; downtimes, device bytes)
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -66,6 +68,29 @@ export interface MigrationResults {
   dirtyMiB: number;
   rounds: number;
   samples: MigrationSample[];
+  /** tsvmm only, its own test-host boot (iommufd kernel): the multiboot test guest with and without mtty. */
+  mtty?: MttyResults;
+}
+
+export interface MttySample {
+  /** 'mtty': test=mtty-stream through an mtty instance; 'none': test=count, no device. */
+  device: 'mtty' | 'none';
+  downtimeMs?: number;
+  totalMs?: number;
+  ramBytes?: number;
+  /** query-migrate's vfio.transferred and x-precopy-bytes. */
+  vfioBytes?: number;
+  precopyBytes?: number;
+  /** The destination went on (an `mtty seq` line, or a count line). */
+  continued?: boolean;
+  error?: string;
+}
+
+export interface MttyResults {
+  date: string;
+  where: string;
+  memMiB: number;
+  samples: MttySample[];
 }
 
 // ---- pure ----------------------------------------------------------------------------------
@@ -167,11 +192,39 @@ export function renderMigration(r: MigrationResults): string {
         `restore ${f0(s.restoreMs)} ms (first pass ${s.restoreFirstPass ?? '—'})${s.errors.length ? `; PROBLEMS: ${s.errors.join('; ')}` : ''}`,
     );
   }
-  out.push(
-    '',
-    'Not measured here: migration with mtty assigned (downtime and the device’s share; QEMU 7.2 has only the removed v1 protocol).',
-  );
+  out.push('', ...renderMtty(r.mtty));
   return out.join('\n') + '\n';
+}
+
+/** The mtty rows: downtime with the device against the same guest without it; the difference is the device's share. */
+export function renderMtty(m: MttyResults | undefined): string[] {
+  if (!m?.samples.length)
+    return [
+      'Not measured here: migration with mtty assigned (downtime and the device’s share; QEMU 7.2 has only the removed v1 protocol).',
+    ];
+  const w = m.samples.find((s) => s.device === 'mtty'),
+    wo = m.samples.find((s) => s.device === 'none');
+  const share =
+    w?.downtimeMs !== undefined && wo?.downtimeMs !== undefined && w.downtimeMs > 0
+      ? `${f0(w.downtimeMs - wo.downtimeMs)} ms of ${f0(w.downtimeMs)} (${(((w.downtimeMs - wo.downtimeMs) / w.downtimeMs) * 100).toFixed(0)} %)`
+      : '—';
+  return [
+    `With mtty assigned (tsvmm only, QEMU 7.2 has only the removed v1 protocol; ${m.date.slice(0, 10)}, ${m.where}): ` +
+      `the multiboot test guest, ${m.memMiB} MiB, live over unix, \`test=mtty-stream\` through an mtty instance (iommufd ` +
+      'backend; the destination has its own instance) against `test=count` without a device.',
+    '',
+    '| guest | downtime (ms) | total (ms) | RAM sent (MiB) | device bytes (pre-copy) | destination went on |',
+    '| --- | ---: | ---: | ---: | ---: | --- |',
+    ...m.samples.map(
+      (s) =>
+        `| ${s.device === 'mtty' ? 'mtty assigned' : 'no device'} | ${f0(s.downtimeMs)} | ${f0(s.totalMs)} | ` +
+        `${s.ramBytes === undefined ? '—' : (s.ramBytes / 2 ** 20).toFixed(1)} | ${s.vfioBytes ?? '—'} (${s.precopyBytes ?? '—'}) | ` +
+        `${s.continued === undefined ? '—' : s.continued ? 'yes' : 'no'}${s.error ? ` — ${s.error}` : ''} |`,
+    ),
+    '',
+    `The device's share of the downtime (with mtty − without): ${share}. It holds mtty's own state and the RAM ` +
+      'sent again after the stop (with an assigned device every page it can reach by DMA counts dirty: docs/migration.md).',
+  ];
 }
 
 // ---- running it (inside the test host) -------------------------------------------------------
@@ -463,17 +516,113 @@ export async function runMigrationBench(o: {
   return r;
 }
 
+/** The mtty rows (inside a test host on the iommufd kernel). */
+export async function runMttyBench(log: (s: string) => void): Promise<MttyResults> {
+  const { createMdev, removeMdev } = await import('../core/vfio/mdev.js');
+  const { guestPaths } = await import('../guest/index.js');
+  const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-bench-mtty-'));
+  const memMiB = 32;
+  const r: MttyResults = {
+    date: new Date().toISOString(),
+    where: `inside the test host (iommufd kernel, ${cpus().length} vCPU, Linux ${release()})`,
+    memMiB,
+    samples: [],
+  };
+  for (const device of ['none', 'mtty'] as const) {
+    const s: MttySample = { device };
+    const made: string[] = [];
+    const procs: Proc[] = [];
+    try {
+      const dev = () => {
+        if (device === 'none') return [];
+        const m = createMdev('mtty-1');
+        made.push(m.uuid);
+        return ['--device', `vfio-pci,sysfsdev=${m.path},id=tty0,backend=iommufd`];
+      };
+      const a = (extra: string[]) => [
+        process.execPath,
+        tsvmmJs,
+        'run',
+        '--memory',
+        `${memMiB}M`,
+        '--kernel',
+        guestPaths().elf,
+        '--cmdline',
+        device === 'mtty' ? 'test=mtty-stream' : 'test=count',
+        '--serial',
+        'stdio',
+        '--sandbox',
+        'off',
+        ...extra,
+      ];
+      const sock = join(scratch, `${device}.sock`);
+      const dst = start(a([...dev(), '--incoming', `unix:${sock}`]));
+      procs.push(dst);
+      await until('the destination to listen', dst, () => existsSync(sock), 60_000);
+      const src = start(a([...dev(), '--qmp', join(scratch, `${device}.qmp`)]));
+      procs.push(src);
+      const lines = (p: Proc) =>
+        p
+          .out()
+          .split('\n')
+          .filter((l) => /^(mtty seq|count) \d+/.test(l)).length;
+      await until('the source to run', src, () => lines(src) >= 5);
+      const q = await Qmp.open(join(scratch, `${device}.qmp`), src);
+      try {
+        await q.call('migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH });
+        await q.call('migrate', { uri: `unix:${sock}` });
+        for (const end = Date.now() + WAIT_MS; ; ) {
+          const info = await q.call('query-migrate');
+          const st = migrateStats(info);
+          if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`migrate: ${st.status}`);
+          if (st.status === 'completed') {
+            const vfio = info.vfio as { transferred?: number; 'x-precopy-bytes'?: number } | undefined;
+            Object.assign(s, { downtimeMs: st.downtimeMs, totalMs: st.totalMs, ramBytes: st.ramBytes });
+            s.vfioBytes = vfio?.transferred;
+            s.precopyBytes = vfio?.['x-precopy-bytes'];
+            break;
+          }
+          if (Date.now() > end) throw new Error(`migrate: still ${st.status}`);
+          await new Promise((res) => setTimeout(res, 20));
+        }
+      } finally {
+        q.close();
+      }
+      await until('the destination to go on', dst, () => lines(dst) >= 3, 60_000).then(
+        () => (s.continued = !/FAIL/.test(dst.out())),
+        () => (s.continued = false),
+      );
+    } catch (e) {
+      s.error = (e as Error).message;
+    } finally {
+      for (const p of procs) await kill(p);
+      for (const u of made) removeMdev(u);
+    }
+    r.samples.push(s);
+    log(`migration mtty ${device}: ${JSON.stringify(s)}`);
+  }
+  rmSync(scratch, { recursive: true, force: true });
+  return r;
+}
+
 async function main(): Promise<void> {
   const a = process.argv.slice(2);
-  const o = { rounds: 1, memMiB: DEFAULT_MEM_MIB, out: '' };
+  const o = { rounds: 1, memMiB: DEFAULT_MEM_MIB, out: '', mtty: false };
   for (let i = 0; i < a.length; i++) {
-    if (a[i] === '--rounds') o.rounds = Number(a[++i]);
+    if (a[i] === '--mtty') o.mtty = true;
+    else if (a[i] === '--rounds') o.rounds = Number(a[++i]);
     else if (a[i] === '--mem-mib') o.memMiB = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
     else throw new Error(`bench/migration: unknown argument ${a[i]}`);
   }
   const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'bench-migration.json');
-  const save = (r: MigrationResults) => writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
+  const save = (r: unknown) => writeFileSync(out, JSON.stringify(r, null, 1) + '\n');
+  if (o.mtty) {
+    const m = await runMttyBench((s) => process.stderr.write(`${s}\n`));
+    save(m);
+    process.stdout.write(renderMtty(m).join('\n') + '\n');
+    return;
+  }
   const r = await runMigrationBench({ ...o, log: (s) => process.stderr.write(`${s}\n`), save });
   save(r);
   process.stdout.write(renderMigration(r));

@@ -5,6 +5,7 @@ import {
   migrateStats,
   parsePasses,
   renderMigration,
+  renderMtty,
   valueOf,
   type MigrationResults,
   type MigrationSample,
@@ -81,4 +82,26 @@ test('renderMigration: ratios tsvmm ÷ QEMU, restore ÷ cold boot, problems list
   assert.match(md, /Not measured here: migration with mtty/);
   const none = renderMigration({ ...results, samples: [] });
   assert.match(none, /\| Live migration over unix: downtime \(ms\) \| — \| — \| — \|/);
+});
+
+test('renderMtty: the device share is the downtime with mtty less the one without; a failed sample says why', () => {
+  const m = {
+    date: '2026-12-05T00:00:00Z',
+    where: 'inside the test host',
+    memMiB: 32,
+    samples: [
+      { device: 'none' as const, downtimeMs: 20, totalMs: 300, ramBytes: 2 ** 21, continued: true },
+      { device: 'mtty' as const, downtimeMs: 80, totalMs: 500, vfioBytes: 400, precopyBytes: 100, continued: true },
+    ],
+  };
+  const md = renderMtty(m).join('\n');
+  assert.match(md, /\| no device \| 20 \| 300 \| 2\.0 \| — \(—\) \| yes \|/);
+  assert.match(md, /\| mtty assigned \| 80 \| 500 \| — \| 400 \(100\) \| yes \|/);
+  assert.match(md, /with mtty − without\): 60 ms of 80 \(75 %\)/);
+  const failed = renderMtty({ ...m, samples: [{ device: 'mtty', continued: false, error: 'migrate: failed' }] }).join(
+    '\n',
+  );
+  assert.match(failed, /\| mtty assigned \| — \| — \| — \| — \(—\) \| no — migrate: failed \|/);
+  assert.match(failed, /: —\. It holds/);
+  assert.match(renderMtty(undefined).join('\n'), /Not measured here/);
 });
