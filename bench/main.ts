@@ -13,7 +13,8 @@
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
 //   node dist/bench/main.js --no-linux    (without them)
-//   node dist/bench/main.js --migration-only [--rounds N --mem-mib N]   (only the migration rows, bench/migration.ts)
+//   node dist/bench/main.js --migration-only [--rounds N --mem-mib N] [--mtty]   (only the migration rows,
+//       bench/migration.ts, own test host; --mtty: the mtty rows on the iommufd kernel, merged into migration.json)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';

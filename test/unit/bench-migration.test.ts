@@ -102,6 +102,6 @@ test('renderMtty: the device share is the downtime with mtty less the one withou
     '\n',
   );
   assert.match(failed, /\| mtty assigned \| — \| — \| — \| — \(—\) \| no — migrate: failed \|/);
-  assert.match(failed, /: —\. It holds/);
+  assert.match(failed, /: —\. Not split further/);
   assert.match(renderMtty(undefined).join('\n'), /Not measured here/);
 });
