@@ -13,6 +13,8 @@
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
 //   node dist/bench/main.js --no-linux    (without them)
+//   node dist/bench/main.js --migration-only [--rounds N --mem-mib N] [--mtty]   (only the migration rows,
+//       bench/migration.ts, own test host; --mtty: the mtty rows on the iommufd kernel, merged into migration.json)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -24,6 +26,7 @@ import { root, ensureNullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
 import { renderMemory, type MemoryResults } from './memory.js';
 import { renderLinux, type LinuxResults } from './linux.js';
+import { renderMigration, type MigrationResults, type MttyResults } from './migration.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -171,6 +174,32 @@ async function main(): Promise<number> {
     return 0;
   }
   if (args[0] === '--linux-only') return linuxBench(args.slice(1), outDir);
+  if (args[0] === '--migration-only') {
+    // --mtty: the mtty rows (iommufd kernel), merged into the migration.json already there.
+    const mtty = args.includes('--mtty');
+    const r = await runInTestHost({
+      kernel: mtty ? 'iommufd' : 'debian',
+      cwd: root,
+      timeoutMs: TIMEOUT_S * 1000,
+      stream: { stdout: process.stderr, stderr: process.stderr },
+      keepRunDir: true,
+      devices: ['edu'],
+      memoryMiB: 4096,
+      command: ['node', 'dist/bench/migration.js', ...args.slice(1)],
+    });
+    const json = join(r.runDir!, 'bench-migration.json');
+    const got = existsSync(json) ? (JSON.parse(readFileSync(json, 'utf8')) as unknown) : undefined;
+    rmSync(r.runDir!, { recursive: true, force: true });
+    if (!got) return 1;
+    const res = mtty
+      ? {
+          ...(JSON.parse(readFileSync(join(outDir, 'migration.json'), 'utf8')) as MigrationResults),
+          mtty: got as MttyResults,
+        }
+      : (got as MigrationResults);
+    saveResults(outDir, 'migration', res, renderMigration(res));
+    return r.exitCode === 0 ? 0 : 1;
+  }
   buildNullVmm();
   if (args.includes('--memory-only'))
     return memoryBench(
