@@ -13,6 +13,8 @@
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
 //   node dist/bench/main.js --no-linux    (without them)
+//   node dist/bench/main.js --viommu-only [--rounds N --seconds S]   (only the vIOMMU rows, bench/viommu.ts: nvme
+//       read rates in four vIOMMU modes and boot with the virtio-iommu; own test host; --render re-renders)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -24,6 +26,7 @@ import { root, ensureNullVmm } from './vmm.js';
 import { renderRunloop, type RunloopResults } from './runloop.js';
 import { renderMemory, type MemoryResults } from './memory.js';
 import { renderLinux, type LinuxResults } from './linux.js';
+import { renderViommu, type ViommuResults } from './viommu.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -171,6 +174,7 @@ async function main(): Promise<number> {
     return 0;
   }
   if (args[0] === '--linux-only') return linuxBench(args.slice(1), outDir);
+  if (args[0] === '--viommu-only') return viommuBench(args.slice(1), outDir);
   buildNullVmm();
   if (args.includes('--memory-only'))
     return memoryBench(
@@ -213,6 +217,24 @@ async function linuxBench(args: string[], outDir: string): Promise<number> {
   );
   if (!r.results) return 1;
   save(r.results);
+  return r.exitCode === 0 ? 0 : 1;
+}
+
+/** The vIOMMU rows (bench/viommu.ts) in their own test host, nvme bound to vfio-pci. */
+async function viommuBench(args: string[], outDir: string): Promise<number> {
+  const command = ['node dist/bench/main.js --viommu-only', ...args].join(' ');
+  const save = (results: ViommuResults) => saveResults(outDir, 'viommu', results, renderViommu(results));
+  if (args.includes('--render')) {
+    save(JSON.parse(readFileSync(join(outDir, 'viommu.json'), 'utf8')) as ViommuResults);
+    return 0;
+  }
+  const r = await inTestHost<ViommuResults>(
+    'vIOMMU',
+    { devices: ['nvme'], command: ['node', 'dist/bench/viommu.js', ...args] },
+    'bench-viommu.json',
+  );
+  if (!r.results) return 1;
+  save({ ...r.results, command });
   return r.exitCode === 0 ? 0 : 1;
 }
 
