@@ -13,7 +13,7 @@
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
 //   node dist/bench/main.js --no-linux    (without them)
-//   node dist/bench/main.js --viommu-only [--rounds N --seconds S]   (only the vIOMMU rows, bench/viommu.ts: nvme
+//   node dist/bench/main.js --viommu-only [--rounds N --seconds S --profile]   (only the vIOMMU rows, bench/viommu.ts: nvme
 //       read rates in four vIOMMU modes and boot with the virtio-iommu; own test host; --render re-renders)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -225,13 +225,23 @@ async function viommuBench(args: string[], outDir: string): Promise<number> {
   const command = ['node dist/bench/main.js --viommu-only', ...args].join(' ');
   const save = (results: ViommuResults) => saveResults(outDir, 'viommu', results, renderViommu(results));
   if (args.includes('--render')) {
-    save(JSON.parse(readFileSync(join(outDir, 'viommu.json'), 'utf8')) as ViommuResults);
+    // Re-renders viommu.md from viommu.json (after editing its notes), headed by the command that measured it.
+    const r = JSON.parse(readFileSync(join(outDir, 'viommu.json'), 'utf8')) as ViommuResults;
+    writeFileSync(join(outDir, 'viommu.md'), `Command: \`${r.command ?? '?'}\`\n\n${renderViommu(r)}`);
     return 0;
   }
   const r = await inTestHost<ViommuResults>(
     'vIOMMU',
     { devices: ['nvme'], command: ['node', 'dist/bench/viommu.js', ...args] },
     'bench-viommu.json',
+    (runDir) => {
+      const prof = join(runDir, 'viommu-profile');
+      if (!existsSync(prof)) return;
+      const to = join(root, 'dist/bench/viommu-profile');
+      rmSync(to, { recursive: true, force: true });
+      cpSync(prof, to, { recursive: true });
+      process.stderr.write(`bench: profile in ${to}\n`);
+    },
   );
   if (!r.results) return 1;
   save({ ...r.results, command });

@@ -9,9 +9,11 @@
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
-//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--out FILE]
+//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE]
+// --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
+// `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../machine/loader/initramfs.js';
@@ -61,6 +63,8 @@ export interface ViommuResults {
   seconds: number;
   rounds: number;
   command?: string;
+  /** Written by hand into the JSON after a run (what the figures mean, what was seen); `--render` keeps them. */
+  notes?: string[];
   samples: ViommuSample[];
 }
 
@@ -260,6 +264,7 @@ export function renderViommu(r: ViommuResults): string {
       '',
       ...guest,
       ...(errors.length ? ['', 'Errors:', '', ...errors] : []),
+      ...(r.notes?.length ? ['', 'Notes:', '', ...r.notes.map((n) => `- ${n}`)] : []),
     ].join('\n') + '\n'
   );
 }
@@ -319,9 +324,15 @@ async function once(
   mode: Mode,
   round: number,
   o: { kernel: string; initrd: string; bdf: string; scratch: string },
+  profileDir?: string,
 ): Promise<ViommuSample> {
   const qmp = join(o.scratch, `qmp-${vmm}-${mode}-${round}.sock`);
-  const argv = argvFor(vmm, mode, o, qmp);
+  const plain = argvFor(vmm, mode, o, qmp);
+  const argv =
+    profileDir && vmm === 'tsvmm'
+      ? // The sandbox would stop the profile's write at exit (a mkdir it does not allow).
+        [plain[0]!, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...plain.slice(1), '--sandbox', 'off']
+      : plain;
   const lines: SerialLine[] = [];
   let snapA: Snapshot | undefined, snapB: Snapshot | undefined;
   let qA: Promise<{ maps: number; unmaps: number } | undefined> | undefined,
@@ -398,6 +409,7 @@ export async function runViommuBench(o: {
   seconds: number;
   log: (s: string) => void;
   save?: (r: ViommuResults) => void;
+  profileDir?: string;
 }): Promise<ViommuResults> {
   const run = process.env.TSVMM_TESTHOST_RUN_DIR;
   if (process.env.TSVMM_TESTHOST !== '1' || !run)
@@ -447,6 +459,13 @@ export async function runViommuBench(o: {
       r.rounds = i + 1;
       o.save?.(r);
     }
+    if (o.profileDir) {
+      mkdirSync(o.profileDir, { recursive: true });
+      const s = await once('tsvmm', 'strict', -1, args, o.profileDir);
+      o.log(
+        `viommu profile tsvmm strict: seq ${s.seqMBps} MB/s, rand ${s.iops} IOPS, maps ${s.maps} unmaps ${s.unmaps}, cpu ${s.cpuUs} µs${s.error ? ` ERROR ${s.error}` : ''}`,
+      );
+    }
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -455,11 +474,13 @@ export async function runViommuBench(o: {
 
 async function main(): Promise<void> {
   const a = process.argv.slice(2);
-  const o = { rounds: 1, seconds: 3, out: '' };
+  const o = { rounds: 1, seconds: 3, out: '', profileDir: undefined as string | undefined };
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--rounds') o.rounds = Number(a[++i]);
     else if (a[i] === '--seconds') o.seconds = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
+    else if (a[i] === '--profile')
+      o.profileDir = join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'viommu-profile');
     else throw new Error(`bench/viommu: unknown argument ${a[i]}`);
   }
   viommuScript(o.seconds); // checks --seconds before booting anything

@@ -126,3 +126,17 @@ test('renderViommu: ratios per mode, bold where tsvmm is worse, request rate fro
     undefined,
   );
 });
+
+test('renderViommu lists hand-written notes and nothing when there are none', () => {
+  const r: ViommuResults = {
+    date: '2026-12-05T00:00:00Z',
+    where: 'w',
+    kernel: 'k',
+    qemu: 'q',
+    seconds: 3,
+    rounds: 0,
+    samples: [],
+  };
+  assert.doesNotMatch(renderViommu(r), /Notes:/);
+  assert.match(renderViommu({ ...r, notes: ['noisy machine'] }), /\nNotes:\n\n- noisy machine\n$/);
+});
