@@ -12,9 +12,11 @@
 //   node dist/bench/main.js --linux-only [--rounds N --chars N]   (only the Linux rows, bench/linux.ts: a
 //       Linux guest with nvme assigned, launch → userspace and serial cost per character; own test host)
 //   node dist/bench/main.js --linux-only --render   (linux.json → linux.md again)
-//   node dist/bench/main.js --no-linux    (without them)
+//   node dist/bench/main.js --no-linux    (without them; likewise --no-migration, --no-viommu)
 //   node dist/bench/main.js --migration-only [--rounds N --mem-mib N] [--mtty]   (only the migration rows,
 //       bench/migration.ts, own test host; --mtty: the mtty rows on the iommufd kernel, merged into migration.json)
+//   node dist/bench/main.js --viommu-only [--rounds N --seconds S --profile]   (only the vIOMMU rows, bench/viommu.ts: nvme
+//       read rates in four vIOMMU modes and boot with the virtio-iommu; own test host; --render re-renders)
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
@@ -27,6 +29,7 @@ import { renderRunloop, type RunloopResults } from './runloop.js';
 import { renderMemory, type MemoryResults } from './memory.js';
 import { renderLinux, type LinuxResults } from './linux.js';
 import { renderMigration, type MigrationResults, type MttyResults } from './migration.js';
+import { renderViommu, type ViommuResults } from './viommu.js';
 
 const TIMEOUT_S = 15 * 60 - 30;
 
@@ -174,32 +177,8 @@ async function main(): Promise<number> {
     return 0;
   }
   if (args[0] === '--linux-only') return linuxBench(args.slice(1), outDir);
-  if (args[0] === '--migration-only') {
-    // --mtty: the mtty rows (iommufd kernel), merged into the migration.json already there.
-    const mtty = args.includes('--mtty');
-    const r = await runInTestHost({
-      kernel: mtty ? 'iommufd' : 'debian',
-      cwd: root,
-      timeoutMs: TIMEOUT_S * 1000,
-      stream: { stdout: process.stderr, stderr: process.stderr },
-      keepRunDir: true,
-      devices: ['edu'],
-      memoryMiB: 4096,
-      command: ['node', 'dist/bench/migration.js', ...args.slice(1)],
-    });
-    const json = join(r.runDir!, 'bench-migration.json');
-    const got = existsSync(json) ? (JSON.parse(readFileSync(json, 'utf8')) as unknown) : undefined;
-    rmSync(r.runDir!, { recursive: true, force: true });
-    if (!got) return 1;
-    const res = mtty
-      ? {
-          ...(JSON.parse(readFileSync(join(outDir, 'migration.json'), 'utf8')) as MigrationResults),
-          mtty: got as MttyResults,
-        }
-      : (got as MigrationResults);
-    saveResults(outDir, 'migration', res, renderMigration(res));
-    return r.exitCode === 0 ? 0 : 1;
-  }
+  if (args[0] === '--migration-only') return migrationBench(args.slice(1), outDir);
+  if (args[0] === '--viommu-only') return viommuBench(args.slice(1), outDir);
   buildNullVmm();
   if (args.includes('--memory-only'))
     return memoryBench(
@@ -208,10 +187,17 @@ async function main(): Promise<number> {
     );
   const withMemory = !args.includes('--no-memory');
   const withLinux = !args.includes('--no-linux');
-  const mainArgs = args.filter((a) => a !== '--no-memory' && a !== '--no-linux');
+  const withMigration = !args.includes('--no-migration');
+  const withViommu = !args.includes('--no-viommu');
+  const mainArgs = args.filter((a) => !['--no-memory', '--no-linux', '--no-migration', '--no-viommu'].includes(a));
   let code = await mainBench(mainArgs, outDir);
   if (withMemory) code = Math.max(code, await memoryBench([], outDir));
   if (withLinux) code = Math.max(code, await linuxBench([], outDir));
+  if (withMigration) {
+    code = Math.max(code, await migrationBench([], outDir));
+    code = Math.max(code, await migrationBench(['--mtty'], outDir));
+  }
+  if (withViommu) code = Math.max(code, await viommuBench([], outDir));
   return code;
 }
 
@@ -242,6 +228,34 @@ async function linuxBench(args: string[], outDir: string): Promise<number> {
   );
   if (!r.results) return 1;
   save(r.results);
+  return r.exitCode === 0 ? 0 : 1;
+}
+
+/** The vIOMMU rows (bench/viommu.ts) in their own test host, nvme bound to vfio-pci. */
+async function viommuBench(args: string[], outDir: string): Promise<number> {
+  const command = ['node dist/bench/main.js --viommu-only', ...args].join(' ');
+  const save = (results: ViommuResults) => saveResults(outDir, 'viommu', results, renderViommu(results));
+  if (args.includes('--render')) {
+    // Re-renders viommu.md from viommu.json (after editing its notes), headed by the command that measured it.
+    const r = JSON.parse(readFileSync(join(outDir, 'viommu.json'), 'utf8')) as ViommuResults;
+    writeFileSync(join(outDir, 'viommu.md'), `Command: \`${r.command ?? '?'}\`\n\n${renderViommu(r)}`);
+    return 0;
+  }
+  const r = await inTestHost<ViommuResults>(
+    'vIOMMU',
+    { devices: ['nvme'], command: ['node', 'dist/bench/viommu.js', ...args] },
+    'bench-viommu.json',
+    (runDir) => {
+      const prof = join(runDir, 'viommu-profile');
+      if (!existsSync(prof)) return;
+      const to = join(root, 'dist/bench/viommu-profile');
+      rmSync(to, { recursive: true, force: true });
+      cpSync(prof, to, { recursive: true });
+      process.stderr.write(`bench: profile in ${to}\n`);
+    },
+  );
+  if (!r.results) return 1;
+  save({ ...r.results, command });
   return r.exitCode === 0 ? 0 : 1;
 }
 
@@ -308,4 +322,32 @@ if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
       process.exitCode = 1;
     },
   );
+}
+
+/** The migration rows (bench/migration.ts) in their own test host; --mtty: the mtty rows (iommufd kernel). */
+async function migrationBench(args: string[], outDir: string): Promise<number> {
+  // --mtty: the mtty rows (iommufd kernel), merged into the migration.json already there.
+  const mtty = args.includes('--mtty');
+  const r = await runInTestHost({
+    kernel: mtty ? 'iommufd' : 'debian',
+    cwd: root,
+    timeoutMs: TIMEOUT_S * 1000,
+    stream: { stdout: process.stderr, stderr: process.stderr },
+    keepRunDir: true,
+    devices: ['edu'],
+    memoryMiB: 4096,
+    command: ['node', 'dist/bench/migration.js', ...args],
+  });
+  const json = join(r.runDir!, 'bench-migration.json');
+  const got = existsSync(json) ? (JSON.parse(readFileSync(json, 'utf8')) as unknown) : undefined;
+  rmSync(r.runDir!, { recursive: true, force: true });
+  if (!got) return 1;
+  const res = mtty
+    ? {
+        ...(JSON.parse(readFileSync(join(outDir, 'migration.json'), 'utf8')) as MigrationResults),
+        mtty: got as MttyResults,
+      }
+    : (got as MigrationResults);
+  saveResults(outDir, 'migration', res, renderMigration(res));
+  return r.exitCode === 0 ? 0 : 1;
 }
