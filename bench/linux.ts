@@ -322,31 +322,13 @@ export async function runLinuxBench(o: {
   /** Called after each round (results so far survive a test host that runs out of time). */
   save?: (r: LinuxResults) => void;
 }): Promise<LinuxResults> {
-  const run = process.env.TSVMM_TESTHOST_RUN_DIR;
-  if (process.env.TSVMM_TESTHOST !== '1' || !run)
-    throw new Error('run inside the test host (bench/main.ts --linux-only)');
-  process.env.TSVMM_CACHE_DIR ??= dirname(dirname(run));
-  const k = cachedDebianKernel();
-  if (!k?.guestModules) throw new Error('no cached Debian kernel with guest-modules/ (tsvmm testhost build-kernel)');
   const devices = JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>;
   if (!devices.nvme) throw new Error('no nvme in the test host (--devices nvme)');
   await ensureDebugfs();
-  const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-bench-linux-'));
-  // Both read the same two files from the test host's tmpfs (not over 9p).
-  const kernel = join(scratch, 'vmlinuz'),
-    initrd = join(scratch, 'initrd.cpio');
-  copyFileSync(k.image, kernel);
+  const { k, scratch, kernel, initrd } = linuxBenchSetup('linux', '--linux-only');
   writeFileSync(initrd, buildBenchInitrd(o.chars, k.guestModules));
   const nvmeSha = createHash('sha256').update(nvmePattern().subarray(0, NVME_CHECK_BYTES)).digest('hex');
-  const qemu = /version [^\s]+/.exec(
-    await new Promise<string>((res) => {
-      let out = '';
-      const c = spawn(QEMU, ['--version']);
-      c.stdout.on('data', (b: Buffer) => (out += b.toString()));
-      c.on('close', () => res(out));
-      c.on('error', () => res(''));
-    }),
-  )?.[0];
+  const qemu = await qemuVersion();
   const r: LinuxResults = {
     date: new Date().toISOString(),
     where: `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, ${Math.round(totalmem() / 2 ** 20)} MiB, Linux ${release()})`,
@@ -425,5 +407,41 @@ if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
   main().catch((e) => {
     process.stderr.write(`bench linux: ${(e as Error).stack}\n`);
     process.exitCode = 1;
+  });
+}
+
+/**
+ * What every Linux-guest bench group needs inside the test host: the cached Debian kernel with its
+ * guest modules, a scratch directory on the host's tmpfs with the kernel copied in (both VMMs read
+ * the same files, not over 9p) and where the initrd goes. `entry`: the bench/main.ts flag that runs it.
+ */
+export function linuxBenchSetup(
+  name: string,
+  entry: string,
+): { k: { image: string; guestModules: string; version: string }; scratch: string; kernel: string; initrd: string } {
+  const run = process.env.TSVMM_TESTHOST_RUN_DIR;
+  if (process.env.TSVMM_TESTHOST !== '1' || !run) throw new Error(`run inside the test host (bench/main.ts ${entry})`);
+  process.env.TSVMM_CACHE_DIR ??= dirname(dirname(run));
+  const k = cachedDebianKernel();
+  if (!k?.guestModules) throw new Error('no cached Debian kernel with guest-modules/ (tsvmm testhost build-kernel)');
+  const scratch = mkdtempSync(join(tmpdir(), `tsvmm-bench-${name}-`));
+  const kernel = join(scratch, 'vmlinuz');
+  copyFileSync(k.image, kernel);
+  return {
+    k: { image: k.image, guestModules: k.guestModules, version: k.version },
+    scratch,
+    kernel,
+    initrd: join(scratch, 'initrd.cpio'),
+  };
+}
+
+/** The test host's QEMU version ("version 7.2.x"), or undefined when it does not start. */
+export function qemuVersion(): Promise<string | undefined> {
+  return new Promise((res) => {
+    let out = '';
+    const c = spawn(QEMU, ['--version']);
+    c.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    c.on('close', () => res(/version [^\s]+/.exec(out)?.[0]));
+    c.on('error', () => res(undefined));
   });
 }

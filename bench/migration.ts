@@ -15,12 +15,12 @@
 //   node dist/bench/migration.js --mtty   (tsvmm only, iommufd kernel: the multiboot test guest migrated live with
 //       an mtty instance, test=mtty-stream, and without a device, test=count; downtimes, device bytes)
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { buildInitramfs } from '../machine/loader/initramfs.js';
-import { cachedDebianKernel } from '../testhost/kernel.js';
+import { linuxBenchSetup, qemuVersion } from './linux.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { CMDLINE } from './linux-report.js';
 import { QEMU, tsvmmJs } from './vmm.js';
@@ -465,16 +465,7 @@ export async function runMigrationBench(o: {
   log: (s: string) => void;
   save?: (r: MigrationResults) => void;
 }): Promise<MigrationResults> {
-  const runDir = process.env.TSVMM_TESTHOST_RUN_DIR;
-  if (process.env.TSVMM_TESTHOST !== '1' || !runDir)
-    throw new Error('run inside the test host (bench/main.ts --migration-only)');
-  process.env.TSVMM_CACHE_DIR ??= dirname(dirname(runDir));
-  const k = cachedDebianKernel();
-  if (!k?.guestModules) throw new Error('no cached Debian kernel with guest-modules/ (tsvmm testhost build-kernel)');
-  const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-bench-mig-'));
-  const kernel = join(scratch, 'vmlinuz'),
-    initrd = join(scratch, 'initrd.cpio');
-  copyFileSync(k.image, kernel);
+  const { k, scratch, kernel, initrd } = linuxBenchSetup('mig', '--migration-only');
   writeFileSync(
     initrd,
     buildInitramfs({
@@ -483,13 +474,7 @@ export async function runMigrationBench(o: {
       programs: ['dirty-checksum'],
     }),
   );
-  const qemu = await new Promise<string>((res) => {
-    let out = '';
-    const c = spawn(QEMU, ['--version']);
-    c.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    c.on('close', () => res(/version [^\s]+/.exec(out)?.[0] ?? '?'));
-    c.on('error', () => res('?'));
-  });
+  const qemu = (await qemuVersion()) ?? '?';
   const r: MigrationResults = {
     date: new Date().toISOString(),
     where: `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, ${Math.round(totalmem() / 2 ** 20)} MiB, Linux ${release()})`,

@@ -13,14 +13,13 @@
 // --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
 // `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../machine/loader/initramfs.js';
-import { cachedDebianKernel } from '../testhost/kernel.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { qmpCall } from '../frontend/qmp/client.js';
-import { CMDLINE, MARKER_INIT, MEM_MIB, type SerialLine } from './linux.js';
+import { CMDLINE, MARKER_INIT, MEM_MIB, linuxBenchSetup, qemuVersion, type SerialLine } from './linux.js';
 import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
 
 export const MODES = ['none', 'identity', 'lazy', 'strict'] as const;
@@ -411,27 +410,12 @@ export async function runViommuBench(o: {
   save?: (r: ViommuResults) => void;
   profileDir?: string;
 }): Promise<ViommuResults> {
-  const run = process.env.TSVMM_TESTHOST_RUN_DIR;
-  if (process.env.TSVMM_TESTHOST !== '1' || !run)
-    throw new Error('run inside the test host (bench/main.ts --viommu-only)');
-  process.env.TSVMM_CACHE_DIR ??= dirname(dirname(run));
-  const k = cachedDebianKernel();
-  if (!k?.guestModules) throw new Error('no cached Debian kernel with guest-modules/ (tsvmm testhost build-kernel)');
   const devices = JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>;
   if (!devices.nvme) throw new Error('no nvme in the test host (--devices nvme)');
   await ensureDebugfs();
-  const scratch = mkdtempSync(join(tmpdir(), 'tsvmm-bench-viommu-'));
-  const kernel = join(scratch, 'vmlinuz'),
-    initrd = join(scratch, 'initrd.cpio');
-  copyFileSync(k.image, kernel);
+  const { k, scratch, kernel, initrd } = linuxBenchSetup('viommu', '--viommu-only');
   writeFileSync(initrd, buildInitrd(o.seconds, k.guestModules));
-  const qemu = await new Promise<string>((res) => {
-    let out = '';
-    const c = spawn(QEMU, ['--version']);
-    c.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    c.on('close', () => res(/version [^\s]+/.exec(out)?.[0] ?? '?'));
-    c.on('error', () => res('?'));
-  });
+  const qemu = (await qemuVersion()) ?? '?';
   const r: ViommuResults = {
     date: new Date().toISOString(),
     where: `inside the test host (nested KVM under QEMU TCG, ${cpus().length} vCPU, ${Math.round(totalmem() / 2 ** 20)} MiB, Linux ${release()})`,
