@@ -132,6 +132,9 @@ export class BootVcpuLoop {
           continue;
         }
         const kind = exit.decode();
+        // What the APs posted first goes first: a write an AP posted before it let vCPU 0 on (a
+        // console lock released, say) must reach the device before vCPU 0's own access does.
+        rings.serveIfRung();
         if (kind === ExitKind.Access)
           dispatch.serve(exit.isPio, exit.isWrite, exit.size, exit.addr, exit.count, page, exit.dataOffset);
         else if (kind === ExitKind.Stop) return exit.stop;
