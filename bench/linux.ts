@@ -110,8 +110,14 @@ echo "${MARK} serial end $a $b $((TX - tx0))"
 
 /** The initrd both VMMs load: tsvmm's standard initramfs with the script, plus the marker /init appended. */
 export function buildBenchInitrd(chars: number, modulesDir: string): Uint8Array {
-  const base = buildInitramfs({ script: benchScript(chars), modulesDir });
-  // A second newc archive after the first: the kernel unpacks both, later names replace earlier ones.
+  return withMarkerInit(buildInitramfs({ script: benchScript(chars), modulesDir }));
+}
+
+/**
+ * An initramfs with the marker /init appended as a second newc archive (the kernel unpacks both,
+ * later names replace earlier ones): it prints the marker line, then runs tsvmm's own /init.
+ */
+export function withMarkerInit(base: Uint8Array): Uint8Array {
   const enc = new TextEncoder();
   const tail = cpioNewc([
     { name: 'init', mode: 0o100755, data: enc.encode(MARKER_INIT) },

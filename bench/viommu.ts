@@ -16,10 +16,10 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { buildInitramfs, cpioNewc, INIT_SCRIPT } from '../machine/loader/initramfs.js';
+import { buildInitramfs } from '../machine/loader/initramfs.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { qmpCall } from '../frontend/qmp/client.js';
-import { CMDLINE, MARKER_INIT, MEM_MIB, linuxBenchSetup, qemuVersion, type SerialLine } from './linux.js';
+import { CMDLINE, MEM_MIB, linuxBenchSetup, qemuVersion, withMarkerInit, type SerialLine } from './linux.js';
 import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
 
 export const MODES = ['none', 'identity', 'lazy', 'strict'] as const;
@@ -83,17 +83,7 @@ echo "${MARK} done"
 }
 
 function buildInitrd(seconds: number, modulesDir: string): Uint8Array {
-  const base = buildInitramfs({ script: viommuScript(seconds), modulesDir, programs: ['nvme-read'] });
-  // bench/linux.ts's marker /init after it (a second newc archive: later names replace earlier ones).
-  const enc = new TextEncoder();
-  const tail = cpioNewc([
-    { name: 'init', mode: 0o100755, data: enc.encode(MARKER_INIT) },
-    { name: 'stdinit', mode: 0o100755, data: enc.encode(INIT_SCRIPT) },
-  ]);
-  const out = new Uint8Array(base.length + tail.length);
-  out.set(base);
-  out.set(tail, base.length);
-  return out;
+  return withMarkerInit(buildInitramfs({ script: viommuScript(seconds), modulesDir, programs: ['nvme-read'] }));
 }
 
 // ---- parsing (pure) -------------------------------------------------------------------------

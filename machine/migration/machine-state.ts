@@ -84,6 +84,20 @@ export interface SaveOptions {
   untrackedDma?: readonly string[];
 }
 
+/** Progress of a save or a load of `ramSize` bytes of RAM, before the first section. */
+function startProgress(ramSize: number): MigrationProgress {
+  return {
+    ramTotal: ramSize,
+    ramDone: 0,
+    normalPages: 0,
+    zeroPages: 0,
+    bytes: 0,
+    passes: 0,
+    remaining: ramSize,
+    liveBytes: 0,
+  };
+}
+
 /**
  * Writes the machine to `sink`: RAM (with a dirty log, while the guest runs, pass after pass),
  * then stop(), then what the guest wrote since, every part's state, and the KVM clock last. The
@@ -91,16 +105,7 @@ export interface SaveOptions {
  */
 export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOptions): Promise<MigrationProgress> {
   const w = new StreamWriter(sink);
-  const p: MigrationProgress = {
-    ramTotal: m.ram.size,
-    ramDone: 0,
-    normalPages: 0,
-    zeroPages: 0,
-    bytes: 0,
-    passes: 0,
-    remaining: m.ram.size,
-    liveBytes: 0,
-  };
+  const p = startProgress(m.ram.size);
   const report = () => {
     p.bytes = w.bytes;
     opts.progress?.(p);
@@ -214,16 +219,7 @@ export async function loadMachine(
     const part = byId.get(id.slice(0, -LIVE_SUFFIX.length));
     return part?.loadLive ? part : undefined;
   };
-  const p: MigrationProgress = {
-    ramTotal: m.ram.size,
-    ramDone: 0,
-    normalPages: 0,
-    zeroPages: 0,
-    bytes: 0,
-    passes: 0,
-    remaining: m.ram.size,
-    liveBytes: 0,
-  };
+  const p = startProgress(m.ram.size);
   // A block may come more than once (a live migration sends again what the guest rewrote): every one at least once.
   const seen = new Uint8Array(Math.ceil(m.ram.size / RAM_BLOCK));
   let seenCount = 0;
