@@ -108,7 +108,7 @@ export interface LinuxGuestOptions {
   modules?: string;
   /** A statically linked busybox (default /bin/busybox from busybox-static). */
   busybox?: string;
-  /** tsvmm's guest programs to put in /bin (dirty-checksum, vfio-edu, nvme-read: docs/linux.md). */
+  /** tsvmm's guest programs to put in /bin (dirty-checksum, vfio-edu, nvme-read, mtty-loop: docs/linux.md). */
   programs?: NonNullable<VmConfig['kernel']['initramfs']>['programs'];
   /** Host files to copy into the initramfs ({path, source}; executables statically linked). */
   files?: NonNullable<VmConfig['kernel']['initramfs']>['files'];

@@ -7,7 +7,7 @@ export const USAGE = `Usage: tsvmm initramfs <out.cpio> --script FILE [--modules
 Writes the tiny busybox initramfs a Linux config's kernel.initramfs builds (e.g. to boot the same
 guest under QEMU with -initrd): static busybox, the modules DIR/modules.order lists, and an /init
 that runs the script, then powers off. --program puts one of tsvmm's guest programs in /bin
-(dirty-checksum, vfio-edu, nvme-read; as kernel.initramfs.programs).`;
+(dirty-checksum, vfio-edu, nvme-read, mtty-loop; as kernel.initramfs.programs).`;
 
 export async function main(args: string[]): Promise<number> {
   const p = parseCommand(

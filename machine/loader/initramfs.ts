@@ -11,7 +11,7 @@ import { projectRoot } from '../../core/paths.js';
 import { LoaderError } from './multiboot.js';
 
 /** tsvmm's static Linux guest programs (guest/linux/NAME.c), which `programs` puts in /bin. */
-export const LINUX_PROGRAMS = ['dirty-checksum', 'vfio-edu', 'nvme-read'] as const;
+export const LINUX_PROGRAMS = ['dirty-checksum', 'vfio-edu', 'nvme-read', 'mtty-loop'] as const;
 export type LinuxProgram = (typeof LINUX_PROGRAMS)[number];
 
 /** Where `npm run build` puts the guest programs. */

@@ -57,7 +57,7 @@ test('initramfs programs: each built program lands in /bin with its bytes and ex
   }
   assert.throws(
     () => buildInitramfs({ script: 'true', busybox, programs: ['fio'] }),
-    /program 'fio' is not one of tsvmm's guest programs \(dirty-checksum, vfio-edu, nvme-read\)/,
+    /program 'fio' is not one of tsvmm's guest programs \(dirty-checksum, vfio-edu, nvme-read, mtty-loop\)/,
   );
 });
 
