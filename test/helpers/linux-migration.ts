@@ -1,0 +1,137 @@
+// Migrating Linux guests inside the test host: `tsvmm run` processes (source, destination) with their serial
+// output collected, their QMP, the migration driven to its end, the configs (the test host's Debian kernel, a
+// busybox initramfs with tsvmm's guest programs) written to the run dir. Every child a test started is killed
+// after it (killChildren in an afterEach), whatever failed.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { linuxGuest, type LinuxGuestOptions } from '../../lib/testing.js';
+import type { VmConfig } from '../../generated/config-types.js';
+import { cli } from './linux.js';
+import { QmpTestClient } from './qmp.js';
+
+/** Generous: the test host is QEMU TCG and the copy is not fast; nothing here measures time. */
+export const WAIT_MS = 900_000;
+
+export interface Child {
+  child: ChildProcess;
+  out: () => string;
+  err: () => string;
+  /** Still running (no exit, no signal). */
+  alive: () => boolean;
+}
+
+const children = new Set<ChildProcess>();
+
+/**
+ * Kills every child still running and waits for them to go (an afterEach: a live child keeps the test runner
+ * alive; and an mdev can be removed only once no VMM holds it).
+ */
+export async function killChildren(): Promise<void> {
+  const live = [...children].filter((c) => c.exitCode === null && c.signalCode === null);
+  const gone = live.map((c) => once(c, 'exit'));
+  for (const c of live) c.kill('SIGKILL');
+  children.clear();
+  await Promise.all(gone);
+}
+
+/** `tsvmm run ARGS…` with the guest's serial (stdout) and tsvmm's messages (stderr) collected. */
+export function runTsvmm(args: string[]): Child {
+  const child = spawn(process.execPath, [cli, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let out = '',
+    err = '';
+  child.stdout!.setEncoding('latin1').on('data', (c: string) => (out += c));
+  child.stderr!.setEncoding('utf8').on('data', (c: string) => (err += c));
+  return {
+    child,
+    out: () => out,
+    err: () => err,
+    alive: () => child.exitCode === null && child.signalCode === null,
+  };
+}
+
+/** What a failure message shows of a child. */
+export const show = (name: string, c: Child) =>
+  `--- ${name} (${c.alive() ? 'running' : `exit ${c.child.exitCode ?? c.child.signalCode}`}) serial ---\n${c.out().slice(-4000)}\n--- ${name} stderr ---\n${c.err().slice(-4000)}`;
+
+/** Waits for `f`; fails at once when a watched child exits first, or after `ms`. */
+export async function until(
+  what: string,
+  f: () => boolean,
+  watch: [string, Child][] = [],
+  ms = WAIT_MS,
+): Promise<void> {
+  for (const end = Date.now() + ms; !f(); ) {
+    const dead = watch.find(([, c]) => !c.alive());
+    if (dead) assert.fail(`${what}: ${dead[0]} exited first\n${watch.map(([n, c]) => show(n, c)).join('\n')}`);
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}\n${watch.map(([n, c]) => show(n, c)).join('\n')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A QMP session past its greeting and qmp_capabilities. */
+export async function qmp(sock: string): Promise<QmpTestClient> {
+  const q = await QmpTestClient.connect(sock);
+  await q.next();
+  await q.call('qmp_capabilities');
+  return q;
+}
+
+/** The MIGRATION event's final status (completed, failed or cancelled); the events before it are dropped. */
+export async function migrationEnd(q: QmpTestClient, ms = WAIT_MS): Promise<string> {
+  for (const end = Date.now() + ms; ; ) {
+    const m = q.events.shift() ?? (await q.next(Math.max(1, end - Date.now())));
+    if (m.event !== 'MIGRATION') continue;
+    const s = (m.data as { status: string }).status;
+    if (['completed', 'failed', 'cancelled'].includes(s)) return s;
+  }
+}
+
+export async function queryStatus(q: QmpTestClient): Promise<string> {
+  return ((await q.call('query-status')).return as { status: string }).status;
+}
+
+/** A Linux guest config (the test host's Debian kernel) written into the run dir; returns its path. */
+export function linuxConfig(name: string, opts: Omit<LinuxGuestOptions, 'kernel'>): string {
+  const cfg: VmConfig = linuxGuest({ kernel: 'testhost', ...opts });
+  const path = join(process.env.TSVMM_TESTHOST_RUN_DIR!, `${name}-${process.pid}-${Date.now()}.json`);
+  writeFileSync(path, JSON.stringify(cfg, null, 2));
+  return path;
+}
+
+/** A TCP port on the loopback nobody listens on (this moment). */
+export async function freeTcpPort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}
+
+/** Ends a child: QMP quit when given, else SIGTERM; waits for its exit. */
+export async function stop(c: Child, q?: QmpTestClient): Promise<void> {
+  if (!c.alive()) return;
+  const exited = once(c.child, 'exit');
+  if (q) await q.call('quit').catch(() => c.child.kill('SIGTERM'));
+  else c.child.kill('SIGTERM');
+  await exited;
+}
+
+/**
+ * The shell lines that find the tty Linux's 8250_pci made of the mtty mdev (PCI 4348:3253) and say which it is
+ * ("mtty tty=ttyS1 pci=0000:00:01.0"); $tty holds it after them ("mtty tty= pci=" when nothing bound it).
+ */
+export const FIND_MTTY_TTY = [
+  'tty=; pci=',
+  'for d in /sys/bus/pci/devices/*; do',
+  '  [ "$(cat $d/vendor):$(cat $d/device)" = 0x4348:0x3253 ] || continue',
+  '  pci=${d##*/}; t=$(find $d/ -name "ttyS*" | head -1); tty=${t##*/}',
+  'done',
+  'echo "mtty tty=$tty pci=$pci driver=$(basename $(readlink /sys/bus/pci/devices/$pci/driver) 2>/dev/null)"',
+].join('\n');
