@@ -203,6 +203,27 @@ test('dirty-checksum: the chained sums it prints are the ones the test helpers r
   ]);
 });
 
+test('mtty-loop: bad arguments exit 2; a path that is not a tty, or is missing, exits 1 saying so', () => {
+  const run = (args: string[]) => spawnSync(linuxProgramPath('mtty-loop'), args, { encoding: 'utf8' });
+  for (const args of [
+    [],
+    ['-w', '0', '/dev/null'],
+    ['-w', '5000', '/dev/null'],
+    ['-r', 'x', '/dev/null'],
+    ['a', 'b'],
+  ]) {
+    const b = run(args);
+    assert.equal(b.status, 2, `${args.join(' ')}: ${b.stdout}${b.stderr}`);
+    assert.match(b.stderr, /usage: mtty-loop/);
+  }
+  const notTty = run(['/dev/null']);
+  assert.equal(notTty.status, 1, notTty.stdout + notTty.stderr);
+  assert.match(notTty.stdout, /^mtty-loop error tcgetattr \/dev\/null: .*\(not a tty\?\)$/m);
+  const missing = run(['/nonexistent/ttyS9']);
+  assert.equal(missing.status, 1);
+  assert.match(missing.stdout, /^mtty-loop error open \/nonexistent\/ttyS9: No such file or directory$/m);
+});
+
 test('nvme-read on a file: block hashes equal sha256 of those bytes; seq and rand report counts; a block past the end and bad arguments fail', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-nvr-'));
   const img = join(dir, 'img');
