@@ -113,6 +113,10 @@ async function live(backend: VfioBackendKind): Promise<void> {
     // mtty offers PRE_COPY: its initial data went while the guest still ran, its final state after the stop.
     assert.ok(info.vfio['x-precopy-bytes'] > 0, `PRE_COPY data went while the guest ran: ${JSON.stringify(info)}`);
     assert.ok(info.vfio.transferred > info.vfio['x-precopy-bytes'], 'and the state after the stop');
+    console.log(
+      `# ${backend}: mtty ${info.vfio.transferred} bytes (${info.vfio['x-precopy-bytes']} in PRE_COPY), ` +
+        `${info.ram['dirty-sync-count']} RAM passes, downtime ${info.downtime} ms, total ${info['total-time']} ms`,
+    );
     await assertContinues(src, dst, both);
     const d = await qmp(dstQmp);
     assert.equal(await queryStatus(d), 'running');
