@@ -15,7 +15,8 @@
 //     attach(endpoint, to: ViommuTarget): HostResult     // 'noent' unknown endpoint/domain; 'unsupp' group split
 //     detach(endpoint): HostResult                       // = attach(endpoint, 'blocked')
 //     map(domain, iova, gpa, size, { read, write }): HostResult   // 'inval' non-RAM/overlap/unaligned,
-//                                                        // 'nomem' DMA-entry limit, 'devErr' kernel errno
+//                                                        // 'nomem' DMA-entry limit, 'devErr' kernel errno,
+//                                                        // 'unsupp' group split
 //     unmap(domain, iova, size): HostResult              // 'range' if it would split a mapping
 //     hasEndpoint(endpoint): boolean
 //     reservedRegions(endpoint): ReservedRegion[]        // the host's, for PROBE's RESV_MEM (sysfs, inclusive ends)
@@ -53,11 +54,15 @@
 //
 // ## The group rule
 //
-// The functions of one host IOMMU group share one address space in hardware: they may be in at
-// most one guest domain. An attach that would put them in two is refused ('unsupp', one log line
-// naming the group and its members) before any kernel call (iommufd would say -EINVAL). A
-// function left in bypass or blocked next to a group-mate in a domain is translated by that
-// domain (viommu-plan.ts hostTarget): a guest moving a group passes through that state.
+// The functions of one host IOMMU group share one address space in hardware. Linux moves a group
+// to a new domain one function at a time (the iommu core attaches each device of the group in
+// turn: its default domain, VFIO's blocking domain, VFIO's own), so the functions may be in
+// several places for a while. That is allowed while at most one of those places reaches memory
+// (a domain holding mappings, or bypass: all of RAM); the host group follows that one, and an
+// empty domain, blocked or bypass next to it is translated by it (viommu-plan.ts hostTarget). An
+// attach or a map that would make two of them reach memory is refused ('unsupp', one log line
+// naming the group and its members) before any kernel call (iommufd would say -EINVAL). When the
+// group is whole in one domain again the host is in that domain.
 import type { AddressSpace } from '../memory/index.js';
 import {
   DmaDomains,
@@ -74,7 +79,16 @@ import { IommufdIoas, type GroupJoin } from './iommufd.js';
 import { dmaEntryLimit } from './limits.js';
 import { reservedRegions, VfioSetupError, type ReservedRegion } from './sysfs.js';
 import type { AssignedDevice } from './vfio.js';
-import { describeTarget, groupRuleViolation, hostTarget, legacyMovePlan, type ViommuTarget } from './viommu-plan.js';
+import {
+  attachDecision,
+  describeTarget,
+  firstMapDecision,
+  hostTarget,
+  legacyMovePlan,
+  type GroupState,
+  type HoldsMappings,
+  type ViommuTarget,
+} from './viommu-plan.js';
 
 export type { ViommuTarget } from './viommu-plan.js';
 export type { HostResult, Refusal, RefusalStatus, DmaPerm } from '../memory/dma-domain.js';
@@ -223,6 +237,26 @@ export class VfioViommu {
     return r;
   }
 
+  /** Whether a guest domain holds mappings (orphaned ones too: the guest still has them). */
+  private readonly holds: HoldsMappings = (d) => (this.domains.get(d)?.mappings.size ?? 0) > 0;
+
+  private reaches(t: ViommuTarget): boolean {
+    return t === 'bypass' || (typeof t === 'number' && this.holds(t));
+  }
+
+  /** Where host group `g` goes for its members' targets (or these `targets`). */
+  private hostFor(g: HostGroup, targets = g.members.map((m) => m.target), holds = this.holds): ViommuTarget {
+    return hostTarget(targets, holds, g.current);
+  }
+
+  private static state(g: HostGroup): GroupState {
+    return {
+      group: g.id,
+      members: g.members.map((m) => ({ endpoint: m.id, name: m.name, target: m.target })),
+      current: g.current,
+    };
+  }
+
   hasEndpoint(endpoint: number): boolean {
     return this.endpoints.has(endpoint);
   }
@@ -251,7 +285,7 @@ export class VfioViommu {
         moved.add(e.group);
       }
     for (const g of moved) {
-      const r = this.moveGroup(g, hostTarget(g.members.map((m) => m.target)));
+      const r = this.moveGroup(g, this.hostFor(g));
       if (!r.ok) this.log(`destroying domain ${id}: ${r.reason}`);
     }
     const port = this.ioasOf.get(id);
@@ -268,6 +302,12 @@ export class VfioViommu {
   map(domain: number, iova: number, gpa: number, size: number, perm: DmaPerm): HostResult {
     const d = this.domains.get(domain);
     if (!d) return this.refused(refuse('noent', `domain ${domain} does not exist`));
+    // A domain's first mapping makes it reach memory: the group rule, and the groups with a
+    // function in it follow it there (they were in an empty place, so the move costs nothing).
+    if (d.mappings.size === 0) {
+      const r = this.firstMapping(domain);
+      if (!r.ok) return this.refused(r);
+    }
     const r = d.map(iova, gpa, size, { read: !!perm.read, write: !!perm.write });
     if (!r.ok) {
       if (r.status === 'nomem') this.log(r.reason);
@@ -286,6 +326,26 @@ export class VfioViommu {
     return { ok: true };
   }
 
+  private firstMapping(domain: number): HostResult {
+    const moves: [HostGroup, ViommuTarget][] = [];
+    for (const g of this.groups.values()) {
+      const plan = firstMapDecision(VfioViommu.state(g), domain, this.holds);
+      if (!plan) continue;
+      if ('refuse' in plan) {
+        this.log(plan.refuse);
+        return refuse('unsupp', plan.refuse);
+      }
+      moves.push([g, plan.host]);
+    }
+    // Each group left an empty place for it: nothing to unmap, nothing reachable changes.
+    for (const [g, to] of moves) {
+      const r = this.moveGroup(g, to);
+      if (!r.ok)
+        return { ...r, reason: `moving host group ${g.id} to domain ${domain} for its first mapping: ${r.reason}` };
+    }
+    return { ok: true };
+  }
+
   detach(endpoint: number): HostResult {
     return this.attach(endpoint, 'blocked');
   }
@@ -298,17 +358,12 @@ export class VfioViommu {
     } else if (to !== 'bypass' && to !== 'blocked')
       return this.refused(refuse('inval', `attach target ${String(to)} is not a domain id, 'bypass' or 'blocked'`));
     const g = e.group;
-    const why = groupRuleViolation(
-      g.id,
-      g.members.map((m) => ({ endpoint: m.id, name: m.name, target: m.target })),
-      endpoint,
-      to,
-    );
-    if (why) {
-      this.log(why);
-      return this.refused(refuse('unsupp', why));
+    const plan = attachDecision(VfioViommu.state(g), endpoint, to, this.holds);
+    if ('refuse' in plan) {
+      this.log(plan.refuse);
+      return this.refused(refuse('unsupp', plan.refuse));
     }
-    const r = this.moveGroup(g, hostTarget(g.members.map((m) => (m === e ? to : m.target))));
+    const r = this.moveGroup(g, plan.host);
     if (!r.ok) return this.refused({ ...r, reason: `attaching ${e.name} to ${describeTarget(to)}: ${r.reason}` });
     e.target = to;
     this.stats.attaches++;
@@ -341,7 +396,7 @@ export class VfioViommu {
     }
     const e: Endpoint = { id: endpoint, name: a.host.name, target: initial, group: g, device: a };
     g.members.push(e);
-    const r = this.moveGroup(g, hostTarget(g.members.map((m) => m.target)));
+    const r = this.moveGroup(g, this.hostFor(g));
     if (!r.ok) {
       g.members.pop();
       throw new VfioSetupError(`${a.host.name} cannot be put behind the vIOMMU: ${r.reason}`);
@@ -359,7 +414,7 @@ export class VfioViommu {
     // the members' devices); otherwise the others decide where the group stays.
     const last = g.members.length === 1;
     if (!last) g.members.splice(g.members.indexOf(e), 1);
-    const r = this.moveGroup(g, last ? 'bypass' : hostTarget(g.members.map((m) => m.target)));
+    const r = this.moveGroup(g, last ? 'bypass' : this.hostFor(g));
     if (!r.ok) this.log(`removing ${e.name}: ${r.reason}`);
     this.endpoints.delete(endpoint);
     if (last) {
@@ -462,7 +517,8 @@ export class VfioViommu {
       }
       return r;
     }
-    if (plan.window) this.stats.unmappedWindows++;
+    // An empty domain left or entered is no window: nothing was reachable on that side.
+    if (plan.window && this.reaches(from) && this.reaches(to)) this.stats.unmappedWindows++;
     return { ok: true };
   }
 

@@ -1,13 +1,22 @@
 // The vIOMMU's pure logic: the IOVA interval bookkeeping, guest DMA domains resolved against a
 // real memory API address space (RAM, MMIO, holes, RAM removed and re-added), all-or-nothing
-// maps across listeners, the DMA-entry limit, the group rule and the legacy move plan. The
+// maps across listeners, the DMA-entry limit, the group rule (a group moved one function at a
+// time, never split across two domains with mappings) and the legacy move plan. The
 // listeners here record the host pieces they are given (the kernel side is in test/host).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import { IovaMap } from '../../core/memory/iova-map.js';
 import { DmaDomains, type DmaDomain, type DomainListener, type HostPiece } from '../../core/memory/dma-domain.js';
-import { groupRuleViolation, hostTarget, legacyMovePlan } from '../../core/vfio/viommu-plan.js';
+import {
+  attachDecision,
+  firstMapDecision,
+  holders,
+  hostTarget,
+  legacyMovePlan,
+  type GroupState,
+  type ViommuTarget,
+} from '../../core/vfio/viommu-plan.js';
 import { dmaEntryLimit } from '../../core/vfio/limits.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -239,21 +248,195 @@ test('destroying a domain unmaps everything from its listeners; close stops foll
   assert.ok(memory.flatView().length > 0);
 });
 
-test('host target and the group rule', () => {
-  assert.equal(hostTarget(['bypass', 'blocked']), 'bypass');
-  assert.equal(hostTarget(['blocked', 'blocked']), 'blocked');
-  assert.equal(hostTarget(['bypass', 5, 'blocked']), 5);
-  const members = [
-    { endpoint: 8, name: '0000:01:01.0', target: 1 as const },
-    { endpoint: 16, name: '0000:01:02.0', target: 'bypass' as const },
-  ];
-  assert.equal(groupRuleViolation(12, members, 16, 1), undefined, 'joining the group-mate is fine');
-  assert.equal(groupRuleViolation(12, members, 16, 'blocked'), undefined, 'leaving for no domain is fine');
-  assert.equal(groupRuleViolation(12, members, 8, 2), undefined, 'the only one in a domain may move the group');
-  const why = groupRuleViolation(12, members, 16, 2)!;
-  assert.match(why, /host IOMMU group 12 cannot be split/);
-  assert.match(why, /0000:01:02\.0 cannot join domain 2 while 0000:01:01\.0 is in domain 1/);
-  assert.match(why, /members: 0000:01:01\.0 \(endpoint 8, domain 1\), 0000:01:02\.0 \(endpoint 16, bypass\)/);
+test('host target: the one place that reaches memory, else an empty domain (the current one first), else blocked', () => {
+  const none = () => false;
+  const some =
+    (...ds: number[]) =>
+    (d: number) =>
+      ds.includes(d);
+  assert.equal(hostTarget(['bypass', 'blocked'], none), 'bypass');
+  assert.equal(hostTarget(['blocked', 'blocked'], none), 'blocked');
+  assert.equal(hostTarget(['bypass', 5, 'blocked'], some(5)), 5, 'a domain with mappings translates its group-mates');
+  assert.equal(hostTarget(['blocked', 5], some(5)), 5);
+  // bypass is all of RAM: next to an empty domain it is what the group reaches (the guest gave it).
+  assert.equal(hostTarget(['bypass', 5], none), 'bypass');
+  assert.equal(hostTarget([5, 'blocked'], none), 5, 'an empty domain is no reach: the group waits there');
+  assert.equal(hostTarget([5, 6], none, 6), 6, 'between empty domains the group stays where it is');
+  assert.equal(hostTarget([5, 6], none, 'blocked'), 5);
+  assert.equal(hostTarget([5, 6], some(6), 5), 6, 'the one holding mappings wins');
+  assert.equal(hostTarget(['bypass', 5], some(5)), 5, 'two reaching (a hot-added function): the smaller reach');
+  assert.deepEqual(holders(['bypass', 5, 6, 5, 'blocked', 'bypass'], some(5)), ['bypass', 5]);
+});
+
+const bridge = (e: ViommuTarget, t: ViommuTarget, current: ViommuTarget = 'bypass'): GroupState => ({
+  group: 12,
+  members: [
+    { endpoint: 8, name: '0000:01:01.0', target: e },
+    { endpoint: 9, name: '0000:01:02.0', target: t },
+  ],
+  current,
+});
+
+test('group rule: an attach is refused only when two of the group’s places would reach memory', () => {
+  const mapped = new Set<number>([1, 2]);
+  const holds = (d: number) => mapped.has(d);
+  assert.deepEqual(attachDecision(bridge(1, 'bypass', 1), 9, 1, holds), { host: 1 }, 'joining the group-mate');
+  assert.deepEqual(attachDecision(bridge(1, 1, 1), 9, 'blocked', holds), { host: 1 }, 'leaving for blocked');
+  assert.deepEqual(attachDecision(bridge(1, 1, 1), 8, 3, holds), { host: 1 }, 'to an empty domain: a move begins');
+  assert.deepEqual(attachDecision(bridge(3, 1, 1), 9, 3, holds), { host: 3 }, 'the move ends: the group is whole');
+  assert.deepEqual(attachDecision(bridge(1, 'blocked', 1), 8, 2, holds), { host: 2 }, 'the only one reaching moves');
+  const split = attachDecision(bridge(1, 1, 1), 9, 2, holds);
+  assert.ok('refuse' in split);
+  assert.match(
+    split.refuse,
+    /^host IOMMU group 12 cannot be split: 0000:01:02\.0 cannot join domain 2, which holds mappings, while 0000:01:01\.0 is in domain 1, which holds mappings;/,
+  );
+  assert.match(
+    split.refuse,
+    /members: 0000:01:01\.0 \(endpoint 8, domain 1\), 0000:01:02\.0 \(endpoint 9, domain 1\)\)$/,
+  );
+  const toBypass = attachDecision(bridge(1, 1, 1), 8, 'bypass', holds);
+  assert.ok(
+    'refuse' in toBypass &&
+      /cannot join bypass \(all of guest RAM\) while 0000:01:02\.0 is in domain 1/.test(toBypass.refuse),
+  );
+  const intoMapped = attachDecision(bridge('bypass', 'bypass'), 9, 1, holds);
+  assert.ok('refuse' in intoMapped && /while 0000:01:01\.0 is in bypass \(all of guest RAM\)/.test(intoMapped.refuse));
+  assert.deepEqual(
+    attachDecision(bridge('bypass', 'bypass'), 9, 3, holds),
+    { host: 'bypass' },
+    'an empty domain next to bypass',
+  );
+});
+
+test('group rule: a first mapping is refused when a group-mate is elsewhere with mappings; the group follows it otherwise', () => {
+  const holds = (d: number) => d === 1;
+  assert.equal(firstMapDecision(bridge(1, 1, 1), 4, holds), undefined, 'no member in the domain: no say');
+  assert.deepEqual(firstMapDecision(bridge(3, 'blocked', 'blocked'), 3, holds), { host: 3 });
+  assert.deepEqual(
+    firstMapDecision(bridge(3, 4, 4), 3, holds),
+    { host: 3 },
+    'the other is empty: the group follows the map',
+  );
+  const both = firstMapDecision(bridge(3, 1, 1), 3, holds)!;
+  assert.ok('refuse' in both);
+  assert.match(
+    both.refuse,
+    /^host IOMMU group 12 cannot be split: a mapping in domain 3 \(where 0000:01:01\.0 is\) is refused while 0000:01:02\.0 is in domain 1, which holds mappings;/,
+  );
+  assert.match(both.refuse, /0000:01:01\.0 \(endpoint 8, domain 3\), 0000:01:02\.0 \(endpoint 9, domain 1\)/);
+  const byp = firstMapDecision(bridge(3, 'bypass'), 3, () => false)!;
+  assert.ok('refuse' in byp && /0000:01:02\.0 is in bypass/.test(byp.refuse));
+});
+
+/**
+ * A guest driving one host group through the rules, as VfioViommu applies them: targets,
+ * domains' mappings, the host's place, and every host move (with the legacy plan of each).
+ */
+class GuestGroup {
+  readonly mapped = new Map<number, number>();
+  state = bridge('bypass', 'bypass');
+  readonly moves: { from: ViommuTarget; to: ViommuTarget; window: boolean }[] = [];
+  readonly holds = (d: number) => (this.mapped.get(d) ?? 0) > 0;
+  private move(to: ViommuTarget): void {
+    const from = this.state.current;
+    if (from === to) return;
+    const reaches = (t: ViommuTarget) => t === 'bypass' || (typeof t === 'number' && this.holds(t));
+    // An unmapped window (legacy) only hurts where both sides reach memory.
+    this.moves.push({ from, to, window: legacyMovePlan(from, to).window && reaches(from) && reaches(to) });
+    this.state = { ...this.state, current: to };
+  }
+  attach(ep: number, to: ViommuTarget): string | undefined {
+    const d = attachDecision(this.state, ep, to, this.holds);
+    if ('refuse' in d) return d.refuse;
+    this.move(d.host);
+    this.state = {
+      ...this.state,
+      members: this.state.members.map((m) => (m.endpoint === ep ? { ...m, target: to } : m)),
+    };
+    return undefined;
+  }
+  map(domain: number): string | undefined {
+    if (!this.holds(domain)) {
+      const d = firstMapDecision(this.state, domain, this.holds);
+      if (d && 'refuse' in d) return d.refuse;
+      if (d) this.move(d.host);
+    }
+    this.mapped.set(domain, (this.mapped.get(domain) ?? 0) + 1);
+    return undefined;
+  }
+  unmapAll(domain: number): void {
+    this.mapped.delete(domain);
+  }
+  get targets(): ViommuTarget[] {
+    return this.state.members.map((m) => m.target);
+  }
+}
+
+test("Linux moving a group one device at a time (default domain → VFIO's blocking domain → VFIO's domain and back) is followed, never split", () => {
+  const g = new GuestGroup();
+  // Boot: the DMA API's default domain 1, attached function by function, then its mappings.
+  assert.equal(g.attach(8, 1), undefined);
+  assert.equal(g.state.current, 'bypass', 'function 1 still bypasses: the group reaches all of RAM');
+  assert.equal(g.attach(9, 1), undefined);
+  assert.equal(g.state.current, 1);
+  assert.equal(g.map(1), undefined);
+  // The guest's VFIO claims the group: the blocking domain 2 (empty), one function at a time.
+  assert.equal(g.attach(8, 2), undefined);
+  assert.equal(g.state.current, 1, 'split: the group follows the domain that holds mappings');
+  assert.equal(g.attach(9, 2), undefined);
+  assert.equal(g.state.current, 2, 'whole in the empty blocking domain: nothing reachable');
+  // VFIO_GROUP_SET_CONTAINER / iommu_attach_group: type1's domain 3, then VFIO_IOMMU_MAP_DMA.
+  assert.equal(g.attach(8, 3), undefined);
+  assert.equal(g.attach(9, 3), undefined);
+  assert.equal(g.state.current, 3);
+  assert.equal(g.map(3), undefined);
+  assert.deepEqual(g.targets, [3, 3]);
+  // A mapping into another domain while a function is there and domain 3 holds mappings: refused.
+  assert.equal(g.attach(9, 2), undefined, 'to the empty blocking domain: allowed');
+  assert.match(g.map(2) ?? '', /cannot be split: a mapping in domain 2 .* while 0000:01:01\.0 is in domain 3/);
+  assert.equal(g.state.current, 3, 'nothing moved');
+  // Release: back to the blocking domain, then the default domain (its mappings replayed on attach).
+  assert.equal(g.attach(8, 2), undefined);
+  assert.equal(g.state.current, 2);
+  g.unmapAll(3);
+  assert.equal(g.attach(8, 1), undefined);
+  assert.equal(g.state.current, 1, 'the default domain still holds its mappings');
+  assert.equal(g.attach(9, 1), undefined);
+  assert.deepEqual(g.targets, [1, 1]);
+  assert.equal(g.state.current, 1);
+  assert.deepEqual(
+    g.moves.filter((m) => m.window),
+    [],
+    'legacy: no move replaced mappings with mappings (no DMA window); iommufd replaces atomically anyway',
+  );
+  assert.deepEqual(
+    g.moves.map((m) => `${String(m.from)}→${String(m.to)}`),
+    ['bypass→1', '1→2', '2→3', '3→2', '2→1'],
+  );
+});
+
+test('moving fn0 then fn1 to an empty domain that gets mappings during the split; detach and an empty domain', () => {
+  const g = new GuestGroup();
+  g.attach(8, 1);
+  g.attach(9, 1);
+  g.map(1);
+  assert.equal(g.attach(8, 5), undefined, 'fn0 to an empty domain');
+  assert.match(
+    g.map(5) ?? '',
+    /host IOMMU group 12 cannot be split: a mapping in domain 5/,
+    'both would hold mappings',
+  );
+  g.unmapAll(1);
+  assert.equal(g.map(5), undefined, 'domain 1 emptied: domain 5 may hold mappings');
+  assert.equal(g.state.current, 5, 'the group followed the mapping');
+  assert.match(g.attach(9, 'bypass') ?? '', /cannot join bypass/, 'bypass next to a domain with mappings');
+  assert.equal(g.attach(9, 'blocked'), undefined, 'detach (blocked): fine');
+  assert.equal(g.state.current, 5, 'blocked next to a domain with mappings is translated by it');
+  assert.equal(g.attach(8, 'blocked'), undefined);
+  assert.equal(g.state.current, 'blocked', 'both detached: no DMA');
+  assert.equal(g.attach(8, 'bypass'), undefined);
+  assert.equal(g.state.current, 'bypass');
 });
 
 test('legacy move plan: an unmapped window whenever something mapped is replaced', () => {
