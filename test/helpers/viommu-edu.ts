@@ -337,7 +337,9 @@ export async function eduDomainsScenario(kind: VfioBackendKind, edu: TestHostDev
 
 /**
  * The bridge pair (bridge-edu, bridge-testdev: one IOMMU group) behind the vIOMMU: splitting them
- * is refused before the kernel, naming the group and both; nothing half-attached; edu still DMAs.
+ * across two domains with mappings is refused before the kernel, naming the group and both;
+ * nothing half-attached; edu still DMAs. Moving them one at a time to an empty domain works: the
+ * group follows the domain with mappings until it is whole in the new one.
  */
 export async function bridgeGroupScenario(
   kind: VfioBackendKind,
@@ -380,12 +382,52 @@ export async function bridgeGroupScenario(
     dma.toIova(X, N);
     assert.deepEqual(ram.at(B1, N), p, 'edu behind the bridge DMAs through domain 1');
     assert.deepEqual(ram.at(B2, N), new Uint8Array(N));
-    okOf(v.destroyDomain(1));
+
+    // Moving the group as Linux does, one function at a time, to an empty domain 3.
+    okOf(v.createDomain(3));
+    okOf(v.attach(1, 3));
+    const hostOf = () => v.inspect().groups.find((x) => x.group === bedu.group)?.host;
+    assert.equal(hostOf(), 'domain 1', 'split: the group follows the domain holding mappings');
+    const p2 = ram.fill(SRC, N, 6);
+    dma.fromIova(S, N);
+    dma.toIova(X, N);
+    assert.deepEqual(
+      ram.at(B1, N),
+      p2,
+      'edu, now in empty domain 3, is still translated by domain 1 (its group-mate’s)',
+    );
+    // A mapping into domain 3 now would give the group two address spaces with mappings: refused.
+    log.length = 0;
+    const both = v.map(3, X, B2, PAGE, { read: true, write: true });
+    assert.ok(!both.ok && both.status === 'unsupp', JSON.stringify(both));
+    for (const s of [`group ${bedu.group}`, 'domain 3', 'domain 1', bedu.bdf, btest.bdf])
+      assert.ok(both.reason.includes(s), `the refusal names ${s}: ${both.reason}`);
+    assert.deepEqual(log, [both.reason], 'one log line');
+    assert.equal(v.inspect().domains.find((d) => d.id === 3)?.mappings, 0, 'nothing half-mapped');
+    assert.equal(hostOf(), 'domain 1');
+    okOf(v.attach(2, 3)); // the move ends: the group is whole in domain 3 (empty: no DMA)
+    assert.equal(hostOf(), 'domain 3');
+    okOf(v.map(3, S, SRC, PAGE, { read: true, write: false }));
+    okOf(v.map(3, X, B2, PAGE, { read: true, write: true }));
+    const p3 = ram.fill(SRC, N, 7);
+    dma.fromIova(S, N);
+    dma.toIova(X, N);
+    assert.deepEqual(ram.at(B2, N), p3, 'the whole group moved: edu DMAs through domain 3');
+    assert.deepEqual(ram.at(B1, N), p2, "domain 1's buffer untouched");
+    assert.deepEqual(
+      v.inspect().endpoints.map((x) => x.target),
+      ['domain 3', 'domain 3'],
+    );
+    // Back into domain 1 while domain 3 holds mappings would split the group again: refused.
+    const back = v.attach(1, 1);
+    assert.ok(!back.ok && back.status === 'unsupp', JSON.stringify(back));
+    okOf(v.destroyDomain(3));
     assert.deepEqual(
       v.inspect().endpoints.map((x) => x.target),
       ['blocked', 'blocked'],
       'destroying a domain blocks its endpoints',
     );
+    okOf(v.destroyDomain(1));
   } finally {
     v.close();
     backend.close();

@@ -35,7 +35,7 @@ test(
 );
 
 test(
-  "legacy: the bridge pair (one host IOMMU group) behind the virtio-iommu: one guest slot, one guest group, one domain; the guest's VFIO moving one function out is refused, the group stays whole",
+  "legacy: the bridge pair (one host IOMMU group) behind the virtio-iommu: one guest slot, one guest group, one domain; the guest's VFIO moves the group one function at a time, vfio-edu DMAs both ways, the host group ends whole",
   { timeout: 420_000 },
   () => bridgePairBehindViommu('legacy'),
 );
