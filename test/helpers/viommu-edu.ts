@@ -365,7 +365,17 @@ export async function bridgeGroupScenario(
     okOf(v.map(1, X, B1, PAGE, { read: true, write: true }));
     okOf(v.map(2, X, B2, PAGE, { read: true, write: true }));
 
+    // Domain 1 holds mappings while the group-mate bypasses (all of RAM): two address spaces, refused.
+    const byp = v.attach(1, 1);
+    assert.ok(!byp.ok && byp.status === 'unsupp' && byp.reason.includes('bypass'), JSON.stringify(byp));
+    assert.deepEqual(
+      v.inspect().endpoints.map((x) => x.target),
+      ['bypass', 'bypass'],
+    );
+    log.length = 0;
+    okOf(v.attach(2, 'blocked'));
     okOf(v.attach(1, 1)); // the group follows its first function into domain 1
+    assert.equal(v.inspect().groups[0]?.host, 'domain 1');
     const before = v.inspect();
     const split = v.attach(2, 2);
     assert.ok(!split.ok && split.status === 'unsupp', JSON.stringify(split));

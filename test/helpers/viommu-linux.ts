@@ -398,6 +398,7 @@ export async function bridgePairBehindViommu(backend: Backend): Promise<void> {
     const group = after.host.groups.find((g) => g.members.includes(edu.bdf));
     assert.ok(group && group.members.includes(testdev.bdf), JSON.stringify(after));
     assert.equal(group.host, targets(after)[0], `the host group follows it: ${JSON.stringify(after)}`);
+    console.log(`# ${backend} bridge pair: ${JSON.stringify(after.host.stats)}`);
     assert.equal((await q.cmd('query-status')).return.status, 'running');
     await q.cmd('quit');
     q.sock.destroy();
