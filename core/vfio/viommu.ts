@@ -329,6 +329,7 @@ export class VfioViommu {
   private firstMapping(domain: number): HostResult {
     const moves: [HostGroup, ViommuTarget][] = [];
     for (const g of this.groups.values()) {
+      if (!g.members.some((m) => m.target === domain)) continue; // cheap: strict mode empties domains often
       const plan = firstMapDecision(VfioViommu.state(g), domain, this.holds);
       if (!plan) continue;
       if ('refuse' in plan) {
