@@ -9,7 +9,7 @@
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
-//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR]
+//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR]
 // --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
 // `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
@@ -337,7 +337,15 @@ async function once(
   vmm: 'tsvmm' | 'qemu',
   mode: Mode,
   round: number,
-  o: { kernel: string; initrd: string; bdf: string; scratch: string; perfDir?: string; straceDir?: string },
+  o: {
+    kernel: string;
+    initrd: string;
+    bdf: string;
+    scratch: string;
+    perfDir?: string;
+    straceDir?: string;
+    jitDir?: string;
+  },
   profileDir?: string,
 ): Promise<ViommuSample> {
   const qmp = join(o.scratch, `qmp-${vmm}-${mode}-${round}.sock`);
@@ -346,10 +354,12 @@ async function once(
     profileDir && vmm === 'tsvmm'
       ? // The sandbox would stop the profile's write at exit (a mkdir it does not allow).
         [plain[0]!, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...plain.slice(1), '--sandbox', 'off']
-      : vmm === 'tsvmm' && (o.perfDir || o.straceDir)
+      : vmm === 'tsvmm' && (o.perfDir || o.straceDir) && !o.jitDir
         ? // The sandbox kills a process that a tracer attaches to (restart_syscall is not in its filter).
           [plain[0]!, ...(o.perfDir ? ['--perf-basic-prof'] : []), ...plain.slice(1), '--sandbox', 'off']
-        : plain;
+        : vmm === 'tsvmm' && o.jitDir
+          ? [plain[0]!, '--trace-opt', '--trace-deopt', ...plain.slice(1)]
+          : plain;
   let perf: ReturnType<typeof spawn> | undefined, strace: ReturnType<typeof spawn> | undefined;
   const lines: SerialLine[] = [];
   let snapA: Snapshot | undefined, snapB: Snapshot | undefined;
@@ -429,6 +439,11 @@ async function once(
     child.on('close', (c) => res(c));
   });
   clearTimeout(timer);
+  if (o.jitDir && vmm === 'tsvmm')
+    writeFileSync(
+      join(o.jitDir, `jit-${vmm}-${mode}-${round}.txt`),
+      lines.map((l) => `${l.t.toFixed(0)} ${l.text}`).join('\n'),
+    );
   const [a, b] = await Promise.all([qA, qB]);
   const p = parseViommuRun(lines);
   const s: ViommuSample = {
@@ -470,6 +485,8 @@ export async function runViommuBench(o: {
   profileDir?: string;
   /** `perf record -g` of each launch's rand phase into this directory (a diagnosis, not a row). */
   perfDir?: string;
+  /** V8's --trace-opt/--trace-deopt lines of each tsvmm launch (its stdout, with the guest's, timed) into this directory. */
+  jitDir?: string;
   /** `strace -f -c` (syscall counts and times) of each launch's rand phase into this directory (a diagnosis). */
   straceDir?: string;
   /** Only these modes / VMMs (a quick look; the page then has dashes where nothing ran). */
@@ -497,6 +514,7 @@ export async function runViommuBench(o: {
     bdf: devices.nvme.bdf,
     scratch,
     ...(o.perfDir ? { perfDir: o.perfDir } : {}),
+    ...(o.jitDir ? { jitDir: o.jitDir } : {}),
     ...(o.straceDir ? { straceDir: o.straceDir } : {}),
   };
   try {
@@ -540,6 +558,7 @@ async function main(): Promise<void> {
     modes: undefined as Mode[] | undefined,
     vmms: undefined as ('tsvmm' | 'qemu')[] | undefined,
     perfDir: undefined as string | undefined,
+    jitDir: undefined as string | undefined,
     straceDir: undefined as string | undefined,
   };
   for (let i = 0; i < a.length; i++) {
@@ -547,6 +566,7 @@ async function main(): Promise<void> {
     else if (a[i] === '--seconds') o.seconds = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
     else if (a[i] === '--perf') o.perfDir = a[++i]!;
+    else if (a[i] === '--trace-jit') o.jitDir = a[++i]!;
     else if (a[i] === '--strace') o.straceDir = a[++i]!;
     else if (a[i] === '--modes') {
       o.modes = (a[++i] ?? '').split(',') as Mode[];
