@@ -73,6 +73,11 @@ export interface DomainListener {
   /** Maps one piece; throws (a kernel error) and maps nothing on failure. */
   map(p: HostPiece, perm: DmaPerm): void;
   unmap(p: HostPiece): void;
+  /**
+   * Unmaps `count` pieces that exactly cover [iova, iova+size) in one call; throws (a kernel
+   * error) having unmapped none of them, or some (the caller then unmaps piece by piece).
+   */
+  unmapRange?(iova: number, size: number, count: number): void;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -224,8 +229,15 @@ export class DmaDomain {
         ),
       );
     let failed: unknown;
+    const kept = t.taken.length > 1 ? this.unmapRuns(t.taken) : undefined;
     for (const m of t.taken) {
-      const errors = m.pieces ? this.unmapPieces(m.pieces, this.listeners) : [];
+      const errors = kept
+        ? kept.has(m)
+          ? [kept.get(m)]
+          : []
+        : m.pieces
+          ? this.unmapPieces(m.pieces, this.listeners)
+          : [];
       if (errors.length) {
         failed ??= errors[0];
         this.mappings.add(m); // the host still has (some of) it: keep it, so a retry can finish
@@ -233,6 +245,50 @@ export class DmaDomain {
     }
     if (failed !== undefined) return this.refused(refuse('devErr', `${what()}: ${errorText(failed)}`));
     return { ok: true, unmapped: t.taken.length };
+  }
+
+  /**
+   * Unmaps several mappings (in IOVA order) from every listener: each run of pieces that abut in
+   * IOVA goes in one host call where the listener can (a guest unmaps a whole scatter-gather
+   * list's range at once: one call and one IOTLB flush instead of one per page), piece by piece
+   * otherwise or when that call fails. Returns the mappings that failed, with their first error.
+   */
+  private unmapRuns(taken: readonly DomainMapping[]): Map<DomainMapping, unknown> {
+    const failed = new Map<DomainMapping, unknown>();
+    for (const l of this.listeners) {
+      let run: { m: DomainMapping; p: HostPiece }[] = [];
+      const flush = () => {
+        if (!run.length) return;
+        const first = run[0]!.p,
+          last = run[run.length - 1]!.p;
+        let done = false;
+        if (run.length > 1 && l.unmapRange) {
+          try {
+            l.unmapRange(first.iova, last.iova + last.size - first.iova, run.length);
+            done = true;
+          } catch {
+            /* piece by piece below: each failure is then the mapping's own */
+          }
+        }
+        if (!done)
+          for (const { m, p } of run) {
+            try {
+              l.unmap(p);
+            } catch (e) {
+              if (!failed.has(m)) failed.set(m, e);
+            }
+          }
+        run = [];
+      };
+      for (const m of taken)
+        for (const p of m.pieces ?? []) {
+          const prev = run[run.length - 1]?.p;
+          if (prev && prev.iova + prev.size !== p.iova) flush();
+          run.push({ m, p });
+        }
+      flush();
+    }
+    return failed;
   }
 
   /**

@@ -543,14 +543,16 @@ export class VirtioIommu implements VirtioDevice {
     const hits = d.mappings.intersecting(s, e);
     // A mapping the range would split stays whole, and so does every other (§5.13.6.7).
     if (hits.some((m) => m.start < s || m.end > e)) return VIRTIO_IOMMU_S_RANGE;
-    for (const m of hits) {
-      d.mappings.remove(m.start);
-      this.mappingCount--;
-      try {
-        this.host.unmap(domain, m.start, m.end - m.start + 1);
-      } catch (err) {
-        this.logHost(`unmapping 0x${m.start.toString(16)} in domain ${domain}`, err);
-      }
+    if (!hits.length) return VIRTIO_IOMMU_S_OK;
+    for (const m of hits) d.mappings.remove(m.start);
+    this.mappingCount -= hits.length;
+    // One host call for all of them (the host unmaps what lies wholly inside, as the guest's do).
+    const first = hits[0]!.start,
+      last = hits[hits.length - 1]!.end;
+    try {
+      this.host.unmap(domain, first, last - first + 1);
+    } catch (err) {
+      this.logHost(`unmapping 0x${first.toString(16)}..0x${last.toString(16)} in domain ${domain}`, err);
     }
     return VIRTIO_IOMMU_S_OK;
   }
