@@ -9,7 +9,7 @@
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
-//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR]
+//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR] [--node-flag F]...
 // --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
 // `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
@@ -345,6 +345,7 @@ async function once(
     perfDir?: string;
     straceDir?: string;
     jitDir?: string;
+    nodeFlags?: string[];
   },
   profileDir?: string,
 ): Promise<ViommuSample> {
@@ -354,11 +355,16 @@ async function once(
     profileDir && vmm === 'tsvmm'
       ? // The sandbox would stop the profile's write at exit (a mkdir it does not allow).
         [plain[0]!, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...plain.slice(1), '--sandbox', 'off']
-      : vmm === 'tsvmm' && (o.perfDir || o.straceDir) && !o.jitDir
+      : vmm === 'tsvmm' && (o.perfDir || o.straceDir) && !o.jitDir && !o.nodeFlags?.length
         ? // The sandbox kills a process that a tracer attaches to (restart_syscall is not in its filter).
           [plain[0]!, ...(o.perfDir ? ['--perf-basic-prof'] : []), ...plain.slice(1), '--sandbox', 'off']
-        : vmm === 'tsvmm' && o.jitDir
-          ? [plain[0]!, '--trace-opt', '--trace-deopt', ...plain.slice(1)]
+        : vmm === 'tsvmm' && (o.jitDir || o.nodeFlags?.length)
+          ? [
+              plain[0]!,
+              ...(o.jitDir ? ['--trace-opt', '--trace-deopt'] : []),
+              ...(o.nodeFlags ?? []),
+              ...plain.slice(1),
+            ]
           : plain;
   let perf: ReturnType<typeof spawn> | undefined, strace: ReturnType<typeof spawn> | undefined;
   const lines: SerialLine[] = [];
@@ -487,6 +493,8 @@ export async function runViommuBench(o: {
   perfDir?: string;
   /** V8's --trace-opt/--trace-deopt lines of each tsvmm launch (its stdout, with the guest's, timed) into this directory. */
   jitDir?: string;
+  /** Extra node flags for tsvmm launches (an experiment: such a run is no row). */
+  nodeFlags?: string[];
   /** `strace -f -c` (syscall counts and times) of each launch's rand phase into this directory (a diagnosis). */
   straceDir?: string;
   /** Only these modes / VMMs (a quick look; the page then has dashes where nothing ran). */
@@ -515,6 +523,7 @@ export async function runViommuBench(o: {
     scratch,
     ...(o.perfDir ? { perfDir: o.perfDir } : {}),
     ...(o.jitDir ? { jitDir: o.jitDir } : {}),
+    ...(o.nodeFlags?.length ? { nodeFlags: o.nodeFlags } : {}),
     ...(o.straceDir ? { straceDir: o.straceDir } : {}),
   };
   try {
@@ -559,6 +568,7 @@ async function main(): Promise<void> {
     vmms: undefined as ('tsvmm' | 'qemu')[] | undefined,
     perfDir: undefined as string | undefined,
     jitDir: undefined as string | undefined,
+    nodeFlags: [] as string[],
     straceDir: undefined as string | undefined,
   };
   for (let i = 0; i < a.length; i++) {
@@ -567,6 +577,7 @@ async function main(): Promise<void> {
     else if (a[i] === '--out') o.out = a[++i]!;
     else if (a[i] === '--perf') o.perfDir = a[++i]!;
     else if (a[i] === '--trace-jit') o.jitDir = a[++i]!;
+    else if (a[i] === '--node-flag') o.nodeFlags.push(a[++i]!);
     else if (a[i] === '--strace') o.straceDir = a[++i]!;
     else if (a[i] === '--modes') {
       o.modes = (a[++i] ?? '').split(',') as Mode[];
