@@ -250,7 +250,7 @@ export class DmaDomain {
   /**
    * Unmaps several mappings (in IOVA order) from every listener: each run of pieces that abut in
    * IOVA goes in one host call where the listener can (a guest unmaps a whole scatter-gather
-   * list's range at once: one call and one IOTLB flush instead of one per page), piece by piece
+   * list's range at once: one ioctl instead of one per page; the kernel still unmaps each), piece by piece
    * otherwise or when that call fails. Returns the mappings that failed, with their first error.
    */
   private unmapRuns(taken: readonly DomainMapping[]): Map<DomainMapping, unknown> {
