@@ -9,7 +9,7 @@
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
-//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE]
+//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR] [--node-flag F]...
 // --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
 // `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
@@ -51,6 +51,9 @@ export interface ViommuSample {
   unmaps?: number;
   /** VMM CPU outside the guest over the rand phase (all threads, user + system), µs. */
   cpuUs?: number;
+  /** Over the rand phase: KVM's per-VM counters (debugfs, summed over vCPUs) and each thread's CPU outside the guest (µs, by name). */
+  kvm?: Record<string, number>;
+  threadCpuUs?: Record<string, number>;
   error?: string;
 }
 
@@ -137,6 +140,28 @@ export function viommuCounts(reply: unknown): { maps: number; unmaps: number } |
 }
 
 /** VMM CPU outside the guest between two snapshots, µs (USER_HZ ticks of 10 ms: coarse). */
+/** Each thread's CPU outside the guest between two snapshots, µs, user and system, summed by thread name (nonzero only). */
+export function threadCpuUsBetween(a: Snapshot, b: Snapshot): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
+    const o = a.threadCpu[k];
+    if (!o) continue;
+    const name = k.replace(/^\d+ /, '');
+    const user = (u - g - (o[0] - o[2])) * 1e4,
+      sys = (s - o[1]) * 1e4;
+    if (user) out[`${name} user`] = (out[`${name} user`] ?? 0) + user;
+    if (sys) out[`${name} sys`] = (out[`${name} sys`] ?? 0) + sys;
+  }
+  return out;
+}
+
+/** KVM's counters between two snapshots (those both have). */
+export function kvmBetween(a: Snapshot, b: Snapshot): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(b.kvm)) if (a.kvm[k] !== undefined) out[k] = v - a.kvm[k]!;
+  return out;
+}
+
 export function cpuUsBetween(a: Snapshot, b: Snapshot): number {
   let ticks = 0;
   for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
@@ -312,7 +337,16 @@ async function once(
   vmm: 'tsvmm' | 'qemu',
   mode: Mode,
   round: number,
-  o: { kernel: string; initrd: string; bdf: string; scratch: string },
+  o: {
+    kernel: string;
+    initrd: string;
+    bdf: string;
+    scratch: string;
+    perfDir?: string;
+    straceDir?: string;
+    jitDir?: string;
+    nodeFlags?: string[];
+  },
   profileDir?: string,
 ): Promise<ViommuSample> {
   const qmp = join(o.scratch, `qmp-${vmm}-${mode}-${round}.sock`);
@@ -321,7 +355,18 @@ async function once(
     profileDir && vmm === 'tsvmm'
       ? // The sandbox would stop the profile's write at exit (a mkdir it does not allow).
         [plain[0]!, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...plain.slice(1), '--sandbox', 'off']
-      : plain;
+      : vmm === 'tsvmm' && (o.perfDir || o.straceDir) && !o.jitDir && !o.nodeFlags?.length
+        ? // The sandbox kills a process that a tracer attaches to (restart_syscall is not in its filter).
+          [plain[0]!, ...(o.perfDir ? ['--perf-basic-prof'] : []), ...plain.slice(1), '--sandbox', 'off']
+        : vmm === 'tsvmm' && (o.jitDir || o.nodeFlags?.length)
+          ? [
+              plain[0]!,
+              ...(o.jitDir ? ['--trace-opt', '--trace-deopt'] : []),
+              ...(o.nodeFlags ?? []),
+              ...plain.slice(1),
+            ]
+          : plain;
+  let perf: ReturnType<typeof spawn> | undefined, strace: ReturnType<typeof spawn> | undefined;
   const lines: SerialLine[] = [];
   let snapA: Snapshot | undefined, snapB: Snapshot | undefined;
   let qA: Promise<{ maps: number; unmaps: number } | undefined> | undefined,
@@ -350,9 +395,43 @@ async function once(
       if (text === `${MARK} rand start`) {
         snapA = snap();
         if (vmm === 'tsvmm' && mode !== 'none') qA = query(qmp);
+        if (o.straceDir)
+          strace = spawn(
+            'strace',
+            [
+              '-f',
+              '-c',
+              '-S',
+              'calls',
+              '-p',
+              String(child.pid),
+              '-o',
+              join(o.straceDir, `strace-${vmm}-${mode}-${round}.txt`),
+            ],
+            { stdio: 'ignore' },
+          );
+        if (o.perfDir && vmm === 'tsvmm')
+          perf = spawn(
+            'perf',
+            [
+              'record',
+              '-e',
+              'cpu-clock',
+              '-g',
+              '-F',
+              '499',
+              '-p',
+              String(child.pid),
+              '-o',
+              join(o.perfDir, `perf-${vmm}-${mode}-${round}.data`),
+            ],
+            { stdio: 'ignore' },
+          );
       } else if (text.startsWith('nvme-read rand ')) {
         snapB = snap();
         if (vmm === 'tsvmm' && mode !== 'none') qB = query(qmp);
+        perf?.kill('SIGINT');
+        strace?.kill('SIGINT');
       }
     }
   });
@@ -366,6 +445,11 @@ async function once(
     child.on('close', (c) => res(c));
   });
   clearTimeout(timer);
+  if (o.jitDir && vmm === 'tsvmm')
+    writeFileSync(
+      join(o.jitDir, `jit-${vmm}-${mode}-${round}.txt`),
+      lines.map((l) => `${l.t.toFixed(0)} ${l.text}`).join('\n'),
+    );
   const [a, b] = await Promise.all([qA, qB]);
   const p = parseViommuRun(lines);
   const s: ViommuSample = {
@@ -381,7 +465,13 @@ async function once(
     randUs: p.randUs,
     guestIommu: p.guestIommu,
     ...(a && b ? { maps: b.maps - a.maps, unmaps: b.unmaps - a.unmaps } : {}),
-    ...(snapA && snapB ? { cpuUs: cpuUsBetween(snapA, snapB) } : {}),
+    ...(snapA && snapB
+      ? {
+          cpuUs: cpuUsBetween(snapA, snapB),
+          kvm: kvmBetween(snapA, snapB),
+          threadCpuUs: threadCpuUsBetween(snapA, snapB),
+        }
+      : {}),
   };
   const problems = [...p.problems];
   if (code !== 0) problems.push(`exit ${code}: ${stderr.trim().split('\n').slice(-4).join(' | ')}`);
@@ -399,6 +489,17 @@ export async function runViommuBench(o: {
   log: (s: string) => void;
   save?: (r: ViommuResults) => void;
   profileDir?: string;
+  /** `perf record -g` of each launch's rand phase into this directory (a diagnosis, not a row). */
+  perfDir?: string;
+  /** V8's --trace-opt/--trace-deopt lines of each tsvmm launch (its stdout, with the guest's, timed) into this directory. */
+  jitDir?: string;
+  /** Extra node flags for tsvmm launches (an experiment: such a run is no row). */
+  nodeFlags?: string[];
+  /** `strace -f -c` (syscall counts and times) of each launch's rand phase into this directory (a diagnosis). */
+  straceDir?: string;
+  /** Only these modes / VMMs (a quick look; the page then has dashes where nothing ran). */
+  modes?: readonly Mode[];
+  vmms?: readonly ('tsvmm' | 'qemu')[];
 }): Promise<ViommuResults> {
   const devices = JSON.parse(process.env.TSVMM_TESTHOST_DEVICES ?? '{}') as Record<string, { bdf: string }>;
   if (!devices.nvme) throw new Error('no nvme in the test host (--devices nvme)');
@@ -415,18 +516,28 @@ export async function runViommuBench(o: {
     rounds: 0,
     samples: [],
   };
-  const args = { kernel, initrd, bdf: devices.nvme.bdf, scratch };
+  const args = {
+    kernel,
+    initrd,
+    bdf: devices.nvme.bdf,
+    scratch,
+    ...(o.perfDir ? { perfDir: o.perfDir } : {}),
+    ...(o.jitDir ? { jitDir: o.jitDir } : {}),
+    ...(o.nodeFlags?.length ? { nodeFlags: o.nodeFlags } : {}),
+    ...(o.straceDir ? { straceDir: o.straceDir } : {}),
+  };
   try {
     for (let i = 0; i < o.rounds; i++) {
-      for (const mode of MODES) {
+      for (const mode of o.modes ?? MODES) {
         // Order alternates per mode and round: neither VMM always runs first.
         const order: ('tsvmm' | 'qemu')[] = (MODES.indexOf(mode) + i) % 2 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu'];
-        for (const vmm of order) {
+        for (const vmm of order.filter((v) => !o.vmms || o.vmms.includes(v))) {
           const s = await once(vmm, mode, i, args);
           r.samples.push(s);
           o.log(
             `viommu round ${i + 1} ${mode} ${vmm}: userspace ${s.userspaceMs?.toFixed(0)} ms, seq ${s.seqMBps} MB/s, rand ${s.iops} IOPS, maps ${s.maps} unmaps ${s.unmaps}, cpu ${s.cpuUs} µs, iommu "${s.guestIommu}"${s.error ? ` ERROR ${s.error}` : ''}`,
           );
+          o.log(`  kvm ${JSON.stringify(s.kvm)} threads ${JSON.stringify(s.threadCpuUs)}`);
           o.save?.(r);
         }
       }
@@ -448,12 +559,35 @@ export async function runViommuBench(o: {
 
 async function main(): Promise<void> {
   const a = process.argv.slice(2);
-  const o = { rounds: 1, seconds: 3, out: '', profileDir: undefined as string | undefined };
+  const o = {
+    rounds: 1,
+    seconds: 3,
+    out: '',
+    profileDir: undefined as string | undefined,
+    modes: undefined as Mode[] | undefined,
+    vmms: undefined as ('tsvmm' | 'qemu')[] | undefined,
+    perfDir: undefined as string | undefined,
+    jitDir: undefined as string | undefined,
+    nodeFlags: [] as string[],
+    straceDir: undefined as string | undefined,
+  };
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--rounds') o.rounds = Number(a[++i]);
     else if (a[i] === '--seconds') o.seconds = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
-    else if (a[i] === '--profile')
+    else if (a[i] === '--perf') o.perfDir = a[++i]!;
+    else if (a[i] === '--trace-jit') o.jitDir = a[++i]!;
+    else if (a[i] === '--node-flag') o.nodeFlags.push(a[++i]!);
+    else if (a[i] === '--strace') o.straceDir = a[++i]!;
+    else if (a[i] === '--modes') {
+      o.modes = (a[++i] ?? '').split(',') as Mode[];
+      for (const m of o.modes)
+        if (!MODES.includes(m)) throw new Error(`bench/viommu: --modes ${m}: one of ${MODES.join(', ')}`);
+    } else if (a[i] === '--vmm') {
+      const v = a[++i];
+      if (v !== 'tsvmm' && v !== 'qemu') throw new Error(`bench/viommu: --vmm ${v}: tsvmm or qemu`);
+      o.vmms = [v];
+    } else if (a[i] === '--profile')
       o.profileDir = join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'viommu-profile');
     else throw new Error(`bench/viommu: unknown argument ${a[i]}`);
   }

@@ -73,9 +73,15 @@ export interface DomainListener {
   /** Maps one piece; throws (a kernel error) and maps nothing on failure. */
   map(p: HostPiece, perm: DmaPerm): void;
   unmap(p: HostPiece): void;
+  /**
+   * Unmaps `count` pieces that exactly cover [iova, iova+size) in one call; throws (a kernel
+   * error) having unmapped none of them, or some (the caller then unmaps piece by piece).
+   */
+  unmapRange?(iova: number, size: number, count: number): void;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
+const nonNegativeSafe = (v: number) => Number.isSafeInteger(v) && v >= 0;
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -127,30 +133,35 @@ export class DmaDomain {
   /** Maps guest [iova, iova+size) → guest-physical gpa into every listener, or refuses (nothing changed). */
   map(iova: number, gpa: number, size: number, perm: DmaPerm): HostResult {
     if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
-    const what = `map of IOVA ${hex(iova)}+${hex(size)} → ${hex(gpa)} in domain ${this.id}`;
-    for (const [n, v] of [
-      ['iova', iova],
-      ['guest address', gpa],
-      ['size', size],
-    ] as const)
-      if (!Number.isSafeInteger(v) || v < 0)
-        return this.refused(refuse('range', `${what}: the ${n} is not a non-negative integer below 2^53`));
+    // The request's words only when it is refused (this is the path of every guest MAP).
+    const what = () => `map of IOVA ${hex(iova)}+${hex(size)} → ${hex(gpa)} in domain ${this.id}`;
+    const bad = !nonNegativeSafe(iova)
+      ? 'iova'
+      : !nonNegativeSafe(gpa)
+        ? 'guest address'
+        : !nonNegativeSafe(size)
+          ? 'size'
+          : '';
+    if (bad) return this.refused(refuse('range', `${what()}: the ${bad} is not a non-negative integer below 2^53`));
     if (size === 0 || iova % DMA_PAGE || gpa % DMA_PAGE || size % DMA_PAGE)
-      return this.refused(refuse('inval', `${what}: not a whole number of 4 KiB pages (the vIOMMU's granule)`));
+      return this.refused(refuse('inval', `${what()}: not a whole number of 4 KiB pages (the vIOMMU's granule)`));
     if (!Number.isSafeInteger(iova + size) || !Number.isSafeInteger(gpa + size))
-      return this.refused(refuse('range', `${what}: the range ends beyond 2^53`));
+      return this.refused(refuse('range', `${what()}: the range ends beyond 2^53`));
     if (!perm.read && !perm.write)
-      return this.refused(refuse('inval', `${what}: neither read nor write access asked for`));
-    const clash = this.mappings.overlapping(iova, size)[0];
+      return this.refused(refuse('inval', `${what()}: neither read nor write access asked for`));
+    const clash = this.mappings.firstOverlapping(iova, size);
     if (clash)
       return this.refused(
-        refuse('inval', `${what}: overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`),
+        refuse(
+          'inval',
+          `${what()}: overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`,
+        ),
       );
     const pieces = this.owner.resolve(iova, gpa, size, perm);
-    if (!Array.isArray(pieces)) return this.refused({ ...pieces, reason: `${what}: ${pieces.reason}` });
+    if (!Array.isArray(pieces)) return this.refused({ ...pieces, reason: `${what()}: ${pieces.reason}` });
     const m: DomainMapping = { iova, size, gpa, read: perm.read, write: perm.write, pieces: null };
     const r = this.mapPieces(pieces, m, this.listeners);
-    if (!r.ok) return this.refused({ ...r, reason: `${what}: ${r.reason}` });
+    if (!r.ok) return this.refused({ ...r, reason: `${what()}: ${r.reason}` });
     m.pieces = pieces;
     this.mappings.add(m);
     this.stats.maps++;
@@ -205,28 +216,79 @@ export class DmaDomain {
    */
   unmap(iova: number, size: number): HostResult & { unmapped?: number } {
     if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
-    const what = `unmap of IOVA ${hex(iova)}+${hex(size)} in domain ${this.id}`;
+    const what = () => `unmap of IOVA ${hex(iova)}+${hex(size)} in domain ${this.id}`;
     if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || iova < 0 || size <= 0)
-      return this.refused(refuse('range', `${what}: not a range of non-negative integers below 2^53`));
+      return this.refused(refuse('range', `${what()}: not a range of non-negative integers below 2^53`));
     const end = Math.min(iova + size, Number.MAX_SAFE_INTEGER);
     const t = this.mappings.take(iova, end - iova);
     if (!t.ok)
       return this.refused(
         refuse(
           'range',
-          `${what}: the mapping at IOVA ${hex(t.straddling.iova)}+${hex(t.straddling.size)} is not wholly inside it (an unmap may not split a mapping)`,
+          `${what()}: the mapping at IOVA ${hex(t.straddling.iova)}+${hex(t.straddling.size)} is not wholly inside it (an unmap may not split a mapping)`,
         ),
       );
     let failed: unknown;
+    const kept = t.taken.length > 1 ? this.unmapRuns(t.taken) : undefined;
     for (const m of t.taken) {
-      const errors = m.pieces ? this.unmapPieces(m.pieces, this.listeners) : [];
+      const errors = kept
+        ? kept.has(m)
+          ? [kept.get(m)]
+          : []
+        : m.pieces
+          ? this.unmapPieces(m.pieces, this.listeners)
+          : [];
       if (errors.length) {
         failed ??= errors[0];
         this.mappings.add(m); // the host still has (some of) it: keep it, so a retry can finish
       } else this.stats.unmaps++;
     }
-    if (failed !== undefined) return this.refused(refuse('devErr', `${what}: ${errorText(failed)}`));
+    if (failed !== undefined) return this.refused(refuse('devErr', `${what()}: ${errorText(failed)}`));
     return { ok: true, unmapped: t.taken.length };
+  }
+
+  /**
+   * Unmaps several mappings (in IOVA order) from every listener: each run of pieces that abut in
+   * IOVA goes in one host call where the listener can (a guest unmaps a whole scatter-gather
+   * list's range at once: one ioctl instead of one per page; the kernel still unmaps each), piece by piece
+   * otherwise or when that call fails. Returns the mappings that failed, with their first error.
+   */
+  private unmapRuns(taken: readonly DomainMapping[]): Map<DomainMapping, unknown> {
+    const failed = new Map<DomainMapping, unknown>();
+    for (const l of this.listeners) {
+      let run: { m: DomainMapping; p: HostPiece }[] = [];
+      const flush = () => {
+        if (!run.length) return;
+        const first = run[0]!.p,
+          last = run[run.length - 1]!.p;
+        let done = false;
+        if (run.length > 1 && l.unmapRange) {
+          try {
+            l.unmapRange(first.iova, last.iova + last.size - first.iova, run.length);
+            done = true;
+          } catch {
+            /* piece by piece below: each failure is then the mapping's own */
+          }
+        }
+        if (!done)
+          for (const { m, p } of run) {
+            try {
+              l.unmap(p);
+            } catch (e) {
+              if (!failed.has(m)) failed.set(m, e);
+            }
+          }
+        run = [];
+      };
+      for (const m of taken)
+        for (const p of m.pieces ?? []) {
+          const prev = run[run.length - 1]?.p;
+          if (prev && prev.iova + prev.size !== p.iova) flush();
+          run.push({ m, p });
+        }
+      flush();
+    }
+    return failed;
   }
 
   /**

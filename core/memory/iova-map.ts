@@ -50,6 +50,12 @@ export class IovaMap<T extends IovaInterval> {
     return out;
   }
 
+  /** The first mapping (in address order) that shares a byte with [iova, iova+size), if any. */
+  firstOverlapping(iova: number, size: number): T | undefined {
+    const m = this.items[this.firstEndingAfter(iova)];
+    return m !== undefined && m.iova < iova + size ? m : undefined;
+  }
+
   /** The mapping containing `addr`, if any. */
   at(addr: number): T | undefined {
     const m = this.items[this.firstEndingAfter(addr)];

@@ -100,8 +100,9 @@ export class VfioContainer extends DmaListener {
     n.vfioIommuMapDma(this.fd, { vaddr, iova, size, flags });
   }
 
-  unmapRaw(iova: number, size: number): void {
-    native().vfioIommuUnmapDma(this.fd, { iova, size, flags: 0 });
+  /** Unmaps every mapping wholly inside [iova, iova+size); returns the bytes the kernel unmapped. */
+  unmapRaw(iova: number, size: number): number {
+    return Number(native().vfioIommuUnmapDma(this.fd, { iova, size, flags: 0 }));
   }
 
   /** Drops every mapping in one call; false when the kernel cannot (no VFIO_UNMAP_ALL). */

@@ -173,6 +173,13 @@ class ContainerPort implements DomainListener {
     this.entries--;
     this.stats.hostUnmaps++;
   }
+  unmapRange(iova: number, size: number, count: number): void {
+    // type1 unmaps every mapping wholly inside the range (and refuses one it would bisect).
+    const n = this.container.unmapRaw(iova, size);
+    if (n !== size) throw new Error(`VFIO_IOMMU_UNMAP_DMA of ${size} bytes at 0x${iova.toString(16)} unmapped ${n}`);
+    this.entries -= count;
+    this.stats.hostUnmaps++;
+  }
 }
 
 /** A domain's IOAS as a domain listener. */
@@ -197,6 +204,11 @@ class IoasPort implements DomainListener {
   }
   unmap(p: HostPiece): void {
     this.ioas.unmapRaw(p.iova, p.size);
+    this.stats.hostUnmaps++;
+  }
+  unmapRange(iova: number, size: number): void {
+    // IOMMU_IOAS_UNMAP removes every area wholly inside the range.
+    this.ioas.unmapRaw(iova, size);
     this.stats.hostUnmaps++;
   }
 }

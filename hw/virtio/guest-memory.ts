@@ -59,18 +59,52 @@ export class AddressSpaceMemory implements GuestMemory {
     return true;
   }
 
+  /**
+   * The backing bytes and offset of [addr, addr+len) when it lies wholly in one RAM section with a
+   * flat backing (rings, descriptors and requests almost always do): the path that allocates nothing.
+   * -1 when it does not (the caller walks the pieces).
+   */
+  private flat(addr: number, len: number, write: boolean): number {
+    if (!validRange(addr, len)) return -1;
+    const s = this.space.lookup(addr);
+    if (!s || s.region.kind !== 'ram' || (write && s.readonly) || addr + len > s.addr + s.size) return -1;
+    const b = s.region.backing?.bytes;
+    if (!b) return -1;
+    const at = s.offsetInRegion + (addr - s.addr);
+    if (at + len > b.length) return -1;
+    this.bytes = b;
+    return at;
+  }
+  private bytes: Uint8Array | undefined;
+
   check(addr: number, len: number, write: boolean): boolean {
-    return this.walk(addr, len, write);
+    return this.flat(addr, len, write) >= 0 || this.walk(addr, len, write);
   }
 
   read(addr: number, dst: Uint8Array): boolean {
-    return this.walk(addr, dst.length, false, (v, at, n, done) => dst.set(v.subarray(at, at + n), done));
+    const n = dst.length;
+    const at = this.flat(addr, n, false);
+    if (at >= 0) {
+      const b = this.bytes!;
+      if (n <= 16) for (let i = 0; i < n; i++) dst[i] = b[at + i]!;
+      else dst.set(b.subarray(at, at + n));
+      return true;
+    }
+    return this.walk(addr, n, false, (v, at, n, done) => dst.set(v.subarray(at, at + n), done));
   }
 
   write(addr: number, src: Uint8Array): boolean {
+    const n = src.length;
+    const at = this.flat(addr, n, true);
+    if (at >= 0) {
+      const b = this.bytes!;
+      if (n <= 16) for (let i = 0; i < n; i++) b[at + i] = src[i]!;
+      else b.set(src, at);
+      return true;
+    }
     // Checked first: a write that fails leaves guest RAM as it was.
-    if (!this.walk(addr, src.length, true)) return false;
-    return this.walk(addr, src.length, true, (v, at, n, done) => v.set(src.subarray(done, done + n), at));
+    if (!this.walk(addr, n, true)) return false;
+    return this.walk(addr, n, true, (v, at, n, done) => v.set(src.subarray(done, done + n), at));
   }
 }
 

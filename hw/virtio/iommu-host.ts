@@ -51,7 +51,7 @@ export interface IommuHost {
   attach(endpoint: number, target: IommuTarget): IommuResult;
   /** IOVA [iova, iova+size) → guest-physical [gpa, gpa+size) in the domain; never overlaps a mapping it has. */
   map(domain: number, iova: number, gpa: number, size: number, flags: IommuMapFlags): IommuResult;
-  /** Removes the mapping that starts at iova with this size (exactly one the device mapped). */
+  /** Removes every mapping the device made that lies wholly inside [iova, iova+size) (none straddles it). */
   unmap(domain: number, iova: number, size: number): void;
   /** Guest-physical ranges an endpoint must not use for DMA (the host's reserved regions), inclusive ends. */
   reservedRegions?(endpoint: number): readonly { start: number; end: number }[];

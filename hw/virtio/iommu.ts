@@ -90,6 +90,16 @@ interface Domain {
   mappings: IntervalMap<{ gpa: number; flags: number }>;
 }
 
+/** Bytes of a request parsed (the largest fixed part, PROBE's, fits). */
+const REQ_SCRATCH = 128;
+const REQUEST_NAMES: readonly string[] = ['?', 'attach', 'detach', 'map', 'unmap', 'probe'];
+
+/** The little-endian u64 at `off` as a number, or -1 when it is 2^53 or more. */
+function u53(v: DataView, off: number): number {
+  const hi = v.getUint32(off + 4, true);
+  return hi >= 2 ** 21 ? -1 : hi * 2 ** 32 + v.getUint32(off, true);
+}
+
 const targetKey = (t: IommuTarget) => (typeof t === 'object' ? `d${t.domain}` : t);
 
 /** What inspect() and QMP show. */
@@ -129,6 +139,10 @@ export class VirtioIommu implements VirtioDevice {
   private ctx: VirtioContext | undefined;
   private readonly requestCounts: Record<string, number> = {};
   private refusedCount = 0;
+  // Scratch for parsing a request and writing its tail: no allocation per request.
+  private readonly reqBytes = new Uint8Array(REQ_SCRATCH);
+  private readonly reqView = new DataView(this.reqBytes.buffer);
+  private readonly tail = new Uint8Array(4);
 
   constructor(o: VirtioIommuOptions) {
     this.host = o.host;
@@ -298,9 +312,9 @@ export class VirtioIommu implements VirtioDevice {
       throw new VirtqueueError(
         `request with ${chain.readableLen} bytes to read and ${chain.writableLen} to write (needs 4 and 4)`,
       );
-    const req = vq.readChain(chain, 128);
+    const req = vq.readChain(chain, REQ_SCRATCH, this.reqBytes);
     const type = req[0]!;
-    const name = ['?', 'attach', 'detach', 'map', 'unmap', 'probe'][type] ?? 'unknown';
+    const name = REQUEST_NAMES[type] ?? 'unknown';
     this.requestCounts[name] = (this.requestCounts[name] ?? 0) + 1;
     let status: number;
     let props: Uint8Array | undefined;
@@ -308,7 +322,7 @@ export class VirtioIommu implements VirtioDevice {
     if (size === undefined) status = VIRTIO_IOMMU_S_UNSUPP;
     else if (req.length < size) status = VIRTIO_IOMMU_S_INVAL;
     else {
-      const v = new DataView(req.buffer, req.byteOffset, req.length);
+      const v = this.reqView;
       try {
         switch (type) {
           case VIRTIO_IOMMU_T_ATTACH:
@@ -317,18 +331,28 @@ export class VirtioIommu implements VirtioDevice {
           case VIRTIO_IOMMU_T_DETACH:
             status = this.detach(v.getUint32(4, true), v.getUint32(8, true));
             break;
-          case VIRTIO_IOMMU_T_MAP:
-            status = this.map(
-              v.getUint32(4, true),
-              v.getBigUint64(8, true),
-              v.getBigUint64(16, true),
-              v.getBigUint64(24, true),
-              v.getUint32(32, true),
-            );
+          case VIRTIO_IOMMU_T_MAP: {
+            // Addresses below 2^53 (every real request) are parsed as numbers; others take the bigint path.
+            const start = u53(v, 8),
+              end = u53(v, 16),
+              phys = u53(v, 24);
+            const domain = v.getUint32(4, true),
+              flags = v.getUint32(32, true);
+            status =
+              start >= 0 && end >= 0 && phys >= 0
+                ? this.mapNumbers(domain, start, end, phys, flags)
+                : this.map(domain, v.getBigUint64(8, true), v.getBigUint64(16, true), v.getBigUint64(24, true), flags);
             break;
-          case VIRTIO_IOMMU_T_UNMAP:
-            status = this.unmap(v.getUint32(4, true), v.getBigUint64(8, true), v.getBigUint64(16, true));
+          }
+          case VIRTIO_IOMMU_T_UNMAP: {
+            const start = u53(v, 8),
+              end = u53(v, 16);
+            status =
+              start >= 0 && end >= 0
+                ? this.unmapNumbers(v.getUint32(4, true), start, end)
+                : this.unmap(v.getUint32(4, true), v.getBigUint64(8, true), v.getBigUint64(16, true));
             break;
+          }
           default: {
             const r = this.probe(v.getUint32(4, true));
             status = typeof r === 'number' ? r : VIRTIO_IOMMU_S_OK;
@@ -357,7 +381,11 @@ export class VirtioIommu implements VirtioDevice {
         out[this.probeSize] = status;
         written = vq.writeChain(chain, out);
       }
-    } else written = vq.writeChain(chain, Uint8Array.of(status, 0, 0, 0));
+    } else {
+      const tail = this.tail;
+      tail[0] = status;
+      written = vq.writeChain(chain, tail);
+    }
     vq.push(chain.head, written);
   }
 
@@ -429,6 +457,23 @@ export class VirtioIommu implements VirtioDevice {
     return VIRTIO_IOMMU_S_OK;
   }
 
+  /** MAP with every address below 2^53: the checks of map(), in the same order, on numbers. */
+  private mapNumbers(domain: number, s: number, e: number, phys: number, flags: number): number {
+    const d = this.domains.get(domain);
+    if (!d) return VIRTIO_IOMMU_S_NOENT;
+    if (flags & ~(VIRTIO_IOMMU_MAP_F_READ | VIRTIO_IOMMU_MAP_F_WRITE | VIRTIO_IOMMU_MAP_F_MMIO))
+      return VIRTIO_IOMMU_S_INVAL;
+    if (flags & VIRTIO_IOMMU_MAP_F_MMIO) return VIRTIO_IOMMU_S_INVAL;
+    if (s > e) return VIRTIO_IOMMU_S_INVAL;
+    if (d.bypass) return VIRTIO_IOMMU_S_INVAL;
+    if (s < this.inputRange.start || e > this.inputRange.end) return VIRTIO_IOMMU_S_RANGE;
+    const size = e - s + 1;
+    if (phys + size > 2 ** 53) return VIRTIO_IOMMU_S_RANGE;
+    const g = this.granule;
+    if (s % g || (e + 1) % g || phys % g) return VIRTIO_IOMMU_S_RANGE;
+    return this.mapChecked(d, domain, s, e, phys, size, flags);
+  }
+
   private map(domain: number, start: bigint, end: bigint, phys: bigint, flags: number): number {
     const d = this.domains.get(domain);
     if (!d) return VIRTIO_IOMMU_S_NOENT;
@@ -442,20 +487,31 @@ export class VirtioIommu implements VirtioDevice {
     if (phys + size > 2n ** 53n) return VIRTIO_IOMMU_S_RANGE;
     const g = BigInt(this.granule) - 1n;
     if (start & g || (end + 1n) & g || phys & g) return VIRTIO_IOMMU_S_RANGE;
-    const s = Number(start),
-      e = Number(end);
+    return this.mapChecked(d, domain, Number(start), Number(end), Number(phys), Number(size), flags);
+  }
+
+  /** The rest of a MAP whose addresses and alignment passed: overlap, the mapping limit, the host. */
+  private mapChecked(
+    d: Domain,
+    domain: number,
+    s: number,
+    e: number,
+    phys: number,
+    size: number,
+    flags: number,
+  ): number {
     if (d.mappings.overlaps(s, e)) return VIRTIO_IOMMU_S_INVAL;
     if (this.mappingCount >= this.maxMappings)
       return this.refused(
         { status: VIRTIO_IOMMU_S_NOMEM, reason: `the device's limit of ${this.maxMappings} mappings is reached` },
         `mapping in domain ${domain}`,
       );
-    const r = this.host.map(domain, s, Number(phys), Number(size), {
+    const r = this.host.map(domain, s, phys, size, {
       read: (flags & VIRTIO_IOMMU_MAP_F_READ) !== 0,
       write: (flags & VIRTIO_IOMMU_MAP_F_WRITE) !== 0,
     });
     if (r) return this.refused(r, `mapping 0x${s.toString(16)}+0x${size.toString(16)} in domain ${domain}`);
-    d.mappings.insert(s, e, { gpa: Number(phys), flags });
+    d.mappings.insert(s, e, { gpa: phys, flags });
     this.mappingCount++;
     return VIRTIO_IOMMU_S_OK;
   }
@@ -468,19 +524,35 @@ export class VirtioIommu implements VirtioDevice {
     // Nothing lies beyond the input range, so a range reaching past it (or past 2^53) is cut there.
     const top = BigInt(this.inputRange.end);
     if (start > top) return VIRTIO_IOMMU_S_OK;
-    const s = Number(start),
-      e = Number(end > top ? top : end);
+    return this.unmapRange(d, domain, Number(start), Number(end > top ? top : end));
+  }
+
+  /** UNMAP with both ends below 2^53: the checks of unmap(), on numbers. */
+  private unmapNumbers(domain: number, start: number, end: number): number {
+    const d = this.domains.get(domain);
+    if (!d) return VIRTIO_IOMMU_S_NOENT;
+    if (start > end) return VIRTIO_IOMMU_S_INVAL;
+    if (d.bypass) return VIRTIO_IOMMU_S_INVAL;
+    const top = this.inputRange.end;
+    if (start > top) return VIRTIO_IOMMU_S_OK;
+    return this.unmapRange(d, domain, start, end > top ? top : end);
+  }
+
+  /** Removes the mappings wholly inside [s, e] (inclusive, within the input range), none if one straddles it. */
+  private unmapRange(d: Domain, domain: number, s: number, e: number): number {
     const hits = d.mappings.intersecting(s, e);
     // A mapping the range would split stays whole, and so does every other (§5.13.6.7).
     if (hits.some((m) => m.start < s || m.end > e)) return VIRTIO_IOMMU_S_RANGE;
-    for (const m of hits) {
-      d.mappings.remove(m.start);
-      this.mappingCount--;
-      try {
-        this.host.unmap(domain, m.start, m.end - m.start + 1);
-      } catch (err) {
-        this.logHost(`unmapping 0x${m.start.toString(16)} in domain ${domain}`, err);
-      }
+    if (!hits.length) return VIRTIO_IOMMU_S_OK;
+    for (const m of hits) d.mappings.remove(m.start);
+    this.mappingCount -= hits.length;
+    // One host call for all of them (the host unmaps what lies wholly inside, as the guest's do).
+    const first = hits[0]!.start,
+      last = hits[hits.length - 1]!.end;
+    try {
+      this.host.unmap(domain, first, last - first + 1);
+    } catch (err) {
+      this.logHost(`unmapping 0x${first.toString(16)}..0x${last.toString(16)} in domain ${domain}`, err);
     }
     return VIRTIO_IOMMU_S_OK;
   }

@@ -74,6 +74,7 @@ export class SplitVirtqueue {
   private readonly b8 = new Uint8Array(8);
   private readonly b16 = new Uint8Array(16);
   private readonly d16 = new DataView(this.b16.buffer);
+  private readonly d8 = new DataView(this.b8.buffer);
 
   constructor(
     private readonly mem: GuestMemory,
@@ -136,7 +137,13 @@ export class SplitVirtqueue {
     return this.cfg.used + 4 + 8 * this.size;
   }
 
-  private readDesc(table: number, i: number): { addr: number; len: number; flags: number; next: number } {
+  // The last descriptor read (readDesc): fields, not an object per descriptor.
+  private dAddr = 0;
+  private dLen = 0;
+  private dFlags = 0;
+  private dNext = 0;
+
+  private readDesc(table: number, i: number): void {
     const at = table + VIRTQ_DESC_SIZE * i;
     if (!this.mem.read(at, this.b16))
       throw new VirtqueueError(`descriptor ${i} at 0x${at.toString(16)} is not guest RAM`);
@@ -144,12 +151,10 @@ export class SplitVirtqueue {
     // Addresses at or beyond 2^53 cannot be guest RAM: refused without losing precision.
     if (hi >= 2 ** 21)
       throw new VirtqueueError(`descriptor ${i}: address 0x${hi.toString(16)}xxxxxxxx is beyond guest RAM`);
-    return {
-      addr: hi * 2 ** 32 + this.d16.getUint32(0, true),
-      len: this.d16.getUint32(8, true),
-      flags: this.d16.getUint16(12, true),
-      next: this.d16.getUint16(14, true),
-    };
+    this.dAddr = hi * 2 ** 32 + this.d16.getUint32(0, true);
+    this.dLen = this.d16.getUint32(8, true);
+    this.dFlags = this.d16.getUint16(12, true);
+    this.dNext = this.d16.getUint16(14, true);
   }
 
   /** Follows a chain from `head`, checking every rule. */
@@ -162,53 +167,56 @@ export class SplitVirtqueue {
       indirect = false,
       count = 0;
     for (;;) {
-      const d = this.readDesc(table, i);
-      if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+      this.readDesc(table, i);
+      const addr = this.dAddr,
+        len = this.dLen,
+        flags = this.dFlags,
+        next = this.dNext;
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (!this.cfg.indirect) throw new VirtqueueError(`descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
         if (indirect) throw new VirtqueueError(`descriptor ${i}: an indirect descriptor inside an indirect table`);
-        if (count > 0 || d.flags & VIRTQ_DESC_F_NEXT)
+        if (count > 0 || flags & VIRTQ_DESC_F_NEXT)
           throw new VirtqueueError(`descriptor ${i}: an indirect table must be the whole chain (no NEXT, first)`);
-        if (d.len === 0 || d.len % VIRTQ_DESC_SIZE)
-          throw new VirtqueueError(`descriptor ${i}: indirect table of ${d.len} bytes (a non-zero multiple of 16)`);
-        if (!this.mem.check(d.addr, d.len, false))
-          throw new VirtqueueError(`indirect table 0x${d.addr.toString(16)}+0x${d.len.toString(16)} is not guest RAM`);
-        table = d.addr;
-        tableSize = d.len / VIRTQ_DESC_SIZE;
+        if (len === 0 || len % VIRTQ_DESC_SIZE)
+          throw new VirtqueueError(`descriptor ${i}: indirect table of ${len} bytes (a non-zero multiple of 16)`);
+        if (!this.mem.check(addr, len, false))
+          throw new VirtqueueError(`indirect table 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`);
+        table = addr;
+        tableSize = len / VIRTQ_DESC_SIZE;
         indirect = true;
         i = 0;
         continue;
       }
       if (++count > this.size)
         throw new VirtqueueError(`chain from descriptor ${head} is longer than the queue size ${this.size} (a loop?)`);
-      const write = (d.flags & VIRTQ_DESC_F_WRITE) !== 0;
+      const write = (flags & VIRTQ_DESC_F_WRITE) !== 0;
       if (!write && chain.writable.length > 0)
         throw new VirtqueueError(`chain from descriptor ${head}: a device-readable buffer after a device-writable one`);
-      if (!this.mem.check(d.addr, d.len, write))
+      if (!this.mem.check(addr, len, write))
         throw new VirtqueueError(
-          `chain from descriptor ${head}: buffer 0x${d.addr.toString(16)}+0x${d.len.toString(16)} is not guest RAM`,
+          `chain from descriptor ${head}: buffer 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`,
         );
       if (write) {
-        chain.writable.push({ addr: d.addr, len: d.len });
-        chain.writableLen += d.len;
+        chain.writable.push({ addr, len });
+        chain.writableLen += len;
       } else {
-        chain.readable.push({ addr: d.addr, len: d.len });
-        chain.readableLen += d.len;
+        chain.readable.push({ addr, len });
+        chain.readableLen += len;
       }
-      if (!(d.flags & VIRTQ_DESC_F_NEXT)) return chain;
-      if (d.next >= tableSize)
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (next >= tableSize)
         throw new VirtqueueError(
-          `descriptor ${i}: next ${d.next} ≥ ${indirect ? 'indirect table' : 'queue'} size ${tableSize}`,
+          `descriptor ${i}: next ${next} ≥ ${indirect ? 'indirect table' : 'queue'} size ${tableSize}`,
         );
-      i = d.next;
+      i = next;
     }
   }
 
   /** Returns a chain to the driver with `written` bytes written into its writable buffers. */
   push(head: number, written: number): void {
     const e = this.cfg.used + 4 + 8 * (this.usedIdx % this.size);
-    const dv = new DataView(this.b8.buffer);
-    dv.setUint32(0, head, true);
-    dv.setUint32(4, written >>> 0, true);
+    this.d8.setUint32(0, head, true);
+    this.d8.setUint32(4, written >>> 0, true);
     if (!this.mem.write(e, this.b8)) throw new VirtqueueError(`used ring at 0x${e.toString(16)} is not guest RAM`);
     // The element is in place before the index that publishes it.
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
@@ -243,9 +251,13 @@ export class SplitVirtqueue {
     return on && this.hasWork();
   }
 
-  /** The chain's readable bytes, at most `max` of them (a request's fixed part). */
-  readChain(chain: VirtqChain, max = chain.readableLen): Uint8Array {
-    const out = new Uint8Array(Math.min(max, chain.readableLen));
+  /**
+   * The chain's readable bytes, at most `max` of them (a request's fixed part); into `into` (its
+   * first bytes, returned as a view of them) when given, so a device can parse without allocating.
+   */
+  readChain(chain: VirtqChain, max = chain.readableLen, into?: Uint8Array): Uint8Array {
+    const n = Math.min(max, chain.readableLen);
+    const out = into && into.length >= n ? into.subarray(0, n) : new Uint8Array(n);
     let done = 0;
     for (const b of chain.readable) {
       if (done >= out.length) break;

@@ -98,13 +98,22 @@ export class RecordingIommuHost implements IommuHost {
 
   unmap(domain: number, iova: number, size: number): void {
     this.log(`unmap ${domain} 0x${iova.toString(16)}+0x${size.toString(16)}`);
-    const m = this.domains.get(domain)?.mappings.get(iova);
-    if (!m || m.size !== size)
+    const d = this.domains.get(domain);
+    const hit = [...(d?.mappings.values() ?? [])].filter((m) => m.iova < iova + size && iova < m.iova + m.size);
+    // The device names a range that starts at a mapping and ends with one, and splits none.
+    const whole = hit.filter((m) => m.iova >= iova && m.iova + m.size <= iova + size);
+    if (
+      !d ||
+      !hit.length ||
+      whole.length !== hit.length ||
+      !hit.some((m) => m.iova === iova) ||
+      !hit.some((m) => m.iova + m.size === iova + size)
+    )
       return void this.violations.push(
-        `unmap of 0x${iova.toString(16)}+0x${size.toString(16)} never mapped in ${domain}`,
+        `unmap of 0x${iova.toString(16)}+0x${size.toString(16)} in ${domain} is not a range of whole mappings`,
       );
-    this.domains.get(domain)!.mappings.delete(iova);
-    this.mapped--;
+    for (const m of whole) d.mappings.delete(m.iova);
+    this.mapped -= whole.length;
   }
 
   reservedRegions(): readonly { start: number; end: number }[] {

@@ -164,6 +164,53 @@ test('unmap: whole mappings only, none is fine, a straddled one refuses the lot'
   assert.equal(d.stats.unmaps, 2);
 });
 
+/** A listener that can unmap a range of whole pieces in one call (VFIO type1, iommufd). */
+class RangeRecorder extends Recorder {
+  readonly ranges: string[] = [];
+  failRanges = false;
+  unmapRange(iova: number, size: number, count: number): void {
+    if (this.failRanges) throw new Error('EINVAL: Invalid argument');
+    const inside = [...this.held.values()].filter((p) => p.iova >= iova && p.iova + p.size <= iova + size);
+    assert.equal(inside.length, count, `${this.name}: range 0x${iova.toString(16)}+0x${size.toString(16)}`);
+    assert.equal(
+      inside.reduce((n, p) => n + p.size, 0),
+      size,
+      'the pieces cover the range exactly',
+    );
+    for (const p of inside) this.held.delete(p.iova);
+    this.ranges.push(`0x${iova.toString(16)}+0x${size.toString(16)}`);
+  }
+}
+
+test('unmap of many mappings: one host call per IOVA-contiguous run where the listener can; piece by piece when it fails', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const l = new RangeRecorder('c'),
+    plain = new Recorder('p');
+  d.addListener(l);
+  d.addListener(plain);
+  // IOVA 0..4 pages and 6..8 pages (a gap at 4..6), scattered guest pages; one mapping crosses low → high RAM.
+  for (const [iova, gpa] of [
+    [0, 9 * P],
+    [P, 3 * P],
+    [2 * P, 4 * MiB - P],
+    [6 * P, 20 * P],
+    [7 * P, 2 * P],
+  ] as const)
+    assert.ok(d.map(iova, gpa, iova === 2 * P ? 2 * P : P, RW).ok);
+  assert.equal(l.held.size, 6, 'the mapping across two RAM regions is two pieces');
+  const r = d.unmap(0, 8 * P);
+  assert.ok(r.ok && r.unmapped === 5, JSON.stringify(r));
+  assert.deepEqual(l.ranges, ['0x0+0x4000', '0x6000+0x2000']);
+  assert.equal(l.held.size + plain.held.size, 0, 'both listeners emptied');
+  for (let i = 0; i < 3; i++) assert.ok(d.map(i * P, i * P, P, RW).ok);
+  l.failRanges = true;
+  const again = d.unmap(0, 3 * P);
+  assert.ok(again.ok && again.unmapped === 3);
+  assert.equal(l.held.size, 0, 'the failed range call fell back to piece by piece');
+  assert.equal(d.stats.unmaps, 8);
+});
+
 test('a map is all or nothing across listeners: a kernel error rolls back the listeners already done', () => {
   const { domains } = guest();
   const d = made(domains.create(1));

@@ -354,4 +354,17 @@ test('guest memory over the memory API: RAM sections only, across section and ch
   assert.equal(b[0x1ffe], 0, 'nothing of a refused write lands');
   assert.equal(m.check(0x4000, 4, false), false, 'MMIO is not RAM');
   assert.equal(m.check(0x5000, 4, false), false, 'unassigned');
+  // Wholly inside one section (the copy without a walk): small and large, RAM and ROM.
+  assert.equal(m.write(0x10, Uint8Array.of(0xaa, 0xbb)), true);
+  assert.deepEqual([...a.subarray(0x10, 0x12)], [0xaa, 0xbb]);
+  const big = Uint8Array.from({ length: 40 }, (_, i) => i + 1);
+  assert.equal(m.write(0x100, big), true);
+  const back = new Uint8Array(40);
+  assert.equal(m.read(0x100, back), true);
+  assert.deepEqual([...back], [...big]);
+  assert.equal(m.write(0x3010, Uint8Array.of(1)), false, 'ROM inside one section does not take writes either');
+  assert.equal(m.read(0x3010, new Uint8Array(1)), true);
+  assert.equal(m.read(0xfff, new Uint8Array(0x2002)), true, 'a read across the last byte of a region walks on');
+  assert.equal(m.read(0x2fff, new Uint8Array(0x1001)), true, 'RAM into ROM reads');
+  assert.equal(m.read(0x3fff, new Uint8Array(2)), false, 'ROM into MMIO does not');
 });
