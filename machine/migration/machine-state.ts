@@ -7,8 +7,8 @@ import { StateReader, StateWriter, StateError, LIVE_SUFFIX, type Migratable } fr
 import {
   StreamWriter,
   readStream,
-  encodeRamBlock,
-  decodeRamBlock,
+  decodeRamSection,
+  viewReader,
   RAM_BLOCK,
   RAM_SECTION,
   RAM_VERSION,
@@ -16,7 +16,10 @@ import {
   type ByteSink,
   type ByteSource,
   type ConfigDescription,
+  type RamReader,
 } from './stream.js';
+import { PageBitmap } from './dirty-bitmap.js';
+import { inlineRamEncoder, type ManualClear, type RamEncoder } from './ram-encoder.js';
 
 export interface MachineParts {
   /** What the destination must match (memory, layout, vCPUs, devices). */
@@ -25,7 +28,12 @@ export interface MachineParts {
   parts: Migratable[];
   /** Saved after RAM, restored last (the KVM clock). */
   last: Migratable[];
-  ram: { size: number; view(offset: number, length: number): Uint8Array };
+  ram: {
+    size: number;
+    view(offset: number, length: number): Uint8Array;
+    /** Faster reads than the views' (native zero-page scan and copy), where there are. */
+    reader?: RamReader;
+  };
 }
 
 /** How far a save or load is (QMP query-migrate's ram members). */
@@ -39,9 +47,19 @@ export interface MigrationProgress {
   zeroPages: number;
   /** Bytes of stream so far. */
   bytes: number;
-  /** RAM passes so far (1 for a stop-and-copy), and the bytes the current one has still to send. */
+  /** RAM passes so far (1 for a stop-and-copy; QMP's dirty-sync-count), and the bytes the current one has still to send. */
   passes: number;
   remaining: number;
+  /** Of the last pass (QMP's mbps, pages-per-second): stream bits per second and pages per second. */
+  mbps?: number;
+  pagesPerSecond?: number;
+  /** Pages the guest wrote per second between the last two syncs of the dirty log. */
+  dirtyPagesRate?: number;
+  /** What the rest would take at the bandwidth of the last pass (ms). */
+  expectedDowntimeMs?: number;
+  /** Stream bytes sent while the guest ran, and after it stopped. */
+  precopyBytes?: number;
+  downtimeBytes?: number;
   /** Bytes of parts' live sections sent while the guest ran (an assigned device's PRE_COPY data). */
   liveBytes: number;
   /** Bytes of assigned devices' state read after the stop (their sections carry it). */
@@ -58,8 +76,10 @@ function section(m: Migratable): Uint8Array {
 export interface DirtyLog {
   /** Starts logging (throws if the host cannot). */
   start(): void;
-  /** Guest RAM offsets (page-aligned) of the pages written since start() or the last call. */
-  dirty(): number[];
+  /** ORs into `into` (a bit per page of guest RAM) the pages written since start() or since they were last sent. */
+  sync(into: PageBitmap): void;
+  /** With KVM's manual protection: what the encoder clears before it reads a block (undefined: the sync did). */
+  manual(): ManualClear | undefined;
   stop(): void;
 }
 
@@ -82,6 +102,10 @@ export interface SaveOptions {
    * such a device can reach (all of RAM: it maps 1:1) goes again, as QEMU marks them all dirty.
    */
   untrackedDma?: readonly string[];
+  /** Each pass as it starts, numbered from 1 (QMP's MIGRATION_PASS). */
+  onPass?: (pass: number) => void;
+  /** Who encodes RAM (a worker thread off the vCPU's); undefined or failing: the calling thread. */
+  encoder?: () => Promise<RamEncoder>;
 }
 
 /** Progress of a save or a load of `ramSize` bytes of RAM, before the first section. */
@@ -113,33 +137,48 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   const check = () => {
     if (opts.cancelled?.()) throw new StateError('stream', 'cancelled');
   };
-  const blocks = Math.ceil(m.ram.size / RAM_BLOCK);
+  const pages = Math.ceil(m.ram.size / PAGE_SIZE);
+  const all = () => new PageBitmap(pages).setAll();
   let stopped = false;
-  const started = Date.now(),
-    startBytes = () => w.bytes;
+  const started = Date.now();
   const throttle = async () => {
     const max = opts.maxBandwidth ?? 0;
     if (!max || stopped) return;
-    const ahead = (startBytes() / max) * 1000 - (Date.now() - started);
+    const ahead = (w.bytes / max) * 1000 - (Date.now() - started);
     if (ahead > 1) await new Promise((r) => setTimeout(r, ahead));
   };
-  const sendBlocks = async (which: Iterable<number>) => {
+  // The encoder (a worker thread) starts while the header goes out.
+  const inline = () => inlineRamEncoder(m.ram.reader ?? viewReader((o, l) => m.ram.view(o, l)));
+  const encoding: Promise<RamEncoder> = opts.encoder
+    ? opts.encoder().catch((e: Error) => {
+        console.error(`tsvmm: RAM encoder thread: ${e.message}: encoding on the main thread`);
+        return inline();
+      })
+    : Promise.resolve(inline());
+  /** Bytes per ms of the last pass: what the convergence test and the expected downtime use. */
+  let bandwidth = 0;
+  const sendPass = async (enc: RamEncoder, bits: PageBitmap, clear: ManualClear | undefined) => {
     p.passes++;
-    const list = [...which];
-    p.remaining = list.length * RAM_BLOCK;
-    for (const b of list) {
+    opts.onPass?.(p.passes);
+    p.remaining = bits.count() * PAGE_SIZE;
+    const t0 = Date.now(),
+      b0 = w.bytes;
+    let sent = 0;
+    for await (const s of enc.pass(bits, clear)) {
       check();
-      const off = b * RAM_BLOCK;
-      const len = Math.min(RAM_BLOCK, m.ram.size - off);
-      const { payload, zeroPages } = encodeRamBlock(off, m.ram.view(off, len));
-      await w.section(RAM_SECTION, RAM_VERSION, payload);
-      p.zeroPages += zeroPages;
-      p.normalPages += len / PAGE_SIZE - zeroPages;
-      p.ramDone = Math.min(p.ramTotal, p.ramDone + len);
-      p.remaining = Math.max(0, p.remaining - len);
+      await w.framed(s.section);
+      sent += s.pages;
+      p.zeroPages += s.zeroPages;
+      p.normalPages += s.pages - s.zeroPages;
+      p.ramDone = Math.min(p.ramTotal, p.ramDone + s.pages * PAGE_SIZE);
+      p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
       report();
       await throttle();
     }
+    const ms = Math.max(1, Date.now() - t0);
+    bandwidth = (w.bytes - b0) / ms;
+    p.mbps = (bandwidth * 8) / 1000;
+    p.pagesPerSecond = Math.round((sent * 1000) / ms);
   };
   // Parts with state of their own that goes while the guest runs: once per pass, after its RAM.
   const sendLive = async () => {
@@ -153,46 +192,66 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       report();
     }
   };
-  const dirtyBlocks = (log: DirtyLog) => new Set(log.dirty().map((off) => Math.floor(off / RAM_BLOCK)));
-  const all = Array.from({ length: blocks }, (_, i) => i);
-
-  await w.header(m.description);
-  const untracked = (opts.untrackedDma?.length ?? 0) > 0;
-  let log = opts.live;
-  try {
-    log?.start();
-  } catch (e) {
-    // A KVM that keeps no dirty log (or refuses it for a slot): stop and copy instead.
-    console.error(`tsvmm: no dirty log for live migration (${(e as Error).message}): the VM stops for the whole copy`);
-    log = undefined;
-  }
-  if (log) {
-    try {
-      const limit = opts.downtimeLimitMs ?? 300,
-        maxPasses = opts.maxPasses ?? 30;
-      let next: Set<number> | number[] = all;
-      for (;;) {
-        const t0 = Date.now(),
-          b0 = w.bytes;
-        await sendBlocks(next);
-        await sendLive();
-        const bytesPerMs = (w.bytes - b0) / Math.max(1, Date.now() - t0);
-        next = dirtyBlocks(log);
-        // The rest fits the pause (or it will not get smaller): stop and copy it. With untracked
-        // DMA every page counts dirty, so more passes cannot make the rest smaller.
-        if (untracked || next.size * RAM_BLOCK <= bytesPerMs * limit || p.passes >= maxPasses) break;
-      }
-      await opts.stop();
-      stopped = true;
-      const last = untracked ? all : [...next, ...dirtyBlocks(log)].sort((a, b) => a - b);
-      await sendBlocks(last.filter((b, i, a) => a[i - 1] !== b));
-    } finally {
-      log.stop();
-    }
-  } else {
+  let lastSync = Date.now();
+  const sync = (log: DirtyLog, into = new PageBitmap(pages)) => {
+    const before = into.count();
+    log.sync(into);
+    const now = Date.now();
+    p.dirtyPagesRate = Math.round(((into.count() - before) * 1000) / Math.max(1, now - lastSync));
+    lastSync = now;
+    return into;
+  };
+  const stopNow = async () => {
     await opts.stop();
     stopped = true;
-    await sendBlocks(all);
+    p.precopyBytes = w.bytes;
+  };
+
+  let enc: RamEncoder | undefined;
+  try {
+    await w.header(m.description);
+    enc = await encoding;
+    const untracked = (opts.untrackedDma?.length ?? 0) > 0;
+    let log = opts.live;
+    try {
+      log?.start();
+    } catch (e) {
+      // A KVM that keeps no dirty log (or refuses it for a slot): stop and copy instead.
+      console.error(
+        `tsvmm: no dirty log for live migration (${(e as Error).message}): the VM stops for the whole copy`,
+      );
+      log = undefined;
+    }
+    if (log) {
+      try {
+        const limit = opts.downtimeLimitMs ?? 300,
+          maxPasses = opts.maxPasses ?? 30;
+        let next = all();
+        lastSync = Date.now();
+        for (;;) {
+          await sendPass(enc, next, log.manual());
+          await sendLive();
+          next = sync(log);
+          // QEMU's test: the rest fits the pause at the bandwidth of the last pass (or it will not
+          // get smaller: untracked DMA counts every page dirty; a guest that writes faster than
+          // the link never converges and is stopped after maxPasses).
+          const rest = next.count() * PAGE_SIZE;
+          p.remaining = rest;
+          p.expectedDowntimeMs = bandwidth > 0 ? Math.round(rest / bandwidth) : undefined;
+          report();
+          if (untracked || rest <= bandwidth * limit || p.passes >= maxPasses) break;
+        }
+        await stopNow();
+        await sendPass(enc, untracked ? all() : sync(log, next), log.manual());
+      } finally {
+        log.stop();
+      }
+    } else {
+      await stopNow();
+      await sendPass(enc, all(), undefined);
+    }
+  } finally {
+    await enc?.close();
   }
   for (const part of m.parts) {
     check();
@@ -201,6 +260,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   for (const part of m.last) await w.section(part.stateId, part.stateVersion, section(part));
   await w.end();
   p.remaining = 0;
+  p.downtimeBytes = w.bytes - (p.precopyBytes ?? 0);
   report();
   return p;
 }
@@ -232,7 +292,13 @@ export async function loadMachine(
     },
     onSection: async (id, version, payload) => {
       if (id === RAM_SECTION) {
-        const off = decodeRamBlock(payload, m.ram.size, (o, len) => m.ram.view(o, len));
+        const { offset: off } = decodeRamSection(
+          payload,
+          m.ram.size,
+          (o, len) => m.ram.view(o, len),
+          version,
+          m.ram.reader?.zeroPages,
+        );
         const b = Math.floor(off / RAM_BLOCK);
         if (!seen[b]) {
           seen[b] = 1;

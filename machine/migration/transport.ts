@@ -48,17 +48,42 @@ export function parseMigrationUri(uri: string): MigrationUri {
   }
 }
 
-/** A Writable as a ByteSink: each write resolves once the stream took it (back-pressure). */
+/** Bytes a sink takes before a write waits: a few sections in the kernel's and Node's buffers, so the writer rarely waits for a turn of the event loop. */
+const SINK_BUFFER = 4 * 2 ** 20;
+
+/**
+ * A Writable as a ByteSink with back-pressure: a write returns at once while less than
+ * SINK_BUFFER bytes wait in the stream's buffer, else once it drained. (Waiting for each write's
+ * own callback would cost a turn of the event loop per write: with vCPU 0 on the same thread,
+ * one of its run slices.)
+ */
 function writableSink(s: Writable): ByteSink & { failed(): Error | undefined } {
   let error: Error | undefined;
   s.on('error', (e) => (error ??= e));
   return {
     failed: () => error,
-    write: (b) =>
-      new Promise<void>((resolve, reject) => {
-        if (error) return reject(error);
-        s.write(b, (e) => (e ? reject(e) : error ? reject(error) : resolve()));
-      }),
+    write: (b) => {
+      if (error) return Promise.reject(error);
+      s.write(b);
+      if (s.writableLength < SINK_BUFFER) return;
+      return new Promise<void>((resolve, reject) => {
+        const off = () => {
+          s.off('drain', drained);
+          s.off('close', closed);
+        };
+        const drained = () => {
+          off();
+          if (error) reject(error);
+          else resolve();
+        };
+        const closed = () => {
+          off();
+          reject(error ?? new Error('the migration stream was closed'));
+        };
+        s.on('drain', drained);
+        s.on('close', closed);
+      });
+    },
   };
 }
 
@@ -79,10 +104,22 @@ export interface Incoming {
 /** The fd a client passed under `name` (QMP getfd), taken by the migration. */
 export type TakeFd = (name: string) => number;
 
+/**
+ * Ends the stream; rejects if any of it could not be written (writes do not wait for their own
+ * outcome), or if the other end closed before the end (an exec: command that exited early: Node
+ * closes its stdin then, and an end() after that never finishes).
+ */
 function endWritable(s: Writable): Promise<void> {
   return new Promise((resolve, reject) => {
+    const cut = () => reject(s.errored ?? new Error('the destination closed the stream before its end'));
+    if (s.destroyed) return s.writableFinished ? resolve() : cut();
     s.once('error', reject);
-    s.end(() => resolve());
+    s.once('close', () => (s.writableFinished ? resolve() : cut()));
+    s.end((e?: Error | null) => {
+      const err = e ?? s.errored;
+      if (err) reject(err);
+      else resolve();
+    });
   });
 }
 
@@ -187,7 +224,16 @@ export async function openOutgoing(uri: string, takeFd?: TakeFd): Promise<Outgoi
   return {
     sink,
     finish: async () => {
-      await endWritable(w);
+      try {
+        await endWritable(w);
+      } catch (e) {
+        if (!child) throw e;
+        // The command went before it took the whole stream: its exit says why, else say it did.
+        await childDone(child, (u as { command: string }).command);
+        throw new TsvmmError('ERR_MIGRATION', `${describe(u)}: exited (status 0) before it read the whole stream`, {
+          cause: e,
+        });
+      }
       if (child) await childDone(child, (u as { command: string }).command);
       const e = sink.failed();
       if (e) throw new TsvmmError('ERR_MIGRATION', `${describe(u)}: ${e.message}`, { cause: e });
