@@ -433,6 +433,7 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
         syncs: st.syncs,
       });
       r.srcLastPass = src.passAt[src.passAt.length - 1]?.n;
+      if (s.profileDir) log(`migration live source's stderr:\n${src.err()}`);
       await until('the destination to print a pass', dst, () => dst.passAt.length > 0);
       r.dstFirstPass = dst.passAt[0]!.n;
       r.dstPassAfterMs = dst.t0 + dst.passAt[0]!.t - done;
@@ -449,6 +450,7 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
       qmps.push(q);
       const st = await migrate(q, `exec:cat > ${snap}`);
       r.saveMs = st.totalMs;
+      if (s.profileDir) log(`migration save source's stderr:\n${src.err()}`);
       r.saveBytes = statSync(snap).size;
     });
     for (const p of procs.splice(0)) await kill(p, s.profileDir !== undefined);
@@ -617,9 +619,10 @@ async function main(): Promise<void> {
     else if (a[i] === '--rounds') o.rounds = Number(a[++i]);
     else if (a[i] === '--mem-mib') o.memMiB = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
-    else if (a[i] === '--profile')
+    else if (a[i] === '--profile') {
       o.profileDir = join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'migration-profile');
-    else throw new Error(`bench/migration: unknown argument ${a[i]}`);
+      process.env.TSVMM_MIGRATION_TRACE = '1'; // each pass's figures on the VMMs' stderr, logged
+    } else throw new Error(`bench/migration: unknown argument ${a[i]}`);
   }
   const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'bench-migration.json');
   const save = (r: unknown) => writeFileSync(out, JSON.stringify(r, null, 1) + '\n');

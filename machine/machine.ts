@@ -542,6 +542,7 @@ export class Machine implements MachineControl {
         untrackedDma: assigned.map((d) => d.name),
         // RAM is encoded on a thread of its own: this one runs vCPU 0 between the stream's writes.
         encoder: () => WorkerRamEncoder.start({ hostAddr: this.guestRam.hostAddr }),
+        ...(process.env.TSVMM_MIGRATION_TRACE ? { trace: (l: string) => console.error(`tsvmm: migration ${l}`) } : {}),
         ...(opts.onPass ? { onPass: opts.onPass } : {}),
       });
       return { ...p, deviceBytes };

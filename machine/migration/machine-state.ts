@@ -104,6 +104,8 @@ export interface SaveOptions {
   untrackedDma?: readonly string[];
   /** Each pass as it starts, numbered from 1 (QMP's MIGRATION_PASS). */
   onPass?: (pass: number) => void;
+  /** Each pass's figures as it ends (TSVMM_MIGRATION_TRACE=1 prints them): where its time went. */
+  trace?: (line: string) => void;
   /** Who encodes RAM (a worker thread off the vCPU's); undefined or failing: the calling thread. */
   encoder?: () => Promise<RamEncoder>;
 }
@@ -163,10 +165,16 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     p.remaining = bits.count() * PAGE_SIZE;
     const t0 = Date.now(),
       b0 = w.bytes;
-    let sent = 0;
+    let sent = 0,
+      waitEnc = 0,
+      waitSink = 0,
+      t = Date.now();
     for await (const s of enc.pass(bits, clear)) {
+      waitEnc += Date.now() - t;
       check();
+      t = Date.now();
       await w.framed(s.section);
+      waitSink += Date.now() - t;
       sent += s.pages;
       p.zeroPages += s.zeroPages;
       p.normalPages += s.pages - s.zeroPages;
@@ -174,8 +182,13 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
       report();
       await throttle();
+      t = Date.now();
     }
     const ms = Math.max(1, Date.now() - t0);
+    opts.trace?.(
+      `pass ${p.passes}${stopped ? ' (stopped)' : ''}: ${sent} pages, ${w.bytes - b0} bytes in ${ms} ms ` +
+        `(waiting: ${waitEnc} ms for the encoder, ${waitSink} ms for the sink)`,
+    );
     bandwidth = (w.bytes - b0) / ms;
     p.mbps = (bandwidth * 8) / 1000;
     p.pagesPerSecond = Math.round((sent * 1000) / ms);

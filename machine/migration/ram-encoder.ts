@@ -121,7 +121,6 @@ export class WorkerRamEncoder implements RamEncoder {
       this.failure ??= new Error(`the RAM encoder thread exited (${code})`);
       this.wake?.();
     });
-    worker.unref(); // never what keeps the process alive
   }
 
   static async start(
@@ -140,6 +139,11 @@ export class WorkerRamEncoder implements RamEncoder {
       w.once('error', reject);
     });
     return new WorkerRamEncoder(w, control, inFlight);
+  }
+
+  /** Sections the worker posted that the writer has not asked for yet (at most `inFlight`). */
+  get unwritten(): number {
+    return this.queue.filter((m) => m.k === 'section').length;
   }
 
   private next(): Promise<WorkerReply> {

@@ -458,13 +458,23 @@ export function decodeRamSection(
   const here = new Uint32Array(Math.ceil(pages / 32));
   if (count > data) zeroPages(offset, pages * PAGE_SIZE, here);
   let o = 12 + maps * bitmapLen;
-  for (let p = 0; p < pages; p++) {
-    if (!isSent(p)) continue;
-    const at = p * PAGE_SIZE;
-    if (!isZero(p)) {
-      dest.set(payload.subarray(o, o + PAGE_SIZE), at);
-      o += PAGE_SIZE;
-    } else if (!(here[p >> 5]! & (1 << (p & 31)))) dest.fill(0, at, at + PAGE_SIZE);
+  for (let p = 0; p < pages; ) {
+    if (!isSent(p)) {
+      p++;
+      continue;
+    }
+    if (isZero(p)) {
+      if (!(here[p >> 5]! & (1 << (p & 31)))) dest.fill(0, p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+      p++;
+      continue;
+    }
+    // A run of data pages: one copy.
+    let e = p + 1;
+    while (e < pages && isSent(e) && !isZero(e)) e++;
+    const n = (e - p) * PAGE_SIZE;
+    dest.set(payload.subarray(o, o + n), p * PAGE_SIZE);
+    o += n;
+    p = e;
   }
   return { offset, pages: count };
 }

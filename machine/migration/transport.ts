@@ -254,7 +254,8 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
   checkSandbox(u);
   switch (u.kind) {
     case 'file': {
-      const r = createReadStream(u.path);
+      // Reads of a few MiB: a section is up to 1 MiB, and each read is a trip through the thread pool.
+      const r = createReadStream(u.path, { highWaterMark: 4 * 2 ** 20 });
       await new Promise<void>((resolve, reject) => {
         r.once('open', () => resolve());
         r.once('error', (e) =>
