@@ -186,6 +186,10 @@ export interface Native {
   memZeroPages(addr: U64, length: number, zeroBits: Uint32Array): number;
   /** Copies [addr, addr+length) of an mmapAddr() mapping into dst at dstOffset (any thread: no view needed). */
   memCopy(addr: U64, length: number, dst: Uint8Array, dstOffset: number): void;
+  /** Writes all of data to fd on the calling thread (poll while full); gives up (code ESTOPPED) once stop[index] is set. */
+  writeFully(fd: number, data: Uint8Array, stop: Int32Array, index: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC). */
+  dupFd(fd: number): number;
   munmapAddr(addr: U64): void;
   memfdCreate(name: string, flags: number): number;
   madvise(addr: U64, length: U64, advice: number): void;

@@ -169,25 +169,43 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       waitEnc = 0,
       waitSink = 0,
       t = Date.now();
-    for await (const s of enc.pass(bits, clear)) {
-      waitEnc += Date.now() - t;
-      check();
-      t = Date.now();
-      await w.framed(s.section);
-      waitSink += Date.now() - t;
-      sent += s.pages;
-      p.zeroPages += s.zeroPages;
-      p.normalPages += s.pages - s.zeroPages;
-      p.ramDone = Math.min(p.ramTotal, p.ramDone + s.pages * PAGE_SIZE);
-      p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
-      report();
-      await throttle();
-      t = Date.now();
+    // An encoder on its own thread writes to the stream's fd itself (after what this thread wrote):
+    // the RAM never passes through this thread, which runs vCPU 0.
+    const fd = enc.direct ? w.fd() : undefined;
+    if (fd !== undefined) await w.flush();
+    const out =
+      fd !== undefined
+        ? { fd, maxBandwidth: stopped ? 0 : (opts.maxBandwidth ?? 0), started, sentBefore: w.bytes }
+        : undefined;
+    try {
+      for await (const s of enc.pass(bits, {
+        ...(clear ? { clear } : {}),
+        ...(out ? { out } : {}),
+        stopIf: () => opts.cancelled?.() ?? false,
+      })) {
+        waitEnc += Date.now() - t;
+        check();
+        t = Date.now();
+        if (s.section) await w.framed(s.section);
+        else w.external(s.bytes);
+        waitSink += Date.now() - t;
+        sent += s.pages;
+        p.zeroPages += s.zeroPages;
+        p.normalPages += s.pages - s.zeroPages;
+        p.ramDone = Math.min(p.ramTotal, p.ramDone + s.pages * PAGE_SIZE);
+        p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
+        report();
+        if (!out) await throttle();
+        t = Date.now();
+      }
+    } catch (e) {
+      check(); // a pass stopped by a cancel says so
+      throw e;
     }
     const ms = Math.max(1, Date.now() - t0);
     opts.trace?.(
       `pass ${p.passes}${stopped ? ' (stopped)' : ''}: ${sent} pages, ${w.bytes - b0} bytes in ${ms} ms ` +
-        `(waiting: ${waitEnc} ms for the encoder, ${waitSink} ms for the sink)`,
+        `(waiting: ${waitEnc} ms for the encoder${out ? ', which writes them' : `, ${waitSink} ms for the sink`})`,
     );
     bandwidth = (w.bytes - b0) / ms;
     p.mbps = (bandwidth * 8) / 1000;

@@ -6,6 +6,7 @@
 // buffer over without a copy; at most `inFlight` of them are not yet written (back-pressure).
 // The inline encoder does the same on the calling thread (a stopped VM, tests, a worker that
 // would not start).
+import { closeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { projectRoot } from '../../core/paths.js';
@@ -14,10 +15,29 @@ import { PageBitmap, clearDirtyRange, type DirtySlot } from './dirty-bitmap.js';
 import { encodeRamSection, PAGE_SIZE, PAGES_PER_BLOCK, type RamReader } from './stream.js';
 
 export interface RamSection {
-  /** The framed section (StreamWriter.framed). */
-  section: Uint8Array;
+  /** The framed section (StreamWriter.framed); absent when the encoder wrote it to the stream's fd itself. */
+  section?: Uint8Array;
+  /** Its bytes in the stream. */
+  bytes: number;
   pages: number;
   zeroPages: number;
+}
+
+/** Where an encoder that writes sections itself puts them: the stream's fd, flushed of what came before. */
+export interface DirectOut {
+  fd: number;
+  /** Bytes per second the stream may take (0: no limit), counted from `started` (ms, Date.now()) over `sentBefore` + what this pass sends. */
+  maxBandwidth: number;
+  started: number;
+  sentBefore: number;
+}
+
+export interface PassOptions {
+  clear?: ManualClear;
+  /** Write to this fd (an encoder that can: `direct`); else the sections come back to be written. */
+  out?: DirectOut;
+  /** Looked at while waiting: true ends the pass (a cancel while the peer reads nothing). */
+  stopIf?: () => boolean;
 }
 
 /** With KVM's manual dirty-log protection: the VM fd and slots whose pages are cleared just before they are read. */
@@ -27,8 +47,10 @@ export interface ManualClear {
 }
 
 export interface RamEncoder {
+  /** Whether it can write sections to the stream's fd itself (PassOptions.out). */
+  readonly direct: boolean;
   /** The sections for the pages set in `pages`, block by block in order; the next is asked for once the last is written. */
-  pass(pages: PageBitmap, clear?: ManualClear): AsyncIterable<RamSection>;
+  pass(pages: PageBitmap, opts?: PassOptions): AsyncIterable<RamSection>;
   close(): Promise<void>;
 }
 
@@ -55,7 +77,7 @@ export function encodeBlock(
   if (!bits) return undefined;
   if (clear) clearDirtyRange(clear.slots, first, bits, n, (s, f, k, b) => clearLog(clear.vmFd, s, f, k, b));
   const e = encodeRamSection(first * PAGE_SIZE, n, ram, bits);
-  return e && { section: e.section, pages: e.pages, zeroPages: e.zeroPages };
+  return e && { section: e.section, bytes: e.section.length, pages: e.pages, zeroPages: e.zeroPages };
 }
 
 const nativeClear = (vmFd: number, slot: number, first: number, n: number, bits: Uint32Array) =>
@@ -64,9 +86,10 @@ const nativeClear = (vmFd: number, slot: number, first: number, n: number, bits:
 /** Encodes on the calling thread. */
 export function inlineRamEncoder(ram: RamReader): RamEncoder {
   return {
-    async *pass(pages, clear) {
+    direct: false,
+    async *pass(pages, opts = {}) {
       for (const b of pages.blocks(PAGES_PER_BLOCK)) {
-        const s = encodeBlock(ram, pages, b, clear, nativeClear);
+        const s = encodeBlock(ram, pages, b, opts.clear, nativeClear);
         if (s) yield s;
       }
     },
@@ -89,15 +112,18 @@ export interface PassRequest {
   words: Uint32Array;
   pages: number;
   clear?: ManualClear;
+  /** Write each section here (a dup of the stream's fd, the main thread's to close) instead of posting it. */
+  out?: DirectOut;
 }
-/** Worker → main. */
+/** Worker → main: a section (posted, or written to `out` when it has no bytes here), the pass's end, a failure. */
 export type WorkerReply =
-  | { k: 'section'; section: Uint8Array; pages: number; zeroPages: number }
+  | { k: 'section'; section?: Uint8Array; bytes: number; pages: number; zeroPages: number }
   | { k: 'done' }
-  | { k: 'error'; message: string };
+  | { k: 'error'; message: string; code?: string };
 
 /** Encodes in a worker thread; `start` rejects if the worker cannot start. */
 export class WorkerRamEncoder implements RamEncoder {
+  readonly direct = true;
   private readonly control: Int32Array;
   private queue: WorkerReply[] = [];
   private wake: (() => void) | undefined;
@@ -146,52 +172,75 @@ export class WorkerRamEncoder implements RamEncoder {
     return this.queue.filter((m) => m.k === 'section').length;
   }
 
-  private next(): Promise<WorkerReply> {
+  private next(stopIf?: () => boolean): Promise<WorkerReply> {
     return new Promise((resolve, reject) => {
+      const done = () => {
+        this.wake = undefined;
+        if (timer) clearInterval(timer);
+      };
       const take = () => {
         const m = this.queue.shift();
         if (m) {
-          this.wake = undefined;
+          done();
           resolve(m);
         } else if (this.failure) {
-          this.wake = undefined;
+          done();
           reject(this.failure);
+        } else if (stopIf?.()) {
+          done();
+          reject(new Error('the RAM pass was stopped'));
         } else this.wake = take;
       };
+      // A worker blocked on a peer that reads nothing posts nothing: look at stopIf meanwhile.
+      const timer = stopIf ? setInterval(take, 100) : undefined;
       take();
     });
   }
 
-  async *pass(pages: PageBitmap, clear?: ManualClear): AsyncIterable<RamSection> {
-    const req: PassRequest = { words: pages.words.slice(), pages: pages.pages, ...(clear ? { clear } : {}) };
-    this.worker.postMessage(req, [req.words.buffer as ArrayBuffer]);
+  async *pass(pages: PageBitmap, opts: PassOptions = {}): AsyncIterable<RamSection> {
+    // The worker writes to its own dup of the fd, closed here once it is done with it.
+    const out = opts.out && { ...opts.out, fd: native().dupFd(opts.out.fd) };
+    const req: PassRequest = {
+      words: pages.words.slice(),
+      pages: pages.pages,
+      ...(opts.clear ? { clear: opts.clear } : {}),
+      ...(out ? { out } : {}),
+    };
     let handed = false,
       complete = false;
     try {
+      this.worker.postMessage(req, [req.words.buffer as ArrayBuffer]);
       for (;;) {
         if (handed) {
-          // The section handed out last is written: room for one more.
+          // The section handed out last is written: room for one more (a posted one took a credit).
           Atomics.add(this.control, CTL_CREDITS, 1);
           Atomics.notify(this.control, CTL_CREDITS);
         }
-        const m = await this.next();
+        const m = await this.next(opts.stopIf);
         if (m.k === 'done') {
           complete = true;
           return;
         }
-        if (m.k === 'error') throw new Error(`RAM encoder: ${m.message}`);
-        handed = true;
+        if (m.k === 'error') throw new Error(m.message);
+        handed = m.section !== undefined;
         yield m;
       }
     } finally {
-      // A pass cut short (a cancel, a failed write) leaves the worker mid-pass: this encoder is done.
-      if (!complete) this.failure ??= new Error('the RAM encoder stopped mid-pass');
+      // A pass cut short (a cancel, a failed write) leaves the worker mid-pass: this encoder is
+      // done, and the worker must have stopped before its fd is closed (the number could be reused).
+      if (!complete) {
+        this.failure ??= new Error('the RAM encoder stopped mid-pass');
+        await this.close();
+      }
+      if (out) closeSync(out.fd);
     }
   }
 
+  private closed: Promise<number> | undefined;
   async close(): Promise<void> {
     Atomics.store(this.control, CTL_STOP, 1);
     Atomics.notify(this.control, CTL_CREDITS);
-    await this.worker.terminate();
+    Atomics.notify(this.control, CTL_STOP);
+    await (this.closed ??= this.worker.terminate());
   }
 }

@@ -40,24 +40,45 @@ function credit(): boolean {
   }
 }
 
+/** Holds back while the stream is ahead of max-bandwidth (wakes early for a stop). */
+function throttle(out: NonNullable<PassRequest['out']>, sent: number): void {
+  if (!out.maxBandwidth) return;
+  const ahead = ((out.sentBefore + sent) / out.maxBandwidth) * 1000 - (Date.now() - out.started);
+  if (ahead > 1) Atomics.wait(control, CTL_STOP, 0, ahead);
+}
+
 parentPort!.on('message', (req: PassRequest) => {
   try {
+    const n = native();
     const pages = new PageBitmap(req.pages, req.words);
-    const clear = (vmFd: number, slot: number, first: number, n: number, bits: Uint32Array) =>
-      native().kvmClearDirtyLog(vmFd, slot, first, n, bits);
+    const clear = (vmFd: number, slot: number, first: number, k: number, bits: Uint32Array) =>
+      n.kvmClearDirtyLog(vmFd, slot, first, k, bits);
+    let sent = 0;
     for (const b of pages.blocks(PAGES_PER_BLOCK)) {
+      if (Atomics.load(control, CTL_STOP)) return;
+      if (req.out) {
+        // Written here, as QEMU's migration thread writes: the main thread (vCPU 0's) only counts it.
+        const s = encodeBlock(ram, pages, b, req.clear, clear);
+        if (!s) continue;
+        n.writeFully(req.out.fd, s.section!, control, CTL_STOP);
+        sent += s.bytes;
+        post({ k: 'section', bytes: s.bytes, pages: s.pages, zeroPages: s.zeroPages });
+        throttle(req.out, sent);
+        continue;
+      }
       if (!credit()) return;
       const s = encodeBlock(ram, pages, b, req.clear, clear);
       if (!s) {
         Atomics.add(control, CTL_CREDITS, 1); // nothing posted: the credit goes back
         continue;
       }
-      post({ k: 'section', section: s.section, pages: s.pages, zeroPages: s.zeroPages }, [
-        s.section.buffer as ArrayBuffer,
+      post({ k: 'section', section: s.section!, bytes: s.bytes, pages: s.pages, zeroPages: s.zeroPages }, [
+        s.section!.buffer as ArrayBuffer,
       ]);
     }
     post({ k: 'done' });
   } catch (e) {
-    post({ k: 'error', message: (e as Error).message });
+    const err = e as Error & { code?: string };
+    post({ k: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) });
   }
 });

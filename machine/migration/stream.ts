@@ -28,6 +28,10 @@ export type ConfigDescription = Record<string, unknown>;
 /** Where stream bytes go (a file, a pipe, a socket): resolves once the bytes are taken. */
 export interface ByteSink {
   write(bytes: Uint8Array): Promise<void> | void;
+  /** The fd underneath, for a thread that writes sections itself (after flush()), if there is one. */
+  fd?(): number | undefined;
+  /** Resolves once every byte written so far has reached the fd. */
+  flush?(): Promise<void>;
 }
 /** Where they come from: exactly n bytes, or fewer only at the end of the input. */
 export interface ByteSource {
@@ -96,6 +100,22 @@ export class StreamWriter {
   /** A section framed already (encodeRamSection's, built on another thread): its bytes as they are. */
   async framed(section: Uint8Array): Promise<void> {
     await this.put(section);
+    this.sections++;
+  }
+
+  /** The sink's fd, where another thread may write whole sections between flush() and external(). */
+  fd(): number | undefined {
+    return this.sink.flush ? this.sink.fd?.() : undefined;
+  }
+
+  /** Waits until all written so far is in the fd: another thread's writes come after it. */
+  async flush(): Promise<void> {
+    await this.sink.flush?.();
+  }
+
+  /** Counts a section another thread wrote to fd(). */
+  external(bytes: number): void {
+    this.bytes += bytes;
     this.sections++;
   }
 

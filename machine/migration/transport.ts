@@ -62,6 +62,19 @@ function writableSink(s: Writable): ByteSink & { failed(): Error | undefined } {
   s.on('error', (e) => (error ??= e));
   return {
     failed: () => error,
+    fd: () => {
+      if (s.destroyed) return undefined;
+      // A file stream's fd, or the handle's of a socket or pipe (Node's stream wraps it).
+      const w = s as Writable & { fd?: unknown; _handle?: { fd?: unknown } };
+      const fd = typeof w.fd === 'number' ? w.fd : w._handle?.fd;
+      return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+    },
+    // An empty write's callback comes after every earlier write's: they are all in the fd then.
+    flush: () =>
+      new Promise<void>((resolve, reject) => {
+        if (error) return reject(error);
+        s.write(new Uint8Array(0), (e) => (e ? reject(e) : error ? reject(error) : resolve()));
+      }),
     write: (b) => {
       if (error) return Promise.reject(error);
       s.write(b);

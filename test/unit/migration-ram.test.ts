@@ -179,7 +179,7 @@ test('a version-1 RAM section (every page, a zero bitmap) still loads', () => {
 
 async function collect(it: AsyncIterable<RamSection>): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
-  for await (const s of it) out.push(s.section.slice());
+  for await (const s of it) out.push(s.section!.slice());
   return out;
 }
 
