@@ -116,8 +116,11 @@ export class Migration {
           // QEMU's MIGRATION_PASS: each sync of the dirty bitmap, numbered as dirty-sync-count.
           onPass: (pass) => this.emit('MIGRATION_PASS', { pass }),
         });
+        const flushing = Date.now();
         await target.finish();
         job.end = Date.now();
+        if (process.env.TSVMM_MIGRATION_TRACE)
+          console.error(`tsvmm: migration the stream's end reached the destination in ${job.end - flushing} ms`);
         this.event(job, 'completed');
       } catch (e) {
         target.abort();

@@ -284,12 +284,14 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   } finally {
     await enc?.close();
   }
+  const tParts = Date.now();
   for (const part of m.parts) {
     check();
     await w.section(part.stateId, part.stateVersion, section(part));
   }
   for (const part of m.last) await w.section(part.stateId, part.stateVersion, section(part));
   await w.end();
+  opts.trace?.(`state of ${m.parts.length + m.last.length} parts: ${Date.now() - tParts} ms`);
   p.remaining = 0;
   p.downtimeBytes = w.bytes - (p.precopyBytes ?? 0);
   report();

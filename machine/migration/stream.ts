@@ -378,7 +378,23 @@ export function encodeRamSection(
   }
   if (!sent) return undefined;
   const zero = new Uint32Array(words);
-  ram.zeroPages(offset, pages * PAGE_SIZE, zero);
+  if (sent === pages) ram.zeroPages(offset, pages * PAGE_SIZE, zero);
+  else {
+    // Only the runs of pages sent are scanned (a pass after the first sends a few pages of a block).
+    const run = new Uint32Array(words);
+    for (let p = 0; p < pages; ) {
+      if (!(want[p >>> 5]! & (1 << (p & 31)))) {
+        p++;
+        continue;
+      }
+      let e = p + 1;
+      while (e < pages && want[e >>> 5]! & (1 << (e & 31))) e++;
+      run.fill(0);
+      ram.zeroPages(offset + p * PAGE_SIZE, (e - p) * PAGE_SIZE, run);
+      for (let i = 0; i < e - p; i++) if (run[i >>> 5]! & (1 << (i & 31))) zero[(p + i) >>> 5]! |= 1 << ((p + i) & 31);
+      p = e;
+    }
+  }
   let zeroSent = 0;
   for (let i = 0; i < words; i++) {
     zero[i]! &= want[i]!; // a zero page that is not sent is not flagged
