@@ -385,7 +385,8 @@ async function migrate(q: Qmp, uri: string): Promise<ReturnType<typeof migrateSt
   await q.call('migrate', { uri });
   for (const end = Date.now() + WAIT_MS; ; ) {
     const st = migrateStats(await q.call('query-migrate'));
-    if (st.status === 'completed') return st;
+    // QEMU sets 'completed' a moment before it fills in total-time and downtime (0 until then): ask again.
+    if (st.status === 'completed' && st.totalMs) return st;
     if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`migrate ${uri}: ${st.status}`);
     if (Date.now() > end) throw new Error(`migrate ${uri}: still ${st.status}`);
     await new Promise((r) => setTimeout(r, 20));

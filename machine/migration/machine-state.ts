@@ -316,6 +316,18 @@ export async function loadMachine(
   // A block may come more than once (a live migration sends again what the guest rewrote): every one at least once.
   const seen = new Uint8Array(Math.ceil(m.ram.size / RAM_BLOCK));
   let seenCount = 0;
+  const ram = (payload: Uint8Array | Uint8Array[], version: number) => {
+    const r = decodeRamSection(payload, m.ram.size, (o, len) => m.ram.view(o, len), version, m.ram.reader?.zeroPages);
+    // A block counts once a section held every page of it (a later pass's sends a few).
+    const b = Math.floor(r.offset / RAM_BLOCK);
+    if (!seen[b] && r.pages === r.span) {
+      seen[b] = 1;
+      seenCount++;
+    }
+    p.ramDone = Math.min(m.ram.size, seenCount * RAM_BLOCK);
+    p.remaining = m.ram.size - p.ramDone;
+    opts.progress?.(p);
+  };
   const r = await readStream(src, {
     config: m.description,
     knows: (id) => {
@@ -323,25 +335,10 @@ export async function loadMachine(
       const part = liveOf(id);
       return part ? part.stateVersion : byId.get(id)?.stateVersion;
     },
+    // RAM goes from the pieces the stream arrived in straight into guest RAM (no copy into one buffer).
+    inParts: { ids: new Set([RAM_SECTION]), onParts: (_id, version, parts) => ram(parts, version) },
     onSection: async (id, version, payload) => {
-      if (id === RAM_SECTION) {
-        const { offset: off } = decodeRamSection(
-          payload,
-          m.ram.size,
-          (o, len) => m.ram.view(o, len),
-          version,
-          m.ram.reader?.zeroPages,
-        );
-        const b = Math.floor(off / RAM_BLOCK);
-        if (!seen[b]) {
-          seen[b] = 1;
-          seenCount++;
-        }
-        p.ramDone = Math.min(m.ram.size, seenCount * RAM_BLOCK);
-        p.remaining = m.ram.size - p.ramDone;
-        opts.progress?.(p);
-        return;
-      }
+      if (id === RAM_SECTION) return ram(payload, version);
       const live = liveOf(id);
       if (live) {
         if (loaded.has(live.stateId)) throw new StateError(id, 'comes after its part was loaded');

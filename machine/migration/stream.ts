@@ -36,6 +36,8 @@ export interface ByteSink {
 /** Where they come from: exactly n bytes, or fewer only at the end of the input. */
 export interface ByteSource {
   read(n: number): Promise<Uint8Array>;
+  /** The same bytes as read(n), in the pieces they arrived in (no copy into one buffer). */
+  readParts?(n: number): Promise<Uint8Array[]>;
 }
 
 const u32 = (v: number) => {
@@ -132,6 +134,11 @@ export interface ReadOptions {
   knows(id: string): number | undefined;
   /** Each section in order, after its checks. */
   onSection(id: string, version: number, payload: Uint8Array): void | Promise<void>;
+  /** Sections with these ids go to onParts, their payload in the pieces it arrived in (a source with readParts). */
+  inParts?: {
+    ids: ReadonlySet<string>;
+    onParts(id: string, version: number, parts: Uint8Array[]): void | Promise<void>;
+  };
 }
 
 /** Reads and checks a whole stream; throws a StateError that says which section and why. */
@@ -147,6 +154,18 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
         'the stream was cut short: save it again (a migration that failed leaves an incomplete file)',
       );
     return b;
+  };
+  const needParts = async (n: number, section: string): Promise<Uint8Array[]> => {
+    const parts = await src.readParts!(n);
+    const got = parts.reduce((k, p) => k + p.length, 0);
+    bytes += got;
+    if (got < n)
+      throw new StateError(
+        section,
+        `truncated: the stream ends ${got ? `${got} bytes into` : 'before'} the payload (${n} bytes)`,
+        'the stream was cut short: save it again (a migration that failed leaves an incomplete file)',
+      );
+    return parts;
   };
   const le32 = (b: Uint8Array, o = 0) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(o, true);
 
@@ -207,10 +226,12 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
     const ver = le32(vl, 0),
       len = le32(vl, 4);
     if (len > MAX_SECTION_BYTES) throw new StateError(id, `length ${len} is beyond any section's (corrupt)`);
-    const payload = await need(len, id, 'the payload');
+    const inParts = opts.inParts?.ids.has(id) && src.readParts ? opts.inParts : undefined;
+    const parts = inParts ? await needParts(len, id) : [await need(len, id, 'the payload')];
     const sum = le32(await need(4, id, 'the checksum'));
-    const head = cat(Uint8Array.of(TAG_SECTION, idLen), idBytes, vl);
-    if (crc32(payload, crc32(head)) !== sum) throw new StateError(id, 'checksum mismatch (the stream is corrupt)');
+    let crc = crc32(cat(Uint8Array.of(TAG_SECTION, idLen), idBytes, vl));
+    for (const part of parts) crc = crc32(part, crc);
+    if (crc !== sum) throw new StateError(id, 'checksum mismatch (the stream is corrupt)');
     const max = opts.knows(id);
     if (max === undefined)
       throw new StateError(
@@ -224,7 +245,8 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
         `version ${ver} is newer than this build's (${max})`,
         'restore with the tsvmm that saved it, or a newer one',
       );
-    await opts.onSection(id, ver, payload);
+    if (inParts) await inParts.onParts(id, ver, parts);
+    else await opts.onSection(id, ver, parts[0]!);
     n++;
   }
 }
@@ -245,7 +267,29 @@ export function iterableSource(it: AsyncIterable<Uint8Array>): ByteSource {
   const iter = it[Symbol.asyncIterator]();
   let pending: Uint8Array = new Uint8Array(0);
   let done = false;
+  const readParts = async (n: number): Promise<Uint8Array[]> => {
+    const parts: Uint8Array[] = [];
+    let have = 0;
+    while (have < n) {
+      if (!pending.length) {
+        if (done) break;
+        const r = await iter.next();
+        if (r.done) {
+          done = true;
+          break;
+        }
+        pending = r.value;
+        continue;
+      }
+      const take = Math.min(n - have, pending.length);
+      parts.push(pending.subarray(0, take));
+      pending = pending.subarray(take);
+      have += take;
+    }
+    return parts;
+  };
   return {
+    readParts,
     async read(n: number): Promise<Uint8Array> {
       const parts: Uint8Array[] = [];
       let have = 0;
@@ -445,7 +489,7 @@ export function encodeRamBlock(offset: number, bytes: Uint8Array): { payload: Ui
 
 /**
  * Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there); returns
- * its offset and the pages it held. A zero page is only written where the page is not zero already
+ * its offset, the pages it held and the pages its block spans. A zero page is only written where the page is not zero already
  * (`zeroScan` says): a destination's untouched RAM then stays unallocated, as QEMU's does.
  */
 export function decodeRamBlock(
@@ -458,24 +502,32 @@ export function decodeRamBlock(
 }
 
 export function decodeRamSection(
-  payload: Uint8Array,
+  payload: Uint8Array | readonly Uint8Array[],
   ramSize: number,
   ram: (offset: number, length: number) => Uint8Array,
   version: number = RAM_VERSION,
   zeroPages: RamReader['zeroPages'] = (o, l, z) => zeroPagesJs(ram(o, l), z),
-): { offset: number; pages: number } {
+): { offset: number; pages: number; span: number } {
   const fail = (why: string) => new StateError(RAM_SECTION, why);
-  if (payload.length < 12) throw fail('truncated block header');
-  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  // The payload as it arrived (one buffer, or the pieces a socket read it in: no copy into one).
+  const parts = payload instanceof Uint8Array ? [payload] : payload;
+  const length = parts.reduce((n, x) => n + x.length, 0);
+  const cur = new PartCursor(parts);
+  if (length < 12) throw fail('truncated block header');
+  const head = new Uint8Array(12);
+  cur.read(head, 0, 12);
+  const v = new DataView(head.buffer);
   const offset = Number(v.getBigUint64(0, true)),
     pages = v.getUint32(8, true);
   if (offset % PAGE_SIZE || !Number.isSafeInteger(offset) || offset + pages * PAGE_SIZE > ramSize)
     throw fail(`block at 0x${offset.toString(16)} of ${pages} pages lies outside guest RAM (${ramSize} bytes)`);
   const bitmapLen = Math.ceil(pages / 8);
   const maps = version >= 2 ? 2 : 1;
-  if (payload.length < 12 + maps * bitmapLen) throw fail('truncated page bitmaps');
-  const sent = version >= 2 ? payload.subarray(12, 12 + bitmapLen) : undefined;
-  const zero = payload.subarray(12 + (maps - 1) * bitmapLen, 12 + maps * bitmapLen);
+  if (length < 12 + maps * bitmapLen) throw fail('truncated page bitmaps');
+  const bitmaps = new Uint8Array(maps * bitmapLen);
+  cur.read(bitmaps, 0, bitmaps.length);
+  const sent = version >= 2 ? bitmaps.subarray(0, bitmapLen) : undefined;
+  const zero = bitmaps.subarray((maps - 1) * bitmapLen);
   const isSent = (p: number) => !sent || (sent[p >> 3]! & (1 << (p & 7))) !== 0;
   const isZero = (p: number) => (zero[p >> 3]! & (1 << (p & 7))) !== 0;
   let data = 0,
@@ -488,12 +540,11 @@ export function decodeRamSection(
     count++;
     if (!isZero(p)) data++;
   }
-  if (payload.length !== 12 + maps * bitmapLen + data * PAGE_SIZE)
-    throw fail(`block at 0x${offset.toString(16)}: ${payload.length} bytes for ${data} data pages`);
+  if (length !== 12 + maps * bitmapLen + data * PAGE_SIZE)
+    throw fail(`block at 0x${offset.toString(16)}: ${length} bytes for ${data} data pages`);
   const dest = ram(offset, pages * PAGE_SIZE);
   const here = new Uint32Array(Math.ceil(pages / 32));
   if (count > data) zeroPages(offset, pages * PAGE_SIZE, here);
-  let o = 12 + maps * bitmapLen;
   for (let p = 0; p < pages; ) {
     if (!isSent(p)) {
       p++;
@@ -504,13 +555,32 @@ export function decodeRamSection(
       p++;
       continue;
     }
-    // A run of data pages: one copy.
+    // A run of data pages: one copy (one per piece it spans).
     let e = p + 1;
     while (e < pages && isSent(e) && !isZero(e)) e++;
-    const n = (e - p) * PAGE_SIZE;
-    dest.set(payload.subarray(o, o + n), p * PAGE_SIZE);
-    o += n;
+    cur.read(dest, p * PAGE_SIZE, (e - p) * PAGE_SIZE);
     p = e;
   }
-  return { offset, pages: count };
+  return { offset, pages: count, span: pages };
+}
+
+/** Reads on through a list of buffers as if they were one. */
+class PartCursor {
+  private i = 0;
+  private o = 0;
+  constructor(private readonly parts: readonly Uint8Array[]) {}
+  read(into: Uint8Array, at: number, n: number): void {
+    while (n > 0) {
+      const p = this.parts[this.i]!;
+      const k = Math.min(n, p.length - this.o);
+      into.set(k === p.length ? p : p.subarray(this.o, this.o + k), at);
+      at += k;
+      n -= k;
+      this.o += k;
+      if (this.o === p.length) {
+        this.i++;
+        this.o = 0;
+      }
+    }
+  }
 }

@@ -16,7 +16,7 @@ import {
 } from '../../machine/migration/stream.js';
 import { inlineRamEncoder, WorkerRamEncoder, type RamSection } from '../../machine/migration/ram-encoder.js';
 import { saveMachine, loadMachine, type MachineParts } from '../../machine/migration/machine-state.js';
-import { bytesSource } from '../../machine/migration/stream.js';
+import { bytesSource, iterableSource } from '../../machine/migration/stream.js';
 
 /** A deterministic pseudo-random source (xorshift32). */
 function rng(seed: number): () => number {
@@ -136,7 +136,7 @@ test('page-granular RAM sections: only the pages asked for travel and land; a ze
     writes.push(o);
     return zeroPagesJs(view(o, l), z);
   });
-  assert.deepEqual(r, { offset: 0, pages: 9 });
+  assert.deepEqual(r, { offset: 0, pages: 9, span: 100 });
   for (let p = 0; p < pages; p++) {
     const got = dest.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
     if (send.get(p)) assert.deepEqual(got, ram.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), `page ${p}`);
@@ -251,4 +251,45 @@ test('saveMachine: a page rewritten while the guest runs goes again alone (not i
   const dest = new Uint8Array(size);
   await loadMachine(parts(dest), bytesSource(Buffer.concat(chunks)));
   assert.deepEqual(dest, ram);
+});
+
+test("a stream read in pieces of any size (a socket's): RAM goes from the pieces into guest RAM; a changed byte is still refused", async () => {
+  const size = 3 * RAM_BLOCK;
+  const ram = pattern(size / PAGE_SIZE, 31);
+  const parts = (mem: Uint8Array): MachineParts => ({
+    description: { memory: size },
+    parts: [],
+    last: [],
+    ram: { size, view: (o, l) => mem.subarray(o, o + l) },
+  });
+  const chunks: Uint8Array[] = [];
+  await saveMachine(parts(ram), { write: (b) => void chunks.push(b.slice()) }, { stop: async () => {} });
+  const stream = Buffer.concat(chunks);
+  const pieces = (bytes: Uint8Array, seed: number) => {
+    const r = rng(seed);
+    const out: Uint8Array[] = [];
+    for (let o = 0; o < bytes.length; ) {
+      const n = 1 + (r() % 70000);
+      out.push(bytes.subarray(o, o + n));
+      o += n;
+    }
+    return (async function* () {
+      yield* out;
+    })();
+  };
+  for (const seed of [1, 2, 3]) {
+    const dest = new Uint8Array(size).fill(0x77);
+    await loadMachine(parts(dest), iterableSource(pieces(stream, seed)));
+    assert.ok(Buffer.from(dest).equals(Buffer.from(ram)), `pieces of seed ${seed}`);
+  }
+  const bad = stream.slice();
+  bad[bad.length >> 1] ^= 1;
+  await assert.rejects(
+    loadMachine(parts(new Uint8Array(size)), iterableSource(pieces(bad, 4))),
+    /section 'ram': checksum mismatch/,
+  );
+  await assert.rejects(
+    loadMachine(parts(new Uint8Array(size)), iterableSource(pieces(stream.subarray(0, stream.length >> 1), 5))),
+    /section 'ram': truncated/,
+  );
 });
