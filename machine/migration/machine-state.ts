@@ -151,12 +151,13 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   };
   // The encoder (a worker thread) starts while the header goes out.
   const inline = () => inlineRamEncoder(m.ram.reader ?? viewReader((o, l) => m.ram.view(o, l)));
-  const encoding: Promise<RamEncoder> = opts.encoder
-    ? opts.encoder().catch((e: Error) => {
-        console.error(`tsvmm: RAM encoder thread: ${e.message}: encoding on the main thread`);
-        return inline();
-      })
-    : Promise.resolve(inline());
+  const startEncoder = (): Promise<RamEncoder> =>
+    opts.encoder
+      ? opts.encoder().catch((e: Error) => {
+          console.error(`tsvmm: RAM encoder thread: ${e.message}: encoding on the main thread`);
+          return inline();
+        })
+      : Promise.resolve(inline());
   /** Bytes per ms of the last pass: what the convergence test and the expected downtime use. */
   let bandwidth = 0;
   const sendPass = async (enc: RamEncoder, bits: PageBitmap, clear: ManualClear | undefined) => {
@@ -238,51 +239,50 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     p.precopyBytes = w.bytes;
   };
 
-  let enc: RamEncoder | undefined;
+  const untracked = (opts.untrackedDma?.length ?? 0) > 0;
+  let log = opts.live;
+  try {
+    log?.start();
+  } catch (e) {
+    // A KVM that keeps no dirty log (or refuses it for a slot): stop and copy instead.
+    console.error(`tsvmm: no dirty log for live migration (${(e as Error).message}): the VM stops for the whole copy`);
+    log = undefined;
+  }
+  // The RAM thread is for a copy while the guest runs (it starts while the header goes out); a
+  // stopped VM's copy has this thread to itself.
+  const encoding = log ? startEncoder() : Promise.resolve(inline());
   try {
     await w.header(m.description);
-    enc = await encoding;
-    const untracked = (opts.untrackedDma?.length ?? 0) > 0;
-    let log = opts.live;
-    try {
-      log?.start();
-    } catch (e) {
-      // A KVM that keeps no dirty log (or refuses it for a slot): stop and copy instead.
-      console.error(
-        `tsvmm: no dirty log for live migration (${(e as Error).message}): the VM stops for the whole copy`,
-      );
-      log = undefined;
-    }
+    const enc = await encoding;
     if (log) {
-      try {
-        const limit = opts.downtimeLimitMs ?? 300,
-          maxPasses = opts.maxPasses ?? 30;
-        let next = all();
-        lastSync = Date.now();
-        for (;;) {
-          await sendPass(enc, next, log.manual());
-          await sendLive();
-          next = sync(log);
-          // QEMU's test: the rest fits the pause at the bandwidth of the last pass (or it will not
-          // get smaller: untracked DMA counts every page dirty; a guest that writes faster than
-          // the link never converges and is stopped after maxPasses).
-          const rest = next.count() * PAGE_SIZE;
-          p.remaining = rest;
-          p.expectedDowntimeMs = bandwidth > 0 ? Math.round(rest / bandwidth) : undefined;
-          report();
-          if (untracked || rest <= bandwidth * limit || p.passes >= maxPasses) break;
-        }
-        await stopNow();
-        await sendPass(enc, untracked ? all() : sync(log, next), log.manual());
-      } finally {
-        log.stop();
+      const limit = opts.downtimeLimitMs ?? 300,
+        maxPasses = opts.maxPasses ?? 30;
+      let next = all();
+      lastSync = Date.now();
+      for (;;) {
+        await sendPass(enc, next, log.manual());
+        await sendLive();
+        next = sync(log);
+        // QEMU's test: the rest fits the pause at the bandwidth of the last pass (or it will not
+        // get smaller: untracked DMA counts every page dirty; a guest that writes faster than
+        // the link never converges and is stopped after maxPasses).
+        const rest = next.count() * PAGE_SIZE;
+        p.remaining = rest;
+        p.expectedDowntimeMs = bandwidth > 0 ? Math.round(rest / bandwidth) : undefined;
+        report();
+        if (untracked || rest <= bandwidth * limit || p.passes >= maxPasses) break;
       }
+      await stopNow();
+      // The vCPUs are stopped: this thread is free, and the last pass (small, if it converged)
+      // goes quicker without the round trips to the RAM thread.
+      await sendPass(inline(), untracked ? all() : sync(log, next), log.manual());
     } else {
       await stopNow();
       await sendPass(enc, all(), undefined);
     }
   } finally {
-    await enc?.close();
+    log?.stop();
+    await (await encoding).close();
   }
   const tParts = Date.now();
   for (const part of m.parts) {
