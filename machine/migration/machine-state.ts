@@ -272,6 +272,8 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         report();
         if (untracked || rest <= bandwidth * limit || p.passes >= maxPasses) break;
       }
+      // The RAM thread's work is done: it goes now, not in the pause (a thread's end is not free).
+      await enc.close();
       await stopNow();
       // The vCPUs are stopped: this thread is free, and the last pass (small, if it converged)
       // goes quicker without the round trips to the RAM thread.
