@@ -309,16 +309,18 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
       const conn = new Promise<Socket>((resolve) => server.once('connection', resolve));
       let sock: Socket | undefined;
       let source: ByteSource | undefined;
+      const open = async (): Promise<ByteSource> => {
+        if (!source) {
+          sock = await conn;
+          server.close(); // one source only
+          source = iterableSource(sock);
+        }
+        return source;
+      };
       return {
         source: {
-          read: async (n) => {
-            if (!source) {
-              sock = await conn;
-              server.close(); // one source only
-              source = iterableSource(sock);
-            }
-            return source.read(n);
-          },
+          read: async (n) => (await open()).read(n),
+          readParts: async (n) => (await open()).readParts!(n),
         },
         close: async () => {
           sock?.destroy();
