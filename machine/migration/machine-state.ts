@@ -9,6 +9,7 @@ import {
   readStream,
   decodeRamSection,
   viewReader,
+  PAGES_PER_BLOCK,
   RAM_BLOCK,
   RAM_SECTION,
   RAM_VERSION,
@@ -19,7 +20,14 @@ import {
   type RamReader,
 } from './stream.js';
 import { PageBitmap } from './dirty-bitmap.js';
-import { inlineRamEncoder, type ManualClear, type RamEncoder } from './ram-encoder.js';
+import {
+  encodeBlock,
+  inlineRamEncoder,
+  nativeClear as clearDirtyLog,
+  type ManualClear,
+  type RamEncoder,
+  type RamSection,
+} from './ram-encoder.js';
 
 export interface MachineParts {
   /** What the destination must match (memory, layout, vCPUs, devices). */
@@ -160,7 +168,41 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       : Promise.resolve(inline());
   /** Bytes per ms of the last pass: what the convergence test and the expected downtime use. */
   let bandwidth = 0;
-  const sendPass = async (enc: RamEncoder, bits: PageBitmap, clear: ManualClear | undefined) => {
+  const account = (s: RamSection) => {
+    p.zeroPages += s.zeroPages;
+    p.normalPages += s.pages - s.zeroPages;
+    p.ramDone = Math.min(p.ramTotal, p.ramDone + s.pages * PAGE_SIZE);
+    p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
+    report();
+  };
+  /**
+   * The first blocks of `bits`, encoded on this thread until `ready()` (the RAM thread is still
+   * starting: its start is not lost), a turn of the event loop (vCPU 0's) after each; their pages
+   * are taken out of `bits`. Returns the pages sent.
+   */
+  const headStart = async (bits: PageBitmap, clear: ManualClear | undefined, ready: () => boolean) => {
+    const reader = m.ram.reader ?? viewReader((o, l) => m.ram.view(o, l));
+    let sent = 0;
+    for (const b of bits.blocks(PAGES_PER_BLOCK)) {
+      if (ready()) break;
+      check();
+      const s = encodeBlock(reader, bits, b, clear, clearDirtyLog);
+      bits.words.fill(0, (b * PAGES_PER_BLOCK) / 32, ((b + 1) * PAGES_PER_BLOCK) / 32);
+      if (s) {
+        await w.framed(s.section!);
+        sent += s.pages;
+        account(s);
+      }
+      await throttle();
+      await new Promise((r) => setImmediate(r));
+    }
+    return sent;
+  };
+  const sendPass = async (
+    encoder: RamEncoder | Promise<RamEncoder>,
+    bits: PageBitmap,
+    clear: ManualClear | undefined,
+  ) => {
     p.passes++;
     opts.onPass?.(p.passes);
     p.remaining = bits.count() * PAGE_SIZE;
@@ -168,8 +210,17 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       b0 = w.bytes;
     let sent = 0,
       waitEnc = 0,
-      waitSink = 0,
-      t = Date.now();
+      waitSink = 0;
+    let enc: RamEncoder,
+      head = 0;
+    if (encoder instanceof Promise) {
+      let up = false;
+      void encoder.then(() => (up = true));
+      head = await headStart(bits, clear, () => up);
+      sent += head;
+      enc = await encoder;
+    } else enc = encoder;
+    let t = Date.now();
     // An encoder on its own thread writes to the stream's fd itself (after what this thread wrote):
     // the RAM never passes through this thread, which runs vCPU 0.
     const fd = enc.direct ? w.fd() : undefined;
@@ -191,11 +242,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         else w.external(s.bytes);
         waitSink += Date.now() - t;
         sent += s.pages;
-        p.zeroPages += s.zeroPages;
-        p.normalPages += s.pages - s.zeroPages;
-        p.ramDone = Math.min(p.ramTotal, p.ramDone + s.pages * PAGE_SIZE);
-        p.remaining = Math.max(0, p.remaining - s.pages * PAGE_SIZE);
-        report();
+        account(s);
         if (!out) await throttle();
         t = Date.now();
       }
@@ -205,7 +252,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     }
     const ms = Math.max(1, Date.now() - t0);
     opts.trace?.(
-      `pass ${p.passes}${stopped ? ' (stopped)' : ''}: ${sent} pages, ${w.bytes - b0} bytes in ${ms} ms ` +
+      `pass ${p.passes}${stopped ? ' (stopped)' : ''}: ${sent} pages${head ? ` (${head} here while the RAM thread started)` : ''}, ${w.bytes - b0} bytes in ${ms} ms ` +
         `(waiting: ${waitEnc} ms for the encoder${out ? ', which writes them' : `, ${waitSink} ms for the sink`})`,
     );
     bandwidth = (w.bytes - b0) / ms;
@@ -253,14 +300,16 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   const encoding = log ? startEncoder() : Promise.resolve(inline());
   try {
     await w.header(m.description);
-    const enc = await encoding;
     if (log) {
       const limit = opts.downtimeLimitMs ?? 300,
         maxPasses = opts.maxPasses ?? 30;
       let next = all();
       lastSync = Date.now();
-      for (;;) {
-        await sendPass(enc, next, log.manual());
+      // The first pass starts here while the RAM thread starts, which then takes the rest.
+      await sendPass(encoding, next, log.manual());
+      const enc = await encoding;
+      for (let first = true; ; first = false) {
+        if (!first) await sendPass(enc, next, log.manual());
         await sendLive();
         next = sync(log);
         // QEMU's test: the rest fits the pause at the bandwidth of the last pass (or it will not
@@ -280,7 +329,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       await sendPass(inline(), untracked ? all() : sync(log, next), log.manual());
     } else {
       await stopNow();
-      await sendPass(enc, all(), undefined);
+      await sendPass(await encoding, all(), undefined);
     }
   } finally {
     log?.stop();

@@ -80,7 +80,7 @@ export function encodeBlock(
   return e && { section: e.section, bytes: e.section.length, pages: e.pages, zeroPages: e.zeroPages };
 }
 
-const nativeClear = (vmFd: number, slot: number, first: number, n: number, bits: Uint32Array) =>
+export const nativeClear = (vmFd: number, slot: number, first: number, n: number, bits: Uint32Array) =>
   native().kvmClearDirtyLog(vmFd, slot, first, n, bits);
 
 /** Encodes on the calling thread. */
@@ -119,7 +119,9 @@ export interface PassRequest {
 export type WorkerReply =
   | { k: 'section'; section?: Uint8Array; bytes: number; pages: number; zeroPages: number }
   | { k: 'done' }
-  | { k: 'error'; message: string; code?: string };
+  | { k: 'error'; message: string; code?: string }
+  /** Once, first: the worker's module ran. */
+  | { k: 'ready' };
 
 /** Encodes in a worker thread; `start` rejects if the worker cannot start. */
 export class WorkerRamEncoder implements RamEncoder {
@@ -160,9 +162,11 @@ export class WorkerRamEncoder implements RamEncoder {
     const w = new Worker(pathToFileURL(`${projectRoot}/dist/machine/migration/ram-worker.js`), {
       workerData: data,
     });
+    // Ready once its module ran (it says so): until then a caller may encode on its own thread.
     await new Promise<void>((resolve, reject) => {
-      w.once('online', resolve);
+      w.once('message', () => resolve());
       w.once('error', reject);
+      w.once('exit', (code) => reject(new Error(`the RAM encoder thread exited (${code}) as it started`)));
     });
     return new WorkerRamEncoder(w, control, inFlight);
   }
@@ -222,6 +226,7 @@ export class WorkerRamEncoder implements RamEncoder {
           return;
         }
         if (m.k === 'error') throw new Error(m.message);
+        if (m.k === 'ready') continue; // taken by start(); never here
         handed = m.section !== undefined;
         yield m;
       }

@@ -82,3 +82,5 @@ parentPort!.on('message', (req: PassRequest) => {
     post({ k: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) });
   }
 });
+
+post({ k: 'ready' });
