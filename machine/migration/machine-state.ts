@@ -151,6 +151,8 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   const all = () => new PageBitmap(pages).setAll();
   let stopped = false;
   const started = Date.now();
+  /** The RAM thread (or the fallback encoder) once it is up. */
+  let ramThread: RamEncoder | undefined;
   const throttle = async () => {
     const max = opts.maxBandwidth ?? 0;
     if (!max || stopped) return;
@@ -211,30 +213,29 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     let sent = 0,
       waitEnc = 0,
       waitSink = 0;
-    let enc: RamEncoder,
+    let enc: RamEncoder | undefined,
       head = 0;
     if (encoder instanceof Promise) {
-      let up = false;
-      void encoder.then(() => (up = true));
-      head = await headStart(bits, clear, () => up);
+      // The RAM thread, once it is up; this thread encodes meanwhile (all of a small pass, maybe).
+      if (!ramThread) head = await headStart(bits, clear, () => ramThread !== undefined);
       sent += head;
-      enc = await encoder;
+      if (ramThread || bits.count()) enc = await encoder;
     } else enc = encoder;
     let t = Date.now();
     // An encoder on its own thread writes to the stream's fd itself (after what this thread wrote):
     // the RAM never passes through this thread, which runs vCPU 0.
-    const fd = enc.direct ? w.fd() : undefined;
+    const fd = enc?.direct ? w.fd() : undefined;
     if (fd !== undefined) await w.flush();
     const out =
       fd !== undefined
         ? { fd, maxBandwidth: stopped ? 0 : (opts.maxBandwidth ?? 0), started, sentBefore: w.bytes }
         : undefined;
     try {
-      for await (const s of enc.pass(bits, {
+      for await (const s of enc?.pass(bits, {
         ...(clear ? { clear } : {}),
         ...(out ? { out } : {}),
         stopIf: () => opts.cancelled?.() ?? false,
-      })) {
+      }) ?? []) {
         waitEnc += Date.now() - t;
         check();
         t = Date.now();
@@ -298,6 +299,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
   // The RAM thread is for a copy while the guest runs (it starts while the header goes out); a
   // stopped VM's copy has this thread to itself.
   const encoding = log ? startEncoder() : Promise.resolve(inline());
+  void encoding.then((e) => (ramThread = e));
   try {
     await w.header(m.description);
     if (log) {
@@ -306,10 +308,8 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
       let next = all();
       lastSync = Date.now();
       // The first pass starts here while the RAM thread starts, which then takes the rest.
-      await sendPass(encoding, next, log.manual());
-      const enc = await encoding;
-      for (let first = true; ; first = false) {
-        if (!first) await sendPass(enc, next, log.manual());
+      for (;;) {
+        await sendPass(encoding, next, log.manual());
         await sendLive();
         next = sync(log);
         // QEMU's test: the rest fits the pause at the bandwidth of the last pass (or it will not
@@ -322,7 +322,7 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
         if (untracked || rest <= bandwidth * limit || p.passes >= maxPasses) break;
       }
       // The RAM thread's work is done: it goes now, not in the pause (a thread's end is not free).
-      await enc.close();
+      await ramThread?.close();
       await stopNow();
       // The vCPUs are stopped: this thread is free, and the last pass (small, if it converged)
       // goes quicker without the round trips to the RAM thread.
@@ -333,7 +333,9 @@ export async function saveMachine(m: MachineParts, sink: ByteSink, opts: SaveOpt
     }
   } finally {
     log?.stop();
-    await (await encoding).close();
+    // A RAM thread still starting is closed once it is up (not waited for: the save is done).
+    if (ramThread) await ramThread.close();
+    else void encoding.then((e) => e.close());
   }
   const tParts = Date.now();
   for (const part of m.parts) {
