@@ -12,6 +12,8 @@
 // downtime-limit stays at both defaults (300 ms).
 //
 //   node dist/bench/migration.js [--rounds N] [--mem-mib N] [--out FILE]
+//   node dist/bench/migration.js --profile   (one tsvmm round only, not a result: every tsvmm process under
+//       `node --cpu-prof` into <run dir>/migration-profile/<role>, sandbox off for the profile's write)
 //   node dist/bench/migration.js --mtty   (tsvmm only, iommufd kernel: the multiboot test guest migrated live with
 //       an mtty instance, test=mtty-stream, and without a device, test=count; downtimes, device bytes)
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -274,10 +276,14 @@ async function until(what: string, p: Proc | undefined, f: () => boolean, ms = W
 const tail = (p: Proc) =>
   (p.err().trim() + ' | ' + p.out().trim()).split('\n').slice(-3).join(' | ').replace(/\r/g, '');
 
-async function kill(p: Proc | undefined): Promise<void> {
+/** Ends a VMM: SIGKILL, or with `gently` (a profiled one, which writes its profile as it exits) SIGTERM first. */
+async function kill(p: Proc | undefined, gently = false): Promise<void> {
   if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
-  p.child.kill('SIGKILL');
-  await new Promise((r) => p.child.once('exit', r));
+  const exited = new Promise((r) => p.child.once('exit', r));
+  p.child.kill(gently ? 'SIGTERM' : 'SIGKILL');
+  if (gently && !(await Promise.race([exited.then(() => true), new Promise((r) => setTimeout(r, 30_000, false))])))
+    p.child.kill('SIGKILL');
+  await exited;
 }
 
 /** A minimal QMP client (one command at a time; events skipped). */
@@ -326,9 +332,11 @@ interface Setup {
   initrd: string;
   scratch: string;
   memMiB: number;
+  /** --profile: each tsvmm process under --cpu-prof, a directory per role. */
+  profileDir?: string;
 }
 
-function argv(vmm: Vmm, s: Setup, qmpPath: string, incoming?: string): string[] {
+function argv(vmm: Vmm, s: Setup, qmpPath: string, incoming?: string, role?: string): string[] {
   if (vmm === 'tsvmm') {
     const cfg = join(s.scratch, 'tsvmm-mig.json');
     writeFileSync(
@@ -344,6 +352,7 @@ function argv(vmm: Vmm, s: Setup, qmpPath: string, incoming?: string): string[] 
     // The sandbox lets a running VMM start no process and open no socket (exec:, unix:): off for both roles.
     return [
       process.execPath,
+      ...(s.profileDir && role ? ['--cpu-prof', `--cpu-prof-dir=${join(s.profileDir, role)}`] : []),
       tsvmmJs,
       'run',
       cfg,
@@ -376,7 +385,8 @@ async function migrate(q: Qmp, uri: string): Promise<ReturnType<typeof migrateSt
   await q.call('migrate', { uri });
   for (const end = Date.now() + WAIT_MS; ; ) {
     const st = migrateStats(await q.call('query-migrate'));
-    if (st.status === 'completed') return st;
+    // QEMU sets 'completed' a moment before it fills in total-time and downtime (0 until then): ask again.
+    if (st.status === 'completed' && st.totalMs) return st;
     if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`migrate ${uri}: ${st.status}`);
     if (Date.now() > end) throw new Error(`migrate ${uri}: still ${st.status}`);
     await new Promise((r) => setTimeout(r, 20));
@@ -405,9 +415,9 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
   try {
     await step('live', async () => {
       const sockPath = `${d}.mig.sock`;
-      const dst = run(argv(vmm, s, `${d}.dst.qmp`, `unix:${sockPath}`));
+      const dst = run(argv(vmm, s, `${d}.dst.qmp`, `unix:${sockPath}`, 'live-dst'));
       await until('the destination to listen', dst, () => existsSync(sockPath), 60_000);
-      const src = run(argv(vmm, s, `${d}.src.qmp`));
+      const src = run(argv(vmm, s, `${d}.src.qmp`, undefined, 'live-src'));
       await until('the source to print pass 3', src, () => src.passAt.length >= 3);
       r.coldBootMs = src.passAt[0]!.t;
       const pa = src.passAt;
@@ -424,6 +434,7 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
         syncs: st.syncs,
       });
       r.srcLastPass = src.passAt[src.passAt.length - 1]?.n;
+      if (s.profileDir) log(`migration live source's stderr:\n${src.err()}`);
       await until('the destination to print a pass', dst, () => dst.passAt.length > 0);
       r.dstFirstPass = dst.passAt[0]!.n;
       r.dstPassAfterMs = dst.t0 + dst.passAt[0]!.t - done;
@@ -432,20 +443,21 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
       if (r.srcLastPass !== undefined && r.dstFirstPass !== r.srcLastPass + 1)
         r.errors.push(`destination's first pass ${r.dstFirstPass} after the source's last ${r.srcLastPass}`);
     });
-    for (const p of procs.splice(0)) await kill(p);
+    for (const p of procs.splice(0)) await kill(p, s.profileDir !== undefined);
     await step('save', async () => {
-      const src = run(argv(vmm, s, `${d}.save.qmp`));
+      const src = run(argv(vmm, s, `${d}.save.qmp`, undefined, 'save'));
       await until('the source to print pass 2', src, () => src.passAt.length >= 2);
       const q = await Qmp.open(`${d}.save.qmp`, src);
       qmps.push(q);
       const st = await migrate(q, `exec:cat > ${snap}`);
       r.saveMs = st.totalMs;
+      if (s.profileDir) log(`migration save source's stderr:\n${src.err()}`);
       r.saveBytes = statSync(snap).size;
     });
-    for (const p of procs.splice(0)) await kill(p);
+    for (const p of procs.splice(0)) await kill(p, s.profileDir !== undefined);
     if (existsSync(snap))
       await step('restore', async () => {
-        const p = run(argv(vmm, s, `${d}.rst.qmp`, vmm === 'tsvmm' ? `file:${snap}` : `exec:cat ${snap}`));
+        const p = run(argv(vmm, s, `${d}.rst.qmp`, vmm === 'tsvmm' ? `file:${snap}` : `exec:cat ${snap}`, 'restore'));
         await until('the restored guest to print a pass', p, () => p.passAt.length > 0);
         r.restoreMs = p.passAt[0]!.t;
         r.restoreFirstPass = p.passAt[0]!.n;
@@ -453,7 +465,7 @@ async function once(vmm: Vmm, round: number, s: Setup, log: (m: string) => void)
       });
   } finally {
     for (const q of qmps) q.close();
-    for (const p of procs) await kill(p);
+    for (const p of procs) await kill(p, s.profileDir !== undefined);
     rmSync(snap, { force: true });
   }
   return r;
@@ -464,6 +476,8 @@ export async function runMigrationBench(o: {
   memMiB: number;
   log: (s: string) => void;
   save?: (r: MigrationResults) => void;
+  /** One tsvmm round, every process profiled into this directory (not a result). */
+  profileDir?: string;
 }): Promise<MigrationResults> {
   const { k, scratch, kernel, initrd } = linuxBenchSetup('mig', '--migration-only');
   writeFileSync(
@@ -485,10 +499,16 @@ export async function runMigrationBench(o: {
     rounds: 0,
     samples: [],
   };
-  const setup: Setup = { kernel, initrd, scratch, memMiB: o.memMiB };
+  const setup: Setup = {
+    kernel,
+    initrd,
+    scratch,
+    memMiB: o.memMiB,
+    ...(o.profileDir ? { profileDir: o.profileDir } : {}),
+  };
   try {
     for (let i = 0; i < o.rounds; i++) {
-      for (const vmm of ['tsvmm', 'qemu'] as const) {
+      for (const vmm of o.profileDir ? (['tsvmm'] as const) : (['tsvmm', 'qemu'] as const)) {
         const s = await once(vmm, i, setup, o.log);
         r.samples.push(s);
         o.log(`migration round ${i + 1} ${vmm}: ${JSON.stringify(s)}`);
@@ -594,13 +614,16 @@ export async function runMttyBench(log: (s: string) => void): Promise<MttyResult
 
 async function main(): Promise<void> {
   const a = process.argv.slice(2);
-  const o = { rounds: 1, memMiB: DEFAULT_MEM_MIB, out: '', mtty: false };
+  const o = { rounds: 1, memMiB: DEFAULT_MEM_MIB, out: '', mtty: false, profileDir: undefined as string | undefined };
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--mtty') o.mtty = true;
     else if (a[i] === '--rounds') o.rounds = Number(a[++i]);
     else if (a[i] === '--mem-mib') o.memMiB = Number(a[++i]);
     else if (a[i] === '--out') o.out = a[++i]!;
-    else throw new Error(`bench/migration: unknown argument ${a[i]}`);
+    else if (a[i] === '--profile') {
+      o.profileDir = join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'migration-profile');
+      process.env.TSVMM_MIGRATION_TRACE = '1'; // each pass's figures on the VMMs' stderr, logged
+    } else throw new Error(`bench/migration: unknown argument ${a[i]}`);
   }
   const out = o.out || join(process.env.TSVMM_TESTHOST_RUN_DIR ?? tmpdir(), 'bench-migration.json');
   const save = (r: unknown) => writeFileSync(out, JSON.stringify(r, null, 1) + '\n');

@@ -182,6 +182,14 @@ export interface Native {
   mmapAddr(addrHint: U64, length: U64, prot: number, flags: number, fd: number, offset: U64): bigint;
   /** An ArrayBuffer over part of a live mmapAddr() mapping; detached by munmapAddr(). */
   mapView(addr: U64, length: U64): ArrayBuffer;
+  /** Sets the bit of each all-zero 4 KiB page of [addr, addr+length) (an mmapAddr() mapping) in zeroBits; returns how many. */
+  memZeroPages(addr: U64, length: number, zeroBits: Uint32Array): number;
+  /** Copies [addr, addr+length) of an mmapAddr() mapping into dst at dstOffset (any thread: no view needed). */
+  memCopy(addr: U64, length: number, dst: Uint8Array, dstOffset: number): void;
+  /** Writes all of data to fd on the calling thread (poll while full); gives up (code ESTOPPED) once stop[index] is set. */
+  writeFully(fd: number, data: Uint8Array, stop: Int32Array, index: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC). */
+  dupFd(fd: number): number;
   munmapAddr(addr: U64): void;
   memfdCreate(name: string, flags: number): number;
   madvise(addr: U64, length: U64, advice: number): void;
@@ -224,6 +232,11 @@ export interface Native {
   kvmGetMsrs(vcpuFd: number, indexes: number[]): BigUint64Array;
   /** KVM_GET_DIRTY_LOG: a bit per page of the slot written since the last call (cleared by it). */
   kvmGetDirtyLog(vmFd: number, slot: number, bitmap: Uint8Array): void;
+  /** KVM_CLEAR_DIRTY_LOG (manual protection): clears and write-protects the pages set in `bitmap` from firstPage (a multiple of 64). */
+  kvmClearDirtyLog(vmFd: number, slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): void;
+  /** KVM_ENABLE_CAP on a VM fd, args[0] = arg0. */
+  kvmEnableCap(vmFd: number, cap: number, arg0: number): void;
+
   kvmGetTscKhz(vcpuFd: number): number;
   kvmSetTscKhz(vcpuFd: number, khz: number): void;
   /** KVM_RUN runs with this thread's signal mask minus these signals. */

@@ -113,9 +113,14 @@ export class Migration {
             job.stoppedAt = Date.now();
             if (wasRunning) this.emit('STOP');
           },
+          // QEMU's MIGRATION_PASS: each sync of the dirty bitmap, numbered as dirty-sync-count.
+          onPass: (pass) => this.emit('MIGRATION_PASS', { pass }),
         });
+        const flushing = Date.now();
         await target.finish();
         job.end = Date.now();
+        if (process.env.TSVMM_MIGRATION_TRACE)
+          console.error(`tsvmm: migration the stream's end reached the destination in ${job.end - flushing} ms`);
         this.event(job, 'completed');
       } catch (e) {
         target.abort();
@@ -207,11 +212,14 @@ export class Migration {
     if (job === this.out) {
       out['total-time'] = now - job.start;
       if (job.status === 'completed' && job.stoppedAt !== undefined) out.downtime = job.end! - job.stoppedAt;
-      else if (job.status === 'active') out['expected-downtime'] = 0;
+      else if (job.status === 'active')
+        // QEMU's: the limit until a pass measured the bandwidth, then the rest at that bandwidth.
+        out['expected-downtime'] = job.progress?.expectedDowntimeMs ?? this.parameters['downtime-limit'];
     }
     const p = job.progress;
     if (p && job !== this.inc) {
-      const secs = Math.max((now - (job.stoppedAt ?? job.start)) / 1000, 1e-3);
+      // Rates of the last pass (QEMU's are of its last 100 ms window): mbps, pages-per-second, dirty-pages-rate.
+      const precopy = p.precopyBytes ?? p.bytes;
       out.ram = {
         transferred: p.bytes,
         remaining: p.remaining,
@@ -220,15 +228,15 @@ export class Migration {
         skipped: 0,
         normal: p.normalPages,
         'normal-bytes': p.normalPages * PAGE,
-        'dirty-pages-rate': 0,
-        mbps: (p.bytes * 8) / 1e6 / secs,
+        'dirty-pages-rate': p.dirtyPagesRate ?? 0,
+        mbps: p.mbps ?? 0,
         'dirty-sync-count': p.passes,
         'postcopy-requests': 0,
         'page-size': PAGE,
         'multifd-bytes': 0,
-        'pages-per-second': Math.round((p.normalPages + p.zeroPages) / secs),
-        'precopy-bytes': 0,
-        'downtime-bytes': p.bytes,
+        'pages-per-second': p.pagesPerSecond ?? 0,
+        'precopy-bytes': precopy,
+        'downtime-bytes': p.bytes - precopy,
         'postcopy-bytes': 0,
         'dirty-sync-missed-zero-copy': 0,
       };

@@ -141,6 +141,8 @@ export interface MachineControl {
       cancelled?: () => boolean;
       live?: boolean;
       onStop?: () => void;
+      /** Each RAM pass as it starts (numbered from 1). */
+      onPass?: (pass: number) => void;
       downtimeLimitMs?: number;
       maxBandwidth?: number;
     },

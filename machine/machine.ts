@@ -37,7 +37,8 @@ import {
   type MachineParts,
   type MigrationProgress,
 } from './migration/machine-state.js';
-import type { ByteSink, ByteSource } from './migration/stream.js';
+import { PAGE_SIZE, type ByteSink, type ByteSource } from './migration/stream.js';
+import { addressReader, WorkerRamEncoder } from './migration/ram-encoder.js';
 import type {
   ExitCause,
   MachineControl,
@@ -485,7 +486,11 @@ export class Machine implements MachineControl {
       },
       parts,
       last: [this.vm.clockState],
-      ram: { size: this.config.memoryBytes, view: (off, len) => this.guestRam.view(off, len) },
+      ram: {
+        size: this.config.memoryBytes,
+        view: (off, len) => this.guestRam.view(off, len),
+        reader: addressReader(this.guestRam.hostAddr),
+      },
     };
   }
 
@@ -503,6 +508,7 @@ export class Machine implements MachineControl {
       cancelled?: () => boolean;
       live?: boolean;
       onStop?: () => void;
+      onPass?: (pass: number) => void;
       downtimeLimitMs?: number;
       maxBandwidth?: number;
     } = {},
@@ -534,6 +540,10 @@ export class Machine implements MachineControl {
         ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
         // No device's DMA dirty log is used yet: what an assigned device writes by DMA is unseen by KVM's log.
         untrackedDma: assigned.map((d) => d.name),
+        // RAM is encoded on a thread of its own: this one runs vCPU 0 between the stream's writes.
+        encoder: () => WorkerRamEncoder.start({ hostAddr: this.guestRam.hostAddr }),
+        ...(process.env.TSVMM_MIGRATION_TRACE ? { trace: (l: string) => console.error(`tsvmm: migration ${l}`) } : {}),
+        ...(opts.onPass ? { onPass: opts.onPass } : {}),
       });
       return { ...p, deviceBytes };
     } catch (e) {
@@ -556,24 +566,31 @@ export class Machine implements MachineControl {
     for (const d of this.assignedDevices()) d.runAfterMigration();
   }
 
-  /** KVM's dirty log over guest RAM, pages as offsets into it (undefined: this KVM keeps none). */
-  private dirtyLog(): DirtyLog | undefined {
+  /** KVM's dirty log over guest RAM (slots mapped to pages of it by their host addresses). */
+  private dirtyLog(): DirtyLog {
     const memslots = this.vm.memslots;
-    const { lowSize } = ramLayout(this.config.memoryBytes);
-    const toOffset = (gpa: number) => (gpa < HIGH_RAM_BASE ? gpa : gpa - HIGH_RAM_BASE + lowSize);
+    const base = this.guestRam.hostAddr,
+      ramPages = this.config.memoryBytes / PAGE_SIZE;
+    // Each guest-RAM slot as pages of guest RAM; a bitmap per slot, reused from sync to sync.
+    const slots = () =>
+      memslots
+        .ramSlots()
+        .map((s) => ({ slot: s.slot, ramPage: Number(s.hva - base) / PAGE_SIZE, pages: s.size / PAGE_SIZE }))
+        .filter((s) => Number.isInteger(s.ramPage) && s.ramPage >= 0 && s.ramPage + s.pages <= ramPages);
+    const bitmaps = new Map<number, Uint32Array>();
+    const vmFd = this.vm.fd;
     return {
       start: () => memslots.setDirtyLogging(true),
       stop: () => memslots.setDirtyLogging(false),
-      dirty: () => {
-        const out: number[] = [];
-        for (const s of memslots.dirtyPages()) {
-          const words = new BigUint64Array(s.bitmap.buffer);
-          for (let w = 0; w < words.length; w++) {
-            let v = words[w]!;
-            for (let bit = 0; v; bit++, v >>= 1n) if (v & 1n) out.push(toOffset(s.gpa + (w * 64 + bit) * 4096));
-          }
+      manual: () => (memslots.manualDirtyLog ? { vmFd, slots: slots() } : undefined),
+      sync: (into) => {
+        for (const s of slots()) {
+          const words = Math.ceil(s.pages / 64) * 2;
+          let bits = bitmaps.get(s.slot);
+          if (bits?.length !== words) bitmaps.set(s.slot, (bits = new Uint32Array(words)));
+          memslots.getDirtyLog(s.slot, bits);
+          into.orAt(s.ramPage, bits, s.pages);
         }
-        return out.filter((o) => o >= 0 && o < this.config.memoryBytes);
       },
     };
   }

@@ -134,6 +134,36 @@ static Napi::Value KvmGetDirtyLog(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// kvmClearDirtyLog(vmFd, slot, firstPage, numPages, bitmap): KVM_CLEAR_DIRTY_LOG (with manual
+// dirty-log protection): clears the bits set in `bitmap` (a bit per page from firstPage, a
+// multiple of 64) and write-protects those pages again, so their next write is logged.
+static Napi::Value KvmClearDirtyLog(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[4].IsTypedArray())
+    throw Napi::TypeError::New(env, "kvmClearDirtyLog(vmfd, slot, firstPage, numPages, bitmap)");
+  Napi::TypedArray t = info[4].As<Napi::TypedArray>();
+  uint64_t first = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+  uint32_t num = ArgU32(info, 3);
+  if (t.ByteLength() * 8 < num) throw Napi::RangeError::New(env, "the bitmap is shorter than numPages bits");
+  kvm_clear_dirty_log c = {};
+  c.slot = ArgU32(info, 1);
+  c.first_page = first;
+  c.num_pages = num;
+  c.dirty_bitmap = static_cast<uint8_t *>(t.ArrayBuffer().Data()) + t.ByteOffset();
+  CheckedIoctl(env, ArgInt(info, 0), KVM_CLEAR_DIRTY_LOG, &c, "KVM_CLEAR_DIRTY_LOG");
+  return env.Undefined();
+}
+
+// kvmEnableCap(fd, cap, arg0): KVM_ENABLE_CAP on a VM fd with args[0] = arg0.
+static Napi::Value KvmEnableCap(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  kvm_enable_cap c = {};
+  c.cap = ArgU32(info, 1);
+  c.args[0] = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+  CheckedIoctl(env, ArgInt(info, 0), KVM_ENABLE_CAP, &c, "KVM_ENABLE_CAP");
+  return env.Undefined();
+}
+
 // kvmSetSignalMask(vcpuFd, unblock[]): KVM_RUN runs with the calling thread's mask minus these
 // signals (a thread that blocks its kick signal takes it only while in the guest).
 static Napi::Value KvmSetSignalMask(const Napi::CallbackInfo &info) {
@@ -159,6 +189,8 @@ void InitKvmState(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "kvmGetMsrIndexList", KvmGetMsrIndexList);
   TSVMM_EXPORT(exports, "kvmGetMsrs", KvmGetMsrs);
   TSVMM_EXPORT(exports, "kvmGetDirtyLog", KvmGetDirtyLog);
+  TSVMM_EXPORT(exports, "kvmClearDirtyLog", KvmClearDirtyLog);
+  TSVMM_EXPORT(exports, "kvmEnableCap", KvmEnableCap);
   TSVMM_EXPORT(exports, "kvmGetTscKhz", KvmGetTscKhz);
   TSVMM_EXPORT(exports, "kvmSetTscKhz", KvmSetTscKhz);
   Napi::Object c = exports.Has("constants") ? exports.Get("constants").As<Napi::Object>() : Napi::Object::New(env);
@@ -167,6 +199,7 @@ void InitKvmState(Napi::Env env, Napi::Object exports) {
   C(KVM_MP_STATE_SIPI_RECEIVED)
   C(KVM_CAP_MP_STATE) C(KVM_CAP_VCPU_EVENTS) C(KVM_CAP_XCRS) C(KVM_CAP_XSAVE) C(KVM_CAP_DEBUGREGS)
   C(KVM_CAP_ADJUST_CLOCK) C(KVM_CAP_GET_TSC_KHZ) C(KVM_CAP_TSC_CONTROL)
+  C(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) C(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) C(KVM_DIRTY_LOG_INITIALLY_SET)
 #undef C
   exports.Set("constants", c);
 }

@@ -11,9 +11,12 @@
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <atomic>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 namespace tsvmm {
@@ -25,7 +28,7 @@ struct View;
 struct Mapping {
   void *addr;
   size_t len;
-  bool unmapped = false;
+  std::atomic<bool> unmapped{false};
   bool whole = false;  // mmap(): owned by its one ArrayBuffer
   std::vector<View *> views;  // mmapAddr() mappings: live views (their finalizers remove them)
 };
@@ -38,6 +41,10 @@ struct View {
 // workers (vCPU threads) map too, so the table is locked; never held across a Detach().
 static std::mutex g_lock;
 static std::map<uintptr_t, std::shared_ptr<Mapping>> g_live;
+// Held shared by the by-address reads (memZeroPages, memCopy: a worker thread reads guest RAM
+// without a view of its own), exclusively by munmapAddr() around the munmap: a read never
+// touches memory that is being unmapped, and one that comes after finds the mapping gone.
+static std::shared_mutex g_use;
 
 static void *DoMmap(const Napi::CallbackInfo &info, uint64_t *lenOut) {
   Napi::Env env = info.Env();
@@ -172,7 +179,74 @@ static Napi::Value MunmapAddr(const Napi::CallbackInfo &info) {
     Napi::ArrayBuffer ab = v->ref.Value();  // empty once collected
     if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
   }
-  if (munmap(m->addr, m->len) != 0) ThrowErrno(env, "munmap", errno);
+  int r;
+  {
+    std::unique_lock<std::shared_mutex> u(g_use);
+    r = munmap(m->addr, m->len);
+  }
+  if (r != 0) ThrowErrno(env, "munmap", errno);
+  return env.Undefined();
+}
+
+// The live mmapAddr() mapping that holds [addr, addr+len), or null. Call with g_use held.
+static Mapping *LiveRange(uint64_t addr, uint64_t len) {
+  std::lock_guard<std::mutex> g(g_lock);
+  auto it = g_live.upper_bound(static_cast<uintptr_t>(addr));
+  if (it == g_live.begin()) return nullptr;
+  --it;
+  Mapping *m = it->second.get();
+  uintptr_t start = it->first;
+  if (addr < start || addr + len > start + m->len || m->unmapped || m->whole) return nullptr;
+  return m;
+}
+
+static uint8_t *TypedData(const Napi::TypedArray &t) {
+  return static_cast<uint8_t *>(t.ArrayBuffer().Data()) + t.ByteOffset();
+}
+
+// memZeroPages(addr, length, zeroBits): for each 4 KiB page of [addr, addr+length) (inside a live
+// mmapAddr() mapping, page aligned), sets its bit in zeroBits (a Uint32Array: bit p % 32 of word
+// p / 32) when the page is all zero; returns how many were. A mechanism only (what a zero page
+// means to the migration stream is JS's), native because a JS scan is several times slower.
+static Napi::Value MemZeroPages(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint64_t addr = ArgU64(info, 0), len = ArgU64(info, 1);
+  if (info.Length() < 3 || !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    throw Napi::TypeError::New(env, "memZeroPages(addr, length, zeroBits: Uint32Array)");
+  Napi::TypedArray z = info[2].As<Napi::TypedArray>();
+  if (addr % 4096 || len % 4096) throw Napi::RangeError::New(env, "memZeroPages: whole pages only");
+  size_t pages = len / 4096;
+  if (z.ByteLength() * 8 < pages) throw Napi::RangeError::New(env, "memZeroPages: zeroBits is shorter than a bit per page");
+  uint32_t *bits = reinterpret_cast<uint32_t *>(TypedData(z));
+  std::shared_lock<std::shared_mutex> u(g_use);
+  if (!LiveRange(addr, len)) throw Napi::RangeError::New(env, "memZeroPages: the range is not inside a live mapping from mmapAddr()");
+  uint32_t zero = 0;
+  for (size_t i = 0; i < pages; i++) {
+    const uint64_t *w = reinterpret_cast<const uint64_t *>(addr + i * 4096);
+    uint64_t acc = 0;
+    // 64 bytes OR-ed at a time (vectorised); the first non-zero block ends the page.
+    for (size_t j = 0; j < 512 && !acc; j += 8)
+      acc = w[j] | w[j + 1] | w[j + 2] | w[j + 3] | w[j + 4] | w[j + 5] | w[j + 6] | w[j + 7];
+    if (!acc) {
+      bits[i >> 5] |= 1u << (i & 31);
+      zero++;
+    }
+  }
+  return Napi::Number::New(env, zero);
+}
+
+// memCopy(addr, length, dst, dstOffset): copies [addr, addr+length) of a live mmapAddr() mapping
+// into dst (a TypedArray) at byte dstOffset.
+static Napi::Value MemCopy(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint64_t addr = ArgU64(info, 0), len = ArgU64(info, 1);
+  if (info.Length() < 4 || !info[2].IsTypedArray()) throw Napi::TypeError::New(env, "memCopy(addr, length, dst, dstOffset)");
+  Napi::TypedArray d = info[2].As<Napi::TypedArray>();
+  uint64_t at = ArgU64(info, 3);
+  if (at + len > d.ByteLength()) throw Napi::RangeError::New(env, "memCopy: beyond the end of dst");
+  std::shared_lock<std::shared_mutex> u(g_use);
+  if (!LiveRange(addr, len)) throw Napi::RangeError::New(env, "memCopy: the range is not inside a live mapping from mmapAddr()");
+  memcpy(TypedData(d) + at, reinterpret_cast<const void *>(addr), len);
   return env.Undefined();
 }
 
@@ -216,6 +290,8 @@ void InitMman(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "mmapAddr", MmapAddr);
   TSVMM_EXPORT(exports, "mapView", MapView);
   TSVMM_EXPORT(exports, "munmapAddr", MunmapAddr);
+  TSVMM_EXPORT(exports, "memZeroPages", MemZeroPages);
+  TSVMM_EXPORT(exports, "memCopy", MemCopy);
   TSVMM_EXPORT(exports, "memfdCreate", MemfdCreate);
   TSVMM_EXPORT(exports, "madvise", Madvise);
   TSVMM_EXPORT(exports, "fallocate", Fallocate);

@@ -78,6 +78,31 @@ export class KvmMemslots implements MemoryListener {
 
   // --- dirty logging (live migration) ---------------------------------------------------------
   private logging = false;
+  /**
+   * KVM's manual dirty-log protection is on (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): KVM_GET_DIRTY_LOG
+   * leaves the bits set and the pages writable, and KVM_CLEAR_DIRTY_LOG clears and protects them
+   * again, page by page, just before they are read (QEMU's way: no whole-slot write-protect at each
+   * sync, and a page rewritten between the sync and its send is sent once, not twice).
+   */
+  manualDirtyLog = false;
+
+  /** Turns manual protection on where KVM offers it (bits initially set where it has that too); false: the plain log. */
+  private enableManualDirtyLog(): boolean {
+    const n = native(),
+      c = n.constants;
+    try {
+      const caps = n.kvmCheckExtension(this.vmFd, c.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+      if (!(caps & c.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)) return false;
+      n.kvmEnableCap(
+        this.vmFd,
+        c.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        caps & (c.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | c.KVM_DIRTY_LOG_INITIALLY_SET),
+      );
+      return true;
+    } catch {
+      return false; // an old KVM, or no VM fd (tests): the plain log
+    }
+  }
   private dirtyFlag(ram: boolean): number {
     return this.logging && ram ? native().constants.KVM_MEM_LOG_DIRTY_PAGES : 0;
   }
@@ -86,8 +111,10 @@ export class KvmMemslots implements MemoryListener {
    * Turns KVM's dirty log on or off for every guest-RAM slot (KVM_MEM_LOG_DIRTY_PAGES, a flags
    * change of the same slot); slots added meanwhile get it too. Throws if KVM refuses it.
    */
-  setDirtyLogging(on: boolean): void {
+  setDirtyLogging(on: boolean, opts: { manual?: boolean } = {}): void {
     if (on === this.logging) return;
+    // Manual protection is a VM-wide mode: set before the slots log, reset after they stop.
+    if (on) this.manualDirtyLog = opts.manual !== false && this.enableManualDirtyLog();
     this.logging = on;
     const done: Slot[] = [];
     try {
@@ -113,7 +140,28 @@ export class KvmMemslots implements MemoryListener {
           userspaceAddr: m.hva,
         });
       throw e;
+    } finally {
+      if (!this.logging && this.manualDirtyLog) {
+        this.manualDirtyLog = false;
+        try {
+          native().kvmEnableCap(this.vmFd, native().constants.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, 0);
+        } catch {
+          /* the next start sets it again */
+        }
+      }
     }
+  }
+
+  /** The guest-RAM slots (what the dirty log covers), with their host addresses. */
+  ramSlots(): { slot: number; gpa: number; size: number; hva: bigint }[] {
+    return [...this.bySection.values()]
+      .filter((m) => m.ram)
+      .map(({ slot, gpa, size, hva }) => ({ slot, gpa, size, hva }));
+  }
+
+  /** KVM_GET_DIRTY_LOG of one slot into `bits` (a bit per page, whole u64 words). */
+  getDirtyLog(slot: number, bits: Uint32Array): void {
+    native().kvmGetDirtyLog(this.vmFd, slot, new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
   }
 
   /** For each guest-RAM slot, the pages written since the last call (a bit per page). */

@@ -12,6 +12,7 @@
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { StateError } from '../../core/state.js';
+import { popcount } from './dirty-bitmap.js';
 
 export const STREAM_MAGIC = Uint8Array.from([0x54, 0x53, 0x56, 0x4d, 0x4d, 0x00, 0x4d, 0x47]); // "TSVMM\0MG"
 export const STREAM_VERSION = 1;
@@ -27,10 +28,16 @@ export type ConfigDescription = Record<string, unknown>;
 /** Where stream bytes go (a file, a pipe, a socket): resolves once the bytes are taken. */
 export interface ByteSink {
   write(bytes: Uint8Array): Promise<void> | void;
+  /** The fd underneath, for a thread that writes sections itself (after flush()), if there is one. */
+  fd?(): number | undefined;
+  /** Resolves once every byte written so far has reached the fd. */
+  flush?(): Promise<void>;
 }
 /** Where they come from: exactly n bytes, or fewer only at the end of the input. */
 export interface ByteSource {
   read(n: number): Promise<Uint8Array>;
+  /** The same bytes as read(n), in the pieces they arrived in (no copy into one buffer). */
+  readParts?(n: number): Promise<Uint8Array[]>;
 }
 
 const u32 = (v: number) => {
@@ -92,6 +99,28 @@ export class StreamWriter {
     this.sections++;
   }
 
+  /** A section framed already (encodeRamSection's, built on another thread): its bytes as they are. */
+  async framed(section: Uint8Array): Promise<void> {
+    await this.put(section);
+    this.sections++;
+  }
+
+  /** The sink's fd, where another thread may write whole sections between flush() and external(). */
+  fd(): number | undefined {
+    return this.sink.flush ? this.sink.fd?.() : undefined;
+  }
+
+  /** Waits until all written so far is in the fd: another thread's writes come after it. */
+  async flush(): Promise<void> {
+    await this.sink.flush?.();
+  }
+
+  /** Counts a section another thread wrote to fd(). */
+  external(bytes: number): void {
+    this.bytes += bytes;
+    this.sections++;
+  }
+
   async end(): Promise<void> {
     const tail = cat(Uint8Array.of(TAG_END), u32(this.sections));
     await this.put(cat(tail, u32(crc32(tail))));
@@ -105,6 +134,11 @@ export interface ReadOptions {
   knows(id: string): number | undefined;
   /** Each section in order, after its checks. */
   onSection(id: string, version: number, payload: Uint8Array): void | Promise<void>;
+  /** Sections with these ids go to onParts, their payload in the pieces it arrived in (a source with readParts). */
+  inParts?: {
+    ids: ReadonlySet<string>;
+    onParts(id: string, version: number, parts: Uint8Array[]): void | Promise<void>;
+  };
 }
 
 /** Reads and checks a whole stream; throws a StateError that says which section and why. */
@@ -120,6 +154,18 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
         'the stream was cut short: save it again (a migration that failed leaves an incomplete file)',
       );
     return b;
+  };
+  const needParts = async (n: number, section: string): Promise<Uint8Array[]> => {
+    const parts = await src.readParts!(n);
+    const got = parts.reduce((k, p) => k + p.length, 0);
+    bytes += got;
+    if (got < n)
+      throw new StateError(
+        section,
+        `truncated: the stream ends ${got ? `${got} bytes into` : 'before'} the payload (${n} bytes)`,
+        'the stream was cut short: save it again (a migration that failed leaves an incomplete file)',
+      );
+    return parts;
   };
   const le32 = (b: Uint8Array, o = 0) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(o, true);
 
@@ -180,10 +226,12 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
     const ver = le32(vl, 0),
       len = le32(vl, 4);
     if (len > MAX_SECTION_BYTES) throw new StateError(id, `length ${len} is beyond any section's (corrupt)`);
-    const payload = await need(len, id, 'the payload');
+    const inParts = opts.inParts?.ids.has(id) && src.readParts ? opts.inParts : undefined;
+    const parts = inParts ? await needParts(len, id) : [await need(len, id, 'the payload')];
     const sum = le32(await need(4, id, 'the checksum'));
-    const head = cat(Uint8Array.of(TAG_SECTION, idLen), idBytes, vl);
-    if (crc32(payload, crc32(head)) !== sum) throw new StateError(id, 'checksum mismatch (the stream is corrupt)');
+    let crc = crc32(cat(Uint8Array.of(TAG_SECTION, idLen), idBytes, vl));
+    for (const part of parts) crc = crc32(part, crc);
+    if (crc !== sum) throw new StateError(id, 'checksum mismatch (the stream is corrupt)');
     const max = opts.knows(id);
     if (max === undefined)
       throw new StateError(
@@ -197,7 +245,8 @@ export async function readStream(src: ByteSource, opts: ReadOptions): Promise<{ 
         `version ${ver} is newer than this build's (${max})`,
         'restore with the tsvmm that saved it, or a newer one',
       );
-    await opts.onSection(id, ver, payload);
+    if (inParts) await inParts.onParts(id, ver, parts);
+    else await opts.onSection(id, ver, parts[0]!);
     n++;
   }
 }
@@ -218,7 +267,29 @@ export function iterableSource(it: AsyncIterable<Uint8Array>): ByteSource {
   const iter = it[Symbol.asyncIterator]();
   let pending: Uint8Array = new Uint8Array(0);
   let done = false;
+  const readParts = async (n: number): Promise<Uint8Array[]> => {
+    const parts: Uint8Array[] = [];
+    let have = 0;
+    while (have < n) {
+      if (!pending.length) {
+        if (done) break;
+        const r = await iter.next();
+        if (r.done) {
+          done = true;
+          break;
+        }
+        pending = r.value;
+        continue;
+      }
+      const take = Math.min(n - have, pending.length);
+      parts.push(pending.subarray(0, take));
+      pending = pending.subarray(take);
+      have += take;
+    }
+    return parts;
+  };
   return {
+    readParts,
     async read(n: number): Promise<Uint8Array> {
       const parts: Uint8Array[] = [];
       let have = 0;
@@ -257,79 +328,259 @@ export function bytesSource(b: Uint8Array): ByteSource {
 
 // --- RAM -------------------------------------------------------------------------------------
 export const PAGE_SIZE = 4096;
-/** RAM goes in sections of this much guest memory each (its own checksum, a bounded buffer). */
+/** RAM goes in sections of at most this much guest memory each (its own checksum, a bounded buffer). */
 export const RAM_BLOCK = 2 ** 20;
-export const RAM_SECTION = 'ram',
-  RAM_VERSION = 1;
-
-const isZeroPage = (w: BigUint64Array, first: number): boolean => {
-  for (let i = first, end = first + PAGE_SIZE / 8; i < end; i++) if (w[i] !== 0n) return false;
-  return true;
-};
-
+export const PAGES_PER_BLOCK = RAM_BLOCK / PAGE_SIZE;
 /**
- * A block of RAM as a section payload: u64 offset in guest RAM, u32 pages, a bitmap of the zero
- * pages (a zero page is sent as its flag only), then each non-zero page's bytes.
+ * Version 1: u64 offset in guest RAM, u32 pages, a bitmap of the zero pages (a zero page is sent
+ * as its flag only), then each non-zero page's bytes. Version 2 sends only some pages of the
+ * block (those the guest wrote since the last pass): u64 offset, u32 pages, a bitmap of the
+ * pages sent, a bitmap of those that are zero, then the bytes of each page sent and not zero.
+ * Bitmaps: bit p in byte p / 8, ceil(pages / 8) bytes each.
  */
-export function encodeRamBlock(offset: number, bytes: Uint8Array): { payload: Uint8Array; zeroPages: number } {
-  if (bytes.length % PAGE_SIZE || offset % PAGE_SIZE) throw new Error('RAM blocks are whole pages');
-  const pages = bytes.length / PAGE_SIZE;
+export const RAM_SECTION = 'ram',
+  RAM_VERSION = 2;
+
+/** Sets the bit of each all-zero page of `bytes` in `zero`; returns how many (JS; a native scan may stand in). */
+export function zeroPagesJs(bytes: Uint8Array, zero: Uint32Array): number {
   const words =
-    bytes.byteOffset % 8 === 0
-      ? new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8)
-      : new BigUint64Array(bytes.slice().buffer);
-  const bitmap = new Uint8Array(Math.ceil(pages / 8));
-  let zero = 0;
-  for (let p = 0; p < pages; p++)
-    if (isZeroPage(words, (p * PAGE_SIZE) / 8)) {
-      bitmap[p >> 3]! |= 1 << (p & 7);
-      zero++;
+    bytes.byteOffset % 4 === 0
+      ? new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2)
+      : new Int32Array(bytes.slice().buffer);
+  const per = PAGE_SIZE / 4;
+  let n = 0;
+  for (let p = 0, pages = bytes.length / PAGE_SIZE; p < pages; p++) {
+    let acc = 0;
+    for (let i = p * per, end = i + per; i < end && acc === 0; i += 8)
+      acc =
+        words[i]! |
+        words[i + 1]! |
+        words[i + 2]! |
+        words[i + 3]! |
+        words[i + 4]! |
+        words[i + 5]! |
+        words[i + 6]! |
+        words[i + 7]!;
+    if (acc === 0) {
+      zero[p >> 5]! |= 1 << (p & 31);
+      n++;
     }
-  const head = new Uint8Array(12);
-  const v = new DataView(head.buffer);
-  v.setBigUint64(0, BigInt(offset), true);
-  v.setUint32(8, pages, true);
-  const payload = new Uint8Array(12 + bitmap.length + (pages - zero) * PAGE_SIZE);
-  payload.set(head);
-  payload.set(bitmap, 12);
-  let o = 12 + bitmap.length;
-  for (let p = 0; p < pages; p++)
-    if (!(bitmap[p >> 3]! & (1 << (p & 7)))) {
-      payload.set(bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), o);
-      o += PAGE_SIZE;
-    }
-  return { payload, zeroPages: zero };
+  }
+  return n;
 }
 
-/** Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there); returns its offset. */
+/** How the encoder reads guest RAM: by offset, so it can run where there is no view of it (a worker). */
+export interface RamReader {
+  /** Sets the bit of each all-zero page of [offset, offset+length) in `zero`; returns how many. */
+  zeroPages(offset: number, length: number, zero: Uint32Array): number;
+  /** Copies [offset, offset+length) into `into` at `at`. */
+  copy(offset: number, length: number, into: Uint8Array, at: number): void;
+}
+
+/** A RamReader over views of RAM (`ram(offset, length)`), in JS. */
+export function viewReader(ram: (offset: number, length: number) => Uint8Array): RamReader {
+  return {
+    zeroPages: (offset, length, zero) => zeroPagesJs(ram(offset, length), zero),
+    copy: (offset, length, into, at) => into.set(ram(offset, length), at),
+  };
+}
+
+const putBits = (out: Uint8Array, at: number, bits: Uint32Array, pages: number) => {
+  for (let i = 0, n = Math.ceil(pages / 8); i < n; i++) out[at + i] = bits[i >> 2]! >>> ((i & 3) * 8);
+};
+
+export interface EncodedRam {
+  /** The whole section as it goes into the stream (tag, id, version, length, payload, checksum). */
+  section: Uint8Array;
+  /** Its payload (a view into `section`). */
+  payload: Uint8Array;
+  /** Pages sent, and how many of them as a zero flag. */
+  pages: number;
+  zeroPages: number;
+}
+
+/**
+ * The pages of the block of guest RAM at `offset` (`pages` of them) whose bit is set in `send` (a
+ * bit per page; undefined: every page) as one framed RAM section, built in one buffer (so it can
+ * be handed from another thread and written to the stream as it is). Undefined when no page is
+ * to be sent.
+ */
+export function encodeRamSection(
+  offset: number,
+  pages: number,
+  ram: RamReader,
+  send?: Uint32Array,
+): EncodedRam | undefined {
+  if (offset % PAGE_SIZE || !Number.isInteger(pages) || pages <= 0) throw new Error('RAM blocks are whole pages');
+  const words = Math.ceil(pages / 32);
+  const tailMask = (i: number) => (i === words - 1 && pages % 32 ? (1 << pages % 32) - 1 : -1);
+  const want = new Uint32Array(words);
+  let sent = 0;
+  for (let i = 0; i < words; i++) {
+    want[i] = (send ? send[i]! : -1) & tailMask(i);
+    sent += popcount(want[i]!);
+  }
+  if (!sent) return undefined;
+  const zero = new Uint32Array(words);
+  if (sent === pages) ram.zeroPages(offset, pages * PAGE_SIZE, zero);
+  else {
+    // Only the runs of pages sent are scanned (a pass after the first sends a few pages of a block).
+    const run = new Uint32Array(words);
+    for (let p = 0; p < pages; ) {
+      if (!(want[p >>> 5]! & (1 << (p & 31)))) {
+        p++;
+        continue;
+      }
+      let e = p + 1;
+      while (e < pages && want[e >>> 5]! & (1 << (e & 31))) e++;
+      run.fill(0);
+      ram.zeroPages(offset + p * PAGE_SIZE, (e - p) * PAGE_SIZE, run);
+      for (let i = 0; i < e - p; i++) if (run[i >>> 5]! & (1 << (i & 31))) zero[(p + i) >>> 5]! |= 1 << ((p + i) & 31);
+      p = e;
+    }
+  }
+  let zeroSent = 0;
+  for (let i = 0; i < words; i++) {
+    zero[i]! &= want[i]!; // a zero page that is not sent is not flagged
+    zeroSent += popcount(zero[i]!);
+  }
+  const bitmapLen = Math.ceil(pages / 8);
+  const payloadLen = 12 + 2 * bitmapLen + (sent - zeroSent) * PAGE_SIZE;
+  const id = RAM_SECTION.length;
+  const headLen = 2 + id + 8;
+  const buf = new Uint8Array(headLen + payloadLen + 4);
+  const v = new DataView(buf.buffer);
+  buf[0] = TAG_SECTION;
+  buf[1] = id;
+  for (let i = 0; i < id; i++) buf[2 + i] = RAM_SECTION.charCodeAt(i);
+  v.setUint32(2 + id, RAM_VERSION, true);
+  v.setUint32(6 + id, payloadLen, true);
+  v.setBigUint64(headLen, BigInt(offset), true);
+  v.setUint32(headLen + 8, pages, true);
+  putBits(buf, headLen + 12, want, pages);
+  putBits(buf, headLen + 12 + bitmapLen, zero, pages);
+  let o = headLen + 12 + 2 * bitmapLen;
+  // The runs of pages that are sent and not zero, a run per copy.
+  for (let p = 0; p < pages; ) {
+    const data = (q: number) => (want[q >>> 5]! & ~zero[q >>> 5]! & (1 << (q & 31))) !== 0;
+    if (!data(p)) {
+      p++;
+      continue;
+    }
+    let e = p + 1;
+    while (e < pages && data(e)) e++;
+    ram.copy(offset + p * PAGE_SIZE, (e - p) * PAGE_SIZE, buf, o);
+    o += (e - p) * PAGE_SIZE;
+    p = e;
+  }
+  v.setUint32(o, crc32(buf.subarray(0, o)), true);
+  return { section: buf, payload: buf.subarray(headLen, o), pages: sent, zeroPages: zeroSent };
+}
+
+/** A block of RAM as a section payload (every page; see encodeRamSection). */
+export function encodeRamBlock(offset: number, bytes: Uint8Array): { payload: Uint8Array; zeroPages: number } {
+  const e = encodeRamSection(
+    offset,
+    bytes.length / PAGE_SIZE,
+    viewReader((o, l) => bytes.subarray(o - offset, o - offset + l)),
+  )!;
+  return { payload: e.payload, zeroPages: e.zeroPages };
+}
+
+/**
+ * Writes a RAM section's pages into guest RAM (`ram(offset, length)` gives the bytes there); returns
+ * its offset, the pages it held and the pages its block spans. A zero page is only written where the page is not zero already
+ * (`zeroScan` says): a destination's untouched RAM then stays unallocated, as QEMU's does.
+ */
 export function decodeRamBlock(
   payload: Uint8Array,
   ramSize: number,
   ram: (offset: number, length: number) => Uint8Array,
+  version: number = RAM_VERSION,
 ): number {
+  return decodeRamSection(payload, ramSize, ram, version).offset;
+}
+
+export function decodeRamSection(
+  payload: Uint8Array | readonly Uint8Array[],
+  ramSize: number,
+  ram: (offset: number, length: number) => Uint8Array,
+  version: number = RAM_VERSION,
+  zeroPages: RamReader['zeroPages'] = (o, l, z) => zeroPagesJs(ram(o, l), z),
+): { offset: number; pages: number; span: number } {
   const fail = (why: string) => new StateError(RAM_SECTION, why);
-  if (payload.length < 12) throw fail('truncated block header');
-  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  // The payload as it arrived (one buffer, or the pieces a socket read it in: no copy into one).
+  const parts = payload instanceof Uint8Array ? [payload] : payload;
+  const length = parts.reduce((n, x) => n + x.length, 0);
+  const cur = new PartCursor(parts);
+  if (length < 12) throw fail('truncated block header');
+  const head = new Uint8Array(12);
+  cur.read(head, 0, 12);
+  const v = new DataView(head.buffer);
   const offset = Number(v.getBigUint64(0, true)),
     pages = v.getUint32(8, true);
   if (offset % PAGE_SIZE || !Number.isSafeInteger(offset) || offset + pages * PAGE_SIZE > ramSize)
     throw fail(`block at 0x${offset.toString(16)} of ${pages} pages lies outside guest RAM (${ramSize} bytes)`);
   const bitmapLen = Math.ceil(pages / 8);
-  if (payload.length < 12 + bitmapLen) throw fail('truncated zero-page bitmap');
-  const bitmap = payload.subarray(12, 12 + bitmapLen);
-  let zero = 0;
-  for (let p = 0; p < pages; p++) if (bitmap[p >> 3]! & (1 << (p & 7))) zero++;
-  if (payload.length !== 12 + bitmapLen + (pages - zero) * PAGE_SIZE)
-    throw fail(`block at 0x${offset.toString(16)}: ${payload.length} bytes for ${pages - zero} data pages`);
-  const dest = ram(offset, pages * PAGE_SIZE);
-  let o = 12 + bitmapLen;
+  const maps = version >= 2 ? 2 : 1;
+  if (length < 12 + maps * bitmapLen) throw fail('truncated page bitmaps');
+  const bitmaps = new Uint8Array(maps * bitmapLen);
+  cur.read(bitmaps, 0, bitmaps.length);
+  const sent = version >= 2 ? bitmaps.subarray(0, bitmapLen) : undefined;
+  const zero = bitmaps.subarray((maps - 1) * bitmapLen);
+  const isSent = (p: number) => !sent || (sent[p >> 3]! & (1 << (p & 7))) !== 0;
+  const isZero = (p: number) => (zero[p >> 3]! & (1 << (p & 7))) !== 0;
+  let data = 0,
+    count = 0;
   for (let p = 0; p < pages; p++) {
-    const at = p * PAGE_SIZE;
-    if (bitmap[p >> 3]! & (1 << (p & 7))) dest.fill(0, at, at + PAGE_SIZE);
-    else {
-      dest.set(payload.subarray(o, o + PAGE_SIZE), at);
-      o += PAGE_SIZE;
+    if (!isSent(p)) {
+      if (isZero(p)) throw fail(`block at 0x${offset.toString(16)}: page ${p} is flagged zero but not sent`);
+      continue;
+    }
+    count++;
+    if (!isZero(p)) data++;
+  }
+  if (length !== 12 + maps * bitmapLen + data * PAGE_SIZE)
+    throw fail(`block at 0x${offset.toString(16)}: ${length} bytes for ${data} data pages`);
+  const dest = ram(offset, pages * PAGE_SIZE);
+  const here = new Uint32Array(Math.ceil(pages / 32));
+  if (count > data) zeroPages(offset, pages * PAGE_SIZE, here);
+  for (let p = 0; p < pages; ) {
+    if (!isSent(p)) {
+      p++;
+      continue;
+    }
+    if (isZero(p)) {
+      if (!(here[p >> 5]! & (1 << (p & 31)))) dest.fill(0, p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+      p++;
+      continue;
+    }
+    // A run of data pages: one copy (one per piece it spans).
+    let e = p + 1;
+    while (e < pages && isSent(e) && !isZero(e)) e++;
+    cur.read(dest, p * PAGE_SIZE, (e - p) * PAGE_SIZE);
+    p = e;
+  }
+  return { offset, pages: count, span: pages };
+}
+
+/** Reads on through a list of buffers as if they were one. */
+class PartCursor {
+  private i = 0;
+  private o = 0;
+  constructor(private readonly parts: readonly Uint8Array[]) {}
+  read(into: Uint8Array, at: number, n: number): void {
+    while (n > 0) {
+      const p = this.parts[this.i]!;
+      const k = Math.min(n, p.length - this.o);
+      into.set(k === p.length ? p : p.subarray(this.o, this.o + k), at);
+      at += k;
+      n -= k;
+      this.o += k;
+      if (this.o === p.length) {
+        this.i++;
+        this.o = 0;
+      }
     }
   }
-  return offset;
 }

@@ -48,17 +48,55 @@ export function parseMigrationUri(uri: string): MigrationUri {
   }
 }
 
-/** A Writable as a ByteSink: each write resolves once the stream took it (back-pressure). */
+/** Bytes a sink takes before a write waits: a few sections in the kernel's and Node's buffers, so the writer rarely waits for a turn of the event loop. */
+const SINK_BUFFER = 4 * 2 ** 20;
+
+/**
+ * A Writable as a ByteSink with back-pressure: a write returns at once while less than
+ * SINK_BUFFER bytes wait in the stream's buffer, else once it drained. (Waiting for each write's
+ * own callback would cost a turn of the event loop per write: with vCPU 0 on the same thread,
+ * one of its run slices.)
+ */
 function writableSink(s: Writable): ByteSink & { failed(): Error | undefined } {
   let error: Error | undefined;
   s.on('error', (e) => (error ??= e));
   return {
     failed: () => error,
-    write: (b) =>
+    fd: () => {
+      if (s.destroyed) return undefined;
+      // A file stream's fd, or the handle's of a socket or pipe (Node's stream wraps it).
+      const w = s as Writable & { fd?: unknown; _handle?: { fd?: unknown } };
+      const fd = typeof w.fd === 'number' ? w.fd : w._handle?.fd;
+      return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+    },
+    // An empty write's callback comes after every earlier write's: they are all in the fd then.
+    flush: () =>
       new Promise<void>((resolve, reject) => {
         if (error) return reject(error);
-        s.write(b, (e) => (e ? reject(e) : error ? reject(error) : resolve()));
+        s.write(new Uint8Array(0), (e) => (e ? reject(e) : error ? reject(error) : resolve()));
       }),
+    write: (b) => {
+      if (error) return Promise.reject(error);
+      s.write(b);
+      if (s.writableLength < SINK_BUFFER) return;
+      return new Promise<void>((resolve, reject) => {
+        const off = () => {
+          s.off('drain', drained);
+          s.off('close', closed);
+        };
+        const drained = () => {
+          off();
+          if (error) reject(error);
+          else resolve();
+        };
+        const closed = () => {
+          off();
+          reject(error ?? new Error('the migration stream was closed'));
+        };
+        s.on('drain', drained);
+        s.on('close', closed);
+      });
+    },
   };
 }
 
@@ -79,10 +117,22 @@ export interface Incoming {
 /** The fd a client passed under `name` (QMP getfd), taken by the migration. */
 export type TakeFd = (name: string) => number;
 
+/**
+ * Ends the stream; rejects if any of it could not be written (writes do not wait for their own
+ * outcome), or if the other end closed before the end (an exec: command that exited early: Node
+ * closes its stdin then, and an end() after that never finishes).
+ */
 function endWritable(s: Writable): Promise<void> {
   return new Promise((resolve, reject) => {
+    const cut = () => reject(s.errored ?? new Error('the destination closed the stream before its end'));
+    if (s.destroyed) return s.writableFinished ? resolve() : cut();
     s.once('error', reject);
-    s.end(() => resolve());
+    s.once('close', () => (s.writableFinished ? resolve() : cut()));
+    s.end((e?: Error | null) => {
+      const err = e ?? s.errored;
+      if (err) reject(err);
+      else resolve();
+    });
   });
 }
 
@@ -187,7 +237,16 @@ export async function openOutgoing(uri: string, takeFd?: TakeFd): Promise<Outgoi
   return {
     sink,
     finish: async () => {
-      await endWritable(w);
+      try {
+        await endWritable(w);
+      } catch (e) {
+        if (!child) throw e;
+        // The command went before it took the whole stream: its exit says why, else say it did.
+        await childDone(child, (u as { command: string }).command);
+        throw new TsvmmError('ERR_MIGRATION', `${describe(u)}: exited (status 0) before it read the whole stream`, {
+          cause: e,
+        });
+      }
       if (child) await childDone(child, (u as { command: string }).command);
       const e = sink.failed();
       if (e) throw new TsvmmError('ERR_MIGRATION', `${describe(u)}: ${e.message}`, { cause: e });
@@ -208,7 +267,8 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
   checkSandbox(u);
   switch (u.kind) {
     case 'file': {
-      const r = createReadStream(u.path);
+      // Reads of a few MiB: a section is up to 1 MiB, and each read is a trip through the thread pool.
+      const r = createReadStream(u.path, { highWaterMark: 4 * 2 ** 20 });
       await new Promise<void>((resolve, reject) => {
         r.once('open', () => resolve());
         r.once('error', (e) =>
@@ -249,16 +309,18 @@ export async function openIncoming(uri: string, takeFd?: TakeFd): Promise<Incomi
       const conn = new Promise<Socket>((resolve) => server.once('connection', resolve));
       let sock: Socket | undefined;
       let source: ByteSource | undefined;
+      const open = async (): Promise<ByteSource> => {
+        if (!source) {
+          sock = await conn;
+          server.close(); // one source only
+          source = iterableSource(sock);
+        }
+        return source;
+      };
       return {
         source: {
-          read: async (n) => {
-            if (!source) {
-              sock = await conn;
-              server.close(); // one source only
-              source = iterableSource(sock);
-            }
-            return source.read(n);
-          },
+          read: async (n) => (await open()).read(n),
+          readParts: async (n) => (await open()).readParts!(n),
         },
         close: async () => {
           sock?.destroy();

@@ -52,7 +52,16 @@ async function save(dev: LiveDevice, dirtyPasses: number): Promise<Uint8Array> {
     {
       stop: async () => void (dev.stopped = true),
       // Dirty for a few passes (more than the pause allows), then nothing.
-      live: { start: () => {}, stop: () => {}, dirty: () => (n++ < dirtyPasses ? [0, RAM_BLOCK] : []) },
+      live: {
+        start: () => {},
+        stop: () => {},
+        manual: () => undefined,
+        sync: (into) => {
+          if (n++ >= dirtyPasses) return;
+          into.set(0);
+          into.set(RAM_BLOCK / 4096);
+        },
+      },
       downtimeLimitMs: 0,
     },
   );
@@ -105,7 +114,7 @@ test('a device that writes RAM by DMA with no dirty log: after the stop every bl
       {
         stop: async () => void (passesBeforeStop = dev.pass),
         // KVM logs nothing written: only the untracked DMA can have changed RAM since the first pass.
-        live: { start: () => {}, stop: () => {}, dirty: () => [] },
+        live: { start: () => {}, stop: () => {}, manual: () => undefined, sync: () => {} },
         untrackedDma,
       },
     );
