@@ -11,7 +11,7 @@ import { native } from '../core/native.js';
 import { MemoryRegion, memoryTransaction } from '../core/memory/index.js';
 import type { AssignedDevice } from '../core/vfio/vfio.js';
 import { VfioIntx, VfioIrqVectors } from '../core/vfio/irq.js';
-import { VfioMigration, describeHostDevice } from '../core/vfio/migration.js';
+import { DeviceDirtyLog, MigrationError, VfioMigration, describeHostDevice } from '../core/vfio/migration.js';
 import type { StateReader, StateWriter } from '../core/state.js';
 import type { Interrupts, MsiInterruptGroup } from './interrupts.js';
 import type { MsixCap } from './msix.js';
@@ -455,6 +455,23 @@ export class VfioPciDevice extends PciDevice {
     mig.startSave();
     this.mig = mig;
     this.finalData = [];
+  }
+
+  /**
+   * Source, after beginSave: the device's own log of the pages it writes by DMA over `ranges`
+   * (IOVAs), where its driver offers VFIO_DEVICE_FEATURE_DMA_LOGGING; undefined when it offers
+   * none or refuses these ranges (said on stderr): its writes then go unseen, and the caller must
+   * count every page it can reach dirty.
+   */
+  startDmaLog(ranges: { iova: number; length: number }[]): DeviceDirtyLog | undefined {
+    if (!this.mig?.caps.dmaLogging) return undefined;
+    try {
+      return DeviceDirtyLog.start(this.assigned.device, ranges, PAGE, this.name);
+    } catch (e) {
+      if (!(e instanceof MigrationError)) throw e;
+      console.error(`tsvmm: ${this.name}: ${e.message}; every page it can reach counts dirty`);
+      return undefined;
+    }
   }
 
   /** The PRE_COPY data the device has now (while the guest runs; one call per RAM pass). */

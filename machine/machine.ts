@@ -18,6 +18,7 @@ import type { Serial16550 } from '../hw/serial-16550.js';
 import { PciBus, physAddrLimit, type PciDevice } from '../hw/pci.js';
 import { assignBars } from '../hw/pci-bars.js';
 import { VfioPciDevice } from '../hw/vfio-pci.js';
+import type { DeviceDirtyLog } from '../core/vfio/migration.js';
 import { Vfio } from '../core/vfio/vfio.js';
 import { PassedFds, type PassedFd } from '../core/fdpass.js';
 import { DeviceManager } from './devices.js';
@@ -527,10 +528,14 @@ export class Machine implements MachineControl {
       if (assigned.length) deviceBytes = await VfioPciDevice.stopAll(assigned);
       opts.onStop?.();
     };
-    const live = opts.live && !this.vm.paused ? this.dirtyLog() : undefined;
+    const wantLive = opts.live && !this.vm.paused;
     const progress = opts.progress;
+    let dmaLogs: DmaLog[] = [];
     try {
       for (const d of assigned) d.beginSave();
+      // Devices that log their own DMA writes add them to KVM's log; the others' writes go unseen.
+      if (wantLive) dmaLogs = this.startDmaLogs(assigned);
+      const live = wantLive ? this.dirtyLog(dmaLogs) : undefined;
       const p = await saveMachine(this.migrationParts(), sink, {
         stop,
         ...(live ? { live } : {}),
@@ -538,15 +543,16 @@ export class Machine implements MachineControl {
         ...(opts.cancelled ? { cancelled: opts.cancelled } : {}),
         ...(opts.downtimeLimitMs !== undefined ? { downtimeLimitMs: opts.downtimeLimitMs } : {}),
         ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-        // No device's DMA dirty log is used yet: what an assigned device writes by DMA is unseen by KVM's log.
-        untrackedDma: assigned.map((d) => d.name),
+        untrackedDma: assigned.filter((d) => !dmaLogs.some((l) => l.device === d)).map((d) => d.name),
         // RAM is encoded on a thread of its own: this one runs vCPU 0 between the stream's writes.
         encoder: () => WorkerRamEncoder.start({ hostAddr: this.guestRam.hostAddr }),
         ...(process.env.TSVMM_MIGRATION_TRACE ? { trace: (l: string) => console.error(`tsvmm: migration ${l}`) } : {}),
         ...(opts.onPass ? { onPass: opts.onPass } : {}),
       });
+      stopDmaLogs(dmaLogs);
       return { ...p, deviceBytes };
     } catch (e) {
+      stopDmaLogs(dmaLogs);
       // The source goes on: its devices back in RUNNING (the caller resumes the vCPUs).
       for (const d of assigned) {
         const how = d.abortMigration();
@@ -566,8 +572,34 @@ export class Machine implements MachineControl {
     for (const d of this.assignedDevices()) d.runAfterMigration();
   }
 
-  /** KVM's dirty log over guest RAM (slots mapped to pages of it by their host addresses). */
-  private dirtyLog(): DirtyLog {
+  /** Guest RAM as the guest-physical ranges a device behind no vIOMMU reaches (IOVA = GPA), with their first page of RAM. */
+  private ramRanges(): { iova: number; length: number; ramPage: number }[] {
+    const { lowSize, highSize } = ramLayout(this.config.memoryBytes);
+    const out = [{ iova: 0, length: lowSize, ramPage: 0 }];
+    if (highSize) out.push({ iova: HIGH_RAM_BASE, length: highSize, ramPage: lowSize / PAGE_SIZE });
+    return out;
+  }
+
+  /**
+   * The DMA dirty logs of the assigned devices that offer one, over all of guest RAM. A device
+   * behind the vIOMMU is left out: its IOVAs are the guest's, not guest-physical addresses.
+   */
+  private startDmaLogs(assigned: readonly VfioPciDevice[]): DmaLog[] {
+    const ranges = this.ramRanges().map(({ iova, length }) => ({ iova, length }));
+    const out: DmaLog[] = [];
+    for (const device of assigned) {
+      if (this.isBehindIommu(device)) continue;
+      const log = device.startDmaLog(ranges);
+      if (log) out.push({ device, log });
+    }
+    return out;
+  }
+
+  /**
+   * KVM's dirty log over guest RAM (slots mapped to pages of it by their host addresses), and the
+   * pages `dmaLogs`' devices wrote by DMA.
+   */
+  private dirtyLog(dmaLogs: readonly DmaLog[] = []): DirtyLog {
     const memslots = this.vm.memslots;
     const base = this.guestRam.hostAddr,
       ramPages = this.config.memoryBytes / PAGE_SIZE;
@@ -579,6 +611,7 @@ export class Machine implements MachineControl {
         .filter((s) => Number.isInteger(s.ramPage) && s.ramPage >= 0 && s.ramPage + s.pages <= ramPages);
     const bitmaps = new Map<number, Uint32Array>();
     const vmFd = this.vm.fd;
+    const ranges = dmaLogs.length ? this.ramRanges() : [];
     return {
       start: () => memslots.setDirtyLogging(true),
       stop: () => memslots.setDirtyLogging(false),
@@ -591,6 +624,19 @@ export class Machine implements MachineControl {
           memslots.getDirtyLog(s.slot, bits);
           into.orAt(s.ramPage, bits, s.pages);
         }
+        for (const { log } of dmaLogs)
+          for (const r of ranges) {
+            let report: Uint8Array;
+            try {
+              report = log.bitmap(r.iova, r.length);
+            } catch (e) {
+              // The uAPI: a report that failed is a log lost, so the whole range counts dirty.
+              console.error(`tsvmm: ${(e as Error).message}`);
+              into.setRange(r.ramPage, r.length / PAGE_SIZE);
+              continue;
+            }
+            into.orDeviceReport(r.ramPage, r.length / PAGE_SIZE, report, log.pageSize);
+          }
       },
     };
   }
@@ -623,5 +669,22 @@ export class Machine implements MachineControl {
       pciDevices: this.devices.list(),
       ...(this.viommu ? { viommu: { ...this.viommu.iommu.inspect(), host: this.viommu.host() } } : {}),
     });
+  }
+}
+
+/** An assigned device's own DMA dirty log, running for a save. */
+interface DmaLog {
+  device: VfioPciDevice;
+  log: DeviceDirtyLog;
+}
+
+/** Ends the devices' DMA logs (a device reset by an abandoned save may have ended one already). */
+function stopDmaLogs(logs: readonly DmaLog[]): void {
+  for (const { device, log } of logs) {
+    try {
+      log.stop();
+    } catch (e) {
+      console.error(`tsvmm: ${device.name}: stopping its DMA dirty log: ${(e as Error).message}`);
+    }
   }
 }

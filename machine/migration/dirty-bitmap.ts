@@ -3,6 +3,9 @@
 // log slot by slot and walked a block at a time. Pure: numbers in, numbers out (the KVM calls
 // are passed in), shared by the save's main thread and its RAM worker.
 
+/** Our page: the one KVM's log and the stream count in. */
+const PAGE = 4096;
+
 export class PageBitmap {
   readonly words: Uint32Array;
   constructor(
@@ -76,6 +79,42 @@ export class PageBitmap {
     let any = 0;
     for (let i = 0; i < words; i++) any |= this.words[w0 + i]!;
     return any ? this.words.slice(w0, w0 + words) : undefined;
+  }
+
+  /** Sets pages [first, first + n). */
+  setRange(first: number, n: number): void {
+    if (first < 0 || first + n > this.pages)
+      throw new RangeError(`pages ${first}+${n} lie outside guest RAM's ${this.pages}`);
+    for (let p = first, end = first + n; p < end; p++) this.words[p >>> 5]! |= 1 << (p & 31);
+  }
+
+  /**
+   * ORs in a device's DMA dirty report (VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: bit i, LSB first
+   * in byte order, is the device page at the range's start + i * devPageSize) for a range that
+   * starts at page `first` of guest RAM and spans `pages` 4 KiB pages. A device page larger than
+   * ours marks each 4 KiB page in it. Returns how many of our pages it set.
+   */
+  orDeviceReport(first: number, pages: number, report: Uint8Array, devPageSize: number): number {
+    if (devPageSize < PAGE || devPageSize % PAGE)
+      throw new RangeError(`a device page of ${devPageSize} bytes is not a multiple of ${PAGE}`);
+    const per = devPageSize / PAGE;
+    const devPages = Math.ceil(pages / per);
+    if (report.length * 8 < devPages)
+      throw new RangeError(`a report of ${report.length} bytes holds fewer than ${devPages} pages`);
+    if (per === 1 && report.length % 4 === 0) {
+      const words = new Uint32Array(report.length / 4);
+      new Uint8Array(words.buffer).set(report); // little-endian: byte order is the words' bit order
+      return this.orAt(first, words, pages);
+    }
+    let set = 0;
+    for (let i = 0; i < devPages; i++) {
+      if (!(report[i >>> 3]! & (1 << (i & 7)))) continue;
+      const lo = i * per,
+        hi = Math.min(lo + per, pages);
+      this.setRange(first + lo, hi - lo);
+      set += hi - lo;
+    }
+    return set;
   }
 
   /** Indexes of the blocks of `perBlock` pages (a multiple of 32) that have a page set, in order. */

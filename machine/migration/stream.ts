@@ -291,24 +291,7 @@ export function iterableSource(it: AsyncIterable<Uint8Array>): ByteSource {
   return {
     readParts,
     async read(n: number): Promise<Uint8Array> {
-      const parts: Uint8Array[] = [];
-      let have = 0;
-      while (have < n) {
-        if (!pending.length) {
-          if (done) break;
-          const r = await iter.next();
-          if (r.done) {
-            done = true;
-            break;
-          }
-          pending = r.value;
-          continue;
-        }
-        const take = Math.min(n - have, pending.length);
-        parts.push(pending.subarray(0, take));
-        pending = pending.subarray(take);
-        have += take;
-      }
+      const parts = await readParts(n);
       return parts.length === 1 ? parts[0]! : cat(...parts);
     },
   };

@@ -70,6 +70,47 @@ test("dirty bitmap: a slot's KVM bitmap lands at its page of guest RAM at any al
   assert.equal(new PageBitmap(70).slice(0, 64), undefined, 'a slice with nothing set');
 });
 
+test("a device's DMA dirty report (bytes, LSB first) lands at its range's page of guest RAM; larger device pages mark every page they hold", () => {
+  const r = rng(23);
+  for (const [first, devPage] of [
+    [0, 4096],
+    [37, 4096],
+    [64, 8192],
+    [5, 2 ** 21],
+  ] as const) {
+    const pages = 1100;
+    const per = devPage / 4096;
+    const devPages = Math.ceil(pages / per);
+    const report = new Uint8Array(Math.ceil(devPages / 64) * 8); // the kernel's u64-sized bitmap
+    const want = new Set<number>();
+    for (let i = 0; i < 40; i++) {
+      const d = r() % devPages;
+      report[d >>> 3]! |= 1 << (d & 7);
+      for (let p = d * per; p < Math.min((d + 1) * per, pages); p++) want.add(first + p);
+    }
+    const b = new PageBitmap(first + pages + 3);
+    assert.equal(b.orDeviceReport(first, pages, report, devPage), want.size, `set, page ${devPage}`);
+    const got = [...Array(b.pages).keys()].filter((p) => b.get(p));
+    assert.deepEqual(
+      got,
+      [...want].sort((a, c) => a - c),
+      `first ${first}, device page ${devPage}`,
+    );
+  }
+  // Bits beyond the range (the u64 padding) are no pages.
+  const b = new PageBitmap(20);
+  b.orDeviceReport(2, 10, Uint8Array.of(0x00, 0xfc, 0xff, 0xff, 0, 0, 0, 0), 4096);
+  assert.equal(b.count(), 0, 'padding bits after page 10 of the range mark nothing');
+  assert.throws(() => b.orDeviceReport(0, 10, new Uint8Array(8), 2048), /not a multiple/);
+  assert.throws(() => b.orDeviceReport(0, 100, new Uint8Array(8), 4096), /fewer than 100 pages/);
+  // A lost report: the whole range.
+  const lost = new PageBitmap(100);
+  lost.setRange(10, 50);
+  assert.equal(lost.count(), 50);
+  assert.ok(lost.get(10) && lost.get(59) && !lost.get(9) && !lost.get(60));
+  assert.throws(() => lost.setRange(90, 11), /outside guest RAM/);
+});
+
 test('manual protection: each clear is 64-page aligned (or reaches the slot end), per slot, with only the bits asked for', () => {
   // Two slots: guest RAM pages [0, 160) and [160, 1000) (a low/high split that is not 64-aligned).
   const slots: DirtySlot[] = [
