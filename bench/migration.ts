@@ -225,8 +225,8 @@ export function renderMtty(m: MttyResults | undefined): string[] {
     ),
     '',
     `The device's share of the downtime (with mtty − without): ${share}. Not split further: it holds mtty's state ` +
-      'changes (STOP_COPY, its data read and written) and the second walk of all of RAM after the stop (with an ' +
-      'assigned device every page it can reach by DMA counts dirty: docs/migration.md; a zero page goes as a bit). ' +
+      "changes (STOP_COPY, its data read and written) and the last pass's RAM: mtty offers VFIO's DMA dirty log, " +
+      'so only the pages the guest (or the device) wrote go after the stop, not all of RAM (docs/migration.md). ' +
       'The two guests differ (mtty-stream against count), both tiny in RAM.',
   ];
 }
