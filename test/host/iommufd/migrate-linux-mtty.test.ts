@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createMdev, removeMdev, type Mdev } from '../../../core/vfio/mdev.js';
+import type { Mdev } from '../../../core/vfio/mdev.js';
+import { withMdevs } from '../../helpers/mdev.js';
 import type { VfioBackendKind } from '../../../core/vfio/vfio.js';
 import {
   FIND_MTTY_TTY,
@@ -33,6 +34,9 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 afterEach(killChildren);
 
 /** A Linux guest whose /init finds mtty's tty and streams through it forever. */
+/** mtty instances for a test, removed once the VMMs holding them are gone. */
+const withMttys = <T>(n: number, f: (m: Mdev[]) => Promise<T>) => withMdevs(n, f, killChildren);
+
 function mttyConfig(name: string, m: Mdev, backend: VfioBackendKind): string {
   return linuxConfig(name, {
     memory: '128M',
@@ -57,17 +61,6 @@ function assertStream(text: string, what: string): number {
 /** The guest found mtty as a ttyS bound by 8250_pci's driver ("serial"). */
 function assertBound(out: string): void {
   assert.match(out, /^mtty tty=ttyS\d+ pci=0000:00:[0-9a-f]{2}\.0 driver=serial\r?$/m, out);
-}
-
-async function withMdevs<T>(n: number, f: (m: Mdev[]) => Promise<T>): Promise<T> {
-  const made: Mdev[] = [];
-  try {
-    for (let i = 0; i < n; i++) made.push(createMdev('mtty-1'));
-    return await f(made);
-  } finally {
-    await killChildren();
-    for (const m of made) removeMdev(m.uuid);
-  }
 }
 
 /** The source streaming (5 reports), then migrated to `uri`; query-migrate's reply once it completed. */
@@ -97,7 +90,7 @@ async function assertContinues(src: Child, dst: Child, watch: [string, Child][])
 }
 
 async function live(backend: VfioBackendKind): Promise<void> {
-  await withMdevs(2, async ([a, b]) => {
+  await withMttys(2, async ([a, b]) => {
     const uri = `unix:${join(dir, `live-${backend}.sock`)}`;
     const srcQmp = join(dir, `live-${backend}-src.qmp`),
       dstQmp = join(dir, `live-${backend}-dst.qmp`);
@@ -140,7 +133,7 @@ test(
   'a Linux guest with mtty saved to a file and restored in a new process on another instance: its mtty still works, the stream goes on',
   { timeout: WAIT_MS + 300_000 },
   async () => {
-    await withMdevs(2, async ([a, b]) => {
+    await withMttys(2, async ([a, b]) => {
       const file = join(dir, 'mtty-linux.snap');
       const srcQmp = join(dir, 'snap-src.qmp');
       const src = runTsvmm([mttyConfig('mtty-snap', a!, 'iommufd'), '--qmp', srcQmp]);

@@ -15,6 +15,7 @@ import { once } from 'node:events';
 import { projectRoot } from '../../../core/paths.js';
 import { guestPaths } from '../../../guest/index.js';
 import { createMdev, removeMdev, type Mdev } from '../../../core/vfio/mdev.js';
+import { withMdevs } from '../../helpers/mdev.js';
 import type { VfioBackendKind } from '../../../core/vfio/vfio.js';
 import { QmpTestClient } from '../../helpers/qmp.js';
 import { hostDevice } from '../../helpers/testhost-env.js';
@@ -72,16 +73,6 @@ function assertSequence(values: number[], what: string): void {
   assert.ok(values.length > 0, `${what}: no sequence`);
   for (let i = 1; i < values.length; i++)
     assert.equal(values[i], values[i - 1]! + 64, `${what}: ${values[i - 1]} then ${values[i]}`);
-}
-
-async function withMdevs<T>(n: number, f: (m: Mdev[]) => Promise<T>): Promise<T> {
-  const made: Mdev[] = [];
-  try {
-    for (let i = 0; i < n; i++) made.push(createMdev('mtty-1'));
-    return await f(made);
-  } finally {
-    for (const m of made) removeMdev(m.uuid);
-  }
 }
 
 async function qmp(sock: string): Promise<QmpTestClient> {
