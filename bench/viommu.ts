@@ -33,19 +33,12 @@ export function modeCmdline(mode: Mode): string {
   return CMDLINE;
 }
 
-export interface ViommuSample {
+/** One launch: what its guest printed (parseViommuRun's figures) and what the VMM was measured at. */
+export interface ViommuSample extends Omit<ParsedViommuRun, 'problems'> {
   vmm: 'tsvmm' | 'qemu';
   mode: Mode;
   round: number;
   exitCode: number | null;
-  userspaceMs?: number;
-  guestUptimeMs?: number;
-  seqMBps?: number;
-  iops?: number;
-  randIos?: number;
-  randUs?: number;
-  /** The guest's own words on its DMA domain (dmesg: default domain type, invalidation policy). */
-  guestIommu?: string;
   /** tsvmm: host-side map/unmap requests over the rand phase (x-query-viommu's host stats). */
   maps?: number;
   unmaps?: number;
@@ -98,6 +91,7 @@ export interface ParsedViommuRun {
   iops?: number;
   randIos?: number;
   randUs?: number;
+  /** The guest's own words on its DMA domain (dmesg: default domain type, invalidation policy). */
   guestIommu?: string;
   problems: string[];
 }
