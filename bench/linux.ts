@@ -25,6 +25,7 @@ import type { VmmName } from './stats.js';
 import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
 
 import { CMDLINE, MEM_MIB, perChar, renderLinux } from './linux-report.js';
+import { runIfMain } from './entry.js';
 export { CMDLINE, MEM_MIB, perChar };
 /** Payload line: 63 characters and the newline (the tty's ONLCR adds a CR: 65 bytes through the UART). */
 export const PAYLOAD_LINE = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_';
@@ -409,12 +410,7 @@ async function main(): Promise<void> {
   process.stdout.write(renderLinux(r));
 }
 
-if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => {
-    process.stderr.write(`bench linux: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  });
-}
+runIfMain(import.meta.url, 'linux', main);
 
 /**
  * What every Linux-guest bench group needs inside the test host: the cached Debian kernel with its

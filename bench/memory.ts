@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { guestElf, ensureNullVmm, tsvmmJs, QEMU, straceMapDma, guestStatus } from './vmm.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { summarize, ratio, fmtNum, type Summary, type VmmName } from './stats.js';
+import { runIfMain } from './entry.js';
 
 export type Backing = 'anonymous' | 'memfd' | 'memfd-hugetlb-2M' | 'hugetlbfs-2M';
 export const BACKINGS: Backing[] = ['anonymous', 'memfd', 'memfd-hugetlb-2M', 'hugetlbfs-2M'];
@@ -288,9 +289,4 @@ async function main(): Promise<void> {
   process.stdout.write(renderMemory(r));
 }
 
-if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => {
-    process.stderr.write(`bench memory: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  });
-}
+runIfMain(import.meta.url, 'memory', main);

@@ -26,6 +26,7 @@ import { linuxBenchSetup, qemuVersion } from './linux.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { CMDLINE } from './linux-report.js';
 import { QEMU, tsvmmJs } from './vmm.js';
+import { runIfMain } from './entry.js';
 
 export const DIRTY_MIB = 64;
 export const DEFAULT_MEM_MIB = 1024;
@@ -638,9 +639,4 @@ async function main(): Promise<void> {
   process.stdout.write(renderMigration(r));
 }
 
-if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => {
-    process.stderr.write(`bench migration: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  });
-}
+runIfMain(import.meta.url, 'migration', main);

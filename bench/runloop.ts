@@ -31,6 +31,7 @@ import {
   type LaunchSpec,
 } from './vmm.js';
 import { summarize, type VmmName } from './stats.js';
+import { runIfMain } from './entry.js';
 
 export type Column = VmmName | 'tsvmm-before';
 export interface RunloopResults {
@@ -434,9 +435,4 @@ async function main(): Promise<void> {
   log(`results: ${out}`);
 }
 
-if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => {
-    process.stderr.write(`bench runloop: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  });
-}
+runIfMain(import.meta.url, 'runloop', main);

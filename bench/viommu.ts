@@ -21,6 +21,7 @@ import { innerQemuArgs } from '../testhost/qemu.js';
 import { qmpCall } from '../frontend/qmp/client.js';
 import { CMDLINE, MEM_MIB, linuxBenchSetup, qemuVersion, withMarkerInit, type SerialLine } from './linux.js';
 import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
+import { runIfMain } from './entry.js';
 
 export const MODES = ['none', 'identity', 'lazy', 'strict'] as const;
 export type Mode = (typeof MODES)[number];
@@ -593,9 +594,4 @@ async function main(): Promise<void> {
   process.stdout.write(renderViommu(r));
 }
 
-if (process.argv[1] && import.meta.url === `file://${process.argv[1]}`) {
-  main().catch((e) => {
-    process.stderr.write(`bench viommu: ${(e as Error).stack}\n`);
-    process.exitCode = 1;
-  });
-}
+runIfMain(import.meta.url, 'viommu', main);
