@@ -25,6 +25,7 @@ export class AddressSpace implements RenderTarget {
   /** Index of the last section lookup() hit: MMIO exits tend to repeat. */
   private hint = 0;
   private destroyed = false;
+  private gen = 0;
 
   constructor(
     readonly name: string,
@@ -33,6 +34,11 @@ export class AddressSpace implements RenderTarget {
     if (!(root instanceof MemoryRegion)) throw new TypeError(`address space ${name}: root must be a MemoryRegion`);
     MemoryRegion._attach(root, this);
     this.view = Object.freeze(renderFlatView(root));
+  }
+
+  /** Changes whenever the flat view does (or the space is destroyed): what a cached view of it compares. */
+  get generation(): number {
+    return this.gen;
   }
 
   /** The current flat view: sorted by addr, non-overlapping. Stale inside a transaction. */
@@ -80,6 +86,7 @@ export class AddressSpace implements RenderTarget {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
+    this.gen++;
     MemoryRegion._detach(this.root, this);
     this.listeners = [];
   }
@@ -92,6 +99,7 @@ export class AddressSpace implements RenderTarget {
     if (!d.changed) return;
     this.view = Object.freeze(next);
     this.hint = 0;
+    this.gen++;
     this.notify(d, errors);
   }
 

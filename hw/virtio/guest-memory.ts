@@ -12,6 +12,28 @@ export interface GuestMemory {
   write(addr: number, src: Uint8Array): boolean;
   /** Whether [addr, addr + len) is wholly guest RAM (writable too when `write`). */
   check(addr: number, len: number, write: boolean): boolean;
+  /**
+   * [addr, addr + len) as a view of its backing when it is one flat piece of guest RAM (writable
+   * too when `write`), for a device to keep at hand (its rings: QEMU's MemoryRegionCache); valid
+   * while `generation` is unchanged. undefined when it is not (the caller uses read and write).
+   */
+  span(addr: number, len: number, write: boolean): RamSpan | undefined;
+  /** Changes whenever a span taken before may no longer be right (the memory map changed). */
+  readonly generation: number;
+}
+
+/** Guest RAM at hand: `view` over its backing, and the offset in it of the span's first byte. */
+export interface RamSpan {
+  view: DataView;
+  offset: number;
+}
+
+/** One DataView per backing array, made on first use. */
+const views = new WeakMap<Uint8Array, DataView>();
+function viewOf(b: Uint8Array): DataView {
+  let v = views.get(b);
+  if (!v) views.set(b, (v = new DataView(b.buffer, b.byteOffset, b.byteLength)));
+  return v;
 }
 
 const MAX_ADDR = 2 ** 53;
@@ -81,6 +103,15 @@ export class AddressSpaceMemory implements GuestMemory {
     return this.flat(addr, len, write) >= 0 || this.walk(addr, len, write);
   }
 
+  get generation(): number {
+    return this.space.generation;
+  }
+
+  span(addr: number, len: number, write: boolean): RamSpan | undefined {
+    const at = this.flat(addr, len, write);
+    return at >= 0 ? { view: viewOf(this.bytes!), offset: at } : undefined;
+  }
+
   read(addr: number, dst: Uint8Array): boolean {
     const n = dst.length;
     const at = this.flat(addr, n, false);
@@ -114,8 +145,12 @@ export class FlatMemory implements GuestMemory {
     readonly bytes: Uint8Array,
     readonly base = 0,
   ) {}
+  readonly generation = 0;
   check(addr: number, len: number, _write?: boolean): boolean {
     return validRange(addr, len) && addr >= this.base && addr + len <= this.base + this.bytes.length;
+  }
+  span(addr: number, len: number): RamSpan | undefined {
+    return this.check(addr, len) ? { view: viewOf(this.bytes), offset: addr - this.base } : undefined;
   }
   read(addr: number, dst: Uint8Array): boolean {
     if (!this.check(addr, dst.length)) return false;

@@ -5,7 +5,12 @@
 // (non-empty, a multiple of 16 bytes, not nested, only as the whole chain), readable before
 // writable — and a violation is a VirtqueueError: the transport marks the device NEEDS_RESET
 // (§2.1.2) and stops using the queue, as QEMU's virtio_error does.
-import type { GuestMemory } from './guest-memory.js';
+//
+// The three ring areas are kept at hand as views of their RAM (QEMU's MemoryRegionCache), taken
+// again whenever the memory map changes: a request then costs a few typed-array accesses, not a
+// memory-map lookup per ring field. An area that is not one flat piece of RAM goes through
+// GuestMemory's read and write.
+import type { GuestMemory, RamSpan } from './guest-memory.js';
 
 export const VIRTQ_DESC_F_NEXT = 1,
   VIRTQ_DESC_F_WRITE = 2,
@@ -95,6 +100,35 @@ export class SplitVirtqueue {
     this.size = size;
   }
 
+  // Each area's span (undefined: not one flat piece of RAM) as of memory generation `gen`.
+  private gen = -1;
+  private descS: RamSpan | undefined;
+  private availS: RamSpan | undefined;
+  private usedS: RamSpan | undefined;
+
+  /** Takes the areas' spans again if the memory map changed since they were taken. */
+  private sync(): void {
+    const g = this.mem.generation;
+    if (g === this.gen) return;
+    const l = virtqueueLayout(this.size, this.cfg.eventIdx);
+    this.descS = this.mem.span(this.cfg.desc, l.desc, false);
+    this.availS = this.mem.span(this.cfg.avail, l.avail, false);
+    this.usedS = this.mem.span(this.cfg.used, l.used, true);
+    this.gen = g;
+  }
+
+  /** The u16 at byte `off` of the avail area. */
+  private avail16(off: number): number {
+    const s = this.availS;
+    return s ? s.view.getUint16(s.offset + off, true) : this.read16(this.cfg.avail + off);
+  }
+  /** Writes the u16 at byte `off` of the used area. */
+  private used16(off: number, v: number): void {
+    const s = this.usedS;
+    if (s) s.view.setUint16(s.offset + off, v, true);
+    else this.write16(this.cfg.used + off, v);
+  }
+
   private read16(addr: number): number {
     if (!this.mem.read(addr, this.b2)) throw new VirtqueueError(`ring at 0x${addr.toString(16)} is not guest RAM`);
     return this.b2[0]! | (this.b2[1]! << 8);
@@ -107,13 +141,14 @@ export class SplitVirtqueue {
 
   /** avail->idx as the driver last wrote it. */
   availIdx(): number {
-    return this.read16(this.cfg.avail + 2);
+    this.sync();
+    return this.avail16(2);
   }
   private availFlags(): number {
-    return this.read16(this.cfg.avail);
+    return this.avail16(0);
   }
   private usedEvent(): number {
-    return this.read16(this.cfg.avail + 4 + 2 * this.size);
+    return this.avail16(4 + 2 * this.size);
   }
 
   /** Whether the driver has made buffers available that the device has not taken. */
@@ -127,14 +162,15 @@ export class SplitVirtqueue {
   /** Takes the next available chain, or undefined when the ring is empty. */
   pop(): VirtqChain | undefined {
     if (!this.hasWork()) return undefined;
-    const head = this.read16(this.cfg.avail + 4 + 2 * (this.lastAvail % this.size));
+    const head = this.avail16(4 + 2 * (this.lastAvail % this.size));
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.cfg.eventIdx && this.notifyOn) this.write16(this.availEventAddr(), this.lastAvail);
+    if (this.cfg.eventIdx && this.notifyOn) this.used16(this.availEventOff(), this.lastAvail);
     return this.walk(head);
   }
 
-  private availEventAddr(): number {
-    return this.cfg.used + 4 + 8 * this.size;
+  /** avail_event's offset in the used area. */
+  private availEventOff(): number {
+    return 4 + 8 * this.size;
   }
 
   // The last descriptor read (readDesc): fields, not an object per descriptor.
@@ -143,18 +179,27 @@ export class SplitVirtqueue {
   private dFlags = 0;
   private dNext = 0;
 
-  private readDesc(table: number, i: number): void {
-    const at = table + VIRTQ_DESC_SIZE * i;
-    if (!this.mem.read(at, this.b16))
-      throw new VirtqueueError(`descriptor ${i} at 0x${at.toString(16)} is not guest RAM`);
-    const hi = this.d16.getUint32(4, true);
+  /** Descriptor i of the table at `table`, from `span` (the table's) when it is at hand. */
+  private readDesc(table: number, span: RamSpan | undefined, i: number): void {
+    let v: DataView, o: number;
+    if (span) {
+      v = span.view;
+      o = span.offset + VIRTQ_DESC_SIZE * i;
+    } else {
+      const at = table + VIRTQ_DESC_SIZE * i;
+      if (!this.mem.read(at, this.b16))
+        throw new VirtqueueError(`descriptor ${i} at 0x${at.toString(16)} is not guest RAM`);
+      v = this.d16;
+      o = 0;
+    }
+    const hi = v.getUint32(o + 4, true);
     // Addresses at or beyond 2^53 cannot be guest RAM: refused without losing precision.
     if (hi >= 2 ** 21)
       throw new VirtqueueError(`descriptor ${i}: address 0x${hi.toString(16)}xxxxxxxx is beyond guest RAM`);
-    this.dAddr = hi * 2 ** 32 + this.d16.getUint32(0, true);
-    this.dLen = this.d16.getUint32(8, true);
-    this.dFlags = this.d16.getUint16(12, true);
-    this.dNext = this.d16.getUint16(14, true);
+    this.dAddr = hi * 2 ** 32 + v.getUint32(o, true);
+    this.dLen = v.getUint32(o + 8, true);
+    this.dFlags = v.getUint16(o + 12, true);
+    this.dNext = v.getUint16(o + 14, true);
   }
 
   /** Follows a chain from `head`, checking every rule. */
@@ -162,12 +207,13 @@ export class SplitVirtqueue {
     if (head >= this.size) throw new VirtqueueError(`avail ring names descriptor ${head} ≥ queue size ${this.size}`);
     const chain: VirtqChain = { head, readable: [], writable: [], readableLen: 0, writableLen: 0 };
     let table = this.cfg.desc,
+      span = this.descS,
       tableSize = this.size,
       i = head,
       indirect = false,
       count = 0;
     for (;;) {
-      this.readDesc(table, i);
+      this.readDesc(table, span, i);
       const addr = this.dAddr,
         len = this.dLen,
         flags = this.dFlags,
@@ -182,6 +228,7 @@ export class SplitVirtqueue {
         if (!this.mem.check(addr, len, false))
           throw new VirtqueueError(`indirect table 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`);
         table = addr;
+        span = this.mem.span(addr, len, false);
         tableSize = len / VIRTQ_DESC_SIZE;
         indirect = true;
         i = 0;
@@ -214,13 +261,21 @@ export class SplitVirtqueue {
 
   /** Returns a chain to the driver with `written` bytes written into its writable buffers. */
   push(head: number, written: number): void {
-    const e = this.cfg.used + 4 + 8 * (this.usedIdx % this.size);
-    this.d8.setUint32(0, head, true);
-    this.d8.setUint32(4, written >>> 0, true);
-    if (!this.mem.write(e, this.b8)) throw new VirtqueueError(`used ring at 0x${e.toString(16)} is not guest RAM`);
+    this.sync();
+    const off = 4 + 8 * (this.usedIdx % this.size);
+    const s = this.usedS;
+    if (s) {
+      s.view.setUint32(s.offset + off, head, true);
+      s.view.setUint32(s.offset + off + 4, written >>> 0, true);
+    } else {
+      const e = this.cfg.used + off;
+      this.d8.setUint32(0, head, true);
+      this.d8.setUint32(4, written >>> 0, true);
+      if (!this.mem.write(e, this.b8)) throw new VirtqueueError(`used ring at 0x${e.toString(16)} is not guest RAM`);
+    }
     // The element is in place before the index that publishes it.
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    this.write16(this.cfg.used + 2, this.usedIdx);
+    this.used16(2, this.usedIdx);
   }
 
   /**
@@ -228,6 +283,7 @@ export class SplitVirtqueue {
    * with event index, once used_event was passed; without, unless it set NO_INTERRUPT.
    */
   needsInterrupt(): boolean {
+    this.sync();
     if (!this.cfg.eventIdx) return (this.availFlags() & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     const valid = this.signalledValid;
     const old = this.signalledUsed;
@@ -243,10 +299,11 @@ export class SplitVirtqueue {
    */
   setNotification(on: boolean): boolean {
     this.notifyOn = on;
+    this.sync();
     if (this.cfg.eventIdx) {
-      if (on) this.write16(this.availEventAddr(), this.lastAvail);
+      if (on) this.used16(this.availEventOff(), this.lastAvail);
     } else {
-      this.write16(this.cfg.used, on ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      this.used16(0, on ? 0 : VIRTQ_USED_F_NO_NOTIFY);
     }
     return on && this.hasWork();
   }

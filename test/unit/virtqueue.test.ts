@@ -368,3 +368,58 @@ test('guest memory over the memory API: RAM sections only, across section and ch
   assert.equal(m.read(0x2fff, new Uint8Array(0x1001)), true, 'RAM into ROM reads');
   assert.equal(m.read(0x3fff, new Uint8Array(2)), false, 'ROM into MMIO does not');
 });
+
+test('virtqueue over the memory API: the rings kept at hand follow the memory map; a ring across two RAM sections works too', () => {
+  const a = new Uint8Array(0x10000),
+    b = new Uint8Array(0x10000);
+  const root = MemoryRegion.container('root', 0x100000);
+  const ra = MemoryRegion.ram('a', 0x10000, { hostAddr: 0n, bytes: a });
+  root.addSubregion(0, ra);
+  const space = new AddressSpace('mem', root);
+  const m = new AddressSpaceMemory(space);
+  const cfg = { size: SIZE, desc: DESC, avail: AVAIL, used: USED, eventIdx: false, indirect: false };
+  const vq = new SplitVirtqueue(m, cfg);
+  const put = (bytes: Uint8Array, head: number, idx: number) => {
+    const dv = new DataView(bytes.buffer);
+    dv.setBigUint64(DESC + 16 * head, BigInt(DATA), true);
+    dv.setUint32(DESC + 16 * head + 8, 4, true);
+    dv.setUint16(DESC + 16 * head + 12, WRITE, true);
+    dv.setUint16(AVAIL + 4 + 2 * ((idx - 1) % SIZE), head, true);
+    dv.setUint16(AVAIL + 2, idx, true);
+  };
+  put(a, 3, 1);
+  assert.equal(vq.pop()?.head, 3);
+  vq.push(3, 4);
+  assert.equal(new DataView(a.buffer).getUint16(USED + 2, true), 1, 'used idx in the first RAM');
+  // The guest's RAM is replaced by other RAM at the same address (the map changes): the queue
+  // reads and writes the new memory, not the old view.
+  const gen = space.generation;
+  root.removeSubregion(ra);
+  root.addSubregion(0, MemoryRegion.ram('b', 0x10000, { hostAddr: 0n, bytes: b }));
+  assert.notEqual(space.generation, gen);
+  put(b, 5, 2);
+  assert.equal(vq.pop()?.head, 5);
+  vq.push(5, 4);
+  assert.equal(new DataView(b.buffer).getUint16(USED + 2, true), 2, 'used idx in the new RAM');
+  assert.equal(new DataView(a.buffer).getUint16(USED + 2, true), 1, 'the old RAM untouched');
+
+  // A descriptor table that crosses from one RAM section into the next goes through GuestMemory.
+  const c = new Uint8Array(0x1000),
+    d = new Uint8Array(0x1000);
+  const root2 = MemoryRegion.container('root2', 0x100000);
+  root2.addSubregion(0, MemoryRegion.ram('c', 0x1000, { hostAddr: 0n, bytes: c }));
+  root2.addSubregion(0x1000, MemoryRegion.ram('d', 0x1000, { hostAddr: 0n, bytes: d }));
+  const m2 = new AddressSpaceMemory(new AddressSpace('mem2', root2));
+  const vq2 = new SplitVirtqueue(m2, { ...cfg, desc: 0xfc0, avail: 0x100, used: 0x200 }); // 8 × 16 bytes from 0xfc0
+  const dvc = new DataView(c.buffer),
+    dvd = new DataView(d.buffer);
+  // Descriptor 6 is at 0x1020: in the second section.
+  dvd.setBigUint64(0x20, BigInt(0x800), true);
+  dvd.setUint32(0x28, 4, true);
+  dvd.setUint16(0x2c, WRITE, true);
+  dvc.setUint16(0x104, 6, true);
+  dvc.setUint16(0x102, 1, true);
+  const ch = vq2.pop();
+  assert.equal(ch?.head, 6);
+  assert.deepEqual(ch?.writable, [{ addr: 0x800, len: 4 }]);
+});
