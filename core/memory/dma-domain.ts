@@ -32,11 +32,14 @@ export interface Refusal {
   status: RefusalStatus;
   reason: string;
 }
-export type HostResult = { ok: true } | Refusal;
+export type HostResult = { readonly ok: true } | Refusal;
 
 export function refuse(status: RefusalStatus, reason: string): Refusal {
   return { ok: false, status, reason };
 }
+
+/** Done: one shared object (a guest's every MAP and UNMAP returns it). */
+export const OK: { readonly ok: true } = Object.freeze({ ok: true });
 
 export interface DmaPerm {
   read: boolean;
@@ -133,8 +136,7 @@ export class DmaDomain {
   /** Maps guest [iova, iova+size) → guest-physical gpa into every listener, or refuses (nothing changed). */
   map(iova: number, gpa: number, size: number, perm: DmaPerm): HostResult {
     if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
-    // The request's words only when it is refused (this is the path of every guest MAP).
-    const what = () => `map of IOVA ${hex(iova)}+${hex(size)} → ${hex(gpa)} in domain ${this.id}`;
+    // This is the path of every guest MAP: no closure or string unless it is refused.
     const bad = !nonNegativeSafe(iova)
       ? 'iova'
       : !nonNegativeSafe(gpa)
@@ -142,30 +144,35 @@ export class DmaDomain {
         : !nonNegativeSafe(size)
           ? 'size'
           : '';
-    if (bad) return this.refused(refuse('range', `${what()}: the ${bad} is not a non-negative integer below 2^53`));
+    if (bad) return this.refuseMap('range', iova, gpa, size, `the ${bad} is not a non-negative integer below 2^53`);
     if (size === 0 || iova % DMA_PAGE || gpa % DMA_PAGE || size % DMA_PAGE)
-      return this.refused(refuse('inval', `${what()}: not a whole number of 4 KiB pages (the vIOMMU's granule)`));
+      return this.refuseMap('inval', iova, gpa, size, `not a whole number of 4 KiB pages (the vIOMMU's granule)`);
     if (!Number.isSafeInteger(iova + size) || !Number.isSafeInteger(gpa + size))
-      return this.refused(refuse('range', `${what()}: the range ends beyond 2^53`));
+      return this.refuseMap('range', iova, gpa, size, `the range ends beyond 2^53`);
     if (!perm.read && !perm.write)
-      return this.refused(refuse('inval', `${what()}: neither read nor write access asked for`));
+      return this.refuseMap('inval', iova, gpa, size, `neither read nor write access asked for`);
     const clash = this.mappings.firstOverlapping(iova, size);
     if (clash)
-      return this.refused(
-        refuse(
-          'inval',
-          `${what()}: overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`,
-        ),
+      return this.refuseMap(
+        'inval',
+        iova,
+        gpa,
+        size,
+        `overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`,
       );
     const pieces = this.owner.resolve(iova, gpa, size, perm);
-    if (!Array.isArray(pieces)) return this.refused({ ...pieces, reason: `${what()}: ${pieces.reason}` });
-    const m: DomainMapping = { iova, size, gpa, read: perm.read, write: perm.write, pieces: null };
-    const r = this.mapPieces(pieces, m, this.listeners);
-    if (!r.ok) return this.refused({ ...r, reason: `${what()}: ${r.reason}` });
-    m.pieces = pieces;
-    this.mappings.add(m);
+    if (!Array.isArray(pieces)) return this.refuseMap(pieces.status, iova, gpa, size, pieces.reason);
+    const r = this.mapPieces(pieces, perm, this.listeners);
+    if (!r.ok) return this.refuseMap(r.status, iova, gpa, size, r.reason);
+    this.mappings.add({ iova, size, gpa, read: perm.read, write: perm.write, pieces });
     this.stats.maps++;
-    return { ok: true };
+    return OK;
+  }
+
+  private refuseMap(status: RefusalStatus, iova: number, gpa: number, size: number, why: string): Refusal {
+    return this.refused(
+      refuse(status, `map of IOVA ${hex(iova)}+${hex(size)} → ${hex(gpa)} in domain ${this.id}: ${why}`),
+    );
   }
 
   /** Maps `pieces` into `into`, all or nothing across listeners. */
@@ -176,24 +183,24 @@ export class DmaDomain {
           'nomem',
           `${l.name} has room for ${l.room()} more DMA mappings, this needs ${pieces.length} (${l.limitText()})`,
         );
-    const done: [DomainListener, HostPiece][] = [];
-    for (const l of into)
-      for (const p of pieces) {
+    for (let li = 0; li < into.length; li++)
+      for (let pi = 0; pi < pieces.length; pi++) {
         try {
-          l.map(p, perm);
-          done.push([l, p]);
+          into[li]!.map(pieces[pi]!, perm);
         } catch (e) {
-          for (const [dl, dp] of done.reverse()) {
-            try {
-              dl.unmap(dp);
-            } catch {
-              /* the rollback's own failure cannot be reported better than the map's */
+          // Undo what was mapped before this piece, newest first.
+          for (let lj = li; lj >= 0; lj--)
+            for (let pj = (lj === li ? pi : pieces.length) - 1; pj >= 0; pj--) {
+              try {
+                into[lj]!.unmap(pieces[pj]!);
+              } catch {
+                /* the rollback's own failure cannot be reported better than the map's */
+              }
             }
-          }
-          return refuse('devErr', `${l.name}: ${errorText(e)}`);
+          return refuse('devErr', `${into[li]!.name}: ${errorText(e)}`);
         }
       }
-    return { ok: true };
+    return OK;
   }
 
   /** Unmaps `pieces` from `from`; returns the errors (every unmap is tried). */
@@ -456,10 +463,10 @@ export class DmaDomains {
    */
   resolve(iova: number, gpa: number, size: number, perm: DmaPerm): HostPiece[] | Refusal {
     const pieces: HostPiece[] = [];
-    const view = this.memory.flatView();
     for (let at = gpa; at < gpa + size; ) {
       const s = this.memory.lookup(at);
       if (!s) {
+        const view = this.memory.flatView();
         const next = view.find((v) => v.addr > at);
         const ramEnd = view.filter((v) => v.region.kind === 'ram').reduce((a, v) => Math.max(a, v.addr + v.size), 0);
         return refuse(

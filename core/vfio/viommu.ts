@@ -66,6 +66,7 @@
 import type { AddressSpace } from '../memory/index.js';
 import {
   DmaDomains,
+  OK,
   refuse,
   type DmaPerm,
   type DomainListener,
@@ -320,7 +321,7 @@ export class VfioViommu {
       const r = this.firstMapping(domain);
       if (!r.ok) return this.refused(r);
     }
-    const r = d.map(iova, gpa, size, { read: !!perm.read, write: !!perm.write });
+    const r = d.map(iova, gpa, size, perm);
     if (!r.ok) {
       if (r.status === 'nomem') this.log(r.reason);
       return this.refused(r);
@@ -335,7 +336,7 @@ export class VfioViommu {
     const r = d.unmap(iova, size);
     if (!r.ok) return this.refused(r);
     this.stats.unmaps += r.unmapped ?? 0;
-    return { ok: true };
+    return OK;
   }
 
   private firstMapping(domain: number): HostResult {

@@ -137,7 +137,8 @@ export class VirtioIommu implements VirtioDevice {
   private bypass = 1;
   private mappingCount = 0;
   private ctx: VirtioContext | undefined;
-  private readonly requestCounts: Record<string, number> = {};
+  /** Requests by type (REQUEST_NAMES' index; the last: unknown types). */
+  private readonly requestCounts = new Array<number>(REQUEST_NAMES.length + 1).fill(0);
   private refusedCount = 0;
   // Scratch for parsing a request and writing its tail: no allocation per request.
   private readonly reqBytes = new Uint8Array(REQ_SCRATCH);
@@ -154,15 +155,13 @@ export class VirtioIommu implements VirtioDevice {
     this.probeSize = o.probeSize ?? 512;
     this.maxMappings = o.maxMappings ?? 1 << 20;
     if (this.pageSizeMask === 0n) throw new RangeError(`${this.name}: page size mask is empty`);
+    this.granule = Number(this.pageSizeMask & -this.pageSizeMask);
     if (this.inputRange.end >= 2 ** 53 || this.inputRange.start > this.inputRange.end)
       throw new RangeError(`${this.name}: input range must be inclusive and below 2^53`);
   }
 
   /** The smallest page the IOMMU maps: alignment of every mapping. */
-  get granule(): number {
-    const m = this.pageSizeMask;
-    return Number(m & -m);
-  }
+  readonly granule: number;
 
   // --- endpoints -----------------------------------------------------------------------------------
 
@@ -277,7 +276,9 @@ export class VirtioIommu implements VirtioDevice {
         endpoints: [...d.endpoints],
         mappings: d.mappings.size,
       })),
-      requests: { ...this.requestCounts },
+      requests: Object.fromEntries(
+        this.requestCounts.flatMap((n, t) => (n ? [[REQUEST_NAMES[t] ?? 'unknown', n]] : [])),
+      ),
       refused: this.refusedCount,
     };
   }
@@ -314,8 +315,8 @@ export class VirtioIommu implements VirtioDevice {
       );
     const req = vq.readChain(chain, REQ_SCRATCH, this.reqBytes);
     const type = req[0]!;
-    const name = REQUEST_NAMES[type] ?? 'unknown';
-    this.requestCounts[name] = (this.requestCounts[name] ?? 0) + 1;
+    const known = type < REQUEST_NAMES.length;
+    this.requestCounts[known ? type : REQUEST_NAMES.length]!++;
     let status: number;
     let props: Uint8Array | undefined;
     const size = REQUEST_SIZE[type];
@@ -361,7 +362,7 @@ export class VirtioIommu implements VirtioDevice {
         }
       } catch (e) {
         // The host side failed rather than refused: the guest hears of a device error.
-        this.logHost(`${name} request`, e);
+        this.logHost(`${REQUEST_NAMES[type] ?? 'unknown'} request`, e);
         status = VIRTIO_IOMMU_S_DEVERR;
       }
     }
@@ -541,9 +542,10 @@ export class VirtioIommu implements VirtioDevice {
   /** Removes the mappings wholly inside [s, e] (inclusive, within the input range), none if one straddles it. */
   private unmapRange(d: Domain, domain: number, s: number, e: number): number {
     const hits = d.mappings.intersecting(s, e);
-    // A mapping the range would split stays whole, and so does every other (§5.13.6.7).
-    if (hits.some((m) => m.start < s || m.end > e)) return VIRTIO_IOMMU_S_RANGE;
     if (!hits.length) return VIRTIO_IOMMU_S_OK;
+    // A mapping the range would split stays whole, and so does every other (§5.13.6.7). Only
+    // the first and the last can reach past the range.
+    if (hits[0]!.start < s || hits[hits.length - 1]!.end > e) return VIRTIO_IOMMU_S_RANGE;
     for (const m of hits) d.mappings.remove(m.start);
     this.mappingCount -= hits.length;
     // One host call for all of them (the host unmaps what lies wholly inside, as the guest's do).

@@ -180,7 +180,7 @@ test('virtio-iommu: moving an endpoint between domains; the empty domain goes wi
 });
 
 test('virtio-iommu: request statuses per spec', () => {
-  const { st, send, host } = setup();
+  const { st, send, host, iommu } = setup();
   // Unknown endpoint, domain out of range, unknown flags.
   assert.equal(st(req.attach(1, 0x99)), VIRTIO_IOMMU_S_NOENT);
   assert.equal(st(req.attach(1, EP, 2)), VIRTIO_IOMMU_S_INVAL);
@@ -221,6 +221,8 @@ test('virtio-iommu: request statuses per spec', () => {
   assert.equal(st(req.map(1, 0, 0xfff, 0).subarray(0, 30)), VIRTIO_IOMMU_S_INVAL, 'a MAP cut short');
   assert.equal(send(req.probe(EP).subarray(0, 8), 516).out[512], VIRTIO_IOMMU_S_INVAL, 'a PROBE cut short');
   assert.deepEqual(host.violations, []);
+  // What inspect() counts: every request by its type, refused or not.
+  assert.deepEqual(iommu.inspect().requests, { attach: 6, detach: 3, map: 15, unmap: 6, probe: 1, unknown: 1 });
 });
 
 test('virtio-iommu: PROBE reports the MSI window and the host reserved regions', () => {
