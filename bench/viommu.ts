@@ -141,7 +141,8 @@ export function threadCpuUsBetween(a: Snapshot, b: Snapshot): Record<string, num
   for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
     const o = a.threadCpu[k];
     if (!o) continue;
-    const name = k.replace(/^\d+ /, '');
+    // The main thread (vCPU 0 and every device) apart from the others (V8's, libuv's, watchers).
+    const name = k.startsWith(`${b.pid} `) ? `${k.slice(String(b.pid).length + 1)} (main)` : k.replace(/^\d+ /, '');
     const user = (u - g - (o[0] - o[2])) * 1e4,
       sys = (s - o[1]) * 1e4;
     if (user) out[`${name} user`] = (out[`${name} user`] ?? 0) + user;

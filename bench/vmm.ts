@@ -130,6 +130,8 @@ export function guestStatus(vmm: VmmName, code: number | null): number | null {
 
 export interface Snapshot {
   t: number;
+  /** The process (its main thread's tid). */
+  pid: number;
   /** Main thread (tid = pid): voluntary + involuntary context switches. */
   mainCtx: number;
   /** Every thread: "tid name" → context switches (for the JSON). */
@@ -241,7 +243,7 @@ export function snapshot(pid: number): Snapshot {
       }
     }
   const hostCpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { t: performance.now(), mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
+  return { t: performance.now(), pid, mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
 }
 
 /**

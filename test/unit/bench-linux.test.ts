@@ -68,6 +68,7 @@ test('bench linux: a lost payload line or missing markers are reported, not sile
 test("bench linux: per character, KVM's exit counters and the VMM's CPU outside the guest", () => {
   const snap = (exits: number, io: number, irq: number, cpu: Record<string, [number, number, number]>): Snapshot => ({
     t: 0,
+    pid: 1,
     mainCtx: 0,
     threads: {},
     threadCpu: cpu,
