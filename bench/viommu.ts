@@ -75,6 +75,9 @@ echo "${MARK} rand start"
 sleep 1
 nvme-read rand /dev/nvme0n1 ${seconds}
 sleep 1
+echo "${MARK} second pass"
+nvme-read seq /dev/nvme0n1 ${seconds}
+nvme-read rand /dev/nvme0n1 ${seconds}
 echo "${MARK} done"
 `;
 }
@@ -92,6 +95,9 @@ export interface ParsedViommuRun {
   iops?: number;
   randIos?: number;
   randUs?: number;
+  /** The same two phases run again right after (both VMMs warmed up: JIT, caches, the guest's own). */
+  seq2MBps?: number;
+  iops2?: number;
   /** The guest's own words on its DMA domain (dmesg: default domain type, invalidation policy). */
   guestIommu?: string;
   problems: string[];
@@ -99,8 +105,8 @@ export interface ParsedViommuRun {
 
 export function parseViommuRun(lines: readonly SerialLine[]): ParsedViommuRun {
   const p: ParsedViommuRun = { problems: [] };
-  const find = (re: RegExp) => {
-    for (const l of lines) {
+  const find = (re: RegExp, from = 0) => {
+    for (const l of lines.slice(from)) {
       const m = re.exec(l.text);
       if (m) return { m, t: l.t };
     }
@@ -125,6 +131,16 @@ export function parseViommuRun(lines: readonly SerialLine[]): ParsedViommuRun {
     p.randUs = Number(rand.m[2]);
     p.iops = Number(rand.m[3]);
   } else p.problems.push('no rand result');
+  // The second pass, after its marker (older runs have none).
+  const second = lines.findIndex((l) => l.text === `${MARK} second pass`);
+  if (second >= 0) {
+    const seq2 = find(/^nvme-read seq bytes=\d+ usec=\d+ MBps=([\d.]+)/, second);
+    if (seq2) p.seq2MBps = Number(seq2.m[1]);
+    else p.problems.push('no second seq result');
+    const rand2 = find(/^nvme-read rand ios=\d+ usec=\d+ iops=([\d.]+)/, second);
+    if (rand2) p.iops2 = Number(rand2.m[1]);
+    else p.problems.push('no second rand result');
+  }
   return p;
 }
 
@@ -217,6 +233,24 @@ export function renderViommu(r: ViommuResults): string {
       pick(r, 'qemu', m, (s) => s.iops),
     );
   }
+  // The second pass: the same phases again in the same launch, once both VMMs are warm.
+  for (const m of MODES)
+    row(
+      `nvme sequential read, ${m}, second pass`,
+      'MB/s',
+      'higher',
+      pick(r, 'tsvmm', m, (s) => s.seq2MBps),
+      pick(r, 'qemu', m, (s) => s.seq2MBps),
+      1,
+    );
+  for (const m of MODES)
+    row(
+      `nvme 4 KiB random read (QD1), ${m}, second pass`,
+      'IOPS',
+      'higher',
+      pick(r, 'tsvmm', m, (s) => s.iops2),
+      pick(r, 'qemu', m, (s) => s.iops2),
+    );
   for (const m of MODES) {
     const cpu = (s: ViommuSample) => (s.cpuUs !== undefined && s.randIos ? s.cpuUs / s.randIos : undefined);
     row(`VMM CPU per 4 KiB read (rand phase), ${m}`, 'µs', 'lower', pick(r, 'tsvmm', m, cpu), pick(r, 'qemu', m, cpu));
@@ -256,7 +290,7 @@ export function renderViommu(r: ViommuResults): string {
   const errors = r.samples.filter((s) => s.error).map((s) => `- ${s.vmm} ${s.mode} round ${s.round + 1}: ${s.error}`);
   return (
     [
-      `vIOMMU rows, ${r.date.slice(0, 10)}: ${r.where}. Guest: Debian ${r.kernel}, ${MEM_MIB} MiB, 1 vCPU, \`${CMDLINE}\` + the mode's option, nvme assigned (vfio-pci) to both; ${r.qemu} (\`-accel kvm -M q35\`, \`-device virtio-iommu-pci\` in the vIOMMU modes). nvme-read: ${r.seconds} s of 1 MiB sequential O_DIRECT reads, then ${r.seconds} s of 4 KiB random reads at queue depth 1. ${r.rounds} round(s), medians.`,
+      `vIOMMU rows, ${r.date.slice(0, 10)}: ${r.where}. Guest: Debian ${r.kernel}, ${MEM_MIB} MiB, 1 vCPU, \`${CMDLINE}\` + the mode's option, nvme assigned (vfio-pci) to both; ${r.qemu} (\`-accel kvm -M q35\`, \`-device virtio-iommu-pci\` in the vIOMMU modes). nvme-read: ${r.seconds} s of 1 MiB sequential O_DIRECT reads, then ${r.seconds} s of 4 KiB random reads at queue depth 1, then both again in the same launch (the second pass). ${r.rounds} round(s), medians.`,
       '',
       '| metric | unit | better | tsvmm | QEMU | tsvmm ÷ QEMU |',
       '| --- | --- | --- | ---: | ---: | ---: |',
@@ -423,7 +457,7 @@ async function once(
             ],
             { stdio: 'ignore' },
           );
-      } else if (text.startsWith('nvme-read rand ')) {
+      } else if (text.startsWith('nvme-read rand ') && !snapB) {
         snapB = snap();
         if (vmm === 'tsvmm' && mode !== 'none') qB = query(qmp);
         perf?.kill('SIGINT');
@@ -457,6 +491,8 @@ async function once(
     guestUptimeMs: p.guestUptimeMs,
     seqMBps: p.seqMBps,
     iops: p.iops,
+    ...(p.seq2MBps !== undefined ? { seq2MBps: p.seq2MBps } : {}),
+    ...(p.iops2 !== undefined ? { iops2: p.iops2 } : {}),
     randIos: p.randIos,
     randUs: p.randUs,
     guestIommu: p.guestIommu,
@@ -531,7 +567,7 @@ export async function runViommuBench(o: {
           const s = await once(vmm, mode, i, args);
           r.samples.push(s);
           o.log(
-            `viommu round ${i + 1} ${mode} ${vmm}: userspace ${s.userspaceMs?.toFixed(0)} ms, seq ${s.seqMBps} MB/s, rand ${s.iops} IOPS, maps ${s.maps} unmaps ${s.unmaps}, cpu ${s.cpuUs} µs, iommu "${s.guestIommu}"${s.error ? ` ERROR ${s.error}` : ''}`,
+            `viommu round ${i + 1} ${mode} ${vmm}: userspace ${s.userspaceMs?.toFixed(0)} ms, seq ${s.seqMBps} MB/s, rand ${s.iops} IOPS, second pass seq ${s.seq2MBps} MB/s rand ${s.iops2} IOPS, maps ${s.maps} unmaps ${s.unmaps}, cpu ${s.cpuUs} µs, iommu "${s.guestIommu}"${s.error ? ` ERROR ${s.error}` : ''}`,
           );
           o.log(`  kvm ${JSON.stringify(s.kvm)} threads ${JSON.stringify(s.threadCpuUs)}`);
           o.save?.(r);
