@@ -214,43 +214,30 @@ export function renderViommu(r: ViommuResults): string {
     const xs = x === undefined ? '—' : `${worse ? '**' : ''}${x.toFixed(2)}×${worse ? '**' : ''}`;
     rows.push(`| ${label} | ${unit} | ${better} | ${fmt(t, d)} | ${fmt(q, d)} | ${xs} |`);
   };
-  for (const m of MODES) {
-    row(
-      `nvme sequential read, ${m}`,
-      'MB/s',
-      'higher',
-      pick(r, 'tsvmm', m, (s) => s.seqMBps),
-      pick(r, 'qemu', m, (s) => s.seqMBps),
-      1,
-    );
-  }
-  for (const m of MODES) {
-    row(
-      `nvme 4 KiB random read (QD1), ${m}`,
-      'IOPS',
-      'higher',
-      pick(r, 'tsvmm', m, (s) => s.iops),
-      pick(r, 'qemu', m, (s) => s.iops),
-    );
-  }
   // The second pass: the same phases again in the same launch, once both VMMs are warm.
-  for (const m of MODES)
-    row(
-      `nvme sequential read, ${m}, second pass`,
-      'MB/s',
-      'higher',
-      pick(r, 'tsvmm', m, (s) => s.seq2MBps),
-      pick(r, 'qemu', m, (s) => s.seq2MBps),
-      1,
-    );
-  for (const m of MODES)
-    row(
-      `nvme 4 KiB random read (QD1), ${m}, second pass`,
-      'IOPS',
-      'higher',
-      pick(r, 'tsvmm', m, (s) => s.iops2),
-      pick(r, 'qemu', m, (s) => s.iops2),
-    );
+  const passes = [
+    { suffix: '', seq: (s: ViommuSample) => s.seqMBps, iops: (s: ViommuSample) => s.iops },
+    { suffix: ', second pass', seq: (s: ViommuSample) => s.seq2MBps, iops: (s: ViommuSample) => s.iops2 },
+  ];
+  for (const p of passes) {
+    for (const m of MODES)
+      row(
+        `nvme sequential read, ${m}${p.suffix}`,
+        'MB/s',
+        'higher',
+        pick(r, 'tsvmm', m, p.seq),
+        pick(r, 'qemu', m, p.seq),
+        1,
+      );
+    for (const m of MODES)
+      row(
+        `nvme 4 KiB random read (QD1), ${m}${p.suffix}`,
+        'IOPS',
+        'higher',
+        pick(r, 'tsvmm', m, p.iops),
+        pick(r, 'qemu', m, p.iops),
+      );
+  }
   for (const m of MODES) {
     const cpu = (s: ViommuSample) => (s.cpuUs !== undefined && s.randIos ? s.cpuUs / s.randIos : undefined);
     row(`VMM CPU per 4 KiB read (rand phase), ${m}`, 'µs', 'lower', pick(r, 'tsvmm', m, cpu), pick(r, 'qemu', m, cpu));
