@@ -5,7 +5,8 @@
 //   lazy      the virtio-iommu, the guest's default DMA domain (unmaps batched behind a flush queue);
 //   strict    the virtio-iommu, `iommu.strict=1` (a MAP and an UNMAP per I/O).
 // QEMU gets `-device virtio-iommu-pci` and the same guest cmdline. In each launch the guest runs
-// guest/linux/nvme-read: `seq` (1 MiB O_DIRECT reads) then `rand` (4 KiB, queue depth 1) for SECONDS each.
+// guest/linux/nvme-read: `seq` (1 MiB O_DIRECT reads) then `rand` (4 KiB, queue depth 1) for SECONDS each, then
+// both again (the second pass: both VMMs warm).
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
