@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { linuxGuest, type LinuxGuestOptions } from '../../lib/testing.js';
@@ -121,6 +121,46 @@ export async function stop(c: Child, q?: QmpTestClient): Promise<void> {
   if (q) await q.call('quit').catch(() => c.child.kill('SIGTERM'));
   else c.child.kill('SIGTERM');
   await exited;
+}
+
+/**
+ * A live migration's two processes: the destination listening on `uri` (`--incoming`; a unix: socket waited for),
+ * then the source, which runs until the test migrates it.
+ */
+export async function startLivePair(o: {
+  uri: string;
+  src: string;
+  dst: string;
+  srcQmp: string;
+  dstQmp: string;
+}): Promise<{ src: Child; dst: Child; both: [string, Child][] }> {
+  const dst = runTsvmm([o.dst, '--incoming', o.uri, '--qmp', o.dstQmp]);
+  if (o.uri.startsWith('unix:'))
+    await until('the destination to listen', () => existsSync(o.uri.slice(5)), [['destination', dst]]);
+  // The sandbox lets a running VMM open no socket: the source's unix:/tcp: connection needs it off.
+  const src = runTsvmm([o.src, '--qmp', o.srcQmp, '--sandbox', 'off']);
+  return {
+    src,
+    dst,
+    both: [
+      ['source', src],
+      ['destination', dst],
+    ],
+  };
+}
+
+/**
+ * After a live migration completed: the destination runs while the source is still there, waiting in
+ * postmigrate; then the source quits cleanly. Returns the destination's QMP.
+ */
+export async function handOver(src: Child, q: QmpTestClient, dstQmp: string): Promise<QmpTestClient> {
+  const d = await qmp(dstQmp);
+  assert.equal(await queryStatus(d), 'running');
+  assert.ok(src.alive(), 'the source is still there while the destination runs');
+  assert.equal(await queryStatus(q), 'postmigrate');
+  await stop(src, q);
+  assert.equal(src.child.exitCode, 0, show('source', src));
+  return d;
 }
 
 /**

@@ -7,7 +7,7 @@
 // or see a wrong byte.
 import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Mdev } from '../../../core/vfio/mdev.js';
@@ -15,6 +15,7 @@ import { withMdevs } from '../../helpers/mdev.js';
 import type { VfioBackendKind } from '../../../core/vfio/vfio.js';
 import {
   FIND_MTTY_TTY,
+  handOver,
   killChildren,
   linuxConfig,
   migrationEnd,
@@ -22,6 +23,7 @@ import {
   queryStatus,
   runTsvmm,
   show,
+  startLivePair,
   stop,
   until,
   WAIT_MS,
@@ -33,10 +35,10 @@ const dir = mkdtempSync(join(tmpdir(), 'tsvmm-mig-mtty-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 afterEach(killChildren);
 
-/** A Linux guest whose /init finds mtty's tty and streams through it forever. */
 /** mtty instances for a test, removed once the VMMs holding them are gone. */
 const withMttys = <T>(n: number, f: (m: Mdev[]) => Promise<T>) => withMdevs(n, f, killChildren);
 
+/** A Linux guest whose /init finds mtty's tty and streams through it forever. */
 function mttyConfig(name: string, m: Mdev, backend: VfioBackendKind): string {
   return linuxConfig(name, {
     memory: '128M',
@@ -94,14 +96,13 @@ async function live(backend: VfioBackendKind): Promise<void> {
     const uri = `unix:${join(dir, `live-${backend}.sock`)}`;
     const srcQmp = join(dir, `live-${backend}-src.qmp`),
       dstQmp = join(dir, `live-${backend}-dst.qmp`);
-    const dst = runTsvmm([mttyConfig('mtty-dst', b!, backend), '--incoming', uri, '--qmp', dstQmp]);
-    await until('the destination to listen', () => existsSync(uri.slice(5)), [['destination', dst]]);
-    // The sandbox lets a running VMM open no socket: the source's unix: connection needs it off.
-    const src = runTsvmm([mttyConfig('mtty-src', a!, backend), '--qmp', srcQmp, '--sandbox', 'off']);
-    const both: [string, Child][] = [
-      ['source', src],
-      ['destination', dst],
-    ];
+    const { src, dst, both } = await startLivePair({
+      uri,
+      src: mttyConfig('mtty-src', a!, backend),
+      dst: mttyConfig('mtty-dst', b!, backend),
+      srcQmp,
+      dstQmp,
+    });
     const { q, info } = await migrateOut(src, srcQmp, uri, both);
     // mtty offers PRE_COPY: its initial data went while the guest still ran, its final state after the stop.
     assert.ok(info.vfio['x-precopy-bytes'] > 0, `PRE_COPY data went while the guest ran: ${JSON.stringify(info)}`);
@@ -111,13 +112,7 @@ async function live(backend: VfioBackendKind): Promise<void> {
         `${info.ram['dirty-sync-count']} RAM passes, downtime ${info.downtime} ms, total ${info['total-time']} ms`,
     );
     await assertContinues(src, dst, both);
-    const d = await qmp(dstQmp);
-    assert.equal(await queryStatus(d), 'running');
-    assert.ok(src.alive(), 'the source waits until the destination runs');
-    assert.equal(await queryStatus(q), 'postmigrate');
-    await stop(src, q);
-    assert.equal(src.child.exitCode, 0, show('source', src));
-    await stop(dst, d);
+    await stop(dst, await handOver(src, q, dstQmp));
   });
 }
 

@@ -5,18 +5,18 @@
 // copy missed, a pass lost or run twice would show. The source stays (postmigrate) until the destination runs.
 import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   freeTcpPort,
+  handOver,
   killChildren,
   linuxConfig,
   migrationEnd,
   qmp,
-  queryStatus,
-  runTsvmm,
   show,
+  startLivePair,
   stop,
   until,
   WAIT_MS,
@@ -40,14 +40,7 @@ async function liveMigration(kind: 'unix' | 'tcp'): Promise<void> {
   const uri = kind === 'unix' ? `unix:${join(dir, 'mig.sock')}` : `tcp:127.0.0.1:${await freeTcpPort()}`;
   const dstQmp = join(dir, `${kind}-dst.qmp`),
     srcQmp = join(dir, `${kind}-src.qmp`);
-  const dst = runTsvmm([config, '--incoming', uri, '--qmp', dstQmp]);
-  if (kind === 'unix') await until('the destination to listen', () => existsSync(uri.slice(5)), [['destination', dst]]);
-  // The sandbox lets a running VMM open no socket: the source's unix:/tcp: connection needs it off.
-  const src = runTsvmm([config, '--qmp', srcQmp, '--sandbox', 'off']);
-  const both: [string, typeof src][] = [
-    ['source', src],
-    ['destination', dst],
-  ];
+  const { src, dst, both } = await startLivePair({ uri, src: config, dst: config, srcQmp, dstQmp });
   try {
     await until('the source guest to print 3 passes', () => passes(src.out()).length >= 3, both);
     const q = await qmp(srcQmp);
@@ -69,12 +62,7 @@ async function liveMigration(kind: 'unix' | 'tcp'): Promise<void> {
       () => passes(dst.out()).filter((p) => p.n > srcLast).length >= 3,
       both,
     );
-    const d = await qmp(dstQmp);
-    assert.equal(await queryStatus(d), 'running');
-    assert.ok(src.alive(), 'the source is still there while the destination runs');
-    assert.equal(await queryStatus(q), 'postmigrate');
-    await stop(src, q);
-    assert.equal(src.child.exitCode, 0, show('source', src));
+    const d = await handOver(src, q, dstQmp);
 
     assert.doesNotMatch(dst.out(), /tsvmm-init: running/, 'the destination did not boot the guest again');
     const all = src.out() + dst.out();
