@@ -18,7 +18,7 @@ import { buildDevices, DEFAULT_DEVICES, devicesConf, parseDeviceSets, type HostD
 import { ensureInitramfs } from './initramfs.js';
 import { ensureDebianKernel, ensureIommufdKernel, type KernelKind, KERNEL_KINDS } from './kernel.js';
 import { ensurePackages, HOST_PACKAGES } from './packages.js';
-import { QEMU, startQemu, type Share } from './qemu.js';
+import { monitorCommands, QEMU, startQemu, type Share } from './qemu.js';
 import { projectRoot } from '../core/paths.js';
 import { cacheDir, type Logger, onInterrupt, shq, stderrLog, TestHostError, Timings } from './util.js';
 
@@ -68,6 +68,33 @@ export interface TestHostResult {
   runDir?: string;
   /** The node --test progress log (progress-reporter.ts, at $TSVMM_TEST_PROGRESS), when the command wrote one. */
   progress?: string;
+  /** The host froze while the command ran (no heartbeat from its /init for FROZEN_MS); `error` says where. */
+  frozen?: boolean;
+}
+
+/** No heartbeat (written every 5 s) for this long: the host is frozen. Generous, so that a loaded machine is not. */
+export const FROZEN_MS = 120_000;
+
+/**
+ * The host /init's heartbeat (its uptime, rewritten every 5 s while the command runs): it stops only when the
+ * host's kernel stops running timers, which a command that hangs, however badly, does not do.
+ */
+export class Heartbeat {
+  private text = '';
+  constructor(
+    private at: number,
+    private readonly limitMs = FROZEN_MS,
+  ) {}
+
+  /** The file's text at `now` (ms); the whole seconds without a change once that passes the limit. */
+  check(text: string, now: number): number | undefined {
+    if (text !== this.text) {
+      this.text = text;
+      this.at = now;
+      return undefined;
+    }
+    return now - this.at > this.limitMs ? Math.round((now - this.at) / 1000) : undefined;
+  }
 }
 
 let runCounter = 0;
@@ -274,12 +301,29 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     );
     let started: number | undefined;
     let finished: number | undefined;
+    // The host's /init writes its uptime every 5 s while the command runs. When that stops, the host's kernel no
+    // longer runs timers (its time limit cannot fire either): waiting for the wall-clock limit only wastes it.
+    let beat = new Heartbeat(performance.now());
+    let frozen: { seconds: number; cpu: string } | undefined;
+    const watchHeartbeat = () => {
+      const seconds = beat.check(readIf(join(runDir, 'heartbeat')), performance.now());
+      if (seconds === undefined || frozen) return;
+      const f = (frozen = { seconds, cpu: '' });
+      log(`the test host froze: no heartbeat for ${seconds} s; reading its CPU state, then killing it`);
+      void monitorCommands(join(runDir, 'monitor.sock'), ['info registers', 'x/4i $pc']).then((cpu) => {
+        f.cpu = cpu;
+        q.kill();
+      });
+    };
+    let polls = 0;
     const poll = () => {
       if (started === undefined && existsSync(join(runDir, 'started'))) {
         started = performance.now();
         timings.add('boot', (started - t0) / 1000);
+        beat = new Heartbeat(started);
       }
       if (finished === undefined && existsSync(join(runDir, 'status'))) finished = performance.now();
+      if (started !== undefined && finished === undefined && ++polls % 25 === 0) watchHeartbeat();
       outTail.poll();
       errTail.poll();
     };
@@ -319,6 +363,15 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     if (progress) result.progress = progress;
     if (status !== '' && !innerTimedOut) {
       result.exitCode = Number(status);
+    } else if (frozen) {
+      result.frozen = true;
+      const regs = frozen.cpu
+        .split('\n')
+        .filter((l) => /^(RAX|RSI|R8 |R12|RIP|ES |CS |SS |CR0|EFER)|^0x/.test(l))
+        .join('\n');
+      result.error =
+        `the test host froze: its /init wrote no heartbeat for ${frozen.seconds} s while the command ran (the ` +
+        `host's kernel stopped running timers); killed QEMU. Its CPU then:\n${regs || '(the monitor did not answer)'}`;
     } else if (innerTimedOut || qexit.killedForTimeout) {
       result.exitCode = 124;
       result.timedOut = true;

@@ -28,7 +28,8 @@ export const BUSYBOX = '/bin/busybox';
  *   R/mounts.conf   "tag path ro|rw" extra 9p shares (e.g. a project under /tmp, which the host's tmpfs hides)
  *   R/devices.conf  "name path vendor:device vfio(0|1)" (see devices.ts)
  *   R/inner.sh      run as `chroot /host /bin/sh R/inner.sh`, stdout/stderr to R/stdout, R/stderr
- *   written back:   R/devices.json, R/started (uptime), R/status (exit code), R/timedout, R/init-error
+ *   written back:   R/devices.json, R/started (uptime), R/heartbeat (uptime, every 5 s while the command runs),
+ *                   R/status (exit code), R/timedout, R/init-error
  */
 export const INIT_SCRIPT = String.raw`#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /host /tmp /bin
@@ -120,9 +121,12 @@ pid=$!
 ( sleep $left; echo "$left" > "$D/timedout"; say "time limit reached, killing the command"
   kill -TERM -$pid 2>/dev/null; sleep 5; kill -KILL -$pid 2>/dev/null ) &
 wd=$!
+# A heartbeat the outside watches: it stops only when this kernel stops running its timers (a frozen host).
+( while :; do cat /proc/uptime > "$D/heartbeat"; sleep 5; done ) &
+hb=$!
 wait $pid
 rc=$?
-kill $wd 2>/dev/null
+kill $wd $hb 2>/dev/null
 echo $rc > "$D/status.tmp" && mv "$D/status.tmp" "$D/status"
 say "command exited with $rc"
 sync

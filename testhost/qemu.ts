@@ -1,6 +1,8 @@
 // Booting the host's QEMU: command line, process group, wall-clock limit, and cleanup on signals.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
 import { killGroup, TestHostError, track } from './util.js';
 
 export const QEMU = 'qemu-system-x86_64';
@@ -73,6 +75,10 @@ export function qemuArgs(c: QemuConfig): string[] {
     '-append',
     c.append,
   ];
+  // The human monitor beside the console: a stuck host can be looked at (info registers, x/i) while it runs.
+  // Only where its path fits a unix socket's address (108 bytes with the NUL): a long cache path goes without.
+  const monitor = join(dirname(c.consoleLog), 'monitor.sock');
+  if (Buffer.byteLength(monitor) < 100) args.push('-monitor', `unix:${monitor},server=on,wait=off`);
   c.shares.forEach((s, i) => {
     // Explicit virtio-9p devices (not -virtfs) to pin their slots away from the test devices.
     args.push(
@@ -137,4 +143,39 @@ export function startQemu(
     });
   });
   return { child, done, kill: () => killGroup(child) };
+}
+
+/**
+ * Runs human-monitor commands on a running QEMU's monitor socket and returns what it printed (best effort: what
+ * came within `ms`, '' when the socket is not there).
+ */
+export async function monitorCommands(socketPath: string, commands: string[], ms = 5000): Promise<string> {
+  if (!existsSync(socketPath)) return '';
+  return new Promise((resolve) => {
+    let out = '';
+    const s = connect(socketPath);
+    const done = () => {
+      clearTimeout(timer);
+      s.destroy();
+      // The monitor echoes input with terminal escapes; keep the printable lines.
+      resolve(
+        out
+          .replace(/\x1b\[[0-9;]*[A-Za-z]/g, '')
+          .replace(/\r/g, '')
+          .split('\n')
+          .filter((l) => l.trim() && !l.startsWith('QEMU ') && !l.startsWith('(qemu)'))
+          .join('\n'),
+      );
+    };
+    const timer = setTimeout(done, ms);
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => (out += d));
+    s.on('error', done);
+    s.on('connect', () => {
+      for (const c of commands) s.write(`${c}\n`);
+      s.write('\n');
+      // The monitor answers in order; a short pause after the last is enough for it to print.
+      setTimeout(done, Math.min(ms, 1500));
+    });
+  });
 }

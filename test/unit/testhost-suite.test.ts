@@ -1,15 +1,19 @@
 // `tsvmm testhost test` on a loaded machine: each step's limit stretches with the load, and a step cut off at its
 // limit still says what passed, what failed and which test was running — from the progress log that a second
 // node --test reporter (testhost/progress-reporter.ts) writes as the tests run. Also which outer paths the test
-// host hides (and so shares separately: `testhost run`'s working directory under /tmp).
+// host hides (and so shares separately: `testhost run`'s working directory under /tmp). A host whose kernel stops
+// (no heartbeat from its /init) is told from a command that merely hangs, and its CPU read through QEMU's monitor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stepSummary, suiteTimeoutMs, SUITE_BASE_MS } from '../../testhost/cli.js';
-import { hiddenInHost } from '../../testhost/index.js';
+import { FROZEN_MS, Heartbeat, hiddenInHost } from '../../testhost/index.js';
+import { monitorCommands } from '../../testhost/qemu.js';
 import { progressSummary, suiteArgs } from '../../testhost/progress.js';
 
 test('suite limits: the base on an idle machine, stretched with the load per CPU, at most twice', () => {
@@ -113,4 +117,43 @@ test('paths the test host hides behind its own mounts, which runInTestHost share
   for (const p of ['/tmp', '/tmp/x/project', '/run/user/0/p', '/dev/shm/p']) assert.equal(hiddenInHost(p), true, p);
   for (const p of ['/', '/root/project', '/home/u/p', '/tmpfoo', '/work/tsvmm'])
     assert.equal(hiddenInHost(p), false, p);
+});
+
+test('the heartbeat: each change of the text restarts the count; unchanged past the limit is a frozen host', () => {
+  const h = new Heartbeat(1000);
+  assert.equal(h.check('', 1000 + FROZEN_MS), undefined, 'not written yet, at the limit: not yet');
+  assert.equal(h.check('', 1000 + FROZEN_MS + 1000), 121, 'nothing ever written: frozen');
+  const b = new Heartbeat(0, 20_000);
+  assert.equal(b.check('5.01 4.00', 5000), undefined);
+  assert.equal(b.check('10.02 9.00', 10_000), undefined);
+  assert.equal(b.check('10.02 9.00', 29_000), undefined, '19 s unchanged');
+  assert.equal(b.check('10.02 9.00', 31_000), 21, '21 s unchanged');
+  assert.equal(b.check('40.00 39.00', 32_000), undefined, 'a beat again');
+  assert.equal(b.check('40.00 39.00', 51_000), undefined);
+});
+
+test("monitorCommands: each command's answer without the prompt and the echo; '' without a socket", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-monitor-'));
+  // A stand-in for QEMU's human monitor: a banner, a prompt, the echoed command, its answer.
+  const server = createServer((c) => {
+    c.write("QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) ");
+    c.setEncoding('latin1').on('data', (d: string) => {
+      for (const cmd of d.split('\n').filter(Boolean))
+        c.write(
+          `${cmd}\r\n${cmd === 'info registers' ? 'RAX=0000000000000000 RBX=1\r\nRIP=ffffffff81000000 RFL=00000246\r\n' : ''}(qemu) `,
+        );
+    });
+  });
+  try {
+    const sock = join(dir, 'monitor.sock');
+    server.listen(sock);
+    await once(server, 'listening');
+    const out = await monitorCommands(sock, ['info registers'], 3000);
+    assert.match(out, /^RIP=ffffffff81000000 RFL=00000246$/m, out);
+    assert.doesNotMatch(out, /\(qemu\)|^QEMU /m, out);
+    assert.equal(await monitorCommands(join(dir, 'none.sock'), ['info registers']), '');
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -26,7 +26,7 @@ import {
   startLivePair,
   stop,
   until,
-  WAIT_MS,
+  TEST_MS,
   type Child,
 } from '../../helpers/linux-migration.js';
 
@@ -118,15 +118,15 @@ async function live(backend: VfioBackendKind): Promise<void> {
 
 test(
   'live migration over unix of a Linux guest streaming through mtty (iommufd): PRE_COPY used, the stream goes on with no byte lost',
-  { timeout: WAIT_MS + 300_000 },
+  { timeout: TEST_MS },
   () => live('iommufd'),
 );
 
-test('the same on the legacy VFIO backend (container and group)', { timeout: WAIT_MS + 300_000 }, () => live('legacy'));
+test('the same on the legacy VFIO backend (container and group)', { timeout: TEST_MS }, () => live('legacy'));
 
 test(
   'a Linux guest with mtty saved to a file and restored in a new process on another instance: its mtty still works, the stream goes on',
-  { timeout: WAIT_MS + 300_000 },
+  { timeout: TEST_MS },
   async () => {
     await withMttys(2, async ([a, b]) => {
       const file = join(dir, 'mtty-linux.snap');

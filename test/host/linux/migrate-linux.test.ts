@@ -19,7 +19,7 @@ import {
   startLivePair,
   stop,
   until,
-  WAIT_MS,
+  TEST_MS,
 } from '../../helpers/linux-migration.js';
 import { checkDirtyChecksum, dirtyChecksumChainNative, parseDirtyChecksum } from '../../helpers/guest-programs.js';
 
@@ -82,8 +82,8 @@ async function liveMigration(kind: 'unix' | 'tcp'): Promise<void> {
 
 test(
   'live migration of a Linux guest over a unix socket while dirty-checksum rewrites 64 MiB: the chained sums continue on the destination, none lost or repeated',
-  { timeout: WAIT_MS + 300_000 },
+  { timeout: TEST_MS },
   () => liveMigration('unix'),
 );
 
-test('the same over TCP on the loopback', { timeout: WAIT_MS + 300_000 }, () => liveMigration('tcp'));
+test('the same over TCP on the loopback', { timeout: TEST_MS }, () => liveMigration('tcp'));
