@@ -20,8 +20,9 @@ Usage:
                                                  kernel, then legacy/ and iommufd/ on the iommufd kernel. Each step's
                                                  limit: 15 min, up to twice that on a loaded machine (load average
                                                  per CPU); a step cut off reports what passed and what was running.
-                                                 A host whose kernel freezes (no heartbeat from its /init for 2 min)
-                                                 is killed then, its CPU state shown, and the step run once more.
+                                                 A host whose heartbeat stalls 30 s gets its vCPU kicked (QEMU 7.2's
+                                                 TCG can leave an interrupt undelivered); one frozen for 2 min is
+                                                 killed, its CPU state shown, and the step run once more.
   tsvmm testhost demo [options] [-- args]        Run 'node dist/bin/tsvmm.cjs run [args]' inside the host.
   tsvmm testhost build-kernel [--kernel K] [--force]
                                                  Fetch/build and cache the kernels (default: both).
@@ -205,6 +206,21 @@ export function stepSummary(r: Pick<TestHostResult, 'exitCode' | 'stdout' | 'pro
   return { pass, fail, ok, why: parts.join('; ') };
 }
 
+/**
+ * A suite step, run once more when its host froze (its kernel stopped; see FROZEN_MS): never for a test that
+ * failed or hung, and a second freeze stands. `froze`: what was running when the first run's host froze.
+ */
+export async function runStep(
+  run: () => Promise<TestHostResult>,
+  onFroze: (first: TestHostResult, during: string) => void,
+): Promise<{ r: TestHostResult; froze?: string }> {
+  const first = await run();
+  if (!first.frozen) return { r: first };
+  const during = progressSummary(first.progress ?? '').running ?? 'the start, before any test';
+  onFroze(first, during);
+  return { r: await run(), froze: during };
+}
+
 async function cmdTest(args: string[]): Promise<number> {
   const p = parse(args, true);
   const dirs = { legacy: 'dist/test/host/legacy/', iommufd: 'dist/test/host/iommufd/', linux: 'dist/test/host/linux/' };
@@ -224,32 +240,31 @@ async function cmdTest(args: string[]): Promise<number> {
     process.stdout.write(
       `\n# testhost: ${label} (limit ${timeoutMs / 1000} s${p.timeoutMs ? '' : `, load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} CPUs`})\n`,
     );
-    let r: TestHostResult | undefined;
-    let froze = '';
+    let r: TestHostResult;
+    let froze: string | undefined;
     try {
-      // A host that froze (its kernel stopped; see FROZEN_MS) runs the step once more: a second freeze fails it.
-      for (let attempt = 1; !r || (r.frozen && attempt <= 2); attempt++) {
-        if (r) {
-          report(r, label);
-          froze = progressSummary(r.progress ?? '').running ?? 'before the first test';
-          process.stdout.write(`\n# testhost: the host froze during ${froze}; running the step once more\n`);
-        }
-        r = await runInTestHost({
-          kernel: step.kernel,
-          cwd: projectRoot,
-          devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
-          // TAP to stdout, and each test's start and end to the run dir as it happens (a cut-off run keeps them).
-          command: ['node', ...suiteArgs(step.dirs)],
-          // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
-          timeoutMs,
-          memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined),
-          cpus: p.cpus,
-          env: p.env,
-          stream: true,
-          keepRunDir: p.keep,
-          log: p.quiet ? () => {} : stderrLog,
-        });
-      }
+      ({ r, froze } = await runStep(
+        () =>
+          runInTestHost({
+            kernel: step.kernel,
+            cwd: projectRoot,
+            devices: p.devices.length ? p.devices : DEFAULT_DEVICES,
+            // TAP to stdout, and each test's start and end to the run dir as it happens (a cut-off run keeps them).
+            command: ['node', ...suiteArgs(step.dirs)],
+            // linux/highmem.test.ts pins a 5 GiB guest: that host needs the RAM.
+            timeoutMs,
+            memoryMiB: p.memoryMiB ?? (step.dirs.includes(dirs.linux) ? 7168 : undefined),
+            cpus: p.cpus,
+            env: p.env,
+            stream: true,
+            keepRunDir: p.keep,
+            log: p.quiet ? () => {} : stderrLog,
+          }),
+        (first, during) => {
+          report(first, label);
+          process.stdout.write(`\n# testhost: the host froze during ${during}; running the step once more\n`);
+        },
+      ));
     } catch (e) {
       // A kernel that cannot be fetched/built fails this step; the other still runs.
       if (!(e instanceof TestHostError)) throw e;
@@ -258,11 +273,11 @@ async function cmdTest(args: string[]): Promise<number> {
       summary.push(`#   ${label}: FAILED: ${e.message.split('\n')[0]}`);
       continue;
     }
-    report(r!, label);
-    const c = stepSummary(r!);
+    report(r, label);
+    const c = stepSummary(r);
     if (!c.ok) failed = true;
     summary.push(
-      `#   ${label}: pass ${c.pass}, fail ${c.fail} — ${c.why}${froze ? ` (the first run's host froze during ${froze}; this is the second run)` : ''} (${r!.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`,
+      `#   ${label}: pass ${c.pass}, fail ${c.fail} — ${c.why}${froze ? ` (the first run's host froze during ${froze}; this is the second run)` : ''}${r.kicks ? ` (its vCPU kicked ${r.kicks} time(s) for a stalled heartbeat)` : ''} (${r.timings.map((s) => `${s.name} ${s.seconds.toFixed(1)}s`).join(', ')})`,
     );
   }
   process.stdout.write(

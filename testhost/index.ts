@@ -70,10 +70,21 @@ export interface TestHostResult {
   progress?: string;
   /** The host froze while the command ran (no heartbeat from its /init for FROZEN_MS); `error` says where. */
   frozen?: boolean;
+  /** How often its vCPU was kicked for a stalled heartbeat (KICK_MS), when it was. */
+  kicks?: number;
 }
 
 /** No heartbeat (written every 5 s) for this long: the host is frozen. Generous, so that a loaded machine is not. */
 export const FROZEN_MS = 120_000;
+
+/**
+ * No heartbeat for this long: the host's vCPU gets a kick (stop and cont on QEMU's monitor), at most this often.
+ * Seen here: the host's timer interrupt sat in its local APIC's IRR while the CPU ran on with IF set, and nothing
+ * else raised one, so its timers stopped. That fits a QEMU TCG bug reported with a patch in December 2023 (qemu-devel,
+ * 20231210190147.129734-2-lrh2000@pku.edu.cn; Debian 12's QEMU 7.2 predates it): after STI the translated code may
+ * run on without looking at pending interrupts again. Stopping and resuming the vCPU makes it look.
+ */
+export const KICK_MS = 30_000;
 
 /**
  * The host /init's heartbeat (its uptime, rewritten every 5 s while the command runs): it stops only when the
@@ -81,20 +92,54 @@ export const FROZEN_MS = 120_000;
  */
 export class Heartbeat {
   private text = '';
+  private kicked = -Infinity;
   constructor(
     private at: number,
-    private readonly limitMs = FROZEN_MS,
+    private readonly frozenMs = FROZEN_MS,
+    private readonly kickMs = KICK_MS,
   ) {}
 
-  /** The file's text at `now` (ms); the whole seconds without a change once that passes the limit. */
-  check(text: string, now: number): number | undefined {
+  /**
+   * The file's text at `now` (ms): 'frozen' (with the whole seconds since the last change) past frozenMs, 'kick'
+   * when it has not changed for kickMs and no kick was asked for within kickMs, else 'ok'.
+   */
+  check(text: string, now: number): { state: 'ok' | 'kick' | 'frozen'; seconds: number } {
     if (text !== this.text) {
       this.text = text;
       this.at = now;
-      return undefined;
     }
-    return now - this.at > this.limitMs ? Math.round((now - this.at) / 1000) : undefined;
+    const stale = now - this.at;
+    const seconds = Math.round(stale / 1000);
+    if (stale > this.frozenMs) return { state: 'frozen', seconds };
+    if (stale >= this.kickMs && now - this.kicked >= this.kickMs) {
+      this.kicked = now;
+      return { state: 'kick', seconds };
+    }
+    return { state: 'ok', seconds };
   }
+}
+
+/**
+ * What a frozen host's CPU is doing, through QEMU's monitor: its registers, the code at RIP, RIP and CPL sampled
+ * 8 times over 2 s (running or halted, in which program), and the local APIC (its timer armed? an interrupt pending?).
+ */
+async function frozenCpu(monitor: string): Promise<string> {
+  const regs = await monitorCommands(monitor, ['info registers', 'x/4i $pc']);
+  if (!regs) return '';
+  const samples: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    await new Promise((r) => setTimeout(r, 250));
+    const rip = /^RIP=.*$/m.exec(await monitorCommands(monitor, ['info registers'], 2000))?.[0];
+    if (rip) samples.push(rip);
+  }
+  const lapic = await monitorCommands(monitor, ['info lapic']);
+  const keep = /^(RAX|RSI|R8 |R12|RIP|CS |CR0|EFER)|^0x/;
+  return [
+    ...regs.split('\n').filter((l) => keep.test(l)),
+    'RIP sampled 8 times over 2 s:',
+    ...samples,
+    ...lapic.split('\n').filter((l) => /^(LVTT|Timer|SPIV|ISR|IRR|APR)/.test(l)),
+  ].join('\n');
 }
 
 let runCounter = 0;
@@ -305,15 +350,22 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
     // longer runs timers (its time limit cannot fire either): waiting for the wall-clock limit only wastes it.
     let beat = new Heartbeat(performance.now());
     let frozen: { seconds: number; cpu: string } | undefined;
+    let kicks = 0;
     const watchHeartbeat = () => {
-      const seconds = beat.check(readIf(join(runDir, 'heartbeat')), performance.now());
-      if (seconds === undefined || frozen) return;
-      const f = (frozen = { seconds, cpu: '' });
-      log(`the test host froze: no heartbeat for ${seconds} s; reading its CPU state, then killing it`);
-      void monitorCommands(join(runDir, 'monitor.sock'), ['info registers', 'x/4i $pc']).then((cpu) => {
-        f.cpu = cpu;
-        q.kill();
-      });
+      if (frozen) return;
+      const { state, seconds } = beat.check(readIf(join(runDir, 'heartbeat')), performance.now());
+      if (state === 'kick') {
+        kicks++;
+        log(`no heartbeat from the test host for ${seconds} s: kicking its vCPU (stop, cont; see KICK_MS)`);
+        void monitorCommands(join(runDir, 'monitor.sock'), ['stop', 'cont']);
+      } else if (state === 'frozen') {
+        const f = (frozen = { seconds, cpu: '' });
+        log(`the test host froze: no heartbeat for ${seconds} s; reading its CPU state, then killing it`);
+        void frozenCpu(join(runDir, 'monitor.sock')).then((cpu) => {
+          f.cpu = cpu;
+          q.kill();
+        });
+      }
     };
     let polls = 0;
     const poll = () => {
@@ -365,13 +417,10 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
       result.exitCode = Number(status);
     } else if (frozen) {
       result.frozen = true;
-      const regs = frozen.cpu
-        .split('\n')
-        .filter((l) => /^(RAX|RSI|R8 |R12|RIP|ES |CS |SS |CR0|EFER)|^0x/.test(l))
-        .join('\n');
       result.error =
         `the test host froze: its /init wrote no heartbeat for ${frozen.seconds} s while the command ran (the ` +
-        `host's kernel stopped running timers); killed QEMU. Its CPU then:\n${regs || '(the monitor did not answer)'}`;
+        `host's kernel stopped running timers; ${kicks} kick(s) of its vCPU did not wake it); killed QEMU. Its CPU ` +
+        `then:\n${frozen.cpu || '(the monitor did not answer)'}`;
     } else if (innerTimedOut || qexit.killedForTimeout) {
       result.exitCode = 124;
       result.timedOut = true;
@@ -393,6 +442,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
           ? `the test host's kernel panicked (${panic.trim()}); see the console log`
           : `the test host stopped without reporting a status (${QEMU} exit ${qexit.code ?? qexit.signal})${qlog ? `:\n${qlog}` : ''}`;
     }
+    if (kicks) result.kicks = kicks;
     if (opts.keepRunDir) result.runDir = runDir;
     return result;
   } finally {

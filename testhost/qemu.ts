@@ -169,13 +169,14 @@ export async function monitorCommands(socketPath: string, commands: string[], ms
     };
     const timer = setTimeout(done, ms);
     s.setEncoding('latin1');
-    s.on('data', (d: string) => (out += d));
+    // The monitor prompts once when connected and once after each answer: done at the last prompt.
+    s.on('data', (d: string) => {
+      out += d;
+      if (out.split('(qemu) ').length - 1 > commands.length) done();
+    });
     s.on('error', done);
     s.on('connect', () => {
       for (const c of commands) s.write(`${c}\n`);
-      s.write('\n');
-      // The monitor answers in order; a short pause after the last is enough for it to print.
-      setTimeout(done, Math.min(ms, 1500));
     });
   });
 }

@@ -11,8 +11,8 @@ import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stepSummary, suiteTimeoutMs, SUITE_BASE_MS } from '../../testhost/cli.js';
-import { FROZEN_MS, Heartbeat, hiddenInHost } from '../../testhost/index.js';
+import { runStep, stepSummary, suiteTimeoutMs, SUITE_BASE_MS } from '../../testhost/cli.js';
+import { FROZEN_MS, Heartbeat, hiddenInHost, KICK_MS, type TestHostResult } from '../../testhost/index.js';
 import { monitorCommands } from '../../testhost/qemu.js';
 import { progressSummary, suiteArgs } from '../../testhost/progress.js';
 
@@ -119,17 +119,22 @@ test('paths the test host hides behind its own mounts, which runInTestHost share
     assert.equal(hiddenInHost(p), false, p);
 });
 
-test('the heartbeat: each change of the text restarts the count; unchanged past the limit is a frozen host', () => {
+test('the heartbeat: a change restarts the count; unchanged, a kick at most every kick limit, then frozen', () => {
   const h = new Heartbeat(1000);
-  assert.equal(h.check('', 1000 + FROZEN_MS), undefined, 'not written yet, at the limit: not yet');
-  assert.equal(h.check('', 1000 + FROZEN_MS + 1000), 121, 'nothing ever written: frozen');
-  const b = new Heartbeat(0, 20_000);
-  assert.equal(b.check('5.01 4.00', 5000), undefined);
-  assert.equal(b.check('10.02 9.00', 10_000), undefined);
-  assert.equal(b.check('10.02 9.00', 29_000), undefined, '19 s unchanged');
-  assert.equal(b.check('10.02 9.00', 31_000), 21, '21 s unchanged');
-  assert.equal(b.check('40.00 39.00', 32_000), undefined, 'a beat again');
-  assert.equal(b.check('40.00 39.00', 51_000), undefined);
+  assert.deepEqual(h.check('', 1000 + KICK_MS - 1), { state: 'ok', seconds: 30 });
+  assert.equal(h.check('', 1000 + KICK_MS).state, 'kick', 'nothing written yet after the kick limit');
+  assert.deepEqual(h.check('', 1000 + FROZEN_MS + 1000), { state: 'frozen', seconds: 121 });
+  const b = new Heartbeat(0, 60_000, 20_000);
+  assert.equal(b.check('5.01 4.00', 5000).state, 'ok');
+  assert.equal(b.check('10.02 9.00', 10_000).state, 'ok');
+  assert.equal(b.check('10.02 9.00', 29_000).state, 'ok', '19 s unchanged');
+  assert.deepEqual(b.check('10.02 9.00', 31_000), { state: 'kick', seconds: 21 });
+  assert.equal(b.check('10.02 9.00', 36_000).state, 'ok', 'kicked 5 s ago');
+  assert.equal(b.check('10.02 9.00', 51_000).state, 'kick', 'again after the kick limit');
+  assert.equal(b.check('61.00 50.00', 52_000).state, 'ok', 'a beat again');
+  assert.equal(b.check('61.00 50.00', 71_000).state, 'ok', '19 s unchanged, and kicked 20 s ago');
+  assert.equal(b.check('61.00 50.00', 73_000).state, 'kick');
+  assert.deepEqual(b.check('61.00 50.00', 113_000), { state: 'frozen', seconds: 61 });
 });
 
 test("monitorCommands: each command's answer without the prompt and the echo; '' without a socket", async () => {
@@ -156,4 +161,45 @@ test("monitorCommands: each command's answer without the prompt and the echo; ''
     server.close();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a step whose host froze runs once more, and only then: a failed step does not, a second freeze stands', async () => {
+  const result = (o: Partial<TestHostResult>): TestHostResult => ({
+    exitCode: 0,
+    stdout: '',
+    stderr: '',
+    consoleLog: '',
+    timedOut: false,
+    devices: {},
+    kernel: { kind: 'iommufd', version: 'test' },
+    timings: [],
+    ...o,
+  });
+  const running =
+    JSON.stringify({ type: 'test:start', nesting: 0, name: 'live migration', file: '/p/dist/test/host/m.test.js' }) +
+    '\n';
+  const runs = (...rs: TestHostResult[]) => {
+    const calls = { n: 0, froze: [] as string[] };
+    return {
+      calls,
+      run: async () => rs[calls.n++]!,
+      onFroze: (_: TestHostResult, during: string) => void calls.froze.push(during),
+    };
+  };
+  const failed = runs(result({ exitCode: 1 }));
+  assert.deepEqual(await runStep(failed.run, failed.onFroze), { r: result({ exitCode: 1 }) });
+  assert.equal(failed.calls.n, 1, 'a failed step is not run again');
+
+  const thenOk = runs(result({ exitCode: 125, frozen: true, progress: running }), result({ exitCode: 0 }));
+  const a = await runStep(thenOk.run, thenOk.onFroze);
+  assert.equal(thenOk.calls.n, 2);
+  assert.equal(a.r.exitCode, 0);
+  assert.equal(a.froze, 'dist/test/host/m.test.js › live migration');
+  assert.deepEqual(thenOk.calls.froze, [a.froze]);
+
+  const twice = runs(result({ exitCode: 125, frozen: true }), result({ exitCode: 125, frozen: true }), result({}));
+  const b = await runStep(twice.run, twice.onFroze);
+  assert.equal(twice.calls.n, 2, 'no third run');
+  assert.equal(b.r.frozen, true);
+  assert.equal(stepSummary(b.r).ok, false);
 });
