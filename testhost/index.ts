@@ -82,7 +82,8 @@ export const FROZEN_MS = 120_000;
  * Seen here: the host's timer interrupt sat in its local APIC's IRR while the CPU ran on with IF set, and nothing
  * else raised one, so its timers stopped. That fits a QEMU TCG bug reported with a patch in December 2023 (qemu-devel,
  * 20231210190147.129734-2-lrh2000@pku.edu.cn; Debian 12's QEMU 7.2 predates it): after STI the translated code may
- * run on without looking at pending interrupts again. Stopping and resuming the vCPU makes it look.
+ * run on without looking at pending interrupts again. Stopping and resuming the vCPU should make it look; not yet
+ * seen to help: the one stall since it was added was in nested-guest mode, where three kicks did not wake it.
  */
 export const KICK_MS = 30_000;
 
