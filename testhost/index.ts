@@ -315,6 +315,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
 
     const consoleLog = join(runDir, 'console.log');
     const qemuLog = join(runDir, 'qemu.log');
+    const monitor = join(runDir, 'monitor.sock');
     const innerBudget = Math.max(10, Math.floor(timeoutMs / 1000) - 15); // leave time to flush and power off
     const append = `console=ttyS0 intel_iommu=on panic=-1 quiet tsvmm.run=${runDir} tsvmm.timeout=${innerBudget}`;
     const streams =
@@ -342,6 +343,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
         deviceArgs: devs.flatMap((d) => d.qemu),
         consoleLog,
         qemuLog,
+        monitor,
       },
       timeoutMs,
     );
@@ -358,17 +360,16 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
       if (state === 'kick') {
         kicks++;
         log(`no heartbeat from the test host for ${seconds} s: kicking its vCPU (stop, cont; see KICK_MS)`);
-        void monitorCommands(join(runDir, 'monitor.sock'), ['stop', 'cont']);
+        void monitorCommands(monitor, ['stop', 'cont']);
       } else if (state === 'frozen') {
         const f = (frozen = { seconds, cpu: '' });
         log(`the test host froze: no heartbeat for ${seconds} s; reading its CPU state, then killing it`);
-        void frozenCpu(join(runDir, 'monitor.sock')).then((cpu) => {
+        void frozenCpu(monitor).then((cpu) => {
           f.cpu = cpu;
           q.kill();
         });
       }
     };
-    let polls = 0;
     const poll = () => {
       if (started === undefined && existsSync(join(runDir, 'started'))) {
         started = performance.now();
@@ -376,7 +377,7 @@ export async function runInTestHost(opts: TestHostOptions): Promise<TestHostResu
         beat = new Heartbeat(started);
       }
       if (finished === undefined && existsSync(join(runDir, 'status'))) finished = performance.now();
-      if (started !== undefined && finished === undefined && ++polls % 25 === 0) watchHeartbeat();
+      if (started !== undefined && finished === undefined) watchHeartbeat();
       outTail.poll();
       errTail.poll();
     };

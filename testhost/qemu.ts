@@ -2,7 +2,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname, join } from 'node:path';
 import { killGroup, TestHostError, track } from './util.js';
 
 export const QEMU = 'qemu-system-x86_64';
@@ -43,6 +42,8 @@ export interface QemuConfig {
   deviceArgs: string[];
   consoleLog: string;
   qemuLog: string;
+  /** The human monitor's unix socket. */
+  monitor?: string;
 }
 
 /** q35 + intel-iommu (so VFIO has an IOMMU) + EPYC with SVM (so kvm_amd loads inside); TCG, as the outer has no usable nested KVM. */
@@ -75,10 +76,9 @@ export function qemuArgs(c: QemuConfig): string[] {
     '-append',
     c.append,
   ];
-  // The human monitor beside the console: a stuck host can be looked at (info registers, x/i) while it runs.
-  // Only where its path fits a unix socket's address (108 bytes with the NUL): a long cache path goes without.
-  const monitor = join(dirname(c.consoleLog), 'monitor.sock');
-  if (Buffer.byteLength(monitor) < 100) args.push('-monitor', `unix:${monitor},server=on,wait=off`);
+  // The human monitor: a stuck host can be looked at (info registers, x/i) while it runs. Only where its path fits
+  // a unix socket's address (108 bytes with the NUL): a long cache path goes without (monitorCommands then gets '').
+  if (c.monitor && Buffer.byteLength(c.monitor) < 100) args.push('-monitor', `unix:${c.monitor},server=on,wait=off`);
   c.shares.forEach((s, i) => {
     // Explicit virtio-9p devices (not -virtfs) to pin their slots away from the test devices.
     args.push(

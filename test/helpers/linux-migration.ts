@@ -42,18 +42,21 @@ export async function killChildren(): Promise<void> {
   const live = [...children].filter((c) => c.exitCode === null && c.signalCode === null);
   children.clear();
   for (const c of live) c.kill('SIGKILL');
-  await Promise.all(live.map((c) => exited(c, WAIT_MS, `pid ${c.pid} after SIGKILL`)));
+  await Promise.all(
+    live.map(async (c) => {
+      if (!(await exitWithin(c, WAIT_MS)))
+        throw new Error(`pid ${c.pid} after SIGKILL: still running after ${WAIT_MS / 1000} s`);
+    }),
+  );
 }
 
-/** Waits for `c` to exit; fails after `ms`. */
-async function exited(c: ChildProcess, ms: number, what: string): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return;
+/** `c`'s exit code and signal once it exits; undefined if it is still running after `ms`. */
+export async function exitWithin(c: ChildProcess, ms: number): Promise<[number | null, string | null] | undefined> {
+  if (c.exitCode !== null || c.signalCode !== null) return [c.exitCode, c.signalCode];
   let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: still running after ${ms / 1000} s`)), ms);
-  });
+  const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)));
   try {
-    await Promise.race([once(c, 'exit'), late]);
+    return await Promise.race([once(c, 'exit') as Promise<[number | null, string | null]>, late]);
   } finally {
     clearTimeout(timer);
   }
@@ -138,14 +141,13 @@ export async function freeTcpPort(): Promise<number> {
 /** Ends a child: QMP quit when given, else SIGTERM; waits (at most WAIT_MS) for its exit. */
 export async function stop(c: Child, q?: QmpTestClient): Promise<void> {
   if (!c.alive()) return;
-  const gone = exited(c.child, WAIT_MS, `the VMM (pid ${c.child.pid}) told to ${q ? 'quit' : 'end (SIGTERM)'}`).then(
-    () => undefined,
-    (e: Error) => e,
-  );
+  const gone = exitWithin(c.child, WAIT_MS);
   if (q) await q.call('quit').catch(() => c.child.kill('SIGTERM'));
   else c.child.kill('SIGTERM');
-  const late = await gone;
-  if (late) assert.fail(`${late.message}\n${show('it', c)}`);
+  if (!(await gone))
+    assert.fail(
+      `the VMM (pid ${c.child.pid}) told to ${q ? 'quit' : 'end (SIGTERM)'}: still running after ${WAIT_MS / 1000} s\n${show('it', c)}`,
+    );
 }
 
 /**

@@ -1,7 +1,7 @@
 // mtty instances for the host tests that migrate: each test makes its own and removes them, even when it fails.
 import { execFileSync, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { createMdev, MDEV_DEVICES, type Mdev } from '../../core/vfio/mdev.js';
+import { exitWithin } from './linux-migration.js';
 
 /** How long removing one mdev may take once nothing holds it. */
 const REMOVE_MS = 60_000;
@@ -29,10 +29,7 @@ async function removeOffLoop(m: Mdev): Promise<void> {
   });
   let err = '';
   sh.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), REMOVE_MS)));
-  const exit = await Promise.race([once(sh, 'exit') as Promise<[number | null, string | null]>, late]);
-  clearTimeout(timer);
+  const exit = await exitWithin(sh, REMOVE_MS);
   if (!exit) {
     sh.unref();
     sh.stderr!.destroy();
