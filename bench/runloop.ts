@@ -8,6 +8,9 @@
 //   qmpAll, sigintAll  QMP query-status round trips (100 per launch) and SIGINT → exit while all 4
 //           vCPUs exit as fast as they can
 //   sigint  SIGINT → process exit while the guest exits as fast as it can
+//   viommu, viommuCpu  virtio-iommu request round trips/s (test=bench-viommu: a MAP answered S_NOENT,
+//           the used ring polled; 1 vCPU, so each doorbell is an MMIO exit) and the VMM's CPU outside
+//           the guest per request (tsvmm and QEMU's -device virtio-iommu-pci; the null VMM has none)
 //   launch  launch → first serial byte (1 vCPU, RSS_MIB of RAM, no device), the main bench's launch row
 //   private, pss  what a host pays beyond guest RAM, same launch, in the middle of its port-I/O loop:
 //           private anonymous + shmem pages, and PSS (bench/vmm.ts hostMemory); again with 4 vCPUs
@@ -20,6 +23,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  cpuUsBetween,
   ensureNullVmm,
   guestStatus,
   hostMemory,
@@ -27,8 +31,10 @@ import {
   launch,
   parseDone,
   qemuCpu,
+  snapshot,
   type HostMemory,
   type LaunchSpec,
+  type Snapshot,
 } from './vmm.js';
 import { summarize, type VmmName } from './stats.js';
 import { runIfMain } from './entry.js';
@@ -179,6 +185,39 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
         `${c} launch/memory (${vcpus} vCPU) round ${r + 1}: exit ${code}${err ? `: ${err}` : mem ? '' : ': no snapshot in the loop'} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`.trimEnd(),
       );
   };
+  // The virtio-iommu's request path: the doorbell's exit, the request parsed and answered, the used
+  // ring written (no host DMA work: the domain does not exist), CPU snapshots around the loop.
+  const viommuRequests = async (c: Column, r: number) => {
+    let before: Snapshot | undefined, rate: number | undefined, cpuUs: number | undefined, err: string | undefined;
+    const snap = (pid: number) => {
+      try {
+        return snapshot(pid);
+      } catch (e) {
+        err ??= (e as Error).message;
+        return undefined;
+      }
+    };
+    const l = launch(
+      spec(c, `test=bench-viommu count=${o.phaseMs}`, { viommu: true }),
+      (line, l) => {
+        if (line === 'bench viommu armed') before = snap(l.pid);
+        const d = parseDone(line);
+        if (d?.phase !== 'viommu') return;
+        rate = d.n / (d.ticks / (tscKhz * 1000));
+        const after = snap(l.pid);
+        if (before && after && d.n) cpuUs = cpuUsBetween(before, after) / d.n;
+      },
+      60_000,
+    );
+    const code = await l.done;
+    if (rate !== undefined && guestStatus(c === 'tsvmm-before' ? 'tsvmm' : c, code) === 0) {
+      add(c, 'viommu', rate);
+      if (cpuUs !== undefined) add(c, 'viommuCpu', cpuUs);
+    } else
+      res.errors.push(
+        `${c} viommu round ${r + 1}: exit ${code}${err ? `: ${err}` : ''} ${l.lines.slice(-2).join(' | ').slice(-300)}`,
+      );
+  };
   const dir = mkdtempSync(join(tmpdir(), 'tsvmm-runloop-'));
   try {
     for (let r = 0; r < o.rounds; r++) {
@@ -202,6 +241,7 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
         else
           res.errors.push(`${c} pio round ${r + 1}: exit ${code} ${l.stderr.trim().split('\n').slice(-2).join(' | ')}`);
         for (const n of MEMORY_VCPUS) await launchAndMemory(c, r, n);
+        if (withQmp) await viommuRequests(c, r);
         if (withQmp) {
           const q = launch(spec(c, `test=bench-pio count=${long}`, { qmp: sock }), () => {}, 90_000);
           try {
@@ -314,6 +354,20 @@ export function renderRunloop(r: RunloopResults): string {
       stat: 'max',
     },
     { id: 'sigint', label: 'SIGINT → exit under exit load', unit: 'ms', digits: 0, better: 'lower' },
+    {
+      id: 'viommu',
+      label: 'virtio-iommu request round trips (a MAP answered S_NOENT; 1 vCPU)',
+      unit: '/s',
+      digits: 0,
+      better: 'higher',
+    },
+    {
+      id: 'viommuCpu',
+      label: 'VMM CPU per virtio-iommu request, outside the guest',
+      unit: 'µs',
+      digits: 1,
+      better: 'lower',
+    },
     {
       id: 'ap4',
       label: 'Trapped port I/O from every vCPU at once, summed (4 vCPUs)',

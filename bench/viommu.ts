@@ -21,7 +21,8 @@ import { buildInitramfs } from '../machine/loader/initramfs.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { qmpCall } from '../frontend/qmp/client.js';
 import { CMDLINE, MEM_MIB, linuxBenchSetup, qemuVersion, withMarkerInit, type SerialLine } from './linux.js';
-import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
+import { cpuUsBetween, ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
+export { cpuUsBetween } from './vmm.js';
 import { runIfMain } from './entry.js';
 
 export const MODES = ['none', 'identity', 'lazy', 'strict'] as const;
@@ -151,7 +152,6 @@ export function viommuCounts(reply: unknown): { maps: number; unmaps: number } |
   return typeof s?.maps === 'number' && typeof s.unmaps === 'number' ? { maps: s.maps, unmaps: s.unmaps } : undefined;
 }
 
-/** VMM CPU outside the guest between two snapshots, µs (USER_HZ ticks of 10 ms: coarse). */
 /** Each thread's CPU outside the guest between two snapshots, µs, user and system, summed by thread name (nonzero only). */
 export function threadCpuUsBetween(a: Snapshot, b: Snapshot): Record<string, number> {
   const out: Record<string, number> = {};
@@ -173,15 +173,6 @@ export function kvmBetween(a: Snapshot, b: Snapshot): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(b.kvm)) if (a.kvm[k] !== undefined) out[k] = v - a.kvm[k]!;
   return out;
-}
-
-export function cpuUsBetween(a: Snapshot, b: Snapshot): number {
-  let ticks = 0;
-  for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
-    const o = a.threadCpu[k];
-    if (o) ticks += u - g - (o[0] - o[2]) + (s - o[1]);
-  }
-  return ticks * 1e4;
 }
 
 // ---- the page (pure) ------------------------------------------------------------------------

@@ -43,6 +43,8 @@ export interface LaunchSpec {
   straceOut?: string;
   /** null VMM only: guest RAM in a memfd, like tsvmm's (a diagnostic). */
   memfd?: boolean;
+  /** tsvmm and QEMU: a virtio-iommu on the guest's PCI bus (tsvmm's "iommu", QEMU's -device virtio-iommu-pci). */
+  viommu?: boolean;
 }
 
 /** argv for a launch; the process whose pid owns the VM is the one spawned (no shell in between). */
@@ -61,6 +63,7 @@ export function command(s: LaunchSpec): string[] {
           cmdline: s.cmdline,
           serial: { output: 'stdout' },
           devices: s.bdf ? [{ type: 'vfio-pci', id: 'edu', host: s.bdf }] : [],
+          ...(s.viommu ? { iommu: { type: 'virtio' } } : {}),
         }),
       );
       argv = [
@@ -80,6 +83,7 @@ export function command(s: LaunchSpec): string[] {
         '-device',
         'isa-debug-exit,iobase=0xf4,iosize=4',
         ...(s.bdf ? ['-device', `vfio-pci,host=${s.bdf}`] : []),
+        ...(s.viommu ? ['-device', 'virtio-iommu-pci'] : []),
         ...(s.qmp ? ['-qmp', `unix:${s.qmp},server=on,wait=off`] : []),
         '-kernel',
         guestElf,
@@ -244,6 +248,16 @@ export function snapshot(pid: number): Snapshot {
     }
   const hostCpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
   return { t: performance.now(), pid, mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
+}
+
+/** VMM CPU outside the guest between two snapshots, µs: every thread's user (less guest) and system time (USER_HZ ticks of 10 ms: coarse). */
+export function cpuUsBetween(a: Snapshot, b: Snapshot): number {
+  let ticks = 0;
+  for (const [k, [u, s, g]] of Object.entries(b.threadCpu)) {
+    const o = a.threadCpu[k];
+    if (o) ticks += u - g - (o[0] - o[2]) + (s - o[1]);
+  }
+  return ticks * 1e4;
 }
 
 /**

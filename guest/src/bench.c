@@ -7,6 +7,7 @@
  *   test=bench-bar   32-bit reads of edu's BAR0 (register 0x00): with the BAR mmap'd into the
  *                    guest, none of them should leave the guest
  *   test=bench-msi   edu raise (0x60) -> MSI -> handler (read 0x24, ack 0x64) -> next raise
+ *   test=bench-viommu  virtio-iommu request round trips (test-virtio.c; not part of test=bench)
  *   count=MS         length of each measured loop in milliseconds (default 1000)
  *
  * Protocol on the serial port (one line each, the runner keys on them):
@@ -32,7 +33,7 @@ static uint32_t edu_bdf = PCI_NONE, edu_bar0;
 static volatile uint32_t msi_seen;
 
 bool bench_mode(const char *t) {
-  return streq(t, "bench") || streq(t, "bench-pio") || streq(t, "bench-bar") || streq(t, "bench-msi");
+  return streq(t, "bench") || streq(t, "bench-pio") || streq(t, "bench-bar") || streq(t, "bench-msi") || streq(t, "bench-viommu");
 }
 
 static void done(const char *phase, uint32_t n, uint64_t t0) {
@@ -139,6 +140,7 @@ int test_bench(const struct options *o) {
   if (rc == EXIT_OK && (all || streq(o->test, "bench-pio"))) rc = bench_pio(ms);
   if (rc == EXIT_OK && (all || streq(o->test, "bench-bar"))) rc = bench_bar(ms);
   if (rc == EXIT_OK && (all || streq(o->test, "bench-msi"))) rc = bench_msi(ms);
+  if (rc == EXIT_OK && streq(o->test, "bench-viommu")) rc = bench_viommu(ms);
   if (rc == EXIT_OK) printf("bench end\n");
   return rc;
 }

@@ -119,6 +119,6 @@ int test_hostile(const struct options *o); /* test-fuzz.c */
 int test_fuzz(const struct options *o);
 int test_highmem(const void *multiboot_info); /* test-highmem.c */
 int test_probe_int(void); /* test-probe.c */
-int test_virtio_iommu(const struct options *o); /* test-virtio.c */
+int test_virtio_iommu(const struct options *o); int bench_viommu(uint32_t ms); /* test-virtio.c */
 
 #endif

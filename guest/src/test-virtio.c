@@ -133,14 +133,14 @@ static int request(uint32_t len, uint32_t wlen, uint32_t tail, bool use_indirect
 
 static void put32(uint32_t at, uint32_t v) { memcpy(req + at, &v, 4); }
 
-int test_virtio_iommu(const struct options *o) {
-  (void)o;
+/* Finds the device, negotiates and enables the request queue, each step a result; false when
+ * there is no device to drive. */
+static bool bring_up(int *rc) {
   uint32_t bdf = pci_find(0x1af4, 0x1057);
-  if (bdf == PCI_NONE) { printf("tsvmm-guest: no virtio-iommu (1af4:1057)\n"); return EXIT_USAGE; }
+  if (bdf == PCI_NONE) { printf("tsvmm-guest: no virtio-iommu (1af4:1057)\n"); *rc = EXIT_USAGE; return false; }
   pci_write16(bdf, PCI_COMMAND, PCI_CMD_MEM | PCI_CMD_MASTER);
-  if (!find_caps(bdf)) { printf("tsvmm-guest: virtio capabilities missing\n"); return EXIT_USAGE; }
+  if (!find_caps(bdf)) { printf("tsvmm-guest: virtio capabilities missing\n"); *rc = EXIT_USAGE; return false; }
   result("capabilities: common, notify, ISR, device config", notify_mult ? 0 : "notify_off_multiplier 0");
-
   wr8(common + C_STATUS, 0);
   result("reset reads back 0", rd8(common + C_STATUS) == 0 ? 0 : "status not 0");
   wr8(common + C_STATUS, S_ACK | S_DRIVER);
@@ -174,7 +174,13 @@ int test_virtio_iommu(const struct options *o) {
   ring_avail.used_event = 0xffff; /* no interrupts wanted: this driver polls */
   result("request queue enabled", max >= QSIZE && rd16(common + C_QENABLE) == 1 ? 0 : "not enabled");
   wr8(common + C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+  return true;
+}
 
+int test_virtio_iommu(const struct options *o) {
+  (void)o;
+  int rc = EXIT_OK;
+  if (!bring_up(&rc)) return rc;
   memset(req, 0, sizeof req);
   req[0] = 1; /* ATTACH domain 1, endpoint 0x08 */
   put32(4, 1), put32(8, 0x08);
@@ -213,4 +219,33 @@ int test_virtio_iommu(const struct options *o) {
 
   printf("tsvmm-guest: virtio-iommu %s\n", failures ? "FAILED" : "passed");
   return failures ? EXIT_FAIL : EXIT_OK;
+}
+
+/* test=bench-viommu count=MS (bench/runloop.ts): request round trips, each a MAP in a domain that
+ * does not exist (S_NOENT: the device's parse and answer, no host DMA work), one at a time with the
+ * used ring polled, as Linux's driver waits for each; the bench protocol of bench.c. */
+int bench_viommu(uint32_t ms) {
+  int rc = EXIT_OK;
+  if (!bring_up(&rc)) return rc;
+  /* The bring-up's checks are the test's (QEMU 7.2 keeps FEATURES_OK for a driver without
+   * VERSION_1, say); the bench needs only the request queue, which the first request proves. */
+  memset(req, 0, sizeof req);
+  req[0] = 3; /* MAP in domain 7 */
+  put32(4, 7);
+  ring_desc[0] = (struct desc){phys(req), 36, F_NEXT, 1};
+  ring_desc[1] = (struct desc){phys((const void *)resp), 4, F_WRITE, 0};
+  if (kick_and_wait(0) != 4 || resp[0] != 6) { printf("bench viommu error the first request not answered S_NOENT\n"); return EXIT_FAIL; }
+  (void)rd8(isr); /* the first completion interrupts (INTx, event index without history): reading clears it */
+  printf("bench viommu armed\n");
+  delay_ms(500);
+  uint32_t n = 0;
+  uint64_t t0 = rdtsc(), end = deadline_ms(ms);
+  do {
+    resp[0] = 0xee;
+    if (kick_and_wait(0) != 4 || resp[0] != 6) { printf("bench viommu error request %u not answered S_NOENT\n", n); return EXIT_FAIL; }
+    n++;
+  } while (!expired(end));
+  uint64_t ticks = rdtsc() - t0;
+  printf("bench viommu done n=%u ticks=%u:%u\n", n, (uint32_t)(ticks >> 32), (uint32_t)ticks);
+  return EXIT_OK;
 }

@@ -2,7 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { renderRunloop, type RunloopResults } from '../../bench/runloop.js';
-import { hostMemory } from '../../bench/vmm.js';
+import { readFileSync } from 'node:fs';
+import { command, hostMemory } from '../../bench/vmm.js';
 
 test('run-loop table: medians with ranges, tsvmm ÷ each other column, max of 20 per launch', () => {
   const qmp = (base: number) => Array.from({ length: 20 }, (_, i) => base + i * 0.1);
@@ -112,4 +113,44 @@ test('host memory from smaps: private anonymous + shmem pages and PSS, guest RAM
   assert.throws(() => hostMemory(smaps, 131072), /0 read\/write mappings of exactly 131072 KiB/);
   const twice = smaps + vma('7f0030000000-7f0040000000', 'rw-s', 262144, 5);
   assert.throws(() => hostMemory(twice, 262144), /2 read\/write mappings/);
+});
+
+test('run-loop table: the virtio-iommu request rows (round trips higher, CPU per request lower), tsvmm and QEMU only', () => {
+  const r: RunloopResults = {
+    date: '2026-12-05T12:00:00Z',
+    where: 'here',
+    rounds: 2,
+    phaseMs: 1000,
+    errors: [],
+    samples: {
+      tsvmm: { viommu: [100, 140], viommuCpu: [10, 12] },
+      qemu: { viommu: [150], viommuCpu: [8] },
+      null: { pio: [1] },
+    },
+  };
+  const md = renderRunloop(r);
+  const row = (label: string) => md.split('\n').find((l) => l.startsWith(`| ${label}`))!;
+  assert.match(
+    row('virtio-iommu request round trips'),
+    /\| 120 \(100–140\) \| 150 \(150–150\) \| – \| 0\.80× \| – \|$/,
+  );
+  assert.match(
+    row('VMM CPU per virtio-iommu request'),
+    /\| 11\.0 \(10\.0–12\.0\) \| 8\.0 \(8\.0–8\.0\) \| – \| 1\.38× \| – \|$/,
+  );
+});
+
+test("a launch spec's viommu gives tsvmm's config a virtio-iommu (QEMU: -device virtio-iommu-pci)", () => {
+  const argv = command({ vmm: 'tsvmm', memMiB: 16, cmdline: 'test=bench-viommu', bdf: '', viommu: true });
+  const cfg = JSON.parse(readFileSync(argv[argv.indexOf('run') + 1]!, 'utf8')) as {
+    iommu?: unknown;
+    devices: unknown[];
+  };
+  assert.deepEqual(cfg.iommu, { type: 'virtio' });
+  assert.deepEqual(cfg.devices, []);
+  const plain = command({ vmm: 'tsvmm', memMiB: 16, cmdline: '', bdf: '' });
+  assert.equal(
+    (JSON.parse(readFileSync(plain[plain.indexOf('run') + 1]!, 'utf8')) as { iommu?: unknown }).iommu,
+    undefined,
+  );
 });
