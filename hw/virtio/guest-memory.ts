@@ -6,10 +6,13 @@
 import type { AddressSpace, Section } from '../../core/memory/index.js';
 
 export interface GuestMemory {
-  /** Copies guest RAM [addr, addr + dst.length) into dst; false (dst unspecified) if any byte is not RAM. */
-  read(addr: number, dst: Uint8Array): boolean;
-  /** Copies src into guest RAM at addr; false (nothing written) if any byte is not writable RAM. */
-  write(addr: number, src: Uint8Array): boolean;
+  /**
+   * Copies guest RAM [addr, addr + n) into dst[at, at + n) (default: all of dst); false (those
+   * bytes of dst unspecified) if any byte is not RAM. `at` and `n` spare a caller a subarray.
+   */
+  read(addr: number, dst: Uint8Array, at?: number, n?: number): boolean;
+  /** Copies src[at, at + n) (default: all of src) into guest RAM at addr; false (nothing written) if any byte is not writable RAM. */
+  write(addr: number, src: Uint8Array, at?: number, n?: number): boolean;
   /** Whether [addr, addr + len) is wholly guest RAM (writable too when `write`). */
   check(addr: number, len: number, write: boolean): boolean;
   /**
@@ -37,6 +40,17 @@ function viewOf(b: Uint8Array): DataView {
 }
 
 const MAX_ADDR = 2 ** 53;
+
+/** Whether [at, at + n) lies in `a` (a caller's range within its own buffer). */
+function inside(a: Uint8Array, at: number, n: number): boolean {
+  return Number.isSafeInteger(at) && Number.isSafeInteger(n) && at >= 0 && n >= 0 && at + n <= a.length;
+}
+
+/** src[from, from + n) → dst[to, to + n): a loop for a request's few bytes (no subarray to allocate), set() beyond. */
+function copyBytes(src: Uint8Array, from: number, dst: Uint8Array, to: number, n: number): void {
+  if (n <= 64) for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
+  else dst.set(src.subarray(from, from + n), to);
+}
 
 function validRange(addr: number, len: number): boolean {
   return Number.isSafeInteger(addr) && Number.isSafeInteger(len) && addr >= 0 && len >= 0 && addr + len <= MAX_ADDR;
@@ -112,30 +126,26 @@ export class AddressSpaceMemory implements GuestMemory {
     return at >= 0 ? { view: viewOf(this.bytes!), offset: at } : undefined;
   }
 
-  read(addr: number, dst: Uint8Array): boolean {
-    const n = dst.length;
+  read(addr: number, dst: Uint8Array, to = 0, n = dst.length - to): boolean {
+    if (!inside(dst, to, n)) return false;
     const at = this.flat(addr, n, false);
     if (at >= 0) {
-      const b = this.bytes!;
-      if (n <= 16) for (let i = 0; i < n; i++) dst[i] = b[at + i]!;
-      else dst.set(b.subarray(at, at + n));
+      copyBytes(this.bytes!, at, dst, to, n);
       return true;
     }
-    return this.walk(addr, n, false, (v, at, n, done) => dst.set(v.subarray(at, at + n), done));
+    return this.walk(addr, n, false, (v, at, len, done) => copyBytes(v, at, dst, to + done, len));
   }
 
-  write(addr: number, src: Uint8Array): boolean {
-    const n = src.length;
+  write(addr: number, src: Uint8Array, from = 0, n = src.length - from): boolean {
+    if (!inside(src, from, n)) return false;
     const at = this.flat(addr, n, true);
     if (at >= 0) {
-      const b = this.bytes!;
-      if (n <= 16) for (let i = 0; i < n; i++) b[at + i] = src[i]!;
-      else b.set(src, at);
+      copyBytes(src, from, this.bytes!, at, n);
       return true;
     }
     // Checked first: a write that fails leaves guest RAM as it was.
     if (!this.walk(addr, n, true)) return false;
-    return this.walk(addr, n, true, (v, at, n, done) => v.set(src.subarray(done, done + n), at));
+    return this.walk(addr, n, true, (v, at, len, done) => copyBytes(src, from + done, v, at, len));
   }
 }
 
@@ -152,14 +162,14 @@ export class FlatMemory implements GuestMemory {
   span(addr: number, len: number): RamSpan | undefined {
     return this.check(addr, len) ? { view: viewOf(this.bytes), offset: addr - this.base } : undefined;
   }
-  read(addr: number, dst: Uint8Array): boolean {
-    if (!this.check(addr, dst.length)) return false;
-    dst.set(this.bytes.subarray(addr - this.base, addr - this.base + dst.length));
+  read(addr: number, dst: Uint8Array, to = 0, n = dst.length - to): boolean {
+    if (!inside(dst, to, n) || !this.check(addr, n)) return false;
+    copyBytes(this.bytes, addr - this.base, dst, to, n);
     return true;
   }
-  write(addr: number, src: Uint8Array): boolean {
-    if (!this.check(addr, src.length)) return false;
-    this.bytes.set(src, addr - this.base);
+  write(addr: number, src: Uint8Array, from = 0, n = src.length - from): boolean {
+    if (!inside(src, from, n) || !this.check(addr, n)) return false;
+    copyBytes(src, from, this.bytes, addr - this.base, n);
     return true;
   }
 }

@@ -313,15 +313,15 @@ export class VirtioIommu implements VirtioDevice {
       throw new VirtqueueError(
         `request with ${chain.readableLen} bytes to read and ${chain.writableLen} to write (needs 4 and 4)`,
       );
-    const req = vq.readChain(chain, REQ_SCRATCH, this.reqBytes);
-    const type = req[0]!;
+    const len = vq.readChainInto(chain, this.reqBytes);
+    const type = this.reqBytes[0]!;
     const known = type < REQUEST_NAMES.length;
     this.requestCounts[known ? type : REQUEST_NAMES.length]!++;
     let status: number;
     let props: Uint8Array | undefined;
     const size = REQUEST_SIZE[type];
     if (size === undefined) status = VIRTIO_IOMMU_S_UNSUPP;
-    else if (req.length < size) status = VIRTIO_IOMMU_S_INVAL;
+    else if (len < size) status = VIRTIO_IOMMU_S_INVAL;
     else {
       const v = this.reqView;
       try {

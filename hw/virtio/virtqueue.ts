@@ -314,16 +314,25 @@ export class SplitVirtqueue {
    */
   readChain(chain: VirtqChain, max = chain.readableLen, into?: Uint8Array): Uint8Array {
     const n = Math.min(max, chain.readableLen);
-    const out = into && into.length >= n ? into.subarray(0, n) : new Uint8Array(n);
+    if (into && into.length >= n) return into.subarray(0, this.readChainInto(chain, into, n));
+    const out = new Uint8Array(n);
+    this.readChainInto(chain, out, n);
+    return out;
+  }
+
+  /** The chain's first readable bytes, at most `max` (default: into's length), into `into`; returns how many (no allocation). */
+  readChainInto(chain: VirtqChain, into: Uint8Array, max = into.length): number {
+    const want = Math.min(max, into.length, chain.readableLen);
     let done = 0;
-    for (const b of chain.readable) {
-      if (done >= out.length) break;
-      const n = Math.min(b.len, out.length - done);
-      if (!this.mem.read(b.addr, out.subarray(done, done + n)))
+    const bufs = chain.readable;
+    for (let i = 0; i < bufs.length && done < want; i++) {
+      const b = bufs[i]!;
+      const n = Math.min(b.len, want - done);
+      if (!this.mem.read(b.addr, into, done, n))
         throw new VirtqueueError(`buffer 0x${b.addr.toString(16)} is not guest RAM`);
       done += n;
     }
-    return out;
+    return done;
   }
 
   /** Writes `data` into the chain's writable buffers from byte `offset`; returns the bytes written. */
@@ -337,7 +346,7 @@ export class SplitVirtqueue {
         continue;
       }
       const n = Math.min(b.len - skip, data.length - done);
-      if (!this.mem.write(b.addr + skip, data.subarray(done, done + n)))
+      if (!this.mem.write(b.addr + skip, data, done, n))
         throw new VirtqueueError(`buffer 0x${b.addr.toString(16)} is not guest RAM`);
       done += n;
       skip = 0;
