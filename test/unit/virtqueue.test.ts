@@ -369,6 +369,47 @@ test('guest memory over the memory API: RAM sections only, across section and ch
   assert.equal(m.read(0x3fff, new Uint8Array(2)), false, 'ROM into MMIO does not');
 });
 
+test("guest memory: read and write take an offset and a length in the caller's buffer (both backings), checked against it", () => {
+  const root = MemoryRegion.container('root', 0x10000);
+  const a = new Uint8Array(0x1000),
+    b = new Uint8Array(0x1000);
+  root.addSubregion(0, MemoryRegion.ram('a', 0x1000, { hostAddr: 0n, bytes: a }));
+  root.addSubregion(0x1000, MemoryRegion.ram('b', 0x1000, { hostAddr: 0n, bytes: b }));
+  for (const m of [new AddressSpaceMemory(new AddressSpace('mem', root)), new FlatMemory(new Uint8Array(0x2000))]) {
+    const src = Uint8Array.from({ length: 100 }, (_, i) => i);
+    // A small copy (the loop) and a large one (set), each within one section and across two.
+    assert.equal(m.write(0x10, src, 3, 4), true);
+    assert.equal(m.write(0xfc0, src, 10, 90), true, 'across the sections');
+    const dst = new Uint8Array(100).fill(0xee);
+    assert.equal(m.read(0x10, dst, 50, 4), true);
+    assert.deepEqual([...dst.subarray(48, 56)], [0xee, 0xee, 3, 4, 5, 6, 0xee, 0xee]);
+    assert.equal(m.read(0xfc0, dst, 5, 90), true);
+    assert.deepEqual([...dst.subarray(5, 95)], [...src.subarray(10, 100)]);
+    assert.equal(dst[4], 0xee, 'nothing before the offset');
+    assert.equal(m.read(0, dst, 90, 20), false, "beyond the end of the caller's buffer");
+    assert.equal(m.read(0, dst, -1, 2), false);
+    assert.equal(m.write(0, src, 99, 2), false);
+    assert.equal(m.write(0, src, 0, Number.NaN), false);
+  }
+});
+
+test("virtqueue: readChainInto fills a caller's scratch across buffers and returns the count, at most its length", () => {
+  const { vq, desc, publish, mem } = setup();
+  mem.bytes.set([1, 2, 3], DATA);
+  mem.bytes.set([4, 5], DATA + 0x100);
+  desc(DESC, 0, DATA, 3, NEXT, 1);
+  desc(DESC, 1, DATA + 0x100, 2, NEXT, 2);
+  desc(DESC, 2, DATA + 0x200, 4, WRITE);
+  publish(0);
+  const c = vq.pop()!;
+  const scratch = new Uint8Array(8).fill(0xee);
+  assert.equal(vq.readChainInto(c, scratch), 5);
+  assert.deepEqual([...scratch], [1, 2, 3, 4, 5, 0xee, 0xee, 0xee]);
+  assert.equal(vq.readChainInto(c, scratch.fill(0), 4), 4, 'at most max');
+  assert.deepEqual([...scratch.subarray(0, 5)], [1, 2, 3, 4, 0]);
+  assert.equal(vq.readChainInto(c, new Uint8Array(2)), 2, 'at most the scratch');
+});
+
 test('virtqueue over the memory API: the rings kept at hand follow the memory map; a ring across two RAM sections works too', () => {
   const a = new Uint8Array(0x10000),
     b = new Uint8Array(0x10000);
