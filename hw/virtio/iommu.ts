@@ -11,7 +11,7 @@
 // system) detaches every endpoint back to bypass and destroys every domain.
 import { guestEvents } from '../pci.js';
 import type { VirtioContext, VirtioDevice } from './device.js';
-import { VirtqueueError, type SplitVirtqueue, type VirtqChain } from './virtqueue.js';
+import { emptyChain, VirtqueueError, type SplitVirtqueue, type VirtqChain } from './virtqueue.js';
 import { IntervalMap } from './interval-map.js';
 import {
   VIRTIO_IOMMU_S_DEVERR,
@@ -144,6 +144,8 @@ export class VirtioIommu implements VirtioDevice {
   private readonly reqBytes = new Uint8Array(REQ_SCRATCH);
   private readonly reqView = new DataView(this.reqBytes.buffer);
   private readonly tail = new Uint8Array(4);
+  /** The chain being answered (each request is answered before the next is taken). */
+  private readonly chain = emptyChain();
 
   constructor(o: VirtioIommuOptions) {
     this.host = o.host;
@@ -299,8 +301,8 @@ export class VirtioIommu implements VirtioDevice {
     let pushed = false;
     do {
       vq.setNotification(false);
-      for (let chain = vq.pop(); chain; chain = vq.pop()) {
-        this.handle(vq, chain);
+      while (vq.popInto(this.chain)) {
+        this.handle(vq, this.chain);
         pushed = true;
       }
     } while (vq.setNotification(true));

@@ -41,6 +41,20 @@ export interface VirtqChain {
   writableLen: number;
 }
 
+/** A chain to fill (popInto). */
+export function emptyChain(): VirtqChain {
+  return { head: 0, readable: [], writable: [], readableLen: 0, writableLen: 0 };
+}
+
+/** bufs[i] = {addr, len}, reusing the object there. */
+function setBuffer(bufs: VirtqBuffer[], i: number, addr: number, len: number): void {
+  const b = bufs[i];
+  if (b) {
+    b.addr = addr;
+    b.len = len;
+  } else bufs.push({ addr, len });
+}
+
 export interface VirtqueueConfig {
   size: number;
   desc: number;
@@ -161,11 +175,22 @@ export class SplitVirtqueue {
 
   /** Takes the next available chain, or undefined when the ring is empty. */
   pop(): VirtqChain | undefined {
-    if (!this.hasWork()) return undefined;
+    const chain = emptyChain();
+    return this.popInto(chain) ? chain : undefined;
+  }
+
+  /**
+   * Takes the next available chain into `chain`, reusing its arrays and buffer objects (a device
+   * that answers each request before the next keeps one and allocates nothing per request);
+   * false when the ring is empty. A VirtqueueError leaves `chain` unspecified.
+   */
+  popInto(chain: VirtqChain): boolean {
+    if (!this.hasWork()) return false;
     const head = this.avail16(4 + 2 * (this.lastAvail % this.size));
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     if (this.cfg.eventIdx && this.notifyOn) this.used16(this.availEventOff(), this.lastAvail);
-    return this.walk(head);
+    this.walk(head, chain);
+    return true;
   }
 
   /** avail_event's offset in the used area. */
@@ -202,10 +227,13 @@ export class SplitVirtqueue {
     this.dNext = v.getUint16(o + 14, true);
   }
 
-  /** Follows a chain from `head`, checking every rule. */
-  private walk(head: number): VirtqChain {
+  /** Follows a chain from `head` into `chain`, checking every rule. */
+  private walk(head: number, chain: VirtqChain): void {
     if (head >= this.size) throw new VirtqueueError(`avail ring names descriptor ${head} ≥ queue size ${this.size}`);
-    const chain: VirtqChain = { head, readable: [], writable: [], readableLen: 0, writableLen: 0 };
+    chain.head = head;
+    chain.readableLen = chain.writableLen = 0;
+    let nr = 0,
+      nw = 0;
     let table = this.cfg.desc,
       span = this.descS,
       tableSize = this.size,
@@ -237,20 +265,24 @@ export class SplitVirtqueue {
       if (++count > this.size)
         throw new VirtqueueError(`chain from descriptor ${head} is longer than the queue size ${this.size} (a loop?)`);
       const write = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (!write && chain.writable.length > 0)
+      if (!write && nw > 0)
         throw new VirtqueueError(`chain from descriptor ${head}: a device-readable buffer after a device-writable one`);
       if (!this.mem.check(addr, len, write))
         throw new VirtqueueError(
           `chain from descriptor ${head}: buffer 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`,
         );
       if (write) {
-        chain.writable.push({ addr, len });
+        setBuffer(chain.writable, nw++, addr, len);
         chain.writableLen += len;
       } else {
-        chain.readable.push({ addr, len });
+        setBuffer(chain.readable, nr++, addr, len);
         chain.readableLen += len;
       }
-      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (!(flags & VIRTQ_DESC_F_NEXT)) {
+        if (chain.readable.length !== nr) chain.readable.length = nr;
+        if (chain.writable.length !== nw) chain.writable.length = nw;
+        return;
+      }
       if (next >= tableSize)
         throw new VirtqueueError(
           `descriptor ${i}: next ${next} ≥ ${indirect ? 'indirect table' : 'queue'} size ${tableSize}`,

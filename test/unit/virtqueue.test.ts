@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { AddressSpaceMemory, FlatMemory } from '../../hw/virtio/guest-memory.js';
 import { AddressSpace, MemoryRegion } from '../../core/memory/index.js';
 import {
+  emptyChain,
   SplitVirtqueue,
   VirtqueueError,
   vringNeedEvent,
@@ -408,6 +409,45 @@ test("virtqueue: readChainInto fills a caller's scratch across buffers and retur
   assert.equal(vq.readChainInto(c, scratch.fill(0), 4), 4, 'at most max');
   assert.deepEqual([...scratch.subarray(0, 5)], [1, 2, 3, 4, 0]);
   assert.equal(vq.readChainInto(c, new Uint8Array(2)), 2, 'at most the scratch');
+});
+
+test("virtqueue: popInto fills a caller's chain, reusing its buffer objects, and a shorter chain after a longer one leaves no stale buffer", () => {
+  const { vq, desc, publish, mem } = setup();
+  mem.bytes.set([1, 2, 3, 4, 5], DATA);
+  desc(DESC, 0, DATA, 2, NEXT, 1);
+  desc(DESC, 1, DATA + 2, 3, NEXT, 2);
+  desc(DESC, 2, DATA + 0x100, 4, WRITE | NEXT, 3);
+  desc(DESC, 3, DATA + 0x200, 4, WRITE);
+  desc(DESC, 4, DATA + 3, 1, NEXT, 5);
+  desc(DESC, 5, DATA + 0x300, 2, WRITE);
+  publish(0, 4);
+  const c = emptyChain();
+  assert.equal(vq.popInto(c), true);
+  assert.deepEqual(c, {
+    head: 0,
+    readable: [
+      { addr: DATA, len: 2 },
+      { addr: DATA + 2, len: 3 },
+    ],
+    writable: [
+      { addr: DATA + 0x100, len: 4 },
+      { addr: DATA + 0x200, len: 4 },
+    ],
+    readableLen: 5,
+    writableLen: 8,
+  });
+  const first = c.readable[0];
+  assert.equal(vq.popInto(c), true);
+  assert.deepEqual(c, {
+    head: 4,
+    readable: [{ addr: DATA + 3, len: 1 }],
+    writable: [{ addr: DATA + 0x300, len: 2 }],
+    readableLen: 1,
+    writableLen: 2,
+  });
+  assert.equal(c.readable[0], first, 'the buffer object was reused');
+  assert.deepEqual([...vq.readChain(c)], [4]);
+  assert.equal(vq.popInto(c), false, 'the ring is empty');
 });
 
 test('virtqueue over the memory API: the rings kept at hand follow the memory map; a ring across two RAM sections works too', () => {
