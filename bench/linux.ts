@@ -22,7 +22,7 @@ import { cachedDebianKernel } from '../testhost/kernel.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { nvmePattern } from '../testhost/index.js';
 import type { VmmName } from './stats.js';
-import { ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
+import { ensureDebugfs, QEMU, trySnapshot, tsvmmJs, type Snapshot } from './vmm.js';
 
 import { CMDLINE, MEM_MIB, perChar, renderLinux } from './linux-report.js';
 import { runIfMain } from './entry.js';
@@ -266,10 +266,10 @@ async function once(
         payloadSeen++;
         // Counters over the same span as the host's timing: first payload line → last one.
         if (profile) continue; // the wrapper's pid is not the VMM's
-        if (payloadSeen === 1) snapA = safeSnapshot(child.pid!);
+        if (payloadSeen === 1) snapA = trySnapshot(child.pid!);
         else {
           payloadBytes += raw.length;
-          if (payloadSeen === payloadLines) snapB = safeSnapshot(child.pid!);
+          if (payloadSeen === payloadLines) snapB = trySnapshot(child.pid!);
         }
       }
     }
@@ -309,14 +309,6 @@ async function once(
       .map((l) => l.text)
       .join(' | ')}`;
   return s;
-}
-
-function safeSnapshot(pid: number): Snapshot | undefined {
-  try {
-    return snapshot(pid);
-  } catch {
-    return undefined;
-  }
 }
 
 export async function runLinuxBench(o: {

@@ -20,7 +20,7 @@ import {
   ensureNullVmm,
   parseDone,
   QEMU,
-  snapshot,
+  trySnapshot,
   straceMapDma,
   tsvmmJs,
   type Snapshot,
@@ -106,14 +106,7 @@ async function mainLaunch(vmm: VmmName, bdf: string, o: Options, tscKhz: number,
   let msiDoneEarly = false;
   let mem: ReturnType<typeof hostMemory> | undefined;
   const timers: NodeJS.Timeout[] = [];
-  const snap = (pid: number): Snapshot | undefined => {
-    try {
-      return snapshot(pid);
-    } catch (e) {
-      rec.error ??= `snapshot: ${(e as Error).message}`;
-      return undefined;
-    }
-  };
+  const snap = (pid: number): Snapshot | undefined => trySnapshot(pid, (m) => (rec.error ??= `snapshot: ${m}`));
   const l = launch(
     { vmm, memMiB: o.memMiB, cmdline: `test=bench count=${o.phaseMs}`, bdf, memfd },
     (line, l) => {

@@ -31,7 +31,7 @@ import {
   launch,
   parseDone,
   qemuCpu,
-  snapshot,
+  trySnapshot,
   type HostMemory,
   type LaunchSpec,
   type Snapshot,
@@ -189,14 +189,7 @@ export async function runRunloopBench(o: { rounds: number; phaseMs: number; wher
   // ring written (no host DMA work: the domain does not exist), CPU snapshots around the loop.
   const viommuRequests = async (c: Column, r: number) => {
     let before: Snapshot | undefined, rate: number | undefined, cpuUs: number | undefined, err: string | undefined;
-    const snap = (pid: number) => {
-      try {
-        return snapshot(pid);
-      } catch (e) {
-        err ??= (e as Error).message;
-        return undefined;
-      }
-    };
+    const snap = (pid: number) => trySnapshot(pid, (m) => (err ??= m));
     const l = launch(
       spec(c, `test=bench-viommu count=${o.phaseMs}`, { viommu: true }),
       (line, l) => {

@@ -21,7 +21,7 @@ import {
   hostTscKhz,
   launch,
   parseDone,
-  snapshot,
+  trySnapshot,
   type LaunchSpec,
   type Snapshot,
 } from './vmm.js';
@@ -80,14 +80,7 @@ async function one(col: Column, bdf: string, phaseMs: number, tscKhz: number, pr
   const s: Sample = { col, round: -1 };
   let pioA: Snapshot | undefined, msiA: Snapshot | undefined, msiB: Snapshot | undefined;
   const timers: NodeJS.Timeout[] = [];
-  const snap = (pid: number) => {
-    try {
-      return snapshot(pid);
-    } catch (e) {
-      s.error ??= (e as Error).message;
-      return undefined;
-    }
-  };
+  const snap = (pid: number) => trySnapshot(pid, (m) => (s.error ??= m));
   const l = launch(
     {
       ...spec(col, bdf, phaseMs),

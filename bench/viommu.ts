@@ -21,7 +21,7 @@ import { buildInitramfs } from '../machine/loader/initramfs.js';
 import { innerQemuArgs } from '../testhost/qemu.js';
 import { qmpCall } from '../frontend/qmp/client.js';
 import { CMDLINE, MEM_MIB, linuxBenchSetup, qemuVersion, withMarkerInit, type SerialLine } from './linux.js';
-import { cpuUsBetween, ensureDebugfs, QEMU, snapshot, tsvmmJs, type Snapshot } from './vmm.js';
+import { cpuUsBetween, ensureDebugfs, QEMU, trySnapshot, tsvmmJs, type Snapshot } from './vmm.js';
 export { cpuUsBetween } from './vmm.js';
 import { runIfMain } from './entry.js';
 
@@ -382,13 +382,7 @@ async function once(
     qB: Promise<{ maps: number; unmaps: number } | undefined> | undefined;
   const t0 = performance.now();
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-  const snap = () => {
-    try {
-      return snapshot(child.pid!);
-    } catch {
-      return undefined;
-    }
-  };
+  const snap = () => trySnapshot(child.pid!);
   let partial = '',
     stderr = '';
   child.stdout.on('data', (b: Buffer) => {

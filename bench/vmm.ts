@@ -250,6 +250,16 @@ export function snapshot(pid: number): Snapshot {
   return { t: performance.now(), pid, mainCtx, threads, threadCpu, wchan, hostCpu, rssKiB: rss.VmRSS, rss, kvm };
 }
 
+/** snapshot(pid), or undefined when the process (or one of its files) is gone; `onError` hears why. */
+export function trySnapshot(pid: number, onError?: (message: string) => void): Snapshot | undefined {
+  try {
+    return snapshot(pid);
+  } catch (e) {
+    onError?.((e as Error).message);
+    return undefined;
+  }
+}
+
 /** VMM CPU outside the guest between two snapshots, µs: every thread's user (less guest) and system time (USER_HZ ticks of 10 ms: coarse). */
 export function cpuUsBetween(a: Snapshot, b: Snapshot): number {
   let ticks = 0;
