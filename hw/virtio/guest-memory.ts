@@ -43,7 +43,7 @@ const MAX_ADDR = 2 ** 53;
 
 /** Whether [at, at + n) lies in `a` (a caller's range within its own buffer). */
 function inside(a: Uint8Array, at: number, n: number): boolean {
-  return Number.isSafeInteger(at) && Number.isSafeInteger(n) && at >= 0 && n >= 0 && at + n <= a.length;
+  return validRange(at, n) && at + n <= a.length;
 }
 
 /** src[from, from + n) → dst[to, to + n): a loop for a request's few bytes (no subarray to allocate), set() beyond. */
