@@ -211,14 +211,16 @@ export interface Native {
   loopWatcherCreate(runPage: ArrayBuffer, immediateExitOffset: number, thread: bigint, signo: number): unknown;
   /** Returns the loop's timeout it watches with (ms, -1 none). maxWaitMs caps the wait from the first
    *  refresh (code ran on the loop's thread), or from the arm with capNow. */
-  loopWatcherArm(h: unknown, maxWaitMs?: number, capNow?: boolean): number;
+  loopWatcherArm(h: unknown, maxWaitMs?: number, capNow?: boolean, budgetMs?: number): number;
   /** Code ran on the loop's thread: starts the cap, and watches for a timer it started if that is
    *  due earlier; true when the deadline moved. */
   loopWatcherRefresh(h: unknown): boolean;
-  /** As kvmRun, after a refresh unless it is the first run since the arm (the exit handler's code ran);
-   *  with `reads` (localReadsCreate), the reads it answers go straight back into KVM_RUN, until
-   *  budgetMs since the arm have passed: then 1 after an answered read (nothing left to handle). */
-  loopWatcherKvmRun(h: unknown, vcpuFd: number, reads?: unknown, budgetMs?: number): number;
+  /** The vCPU loopWatcherKvmRun runs, with its local-reads handle (localReadsCreate) if any. */
+  loopWatcherBind(h: unknown, vcpuFd: number, reads?: unknown): void;
+  /** As kvmRun on the bound vCPU, after a refresh unless it is the first run since the arm (the exit
+   *  handler's code ran); with local reads, the reads it answers go straight back into KVM_RUN, until
+   *  the arm's budgetMs have passed: then 1 after an answered read (nothing left to handle). */
+  loopWatcherKvmRun(h: unknown): number;
   /** Returns whether it fired since the arm; no kick follows. */
   loopWatcherDisarm(h: unknown): boolean;
   loopWatcherFired(h: unknown): boolean;

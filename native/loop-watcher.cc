@@ -66,6 +66,13 @@ struct Watcher {
   std::vector<uv_handle_s *> timers;
   bool fresh = false;       // armed, and no run since: no code ran on the loop's thread yet
   int64_t armedAtMs = 0;    // MonotonicMs() at the arm (the slice budget of loopWatcherKvmRun)
+  int64_t budgetMs = -1;    // the arm's slice budget (-1: none)
+  // The vCPU it runs (loopWatcherBind): fixed for the watcher's life, so the call per exit passes
+  // the handle alone.
+  bool bound = false;
+  int vcpuFd = -1;
+  LocalReads *reads = nullptr;
+  Napi::Reference<Napi::Value> readsRef;  // keeps the local-reads handle alive
   uint64_t gen = 0;
   uint64_t fires = 0;
 };
@@ -134,6 +141,8 @@ void Stop(Watcher *w) {
   close(w->wakeFd);
   w->started = false;
   w->page.Reset();
+  w->readsRef.Reset();
+  w->reads = nullptr;
 }
 
 }  // namespace
@@ -197,7 +206,8 @@ static int64_t Deadline(Watcher *w) {
   return due;
 }
 
-// loopWatcherArm(h, maxWaitMs = -1, capNow = false): from the loop's thread, before a run slice.
+// loopWatcherArm(h, maxWaitMs = -1, capNow = false, budgetMs = -1): from the loop's thread, before a
+// run slice (budgetMs: loopWatcherKvmRun's).
 // Clears immediate_exit and starts watching the loop's backend fd and its timers. maxWaitMs bounds
 // what no fd or timer announces (an immediate or microtask queued, an fd or timer handle created
 // during the slice): it runs from the first refresh (code ran on the loop's thread), or from the
@@ -214,6 +224,7 @@ static Napi::Value LoopWatcherArm(const Napi::CallbackInfo &info) {
   }, &w->timers);
   w->maxWaitMs = maxWait;
   w->capMs = maxWait >= 0 && info.Length() > 2 && info[2].ToBoolean().Value() ? now + maxWait : -1;
+  w->budgetMs = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
   int64_t deadline = Deadline(w);
   {
     std::lock_guard<std::mutex> lk(w->m);
@@ -251,32 +262,70 @@ static Napi::Value LoopWatcherRefresh(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(info.Env(), Refresh(Get(info)));
 }
 
-// loopWatcherKvmRun(h, vcpuFd, reads?, budgetMs?) → as kvmRun (0, or -EINTR/-EAGAIN when kicked):
-// KVM_RUN, after a refresh unless this is the first run since the arm (code ran on the loop's
-// thread between two runs: the exit's handler). One call per exit instead of two. With a
-// local-reads handle (local-reads.cc), a read it answers enters KVM_RUN again at once: no code ran
-// on the loop's thread, so the watcher needs no refresh, and a kick still ends the call (the signal
-// stays pending outside KVM_RUN; immediate_exit is seen by the next entry). With budgetMs, once that
-// long has passed since the arm it returns 1 after a read it answered (the exit is done; the slice
-// may end), as JS ends a slice of its own exits: the event loop then gets its turn even when the
-// watcher's thread waits for a CPU.
-static Napi::Value LoopWatcherKvmRun(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
+// loopWatcherBind(h, vcpuFd, reads?): the vCPU loopWatcherKvmRun runs, and its local-reads handle
+// (local-reads.cc), if any.
+static Napi::Value LoopWatcherBind(const Napi::CallbackInfo &info) {
   Watcher *w = Get(info);
-  int fd = ArgInt(info, 1);
-  LocalReads *reads = OptLocalReads(info, 2);
-  int64_t budget = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
+  w->vcpuFd = ArgInt(info, 1);
+  w->bound = true;
+  w->reads = OptLocalReads(info, 2);
+  w->readsRef.Reset();
+  if (w->reads) w->readsRef = Napi::Persistent(info[2]);
+  return info.Env().Undefined();
+}
+
+// loopWatcherKvmRun(h) → as kvmRun (0, or -EINTR/-EAGAIN when kicked): the bound vCPU's KVM_RUN,
+// after a refresh unless this is the first run since the arm (code ran on the loop's thread
+// between two runs: the exit's handler). One call per exit instead of two. With local reads, a
+// read it answers enters KVM_RUN again at once: no code ran on the loop's thread, so the watcher
+// needs no refresh, and a kick still ends the call (the signal stays pending outside KVM_RUN;
+// immediate_exit is seen by the next entry). With the arm's budgetMs, once that long has passed
+// since the arm it returns 1 after a read it answered (the exit is done; the slice may end), as JS
+// ends a slice of its own exits: the event loop then gets its turn even when the watcher's thread
+// waits for a CPU. Plain N-API with the handle as the only argument: it is the call every exit
+// vCPU 0 answers in JS makes, and node-addon-api's wrapper and per-argument checks were a fifth of
+// the user time of such an exit (perf, docs/benchmarks.md).
+static napi_value LoopWatcherKvmRun(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 1;
+  napi_value arg;
+  void *p = nullptr;
+  if (napi_get_cb_info(env, cbinfo, &argc, &arg, nullptr, nullptr) != napi_ok || argc < 1 ||
+      napi_get_value_external(env, arg, &p) != napi_ok || !p) {
+    napi_throw_type_error(env, nullptr, "argument 0 must be a loop watcher");
+    return nullptr;
+  }
+  auto *w = static_cast<Watcher *>(p);
+  if (!w->started || !w->bound) {
+    napi_throw_error(env, nullptr, w->started ? "loop watcher has no vCPU (loopWatcherBind)" : "loop watcher was destroyed");
+    return nullptr;
+  }
   if (!w->fresh) Refresh(w);
   w->fresh = false;
+  int r;
   for (uint32_t n = 1;; n++) {
-    int r = ioctl(fd, KVM_RUN, 0);
+    r = ioctl(w->vcpuFd, KVM_RUN, 0);
     if (r < 0) {
-      if (errno == EINTR || errno == EAGAIN) return Napi::Number::New(env, -errno);
-      ThrowErrno(env, "ioctl(KVM_RUN)", errno);
+      int e = errno;
+      if (e == EINTR || e == EAGAIN) {
+        r = -e;
+        break;
+      }
+      try {
+        ThrowErrno(Napi::Env(env), "ioctl(KVM_RUN)", e);
+      } catch (const Napi::Error &err) {
+        err.ThrowAsJavaScriptException();
+      }
+      return nullptr;
     }
-    if (!reads || !AnswerLocalRead(reads)) return Napi::Number::New(env, r);
-    if (budget >= 0 && (n & 15) == 0 && MonotonicMs() - w->armedAtMs > budget) return Napi::Number::New(env, 1);
+    if (!w->reads || !AnswerLocalRead(w->reads)) break;
+    if (w->budgetMs >= 0 && (n & 15) == 0 && MonotonicMs() - w->armedAtMs > w->budgetMs) {
+      r = 1;
+      break;
+    }
   }
+  napi_value out;
+  napi_create_int32(env, r, &out);
+  return out;
 }
 
 // loopWatcherDisarm(h) → whether it fired since the arm. No kick is sent after this returns.
@@ -320,7 +369,11 @@ void InitLoopWatcher(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "loopWatcherCreate", LoopWatcherCreate);
   TSVMM_EXPORT(exports, "loopWatcherArm", LoopWatcherArm);
   TSVMM_EXPORT(exports, "loopWatcherRefresh", LoopWatcherRefresh);
-  TSVMM_EXPORT(exports, "loopWatcherKvmRun", LoopWatcherKvmRun);
+  TSVMM_EXPORT(exports, "loopWatcherBind", LoopWatcherBind);
+  napi_value run;
+  if (napi_create_function(env, "loopWatcherKvmRun", NAPI_AUTO_LENGTH, LoopWatcherKvmRun, nullptr, &run) != napi_ok)
+    throw Napi::Error::New(env, "napi_create_function(loopWatcherKvmRun) failed");
+  exports.Set("loopWatcherKvmRun", Napi::Value(env, run));
   TSVMM_EXPORT(exports, "loopWatcherDisarm", LoopWatcherDisarm);
   TSVMM_EXPORT(exports, "loopWatcherFired", LoopWatcherFired);
   TSVMM_EXPORT(exports, "loopWatcherStats", LoopWatcherStats);

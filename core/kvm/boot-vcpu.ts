@@ -53,6 +53,7 @@ export class BootVcpuLoop {
     const reads = this.registers
       ? nativeLocalReads(this.registers.view, this.registers.countsFor(v.id), v.run, ch)
       : undefined;
+    n.loopWatcherBind(watcher, v.fd, reads);
     Atomics.store(ch, Slot.Running, 1);
     return new Promise<VcpuStop>((resolve) => {
       const finish = (stop: VcpuStop): void => {
@@ -76,7 +77,7 @@ export class BootVcpuLoop {
         }
         let stop: VcpuStop | undefined;
         try {
-          stop = this.runSlice(watcher, reads);
+          stop = this.runSlice(watcher);
         } catch (e) {
           const err = e as Error & { code?: string };
           stop = { reason: 'error', message: err.message, ...(err.code ? { code: err.code } : {}) };
@@ -89,7 +90,7 @@ export class BootVcpuLoop {
   }
 
   /** One slice (see the file's head); returns why the vCPU stopped, or undefined to go on later. */
-  private runSlice(watcher: unknown, reads: unknown): VcpuStop | undefined {
+  private runSlice(watcher: unknown): VcpuStop | undefined {
     const n = native();
     const L = n.kvmRunLayout;
     const v = this.v,
@@ -108,7 +109,7 @@ export class BootVcpuLoop {
     // starting it at the first exit); otherwise at the first exit.
     const capNow = rung || this.lastSliceRanCode || process.getActiveResourcesInfo().includes('Immediate');
     this.lastSliceRanCode = false;
-    n.loopWatcherArm(watcher, this.maxLoopWaitMs, capNow);
+    n.loopWatcherArm(watcher, this.maxLoopWaitMs, capNow, this.sliceBudgetMs);
     // Date.now(), not performance.now(): its 1 ms steps are enough for a 10 ms budget, and the
     // performance global loads perf_hooks' modules at the first slice (start-up time).
     const t0 = Date.now();
@@ -117,7 +118,7 @@ export class BootVcpuLoop {
       for (;;) {
         // KVM_RUN, the watcher first brought up to date with what the last exit's handler did
         // (a timer it started, the cap on work it queued): one native call per exit JS answers.
-        const r = n.loopWatcherKvmRun(watcher, v.fd, reads, this.sliceBudgetMs);
+        const r = n.loopWatcherKvmRun(watcher);
         // 1: the budget ran out on reads answered in native code (counted there).
         if (r === 1) return undefined;
         ch[Slot.Exits] = (ch[Slot.Exits]! + 1) | 0;

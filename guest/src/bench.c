@@ -140,7 +140,7 @@ int test_bench(const struct options *o) {
   if (rc == EXIT_OK && (all || streq(o->test, "bench-pio"))) rc = bench_pio(ms);
   if (rc == EXIT_OK && (all || streq(o->test, "bench-bar"))) rc = bench_bar(ms);
   if (rc == EXIT_OK && (all || streq(o->test, "bench-msi"))) rc = bench_msi(ms);
-  if (rc == EXIT_OK && streq(o->test, "bench-viommu")) rc = bench_viommu(ms);
+  if (rc == EXIT_OK && streq(o->test, "bench-viommu")) rc = bench_viommu(ms, o->passes > 0 ? (uint32_t)o->passes : 1);
   if (rc == EXIT_OK) printf("bench end\n");
   return rc;
 }

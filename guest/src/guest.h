@@ -108,6 +108,7 @@ struct options {
   int seed;
   int aps, input, console; /* test=smp: APs to start; wait for a byte of input; bench a polled console */
   int dirty; /* test=count: MiB of memory rewritten (and checked) per count */
+  int passes; /* test=bench-viommu: timed loops, one after another (each reports) */
 };
 int test_edu(const struct options *o);
 int test_msix(const struct options *o);
@@ -119,6 +120,6 @@ int test_hostile(const struct options *o); /* test-fuzz.c */
 int test_fuzz(const struct options *o);
 int test_highmem(const void *multiboot_info); /* test-highmem.c */
 int test_probe_int(void); /* test-probe.c */
-int test_virtio_iommu(const struct options *o); int bench_viommu(uint32_t ms); /* test-virtio.c */
+int test_virtio_iommu(const struct options *o); int bench_viommu(uint32_t ms, uint32_t passes); /* test-virtio.c */
 
 #endif

@@ -68,7 +68,7 @@ static void parse_word(char *word, struct options *o) {
       {"msi", offsetof(struct options, msi)},       {"intx", offsetof(struct options, intx)},
       {"seed", offsetof(struct options, seed)},     {"aps", offsetof(struct options, aps)},
       {"input", offsetof(struct options, input)},   {"console", offsetof(struct options, console)},
-      {"dirty", offsetof(struct options, dirty)},
+      {"dirty", offsetof(struct options, dirty)},   {"passes", offsetof(struct options, passes)},
   };
   bool ok = false;
   if (streq(key, "test")) {

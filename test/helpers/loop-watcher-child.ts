@@ -104,12 +104,13 @@ await sleep(50);
 {
   const run = () => {
     try {
-      n.loopWatcherKvmRun(h, -1);
+      n.loopWatcherKvmRun(h);
       return 'ran';
     } catch (e) {
       return (e as Error & { code?: string }).code ?? (e as Error).message;
     }
   };
+  n.loopWatcherBind(h, -1);
   n.loopWatcherArm(h, 20);
   out.runFirst = run();
   spin(60);
