@@ -110,6 +110,7 @@ await sleep(50);
       return (e as Error & { code?: string }).code ?? (e as Error).message;
     }
   };
+  out.runUnbound = run();
   n.loopWatcherBind(h, -1);
   n.loopWatcherArm(h, 20);
   out.runFirst = run();

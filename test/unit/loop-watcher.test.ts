@@ -40,6 +40,7 @@ test('loop watcher: kicks once per arm when a timer falls due, an fd is readable
   assert.equal(o.lazyCapFiredEarly, false, 'the cap runs from the refresh, not from the arm');
   assert.equal(o.lazyCapFired, true);
   assert.equal(o.lazyCapKicks, 1);
+  assert.match(String(o.runUnbound), /no vCPU \(loopWatcherBind\)/, 'the run call before a bind is refused');
   assert.equal(o.runFirst, 'EBADF', 'the run call made the ioctl');
   assert.equal(o.runFiredFirst, false, 'the first run after the arm does not start the cap');
   assert.equal(o.runSecond, 'EBADF');
