@@ -7,6 +7,8 @@
 //   nothing, when a mapping straddles an end of the range (an UNMAP must not split a mapping).
 //   A range that holds no mapping is fine: nothing is removed.
 
+import { OrderedIntervals } from './ordered-intervals.js';
+
 export interface IovaInterval {
   readonly iova: number;
   readonly size: number;
@@ -15,36 +17,25 @@ export interface IovaInterval {
 export type TakeResult<T> = { ok: true; taken: T[] } | { ok: false; straddling: T };
 
 export class IovaMap<T extends IovaInterval> {
-  /** Sorted by iova; never overlapping. */
-  private readonly items: T[] = [];
+  /** In iova order; never overlapping. */
+  private readonly items = new OrderedIntervals<T>((m, addr) => m.iova + m.size <= addr);
 
   get size(): number {
-    return this.items.length;
+    return this.items.size;
   }
 
+  /** Every mapping, in address order (a copy). */
   values(): readonly T[] {
-    return this.items;
-  }
-
-  /** Index of the first mapping that ends after `addr`. */
-  private firstEndingAfter(addr: number): number {
-    let lo = 0,
-      hi = this.items.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const m = this.items[mid]!;
-      if (m.iova + m.size <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return this.items.values();
   }
 
   /** Mappings that share at least one byte with [iova, iova+size), in address order. */
   overlapping(iova: number, size: number): T[] {
     const out: T[] = [];
-    for (let i = this.firstEndingAfter(iova); i < this.items.length; i++) {
-      const m = this.items[i]!;
-      if (m.iova >= iova + size) break;
+    const items = this.items;
+    for (const p = items.lowerBound(iova); ; items.next(p)) {
+      const m = items.at(p);
+      if (m === undefined || m.iova >= iova + size) break;
       out.push(m);
     }
     return out;
@@ -52,22 +43,22 @@ export class IovaMap<T extends IovaInterval> {
 
   /** The first mapping (in address order) that shares a byte with [iova, iova+size), if any. */
   firstOverlapping(iova: number, size: number): T | undefined {
-    const m = this.items[this.firstEndingAfter(iova)];
+    const m = this.items.at(this.items.lowerBound(iova));
     return m !== undefined && m.iova < iova + size ? m : undefined;
   }
 
   /** The mapping containing `addr`, if any. */
   at(addr: number): T | undefined {
-    const m = this.items[this.firstEndingAfter(addr)];
+    const m = this.items.at(this.items.lowerBound(addr));
     return m !== undefined && m.iova <= addr ? m : undefined;
   }
 
   /** Inserts m, or returns the mapping it would overlap (and inserts nothing). */
   add(m: T): T | undefined {
-    const i = this.firstEndingAfter(m.iova);
-    const next = this.items[i];
+    const p = this.items.lowerBound(m.iova);
+    const next = this.items.at(p);
     if (next !== undefined && next.iova < m.iova + m.size) return next;
-    this.items.splice(i, 0, m);
+    this.items.insertAt(p, m);
     return undefined;
   }
 
@@ -76,19 +67,19 @@ export class IovaMap<T extends IovaInterval> {
     const hit = this.overlapping(iova, size);
     const bad = hit.find((m) => m.iova < iova || m.iova + m.size > iova + size);
     if (bad) return { ok: false, straddling: bad };
-    if (hit.length) this.items.splice(this.items.indexOf(hit[0]!), hit.length);
+    if (hit.length) this.items.removeAt(this.items.lowerBound(iova), hit.length);
     return { ok: true, taken: hit };
   }
 
   /** Removes one mapping (by identity); false when it is not here. */
   delete(m: T): boolean {
-    const i = this.items.indexOf(m);
-    if (i < 0) return false;
-    this.items.splice(i, 1);
+    const p = this.items.lowerBound(m.iova);
+    if (this.items.at(p) !== m) return false;
+    this.items.removeAt(p, 1);
     return true;
   }
 
   clear(): T[] {
-    return this.items.splice(0);
+    return this.items.clear();
   }
 }

@@ -1,5 +1,7 @@
 // Non-overlapping inclusive ranges [start, end] kept sorted by start, with what each maps to: a
-// guest IOMMU domain's mappings. Lookups are binary searches; inserts and removals splice.
+// guest IOMMU domain's mappings (kept as core/memory's OrderedIntervals: no insert or removal
+// moves every later mapping).
+import { OrderedIntervals } from '../../core/memory/ordered-intervals.js';
 
 export interface Interval<T> {
   start: number;
@@ -9,59 +11,52 @@ export interface Interval<T> {
 }
 
 export class IntervalMap<T> {
-  private readonly items: Interval<T>[] = [];
+  private readonly items = new OrderedIntervals<Interval<T>>((m, addr) => m.end < addr);
 
   get size(): number {
-    return this.items.length;
-  }
-
-  /** Index of the first interval whose end is ≥ addr. */
-  private firstEndingAtOrAfter(addr: number): number {
-    let lo = 0,
-      hi = this.items.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.items[mid]!.end < addr) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return this.items.size;
   }
 
   /** The intervals that share a byte with [start, end], in order. */
   intersecting(start: number, end: number): Interval<T>[] {
     const out: Interval<T>[] = [];
-    for (let i = this.firstEndingAtOrAfter(start); i < this.items.length && this.items[i]!.start <= end; i++)
-      out.push(this.items[i]!);
+    const items = this.items;
+    for (const p = items.lowerBound(start); ; items.next(p)) {
+      const m = items.at(p);
+      if (m === undefined || m.start > end) break;
+      out.push(m);
+    }
     return out;
   }
 
   overlaps(start: number, end: number): boolean {
-    const i = this.firstEndingAtOrAfter(start);
-    return i < this.items.length && this.items[i]!.start <= end;
+    const m = this.items.at(this.items.lowerBound(start));
+    return m !== undefined && m.start <= end;
   }
 
   /** Adds an interval; throws if it overlaps one (callers check first). */
   insert(start: number, end: number, value: T): void {
     if (!(start <= end)) throw new RangeError(`interval [${start}, ${end}] is empty`);
-    const i = this.firstEndingAtOrAfter(start);
-    if (i < this.items.length && this.items[i]!.start <= end)
-      throw new RangeError(`interval [${start}, ${end}] overlaps`);
-    this.items.splice(i, 0, { start, end, value });
+    const p = this.items.lowerBound(start);
+    const next = this.items.at(p);
+    if (next !== undefined && next.start <= end) throw new RangeError(`interval [${start}, ${end}] overlaps`);
+    this.items.insertAt(p, { start, end, value });
   }
 
   /** Removes the interval that starts at `start`; whether there was one. */
   remove(start: number): boolean {
-    const i = this.firstEndingAtOrAfter(start);
-    if (i >= this.items.length || this.items[i]!.start !== start) return false;
-    this.items.splice(i, 1);
+    const p = this.items.lowerBound(start);
+    if (this.items.at(p)?.start !== start) return false;
+    this.items.removeAt(p, 1);
     return true;
   }
 
+  /** Every interval, in order (a copy). */
   values(): readonly Interval<T>[] {
-    return this.items;
+    return this.items.values();
   }
 
   clear(): void {
-    this.items.length = 0;
+    this.items.clear();
   }
 }
