@@ -33,12 +33,15 @@ function runSuite(dir: string, files: string[], killWhen?: string): Promise<{ st
     cwd: dir,
     env: { ...env, TSVMM_TEST_PROGRESS: progressPath },
     stdio: ['ignore', 'pipe', 'ignore'],
+    detached: true, // its own process group: killed with the test file's process it runs (which never ends)
   });
   let stdout = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   const poll = setInterval(() => {
-    if (killWhen && existsSync(progressPath) && readFileSync(progressPath, 'utf8').includes(killWhen))
-      child.kill('SIGKILL');
+    if (killWhen && existsSync(progressPath) && readFileSync(progressPath, 'utf8').includes(killWhen)) {
+      clearInterval(poll);
+      process.kill(-child.pid!, 'SIGKILL'); // as the test host's runner kills a suite at its limit
+    }
   }, 50);
   return new Promise((resolve) =>
     child.on('close', () => {
