@@ -283,8 +283,9 @@ static Napi::Value LoopWatcherBind(const Napi::CallbackInfo &info) {
 // since the arm it returns 1 after a read it answered (the exit is done; the slice may end), as JS
 // ends a slice of its own exits: the event loop then gets its turn even when the watcher's thread
 // waits for a CPU. Plain N-API with the handle as the only argument: it is the call every exit
-// vCPU 0 answers in JS makes, and node-addon-api's wrapper and per-argument checks were a fifth of
-// the user time of such an exit (perf, docs/benchmarks.md).
+// vCPU 0 answers in JS makes, and without node-addon-api's wrapper and three more arguments to
+// check, a virtio-iommu request's user time went from 3.7-4.3 to 3.3-3.9 us (perf on the own KVM;
+// docs/benchmarks.md).
 static napi_value LoopWatcherKvmRun(napi_env env, napi_callback_info cbinfo) {
   size_t argc = 1;
   napi_value arg;
