@@ -299,6 +299,10 @@ export interface Native {
   vfioIommuMapDma(containerFd: number, m: { vaddr: U64; iova: U64; size: U64; flags: number }): void;
   /** Returns the number of bytes unmapped. */
   vfioIommuUnmapDma(containerFd: number, u: { iova: U64; size: U64; flags: number }): bigint;
+  /** VFIO_IOMMU_MAP_DMA with its fields as arguments (no object to read by name): a guest MAP's call. */
+  vfioIommuMapDmaAt(containerFd: number, iova: U64, size: U64, vaddr: U64, flags: number): void;
+  /** VFIO_IOMMU_UNMAP_DMA of [iova, iova+size), no flags; returns the bytes unmapped. */
+  vfioIommuUnmapDmaAt(containerFd: number, iova: U64, size: U64): number;
   // VFIO group (/dev/vfio/N)
   vfioGroupGetStatus(groupFd: number): { flags: number };
   vfioGroupSetContainer(groupFd: number, containerFd: number): void;
@@ -343,6 +347,10 @@ export interface Native {
   iommuIoasMap(iommufd: number, m: { ioasId: number; flags: number; userVa: U64; length: U64; iova?: U64 }): bigint;
   /** Returns the bytes unmapped; iova 0 with length 0xffffffffffffffffn unmaps everything. */
   iommuIoasUnmap(iommufd: number, u: { ioasId: number; iova: U64; length: U64 }): bigint;
+  /** IOMMU_IOAS_MAP at a fixed IOVA (FIXED_IOVA is added to flags), its fields as arguments. */
+  iommuIoasMapAt(iommufd: number, ioasId: number, iova: U64, length: U64, userVa: U64, flags: number): void;
+  /** IOMMU_IOAS_UNMAP of [iova, iova+length); returns the bytes unmapped. */
+  iommuIoasUnmapAt(iommufd: number, ioasId: number, iova: U64, length: U64): number;
   /** Returns val64 (the current value for IOMMU_OPTION_OP_GET). */
   iommuOption(iommufd: number, o: { option: number; op: number; objectId?: number; val64?: U64 }): bigint;
   // Unix-socket fd passing

@@ -100,6 +100,47 @@ static Napi::Value IommuIoasUnmap(const Napi::CallbackInfo &info) {
   return U64ToJs(env, u.length);
 }
 
+// iommuIoasMapAt(iommufd, ioasId, iova, length, userVa, flags): IOMMU_IOAS_MAP at a fixed IOVA
+// (IOMMU_IOAS_MAP_FIXED_IOVA is added), its fields as arguments (util.h's plain N-API): the call a
+// guest MAP makes behind the vIOMMU.
+static napi_value IommuIoasMapAt(napi_env env, napi_callback_info info) {
+  napi_value a[6];
+  int32_t fd;
+  uint64_t ioas, iova, length, va, flags;
+  if (!RawArgs(env, info, 6, a, "iommuIoasMapAt") || !RawI32(env, a[0], &fd, "iommufd") ||
+      !RawU64(env, a[1], &ioas, "ioasId") || !RawU64(env, a[2], &iova, "iova") ||
+      !RawU64(env, a[3], &length, "length") || !RawU64(env, a[4], &va, "userVa") ||
+      !RawU64(env, a[5], &flags, "flags"))
+    return nullptr;
+  iommu_ioas_map m = {};
+  m.size = sizeof(m);
+  m.iova = iova;
+  m.length = length;
+  m.user_va = va;
+  m.ioas_id = static_cast<uint32_t>(ioas);
+  m.flags = static_cast<uint32_t>(flags) | IOMMU_IOAS_MAP_FIXED_IOVA;
+  if (IoctlRetry(fd, IOMMU_IOAS_MAP, &m) < 0) return RawThrowErrno(env, "ioctl(IOMMU_IOAS_MAP)", errno);
+  return nullptr;
+}
+
+// iommuIoasUnmapAt(iommufd, ioasId, iova, length) → bytes unmapped (a number).
+static napi_value IommuIoasUnmapAt(napi_env env, napi_callback_info info) {
+  napi_value a[4];
+  int32_t fd;
+  uint64_t ioas, iova, length;
+  if (!RawArgs(env, info, 4, a, "iommuIoasUnmapAt") || !RawI32(env, a[0], &fd, "iommufd") ||
+      !RawU64(env, a[1], &ioas, "ioasId") || !RawU64(env, a[2], &iova, "iova") ||
+      !RawU64(env, a[3], &length, "length"))
+    return nullptr;
+  iommu_ioas_unmap u = {};
+  u.size = sizeof(u);
+  u.iova = iova;
+  u.length = length;
+  u.ioas_id = static_cast<uint32_t>(ioas);
+  if (IoctlRetry(fd, IOMMU_IOAS_UNMAP, &u) < 0) return RawThrowErrno(env, "ioctl(IOMMU_IOAS_UNMAP)", errno);
+  return RawNumber(env, static_cast<double>(u.length));
+}
+
 // iommuOption(iommufd, {option, op, objectId?, val64?}) → val64 (bigint; the value read for OP_GET)
 static Napi::Value IommuOption(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -125,6 +166,8 @@ void InitIommufd(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "iommuIoasIovaRanges", IommuIoasIovaRanges);
   TSVMM_EXPORT(exports, "iommuIoasMap", IommuIoasMap);
   TSVMM_EXPORT(exports, "iommuIoasUnmap", IommuIoasUnmap);
+  ExportRaw(env, exports, "iommuIoasMapAt", IommuIoasMapAt);
+  ExportRaw(env, exports, "iommuIoasUnmapAt", IommuIoasUnmapAt);
   TSVMM_EXPORT(exports, "iommuOption", IommuOption);
 
   Napi::Object c = exports.Has("constants") ? exports.Get("constants").As<Napi::Object>() : Napi::Object::New(env);

@@ -63,6 +63,18 @@ int CheckedIoctl(Napi::Env env, int fd, unsigned long req, void *arg, const char
 // A required 64-bit property (number or bigint): a missing one is a TypeError, not 0.
 uint64_t ReqU64(Napi::Object o, const char *key);
 
+// Plain N-API (no node-addon-api wrapper) for the few calls a guest request makes, where the
+// wrapper and reading an object's properties by name cost more than the syscall's own user time.
+// Each returns false after throwing (a TypeError or RangeError naming `what`).
+bool RawArgs(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *fn);
+bool RawI32(napi_env env, napi_value v, int32_t *out, const char *what);
+// A non-negative safe-integer number or a bigint that fits in 64 bits (as ToU64, required).
+bool RawU64(napi_env env, napi_value v, uint64_t *out, const char *what);
+// Throws ThrowErrno's Error (code, errno, syscall) from a plain N-API function; returns nullptr.
+napi_value RawThrowErrno(napi_env env, const std::string &syscall, int err);
+// A number for the JS side (a 64-bit count the kernel returns, below 2^53 here).
+napi_value RawNumber(napi_env env, double v);
+
 // Each family file registers its exports here.
 void InitMman(Napi::Env env, Napi::Object exports);
 void InitEventfd(Napi::Env env, Napi::Object exports);
@@ -82,5 +94,7 @@ void InitSeccomp(Napi::Env env, Napi::Object exports);
 void InitLocalReads(Napi::Env env, Napi::Object exports);
 
 #define TSVMM_EXPORT(exports, name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
+// Registers a plain N-API function (napi_callback).
+void ExportRaw(Napi::Env env, Napi::Object exports, const char *name, napi_callback fn);
 
 }  // namespace tsvmm

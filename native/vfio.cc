@@ -99,6 +99,43 @@ static Napi::Value VfioIommuUnmapDma(const Napi::CallbackInfo &info) {
   return U64ToJs(env, u.size);
 }
 
+// vfioIommuMapDmaAt(containerFd, iova, size, vaddr, flags): VFIO_IOMMU_MAP_DMA with its fields as
+// arguments (util.h's plain N-API): the call a guest MAP makes behind the vIOMMU.
+static napi_value VfioIommuMapDmaAt(napi_env env, napi_callback_info info) {
+  napi_value a[5];
+  int32_t fd;
+  uint64_t iova, size, vaddr, flags;
+  if (!RawArgs(env, info, 5, a, "vfioIommuMapDmaAt") || !RawI32(env, a[0], &fd, "containerFd") ||
+      !RawU64(env, a[1], &iova, "iova") || !RawU64(env, a[2], &size, "size") ||
+      !RawU64(env, a[3], &vaddr, "vaddr") || !RawU64(env, a[4], &flags, "flags"))
+    return nullptr;
+  vfio_iommu_type1_dma_map m = {};
+  m.argsz = sizeof(m);
+  m.iova = iova;
+  m.size = size;
+  m.vaddr = vaddr;
+  m.flags = static_cast<uint32_t>(flags);
+  if (IoctlRetry(fd, VFIO_IOMMU_MAP_DMA, &m) < 0) return RawThrowErrno(env, "ioctl(VFIO_IOMMU_MAP_DMA)", errno);
+  return nullptr;
+}
+
+// vfioIommuUnmapDmaAt(containerFd, iova, size) → bytes unmapped (a number): VFIO_IOMMU_UNMAP_DMA of
+// every mapping wholly inside the range, no flags.
+static napi_value VfioIommuUnmapDmaAt(napi_env env, napi_callback_info info) {
+  napi_value a[3];
+  int32_t fd;
+  uint64_t iova, size;
+  if (!RawArgs(env, info, 3, a, "vfioIommuUnmapDmaAt") || !RawI32(env, a[0], &fd, "containerFd") ||
+      !RawU64(env, a[1], &iova, "iova") || !RawU64(env, a[2], &size, "size"))
+    return nullptr;
+  vfio_iommu_type1_dma_unmap u = {};
+  u.argsz = sizeof(u);
+  u.iova = iova;
+  u.size = size;
+  if (IoctlRetry(fd, VFIO_IOMMU_UNMAP_DMA, &u) < 0) return RawThrowErrno(env, "ioctl(VFIO_IOMMU_UNMAP_DMA)", errno);
+  return RawNumber(env, static_cast<double>(u.size));
+}
+
 // ---- group ----
 
 // vfioGroupGetStatus(groupFd) → { flags }
@@ -143,6 +180,8 @@ void InitVfio(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "vfioIommuGetInfo", VfioIommuGetInfo);
   TSVMM_EXPORT(exports, "vfioIommuMapDma", VfioIommuMapDma);
   TSVMM_EXPORT(exports, "vfioIommuUnmapDma", VfioIommuUnmapDma);
+  ExportRaw(env, exports, "vfioIommuMapDmaAt", VfioIommuMapDmaAt);
+  ExportRaw(env, exports, "vfioIommuUnmapDmaAt", VfioIommuUnmapDmaAt);
   TSVMM_EXPORT(exports, "vfioGroupGetStatus", VfioGroupGetStatus);
   TSVMM_EXPORT(exports, "vfioGroupSetContainer", VfioGroupSetContainer);
   TSVMM_EXPORT(exports, "vfioGroupUnsetContainer", VfioGroupUnsetContainer);

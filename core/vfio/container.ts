@@ -97,12 +97,12 @@ export class VfioContainer extends DmaListener {
     const n = native();
     const c = n.constants;
     const flags = (read ? c.VFIO_DMA_MAP_FLAG_READ : 0) | (write ? c.VFIO_DMA_MAP_FLAG_WRITE : 0);
-    n.vfioIommuMapDma(this.fd, { vaddr, iova, size, flags });
+    n.vfioIommuMapDmaAt(this.fd, iova, size, vaddr, flags);
   }
 
   /** Unmaps every mapping wholly inside [iova, iova+size); returns the bytes the kernel unmapped. */
   unmapRaw(iova: number, size: number): number {
-    return Number(native().vfioIommuUnmapDma(this.fd, { iova, size, flags: 0 }));
+    return native().vfioIommuUnmapDmaAt(this.fd, iova, size);
   }
 
   /** Drops every mapping in one call; false when the kernel cannot (no VFIO_UNMAP_ALL). */

@@ -86,13 +86,12 @@ export class IommufdIoas extends DmaListener {
   mapRaw(iova: number, size: number, vaddr: bigint, read: boolean, write: boolean): void {
     const n = native();
     const c = n.constants;
-    const flags =
-      c.IOMMU_IOAS_MAP_FIXED_IOVA | (read ? c.IOMMU_IOAS_MAP_READABLE : 0) | (write ? c.IOMMU_IOAS_MAP_WRITEABLE : 0);
-    n.iommuIoasMap(this.iommufd, { ioasId: this.id, userVa: vaddr, length: size, iova, flags });
+    const flags = (read ? c.IOMMU_IOAS_MAP_READABLE : 0) | (write ? c.IOMMU_IOAS_MAP_WRITEABLE : 0);
+    n.iommuIoasMapAt(this.iommufd, this.id, iova, size, vaddr, flags); // at a fixed IOVA
   }
 
   unmapRaw(iova: number, size: number): void {
-    native().iommuIoasUnmap(this.iommufd, { ioasId: this.id, iova, length: size });
+    native().iommuIoasUnmapAt(this.iommufd, this.id, iova, size);
   }
 
   destroy(): void {

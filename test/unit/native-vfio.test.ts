@@ -57,6 +57,8 @@ const calls: Record<string, Call> = {
     'VFIO_IOMMU_UNMAP_DMA',
     (fd) => n.vfioIommuUnmapDma(fd, { iova: 0, size: 0, flags: K('VFIO_DMA_UNMAP_FLAG_ALL') }),
   ],
+  vfioIommuMapDmaAt: ['VFIO_IOMMU_MAP_DMA', (fd) => n.vfioIommuMapDmaAt(fd, 0, 4096, 0x7f0000000000n, 3)],
+  vfioIommuUnmapDmaAt: ['VFIO_IOMMU_UNMAP_DMA', (fd) => n.vfioIommuUnmapDmaAt(fd, 0, 4096)],
   vfioGroupGetStatus: ['VFIO_GROUP_GET_STATUS', (fd) => n.vfioGroupGetStatus(fd)],
   vfioGroupSetContainer: ['VFIO_GROUP_SET_CONTAINER', (fd) => n.vfioGroupSetContainer(fd, 0)],
   vfioGroupUnsetContainer: ['VFIO_GROUP_UNSET_CONTAINER', (fd) => n.vfioGroupUnsetContainer(fd)],
@@ -113,6 +115,8 @@ const calls: Record<string, Call> = {
     'IOMMU_IOAS_UNMAP',
     (fd) => n.iommuIoasUnmap(fd, { ioasId: 1, iova: 0, length: 0xffffffffffffffffn }),
   ],
+  iommuIoasMapAt: ['IOMMU_IOAS_MAP', (fd) => n.iommuIoasMapAt(fd, 1, 0, 4096, 0x7f0000000000n, 4)],
+  iommuIoasUnmapAt: ['IOMMU_IOAS_UNMAP', (fd) => n.iommuIoasUnmapAt(fd, 1, 0, 4096)],
   iommuOption: [
     'IOMMU_OPTION',
     (fd) => n.iommuOption(fd, { option: K('IOMMU_OPTION_HUGE_PAGES'), op: K('IOMMU_OPTION_OP_GET'), objectId: 1 }),
@@ -156,6 +160,16 @@ test('bad arguments throw TypeError/RangeError before any ioctl', () => {
     assert.throws(() => any.vfioIommuMapDma!(fd, { vaddr: -1, iova: 0, size: 4096, flags: 3 }), RangeError);
     assert.throws(() => any.vfioIommuMapDma!(fd, { vaddr: 1n << 64n, iova: 0, size: 4096, flags: 3 }), RangeError);
     assert.throws(() => any.vfioIommuUnmapDma!(fd, null), TypeError);
+    // The positional forms (util.h's plain N-API): the same rules for each field.
+    assert.throws(() => any.vfioIommuMapDmaAt!(fd, 0, 4096), TypeError, 'all five arguments');
+    assert.throws(() => any.vfioIommuMapDmaAt!('3', 0, 4096, 1n, 3), TypeError);
+    assert.throws(() => any.vfioIommuMapDmaAt!(fd, -1, 4096, 1n, 3), RangeError);
+    assert.throws(() => any.vfioIommuMapDmaAt!(fd, 0, 4096.5, 1n, 3), RangeError);
+    assert.throws(() => any.vfioIommuMapDmaAt!(fd, 0, 4096, 1n << 64n, 3), RangeError);
+    assert.throws(() => any.vfioIommuMapDmaAt!(fd, 0, 4096, 'x', 3), TypeError);
+    assert.throws(() => any.vfioIommuUnmapDmaAt!(fd, 0), TypeError);
+    assert.throws(() => any.iommuIoasMapAt!(fd, 1, 0, 4096, undefined, 4), TypeError, 'userVa is required');
+    assert.throws(() => any.iommuIoasUnmapAt!(fd, 1, 2 ** 53, 4096), RangeError);
     assert.throws(() => any.vfioGroupSetContainer!(fd, '3'), TypeError);
     assert.throws(() => any.vfioGroupGetDeviceFd!(fd, 42), TypeError);
     assert.throws(() => any.vfioDeviceGetRegionInfo!(fd), TypeError);
@@ -607,6 +621,8 @@ out.iommuInfo = n.vfioIommuGetInfo(V);
 n.vfioIommuMapDma(V, { vaddr: 0x7f1234560000n, iova: 0x100000000, size: 0x40000000n, flags: c.VFIO_DMA_MAP_FLAG_READ | c.VFIO_DMA_MAP_FLAG_WRITE });
 out.unmapped = n.vfioIommuUnmapDma(V, { iova: 0x100000, size: 0x2000, flags: 0 });
 out.unmappedAll = n.vfioIommuUnmapDma(V, { iova: 0, size: 0, flags: c.VFIO_DMA_UNMAP_FLAG_ALL });
+n.vfioIommuMapDmaAt(V, 0x200000, 0x3000, 0x7f1234570000n, c.VFIO_DMA_MAP_FLAG_READ);
+out.unmappedAt = n.vfioIommuUnmapDmaAt(V, 0x200000, 0x3000);
 out.groupStatus = n.vfioGroupGetStatus(V);
 n.vfioGroupSetContainer(V, 0x1234);
 out.deviceFd = n.vfioGroupGetDeviceFd(V, '0000:00:04.0');
@@ -630,6 +646,8 @@ out.ranges = n.iommuIoasIovaRanges(I, 3);
 out.mapAuto = n.iommuIoasMap(I, { ioasId: 3, flags: c.IOMMU_IOAS_MAP_READABLE | c.IOMMU_IOAS_MAP_WRITEABLE, userVa: 0x7f0000000000n, length: 0x200000 });
 out.mapFixed = n.iommuIoasMap(I, { ioasId: 3, flags: c.IOMMU_IOAS_MAP_FIXED_IOVA | c.IOMMU_IOAS_MAP_READABLE, userVa: 0x7f0000400000n, length: 0x1000, iova: 0xfee00000 });
 out.unmapAll = n.iommuIoasUnmap(I, { ioasId: 3, iova: 0, length: 0xffffffffffffffffn });
+n.iommuIoasMapAt(I, 3, 0x300000, 0x2000, 0x7f0000800000n, c.IOMMU_IOAS_MAP_READABLE | c.IOMMU_IOAS_MAP_WRITEABLE);
+out.unmapAt = n.iommuIoasUnmapAt(I, 3, 0x300000, 0x2000);
 out.option = n.iommuOption(I, { option: c.IOMMU_OPTION_HUGE_PAGES, op: c.IOMMU_OPTION_OP_GET, objectId: 3 });
 n.iommuDestroy(I, 3);
 process.stdout.write(JSON.stringify(out, (k, v) => typeof v === 'bigint' ? 'n' + v.toString(16) : v));
@@ -723,11 +741,16 @@ test('fake kernel: struct marshalling, argsz retries, capability chains', (t) =>
   });
 
   // vfio_iommu_type1_dma_map: argsz, flags, vaddr, iova, size
-  const [map] = entries('MAP_DMA');
+  const [map, mapAt] = entries('MAP_DMA');
   assert.equal(map!.length, 32);
   assert.deepEqual(
     [u32(map!, 0), u32(map!, 4), u64(map!, 8), u64(map!, 16), u64(map!, 24)],
     [32, 3, 0x7f1234560000n, 0x100000000n, 0x40000000n],
+  );
+  assert.deepEqual(
+    [mapAt!.length, u32(mapAt!, 0), u32(mapAt!, 4), u64(mapAt!, 8), u64(mapAt!, 16), u64(mapAt!, 24)],
+    [32, 32, 1, 0x7f1234570000n, 0x200000n, 0x3000n],
+    'the positional form fills the same struct',
   );
   const unmaps = entries('UNMAP_DMA');
   assert.deepEqual(
@@ -735,10 +758,12 @@ test('fake kernel: struct marshalling, argsz retries, capability chains', (t) =>
     [
       [24, 24, 0, 0x100000n, 0x2000n],
       [24, 24, 2, 0n, 0n],
+      [24, 24, 0, 0x200000n, 0x3000n],
     ],
   );
   assert.equal(out.unmapped, 'n2000', 'returns the size the kernel wrote back');
   assert.equal(out.unmappedAll, 'n123000');
+  assert.equal(out.unmappedAt, 0x3000, 'the positional form returns a number');
 
   assert.deepEqual(out.groupStatus, { flags: 3 });
   assert.deepEqual(
@@ -883,14 +908,19 @@ test('fake kernel: struct marshalling, argsz retries, capability chains', (t) =>
   assert.deepEqual(maps, [
     [40, 40, 6, 3, 0, 0x7f0000000000n, 0x200000n, 0n],
     [40, 40, 5, 3, 0, 0x7f0000400000n, 0x1000n, 0xfee00000n],
+    [40, 40, 7, 3, 0, 0x7f0000800000n, 0x2000n, 0x300000n], // the positional form: always FIXED_IOVA
   ]);
   assert.equal(out.mapAuto, 'n7000000');
   assert.equal(out.mapFixed, 'nfee00000');
   assert.deepEqual(
     entries('IOAS_UNMAP').map((b) => [b.length, u32(b, 0), u32(b, 4), u64(b, 8), u64(b, 16)]),
-    [[24, 24, 3, 0n, 0xffffffffffffffffn]],
+    [
+      [24, 24, 3, 0n, 0xffffffffffffffffn],
+      [24, 24, 3, 0x300000n, 0x2000n],
+    ],
   );
   assert.equal(out.unmapAll, 'n200000');
+  assert.equal(out.unmapAt, 0x2000);
   assert.deepEqual(
     entries('OPTION').map((b) => [
       b.length,
