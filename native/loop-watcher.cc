@@ -311,12 +311,7 @@ static napi_value LoopWatcherKvmRun(napi_env env, napi_callback_info cbinfo) {
         r = -e;
         break;
       }
-      try {
-        ThrowErrno(Napi::Env(env), "ioctl(KVM_RUN)", e);
-      } catch (const Napi::Error &err) {
-        err.ThrowAsJavaScriptException();
-      }
-      return nullptr;
+      return RawThrowErrno(env, "ioctl(KVM_RUN)", e);
     }
     if (!w->reads || !AnswerLocalRead(w->reads)) break;
     if (w->budgetMs >= 0 && (n & 15) == 0 && MonotonicMs() - w->armedAtMs > w->budgetMs) {
@@ -371,10 +366,7 @@ void InitLoopWatcher(Napi::Env env, Napi::Object exports) {
   TSVMM_EXPORT(exports, "loopWatcherArm", LoopWatcherArm);
   TSVMM_EXPORT(exports, "loopWatcherRefresh", LoopWatcherRefresh);
   TSVMM_EXPORT(exports, "loopWatcherBind", LoopWatcherBind);
-  napi_value run;
-  if (napi_create_function(env, "loopWatcherKvmRun", NAPI_AUTO_LENGTH, LoopWatcherKvmRun, nullptr, &run) != napi_ok)
-    throw Napi::Error::New(env, "napi_create_function(loopWatcherKvmRun) failed");
-  exports.Set("loopWatcherKvmRun", Napi::Value(env, run));
+  ExportRaw(env, exports, "loopWatcherKvmRun", LoopWatcherKvmRun);
   TSVMM_EXPORT(exports, "loopWatcherDisarm", LoopWatcherDisarm);
   TSVMM_EXPORT(exports, "loopWatcherFired", LoopWatcherFired);
   TSVMM_EXPORT(exports, "loopWatcherStats", LoopWatcherStats);

@@ -26,20 +26,10 @@ void ThrowErrno(Napi::Env env, const std::string &syscall, int err) {
 }
 
 uint64_t ToU64(Napi::Env env, Napi::Value v, const char *what) {
-  if (v.IsBigInt()) {
-    bool lossless = true;
-    uint64_t r = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) throw Napi::RangeError::New(env, std::string(what) + " does not fit in 64 bits");
-    return r;
-  }
-  if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (d < 0 || d > 9007199254740991.0 || d != (double)(uint64_t)d)
-      throw Napi::RangeError::New(env, std::string(what) + " must be a non-negative safe integer or a bigint");
-    return (uint64_t)d;
-  }
   if (v.IsUndefined()) return 0;
-  throw Napi::TypeError::New(env, std::string(what) + " must be a number or bigint");
+  uint64_t r;
+  if (!RawU64(env, v, &r, what)) throw Napi::Error::New(env);  // the TypeError/RangeError RawU64 threw
+  return r;
 }
 
 int IoctlRetry(int fd, unsigned long req, void *arg) {

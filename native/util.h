@@ -68,7 +68,7 @@ uint64_t ReqU64(Napi::Object o, const char *key);
 // Each returns false after throwing (a TypeError or RangeError naming `what`).
 bool RawArgs(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *fn);
 bool RawI32(napi_env env, napi_value v, int32_t *out, const char *what);
-// A non-negative safe-integer number or a bigint that fits in 64 bits (as ToU64, required).
+// A non-negative safe-integer number or a bigint that fits in 64 bits (ToU64's rules; required).
 bool RawU64(napi_env env, napi_value v, uint64_t *out, const char *what);
 // Throws ThrowErrno's Error (code, errno, syscall) from a plain N-API function; returns nullptr.
 napi_value RawThrowErrno(napi_env env, const std::string &syscall, int err);
