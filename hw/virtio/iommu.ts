@@ -548,7 +548,7 @@ export class VirtioIommu implements VirtioDevice {
     // A mapping the range would split stays whole, and so does every other (§5.13.6.7). Only
     // the first and the last can reach past the range.
     if (hits[0]!.start < s || hits[hits.length - 1]!.end > e) return VIRTIO_IOMMU_S_RANGE;
-    for (const m of hits) d.mappings.remove(m.start);
+    for (let i = 0; i < hits.length; i++) d.mappings.remove(hits[i]!.start);
     this.mappingCount -= hits.length;
     // One host call for all of them (the host unmaps what lies wholly inside, as the guest's do).
     const first = hits[0]!.start,

@@ -371,7 +371,9 @@ export class SplitVirtqueue {
   writeChain(chain: VirtqChain, data: Uint8Array, offset = 0): number {
     let skip = offset,
       done = 0;
-    for (const b of chain.writable) {
+    const bufs = chain.writable;
+    for (let i = 0; i < bufs.length; i++) {
+      const b = bufs[i]!;
       if (done >= data.length) break;
       if (skip >= b.len) {
         skip -= b.len;

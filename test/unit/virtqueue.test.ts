@@ -370,6 +370,39 @@ test('guest memory over the memory API: RAM sections only, across section and ch
   assert.equal(m.read(0x3fff, new Uint8Array(2)), false, 'ROM into MMIO does not');
 });
 
+test('guest memory: the section an access found last is not used after the memory map changed', () => {
+  const a = Uint8Array.from({ length: 0x2000 }, () => 0xa1),
+    b = Uint8Array.from({ length: 0x2000 }, () => 0xb2);
+  const root = MemoryRegion.container('root', 0x100000);
+  const ra = MemoryRegion.ram('a', 0x2000, { hostAddr: 0n, bytes: a });
+  root.addSubregion(0x10000, ra);
+  const m = new AddressSpaceMemory(new AddressSpace('mem', root));
+  const r = new Uint8Array(16);
+  assert.equal(m.read(0x10100, r), true);
+  assert.equal(r[0], 0xa1);
+  assert.equal(m.write(0x10200, Uint8Array.of(7)), true, 'the same section again');
+  assert.equal(a[0x200], 7);
+  assert.equal(m.read(0x11ff8, r), false, 'past the section end from a section found before');
+  // A BAR placed over part of the RAM: that part is MMIO now.
+  const bar = MemoryRegion.io('bar', 0x1000, { read: () => 0, write: () => {} });
+  root.addSubregion(0x10000, bar, 1);
+  assert.equal(m.read(0x10100, r), false, 'MMIO over the RAM is not RAM');
+  assert.equal(m.write(0x10200, Uint8Array.of(9)), false);
+  assert.equal(a[0x200], 7, 'the hidden RAM untouched');
+  assert.equal(m.read(0x11100, r), true, 'the RAM beside it still is');
+  root.removeSubregion(bar);
+  // The RAM replaced by other RAM at the same address, then by ROM.
+  root.removeSubregion(ra);
+  const rb = MemoryRegion.ram('b', 0x2000, { hostAddr: 0n, bytes: b });
+  root.addSubregion(0x10000, rb);
+  assert.equal(m.read(0x10100, r), true);
+  assert.equal(r[0], 0xb2, 'the new RAM is read, not the old');
+  root.removeSubregion(rb);
+  root.addSubregion(0x10000, MemoryRegion.ram('rom', 0x2000, { hostAddr: 0n, bytes: b }, { readonly: true }));
+  assert.equal(m.write(0x10100, Uint8Array.of(1)), false, 'ROM takes no writes');
+  assert.equal(m.check(0x10100, 4, false), true);
+});
+
 test("guest memory: read and write take an offset and a length in the caller's buffer (both backings), checked against it", () => {
   const root = MemoryRegion.container('root', 0x10000);
   const a = new Uint8Array(0x1000),
