@@ -217,7 +217,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi) {
   else if (boot_info.flags & MBI_FLAG_MEM) printf("tsvmm-guest: memory lower %uK upper %uK\n", boot_info.mem_lower, boot_info.mem_upper);
   printf("tsvmm-guest: cmdline \"%s\"\n", cmdline);
   timer_init();
-  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0, 0, 0, 0};
+  struct options o = {0, -1, -1, 0, 0, 0, 0, 0x1b36, 0x0010, 1, 0, 0, 0, 0, 0};
   parse_cmdline(cmdline, &o);
   int rc;
   if (!o.test) rc = demo();

@@ -54,6 +54,7 @@ static uint8_t req[128] __attribute__((aligned(8)));
 static volatile uint8_t resp[520] __attribute__((aligned(8)));
 
 static uint32_t common, notify, isr, device, notify_mult;
+static bool notify_io; /* the doorbell the device lists first is a port (its I/O BAR) */
 static uint16_t avail_idx, used_seen;
 static int failures;
 
@@ -74,11 +75,16 @@ static bool find_caps(uint32_t bdf) {
     uint8_t type = pci_read8(bdf, p + 3), bar = pci_read8(bdf, p + 4);
     if (type < CAP_COMMON || type > CAP_DEVICE) continue; /* the PCI config access capability names no mapped BAR */
     const char *why = 0;
-    uint32_t base = pci_bar_mem(bdf, bar, &why);
+    uint32_t raw = bar < 6 ? pci_read32(bdf, 0x10 + 4 * bar) : 0;
+    /* The first capability of each type is the device's preference (virtio 1.2 4.1.4); a notify
+     * structure may be in an I/O BAR. */
+    bool io = (raw & 1) != 0;
+    uint32_t base = io ? (raw & 0xfffc) : pci_bar_mem(bdf, bar, &why);
     if (!base) { printf("tsvmm-guest: virtio BAR%u: %s\n", bar, why ? why : "unassigned"); return false; }
+    if (io && type != CAP_NOTIFY) { printf("tsvmm-guest: virtio BAR%u: an I/O BAR for capability %u\n", bar, type); return false; }
     uint32_t at = base + pci_read32(bdf, p + 8);
     if (type == CAP_COMMON && !common) common = at;
-    else if (type == CAP_NOTIFY && !notify) notify = at, notify_mult = pci_read32(bdf, p + 16);
+    else if (type == CAP_NOTIFY && !notify) notify = at, notify_mult = pci_read32(bdf, p + 16), notify_io = io;
     else if (type == CAP_ISR && !isr) isr = at;
     else if (type == CAP_DEVICE && !device) device = at;
   }
@@ -99,14 +105,22 @@ static void driver_features(uint64_t f) {
   mmio_write32(common + C_GF, (uint32_t)(f >> 32));
 }
 
+/* Rings queue q's doorbell: the value written is the queue's index (what a port doorbell shared
+ * by every queue, notify_off_multiplier 0, tells them apart by). */
+static void ring(uint16_t q) {
+  wr16(common + C_QSEL, q);
+  uint32_t at = notify + rd16(common + C_QNOFF) * notify_mult;
+  if (notify_io) outw(q, (uint16_t)at);
+  else wr16(at, q);
+}
+
 /* Makes head available, rings the doorbell, polls the used ring; returns the used length or -1. */
 static int kick_and_wait(uint16_t head) {
   ring_avail.ring[avail_idx % QSIZE] = head;
   barrier();
   ring_avail.idx = ++avail_idx;
   barrier();
-  wr16(common + C_QSEL, 0);
-  wr16(notify + rd16(common + C_QNOFF) * notify_mult, 0);
+  ring(0);
   uint64_t d = deadline_ms(TIMEOUT_MS);
   while (ring_used.idx == used_seen) {
     if (expired(d)) return -1;
@@ -138,9 +152,10 @@ static void put32(uint32_t at, uint32_t v) { memcpy(req + at, &v, 4); }
 static bool bring_up(int *rc) {
   uint32_t bdf = pci_find(0x1af4, 0x1057);
   if (bdf == PCI_NONE) { printf("tsvmm-guest: no virtio-iommu (1af4:1057)\n"); *rc = EXIT_USAGE; return false; }
-  pci_write16(bdf, PCI_COMMAND, PCI_CMD_MEM | PCI_CMD_MASTER);
+  pci_write16(bdf, PCI_COMMAND, PCI_CMD_IO | PCI_CMD_MEM | PCI_CMD_MASTER);
   if (!find_caps(bdf)) { printf("tsvmm-guest: virtio capabilities missing\n"); *rc = EXIT_USAGE; return false; }
-  result("capabilities: common, notify, ISR, device config", notify_mult ? 0 : "notify_off_multiplier 0");
+  result("capabilities: common, notify, ISR, device config", notify_io || notify_mult ? 0 : "notify_off_multiplier 0");
+  printf("tsvmm-guest: virtio doorbell: %s\n", notify_io ? "port I/O" : "MMIO");
   wr8(common + C_STATUS, 0);
   result("reset reads back 0", rd8(common + C_STATUS) == 0 ? 0 : "status not 0");
   wr8(common + C_STATUS, S_ACK | S_DRIVER);
@@ -209,7 +224,7 @@ int test_virtio_iommu(const struct options *o) {
   ring_avail.ring[avail_idx % QSIZE] = 0;
   barrier();
   ring_avail.idx = ++avail_idx;
-  wr16(notify + rd16(common + C_QNOFF) * notify_mult, 0);
+  ring(0);
   uint64_t d = deadline_ms(TIMEOUT_MS);
   while (!(rd8(common + C_STATUS) & S_NEEDS_RESET) && !expired(d)) cpu_relax();
   result("a buffer outside RAM: DEVICE_NEEDS_RESET", rd8(common + C_STATUS) & S_NEEDS_RESET ? 0 : "not set");

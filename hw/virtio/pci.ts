@@ -2,8 +2,10 @@
 // the four vendor capabilities — common config, notify (notify_off_multiplier 4, one doorbell per
 // queue), ISR, device config — in one 64-bit memory BAR (BAR 4, as QEMU lays it out), the PCI
 // config access capability the spec requires, and MSI-X (BAR 1: table and PBA) for one vector per
-// queue plus the config vector; INTx with the ISR when MSI-X is off. A queue notify can be bound to
-// an eventfd (VirtioNotifyBinder: KVM_IOEVENTFD on the machine) so the writing vCPU does not wait
+// queue plus the config vector; INTx with the ISR when MSI-X is off. Optionally (pioNotify, QEMU's
+// modern-pio-notify) a second notify structure listed first: one port in an I/O BAR (BAR 2), the
+// queue's index written to it. A queue notify can be bound to an eventfd (VirtioNotifyBinder:
+// KVM_IOEVENTFD on the machine, the port's matched on the value) so the writing vCPU does not wait
 // for the device model.
 //
 // What the driver does wrong is contained: features it was not offered (or without VERSION_1)
@@ -60,12 +62,16 @@ export const VIRTIO_BAR = 4,
 export const MSIX_BAR = 1,
   MSIX_BAR_SIZE = 0x1000,
   MSIX_PBA_OFF = 0x800;
+/** The port-I/O doorbell (pioNotify): one 16-bit port in its own I/O BAR, written the queue's index. */
+export const PIO_NOTIFY_BAR = 2,
+  PIO_NOTIFY_SIZE = 4;
 export const CAP_MSIX = 0x40,
   CAP_COMMON = 0x50,
   CAP_NOTIFY = 0x60,
   CAP_ISR = 0x78,
   CAP_DEVICE = 0x88,
-  CAP_PCI_CFG = 0x98;
+  CAP_PCI_CFG = 0x98,
+  CAP_NOTIFY_PIO = 0xac;
 
 // Common configuration structure offsets (§4.1.4.3).
 export const COMMON = {
@@ -92,7 +98,11 @@ export const COMMON = {
  * `len` bytes at guest-physical `addr` calls onNotify on the event loop, with no exit to wait on.
  */
 export interface VirtioNotifyBinder {
-  bind(addr: number, len: number, onNotify: () => void): { close(): void };
+  /**
+   * With `pio`: a port write of `len` bytes at port `addr` whose value is `pio.datamatch` (the
+   * port doorbell every queue shares, told apart by the value).
+   */
+  bind(addr: number, len: number, onNotify: () => void, pio?: { datamatch: number }): { close(): void };
 }
 
 export interface VirtioPciOptions {
@@ -106,6 +116,15 @@ export interface VirtioPciOptions {
   /** PCI class code (base << 16 | sub << 8 | prog-if). */
   classCode: number;
   notifyBinder?: VirtioNotifyBinder;
+  /**
+   * Also a port-I/O doorbell (QEMU's modern-pio-notify), listed before the memory one so a driver
+   * takes it first (§4.1.4: the capability order is the device's preference; the spec's drivers
+   * use the first they can): a port write exits with its port, size and value, where KVM must
+   * fetch and decode the guest's instruction for an MMIO write. For a device whose doorbells are
+   * answered on the vCPU that rings them. It needs I/O space: not for a device behind a bridge
+   * without an I/O window.
+   */
+  pioNotify?: boolean;
 }
 
 interface QueueState {
@@ -136,6 +155,8 @@ export class VirtioPciDevice extends PciDevice {
   private isr = 0;
   private broken = false;
   private bound: { close(): void }[] = [];
+  /** The port-I/O doorbell's BAR (pioNotify). */
+  readonly pioBar: PciBar | undefined;
 
   constructor(
     readonly device: VirtioDevice,
@@ -202,6 +223,16 @@ export class VirtioPciDevice extends PciDevice {
     msixBar.addSubregion(0, this.msix.tableRegion);
     msixBar.addSubregion(MSIX_PBA_OFF, this.msix.pbaRegion);
     this.registerBar(MSIX_BAR, 'mem32', MSIX_BAR_SIZE, msixBar);
+    if (o.pioNotify) {
+      // Every queue's doorbell is the one port (notify_off_multiplier 0); the value names the queue.
+      const doorbell = MemoryRegion.io(
+        `${o.id}-notify-pio`,
+        PIO_NOTIFY_SIZE,
+        { read: () => 0, write: (off, size, value) => this.pioNotifyWrite(off, size, Number(value)) },
+        { valid: { minAccessSize: 1, maxAccessSize: 4 } },
+      );
+      this.pioBar = this.registerBar(PIO_NOTIFY_BAR, 'io', PIO_NOTIFY_SIZE, doorbell);
+    }
 
     this.writeCapabilities();
   }
@@ -217,16 +248,27 @@ export class VirtioPciDevice extends PciDevice {
     c[PCI_CAPABILITY_LIST] = CAP_MSIX;
     c[CAP_MSIX + 1] = CAP_COMMON;
     this.msix.writeCapabilityTo(c, this.wmask);
-    const cap = (at: number, next: number, len: number, type: number, off: number, length: number) => {
+    const cap = (
+      at: number,
+      next: number,
+      len: number,
+      type: number,
+      off: number,
+      length: number,
+      bar = VIRTIO_BAR,
+    ) => {
       c[at] = 0x09; // vendor-specific
       c[at + 1] = next;
       c[at + 2] = len;
       c[at + 3] = type;
-      c[at + 4] = VIRTIO_BAR;
+      c[at + 4] = bar;
       v.setUint32(at + 8, off, true);
       v.setUint32(at + 12, length, true);
     };
-    cap(CAP_COMMON, CAP_NOTIFY, 16, VIRTIO_PCI_CAP_COMMON_CFG, COMMON_OFF, COMMON_SIZE);
+    const pio = this.pioBar !== undefined;
+    cap(CAP_COMMON, pio ? CAP_NOTIFY_PIO : CAP_NOTIFY, 16, VIRTIO_PCI_CAP_COMMON_CFG, COMMON_OFF, COMMON_SIZE);
+    // The port doorbell first (preferred), multiplier 0: all queues ring the same port.
+    if (pio) cap(CAP_NOTIFY_PIO, CAP_NOTIFY, 20, VIRTIO_PCI_CAP_NOTIFY_CFG, 0, 2, PIO_NOTIFY_BAR);
     cap(CAP_NOTIFY, CAP_ISR, 20, VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY_OFF, this.queues.length * NOTIFY_MULTIPLIER);
     v.setUint32(CAP_NOTIFY + 16, NOTIFY_MULTIPLIER, true);
     cap(CAP_ISR, CAP_DEVICE, 16, VIRTIO_PCI_CAP_ISR_CFG, ISR_OFF, 1);
@@ -241,21 +283,28 @@ export class VirtioPciDevice extends PciDevice {
   }
 
   /** The access the PCI config access capability describes, if it names this BAR and a valid size. */
-  private cfgWindow(): { off: number; size: number } | undefined {
+  private cfgWindow(): { off: number; size: number; pio: boolean } | undefined {
     const v = new DataView(this.config.buffer);
     const bar = this.config[CAP_PCI_CFG + 4]!,
       off = v.getUint32(CAP_PCI_CFG + 8, true),
       size = v.getUint32(CAP_PCI_CFG + 12, true);
-    if (bar !== VIRTIO_BAR || (size !== 1 && size !== 2 && size !== 4) || off % size || off + size > VIRTIO_BAR_SIZE)
+    // The port doorbell's BAR too: the window reaches every BAR a structure is in.
+    const pio = bar === PIO_NOTIFY_BAR && this.pioBar !== undefined;
+    const end = pio ? PIO_NOTIFY_SIZE : VIRTIO_BAR_SIZE;
+    if ((bar !== VIRTIO_BAR && !pio) || (size !== 1 && size !== 2 && size !== 4) || off % size || off + size > end)
       return undefined;
-    return { off, size };
+    return { off, size, pio };
   }
 
   override configRead(off: number, size: number): number {
     const data = CAP_PCI_CFG + 16;
     if (off < data + 4 && data < off + size) {
       const w = this.cfgWindow();
-      new DataView(this.config.buffer).setUint32(data, w ? Number(this.barRead(w.off, w.size)) >>> 0 : 0, true);
+      new DataView(this.config.buffer).setUint32(
+        data,
+        w && !w.pio ? Number(this.barRead(w.off, w.size)) >>> 0 : 0,
+        true,
+      );
     }
     return super.configRead(off, size);
   }
@@ -267,12 +316,14 @@ export class VirtioPciDevice extends PciDevice {
     if (touches(PCI_COMMAND, 2)) this.updateIntx();
     if (touches(CAP_PCI_CFG + 16, 4) && off === CAP_PCI_CFG + 16) {
       const w = this.cfgWindow();
-      if (w) this.barWrite(w.off, w.size, value & (w.size === 4 ? 0xffffffff : (1 << (8 * w.size)) - 1));
+      const v = value & (w && w.size === 4 ? 0xffffffff : (1 << (8 * (w?.size ?? 4))) - 1);
+      if (w?.pio) this.pioNotifyWrite(w.off, w.size, v);
+      else if (w) this.barWrite(w.off, w.size, v);
     }
   }
 
   protected override onBarMapped(bar: PciBar): void {
-    if (bar === this.bar) this.syncNotifyFds();
+    if (bar === this.bar || bar === this.pioBar) this.syncNotifyFds();
   }
 
   // --- the virtio BAR ----------------------------------------------------------------------------
@@ -303,6 +354,11 @@ export class VirtioPciDevice extends PciDevice {
     }
     if (off >= NOTIFY_OFF && off < NOTIFY_OFF + this.queues.length * NOTIFY_MULTIPLIER)
       this.notify(Math.floor((off - NOTIFY_OFF) / NOTIFY_MULTIPLIER));
+  }
+
+  /** A write to the port doorbell: the queue index is the value (§4.1.4.4 with notify_off_multiplier 0). */
+  private pioNotifyWrite(off: number, size: number, value: number): void {
+    if (off === 0 && size >= 2) this.notify(value & 0xffff);
   }
 
   private get selected(): QueueState | undefined {
@@ -632,13 +688,17 @@ export class VirtioPciDevice extends PciDevice {
   private syncNotifyFds(): void {
     this.unbindNotifyFds();
     const binder = this.o.notifyBinder;
-    const at = this.bar.mappedAt;
-    if (!binder || at === undefined || !(this.status & VIRTIO_STATUS_DRIVER_OK)) return;
+    const at = this.bar.mappedAt,
+      port = this.pioBar?.mappedAt;
+    if (!binder || !(this.status & VIRTIO_STATUS_DRIVER_OK)) return;
     this.queues.forEach((q, i) => {
       if (!q.vq) return;
-      this.contain('ioeventfd', () =>
-        this.bound.push(binder.bind(at + NOTIFY_OFF + i * NOTIFY_MULTIPLIER, 2, () => this.notify(i))),
-      );
+      if (at !== undefined)
+        this.contain('ioeventfd', () =>
+          this.bound.push(binder.bind(at + NOTIFY_OFF + i * NOTIFY_MULTIPLIER, 2, () => this.notify(i))),
+        );
+      if (port !== undefined)
+        this.contain('ioeventfd', () => this.bound.push(binder.bind(port, 2, () => this.notify(i), { datamatch: i })));
     });
   }
 }

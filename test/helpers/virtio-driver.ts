@@ -78,7 +78,12 @@ export class VirtioTestDriver {
   private dataNext = DATA_BASE;
   private eventIdx = false;
 
-  constructor(device: VirtioDevice, mem = new FlatMemory(new Uint8Array(RAM_SIZE)), notifyBinder?: VirtioNotifyBinder) {
+  constructor(
+    device: VirtioDevice,
+    mem = new FlatMemory(new Uint8Array(RAM_SIZE)),
+    notifyBinder?: VirtioNotifyBinder,
+    pioNotify = false,
+  ) {
     this.mem = mem;
     this.dev = new VirtioPciDevice(device, {
       id: 'vdev',
@@ -87,6 +92,7 @@ export class VirtioTestDriver {
       mem,
       classCode: 0xff0000,
       ...(notifyBinder ? { notifyBinder } : {}),
+      pioNotify,
     });
   }
 

@@ -1,8 +1,9 @@
 // The vIOMMU in a running machine: the virtio-iommu on the guest's PCI bus (the demo guest lists
 // it), driven by the test guest's own virtio driver (guest/src/test-virtio.c: capabilities,
-// negotiation, config, requests polled on the used ring, NEEDS_RESET, reset) over real MMIO exits
-// and, with two vCPUs, KVM ioeventfd doorbells; a device behind it is opened as any other (its
-// DMA behind the vIOMMU is tested in the test host: test/host/linux/viommu-assigned.test.ts).
+// negotiation, config, requests polled on the used ring, NEEDS_RESET, reset) over real port-I/O
+// exits (the port doorbell the device lists first) and, with two vCPUs, KVM ioeventfd doorbells;
+// a device behind it is opened as any other (its DMA behind the vIOMMU is tested in the test
+// host: test/host/linux/viommu-assigned.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -33,12 +34,17 @@ test('--device virtio-iommu-pci: the guest finds 1af4:1057 in the slot asked for
 });
 
 for (const cpus of ['1', '2'])
-  test(`the test guest's virtio driver runs the virtio-iommu (${cpus} vCPU${cpus === '1' ? ': doorbells are MMIO exits' : 's: doorbells on ioeventfds'})`, () => {
+  test(`the test guest's virtio driver runs the virtio-iommu (${cpus} vCPU${cpus === '1' ? ': doorbells are port-I/O exits' : 's: doorbells on ioeventfds'})`, () => {
     const r = run('--cpus', cpus, '--cmdline', 'test=virtio-iommu', '--device', 'virtio-iommu-pci');
     assert.equal(r.status, 0, `${r.stderr}\n${r.stdout}`);
     assert.doesNotMatch(r.stdout, /^FAIL/m);
     assert.equal(r.stdout.match(/^PASS /gm)?.length, 14, r.stdout);
     assert.match(r.stdout, /^tsvmm-guest: virtio-iommu passed$/m);
+    assert.match(
+      r.stdout,
+      /^tsvmm-guest: virtio doorbell: port I\/O$/m,
+      'the port doorbell, listed first, is the one taken',
+    );
   });
 
 test('a device behind the vIOMMU is looked up and opened as any other: a missing host device is named, with the fix', () => {

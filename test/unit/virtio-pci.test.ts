@@ -17,11 +17,12 @@ import {
   DEVICE_OFF,
   ISR_OFF,
   NOTIFY_OFF,
+  PIO_NOTIFY_BAR,
   VIRTIO_BAR,
   VIRTIO_MSI_NO_VECTOR,
   type VirtioNotifyBinder,
 } from '../../hw/virtio/pci.js';
-import { PciBus, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MEMORY } from '../../hw/pci.js';
+import { PciBus, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MEMORY } from '../../hw/pci.js';
 import { MemoryRegion } from '../../core/memory/index.js';
 import { VirtioTestDriver, queueBase } from '../helpers/virtio-driver.js';
 
@@ -349,5 +350,98 @@ test('virtio-pci: doorbells bound to eventfds while the driver runs the device a
   binds.length = 0;
   d.status(0);
   assert.deepEqual(binds, ['close 0xe0003000', 'close 0xe0003004'], 'a reset unbinds');
+  assert.equal(bound.size, 0);
+});
+
+test('virtio-pci: the port doorbell (pioNotify) is listed before the memory one, and the value written names the queue', () => {
+  const echo = new EchoDevice();
+  const d = new VirtioTestDriver(echo, undefined, undefined, true);
+  const { caps, ids } = vendorCaps(d);
+  assert.deepEqual(ids, [0x11, 9, 9, 9, 9, 9, 9], 'MSI-X, the five virtio capabilities and the second notify');
+  const notifies = caps.filter((c) => c.type === 2);
+  assert.equal(notifies.length, 2);
+  const [pio, mmio] = notifies as [(typeof caps)[0], (typeof caps)[0]];
+  assert.equal(pio.bar, PIO_NOTIFY_BAR, 'the first notify structure a driver finds is the port');
+  assert.equal(pio.offset, 0);
+  assert.ok(pio.length >= 2);
+  assert.equal(d.dev.configRead(pio.at + 16, 4), 0, 'notify_off_multiplier 0: one port for every queue');
+  assert.equal(mmio.bar, VIRTIO_BAR, 'the memory doorbell is still there, second');
+  assert.equal(mmio.offset, NOTIFY_OFF);
+  assert.equal(d.dev.pioBar?.type, 'io');
+  assert.equal(d.dev.pioBar?.size, 4);
+  const port = (size: number, v: number) => d.dev.pioBar!.region.ops!.write(0, size, v);
+  assert.ok(d.init(F, 2));
+  d.submit(1, [{ data: Uint8Array.of(1, 2) }, { writeLen: 2 }], { kick: false });
+  port(2, 0);
+  assert.equal(d.takeUsed(1).length, 0, 'a write of 0 rings queue 0, not 1');
+  port(1, 1);
+  assert.equal(d.takeUsed(1).length, 0, 'a one-byte write is no doorbell');
+  port(2, 7);
+  assert.equal(d.takeUsed(1).length, 0, 'a queue the device does not have: nothing');
+  port(2, 1);
+  assert.equal(d.takeUsed(1).length, 1, 'the value names the queue');
+  d.submit(0, [{ data: Uint8Array.of(3) }, { writeLen: 1 }], { kick: false });
+  port(4, 0);
+  assert.equal(d.takeUsed(0).length, 1, 'a 4-byte write rings too (its low 16 bits)');
+  // The memory doorbell keeps working beside it.
+  d.submit(0, [{ data: Uint8Array.of(4) }, { writeLen: 1 }]);
+  assert.equal(d.takeUsed(0).length, 1);
+  // Through the PCI config access capability's window onto the port's BAR.
+  d.submit(1, [{ data: Uint8Array.of(5) }, { writeLen: 1 }], { kick: false });
+  d.dev.configWrite(CAP_PCI_CFG + 4, 1, PIO_NOTIFY_BAR);
+  d.dev.configWrite(CAP_PCI_CFG + 8, 4, 0);
+  d.dev.configWrite(CAP_PCI_CFG + 12, 4, 2);
+  d.dev.configWrite(CAP_PCI_CFG + 16, 4, 1);
+  assert.equal(d.takeUsed(1).length, 1, 'the window rings the port doorbell');
+  assert.equal(d.dev.configRead(CAP_PCI_CFG + 16, 4), 0, 'the port reads 0');
+  const plain = new VirtioTestDriver(new EchoDevice());
+  assert.equal(plain.dev.pioBar, undefined, 'only when asked for');
+  plain.dev.configWrite(CAP_PCI_CFG + 4, 1, PIO_NOTIFY_BAR);
+  plain.dev.configWrite(CAP_PCI_CFG + 12, 4, 2);
+  plain.dev.configWrite(CAP_PCI_CFG + 16, 4, 1); // no such BAR: nothing (and no throw)
+});
+
+test('virtio-pci: the port doorbell is bound to an eventfd per queue, matched on the value, while the I/O BAR decodes', () => {
+  const echo = new EchoDevice();
+  const binds: string[] = [];
+  const bound = new Map<string, () => void>();
+  const binder: VirtioNotifyBinder = {
+    bind(addr, len, onNotify, pio) {
+      const key = `${pio ? 'port' : 'mmio'} 0x${addr.toString(16)}/${len}${pio ? `=${pio.datamatch}` : ''}`;
+      binds.push(`bind ${key}`);
+      bound.set(key, onNotify);
+      return {
+        close: () => {
+          binds.push(`close ${key}`);
+          bound.delete(key);
+        },
+      };
+    },
+  };
+  const d = new VirtioTestDriver(echo, undefined, binder, true);
+  const bus = new PciBus(MemoryRegion.container('mem', 2 ** 40), MemoryRegion.container('io', 0x10000), 2 ** 40);
+  bus.attach(d.dev, 3);
+  d.dev.configWrite(0x10 + 4 * PIO_NOTIFY_BAR, 4, 0xc000);
+  d.dev.configWrite(PCI_COMMAND, 2, PCI_COMMAND_IO);
+  assert.ok(d.init(F, 2));
+  assert.deepEqual(binds, ['bind port 0xc000/2=0', 'bind port 0xc000/2=1'], 'memory BAR not decoding: ports only');
+  d.submit(1, [{ data: Uint8Array.of(1) }, { writeLen: 1 }], { kick: false });
+  bound.get('port 0xc000/2=1')!();
+  assert.equal(d.takeUsed(1).length, 1);
+  binds.length = 0;
+  d.dev.configWrite(0x10 + 4 * PIO_NOTIFY_BAR, 4, 0xc040);
+  assert.deepEqual(binds, [
+    'close port 0xc000/2=0',
+    'close port 0xc000/2=1',
+    'bind port 0xc040/2=0',
+    'bind port 0xc040/2=1',
+  ]);
+  binds.length = 0;
+  d.dev.configWrite(PCI_COMMAND, 2, 0);
+  assert.deepEqual(binds, ['close port 0xc040/2=0', 'close port 0xc040/2=1'], 'I/O decoding off: none');
+  d.dev.configWrite(PCI_COMMAND, 2, PCI_COMMAND_IO);
+  binds.length = 0;
+  d.status(0);
+  assert.deepEqual(binds, ['close port 0xc040/2=0', 'close port 0xc040/2=1'], 'a reset unbinds');
   assert.equal(bound.size, 0);
 });
