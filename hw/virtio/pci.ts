@@ -316,9 +316,11 @@ export class VirtioPciDevice extends PciDevice {
     if (touches(PCI_COMMAND, 2)) this.updateIntx();
     if (touches(CAP_PCI_CFG + 16, 4) && off === CAP_PCI_CFG + 16) {
       const w = this.cfgWindow();
-      const v = value & (w && w.size === 4 ? 0xffffffff : (1 << (8 * (w?.size ?? 4))) - 1);
-      if (w?.pio) this.pioNotifyWrite(w.off, w.size, v);
-      else if (w) this.barWrite(w.off, w.size, v);
+      if (w) {
+        const v = value & (w.size === 4 ? 0xffffffff : (1 << (8 * w.size)) - 1);
+        if (w.pio) this.pioNotifyWrite(w.off, w.size, v);
+        else this.barWrite(w.off, w.size, v);
+      }
     }
   }
 
