@@ -602,6 +602,17 @@ export class VirtioPciDevice extends PciDevice {
     return this.isr;
   }
 
+  /**
+   * The transport's and the device's state (status, features, queues; the virtio-iommu's domains
+   * and mappings) is not in a snapshot: once a driver has started on the device, a restored guest
+   * would find it reset under it and wait on its queues for ever (QEMU migrates both). Before
+   * that there is nothing to lose.
+   */
+  override migrationBlocker(): string | undefined {
+    if (this.status === 0 && !this.msix.enabled) return undefined;
+    return "its virtio state (the queues, and the device's own: the virtio-iommu's domains and mappings) is not saved by this version";
+  }
+
   // --- errors and reset ----------------------------------------------------------------------------
 
   /**

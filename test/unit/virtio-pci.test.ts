@@ -445,3 +445,14 @@ test('virtio-pci: the port doorbell is bound to an eventfd per queue, matched on
   assert.deepEqual(binds, ['close port 0xc040/2=0', 'close port 0xc040/2=1'], 'a reset unbinds');
   assert.equal(bound.size, 0);
 });
+
+test('virtio-pci: a device a driver has started blocks a snapshot (its virtio state is not saved), one never started or reset does not', () => {
+  const { d } = setup();
+  assert.equal(d.dev.migrationBlocker(), undefined, 'no driver yet: config space is all there is');
+  assert.ok(d.init(F, 2));
+  assert.match(d.dev.migrationBlocker() ?? '', /virtio state .* is not saved/);
+  d.status(0);
+  assert.equal(d.dev.migrationBlocker(), undefined, 'reset: nothing to lose');
+  d.dev.configWrite(0x40 + 2, 2, 0x8000); // MSI-X on: its table is not saved either
+  assert.match(d.dev.migrationBlocker() ?? '', /not saved/);
+});
