@@ -9,7 +9,7 @@
 //           vCPUs exit as fast as they can
 //   sigint  SIGINT → process exit while the guest exits as fast as it can
 //   viommu, viommuCpu  virtio-iommu request round trips/s (test=bench-viommu: a MAP answered S_NOENT,
-//           the used ring polled; 1 vCPU, so each doorbell is an MMIO exit) and the VMM's CPU outside
+//           the used ring polled; 1 vCPU, so each doorbell is an exit) and the VMM's CPU outside
 //           the guest per request (tsvmm and QEMU's -device virtio-iommu-pci; the null VMM has none)
 //   launch  launch → first serial byte (1 vCPU, RSS_MIB of RAM, no device), the main bench's launch row
 //   private, pss  what a host pays beyond guest RAM, same launch, in the middle of its port-I/O loop:

@@ -55,6 +55,7 @@ static volatile uint8_t resp[520] __attribute__((aligned(8)));
 
 static uint32_t common, notify, isr, device, notify_mult;
 static bool notify_io; /* the doorbell the device lists first is a port (its I/O BAR) */
+static uint32_t queue_notify; /* the request queue's doorbell address, worked out once at set-up (as Linux does) */
 static uint16_t avail_idx, used_seen;
 static int failures;
 
@@ -105,13 +106,11 @@ static void driver_features(uint64_t f) {
   mmio_write32(common + C_GF, (uint32_t)(f >> 32));
 }
 
-/* Rings queue q's doorbell: the value written is the queue's index (what a port doorbell shared
- * by every queue, notify_off_multiplier 0, tells them apart by). */
+/* Rings the request queue's doorbell: one write, the value the queue's index (what a port doorbell
+ * shared by every queue, notify_off_multiplier 0, tells them apart by). */
 static void ring(uint16_t q) {
-  wr16(common + C_QSEL, q);
-  uint32_t at = notify + rd16(common + C_QNOFF) * notify_mult;
-  if (notify_io) outw(q, (uint16_t)at);
-  else wr16(at, q);
+  if (notify_io) outw(q, (uint16_t)queue_notify);
+  else wr16(queue_notify, q);
 }
 
 /* Makes head available, rings the doorbell, polls the used ring; returns the used length or -1. */
@@ -186,6 +185,7 @@ static bool bring_up(int *rc) {
   mmio_write32(common + C_QDEVICE, phys((const void *)&ring_used));
   mmio_write32(common + C_QDEVICE + 4, 0);
   wr16(common + C_QENABLE, 1);
+  queue_notify = notify + rd16(common + C_QNOFF) * notify_mult;
   ring_avail.used_event = 0xffff; /* no interrupts wanted: this driver polls */
   result("request queue enabled", max >= QSIZE && rd16(common + C_QENABLE) == 1 ? 0 : "not enabled");
   wr8(common + C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
