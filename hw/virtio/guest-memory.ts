@@ -100,24 +100,22 @@ export class AddressSpaceMemory implements GuestMemory {
   }
 
   /**
-   * The backing bytes and offset of [addr, addr+len) when it lies wholly in one RAM section with a
-   * flat backing (rings, descriptors and requests almost always do): the path that allocates nothing.
-   * -1 when it does not (the caller walks the pieces).
+   * The offset in `bytes` (the backing) of [addr, addr+len) when it lies wholly in one RAM section
+   * with a flat backing (rings, descriptors and requests almost always do): the path that allocates
+   * nothing. -1 when it does not (the caller walks the pieces).
    */
   private flat(addr: number, len: number, write: boolean): number {
     if (!validRange(addr, len)) return -1;
     const gen = this.space.generation;
-    if (gen === this.lastGen && addr >= this.lastAddr && addr + len <= this.lastEnd && (!write || this.lastWritable)) {
-      this.bytes = this.lastBytes;
+    if (gen === this.lastGen && addr >= this.lastAddr && addr + len <= this.lastEnd && (!write || this.lastWritable))
       return this.lastAt + (addr - this.lastAddr);
-    }
     const s = this.space.lookup(addr);
     if (!s || s.region.kind !== 'ram' || (write && s.readonly) || addr + len > s.addr + s.size) return -1;
     const b = s.region.backing?.bytes;
     if (!b) return -1;
     const at = s.offsetInRegion + (addr - s.addr);
     if (at + len > b.length) return -1;
-    this.bytes = this.lastBytes = b;
+    this.bytes = b;
     this.lastGen = gen;
     this.lastAddr = s.addr;
     this.lastEnd = Math.min(s.addr + s.size, s.addr + (b.length - s.offsetInRegion));
@@ -125,16 +123,15 @@ export class AddressSpaceMemory implements GuestMemory {
     this.lastWritable = !s.readonly;
     return at;
   }
+  // The RAM section flat() found last (its backing `bytes`), valid while the space's generation is
+  // `lastGen` (as a span is): a request's buffers, its descriptors and the next request's mostly lie
+  // in the same section, so most accesses skip the flat-view lookup.
   private bytes: Uint8Array | undefined;
-  // The RAM section flat() found last, valid while the space's generation is `lastGen` (as a
-  // span is): a request's buffers, its descriptors and the next request's mostly lie in the same
-  // section, so most accesses skip the flat-view lookup.
   private lastGen = -1;
   private lastAddr = 0;
   private lastEnd = 0;
   private lastAt = 0;
   private lastWritable = false;
-  private lastBytes: Uint8Array | undefined;
 
   check(addr: number, len: number, write: boolean): boolean {
     return this.flat(addr, len, write) >= 0 || this.walk(addr, len, write);
