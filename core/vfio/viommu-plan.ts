@@ -151,6 +151,27 @@ export function attachDecision(g: GroupState, endpoint: number, to: ViommuTarget
 }
 
 /**
+ * firstMapDecision's usual case, decided without allocating: 'sole' when a function of the group
+ * is in `domain` and every other is where memory is not reachable (blocked, an empty domain), so
+ * the map makes `domain` the group's one holder (allowed; the host goes there); 'none' when no
+ * function is in `domain` (no say); undefined when another function reaches memory (the full rule
+ * decides). Strict and lazy mode empty a domain at every unmap, so every guest map is a first one.
+ */
+export function firstMapSole(
+  members: readonly { readonly target: ViommuTarget }[],
+  domain: number,
+  holds: HoldsMappings,
+): 'sole' | 'none' | undefined {
+  let inIt = false;
+  for (let i = 0; i < members.length; i++) {
+    const t = members[i]!.target;
+    if (t === domain) inIt = true;
+    else if (t === 'bypass' || (typeof t === 'number' && holds(t))) return undefined;
+  }
+  return inIt ? 'sole' : 'none';
+}
+
+/**
  * The guest maps into `domain`, which holds nothing yet (later maps change nothing for the
  * groups): undefined when no member of `g` is in it.
  */

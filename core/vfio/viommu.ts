@@ -84,6 +84,7 @@ import {
   attachDecision,
   describeTarget,
   firstMapDecision,
+  firstMapSole,
   hostTarget,
   legacyMovePlan,
   type GroupState,
@@ -342,7 +343,13 @@ export class VfioViommu {
   private firstMapping(domain: number): HostResult {
     const moves: [HostGroup, ViommuTarget][] = [];
     for (const g of this.groups.values()) {
-      if (!g.members.some((m) => m.target === domain)) continue; // cheap: strict mode empties domains often
+      // The usual case without building the group's state (strict and lazy mode make every map a first one).
+      const sole = firstMapSole(g.members, domain, this.holds);
+      if (sole === 'none') continue;
+      if (sole === 'sole') {
+        if (g.current !== domain) moves.push([g, domain]);
+        continue;
+      }
       const plan = firstMapDecision(VfioViommu.state(g), domain, this.holds);
       if (!plan) continue;
       if ('refuse' in plan) {

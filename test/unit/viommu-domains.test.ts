@@ -11,6 +11,7 @@ import { DmaDomains, type DmaDomain, type DomainListener, type HostPiece } from 
 import {
   attachDecision,
   firstMapDecision,
+  firstMapSole,
   holders,
   hostTarget,
   legacyMovePlan,
@@ -374,6 +375,35 @@ test('group rule: a first mapping is refused when a group-mate is elsewhere with
   assert.match(both.refuse, /0000:01:01\.0 \(endpoint 8, domain 3\), 0000:01:02\.0 \(endpoint 9, domain 1\)/);
   const byp = firstMapDecision(bridge(3, 'bypass'), 3, () => false)!;
   assert.ok('refuse' in byp && /0000:01:02\.0 is in bypass/.test(byp.refuse));
+});
+
+test('group rule: the first map’s fast decision agrees with the full one wherever it decides (every group of up to 3 functions)', () => {
+  const places: ViommuTarget[] = ['bypass', 'blocked', 1, 2, 3];
+  const counts = { sole: 0, none: 0, undecided: 0 };
+  // Domain 3 is the one mapped into (empty, as a first map's is); domains 1 and 2 hold mappings or not.
+  for (const held of [[], [1], [2], [1, 2]] as number[][]) {
+    const holds = (d: number) => held.includes(d);
+    for (let n = 1; n <= 3; n++)
+      for (let k = 0; k < places.length ** n; k++) {
+        const targets = Array.from(
+          { length: n },
+          (_, i) => places[Math.floor(k / places.length ** i) % places.length]!,
+        );
+        for (const current of [...places, 'blocked'] as ViommuTarget[]) {
+          const g: GroupState = {
+            group: 12,
+            members: targets.map((target, i) => ({ endpoint: 8 + i, name: `f${i}`, target })),
+            current,
+          };
+          const fast = firstMapSole(g.members, 3, holds);
+          const full = firstMapDecision(g, 3, holds);
+          if (fast === 'none') assert.equal(full, undefined, JSON.stringify(g));
+          else if (fast === 'sole') assert.deepEqual(full, { host: 3 }, JSON.stringify(g));
+          counts[fast ?? 'undecided']++;
+        }
+      }
+  }
+  assert.ok(counts.sole > 0 && counts.none > 0 && counts.undecided > 0, JSON.stringify(counts));
 });
 
 /**
