@@ -101,6 +101,42 @@ export interface DomainStats {
   remapped: number;
 }
 
+/**
+ * Unmaps from `l` the run of `count` pieces that starts at piece `pi` of taken[mi] and covers
+ * IOVA [iova, end): in one call where `l` can, piece by piece otherwise or when that call fails
+ * (each failure recorded against its mapping in `failed`).
+ */
+function unmapRun(
+  l: DomainListener,
+  taken: readonly DomainMapping[],
+  mi: number,
+  pi: number,
+  count: number,
+  iova: number,
+  end: number,
+  failed: Map<DomainMapping, unknown>,
+): void {
+  if (count > 1 && l.unmapRange) {
+    try {
+      l.unmapRange(iova, end - iova, count);
+      return;
+    } catch {
+      /* piece by piece below: each failure is then the mapping's own */
+    }
+  }
+  for (let n = 0; n < count; mi++, pi = 0) {
+    const m = taken[mi]!;
+    const ps = m.pieces ?? [];
+    for (; pi < ps.length && n < count; pi++, n++) {
+      try {
+        l.unmap(ps[pi]!);
+      } catch (e) {
+        if (!failed.has(m)) failed.set(m, e);
+      }
+    }
+  }
+}
+
 export class DmaDomain {
   readonly mappings = new IovaMap<DomainMapping>();
   readonly stats: DomainStats = { maps: 0, unmaps: 0, refused: 0, orphaned: 0, remapped: 0 };
@@ -240,24 +276,34 @@ export class DmaDomain {
           `${this.unmapText(iova, size)}: the mapping at IOVA ${hex(t.straddling.iova)}+${hex(t.straddling.size)} is not wholly inside it (an unmap may not split a mapping)`,
         ),
       );
-    let failed: unknown;
+    let anyFailed = false,
+      failed: unknown;
     const kept = t.taken.length > 1 ? this.unmapRuns(t.taken) : undefined;
     for (let i = 0; i < t.taken.length; i++) {
       const m = t.taken[i]!;
-      const errors = kept
-        ? kept.has(m)
-          ? [kept.get(m)]
-          : []
-        : m.pieces
-          ? this.unmapPieces(m.pieces, this.listeners)
-          : [];
-      if (errors.length) {
-        failed ??= errors[0];
+      let bad = false,
+        err: unknown;
+      if (kept) {
+        if (kept.size && kept.has(m)) {
+          bad = true;
+          err = kept.get(m);
+        }
+      } else if (m.pieces) {
+        const errors = this.unmapPieces(m.pieces, this.listeners);
+        if (errors.length) {
+          bad = true;
+          err = errors[0];
+        }
+      }
+      if (bad) {
+        if (!anyFailed) {
+          anyFailed = true;
+          failed = err;
+        }
         this.mappings.add(m); // the host still has (some of) it: keep it, so a retry can finish
       } else this.stats.unmaps++;
     }
-    if (failed !== undefined)
-      return this.refused(refuse('devErr', `${this.unmapText(iova, size)}: ${errorText(failed)}`));
+    if (anyFailed) return this.refused(refuse('devErr', `${this.unmapText(iova, size)}: ${errorText(failed)}`));
     return { ok: true, unmapped: t.taken.length };
   }
 
@@ -270,41 +316,37 @@ export class DmaDomain {
    * IOVA goes in one host call where the listener can (a guest unmaps a whole scatter-gather
    * list's range at once: one ioctl instead of one per page; the kernel still unmaps each), piece by piece
    * otherwise or when that call fails. Returns the mappings that failed, with their first error.
+   * (Index loops and no object per piece: a strict-mode guest's every multi-page DMA ends here.)
    */
   private unmapRuns(taken: readonly DomainMapping[]): Map<DomainMapping, unknown> {
     const failed = new Map<DomainMapping, unknown>();
-    for (const l of this.listeners) {
-      let run: { m: DomainMapping; p: HostPiece }[] = [];
-      const flush = () => {
-        if (!run.length) return;
-        const first = run[0]!.p,
-          last = run[run.length - 1]!.p;
-        let done = false;
-        if (run.length > 1 && l.unmapRange) {
-          try {
-            l.unmapRange(first.iova, last.iova + last.size - first.iova, run.length);
-            done = true;
-          } catch {
-            /* piece by piece below: each failure is then the mapping's own */
+    for (let li = 0; li < this.listeners.length; li++) {
+      const l = this.listeners[li]!;
+      // The run so far: `count` pieces from piece `pi` of taken[mi], covering IOVA [iova, end).
+      let mi = 0,
+        pi = 0,
+        count = 0,
+        iova = 0,
+        end = 0;
+      for (let m = 0; m < taken.length; m++) {
+        const ps = taken[m]!.pieces;
+        if (!ps) continue;
+        for (let p = 0; p < ps.length; p++) {
+          const piece = ps[p]!;
+          if (count && piece.iova !== end) {
+            unmapRun(l, taken, mi, pi, count, iova, end, failed);
+            count = 0;
           }
-        }
-        if (!done)
-          for (const { m, p } of run) {
-            try {
-              l.unmap(p);
-            } catch (e) {
-              if (!failed.has(m)) failed.set(m, e);
-            }
+          if (!count) {
+            mi = m;
+            pi = p;
+            iova = piece.iova;
           }
-        run = [];
-      };
-      for (const m of taken)
-        for (const p of m.pieces ?? []) {
-          const prev = run[run.length - 1]?.p;
-          if (prev && prev.iova + prev.size !== p.iova) flush();
-          run.push({ m, p });
+          count++;
+          end = piece.iova + piece.size;
         }
-      flush();
+      }
+      if (count) unmapRun(l, taken, mi, pi, count, iova, end, failed);
     }
     return failed;
   }

@@ -51,6 +51,14 @@ export class IntervalMap<T> {
     return true;
   }
 
+  /** Removes `n` intervals in order from the one that starts at `start` (an `intersecting` run); false, removing none, when none starts there. */
+  removeRun(start: number, n: number): boolean {
+    const p = this.items.lowerBound(start);
+    if (this.items.at(p)?.start !== start) return false;
+    this.items.removeAt(p, n);
+    return true;
+  }
+
   /** Every interval, in order (a copy). */
   values(): readonly Interval<T>[] {
     return this.items.values();

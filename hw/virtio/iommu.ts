@@ -22,6 +22,7 @@ import {
   VIRTIO_IOMMU_S_RANGE,
   VIRTIO_IOMMU_S_UNSUPP,
   type IommuHost,
+  type IommuMapFlags,
   type IommuResult,
   type IommuTarget,
 } from './iommu-host.js';
@@ -99,6 +100,11 @@ function u53(v: DataView, off: number): number {
   const hi = v.getUint32(off + 4, true);
   return hi >= 2 ** 21 ? -1 : hi * 2 ** 32 + v.getUint32(off, true);
 }
+
+/** The access of a MAP's READ and WRITE flags (index: flags & 3), one shared object each. */
+const MAP_PERMS: readonly IommuMapFlags[] = [0, 1, 2, 3].map((f) =>
+  Object.freeze({ read: (f & VIRTIO_IOMMU_MAP_F_READ) !== 0, write: (f & VIRTIO_IOMMU_MAP_F_WRITE) !== 0 }),
+);
 
 const targetKey = (t: IommuTarget) => (typeof t === 'object' ? `d${t.domain}` : t);
 
@@ -509,10 +515,7 @@ export class VirtioIommu implements VirtioDevice {
         { status: VIRTIO_IOMMU_S_NOMEM, reason: `the device's limit of ${this.maxMappings} mappings is reached` },
         `mapping in domain ${domain}`,
       );
-    const r = this.host.map(domain, s, phys, size, {
-      read: (flags & VIRTIO_IOMMU_MAP_F_READ) !== 0,
-      write: (flags & VIRTIO_IOMMU_MAP_F_WRITE) !== 0,
-    });
+    const r = this.host.map(domain, s, phys, size, MAP_PERMS[flags & 3]!);
     if (r) return this.refused(r, `mapping 0x${s.toString(16)}+0x${size.toString(16)} in domain ${domain}`);
     d.mappings.insert(s, e, { gpa: phys, flags });
     this.mappingCount++;
@@ -548,7 +551,7 @@ export class VirtioIommu implements VirtioDevice {
     // A mapping the range would split stays whole, and so does every other (§5.13.6.7). Only
     // the first and the last can reach past the range.
     if (hits[0]!.start < s || hits[hits.length - 1]!.end > e) return VIRTIO_IOMMU_S_RANGE;
-    for (let i = 0; i < hits.length; i++) d.mappings.remove(hits[i]!.start);
+    d.mappings.removeRun(hits[0]!.start, hits.length);
     this.mappingCount -= hits.length;
     // One host call for all of them (the host unmaps what lies wholly inside, as the guest's do).
     const first = hits[0]!.start,

@@ -96,6 +96,18 @@ test('IovaMap and IntervalMap: take and remove by position in a map of thousands
   );
   assert.throws(() => iv.insert(12 * 0x1000 + 8, 12 * 0x1000 + 9, 0), /overlaps/);
   assert.equal(iv.size, 3999);
+  // A run of 300 across chunk boundaries goes in one removal (an UNMAP of a scatter-gather list's range).
+  const run = iv.intersecting(2000 * 0x1000, 2300 * 0x1000 - 1);
+  assert.equal(run.length, 300);
+  assert.ok(!iv.removeRun(2000 * 0x1000 + 1, 300), 'no interval starts there: nothing removed');
+  assert.ok(iv.removeRun(run[0]!.start, run.length));
+  assert.equal(iv.size, 3699);
+  assert.deepEqual(
+    iv.intersecting(1999 * 0x1000, 2300 * 0x1000).map((x) => x.value),
+    [1999, 2300],
+  );
+  iv.removeRun(3999 * 0x1000, 5);
+  assert.equal(iv.size, 3697, 'a run reaching past the end stops there');
   iv.clear();
   assert.equal(iv.size, 0);
 });

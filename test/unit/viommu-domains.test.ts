@@ -212,6 +212,33 @@ test('unmap of many mappings: one host call per IOVA-contiguous run where the li
   assert.equal(d.stats.unmaps, 8);
 });
 
+test('unmap of many mappings when the range call and then one piece fail: that mapping stays (a retry finishes it), the others go', () => {
+  const { domains } = guest();
+  const d = made(domains.create(1));
+  const l = new RangeRecorder('c');
+  d.addListener(l);
+  // Four IOVA-contiguous mappings; the third is two pieces (it crosses low → high RAM).
+  assert.ok(d.map(0, 8 * P, P, RW).ok);
+  assert.ok(d.map(P, 9 * P, P, RW).ok);
+  assert.ok(d.map(2 * P, 4 * MiB - P, 2 * P, RW).ok);
+  assert.ok(d.map(4 * P, 10 * P, P, RW).ok);
+  l.failRanges = true;
+  const unmap = l.unmap.bind(l);
+  l.unmap = (p) => {
+    if (p.iova === 3 * P) throw new Error('EBUSY: Device or resource busy');
+    unmap(p);
+  };
+  const r = d.unmap(0, 5 * P);
+  assert.ok(!r.ok && r.status === 'devErr' && /EBUSY/.test(r.reason), JSON.stringify(r));
+  assert.deepEqual(
+    d.mappings.values().map((m) => m.iova),
+    [2 * P],
+    'only the mapping with the failed piece is kept',
+  );
+  assert.deepEqual([...l.held.keys()], [3 * P], 'its other piece was unmapped');
+  assert.equal(d.stats.unmaps, 3);
+});
+
 test('a map is all or nothing across listeners: a kernel error rolls back the listeners already done', () => {
   const { domains } = guest();
   const d = made(domains.create(1));
