@@ -21,6 +21,8 @@ export interface GuestMemory {
    * while `generation` is unchanged. undefined when it is not (the caller uses read and write).
    */
   span(addr: number, len: number, write: boolean): RamSpan | undefined;
+  /** span() into the caller's `out` (no allocation: a request's indirect table); false, `out` unchanged, when it is not one piece. */
+  spanInto(addr: number, len: number, write: boolean, out: RamSpan): boolean;
   /** Changes whenever a span taken before may no longer be right (the memory map changed). */
   readonly generation: number;
 }
@@ -115,7 +117,10 @@ export class AddressSpaceMemory implements GuestMemory {
     if (!b) return -1;
     const at = s.offsetInRegion + (addr - s.addr);
     if (at + len > b.length) return -1;
-    this.bytes = b;
+    if (b !== this.bytes) {
+      this.bytes = b;
+      this.view = viewOf(b);
+    }
     this.lastGen = gen;
     this.lastAddr = s.addr;
     this.lastEnd = Math.min(s.addr + s.size, s.addr + (b.length - s.offsetInRegion));
@@ -127,6 +132,7 @@ export class AddressSpaceMemory implements GuestMemory {
   // `lastGen` (as a span is): a request's buffers, its descriptors and the next request's mostly lie
   // in the same section, so most accesses skip the flat-view lookup.
   private bytes: Uint8Array | undefined;
+  private view: DataView | undefined;
   private lastGen = -1;
   private lastAddr = 0;
   private lastEnd = 0;
@@ -143,7 +149,15 @@ export class AddressSpaceMemory implements GuestMemory {
 
   span(addr: number, len: number, write: boolean): RamSpan | undefined {
     const at = this.flat(addr, len, write);
-    return at >= 0 ? { view: viewOf(this.bytes!), offset: at } : undefined;
+    return at >= 0 ? { view: this.view!, offset: at } : undefined;
+  }
+
+  spanInto(addr: number, len: number, write: boolean, out: RamSpan): boolean {
+    const at = this.flat(addr, len, write);
+    if (at < 0) return false;
+    out.view = this.view!;
+    out.offset = at;
+    return true;
   }
 
   read(addr: number, dst: Uint8Array, to = 0, n = dst.length - to): boolean {
@@ -181,6 +195,12 @@ export class FlatMemory implements GuestMemory {
   }
   span(addr: number, len: number): RamSpan | undefined {
     return this.check(addr, len) ? { view: viewOf(this.bytes), offset: addr - this.base } : undefined;
+  }
+  spanInto(addr: number, len: number, _write: boolean, out: RamSpan): boolean {
+    if (!this.check(addr, len)) return false;
+    out.view = viewOf(this.bytes);
+    out.offset = addr - this.base;
+    return true;
   }
   read(addr: number, dst: Uint8Array, to = 0, n = dst.length - to): boolean {
     if (!inside(dst, to, n) || !this.check(addr, n)) return false;

@@ -198,6 +198,9 @@ export class SplitVirtqueue {
     return 4 + 8 * this.size;
   }
 
+  /** The indirect table of the chain being walked, when it is one piece of RAM. */
+  private readonly tableSpan: RamSpan = { view: new DataView(new ArrayBuffer(0)), offset: 0 };
+
   // The last descriptor read (readDesc): fields, not an object per descriptor.
   private dAddr = 0;
   private dLen = 0;
@@ -253,10 +256,11 @@ export class SplitVirtqueue {
           throw new VirtqueueError(`descriptor ${i}: an indirect table must be the whole chain (no NEXT, first)`);
         if (len === 0 || len % VIRTQ_DESC_SIZE)
           throw new VirtqueueError(`descriptor ${i}: indirect table of ${len} bytes (a non-zero multiple of 16)`);
-        if (!this.mem.check(addr, len, false))
-          throw new VirtqueueError(`indirect table 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`);
+        // Linux puts every request of two or more buffers in an indirect table: at hand without allocating.
+        if (this.mem.spanInto(addr, len, false, this.tableSpan)) span = this.tableSpan;
+        else if (this.mem.check(addr, len, false)) span = undefined;
+        else throw new VirtqueueError(`indirect table 0x${addr.toString(16)}+0x${len.toString(16)} is not guest RAM`);
         table = addr;
-        span = this.mem.span(addr, len, false);
         tableSize = len / VIRTQ_DESC_SIZE;
         indirect = true;
         i = 0;

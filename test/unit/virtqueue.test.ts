@@ -103,6 +103,60 @@ test('virtqueue: an indirect table is the chain', () => {
   assert.deepEqual(c.writable, [{ addr: DATA + 0x40, len: 8 }]);
 });
 
+test('virtqueue: indirect tables over the memory API, in one RAM section and across two, chain after chain', () => {
+  // Two RAM regions back to back: 0..0x10000 and 0x10000..0x20000 (the same guest RAM as setup()'s).
+  const lo = new Uint8Array(0x10000),
+    hi = new Uint8Array(0x10000);
+  const root = MemoryRegion.container('root', 0x100000);
+  root.addSubregion(0, MemoryRegion.ram('lo', 0x10000, { hostAddr: 0n, bytes: lo }));
+  root.addSubregion(0x10000, MemoryRegion.ram('hi', 0x10000, { hostAddr: 0n, bytes: hi }));
+  const mem = new AddressSpaceMemory(new AddressSpace('mem', root));
+  const vq = new SplitVirtqueue(mem, {
+    size: SIZE,
+    desc: DESC,
+    avail: AVAIL,
+    used: USED,
+    eventIdx: false,
+    indirect: true,
+  });
+  let availIdx = 0;
+  const desc = (table: number, i: number, addr: number, len: number, flags: number, next = 0) => {
+    const d = new Uint8Array(16);
+    const v = new DataView(d.buffer);
+    v.setBigUint64(0, BigInt(addr), true);
+    v.setUint32(8, len, true);
+    v.setUint16(12, flags, true);
+    v.setUint16(14, next, true);
+    assert.ok(mem.write(table + 16 * i, d));
+  };
+  const publish = (h: number) => {
+    const b = new Uint8Array(2);
+    new DataView(b.buffer).setUint16(0, h, true);
+    assert.ok(mem.write(AVAIL + 4 + 2 * (availIdx % SIZE), b));
+    new DataView(b.buffer).setUint16(0, ++availIdx, true);
+    assert.ok(mem.write(AVAIL + 2, b));
+  };
+  const chain = emptyChain();
+  // In one section, then across the boundary (its second descriptor in the other region), then in one again.
+  for (const [head, table] of [
+    [0, 0x5000],
+    [1, 0x10000 - 16],
+    [2, 0x6000],
+  ] as const) {
+    desc(table, 0, DATA + head, 4, NEXT, 1);
+    desc(table, 1, 0x18000 + head, 8, WRITE);
+    desc(DESC, head, table, 32, IND);
+    publish(head);
+    assert.ok(vq.popInto(chain));
+    assert.equal(chain.head, head);
+    assert.deepEqual(chain.readable, [{ addr: DATA + head, len: 4 }], `table at 0x${table.toString(16)}`);
+    assert.deepEqual(chain.writable, [{ addr: 0x18000 + head, len: 8 }]);
+  }
+  desc(DESC, 3, 0x10fff0, 32, IND);
+  publish(3);
+  assert.throws(() => vq.popInto(chain), /indirect table 0x10fff0\+0x20 is not guest RAM/);
+});
+
 test('virtqueue: event index, both ways', () => {
   assert.equal(vringNeedEvent(0, 1, 0), true);
   assert.equal(vringNeedEvent(5, 3, 2), false);
@@ -368,6 +422,19 @@ test('guest memory over the memory API: RAM sections only, across section and ch
   assert.equal(m.read(0xfff, new Uint8Array(0x2002)), true, 'a read across the last byte of a region walks on');
   assert.equal(m.read(0x2fff, new Uint8Array(0x1001)), true, 'RAM into ROM reads');
   assert.equal(m.read(0x3fff, new Uint8Array(2)), false, 'ROM into MMIO does not');
+  // spanInto fills the caller's span for one flat piece, and leaves it alone otherwise.
+  const sp = { view: new DataView(new ArrayBuffer(0)), offset: -1 };
+  assert.equal(m.spanInto(0x10, 2, false, sp), true);
+  assert.equal(sp.view.buffer, a.buffer);
+  assert.equal(sp.view.getUint8(sp.offset + 1), 0xbb);
+  const before = { ...sp };
+  assert.equal(m.spanInto(0xffe, 4, false, sp), false, 'across two regions: not one piece');
+  assert.equal(m.spanInto(0x1000, 4, false, sp), false, 'a chunked backing is not one flat piece');
+  assert.equal(m.spanInto(0x3000, 4, true, sp), false, 'ROM is no writable span');
+  assert.equal(m.spanInto(0x4000, 4, false, sp), false, 'MMIO');
+  assert.deepEqual(sp, before, 'a refused span leaves the caller’s as it was');
+  assert.equal(m.spanInto(0x3000, 4, false, sp), true, 'ROM is a readable span');
+  assert.notEqual(sp.view.buffer, a.buffer, 'of the ROM’s own backing');
 });
 
 test('guest memory: the section an access found last is not used after the memory map changed', () => {
