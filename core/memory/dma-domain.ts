@@ -85,6 +85,8 @@ export interface DomainListener {
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 const nonNegativeSafe = (v: number) => Number.isSafeInteger(v) && v >= 0;
+/** A safe integer's alignment to DMA_PAGE without a floating-point remainder (IOVAs pass 2^31: not small integers). */
+const pageAligned = (v: number) => (v & (DMA_PAGE - 1)) === 0;
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -171,8 +173,34 @@ export class DmaDomain {
 
   /** Maps guest [iova, iova+size) → guest-physical gpa into every listener, or refuses (nothing changed). */
   map(iova: number, gpa: number, size: number, perm: DmaPerm): HostResult {
+    // The path of every guest MAP, kept small (V8 compiles it while the guest waits): the checks
+    // are one expression; which one failed, and the text that says so, are worked out out of line.
+    if (
+      this.destroyed ||
+      !nonNegativeSafe(iova) ||
+      !nonNegativeSafe(gpa) ||
+      !(size > 0 && Number.isSafeInteger(size)) ||
+      !pageAligned(iova) ||
+      !pageAligned(gpa) ||
+      !pageAligned(size) ||
+      !Number.isSafeInteger(iova + size) ||
+      !Number.isSafeInteger(gpa + size) ||
+      !(perm.read || perm.write) ||
+      this.mappings.firstOverlapping(iova, size)
+    )
+      return this.refuseBadMap(iova, gpa, size, perm);
+    const pieces = this.owner.resolve(iova, gpa, size, perm);
+    if (!Array.isArray(pieces)) return this.refuseMap(pieces.status, iova, gpa, size, pieces.reason);
+    const r = this.mapPieces(pieces, perm, this.listeners);
+    if (!r.ok) return this.refuseMap(r.status, iova, gpa, size, r.reason);
+    this.mappings.add({ iova, size, gpa, read: perm.read, write: perm.write, pieces });
+    this.stats.maps++;
+    return OK;
+  }
+
+  /** map()'s refusal for arguments it does not take: the first check that failed, in words. */
+  private refuseBadMap(iova: number, gpa: number, size: number, perm: DmaPerm): Refusal {
     if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
-    // This is the path of every guest MAP: no closure or string unless it is refused.
     const bad = !nonNegativeSafe(iova)
       ? 'iova'
       : !nonNegativeSafe(gpa)
@@ -187,22 +215,14 @@ export class DmaDomain {
       return this.refuseMap('range', iova, gpa, size, `the range ends beyond 2^53`);
     if (!perm.read && !perm.write)
       return this.refuseMap('inval', iova, gpa, size, `neither read nor write access asked for`);
-    const clash = this.mappings.firstOverlapping(iova, size);
-    if (clash)
-      return this.refuseMap(
-        'inval',
-        iova,
-        gpa,
-        size,
-        `overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`,
-      );
-    const pieces = this.owner.resolve(iova, gpa, size, perm);
-    if (!Array.isArray(pieces)) return this.refuseMap(pieces.status, iova, gpa, size, pieces.reason);
-    const r = this.mapPieces(pieces, perm, this.listeners);
-    if (!r.ok) return this.refuseMap(r.status, iova, gpa, size, r.reason);
-    this.mappings.add({ iova, size, gpa, read: perm.read, write: perm.write, pieces });
-    this.stats.maps++;
-    return OK;
+    const clash = this.mappings.firstOverlapping(iova, size)!;
+    return this.refuseMap(
+      'inval',
+      iova,
+      gpa,
+      size,
+      `overlaps the mapping at IOVA ${hex(clash.iova)}+${hex(clash.size)} (unmap it first)`,
+    );
   }
 
   private refuseMap(status: RefusalStatus, iova: number, gpa: number, size: number, why: string): Refusal {
@@ -262,20 +282,11 @@ export class DmaDomain {
    * nothing, when a mapping straddles an end of the range; a kernel error keeps that mapping.
    */
   unmap(iova: number, size: number): HostResult & { unmapped?: number } {
-    if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
-    if (!Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || iova < 0 || size <= 0)
-      return this.refused(
-        refuse('range', `${this.unmapText(iova, size)}: not a range of non-negative integers below 2^53`),
-      );
+    if (this.destroyed || !Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || iova < 0 || size <= 0)
+      return this.refuseUnmap(iova, size, undefined);
     const end = Math.min(iova + size, Number.MAX_SAFE_INTEGER);
     const t = this.mappings.take(iova, end - iova);
-    if (!t.ok)
-      return this.refused(
-        refuse(
-          'range',
-          `${this.unmapText(iova, size)}: the mapping at IOVA ${hex(t.straddling.iova)}+${hex(t.straddling.size)} is not wholly inside it (an unmap may not split a mapping)`,
-        ),
-      );
+    if (!t.ok) return this.refuseUnmap(iova, size, t.straddling);
     let anyFailed = false,
       failed: unknown;
     const kept = t.taken.length > 1 ? this.unmapRuns(t.taken) : undefined;
@@ -305,6 +316,21 @@ export class DmaDomain {
     }
     if (anyFailed) return this.refused(refuse('devErr', `${this.unmapText(iova, size)}: ${errorText(failed)}`));
     return { ok: true, unmapped: t.taken.length };
+  }
+
+  /** unmap()'s refusal (out of line: every guest UNMAP runs unmap()): its arguments, or the mapping it would split. */
+  private refuseUnmap(iova: number, size: number, straddling: DomainMapping | undefined): Refusal {
+    if (this.destroyed) return this.refused(refuse('noent', `domain ${this.id} was destroyed`));
+    if (!straddling)
+      return this.refused(
+        refuse('range', `${this.unmapText(iova, size)}: not a range of non-negative integers below 2^53`),
+      );
+    return this.refused(
+      refuse(
+        'range',
+        `${this.unmapText(iova, size)}: the mapping at IOVA ${hex(straddling.iova)}+${hex(straddling.size)} is not wholly inside it (an unmap may not split a mapping)`,
+      ),
+    );
   }
 
   private unmapText(iova: number, size: number): string {
@@ -518,24 +544,7 @@ export class DmaDomains {
     const pieces: HostPiece[] = [];
     for (let at = gpa; at < gpa + size; ) {
       const s = this.memory.lookup(at);
-      if (!s) {
-        const view = this.memory.flatView();
-        const next = view.find((v) => v.addr > at);
-        const ramEnd = view.filter((v) => v.region.kind === 'ram').reduce((a, v) => Math.max(a, v.addr + v.size), 0);
-        return refuse(
-          'inval',
-          at >= ramEnd
-            ? `guest address ${hex(at)} is beyond guest RAM (which ends at ${hex(ramEnd)})`
-            : `guest address ${hex(at)} is a hole (nothing there${next ? ` until ${next.region.name} at ${hex(next.addr)}` : ''})`,
-        );
-      }
-      if (s.region.kind !== 'ram' || !s.region.backing)
-        return refuse(
-          'inval',
-          `guest address ${hex(at)} is ${s.region.kind === 'io' ? 'MMIO' : s.region.kind === 'ramDevice' ? 'device memory (a BAR)' : 'not RAM'} (${s.region.name}), not RAM: only guest RAM is DMA-mapped`,
-        );
-      if (perm.write && s.readonly)
-        return refuse('inval', `guest address ${hex(at)} is read-only memory (${s.region.name}): no write access`);
+      if (!s || s.region.kind !== 'ram' || !s.region.backing || (perm.write && s.readonly)) return this.notRam(at, s);
       const end = Math.min(s.addr + s.size, gpa + size);
       const offset = s.offsetInRegion + (at - s.addr);
       pieces.push({
@@ -548,6 +557,27 @@ export class DmaDomains {
       at = end;
     }
     return pieces;
+  }
+
+  /** resolve()'s refusal at guest address `at`: what is there instead of (writable) RAM. */
+  private notRam(at: number, s: Section | undefined): Refusal {
+    if (!s) {
+      const view = this.memory.flatView();
+      const next = view.find((v) => v.addr > at);
+      const ramEnd = view.filter((v) => v.region.kind === 'ram').reduce((a, v) => Math.max(a, v.addr + v.size), 0);
+      return refuse(
+        'inval',
+        at >= ramEnd
+          ? `guest address ${hex(at)} is beyond guest RAM (which ends at ${hex(ramEnd)})`
+          : `guest address ${hex(at)} is a hole (nothing there${next ? ` until ${next.region.name} at ${hex(next.addr)}` : ''})`,
+      );
+    }
+    if (s.region.kind !== 'ram' || !s.region.backing)
+      return refuse(
+        'inval',
+        `guest address ${hex(at)} is ${s.region.kind === 'io' ? 'MMIO' : s.region.kind === 'ramDevice' ? 'device memory (a BAR)' : 'not RAM'} (${s.region.name}), not RAM: only guest RAM is DMA-mapped`,
+      );
+    return refuse('inval', `guest address ${hex(at)} is read-only memory (${s.region.name}): no write access`);
   }
 
   /** Destroys every domain (unmapping everything) and stops following the guest's memory. */
