@@ -10,7 +10,7 @@
 // Around the rand phase the host takes a snapshot of the VMM's CPU (bench/vmm.ts) and, for tsvmm, QMP
 // x-query-viommu's map/unmap counters: requests per second at that IOPS, and VMM CPU per request.
 //
-//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR] [--node-flag F]...
+//   node dist/bench/viommu.js [--rounds N] [--seconds S] [--profile] [--out FILE] [--modes lazy,strict] [--vmm tsvmm] [--perf DIR] [--strace DIR] [--trace-jit DIR] [--node-flag F]... [--tsvmm PATH]
 // --profile: after the rounds (--rounds 0: only it), not counted, one tsvmm launch in strict mode under
 // `node --cpu-prof` into <run dir>/viommu-profile (bench/main.ts copies it to dist/bench/viommu-profile).
 import { spawn } from 'node:child_process';
@@ -297,7 +297,7 @@ export function renderViommu(r: ViommuResults): string {
 function argvFor(
   vmm: 'tsvmm' | 'qemu',
   mode: Mode,
-  o: { kernel: string; initrd: string; bdf: string; scratch: string },
+  o: { kernel: string; initrd: string; bdf: string; scratch: string; tsvmm?: string },
   qmp: string,
 ): string[] {
   const viommu = mode !== 'none';
@@ -315,7 +315,7 @@ function argvFor(
         devices: [{ type: 'vfio-pci', id: 'nvme', host: o.bdf, ...(viommu ? { iommu: true } : {}) }],
       }),
     );
-    return [process.execPath, tsvmmJs, 'run', cfg, '--qmp', qmp];
+    return [process.execPath, o.tsvmm ?? tsvmmJs, 'run', cfg, '--qmp', qmp];
   }
   return [
     QEMU,
@@ -355,6 +355,7 @@ async function once(
     straceDir?: string;
     jitDir?: string;
     nodeFlags?: string[];
+    tsvmm?: string;
   },
   profileDir?: string,
 ): Promise<ViommuSample> {
@@ -502,6 +503,8 @@ export async function runViommuBench(o: {
   nodeFlags?: string[];
   /** `strace -f -c` (syscall counts and times) of each launch's rand phase into this directory (a diagnosis). */
   straceDir?: string;
+  /** Another build's dist/bin/tsvmm.cjs in the tsvmm column (an A/B of two builds: run once with each, compare). */
+  tsvmm?: string;
   /** Only these modes / VMMs (a quick look; the page then has dashes where nothing ran). */
   modes?: readonly Mode[];
   vmms?: readonly ('tsvmm' | 'qemu')[];
@@ -530,6 +533,7 @@ export async function runViommuBench(o: {
     ...(o.jitDir ? { jitDir: o.jitDir } : {}),
     ...(o.nodeFlags?.length ? { nodeFlags: o.nodeFlags } : {}),
     ...(o.straceDir ? { straceDir: o.straceDir } : {}),
+    ...(o.tsvmm ? { tsvmm: o.tsvmm } : {}),
   };
   try {
     for (let i = 0; i < o.rounds; i++) {
@@ -575,6 +579,7 @@ async function main(): Promise<void> {
     jitDir: undefined as string | undefined,
     nodeFlags: [] as string[],
     straceDir: undefined as string | undefined,
+    tsvmm: undefined as string | undefined,
   };
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--rounds') o.rounds = Number(a[++i]);
@@ -584,6 +589,7 @@ async function main(): Promise<void> {
     else if (a[i] === '--trace-jit') o.jitDir = a[++i]!;
     else if (a[i] === '--node-flag') o.nodeFlags.push(a[++i]!);
     else if (a[i] === '--strace') o.straceDir = a[++i]!;
+    else if (a[i] === '--tsvmm') o.tsvmm = a[++i]!;
     else if (a[i] === '--modes') {
       o.modes = (a[++i] ?? '').split(',') as Mode[];
       for (const m of o.modes)

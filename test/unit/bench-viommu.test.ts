@@ -159,3 +159,14 @@ test('renderViommu lists hand-written notes and nothing when there are none', ()
   assert.doesNotMatch(renderViommu(r), /Notes:/);
   assert.match(renderViommu({ ...r, notes: ['noisy machine'] }), /\nNotes:\n\n- noisy machine\n$/);
 });
+
+test('the in-process request bench drives the real request path: every request answered, nothing left mapped', async () => {
+  const { runInProcess } = await import('../../bench/viommu-inprocess.js');
+  const dist = new URL('../../', import.meta.url).pathname;
+  const pairs = await runInProcess('pairs', 50, dist);
+  assert.match(pairs[0]!, /^pairs: \d+\.\d+ µs per request \(100\)$/);
+  assert.match(pairs[1]!, /^host calls 100; CPU: main thread \d+ ms, other threads \d+ ms$/, 'a map and an unmap each');
+  const seq = await runInProcess('seq', 2, dist);
+  assert.match(seq[0]!, /^seq: \d+\.\d+ µs per request \(258\)$/);
+  assert.match(seq[1]!, /^host calls 258;/, '128 maps and one unmap of the run per round');
+});
