@@ -50,6 +50,16 @@ function setup(opts: { eventIdx?: boolean; indirect?: boolean; size?: number } =
   return { mem, dv, vq, desc, publish, size };
 }
 
+/** Guest memory of two RAM regions of `size` bytes back to back from 0 (a range across them is two pieces). */
+function twoRegions(size: number) {
+  const a = new Uint8Array(size),
+    b = new Uint8Array(size);
+  const root = MemoryRegion.container('root', 0x100000);
+  root.addSubregion(0, MemoryRegion.ram('a', size, { hostAddr: 0n, bytes: a }));
+  root.addSubregion(size, MemoryRegion.ram('b', size, { hostAddr: 0n, bytes: b }));
+  return { a, b, mem: new AddressSpaceMemory(new AddressSpace('mem', root)) };
+}
+
 test('virtqueue: a chain of readable then writable buffers, returned through the used ring', () => {
   const { vq, desc, publish, dv } = setup();
   desc(DESC, 3, DATA, 10, NEXT, 5);
@@ -105,12 +115,7 @@ test('virtqueue: an indirect table is the chain', () => {
 
 test('virtqueue: indirect tables over the memory API, in one RAM section and across two, chain after chain', () => {
   // Two RAM regions back to back: 0..0x10000 and 0x10000..0x20000 (the same guest RAM as setup()'s).
-  const lo = new Uint8Array(0x10000),
-    hi = new Uint8Array(0x10000);
-  const root = MemoryRegion.container('root', 0x100000);
-  root.addSubregion(0, MemoryRegion.ram('lo', 0x10000, { hostAddr: 0n, bytes: lo }));
-  root.addSubregion(0x10000, MemoryRegion.ram('hi', 0x10000, { hostAddr: 0n, bytes: hi }));
-  const mem = new AddressSpaceMemory(new AddressSpace('mem', root));
+  const { mem } = twoRegions(0x10000);
   const vq = new SplitVirtqueue(mem, {
     size: SIZE,
     desc: DESC,
@@ -585,12 +590,7 @@ test('virtqueue over the memory API: the rings kept at hand follow the memory ma
   assert.equal(new DataView(a.buffer).getUint16(USED + 2, true), 1, 'the old RAM untouched');
 
   // A descriptor table that crosses from one RAM section into the next goes through GuestMemory.
-  const c = new Uint8Array(0x1000),
-    d = new Uint8Array(0x1000);
-  const root2 = MemoryRegion.container('root2', 0x100000);
-  root2.addSubregion(0, MemoryRegion.ram('c', 0x1000, { hostAddr: 0n, bytes: c }));
-  root2.addSubregion(0x1000, MemoryRegion.ram('d', 0x1000, { hostAddr: 0n, bytes: d }));
-  const m2 = new AddressSpaceMemory(new AddressSpace('mem2', root2));
+  const { a: c, b: d, mem: m2 } = twoRegions(0x1000);
   const vq2 = new SplitVirtqueue(m2, { ...cfg, desc: 0xfc0, avail: 0x100, used: 0x200 }); // 8 × 16 bytes from 0xfc0
   const dvc = new DataView(c.buffer),
     dvd = new DataView(d.buffer);
