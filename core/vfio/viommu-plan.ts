@@ -18,6 +18,11 @@ export function describeTarget(t: ViommuTarget): string {
   return typeof t === 'number' ? `domain ${t}` : t;
 }
 
+/** Whether a device in `t` reaches memory: bypass (all of RAM), or a domain holding mappings. */
+export function reachesMemory(t: ViommuTarget, holds: HoldsMappings): boolean {
+  return t === 'bypass' || (typeof t === 'number' && holds(t));
+}
+
 /**
  * The targets among `targets` that let a device reach memory: bypass (all of RAM) and the
  * domains holding mappings, each once. A host group can follow only one of them: its functions
@@ -25,7 +30,7 @@ export function describeTarget(t: ViommuTarget): string {
  */
 export function holders(targets: readonly ViommuTarget[], holds: HoldsMappings): ViommuTarget[] {
   const out: ViommuTarget[] = [];
-  for (const t of targets) if ((t === 'bypass' || (typeof t === 'number' && holds(t))) && !out.includes(t)) out.push(t);
+  for (const t of targets) if (reachesMemory(t, holds) && !out.includes(t)) out.push(t);
   return out;
 }
 
@@ -166,7 +171,7 @@ export function firstMapSole(
   for (let i = 0; i < members.length; i++) {
     const t = members[i]!.target;
     if (t === domain) inIt = true;
-    else if (t === 'bypass' || (typeof t === 'number' && holds(t))) return undefined;
+    else if (reachesMemory(t, holds)) return undefined;
   }
   return inIt ? 'sole' : 'none';
 }

@@ -87,6 +87,7 @@ import {
   firstMapSole,
   hostTarget,
   legacyMovePlan,
+  reachesMemory,
   type GroupState,
   type HoldsMappings,
   type ViommuTarget,
@@ -255,7 +256,7 @@ export class VfioViommu {
   private readonly holds: HoldsMappings = (d) => (this.domains.get(d)?.mappings.size ?? 0) > 0;
 
   private reaches(t: ViommuTarget): boolean {
-    return t === 'bypass' || (typeof t === 'number' && this.holds(t));
+    return reachesMemory(t, this.holds);
   }
 
   /** Where host group `g` goes for its members' targets (or these `targets`). */
