@@ -45,10 +45,7 @@ export class IntervalMap<T> {
 
   /** Removes the interval that starts at `start`; whether there was one. */
   remove(start: number): boolean {
-    const p = this.items.lowerBound(start);
-    if (this.items.at(p)?.start !== start) return false;
-    this.items.removeAt(p, 1);
-    return true;
+    return this.removeRun(start, 1);
   }
 
   /** Removes `n` intervals in order from the one that starts at `start` (an `intersecting` run); false, removing none, when none starts there. */
