@@ -43,6 +43,13 @@ function viewOf(b: Uint8Array): DataView {
 
 const MAX_ADDR = 2 ** 53;
 
+/** span() for a memory with spanInto(): a span of its own (a ring the caller keeps), or undefined. */
+function newSpan(m: GuestMemory, addr: number, len: number, write: boolean): RamSpan | undefined {
+  const s: RamSpan = { view: EMPTY_VIEW, offset: 0 };
+  return m.spanInto(addr, len, write, s) ? s : undefined;
+}
+const EMPTY_VIEW = new DataView(new ArrayBuffer(0));
+
 /** Whether [at, at + n) lies in `a` (a caller's range within its own buffer). */
 function inside(a: Uint8Array, at: number, n: number): boolean {
   return validRange(at, n) && at + n <= a.length;
@@ -148,8 +155,7 @@ export class AddressSpaceMemory implements GuestMemory {
   }
 
   span(addr: number, len: number, write: boolean): RamSpan | undefined {
-    const at = this.flat(addr, len, write);
-    return at >= 0 ? { view: this.view!, offset: at } : undefined;
+    return newSpan(this, addr, len, write);
   }
 
   spanInto(addr: number, len: number, write: boolean, out: RamSpan): boolean {
@@ -193,8 +199,8 @@ export class FlatMemory implements GuestMemory {
   check(addr: number, len: number, _write?: boolean): boolean {
     return validRange(addr, len) && addr >= this.base && addr + len <= this.base + this.bytes.length;
   }
-  span(addr: number, len: number): RamSpan | undefined {
-    return this.check(addr, len) ? { view: viewOf(this.bytes), offset: addr - this.base } : undefined;
+  span(addr: number, len: number, write: boolean): RamSpan | undefined {
+    return newSpan(this, addr, len, write);
   }
   spanInto(addr: number, len: number, _write: boolean, out: RamSpan): boolean {
     if (!this.check(addr, len)) return false;
