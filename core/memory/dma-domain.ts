@@ -209,7 +209,7 @@ export class DmaDomain {
           ? 'size'
           : '';
     if (bad) return this.refuseMap('range', iova, gpa, size, `the ${bad} is not a non-negative integer below 2^53`);
-    if (size === 0 || iova % DMA_PAGE || gpa % DMA_PAGE || size % DMA_PAGE)
+    if (size === 0 || !pageAligned(iova) || !pageAligned(gpa) || !pageAligned(size))
       return this.refuseMap('inval', iova, gpa, size, `not a whole number of 4 KiB pages (the vIOMMU's granule)`);
     if (!Number.isSafeInteger(iova + size) || !Number.isSafeInteger(gpa + size))
       return this.refuseMap('range', iova, gpa, size, `the range ends beyond 2^53`);
