@@ -13,11 +13,12 @@
 // `taskset -c 0` puts the compiler on the same CPU as the requests, as in the 1-vCPU test host.
 //
 //   node dist/bench/viommu-inprocess.js [pairs N | seq N | first] [--dist DIR]   (DIR: another build's dist/, to compare)
-import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { runIfMain } from './entry.js';
+import { snapshot } from './vmm.js';
+import { req } from '../test/helpers/virtio-iommu-requests.js';
 
 type Mod = Record<string, any>;
 
@@ -28,15 +29,13 @@ const F_INDIRECT = 1n << 28n,
   F_EVENT_IDX = 1n << 29n,
   F_VERSION_1 = 1n << 32n;
 
-/** CPU ms of this process's main thread and of all its others (/proc/self/task). */
+/** CPU ms of this process's main thread and of all its others (bench/vmm.ts's per-thread ticks, USER_HZ). */
 function threadCpu(): { main: number; others: number } {
   let main = 0,
     others = 0;
-  const tick = 1000 / 100; // USER_HZ
-  for (const tid of readdirSync('/proc/self/task')) {
-    const f = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    const ms = (Number(f[11]) + Number(f[12])) * tick;
-    if (Number(tid) === process.pid) main += ms;
+  for (const [k, [user, sys]] of Object.entries(snapshot(process.pid).threadCpu)) {
+    const ms = (user + sys) * 10;
+    if (Number(k.split(' ')[0]) === process.pid) main += ms;
     else others += ms;
   }
   return { main, others };
@@ -89,35 +88,12 @@ export async function runInProcess(mode: string, n: number, dist: string): Promi
   const d = new driver.VirtioTestDriver(iommu, new AddressSpaceMemory(space));
   if (!d.init(F_VERSION_1 | F_EVENT_IDX | F_INDIRECT | iommu.features, 2))
     throw new Error('feature negotiation failed');
-  const request = (type: number, len: number, fill: (v: DataView) => void) => {
-    const b = new Uint8Array(len);
-    b[0] = type;
-    fill(new DataView(b.buffer));
-    return b;
-  };
-  const submit = (req: Uint8Array) => d.submit(0, [{ data: req }, { writeLen: 4 }], { kick: false, indirect: true });
-  submit(
-    request(1, 20, (v) => {
-      v.setUint32(4, 1, true);
-      v.setUint32(8, 8, true);
-    }),
-  );
+  const submit = (r: Uint8Array) => d.submit(0, [{ data: r }, { writeLen: 4 }], { kick: false, indirect: true });
+  submit(req.attach(1, 8));
   d.kick(0);
   d.takeUsed(0);
-  const map = (iova: number, gpa: number) =>
-    request(3, 36, (v) => {
-      v.setUint32(4, 1, true);
-      v.setBigUint64(8, BigInt(iova), true);
-      v.setBigUint64(16, BigInt(iova + PAGE - 1), true);
-      v.setBigUint64(24, BigInt(gpa), true);
-      v.setUint32(32, 3, true);
-    });
-  const unmap = (iova: number, size: number) =>
-    request(4, 28, (v) => {
-      v.setUint32(4, 1, true);
-      v.setBigUint64(8, BigInt(iova), true);
-      v.setBigUint64(16, BigInt(iova + size - 1), true);
-    });
+  const map = (iova: number, gpa: number) => req.map(1, iova, iova + PAGE - 1, gpa);
+  const unmap = (iova: number, size: number) => req.unmap(1, iova, iova + size - 1);
   let inDevice = 0,
     requests = 0,
     bad = 0;
